@@ -1,0 +1,123 @@
+#include <cmath>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "experts/expert_shard.h"
+#include "experts/feed_forward.h"
+#include "experts/geglu.h"
+#include "experts/rms_norm.h"
+#include "testing/golden.h"
+
+namespace moe::experts {
+namespace {
+
+common::ExpertWeights RandomExpert(int64_t d, int64_t h, uint64_t seed) {
+  at::manual_seed(seed);
+  common::ExpertWeights w;
+  w.w1 = at::randn({2 * h, d});
+  w.b1 = at::randn({2 * h});
+  w.mult_bias = at::randn({h});
+  w.w2 = at::randn({d, h});
+  w.b2 = at::randn({d});
+  return w;
+}
+
+// The formula of SEMANTICS.md 9.1, element by element in double.
+double ReferenceGeglu(const common::ExpertWeights& w, const at::Tensor& x,
+                      int64_t token, int64_t out) {
+  const int64_t d = x.size(1), h = w.mult_bias.size(0);
+  auto W1 = w.w1.accessor<float, 2>();
+  auto W2 = w.w2.accessor<float, 2>();
+  auto X = x.accessor<float, 2>();
+  double acc = w.b2[out].item<double>();
+  for (int64_t j = 0; j < h; ++j) {
+    double a = w.b1[j].item<double>(), g = w.b1[h + j].item<double>();
+    for (int64_t k = 0; k < d; ++k) {
+      a += double{W1[j][k]} * X[token][k];
+      g += double{W1[h + j][k]} * X[token][k];
+    }
+    const double gelu = 0.5 * g * (1 + std::erf(g / std::sqrt(2.0)));
+    acc += double{W2[out][j]} * gelu * a * w.mult_bias[j].item<double>();
+  }
+  return acc;
+}
+
+TEST(GegluTest, MatchesTheFormula) {
+  const common::ExpertWeights w = RandomExpert(6, 5, 1);
+  at::Tensor x = at::randn({3, 6});
+  at::Tensor y = GegluForward(w, x);
+  ASSERT_EQ(y.sizes(), (at::IntArrayRef{3, 6}));
+  for (int64_t t = 0; t < 3; ++t) {
+    for (int64_t o = 0; o < 6; ++o) {
+      EXPECT_NEAR(y[t][o].item<double>(), ReferenceGeglu(w, x, t, o), 1e-4)
+          << t << "," << o;
+    }
+  }
+}
+
+TEST(RmsNormTest, MatchesTheFormula) {
+  at::Tensor x = at::tensor({3.0f, 4.0f, 0.0f, 0.0f}).view({1, 4});
+  at::Tensor gamma = at::tensor({1.0f, 2.0f, 1.0f, 1.0f});
+  at::Tensor y = RmsNorm(x, gamma);
+  // x / ||x|| * gamma * sqrt(4) = [0.6, 0.8*2, 0, 0] * 2
+  EXPECT_NEAR(y[0][0].item<float>(), 1.2f, 1e-6);
+  EXPECT_NEAR(y[0][1].item<float>(), 3.2f, 1e-6);
+  // The zero vector stays zero (norm clamped at 1e-12).
+  at::Tensor zero = RmsNorm(at::zeros({1, 4}), gamma);
+  EXPECT_EQ(zero.abs().sum().item<float>(), 0.0f);
+}
+
+TEST(FeedForwardTest, IsNormThenGeglu) {
+  common::FeedForwardWeights w;
+  w.gamma = at::rand({6}) + 0.5;
+  w.geglu = RandomExpert(6, 8, 2);
+  at::Tensor x = at::randn({2, 3, 6});
+  at::Tensor y = FeedForward(w, x);
+  ASSERT_EQ(y.sizes(), x.sizes());
+  at::Tensor expected =
+      GegluForward(w.geglu, RmsNorm(x, w.gamma).reshape({6, 6})).view({2, 3, 6});
+  EXPECT_TRUE(at::allclose(y, expected));
+}
+
+TEST(ExpertShardTest, RunsEachSegmentThroughItsExpert) {
+  common::ExpertMap experts;
+  experts[2] = RandomExpert(4, 3, 3);
+  experts[5] = RandomExpert(4, 3, 4);
+  const common::ExpertWeights e2 = experts[2], e5 = experts[5];
+  auto shard = ExpertShard::Create(experts);
+  ASSERT_TRUE(shard.ok()) << shard.status();
+  EXPECT_EQ((*shard)->expert_ids(), (std::vector<int64_t>{2, 5}));
+  EXPECT_EQ((*shard)->weight_bytes(), 2 * 4 * (6 * 4 + 6 + 3 + 4 * 3 + 4));
+  at::Tensor tokens = at::randn({5, 4});
+  at::Tensor out;
+  const std::vector<ExpertSegment> segments = {{2, 2}, {5, 0}, {5, 3}};
+  ASSERT_TRUE((*shard)->Run(tokens, segments, &out).ok());
+  EXPECT_TRUE(at::allclose(out.narrow(0, 0, 2),
+                           GegluForward(e2, tokens.narrow(0, 0, 2))));
+  EXPECT_TRUE(at::allclose(out.narrow(0, 2, 3),
+                           GegluForward(e5, tokens.narrow(0, 2, 3))));
+}
+
+TEST(ExpertShardTest, RejectsUnknownExpertsAndBadCounts) {
+  common::ExpertMap experts;
+  experts[0] = RandomExpert(4, 3, 5);
+  auto shard = ExpertShard::Create(experts);
+  ASSERT_TRUE(shard.ok());
+  at::Tensor out;
+  at::Tensor tokens = at::randn({2, 4});
+  const std::vector<ExpertSegment> other = {{1, 2}};
+  absl::Status s = (*shard)->Run(tokens, other, &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("expert 1 is not hosted"), std::string::npos);
+  const std::vector<ExpertSegment> short_count = {{0, 1}};
+  EXPECT_EQ((*shard)->Run(tokens, short_count, &out).code(),
+            absl::StatusCode::kInvalidArgument);
+  const std::vector<ExpertSegment> ok = {{0, 3}};
+  EXPECT_EQ((*shard)->Run(at::randn({3, 5}), ok, &out).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(ExpertShard::Create({}).ok());
+}
+
+}  // namespace
+}  // namespace moe::experts

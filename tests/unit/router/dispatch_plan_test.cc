@@ -1,0 +1,77 @@
+#include "router/dispatch_plan.h"
+
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace moe::router {
+namespace {
+
+RoutingResult RouteAll(const std::vector<float>& probs, int64_t groups,
+                       int64_t group_size, int64_t experts, double cf) {
+  GateParams p;
+  p.num_experts = experts;
+  p.policy = SecondExpertPolicy::kAll;
+  p.capacity_factor = cf;
+  auto r = RouteTop2(probs, groups, group_size, p, {}, {});
+  EXPECT_TRUE(r.ok());
+  return *r;
+}
+
+TEST(DispatchPlanTest, ListsKeptTokensPerExpertInSlotOrder) {
+  // Two groups of six tokens, E = 2, C = 4 per group.
+  std::vector<float> probs;
+  for (int g = 0; g < 2; ++g) {
+    for (int t = 0; t < 6; ++t) probs.insert(probs.end(), {0.7f, 0.3f});
+  }
+  RoutingResult r = RouteAll(probs, 2, 6, 2, 0.5);
+  DispatchPlan plan = BuildDispatchPlan(r);
+  ASSERT_EQ(plan.num_experts, 2);
+  EXPECT_EQ(plan.count(0), 8);
+  EXPECT_EQ(plan.count(1), 8);
+  EXPECT_EQ(plan.size(), r.counts.kept[0] + r.counts.kept[1]);
+  // Expert 0: group 0 tokens 0-3, then group 1 rows 6-9.
+  const std::vector<int64_t> rows0(plan.row.begin(), plan.row.begin() + 8);
+  EXPECT_EQ(rows0, (std::vector<int64_t>{0, 1, 2, 3, 6, 7, 8, 9}));
+  EXPECT_NEAR(plan.weight[0], 0.7f, 1e-6);
+  EXPECT_NEAR(plan.weight[8], 0.3f, 1e-6);
+}
+
+TEST(DispatchPlanTest, DroppedAndUnrequestedChoicesAreAbsent) {
+  std::vector<float> probs = {0.9f, 0.1f, 0.9f, 0.1f};
+  GateParams p;
+  p.num_experts = 2;
+  p.policy = SecondExpertPolicy::kNone;
+  auto r = RouteTop2(probs, 1, 2, p, {}, {});
+  ASSERT_TRUE(r.ok());
+  DispatchPlan plan = BuildDispatchPlan(*r);
+  EXPECT_EQ(plan.count(0), 2);
+  EXPECT_EQ(plan.count(1), 0);
+}
+
+TEST(DispatchPlanTest, InnerPlanMapsGroupsToOuterExperts) {
+  // Inner routing of 2 outer experts x batch 1 x 2 slots, Ei = 2.
+  std::vector<float> probs = {0.8f, 0.2f, 0.3f, 0.7f,   // outer 0
+                              0.6f, 0.4f, 0.5f, 0.5f};  // outer 1
+  GateParams p;
+  p.num_experts = 2;
+  p.policy = SecondExpertPolicy::kNone;
+  auto r = RouteTop2(probs, 2, 2, p, {1.0f, 1.0f, 1.0f, 0.0f}, {});
+  ASSERT_TRUE(r.ok());
+  const std::vector<int64_t> slot_row = {5, 3, 4, -1};
+  const std::vector<float> slot_weight = {0.5f, 0.25f, 1.0f, 0.0f};
+  DispatchPlan plan = BuildInnerDispatchPlan(*r, 1, 2, slot_row, slot_weight);
+  ASSERT_EQ(plan.num_experts, 4);
+  EXPECT_EQ(plan.count(0), 1);  // (0, 0): slot 0 -> row 5
+  EXPECT_EQ(plan.count(1), 1);  // (0, 1): slot 1 -> row 3
+  EXPECT_EQ(plan.count(2), 1);  // (1, 0): slot 2 -> row 4
+  EXPECT_EQ(plan.count(3), 0);  // empty slot carries nothing
+  EXPECT_EQ(plan.row[plan.offsets[0]], 5);
+  EXPECT_EQ(plan.row[plan.offsets[1]], 3);
+  EXPECT_EQ(plan.row[plan.offsets[2]], 4);
+  EXPECT_NEAR(plan.weight[plan.offsets[0]], 0.5f * 0.8f, 1e-6);
+  EXPECT_NEAR(plan.weight[plan.offsets[1]], 0.25f * 0.7f, 1e-6);
+}
+
+}  // namespace
+}  // namespace moe::router
