@@ -36,8 +36,8 @@ ModelConfig DefaultDemoConfig() {
   c.dim = 512;
   c.num_experts = 16;
   c.hidden_mult = 4;
-  c.threshold_train = 0.2f;
-  c.threshold_eval = 0.2f;
+  c.threshold_train = 0.2;
+  c.threshold_eval = 0.2;
   c.capacity_factor_train = 1.25;
   c.capacity_factor_eval = 2.0;
   c.balance_loss_coef = 1e-2;

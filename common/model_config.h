@@ -34,8 +34,8 @@ struct ModelConfig {
   // whose num_experts is a pair wraps a two-level MoE.
   int64_t num_experts_inner = 0;
   double hidden_mult = 4.0;
-  float threshold_train = 0.2f;
-  float threshold_eval = 0.2f;
+  double threshold_train = 0.2;  // Compared in float32 when routing.
+  double threshold_eval = 0.2;
   double capacity_factor_train = 1.25;
   double capacity_factor_eval = 2.0;
   double balance_loss_coef = 1e-2;

@@ -196,7 +196,8 @@ absl::StatusOr<ForwardResult> MoeEngine::ForwardImpl(
   params.num_experts = config_.num_experts;
   params.policy = o.policy;
   const bool train = o.mode == Mode::kTrain;
-  params.threshold = train ? config_.threshold_train : config_.threshold_eval;
+  params.threshold = static_cast<float>(
+      train ? config_.threshold_train : config_.threshold_eval);
   params.capacity_factor =
       train ? config_.capacity_factor_train : config_.capacity_factor_eval;
   if (o.threshold.has_value()) {

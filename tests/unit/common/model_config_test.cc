@@ -17,7 +17,7 @@ TEST(ModelConfigTest, ParsesGoldenStyleConfig) {
   EXPECT_EQ(c->dim, 16);
   EXPECT_EQ(c->num_experts, 4);
   EXPECT_EQ(c->expert_hidden(), 42);
-  EXPECT_FLOAT_EQ(c->threshold_eval, 0.2f);
+  EXPECT_DOUBLE_EQ(c->threshold_eval, 0.2);
   EXPECT_DOUBLE_EQ(c->capacity_factor_eval, 4.0);
   EXPECT_FALSE(c->hierarchical());
 }
@@ -26,7 +26,7 @@ TEST(ModelConfigTest, DefaultsFollowStMoe) {
   auto c = ParseModelConfig(R"({"dim": 512, "num_experts": 16})");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->expert_hidden(), 1365);
-  EXPECT_FLOAT_EQ(c->threshold_train, 0.2f);
+  EXPECT_DOUBLE_EQ(c->threshold_train, 0.2);
   EXPECT_DOUBLE_EQ(c->capacity_factor_train, 1.25);
   EXPECT_DOUBLE_EQ(c->capacity_factor_eval, 2.0);
   EXPECT_DOUBLE_EQ(c->balance_loss_coef, 1e-2);

@@ -1,0 +1,149 @@
+// Google Benchmark micro-benchmarks of the numerics, and the in-process
+// forward on the README configuration of st-moe-pytorch next to the dense
+// GEMM rate of this machine at the expert shapes.
+//
+//   build/bin/moe-bench                       everything
+//   build/bin/moe-bench --benchmark_filter=Gemm
+//
+// Counters: tokens_per_s, gflops (dense GEMM or useful expert FLOPs:
+// 2 x kept assignments x 3 x dim x hidden).
+#include <memory>
+#include <random>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <benchmark/benchmark.h>
+#include <c10/core/InferenceMode.h>
+
+#include "common/demo_model.h"
+#include "experts/expert_shard.h"
+#include "experts/geglu.h"
+#include "router/dispatch_plan.h"
+#include "router/engine/moe_engine.h"
+#include "router/top2_gating.h"
+
+namespace moe {
+namespace {
+
+constexpr int64_t kDim = 512;
+constexpr int64_t kExperts = 16;
+constexpr int64_t kBatch = 4;
+constexpr int64_t kSeq = 1024;
+
+// One expert's two GEMMs on `tokens` rows: [T, d] x [d, 2h], [T, h] x [h, d].
+void BM_ExpertGemm(benchmark::State& state) {
+  c10::InferenceMode guard;
+  const int64_t tokens = state.range(0);
+  const int64_t h = common::DefaultDemoConfig().expert_hidden();
+  at::Tensor x = at::randn({tokens, kDim});
+  at::Tensor w1 = at::randn({2 * h, kDim});
+  at::Tensor w2 = at::randn({kDim, h});
+  at::Tensor u = at::empty({tokens, 2 * h});
+  at::Tensor v = at::randn({tokens, h});
+  at::Tensor y = at::empty({tokens, kDim});
+  for (auto _ : state) {
+    at::mm_out(u, x, w1.t());
+    at::mm_out(y, v, w2.t());
+  }
+  const double flops = 2.0 * tokens * kDim * (2 * h) + 2.0 * tokens * h * kDim;
+  state.counters["gflops"] = benchmark::Counter(
+      flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_ExpertGemm)->Arg(128)->Arg(512)->Unit(benchmark::kMillisecond);
+
+void BM_ExpertGeglu(benchmark::State& state) {
+  c10::InferenceMode guard;
+  const int64_t tokens = state.range(0);
+  auto model = common::BuildDemoModel(common::DefaultDemoConfig(), 0);
+  const common::ExpertWeights& w = model->experts.at(0);
+  at::Tensor x = at::randn({tokens, kDim});
+  at::Tensor out = at::empty({tokens, kDim});
+  at::Tensor hidden;
+  for (auto _ : state) experts::GegluForwardInto(w, x, hidden, out);
+  const double flops = 6.0 * tokens * kDim * w.mult_bias.size(0);
+  state.counters["gflops"] = benchmark::Counter(
+      flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_ExpertGeglu)->Arg(512)->Unit(benchmark::kMillisecond);
+
+std::vector<float> RandomProbs(int64_t tokens, int64_t experts) {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  std::vector<float> p(tokens * experts);
+  for (int64_t t = 0; t < tokens; ++t) {
+    float sum = 0;
+    for (int64_t e = 0; e < experts; ++e) sum += p[t * experts + e] = std::exp(normal(rng));
+    for (int64_t e = 0; e < experts; ++e) p[t * experts + e] /= sum;
+  }
+  return p;
+}
+
+void BM_Top2Gating(benchmark::State& state) {
+  const std::vector<float> probs = RandomProbs(kBatch * kSeq, kExperts);
+  std::vector<float> uniforms(kBatch * kSeq, 0.5f);
+  router::GateParams params;
+  params.num_experts = kExperts;
+  for (auto _ : state) {
+    auto r = router::RouteTop2(probs, kBatch, kSeq, params, {}, uniforms);
+    benchmark::DoNotOptimize(r);
+  }
+  state.counters["tokens_per_s"] = benchmark::Counter(
+      kBatch * kSeq, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_Top2Gating)->Unit(benchmark::kMicrosecond);
+
+void BM_PlanGatherScatter(benchmark::State& state) {
+  c10::InferenceMode guard;
+  const std::vector<float> probs = RandomProbs(kBatch * kSeq, kExperts);
+  std::vector<float> uniforms(kBatch * kSeq, 0.5f);
+  router::GateParams params;
+  params.num_experts = kExperts;
+  auto r = router::RouteTop2(probs, kBatch, kSeq, params, {}, uniforms);
+  at::Tensor h = at::randn({kBatch * kSeq, kDim});
+  for (auto _ : state) {
+    router::DispatchPlan plan = router::BuildDispatchPlan(*r);
+    at::Tensor rows = at::from_blob(plan.row.data(), {plan.size()}, at::kLong);
+    at::Tensor gathered = h.index_select(0, rows);
+    at::Tensor w = at::from_blob(plan.weight.data(), {plan.size(), 1}, at::kFloat);
+    at::Tensor y = at::zeros_like(h);
+    y.index_add_(0, rows, gathered.mul_(w));
+    benchmark::DoNotOptimize(y.data_ptr());
+  }
+}
+BENCHMARK(BM_PlanGatherScatter)->Unit(benchmark::kMillisecond);
+
+// The in-process engine on x [4, 1024, 512], eval, random policy.
+void BM_EngineForwardReadmeConfig(benchmark::State& state) {
+  const common::ModelConfig config = common::DefaultDemoConfig();
+  auto model = common::BuildDemoModel(config, 0);
+  auto shard = experts::ExpertShard::Create(model->experts);
+  router::LocalExpertBackend backend(shard->get());
+  auto engine = router::MoeEngine::Create(config, model->router, &backend);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
+  at::Tensor x = at::randn({kBatch, kSeq, kDim}, gen);
+  router::RoutingOptions options;
+  options.seed = 1;
+  int64_t kept = 0;
+  for (auto _ : state) {
+    auto r = (*engine)->Forward(x, options);
+    if (!r.ok()) {
+      state.SkipWithError(std::string(r.status().message()).c_str());
+      return;
+    }
+    kept = r->plan.size();
+  }
+  const double useful = 2.0 * kept * 3.0 * kDim * config.expert_hidden();
+  state.counters["tokens_per_s"] = benchmark::Counter(
+      kBatch * kSeq, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["gflops"] = benchmark::Counter(
+      useful * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["kept_assignments"] = kept;
+}
+BENCHMARK(BM_EngineForwardReadmeConfig)->Unit(benchmark::kMillisecond)
+    ->MinTime(3.0);
+
+}  // namespace
+}  // namespace moe
+
+BENCHMARK_MAIN();
