@@ -5,8 +5,13 @@
 //       [--policy=random|all|none|threshold] [--threshold=T]
 //       [--capacity_factor=CF] [--seed=S] [--trace] --output=OUT.safetensors
 //     Runs the in-process engine on a checkpoint.
+//   moe-client forward --target=HOST:PORT --input=X.safetensors ...
+//     The same through a running moe-router (same files, same flags).
 //   moe-client forward --checkpoint=F --random_input=4x1024 [--input_seed=S]
 //     The same on a seeded random input (no --output needed).
+//   moe-client info --target=HOST:PORT     the model and its workers
+//   moe-client health --target=HOST:PORT   grpc.health.v1 status (exit 0 if
+//                                          SERVING)
 //   moe-client demo-checkpoint --output=F.safetensors [--seed=0] [--dim=512]
 //       [--num_experts=16] [--hidden_mult=4] [--kind=moe]
 //     Writes a seeded random model (the st-moe-pytorch README configuration
@@ -28,6 +33,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/checkpoint.h"
 #include "common/demo_model.h"
@@ -36,12 +42,18 @@
 #include "common/status_macros.h"
 #include "common/torch_convert.h"
 #include "client/forward_io.h"
+#include "client/router_client.h"
+#include "proto/tensor_codec.h"
+#include "router/service/forward_response.h"
 #include "experts/expert_shard.h"
 #include "router/engine/moe_engine.h"
 
 ABSL_FLAG(std::string, checkpoint, "",
           "Checkpoint (safetensors with config_json) for the in-process "
           "engine.");
+ABSL_FLAG(std::string, target, "",
+          "A moe-router's HOST:PORT (instead of --checkpoint).");
+ABSL_FLAG(double, timeout_seconds, 60, "Deadline of a remote call.");
 ABSL_FLAG(std::string, input, "", "Safetensors file holding the input x.");
 ABSL_FLAG(std::string, input_tensor, "x",
           "Name of the input tensor [B, n, d] (\"x\" falls back to "
@@ -131,6 +143,10 @@ absl::StatusOr<at::Tensor> InputFromFlags(int64_t dim,
     }
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(
         absl::GetFlag(FLAGS_input_seed));
+    if (dim < 1) {
+      return absl::InvalidArgumentError(
+          "--random_input: the model dim is unknown");
+    }
     return at::randn({b, n, dim}, gen);
   }
   MOE_ASSIGN_OR_RETURN(at::Tensor x,
@@ -148,67 +164,96 @@ std::string Bar(int64_t value, int64_t max, int width) {
   return std::string(n, '#') + std::string(width - n, ' ');
 }
 
-void PrintSummary(const ModelConfig& config, const at::Tensor& x,
+void PrintLevel(const char* name, const moe::v1::LevelStats& k) {
+  std::printf(
+      "  %s: capacity %lld per expert per group | kept %lld (first %lld, "
+      "second %lld) | dropped first %lld, second %lld | second skipped by "
+      "policy %lld | tokens that lost every choice %lld\n",
+      name, static_cast<long long>(k.expert_capacity()),
+      static_cast<long long>(k.kept_first() + k.kept_second()),
+      static_cast<long long>(k.kept_first()),
+      static_cast<long long>(k.kept_second()),
+      static_cast<long long>(k.dropped_first()),
+      static_cast<long long>(k.dropped_second()),
+      static_cast<long long>(k.second_skipped()),
+      static_cast<long long>(k.dropped_tokens()));
+}
+
+void PrintSummary(const std::string& where, const at::Tensor& x,
                   const router::RoutingOptions& o,
-                  const router::ForwardResult& r) {
-  const router::RoutingCounts& c = r.routing.counts;
-  std::printf("forward: %s, x %s, mode %s, policy %s\n",
-              common::ModelKindName(config.kind),
+                  const moe::v1::ForwardResponse& r, double latency_ms,
+                  const router::ForwardTimings* timings) {
+  const moe::v1::RoutingStats& s = r.stats();
+  std::printf("forward (%s): x %s, mode %s, policy %s\n", where.c_str(),
               common::ShapeToString(std::vector<int64_t>(x.sizes().begin(),
                                                          x.sizes().end()))
                   .c_str(),
               router::ModeName(o.mode), router::PolicyName(o.policy));
-  auto level = [](const char* name, const router::RoutingResult& rr) {
-    const router::RoutingCounts& k = rr.counts;
-    std::printf(
-        "  %s: capacity %lld per expert per group | kept %lld (first %lld, "
-        "second %lld) | dropped first %lld, second %lld | second skipped by "
-        "policy %lld | tokens that lost every choice %lld\n",
-        name, static_cast<long long>(rr.capacity),
-        static_cast<long long>(k.kept[0] + k.kept[1]),
-        static_cast<long long>(k.kept[0]), static_cast<long long>(k.kept[1]),
-        static_cast<long long>(k.dropped[0]),
-        static_cast<long long>(k.dropped[1]),
-        static_cast<long long>(k.second_skipped),
-        static_cast<long long>(k.dropped_tokens));
-  };
-  std::printf("  tokens %lld\n", static_cast<long long>(c.tokens));
-  level(r.has_inner ? "outer" : "routing", r.routing);
-  if (r.has_inner) level("inner", r.inner_routing);
+  std::printf("  tokens %lld\n", static_cast<long long>(s.routing().tokens()));
+  PrintLevel(s.has_inner() ? "outer" : "routing", s.routing());
+  if (s.has_inner()) PrintLevel("inner", s.inner());
+  if (r.degraded()) {
+    std::printf("  DEGRADED: experts [%s] unavailable, %lld assignments "
+                "dropped\n",
+                absl::StrJoin(r.failed_experts(), ",").c_str(),
+                static_cast<long long>(s.dropped_expert_unavailable()));
+  }
   int64_t max_load = 0;
-  for (int64_t e = 0; e < r.plan.num_experts; ++e) {
-    max_load = std::max(max_load, r.plan.count(e));
-  }
+  for (int64_t k : s.kept_per_expert()) max_load = std::max(max_load, k);
   std::printf("  load per expert (kept assignments):\n");
-  for (int64_t e = 0; e < r.plan.num_experts; ++e) {
-    std::printf("    expert %3lld |%s| %lld\n", static_cast<long long>(e),
-                Bar(r.plan.count(e), max_load, 40).c_str(),
-                static_cast<long long>(r.plan.count(e)));
+  for (int e = 0; e < s.kept_per_expert_size(); ++e) {
+    std::printf("    expert %3d |%s| %lld\n", e,
+                Bar(s.kept_per_expert(e), max_load, 40).c_str(),
+                static_cast<long long>(s.kept_per_expert(e)));
   }
+  const moe::v1::Losses& l = r.losses();
   std::printf(
       "  losses: balance %.6g (weighted %.6g), router z %.6g (weighted "
       "%.6g), total aux %.6g\n",
-      r.losses.balance_loss, r.losses.weighted_balance_loss,
-      r.losses.router_z_loss, r.losses.weighted_router_z_loss,
-      r.losses.total_aux_loss);
-  const router::ForwardTimings& t = r.timings;
-  std::printf(
-      "  time: %.3f ms (pre %.3f, gate %.3f, plan+gather %.3f, experts %.3f, "
-      "combine %.3f)\n",
-      t.total_us / 1e3, t.pre_us / 1e3, t.gate_us / 1e3, t.plan_us / 1e3,
-      t.experts_us / 1e3, t.combine_us / 1e3);
+      l.balance_loss(), l.weighted_balance_loss(), l.router_z_loss(),
+      l.weighted_router_z_loss(), l.total_aux_loss());
+  std::printf("  latency: %.3f ms", latency_ms);
+  if (timings != nullptr) {
+    const router::ForwardTimings& t = *timings;
+    std::printf(" (pre %.3f, gate %.3f, plan+gather %.3f, experts %.3f, "
+                "combine %.3f)",
+                t.pre_us / 1e3, t.gate_us / 1e3, t.plan_us / 1e3,
+                t.experts_us / 1e3, t.combine_us / 1e3);
+  }
+  std::printf("\n");
 }
 
-absl::Status RunForward() {
-  const std::string checkpoint = absl::GetFlag(FLAGS_checkpoint);
-  if (checkpoint.empty()) {
-    return absl::InvalidArgumentError(
-        "forward needs --checkpoint (the in-process engine)");
+moe::v1::RoutingOptions ToProto(const router::RoutingOptions& o, bool trace) {
+  moe::v1::RoutingOptions p;
+  p.set_mode(o.mode == router::Mode::kTrain ? moe::v1::TRAIN : moe::v1::EVAL);
+  switch (o.policy) {
+    case router::SecondExpertPolicy::kRandom:
+      p.set_policy(moe::v1::RANDOM);
+      break;
+    case router::SecondExpertPolicy::kAll:
+      p.set_policy(moe::v1::ALL);
+      break;
+    case router::SecondExpertPolicy::kNone:
+      p.set_policy(moe::v1::NONE);
+      break;
+    case router::SecondExpertPolicy::kThreshold:
+      p.set_policy(moe::v1::THRESHOLD);
+      break;
   }
-  MOE_ASSIGN_OR_RETURN(router::RoutingOptions options, OptionsFromFlags());
+  if (o.threshold) p.set_threshold(*o.threshold);
+  if (o.capacity_factor) p.set_capacity_factor(*o.capacity_factor);
+  if (o.seed) p.set_seed(*o.seed);
+  p.set_return_trace(trace);
+  return p;
+}
+
+// In-process: the engine's result in the router's response form.
+absl::StatusOr<moe::v1::ForwardResponse> ForwardInProcess(
+    const std::string& checkpoint, router::RoutingOptions& options,
+    at::Tensor* x, router::ForwardTimings* timings) {
   MOE_ASSIGN_OR_RETURN(common::Checkpoint ckpt,
                        common::LoadCheckpoint(checkpoint));
-  MOE_ASSIGN_OR_RETURN(at::Tensor x, InputFromFlags(ckpt.config.dim, &options));
+  MOE_ASSIGN_OR_RETURN(*x, InputFromFlags(ckpt.config.dim, &options));
   MOE_ASSIGN_OR_RETURN(auto shard,
                        experts::ExpertShard::Create(std::move(ckpt.experts)));
   router::LocalExpertBackend backend(shard.get());
@@ -216,35 +261,136 @@ absl::Status RunForward() {
       auto engine,
       router::MoeEngine::Create(ckpt.config, std::move(ckpt.router), &backend));
   MOE_ASSIGN_OR_RETURN(router::ForwardResult result,
-                       engine->Forward(x, options));
-  if (absl::GetFlag(FLAGS_summary)) {
-    PrintSummary(ckpt.config, x, options, result);
+                       engine->Forward(*x, options));
+  *timings = result.timings;
+  MOE_ASSIGN_OR_RETURN(moe::v1::DType dtype,
+                       proto::WireDType(x->scalar_type()));
+  moe::v1::ForwardResponse response;
+  MOE_RETURN_IF_ERROR(router::FillForwardResponse(
+      result, dtype, absl::GetFlag(FLAGS_trace), &response));
+  return response;
+}
+
+absl::StatusOr<moe::v1::ForwardResponse> ForwardRemote(
+    const std::string& target, router::RoutingOptions& options,
+    at::Tensor* x) {
+  client::ClientOptions client_options;
+  client_options.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_seconds));
+  auto client = client::RouterClient::Create(target, client_options);
+  int64_t dim = -1;
+  if (!absl::GetFlag(FLAGS_random_input).empty()) {
+    MOE_ASSIGN_OR_RETURN(moe::v1::ModelInfo info, client->GetModelInfo());
+    dim = info.dim();
   }
+  MOE_ASSIGN_OR_RETURN(*x, InputFromFlags(dim, &options));
+  moe::v1::ForwardRequest request;
+  MOE_ASSIGN_OR_RETURN(moe::v1::DType dtype, proto::WireDType(x->scalar_type()));
+  MOE_RETURN_IF_ERROR(proto::EncodeTensor(*x, dtype, request.mutable_x()));
+  *request.mutable_options() = ToProto(options, absl::GetFlag(FLAGS_trace));
+  if (options.second_choice_uniforms.defined()) {
+    MOE_RETURN_IF_ERROR(proto::EncodeTensor(
+        options.second_choice_uniforms.to(at::kFloat), moe::v1::FLOAT32,
+        request.mutable_options()->mutable_second_choice_uniforms()));
+  }
+  return client->Forward(request);
+}
+
+absl::Status RunForward() {
+  const std::string checkpoint = absl::GetFlag(FLAGS_checkpoint);
+  const std::string target = absl::GetFlag(FLAGS_target);
+  if (checkpoint.empty() == target.empty()) {
+    return absl::InvalidArgumentError(
+        "forward needs exactly one of --checkpoint (in-process engine) and "
+        "--target (a moe-router)");
+  }
+  MOE_ASSIGN_OR_RETURN(router::RoutingOptions options, OptionsFromFlags());
   const std::string output = absl::GetFlag(FLAGS_output);
-  if (output.empty()) {
-    if (absl::GetFlag(FLAGS_random_input).empty()) {
-      return absl::InvalidArgumentError("forward needs --output");
-    }
-    return absl::OkStatus();
+  if (output.empty() && absl::GetFlag(FLAGS_random_input).empty()) {
+    return absl::InvalidArgumentError("forward needs --output");
   }
+  at::Tensor x;
+  router::ForwardTimings timings;
+  const absl::Time start = absl::Now();
+  absl::StatusOr<moe::v1::ForwardResponse> response =
+      target.empty() ? ForwardInProcess(checkpoint, options, &x, &timings)
+                     : ForwardRemote(target, options, &x);
+  if (!response.ok()) return response.status();
+  const double latency_ms = target.empty()
+                                ? timings.total_us / 1e3
+                                : absl::ToDoubleMilliseconds(absl::Now() - start);
+  if (absl::GetFlag(FLAGS_summary)) {
+    PrintSummary(target.empty() ? "in-process" : target, x, options, *response,
+                 latency_ms, target.empty() ? &timings : nullptr);
+  }
+  if (output.empty()) return absl::OkStatus();
   ForwardOutputs out;
-  MOE_RETURN_IF_ERROR(common::TorchCall("output", [&] {
-    out.y = result.y.to(x.scalar_type());
-    if (absl::GetFlag(FLAGS_trace)) {
-      out.extra = router::ForwardTrace(result, x.size(0), x.size(1));
-    }
-  }));
-  out.balance_loss = result.losses.balance_loss;
-  out.router_z_loss = result.losses.router_z_loss;
-  out.weighted_balance_loss = result.losses.weighted_balance_loss;
-  out.weighted_router_z_loss = result.losses.weighted_router_z_loss;
-  out.total_aux_loss = result.losses.total_aux_loss;
-  out.metadata = {{"checkpoint", checkpoint},
+  MOE_ASSIGN_OR_RETURN(out.y, proto::DecodeTensor(response->y(), "y",
+                                                  x.numel()));
+  for (const moe::v1::NamedTensor& t : response->trace()) {
+    MOE_ASSIGN_OR_RETURN(at::Tensor tensor,
+                         proto::DecodeTensor(t.tensor(), t.name(),
+                                             std::numeric_limits<int64_t>::max()));
+    out.extra.emplace_back(t.name(), tensor);
+  }
+  const moe::v1::Losses& l = response->losses();
+  out.balance_loss = l.balance_loss();
+  out.router_z_loss = l.router_z_loss();
+  out.weighted_balance_loss = l.weighted_balance_loss();
+  out.weighted_router_z_loss = l.weighted_router_z_loss();
+  out.total_aux_loss = l.total_aux_loss();
+  out.metadata = {{"source", target.empty() ? checkpoint : target},
                   {"mode", router::ModeName(options.mode)},
-                  {"policy", router::PolicyName(options.policy)}};
+                  {"policy", router::PolicyName(options.policy)},
+                  {"degraded", response->degraded() ? "true" : "false"}};
   MOE_RETURN_IF_ERROR(WriteForwardOutputs(output, out));
   MOE_LOG(INFO) << "wrote " << output;
   return absl::OkStatus();
+}
+
+absl::Status RunInfo() {
+  const std::string target = absl::GetFlag(FLAGS_target);
+  if (target.empty()) return absl::InvalidArgumentError("info needs --target");
+  client::ClientOptions options;
+  options.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_seconds));
+  MOE_ASSIGN_OR_RETURN(moe::v1::ModelInfo info,
+                       client::RouterClient::Create(target, options)->GetModelInfo());
+  std::printf("model: %s, dim %lld, experts %lld%s, expert hidden %lld\n",
+              info.kind().c_str(), static_cast<long long>(info.dim()),
+              static_cast<long long>(info.num_experts()),
+              info.num_experts_inner() > 0
+                  ? absl::StrCat(" x ", info.num_experts_inner()).c_str()
+                  : "",
+              static_cast<long long>(info.expert_hidden()));
+  std::printf("defaults: threshold train %g / eval %g, capacity factor train "
+              "%g / eval %g, loss coefs balance %g, z %g\n",
+              info.threshold_train(), info.threshold_eval(),
+              info.capacity_factor_train(), info.capacity_factor_eval(),
+              info.balance_loss_coef(), info.router_z_loss_coef());
+  std::printf("on_expert_failure %s, max tokens per request %lld, in flight "
+              "%lld\n",
+              info.on_expert_failure().c_str(),
+              static_cast<long long>(info.max_tokens_per_request()),
+              static_cast<long long>(info.inflight_requests()));
+  for (const moe::v1::WorkerInfo& w : info.workers()) {
+    std::printf("worker %s: %s, experts [%s]%s%s\n", w.address().c_str(),
+                w.up() ? "up" : "DOWN",
+                absl::StrJoin(w.expert_ids(), ",").c_str(),
+                w.device().empty() ? "" : " on ", w.device().c_str());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> RunHealth() {
+  const std::string target = absl::GetFlag(FLAGS_target);
+  if (target.empty()) return absl::InvalidArgumentError("health needs --target");
+  MOE_ASSIGN_OR_RETURN(
+      auto status,
+      client::CheckHealth(target,
+                          absl::Seconds(absl::GetFlag(FLAGS_timeout_seconds))));
+  std::printf("%s\n",
+              grpc::health::v1::HealthCheckResponse::ServingStatus_Name(status)
+                  .c_str());
+  return status == grpc::health::v1::HealthCheckResponse::SERVING;
 }
 
 absl::Status RunDemoCheckpoint() {
@@ -287,6 +433,13 @@ int main(int argc, char** argv) {
       "  moe-client forward --checkpoint=F --input=X.safetensors "
       "--output=OUT.safetensors [--mode=eval|train] [--trace] ...\n"
       "      run the in-process engine; writes output.y and the losses\n"
+      "  moe-client forward --target=HOST:PORT --input=X.safetensors "
+      "--output=OUT.safetensors ...\n"
+      "      the same through a running moe-router\n"
+      "  moe-client info --target=HOST:PORT\n"
+      "      the model, its defaults and which worker hosts which expert\n"
+      "  moe-client health --target=HOST:PORT\n"
+      "      grpc.health.v1 status; exit code 0 when SERVING\n"
       "  moe-client forward --checkpoint=F --random_input=4x1024\n"
       "      the same on a seeded random input, printing the routing summary\n"
       "  moe-client demo-checkpoint --output=F [--seed=0] [--dim=512] "
@@ -298,7 +451,8 @@ int main(int argc, char** argv) {
   std::vector<char*> positional =
       absl::ParseCommandLine(static_cast<int>(args.size()), ptrs.data());
   if (positional.size() != 2) {
-    std::cerr << "usage: moe-client forward|demo-checkpoint [flags]; "
+    std::cerr << "usage: moe-client forward|info|health|demo-checkpoint "
+                 "[flags]; "
                  "see --help\n";
     return 2;
   }
@@ -306,11 +460,20 @@ int main(int argc, char** argv) {
   absl::Status status;
   if (command == "forward") {
     status = moe::client::RunForward();
+  } else if (command == "info") {
+    status = moe::client::RunInfo();
+  } else if (command == "health") {
+    absl::StatusOr<bool> serving = moe::client::RunHealth();
+    if (!serving.ok()) {
+      MOE_LOG(ERROR) << serving.status().message();
+      return 1;
+    }
+    return *serving ? 0 : 1;
   } else if (command == "demo-checkpoint") {
     status = moe::client::RunDemoCheckpoint();
   } else {
     std::cerr << "moe-client: unknown command \"" << command
-              << "\" (forward, demo-checkpoint); see --help\n";
+              << "\" (forward, info, health, demo-checkpoint); see --help\n";
     return 2;
   }
   if (!status.ok()) {

@@ -1,5 +1,12 @@
 #include "common/flags_util.h"
 
+#include <set>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+
 namespace moe::common {
 
 std::vector<std::string> NormalizeFlagDashes(int argc, char** argv) {
@@ -17,6 +24,37 @@ std::vector<std::string> NormalizeFlagDashes(int argc, char** argv) {
       }
     }
     out.push_back(std::move(arg));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<int64_t>> ParseIdList(absl::string_view text,
+                                                 int64_t limit) {
+  std::set<int64_t> ids;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    part = absl::StripAsciiWhitespace(part);
+    std::vector<absl::string_view> range = absl::StrSplit(part, '-');
+    int64_t lo = 0, hi = 0;
+    if (range.size() > 2 || !absl::SimpleAtoi(range[0], &lo) ||
+        !absl::SimpleAtoi(range.back(), &hi) || lo > hi) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("\"", part, "\" is not an id or a range like 0-3"));
+    }
+    if (lo < 0 || hi >= limit) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"", part, "\" is outside the valid ids 0..", limit - 1));
+    }
+    for (int64_t i = lo; i <= hi; ++i) ids.insert(i);
+  }
+  if (ids.empty()) return absl::InvalidArgumentError("empty id list");
+  return std::vector<int64_t>(ids.begin(), ids.end());
+}
+
+std::vector<std::string> SplitList(absl::string_view text) {
+  std::vector<std::string> out;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    part = absl::StripAsciiWhitespace(part);
+    if (!part.empty()) out.emplace_back(part);
   }
   return out;
 }

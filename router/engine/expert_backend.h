@@ -2,6 +2,9 @@
 // (LocalExpertBackend) or, in the router service, the remote workers.
 #pragma once
 
+#include <cstdint>
+#include <vector>
+
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/status.h"
@@ -16,10 +19,13 @@ class ExpertBackend {
 
   // tokens: [T, d] float32, grouped by expert as `segments` say (ascending
   // expert ids, counts > 0, summing to T). Writes [T, d] float32 outputs, row
-  // for row, into *out. Must be thread-safe.
+  // for row, into *out. A backend that may lose experts (remote workers)
+  // lists the experts it could not run in *unavailable and leaves their rows
+  // zero; a non-OK status fails the whole forward. Must be thread-safe.
   virtual absl::Status RunExperts(
       const at::Tensor& tokens,
-      absl::Span<const experts::ExpertSegment> segments, at::Tensor* out) = 0;
+      absl::Span<const experts::ExpertSegment> segments, at::Tensor* out,
+      std::vector<int64_t>* unavailable) = 0;
 };
 
 // Runs every expert in this process. `shard` must outlive the backend.
@@ -30,7 +36,8 @@ class LocalExpertBackend : public ExpertBackend {
 
   absl::Status RunExperts(const at::Tensor& tokens,
                           absl::Span<const experts::ExpertSegment> segments,
-                          at::Tensor* out) override {
+                          at::Tensor* out,
+                          std::vector<int64_t>* /*unavailable*/) override {
     return shard_->Run(tokens, segments, out);
   }
 

@@ -116,9 +116,6 @@ absl::StatusOr<std::unique_ptr<MoeEngine>> MoeEngine::Create(
     const common::ModelConfig& config, common::RouterWeights router,
     ExpertBackend* backend) {
   MOE_RETURN_IF_ERROR(common::ValidateModelConfig(config));
-  if (backend == nullptr) {
-    return absl::InvalidArgumentError("MoeEngine: no expert backend");
-  }
   const int64_t d = config.dim;
   MOE_RETURN_IF_ERROR(
       CheckShape(router.gate, {config.num_experts, d}, "gate weight"));
@@ -176,8 +173,18 @@ absl::Status MoeEngine::ValidateInput(const at::Tensor& x) const {
 
 absl::StatusOr<ForwardResult> MoeEngine::Forward(
     const at::Tensor& x, const RoutingOptions& options) const {
+  if (backend_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "MoeEngine: no default expert backend; use ForwardWith()");
+  }
+  return ForwardWith(x, options, *backend_);
+}
+
+absl::StatusOr<ForwardResult> MoeEngine::ForwardWith(
+    const at::Tensor& x, const RoutingOptions& options,
+    ExpertBackend& backend) const {
   try {
-    return ForwardImpl(x, options);
+    return ForwardImpl(x, options, backend);
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat("forward: ", e.what_without_backtrace()));
@@ -187,7 +194,8 @@ absl::StatusOr<ForwardResult> MoeEngine::Forward(
 }
 
 absl::StatusOr<ForwardResult> MoeEngine::ForwardImpl(
-    const at::Tensor& x_in, const RoutingOptions& o) const {
+    const at::Tensor& x_in, const RoutingOptions& o,
+    ExpertBackend& backend) const {
   const Clock::time_point start = Clock::now();
   c10::InferenceMode inference_mode;
   MOE_RETURN_IF_ERROR(ValidateInput(x_in));
@@ -332,7 +340,13 @@ absl::StatusOr<ForwardResult> MoeEngine::ForwardImpl(
     r.timings.plan_us = MicrosSince(mark);
     mark = Clock::now();
     at::Tensor out;
-    MOE_RETURN_IF_ERROR(backend_->RunExperts(gathered, segments, &out));
+    MOE_RETURN_IF_ERROR(
+        backend.RunExperts(gathered, segments, &out, &r.unavailable_experts));
+    for (int64_t e : r.unavailable_experts) {
+      if (e >= 0 && e < r.plan.num_experts) {
+        r.unavailable_assignments += r.plan.count(e);
+      }
+    }
     if (Sizes(out) != std::vector<int64_t>{r.plan.size(), d}) {
       return absl::InternalError(
           absl::StrCat("expert backend returned shape ",

@@ -61,13 +61,18 @@ struct ForwardResult {
   std::vector<float> slot_importance;
   // Final assignments per expert (ids o * Ei + i for a two-level MoE).
   DispatchPlan plan;
+  // Experts the backend could not run (their assignments contributed
+  // nothing) and how many plan entries they had.
+  std::vector<int64_t> unavailable_experts;
+  int64_t unavailable_assignments = 0;
   ForwardTimings timings;
 };
 
 class MoeEngine {
  public:
-  // `backend` must outlive the engine. InvalidArgument if the weights do not
-  // match the config.
+  // `backend` (the default for Forward(); may be null when every call uses
+  // ForwardWith()) must outlive the engine. InvalidArgument if the weights do
+  // not match the config.
   static absl::StatusOr<std::unique_ptr<MoeEngine>> Create(
       const common::ModelConfig& config, common::RouterWeights router,
       ExpertBackend* backend);
@@ -80,6 +85,12 @@ class MoeEngine {
   absl::StatusOr<ForwardResult> Forward(const at::Tensor& x,
                                         const RoutingOptions& options) const;
 
+  // The same with another backend for this call (the router service passes
+  // one that carries the request's deadline and cancellation).
+  absl::StatusOr<ForwardResult> ForwardWith(const at::Tensor& x,
+                                            const RoutingOptions& options,
+                                            ExpertBackend& backend) const;
+
   // The checks Forward() applies to its input, for callers that validate
   // before queueing.
   absl::Status ValidateInput(const at::Tensor& x) const;
@@ -88,7 +99,8 @@ class MoeEngine {
   MoeEngine(const common::ModelConfig& config, common::RouterWeights router,
             ExpertBackend* backend);
   absl::StatusOr<ForwardResult> ForwardImpl(const at::Tensor& x,
-                                            const RoutingOptions& options) const;
+                                            const RoutingOptions& options,
+                                            ExpertBackend& backend) const;
 
   common::ModelConfig config_;
   common::RouterWeights router_;

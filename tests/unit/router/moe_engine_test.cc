@@ -20,13 +20,14 @@ class SpyBackend : public ExpertBackend {
   explicit SpyBackend(const experts::ExpertShard* shard) : local_(shard) {}
   absl::Status RunExperts(const at::Tensor& tokens,
                           absl::Span<const experts::ExpertSegment> segments,
-                          at::Tensor* out) override {
+                          at::Tensor* out,
+                          std::vector<int64_t>* unavailable) override {
     rows += tokens.size(0);
     for (const auto& s : segments) {
       if (s.count == 0) ++empty_segments;
     }
     if (fail) return absl::UnavailableError("worker down");
-    return local_.RunExperts(tokens, segments, out);
+    return local_.RunExperts(tokens, segments, out, unavailable);
   }
   int64_t rows = 0;
   int64_t empty_segments = 0;

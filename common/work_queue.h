@@ -1,0 +1,48 @@
+// WorkQueue: a fixed pool of threads draining a bounded FIFO of tasks. Used
+// so that request handlers never run model code on gRPC's threads, and so
+// that overload is refused (TrySubmit returns false) instead of queued
+// without bound.
+//
+// Thread-safety: all methods may be called from any thread.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace moe::common {
+
+class WorkQueue {
+ public:
+  // Starts `threads` threads (at least 1). `capacity` bounds the tasks
+  // waiting (not counting running ones).
+  WorkQueue(int threads, size_t capacity, const std::string& name);
+  // Runs the tasks already queued, then joins the threads.
+  ~WorkQueue();
+  WorkQueue(const WorkQueue&) = delete;
+  WorkQueue& operator=(const WorkQueue&) = delete;
+
+  // Queues `task`; false (and the task is dropped) when the queue is full or
+  // stopping.
+  bool TrySubmit(std::function<void()> task);
+
+  // Tasks waiting plus tasks running.
+  size_t load() const;
+
+ private:
+  void Loop();
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> tasks_;
+  size_t running_ = 0;
+  size_t capacity_;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace moe::common

@@ -1,0 +1,117 @@
+#include "proto/tensor_codec.h"
+
+#include <cstring>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/host_tensor.h"
+#include "common/torch_convert.h"
+
+namespace moe::proto {
+
+absl::StatusOr<moe::v1::DType> WireDType(c10::ScalarType type) {
+  switch (type) {
+    case c10::kFloat:
+      return moe::v1::FLOAT32;
+    case c10::kBFloat16:
+      return moe::v1::BFLOAT16;
+    case c10::kHalf:
+      return moe::v1::FLOAT16;
+    case c10::kLong:
+      return moe::v1::INT64;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "dtype ", c10::toString(type), " cannot go on the wire"));
+  }
+}
+
+absl::StatusOr<c10::ScalarType> TorchDType(moe::v1::DType dtype) {
+  switch (dtype) {
+    case moe::v1::FLOAT32:
+      return c10::kFloat;
+    case moe::v1::BFLOAT16:
+      return c10::kBFloat16;
+    case moe::v1::FLOAT16:
+      return c10::kHalf;
+    case moe::v1::INT64:
+      return c10::kLong;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("dtype ", moe::v1::DType_Name(dtype),
+                       " (", static_cast<int>(dtype),
+                       ") is not one of FLOAT32, BFLOAT16, FLOAT16, INT64"));
+  }
+}
+
+absl::StatusOr<at::Tensor> DecodeTensor(const moe::v1::Tensor& wire,
+                                        absl::string_view field,
+                                        int64_t max_elements) {
+  absl::StatusOr<c10::ScalarType> type = TorchDType(wire.dtype());
+  if (!type.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": ", type.status().message()));
+  }
+  std::vector<int64_t> shape(wire.shape().begin(), wire.shape().end());
+  int64_t numel = 1;
+  for (int64_t d : shape) {
+    if (d < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": negative dimension in shape ", common::ShapeToString(shape)));
+    }
+    if (d != 0 && numel > max_elements / d) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(field, ": shape ", common::ShapeToString(shape),
+                       " exceeds the limit of ", max_elements, " elements"));
+    }
+    numel *= d;
+  }
+  if (numel > max_elements) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(field, ": shape ", common::ShapeToString(shape),
+                     " exceeds the limit of ", max_elements, " elements"));
+  }
+  const size_t elem = at::elementSize(*type);
+  if (wire.data().size() != static_cast<size_t>(numel) * elem) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": data is ", wire.data().size(), " bytes but shape ",
+        common::ShapeToString(shape), " of ", moe::v1::DType_Name(wire.dtype()),
+        " needs ", static_cast<size_t>(numel) * elem));
+  }
+  at::Tensor out;
+  absl::Status status = common::TorchCall("decode", [&] {
+    out = at::empty(shape, at::TensorOptions().dtype(*type));
+    if (numel > 0) std::memcpy(out.data_ptr(), wire.data().data(), wire.data().size());
+  });
+  if (!status.ok()) return status;
+  return out;
+}
+
+absl::Status EncodeTensor(const at::Tensor& t, moe::v1::DType dtype,
+                          moe::v1::Tensor* wire) {
+  absl::StatusOr<c10::ScalarType> type = TorchDType(dtype);
+  if (!type.ok()) return type.status();
+  return common::TorchCall("encode", [&] {
+    at::Tensor c = t.to(at::kCPU, *type).contiguous();
+    wire->set_dtype(dtype);
+    wire->clear_shape();
+    for (int64_t d : c.sizes()) wire->add_shape(d);
+    wire->set_data(static_cast<const char*>(c.data_ptr()), c.nbytes());
+  });
+}
+
+absl::Status AppendRows(const at::Tensor& t, int64_t row, int64_t count,
+                        moe::v1::DType dtype, moe::v1::Tensor* wire) {
+  absl::StatusOr<c10::ScalarType> type = TorchDType(dtype);
+  if (!type.ok()) return type.status();
+  return common::TorchCall("encode rows", [&] {
+    at::Tensor slice = t.narrow(0, row, count);
+    if (*type != slice.scalar_type()) slice = slice.to(*type);
+    slice = slice.contiguous();
+    wire->mutable_data()->append(static_cast<const char*>(slice.data_ptr()),
+                                 slice.nbytes());
+  });
+}
+
+}  // namespace moe::proto

@@ -1,0 +1,63 @@
+#include "router/service/forward_response.h"
+
+#include <algorithm>
+
+#include "common/status_macros.h"
+#include "common/torch_convert.h"
+#include "proto/tensor_codec.h"
+
+namespace moe::router {
+namespace {
+
+void FillLevel(const RoutingResult& r, moe::v1::LevelStats* s) {
+  const RoutingCounts& c = r.counts;
+  s->set_tokens(c.tokens);
+  s->set_expert_capacity(r.capacity);
+  s->set_kept_first(c.kept[0]);
+  s->set_kept_second(c.kept[1]);
+  s->set_dropped_first(c.dropped[0]);
+  s->set_dropped_second(c.dropped[1]);
+  s->set_second_skipped(c.second_skipped);
+  s->set_dropped_tokens(c.dropped_tokens);
+}
+
+}  // namespace
+
+absl::Status FillForwardResponse(const ForwardResult& r, moe::v1::DType y_dtype,
+                                 bool trace,
+                                 moe::v1::ForwardResponse* response) {
+  MOE_RETURN_IF_ERROR(proto::EncodeTensor(r.y, y_dtype, response->mutable_y()));
+  moe::v1::Losses* losses = response->mutable_losses();
+  losses->set_balance_loss(r.losses.balance_loss);
+  losses->set_router_z_loss(r.losses.router_z_loss);
+  losses->set_weighted_balance_loss(r.losses.weighted_balance_loss);
+  losses->set_weighted_router_z_loss(r.losses.weighted_router_z_loss);
+  losses->set_total_aux_loss(r.losses.total_aux_loss);
+  moe::v1::RoutingStats* stats = response->mutable_stats();
+  FillLevel(r.routing, stats->mutable_routing());
+  if (r.has_inner) FillLevel(r.inner_routing, stats->mutable_inner());
+  for (int64_t e = 0; e < r.plan.num_experts; ++e) {
+    const bool lost = std::find(r.unavailable_experts.begin(),
+                                r.unavailable_experts.end(),
+                                e) != r.unavailable_experts.end();
+    stats->add_kept_per_expert(lost ? 0 : r.plan.count(e));
+  }
+  stats->set_dropped_expert_unavailable(r.unavailable_assignments);
+  response->set_degraded(!r.unavailable_experts.empty());
+  for (int64_t e : r.unavailable_experts) response->add_failed_experts(e);
+  if (!trace) return absl::OkStatus();
+  const int64_t batch = r.y.size(0), seq = r.y.size(1);
+  NamedTensors tensors;
+  MOE_RETURN_IF_ERROR(common::TorchCall(
+      "trace", [&] { tensors = ForwardTrace(r, batch, seq); }));
+  for (auto& [name, tensor] : tensors) {
+    moe::v1::NamedTensor* t = response->add_trace();
+    t->set_name(name);
+    MOE_ASSIGN_OR_RETURN(moe::v1::DType dtype,
+                         proto::WireDType(tensor.scalar_type()));
+    MOE_RETURN_IF_ERROR(proto::EncodeTensor(tensor, dtype, t->mutable_tensor()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace moe::router

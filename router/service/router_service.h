@@ -1,0 +1,64 @@
+// The moe.v1.Router service: validates a request, runs the MoeEngine with a
+// RemoteExpertBackend on the router's own WorkQueue (never on gRPC's
+// threads), and answers with the output, losses, statistics and, on request,
+// the routing trace. Overload (a full queue) answers RESOURCE_EXHAUSTED.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+#include "common/work_queue.h"
+#include "moe/v1/router.grpc.pb.h"
+#include "router/engine/moe_engine.h"
+#include "router/service/remote_expert_backend.h"
+#include "router/service/worker_pool.h"
+
+namespace moe::router {
+
+struct RouterServiceOptions {
+  int threads = 2;
+  size_t max_queued = 64;
+  int64_t max_tokens_per_request = 65536;
+  absl::Duration worker_timeout = absl::Seconds(30);
+  ExpertFailurePolicy on_failure = ExpertFailurePolicy::kDrop;
+  moe::v1::DType wire_dtype = moe::v1::FLOAT32;
+};
+
+class RouterService final : public moe::v1::Router::CallbackService {
+ public:
+  // `engine` and `pool` must outlive the service.
+  RouterService(const MoeEngine* engine, WorkerPool* pool,
+                const RouterServiceOptions& options);
+  ~RouterService() override;
+
+  grpc::ServerUnaryReactor* Forward(grpc::CallbackServerContext* context,
+                                    const moe::v1::ForwardRequest* request,
+                                    moe::v1::ForwardResponse* response) override;
+
+  grpc::ServerUnaryReactor* GetModelInfo(
+      grpc::CallbackServerContext* context,
+      const moe::v1::GetModelInfoRequest* request,
+      moe::v1::ModelInfo* response) override;
+
+  // Largest ForwardRequest the limits allow, for the server's message size.
+  int64_t MaxRequestBytes() const;
+
+ private:
+  class ForwardReactor;
+
+  absl::Status RunForward(const moe::v1::ForwardRequest& request,
+                          absl::Time deadline, CallCancellation* cancellation,
+                          moe::v1::ForwardResponse* response) const;
+
+  const MoeEngine* engine_;
+  WorkerPool* pool_;
+  RouterServiceOptions options_;
+  std::atomic<int64_t> inflight_{0};
+  std::unique_ptr<common::WorkQueue> queue_;
+};
+
+// Parses "drop" / "fail".
+absl::StatusOr<ExpertFailurePolicy> ParseFailurePolicy(absl::string_view name);
+
+}  // namespace moe::router

@@ -1,0 +1,203 @@
+// moe-router: the client-facing gRPC server. Loads the gate (and the norms
+// and feed-forwards of a block) from a checkpoint, learns which worker hosts
+// which expert, routes, fans out, combines.
+//
+//   moe-router --checkpoint=model.safetensors
+//       --workers=10.0.0.2:50052,10.0.0.3:50052 --port=50051
+//
+// Health turns SERVING once every expert has a healthy worker.
+#include <signal.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <limits>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/checkpoint.h"
+#include "common/flags_util.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "router/engine/moe_engine.h"
+#include "router/service/router_service.h"
+#include "router/service/worker_pool.h"
+#include "server/server_runner.h"
+
+ABSL_FLAG(std::string, checkpoint, "", "Checkpoint (safetensors) to serve.");
+ABSL_FLAG(std::string, workers, "",
+          "Expert workers, HOST:PORT,HOST:PORT,... (or use --workers_file).");
+ABSL_FLAG(std::string, workers_file, "",
+          "File with one worker HOST:PORT per line.");
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
+ABSL_FLAG(int, port, 50051, "Port to listen on; 0 picks a free one.");
+ABSL_FLAG(std::string, port_file, "",
+          "Write the port here once listening (useful with --port=0).");
+ABSL_FLAG(std::string, on_expert_failure, "drop",
+          "When an expert's workers fail: drop (its assignments are dropped "
+          "and the response is marked degraded) or fail (UNAVAILABLE).");
+ABSL_FLAG(int64_t, max_tokens_per_request, 65536,
+          "Largest batch x tokens of one request (RESOURCE_EXHAUSTED above).");
+ABSL_FLAG(int, worker_timeout_ms, 30000,
+          "Deadline of one worker call when the client sets none shorter.");
+ABSL_FLAG(std::string, wire_dtype, "float32",
+          "Token dtype on the router-to-worker hop: float32, bfloat16, "
+          "float16.");
+ABSL_FLAG(int, threads, 2, "Threads running forwards.");
+ABSL_FLAG(int, max_queued, 64,
+          "Requests that may wait; more are refused with RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, probe_interval_ms, 1000, "Worker health probe interval.");
+ABSL_FLAG(double, start_timeout_seconds, 0,
+          "Give up when experts stay without a worker this long at start "
+          "(0: wait forever).");
+ABSL_FLAG(double, grace_seconds, 10, "Time in-flight calls get on shutdown.");
+
+namespace moe {
+namespace {
+
+absl::StatusOr<std::vector<std::string>> WorkerAddresses() {
+  std::vector<std::string> out =
+      common::SplitList(absl::GetFlag(FLAGS_workers));
+  const std::string file = absl::GetFlag(FLAGS_workers_file);
+  if (!file.empty()) {
+    std::ifstream in(file);
+    if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", file));
+    std::string line;
+    while (std::getline(in, line)) {
+      for (std::string& a : common::SplitList(line)) {
+        if (a[0] != '#') out.push_back(a);
+      }
+    }
+  }
+  if (out.empty()) {
+    return absl::InvalidArgumentError(
+        "no workers: give --workers=HOST:PORT,... or --workers_file");
+  }
+  return out;
+}
+
+absl::StatusOr<moe::v1::DType> WireDType(const std::string& name) {
+  if (name == "float32") return moe::v1::FLOAT32;
+  if (name == "bfloat16") return moe::v1::BFLOAT16;
+  if (name == "float16") return moe::v1::FLOAT16;
+  return absl::InvalidArgumentError(
+      "--wire_dtype must be float32, bfloat16 or float16");
+}
+
+// Waits until every expert has a healthy worker; false on SIGTERM/SIGINT.
+absl::StatusOr<bool> WaitForCoverage(const router::WorkerPool& pool) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  const double limit = absl::GetFlag(FLAGS_start_timeout_seconds);
+  const absl::Time start = absl::Now();
+  absl::Time last_log = start;
+  for (;;) {
+    std::vector<int64_t> missing = pool.UncoveredExperts();
+    if (missing.empty()) return true;
+    if (limit > 0 && absl::Now() - start > absl::Seconds(limit)) {
+      return absl::UnavailableError(absl::StrCat(
+          "experts [", absl::StrJoin(missing, ","), "] have no healthy worker "
+          "after ", limit, " s"));
+    }
+    if (absl::Now() - last_log > absl::Seconds(5)) {
+      MOE_LOG(INFO) << "waiting for workers: experts ["
+                    << absl::StrJoin(missing, ",") << "] have none yet";
+      last_log = absl::Now();
+    }
+    timespec ts{0, 50 * 1000 * 1000};
+    if (sigtimedwait(&set, nullptr, &ts) > 0) return false;
+  }
+}
+
+absl::Status Run() {
+  const std::string path = absl::GetFlag(FLAGS_checkpoint);
+  if (path.empty()) return absl::InvalidArgumentError("--checkpoint is required");
+  MOE_ASSIGN_OR_RETURN(std::vector<std::string> addresses, WorkerAddresses());
+  router::RouterServiceOptions options;
+  MOE_ASSIGN_OR_RETURN(options.on_failure, router::ParseFailurePolicy(
+                                               absl::GetFlag(FLAGS_on_expert_failure)));
+  MOE_ASSIGN_OR_RETURN(options.wire_dtype,
+                       WireDType(absl::GetFlag(FLAGS_wire_dtype)));
+  options.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
+  if (options.max_tokens_per_request < 1) {
+    return absl::InvalidArgumentError("--max_tokens_per_request must be >= 1");
+  }
+  options.worker_timeout =
+      absl::Milliseconds(absl::GetFlag(FLAGS_worker_timeout_ms));
+  options.threads = absl::GetFlag(FLAGS_threads);
+  options.max_queued = static_cast<size_t>(absl::GetFlag(FLAGS_max_queued));
+
+  common::LoadOptions load;
+  load.experts = std::vector<int64_t>{};
+  MOE_ASSIGN_OR_RETURN(common::Checkpoint ckpt,
+                       common::LoadCheckpoint(path, load));
+  const common::ModelConfig config = ckpt.config;
+  MOE_ASSIGN_OR_RETURN(auto engine,
+                       router::MoeEngine::Create(config, std::move(ckpt.router),
+                                                 /*backend=*/nullptr));
+  router::WorkerPoolOptions pool_options;
+  pool_options.probe_interval =
+      absl::Milliseconds(absl::GetFlag(FLAGS_probe_interval_ms));
+  const int64_t max_bytes = std::min<int64_t>(
+      options.max_tokens_per_request * 2 * config.dim * 4 + (1 << 20),
+      std::numeric_limits<int>::max());
+  pool_options.max_message_bytes = static_cast<int>(max_bytes);
+  router::WorkerPool pool(addresses, config, pool_options);
+  router::RouterService service(engine.get(), &pool, options);
+
+  server::ServerOptions server_options;
+  server_options.host = absl::GetFlag(FLAGS_host);
+  server_options.port = absl::GetFlag(FLAGS_port);
+  server_options.port_file = absl::GetFlag(FLAGS_port_file);
+  server_options.grace = absl::Seconds(absl::GetFlag(FLAGS_grace_seconds));
+  server_options.max_receive_bytes = static_cast<int>(std::min<int64_t>(
+      service.MaxRequestBytes(), std::numeric_limits<int>::max()));
+  server_options.max_send_bytes = static_cast<int>(max_bytes);
+  MOE_ASSIGN_OR_RETURN(auto runner,
+                       server::ServerRunner::Start(server_options, {&service}));
+  MOE_LOG(INFO) << "listening on " << runner->address()
+                << " (NOT_SERVING until every expert has a worker)";
+  pool.Start();
+  MOE_ASSIGN_OR_RETURN(bool covered, WaitForCoverage(pool));
+  if (!covered) {
+    MOE_LOG(INFO) << "shutdown requested while waiting for workers";
+    runner->Shutdown();
+    return absl::OkStatus();
+  }
+  runner->SetServing(true);
+  MOE_LOG(INFO) << "serving on " << runner->address() << ": "
+                << common::ModelKindName(config.kind) << " dim " << config.dim
+                << ", " << config.total_experts() << " experts on "
+                << addresses.size() << " workers ["
+                << absl::StrJoin(addresses, ",") << "], on_expert_failure="
+                << absl::GetFlag(FLAGS_on_expert_failure) << ", wire "
+                << absl::GetFlag(FLAGS_wire_dtype);
+  runner->WaitForShutdownSignal();
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace moe
+
+int main(int argc, char** argv) {
+  moe::server::BlockShutdownSignals();
+  moe::common::SetLogProgramName("moe-router");
+  absl::SetProgramUsageMessage(
+      "serves an ST-MoE layer over gRPC (moe.v1.Router), with the experts on "
+      "moe-expert workers.\n\n  moe-router --checkpoint=F "
+      "--workers=HOST:PORT,... --port=50051");
+  std::vector<std::string> args = moe::common::NormalizeFlagDashes(argc, argv);
+  std::vector<char*> ptrs = moe::common::ArgvPointers(args);
+  absl::ParseCommandLine(static_cast<int>(args.size()), ptrs.data());
+  absl::Status status = moe::Run();
+  if (!status.ok()) {
+    MOE_LOG(ERROR) << status.message();
+    return 1;
+  }
+  return 0;
+}

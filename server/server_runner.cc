@@ -1,0 +1,110 @@
+#include "server/server_runner.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+
+namespace moe::server {
+
+void BlockShutdownSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+ServerRunner::ServerRunner(ServerOptions options,
+                           std::unique_ptr<grpc::Server> server, int port,
+                           std::vector<std::string> service_names)
+    : options_(std::move(options)),
+      server_(std::move(server)),
+      port_(port),
+      service_names_(std::move(service_names)) {}
+
+ServerRunner::~ServerRunner() { Shutdown(); }
+
+absl::StatusOr<std::unique_ptr<ServerRunner>> ServerRunner::Start(
+    const ServerOptions& options,
+    const std::vector<grpc::Service*>& services) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  const std::string address = absl::StrCat(options.host, ":", options.port);
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(options.max_receive_bytes);
+  builder.SetMaxSendMessageSize(options.max_send_bytes);
+  std::vector<std::string> names;
+  for (grpc::Service* service : services) builder.RegisterService(service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", address,
+                     " (address in use or not available?)"));
+  }
+  auto runner = std::unique_ptr<ServerRunner>(
+      new ServerRunner(options, std::move(server), port, std::move(names)));
+  runner->SetServing(false);
+  if (!options.port_file.empty()) {
+    const std::string tmp = options.port_file + ".tmp";
+    {
+      std::ofstream out(tmp);
+      out << port << "\n";
+      if (!out) {
+        return absl::PermissionDeniedError(
+            absl::StrCat("cannot write --port_file ", options.port_file));
+      }
+    }
+    if (std::rename(tmp.c_str(), options.port_file.c_str()) != 0) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("cannot write --port_file ", options.port_file));
+    }
+  }
+  return runner;
+}
+
+std::string ServerRunner::address() const {
+  return absl::StrCat(options_.host, ":", port_);
+}
+
+void ServerRunner::SetServing(bool serving) {
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  if (health != nullptr) health->SetServingStatus(serving);
+}
+
+int ServerRunner::WaitForShutdownSignal() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  int sig = 0;
+  while (sigwait(&set, &sig) != 0) {
+  }
+  MOE_LOG(INFO) << "received " << (sig == SIGTERM ? "SIGTERM" : "SIGINT")
+                << ": draining (health NOT_SERVING, up to "
+                << absl::FormatDuration(options_.grace)
+                << " for in-flight calls)";
+  Shutdown();
+  return sig;
+}
+
+void ServerRunner::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  SetServing(false);
+  server_->Shutdown(
+      absl::ToChronoTime(absl::Now() + options_.grace));
+  server_->Wait();
+  MOE_LOG(INFO) << "stopped";
+}
+
+}  // namespace moe::server

@@ -1,0 +1,71 @@
+// ServerRunner: the process plumbing both servers share. It builds a gRPC
+// server with the standard health service (grpc.health.v1) and server
+// reflection, listens on host:port (port 0 picks a free one, written to
+// --port_file), and shuts down gracefully on SIGTERM/SIGINT: health turns
+// NOT_SERVING, in-flight calls get `grace` to finish, then the server stops.
+//
+// Example (in a main()):
+//   moe::server::BlockShutdownSignals();   // before any thread starts
+//   MOE_ASSIGN_OR_RETURN(auto runner, ServerRunner::Start(options, {&svc}));
+//   runner->SetServing(true);
+//   runner->WaitForShutdownSignal();
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace moe::server {
+
+struct ServerOptions {
+  std::string host = "0.0.0.0";
+  int port = 0;
+  std::string port_file;  // Written (atomically) once listening, if set.
+  int max_receive_bytes = 64 << 20;
+  int max_send_bytes = 64 << 20;
+  absl::Duration grace = absl::Seconds(10);
+};
+
+// Blocks SIGTERM and SIGINT in the calling thread and every thread it starts
+// later, so that WaitForShutdownSignal() can take them with sigwait. Call
+// first thing in main().
+void BlockShutdownSignals();
+
+class ServerRunner {
+ public:
+  // `services` must outlive the runner. Health starts NOT_SERVING.
+  static absl::StatusOr<std::unique_ptr<ServerRunner>> Start(
+      const ServerOptions& options,
+      const std::vector<grpc::Service*>& services);
+  ~ServerRunner();
+
+  int port() const { return port_; }
+  std::string address() const;
+
+  // Sets the overall health status ("" service) and each listed service's.
+  void SetServing(bool serving);
+
+  // Waits for SIGTERM or SIGINT, then shuts down gracefully. Returns the
+  // signal number.
+  int WaitForShutdownSignal();
+
+  // NOT_SERVING, then stop accepting calls and give in-flight ones `grace`.
+  void Shutdown();
+
+ private:
+  ServerRunner(ServerOptions options, std::unique_ptr<grpc::Server> server,
+               int port, std::vector<std::string> service_names);
+
+  ServerOptions options_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_;
+  std::vector<std::string> service_names_;
+  bool shut_down_ = false;
+};
+
+}  // namespace moe::server

@@ -1,0 +1,482 @@
+// The distributed path with real processes on 127.0.0.1: parity with the
+// in-process engine and the golden vectors through moe-up, worker failures
+// (killed, frozen, restarted), bad input, graceful shutdown.
+#include <signal.h>
+
+#include <set>
+#include <thread>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "absl/synchronization/notification.h"
+#include "client/router_client.h"
+#include "common/checkpoint.h"
+#include "experts/expert_shard.h"
+#include "proto/tensor_codec.h"
+#include "router/engine/moe_engine.h"
+#include "testing/deployment.h"
+#include "testing/golden.h"
+
+namespace moe {
+namespace {
+
+using testing::Deployment;
+using testing::Process;
+
+// The in-process engine of a checkpoint, optionally losing some experts (as
+// the router does under --on_expert_failure=drop).
+class Reference {
+ public:
+  explicit Reference(const std::string& path) {
+    auto ckpt = common::LoadCheckpoint(path);
+    EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+    shard_ = std::move(experts::ExpertShard::Create(ckpt->experts).value());
+    backend_ = std::make_unique<LosingBackend>(shard_.get());
+    engine_ = std::move(
+        router::MoeEngine::Create(ckpt->config, ckpt->router, backend_.get())
+            .value());
+  }
+  router::ForwardResult Forward(const at::Tensor& x,
+                                const router::RoutingOptions& o,
+                                std::set<int64_t> lost = {}) {
+    backend_->lost = std::move(lost);
+    auto r = engine_->Forward(x, o);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return std::move(*r);
+  }
+
+ private:
+  struct LosingBackend : router::ExpertBackend {
+    explicit LosingBackend(const experts::ExpertShard* s) : shard(s) {}
+    absl::Status RunExperts(const at::Tensor& tokens,
+                            absl::Span<const experts::ExpertSegment> segments,
+                            at::Tensor* out,
+                            std::vector<int64_t>* unavailable) override {
+      absl::Status s = shard->Run(tokens, segments, out);
+      int64_t offset = 0;
+      for (const auto& seg : segments) {
+        if (lost.count(seg.expert_id)) {
+          out->narrow(0, offset, seg.count).zero_();
+          unavailable->push_back(seg.expert_id);
+        }
+        offset += seg.count;
+      }
+      return s;
+    }
+    const experts::ExpertShard* shard;
+    std::set<int64_t> lost;
+  };
+  std::unique_ptr<experts::ExpertShard> shard_;
+  std::unique_ptr<LosingBackend> backend_;
+  std::unique_ptr<router::MoeEngine> engine_;
+};
+
+moe::v1::ForwardRequest Request(const at::Tensor& x,
+                                const moe::v1::RoutingOptions& options) {
+  moe::v1::ForwardRequest request;
+  EXPECT_TRUE(proto::EncodeTensor(x, moe::v1::FLOAT32, request.mutable_x()).ok());
+  *request.mutable_options() = options;
+  return request;
+}
+
+at::Tensor Y(const moe::v1::ForwardResponse& response) {
+  auto y = proto::DecodeTensor(response.y(), "y", 1 << 30);
+  EXPECT_TRUE(y.ok());
+  return *y;
+}
+
+// ---------------------------------------------------------------------------
+// Parity through moe-up with 2 and 3 workers.
+
+struct ParityCase {
+  std::string name;
+  int workers;
+};
+
+class MoeUpParityTest : public ::testing::TestWithParam<ParityCase> {};
+
+TEST_P(MoeUpParityTest, DistributedEqualsInProcessAndGolden) {
+  const ParityCase& c = GetParam();
+  const std::string path = testing::GoldenPath(c.name);
+  const std::string port_file =
+      testing::TempDir() + "/" + c.name + std::to_string(c.workers) + ".port";
+  Process up({testing::BinaryPath("moe-up"), "--checkpoint=" + path,
+              "--workers=" + std::to_string(c.workers), "--port=0",
+              "--port_file=" + port_file},
+             port_file + ".log");
+  auto port = testing::WaitForPortFile(port_file, absl::Seconds(90), &up);
+  ASSERT_TRUE(port.ok()) << port.status() << up.Log();
+
+  auto golden = testing::ReadAllTensors(path);
+  const at::Tensor x = golden.at("input.x");
+  moe::v1::RoutingOptions options;
+  router::RoutingOptions local;
+  if (testing::GoldenMode(c.name) == "train") {
+    options.set_mode(moe::v1::TRAIN);
+    local.mode = router::Mode::kTrain;
+  }
+  options.set_return_trace(true);
+  if (golden.count("input.probs")) {
+    ASSERT_TRUE(proto::EncodeTensor(golden.at("input.probs"), moe::v1::FLOAT32,
+                                    options.mutable_second_choice_uniforms())
+                    .ok());
+    local.second_choice_uniforms = golden.at("input.probs");
+  }
+  auto client = client::RouterClient::Create("127.0.0.1:" + std::to_string(*port));
+  auto response = client->Forward(Request(x, options));
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_FALSE(response->degraded());
+
+  Reference reference(path);
+  router::ForwardResult expected = reference.Forward(x, local);
+  EXPECT_LE(testing::MaxAbsDiff(Y(*response), expected.y), 1e-6);
+  EXPECT_LE(testing::MaxAbsDiff(Y(*response), golden.at("output.y")), 1e-5);
+  EXPECT_NEAR(response->losses().balance_loss(), expected.losses.balance_loss,
+              1e-6);
+  EXPECT_EQ(response->stats().routing().dropped_first(),
+            expected.routing.counts.dropped[0]);
+  EXPECT_EQ(response->stats().routing().dropped_second(),
+            expected.routing.counts.dropped[1]);
+  const std::string level = expected.has_inner ? "outer." : "";
+  int checked = 0;
+  for (const auto& t : response->trace()) {
+    if (t.name() == "trace." + level + "gate_indices" ||
+        t.name() == "trace." + level + "positions") {
+      auto tensor = proto::DecodeTensor(t.tensor(), t.name(), 1 << 20);
+      ASSERT_TRUE(tensor.ok());
+      const std::string key = "expected." + t.name().substr(6);
+      EXPECT_TRUE(at::equal(*tensor, golden.at(key))) << t.name();
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 2);
+
+  // An idle open connection holds the server's shutdown for a few seconds
+  // (gRPC waits for the client to acknowledge the GOAWAY); this client is done.
+  client.reset();
+  up.Signal(SIGTERM);
+  EXPECT_EQ(up.Wait(absl::Seconds(30)), 0) << up.Log();
+}
+
+std::vector<ParityCase> ParityCases() {
+  std::vector<ParityCase> cases;
+  for (const std::string& name : testing::GoldenCases()) {
+    for (int workers : {2, 3}) cases.push_back({name, workers});
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllGoldenCases, MoeUpParityTest, ::testing::ValuesIn(ParityCases()),
+    [](const ::testing::TestParamInfo<ParityCase>& info) {
+      return info.param.name + "_" + std::to_string(info.param.workers) +
+             "workers";
+    });
+
+// ---------------------------------------------------------------------------
+// Worker failures.
+
+const std::string kModel = "A_moe_eval_nodrop";  // 4 experts, dim 16
+
+moe::v1::RoutingOptions AllPolicy() {
+  moe::v1::RoutingOptions o;
+  o.set_policy(moe::v1::ALL);
+  return o;
+}
+
+router::RoutingOptions LocalAll() {
+  router::RoutingOptions o;
+  o.policy = router::SecondExpertPolicy::kAll;
+  return o;
+}
+
+at::Tensor Input() {
+  return testing::ReadAllTensors(testing::GoldenPath(kModel)).at("input.x");
+}
+
+TEST(WorkerFailureTest, KilledWorkerWithReplicaChangesNothing) {
+  Deployment d(testing::GoldenPath(kModel), {"0-3", "0-3"});
+  ASSERT_TRUE(d.StartWorker(0).ok());
+  ASSERT_TRUE(d.StartWorker(1).ok());
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  auto client = client::RouterClient::Create(d.router_address());
+  const at::Tensor x = Input();
+  const at::Tensor expected = Reference(testing::GoldenPath(kModel))
+                                  .Forward(x, LocalAll())
+                                  .y;
+  d.worker(1).Signal(SIGKILL);
+  d.worker(1).Wait(absl::Seconds(10));
+  for (int i = 0; i < 3; ++i) {
+    auto r = client->Forward(Request(x, AllPolicy()));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_FALSE(r->degraded());
+    EXPECT_LE(testing::MaxAbsDiff(Y(*r), expected), 1e-6);
+  }
+}
+
+TEST(WorkerFailureTest, KilledWorkerWithoutReplicaIsDroppedThenRecovers) {
+  Deployment d(testing::GoldenPath(kModel), {"0-1", "2-3"});
+  ASSERT_TRUE(d.StartWorker(0).ok());
+  ASSERT_TRUE(d.StartWorker(1).ok());
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  auto client = client::RouterClient::Create(d.router_address());
+  const at::Tensor x = Input();
+  Reference reference(testing::GoldenPath(kModel));
+  const router::ForwardResult full = reference.Forward(x, LocalAll());
+  const router::ForwardResult without =
+      reference.Forward(x, LocalAll(), {2, 3});
+
+  const int port = d.worker_port(1);
+  d.worker(1).Signal(SIGKILL);
+  d.worker(1).Wait(absl::Seconds(10));
+  auto r = client->Forward(Request(x, AllPolicy()));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->degraded());
+  EXPECT_EQ(std::vector<int64_t>(r->failed_experts().begin(),
+                                 r->failed_experts().end()),
+            (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(r->stats().dropped_expert_unavailable(),
+            full.plan.count(2) + full.plan.count(3));
+  EXPECT_GT(r->stats().dropped_expert_unavailable(), 0);
+  EXPECT_EQ(r->stats().kept_per_expert(2), 0);
+  EXPECT_EQ(r->stats().kept_per_expert(0), full.plan.count(0));
+  EXPECT_LE(testing::MaxAbsDiff(Y(*r), without.y), 1e-6);
+  EXPECT_GT(testing::MaxAbsDiff(Y(*r), full.y), 1e-3);
+
+  // The worker comes back on the same address: the router recovers.
+  ASSERT_TRUE(d.StartWorker(1, port).ok());
+  ASSERT_TRUE(d.WaitWorkerState(1, true, absl::Seconds(20)).ok());
+  auto again = client->Forward(Request(x, AllPolicy()));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(again->degraded());
+  EXPECT_LE(testing::MaxAbsDiff(Y(*again), full.y), 1e-6);
+}
+
+TEST(WorkerFailureTest, FailPolicyAnswersUnavailableWithinTheDeadline) {
+  Deployment d(testing::GoldenPath(kModel), {"0-1", "2-3"},
+               {"--on_expert_failure=fail"});
+  ASSERT_TRUE(d.StartWorker(0).ok());
+  ASSERT_TRUE(d.StartWorker(1).ok());
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  client::ClientOptions options;
+  options.timeout = absl::Seconds(5);
+  options.max_attempts = 1;
+  auto client = client::RouterClient::Create(d.router_address(), options);
+  d.worker(0).Signal(SIGKILL);
+  d.worker(0).Wait(absl::Seconds(10));
+  const absl::Time start = absl::Now();
+  auto r = client->Forward(Request(Input(), AllPolicy()));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  EXPECT_NE(r.status().message().find("expert 0"), std::string::npos)
+      << r.status();
+}
+
+TEST(WorkerFailureTest, FrozenWorkerEndsByTheDeadline) {
+  Deployment d(testing::GoldenPath(kModel), {"0-1", "2-3"});
+  ASSERT_TRUE(d.StartWorker(0).ok());
+  ASSERT_TRUE(d.StartWorker(1).ok());
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  client::ClientOptions options;
+  options.timeout = absl::Seconds(2);
+  options.max_attempts = 1;
+  auto client = client::RouterClient::Create(d.router_address(), options);
+  d.worker(1).Signal(SIGSTOP);
+  const absl::Time start = absl::Now();
+  auto r = client->Forward(Request(Input(), AllPolicy()));
+  const absl::Duration took = absl::Now() - start;
+  d.worker(1).Signal(SIGCONT);
+  EXPECT_LT(took, absl::Seconds(2.5));
+  if (r.ok()) {
+    EXPECT_TRUE(r->degraded());
+  } else {
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded);
+  }
+  // The router is still serving.
+  EXPECT_TRUE(client->GetModelInfo().ok());
+}
+
+// ---------------------------------------------------------------------------
+// Bad input.
+
+class BadInputTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    deployment_ = new Deployment(testing::GoldenPath(kModel), {"0-3"},
+                                 {"--max_tokens_per_request=64"});
+    ASSERT_TRUE(deployment_->StartWorker(0).ok());
+    ASSERT_TRUE(deployment_->StartRouter().ok()) << deployment_->router().Log();
+  }
+  static void TearDownTestSuite() {
+    delete deployment_;
+    deployment_ = nullptr;
+  }
+  absl::Status Send(const moe::v1::ForwardRequest& request) {
+    client::ClientOptions options;
+    options.max_attempts = 1;
+    options.timeout = absl::Seconds(20);
+    return client::RouterClient::Create(deployment_->router_address(), options)
+        ->Forward(request)
+        .status();
+  }
+  static Deployment* deployment_;
+};
+Deployment* BadInputTest::deployment_ = nullptr;
+
+TEST_F(BadInputTest, EachMalformedFieldIsNamed) {
+  struct Case {
+    std::string what;
+    moe::v1::ForwardRequest request;
+    absl::StatusCode code;
+    std::string message;
+  };
+  std::vector<Case> cases;
+  const moe::v1::ForwardRequest good =
+      Request(at::randn({1, 8, 16}), moe::v1::RoutingOptions());
+  auto with = [&](auto edit) {
+    moe::v1::ForwardRequest r = good;
+    edit(r);
+    return r;
+  };
+  const auto kInvalid = absl::StatusCode::kInvalidArgument;
+  cases.push_back({"missing x", moe::v1::ForwardRequest(), kInvalid, "x: missing"});
+  cases.push_back({"wrong rank", Request(at::randn({8, 16}), {}), kInvalid,
+                   "x: must have rank 3"});
+  cases.push_back({"wrong dim", Request(at::randn({1, 8, 15}), {}), kInvalid,
+                   "x: last dimension is 15"});
+  cases.push_back({"unspecified dtype",
+                   with([](auto& r) { r.mutable_x()->set_dtype(moe::v1::DTYPE_UNSPECIFIED); }),
+                   kInvalid, "x: dtype DTYPE_UNSPECIFIED"});
+  cases.push_back({"unknown dtype",
+                   with([](auto& r) { r.mutable_x()->set_dtype(static_cast<moe::v1::DType>(99)); }),
+                   kInvalid, "x: dtype"});
+  cases.push_back({"int64 x",
+                   with([](auto& r) { r.mutable_x()->set_dtype(moe::v1::INT64); }),
+                   kInvalid, "x: dtype INT64"});
+  cases.push_back({"short data",
+                   with([](auto& r) { r.mutable_x()->mutable_data()->resize(100); }),
+                   kInvalid, "x: data is 100 bytes"});
+  cases.push_back({"negative dim",
+                   with([](auto& r) { r.mutable_x()->set_shape(1, -8); }),
+                   kInvalid, "x: negative dimension"});
+  at::Tensor nan = at::randn({1, 8, 16});
+  nan[0][3][3] = std::nanf("");
+  cases.push_back({"NaN", Request(nan, {}), kInvalid, "x: contains NaN or Inf"});
+  at::Tensor inf = at::randn({1, 8, 16});
+  inf[0][0][0] = INFINITY;
+  cases.push_back({"Inf", Request(inf, {}), kInvalid, "x: contains NaN or Inf"});
+  cases.push_back({"empty batch", Request(at::randn({0, 8, 16}), {}), kInvalid,
+                   "x: batch and tokens must be at least 1"});
+  cases.push_back({"too many tokens", Request(at::randn({2, 64, 16}), {}),
+                   absl::StatusCode::kResourceExhausted,
+                   "exceed --max_tokens_per_request=64"});
+  cases.push_back({"huge shape",
+                   with([](auto& r) {
+                     r.mutable_x()->set_shape(0, 1LL << 40);
+                   }),
+                   absl::StatusCode::kResourceExhausted, "x: "});
+  cases.push_back({"bad draws shape", with([](auto& r) {
+                     EXPECT_TRUE(proto::EncodeTensor(at::rand({3, 8}), moe::v1::FLOAT32,
+                                                     r.mutable_options()->mutable_second_choice_uniforms())
+                                     .ok());
+                   }),
+                   kInvalid, "second_choice_uniforms: shape [3, 8]"});
+  cases.push_back({"draws out of range", with([](auto& r) {
+                     EXPECT_TRUE(proto::EncodeTensor(at::full({1, 8}, 2.0f), moe::v1::FLOAT32,
+                                                     r.mutable_options()->mutable_second_choice_uniforms())
+                                     .ok());
+                   }),
+                   kInvalid, "second_choice_uniforms: values must be"});
+  cases.push_back({"draws with policy all", with([](auto& r) {
+                     r.mutable_options()->set_policy(moe::v1::ALL);
+                     EXPECT_TRUE(proto::EncodeTensor(at::rand({1, 8}), moe::v1::FLOAT32,
+                                                     r.mutable_options()->mutable_second_choice_uniforms())
+                                     .ok());
+                   }),
+                   kInvalid, "random policy only"});
+  cases.push_back({"unknown policy", with([](auto& r) {
+                     r.mutable_options()->set_policy(static_cast<moe::v1::SecondExpertPolicy>(42));
+                   }),
+                   kInvalid, "options.policy: unknown value 42"});
+  cases.push_back({"unknown mode", with([](auto& r) {
+                     r.mutable_options()->set_mode(static_cast<moe::v1::Mode>(7));
+                   }),
+                   kInvalid, "options.mode: unknown value 7"});
+  cases.push_back({"negative threshold", with([](auto& r) { r.mutable_options()->set_threshold(-0.1f); }),
+                   kInvalid, "options.threshold"});
+  cases.push_back({"NaN threshold", with([](auto& r) { r.mutable_options()->set_threshold(std::nanf("")); }),
+                   kInvalid, "options.threshold"});
+  cases.push_back({"zero capacity factor", with([](auto& r) { r.mutable_options()->set_capacity_factor(0); }),
+                   kInvalid, "options.capacity_factor"});
+  cases.push_back({"huge capacity factor", with([](auto& r) { r.mutable_options()->set_capacity_factor(1e9); }),
+                   kInvalid, "options.capacity_factor"});
+  for (const Case& c : cases) {
+    absl::Status s = Send(c.request);
+    EXPECT_EQ(s.code(), c.code) << c.what << ": " << s;
+    EXPECT_NE(s.message().find(c.message), std::string::npos)
+        << c.what << ": " << s;
+  }
+  // The servers keep serving.
+  EXPECT_TRUE(Send(good).ok());
+  EXPECT_TRUE(deployment_->router().running());
+  EXPECT_TRUE(deployment_->worker(0).running());
+}
+
+// ---------------------------------------------------------------------------
+// Graceful shutdown.
+
+TEST(GracefulShutdownTest, InFlightCompletesAndNewCallsAreRefused) {
+  Deployment d(testing::GoldenPath(kModel), {"0-3"});
+  ASSERT_TRUE(d.StartWorker(0).ok());
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  client::ClientOptions options;
+  options.timeout = absl::Seconds(30);
+  options.max_attempts = 1;
+  auto client = client::RouterClient::Create(d.router_address(), options);
+  const at::Tensor x = Input();
+  const at::Tensor expected =
+      Reference(testing::GoldenPath(kModel)).Forward(x, LocalAll()).y;
+
+  // Freeze the worker so the request stays in flight, then stop the router.
+  d.worker(0).Signal(SIGSTOP);
+  absl::Notification done;
+  absl::StatusOr<moe::v1::ForwardResponse> in_flight;
+  client->ForwardAsync(Request(x, AllPolicy()),
+                       [&](absl::StatusOr<moe::v1::ForwardResponse> r) {
+                         in_flight = std::move(r);
+                         done.Notify();
+                       });
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  int64_t inflight = 0;
+  while (inflight == 0 && absl::Now() < deadline) {
+    auto info = client->GetModelInfo();
+    if (info.ok()) inflight = info->inflight_requests();
+  }
+  ASSERT_EQ(inflight, 1);
+  d.router().Signal(SIGTERM);
+
+  client::ClientOptions quick;
+  quick.timeout = absl::Seconds(1);
+  quick.max_attempts = 1;
+  auto fresh = client::RouterClient::Create(d.router_address(), quick);
+  absl::Status refused;
+  const absl::Time refuse_deadline = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < refuse_deadline) {
+    refused = fresh->Forward(Request(x, AllPolicy())).status();
+    if (!refused.ok()) break;
+  }
+  EXPECT_FALSE(refused.ok());
+  EXPECT_FALSE(done.HasBeenNotified());
+
+  d.worker(0).Signal(SIGCONT);
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  ASSERT_TRUE(in_flight.ok()) << in_flight.status();
+  EXPECT_FALSE(in_flight->degraded());
+  EXPECT_LE(testing::MaxAbsDiff(Y(*in_flight), expected), 1e-6);
+  EXPECT_EQ(d.router().Wait(absl::Seconds(15)), 0) << d.router().Log();
+}
+
+}  // namespace
+}  // namespace moe

@@ -1,0 +1,191 @@
+#include "testing/deployment.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "client/router_client.h"
+#include "testing/golden.h"
+
+namespace moe::testing {
+
+Process::Process(std::vector<std::string> argv, std::string log_path)
+    : log_path_(std::move(log_path)) {
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    FILE* f = std::fopen(log_path_.c_str(), "w");
+    if (f != nullptr) {
+      ::dup2(fileno(f), STDOUT_FILENO);
+      ::dup2(fileno(f), STDERR_FILENO);
+    }
+    sigset_t set;
+    sigemptyset(&set);
+    pthread_sigmask(SIG_SETMASK, &set, nullptr);
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
+    std::_Exit(127);
+  }
+}
+
+Process::~Process() {
+  if (running()) {
+    ::kill(pid_, SIGCONT);
+    ::kill(pid_, SIGKILL);
+    Wait(absl::Seconds(10));
+  }
+}
+
+bool Process::running() {
+  if (exit_code_ >= 0 || pid_ <= 0) return false;
+  int status = 0;
+  if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status)
+                                   : 128 + WTERMSIG(status);
+    return false;
+  }
+  return true;
+}
+
+void Process::Signal(int sig) {
+  if (running()) ::kill(pid_, sig);
+}
+
+int Process::Wait(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (running()) {
+    if (absl::Now() > deadline) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return exit_code_;
+}
+
+std::string Process::Log() const {
+  std::ifstream in(log_path_);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::StatusOr<int> WaitForPortFile(const std::string& path,
+                                    absl::Duration timeout, Process* process) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    std::ifstream in(path);
+    std::string text;
+    int port = 0;
+    if ((in >> text) && absl::SimpleAtoi(text, &port)) return port;
+    if (process != nullptr && !process->running()) {
+      return absl::UnavailableError(
+          absl::StrCat("process exited before writing ", path, ":\n",
+                       process->Log()));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return absl::DeadlineExceededError(absl::StrCat("no port file ", path));
+}
+
+absl::Status WaitServing(const std::string& address, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    auto health = client::CheckHealth(address, absl::Milliseconds(500));
+    if (health.ok() &&
+        *health == grpc::health::v1::HealthCheckResponse::SERVING) {
+      return absl::OkStatus();
+    }
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat(address, " not SERVING in time"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+Deployment::Deployment(std::string checkpoint,
+                       std::vector<std::string> worker_experts,
+                       std::vector<std::string> router_flags)
+    : checkpoint_(std::move(checkpoint)),
+      worker_experts_(std::move(worker_experts)),
+      router_flags_(std::move(router_flags)),
+      workers_(worker_experts_.size()),
+      worker_ports_(worker_experts_.size(), 0) {
+  static int counter = 0;
+  dir_ = absl::StrCat(TempDir(), "/deployment-", counter++);
+  std::filesystem::create_directories(dir_);
+}
+
+Deployment::~Deployment() {
+  router_.reset();
+  workers_.clear();
+}
+
+absl::Status Deployment::StartWorker(int i, int port) {
+  const std::string port_file = absl::StrCat(dir_, "/worker-", i, ".port");
+  std::filesystem::remove(port_file);
+  workers_[i] = std::make_unique<Process>(
+      std::vector<std::string>{
+          BinaryPath("moe-expert"), "--checkpoint=" + checkpoint_,
+          "--experts=" + worker_experts_[i], "--host=127.0.0.1",
+          absl::StrCat("--port=", port), "--port_file=" + port_file,
+          "--grace_seconds=5"},
+      absl::StrCat(dir_, "/worker-", i, ".log"));
+  absl::StatusOr<int> p =
+      WaitForPortFile(port_file, absl::Seconds(60), workers_[i].get());
+  if (!p.ok()) return p.status();
+  worker_ports_[i] = *p;
+  return WaitServing(absl::StrCat("127.0.0.1:", *p), absl::Seconds(60));
+}
+
+absl::Status Deployment::StartRouter() {
+  std::vector<std::string> addresses;
+  for (int p : worker_ports_) addresses.push_back(absl::StrCat("127.0.0.1:", p));
+  const std::string port_file = dir_ + "/router.port";
+  std::filesystem::remove(port_file);
+  std::vector<std::string> argv = {
+      BinaryPath("moe-router"), "--checkpoint=" + checkpoint_,
+      "--workers=" + absl::StrJoin(addresses, ","), "--host=127.0.0.1",
+      "--port=0", "--port_file=" + port_file, "--probe_interval_ms=100",
+      "--grace_seconds=10"};
+  argv.insert(argv.end(), router_flags_.begin(), router_flags_.end());
+  router_ = std::make_unique<Process>(argv, dir_ + "/router.log");
+  absl::StatusOr<int> p =
+      WaitForPortFile(port_file, absl::Seconds(60), router_.get());
+  if (!p.ok()) return p.status();
+  router_port_ = *p;
+  return WaitServing(router_address(), absl::Seconds(60));
+}
+
+absl::Status Deployment::WaitWorkerState(int i, bool up,
+                                         absl::Duration timeout) {
+  auto client = client::RouterClient::Create(router_address());
+  const std::string address = absl::StrCat("127.0.0.1:", worker_ports_[i]);
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    auto info = client->GetModelInfo();
+    if (info.ok()) {
+      for (const auto& w : info->workers()) {
+        if (w.address() == address && w.up() == up) return absl::OkStatus();
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return absl::DeadlineExceededError(
+      absl::StrCat("worker ", address, " not ", up ? "up" : "down", " in time"));
+}
+
+std::string Deployment::router_address() const {
+  return absl::StrCat("127.0.0.1:", router_port_);
+}
+
+}  // namespace moe::testing

@@ -1,0 +1,74 @@
+// Integration-test helpers: real moe-expert / moe-router / moe-up processes
+// on 127.0.0.1, ports from port files, readiness from health checks.
+#pragma once
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace moe::testing {
+
+// A child process; killed (SIGKILL) when destroyed if still running.
+class Process {
+ public:
+  Process(std::vector<std::string> argv, std::string log_path);
+  ~Process();
+  pid_t pid() const { return pid_; }
+  bool running();
+  void Signal(int sig);
+  // Waits for exit; returns the exit code (128 + signal when killed), or -1
+  // on timeout.
+  int Wait(absl::Duration timeout);
+  const std::string& log_path() const { return log_path_; }
+  std::string Log() const;
+
+ private:
+  pid_t pid_ = -1;
+  std::string log_path_;
+  int exit_code_ = -1;
+};
+
+// Reads an integer port from `path` once it exists; waits up to `timeout`.
+absl::StatusOr<int> WaitForPortFile(const std::string& path,
+                                    absl::Duration timeout, Process* process);
+
+// Waits until `address` answers health SERVING.
+absl::Status WaitServing(const std::string& address, absl::Duration timeout);
+
+// Workers and a router started one by one (for failure tests).
+class Deployment {
+ public:
+  // worker_experts[i] is the --experts list of worker i.
+  Deployment(std::string checkpoint, std::vector<std::string> worker_experts,
+             std::vector<std::string> router_flags = {});
+  ~Deployment();
+
+  // Starts worker i on port `port` (0: a free one, recorded).
+  absl::Status StartWorker(int i, int port = 0);
+  absl::Status StartRouter();
+  // Waits until the router reports worker i up (or down).
+  absl::Status WaitWorkerState(int i, bool up, absl::Duration timeout);
+
+  Process& worker(int i) { return *workers_[i]; }
+  Process& router() { return *router_; }
+  int worker_port(int i) const { return worker_ports_[i]; }
+  std::string router_address() const;
+
+ private:
+  std::string checkpoint_;
+  std::vector<std::string> worker_experts_;
+  std::vector<std::string> router_flags_;
+  std::vector<std::unique_ptr<Process>> workers_;
+  std::vector<int> worker_ports_;
+  std::unique_ptr<Process> router_;
+  int router_port_ = 0;
+  std::string dir_;
+};
+
+}  // namespace moe::testing
