@@ -113,15 +113,17 @@ void BM_PlanGatherScatter(benchmark::State& state) {
 }
 BENCHMARK(BM_PlanGatherScatter)->Unit(benchmark::kMillisecond);
 
-// The in-process engine on x [4, 1024, 512], eval, random policy.
-void BM_EngineForwardReadmeConfig(benchmark::State& state) {
+// The in-process engine on x [B, n, 512] (README configuration: 4 x 1024),
+// eval, random policy.
+void BM_EngineForward(benchmark::State& state) {
+  const int64_t batch = state.range(0), seq = state.range(1);
   const common::ModelConfig config = common::DefaultDemoConfig();
   auto model = common::BuildDemoModel(config, 0);
   auto shard = experts::ExpertShard::Create(model->experts);
   router::LocalExpertBackend backend(shard->get());
   auto engine = router::MoeEngine::Create(config, model->router, &backend);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
-  at::Tensor x = at::randn({kBatch, kSeq, kDim}, gen);
+  at::Tensor x = at::randn({batch, seq, kDim}, gen);
   router::RoutingOptions options;
   options.seed = 1;
   int64_t kept = 0;
@@ -135,13 +137,13 @@ void BM_EngineForwardReadmeConfig(benchmark::State& state) {
   }
   const double useful = 2.0 * kept * 3.0 * kDim * config.expert_hidden();
   state.counters["tokens_per_s"] = benchmark::Counter(
-      kBatch * kSeq, benchmark::Counter::kIsIterationInvariantRate);
+      batch * seq, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["gflops"] = benchmark::Counter(
       useful * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["kept_assignments"] = kept;
 }
-BENCHMARK(BM_EngineForwardReadmeConfig)->Unit(benchmark::kMillisecond)
-    ->MinTime(3.0);
+BENCHMARK(BM_EngineForward)->Args({4, 1024})->Args({1, 32})
+    ->Unit(benchmark::kMillisecond)->MinTime(3.0);
 
 }  // namespace
 }  // namespace moe

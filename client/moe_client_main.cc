@@ -9,6 +9,8 @@
 //     The same through a running moe-router (same files, same flags).
 //   moe-client forward --checkpoint=F --random_input=4x1024 [--input_seed=S]
 //     The same on a seeded random input (no --output needed).
+//   moe-client bench --target=HOST:PORT [--shape=1x32] [--concurrency=1]
+//       [--duration=10]                    closed-loop load, with progress
 //   moe-client info --target=HOST:PORT     the model and its workers
 //   moe-client health --target=HOST:PORT   grpc.health.v1 status (exit 0 if
 //                                          SERVING)
@@ -19,6 +21,9 @@
 //
 // Flag names accept dashes too (--input-tensor is --input_tensor).
 #include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <thread>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -80,6 +85,9 @@ ABSL_FLAG(bool, trace, false,
           "Also write the routing tensors (trace.*) to --output.");
 ABSL_FLAG(std::string, output, "", "Output safetensors file.");
 ABSL_FLAG(bool, summary, true, "Print a routing summary to stdout.");
+ABSL_FLAG(int, concurrency, 1, "bench: requests in flight at once.");
+ABSL_FLAG(double, duration, 10, "bench: seconds to run.");
+ABSL_FLAG(std::string, shape, "1x32", "bench: input shape BxN.");
 ABSL_FLAG(int, dim, 512, "demo-checkpoint: model dim.");
 ABSL_FLAG(int, num_experts, 16, "demo-checkpoint: number of experts.");
 ABSL_FLAG(int, num_experts_inner, 0,
@@ -380,6 +388,95 @@ absl::Status RunInfo() {
   return absl::OkStatus();
 }
 
+// Closed-loop load: `concurrency` threads each send the same request back to
+// back for `duration` seconds; progress every second, then throughput and
+// latency percentiles.
+absl::Status RunBench() {
+  const std::string target = absl::GetFlag(FLAGS_target);
+  if (target.empty()) return absl::InvalidArgumentError("bench needs --target");
+  MOE_ASSIGN_OR_RETURN(router::RoutingOptions options, OptionsFromFlags());
+  client::ClientOptions client_options;
+  client_options.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_seconds));
+  client_options.max_attempts = 1;
+  auto client = client::RouterClient::Create(target, client_options);
+  MOE_ASSIGN_OR_RETURN(moe::v1::ModelInfo info, client->GetModelInfo());
+  std::vector<std::string> parts = absl::StrSplit(absl::GetFlag(FLAGS_shape), 'x');
+  int64_t b = 0, n = 0;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &b) ||
+      !absl::SimpleAtoi(parts[1], &n) || b < 1 || n < 1) {
+    return absl::InvalidArgumentError("--shape: expected BxN, e.g. 1x32");
+  }
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(
+      absl::GetFlag(FLAGS_input_seed));
+  moe::v1::ForwardRequest request;
+  MOE_RETURN_IF_ERROR(proto::EncodeTensor(at::randn({b, n, info.dim()}, gen),
+                                          moe::v1::FLOAT32,
+                                          request.mutable_x()));
+  *request.mutable_options() = ToProto(options, false);
+  const int concurrency = std::max(1, absl::GetFlag(FLAGS_concurrency));
+  const absl::Duration duration =
+      absl::Seconds(absl::GetFlag(FLAGS_duration));
+  std::printf("bench: %s, x [%lld, %lld, %lld], concurrency %d, %s\n",
+              target.c_str(), static_cast<long long>(b),
+              static_cast<long long>(n), static_cast<long long>(info.dim()),
+              concurrency, absl::FormatDuration(duration).c_str());
+  std::atomic<int64_t> done{0}, errors{0};
+  std::mutex mu;
+  std::vector<double> latencies_ms;
+  std::string last_error;
+  const absl::Time start = absl::Now();
+  const absl::Time end = start + duration;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < concurrency; ++i) {
+    threads.emplace_back([&] {
+      std::vector<double> mine;
+      while (absl::Now() < end) {
+        const absl::Time t0 = absl::Now();
+        auto r = client->Forward(request);
+        const double ms = absl::ToDoubleMilliseconds(absl::Now() - t0);
+        if (r.ok()) {
+          mine.push_back(ms);
+          ++done;
+        } else {
+          ++errors;
+          std::lock_guard<std::mutex> lock(mu);
+          last_error = r.status().ToString();
+        }
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      latencies_ms.insert(latencies_ms.end(), mine.begin(), mine.end());
+    });
+  }
+  int64_t last = 0;
+  for (int second = 1; absl::Now() < end; ++second) {
+    absl::SleepFor(std::min(absl::Seconds(1), end - absl::Now()));
+    const int64_t now_done = done.load();
+    std::fprintf(stderr, "  %3ds  %lld requests (%lld/s)  %lld errors\n",
+                 second, static_cast<long long>(now_done),
+                 static_cast<long long>(now_done - last),
+                 static_cast<long long>(errors.load()));
+    last = now_done;
+  }
+  for (std::thread& t : threads) t.join();
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  std::sort(latencies_ms.begin(), latencies_ms.end());
+  auto pct = [&](double q) {
+    if (latencies_ms.empty()) return 0.0;
+    const size_t i = std::min(latencies_ms.size() - 1,
+                              static_cast<size_t>(q * latencies_ms.size()));
+    return latencies_ms[i];
+  };
+  std::printf(
+      "  %lld ok, %lld errors in %.1f s: %.1f requests/s, %.0f tokens/s\n"
+      "  latency ms: p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n",
+      static_cast<long long>(done.load()), static_cast<long long>(errors.load()),
+      seconds, done.load() / seconds, done.load() * b * n / seconds, pct(0.5),
+      pct(0.9), pct(0.99), latencies_ms.empty() ? 0.0 : latencies_ms.back());
+  if (errors.load() > 0) std::printf("  last error: %s\n", last_error.c_str());
+  return errors.load() == 0 ? absl::OkStatus()
+                            : absl::UnavailableError("some requests failed");
+}
+
 absl::StatusOr<bool> RunHealth() {
   const std::string target = absl::GetFlag(FLAGS_target);
   if (target.empty()) return absl::InvalidArgumentError("health needs --target");
@@ -438,6 +535,10 @@ int main(int argc, char** argv) {
       "      the same through a running moe-router\n"
       "  moe-client info --target=HOST:PORT\n"
       "      the model, its defaults and which worker hosts which expert\n"
+      "  moe-client bench --target=HOST:PORT [--shape=1x32] "
+      "[--concurrency=1] [--duration=10]\n"
+      "      closed-loop load with progress; throughput and latency "
+      "percentiles\n"
       "  moe-client health --target=HOST:PORT\n"
       "      grpc.health.v1 status; exit code 0 when SERVING\n"
       "  moe-client forward --checkpoint=F --random_input=4x1024\n"
@@ -451,7 +552,7 @@ int main(int argc, char** argv) {
   std::vector<char*> positional =
       absl::ParseCommandLine(static_cast<int>(args.size()), ptrs.data());
   if (positional.size() != 2) {
-    std::cerr << "usage: moe-client forward|info|health|demo-checkpoint "
+    std::cerr << "usage: moe-client forward|bench|info|health|demo-checkpoint "
                  "[flags]; "
                  "see --help\n";
     return 2;
@@ -460,6 +561,8 @@ int main(int argc, char** argv) {
   absl::Status status;
   if (command == "forward") {
     status = moe::client::RunForward();
+  } else if (command == "bench") {
+    status = moe::client::RunBench();
   } else if (command == "info") {
     status = moe::client::RunInfo();
   } else if (command == "health") {
@@ -473,7 +576,7 @@ int main(int argc, char** argv) {
     status = moe::client::RunDemoCheckpoint();
   } else {
     std::cerr << "moe-client: unknown command \"" << command
-              << "\" (forward, info, health, demo-checkpoint); see --help\n";
+              << "\" (forward, bench, info, health, demo-checkpoint); see --help\n";
     return 2;
   }
   if (!status.ok()) {

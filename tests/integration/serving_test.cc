@@ -94,6 +94,10 @@ struct ParityCase {
   int workers;
 };
 
+void PrintTo(const ParityCase& c, std::ostream* os) {
+  *os << c.name << " with " << c.workers << " workers";
+}
+
 class MoeUpParityTest : public ::testing::TestWithParam<ParityCase> {};
 
 TEST_P(MoeUpParityTest, DistributedEqualsInProcessAndGolden) {
