@@ -1,5 +1,6 @@
 #include "experts/expert_shard.h"
 
+#include <chrono>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -62,7 +63,8 @@ std::vector<int64_t> ExpertShard::expert_ids() const {
 
 absl::Status ExpertShard::Run(const at::Tensor& tokens,
                               absl::Span<const ExpertSegment> segments,
-                              at::Tensor* out) const {
+                              at::Tensor* out,
+                              std::vector<double>* seconds) const {
   if (tokens.dim() != 2 || tokens.size(1) != dim_) {
     return absl::InvalidArgumentError(
         absl::StrCat("expert tokens must be [T, ", dim_, "], got ",
@@ -96,10 +98,18 @@ absl::Status ExpertShard::Run(const at::Tensor& tokens,
                        : at::empty({total, dim_}, x.options());
     at::Tensor hidden;
     int64_t offset = 0;
-    for (const ExpertSegment& s : segments) {
+    if (seconds != nullptr) seconds->assign(segments.size(), 0.0);
+    for (size_t i = 0; i < segments.size(); ++i) {
+      const ExpertSegment& s = segments[i];
       if (s.count == 0) continue;
+      const auto start = std::chrono::steady_clock::now();
       GegluForwardInto(experts_.at(s.expert_id), x.narrow(0, offset, s.count),
                        hidden, y.narrow(0, offset, s.count));
+      if (seconds != nullptr) {
+        (*seconds)[i] = std::chrono::duration<double>(
+                            std::chrono::steady_clock::now() - start)
+                            .count();
+      }
       offset += s.count;
     }
     *out = tokens.device() == device_ ? y : y.to(tokens.device());

@@ -45,9 +45,10 @@ class ExpertShard {
   // differs. Segments with count 0 run nothing. InvalidArgument for an expert
   // this shard does not host or counts that do not add up; Internal for a
   // LibTorch failure.
+  // When `seconds` is given it receives each segment's compute time.
   absl::Status Run(const at::Tensor& tokens,
-                   absl::Span<const ExpertSegment> segments,
-                   at::Tensor* out) const;
+                   absl::Span<const ExpertSegment> segments, at::Tensor* out,
+                   std::vector<double>* seconds = nullptr) const;
 
  private:
   ExpertShard(common::ExpertMap experts, c10::Device device, int64_t dim,

@@ -20,6 +20,8 @@
 #include "common/status_macros.h"
 #include "experts/expert_shard.h"
 #include "experts/service/expert_service.h"
+#include "server/metrics_http.h"
+#include "server/rpc_metrics.h"
 #include "server/server_runner.h"
 
 ABSL_FLAG(std::string, checkpoint, "", "Checkpoint (safetensors) to serve.");
@@ -36,6 +38,11 @@ ABSL_FLAG(int, max_queued, 64,
           "Requests that may wait; more are refused with RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_tokens, 1 << 20, "Largest token count of one call.");
 ABSL_FLAG(double, grace_seconds, 10, "Time in-flight calls get on shutdown.");
+ABSL_FLAG(int, metrics_port, 9465,
+          "Port of the Prometheus /metrics endpoint; 0 picks a free one, -1 "
+          "disables it.");
+ABSL_FLAG(std::string, metrics_port_file, "",
+          "Write the metrics port here once listening.");
 
 namespace moe {
 namespace {
@@ -77,7 +84,23 @@ absl::Status Run() {
   options.compute_threads = absl::GetFlag(FLAGS_compute_threads);
   options.max_queued = static_cast<size_t>(absl::GetFlag(FLAGS_max_queued));
   options.max_tokens = absl::GetFlag(FLAGS_max_tokens);
-  experts::ExpertService service(shard.get(), config, options);
+  auto registry = std::make_shared<prometheus::Registry>();
+  server::AddBuildInfo(*registry, device.str());
+  server::RpcMetrics rpc_metrics(*registry);
+  experts::ExpertMetrics metrics(*registry, shard->expert_ids());
+  experts::ExpertService service(shard.get(), config, options, &metrics,
+                                 &rpc_metrics);
+  std::unique_ptr<server::MetricsHttpServer> metrics_http;
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
+    MOE_ASSIGN_OR_RETURN(metrics_http, server::MetricsHttpServer::Start(
+                                           absl::GetFlag(FLAGS_host),
+                                           absl::GetFlag(FLAGS_metrics_port),
+                                           registry));
+    if (!absl::GetFlag(FLAGS_metrics_port_file).empty()) {
+      MOE_RETURN_IF_ERROR(server::WritePortFile(
+          absl::GetFlag(FLAGS_metrics_port_file), metrics_http->port()));
+    }
+  }
 
   server::ServerOptions server_options;
   server_options.host = absl::GetFlag(FLAGS_host);
@@ -92,6 +115,7 @@ absl::Status Run() {
   MOE_ASSIGN_OR_RETURN(auto runner,
                        server::ServerRunner::Start(server_options, {&service}));
   runner->SetServing(true);
+  metrics.SetReady(true);
   MOE_LOG(INFO) << "serving on " << runner->address() << ": "
                 << common::ModelKindName(config.kind) << " dim " << config.dim
                 << ", experts [" << absl::StrJoin(shard->expert_ids(), ",")
@@ -101,8 +125,12 @@ absl::Status Run() {
                 << "loaded in "
                 << absl::FormatDuration(absl::Trunc(absl::Now() - start,
                                                     absl::Milliseconds(1)))
-                << ")";
+                << ")"
+                << (metrics_http ? absl::StrCat(", /metrics on port ",
+                                                metrics_http->port())
+                                 : "");
   runner->WaitForShutdownSignal();
+  metrics.SetReady(false);
   return absl::OkStatus();
 }
 

@@ -25,6 +25,8 @@
 #include "router/engine/moe_engine.h"
 #include "router/service/router_service.h"
 #include "router/service/worker_pool.h"
+#include "server/metrics_http.h"
+#include "server/rpc_metrics.h"
 #include "server/server_runner.h"
 
 ABSL_FLAG(std::string, checkpoint, "", "Checkpoint (safetensors) to serve.");
@@ -54,6 +56,13 @@ ABSL_FLAG(double, start_timeout_seconds, 0,
           "Give up when experts stay without a worker this long at start "
           "(0: wait forever).");
 ABSL_FLAG(double, grace_seconds, 10, "Time in-flight calls get on shutdown.");
+ABSL_FLAG(int, metrics_port, 9464,
+          "Port of the Prometheus /metrics endpoint; 0 picks a free one, -1 "
+          "disables it.");
+ABSL_FLAG(std::string, metrics_port_file, "",
+          "Write the metrics port here once listening.");
+ABSL_FLAG(double, balance_window_seconds, 60,
+          "Window of moe_router_load_balancedness.");
 
 namespace moe {
 namespace {
@@ -148,7 +157,27 @@ absl::Status Run() {
       std::numeric_limits<int>::max());
   pool_options.max_message_bytes = static_cast<int>(max_bytes);
   router::WorkerPool pool(addresses, config, pool_options);
-  router::RouterService service(engine.get(), &pool, options);
+  auto registry = std::make_shared<prometheus::Registry>();
+  server::AddBuildInfo(*registry, "cpu");
+  server::RpcMetrics rpc_metrics(*registry);
+  router::RouterMetrics metrics(
+      *registry, config, addresses,
+      absl::Seconds(absl::GetFlag(FLAGS_balance_window_seconds)));
+  pool.SetStateObserver(
+      [&metrics](int worker, bool up) { metrics.SetWorkerUp(worker, up); });
+  router::RouterService service(engine.get(), &pool, options, &metrics,
+                                &rpc_metrics);
+  std::unique_ptr<server::MetricsHttpServer> metrics_http;
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
+    MOE_ASSIGN_OR_RETURN(metrics_http, server::MetricsHttpServer::Start(
+                                           absl::GetFlag(FLAGS_host),
+                                           absl::GetFlag(FLAGS_metrics_port),
+                                           registry));
+    if (!absl::GetFlag(FLAGS_metrics_port_file).empty()) {
+      MOE_RETURN_IF_ERROR(server::WritePortFile(
+          absl::GetFlag(FLAGS_metrics_port_file), metrics_http->port()));
+    }
+  }
 
   server::ServerOptions server_options;
   server_options.host = absl::GetFlag(FLAGS_host);
@@ -176,7 +205,10 @@ absl::Status Run() {
                 << addresses.size() << " workers ["
                 << absl::StrJoin(addresses, ",") << "], on_expert_failure="
                 << absl::GetFlag(FLAGS_on_expert_failure) << ", wire "
-                << absl::GetFlag(FLAGS_wire_dtype);
+                << absl::GetFlag(FLAGS_wire_dtype)
+                << (metrics_http ? absl::StrCat(", /metrics on port ",
+                                                metrics_http->port())
+                                 : "");
   runner->WaitForShutdownSignal();
   return absl::OkStatus();
 }

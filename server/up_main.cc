@@ -43,6 +43,10 @@ ABSL_FLAG(std::string, wire_dtype, "float32", "Passed to moe-router.");
 ABSL_FLAG(int64_t, max_tokens_per_request, 65536, "Passed to moe-router.");
 ABSL_FLAG(double, start_timeout_seconds, 120,
           "Give up when the deployment is not healthy after this long.");
+ABSL_FLAG(std::string, endpoints_file, "",
+          "Write the endpoints here when ready, one per line: "
+          "\"router HOST:PORT\", \"router_metrics HOST:PORT\", "
+          "\"worker<i> HOST:PORT\", \"worker<i>_metrics HOST:PORT\".");
 ABSL_FLAG(std::string, work_dir, "",
           "Where port files and the demo model go (default: a temporary "
           "directory, removed on exit).");
@@ -55,6 +59,7 @@ struct Child {
   pid_t pid = -1;
   std::string port_file;
   int port = 0;
+  std::string metrics_port_file;
 };
 
 std::string SelfDir() {
@@ -221,12 +226,15 @@ absl::Status Run() {
     Child c;
     c.name = absl::StrCat("worker ", i, " (experts ", lo, "-", hi, ")");
     c.port_file = absl::StrCat(dir, "/worker-", i, ".port");
+    c.metrics_port_file = absl::StrCat(dir, "/worker-", i, ".metrics.port");
     std::filesystem::remove(c.port_file);
+    std::filesystem::remove(c.metrics_port_file);
     MOE_ASSIGN_OR_RETURN(
         c.pid, Spawn({bin + "/moe-expert", "--checkpoint=" + checkpoint,
                       absl::StrCat("--experts=", lo, "-", hi),
                       "--host=" + host, "--port=0",
-                      "--port_file=" + c.port_file}));
+                      "--port_file=" + c.port_file, "--metrics_port=0",
+                      "--metrics_port_file=" + c.metrics_port_file}));
     children.push_back(c);
   }
   const absl::Time deadline =
@@ -244,13 +252,16 @@ absl::Status Run() {
     Child router;
     router.name = "router";
     router.port_file = dir + "/router.port";
+    router.metrics_port_file = dir + "/router.metrics.port";
     std::filesystem::remove(router.port_file);
+    std::filesystem::remove(router.metrics_port_file);
     MOE_ASSIGN_OR_RETURN(
         router.pid,
         Spawn({bin + "/moe-router", "--checkpoint=" + checkpoint,
                "--workers=" + absl::StrJoin(addresses, ","), "--host=" + host,
                absl::StrCat("--port=", absl::GetFlag(FLAGS_port)),
-               "--port_file=" + router.port_file,
+               "--port_file=" + router.port_file, "--metrics_port=0",
+               "--metrics_port_file=" + router.metrics_port_file,
                "--on_expert_failure=" + absl::GetFlag(FLAGS_on_expert_failure),
                "--wire_dtype=" + absl::GetFlag(FLAGS_wire_dtype),
                absl::StrCat("--max_tokens_per_request=",
@@ -263,13 +274,30 @@ absl::Status Run() {
     return status;
   }
   const std::string address = absl::StrCat(host, ":", children.back().port);
+  std::string endpoints;
+  for (size_t i = 0; i < children.size(); ++i) {
+    const Child& c = children[i];
+    const std::string name =
+        c.name == "router" ? "router" : absl::StrCat("worker", i);
+    std::ifstream in(c.metrics_port_file);
+    std::string metrics_port;
+    in >> metrics_port;
+    absl::StrAppend(&endpoints, name, " ", host, ":", c.port, "\n", name,
+                    "_metrics ", host, ":", metrics_port, "\n");
+  }
+  if (!absl::GetFlag(FLAGS_endpoints_file).empty()) {
+    const std::string tmp = absl::GetFlag(FLAGS_endpoints_file) + ".tmp";
+    std::ofstream(tmp) << endpoints;
+    std::filesystem::rename(tmp, absl::GetFlag(FLAGS_endpoints_file));
+  }
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
     const std::string tmp = absl::GetFlag(FLAGS_port_file) + ".tmp";
     std::ofstream(tmp) << children.back().port << "\n";
     std::filesystem::rename(tmp, absl::GetFlag(FLAGS_port_file));
   }
   MOE_LOG(INFO) << "ready: router on " << address << " with " << n
-                << " workers (" << experts << " experts); Ctrl-C stops all";
+                << " workers (" << experts << " experts); Ctrl-C stops all\n"
+                << endpoints;
   std::printf("%s\n", address.c_str());
   std::fflush(stdout);
 

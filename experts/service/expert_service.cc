@@ -15,10 +15,14 @@ namespace moe::experts {
 
 ExpertService::ExpertService(const ExpertShard* shard,
                              const common::ModelConfig& config,
-                             const ExpertServiceOptions& options)
+                             const ExpertServiceOptions& options,
+                             ExpertMetrics* metrics,
+                             server::RpcMetrics* rpc_metrics)
     : shard_(shard),
       config_(config),
       options_(options),
+      metrics_(metrics),
+      rpc_metrics_(rpc_metrics),
       queue_(std::make_unique<common::WorkQueue>(
           options.compute_threads, options.max_queued, "moe-expert")) {}
 
@@ -52,7 +56,15 @@ absl::Status ExpertService::Run(const moe::v1::RunExpertsRequest& request,
         "output_dtype: must be FLOAT32, BFLOAT16 or FLOAT16");
   }
   at::Tensor out;
-  MOE_RETURN_IF_ERROR(shard_->Run(tokens, segments, &out));
+  std::vector<double> seconds;
+  MOE_RETURN_IF_ERROR(shard_->Run(tokens, segments, &out, &seconds));
+  if (metrics_ != nullptr) {
+    metrics_->RecordBatch(tokens.size(0));
+    for (size_t i = 0; i < segments.size(); ++i) {
+      metrics_->RecordSegment(segments[i].expert_id, segments[i].count,
+                              seconds[i]);
+    }
+  }
   return proto::EncodeTensor(out, out_dtype, response->mutable_outputs());
 }
 
@@ -62,8 +74,19 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
     moe::v1::RunExpertsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   ++inflight_;
+  if (metrics_ != nullptr) metrics_->AddInflight(1);
+  const absl::Time start = absl::Now();
+  auto finish = [this, reactor, start](const absl::Status& status) {
+    const grpc::Status g = proto::ToGrpcStatus(status);
+    if (metrics_ != nullptr) metrics_->AddInflight(-1);
+    if (rpc_metrics_ != nullptr) {
+      rpc_metrics_->Record("/moe.v1.ExpertWorker/RunExperts", g.error_code(),
+                           absl::Now() - start);
+    }
+    reactor->Finish(g);
+  };
   const bool queued = queue_->TrySubmit([this, context, request, response,
-                                         reactor] {
+                                         finish] {
     absl::Status status;
     if (context->IsCancelled()) {
       status = absl::CancelledError("cancelled before it ran");
@@ -75,14 +98,13 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
                        << status;
     }
     --inflight_;
-    reactor->Finish(proto::ToGrpcStatus(status));
+    finish(status);
   });
   if (!queued) {
     --inflight_;
     MOE_LOG(WARNING) << "RunExperts refused: queue full ("
                      << options_.max_queued << " waiting)";
-    reactor->Finish(grpc::Status(
-        grpc::StatusCode::RESOURCE_EXHAUSTED,
+    finish(absl::ResourceExhaustedError(
         absl::StrCat("expert worker overloaded: ", options_.max_queued,
                      " requests already queued")));
   }

@@ -12,6 +12,8 @@
 #include "common/model_config.h"
 #include "common/work_queue.h"
 #include "experts/expert_shard.h"
+#include "experts/service/expert_metrics.h"
+#include "server/rpc_metrics.h"
 #include "moe/v1/expert.grpc.pb.h"
 
 namespace moe::experts {
@@ -24,9 +26,11 @@ struct ExpertServiceOptions {
 
 class ExpertService final : public moe::v1::ExpertWorker::CallbackService {
  public:
-  // `shard` must outlive the service.
+  // `shard` and the metrics (either may be null) must outlive the service.
   ExpertService(const ExpertShard* shard, const common::ModelConfig& config,
-                const ExpertServiceOptions& options);
+                const ExpertServiceOptions& options,
+                ExpertMetrics* metrics = nullptr,
+                server::RpcMetrics* rpc_metrics = nullptr);
   ~ExpertService() override;
 
   grpc::ServerUnaryReactor* RunExperts(
@@ -48,6 +52,8 @@ class ExpertService final : public moe::v1::ExpertWorker::CallbackService {
   const ExpertShard* shard_;
   common::ModelConfig config_;
   ExpertServiceOptions options_;
+  ExpertMetrics* metrics_;
+  server::RpcMetrics* rpc_metrics_;
   std::atomic<int64_t> inflight_{0};
   std::unique_ptr<common::WorkQueue> queue_;
 };

@@ -26,6 +26,7 @@ struct Piece {
   int64_t count;
   std::set<int> tried;  // workers that failed it
   std::string last_error;
+  bool deadline = false;  // the last failure was a missed deadline
 };
 
 struct Call {
@@ -75,7 +76,7 @@ absl::Status RemoteExpertBackend::RunExperts(
   std::vector<Piece> pieces;
   int64_t offset = 0;
   for (const experts::ExpertSegment& s : segments) {
-    pieces.push_back({s.expert_id, offset, s.count, {}, ""});
+    pieces.push_back({s.expert_id, offset, s.count, {}, "", false});
     offset += s.count;
   }
   std::vector<Piece*> pending;
@@ -98,6 +99,7 @@ absl::Status RemoteExpertBackend::RunExperts(
     if (now >= worker_deadline_cap) {
       for (Piece* p : pending) {
         if (p->last_error.empty()) p->last_error = "request deadline reached";
+        p->deadline = true;
         failed.push_back(p);
       }
       break;
@@ -124,6 +126,7 @@ absl::Status RemoteExpertBackend::RunExperts(
     std::mutex mu;
     std::condition_variable cv;
     size_t done = 0;
+    const absl::Time sent = absl::Now();
     const absl::Time timeout_deadline = now + options_.worker_timeout;
     for (auto& [w, call] : calls) {
       int64_t rows = 0;
@@ -163,9 +166,11 @@ absl::Status RemoteExpertBackend::RunExperts(
       std::unique_lock<std::mutex> lock(mu);
       cv.wait(lock, [&] { return done == calls.size(); });
     }
+    const absl::Duration waited = absl::Now() - sent;
     for (auto& [w, call] : calls) {
       cancellation_->Unregister(&call->context);
       pool_->AddInflight(w, -1);
+      if (options_.on_worker_rpc) options_.on_worker_rpc(w, waited);
     }
     if (cancellation_->cancelled()) {
       return absl::CancelledError("the client cancelled the call");
@@ -203,9 +208,12 @@ absl::Status RemoteExpertBackend::RunExperts(
       }
       if (!error.empty()) {
         MOE_LOG(WARNING) << "worker " << pool_->address(w) << ": " << error;
+        const bool deadline = call->status.error_code() ==
+                              grpc::StatusCode::DEADLINE_EXCEEDED;
         for (Piece* p : call->pieces) {
           p->tried.insert(w);
           p->last_error = absl::StrCat(pool_->address(w), ": ", error);
+          p->deadline = deadline;
           pending.push_back(p);
         }
         continue;
@@ -224,6 +232,8 @@ absl::Status RemoteExpertBackend::RunExperts(
   std::set<int64_t> experts;
   std::vector<std::string> reasons;
   for (Piece* p : failed) {
+    failure_reasons_[p->expert] =
+        p->deadline ? "deadline" : "expert_unavailable";
     if (experts.insert(p->expert).second) {
       reasons.push_back(absl::StrCat("expert ", p->expert, " (", p->last_error,
                                      ")"));

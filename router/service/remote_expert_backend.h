@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <vector>
 
@@ -19,6 +20,9 @@
 #include "moe/v1/tensor.pb.h"
 #include "router/engine/expert_backend.h"
 #include "router/service/worker_pool.h"
+
+#include <map>
+#include <string>
 
 namespace moe::router {
 
@@ -45,6 +49,8 @@ struct RemoteCallOptions {
   absl::Duration worker_timeout = absl::Seconds(30);
   ExpertFailurePolicy on_failure = ExpertFailurePolicy::kDrop;
   moe::v1::DType wire_dtype = moe::v1::FLOAT32;
+  // Called with each worker call's latency (may be empty).
+  std::function<void(int worker, absl::Duration)> on_worker_rpc;
 };
 
 class RemoteExpertBackend : public ExpertBackend {
@@ -61,12 +67,18 @@ class RemoteExpertBackend : public ExpertBackend {
 
   // Wall time spent waiting for workers in the last RunExperts call.
   absl::Duration rpc_wait() const { return rpc_wait_; }
+  // Why each unavailable expert of the last call failed: "deadline" when its
+  // last worker call missed its deadline, else "expert_unavailable".
+  const std::map<int64_t, std::string>& failure_reasons() const {
+    return failure_reasons_;
+  }
 
  private:
   WorkerPool* pool_;
   CallCancellation* cancellation_;
   RemoteCallOptions options_;
   absl::Duration rpc_wait_;
+  std::map<int64_t, std::string> failure_reasons_;
 };
 
 }  // namespace moe::router

@@ -97,10 +97,14 @@ class RouterService::ForwardReactor : public grpc::ServerUnaryReactor {
 };
 
 RouterService::RouterService(const MoeEngine* engine, WorkerPool* pool,
-                             const RouterServiceOptions& options)
+                             const RouterServiceOptions& options,
+                             RouterMetrics* metrics,
+                             server::RpcMetrics* rpc_metrics)
     : engine_(engine),
       pool_(pool),
       options_(options),
+      metrics_(metrics),
+      rpc_metrics_(rpc_metrics),
       queue_(std::make_unique<common::WorkQueue>(
           options.threads, options.max_queued, "moe-router")) {}
 
@@ -129,6 +133,7 @@ absl::Status RouterService::RunForward(
     if (request.x().shape(0) > 0 && request.x().shape(1) > 0 &&
         (request.x().shape(0) > options_.max_tokens_per_request ||
          tokens > options_.max_tokens_per_request)) {
+      if (metrics_ != nullptr) metrics_->RecordRejected("too_many_tokens");
       return absl::ResourceExhaustedError(absl::StrCat(
           "x: ", request.x().shape(0), " x ", request.x().shape(1),
           " tokens exceed --max_tokens_per_request=",
@@ -145,9 +150,17 @@ absl::Status RouterService::RunForward(
   call.worker_timeout = options_.worker_timeout;
   call.on_failure = options_.on_failure;
   call.wire_dtype = options_.wire_dtype;
+  if (metrics_ != nullptr) {
+    call.on_worker_rpc = [this](int worker, absl::Duration d) {
+      metrics_->RecordWorkerRpc(worker, d);
+    };
+  }
   RemoteExpertBackend backend(pool_, cancellation, call);
   MOE_ASSIGN_OR_RETURN(ForwardResult r,
                        engine_->ForwardWith(x, options, backend));
+  if (metrics_ != nullptr) {
+    metrics_->RecordForward(r, backend.failure_reasons());
+  }
 
   return FillForwardResponse(r, x_dtype, request.options().return_trace(),
                              response);
@@ -159,9 +172,23 @@ grpc::ServerUnaryReactor* RouterService::Forward(
     moe::v1::ForwardResponse* response) {
   auto* reactor = new ForwardReactor();
   ++inflight_;
+  if (metrics_ != nullptr) metrics_->AddInflight(1);
+  const absl::Time start = absl::Now();
+  auto finish = [this, reactor, start](const absl::Status& status) {
+    const grpc::Status g = proto::ToGrpcStatus(status);
+    if (metrics_ != nullptr) {
+      metrics_->AddInflight(-1);
+      metrics_->RecordRequest(g.error_code(), absl::Now() - start);
+    }
+    if (rpc_metrics_ != nullptr) {
+      rpc_metrics_->Record("/moe.v1.Router/Forward", g.error_code(),
+                           absl::Now() - start);
+    }
+    reactor->Finish(g);
+  };
   const absl::Time deadline = absl::FromChrono(context->deadline());
   const bool queued = queue_->TrySubmit([this, context, request, response,
-                                         reactor, deadline] {
+                                         reactor, deadline, finish] {
     absl::Status status;
     if (context->IsCancelled()) {
       status = absl::CancelledError("cancelled before it ran");
@@ -174,13 +201,13 @@ grpc::ServerUnaryReactor* RouterService::Forward(
       MOE_LOG(WARNING) << "Forward from " << context->peer() << ": " << status;
     }
     --inflight_;
-    reactor->Finish(proto::ToGrpcStatus(status));
+    finish(status);
   });
   if (!queued) {
     --inflight_;
     MOE_LOG(WARNING) << "Forward refused: queue full";
-    reactor->Finish(grpc::Status(
-        grpc::StatusCode::RESOURCE_EXHAUSTED,
+    if (metrics_ != nullptr) metrics_->RecordRejected("queue_full");
+    finish(absl::ResourceExhaustedError(
         absl::StrCat("router overloaded: ", options_.max_queued,
                      " requests already queued")));
   }
@@ -216,6 +243,10 @@ grpc::ServerUnaryReactor* RouterService::GetModelInfo(
     for (int64_t e : w.experts) wi->add_expert_ids(e);
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (rpc_metrics_ != nullptr) {
+    rpc_metrics_->Record("/moe.v1.Router/GetModelInfo", grpc::StatusCode::OK,
+                         absl::ZeroDuration());
+  }
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

@@ -12,6 +12,8 @@
 #include "moe/v1/router.grpc.pb.h"
 #include "router/engine/moe_engine.h"
 #include "router/service/remote_expert_backend.h"
+#include "router/service/router_metrics.h"
+#include "server/rpc_metrics.h"
 #include "router/service/worker_pool.h"
 
 namespace moe::router {
@@ -27,9 +29,12 @@ struct RouterServiceOptions {
 
 class RouterService final : public moe::v1::Router::CallbackService {
  public:
-  // `engine` and `pool` must outlive the service.
+  // `engine`, `pool` and the metrics (either may be null) must outlive the
+  // service.
   RouterService(const MoeEngine* engine, WorkerPool* pool,
-                const RouterServiceOptions& options);
+                const RouterServiceOptions& options,
+                RouterMetrics* metrics = nullptr,
+                server::RpcMetrics* rpc_metrics = nullptr);
   ~RouterService() override;
 
   grpc::ServerUnaryReactor* Forward(grpc::CallbackServerContext* context,
@@ -54,6 +59,8 @@ class RouterService final : public moe::v1::Router::CallbackService {
   const MoeEngine* engine_;
   WorkerPool* pool_;
   RouterServiceOptions options_;
+  RouterMetrics* metrics_;
+  server::RpcMetrics* rpc_metrics_;
   std::atomic<int64_t> inflight_{0};
   std::unique_ptr<common::WorkQueue> queue_;
 };

@@ -78,6 +78,7 @@ void WorkerPool::Probe(int i) {
   if (!problem.empty()) {
     if (w.up) MOE_LOG(WARNING) << "worker " << w.address << " down: " << problem;
     w.up = false;
+    if (observer_) observer_(i, false);
     return;
   }
   std::vector<int64_t> experts(info.expert_ids().begin(),
@@ -89,6 +90,7 @@ void WorkerPool::Probe(int i) {
   w.experts = std::move(experts);
   w.device = info.device();
   w.up = true;
+  if (observer_) observer_(i, true);
 }
 
 int WorkerPool::Choose(int64_t expert, const std::set<int>& exclude) const {
@@ -134,6 +136,7 @@ void WorkerPool::MarkDown(int worker, const std::string& why) {
   Worker& w = *workers_[worker];
   if (w.up) MOE_LOG(WARNING) << "worker " << w.address << " down: " << why;
   w.up = false;
+  if (observer_) observer_(worker, false);
 }
 
 void WorkerPool::AddInflight(int worker, int delta) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -48,6 +49,12 @@ class WorkerPool {
              const common::ModelConfig& config,
              const WorkerPoolOptions& options);
   ~WorkerPool();
+
+  // Called (from the probing thread or a failing call) whenever a worker's
+  // state is decided, up or down. Set before Start().
+  void SetStateObserver(std::function<void(int worker, bool up)> observer) {
+    observer_ = std::move(observer);
+  }
 
   // Starts the probing thread (probes every worker at once, then every
   // probe_interval).
@@ -92,6 +99,7 @@ class WorkerPool {
   mutable std::mutex mu_;
   absl::Notification stop_;
   std::thread prober_;
+  std::function<void(int, bool)> observer_;
 };
 
 }  // namespace moe::router

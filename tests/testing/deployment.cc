@@ -119,7 +119,8 @@ Deployment::Deployment(std::string checkpoint,
       worker_experts_(std::move(worker_experts)),
       router_flags_(std::move(router_flags)),
       workers_(worker_experts_.size()),
-      worker_ports_(worker_experts_.size(), 0) {
+      worker_ports_(worker_experts_.size(), 0),
+      worker_metrics_ports_(worker_experts_.size(), 0) {
   static int counter = 0;
   dir_ = absl::StrCat(TempDir(), "/deployment-", counter++);
   std::filesystem::create_directories(dir_);
@@ -138,12 +139,17 @@ absl::Status Deployment::StartWorker(int i, int port) {
           BinaryPath("moe-expert"), "--checkpoint=" + checkpoint_,
           "--experts=" + worker_experts_[i], "--host=127.0.0.1",
           absl::StrCat("--port=", port), "--port_file=" + port_file,
+          "--metrics_port=0", "--metrics_port_file=" + port_file + ".metrics",
           "--grace_seconds=5"},
       absl::StrCat(dir_, "/worker-", i, ".log"));
   absl::StatusOr<int> p =
       WaitForPortFile(port_file, absl::Seconds(60), workers_[i].get());
   if (!p.ok()) return p.status();
   worker_ports_[i] = *p;
+  absl::StatusOr<int> m = WaitForPortFile(port_file + ".metrics",
+                                          absl::Seconds(10), workers_[i].get());
+  if (!m.ok()) return m.status();
+  worker_metrics_ports_[i] = *m;
   return WaitServing(absl::StrCat("127.0.0.1:", *p), absl::Seconds(60));
 }
 
@@ -156,6 +162,7 @@ absl::Status Deployment::StartRouter() {
       BinaryPath("moe-router"), "--checkpoint=" + checkpoint_,
       "--workers=" + absl::StrJoin(addresses, ","), "--host=127.0.0.1",
       "--port=0", "--port_file=" + port_file, "--probe_interval_ms=100",
+      "--metrics_port=0", "--metrics_port_file=" + port_file + ".metrics",
       "--grace_seconds=10"};
   argv.insert(argv.end(), router_flags_.begin(), router_flags_.end());
   router_ = std::make_unique<Process>(argv, dir_ + "/router.log");
@@ -163,6 +170,10 @@ absl::Status Deployment::StartRouter() {
       WaitForPortFile(port_file, absl::Seconds(60), router_.get());
   if (!p.ok()) return p.status();
   router_port_ = *p;
+  absl::StatusOr<int> m = WaitForPortFile(port_file + ".metrics",
+                                          absl::Seconds(10), router_.get());
+  if (!m.ok()) return m.status();
+  router_metrics_port_ = *m;
   return WaitServing(router_address(), absl::Seconds(60));
 }
 
@@ -186,6 +197,14 @@ absl::Status Deployment::WaitWorkerState(int i, bool up,
 
 std::string Deployment::router_address() const {
   return absl::StrCat("127.0.0.1:", router_port_);
+}
+
+std::string Deployment::router_metrics_address() const {
+  return absl::StrCat("127.0.0.1:", router_metrics_port_);
+}
+
+std::string Deployment::worker_metrics_address(int i) const {
+  return absl::StrCat("127.0.0.1:", worker_metrics_ports_[i]);
 }
 
 }  // namespace moe::testing

@@ -59,6 +59,9 @@ class Deployment {
   Process& router() { return *router_; }
   int worker_port(int i) const { return worker_ports_[i]; }
   std::string router_address() const;
+  // HOST:PORT of the /metrics endpoints.
+  std::string router_metrics_address() const;
+  std::string worker_metrics_address(int i) const;
 
  private:
   std::string checkpoint_;
@@ -66,6 +69,8 @@ class Deployment {
   std::vector<std::string> router_flags_;
   std::vector<std::unique_ptr<Process>> workers_;
   std::vector<int> worker_ports_;
+  std::vector<int> worker_metrics_ports_;
+  int router_metrics_port_ = 0;
   std::unique_ptr<Process> router_;
   int router_port_ = 0;
   std::string dir_;

@@ -1,0 +1,63 @@
+#include "server/metrics_http.h"
+
+#include <cstdio>
+#include <fstream>
+
+#include <httplib.h>
+#include <prometheus/text_serializer.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace moe::server {
+
+absl::Status WritePortFile(const std::string& path, int port) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << port << "\n";
+    if (!out) return absl::PermissionDeniedError("cannot write " + path);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::PermissionDeniedError("cannot write " + path);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
+    const std::string& host, int port,
+    std::shared_ptr<prometheus::Registry> registry) {
+  auto server = std::unique_ptr<MetricsHttpServer>(new MetricsHttpServer());
+  server->registry_ = std::move(registry);
+  server->http_ = std::make_unique<httplib::Server>();
+  std::weak_ptr<prometheus::Registry> weak = server->registry_;
+  server->http_->Get("/metrics", [weak](const httplib::Request&,
+                                        httplib::Response& res) {
+    std::shared_ptr<prometheus::Registry> r = weak.lock();
+    if (!r) {
+      res.status = 503;
+      return;
+    }
+    prometheus::TextSerializer serializer;
+    res.set_content(serializer.Serialize(r->Collect()),
+                    "text/plain; version=0.0.4; charset=utf-8");
+  });
+  if (port == 0) {
+    server->port_ = server->http_->bind_to_any_port(host);
+  } else if (server->http_->bind_to_port(host, port)) {
+    server->port_ = port;
+  }
+  if (server->port_ <= 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen for /metrics on ", host, ":", port));
+  }
+  httplib::Server* http = server->http_.get();
+  server->thread_ = std::thread([http] { http->listen_after_bind(); });
+  return server;
+}
+
+MetricsHttpServer::~MetricsHttpServer() {
+  if (http_) http_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace moe::server

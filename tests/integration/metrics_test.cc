@@ -1,0 +1,198 @@
+// Prometheus metrics of live servers: valid exposition format (promtool), and
+// counters that agree with the responses and with the golden drop counts.
+#include <signal.h>
+
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "client/router_client.h"
+#include "proto/tensor_codec.h"
+#include "testing/deployment.h"
+#include "testing/golden.h"
+
+namespace moe {
+namespace {
+
+struct Sample {
+  std::string name;
+  std::map<std::string, std::string> labels;
+  double value = 0;
+};
+
+std::string Scrape(const std::string& address) {
+  std::vector<std::string> hp = absl::StrSplit(address, ':');
+  httplib::Client client(hp[0], std::stoi(hp[1]));
+  auto res = client.Get("/metrics");
+  EXPECT_TRUE(res) << "no answer from " << address;
+  if (!res) return "";
+  EXPECT_EQ(res->status, 200);
+  return res->body;
+}
+
+std::vector<Sample> Parse(const std::string& text) {
+  std::vector<Sample> out;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (line.empty() || line[0] == '#') continue;
+    Sample s;
+    const size_t brace = line.find('{');
+    const size_t space = line.rfind(' ');
+    if (brace != absl::string_view::npos && brace < space) {
+      s.name = std::string(line.substr(0, brace));
+      const size_t close = line.find('}', brace);
+      for (absl::string_view kv : absl::StrSplit(
+               line.substr(brace + 1, close - brace - 1), ',', absl::SkipEmpty())) {
+        std::vector<std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+        s.labels[p[0]] = std::string(absl::StripPrefix(
+            absl::StripSuffix(p[1], "\""), "\""));
+      }
+    } else {
+      s.name = std::string(line.substr(0, space));
+    }
+    EXPECT_TRUE(absl::SimpleAtod(line.substr(space + 1), &s.value)) << line;
+    out.push_back(s);
+  }
+  return out;
+}
+
+double Sum(const std::vector<Sample>& samples, const std::string& name,
+           const std::map<std::string, std::string>& match = {}) {
+  double total = 0;
+  for (const Sample& s : samples) {
+    if (s.name != name) continue;
+    bool ok = true;
+    for (const auto& [k, v] : match) {
+      auto it = s.labels.find(k);
+      ok = ok && it != s.labels.end() && it->second == v;
+    }
+    if (ok) total += s.value;
+  }
+  return total;
+}
+
+void ExpectPromtoolAccepts(const std::string& text, const std::string& what) {
+  const std::string path = testing::TempDir() + "/" + what + ".prom";
+  std::ofstream(path) << text;
+  std::string log;
+  EXPECT_EQ(testing::RunProcess({"/bin/sh", "-c",
+                                 "promtool check metrics < " + path},
+                                &log),
+            0)
+      << what << ":\n" << log;
+}
+
+int64_t IndexInt(const std::string& name, const std::string& key) {
+  int64_t v = -1;
+  EXPECT_TRUE(absl::SimpleAtoi(testing::GoldenIndexField(name, key), &v));
+  return v;
+}
+
+class MetricsAgreeTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(MetricsAgreeTest, CountersEqualResponsesAndGoldenCounts) {
+  const std::string name = GetParam();
+  testing::Deployment d(testing::GoldenPath(name), {"0-1", "2-3"});
+  ASSERT_TRUE(d.StartWorker(0).ok());
+  ASSERT_TRUE(d.StartWorker(1).ok());
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  auto golden = testing::ReadAllTensors(testing::GoldenPath(name));
+  const at::Tensor x = golden.at("input.x");
+  moe::v1::ForwardRequest request;
+  ASSERT_TRUE(proto::EncodeTensor(x, moe::v1::FLOAT32, request.mutable_x()).ok());
+  auto client = client::RouterClient::Create(d.router_address());
+  auto response = client->Forward(request);
+  ASSERT_TRUE(response.ok()) << response.status();
+
+  const std::string router_text = Scrape(d.router_metrics_address());
+  ExpectPromtoolAccepts(router_text, name + "-router");
+  const std::vector<Sample> m = Parse(router_text);
+  const auto& stats = response->stats().routing();
+  const double dropped_first = Sum(m, "moe_router_dropped_assignments_total",
+                                   {{"choice", "first"}, {"reason", "capacity"}});
+  const double dropped_second = Sum(m, "moe_router_dropped_assignments_total",
+                                    {{"choice", "second"}, {"reason", "capacity"}});
+  EXPECT_EQ(dropped_first, stats.dropped_first());
+  EXPECT_EQ(dropped_second, stats.dropped_second());
+  EXPECT_EQ(dropped_first, IndexInt(name, "n_dropped_first"));
+  EXPECT_EQ(dropped_second, IndexInt(name, "n_dropped_second"));
+  const double kept = Sum(m, "moe_router_expert_assignments_total");
+  EXPECT_EQ(kept, stats.kept_first() + stats.kept_second());
+  EXPECT_EQ(kept, IndexInt(name, "n_assignments_kept"));
+  for (int e = 0; e < 4; ++e) {
+    EXPECT_EQ(Sum(m, "moe_router_expert_assignments_total",
+                  {{"expert", std::to_string(e)}}),
+              response->stats().kept_per_expert(e));
+  }
+  EXPECT_EQ(Sum(m, "moe_router_tokens_total"), x.size(0) * x.size(1));
+  EXPECT_EQ(Sum(m, "moe_router_dropped_tokens_total"), stats.dropped_tokens());
+  EXPECT_EQ(Sum(m, "moe_router_second_choice_skipped_total"),
+            stats.second_skipped());
+  EXPECT_EQ(Sum(m, "moe_router_expert_capacity_tokens"),
+            IndexInt(name, "expert_capacity"));
+  EXPECT_EQ(Sum(m, "moe_router_requests_total", {{"code", "OK"}}), 1);
+  EXPECT_EQ(Sum(m, "moe_router_capacity_utilization_count"), 1);
+  EXPECT_EQ(Sum(m, "moe_router_worker_up"), 2);
+  EXPECT_EQ(Sum(m, "moe_build_info"), 1);
+  EXPECT_EQ(Sum(m, "moe_grpc_server_handled_total",
+                {{"method", "/moe.v1.Router/Forward"}, {"code", "OK"}}),
+            1);
+  EXPECT_GT(Sum(m, "moe_router_load_balancedness"), 0);
+
+  double worker_tokens = 0;
+  for (int w = 0; w < 2; ++w) {
+    const std::string text = Scrape(d.worker_metrics_address(w));
+    ExpectPromtoolAccepts(text, name + "-worker" + std::to_string(w));
+    const std::vector<Sample> wm = Parse(text);
+    worker_tokens += Sum(wm, "moe_expert_tokens_total");
+    EXPECT_EQ(Sum(wm, "moe_expert_ready"), 1);
+    EXPECT_EQ(Sum(wm, "moe_expert_batch_tokens_count"), 1);  // one RPC each
+  }
+  EXPECT_EQ(worker_tokens, kept);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    GoldenDrops, MetricsAgreeTest,
+    ::testing::Values("B1_moe_eval_drop_mincap", "B2_moe_eval_drop_cap12"),
+    [](const ::testing::TestParamInfo<std::string>& info) {
+      return info.param;
+    });
+
+TEST(MetricsTest, UnavailableExpertsAreCountedWithTheirReason) {
+  const std::string name = "A_moe_eval_nodrop";
+  testing::Deployment d(testing::GoldenPath(name), {"0-1", "2-3"});
+  ASSERT_TRUE(d.StartWorker(0).ok());
+  ASSERT_TRUE(d.StartWorker(1).ok());
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  d.worker(1).Signal(SIGKILL);
+  d.worker(1).Wait(absl::Seconds(10));
+  moe::v1::ForwardRequest request;
+  ASSERT_TRUE(proto::EncodeTensor(
+                  testing::ReadAllTensors(testing::GoldenPath(name)).at("input.x"),
+                  moe::v1::FLOAT32, request.mutable_x())
+                  .ok());
+  request.mutable_options()->set_policy(moe::v1::ALL);
+  auto response = client::RouterClient::Create(d.router_address())->Forward(request);
+  ASSERT_TRUE(response.ok()) << response.status();
+  ASSERT_TRUE(response->degraded());
+  ASSERT_TRUE(d.WaitWorkerState(1, false, absl::Seconds(10)).ok());
+  const std::vector<Sample> m = Parse(Scrape(d.router_metrics_address()));
+  EXPECT_EQ(Sum(m, "moe_router_dropped_assignments_total",
+                {{"reason", "expert_unavailable"}}),
+            response->stats().dropped_expert_unavailable());
+  EXPECT_GT(response->stats().dropped_expert_unavailable(), 0);
+  EXPECT_EQ(Sum(m, "moe_router_dropped_assignments_total",
+                {{"reason", "expert_unavailable"}, {"expert", "0"}}),
+            0);
+  EXPECT_EQ(Sum(m, "moe_router_worker_up"), 1);
+}
+
+}  // namespace
+}  // namespace moe
