@@ -11,6 +11,7 @@
 //     The same on a seeded random input (no --output needed).
 //   moe-client bench --target=HOST:PORT [--shape=1x32] [--concurrency=1]
 //       [--duration=10]                    closed-loop load, with progress
+//   moe-client stats --target=HOST:PORT    live view of the router's metrics
 //   moe-client info --target=HOST:PORT     the model and its workers
 //   moe-client health --target=HOST:PORT   grpc.health.v1 status (exit 0 if
 //                                          SERVING)
@@ -29,7 +30,10 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include <ATen/ATen.h>
+#include <httplib.h>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "absl/flags/flag.h"
@@ -47,6 +51,7 @@
 #include "common/status_macros.h"
 #include "common/torch_convert.h"
 #include "client/forward_io.h"
+#include "client/metrics_text.h"
 #include "client/router_client.h"
 #include "proto/tensor_codec.h"
 #include "router/service/forward_response.h"
@@ -88,6 +93,8 @@ ABSL_FLAG(bool, summary, true, "Print a routing summary to stdout.");
 ABSL_FLAG(int, concurrency, 1, "bench: requests in flight at once.");
 ABSL_FLAG(double, duration, 10, "bench: seconds to run.");
 ABSL_FLAG(std::string, shape, "1x32", "bench: input shape BxN.");
+ABSL_FLAG(double, interval, 1, "stats: seconds between refreshes.");
+ABSL_FLAG(int, iterations, 0, "stats: refreshes before exiting (0: until Ctrl-C).");
 ABSL_FLAG(int, dim, 512, "demo-checkpoint: model dim.");
 ABSL_FLAG(int, num_experts, 16, "demo-checkpoint: number of experts.");
 ABSL_FLAG(int, num_experts_inner, 0,
@@ -477,6 +484,151 @@ absl::Status RunBench() {
                             : absl::UnavailableError("some requests failed");
 }
 
+absl::StatusOr<std::vector<MetricSample>> ScrapeMetrics(const std::string& host,
+                                                        int port) {
+  httplib::Client http(host, port);
+  http.set_connection_timeout(2);
+  http.set_read_timeout(5);
+  auto res = http.Get("/metrics");
+  if (!res || res->status != 200) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot read http://", host, ":", port, "/metrics"));
+  }
+  return ParseMetricsText(res->body);
+}
+
+std::map<double, double> Buckets(const std::vector<MetricSample>& m,
+                                 const std::string& name) {
+  std::map<double, double> out;
+  for (const MetricSample& s : m) {
+    if (s.name != name) continue;
+    auto le = s.labels.find("le");
+    if (le == s.labels.end()) continue;
+    double bound;
+    if (le->second == "+Inf") {
+      bound = std::numeric_limits<double>::infinity();
+    } else if (!absl::SimpleAtod(le->second, &bound)) {
+      continue;
+    }
+    out[bound] += s.value;
+  }
+  return out;
+}
+
+// A terminal view of the router's metrics, refreshed every --interval.
+absl::Status RunStats() {
+  const std::string target = absl::GetFlag(FLAGS_target);
+  if (target.empty()) return absl::InvalidArgumentError("stats needs --target");
+  client::ClientOptions options;
+  options.timeout = absl::Seconds(5);
+  MOE_ASSIGN_OR_RETURN(moe::v1::ModelInfo info,
+                       client::RouterClient::Create(target, options)->GetModelInfo());
+  if (info.metrics_port() <= 0) {
+    return absl::FailedPreconditionError(
+        "the router serves no /metrics (started with --metrics_port=-1)");
+  }
+  const std::string host = target.substr(0, target.rfind(':'));
+  const double interval = std::max(0.1, absl::GetFlag(FLAGS_interval));
+  const int iterations = absl::GetFlag(FLAGS_iterations);
+  const bool tty = ::isatty(STDOUT_FILENO);
+  MOE_ASSIGN_OR_RETURN(std::vector<MetricSample> prev,
+                       ScrapeMetrics(host, info.metrics_port()));
+  for (int it = 1; iterations <= 0 || it <= iterations; ++it) {
+    absl::SleepFor(absl::Seconds(interval));
+    MOE_ASSIGN_OR_RETURN(std::vector<MetricSample> cur,
+                         ScrapeMetrics(host, info.metrics_port()));
+    auto delta = [&](const std::string& name,
+                     const std::map<std::string, std::string>& match = {}) {
+      return SumSamples(cur, name, match) - SumSamples(prev, name, match);
+    };
+    std::string out;
+    if (tty) out += "\033[H\033[2J";
+    absl::StrAppend(&out, "moe-serve router ", target, "  (metrics :",
+                    info.metrics_port(), ")  ",
+                    absl::FormatTime("%H:%M:%S", absl::Now(),
+                                     absl::LocalTimeZone()),
+                    "  interval ", interval, " s\n");
+    const double ok = delta("moe_router_requests_total", {{"code", "OK"}});
+    const double all = delta("moe_router_requests_total");
+    absl::StrAppend(
+        &out, absl::StrFormat(
+                  "requests  %.1f/s (errors %.1f/s)   tokens %.0f/s   in "
+                  "flight %.0f   total %.0f requests\n",
+                  all / interval, (all - ok) / interval,
+                  delta("moe_router_tokens_total") / interval,
+                  SumSamples(cur, "moe_router_inflight_requests"),
+                  SumSamples(cur, "moe_router_requests_total")));
+    std::map<double, double> b_now =
+        Buckets(cur, "moe_router_request_duration_seconds_bucket");
+    std::map<double, double> b_prev =
+        Buckets(prev, "moe_router_request_duration_seconds_bucket");
+    for (auto& [le, count] : b_now) count -= b_prev[le];
+    absl::StrAppend(&out, absl::StrFormat(
+                              "latency   p50 %.2f ms   p99 %.2f ms   (last "
+                              "interval, from histogram buckets)\n",
+                              HistogramQuantile(0.5, b_now) * 1e3,
+                              HistogramQuantile(0.99, b_now) * 1e3));
+    const double kept = delta("moe_router_expert_assignments_total");
+    const std::map<std::string, double> dropped_now =
+        SumBy(cur, "moe_router_dropped_assignments_total", "reason");
+    const std::map<std::string, double> dropped_prev =
+        SumBy(prev, "moe_router_dropped_assignments_total", "reason");
+    double dropped = 0;
+    for (const auto& [reason, v] : dropped_now) {
+      dropped += v - dropped_prev.at(reason);
+    }
+    absl::StrAppend(&out, "drops    ");
+    for (const auto& [reason, v] : dropped_now) {
+      const double d = v - dropped_prev.at(reason);
+      absl::StrAppend(&out, absl::StrFormat(
+                                " %s %.2f%%", reason,
+                                kept + dropped > 0 ? 100 * d / (kept + dropped)
+                                                   : 0.0));
+    }
+    absl::StrAppend(&out, absl::StrFormat(
+                              "   tokens that lost every choice %.1f/s\n",
+                              delta("moe_router_dropped_tokens_total") / interval));
+    absl::StrAppend(&out, absl::StrFormat(
+                              "balance   balancedness %.3f   capacity %.0f   "
+                              "balance loss %.4f   z-loss %.4f\n",
+                              SumSamples(cur, "moe_router_load_balancedness"),
+                              SumSamples(cur, "moe_router_expert_capacity_tokens"),
+                              SumSamples(cur, "moe_router_balance_loss"),
+                              SumSamples(cur, "moe_router_router_z_loss")));
+    std::map<std::string, double> load_now =
+        SumBy(cur, "moe_router_expert_assignments_total", "expert");
+    const std::map<std::string, double> load_prev =
+        SumBy(prev, "moe_router_expert_assignments_total", "expert");
+    std::vector<std::pair<int, double>> load;
+    double max_load = 0;
+    for (const auto& [expert, v] : load_now) {
+      int id;
+      if (!absl::SimpleAtoi(expert, &id)) continue;
+      const double rate = (v - load_prev.at(expert)) / interval;
+      load.emplace_back(id, rate);
+      max_load = std::max(max_load, rate);
+    }
+    std::sort(load.begin(), load.end());
+    absl::StrAppend(&out, "load per expert (kept assignments/s):\n");
+    for (const auto& [id, rate] : load) {
+      absl::StrAppend(&out, absl::StrFormat(
+                                "  expert %3d |%s| %.1f/s\n", id,
+                                Bar(static_cast<int64_t>(rate * 100),
+                                    static_cast<int64_t>(max_load * 100), 40),
+                                rate));
+    }
+    absl::StrAppend(&out, "workers:");
+    for (const auto& [worker, up] : SumBy(cur, "moe_router_worker_up", "worker")) {
+      absl::StrAppend(&out, " ", worker, up > 0 ? " up" : " DOWN", ";");
+    }
+    absl::StrAppend(&out, "\n");
+    std::fputs(out.c_str(), stdout);
+    std::fflush(stdout);
+    prev = std::move(cur);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<bool> RunHealth() {
   const std::string target = absl::GetFlag(FLAGS_target);
   if (target.empty()) return absl::InvalidArgumentError("health needs --target");
@@ -539,6 +691,10 @@ int main(int argc, char** argv) {
       "[--concurrency=1] [--duration=10]\n"
       "      closed-loop load with progress; throughput and latency "
       "percentiles\n"
+      "  moe-client stats --target=HOST:PORT [--interval=1] "
+      "[--iterations=0]\n"
+      "      live view of the router's metrics: load per expert, drops by "
+      "reason, latency\n"
       "  moe-client health --target=HOST:PORT\n"
       "      grpc.health.v1 status; exit code 0 when SERVING\n"
       "  moe-client forward --checkpoint=F --random_input=4x1024\n"
@@ -552,7 +708,7 @@ int main(int argc, char** argv) {
   std::vector<char*> positional =
       absl::ParseCommandLine(static_cast<int>(args.size()), ptrs.data());
   if (positional.size() != 2) {
-    std::cerr << "usage: moe-client forward|bench|info|health|demo-checkpoint "
+    std::cerr << "usage: moe-client forward|bench|stats|info|health|demo-checkpoint "
                  "[flags]; "
                  "see --help\n";
     return 2;
@@ -563,6 +719,8 @@ int main(int argc, char** argv) {
     status = moe::client::RunForward();
   } else if (command == "bench") {
     status = moe::client::RunBench();
+  } else if (command == "stats") {
+    status = moe::client::RunStats();
   } else if (command == "info") {
     status = moe::client::RunInfo();
   } else if (command == "health") {
@@ -576,7 +734,7 @@ int main(int argc, char** argv) {
     status = moe::client::RunDemoCheckpoint();
   } else {
     std::cerr << "moe-client: unknown command \"" << command
-              << "\" (forward, bench, info, health, demo-checkpoint); see --help\n";
+              << "\" (forward, bench, stats, info, health, demo-checkpoint); see --help\n";
     return 2;
   }
   if (!status.ok()) {

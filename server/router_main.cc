@@ -177,6 +177,7 @@ absl::Status Run() {
       MOE_RETURN_IF_ERROR(server::WritePortFile(
           absl::GetFlag(FLAGS_metrics_port_file), metrics_http->port()));
     }
+    service.set_metrics_port(metrics_http->port());
   }
 
   server::ServerOptions server_options;

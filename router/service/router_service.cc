@@ -235,6 +235,7 @@ grpc::ServerUnaryReactor* RouterService::GetModelInfo(
       options_.on_failure == ExpertFailurePolicy::kDrop ? "drop" : "fail");
   info->set_max_tokens_per_request(options_.max_tokens_per_request);
   info->set_inflight_requests(inflight_.load());
+  info->set_metrics_port(metrics_port_.load());
   for (const WorkerSnapshot& w : pool_->Snapshot()) {
     moe::v1::WorkerInfo* wi = info->add_workers();
     wi->set_address(w.address);

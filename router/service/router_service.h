@@ -49,6 +49,9 @@ class RouterService final : public moe::v1::Router::CallbackService {
   // Largest ForwardRequest the limits allow, for the server's message size.
   int64_t MaxRequestBytes() const;
 
+  // Reported in ModelInfo so that tools can find /metrics.
+  void set_metrics_port(int port) { metrics_port_ = port; }
+
  private:
   class ForwardReactor;
 
@@ -62,6 +65,7 @@ class RouterService final : public moe::v1::Router::CallbackService {
   RouterMetrics* metrics_;
   server::RpcMetrics* rpc_metrics_;
   std::atomic<int64_t> inflight_{0};
+  std::atomic<int> metrics_port_{0};
   std::unique_ptr<common::WorkQueue> queue_;
 };
 

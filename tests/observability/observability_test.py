@@ -189,6 +189,26 @@ class LiveTest(unittest.TestCase):
                 missing = names - self.known()
                 self.assertFalse(missing, "%s: unknown %s" % (panel["title"], missing))
 
+    def test_stats_view_shows_load_drops_and_workers(self):
+        self.deployment.forward(CASE, os.path.join(self.tmp, "y-stats"))
+        router_metrics = self.deployment.endpoints["router_metrics"]
+        total = sum(float(line.split()[-1]) for line in
+                    http_get("http://%s/metrics" % router_metrics).splitlines()
+                    if line.startswith("moe_router_requests_total{"))
+        result = subprocess.run(
+            [os.path.join(BIN_DIR, "moe-client"), "stats",
+             "--target=" + self.deployment.endpoints["router"],
+             "--iterations=1", "--interval=0.2"],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        out = result.stdout
+        self.assertIn("total %d requests" % total, out)
+        self.assertIn("drops     ", out)
+        self.assertIn("capacity", out)
+        self.assertEqual(len(re.findall(r"^  expert +\d+ \|", out, re.M)), 4, out)
+        self.assertEqual(out.count(" up;"), 2, out)
+        self.assertIn("capacity 12", out)  # B2's expert capacity
+
     def test_prometheus_scrapes_and_recording_rules_match_requests(self):
         port = free_port()
         rules = os.path.join(self.tmp, "rules.yml")
