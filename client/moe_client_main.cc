@@ -676,8 +676,9 @@ absl::Status RunDemoCheckpoint() {
 }  // namespace moe::client
 
 int main(int argc, char** argv) {
-  moe::common::SetLogProgramName("moe-client");
-  absl::SetProgramUsageMessage(
+  const std::vector<std::string> positional = moe::common::ParseCommandLine(
+      argc, argv, "moe-client",
+
       "the moe-serve command-line client.\n\n"
       "  moe-client forward --checkpoint=F --input=X.safetensors "
       "--output=OUT.safetensors [--mode=eval|train] [--trace] ...\n"
@@ -703,10 +704,6 @@ int main(int argc, char** argv) {
       "[--num_experts=16]\n"
       "      write a seeded random model\n\n"
       "Flag names accept dashes (--input-tensor) as well as underscores.");
-  std::vector<std::string> args = moe::common::NormalizeFlagDashes(argc, argv);
-  std::vector<char*> ptrs = moe::common::ArgvPointers(args);
-  std::vector<char*> positional =
-      absl::ParseCommandLine(static_cast<int>(args.size()), ptrs.data());
   if (positional.size() != 2) {
     std::cerr << "usage: moe-client forward|bench|stats|info|health|demo-checkpoint "
                  "[flags]; "
@@ -737,9 +734,5 @@ int main(int argc, char** argv) {
               << "\" (forward, bench, stats, info, health, demo-checkpoint); see --help\n";
     return 2;
   }
-  if (!status.ok()) {
-    MOE_LOG(ERROR) << status.message();
-    return 1;
-  }
-  return 0;
+  return moe::common::ExitCode(status);
 }

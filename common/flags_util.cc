@@ -2,7 +2,10 @@
 
 #include <set>
 
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
+#include "common/logging.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -57,6 +60,24 @@ std::vector<std::string> SplitList(absl::string_view text) {
     if (!part.empty()) out.emplace_back(part);
   }
   return out;
+}
+
+std::vector<std::string> ParseCommandLine(int argc, char** argv,
+                                          const char* program,
+                                          const char* usage) {
+  SetLogProgramName(program);
+  absl::SetProgramUsageMessage(usage);
+  std::vector<std::string> args = NormalizeFlagDashes(argc, argv);
+  std::vector<char*> ptrs = ArgvPointers(args);
+  std::vector<char*> positional =
+      absl::ParseCommandLine(static_cast<int>(args.size()), ptrs.data());
+  return std::vector<std::string>(positional.begin(), positional.end());
+}
+
+int ExitCode(const absl::Status& status) {
+  if (status.ok()) return 0;
+  MOE_LOG(ERROR) << status.message();
+  return 1;
 }
 
 std::vector<char*> ArgvPointers(std::vector<std::string>& args) {

@@ -25,4 +25,14 @@ std::vector<std::string> SplitList(absl::string_view text);
 // argv-style pointers into `args` (which must outlive the result).
 std::vector<char*> ArgvPointers(std::vector<std::string>& args);
 
+// What every main() does first: names the program in log lines, sets the
+// --help text, accepts dashed flag names and parses the flags. Returns the
+// positional arguments (argv[0] first).
+std::vector<std::string> ParseCommandLine(int argc, char** argv,
+                                          const char* program,
+                                          const char* usage);
+
+// Logs a failed status and returns the process exit code (0 or 1).
+int ExitCode(const absl::Status& status);
+
 }  // namespace moe::common

@@ -10,8 +10,6 @@
 #include <ATen/Context.h>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/checkpoint.h"
@@ -90,17 +88,12 @@ absl::Status Run() {
   experts::ExpertMetrics metrics(*registry, shard->expert_ids());
   experts::ExpertService service(shard.get(), config, options, &metrics,
                                  &rpc_metrics);
-  std::unique_ptr<server::MetricsHttpServer> metrics_http;
-  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
-    MOE_ASSIGN_OR_RETURN(metrics_http, server::MetricsHttpServer::Start(
-                                           absl::GetFlag(FLAGS_host),
-                                           absl::GetFlag(FLAGS_metrics_port),
-                                           registry));
-    if (!absl::GetFlag(FLAGS_metrics_port_file).empty()) {
-      MOE_RETURN_IF_ERROR(server::WritePortFile(
-          absl::GetFlag(FLAGS_metrics_port_file), metrics_http->port()));
-    }
-  }
+  MOE_ASSIGN_OR_RETURN(
+      std::unique_ptr<server::MetricsHttpServer> metrics_http,
+      server::StartMetricsEndpoint(absl::GetFlag(FLAGS_host),
+                                   absl::GetFlag(FLAGS_metrics_port),
+                                   absl::GetFlag(FLAGS_metrics_port_file),
+                                   registry));
 
   server::ServerOptions server_options;
   server_options.host = absl::GetFlag(FLAGS_host);
@@ -139,18 +132,10 @@ absl::Status Run() {
 
 int main(int argc, char** argv) {
   moe::server::BlockShutdownSignals();
-  moe::common::SetLogProgramName("moe-expert");
-  absl::SetProgramUsageMessage(
+  moe::common::ParseCommandLine(
+      argc, argv, "moe-expert",
       "serves a shard of the experts of a moe-serve checkpoint over gRPC "
       "(moe.v1.ExpertWorker).\n\n  moe-expert --checkpoint=F --experts=0-7 "
       "--port=50052");
-  std::vector<std::string> args = moe::common::NormalizeFlagDashes(argc, argv);
-  std::vector<char*> ptrs = moe::common::ArgvPointers(args);
-  absl::ParseCommandLine(static_cast<int>(args.size()), ptrs.data());
-  absl::Status status = moe::Run();
-  if (!status.ok()) {
-    MOE_LOG(ERROR) << status.message();
-    return 1;
-  }
-  return 0;
+  return moe::common::ExitCode(moe::Run());
 }

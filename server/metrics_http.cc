@@ -55,6 +55,20 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   return server;
 }
 
+absl::StatusOr<std::unique_ptr<MetricsHttpServer>> StartMetricsEndpoint(
+    const std::string& host, int port, const std::string& port_file,
+    std::shared_ptr<prometheus::Registry> registry) {
+  if (port < 0) return std::unique_ptr<MetricsHttpServer>();
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> server =
+      MetricsHttpServer::Start(host, port, std::move(registry));
+  if (!server.ok()) return server.status();
+  if (!port_file.empty()) {
+    absl::Status status = WritePortFile(port_file, (*server)->port());
+    if (!status.ok()) return status;
+  }
+  return server;
+}
+
 MetricsHttpServer::~MetricsHttpServer() {
   if (http_) http_->stop();
   if (thread_.joinable()) thread_.join();

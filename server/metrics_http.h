@@ -41,6 +41,12 @@ class MetricsHttpServer {
   int port_ = 0;
 };
 
+// The --metrics_port convention of both servers: -1 serves nothing (returns
+// null), 0 picks a free port; the port is written to `port_file` if set.
+absl::StatusOr<std::unique_ptr<MetricsHttpServer>> StartMetricsEndpoint(
+    const std::string& host, int port, const std::string& port_file,
+    std::shared_ptr<prometheus::Registry> registry);
+
 // Writes `port` to `path` atomically (shared by the servers' --*_port_file).
 absl::Status WritePortFile(const std::string& path, int port);
 

@@ -14,8 +14,6 @@
 #include <string>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/checkpoint.h"
@@ -167,18 +165,13 @@ absl::Status Run() {
       [&metrics](int worker, bool up) { metrics.SetWorkerUp(worker, up); });
   router::RouterService service(engine.get(), &pool, options, &metrics,
                                 &rpc_metrics);
-  std::unique_ptr<server::MetricsHttpServer> metrics_http;
-  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
-    MOE_ASSIGN_OR_RETURN(metrics_http, server::MetricsHttpServer::Start(
-                                           absl::GetFlag(FLAGS_host),
-                                           absl::GetFlag(FLAGS_metrics_port),
-                                           registry));
-    if (!absl::GetFlag(FLAGS_metrics_port_file).empty()) {
-      MOE_RETURN_IF_ERROR(server::WritePortFile(
-          absl::GetFlag(FLAGS_metrics_port_file), metrics_http->port()));
-    }
-    service.set_metrics_port(metrics_http->port());
-  }
+  MOE_ASSIGN_OR_RETURN(
+      std::unique_ptr<server::MetricsHttpServer> metrics_http,
+      server::StartMetricsEndpoint(absl::GetFlag(FLAGS_host),
+                                   absl::GetFlag(FLAGS_metrics_port),
+                                   absl::GetFlag(FLAGS_metrics_port_file),
+                                   registry));
+  if (metrics_http) service.set_metrics_port(metrics_http->port());
 
   server::ServerOptions server_options;
   server_options.host = absl::GetFlag(FLAGS_host);
@@ -219,18 +212,10 @@ absl::Status Run() {
 
 int main(int argc, char** argv) {
   moe::server::BlockShutdownSignals();
-  moe::common::SetLogProgramName("moe-router");
-  absl::SetProgramUsageMessage(
+  moe::common::ParseCommandLine(
+      argc, argv, "moe-router",
       "serves an ST-MoE layer over gRPC (moe.v1.Router), with the experts on "
       "moe-expert workers.\n\n  moe-router --checkpoint=F "
       "--workers=HOST:PORT,... --port=50051");
-  std::vector<std::string> args = moe::common::NormalizeFlagDashes(argc, argv);
-  std::vector<char*> ptrs = moe::common::ArgvPointers(args);
-  absl::ParseCommandLine(static_cast<int>(args.size()), ptrs.data());
-  absl::Status status = moe::Run();
-  if (!status.ok()) {
-    MOE_LOG(ERROR) << status.message();
-    return 1;
-  }
-  return 0;
+  return moe::common::ExitCode(moe::Run());
 }

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "server/metrics_http.h"
 
 namespace moe::server {
 
@@ -55,19 +56,8 @@ absl::StatusOr<std::unique_ptr<ServerRunner>> ServerRunner::Start(
       new ServerRunner(options, std::move(server), port, std::move(names)));
   runner->SetServing(false);
   if (!options.port_file.empty()) {
-    const std::string tmp = options.port_file + ".tmp";
-    {
-      std::ofstream out(tmp);
-      out << port << "\n";
-      if (!out) {
-        return absl::PermissionDeniedError(
-            absl::StrCat("cannot write --port_file ", options.port_file));
-      }
-    }
-    if (std::rename(tmp.c_str(), options.port_file.c_str()) != 0) {
-      return absl::PermissionDeniedError(
-          absl::StrCat("cannot write --port_file ", options.port_file));
-    }
+    absl::Status status = WritePortFile(options.port_file, port);
+    if (!status.ok()) return status;
   }
   return runner;
 }

@@ -17,8 +17,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -28,6 +26,7 @@
 #include "common/flags_util.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "server/metrics_http.h"
 #include "server/server_runner.h"
 
 ABSL_FLAG(std::string, checkpoint, "",
@@ -291,9 +290,8 @@ absl::Status Run() {
     std::filesystem::rename(tmp, absl::GetFlag(FLAGS_endpoints_file));
   }
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
-    const std::string tmp = absl::GetFlag(FLAGS_port_file) + ".tmp";
-    std::ofstream(tmp) << children.back().port << "\n";
-    std::filesystem::rename(tmp, absl::GetFlag(FLAGS_port_file));
+    MOE_RETURN_IF_ERROR(server::WritePortFile(absl::GetFlag(FLAGS_port_file),
+                                              children.back().port));
   }
   MOE_LOG(INFO) << "ready: router on " << address << " with " << n
                 << " workers (" << experts << " experts); Ctrl-C stops all\n"
@@ -320,17 +318,9 @@ absl::Status Run() {
 
 int main(int argc, char** argv) {
   moe::server::BlockShutdownSignals();
-  moe::common::SetLogProgramName("moe-up");
-  absl::SetProgramUsageMessage(
+  moe::common::ParseCommandLine(
+      argc, argv, "moe-up",
       "starts a router and N expert workers on one host and stops them all "
       "on Ctrl-C.\n\n  moe-up [--checkpoint=F] [--workers=2] [--port=50051]");
-  std::vector<std::string> args = moe::common::NormalizeFlagDashes(argc, argv);
-  std::vector<char*> ptrs = moe::common::ArgvPointers(args);
-  absl::ParseCommandLine(static_cast<int>(args.size()), ptrs.data());
-  absl::Status status = moe::Run();
-  if (!status.ok()) {
-    MOE_LOG(ERROR) << status.message();
-    return 1;
-  }
-  return 0;
+  return moe::common::ExitCode(moe::Run());
 }

@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "client/metrics_text.h"
 #include "client/router_client.h"
 #include "proto/tensor_codec.h"
 #include "testing/deployment.h"
@@ -22,11 +23,8 @@
 namespace moe {
 namespace {
 
-struct Sample {
-  std::string name;
-  std::map<std::string, std::string> labels;
-  double value = 0;
-};
+using client::MetricSample;
+using Sample = client::MetricSample;
 
 std::string Scrape(const std::string& address) {
   std::vector<std::string> hp = absl::StrSplit(address, ':');
@@ -39,43 +37,12 @@ std::string Scrape(const std::string& address) {
 }
 
 std::vector<Sample> Parse(const std::string& text) {
-  std::vector<Sample> out;
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    if (line.empty() || line[0] == '#') continue;
-    Sample s;
-    const size_t brace = line.find('{');
-    const size_t space = line.rfind(' ');
-    if (brace != absl::string_view::npos && brace < space) {
-      s.name = std::string(line.substr(0, brace));
-      const size_t close = line.find('}', brace);
-      for (absl::string_view kv : absl::StrSplit(
-               line.substr(brace + 1, close - brace - 1), ',', absl::SkipEmpty())) {
-        std::vector<std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
-        s.labels[p[0]] = std::string(absl::StripPrefix(
-            absl::StripSuffix(p[1], "\""), "\""));
-      }
-    } else {
-      s.name = std::string(line.substr(0, space));
-    }
-    EXPECT_TRUE(absl::SimpleAtod(line.substr(space + 1), &s.value)) << line;
-    out.push_back(s);
-  }
-  return out;
+  return client::ParseMetricsText(text);
 }
 
 double Sum(const std::vector<Sample>& samples, const std::string& name,
            const std::map<std::string, std::string>& match = {}) {
-  double total = 0;
-  for (const Sample& s : samples) {
-    if (s.name != name) continue;
-    bool ok = true;
-    for (const auto& [k, v] : match) {
-      auto it = s.labels.find(k);
-      ok = ok && it != s.labels.end() && it->second == v;
-    }
-    if (ok) total += s.value;
-  }
-  return total;
+  return client::SumSamples(samples, name, match);
 }
 
 void ExpectPromtoolAccepts(const std::string& text, const std::string& what) {
