@@ -7,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "common/logging.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 
@@ -51,6 +52,55 @@ absl::StatusOr<std::vector<int64_t>> ParseIdList(absl::string_view text,
   }
   if (ids.empty()) return absl::InvalidArgumentError("empty id list");
   return std::vector<int64_t>(ids.begin(), ids.end());
+}
+
+absl::StatusOr<std::vector<int64_t>> ShardExperts(int64_t index,
+                                                  int64_t shards,
+                                                  int64_t total_experts) {
+  if (shards < 1 || shards > total_experts) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the number of shards must be in [1, ", total_experts, "], got ",
+        shards));
+  }
+  if (index < 0 || index >= shards) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shard index ", index, " is outside [0, ", shards, ")"));
+  }
+  std::vector<int64_t> ids;
+  for (int64_t e = total_experts * index / shards;
+       e < total_experts * (index + 1) / shards; ++e) {
+    ids.push_back(e);
+  }
+  return ids;
+}
+
+absl::StatusOr<int64_t> OrdinalFromHostname(absl::string_view hostname) {
+  // A pod's hostname is its name; the ordinal follows the last dash.
+  const size_t dot = hostname.find('.');
+  if (dot != absl::string_view::npos) hostname = hostname.substr(0, dot);
+  const size_t dash = hostname.rfind('-');
+  int64_t ordinal = -1;
+  if (dash == absl::string_view::npos ||
+      !absl::SimpleAtoi(hostname.substr(dash + 1), &ordinal) || ordinal < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "hostname \"", hostname,
+        "\" does not end in -<ordinal> (as StatefulSet pods do)"));
+  }
+  return ordinal;
+}
+
+absl::StatusOr<std::vector<std::string>> ExpandTemplate(
+    absl::string_view pattern, int64_t n) {
+  if (pattern.find("{i}") == absl::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "template \"", pattern, "\" has no {i} placeholder"));
+  }
+  if (n < 1) return absl::InvalidArgumentError("the count must be >= 1");
+  std::vector<std::string> out;
+  for (int64_t i = 0; i < n; ++i) {
+    out.push_back(absl::StrReplaceAll(pattern, {{"{i}", absl::StrCat(i)}}));
+  }
+  return out;
 }
 
 std::vector<std::string> SplitList(absl::string_view text) {

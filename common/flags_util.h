@@ -19,6 +19,21 @@ std::vector<std::string> NormalizeFlagDashes(int argc, char** argv);
 absl::StatusOr<std::vector<int64_t>> ParseIdList(absl::string_view text,
                                                  int64_t limit);
 
+// The contiguous expert range of shard `index` of `shards`: the same split
+// moe-up and the Kubernetes StatefulSet use (shard i gets experts
+// [E*i/n, E*(i+1)/n)). InvalidArgument when index is out of range or a shard
+// would be empty.
+absl::StatusOr<std::vector<int64_t>> ShardExperts(int64_t index,
+                                                  int64_t shards,
+                                                  int64_t total_experts);
+
+// The ordinal of a StatefulSet pod name: "moe-expert-3" -> 3.
+absl::StatusOr<int64_t> OrdinalFromHostname(absl::string_view hostname);
+
+// Expands "moe-expert-{i}.moe-expert:50052" for i = 0..n-1.
+absl::StatusOr<std::vector<std::string>> ExpandTemplate(
+    absl::string_view pattern, int64_t n);
+
 // Splits "a,b,c" into its non-empty parts.
 std::vector<std::string> SplitList(absl::string_view text);
 

@@ -4,12 +4,15 @@
 //
 // Health turns SERVING once the weights are loaded. SIGTERM/SIGINT drain
 // in-flight calls and stop.
+#include <unistd.h>
+
 #include <cstdlib>
 #include <string>
 
 #include <ATen/Context.h>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/checkpoint.h"
@@ -25,6 +28,12 @@
 ABSL_FLAG(std::string, checkpoint, "", "Checkpoint (safetensors) to serve.");
 ABSL_FLAG(std::string, experts, "",
           "Expert ids of this shard, e.g. 0-3,8 (default: all).");
+ABSL_FLAG(std::string, shard, "",
+          "Instead of --experts: this worker's shard index, or \"auto\" to "
+          "take it from the hostname's ordinal (StatefulSet pod moe-expert-3 "
+          "is shard 3); with --num_shards, shard i hosts the contiguous "
+          "experts [E*i/n, E*(i+1)/n).");
+ABSL_FLAG(int, num_shards, 0, "Number of shards for --shard.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int, port, 50052, "Port to listen on; 0 picks a free one.");
 ABSL_FLAG(std::string, port_file, "",
@@ -52,7 +61,33 @@ absl::Status Run() {
                        common::ReadCheckpointConfig(path));
   common::LoadOptions load;
   load.router = false;
-  if (!absl::GetFlag(FLAGS_experts).empty()) {
+  const std::string shard_flag = absl::GetFlag(FLAGS_shard);
+  if (!shard_flag.empty() && !absl::GetFlag(FLAGS_experts).empty()) {
+    return absl::InvalidArgumentError("give --experts or --shard, not both");
+  }
+  if (!shard_flag.empty()) {
+    int64_t index = -1;
+    if (shard_flag == "auto") {
+      char name[256] = {0};
+      ::gethostname(name, sizeof(name) - 1);
+      absl::StatusOr<int64_t> ordinal = common::OrdinalFromHostname(name);
+      if (!ordinal.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--shard=auto: ", ordinal.status().message()));
+      }
+      index = *ordinal;
+    } else if (!absl::SimpleAtoi(shard_flag, &index)) {
+      return absl::InvalidArgumentError(
+          "--shard must be an index or \"auto\"");
+    }
+    absl::StatusOr<std::vector<int64_t>> ids = common::ShardExperts(
+        index, absl::GetFlag(FLAGS_num_shards), config.total_experts());
+    if (!ids.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--shard/--num_shards: ", ids.status().message()));
+    }
+    load.experts = *ids;
+  } else if (!absl::GetFlag(FLAGS_experts).empty()) {
     absl::StatusOr<std::vector<int64_t>> ids = common::ParseIdList(
         absl::GetFlag(FLAGS_experts), config.total_experts());
     if (!ids.ok()) {

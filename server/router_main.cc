@@ -32,6 +32,11 @@ ABSL_FLAG(std::string, workers, "",
           "Expert workers, HOST:PORT,HOST:PORT,... (or use --workers_file).");
 ABSL_FLAG(std::string, workers_file, "",
           "File with one worker HOST:PORT per line.");
+ABSL_FLAG(std::string, worker_template, "",
+          "Workers by stable name, e.g. moe-expert-{i}.moe-expert:50052 "
+          "(a StatefulSet's pods), with --num_workers. Names are resolved and "
+          "re-resolved by gRPC; workers may start after the router.");
+ABSL_FLAG(int, num_workers, 0, "Number of workers of --worker_template.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int, port, 50051, "Port to listen on; 0 picks a free one.");
 ABSL_FLAG(std::string, port_file, "",
@@ -79,9 +84,20 @@ absl::StatusOr<std::vector<std::string>> WorkerAddresses() {
       }
     }
   }
+  const std::string pattern = absl::GetFlag(FLAGS_worker_template);
+  if (!pattern.empty()) {
+    absl::StatusOr<std::vector<std::string>> expanded =
+        common::ExpandTemplate(pattern, absl::GetFlag(FLAGS_num_workers));
+    if (!expanded.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--worker_template/--num_workers: ", expanded.status().message()));
+    }
+    out.insert(out.end(), expanded->begin(), expanded->end());
+  }
   if (out.empty()) {
     return absl::InvalidArgumentError(
-        "no workers: give --workers=HOST:PORT,... or --workers_file");
+        "no workers: give --workers=HOST:PORT,..., --workers_file or "
+        "--worker_template with --num_workers");
   }
   return out;
 }

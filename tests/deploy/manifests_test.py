@@ -1,0 +1,130 @@
+#!/usr/bin/python3
+"""Offline checks of the Kubernetes deployment: both overlays render with
+kubectl kustomize, every object validates against the Kubernetes and
+prometheus-operator schemas with unknown fields rejected, yamllint is clean,
+and the monitoring copies match deploy/prometheus and deploy/grafana.
+
+Usage: manifests_test.py REPO_ROOT
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import yaml
+
+ROOT = sys.argv.pop(1)
+DEPLOY = os.path.join(ROOT, "deploy")
+VALIDATE = os.path.join(ROOT, "tests", "deploy", "validate", "validate.mjs")
+EXPECTED_KINDS = {
+    "Namespace", "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service",
+    "HorizontalPodAutoscaler", "StatefulSet", "PodDisruptionBudget",
+    "NetworkPolicy", "ServiceMonitor", "PodMonitor", "PrometheusRule",
+}
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def render(overlay):
+    result = subprocess.run(
+        ["kubectl", "kustomize", os.path.join(DEPLOY, "k8s", "overlays", overlay)],
+        capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AssertionError("kustomize %s: %s" % (overlay, result.stderr))
+    return result.stdout
+
+
+def objects(text):
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def find(objs, kind, name):
+    for o in objs:
+        if o["kind"] == kind and o["metadata"]["name"] == name:
+            return o
+    raise AssertionError("no %s/%s" % (kind, name))
+
+
+class ManifestsTest(unittest.TestCase):
+    def test_overlays_render_and_validate(self):
+        for overlay in ("cpu", "gpu"):
+            text = render(overlay)
+            objs = objects(text)
+            self.assertEqual({o["kind"] for o in objs}, EXPECTED_KINDS, overlay)
+            for o in objs:
+                if o["kind"] != "Namespace":
+                    self.assertEqual(o["metadata"].get("namespace"), "moe-serve",
+                                     (overlay, o["kind"]))
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+                f.write(text)
+                f.flush()
+                result = subprocess.run(["node", VALIDATE, f.name],
+                                        capture_output=True, text=True)
+            self.assertEqual(result.returncode, 0,
+                             overlay + "\n" + result.stdout + result.stderr)
+            self.assertIn("%d objects checked, 0 problems" % len(objs), result.stdout)
+
+    def test_validator_rejects_misspelled_fields(self):
+        text = render("cpu").replace("readinessProbe:", "readinesProbe:", 1)
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            f.write(text)
+            f.flush()
+            result = subprocess.run(["node", VALIDATE, f.name],
+                                    capture_output=True, text=True)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("unknown field /spec/template/spec/containers/0/readinesProbe",
+                      result.stderr)
+
+    def test_shape_of_the_deployment(self):
+        cpu = objects(render("cpu"))
+        router = find(cpu, "Deployment", "moe-router")
+        self.assertEqual(router["spec"]["replicas"], 2)
+        container = router["spec"]["template"]["spec"]["containers"][0]
+        self.assertIn("--worker_template=moe-expert-{i}.moe-expert:50052", container["args"])
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            self.assertEqual(container[probe]["grpc"]["port"], 50051, probe)
+        service = find(cpu, "Service", "moe-router")
+        self.assertEqual(service["spec"]["ports"][0]["appProtocol"], "grpc")
+        self.assertEqual(find(cpu, "Service", "moe-router-headless")["spec"]["clusterIP"], "None")
+        experts = find(cpu, "StatefulSet", "moe-expert")
+        self.assertEqual(experts["spec"]["serviceName"], "moe-expert")
+        self.assertIn("--shard=auto", experts["spec"]["template"]["spec"]["containers"][0]["args"])
+        self.assertEqual(find(cpu, "Service", "moe-expert")["spec"]["clusterIP"], "None")
+        config = find(cpu, "ConfigMap", "moe-config")
+        self.assertEqual(int(config["data"]["MOE_NUM_WORKERS"]), experts["spec"]["replicas"])
+        self.assertEqual(config["data"]["MOE_DEVICE"], "cpu")
+        policy = find(cpu, "NetworkPolicy", "moe-expert")
+        self.assertEqual(policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+                         ["app.kubernetes.io/component"], "router")
+        dashboard = find(cpu, "ConfigMap", "moe-grafana-dashboard")
+        self.assertEqual(json.loads(dashboard["data"]["moe-serve-dashboard.json"])["uid"],
+                         "moe-serve-overview")
+
+        gpu = objects(render("gpu"))
+        container = find(gpu, "StatefulSet", "moe-expert")["spec"]["template"]["spec"]["containers"][0]
+        self.assertEqual(container["resources"]["limits"]["nvidia.com/gpu"], "1")
+        self.assertEqual(find(gpu, "ConfigMap", "moe-config")["data"]["MOE_DEVICE"], "cuda")
+        self.assertTrue(container["image"].endswith("-cuda"))
+
+    def test_monitoring_copies_match_their_sources(self):
+        rule = yaml.safe_load(read(os.path.join(DEPLOY, "k8s", "base", "prometheusrule.yaml")))
+        self.assertEqual(rule["spec"], yaml.safe_load(read(os.path.join(DEPLOY, "prometheus", "moe-rules.yml"))))
+        self.assertEqual(read(os.path.join(DEPLOY, "k8s", "base", "moe-serve-dashboard.json")),
+                         read(os.path.join(DEPLOY, "grafana", "moe-serve-dashboard.json")))
+
+    def test_yamllint(self):
+        result = subprocess.run(
+            ["yamllint", "-c", os.path.join(ROOT, ".yamllint"),
+             os.path.join(DEPLOY, "k8s"), os.path.join(DEPLOY, "prometheus")],
+            capture_output=True, text=True)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
