@@ -16,6 +16,7 @@
 #include <benchmark/benchmark.h>
 #include <c10/core/InferenceMode.h>
 
+#include "common/allocator.h"
 #include "common/demo_model.h"
 #include "experts/expert_shard.h"
 #include "experts/geglu.h"
@@ -148,4 +149,11 @@ BENCHMARK(BM_EngineForward)->Args({4, 1024})->Args({1, 32})
 }  // namespace
 }  // namespace moe
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  moe::common::TuneAllocatorForReuse();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

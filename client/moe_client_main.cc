@@ -93,6 +93,8 @@ ABSL_FLAG(bool, summary, true, "Print a routing summary to stdout.");
 ABSL_FLAG(int, concurrency, 1, "bench: requests in flight at once.");
 ABSL_FLAG(double, duration, 10, "bench: seconds to run.");
 ABSL_FLAG(std::string, shape, "1x32", "bench: input shape BxN.");
+ABSL_FLAG(std::string, json_out, "",
+          "bench: also write the results as JSON to this file.");
 ABSL_FLAG(double, interval, 1, "stats: seconds between refreshes.");
 ABSL_FLAG(int, iterations, 0, "stats: refreshes before exiting (0: until Ctrl-C).");
 ABSL_FLAG(int, dim, 512, "demo-checkpoint: model dim.");
@@ -480,6 +482,24 @@ absl::Status RunBench() {
       seconds, done.load() / seconds, done.load() * b * n / seconds, pct(0.5),
       pct(0.9), pct(0.99), latencies_ms.empty() ? 0.0 : latencies_ms.back());
   if (errors.load() > 0) std::printf("  last error: %s\n", last_error.c_str());
+  const std::string json_out = absl::GetFlag(FLAGS_json_out);
+  if (!json_out.empty()) {
+    std::FILE* f = std::fopen(json_out.c_str(), "w");
+    if (f == nullptr) return absl::PermissionDeniedError("cannot write " + json_out);
+    std::fprintf(
+        f,
+        "{\"shape\": [%lld, %lld, %lld], \"concurrency\": %d, \"ok\": %lld, "
+        "\"errors\": %lld, \"seconds\": %.3f, \"requests_per_s\": %.3f, "
+        "\"tokens_per_s\": %.1f, \"p50_ms\": %.3f, \"p90_ms\": %.3f, "
+        "\"p99_ms\": %.3f, \"max_ms\": %.3f}\n",
+        static_cast<long long>(b), static_cast<long long>(n),
+        static_cast<long long>(info.dim()), concurrency,
+        static_cast<long long>(done.load()),
+        static_cast<long long>(errors.load()), seconds, done.load() / seconds,
+        done.load() * b * n / seconds, pct(0.5), pct(0.9), pct(0.99),
+        latencies_ms.empty() ? 0.0 : latencies_ms.back());
+    std::fclose(f);
+  }
   return errors.load() == 0 ? absl::OkStatus()
                             : absl::UnavailableError("some requests failed");
 }

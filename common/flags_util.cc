@@ -5,6 +5,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
+#include "common/allocator.h"
 #include "common/logging.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -115,6 +116,7 @@ std::vector<std::string> SplitList(absl::string_view text) {
 std::vector<std::string> ParseCommandLine(int argc, char** argv,
                                           const char* program,
                                           const char* usage) {
+  TuneAllocatorForReuse();
   SetLogProgramName(program);
   absl::SetProgramUsageMessage(usage);
   std::vector<std::string> args = NormalizeFlagDashes(argc, argv);

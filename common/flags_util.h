@@ -40,7 +40,8 @@ std::vector<std::string> SplitList(absl::string_view text);
 // argv-style pointers into `args` (which must outlive the result).
 std::vector<char*> ArgvPointers(std::vector<std::string>& args);
 
-// What every main() does first: names the program in log lines, sets the
+// What every main() does first: tunes the allocator (common/allocator.h),
+// names the program in log lines, sets the
 // --help text, accepts dashed flag names and parses the flags. Returns the
 // positional arguments (argv[0] first).
 std::vector<std::string> ParseCommandLine(int argc, char** argv,

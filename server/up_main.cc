@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -65,7 +66,17 @@ std::string SelfDir() {
   return std::filesystem::read_symlink("/proc/self/exe").parent_path().string();
 }
 
-absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv) {
+// OpenBLAS threads each child may use, so that the N workers (and the
+// router) share the cores instead of oversubscribing them: OpenBLAS sizes its
+// pool to every core in each process, and its idle threads spin. Measured in
+// BENCHMARKS.md. An OPENBLAS_NUM_THREADS already in the environment wins.
+int BlasThreadsPerChild(int workers) {
+  const long cores = ::sysconf(_SC_NPROCESSORS_ONLN);
+  return static_cast<int>(std::max<long>(1, cores / std::max(1, workers)));
+}
+
+absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv,
+                            int blas_threads) {
   pid_t pid = ::fork();
   if (pid < 0) return absl::InternalError("fork failed");
   if (pid == 0) {
@@ -78,6 +89,8 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv) {
     setpgid(0, 0);
     // Stop with moe-up even if it is killed without a chance to clean up.
     prctl(PR_SET_PDEATHSIG, SIGTERM);
+    ::setenv("OPENBLAS_NUM_THREADS", absl::StrCat(blas_threads).c_str(),
+             /*overwrite=*/0);
     std::vector<char*> args;
     for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
@@ -233,7 +246,8 @@ absl::Status Run() {
                       absl::StrCat("--experts=", lo, "-", hi),
                       "--host=" + host, "--port=0",
                       "--port_file=" + c.port_file, "--metrics_port=0",
-                      "--metrics_port_file=" + c.metrics_port_file}));
+                      "--metrics_port_file=" + c.metrics_port_file},
+              BlasThreadsPerChild(n)));
     children.push_back(c);
   }
   const absl::Time deadline =
@@ -264,7 +278,8 @@ absl::Status Run() {
                "--on_expert_failure=" + absl::GetFlag(FLAGS_on_expert_failure),
                "--wire_dtype=" + absl::GetFlag(FLAGS_wire_dtype),
                absl::StrCat("--max_tokens_per_request=",
-                            absl::GetFlag(FLAGS_max_tokens_per_request))}));
+                            absl::GetFlag(FLAGS_max_tokens_per_request))},
+              /*blas_threads=*/1));
     children.push_back(router);
     status = WaitReady(children.back(), children, deadline, host);
   }

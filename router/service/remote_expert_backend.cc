@@ -68,7 +68,7 @@ void CallCancellation::Unregister(grpc::ClientContext* context) {
 absl::Status RemoteExpertBackend::RunExperts(
     const at::Tensor& tokens, absl::Span<const experts::ExpertSegment> segments,
     at::Tensor* out, std::vector<int64_t>* unavailable) {
-  const absl::Time start = absl::Now();
+  encode_ = rpc_wait_ = decode_ = absl::ZeroDuration();
   const int64_t d = tokens.size(1);
   at::Tensor src = tokens.to(at::kFloat).contiguous();
   *out = at::zeros({tokens.size(0), d}, at::kFloat);
@@ -126,7 +126,7 @@ absl::Status RemoteExpertBackend::RunExperts(
     std::mutex mu;
     std::condition_variable cv;
     size_t done = 0;
-    const absl::Time sent = absl::Now();
+    const absl::Time encode_start = absl::Now();
     const absl::Time timeout_deadline = now + options_.worker_timeout;
     for (auto& [w, call] : calls) {
       int64_t rows = 0;
@@ -147,6 +147,8 @@ absl::Status RemoteExpertBackend::RunExperts(
       call->context.set_deadline(absl::ToChronoTime(
           std::min(timeout_deadline, worker_deadline_cap)));
     }
+    const absl::Time sent = absl::Now();
+    encode_ += sent - encode_start;
     for (auto& [w, call] : calls) {
       Call* c = call.get();
       if (!cancellation_->Register(&c->context)) {
@@ -166,7 +168,9 @@ absl::Status RemoteExpertBackend::RunExperts(
       std::unique_lock<std::mutex> lock(mu);
       cv.wait(lock, [&] { return done == calls.size(); });
     }
-    const absl::Duration waited = absl::Now() - sent;
+    const absl::Time received = absl::Now();
+    const absl::Duration waited = received - sent;
+    rpc_wait_ += waited;
     for (auto& [w, call] : calls) {
       cancellation_->Unregister(&call->context);
       pool_->AddInflight(w, -1);
@@ -225,8 +229,8 @@ absl::Status RemoteExpertBackend::RunExperts(
         row += p->count;
       }
     }
+    decode_ += absl::Now() - received;
   }
-  rpc_wait_ = absl::Now() - start;
   if (failed.empty()) return absl::OkStatus();
 
   std::set<int64_t> experts;

@@ -65,8 +65,12 @@ class RemoteExpertBackend : public ExpertBackend {
                           at::Tensor* out,
                           std::vector<int64_t>* unavailable) override;
 
-  // Wall time spent waiting for workers in the last RunExperts call.
+  // Where the last RunExperts call spent its time: building requests
+  // (gather into wire bytes), waiting for the workers, decoding and placing
+  // their outputs.
+  absl::Duration encode_time() const { return encode_; }
   absl::Duration rpc_wait() const { return rpc_wait_; }
+  absl::Duration decode_time() const { return decode_; }
   // Why each unavailable expert of the last call failed: "deadline" when its
   // last worker call missed its deadline, else "expert_unavailable".
   const std::map<int64_t, std::string>& failure_reasons() const {
@@ -77,7 +81,9 @@ class RemoteExpertBackend : public ExpertBackend {
   WorkerPool* pool_;
   CallCancellation* cancellation_;
   RemoteCallOptions options_;
+  absl::Duration encode_;
   absl::Duration rpc_wait_;
+  absl::Duration decode_;
   std::map<int64_t, std::string> failure_reasons_;
 };
 

@@ -97,6 +97,12 @@ RouterMetrics::RouterMetrics(prometheus::Registry& registry,
                     .Name("moe_router_rejected_requests_total")
                     .Help("Requests refused before routing, by reason.")
                     .Register(registry)),
+      stages_(prometheus::BuildCounter()
+                  .Name("moe_router_stage_seconds_total")
+                  .Help("Router wall time per forward stage: pre, gate, plan "
+                        "(plan and gather), encode, rpc_wait, decode, "
+                        "combine.")
+                  .Register(registry)),
       window_(balance_window),
       recent_sum_(experts_, 0) {
   auto& assignments = prometheus::BuildCounter()
@@ -238,6 +244,23 @@ void RouterMetrics::RecordRequest(grpc::StatusCode code,
                                   absl::Duration elapsed) {
   requests_.Add({{"code", server::StatusCodeName(code)}}).Increment();
   request_seconds_.Observe(absl::ToDoubleSeconds(elapsed));
+}
+
+void RouterMetrics::RecordStages(const ForwardTimings& t,
+                                 absl::Duration encode,
+                                 absl::Duration rpc_wait,
+                                 absl::Duration decode) {
+  const std::pair<const char*, double> stages[] = {
+      {"pre", t.pre_us * 1e-6},
+      {"gate", t.gate_us * 1e-6},
+      {"plan", t.plan_us * 1e-6},
+      {"encode", absl::ToDoubleSeconds(encode)},
+      {"rpc_wait", absl::ToDoubleSeconds(rpc_wait)},
+      {"decode", absl::ToDoubleSeconds(decode)},
+      {"combine", t.combine_us * 1e-6}};
+  for (const auto& [stage, seconds] : stages) {
+    stages_.Add({{"stage", stage}}).Increment(seconds);
+  }
 }
 
 void RouterMetrics::RecordRejected(const std::string& reason) {

@@ -61,6 +61,11 @@ class RouterMetrics {
   void RecordRejected(const std::string& reason);
   void AddInflight(int delta);
   void RecordWorkerRpc(int worker, absl::Duration elapsed);
+  // Router time per stage of one forward, accumulated in
+  // moe_router_stage_seconds_total{stage}: pre (validation, block
+  // pre-norm), gate, plan (plan + gather), encode, rpc_wait, decode, combine.
+  void RecordStages(const ForwardTimings& timings, absl::Duration encode,
+                    absl::Duration rpc_wait, absl::Duration decode);
   void SetWorkerUp(int worker, bool up);
 
   // mean / max of kept assignments per expert over the window (1 = even).
@@ -89,6 +94,7 @@ class RouterMetrics {
   std::vector<prometheus::Gauge*> worker_up_;
   prometheus::Gauge& inflight_;
   prometheus::Family<prometheus::Counter>& rejected_;
+  prometheus::Family<prometheus::Counter>& stages_;
 
   absl::Duration window_;
   mutable std::mutex mu_;

@@ -160,6 +160,8 @@ absl::Status RouterService::RunForward(
                        engine_->ForwardWith(x, options, backend));
   if (metrics_ != nullptr) {
     metrics_->RecordForward(r, backend.failure_reasons());
+    metrics_->RecordStages(r.timings, backend.encode_time(), backend.rpc_wait(),
+                           backend.decode_time());
   }
 
   return FillForwardResponse(r, x_dtype, request.options().return_trace(),

@@ -1,0 +1,211 @@
+#!/usr/bin/python3
+"""./moe bench: the machine's GEMM limit, the in-process engine and the
+distributed path, measured in one run on this machine, as a table and JSON.
+
+  (a) dense fp32 GEMM rate at the expert shapes (moe-bench)
+  (b) in-process forward, README configuration x [4, 1024, 512] (moe-bench)
+  (c) the same through moe-up (router + 2 workers on loopback)
+  (d) where the router's time goes (moe_router_stage_seconds_total)
+  (e) small-request latency, 1 x 32 tokens, at 1 and 8 concurrent clients
+  (f) throughput at concurrency 1, 4 and 16 (1 x 256 tokens)
+
+Usage: bench/run_bench.py BIN_DIR [--quick] [--json]
+--json saves the results under bench/results/ with the machine's description.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def machine():
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kb = int(f.readline().split()[1])
+    return {"cpus": os.cpu_count(), "cpu_model": model,
+            "memory_gib": round(mem_kb / 2**20, 1), "kernel": platform.release()}
+
+
+def gbench(bin_dir, flt, min_time):
+    out = run([os.path.join(bin_dir, "moe-bench"), "--benchmark_filter=" + flt,
+               "--benchmark_format=json", "--benchmark_min_time=%g" % min_time])
+    return {b["name"]: b for b in json.loads(out.stdout)["benchmarks"]}
+
+
+def scrape(address):
+    with urllib.request.urlopen("http://%s/metrics" % address, timeout=5) as r:
+        text = r.read().decode()
+    stages, requests = {}, 0.0
+    for line in text.splitlines():
+        m = re.match(r'moe_router_stage_seconds_total\{stage="(\w+)"\} (\S+)', line)
+        if m:
+            stages[m.group(1)] = float(m.group(2))
+        m = re.match(r'moe_router_requests_total\{code="OK"\} (\S+)', line)
+        if m:
+            requests = float(m.group(1))
+    return stages, requests
+
+
+def peak_rss_mb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid):
+    out = run(["ps", "-o", "pid=,comm=", "--ppid", str(pid)]).stdout
+    return [(int(p), c) for p, c in (l.split(None, 1) for l in out.splitlines())]
+
+
+class MoeUp:
+    def __init__(self, bin_dir, tmp):
+        self.tmp = tmp
+        port_file = os.path.join(tmp, "up.port")
+        self.endpoints_file = os.path.join(tmp, "endpoints")
+        self.log = open(os.path.join(tmp, "moe-up.log"), "w")
+        self.proc = subprocess.Popen(
+            [os.path.join(bin_dir, "moe-up"), "--workers=2", "--port=0",
+             "--port_file=" + port_file, "--endpoints_file=" + self.endpoints_file],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while not os.path.exists(port_file):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise SystemExit("moe-up did not start; see " + self.log.name)
+            time.sleep(0.2)
+        with open(self.endpoints_file) as f:
+            self.endpoints = dict(line.split() for line in f)
+
+    def pids(self):
+        return children(self.proc.pid)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
+def client_bench(bin_dir, target, shape, concurrency, duration, tmp):
+    out = os.path.join(tmp, "bench.json")
+    print("  moe-client bench --shape=%s --concurrency=%d --duration=%g"
+          % (shape, concurrency, duration), file=sys.stderr, flush=True)
+    subprocess.run([os.path.join(bin_dir, "moe-client"), "bench", "--target=" + target,
+                    "--shape=" + shape, "--concurrency=%d" % concurrency,
+                    "--duration=%g" % duration, "--seed=1", "--json_out=" + out],
+                   check=True, stdout=subprocess.DEVNULL)
+    with open(out) as f:
+        return json.load(f)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("bin_dir")
+    ap.add_argument("--quick", action="store_true", help="a shorter run (under 2 minutes)")
+    ap.add_argument("--json", action="store_true", help="save JSON under bench/results/")
+    args = ap.parse_args()
+    q = args.quick
+    r = {"machine": machine(), "quick": q,
+         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+    print("(a, b) moe-bench: GEMM at expert shapes, in-process forward",
+          file=sys.stderr, flush=True)
+    g = gbench(args.bin_dir, "BM_ExpertGemm/512|BM_EngineForward/4/1024|BM_EngineForward/1/32",
+               1.0 if q else 3.0)
+    gemm = g["BM_ExpertGemm/512"]["gflops"] / 1e9 if g["BM_ExpertGemm/512"]["gflops"] > 1e6 \
+        else g["BM_ExpertGemm/512"]["gflops"]
+    engine = next(v for k, v in g.items() if k.startswith("BM_EngineForward/4/1024"))
+    small = next(v for k, v in g.items() if k.startswith("BM_EngineForward/1/32"))
+    r["gemm_gflops"] = gemm
+    r["inprocess_forward_ms"] = engine["real_time"]
+    r["inprocess_tokens_per_s"] = engine["tokens_per_s"]
+    r["inprocess_useful_gflops"] = engine["gflops"] / 1e9 if engine["gflops"] > 1e6 else engine["gflops"]
+    r["inprocess_share_of_gemm"] = r["inprocess_useful_gflops"] / gemm
+    r["inprocess_small_request_ms"] = small["real_time"]
+
+    with tempfile.TemporaryDirectory(prefix="moe-bench-") as tmp:
+        up = MoeUp(args.bin_dir, tmp)
+        try:
+            target = up.endpoints["router"]
+            metrics = up.endpoints["router_metrics"]
+            print("(c, d) README configuration through moe-up", file=sys.stderr, flush=True)
+            stages0, req0 = scrape(metrics)
+            big = client_bench(args.bin_dir, target, "4x1024", 1, 8 if q else 20, tmp)
+            stages1, req1 = scrape(metrics)
+            n = max(req1 - req0, 1)
+            stage_ms = {k: (stages1[k] - stages0.get(k, 0)) / n * 1e3 for k in stages1}
+            r["distributed_tokens_per_s"] = big["tokens_per_s"]
+            r["distributed_forward_p50_ms"] = big["p50_ms"]
+            r["distributed_over_inprocess"] = big["tokens_per_s"] / r["inprocess_tokens_per_s"]
+            r["router_stage_ms"] = stage_ms
+            total = sum(stage_ms.values())
+            r["router_overhead_share"] = (total - stage_ms.get("rpc_wait", 0)) / total if total else 0
+            print("(e) small requests", file=sys.stderr, flush=True)
+            s1 = client_bench(args.bin_dir, target, "1x32", 1, 4 if q else 10, tmp)
+            s8 = client_bench(args.bin_dir, target, "1x32", 8, 4 if q else 10, tmp)
+            r["small_request_p50_ms"], r["small_request_p99_ms"] = s1["p50_ms"], s1["p99_ms"]
+            r["small_request_c8_p50_ms"], r["small_request_c8_p99_ms"] = s8["p50_ms"], s8["p99_ms"]
+            print("(f) throughput by concurrency", file=sys.stderr, flush=True)
+            r["throughput_1x256"] = {}
+            for c in (1, 4, 16):
+                t = client_bench(args.bin_dir, target, "1x256", c, 4 if q else 10, tmp)
+                r["throughput_1x256"][str(c)] = {k: t[k] for k in
+                                                ("requests_per_s", "tokens_per_s", "p50_ms", "p99_ms")}
+            rss = {comm: peak_rss_mb(pid) for pid, comm in up.pids()}
+            r["router_peak_rss_mb"] = max(v for k, v in rss.items() if k.startswith("moe-router"))
+            r["worker_peak_rss_mb"] = max(v for k, v in rss.items() if k.startswith("moe-expert"))
+        finally:
+            up.stop()
+
+    rows = [
+        ("(a) GEMM at expert shapes", "%.1f GFLOP/s" % r["gemm_gflops"]),
+        ("(b) in-process [4,1024,512]", "%.0f tokens/s, %.1f ms, %.1f useful GFLOP/s = %.0f%% of (a)" % (
+            r["inprocess_tokens_per_s"], r["inprocess_forward_ms"], r["inprocess_useful_gflops"],
+            100 * r["inprocess_share_of_gemm"])),
+        ("(c) moe-up [4,1024,512]", "%.0f tokens/s, p50 %.1f ms, (c)/(b) = %.2f" % (
+            r["distributed_tokens_per_s"], r["distributed_forward_p50_ms"],
+            r["distributed_over_inprocess"])),
+        ("(d) router ms per forward", ", ".join("%s %.1f" % kv for kv in r["router_stage_ms"].items())
+         + "; router's own share %.0f%%" % (100 * r["router_overhead_share"])),
+        ("(e) 1x32 latency", "c=1 p50 %.1f / p99 %.1f ms; c=8 p50 %.1f / p99 %.1f ms; in-process %.1f ms" % (
+            r["small_request_p50_ms"], r["small_request_p99_ms"], r["small_request_c8_p50_ms"],
+            r["small_request_c8_p99_ms"], r["inprocess_small_request_ms"])),
+        ("(f) 1x256 throughput", "; ".join("c=%s %.1f req/s (%.0f tok/s)" % (c, v["requests_per_s"], v["tokens_per_s"])
+                                         for c, v in r["throughput_1x256"].items())),
+        ("peak RSS", "router %.0f MB, worker %.0f MB" % (r["router_peak_rss_mb"], r["worker_peak_rss_mb"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print("%s  %s" % (k.ljust(width), v))
+    if args.json:
+        os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+        path = os.path.join(HERE, "results", "bench-%s%s.json" % (
+            datetime.datetime.now().strftime("%Y%m%d-%H%M%S"), "-quick" if q else ""))
+        with open(path, "w") as f:
+            json.dump(r, f, indent=2)
+        print("saved " + path)
+    print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
