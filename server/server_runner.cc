@@ -3,8 +3,6 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <cstdio>
-#include <fstream>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -24,12 +22,8 @@ void BlockShutdownSignals() {
 }
 
 ServerRunner::ServerRunner(ServerOptions options,
-                           std::unique_ptr<grpc::Server> server, int port,
-                           std::vector<std::string> service_names)
-    : options_(std::move(options)),
-      server_(std::move(server)),
-      port_(port),
-      service_names_(std::move(service_names)) {}
+                           std::unique_ptr<grpc::Server> server, int port)
+    : options_(std::move(options)), server_(std::move(server)), port_(port) {}
 
 ServerRunner::~ServerRunner() { Shutdown(); }
 
@@ -44,7 +38,6 @@ absl::StatusOr<std::unique_ptr<ServerRunner>> ServerRunner::Start(
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
   builder.SetMaxReceiveMessageSize(options.max_receive_bytes);
   builder.SetMaxSendMessageSize(options.max_send_bytes);
-  std::vector<std::string> names;
   for (grpc::Service* service : services) builder.RegisterService(service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
@@ -53,7 +46,7 @@ absl::StatusOr<std::unique_ptr<ServerRunner>> ServerRunner::Start(
                      " (address in use or not available?)"));
   }
   auto runner = std::unique_ptr<ServerRunner>(
-      new ServerRunner(options, std::move(server), port, std::move(names)));
+      new ServerRunner(options, std::move(server), port));
   runner->SetServing(false);
   if (!options.port_file.empty()) {
     absl::Status status = WritePortFile(options.port_file, port);

@@ -47,7 +47,7 @@ class ServerRunner {
   int port() const { return port_; }
   std::string address() const;
 
-  // Sets the overall health status ("" service) and each listed service's.
+  // Sets the health status of the server and of every service.
   void SetServing(bool serving);
 
   // Waits for SIGTERM or SIGINT, then shuts down gracefully. Returns the
@@ -59,12 +59,11 @@ class ServerRunner {
 
  private:
   ServerRunner(ServerOptions options, std::unique_ptr<grpc::Server> server,
-               int port, std::vector<std::string> service_names);
+               int port);
 
   ServerOptions options_;
   std::unique_ptr<grpc::Server> server_;
   int port_;
-  std::vector<std::string> service_names_;
   bool shut_down_ = false;
 };
 
