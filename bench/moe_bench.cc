@@ -128,6 +128,7 @@ void BM_EngineForward(benchmark::State& state) {
   router::RoutingOptions options;
   options.seed = 1;
   int64_t kept = 0;
+  router::ForwardTimings sum;
   for (auto _ : state) {
     auto r = (*engine)->Forward(x, options);
     if (!r.ok()) {
@@ -135,7 +136,19 @@ void BM_EngineForward(benchmark::State& state) {
       return;
     }
     kept = r->plan.size();
+    sum.pre_us += r->timings.pre_us;
+    sum.gate_us += r->timings.gate_us;
+    sum.plan_us += r->timings.plan_us;
+    sum.experts_us += r->timings.experts_us;
+    sum.combine_us += r->timings.combine_us;
   }
+  // Mean stage times in ms.
+  const double n = static_cast<double>(state.iterations()) * 1e3;
+  state.counters["pre_ms"] = sum.pre_us / n;
+  state.counters["gate_ms"] = sum.gate_us / n;
+  state.counters["plan_ms"] = sum.plan_us / n;
+  state.counters["experts_ms"] = sum.experts_us / n;
+  state.counters["combine_ms"] = sum.combine_us / n;
   const double useful = 2.0 * kept * 3.0 * kDim * config.expert_hidden();
   state.counters["tokens_per_s"] = benchmark::Counter(
       batch * seq, benchmark::Counter::kIsIterationInvariantRate);

@@ -10,7 +10,9 @@ namespace moe::common {
 // longer trims them (M_TRIM_THRESHOLD). A freshly faulted 4 KiB page costs
 // about 10 us on these VMs, so fresh activation buffers were the largest cost
 // of a forward after the GEMMs (BENCHMARKS.md: in-process forward 431 ms ->
-// 262 ms). The process keeps its peak working set resident.
+// 262 ms). One arena for all threads (M_ARENA_MAX 1), since glibc unmaps
+// emptied per-thread heaps regardless of the trim threshold (router stages
+// 115 -> 33 ms per forward). The process keeps its peak working set resident.
 // MOE_NO_MALLOC_TUNING=1 in the environment turns this off (to measure it).
 // Call once, early in main().
 void TuneAllocatorForReuse();
