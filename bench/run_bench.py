@@ -8,6 +8,7 @@ distributed path, measured in one run on this machine, as a table and JSON.
   (d) where the router's time goes (moe_router_stage_seconds_total)
   (e) small-request latency, 1 x 32 tokens, at 1 and 8 concurrent clients
   (f) throughput at concurrency 1, 4 and 16 (1 x 256 tokens)
+  (g) bf16 on the router-to-worker hop: throughput and accuracy against fp32
 
 Usage: bench/run_bench.py BIN_DIR [--quick] [--json]
 --json saves the results under bench/results/ with the machine's description.
@@ -80,14 +81,15 @@ def children(pid):
 
 
 class MoeUp:
-    def __init__(self, bin_dir, tmp):
+    def __init__(self, bin_dir, tmp, wire_dtype="float32"):
         self.tmp = tmp
-        port_file = os.path.join(tmp, "up.port")
-        self.endpoints_file = os.path.join(tmp, "endpoints")
-        self.log = open(os.path.join(tmp, "moe-up.log"), "w")
+        port_file = os.path.join(tmp, "up-%s.port" % wire_dtype)
+        self.endpoints_file = os.path.join(tmp, "endpoints-" + wire_dtype)
+        self.log = open(os.path.join(tmp, "moe-up-%s.log" % wire_dtype), "w")
         self.proc = subprocess.Popen(
             [os.path.join(bin_dir, "moe-up"), "--workers=2", "--port=0",
-             "--port_file=" + port_file, "--endpoints_file=" + self.endpoints_file],
+             "--port_file=" + port_file, "--endpoints_file=" + self.endpoints_file,
+             "--wire_dtype=" + wire_dtype],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
         while not os.path.exists(port_file):
@@ -104,6 +106,27 @@ class MoeUp:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=60)
         self.log.close()
+
+
+def read_y(path):
+    """output.y of a moe-client output file, as float32 numpy."""
+    import numpy as np
+    with open(path, "rb") as f:
+        raw = f.read()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    e = header["output.y"]
+    begin, end = e["data_offsets"]
+    return np.frombuffer(raw[8 + n + begin:8 + n + end], dtype="<f4").reshape(e["shape"])
+
+
+def forward_y(bin_dir, target, tmp, name):
+    out = os.path.join(tmp, name + ".safetensors")
+    subprocess.run([os.path.join(bin_dir, "moe-client"), "forward", "--target=" + target,
+                    "--random_input=4x1024", "--input_seed=1", "--seed=1",
+                    "--output=" + out, "--summary=false"],
+                   check=True, capture_output=True)
+    return read_y(out)
 
 
 def client_bench(bin_dir, target, shape, concurrency, duration, tmp):
@@ -174,8 +197,24 @@ def main():
             rss = {comm: peak_rss_mb(pid) for pid, comm in up.pids()}
             r["router_peak_rss_mb"] = max(v for k, v in rss.items() if k.startswith("moe-router"))
             r["worker_peak_rss_mb"] = max(v for k, v in rss.items() if k.startswith("moe-expert"))
+            y32 = forward_y(args.bin_dir, target, tmp, "fp32")
         finally:
             up.stop()
+
+        print("(g) bf16 on the router-to-worker hop", file=sys.stderr, flush=True)
+        up16 = MoeUp(args.bin_dir, tmp, "bfloat16")
+        try:
+            target16 = up16.endpoints["router"]
+            y16 = forward_y(args.bin_dir, target16, tmp, "bf16")
+            b16 = client_bench(args.bin_dir, target16, "4x1024", 1, 8 if q else 20, tmp)
+        finally:
+            up16.stop()
+        import numpy as np
+        diff = np.abs(y16.astype(np.float64) - y32)
+        r["bf16_wire_tokens_per_s"] = b16["tokens_per_s"]
+        r["bf16_wire_speedup"] = b16["tokens_per_s"] / r["distributed_tokens_per_s"]
+        r["bf16_wire_max_abs_err"] = float(diff.max())
+        r["bf16_wire_rel_rms_err"] = float(np.sqrt((diff ** 2).mean() / (y32.astype(np.float64) ** 2).mean()))
 
     rows = [
         ("(a) GEMM at expert shapes", "%.1f GFLOP/s" % r["gemm_gflops"]),
@@ -193,6 +232,9 @@ def main():
         ("(f) 1x256 throughput", "; ".join("c=%s %.1f req/s (%.0f tok/s)" % (c, v["requests_per_s"], v["tokens_per_s"])
                                          for c, v in r["throughput_1x256"].items())),
         ("peak RSS", "router %.0f MB, worker %.0f MB" % (r["router_peak_rss_mb"], r["worker_peak_rss_mb"])),
+        ("(g) bf16 wire", "%.0f tokens/s (x%.2f of fp32 wire); y vs fp32: max |err| %.2e, relative RMS %.2e" % (
+            r["bf16_wire_tokens_per_s"], r["bf16_wire_speedup"], r["bf16_wire_max_abs_err"],
+            r["bf16_wire_rel_rms_err"])),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
