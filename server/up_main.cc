@@ -234,16 +234,19 @@ absl::Status Run() {
   const std::string bin = SelfDir();
   std::vector<Child> children;
   for (int i = 0; i < n; ++i) {
-    const int64_t lo = experts * i / n, hi = experts * (i + 1) / n - 1;
+    MOE_ASSIGN_OR_RETURN(std::vector<int64_t> shard,
+                         common::ShardExperts(i, n, experts));
     Child c;
-    c.name = absl::StrCat("worker ", i, " (experts ", lo, "-", hi, ")");
+    c.name = absl::StrCat("worker ", i, " (experts ", shard.front(), "-",
+                          shard.back(), ")");
     c.port_file = absl::StrCat(dir, "/worker-", i, ".port");
     c.metrics_port_file = absl::StrCat(dir, "/worker-", i, ".metrics.port");
     std::filesystem::remove(c.port_file);
     std::filesystem::remove(c.metrics_port_file);
     MOE_ASSIGN_OR_RETURN(
         c.pid, Spawn({bin + "/moe-expert", "--checkpoint=" + checkpoint,
-                      absl::StrCat("--experts=", lo, "-", hi),
+                      absl::StrCat("--shard=", i),
+                      absl::StrCat("--num_shards=", n),
                       "--host=" + host, "--port=0",
                       "--port_file=" + c.port_file, "--metrics_port=0",
                       "--metrics_port_file=" + c.metrics_port_file},

@@ -73,7 +73,6 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
     const moe::v1::RunExpertsRequest* request,
     moe::v1::RunExpertsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  ++inflight_;
   if (metrics_ != nullptr) metrics_->AddInflight(1);
   const absl::Time start = absl::Now();
   auto finish = [this, reactor, start](const absl::Status& status) {
@@ -97,11 +96,9 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
       MOE_LOG(WARNING) << "RunExperts from " << context->peer() << ": "
                        << status;
     }
-    --inflight_;
     finish(status);
   });
   if (!queued) {
-    --inflight_;
     MOE_LOG(WARNING) << "RunExperts refused: queue full ("
                      << options_.max_queued << " waiting)";
     finish(absl::ResourceExhaustedError(

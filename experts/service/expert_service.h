@@ -4,7 +4,6 @@
 // RESOURCE_EXHAUSTED.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -43,8 +42,6 @@ class ExpertService final : public moe::v1::ExpertWorker::CallbackService {
       const moe::v1::GetShardInfoRequest* request,
       moe::v1::ShardInfo* response) override;
 
-  int64_t inflight() const { return inflight_.load(); }
-
  private:
   absl::Status Run(const moe::v1::RunExpertsRequest& request,
                    moe::v1::RunExpertsResponse* response) const;
@@ -54,7 +51,6 @@ class ExpertService final : public moe::v1::ExpertWorker::CallbackService {
   ExpertServiceOptions options_;
   ExpertMetrics* metrics_;
   server::RpcMetrics* rpc_metrics_;
-  std::atomic<int64_t> inflight_{0};
   std::unique_ptr<common::WorkQueue> queue_;
 };
 

@@ -236,10 +236,6 @@ void RouterMetrics::AddToWindow(const std::vector<int64_t>& per_expert) {
                             : 1.0);
 }
 
-double RouterMetrics::load_balancedness() const {
-  return balancedness_.Value();
-}
-
 void RouterMetrics::RecordRequest(grpc::StatusCode code,
                                   absl::Duration elapsed) {
   requests_.Add({{"code", server::StatusCodeName(code)}}).Increment();

@@ -68,9 +68,6 @@ class RouterMetrics {
                     absl::Duration rpc_wait, absl::Duration decode);
   void SetWorkerUp(int worker, bool up);
 
-  // mean / max of kept assignments per expert over the window (1 = even).
-  double load_balancedness() const;
-
  private:
   void AddToWindow(const std::vector<int64_t>& per_expert);
 
