@@ -1,6 +1,8 @@
 #include "proto/tensor_codec.h"
 
+#include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -45,9 +47,9 @@ absl::StatusOr<c10::ScalarType> TorchDType(moe::v1::DType dtype) {
   }
 }
 
-absl::StatusOr<at::Tensor> DecodeTensor(const moe::v1::Tensor& wire,
-                                        absl::string_view field,
-                                        int64_t max_elements) {
+absl::StatusOr<at::Tensor> ViewTensor(const moe::v1::Tensor& wire,
+                                      absl::string_view field,
+                                      int64_t max_elements) {
   absl::StatusOr<c10::ScalarType> type = TorchDType(wire.dtype());
   if (!type.ok()) {
     return absl::InvalidArgumentError(
@@ -81,8 +83,55 @@ absl::StatusOr<at::Tensor> DecodeTensor(const moe::v1::Tensor& wire,
   }
   at::Tensor out;
   absl::Status status = common::TorchCall("decode", [&] {
-    out = at::empty(shape, at::TensorOptions().dtype(*type));
-    if (numel > 0) std::memcpy(out.data_ptr(), wire.data().data(), wire.data().size());
+    const auto options = at::TensorOptions().dtype(*type);
+    void* data = const_cast<char*>(wire.data().data());
+    if (numel > 0 && reinterpret_cast<uintptr_t>(data) % elem == 0) {
+      out = at::from_blob(data, shape, options);
+    } else {
+      out = at::empty(shape, options);
+      if (numel > 0) std::memcpy(out.data_ptr(), data, wire.data().size());
+    }
+  });
+  if (!status.ok()) return status;
+  return out;
+}
+
+absl::StatusOr<at::Tensor> DecodeTensor(const moe::v1::Tensor& wire,
+                                        absl::string_view field,
+                                        int64_t max_elements) {
+  absl::StatusOr<at::Tensor> view = ViewTensor(wire, field, max_elements);
+  if (!view.ok()) return view.status();
+  at::Tensor out;
+  absl::Status status = common::TorchCall("decode", [&] {
+    // A view over the message is copied out; a fallback copy already owns
+    // its bytes.
+    out = view->numel() > 0 && view->data_ptr() == wire.data().data()
+              ? view->clone()
+              : *view;
+  });
+  if (!status.ok()) return status;
+  return out;
+}
+
+absl::StatusOr<at::Tensor> WireBuffer(moe::v1::DType dtype,
+                                      const std::vector<int64_t>& shape,
+                                      moe::v1::Tensor* wire) {
+  absl::StatusOr<c10::ScalarType> type = TorchDType(dtype);
+  if (!type.ok()) return type.status();
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  wire->set_dtype(dtype);
+  wire->clear_shape();
+  for (int64_t d : shape) wire->add_shape(d);
+  std::string* data = wire->mutable_data();
+  // The bytes are overwritten next; resize() value-initialises them, which
+  // costs one streaming write, much less than building and copying a tensor.
+  data->resize(static_cast<size_t>(numel) * at::elementSize(*type));
+  at::Tensor out;
+  absl::Status status = common::TorchCall("encode", [&] {
+    const auto options = at::TensorOptions().dtype(*type);
+    out = numel == 0 ? at::empty(shape, options)
+                     : at::from_blob(data->data(), shape, options);
   });
   if (!status.ok()) return status;
   return out;
@@ -90,27 +139,11 @@ absl::StatusOr<at::Tensor> DecodeTensor(const moe::v1::Tensor& wire,
 
 absl::Status EncodeTensor(const at::Tensor& t, moe::v1::DType dtype,
                           moe::v1::Tensor* wire) {
-  absl::StatusOr<c10::ScalarType> type = TorchDType(dtype);
-  if (!type.ok()) return type.status();
+  const std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
+  absl::StatusOr<at::Tensor> buffer = WireBuffer(dtype, shape, wire);
+  if (!buffer.ok()) return buffer.status();
   return common::TorchCall("encode", [&] {
-    at::Tensor c = t.to(at::kCPU, *type).contiguous();
-    wire->set_dtype(dtype);
-    wire->clear_shape();
-    for (int64_t d : c.sizes()) wire->add_shape(d);
-    wire->set_data(static_cast<const char*>(c.data_ptr()), c.nbytes());
-  });
-}
-
-absl::Status AppendRows(const at::Tensor& t, int64_t row, int64_t count,
-                        moe::v1::DType dtype, moe::v1::Tensor* wire) {
-  absl::StatusOr<c10::ScalarType> type = TorchDType(dtype);
-  if (!type.ok()) return type.status();
-  return common::TorchCall("encode rows", [&] {
-    at::Tensor slice = t.narrow(0, row, count);
-    if (*type != slice.scalar_type()) slice = slice.to(*type);
-    slice = slice.contiguous();
-    wire->mutable_data()->append(static_cast<const char*>(slice.data_ptr()),
-                                 slice.nbytes());
+    if (t.numel() > 0) buffer->copy_(t);
   });
 }
 

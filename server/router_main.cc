@@ -51,7 +51,16 @@ ABSL_FLAG(int, worker_timeout_ms, 30000,
 ABSL_FLAG(std::string, wire_dtype, "float32",
           "Token dtype on the router-to-worker hop: float32, bfloat16, "
           "float16.");
-ABSL_FLAG(int, threads, 2, "Threads running forwards.");
+ABSL_FLAG(int, threads, 8,
+          "Forwards in progress at once (each waits for its workers on a "
+          "thread; the router's own work is a small share).");
+ABSL_FLAG(int, batch_window_us, 0,
+          "Dynamic batching: concurrent forwards whose worker calls start "
+          "within this many microseconds share one RunExperts call per "
+          "worker (each forward is still routed on its own). A batch is sent "
+          "early once no other forward is still gating. 0 turns it off.");
+ABSL_FLAG(int64_t, batch_max_tokens, 16384,
+          "Token rows above which a worker batch takes no more forwards.");
 ABSL_FLAG(int, max_queued, 64,
           "Requests that may wait; more are refused with RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, probe_interval_ms, 1000, "Worker health probe interval.");
@@ -154,6 +163,19 @@ absl::Status Run() {
       absl::Milliseconds(absl::GetFlag(FLAGS_worker_timeout_ms));
   options.threads = absl::GetFlag(FLAGS_threads);
   options.max_queued = static_cast<size_t>(absl::GetFlag(FLAGS_max_queued));
+  if (options.threads < 1) {
+    return absl::InvalidArgumentError("--threads must be >= 1");
+  }
+  const int window_us = absl::GetFlag(FLAGS_batch_window_us);
+  if (window_us < 0 || window_us > 1000000) {
+    return absl::InvalidArgumentError(
+        "--batch_window_us must be in [0, 1000000]");
+  }
+  options.batch_window = absl::Microseconds(window_us);
+  options.batch_max_rows = absl::GetFlag(FLAGS_batch_max_tokens);
+  if (options.batch_max_rows < 1) {
+    return absl::InvalidArgumentError("--batch_max_tokens must be >= 1");
+  }
 
   common::LoadOptions load;
   load.experts = std::vector<int64_t>{};
@@ -166,9 +188,12 @@ absl::Status Run() {
   router::WorkerPoolOptions pool_options;
   pool_options.probe_interval =
       absl::Milliseconds(absl::GetFlag(FLAGS_probe_interval_ms));
+  // A worker call carries one forward's rows (up to two per token) or a
+  // batch of up to --batch_max_tokens rows.
+  const int64_t max_rows = std::max<int64_t>(
+      options.max_tokens_per_request * 2, options.batch_max_rows);
   const int64_t max_bytes = std::min<int64_t>(
-      options.max_tokens_per_request * 2 * config.dim * 4 + (1 << 20),
-      std::numeric_limits<int>::max());
+      max_rows * config.dim * 4 + (1 << 20), std::numeric_limits<int>::max());
   pool_options.max_message_bytes = static_cast<int>(max_bytes);
   router::WorkerPool pool(addresses, config, pool_options);
   auto registry = std::make_shared<prometheus::Registry>();
@@ -215,7 +240,11 @@ absl::Status Run() {
                 << addresses.size() << " workers ["
                 << absl::StrJoin(addresses, ",") << "], on_expert_failure="
                 << absl::GetFlag(FLAGS_on_expert_failure) << ", wire "
-                << absl::GetFlag(FLAGS_wire_dtype)
+                << absl::GetFlag(FLAGS_wire_dtype) << ", "
+                << (window_us > 0
+                        ? absl::StrCat("batch window ", window_us, " us")
+                        : std::string("no batching"))
+                << ", " << options.threads << " forward threads"
                 << (metrics_http ? absl::StrCat(", /metrics on port ",
                                                 metrics_http->port())
                                  : "");

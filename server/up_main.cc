@@ -40,6 +40,8 @@ ABSL_FLAG(int, port, 50051, "Router port; 0 picks a free one.");
 ABSL_FLAG(std::string, port_file, "", "Write the router port here when ready.");
 ABSL_FLAG(std::string, on_expert_failure, "drop", "Passed to moe-router.");
 ABSL_FLAG(std::string, wire_dtype, "float32", "Passed to moe-router.");
+ABSL_FLAG(int, batch_window_us, 0,
+          "Passed to moe-router: dynamic batching window (0: off).");
 ABSL_FLAG(int64_t, max_tokens_per_request, 65536, "Passed to moe-router.");
 ABSL_FLAG(double, start_timeout_seconds, 120,
           "Give up when the deployment is not healthy after this long.");
@@ -280,6 +282,8 @@ absl::Status Run() {
                "--metrics_port_file=" + router.metrics_port_file,
                "--on_expert_failure=" + absl::GetFlag(FLAGS_on_expert_failure),
                "--wire_dtype=" + absl::GetFlag(FLAGS_wire_dtype),
+               absl::StrCat("--batch_window_us=",
+                            absl::GetFlag(FLAGS_batch_window_us)),
                absl::StrCat("--max_tokens_per_request=",
                             absl::GetFlag(FLAGS_max_tokens_per_request))},
               /*blas_threads=*/1));

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/torch_convert.h"
 #include "common/status_macros.h"
 #include "proto/grpc_status.h"
 #include "proto/tensor_codec.h"
@@ -33,8 +34,8 @@ absl::Status ExpertService::Run(const moe::v1::RunExpertsRequest& request,
   c10::InferenceMode guard;
   MOE_ASSIGN_OR_RETURN(
       at::Tensor tokens,
-      proto::DecodeTensor(request.tokens(), "tokens",
-                          options_.max_tokens * shard_->dim()));
+      proto::ViewTensor(request.tokens(), "tokens",
+                        options_.max_tokens * shard_->dim()));
   if (tokens.dim() != 2 || tokens.size(1) != shard_->dim()) {
     return absl::InvalidArgumentError(
         absl::StrCat("tokens: must be [T, ", shard_->dim(), "]"));
@@ -55,7 +56,16 @@ absl::Status ExpertService::Run(const moe::v1::RunExpertsRequest& request,
     return absl::InvalidArgumentError(
         "output_dtype: must be FLOAT32, BFLOAT16 or FLOAT16");
   }
+  // The experts write float32 CPU outputs straight into the response's bytes;
+  // any other output dtype or device goes through one conversion copy.
+  MOE_ASSIGN_OR_RETURN(
+      at::Tensor wire_out,
+      proto::WireBuffer(out_dtype, {tokens.size(0), shard_->dim()},
+                        response->mutable_outputs()));
   at::Tensor out;
+  if (wire_out.scalar_type() == at::kFloat && shard_->device().is_cpu()) {
+    out = wire_out;
+  }
   std::vector<double> seconds;
   MOE_RETURN_IF_ERROR(shard_->Run(tokens, segments, &out, &seconds));
   if (metrics_ != nullptr) {
@@ -65,7 +75,10 @@ absl::Status ExpertService::Run(const moe::v1::RunExpertsRequest& request,
                               seconds[i]);
     }
   }
-  return proto::EncodeTensor(out, out_dtype, response->mutable_outputs());
+  if (out.numel() == 0 || out.data_ptr() == wire_out.data_ptr()) {
+    return absl::OkStatus();
+  }
+  return common::TorchCall("encode outputs", [&] { wire_out.copy_(out); });
 }
 
 grpc::ServerUnaryReactor* ExpertService::RunExperts(

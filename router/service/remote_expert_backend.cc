@@ -1,7 +1,6 @@
 #include "router/service/remote_expert_backend.h"
 
 #include <algorithm>
-#include <condition_variable>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -14,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "common/torch_convert.h"
 #include "proto/tensor_codec.h"
 
 namespace moe::router {
@@ -29,22 +29,53 @@ struct Piece {
   bool deadline = false;  // the last failure was a missed deadline
 };
 
-struct Call {
-  int worker = -1;
-  std::vector<Piece*> pieces;
-  grpc::ClientContext context;
-  moe::v1::RunExpertsRequest request;
-  moe::v1::RunExpertsResponse response;
-  grpc::Status status;
-  bool binding_worker_timeout = false;
-};
+// What a worker call answered for one ticket: empty when its outputs were
+// placed, else why not.
+std::string PlaceOutputs(const BatchTicket& ticket, int64_t d,
+                         at::Tensor* out) {
+  const WorkerBatch& batch = *ticket.batch;
+  if (!batch.status.ok()) {
+    return absl::StrCat(batch.status.error_code() ==
+                                grpc::StatusCode::DEADLINE_EXCEEDED
+                            ? "deadline exceeded"
+                            : "failed",
+                        ": ", batch.status.error_message());
+  }
+  absl::StatusOr<at::Tensor> outputs =
+      proto::ViewTensor(batch.response.outputs(), "outputs", batch.rows * d);
+  if (!outputs.ok()) return std::string(outputs.status().message());
+  if (outputs->dim() != 2 || outputs->size(0) != batch.rows ||
+      outputs->size(1) != d) {
+    return "outputs have the wrong shape";
+  }
+  const absl::Status placed = common::TorchCall("place outputs", [&] {
+    const bool raw = outputs->scalar_type() == at::kFloat;
+    for (size_t i = 0; i < ticket.pieces.size(); ++i) {
+      const BatchPiece& p = ticket.pieces[i];
+      if (p.count == 0) continue;
+      if (raw) {
+        std::memcpy(out->data_ptr<float>() + p.offset * d,
+                    outputs->data_ptr<float>() + ticket.rows_in_batch[i] * d,
+                    static_cast<size_t>(p.count * d) * sizeof(float));
+      } else {
+        out->narrow(0, p.offset, p.count)
+            .copy_(outputs->narrow(0, ticket.rows_in_batch[i], p.count));
+      }
+    }
+  });
+  return placed.ok() ? "" : std::string(placed.message());
+}
 
 }  // namespace
 
 void CallCancellation::Cancel() {
-  std::lock_guard<std::mutex> lock(mu_);
-  cancelled_ = true;
-  for (grpc::ClientContext* c : contexts_) c->TryCancel();
+  std::map<int, std::function<void()>> callbacks;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled_ = true;
+    callbacks.swap(callbacks_);
+  }
+  for (auto& [id, fn] : callbacks) fn();
 }
 
 bool CallCancellation::cancelled() const {
@@ -52,26 +83,27 @@ bool CallCancellation::cancelled() const {
   return cancelled_;
 }
 
-bool CallCancellation::Register(grpc::ClientContext* context) {
+int CallCancellation::Register(std::function<void()> fn) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (cancelled_) return false;
-  contexts_.push_back(context);
-  return true;
+  if (cancelled_) return -1;
+  callbacks_[next_id_] = std::move(fn);
+  return next_id_++;
 }
 
-void CallCancellation::Unregister(grpc::ClientContext* context) {
+void CallCancellation::Unregister(int id) {
   std::lock_guard<std::mutex> lock(mu_);
-  contexts_.erase(std::remove(contexts_.begin(), contexts_.end(), context),
-                  contexts_.end());
+  callbacks_.erase(id);
 }
 
 absl::Status RemoteExpertBackend::RunExperts(
     const at::Tensor& tokens, absl::Span<const experts::ExpertSegment> segments,
     at::Tensor* out, std::vector<int64_t>* unavailable) {
-  encode_ = rpc_wait_ = decode_ = absl::ZeroDuration();
+  batch_wait_ = rpc_wait_ = decode_ = absl::ZeroDuration();
   const int64_t d = tokens.size(1);
   at::Tensor src = tokens.to(at::kFloat).contiguous();
-  *out = at::zeros({tokens.size(0), d}, at::kFloat);
+  // Rows of experts that end up unavailable are zeroed below; the rest are
+  // overwritten by the workers' outputs.
+  *out = at::empty({tokens.size(0), d}, at::kFloat);
 
   std::vector<Piece> pieces;
   int64_t offset = 0;
@@ -105,7 +137,7 @@ absl::Status RemoteExpertBackend::RunExperts(
       break;
     }
     // Assign each pending piece to a worker.
-    std::map<int, std::unique_ptr<Call>> calls;
+    std::map<int, std::vector<Piece*>> by_worker;
     for (Piece* p : pending) {
       const int w = pool_->Choose(p->expert, p->tried);
       if (w < 0) {
@@ -113,120 +145,90 @@ absl::Status RemoteExpertBackend::RunExperts(
         failed.push_back(p);
         continue;
       }
-      auto& call = calls[w];
-      if (!call) {
-        call = std::make_unique<Call>();
-        call->worker = w;
-      }
-      call->pieces.push_back(p);
+      by_worker[w].push_back(p);
     }
     pending.clear();
-    if (calls.empty()) break;
+    if (by_worker.empty()) break;
 
-    std::mutex mu;
-    std::condition_variable cv;
-    size_t done = 0;
-    const absl::Time encode_start = absl::Now();
+    auto waiter = std::make_shared<TicketWaiter>();
     const absl::Time timeout_deadline = now + options_.worker_timeout;
-    for (auto& [w, call] : calls) {
-      int64_t rows = 0;
-      moe::v1::Tensor* wire = call->request.mutable_tokens();
-      wire->set_dtype(options_.wire_dtype);
-      for (Piece* p : call->pieces) {
-        MOE_RETURN_IF_ERROR(proto::AppendRows(src, p->offset, p->count,
-                                              options_.wire_dtype, wire));
-        auto* seg = call->request.add_segments();
-        seg->set_expert_id(p->expert);
-        seg->set_count(p->count);
-        rows += p->count;
-      }
-      wire->add_shape(rows);
-      wire->add_shape(d);
-      call->request.set_output_dtype(options_.wire_dtype);
-      call->binding_worker_timeout = timeout_deadline < worker_deadline_cap;
-      call->context.set_deadline(absl::ToChronoTime(
-          std::min(timeout_deadline, worker_deadline_cap)));
+    std::vector<std::pair<std::shared_ptr<BatchTicket>, std::vector<Piece*>>>
+        tickets;
+    for (auto& [w, ps] : by_worker) {
+      auto t = std::make_shared<BatchTicket>();
+      t->worker = w;
+      t->src = src;
+      for (Piece* p : ps) t->pieces.push_back({p->expert, p->offset, p->count});
+      t->timeout_binds = timeout_deadline < worker_deadline_cap;
+      t->deadline = std::min(timeout_deadline, worker_deadline_cap);
+      t->waiter = waiter;
+      tickets.emplace_back(std::move(t), std::move(ps));
     }
-    const absl::Time sent = absl::Now();
-    encode_ += sent - encode_start;
-    for (auto& [w, call] : calls) {
-      Call* c = call.get();
-      if (!cancellation_->Register(&c->context)) {
-        return absl::CancelledError("the client cancelled the call");
-      }
-      pool_->AddInflight(w, 1);
-      pool_->stub(w)->async()->RunExperts(
-          &c->context, &c->request, &c->response,
-          [c, &mu, &cv, &done](grpc::Status status) {
-            c->status = std::move(status);
-            std::lock_guard<std::mutex> lock(mu);
-            ++done;
-            cv.notify_one();
-          });
-    }
-    {
-      std::unique_lock<std::mutex> lock(mu);
-      cv.wait(lock, [&] { return done == calls.size(); });
-    }
-    const absl::Time received = absl::Now();
-    const absl::Duration waited = received - sent;
-    rpc_wait_ += waited;
-    for (auto& [w, call] : calls) {
-      cancellation_->Unregister(&call->context);
-      pool_->AddInflight(w, -1);
-      if (options_.on_worker_rpc) options_.on_worker_rpc(w, waited);
-    }
-    if (cancellation_->cancelled()) {
+    waiter->outstanding = static_cast<int>(tickets.size());
+    const int cancel_id = cancellation_->Register([waiter] {
+      std::lock_guard<std::mutex> lock(waiter->mu);
+      waiter->cancelled = true;
+      waiter->cv.notify_all();
+    });
+    if (cancel_id < 0) {
       return absl::CancelledError("the client cancelled the call");
     }
-    for (auto& [w, call] : calls) {
-      std::string error;
-      at::Tensor outputs;
-      if (call->status.ok()) {
-        int64_t rows = 0;
-        for (Piece* p : call->pieces) rows += p->count;
-        absl::StatusOr<at::Tensor> decoded = proto::DecodeTensor(
-            call->response.outputs(), "outputs", rows * d);
-        if (!decoded.ok()) {
-          error = std::string(decoded.status().message());
-        } else if (decoded->dim() != 2 || decoded->size(0) != rows ||
-                   decoded->size(1) != d) {
-          error = "outputs have the wrong shape";
-        } else {
-          outputs = decoded->to(at::kFloat);
-        }
-      } else {
-        error = absl::StrCat(grpc::StatusCode(call->status.error_code()) ==
-                                     grpc::StatusCode::DEADLINE_EXCEEDED
-                                 ? "deadline exceeded"
-                                 : "failed",
-                             ": ", call->status.error_message());
-        const grpc::StatusCode code = call->status.error_code();
-        if (code == grpc::StatusCode::UNAVAILABLE ||
-            (code == grpc::StatusCode::DEADLINE_EXCEEDED &&
-             call->binding_worker_timeout) ||
-            code == grpc::StatusCode::INTERNAL ||
-            code == grpc::StatusCode::UNKNOWN) {
-          pool_->MarkDown(w, error);
-        }
+    const absl::Time submitted = absl::Now();
+    if (gating_ != nullptr) gating_->Done();
+    for (auto& [t, ps] : tickets) batcher_->Submit(t);
+    bool cancelled = false;
+    {
+      std::unique_lock<std::mutex> lock(waiter->mu);
+      waiter->cv.wait_until(
+          lock, absl::ToChronoTime(worker_deadline_cap),
+          [&] { return waiter->outstanding == 0 || waiter->cancelled; });
+      cancelled = waiter->cancelled;
+    }
+    cancellation_->Unregister(cancel_id);
+    const absl::Time received = absl::Now();
+    // Tickets still out are given up: cancellation, or the deadline.
+    absl::Time last_sent = submitted;
+    for (auto& [t, ps] : tickets) {
+      bool done;
+      {
+        std::lock_guard<std::mutex> lock(waiter->mu);
+        done = t->done;
       }
-      if (!error.empty()) {
-        MOE_LOG(WARNING) << "worker " << pool_->address(w) << ": " << error;
-        const bool deadline = call->status.error_code() ==
-                              grpc::StatusCode::DEADLINE_EXCEEDED;
-        for (Piece* p : call->pieces) {
-          p->tried.insert(w);
-          p->last_error = absl::StrCat(pool_->address(w), ": ", error);
-          p->deadline = deadline;
-          pending.push_back(p);
+      if (!done) {
+        WorkerBatcher::Abandon(*t);
+        for (Piece* p : ps) {
+          p->last_error = absl::StrCat(pool_->address(t->worker),
+                                       ": request deadline reached");
+          p->deadline = true;
+          failed.push_back(p);
         }
         continue;
       }
-      int64_t row = 0;
-      for (Piece* p : call->pieces) {
-        out->narrow(0, p->offset, p->count)
-            .copy_(outputs.narrow(0, row, p->count));
-        row += p->count;
+      last_sent = std::max(last_sent, t->sent);
+    }
+    if (cancelled) {
+      return absl::CancelledError("the client cancelled the call");
+    }
+    batch_wait_ += last_sent - submitted;
+    rpc_wait_ += received - last_sent;
+    for (auto& [t, ps] : tickets) {
+      bool done;
+      {
+        std::lock_guard<std::mutex> lock(waiter->mu);
+        done = t->done;
+      }
+      if (!done) continue;
+      const std::string error = PlaceOutputs(*t, d, out);
+      if (error.empty()) continue;
+      MOE_LOG(WARNING) << "worker " << pool_->address(t->worker) << ": "
+                       << error;
+      const bool deadline = t->batch->status.error_code() ==
+                            grpc::StatusCode::DEADLINE_EXCEEDED;
+      for (Piece* p : ps) {
+        p->tried.insert(t->worker);
+        p->last_error = absl::StrCat(pool_->address(t->worker), ": ", error);
+        p->deadline = deadline;
+        pending.push_back(p);
       }
     }
     decode_ += absl::Now() - received;
@@ -236,6 +238,7 @@ absl::Status RemoteExpertBackend::RunExperts(
   std::set<int64_t> experts;
   std::vector<std::string> reasons;
   for (Piece* p : failed) {
+    out->narrow(0, p->offset, p->count).zero_();
     failure_reasons_[p->expert] =
         p->deadline ? "deadline" : "expert_unavailable";
     if (experts.insert(p->expert).second) {

@@ -1,6 +1,7 @@
 // RemoteExpertBackend: runs a forward's expert work on the workers, one
-// RunExperts call per worker per attempt, all in flight at once. Built per
-// request: it carries the request's deadline and cancellation.
+// ticket per worker per attempt, all in flight at once, through the router's
+// WorkerBatcher (which may share a worker call among concurrent forwards).
+// Built per request: it carries the request's deadline and cancellation.
 //
 // Failure handling (DESIGN.md section 5): experts whose worker fails (or
 // misses its deadline) are retried on another healthy replica while the
@@ -11,64 +12,68 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <mutex>
+#include <string>
 #include <vector>
 
-#include <grpcpp/grpcpp.h>
-
 #include "absl/time/time.h"
-#include "moe/v1/tensor.pb.h"
 #include "router/engine/expert_backend.h"
+#include "router/service/worker_batcher.h"
 #include "router/service/worker_pool.h"
-
-#include <map>
-#include <string>
 
 namespace moe::router {
 
 enum class ExpertFailurePolicy { kDrop, kFail };
 
-// Cancels the worker calls of one request when its client goes away.
+// Cancels the worker waits of one request when its client goes away.
 class CallCancellation {
  public:
-  // Cancels every registered call and every later one.
+  // Runs every registered callback, and every later one at once.
   void Cancel();
   bool cancelled() const;
-  // False (and nothing registered) once cancelled.
-  bool Register(grpc::ClientContext* context);
-  void Unregister(grpc::ClientContext* context);
+  // Registers `fn` to run on cancellation; returns an id for Unregister, or
+  // -1 (and runs nothing) when already cancelled.
+  int Register(std::function<void()> fn);
+  void Unregister(int id);
 
  private:
   mutable std::mutex mu_;
   bool cancelled_ = false;
-  std::vector<grpc::ClientContext*> contexts_;
+  int next_id_ = 0;
+  std::map<int, std::function<void()>> callbacks_;
 };
 
 struct RemoteCallOptions {
   absl::Time deadline = absl::InfiniteFuture();  // the client's
   absl::Duration worker_timeout = absl::Seconds(30);
   ExpertFailurePolicy on_failure = ExpertFailurePolicy::kDrop;
-  moe::v1::DType wire_dtype = moe::v1::FLOAT32;
-  // Called with each worker call's latency (may be empty).
-  std::function<void(int worker, absl::Duration)> on_worker_rpc;
 };
 
 class RemoteExpertBackend : public ExpertBackend {
  public:
-  // `pool` and `cancellation` must outlive the backend.
-  RemoteExpertBackend(WorkerPool* pool, CallCancellation* cancellation,
-                      const RemoteCallOptions& options)
-      : pool_(pool), cancellation_(cancellation), options_(options) {}
+  // `pool`, `batcher` and `cancellation` must outlive the backend. `gating`
+  // (may be null) is ended when the forward hands its first tickets over.
+  RemoteExpertBackend(WorkerPool* pool, WorkerBatcher* batcher,
+                      CallCancellation* cancellation,
+                      const RemoteCallOptions& options,
+                      WorkerBatcher::Gating* gating = nullptr)
+      : pool_(pool),
+        batcher_(batcher),
+        cancellation_(cancellation),
+        options_(options),
+        gating_(gating) {}
 
   absl::Status RunExperts(const at::Tensor& tokens,
                           absl::Span<const experts::ExpertSegment> segments,
                           at::Tensor* out,
                           std::vector<int64_t>* unavailable) override;
 
-  // Where the last RunExperts call spent its time: building requests
-  // (gather into wire bytes), waiting for the workers, decoding and placing
-  // their outputs.
-  absl::Duration encode_time() const { return encode_; }
+  // Where the last RunExperts call waited: for its batches to be sent
+  // (batch_wait: the batching window), then for the workers (rpc_wait); and
+  // the time spent placing the workers' outputs (decode). Building the
+  // requests is counted by the batcher.
+  absl::Duration batch_wait() const { return batch_wait_; }
   absl::Duration rpc_wait() const { return rpc_wait_; }
   absl::Duration decode_time() const { return decode_; }
   // Why each unavailable expert of the last call failed: "deadline" when its
@@ -79,9 +84,11 @@ class RemoteExpertBackend : public ExpertBackend {
 
  private:
   WorkerPool* pool_;
+  WorkerBatcher* batcher_;
   CallCancellation* cancellation_;
   RemoteCallOptions options_;
-  absl::Duration encode_;
+  WorkerBatcher::Gating* gating_;
+  absl::Duration batch_wait_;
   absl::Duration rpc_wait_;
   absl::Duration decode_;
   std::map<int64_t, std::string> failure_reasons_;

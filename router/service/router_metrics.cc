@@ -100,9 +100,23 @@ RouterMetrics::RouterMetrics(prometheus::Registry& registry,
       stages_(prometheus::BuildCounter()
                   .Name("moe_router_stage_seconds_total")
                   .Help("Router wall time per forward stage: pre, gate, plan "
-                        "(plan and gather), encode, rpc_wait, decode, "
-                        "combine.")
+                        "(plan and gather), encode, batch_wait, rpc_wait, "
+                        "decode, combine.")
                   .Register(registry)),
+      batch_forwards_(
+          prometheus::BuildHistogram()
+              .Name("moe_router_worker_batch_forwards")
+              .Help("Forwards that shared one RunExperts call (dynamic "
+                    "batching; always 1 when it is off).")
+              .Register(registry)
+              .Add({}, prometheus::Histogram::BucketBoundaries{
+                           1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64})),
+      batch_rows_(prometheus::BuildHistogram()
+                      .Name("moe_router_worker_batch_rows")
+                      .Help("Token rows in one RunExperts call.")
+                      .Register(registry)
+                      .Add({}, prometheus::Histogram::BucketBoundaries{
+                                   16, 64, 256, 1024, 4096, 16384, 65536})),
       window_(balance_window),
       recent_sum_(experts_, 0) {
   auto& assignments = prometheus::BuildCounter()
@@ -132,6 +146,10 @@ RouterMetrics::RouterMetrics(prometheus::Registry& registry,
   for (const std::string& w : workers) {
     worker_rpc_.push_back(&rpc.Add({{"worker", w}}, server::LatencyBuckets()));
     worker_up_.push_back(&up.Add({{"worker", w}}));
+  }
+  for (const char* stage : {"pre", "gate", "plan", "encode", "batch_wait",
+                            "rpc_wait", "decode", "combine"}) {
+    stages_.Add({{"stage", stage}});
   }
   for (const char* reason : {"queue_full", "too_many_tokens"}) {
     rejected_.Add({{"reason", reason}});
@@ -242,15 +260,19 @@ void RouterMetrics::RecordRequest(grpc::StatusCode code,
   request_seconds_.Observe(absl::ToDoubleSeconds(elapsed));
 }
 
+void RouterMetrics::RecordStage(const char* stage, absl::Duration elapsed) {
+  stages_.Add({{"stage", stage}}).Increment(absl::ToDoubleSeconds(elapsed));
+}
+
 void RouterMetrics::RecordStages(const ForwardTimings& t,
-                                 absl::Duration encode,
+                                 absl::Duration batch_wait,
                                  absl::Duration rpc_wait,
                                  absl::Duration decode) {
   const std::pair<const char*, double> stages[] = {
       {"pre", t.pre_us * 1e-6},
       {"gate", t.gate_us * 1e-6},
       {"plan", t.plan_us * 1e-6},
-      {"encode", absl::ToDoubleSeconds(encode)},
+      {"batch_wait", absl::ToDoubleSeconds(batch_wait)},
       {"rpc_wait", absl::ToDoubleSeconds(rpc_wait)},
       {"decode", absl::ToDoubleSeconds(decode)},
       {"combine", t.combine_us * 1e-6}};
@@ -265,10 +287,13 @@ void RouterMetrics::RecordRejected(const std::string& reason) {
 
 void RouterMetrics::AddInflight(int delta) { inflight_.Increment(delta); }
 
-void RouterMetrics::RecordWorkerRpc(int worker, absl::Duration elapsed) {
+void RouterMetrics::RecordWorkerRpc(int worker, absl::Duration elapsed,
+                                    int forwards, int64_t rows) {
   if (worker >= 0 && worker < static_cast<int>(worker_rpc_.size())) {
     worker_rpc_[worker]->Observe(absl::ToDoubleSeconds(elapsed));
   }
+  batch_forwards_.Observe(forwards);
+  batch_rows_.Observe(static_cast<double>(rows));
 }
 
 void RouterMetrics::SetWorkerUp(int worker, bool up) {

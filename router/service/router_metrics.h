@@ -15,6 +15,9 @@
 //                                             expert over the last window)
 //   moe_router_balance_loss, moe_router_router_z_loss   (last forward, raw)
 //   moe_router_worker_rpc_duration_seconds{worker}, moe_router_worker_up{worker}
+//   moe_router_worker_batch_forwards, moe_router_worker_batch_rows
+//                                            (histograms per worker call)
+//   moe_router_stage_seconds_total{stage}
 //   moe_router_inflight_requests, moe_router_rejected_requests_total{reason}
 //
 // For a two-level MoE, assignments and their drops are counted at the inner
@@ -60,12 +63,17 @@ class RouterMetrics {
   // reason: queue_full, too_many_tokens.
   void RecordRejected(const std::string& reason);
   void AddInflight(int delta);
-  void RecordWorkerRpc(int worker, absl::Duration elapsed);
+  // One finished worker call, shared by `forwards` forwards, `rows` rows.
+  void RecordWorkerRpc(int worker, absl::Duration elapsed, int forwards,
+                       int64_t rows);
   // Router time per stage of one forward, accumulated in
   // moe_router_stage_seconds_total{stage}: pre (validation, block
-  // pre-norm), gate, plan (plan + gather), encode, rpc_wait, decode, combine.
-  void RecordStages(const ForwardTimings& timings, absl::Duration encode,
+  // pre-norm), gate, plan (plan + gather), batch_wait (the batching window),
+  // rpc_wait, decode, combine. The batcher adds "encode" (building worker
+  // requests) per call with RecordStage.
+  void RecordStages(const ForwardTimings& timings, absl::Duration batch_wait,
                     absl::Duration rpc_wait, absl::Duration decode);
+  void RecordStage(const char* stage, absl::Duration elapsed);
   void SetWorkerUp(int worker, bool up);
 
  private:
@@ -92,6 +100,8 @@ class RouterMetrics {
   prometheus::Gauge& inflight_;
   prometheus::Family<prometheus::Counter>& rejected_;
   prometheus::Family<prometheus::Counter>& stages_;
+  prometheus::Histogram& batch_forwards_;
+  prometheus::Histogram& batch_rows_;
 
   absl::Duration window_;
   mutable std::mutex mu_;

@@ -106,9 +106,27 @@ RouterService::RouterService(const MoeEngine* engine, WorkerPool* pool,
       metrics_(metrics),
       rpc_metrics_(rpc_metrics),
       queue_(std::make_unique<common::WorkQueue>(
-          options.threads, options.max_queued, "moe-router")) {}
+          options.threads, options.max_queued, "moe-router")) {
+  BatcherOptions batching;
+  batching.window = options.batch_window;
+  batching.max_rows = options.batch_max_rows;
+  batching.wire_dtype = options.wire_dtype;
+  if (metrics_ != nullptr) {
+    batching.on_encode = [this](absl::Duration d) {
+      metrics_->RecordStage("encode", d);
+    };
+    batching.on_rpc = [this](int worker, absl::Duration d, int forwards,
+                             int64_t rows) {
+      metrics_->RecordWorkerRpc(worker, d, forwards, rows);
+    };
+  }
+  batcher_ = std::make_unique<WorkerBatcher>(pool_, batching);
+}
 
-RouterService::~RouterService() { queue_.reset(); }
+RouterService::~RouterService() {
+  queue_.reset();    // every forward has finished
+  batcher_.reset();  // and every worker call
+}
 
 int64_t RouterService::MaxRequestBytes() const {
   // x in float32 plus replay uniforms, plus framing.
@@ -120,6 +138,8 @@ absl::Status RouterService::RunForward(
     const moe::v1::ForwardRequest& request, absl::Time deadline,
     CallCancellation* cancellation, moe::v1::ForwardResponse* response) const {
   c10::InferenceMode guard;
+  // Open worker batches may wait for this forward until it dispatches.
+  WorkerBatcher::Gating gating(batcher_.get());
   const int64_t d = engine_->config().dim;
   const int64_t max_elements = options_.max_tokens_per_request * d;
   if (!request.has_x()) return absl::InvalidArgumentError("x: missing");
@@ -140,8 +160,9 @@ absl::Status RouterService::RunForward(
           options_.max_tokens_per_request));
     }
   }
+  // x is read in place: `request` outlives the forward.
   MOE_ASSIGN_OR_RETURN(at::Tensor x,
-                       proto::DecodeTensor(request.x(), "x", max_elements));
+                       proto::ViewTensor(request.x(), "x", max_elements));
   MOE_ASSIGN_OR_RETURN(RoutingOptions options,
                        ToRoutingOptions(request.options(), max_elements));
 
@@ -149,18 +170,13 @@ absl::Status RouterService::RunForward(
   call.deadline = deadline;
   call.worker_timeout = options_.worker_timeout;
   call.on_failure = options_.on_failure;
-  call.wire_dtype = options_.wire_dtype;
-  if (metrics_ != nullptr) {
-    call.on_worker_rpc = [this](int worker, absl::Duration d) {
-      metrics_->RecordWorkerRpc(worker, d);
-    };
-  }
-  RemoteExpertBackend backend(pool_, cancellation, call);
+  RemoteExpertBackend backend(pool_, batcher_.get(), cancellation, call,
+                              &gating);
   MOE_ASSIGN_OR_RETURN(ForwardResult r,
                        engine_->ForwardWith(x, options, backend));
   if (metrics_ != nullptr) {
     metrics_->RecordForward(r, backend.failure_reasons());
-    metrics_->RecordStages(r.timings, backend.encode_time(), backend.rpc_wait(),
+    metrics_->RecordStages(r.timings, backend.batch_wait(), backend.rpc_wait(),
                            backend.decode_time());
   }
 

@@ -2,6 +2,7 @@
 // RemoteExpertBackend on the router's own WorkQueue (never on gRPC's
 // threads), and answers with the output, losses, statistics and, on request,
 // the routing trace. Overload (a full queue) answers RESOURCE_EXHAUSTED.
+// Concurrent forwards may share worker calls (options.batch_window).
 #pragma once
 
 #include <atomic>
@@ -14,6 +15,7 @@
 #include "router/service/remote_expert_backend.h"
 #include "router/service/router_metrics.h"
 #include "server/rpc_metrics.h"
+#include "router/service/worker_batcher.h"
 #include "router/service/worker_pool.h"
 
 namespace moe::router {
@@ -25,6 +27,9 @@ struct RouterServiceOptions {
   absl::Duration worker_timeout = absl::Seconds(30);
   ExpertFailurePolicy on_failure = ExpertFailurePolicy::kDrop;
   moe::v1::DType wire_dtype = moe::v1::FLOAT32;
+  // Dynamic batching of worker calls (WorkerBatcher); zero turns it off.
+  absl::Duration batch_window = absl::ZeroDuration();
+  int64_t batch_max_rows = 16384;
 };
 
 class RouterService final : public moe::v1::Router::CallbackService {
@@ -66,6 +71,7 @@ class RouterService final : public moe::v1::Router::CallbackService {
   server::RpcMetrics* rpc_metrics_;
   std::atomic<int64_t> inflight_{0};
   std::atomic<int> metrics_port_{0};
+  std::unique_ptr<WorkerBatcher> batcher_;
   std::unique_ptr<common::WorkQueue> queue_;
 };
 
