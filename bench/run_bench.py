@@ -9,6 +9,7 @@ distributed path, measured in one run on this machine, as a table and JSON.
   (e) small-request latency, 1 x 32 tokens, at 1 and 8 concurrent clients
   (f) throughput at concurrency 1, 4 and 16 (1 x 256 tokens)
   (g) bf16 on the router-to-worker hop: throughput and accuracy against fp32
+  (h) the concurrent loads of (e) and (f) again with dynamic batching off
 
 Usage: bench/run_bench.py BIN_DIR [--quick] [--json]
 --json saves the results under bench/results/ with the machine's description.
@@ -56,7 +57,7 @@ def gbench(bin_dir, flt, min_time):
 def scrape(address):
     with urllib.request.urlopen("http://%s/metrics" % address, timeout=5) as r:
         text = r.read().decode()
-    stages, requests = {}, 0.0
+    stages, requests, batch = {}, 0.0, {"sum": 0.0, "count": 0.0}
     for line in text.splitlines():
         m = re.match(r'moe_router_stage_seconds_total\{stage="(\w+)"\} (\S+)', line)
         if m:
@@ -64,7 +65,10 @@ def scrape(address):
         m = re.match(r'moe_router_requests_total\{code="OK"\} (\S+)', line)
         if m:
             requests = float(m.group(1))
-    return stages, requests
+        m = re.match(r'moe_router_worker_batch_forwards_(sum|count) (\S+)', line)
+        if m:
+            batch[m.group(1)] = float(m.group(2))
+    return stages, requests, batch
 
 
 def peak_rss_mb(pid):
@@ -81,15 +85,15 @@ def children(pid):
 
 
 class MoeUp:
-    def __init__(self, bin_dir, tmp, wire_dtype="float32"):
+    def __init__(self, bin_dir, tmp, name, flags=()):
         self.tmp = tmp
-        port_file = os.path.join(tmp, "up-%s.port" % wire_dtype)
-        self.endpoints_file = os.path.join(tmp, "endpoints-" + wire_dtype)
-        self.log = open(os.path.join(tmp, "moe-up-%s.log" % wire_dtype), "w")
+        port_file = os.path.join(tmp, "up-%s.port" % name)
+        self.endpoints_file = os.path.join(tmp, "endpoints-" + name)
+        self.log = open(os.path.join(tmp, "moe-up-%s.log" % name), "w")
         self.proc = subprocess.Popen(
             [os.path.join(bin_dir, "moe-up"), "--workers=2", "--port=0",
-             "--port_file=" + port_file, "--endpoints_file=" + self.endpoints_file,
-             "--wire_dtype=" + wire_dtype],
+             "--port_file=" + port_file, "--endpoints_file=" + self.endpoints_file]
+            + list(flags),
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
         while not os.path.exists(port_file):
@@ -167,14 +171,14 @@ def main():
     r["inprocess_small_request_ms"] = small["real_time"]
 
     with tempfile.TemporaryDirectory(prefix="moe-bench-") as tmp:
-        up = MoeUp(args.bin_dir, tmp)
+        up = MoeUp(args.bin_dir, tmp, "default")
         try:
             target = up.endpoints["router"]
             metrics = up.endpoints["router_metrics"]
             print("(c, d) README configuration through moe-up", file=sys.stderr, flush=True)
-            stages0, req0 = scrape(metrics)
+            stages0, req0, _ = scrape(metrics)
             big = client_bench(args.bin_dir, target, "4x1024", 1, 8 if q else 20, tmp)
-            stages1, req1 = scrape(metrics)
+            stages1, req1, _ = scrape(metrics)
             n = max(req1 - req0, 1)
             stage_ms = {k: (stages1[k] - stages0.get(k, 0)) / n * 1e3 for k in stages1}
             r["distributed_tokens_per_s"] = big["tokens_per_s"]
@@ -182,18 +186,28 @@ def main():
             r["distributed_over_inprocess"] = big["tokens_per_s"] / r["inprocess_tokens_per_s"]
             r["router_stage_ms"] = stage_ms
             total = sum(stage_ms.values())
-            r["router_overhead_share"] = (total - stage_ms.get("rpc_wait", 0)) / total if total else 0
+            # The router's own work: every stage but waiting (for the workers,
+            # or for a batch to leave).
+            waiting = stage_ms.get("rpc_wait", 0) + stage_ms.get("batch_wait", 0)
+            r["router_overhead_share"] = (total - waiting) / total if total else 0
             print("(e) small requests", file=sys.stderr, flush=True)
             s1 = client_bench(args.bin_dir, target, "1x32", 1, 4 if q else 10, tmp)
+            _, _, b0 = scrape(metrics)
             s8 = client_bench(args.bin_dir, target, "1x32", 8, 4 if q else 10, tmp)
+            _, _, b1 = scrape(metrics)
+            r["small_request_c8_forwards_per_call"] = (b1["sum"] - b0["sum"]) / max(b1["count"] - b0["count"], 1)
             r["small_request_p50_ms"], r["small_request_p99_ms"] = s1["p50_ms"], s1["p99_ms"]
             r["small_request_c8_p50_ms"], r["small_request_c8_p99_ms"] = s8["p50_ms"], s8["p99_ms"]
             print("(f) throughput by concurrency", file=sys.stderr, flush=True)
             r["throughput_1x256"] = {}
             for c in (1, 4, 16):
+                _, _, b0 = scrape(metrics)
                 t = client_bench(args.bin_dir, target, "1x256", c, 4 if q else 10, tmp)
+                _, _, b1 = scrape(metrics)
+                t["forwards_per_call"] = (b1["sum"] - b0["sum"]) / max(b1["count"] - b0["count"], 1)
                 r["throughput_1x256"][str(c)] = {k: t[k] for k in
-                                                ("requests_per_s", "tokens_per_s", "p50_ms", "p99_ms")}
+                                                ("requests_per_s", "tokens_per_s", "p50_ms", "p99_ms",
+                                                 "forwards_per_call")}
             rss = {comm: peak_rss_mb(pid) for pid, comm in up.pids()}
             r["router_peak_rss_mb"] = max(v for k, v in rss.items() if k.startswith("moe-router"))
             r["worker_peak_rss_mb"] = max(v for k, v in rss.items() if k.startswith("moe-expert"))
@@ -201,8 +215,23 @@ def main():
         finally:
             up.stop()
 
+        print("(h) the same concurrent loads without dynamic batching", file=sys.stderr, flush=True)
+        off = MoeUp(args.bin_dir, tmp, "nobatch", ["--batch_window_us=0"])
+        try:
+            target_off = off.endpoints["router"]
+            o8 = client_bench(args.bin_dir, target_off, "1x32", 8, 4 if q else 10, tmp)
+            o16 = client_bench(args.bin_dir, target_off, "1x256", 16, 4 if q else 10, tmp)
+        finally:
+            off.stop()
+        r["no_batching"] = {
+            "1x32_c8": {k: o8[k] for k in ("requests_per_s", "p50_ms", "p99_ms")},
+            "1x256_c16": {k: o16[k] for k in ("requests_per_s", "p50_ms", "p99_ms")}}
+        r["batching_speedup_1x32_c8"] = s8["requests_per_s"] / o8["requests_per_s"]
+        r["batching_speedup_1x256_c16"] = (r["throughput_1x256"]["16"]["requests_per_s"]
+                                           / o16["requests_per_s"])
+
         print("(g) bf16 on the router-to-worker hop", file=sys.stderr, flush=True)
-        up16 = MoeUp(args.bin_dir, tmp, "bfloat16")
+        up16 = MoeUp(args.bin_dir, tmp, "bfloat16", ["--wire_dtype=bfloat16"])
         try:
             target16 = up16.endpoints["router"]
             y16 = forward_y(args.bin_dir, target16, tmp, "bf16")
@@ -231,6 +260,13 @@ def main():
             r["small_request_c8_p99_ms"], r["inprocess_small_request_ms"])),
         ("(f) 1x256 throughput", "; ".join("c=%s %.1f req/s (%.0f tok/s)" % (c, v["requests_per_s"], v["tokens_per_s"])
                                          for c, v in r["throughput_1x256"].items())),
+        ("(h) dynamic batching", "1x32 c=8 %.1f vs %.1f req/s off (x%.2f, %.1f forwards/call, p99 %.1f vs %.1f ms); "
+         "1x256 c=16 %.1f vs %.1f req/s off (x%.2f, %.1f forwards/call)" % (
+             s8["requests_per_s"], o8["requests_per_s"],
+             r["batching_speedup_1x32_c8"], r["small_request_c8_forwards_per_call"],
+             s8["p99_ms"], o8["p99_ms"],
+             r["throughput_1x256"]["16"]["requests_per_s"], o16["requests_per_s"],
+             r["batching_speedup_1x256_c16"], r["throughput_1x256"]["16"]["forwards_per_call"])),
         ("peak RSS", "router %.0f MB, worker %.0f MB" % (r["router_peak_rss_mb"], r["worker_peak_rss_mb"])),
         ("(g) bf16 wire", "%.0f tokens/s (x%.2f of fp32 wire); y vs fp32: max |err| %.2e, relative RMS %.2e" % (
             r["bf16_wire_tokens_per_s"], r["bf16_wire_speedup"], r["bf16_wire_max_abs_err"],

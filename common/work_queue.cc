@@ -19,18 +19,25 @@ WorkQueue::~WorkQueue() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
+    for (Idle* idle : idle_) {
+      idle->woken = true;
+      idle->cv.notify_one();
+    }
+    idle_.clear();
   }
-  cv_.notify_all();
   for (std::thread& t : threads_) t.join();
 }
 
 bool WorkQueue::TrySubmit(std::function<void()> task) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_ || tasks_.size() >= capacity_) return false;
-    tasks_.push_back(std::move(task));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_ || tasks_.size() >= capacity_) return false;
+  tasks_.push_back(std::move(task));
+  if (!idle_.empty()) {
+    Idle* idle = idle_.back();
+    idle_.pop_back();
+    idle->woken = true;
+    idle->cv.notify_one();
   }
-  cv_.notify_one();
   return true;
 }
 
@@ -40,18 +47,24 @@ size_t WorkQueue::load() const {
 }
 
 void WorkQueue::Loop() {
+  Idle self;
+  std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    std::function<void()> task;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [this] { return stopping_ || !tasks_.empty(); });
-      if (tasks_.empty()) return;  // stopping and drained
-      task = std::move(tasks_.front());
-      tasks_.pop_front();
-      ++running_;
+    // Parks in the same critical section that ended the last task, so a
+    // thread counted as done is already on the idle stack.
+    while (tasks_.empty() && !stopping_) {
+      self.woken = false;
+      idle_.push_back(&self);
+      self.cv.wait(lock, [&self] { return self.woken; });
     }
+    if (tasks_.empty()) return;  // stopping and drained
+    std::function<void()> task = std::move(tasks_.front());
+    tasks_.pop_front();
+    ++running_;
+    lock.unlock();
     task();
-    std::lock_guard<std::mutex> lock(mu_);
+    task = nullptr;
+    lock.lock();
     --running_;
   }
 }

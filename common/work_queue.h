@@ -3,6 +3,10 @@
 // that overload is refused (TrySubmit returns false) instead of queued
 // without bound.
 //
+// A new task wakes the thread that went idle last: under light load the same
+// few threads run everything and keep their caches and per-thread buffers
+// (OpenBLAS, OpenMP) warm, while the others only start when tasks overlap.
+//
 // Thread-safety: all methods may be called from any thread.
 #pragma once
 
@@ -34,10 +38,14 @@ class WorkQueue {
   size_t load() const;
 
  private:
+  struct Idle {
+    std::condition_variable cv;
+    bool woken = false;
+  };
   void Loop();
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;
+  std::vector<Idle*> idle_;  // a stack: the last one is the warmest
   std::deque<std::function<void()>> tasks_;
   size_t running_ = 0;
   size_t capacity_;

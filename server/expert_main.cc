@@ -158,6 +158,9 @@ absl::Status Run() {
                                                 metrics_http->port())
                                  : "");
   runner->WaitForShutdownSignal();
+  // gRPC may return from Shutdown with handlers still running on our queue;
+  // they finish their calls while the server object still exists.
+  service.Drain();
   metrics.SetReady(false);
   return absl::OkStatus();
 }

@@ -54,11 +54,13 @@ ABSL_FLAG(std::string, wire_dtype, "float32",
 ABSL_FLAG(int, threads, 8,
           "Forwards in progress at once (each waits for its workers on a "
           "thread; the router's own work is a small share).");
-ABSL_FLAG(int, batch_window_us, 0,
-          "Dynamic batching: concurrent forwards whose worker calls start "
-          "within this many microseconds share one RunExperts call per "
-          "worker (each forward is still routed on its own). A batch is sent "
-          "early once no other forward is still gating. 0 turns it off.");
+ABSL_FLAG(int, batch_window_us, 20000,
+          "Dynamic batching: concurrent forwards share one RunExperts call "
+          "per worker (each forward is still routed on its own, capacity per "
+          "request). A worker's batch is sent as soon as the worker has no "
+          "call of ours in flight and no other forward is still gating, else "
+          "after at most this many microseconds. A lone request never waits. "
+          "0 turns batching off.");
 ABSL_FLAG(int64_t, batch_max_tokens, 16384,
           "Token rows above which a worker batch takes no more forwards.");
 ABSL_FLAG(int, max_queued, 64,
@@ -249,6 +251,9 @@ absl::Status Run() {
                                                 metrics_http->port())
                                  : "");
   runner->WaitForShutdownSignal();
+  // gRPC may return from Shutdown with handlers still running on our queue;
+  // they finish their calls while the server object still exists.
+  service.Drain();
   return absl::OkStatus();
 }
 

@@ -40,7 +40,7 @@ ABSL_FLAG(int, port, 50051, "Router port; 0 picks a free one.");
 ABSL_FLAG(std::string, port_file, "", "Write the router port here when ready.");
 ABSL_FLAG(std::string, on_expert_failure, "drop", "Passed to moe-router.");
 ABSL_FLAG(std::string, wire_dtype, "float32", "Passed to moe-router.");
-ABSL_FLAG(int, batch_window_us, 0,
+ABSL_FLAG(int, batch_window_us, 20000,
           "Passed to moe-router: dynamic batching window (0: off).");
 ABSL_FLAG(int64_t, max_tokens_per_request, 65536, "Passed to moe-router.");
 ABSL_FLAG(double, start_timeout_seconds, 120,

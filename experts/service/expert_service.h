@@ -32,6 +32,11 @@ class ExpertService final : public moe::v1::ExpertWorker::CallbackService {
                 server::RpcMetrics* rpc_metrics = nullptr);
   ~ExpertService() override;
 
+  // Waits for the calls already accepted to finish. Call after the server
+  // stopped taking calls and before it is destroyed; the destructor does it
+  // too.
+  void Drain() { queue_.reset(); }
+
   grpc::ServerUnaryReactor* RunExperts(
       grpc::CallbackServerContext* context,
       const moe::v1::RunExpertsRequest* request,

@@ -123,7 +123,9 @@ RouterService::RouterService(const MoeEngine* engine, WorkerPool* pool,
   batcher_ = std::make_unique<WorkerBatcher>(pool_, batching);
 }
 
-RouterService::~RouterService() {
+RouterService::~RouterService() { Drain(); }
+
+void RouterService::Drain() {
   queue_.reset();    // every forward has finished
   batcher_.reset();  // and every worker call
 }

@@ -51,6 +51,11 @@ class RouterService final : public moe::v1::Router::CallbackService {
       const moe::v1::GetModelInfoRequest* request,
       moe::v1::ModelInfo* response) override;
 
+  // Waits for the forwards already accepted (they answer their calls) and
+  // their worker calls. Call after the server stopped taking calls and before
+  // it is destroyed; the destructor does it too.
+  void Drain();
+
   // Largest ForwardRequest the limits allow, for the server's message size.
   int64_t MaxRequestBytes() const;
 

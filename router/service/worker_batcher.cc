@@ -72,6 +72,12 @@ void WorkerBatcher::GatingDelta(int delta) {
   if (wake) wake_.notify_all();
 }
 
+bool WorkerBatcher::DueLocked(const WorkerBatch& batch, absl::Time now) const {
+  return stop_ || options_.window <= absl::ZeroDuration() ||
+         batch.close_at <= now ||
+         (gating_ == 0 && pool_->inflight(batch.worker) == 0);
+}
+
 void WorkerBatcher::Submit(const std::shared_ptr<BatchTicket>& ticket) {
   int64_t rows = 0;
   for (const BatchPiece& p : ticket->pieces) rows += p.count;
@@ -94,7 +100,7 @@ void WorkerBatcher::Submit(const std::shared_ptr<BatchTicket>& ticket) {
     open->rows += rows;
     open->live.fetch_add(1);
     ticket->batch = open;
-    if (stop_ || options_.window <= absl::ZeroDuration() || gating_ == 0) {
+    if (DueLocked(*open, absl::Now())) {
       due.push_back(std::move(open));
       open_.erase(ticket->worker);
     }
@@ -120,7 +126,7 @@ void WorkerBatcher::FlushLoop() {
     absl::Time next = absl::InfiniteFuture();
     std::vector<std::shared_ptr<WorkerBatch>> due;
     for (auto it = open_.begin(); it != open_.end();) {
-      if (gating_ == 0 || it->second->close_at <= now) {
+      if (DueLocked(*it->second, now)) {
         due.push_back(std::move(it->second));
         it = open_.erase(it);
       } else {
@@ -194,10 +200,10 @@ void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
     });
   }();
   request.set_output_dtype(options_.wire_dtype);
-  if (options_.on_encode) options_.on_encode(absl::Now() - start);
   if (!status.ok()) {
     MOE_LOG(ERROR) << "building the call to " << pool_->address(batch->worker)
                    << ": " << status;
+    if (options_.on_encode) options_.on_encode(absl::Now() - start);
     Finish(batch,
            grpc::Status(grpc::StatusCode::INTERNAL, std::string(status.message())),
            absl::ZeroDuration());
@@ -208,12 +214,15 @@ void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
   const absl::Time sent = absl::Now();
   for (const auto& t : batch->tickets) t->sent = sent;
   pool_->AddInflight(batch->worker, 1);
+  // Starting the call serializes the request on this thread.
   pool_->stub(batch->worker)
       ->async()
       ->RunExperts(&batch->context, &batch->request, &batch->response,
                    [this, batch, sent, binds](grpc::Status s) {
                      const grpc::StatusCode code = s.error_code();
                      pool_->AddInflight(batch->worker, -1);
+                     // The worker may be idle now: its open batch can go.
+                     wake_.notify_all();
                      // A worker that is unreachable, broken, or slower than
                      // the worker timeout is taken out until a probe passes.
                      if (code == grpc::StatusCode::UNAVAILABLE ||
@@ -226,6 +235,8 @@ void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
                      }
                      Finish(batch, std::move(s), absl::Now() - sent);
                    });
+  // Encoding counts until the call started: that serialized the request.
+  if (options_.on_encode) options_.on_encode(absl::Now() - start);
 }
 
 void WorkerBatcher::Finish(const std::shared_ptr<WorkerBatch>& batch,

@@ -5,8 +5,10 @@
 // call. A forward hands the batcher one Ticket per worker. Tickets for a
 // worker that arrive while a batch is open join it; the batch is sent
 // - at once when --batch_window_us is 0 (no batching),
-// - as soon as no other forward is still gating (nobody else can join soon,
-//   so a lone request never waits for the window),
+// - as soon as its worker has no call of ours in flight and no other forward
+//   is still gating: nobody else can join soon and the worker is idle, so a
+//   lone request never waits for the window; while the worker is busy the
+//   forwards that arrive meanwhile gather into the next batch,
 // - when the window since its first ticket has passed, or
 // - when it would exceed max_rows (then the newcomer opens the next batch).
 // The rows of a batch are grouped by expert, each expert's rows from every
@@ -141,6 +143,8 @@ class WorkerBatcher {
   void Finish(const std::shared_ptr<WorkerBatch>& batch, grpc::Status status,
               absl::Duration elapsed);
   void GatingDelta(int delta);
+  // Whether an open batch should go now; with mu_ held.
+  bool DueLocked(const WorkerBatch& batch, absl::Time now) const;
 
   WorkerPool* pool_;
   BatcherOptions options_;

@@ -76,6 +76,8 @@ class WorkerPool {
   void MarkDown(int worker, const std::string& why);
 
   void AddInflight(int worker, int delta);
+  // Calls to `worker` in flight from this router.
+  int64_t inflight(int worker) const { return workers_[worker]->inflight; }
 
   std::vector<WorkerSnapshot> Snapshot() const;
 

@@ -1,0 +1,240 @@
+// Dynamic batching (moe-router --batch_window_us) with real processes on
+// 127.0.0.1: concurrent forwards share worker calls yet each gets exactly its
+// own in-process result, and a forward that gives up does not take the
+// others in its batch down with it.
+#include <signal.h>
+
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "client/metrics_text.h"
+#include "client/router_client.h"
+#include "testing/deployment.h"
+#include "testing/golden.h"
+#include "testing/reference.h"
+
+namespace moe {
+namespace {
+
+using testing::Deployment;
+using testing::Reference;
+using testing::Request;
+using testing::Y;
+
+const std::string kModel = "A_moe_eval_nodrop";  // 4 experts, dim 16
+
+std::vector<client::MetricSample> ScrapeMetrics(const std::string& address) {
+  std::vector<std::string> hp = absl::StrSplit(address, ':');
+  httplib::Client http(hp[0], std::stoi(hp[1]));
+  auto res = http.Get("/metrics");
+  EXPECT_TRUE(res) << "no answer from " << address;
+  return res ? client::ParseMetricsText(res->body)
+             : std::vector<client::MetricSample>{};
+}
+
+// Calls shared by more than one forward, and all calls, from the router's
+// moe_router_worker_batch_forwards histogram; and the tickets (sum).
+struct BatchCounts {
+  double calls = 0, shared = 0, tickets = 0;
+};
+
+BatchCounts RouterBatches(const Deployment& d) {
+  const auto m = ScrapeMetrics(d.router_metrics_address());
+  BatchCounts c;
+  c.calls = client::SumSamples(m, "moe_router_worker_batch_forwards_count");
+  c.tickets = client::SumSamples(m, "moe_router_worker_batch_forwards_sum");
+  c.shared = c.calls - client::SumSamples(
+                           m, "moe_router_worker_batch_forwards_bucket",
+                           {{"le", "1"}});
+  return c;
+}
+
+// One request of the mix: its input and options, on the wire and in-process.
+struct Case {
+  at::Tensor x;
+  moe::v1::RoutingOptions wire;
+  router::RoutingOptions local;
+};
+
+std::vector<Case> MixedRequests(int n) {
+  std::vector<Case> cases;
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(7);
+  for (int i = 0; i < n; ++i) {
+    Case c;
+    c.x = at::randn({1 + i % 2, 6 + 5 * i, 16}, gen);
+    switch (i % 4) {
+      case 0:
+        c.wire.set_policy(moe::v1::RANDOM);
+        c.wire.set_seed(100 + i);
+        c.local.policy = router::SecondExpertPolicy::kRandom;
+        c.local.seed = 100 + i;
+        break;
+      case 1:
+        c.wire.set_policy(moe::v1::ALL);
+        c.local.policy = router::SecondExpertPolicy::kAll;
+        break;
+      case 2:
+        c.wire.set_policy(moe::v1::THRESHOLD);
+        c.local.policy = router::SecondExpertPolicy::kThreshold;
+        break;
+      default:
+        c.wire.set_policy(moe::v1::ALL);
+        c.wire.set_capacity_factor(0.5);  // drops: capacity is per request
+        c.local.policy = router::SecondExpertPolicy::kAll;
+        c.local.capacity_factor = 0.5;
+        break;
+    }
+    cases.push_back(std::move(c));
+  }
+  return cases;
+}
+
+// Workers (of experts 0-1 and 2-3) that a forward's plan touches.
+int WorkersTouched(const router::ForwardResult& r) {
+  return (r.plan.count(0) + r.plan.count(1) > 0 ? 1 : 0) +
+         (r.plan.count(2) + r.plan.count(3) > 0 ? 1 : 0);
+}
+
+TEST(BatchingTest, ConcurrentForwardsShareCallsAndKeepTheirOwnResults) {
+  Deployment d(testing::GoldenPath(kModel), {"0-1", "2-3"},
+               {"--batch_window_us=1000000", "--threads=8"});
+  ASSERT_TRUE(d.StartWorker(0).ok());
+  ASSERT_TRUE(d.StartWorker(1).ok());
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  Reference reference(testing::GoldenPath(kModel));
+  const std::vector<Case> cases = MixedRequests(6);
+  std::vector<router::ForwardResult> expected;
+  int tickets = 0;
+  for (const Case& c : cases) {
+    expected.push_back(reference.Forward(c.x, c.local));
+    tickets += WorkersTouched(expected.back());
+  }
+
+  // Both workers frozen: the first forward's calls go out at once (the
+  // workers look idle) and stay in flight, so the other five gather behind
+  // them, one batch per worker, until the workers resume.
+  d.worker(0).Signal(SIGSTOP);
+  d.worker(1).Signal(SIGSTOP);
+  std::vector<absl::StatusOr<moe::v1::ForwardResponse>> responses(
+      cases.size(), absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  auto send = [&](size_t i) {
+    auto client = client::RouterClient::Create(d.router_address());
+    responses[i] = client->Forward(Request(cases[i].x, cases[i].wire));
+  };
+  threads.emplace_back(send, 0);
+  absl::SleepFor(absl::Milliseconds(200));
+  for (size_t i = 1; i < cases.size(); ++i) threads.emplace_back(send, i);
+  absl::SleepFor(absl::Milliseconds(400));
+  d.worker(0).Signal(SIGCONT);
+  d.worker(1).Signal(SIGCONT);
+  for (std::thread& t : threads) t.join();
+
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    ASSERT_TRUE(responses[i].ok()) << responses[i].status();
+    const moe::v1::ForwardResponse& r = *responses[i];
+    EXPECT_FALSE(r.degraded());
+    EXPECT_LE(testing::MaxAbsDiff(Y(r), expected[i].y), 1e-6);
+    EXPECT_EQ(r.stats().routing().expert_capacity(),
+              expected[i].routing.capacity);
+    EXPECT_EQ(r.stats().routing().dropped_first(),
+              expected[i].routing.counts.dropped[0]);
+    EXPECT_EQ(r.stats().routing().dropped_second(),
+              expected[i].routing.counts.dropped[1]);
+    for (int64_t e = 0; e < 4; ++e) {
+      EXPECT_EQ(r.stats().kept_per_expert(e), expected[i].plan.count(e));
+    }
+  }
+  const BatchCounts batches = RouterBatches(d);
+  EXPECT_EQ(batches.tickets, tickets);
+  // The first forward alone, then the other five together, per worker.
+  EXPECT_LE(batches.calls, 4);
+  EXPECT_GE(batches.shared, 1);
+  // What the workers served is what the router sent.
+  double served = 0;
+  for (int w = 0; w < 2; ++w) {
+    served += client::SumSamples(ScrapeMetrics(d.worker_metrics_address(w)),
+                                 "moe_expert_batch_tokens_count");
+  }
+  EXPECT_EQ(served, batches.calls);
+}
+
+TEST(BatchingTest, AForwardThatGivesUpLeavesItsBatchToTheOthers) {
+  Deployment d(testing::GoldenPath(kModel), {"0-1", "2-3"},
+               {"--batch_window_us=1000000", "--threads=8"});
+  ASSERT_TRUE(d.StartWorker(0).ok());
+  ASSERT_TRUE(d.StartWorker(1).ok());
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  Reference reference(testing::GoldenPath(kModel));
+  const std::vector<Case> cases = MixedRequests(3);
+  for (const Case& c : cases) {
+    ASSERT_EQ(WorkersTouched(reference.Forward(c.x, c.local)), 2);
+  }
+
+  // Worker 1 frozen. Forward 0 keeps a call to it in flight, so forwards 1
+  // (1 s deadline) and 2 (30 s) share the next batch for it. Forward 1 gives
+  // up at its deadline; the batch still runs for forward 2 once the worker
+  // resumes.
+  d.worker(1).Signal(SIGSTOP);
+  std::vector<absl::StatusOr<moe::v1::ForwardResponse>> responses(
+      cases.size(), absl::UnknownError("not run"));
+  std::vector<absl::Duration> took(cases.size());
+  auto send = [&](size_t i, absl::Duration timeout) {
+    client::ClientOptions options;
+    options.timeout = timeout;
+    options.max_attempts = 1;
+    auto client = client::RouterClient::Create(d.router_address(), options);
+    const absl::Time start = absl::Now();
+    responses[i] = client->Forward(Request(cases[i].x, cases[i].wire));
+    took[i] = absl::Now() - start;
+  };
+  std::vector<std::thread> threads;
+  threads.emplace_back(send, 0, absl::Seconds(30));
+  absl::SleepFor(absl::Milliseconds(200));
+  threads.emplace_back(send, 1, absl::Seconds(1));
+  threads.emplace_back(send, 2, absl::Seconds(30));
+  absl::SleepFor(absl::Milliseconds(1500));
+  d.worker(1).Signal(SIGCONT);
+  for (std::thread& t : threads) t.join();
+
+  // Forward 1: answered by its deadline, without worker 1's experts.
+  EXPECT_LT(took[1], absl::Milliseconds(1300));
+  if (responses[1].ok()) {
+    EXPECT_TRUE(responses[1]->degraded());
+    const router::ForwardResult without =
+        reference.Forward(cases[1].x, cases[1].local, {2, 3});
+    EXPECT_LE(testing::MaxAbsDiff(Y(*responses[1]), without.y), 1e-6);
+  } else {
+    EXPECT_EQ(responses[1].status().code(),
+              absl::StatusCode::kDeadlineExceeded)
+        << responses[1].status();
+  }
+  // Forwards 0 and 2: whole, once the worker resumed.
+  for (size_t i : {0, 2}) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    ASSERT_TRUE(responses[i].ok()) << responses[i].status();
+    EXPECT_FALSE(responses[i]->degraded());
+    EXPECT_GE(took[i], absl::Milliseconds(1000));
+    EXPECT_LE(testing::MaxAbsDiff(Y(*responses[i]),
+                                  reference.Forward(cases[i].x, cases[i].local).y),
+              1e-6);
+  }
+  EXPECT_GE(RouterBatches(d).shared, 1);
+  // The router kept serving and the worker was never marked down.
+  auto client = client::RouterClient::Create(d.router_address());
+  auto after = client->Forward(Request(cases[2].x, cases[2].wire));
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_FALSE(after->degraded());
+}
+
+}  // namespace
+}  // namespace moe
