@@ -14,6 +14,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "common/torch_convert.h"
+#include "common/host_tensor.h"
 #include "proto/tensor_codec.h"
 
 namespace moe::router {
@@ -41,25 +42,30 @@ std::string PlaceOutputs(const BatchTicket& ticket, int64_t d,
                             : "failed",
                         ": ", batch.status.error_message());
   }
-  absl::StatusOr<at::Tensor> outputs =
-      proto::ViewTensor(batch.response.outputs(), "outputs", batch.rows * d);
-  if (!outputs.ok()) return std::string(outputs.status().message());
-  if (outputs->dim() != 2 || outputs->size(0) != batch.rows ||
-      outputs->size(1) != d) {
-    return "outputs have the wrong shape";
+  const proto::WireTensorView& outputs = *batch.outputs;
+  if (outputs.shape() != std::vector<int64_t>{batch.rows, d}) {
+    return absl::StrCat("outputs have shape ",
+                        common::ShapeToString(outputs.shape()), ", expected [",
+                        batch.rows, ", ", d, "]");
   }
+  // Rows go straight from the received slices to their places in `out`;
+  // other dtypes through a small conversion buffer.
+  const int64_t row_bytes = d * outputs.element_size();
   const absl::Status placed = common::TorchCall("place outputs", [&] {
-    const bool raw = outputs->scalar_type() == at::kFloat;
+    const bool raw = outputs.dtype() == moe::v1::FLOAT32;
     for (size_t i = 0; i < ticket.pieces.size(); ++i) {
       const BatchPiece& p = ticket.pieces[i];
       if (p.count == 0) continue;
+      const int64_t from = ticket.rows_in_batch[i] * row_bytes;
       if (raw) {
-        std::memcpy(out->data_ptr<float>() + p.offset * d,
-                    outputs->data_ptr<float>() + ticket.rows_in_batch[i] * d,
-                    static_cast<size_t>(p.count * d) * sizeof(float));
+        outputs.CopyData(from, p.count * row_bytes,
+                         out->data_ptr<float>() + p.offset * d);
       } else {
-        out->narrow(0, p.offset, p.count)
-            .copy_(outputs->narrow(0, ticket.rows_in_batch[i], p.count));
+        at::Tensor rows = at::empty(
+            {p.count, d}, at::TensorOptions().dtype(
+                              *proto::TorchDType(outputs.dtype())));
+        outputs.CopyData(from, p.count * row_bytes, rows.data_ptr());
+        out->narrow(0, p.offset, p.count).copy_(rows);
       }
     }
   });

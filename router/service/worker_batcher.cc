@@ -10,24 +10,13 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/torch_convert.h"
+#include "proto/expert_wire.h"
 #include "proto/tensor_codec.h"
 
 namespace moe::router {
 namespace {
 
-// Copies rows of a float32 source into a wire buffer of any float dtype.
-void CopyRows(const at::Tensor& src, int64_t from, const at::Tensor& dst,
-              int64_t to, int64_t count) {
-  if (count == 0) return;
-  if (dst.scalar_type() == at::kFloat) {
-    const int64_t d = src.size(1);
-    std::memcpy(dst.data_ptr<float>() + to * d,
-                src.data_ptr<float>() + from * d,
-                static_cast<size_t>(count * d) * sizeof(float));
-  } else {
-    dst.narrow(0, to, count).copy_(src.narrow(0, from, count));
-  }
-}
+constexpr char kRunExperts[] = "/moe.v1.ExpertWorker/RunExperts";
 
 }  // namespace
 
@@ -177,29 +166,32 @@ void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
       timeout_binds = t->timeout_binds;
     }
   }
-  moe::v1::RunExpertsRequest& request = batch->request;
-  absl::Status status = [&]() -> absl::Status {
-    absl::StatusOr<at::Tensor> wire = proto::WireBuffer(
-        options_.wire_dtype, {batch->rows, d}, request.mutable_tokens());
-    if (!wire.ok()) return wire.status();
-    return common::TorchCall("encode worker request", [&] {
-      int64_t cursor = 0;
-      for (const auto& [expert, parts] : by_expert) {
-        int64_t count = 0;
-        for (const auto& [ticket, i] : parts) {
-          const BatchPiece& p = ticket->pieces[i];
-          CopyRows(ticket->src, p.offset, *wire, cursor, p.count);
-          ticket->rows_in_batch[i] = cursor;
-          cursor += p.count;
-          count += p.count;
+  // Float32 rows go out as slices over the forwards' own tensors; other
+  // wire dtypes are converted piece by piece first.
+  proto::RunExpertsRequestWriter writer(options_.wire_dtype, d);
+  absl::Status status = common::TorchCall("encode worker request", [&] {
+    const bool raw = options_.wire_dtype == moe::v1::FLOAT32;
+    const c10::ScalarType type = *proto::TorchDType(options_.wire_dtype);
+    int64_t cursor = 0;
+    for (const auto& [expert, parts] : by_expert) {
+      int64_t count = 0;
+      for (const auto& [ticket, i] : parts) {
+        const BatchPiece& p = ticket->pieces[i];
+        if (raw) {
+          writer.AddRows(ticket->src,
+                         ticket->src.data_ptr<float>() + p.offset * d, p.count);
+        } else {
+          at::Tensor converted =
+              ticket->src.narrow(0, p.offset, p.count).to(type).contiguous();
+          writer.AddRows(converted, converted.data_ptr(), p.count);
         }
-        moe::v1::ExpertSegment* seg = request.add_segments();
-        seg->set_expert_id(expert);
-        seg->set_count(count);
+        ticket->rows_in_batch[i] = cursor;
+        cursor += p.count;
+        count += p.count;
       }
-    });
-  }();
-  request.set_output_dtype(options_.wire_dtype);
+      writer.AddSegment(expert, count);
+    }
+  });
   if (!status.ok()) {
     MOE_LOG(ERROR) << "building the call to " << pool_->address(batch->worker)
                    << ": " << status;
@@ -209,15 +201,15 @@ void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
            absl::ZeroDuration());
     return;
   }
+  batch->request = writer.Finish(options_.wire_dtype);
   batch->context.set_deadline(absl::ToChronoTime(deadline));
   const bool binds = timeout_binds;
   const absl::Time sent = absl::Now();
   for (const auto& t : batch->tickets) t->sent = sent;
   pool_->AddInflight(batch->worker, 1);
-  // Starting the call serializes the request on this thread.
-  pool_->stub(batch->worker)
-      ->async()
-      ->RunExperts(&batch->context, &batch->request, &batch->response,
+  pool_->generic_stub(batch->worker)
+      ->UnaryCall(&batch->context, kRunExperts, grpc::StubOptions(),
+                  &batch->request, &batch->response,
                    [this, batch, sent, binds](grpc::Status s) {
                      const grpc::StatusCode code = s.error_code();
                      pool_->AddInflight(batch->worker, -1);
@@ -235,12 +227,22 @@ void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
                      }
                      Finish(batch, std::move(s), absl::Now() - sent);
                    });
-  // Encoding counts until the call started: that serialized the request.
+  // Encoding counts until the call started.
   if (options_.on_encode) options_.on_encode(absl::Now() - start);
 }
 
 void WorkerBatcher::Finish(const std::shared_ptr<WorkerBatch>& batch,
                            grpc::Status status, absl::Duration elapsed) {
+  if (status.ok()) {
+    absl::StatusOr<proto::WireTensorView> outputs =
+        proto::WireTensorView::Parse(batch->response, "outputs");
+    if (outputs.ok()) {
+      batch->outputs = std::move(*outputs);
+    } else {
+      status = grpc::Status(grpc::StatusCode::INTERNAL,
+                            std::string(outputs.status().message()));
+    }
+  }
   batch->status = std::move(status);
   std::vector<std::shared_ptr<BatchTicket>> tickets;
   tickets.swap(batch->tickets);

@@ -29,6 +29,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -37,6 +38,7 @@
 
 #include "absl/time/time.h"
 #include "moe/v1/expert.grpc.pb.h"
+#include "proto/expert_wire.h"
 #include "router/service/worker_pool.h"
 
 namespace moe::router {
@@ -101,9 +103,14 @@ struct WorkerBatch {
   std::vector<std::shared_ptr<BatchTicket>> tickets;  // cleared when done
   std::atomic<int> live{0};  // tickets not abandoned
   grpc::ClientContext context;
-  moe::v1::RunExpertsRequest request;
-  moe::v1::RunExpertsResponse response;
+  // Serialized RunExpertsRequest/Response (proto/expert_wire.h): the rows
+  // go out from the forwards' tensors and come back read in place.
+  grpc::ByteBuffer request;
+  grpc::ByteBuffer response;
   grpc::Status status;
+  // The response's outputs, parsed when the call succeeded; malformed
+  // outputs turn `status` into INTERNAL.
+  std::optional<proto::WireTensorView> outputs;
 };
 
 class WorkerBatcher {

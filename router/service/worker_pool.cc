@@ -28,6 +28,7 @@ WorkerPool::WorkerPool(std::vector<std::string> addresses,
     w->channel = grpc::CreateCustomChannel(
         w->address, grpc::InsecureChannelCredentials(), args);
     w->stub = moe::v1::ExpertWorker::NewStub(w->channel);
+    w->generic_stub = std::make_unique<grpc::GenericStub>(w->channel);
     workers_.push_back(std::move(w));
   }
 }
@@ -47,6 +48,10 @@ const std::string& WorkerPool::address(int worker) const {
 
 moe::v1::ExpertWorker::Stub* WorkerPool::stub(int worker) const {
   return workers_[worker]->stub.get();
+}
+
+grpc::GenericStub* WorkerPool::generic_stub(int worker) const {
+  return workers_[worker]->generic_stub.get();
 }
 
 void WorkerPool::ProbeLoop() {

@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
@@ -63,6 +64,8 @@ class WorkerPool {
   int size() const { return static_cast<int>(workers_.size()); }
   const std::string& address(int worker) const;
   moe::v1::ExpertWorker::Stub* stub(int worker) const;
+  // The same channel for calls with pre-serialized messages.
+  grpc::GenericStub* generic_stub(int worker) const;
 
   // A healthy worker hosting `expert`, not in `exclude`, with the fewest
   // in-flight calls; -1 if none.
@@ -86,6 +89,7 @@ class WorkerPool {
     std::string address;
     std::shared_ptr<grpc::Channel> channel;
     std::unique_ptr<moe::v1::ExpertWorker::Stub> stub;
+    std::unique_ptr<grpc::GenericStub> generic_stub;
     bool up = false;  // guarded by mu_
     std::vector<int64_t> experts;  // guarded by mu_
     std::string device;  // guarded by mu_
