@@ -264,12 +264,25 @@ absl::StatusOr<WireTensorView> WireTensorView::Parse(
   return view;
 }
 
+size_t WireTensorView::SliceAt(int64_t at) const {
+  return static_cast<size_t>(
+      std::upper_bound(starts_.begin(), starts_.end(), at) - starts_.begin() -
+      1);
+}
+
+const void* WireTensorView::Contiguous(int64_t offset, int64_t n) const {
+  const int64_t at = data_begin_ + offset;
+  if (slices_.empty()) return nullptr;
+  const size_t i = SliceAt(at);
+  const int64_t in_slice = at - starts_[i];
+  if (in_slice + n > static_cast<int64_t>(slices_[i].size())) return nullptr;
+  return slices_[i].begin() + in_slice;
+}
+
 void WireTensorView::CopyData(int64_t offset, int64_t n, void* dst) const {
   int64_t at = data_begin_ + offset;
   auto* out = static_cast<uint8_t*>(dst);
-  size_t i = static_cast<size_t>(
-      std::upper_bound(starts_.begin(), starts_.end(), at) - starts_.begin() -
-      1);
+  size_t i = SliceAt(at);
   while (n > 0 && i < slices_.size()) {
     const int64_t in_slice = at - starts_[i];
     const int64_t step =

@@ -64,6 +64,9 @@ class WireTensorView {
 
   // Copies bytes [offset, offset + n) of the data to `dst`.
   void CopyData(int64_t offset, int64_t n, void* dst) const;
+  // Those bytes in place when they lie in one received slice, else null.
+  // Valid while this view lives.
+  const void* Contiguous(int64_t offset, int64_t n) const;
 
  private:
   std::vector<grpc::Slice> slices_;
@@ -72,6 +75,10 @@ class WireTensorView {
   std::vector<int64_t> shape_;
   int64_t element_size_ = 0;
   int64_t data_begin_ = 0;  // offset of the data in the message
+
+  // The slice holding message byte `at` (the last one starting at or before
+  // it).
+  size_t SliceAt(int64_t at) const;
 };
 
 }  // namespace moe::proto

@@ -13,9 +13,27 @@
 
 namespace moe::router {
 
+// Where a forward's combine goes: plan entry i (row i of the expert tokens)
+// adds weights[i] * Expert(tokens[i]) to row rows[i] of *y ([T, d] float32).
+struct CombineTarget {
+  absl::Span<const int64_t> rows;
+  absl::Span<const float> weights;
+  at::Tensor* y = nullptr;
+};
+
 class ExpertBackend {
  public:
   virtual ~ExpertBackend() = default;
+
+  // Runs the experts and combines their outputs into target.y (experts
+  // listed in *unavailable contribute nothing). *combine_us receives the
+  // time spent combining. The default runs RunExperts() and then one
+  // scatter-add; a backend that receives outputs piece by piece may fuse the
+  // two (and combine one piece while others are still computed).
+  virtual absl::Status RunAndCombine(
+      const at::Tensor& tokens, absl::Span<const experts::ExpertSegment> segments,
+      const CombineTarget& target, std::vector<int64_t>* unavailable,
+      int64_t* combine_us);
 
   // tokens: [T, d] float32, grouped by expert as `segments` say (ascending
   // expert ids, counts > 0, summing to T). Writes [T, d] float32 outputs, row

@@ -32,6 +32,18 @@ std::vector<int64_t> Sizes(const at::Tensor& t) {
   return std::vector<int64_t>(t.sizes().begin(), t.sizes().end());
 }
 
+// One pass, no temporaries: a float is finite unless its exponent bits are
+// all ones (Inf, NaN).
+bool AllFinite(const float* data, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, data + i, sizeof(bits));
+    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
+
 absl::Span<const float> FloatSpan(const at::Tensor& t) {
   return absl::Span<const float>(t.data_ptr<float>(), t.numel());
 }
@@ -41,15 +53,6 @@ at::Tensor LongTensor(const std::vector<int64_t>& values) {
   if (!values.empty()) {
     std::memcpy(t.data_ptr<int64_t>(), values.data(),
                 values.size() * sizeof(int64_t));
-  }
-  return t;
-}
-
-at::Tensor FloatTensor(const std::vector<float>& values) {
-  at::Tensor t = at::empty({static_cast<int64_t>(values.size())}, at::kFloat);
-  if (!values.empty()) {
-    std::memcpy(t.data_ptr<float>(), values.data(),
-                values.size() * sizeof(float));
   }
   return t;
 }
@@ -163,8 +166,11 @@ absl::Status MoeEngine::ValidateInput(const at::Tensor& x) const {
                      " is not supported (float32, float16, bfloat16)"));
   }
   bool finite = false;
-  MOE_RETURN_IF_ERROR(common::TorchCall(
-      "x: finite check", [&] { finite = at::isfinite(x).all().item<bool>(); }));
+  MOE_RETURN_IF_ERROR(common::TorchCall("x: finite check", [&] {
+    finite = t == at::kFloat && x.is_contiguous()
+                 ? AllFinite(x.data_ptr<float>(), x.numel())
+                 : at::isfinite(x).all().item<bool>();
+  }));
   if (!finite) {
     return absl::InvalidArgumentError("x: contains NaN or Inf values");
   }
@@ -327,40 +333,31 @@ absl::StatusOr<ForwardResult> MoeEngine::ForwardImpl(
   WeighLosses(config_.balance_loss_coef, config_.router_z_loss_coef,
               &r.losses);
 
-  // Dispatch: gather the kept rows, expert by expert.
-  const at::Tensor rows = LongTensor(r.plan.row);
+  // Dispatch: gather the kept rows, expert by expert; the backend runs them
+  // and combines: y[t] += G · Expert(x[t]) for every kept choice.
   std::vector<experts::ExpertSegment> segments;
   for (int64_t e = 0; e < r.plan.num_experts; ++e) {
     if (r.plan.count(e) > 0) segments.push_back({e, r.plan.count(e)});
   }
   at::Tensor y2 = at::zeros({tokens, d}, at::kFloat);
-  r.timings.plan_us = MicrosSince(mark);
+  int64_t fused_combine_us = 0;
   if (r.plan.size() > 0) {
-    at::Tensor gathered = h2.index_select(0, rows);
+    at::Tensor gathered = h2.index_select(0, LongTensor(r.plan.row));
     r.timings.plan_us = MicrosSince(mark);
     mark = Clock::now();
-    at::Tensor out;
-    MOE_RETURN_IF_ERROR(
-        backend.RunExperts(gathered, segments, &out, &r.unavailable_experts));
+    MOE_RETURN_IF_ERROR(backend.RunAndCombine(
+        gathered, segments, {r.plan.row, r.plan.weight, &y2},
+        &r.unavailable_experts, &fused_combine_us));
     for (int64_t e : r.unavailable_experts) {
       if (e >= 0 && e < r.plan.num_experts) {
         r.unavailable_assignments += r.plan.count(e);
       }
     }
-    if (Sizes(out) != std::vector<int64_t>{r.plan.size(), d}) {
-      return absl::InternalError(
-          absl::StrCat("expert backend returned shape ",
-                       common::ShapeToString(Sizes(out)), ", expected [",
-                       r.plan.size(), ", ", d, "]"));
-    }
-    r.timings.experts_us = MicrosSince(mark);
-    mark = Clock::now();
-    // Combine: y[t] += G · Expert(x[t]) for every kept choice.
-    y2.index_add_(0, rows,
-                  out.to(at::kFloat).mul(FloatTensor(r.plan.weight).unsqueeze(1)));
+    r.timings.experts_us = MicrosSince(mark) - fused_combine_us;
   } else {
-    mark = Clock::now();
+    r.timings.plan_us = MicrosSince(mark);
   }
+  mark = Clock::now();
   at::Tensor y = y2.view({batch, seq, d});
   if (config_.is_block()) {
     y = x1 + y;
@@ -369,7 +366,7 @@ absl::StatusOr<ForwardResult> MoeEngine::ForwardImpl(
     }
   }
   r.y = y;
-  r.timings.combine_us = MicrosSince(mark);
+  r.timings.combine_us = fused_combine_us + MicrosSince(mark);
   r.timings.total_us = MicrosSince(start);
   return r;
 }

@@ -1,6 +1,8 @@
 #include "router/service/remote_expert_backend.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <functional>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -30,10 +32,9 @@ struct Piece {
   bool deadline = false;  // the last failure was a missed deadline
 };
 
-// What a worker call answered for one ticket: empty when its outputs were
-// placed, else why not.
-std::string PlaceOutputs(const BatchTicket& ticket, int64_t d,
-                         at::Tensor* out) {
+// Why a finished call gave a ticket nothing, or "" when it has outputs for
+// it.
+std::string CallError(const BatchTicket& ticket, int64_t d) {
   const WorkerBatch& batch = *ticket.batch;
   if (!batch.status.ok()) {
     return absl::StrCat(batch.status.error_code() ==
@@ -42,34 +43,40 @@ std::string PlaceOutputs(const BatchTicket& ticket, int64_t d,
                             : "failed",
                         ": ", batch.status.error_message());
   }
-  const proto::WireTensorView& outputs = *batch.outputs;
-  if (outputs.shape() != std::vector<int64_t>{batch.rows, d}) {
+  if (batch.outputs->shape() != std::vector<int64_t>{batch.rows, d}) {
     return absl::StrCat("outputs have shape ",
-                        common::ShapeToString(outputs.shape()), ", expected [",
-                        batch.rows, ", ", d, "]");
+                        common::ShapeToString(batch.outputs->shape()),
+                        ", expected [", batch.rows, ", ", d, "]");
   }
-  // Rows go straight from the received slices to their places in `out`;
-  // other dtypes through a small conversion buffer.
+  return "";
+}
+
+// Piece i of the ticket as float32 rows: `count` x d floats read in place
+// when the wire is float32 and the rows lie in one received slice, else
+// copied (and converted) into *scratch.
+const float* PieceRows(const BatchTicket& ticket, size_t i, int64_t d,
+                       at::Tensor* scratch) {
+  const proto::WireTensorView& outputs = *ticket.batch->outputs;
+  const BatchPiece& p = ticket.pieces[i];
   const int64_t row_bytes = d * outputs.element_size();
-  const absl::Status placed = common::TorchCall("place outputs", [&] {
-    const bool raw = outputs.dtype() == moe::v1::FLOAT32;
-    for (size_t i = 0; i < ticket.pieces.size(); ++i) {
-      const BatchPiece& p = ticket.pieces[i];
-      if (p.count == 0) continue;
-      const int64_t from = ticket.rows_in_batch[i] * row_bytes;
-      if (raw) {
-        outputs.CopyData(from, p.count * row_bytes,
-                         out->data_ptr<float>() + p.offset * d);
-      } else {
-        at::Tensor rows = at::empty(
-            {p.count, d}, at::TensorOptions().dtype(
-                              *proto::TorchDType(outputs.dtype())));
-        outputs.CopyData(from, p.count * row_bytes, rows.data_ptr());
-        out->narrow(0, p.offset, p.count).copy_(rows);
-      }
+  const int64_t from = ticket.rows_in_batch[i] * row_bytes;
+  const int64_t bytes = p.count * row_bytes;
+  if (outputs.dtype() == moe::v1::FLOAT32) {
+    const void* direct = outputs.Contiguous(from, bytes);
+    if (direct != nullptr &&
+        reinterpret_cast<uintptr_t>(direct) % alignof(float) == 0) {
+      return static_cast<const float*>(direct);
     }
-  });
-  return placed.ok() ? "" : std::string(placed.message());
+    *scratch = at::empty({p.count, d}, at::kFloat);
+    outputs.CopyData(from, bytes, scratch->data_ptr());
+    return scratch->data_ptr<float>();
+  }
+  at::Tensor raw = at::empty(
+      {p.count, d},
+      at::TensorOptions().dtype(*proto::TorchDType(outputs.dtype())));
+  outputs.CopyData(from, bytes, raw.data_ptr());
+  *scratch = raw.to(at::kFloat);
+  return scratch->data_ptr<float>();
 }
 
 }  // namespace
@@ -104,12 +111,55 @@ void CallCancellation::Unregister(int id) {
 absl::Status RemoteExpertBackend::RunExperts(
     const at::Tensor& tokens, absl::Span<const experts::ExpertSegment> segments,
     at::Tensor* out, std::vector<int64_t>* unavailable) {
+  const int64_t d = tokens.size(1);
+  // Rows of unavailable experts stay zero; the rest are overwritten.
+  *out = at::zeros({tokens.size(0), d}, at::kFloat);
+  return Run(tokens, segments, unavailable,
+             [out, d](const BatchTicket& t) {
+               at::Tensor scratch;
+               for (size_t i = 0; i < t.pieces.size(); ++i) {
+                 const BatchPiece& p = t.pieces[i];
+                 const float* rows = PieceRows(t, i, d, &scratch);
+                 std::memcpy(out->data_ptr<float>() + p.offset * d, rows,
+                             static_cast<size_t>(p.count * d) * sizeof(float));
+               }
+             });
+}
+
+absl::Status RemoteExpertBackend::RunAndCombine(
+    const at::Tensor& tokens, absl::Span<const experts::ExpertSegment> segments,
+    const CombineTarget& target, std::vector<int64_t>* unavailable,
+    int64_t* combine_us) {
+  const int64_t d = tokens.size(1);
+  float* y = target.y->data_ptr<float>();
+  // Each call's outputs are added to y as soon as they arrive, straight from
+  // the received bytes: y[rows[j]] += weights[j] * out[j].
+  absl::Status status = Run(
+      tokens, segments, unavailable, [&target, y, d](const BatchTicket& t) {
+        at::Tensor scratch;
+        for (size_t i = 0; i < t.pieces.size(); ++i) {
+          const BatchPiece& p = t.pieces[i];
+          const float* rows = PieceRows(t, i, d, &scratch);
+          for (int64_t r = 0; r < p.count; ++r) {
+            const int64_t j = p.offset + r;
+            const float w = target.weights[j];
+            const float* src = rows + r * d;
+            float* dst = y + target.rows[j] * d;
+            for (int64_t k = 0; k < d; ++k) dst[k] += w * src[k];
+          }
+        }
+      });
+  *combine_us = absl::ToInt64Microseconds(decode_);
+  return status;
+}
+
+absl::Status RemoteExpertBackend::Run(
+    const at::Tensor& tokens, absl::Span<const experts::ExpertSegment> segments,
+    std::vector<int64_t>* unavailable,
+    const std::function<void(const BatchTicket&)>& sink) {
   batch_wait_ = rpc_wait_ = decode_ = absl::ZeroDuration();
   const int64_t d = tokens.size(1);
   at::Tensor src = tokens.to(at::kFloat).contiguous();
-  // Rows of experts that end up unavailable are zeroed below; the rest are
-  // overwritten by the workers' outputs.
-  *out = at::empty({tokens.size(0), d}, at::kFloat);
 
   std::vector<Piece> pieces;
   int64_t offset = 0;
@@ -184,69 +234,91 @@ absl::Status RemoteExpertBackend::RunExperts(
     // Batches this forward completed were sent (and encoded, counted by the
     // batcher) inside Submit; the rest it waits for.
     const absl::Time submit_end = absl::Now();
-    bool cancelled = false;
-    {
-      std::unique_lock<std::mutex> lock(waiter->mu);
-      waiter->cv.wait_until(
-          lock, absl::ToChronoTime(worker_deadline_cap),
-          [&] { return waiter->outstanding == 0 || waiter->cancelled; });
-      cancelled = waiter->cancelled;
+    // Handle each call as it finishes (its outputs are combined while the
+    // others still compute), until all are in, the deadline or cancellation.
+    std::vector<bool> handled(tickets.size(), false);
+    size_t left_to_handle = tickets.size();
+    bool cancelled = false, first_wait = true;
+    while (left_to_handle > 0) {
+      std::vector<size_t> ready;
+      const absl::Time wait_start = absl::Now();
+      {
+        std::unique_lock<std::mutex> lock(waiter->mu);
+        auto any_ready = [&] {
+          if (waiter->cancelled) return true;
+          for (size_t k = 0; k < tickets.size(); ++k) {
+            if (!handled[k] && tickets[k].first->done) return true;
+          }
+          return false;
+        };
+        waiter->cv.wait_until(lock, absl::ToChronoTime(worker_deadline_cap),
+                              any_ready);
+        cancelled = waiter->cancelled;
+        for (size_t k = 0; k < tickets.size(); ++k) {
+          if (!handled[k] && tickets[k].first->done) ready.push_back(k);
+        }
+      }
+      const absl::Time woke = absl::Now();
+      if (first_wait) {
+        // Time until this forward's last batch left counts as batch_wait.
+        absl::Time last_sent = std::max(submit_end, wait_start);
+        for (size_t k : ready) {
+          last_sent = std::max(last_sent, tickets[k].first->sent);
+        }
+        last_sent = std::min(last_sent, woke);
+        batch_wait_ += last_sent - wait_start;
+        rpc_wait_ += woke - last_sent;
+        first_wait = false;
+      } else {
+        rpc_wait_ += woke - wait_start;
+      }
+      if (cancelled || ready.empty()) break;  // cancelled, or the deadline
+      for (size_t k : ready) {
+        handled[k] = true;
+        --left_to_handle;
+        auto& [t, ps] = tickets[k];
+        const std::string error = CallError(*t, d);
+        if (error.empty()) {
+          const absl::Status placed =
+              common::TorchCall("combine outputs", [&] { sink(*t); });
+          if (placed.ok()) continue;
+          return placed;
+        }
+        MOE_LOG(WARNING) << "worker " << pool_->address(t->worker) << ": "
+                         << error;
+        const bool deadline = t->batch->status.error_code() ==
+                              grpc::StatusCode::DEADLINE_EXCEEDED;
+        for (Piece* p : ps) {
+          p->tried.insert(t->worker);
+          p->last_error = absl::StrCat(pool_->address(t->worker), ": ", error);
+          p->deadline = deadline;
+          pending.push_back(p);
+        }
+      }
+      decode_ += absl::Now() - woke;
     }
     cancellation_->Unregister(cancel_id);
-    const absl::Time received = absl::Now();
-    // Tickets still out are given up: cancellation, or the deadline.
-    absl::Time last_sent = submit_end;
-    for (auto& [t, ps] : tickets) {
-      bool done;
-      {
-        std::lock_guard<std::mutex> lock(waiter->mu);
-        done = t->done;
+    // Calls still out are given up: cancellation, or the deadline.
+    for (size_t k = 0; k < tickets.size(); ++k) {
+      if (handled[k]) continue;
+      auto& [t, ps] = tickets[k];
+      WorkerBatcher::Abandon(*t);
+      for (Piece* p : ps) {
+        p->last_error = absl::StrCat(pool_->address(t->worker),
+                                     ": request deadline reached");
+        p->deadline = true;
+        failed.push_back(p);
       }
-      if (!done) {
-        WorkerBatcher::Abandon(*t);
-        for (Piece* p : ps) {
-          p->last_error = absl::StrCat(pool_->address(t->worker),
-                                       ": request deadline reached");
-          p->deadline = true;
-          failed.push_back(p);
-        }
-        continue;
-      }
-      last_sent = std::max(last_sent, t->sent);
     }
     if (cancelled) {
       return absl::CancelledError("the client cancelled the call");
     }
-    batch_wait_ += last_sent - submit_end;
-    rpc_wait_ += received - last_sent;
-    for (auto& [t, ps] : tickets) {
-      bool done;
-      {
-        std::lock_guard<std::mutex> lock(waiter->mu);
-        done = t->done;
-      }
-      if (!done) continue;
-      const std::string error = PlaceOutputs(*t, d, out);
-      if (error.empty()) continue;
-      MOE_LOG(WARNING) << "worker " << pool_->address(t->worker) << ": "
-                       << error;
-      const bool deadline = t->batch->status.error_code() ==
-                            grpc::StatusCode::DEADLINE_EXCEEDED;
-      for (Piece* p : ps) {
-        p->tried.insert(t->worker);
-        p->last_error = absl::StrCat(pool_->address(t->worker), ": ", error);
-        p->deadline = deadline;
-        pending.push_back(p);
-      }
-    }
-    decode_ += absl::Now() - received;
   }
   if (failed.empty()) return absl::OkStatus();
 
   std::set<int64_t> experts;
   std::vector<std::string> reasons;
   for (Piece* p : failed) {
-    out->narrow(0, p->offset, p->count).zero_();
     failure_reasons_[p->expert] =
         p->deadline ? "deadline" : "expert_unavailable";
     if (experts.insert(p->expert).second) {

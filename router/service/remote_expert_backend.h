@@ -69,13 +69,20 @@ class RemoteExpertBackend : public ExpertBackend {
                           at::Tensor* out,
                           std::vector<int64_t>* unavailable) override;
 
-  // Where the last RunExperts call waited: for its batches to be sent
-  // (batch_wait: the batching window), then for the workers (rpc_wait); and
-  // the time spent placing the workers' outputs (decode). Building the
-  // requests is counted by the batcher.
+  // Fused: each worker call's outputs are added into target.y straight from
+  // the received bytes as soon as that call finishes.
+  absl::Status RunAndCombine(const at::Tensor& tokens,
+                             absl::Span<const experts::ExpertSegment> segments,
+                             const CombineTarget& target,
+                             std::vector<int64_t>* unavailable,
+                             int64_t* combine_us) override;
+
+  // Where the last call waited: for its batches to be sent (batch_wait: the
+  // batching window), then for the workers (rpc_wait). Building the requests
+  // is counted by the batcher, placing or combining the outputs by the
+  // caller (combine_us).
   absl::Duration batch_wait() const { return batch_wait_; }
   absl::Duration rpc_wait() const { return rpc_wait_; }
-  absl::Duration decode_time() const { return decode_; }
   // Why each unavailable expert of the last call failed: "deadline" when its
   // last worker call missed its deadline, else "expert_unavailable".
   const std::map<int64_t, std::string>& failure_reasons() const {
@@ -83,6 +90,13 @@ class RemoteExpertBackend : public ExpertBackend {
   }
 
  private:
+  // Sends the rows, retries and applies the failure policy; `sink` takes the
+  // outputs of each successful call.
+  absl::Status Run(const at::Tensor& tokens,
+                   absl::Span<const experts::ExpertSegment> segments,
+                   std::vector<int64_t>* unavailable,
+                   const std::function<void(const BatchTicket&)>& sink);
+
   WorkerPool* pool_;
   WorkerBatcher* batcher_;
   CallCancellation* cancellation_;

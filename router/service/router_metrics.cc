@@ -101,7 +101,7 @@ RouterMetrics::RouterMetrics(prometheus::Registry& registry,
                   .Name("moe_router_stage_seconds_total")
                   .Help("Router wall time per forward stage: pre, gate, plan "
                         "(plan and gather), encode, batch_wait, rpc_wait, "
-                        "decode, combine.")
+                        "combine.")
                   .Register(registry)),
       batch_forwards_(
           prometheus::BuildHistogram()
@@ -148,7 +148,7 @@ RouterMetrics::RouterMetrics(prometheus::Registry& registry,
     worker_up_.push_back(&up.Add({{"worker", w}}));
   }
   for (const char* stage : {"pre", "gate", "plan", "encode", "batch_wait",
-                            "rpc_wait", "decode", "combine"}) {
+                            "rpc_wait", "combine"}) {
     stages_.Add({{"stage", stage}});
   }
   for (const char* reason : {"queue_full", "too_many_tokens"}) {
@@ -266,15 +266,13 @@ void RouterMetrics::RecordStage(const char* stage, absl::Duration elapsed) {
 
 void RouterMetrics::RecordStages(const ForwardTimings& t,
                                  absl::Duration batch_wait,
-                                 absl::Duration rpc_wait,
-                                 absl::Duration decode) {
+                                 absl::Duration rpc_wait) {
   const std::pair<const char*, double> stages[] = {
       {"pre", t.pre_us * 1e-6},
       {"gate", t.gate_us * 1e-6},
       {"plan", t.plan_us * 1e-6},
       {"batch_wait", absl::ToDoubleSeconds(batch_wait)},
       {"rpc_wait", absl::ToDoubleSeconds(rpc_wait)},
-      {"decode", absl::ToDoubleSeconds(decode)},
       {"combine", t.combine_us * 1e-6}};
   for (const auto& [stage, seconds] : stages) {
     stages_.Add({{"stage", stage}}).Increment(seconds);

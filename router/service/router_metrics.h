@@ -69,10 +69,11 @@ class RouterMetrics {
   // Router time per stage of one forward, accumulated in
   // moe_router_stage_seconds_total{stage}: pre (validation, block
   // pre-norm), gate, plan (plan + gather), batch_wait (the batching window),
-  // rpc_wait, decode, combine. The batcher adds "encode" (building worker
-  // requests) per call with RecordStage.
+  // rpc_wait, combine (adding the workers' outputs into y as they arrive,
+  // residual, feed-forward after). The batcher adds "encode" (building and
+  // sending worker requests) per call with RecordStage.
   void RecordStages(const ForwardTimings& timings, absl::Duration batch_wait,
-                    absl::Duration rpc_wait, absl::Duration decode);
+                    absl::Duration rpc_wait);
   void RecordStage(const char* stage, absl::Duration elapsed);
   void SetWorkerUp(int worker, bool up);
 

@@ -178,8 +178,7 @@ absl::Status RouterService::RunForward(
                        engine_->ForwardWith(x, options, backend));
   if (metrics_ != nullptr) {
     metrics_->RecordForward(r, backend.failure_reasons());
-    metrics_->RecordStages(r.timings, backend.batch_wait(), backend.rpc_wait(),
-                           backend.decode_time());
+    metrics_->RecordStages(r.timings, backend.batch_wait(), backend.rpc_wait());
   }
 
   return FillForwardResponse(r, x_dtype, request.options().return_trace(),

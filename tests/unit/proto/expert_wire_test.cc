@@ -80,6 +80,14 @@ TEST(ExpertWireTest, ViewReadsGeneratedResponsesAcrossAnySlicing) {
     at::Tensor rows = at::empty({3, 5});
     view->CopyData(4 * 5 * 4, 3 * 5 * 4, rows.data_ptr());  // rows 4-6
     EXPECT_TRUE(at::equal(rows, t.narrow(0, 4, 3)));
+    // In place only when the rows lie in one slice.
+    const void* direct = view->Contiguous(4 * 5 * 4, 3 * 5 * 4);
+    if (piece >= bytes.size()) {
+      ASSERT_NE(direct, nullptr);
+      EXPECT_EQ(std::memcmp(direct, t.narrow(0, 4, 3).data_ptr(), 60), 0);
+    } else if (piece < 60) {
+      EXPECT_EQ(direct, nullptr);
+    }
   }
 }
 
