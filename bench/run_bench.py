@@ -12,7 +12,11 @@ distributed path, measured in one run on this machine, as a table and JSON.
   (h) the concurrent loads of (e) and (f) again with dynamic batching off
 
 Usage: bench/run_bench.py BIN_DIR [--quick] [--json]
+       bench/run_bench.py BIN_DIR --soak SECONDS [--json]
 --json saves the results under bench/results/ with the machine's description.
+--soak runs moe-up under 1 x 256-token requests at concurrency 16 for
+SECONDS (after a 30 s warm-up) and reports each process's resident memory
+over time: a leak shows as growth.
 """
 
 import argparse
@@ -71,12 +75,17 @@ def scrape(address):
     return stages, requests, batch
 
 
-def peak_rss_mb(pid):
+def status_mb(pid, key):
+    """A memory line of /proc/PID/status (VmHWM: peak RSS, VmRSS: now), MB."""
     with open("/proc/%d/status" % pid) as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def peak_rss_mb(pid):
+    return status_mb(pid, "VmHWM")
 
 
 def children(pid):
@@ -145,12 +154,77 @@ def client_bench(bin_dir, target, shape, concurrency, duration, tmp):
         return json.load(f)
 
 
+def rss_mb(pid):
+    return status_mb(pid, "VmRSS")
+
+
+def soak(args):
+    """RSS of router and workers over a long run at concurrency 16."""
+    r = {"machine": machine(), "soak_seconds": args.soak,
+         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    with tempfile.TemporaryDirectory(prefix="moe-soak-") as tmp:
+        up = MoeUp(args.bin_dir, tmp, "soak")
+        try:
+            target = up.endpoints["router"]
+            names = {}
+            for pid, comm in up.pids():
+                names[pid] = "router" if comm.startswith("moe-router") else "worker%d" % (
+                    sum(1 for n in names.values() if n.startswith("worker")))
+            print("warm-up: 30 s", file=sys.stderr, flush=True)
+            client_bench(args.bin_dir, target, "1x256", 16, 30, tmp)
+            out = os.path.join(tmp, "soak.json")
+            load = subprocess.Popen(
+                [os.path.join(args.bin_dir, "moe-client"), "bench", "--target=" + target,
+                 "--shape=1x256", "--concurrency=16", "--duration=%d" % args.soak,
+                 "--seed=1", "--json_out=" + out],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            samples = []
+            start = time.time()
+            while load.poll() is None:
+                samples.append([round(time.time() - start)] +
+                               [rss_mb(pid) for pid in sorted(names)])
+                print("  %4d s  " % samples[-1][0] + "  ".join(
+                    "%s %.1f MB" % (names[pid], v) for pid, v in zip(sorted(names), samples[-1][1:])),
+                    file=sys.stderr, flush=True)
+                time.sleep(min(30, max(args.soak / 10, 1)))
+            samples.append([round(time.time() - start)] + [rss_mb(pid) for pid in sorted(names)])
+            with open(out) as f:
+                r["load"] = json.load(f)
+        finally:
+            up.stop()
+    r["rss_mb"] = {names[pid]: {"start": samples[0][i + 1], "end": samples[-1][i + 1],
+                                "max": max(s[i + 1] for s in samples)}
+                   for i, pid in enumerate(sorted(names))}
+    for name, v in r["rss_mb"].items():
+        print("%-8s RSS %.1f -> %.1f MB (max %.1f): %+.1f MB (%+.1f%%)" % (
+            name, v["start"], v["end"], v["max"], v["end"] - v["start"],
+            100 * (v["end"] - v["start"]) / v["start"]))
+    print("load: %d requests, %.1f req/s, p99 %.1f ms, %d errors" % (
+        r["load"]["ok"], r["load"]["requests_per_s"], r["load"]["p99_ms"], r["load"]["errors"]))
+    save(r, args, "soak")
+
+
+def save(r, args, kind):
+    if args.json:
+        os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+        path = os.path.join(HERE, "results", "%s-%s.json" % (
+            kind, datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
+        with open(path, "w") as f:
+            json.dump(r, f, indent=2)
+        print("saved " + path)
+    print(json.dumps(r))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bin_dir")
     ap.add_argument("--quick", action="store_true", help="a shorter run (under 2 minutes)")
     ap.add_argument("--json", action="store_true", help="save JSON under bench/results/")
+    ap.add_argument("--soak", type=int, metavar="SECONDS",
+                    help="memory over a long run at concurrency 16 instead")
     args = ap.parse_args()
+    if args.soak:
+        return soak(args)
     q = args.quick
     r = {"machine": machine(), "quick": q,
          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -275,14 +349,7 @@ def main():
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print("%s  %s" % (k.ljust(width), v))
-    if args.json:
-        os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-        path = os.path.join(HERE, "results", "bench-%s%s.json" % (
-            datetime.datetime.now().strftime("%Y%m%d-%H%M%S"), "-quick" if q else ""))
-        with open(path, "w") as f:
-            json.dump(r, f, indent=2)
-        print("saved " + path)
-    print(json.dumps(r))
+    save(r, args, "bench-quick" if q else "bench")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,20 @@ absl::StatusOr<std::unique_ptr<ExpertShard>> ExpertShard::Create(
       new ExpertShard(std::move(experts), device, dim, hidden, bytes));
 }
 
+at::Tensor ExpertShard::TakeScratch() const {
+  std::lock_guard<std::mutex> lock(scratch_mu_);
+  if (scratch_.empty()) return at::Tensor();
+  at::Tensor t = std::move(scratch_.back());
+  scratch_.pop_back();
+  return t;
+}
+
+void ExpertShard::ReturnScratch(at::Tensor t) const {
+  if (!t.defined()) return;
+  std::lock_guard<std::mutex> lock(scratch_mu_);
+  scratch_.push_back(std::move(t));
+}
+
 bool ExpertShard::Hosts(int64_t expert_id) const {
   return experts_.count(expert_id) != 0;
 }
@@ -96,7 +110,14 @@ absl::Status ExpertShard::Run(const at::Tensor& tokens,
                            out->size(1) == dim_ && out->is_contiguous()
                        ? *out
                        : at::empty({total, dim_}, x.options());
-    at::Tensor hidden;
+    // Scratch of an earlier call (kept by the shard, grown as needed), so
+    // that calls of every size reuse one buffer.
+    at::Tensor hidden = TakeScratch();
+    struct GiveBack {
+      const ExpertShard* shard;
+      at::Tensor* hidden;
+      ~GiveBack() { shard->ReturnScratch(std::move(*hidden)); }
+    } give_back{this, &hidden};
     int64_t offset = 0;
     if (seconds != nullptr) seconds->assign(segments.size(), 0.0);
     for (size_t i = 0; i < segments.size(); ++i) {

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -54,7 +55,13 @@ class ExpertShard {
   ExpertShard(common::ExpertMap experts, c10::Device device, int64_t dim,
               int64_t hidden, int64_t weight_bytes);
 
+  // GEGLU scratch buffers between calls, one per concurrent caller.
+  at::Tensor TakeScratch() const;
+  void ReturnScratch(at::Tensor t) const;
+
   common::ExpertMap experts_;
+  mutable std::mutex scratch_mu_;
+  mutable std::vector<at::Tensor> scratch_;
   c10::Device device_;
   int64_t dim_;
   int64_t hidden_;

@@ -124,9 +124,14 @@ absl::StatusOr<at::Tensor> WireBuffer(moe::v1::DType dtype,
   wire->clear_shape();
   for (int64_t d : shape) wire->add_shape(d);
   std::string* data = wire->mutable_data();
+  const size_t bytes = static_cast<size_t>(numel) * at::elementSize(*type);
+  // Large buffers get a capacity rounded up to whole MiB, so that messages of
+  // varying sizes reuse freed blocks instead of fragmenting the heap.
+  constexpr size_t kMiB = size_t{1} << 20;
+  if (bytes > kMiB) data->reserve((bytes + kMiB - 1) / kMiB * kMiB);
   // The bytes are overwritten next; resize() value-initialises them, which
   // costs one streaming write, much less than building and copying a tensor.
-  data->resize(static_cast<size_t>(numel) * at::elementSize(*type));
+  data->resize(bytes);
   at::Tensor out;
   absl::Status status = common::TorchCall("encode", [&] {
     const auto options = at::TensorOptions().dtype(*type);

@@ -342,7 +342,13 @@ absl::StatusOr<ForwardResult> MoeEngine::ForwardImpl(
   at::Tensor y2 = at::zeros({tokens, d}, at::kFloat);
   int64_t fused_combine_us = 0;
   if (r.plan.size() > 0) {
-    at::Tensor gathered = h2.index_select(0, LongTensor(r.plan.row));
+    // Gathered into a block of a power of two rows, so that forwards whose
+    // kept counts differ reuse freed blocks instead of fragmenting the heap.
+    int64_t capacity = 1;
+    while (capacity < r.plan.size()) capacity *= 2;
+    at::Tensor gathered =
+        at::empty({capacity, d}, h2.options()).narrow(0, 0, r.plan.size());
+    at::index_select_out(gathered, h2, 0, LongTensor(r.plan.row));
     r.timings.plan_us = MicrosSince(mark);
     mark = Clock::now();
     MOE_RETURN_IF_ERROR(backend.RunAndCombine(

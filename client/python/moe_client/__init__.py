@@ -1,0 +1,17 @@
+"""Python client of the moe-serve router (moe.v1.Router over gRPC).
+
+    from moe_client import RouterClient
+    with RouterClient("127.0.0.1:50051") as client:
+        result = client.forward(x)            # x: numpy [batch, tokens, dim]
+        print(result.y.shape, result.losses["balance_loss"], result.degraded)
+
+The generated moe.v1 protobuf modules come from the build (`./moe build`
+writes them to build/python): run with PYTHONPATH=client/python:build/python.
+Uses Debian's python3-grpcio, python3-protobuf and python3-numpy.
+"""
+
+from moe_client.client import (ForwardResult, MoeError, RouterClient,
+                               decode_tensor, encode_tensor)
+
+__all__ = ["RouterClient", "ForwardResult", "MoeError", "encode_tensor",
+           "decode_tensor"]

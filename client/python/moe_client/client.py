@@ -1,0 +1,247 @@
+"""RouterClient: Forward, GetModelInfo and health checks against moe-router."""
+
+import dataclasses
+import time
+from typing import Dict, List, Optional
+
+import grpc
+import numpy as np
+
+from moe.v1 import router_pb2, router_pb2_grpc, tensor_pb2
+
+_MODES = {"eval": router_pb2.EVAL, "train": router_pb2.TRAIN}
+_POLICIES = {"random": router_pb2.RANDOM, "all": router_pb2.ALL,
+             "none": router_pb2.NONE, "threshold": router_pb2.THRESHOLD}
+
+
+class MoeError(Exception):
+    """A failed call: `code` is the grpc.StatusCode, `details` the server's
+    message (it names the field for bad input)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__("%s: %s" % (code.name, details))
+        self.code = code
+        self.details = details
+
+
+def _bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), round to nearest even."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounding = ((bits >> 16) & 1) + 0x7FFF
+    out = ((bits + rounding) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        out[nan] = 0x7FC0
+    return out
+
+
+def encode_tensor(x: np.ndarray, dtype: str = "float32") -> tensor_pb2.Tensor:
+    """A numpy array as a moe.v1.Tensor of `dtype` (float32, float16,
+    bfloat16; int64 for integer arrays)."""
+    x = np.asarray(x)
+    t = tensor_pb2.Tensor()
+    t.shape.extend(int(d) for d in x.shape)
+    if dtype == "float32":
+        t.dtype = tensor_pb2.FLOAT32
+        t.data = np.ascontiguousarray(x, dtype="<f4").tobytes()
+    elif dtype == "float16":
+        t.dtype = tensor_pb2.FLOAT16
+        t.data = np.ascontiguousarray(x, dtype="<f2").tobytes()
+    elif dtype == "bfloat16":
+        t.dtype = tensor_pb2.BFLOAT16
+        t.data = _bf16_bits(x.astype(np.float32)).astype("<u2").tobytes()
+    elif dtype == "int64":
+        t.dtype = tensor_pb2.INT64
+        t.data = np.ascontiguousarray(x, dtype="<i8").tobytes()
+    else:
+        raise ValueError("dtype must be float32, float16, bfloat16 or int64, "
+                         "not %r" % dtype)
+    return t
+
+
+def decode_tensor(t: tensor_pb2.Tensor) -> np.ndarray:
+    """A moe.v1.Tensor as numpy (bfloat16 comes back as float32)."""
+    shape = tuple(t.shape)
+    if t.dtype == tensor_pb2.FLOAT32:
+        a = np.frombuffer(t.data, dtype="<f4")
+    elif t.dtype == tensor_pb2.FLOAT16:
+        a = np.frombuffer(t.data, dtype="<f2")
+    elif t.dtype == tensor_pb2.BFLOAT16:
+        a = (np.frombuffer(t.data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    elif t.dtype == tensor_pb2.INT64:
+        a = np.frombuffer(t.data, dtype="<i8")
+    else:
+        raise ValueError("unknown tensor dtype %d" % t.dtype)
+    return a.reshape(shape)
+
+
+_HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING",
+                  3: "SERVICE_UNKNOWN"}
+
+
+def _health_request(service: str) -> bytes:
+    """HealthCheckRequest{service = 1}."""
+    name = service.encode()
+    return (b"\x0a" + _varint(len(name)) + name) if name else b""
+
+
+def _health_status(data: bytes) -> str:
+    """HealthCheckResponse{status = 1 (enum)} -> its name."""
+    status, i = 0, 0
+    while i < len(data):
+        tag, i = _read_varint(data, i)
+        if tag == 0x08:
+            status, i = _read_varint(data, i)
+        elif tag & 7 == 2:
+            n, i = _read_varint(data, i)
+            i += n
+        elif tag & 7 == 0:
+            _, i = _read_varint(data, i)
+        else:
+            raise ValueError("unexpected health response")
+    return _HEALTH_STATUS.get(status, str(status))
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while v >= 0x80:
+        out.append(v & 0x7F | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _read_varint(data: bytes, i: int):
+    v, shift = 0, 0
+    while True:
+        b = data[i]
+        i += 1
+        v |= (b & 0x7F) << shift
+        if b < 0x80:
+            return v, i
+        shift += 7
+
+
+@dataclasses.dataclass
+class ForwardResult:
+    y: np.ndarray                     # [batch, tokens, dim]
+    losses: Dict[str, float]          # raw, weighted and total
+    degraded: bool                    # some experts were unavailable
+    failed_experts: List[int]
+    kept_per_expert: List[int]
+    stats: router_pb2.RoutingStats    # per-level kept/dropped counts
+    trace: Dict[str, np.ndarray]      # with trace=True
+    response: router_pb2.ForwardResponse
+
+
+class RouterClient:
+    """A channel to one router. Thread-safe; reuse it.
+
+    timeout: seconds per call, retries included. Calls that fail with
+    UNAVAILABLE are retried (up to max_attempts) with a short backoff;
+    other errors raise MoeError at once.
+    """
+
+    def __init__(self, target: str, timeout: float = 60.0,
+                 max_attempts: int = 3, max_message_bytes: int = 1 << 30):
+        self.target = target
+        self.timeout = timeout
+        self.max_attempts = max(1, max_attempts)
+        self._channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ])
+        self._router = router_pb2_grpc.RouterStub(self._channel)
+        # grpc.health.v1.Health/Check, with its two one-field messages
+        # encoded here (a generated "grpc" package would shadow grpcio's).
+        self._health_check = self._channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=_health_request,
+            response_deserializer=_health_status)
+
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, method, request, timeout: Optional[float]):
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        for attempt in range(self.max_attempts):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise MoeError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               "no time left for another attempt")
+            try:
+                return method(request, timeout=left)
+            except grpc.RpcError as e:
+                code = e.code()
+                if code == grpc.StatusCode.UNAVAILABLE and attempt + 1 < self.max_attempts:
+                    time.sleep(min(0.1 * 2 ** attempt, max(0.0, deadline - time.monotonic())))
+                    continue
+                raise MoeError(code, e.details() or "") from None
+        raise AssertionError("unreachable")
+
+    def forward_request(self, request: router_pb2.ForwardRequest,
+                        timeout: Optional[float] = None) -> router_pb2.ForwardResponse:
+        """Sends a ready-made ForwardRequest; returns the raw response."""
+        return self._call(self._router.Forward, request, timeout)
+
+    def forward(self, x, *, dtype: str = "float32", mode: str = "eval",
+                policy: str = "random", threshold: Optional[float] = None,
+                capacity_factor: Optional[float] = None,
+                seed: Optional[int] = None, second_choice_uniforms=None,
+                trace: bool = False, timeout: Optional[float] = None) -> ForwardResult:
+        """One forward of x ([batch, tokens, dim]) sent as `dtype`.
+
+        mode: eval | train (thresholds and capacity factors of that mode);
+        policy: random | all | none | threshold (the second-expert policy);
+        threshold, capacity_factor: per-request overrides; seed: the random
+        policy's draws; second_choice_uniforms: explicit draws [B, n] (or
+        [2, B, n]) to replay the reference; trace: return the routing tensors.
+        """
+        if mode not in _MODES:
+            raise ValueError("mode must be one of %s" % sorted(_MODES))
+        if policy not in _POLICIES:
+            raise ValueError("policy must be one of %s" % sorted(_POLICIES))
+        request = router_pb2.ForwardRequest()
+        request.x.CopyFrom(encode_tensor(x, dtype))
+        o = request.options
+        o.mode = _MODES[mode]
+        o.policy = _POLICIES[policy]
+        if threshold is not None:
+            o.threshold = threshold
+        if capacity_factor is not None:
+            o.capacity_factor = capacity_factor
+        if seed is not None:
+            o.seed = seed
+        if second_choice_uniforms is not None:
+            o.second_choice_uniforms.CopyFrom(encode_tensor(second_choice_uniforms))
+        o.return_trace = trace
+        r = self.forward_request(request, timeout)
+        l = r.losses
+        return ForwardResult(
+            y=decode_tensor(r.y),
+            losses={"balance_loss": l.balance_loss, "router_z_loss": l.router_z_loss,
+                    "weighted_balance_loss": l.weighted_balance_loss,
+                    "weighted_router_z_loss": l.weighted_router_z_loss,
+                    "total_aux_loss": l.total_aux_loss},
+            degraded=r.degraded,
+            failed_experts=list(r.failed_experts),
+            kept_per_expert=list(r.stats.kept_per_expert),
+            stats=r.stats,
+            trace={t.name: decode_tensor(t.tensor) for t in r.trace},
+            response=r)
+
+    def model_info(self, timeout: Optional[float] = None) -> router_pb2.ModelInfo:
+        """The served model, limits and workers (GetModelInfo)."""
+        return self._call(self._router.GetModelInfo, router_pb2.GetModelInfoRequest(),
+                          timeout)
+
+    def health(self, service: str = "", timeout: float = 5.0) -> str:
+        """grpc.health.v1 status name: SERVING once every expert has a
+        healthy worker, NOT_SERVING while starting or draining."""
+        return self._call(self._health_check, service, timeout)

@@ -1,0 +1,186 @@
+#!/usr/bin/python3
+"""The Python client (client/python/moe_client) against a real moe-up on
+127.0.0.1: golden parity, routing replay, dtypes, traces, model info, health
+and clear errors for bad input.
+
+Usage: python_client_test.py BIN_DIR GOLDEN_DIR PYTHON_OUT
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+BIN_DIR, GOLDEN_DIR, PYTHON_OUT = sys.argv[1:4]
+del sys.argv[1:4]
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, "..", "..", "client", "python"), PYTHON_OUT]
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+
+from moe_client import MoeError, RouterClient, decode_tensor, encode_tensor  # noqa: E402
+
+
+def read_safetensors(path):
+    """{name: numpy array} of a safetensors file (F32, I64, BOOL)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    dtypes = {"F32": "<f4", "I64": "<i8", "BOOL": "?", "F16": "<f2"}
+    out = {}
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = e["data_offsets"]
+        out[name] = np.frombuffer(raw[8 + n + begin:8 + n + end],
+                                  dtype=dtypes[e["dtype"]]).reshape(e["shape"])
+    return out
+
+
+class MoeUp:
+    """moe-up on a checkpoint, on 127.0.0.1 with a free port."""
+
+    def __init__(self, checkpoint, workers=2):
+        self.tmp = tempfile.mkdtemp(prefix="moe-pyclient-")
+        port_file = os.path.join(self.tmp, "port")
+        self.log = open(os.path.join(self.tmp, "moe-up.log"), "w")
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN_DIR, "moe-up"), "--checkpoint=" + checkpoint,
+             "--workers=%d" % workers, "--port=0", "--port_file=" + port_file],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        port = ""
+        while not port:
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("moe-up did not start:\n" + self.logs())
+            time.sleep(0.1)
+            if os.path.exists(port_file):
+                with open(port_file) as f:
+                    port = f.read().strip()
+        self.target = "127.0.0.1:" + port
+
+    def logs(self):
+        with open(self.log.name) as f:
+            return f.read()
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def golden(name):
+    return read_safetensors(os.path.join(GOLDEN_DIR, name + ".safetensors"))
+
+
+class PythonClientTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.up = MoeUp(os.path.join(GOLDEN_DIR, "B2_moe_eval_drop_cap12.safetensors"))
+        cls.client = RouterClient(cls.up.target, timeout=30)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.up.stop()
+
+    def test_golden_forward_matches_the_reference(self):
+        g = golden("B2_moe_eval_drop_cap12")
+        r = self.client.forward(g["input.x"], policy="all", trace=True)
+        self.assertEqual(r.y.shape, g["output.y"].shape)
+        self.assertLessEqual(float(np.abs(r.y - g["output.y"]).max()), 1e-5)
+        self.assertFalse(r.degraded)
+        np.testing.assert_array_equal(r.trace["trace.gate_indices"],
+                                      g["expected.gate_indices"])
+        np.testing.assert_array_equal(r.trace["trace.positions"],
+                                      g["expected.positions"])
+        stats = r.stats.routing
+        # B2 keeps 96 assignments and drops 34 first + 126 second choices.
+        self.assertEqual(stats.kept_first + stats.kept_second, 96)
+        self.assertEqual((stats.dropped_first, stats.dropped_second), (34, 126))
+        self.assertEqual(sum(r.kept_per_expert), 96)
+        self.assertAlmostEqual(r.losses["total_aux_loss"],
+                               r.losses["weighted_balance_loss"] +
+                               r.losses["weighted_router_z_loss"], places=6)
+
+    def test_explicit_uniforms_replay_the_random_policy(self):
+        x = np.random.default_rng(3).standard_normal((2, 24, 16)).astype(np.float32)
+        u = np.random.default_rng(4).random((2, 24)).astype(np.float32)
+        a = self.client.forward(x, second_choice_uniforms=u, trace=True)
+        b = self.client.forward(x, second_choice_uniforms=u, trace=True)
+        np.testing.assert_array_equal(a.y, b.y)
+        seeded = [self.client.forward(x, seed=11).y for _ in range(2)]
+        np.testing.assert_array_equal(seeded[0], seeded[1])
+        # Draws of 0 request every second choice (u < g2 / threshold), as the
+        # "all" policy does.
+        everything = self.client.forward(x, policy="all")
+        always = self.client.forward(x, second_choice_uniforms=np.zeros_like(u))
+        np.testing.assert_allclose(always.y, everything.y, atol=1e-6)
+
+    def test_half_precision_inputs_come_back_in_their_dtype(self):
+        x = np.random.default_rng(5).standard_normal((1, 16, 16)).astype(np.float32)
+        full = self.client.forward(x, policy="all").y
+        for dtype, tol in (("float16", 2e-2), ("bfloat16", 1e-1)):
+            r = self.client.forward(x, dtype=dtype, policy="all")
+            self.assertEqual(r.response.y.dtype, encode_tensor(x, dtype).dtype)
+            self.assertLess(float(np.abs(r.y.astype(np.float32) - full).max()), tol, dtype)
+
+    def test_tensor_codec_round_trips(self):
+        x = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+        np.testing.assert_array_equal(decode_tensor(encode_tensor(x)), x)
+        np.testing.assert_array_equal(
+            decode_tensor(encode_tensor(x, "float16")), x.astype(np.float16))
+        bf = decode_tensor(encode_tensor(x, "bfloat16"))
+        self.assertLess(float(np.abs(bf - x).max()), 1e-2)
+        self.assertEqual(decode_tensor(encode_tensor(np.float32([1.0, -2.5]), "bfloat16")).tolist(),
+                         [1.0, -2.5])
+
+    def test_model_info_and_health(self):
+        info = self.client.model_info()
+        self.assertEqual((info.kind, info.dim, info.num_experts), ("moe", 16, 4))
+        self.assertEqual(len(info.workers), 2)
+        self.assertTrue(all(w.up for w in info.workers))
+        self.assertEqual(self.client.health(), "SERVING")
+
+    def test_bad_input_is_a_clear_error(self):
+        cases = [
+            (np.zeros((1, 4, 15), np.float32), {}, "model dim is 16"),
+            (np.zeros((4, 16), np.float32), {}, "rank 3"),
+            (np.full((1, 2, 16), np.nan, np.float32), {}, "NaN"),
+            (np.zeros((1, 4, 16), np.float32), {"threshold": 2.0}, "options.threshold"),
+            (np.zeros((1, 4, 16), np.float32), {"capacity_factor": -1.0},
+             "options.capacity_factor"),
+            (np.zeros((1, 4, 16), np.float32),
+             {"second_choice_uniforms": np.zeros((3, 3), np.float32)},
+             "second_choice_uniforms"),
+        ]
+        for x, kwargs, words in cases:
+            with self.assertRaises(MoeError, msg=words) as caught:
+                self.client.forward(x, **kwargs)
+            self.assertEqual(caught.exception.code, grpc.StatusCode.INVALID_ARGUMENT, words)
+            self.assertIn(words, caught.exception.details)
+        with self.assertRaises(ValueError):
+            self.client.forward(np.zeros((1, 4, 16), np.float32), policy="sometimes")
+        # The router still serves.
+        self.assertEqual(self.client.forward(np.zeros((1, 4, 16), np.float32)).y.shape,
+                         (1, 4, 16))
+
+    def test_unreachable_router_raises_unavailable_after_retries(self):
+        with RouterClient("127.0.0.1:1", timeout=5, max_attempts=2) as c:
+            start = time.time()
+            with self.assertRaises(MoeError) as caught:
+                c.model_info()
+            self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE)
+            self.assertLess(time.time() - start, 5)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
