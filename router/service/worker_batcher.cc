@@ -214,6 +214,8 @@ void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
                      const grpc::StatusCode code = s.error_code();
                      pool_->AddInflight(batch->worker, -1);
                      // The worker may be idle now: its open batch can go.
+                     // (Taking mu_ orders this after a flusher's check.)
+                     { std::lock_guard<std::mutex> lock(mu_); }
                      wake_.notify_all();
                      // A worker that is unreachable, broken, or slower than
                      // the worker timeout is taken out until a probe passes.
