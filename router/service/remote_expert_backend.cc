@@ -149,7 +149,7 @@ absl::Status RemoteExpertBackend::RunAndCombine(
           }
         }
       });
-  *combine_us = absl::ToInt64Microseconds(decode_);
+  *combine_us = absl::ToInt64Microseconds(sink_time_);
   return status;
 }
 
@@ -157,7 +157,7 @@ absl::Status RemoteExpertBackend::Run(
     const at::Tensor& tokens, absl::Span<const experts::ExpertSegment> segments,
     std::vector<int64_t>* unavailable,
     const std::function<void(const BatchTicket&)>& sink) {
-  batch_wait_ = rpc_wait_ = decode_ = absl::ZeroDuration();
+  batch_wait_ = rpc_wait_ = sink_time_ = absl::ZeroDuration();
   const int64_t d = tokens.size(1);
   at::Tensor src = tokens.to(at::kFloat).contiguous();
 
@@ -220,7 +220,6 @@ absl::Status RemoteExpertBackend::Run(
       t->waiter = waiter;
       tickets.emplace_back(std::move(t), std::move(ps));
     }
-    waiter->outstanding = static_cast<int>(tickets.size());
     const int cancel_id = cancellation_->Register([waiter] {
       std::lock_guard<std::mutex> lock(waiter->mu);
       waiter->cancelled = true;
@@ -295,7 +294,7 @@ absl::Status RemoteExpertBackend::Run(
           pending.push_back(p);
         }
       }
-      decode_ += absl::Now() - woke;
+      sink_time_ += absl::Now() - woke;
     }
     cancellation_->Unregister(cancel_id);
     // Calls still out are given up: cancellation, or the deadline.

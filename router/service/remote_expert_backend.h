@@ -104,7 +104,7 @@ class RemoteExpertBackend : public ExpertBackend {
   WorkerBatcher::Gating* gating_;
   absl::Duration batch_wait_;
   absl::Duration rpc_wait_;
-  absl::Duration decode_;
+  absl::Duration sink_time_;  // placing or combining outputs
   std::map<int64_t, std::string> failure_reasons_;
 };
 

@@ -255,7 +255,6 @@ void WorkerBatcher::Finish(const std::shared_ptr<WorkerBatch>& batch,
   for (const auto& t : tickets) {
     std::lock_guard<std::mutex> lock(t->waiter->mu);
     t->done = true;
-    --t->waiter->outstanding;
     t->waiter->cv.notify_all();
   }
   tickets.clear();

@@ -37,7 +37,6 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/time/time.h"
-#include "moe/v1/expert.grpc.pb.h"
 #include "proto/expert_wire.h"
 #include "router/service/worker_pool.h"
 
@@ -70,7 +69,6 @@ struct BatchPiece {
 struct TicketWaiter {
   std::mutex mu;
   std::condition_variable cv;
-  int outstanding = 0;  // tickets not done yet
   bool cancelled = false;
 };
 
@@ -88,8 +86,8 @@ struct BatchTicket {
   std::shared_ptr<TicketWaiter> waiter;
 
   // Set by the batcher. `batch` at Submit(); the rest before `done`, which
-  // is guarded by waiter->mu. Once done, batch->status and batch->response
-  // are final; the piece i's output rows start at rows_in_batch[i].
+  // is guarded by waiter->mu. Once done, batch->status and batch->outputs
+  // are final; piece i's output rows start at rows_in_batch[i].
   std::shared_ptr<WorkerBatch> batch;
   std::vector<int64_t> rows_in_batch;
   absl::Time sent;
@@ -135,13 +133,12 @@ class WorkerBatcher {
   };
 
   // Adds the ticket to its worker's open batch (or opens one) and sends the
-  // batch if it is due; ticket->waiter->outstanding must already count it.
+  // batch if it is due.
   void Submit(const std::shared_ptr<BatchTicket>& ticket);
 
   // The ticket's forward stops waiting for it (deadline or cancellation).
   static void Abandon(BatchTicket& ticket);
 
-  const BatcherOptions& options() const { return options_; }
 
  private:
   void FlushLoop();

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <map>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -98,6 +99,18 @@ std::vector<Case> MixedRequests(int n) {
   return cases;
 }
 
+// Workers 0 (experts 0-1) and 1 (experts 2-3) and a router with `flags`.
+std::unique_ptr<Deployment> StartTwoWorkers(std::vector<std::string> flags) {
+  auto d = std::make_unique<Deployment>(testing::GoldenPath(kModel),
+                                        std::vector<std::string>{"0-1", "2-3"},
+                                        std::move(flags));
+  EXPECT_TRUE(d->StartWorker(0).ok());
+  EXPECT_TRUE(d->StartWorker(1).ok());
+  absl::Status router = d->StartRouter();
+  EXPECT_TRUE(router.ok()) << router << d->router().Log();
+  return router.ok() ? std::move(d) : nullptr;
+}
+
 // Workers (of experts 0-1 and 2-3) that a forward's plan touches.
 int WorkersTouched(const router::ForwardResult& r) {
   return (r.plan.count(0) + r.plan.count(1) > 0 ? 1 : 0) +
@@ -105,11 +118,9 @@ int WorkersTouched(const router::ForwardResult& r) {
 }
 
 TEST(BatchingTest, ConcurrentForwardsShareCallsAndKeepTheirOwnResults) {
-  Deployment d(testing::GoldenPath(kModel), {"0-1", "2-3"},
-               {"--batch_window_us=1000000", "--threads=8"});
-  ASSERT_TRUE(d.StartWorker(0).ok());
-  ASSERT_TRUE(d.StartWorker(1).ok());
-  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  auto up = StartTwoWorkers({"--batch_window_us=1000000", "--threads=8"});
+  ASSERT_NE(up, nullptr);
+  Deployment& d = *up;
   Reference reference(testing::GoldenPath(kModel));
   const std::vector<Case> cases = MixedRequests(6);
   std::vector<router::ForwardResult> expected;
@@ -170,11 +181,9 @@ TEST(BatchingTest, ConcurrentForwardsShareCallsAndKeepTheirOwnResults) {
 }
 
 TEST(BatchingTest, AForwardThatGivesUpLeavesItsBatchToTheOthers) {
-  Deployment d(testing::GoldenPath(kModel), {"0-1", "2-3"},
-               {"--batch_window_us=1000000", "--threads=8"});
-  ASSERT_TRUE(d.StartWorker(0).ok());
-  ASSERT_TRUE(d.StartWorker(1).ok());
-  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  auto up = StartTwoWorkers({"--batch_window_us=1000000", "--threads=8"});
+  ASSERT_NE(up, nullptr);
+  Deployment& d = *up;
   Reference reference(testing::GoldenPath(kModel));
   const std::vector<Case> cases = MixedRequests(3);
   for (const Case& c : cases) {
@@ -242,11 +251,10 @@ TEST(BatchingTest, AForwardThatGivesUpLeavesItsBatchToTheOthers) {
 class HalfWireTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(HalfWireTest, ConcurrentForwardsStayCloseToFloat32) {
-  Deployment d(testing::GoldenPath(kModel), {"0-1", "2-3"},
-               {"--batch_window_us=1000000", "--wire_dtype=" + GetParam()});
-  ASSERT_TRUE(d.StartWorker(0).ok());
-  ASSERT_TRUE(d.StartWorker(1).ok());
-  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  auto up = StartTwoWorkers(
+      {"--batch_window_us=1000000", "--wire_dtype=" + GetParam()});
+  ASSERT_NE(up, nullptr);
+  Deployment& d = *up;
   Reference reference(testing::GoldenPath(kModel));
   const std::vector<Case> cases = MixedRequests(4);
   std::vector<absl::StatusOr<moe::v1::ForwardResponse>> responses(
