@@ -7,14 +7,14 @@
 //
 // Counters: tokens_per_s, gflops (dense GEMM or useful expert FLOPs:
 // 2 x kept assignments x 3 x dim x hidden).
-#include <memory>
-#include <random>
-#include <vector>
-
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <benchmark/benchmark.h>
 #include <c10/core/InferenceMode.h>
+
+#include <memory>
+#include <random>
+#include <vector>
 
 #include "common/allocator.h"
 #include "common/demo_model.h"
@@ -74,7 +74,8 @@ std::vector<float> RandomProbs(int64_t tokens, int64_t experts) {
   std::vector<float> p(tokens * experts);
   for (int64_t t = 0; t < tokens; ++t) {
     float sum = 0;
-    for (int64_t e = 0; e < experts; ++e) sum += p[t * experts + e] = std::exp(normal(rng));
+    for (int64_t e = 0; e < experts; ++e)
+      sum += p[t * experts + e] = std::exp(normal(rng));
     for (int64_t e = 0; e < experts; ++e) p[t * experts + e] /= sum;
   }
   return p;
@@ -106,7 +107,8 @@ void BM_PlanGatherScatter(benchmark::State& state) {
     router::DispatchPlan plan = router::BuildDispatchPlan(*r);
     at::Tensor rows = at::from_blob(plan.row.data(), {plan.size()}, at::kLong);
     at::Tensor gathered = h.index_select(0, rows);
-    at::Tensor w = at::from_blob(plan.weight.data(), {plan.size(), 1}, at::kFloat);
+    at::Tensor w =
+        at::from_blob(plan.weight.data(), {plan.size(), 1}, at::kFloat);
     at::Tensor y = at::zeros_like(h);
     y.index_add_(0, rows, gathered.mul_(w));
     benchmark::DoNotOptimize(y.data_ptr());
@@ -156,8 +158,11 @@ void BM_EngineForward(benchmark::State& state) {
       useful * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["kept_assignments"] = kept;
 }
-BENCHMARK(BM_EngineForward)->Args({4, 1024})->Args({1, 32})
-    ->Unit(benchmark::kMillisecond)->MinTime(3.0);
+BENCHMARK(BM_EngineForward)
+    ->Args({4, 1024})
+    ->Args({1, 32})
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(3.0);
 
 }  // namespace
 }  // namespace moe

@@ -33,9 +33,9 @@ absl::StatusOr<at::Tensor> ReadInputTensor(const std::string& path,
     chosen = "input.x";
   }
   if (reader->Find(chosen) == nullptr) {
-    return absl::NotFoundError(absl::StrCat(
-        path, ": no tensor named \"", name,
-        "\" (choose one with --input_tensor / --draws_tensor)"));
+    return absl::NotFoundError(
+        absl::StrCat(path, ": no tensor named \"", name,
+                     "\" (choose one with --input_tensor / --draws_tensor)"));
   }
   MOE_ASSIGN_OR_RETURN(common::HostTensor host, reader->Read(chosen));
   return common::ToTorch(host);

@@ -3,11 +3,11 @@
 // (`output.y`, the losses, and optionally the routing trace).
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
 #include "common/host_tensor.h"

@@ -31,7 +31,8 @@ std::vector<MetricSample> ParseMetricsText(absl::string_view text) {
       s.name = std::string(series.substr(0, brace));
       absl::string_view labels = series.substr(brace + 1);
       labels = absl::StripSuffix(labels, "}");
-      for (absl::string_view kv : absl::StrSplit(labels, "\",", absl::SkipEmpty())) {
+      for (absl::string_view kv :
+           absl::StrSplit(labels, "\",", absl::SkipEmpty())) {
         const size_t eq = kv.find('=');
         if (eq == absl::string_view::npos) continue;
         absl::string_view v = kv.substr(eq + 1);
@@ -82,7 +83,8 @@ double HistogramQuantile(double q, const std::map<double, double>& buckets) {
     if (count >= rank) {
       if (le == std::numeric_limits<double>::infinity()) return prev_le;
       if (count == prev_count) return le;
-      return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count);
+      return prev_le +
+             (le - prev_le) * (rank - prev_count) / (count - prev_count);
     }
     prev_le = le;
     prev_count = count;

@@ -21,20 +21,19 @@
 //     by default).
 //
 // Flag names accept dashes too (--input-tensor is --input_tensor).
-#include <algorithm>
-#include <atomic>
-#include <mutex>
-#include <thread>
-#include <cstdio>
-#include <iostream>
-#include <string>
-#include <vector>
-
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <httplib.h>
 #include <unistd.h>
 
-#include <ATen/ATen.h>
-#include <httplib.h>
-#include <ATen/CPUGeneratorImpl.h>
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <iostream>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -44,19 +43,19 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "client/forward_io.h"
+#include "client/metrics_text.h"
+#include "client/router_client.h"
 #include "common/checkpoint.h"
 #include "common/demo_model.h"
 #include "common/flags_util.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "common/torch_convert.h"
-#include "client/forward_io.h"
-#include "client/metrics_text.h"
-#include "client/router_client.h"
-#include "proto/tensor_codec.h"
-#include "router/service/forward_response.h"
 #include "experts/expert_shard.h"
+#include "proto/tensor_codec.h"
 #include "router/engine/moe_engine.h"
+#include "router/service/forward_response.h"
 
 ABSL_FLAG(std::string, checkpoint, "",
           "Checkpoint (safetensors with config_json) for the in-process "
@@ -96,7 +95,8 @@ ABSL_FLAG(std::string, shape, "1x32", "bench: input shape BxN.");
 ABSL_FLAG(std::string, json_out, "",
           "bench: also write the results as JSON to this file.");
 ABSL_FLAG(double, interval, 1, "stats: seconds between refreshes.");
-ABSL_FLAG(int, iterations, 0, "stats: refreshes before exiting (0: until Ctrl-C).");
+ABSL_FLAG(int, iterations, 0,
+          "stats: refreshes before exiting (0: until Ctrl-C).");
 ABSL_FLAG(int, dim, 512, "demo-checkpoint: model dim.");
 ABSL_FLAG(int, num_experts, 16, "demo-checkpoint: number of experts.");
 ABSL_FLAG(int, num_experts_inner, 0,
@@ -166,8 +166,8 @@ absl::StatusOr<at::Tensor> InputFromFlags(int64_t dim,
     }
     return at::randn({b, n, dim}, gen);
   }
-  MOE_ASSIGN_OR_RETURN(at::Tensor x,
-                       ReadInputTensor(input, absl::GetFlag(FLAGS_input_tensor)));
+  MOE_ASSIGN_OR_RETURN(
+      at::Tensor x, ReadInputTensor(input, absl::GetFlag(FLAGS_input_tensor)));
   const std::string draws = absl::GetFlag(FLAGS_draws_tensor);
   if (!draws.empty()) {
     MOE_ASSIGN_OR_RETURN(options->second_choice_uniforms,
@@ -202,18 +202,19 @@ void PrintSummary(const std::string& where, const at::Tensor& x,
                   const router::ForwardTimings* timings) {
   const moe::v1::RoutingStats& s = r.stats();
   std::printf("forward (%s): x %s, mode %s, policy %s\n", where.c_str(),
-              common::ShapeToString(std::vector<int64_t>(x.sizes().begin(),
-                                                         x.sizes().end()))
+              common::ShapeToString(
+                  std::vector<int64_t>(x.sizes().begin(), x.sizes().end()))
                   .c_str(),
               router::ModeName(o.mode), router::PolicyName(o.policy));
   std::printf("  tokens %lld\n", static_cast<long long>(s.routing().tokens()));
   PrintLevel(s.has_inner() ? "outer" : "routing", s.routing());
   if (s.has_inner()) PrintLevel("inner", s.inner());
   if (r.degraded()) {
-    std::printf("  DEGRADED: experts [%s] unavailable, %lld assignments "
-                "dropped\n",
-                absl::StrJoin(r.failed_experts(), ",").c_str(),
-                static_cast<long long>(s.dropped_expert_unavailable()));
+    std::printf(
+        "  DEGRADED: experts [%s] unavailable, %lld assignments "
+        "dropped\n",
+        absl::StrJoin(r.failed_experts(), ",").c_str(),
+        static_cast<long long>(s.dropped_expert_unavailable()));
   }
   int64_t max_load = 0;
   for (int64_t k : s.kept_per_expert()) max_load = std::max(max_load, k);
@@ -232,10 +233,11 @@ void PrintSummary(const std::string& where, const at::Tensor& x,
   std::printf("  latency: %.3f ms", latency_ms);
   if (timings != nullptr) {
     const router::ForwardTimings& t = *timings;
-    std::printf(" (pre %.3f, gate %.3f, plan+gather %.3f, experts %.3f, "
-                "combine %.3f)",
-                t.pre_us / 1e3, t.gate_us / 1e3, t.plan_us / 1e3,
-                t.experts_us / 1e3, t.combine_us / 1e3);
+    std::printf(
+        " (pre %.3f, gate %.3f, plan+gather %.3f, experts %.3f, "
+        "combine %.3f)",
+        t.pre_us / 1e3, t.gate_us / 1e3, t.plan_us / 1e3, t.experts_us / 1e3,
+        t.combine_us / 1e3);
   }
   std::printf("\n");
 }
@@ -289,8 +291,7 @@ absl::StatusOr<moe::v1::ForwardResponse> ForwardInProcess(
 }
 
 absl::StatusOr<moe::v1::ForwardResponse> ForwardRemote(
-    const std::string& target, router::RoutingOptions& options,
-    at::Tensor* x) {
+    const std::string& target, router::RoutingOptions& options, at::Tensor* x) {
   client::ClientOptions client_options;
   client_options.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_seconds));
   auto client = client::RouterClient::Create(target, client_options);
@@ -301,7 +302,8 @@ absl::StatusOr<moe::v1::ForwardResponse> ForwardRemote(
   }
   MOE_ASSIGN_OR_RETURN(*x, InputFromFlags(dim, &options));
   moe::v1::ForwardRequest request;
-  MOE_ASSIGN_OR_RETURN(moe::v1::DType dtype, proto::WireDType(x->scalar_type()));
+  MOE_ASSIGN_OR_RETURN(moe::v1::DType dtype,
+                       proto::WireDType(x->scalar_type()));
   MOE_RETURN_IF_ERROR(proto::EncodeTensor(*x, dtype, request.mutable_x()));
   *request.mutable_options() = ToProto(options, absl::GetFlag(FLAGS_trace));
   if (options.second_choice_uniforms.defined()) {
@@ -332,21 +334,22 @@ absl::Status RunForward() {
       target.empty() ? ForwardInProcess(checkpoint, options, &x, &timings)
                      : ForwardRemote(target, options, &x);
   if (!response.ok()) return response.status();
-  const double latency_ms = target.empty()
-                                ? timings.total_us / 1e3
-                                : absl::ToDoubleMilliseconds(absl::Now() - start);
+  const double latency_ms =
+      target.empty() ? timings.total_us / 1e3
+                     : absl::ToDoubleMilliseconds(absl::Now() - start);
   if (absl::GetFlag(FLAGS_summary)) {
     PrintSummary(target.empty() ? "in-process" : target, x, options, *response,
                  latency_ms, target.empty() ? &timings : nullptr);
   }
   if (output.empty()) return absl::OkStatus();
   ForwardOutputs out;
-  MOE_ASSIGN_OR_RETURN(out.y, proto::DecodeTensor(response->y(), "y",
-                                                  x.numel()));
+  MOE_ASSIGN_OR_RETURN(out.y,
+                       proto::DecodeTensor(response->y(), "y", x.numel()));
   for (const moe::v1::NamedTensor& t : response->trace()) {
-    MOE_ASSIGN_OR_RETURN(at::Tensor tensor,
-                         proto::DecodeTensor(t.tensor(), t.name(),
-                                             std::numeric_limits<int64_t>::max()));
+    MOE_ASSIGN_OR_RETURN(
+        at::Tensor tensor,
+        proto::DecodeTensor(t.tensor(), t.name(),
+                            std::numeric_limits<int64_t>::max()));
     out.extra.emplace_back(t.name(), tensor);
   }
   const moe::v1::Losses& l = response->losses();
@@ -369,8 +372,9 @@ absl::Status RunInfo() {
   if (target.empty()) return absl::InvalidArgumentError("info needs --target");
   client::ClientOptions options;
   options.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_seconds));
-  MOE_ASSIGN_OR_RETURN(moe::v1::ModelInfo info,
-                       client::RouterClient::Create(target, options)->GetModelInfo());
+  MOE_ASSIGN_OR_RETURN(
+      moe::v1::ModelInfo info,
+      client::RouterClient::Create(target, options)->GetModelInfo());
   std::printf("model: %s, dim %lld, experts %lld%s, expert hidden %lld\n",
               info.kind().c_str(), static_cast<long long>(info.dim()),
               static_cast<long long>(info.num_experts()),
@@ -378,16 +382,18 @@ absl::Status RunInfo() {
                   ? absl::StrCat(" x ", info.num_experts_inner()).c_str()
                   : "",
               static_cast<long long>(info.expert_hidden()));
-  std::printf("defaults: threshold train %g / eval %g, capacity factor train "
-              "%g / eval %g, loss coefs balance %g, z %g\n",
-              info.threshold_train(), info.threshold_eval(),
-              info.capacity_factor_train(), info.capacity_factor_eval(),
-              info.balance_loss_coef(), info.router_z_loss_coef());
-  std::printf("on_expert_failure %s, max tokens per request %lld, in flight "
-              "%lld\n",
-              info.on_expert_failure().c_str(),
-              static_cast<long long>(info.max_tokens_per_request()),
-              static_cast<long long>(info.inflight_requests()));
+  std::printf(
+      "defaults: threshold train %g / eval %g, capacity factor train "
+      "%g / eval %g, loss coefs balance %g, z %g\n",
+      info.threshold_train(), info.threshold_eval(),
+      info.capacity_factor_train(), info.capacity_factor_eval(),
+      info.balance_loss_coef(), info.router_z_loss_coef());
+  std::printf(
+      "on_expert_failure %s, max tokens per request %lld, in flight "
+      "%lld\n",
+      info.on_expert_failure().c_str(),
+      static_cast<long long>(info.max_tokens_per_request()),
+      static_cast<long long>(info.inflight_requests()));
   for (const moe::v1::WorkerInfo& w : info.workers()) {
     std::printf("worker %s: %s, experts [%s]%s%s\n", w.address().c_str(),
                 w.up() ? "up" : "DOWN",
@@ -409,22 +415,22 @@ absl::Status RunBench() {
   client_options.max_attempts = 1;
   auto client = client::RouterClient::Create(target, client_options);
   MOE_ASSIGN_OR_RETURN(moe::v1::ModelInfo info, client->GetModelInfo());
-  std::vector<std::string> parts = absl::StrSplit(absl::GetFlag(FLAGS_shape), 'x');
+  std::vector<std::string> parts =
+      absl::StrSplit(absl::GetFlag(FLAGS_shape), 'x');
   int64_t b = 0, n = 0;
   if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &b) ||
       !absl::SimpleAtoi(parts[1], &n) || b < 1 || n < 1) {
     return absl::InvalidArgumentError("--shape: expected BxN, e.g. 1x32");
   }
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(
-      absl::GetFlag(FLAGS_input_seed));
+  at::Generator gen =
+      at::make_generator<at::CPUGeneratorImpl>(absl::GetFlag(FLAGS_input_seed));
   moe::v1::ForwardRequest request;
   MOE_RETURN_IF_ERROR(proto::EncodeTensor(at::randn({b, n, info.dim()}, gen),
                                           moe::v1::FLOAT32,
                                           request.mutable_x()));
   *request.mutable_options() = ToProto(options, false);
   const int concurrency = std::max(1, absl::GetFlag(FLAGS_concurrency));
-  const absl::Duration duration =
-      absl::Seconds(absl::GetFlag(FLAGS_duration));
+  const absl::Duration duration = absl::Seconds(absl::GetFlag(FLAGS_duration));
   std::printf("bench: %s, x [%lld, %lld, %lld], concurrency %d, %s\n",
               target.c_str(), static_cast<long long>(b),
               static_cast<long long>(n), static_cast<long long>(info.dim()),
@@ -478,14 +484,16 @@ absl::Status RunBench() {
   std::printf(
       "  %lld ok, %lld errors in %.1f s: %.1f requests/s, %.0f tokens/s\n"
       "  latency ms: p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n",
-      static_cast<long long>(done.load()), static_cast<long long>(errors.load()),
-      seconds, done.load() / seconds, done.load() * b * n / seconds, pct(0.5),
-      pct(0.9), pct(0.99), latencies_ms.empty() ? 0.0 : latencies_ms.back());
+      static_cast<long long>(done.load()),
+      static_cast<long long>(errors.load()), seconds, done.load() / seconds,
+      done.load() * b * n / seconds, pct(0.5), pct(0.9), pct(0.99),
+      latencies_ms.empty() ? 0.0 : latencies_ms.back());
   if (errors.load() > 0) std::printf("  last error: %s\n", last_error.c_str());
   const std::string json_out = absl::GetFlag(FLAGS_json_out);
   if (!json_out.empty()) {
     std::FILE* f = std::fopen(json_out.c_str(), "w");
-    if (f == nullptr) return absl::PermissionDeniedError("cannot write " + json_out);
+    if (f == nullptr)
+      return absl::PermissionDeniedError("cannot write " + json_out);
     std::fprintf(
         f,
         "{\"shape\": [%lld, %lld, %lld], \"concurrency\": %d, \"ok\": %lld, "
@@ -541,8 +549,9 @@ absl::Status RunStats() {
   if (target.empty()) return absl::InvalidArgumentError("stats needs --target");
   client::ClientOptions options;
   options.timeout = absl::Seconds(5);
-  MOE_ASSIGN_OR_RETURN(moe::v1::ModelInfo info,
-                       client::RouterClient::Create(target, options)->GetModelInfo());
+  MOE_ASSIGN_OR_RETURN(
+      moe::v1::ModelInfo info,
+      client::RouterClient::Create(target, options)->GetModelInfo());
   if (info.metrics_port() <= 0) {
     return absl::FailedPreconditionError(
         "the router serves no /metrics (started with --metrics_port=-1)");
@@ -563,28 +572,27 @@ absl::Status RunStats() {
     };
     std::string out;
     if (tty) out += "\033[H\033[2J";
-    absl::StrAppend(&out, "moe-serve router ", target, "  (metrics :",
-                    info.metrics_port(), ")  ",
-                    absl::FormatTime("%H:%M:%S", absl::Now(),
-                                     absl::LocalTimeZone()),
-                    "  interval ", interval, " s\n");
+    absl::StrAppend(
+        &out, "moe-serve router ", target, "  (metrics :", info.metrics_port(),
+        ")  ", absl::FormatTime("%H:%M:%S", absl::Now(), absl::LocalTimeZone()),
+        "  interval ", interval, " s\n");
     const double ok = delta("moe_router_requests_total", {{"code", "OK"}});
     const double all = delta("moe_router_requests_total");
     absl::StrAppend(
-        &out, absl::StrFormat(
-                  "requests  %.1f/s (errors %.1f/s)   tokens %.0f/s   in "
-                  "flight %.0f   total %.0f requests\n",
-                  all / interval, (all - ok) / interval,
-                  delta("moe_router_tokens_total") / interval,
-                  SumSamples(cur, "moe_router_inflight_requests"),
-                  SumSamples(cur, "moe_router_requests_total")));
+        &out,
+        absl::StrFormat("requests  %.1f/s (errors %.1f/s)   tokens %.0f/s   in "
+                        "flight %.0f   total %.0f requests\n",
+                        all / interval, (all - ok) / interval,
+                        delta("moe_router_tokens_total") / interval,
+                        SumSamples(cur, "moe_router_inflight_requests"),
+                        SumSamples(cur, "moe_router_requests_total")));
     std::map<double, double> b_now =
         Buckets(cur, "moe_router_request_duration_seconds_bucket");
     std::map<double, double> b_prev =
         Buckets(prev, "moe_router_request_duration_seconds_bucket");
     for (auto& [le, count] : b_now) count -= b_prev[le];
-    absl::StrAppend(&out, absl::StrFormat(
-                              "latency   p50 %.2f ms   p99 %.2f ms   (last "
+    absl::StrAppend(
+        &out, absl::StrFormat("latency   p50 %.2f ms   p99 %.2f ms   (last "
                               "interval, from histogram buckets)\n",
                               HistogramQuantile(0.5, b_now) * 1e3,
                               HistogramQuantile(0.99, b_now) * 1e3));
@@ -600,21 +608,23 @@ absl::Status RunStats() {
     absl::StrAppend(&out, "drops    ");
     for (const auto& [reason, v] : dropped_now) {
       const double d = v - dropped_prev.at(reason);
-      absl::StrAppend(&out, absl::StrFormat(
-                                " %s %.2f%%", reason,
-                                kept + dropped > 0 ? 100 * d / (kept + dropped)
-                                                   : 0.0));
+      absl::StrAppend(
+          &out, absl::StrFormat(
+                    " %s %.2f%%", reason,
+                    kept + dropped > 0 ? 100 * d / (kept + dropped) : 0.0));
     }
-    absl::StrAppend(&out, absl::StrFormat(
-                              "   tokens that lost every choice %.1f/s\n",
-                              delta("moe_router_dropped_tokens_total") / interval));
-    absl::StrAppend(&out, absl::StrFormat(
-                              "balance   balancedness %.3f   capacity %.0f   "
-                              "balance loss %.4f   z-loss %.4f\n",
-                              SumSamples(cur, "moe_router_load_balancedness"),
-                              SumSamples(cur, "moe_router_expert_capacity_tokens"),
-                              SumSamples(cur, "moe_router_balance_loss"),
-                              SumSamples(cur, "moe_router_router_z_loss")));
+    absl::StrAppend(
+        &out,
+        absl::StrFormat("   tokens that lost every choice %.1f/s\n",
+                        delta("moe_router_dropped_tokens_total") / interval));
+    absl::StrAppend(
+        &out,
+        absl::StrFormat("balance   balancedness %.3f   capacity %.0f   "
+                        "balance loss %.4f   z-loss %.4f\n",
+                        SumSamples(cur, "moe_router_load_balancedness"),
+                        SumSamples(cur, "moe_router_expert_capacity_tokens"),
+                        SumSamples(cur, "moe_router_balance_loss"),
+                        SumSamples(cur, "moe_router_router_z_loss")));
     std::map<std::string, double> load_now =
         SumBy(cur, "moe_router_expert_assignments_total", "expert");
     const std::map<std::string, double> load_prev =
@@ -631,14 +641,15 @@ absl::Status RunStats() {
     std::sort(load.begin(), load.end());
     absl::StrAppend(&out, "load per expert (kept assignments/s):\n");
     for (const auto& [id, rate] : load) {
-      absl::StrAppend(&out, absl::StrFormat(
-                                "  expert %3d |%s| %.1f/s\n", id,
+      absl::StrAppend(
+          &out, absl::StrFormat("  expert %3d |%s| %.1f/s\n", id,
                                 Bar(static_cast<int64_t>(rate * 100),
                                     static_cast<int64_t>(max_load * 100), 40),
                                 rate));
     }
     absl::StrAppend(&out, "workers:");
-    for (const auto& [worker, up] : SumBy(cur, "moe_router_worker_up", "worker")) {
+    for (const auto& [worker, up] :
+         SumBy(cur, "moe_router_worker_up", "worker")) {
       absl::StrAppend(&out, " ", worker, up > 0 ? " up" : " DOWN", ";");
     }
     absl::StrAppend(&out, "\n");
@@ -651,7 +662,8 @@ absl::Status RunStats() {
 
 absl::StatusOr<bool> RunHealth() {
   const std::string target = absl::GetFlag(FLAGS_target);
-  if (target.empty()) return absl::InvalidArgumentError("health needs --target");
+  if (target.empty())
+    return absl::InvalidArgumentError("health needs --target");
   MOE_ASSIGN_OR_RETURN(
       auto status,
       client::CheckHealth(target,
@@ -674,9 +686,10 @@ absl::Status RunDemoCheckpoint() {
   } else if (kind == "hierarchical_moe") {
     config.kind = common::ModelKind::kHierarchicalMoe;
   } else if (kind != "moe") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--kind: \"", kind, "\" is not moe, sparse_moe_block or "
-        "hierarchical_moe"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--kind: \"", kind,
+                     "\" is not moe, sparse_moe_block or "
+                     "hierarchical_moe"));
   }
   config.dim = absl::GetFlag(FLAGS_dim);
   config.num_experts = absl::GetFlag(FLAGS_num_experts);
@@ -725,9 +738,10 @@ int main(int argc, char** argv) {
       "      write a seeded random model\n\n"
       "Flag names accept dashes (--input-tensor) as well as underscores.");
   if (positional.size() != 2) {
-    std::cerr << "usage: moe-client forward|bench|stats|info|health|demo-checkpoint "
-                 "[flags]; "
-                 "see --help\n";
+    std::cerr
+        << "usage: moe-client forward|bench|stats|info|health|demo-checkpoint "
+           "[flags]; "
+           "see --help\n";
     return 2;
   }
   const std::string command = positional[1];
@@ -751,7 +765,8 @@ int main(int argc, char** argv) {
     status = moe::client::RunDemoCheckpoint();
   } else {
     std::cerr << "moe-client: unknown command \"" << command
-              << "\" (forward, bench, stats, info, health, demo-checkpoint); see --help\n";
+              << "\" (forward, bench, stats, info, health, demo-checkpoint); "
+                 "see --help\n";
     return 2;
   }
   return moe::common::ExitCode(status);

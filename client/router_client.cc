@@ -1,8 +1,8 @@
 #include "client/router_client.h"
 
-#include <thread>
-
 #include <ATen/ATen.h>
+
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -65,9 +65,9 @@ absl::StatusOr<ForwardOutput> RouterClient::Forward(
   *request.mutable_options() = options;
   ForwardOutput out;
   MOE_ASSIGN_OR_RETURN(out.response, Forward(request));
-  MOE_ASSIGN_OR_RETURN(out.y,
-                       proto::DecodeTensor(out.response.y(), "y",
-                                           std::numeric_limits<int64_t>::max()));
+  MOE_ASSIGN_OR_RETURN(
+      out.y, proto::DecodeTensor(out.response.y(), "y",
+                                 std::numeric_limits<int64_t>::max()));
   return out;
 }
 
@@ -83,7 +83,8 @@ void RouterClient::ForwardAsync(
   auto* call = new Call;
   call->request = request;
   call->done = std::move(done);
-  call->context.set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
+  call->context.set_deadline(
+      absl::ToChronoTime(absl::Now() + options_.timeout));
   stub_->async()->Forward(&call->context, &call->request, &call->response,
                           [call](grpc::Status status) {
                             if (status.ok()) {

@@ -12,12 +12,12 @@
 // retried. Thread-safe.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+#include <grpcpp/grpcpp.h>
+
 #include <functional>
 #include <memory>
 #include <string>
-
-#include <ATen/core/Tensor.h>
-#include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -33,14 +33,14 @@ struct ClientOptions {
 };
 
 struct ForwardOutput {
-  at::Tensor y;                      // decoded from response.y
+  at::Tensor y;  // decoded from response.y
   moe::v1::ForwardResponse response;
 };
 
 class RouterClient {
  public:
-  static std::unique_ptr<RouterClient> Create(const std::string& target,
-                                              const ClientOptions& options = {});
+  static std::unique_ptr<RouterClient> Create(
+      const std::string& target, const ClientOptions& options = {});
 
   const std::string& target() const { return target_; }
 

@@ -1,11 +1,11 @@
 #include "common/checkpoint.h"
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <map>
 #include <set>
 #include <utility>
-
-#include <ATen/ATen.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -22,9 +22,9 @@ constexpr const char* kIgnoredPrefixes[] = {"input.", "output.", "expected.",
 constexpr const char* kExpertParams[] = {"net.0.weight", "net.0.bias",
                                          "net.1.mult_bias", "net.2.weight",
                                          "net.2.bias"};
-constexpr const char* kFeedForwardParams[] = {
-    "net.0.gamma", "net.1.weight", "net.1.bias",
-    "net.2.mult_bias", "net.3.weight", "net.3.bias"};
+constexpr const char* kFeedForwardParams[] = {"net.0.gamma",  "net.1.weight",
+                                              "net.1.bias",   "net.2.mult_bias",
+                                              "net.3.weight", "net.3.bias"};
 constexpr size_t kMaxNamesInMessage = 8;
 
 std::string NameList(const std::vector<std::string>& names) {
@@ -68,8 +68,7 @@ class ParamPlan {
     for (int64_t id = 0; id < config_.total_experts(); ++id) {
       const std::string prefix = ExpertParamPrefix(config_, id);
       for (const char* param : kExpertParams) {
-        Expect(prefix + param,
-               ExpertShape(param, d, config_.expert_hidden()));
+        Expect(prefix + param, ExpertShape(param, d, config_.expert_hidden()));
       }
     }
     if (config_.is_block()) {
@@ -143,13 +142,13 @@ class ParamPlan {
       if (e == nullptr) {
         missing.push_back(name);
       } else if (e->shape != shape) {
-        shape_errors.push_back(absl::StrCat("\"", name, "\" has shape ",
-                                            ShapeToString(e->shape),
-                                            ", expected ", ShapeToString(shape)));
+        shape_errors.push_back(
+            absl::StrCat("\"", name, "\" has shape ", ShapeToString(e->shape),
+                         ", expected ", ShapeToString(shape)));
       } else if (!IsFloatingPoint(e->dtype)) {
-        shape_errors.push_back(absl::StrCat("\"", name, "\" has dtype ",
-                                            SafetensorsDTypeName(e->dtype),
-                                            ", expected a floating-point type"));
+        shape_errors.push_back(absl::StrCat(
+            "\"", name, "\" has dtype ", SafetensorsDTypeName(e->dtype),
+            ", expected a floating-point type"));
       }
     }
     for (const TensorEntry& e : reader_.tensors()) {
@@ -176,8 +175,8 @@ class ParamPlan {
                                : "",
         ", expert hidden=", config_.expert_hidden(), ")");
     if (!shape_errors.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          reader_.path(), ": ", NameList(shape_errors), what));
+      return absl::InvalidArgumentError(
+          absl::StrCat(reader_.path(), ": ", NameList(shape_errors), what));
     }
     if (!missing.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -185,8 +184,8 @@ class ParamPlan {
     }
     if (!unexpected.empty()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(reader_.path(), ": unexpected tensors: ",
-                       NameList(unexpected), what));
+          absl::StrCat(reader_.path(),
+                       ": unexpected tensors: ", NameList(unexpected), what));
     }
     return absl::OkStatus();
   }
@@ -206,9 +205,8 @@ absl::StatusOr<at::Tensor> ReadFloat(const SafetensorsReader& reader,
   MOE_ASSIGN_OR_RETURN(HostTensor host, reader.Read(name));
   MOE_ASSIGN_OR_RETURN(at::Tensor t, ToTorch(host));
   at::Tensor out;
-  MOE_RETURN_IF_ERROR(TorchCall("convert parameter", [&] {
-    out = t.to(at::kFloat).contiguous();
-  }));
+  MOE_RETURN_IF_ERROR(TorchCall("convert parameter",
+                                [&] { out = t.to(at::kFloat).contiguous(); }));
   return out;
 }
 
@@ -261,9 +259,9 @@ absl::Status AddExpert(SafetensorsWriter& writer, const std::string& prefix,
       AddTensor(writer, absl::StrCat(prefix, "net.", base, ".weight"), w.w1));
   MOE_RETURN_IF_ERROR(
       AddTensor(writer, absl::StrCat(prefix, "net.", base, ".bias"), w.b1));
-  MOE_RETURN_IF_ERROR(AddTensor(
-      writer, absl::StrCat(prefix, "net.", base + 1, ".mult_bias"),
-      w.mult_bias));
+  MOE_RETURN_IF_ERROR(
+      AddTensor(writer, absl::StrCat(prefix, "net.", base + 1, ".mult_bias"),
+                w.mult_bias));
   MOE_RETURN_IF_ERROR(AddTensor(
       writer, absl::StrCat(prefix, "net.", base + 2, ".weight"), w.w2));
   return AddTensor(writer, absl::StrCat(prefix, "net.", base + 2, ".bias"),
@@ -343,8 +341,7 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path,
   return ckpt;
 }
 
-absl::Status WriteCheckpoint(const std::string& path,
-                             const ModelConfig& config,
+absl::Status WriteCheckpoint(const std::string& path, const ModelConfig& config,
                              const RouterWeights& router,
                              const ExpertMap& experts) {
   MOE_RETURN_IF_ERROR(ValidateModelConfig(config));
@@ -358,21 +355,21 @@ absl::Status WriteCheckpoint(const std::string& path,
     MOE_RETURN_IF_ERROR(AddTensor(writer, p + "gate_inner.w_gating",
                                   router.inner_gate.transpose(1, 2)));
   } else {
-    MOE_RETURN_IF_ERROR(AddTensor(writer, p + "gate.to_gates.weight",
-                                  router.gate));
+    MOE_RETURN_IF_ERROR(
+        AddTensor(writer, p + "gate.to_gates.weight", router.gate));
   }
   if (config.is_block()) {
     MOE_RETURN_IF_ERROR(
         AddTensor(writer, "moe_prenorm.gamma", router.prenorm_gamma));
     if (router.ff_before) {
-      MOE_RETURN_IF_ERROR(AddTensor(writer, "ff_before.net.0.gamma",
-                                    router.ff_before->gamma));
+      MOE_RETURN_IF_ERROR(
+          AddTensor(writer, "ff_before.net.0.gamma", router.ff_before->gamma));
       MOE_RETURN_IF_ERROR(
           AddExpert(writer, "ff_before.", router.ff_before->geglu, true));
     }
     if (router.ff_after) {
-      MOE_RETURN_IF_ERROR(AddTensor(writer, "ff_after.net.0.gamma",
-                                    router.ff_after->gamma));
+      MOE_RETURN_IF_ERROR(
+          AddTensor(writer, "ff_after.net.0.gamma", router.ff_after->gamma));
       MOE_RETURN_IF_ERROR(
           AddExpert(writer, "ff_after.", router.ff_after->geglu, true));
     }

@@ -53,8 +53,7 @@ std::string ExpertParamPrefix(const ModelConfig& config, int64_t id);
 
 // Writes a checkpoint in the HEAD spelling (gate.to_gates.weight) or, for a
 // two-level MoE, the f1a7959 spelling. `experts` must hold every expert.
-absl::Status WriteCheckpoint(const std::string& path,
-                             const ModelConfig& config,
+absl::Status WriteCheckpoint(const std::string& path, const ModelConfig& config,
                              const RouterWeights& router,
                              const ExpertMap& experts);
 

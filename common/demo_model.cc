@@ -1,9 +1,9 @@
 #include "common/demo_model.h"
 
-#include <cmath>
-
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
 
 #include "common/checkpoint.h"
 #include "common/status_macros.h"
@@ -54,8 +54,8 @@ absl::StatusOr<DemoModel> BuildDemoModel(const ModelConfig& config,
     const int64_t d = config.dim;
     if (config.hierarchical()) {
       model.router.gate = at::randn({config.num_experts, d}, gen);
-      model.router.inner_gate = at::randn(
-          {config.num_experts, config.num_experts_inner, d}, gen);
+      model.router.inner_gate =
+          at::randn({config.num_experts, config.num_experts_inner, d}, gen);
     } else {
       model.router.gate = Uniform({config.num_experts, d},
                                   1.0 / std::sqrt(static_cast<double>(d)), gen);

@@ -12,11 +12,11 @@ struct DTypeEntry {
 };
 
 constexpr DTypeEntry kDTypes[] = {
-    {DType::kFloat32, "F32", 4}, {DType::kFloat16, "F16", 2},
+    {DType::kFloat32, "F32", 4},   {DType::kFloat16, "F16", 2},
     {DType::kBFloat16, "BF16", 2}, {DType::kFloat64, "F64", 8},
-    {DType::kInt64, "I64", 8},   {DType::kInt32, "I32", 4},
-    {DType::kInt16, "I16", 2},   {DType::kInt8, "I8", 1},
-    {DType::kUInt8, "U8", 1},    {DType::kBool, "BOOL", 1},
+    {DType::kInt64, "I64", 8},     {DType::kInt32, "I32", 4},
+    {DType::kInt16, "I16", 2},     {DType::kInt8, "I8", 1},
+    {DType::kUInt8, "U8", 1},      {DType::kBool, "BOOL", 1},
 };
 
 const DTypeEntry& Entry(DType dtype) {

@@ -5,12 +5,12 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
-#include "common/allocator.h"
-#include "common/logging.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/allocator.h"
+#include "common/logging.h"
 
 namespace moe::common {
 
@@ -55,17 +55,16 @@ absl::StatusOr<std::vector<int64_t>> ParseIdList(absl::string_view text,
   return std::vector<int64_t>(ids.begin(), ids.end());
 }
 
-absl::StatusOr<std::vector<int64_t>> ShardExperts(int64_t index,
-                                                  int64_t shards,
+absl::StatusOr<std::vector<int64_t>> ShardExperts(int64_t index, int64_t shards,
                                                   int64_t total_experts) {
   if (shards < 1 || shards > total_experts) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the number of shards must be in [1, ", total_experts, "], got ",
-        shards));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the number of shards must be in [1, ", total_experts,
+                     "], got ", shards));
   }
   if (index < 0 || index >= shards) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "shard index ", index, " is outside [0, ", shards, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("shard index ", index, " is outside [0, ", shards, ")"));
   }
   std::vector<int64_t> ids;
   for (int64_t e = total_experts * index / shards;
@@ -83,9 +82,9 @@ absl::StatusOr<int64_t> OrdinalFromHostname(absl::string_view hostname) {
   int64_t ordinal = -1;
   if (dash == absl::string_view::npos ||
       !absl::SimpleAtoi(hostname.substr(dash + 1), &ordinal) || ordinal < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "hostname \"", hostname,
-        "\" does not end in -<ordinal> (as StatefulSet pods do)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("hostname \"", hostname,
+                     "\" does not end in -<ordinal> (as StatefulSet pods do)"));
   }
   return ordinal;
 }
@@ -93,8 +92,8 @@ absl::StatusOr<int64_t> OrdinalFromHostname(absl::string_view hostname) {
 absl::StatusOr<std::vector<std::string>> ExpandTemplate(
     absl::string_view pattern, int64_t n) {
   if (pattern.find("{i}") == absl::string_view::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "template \"", pattern, "\" has no {i} placeholder"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("template \"", pattern, "\" has no {i} placeholder"));
   }
   if (n < 1) return absl::InvalidArgumentError("the count must be >= 1");
   std::vector<std::string> out;

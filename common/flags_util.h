@@ -23,8 +23,7 @@ absl::StatusOr<std::vector<int64_t>> ParseIdList(absl::string_view text,
 // moe-up and the Kubernetes StatefulSet use (shard i gets experts
 // [E*i/n, E*(i+1)/n)). InvalidArgument when index is out of range or a shard
 // would be empty.
-absl::StatusOr<std::vector<int64_t>> ShardExperts(int64_t index,
-                                                  int64_t shards,
+absl::StatusOr<std::vector<int64_t>> ShardExperts(int64_t index, int64_t shards,
                                                   int64_t total_experts);
 
 // The ordinal of a StatefulSet pod name: "moe-expert-3" -> 3.

@@ -39,5 +39,4 @@ class LogMessage {
 #define MOE_LOG_LEVEL_INFO ::moe::common::LogLevel::kInfo
 #define MOE_LOG_LEVEL_WARNING ::moe::common::LogLevel::kWarning
 #define MOE_LOG_LEVEL_ERROR ::moe::common::LogLevel::kError
-#define MOE_LOG(level) \
-  ::moe::common::LogMessage(MOE_LOG_LEVEL_##level).stream()
+#define MOE_LOG(level) ::moe::common::LogMessage(MOE_LOG_LEVEL_##level).stream()

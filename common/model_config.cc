@@ -1,7 +1,6 @@
 #include "common/model_config.h"
 
 #include <cmath>
-
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -84,8 +83,8 @@ std::string ModelConfig::ToJson() const {
 
 absl::Status ValidateModelConfig(const ModelConfig& c) {
   if (c.dim < 1 || c.dim > kMaxDim) {
-    return KeyError("dim", absl::StrCat("must be in [1, ", kMaxDim, "], got ",
-                                        c.dim));
+    return KeyError("dim",
+                    absl::StrCat("must be in [1, ", kMaxDim, "], got ", c.dim));
   }
   if (c.num_experts < 2 || c.num_experts > kMaxExperts) {
     return KeyError("num_experts",
@@ -110,8 +109,9 @@ absl::Status ValidateModelConfig(const ModelConfig& c) {
                                  "], got ", c.num_experts_inner));
   }
   if (c.total_experts() > kMaxExperts) {
-    return KeyError("num_experts", absl::StrCat("outer x inner must be at most ",
-                                                kMaxExperts));
+    return KeyError(
+        "num_experts",
+        absl::StrCat("outer x inner must be at most ", kMaxExperts));
   }
   if (!(c.hidden_mult > 0) || c.expert_hidden() < 1) {
     return KeyError("hidden_mult",
@@ -120,7 +120,8 @@ absl::Status ValidateModelConfig(const ModelConfig& c) {
   if (!(c.threshold_train >= 0)) {
     return KeyError("threshold_train", "must be >= 0");
   }
-  if (!(c.threshold_eval >= 0)) return KeyError("threshold_eval", "must be >= 0");
+  if (!(c.threshold_eval >= 0))
+    return KeyError("threshold_eval", "must be >= 0");
   if (!(c.capacity_factor_train > 0)) {
     return KeyError("capacity_factor_train", "must be > 0");
   }

@@ -3,11 +3,11 @@
 // live in experts/ and router/.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <map>
 #include <optional>
-
-#include <ATen/core/Tensor.h>
 
 namespace moe::common {
 

@@ -8,9 +8,8 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
-#include <utility>
-
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -77,10 +76,10 @@ absl::StatusOr<TensorEntry> ParseEntry(const std::string& name,
     return TensorError(source, name, "data_offsets begin > end");
   }
   if (entry.end > data_size) {
-    return TensorError(source, name,
-                       absl::StrCat("data_offsets [", entry.begin, ", ",
-                                    entry.end, ") run past the data section (",
-                                    data_size, " bytes)"));
+    return TensorError(
+        source, name,
+        absl::StrCat("data_offsets [", entry.begin, ", ", entry.end,
+                     ") run past the data section (", data_size, " bytes)"));
   }
 
   absl::StatusOr<int64_t> numel = NumElements(entry.shape);
@@ -105,8 +104,8 @@ absl::Status ReadFully(int fd, uint64_t offset, char* out, uint64_t size,
                        absl::string_view source) {
   uint64_t done = 0;
   while (done < size) {
-    ssize_t n = ::pread(fd, out + done, size - done,
-                        static_cast<off_t>(offset + done));
+    ssize_t n =
+        ::pread(fd, out + done, size - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
       return absl::InternalError(
@@ -166,9 +165,9 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(
     // Empty tensors occupy no bytes and cannot overlap anything.
     if (cur->begin == cur->end || prev->begin == prev->end) continue;
     if (cur->begin < prev->end) {
-      return TensorError(source, cur->name,
-                         absl::StrCat("data overlaps tensor \"", prev->name,
-                                      "\""));
+      return TensorError(
+          source, cur->name,
+          absl::StrCat("data overlaps tensor \"", prev->name, "\""));
     }
   }
   std::sort(header.tensors.begin(), header.tensors.end(),
@@ -210,8 +209,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsReader>> SafetensorsReader::Open(
         absl::StrCat(path, ": cannot stat: ", std::strerror(errno))));
   }
   if (!S_ISREG(st.st_mode)) {
-    return fail(absl::InvalidArgumentError(
-        absl::StrCat(path, ": not a regular file")));
+    return fail(
+        absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file")));
   }
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
   if (file_size < 8) {
@@ -220,8 +219,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsReader>> SafetensorsReader::Open(
                                              "header length")));
   }
   unsigned char len_bytes[8];
-  absl::Status status = ReadFully(fd, 0, reinterpret_cast<char*>(len_bytes), 8,
-                                  path);
+  absl::Status status =
+      ReadFully(fd, 0, reinterpret_cast<char*>(len_bytes), 8, path);
   if (!status.ok()) return fail(status);
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
@@ -231,10 +230,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsReader>> SafetensorsReader::Open(
                                              kMaxSafetensorsHeaderBytes)));
   }
   if (header_len > file_size - 8) {
-    return fail(Malformed(
-        path, absl::StrCat("header length ", header_len,
-                           " is longer than the rest of the file (",
-                           file_size - 8, " bytes): truncated?")));
+    return fail(
+        Malformed(path, absl::StrCat("header length ", header_len,
+                                     " is longer than the rest of the file (",
+                                     file_size - 8, " bytes): truncated?")));
   }
   std::string json(header_len, '\0');
   status = ReadFully(fd, 8, json.data(), header_len, path);
@@ -265,9 +264,9 @@ absl::StatusOr<HostTensor> SafetensorsReader::Read(
   tensor.dtype = entry->dtype;
   tensor.shape = entry->shape;
   tensor.data.resize(entry->end - entry->begin);
-  MOE_RETURN_IF_ERROR(ReadFully(fd_, data_start_ + entry->begin,
-                                tensor.data.data(), tensor.data.size(),
-                                absl::StrCat(path_, " (tensor \"", name, "\")")));
+  MOE_RETURN_IF_ERROR(ReadFully(
+      fd_, data_start_ + entry->begin, tensor.data.data(), tensor.data.size(),
+      absl::StrCat(path_, " (tensor \"", name, "\")")));
   return tensor;
 }
 
@@ -292,8 +291,8 @@ absl::Status SafetensorsWriter::Add(const std::string& name,
   if (tensor.data.size() != expected) {
     return absl::InvalidArgumentError(absl::StrCat(
         "tensor \"", name, "\": shape ", ShapeToString(tensor.shape), " of ",
-        SafetensorsDTypeName(tensor.dtype), " needs ", expected,
-        " bytes, got ", tensor.data.size()));
+        SafetensorsDTypeName(tensor.dtype), " needs ", expected, " bytes, got ",
+        tensor.data.size()));
   }
   tensors_.emplace(name, std::move(tensor));
   return absl::OkStatus();

@@ -1,8 +1,8 @@
 #include "common/torch_convert.h"
 
-#include <cstring>
-
 #include <ATen/ATen.h>
+
+#include <cstring>
 
 namespace moe::common {
 
@@ -66,10 +66,10 @@ absl::StatusOr<at::Tensor> ToTorch(const HostTensor& tensor) {
   const uint64_t expected =
       static_cast<uint64_t>(*numel) * ElementSize(tensor.dtype);
   if (tensor.data.size() != expected) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tensor data is ", tensor.data.size(), " bytes but shape ",
-        ShapeToString(tensor.shape), " of ", SafetensorsDTypeName(tensor.dtype),
-        " needs ", expected));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor data is ", tensor.data.size(), " bytes but shape ",
+                     ShapeToString(tensor.shape), " of ",
+                     SafetensorsDTypeName(tensor.dtype), " needs ", expected));
   }
   absl::StatusOr<c10::ScalarType> type = ToScalarType(tensor.dtype);
   if (!type.ok()) return type.status();

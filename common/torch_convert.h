@@ -2,12 +2,12 @@
 // wrapper through which LibTorch calls turn exceptions into Status.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
 #include <exception>
 #include <string>
 #include <utility>
-
-#include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -37,7 +37,8 @@ absl::Status TorchCall(const char* what, Fn&& fn) {
     std::forward<Fn>(fn)();
     return absl::OkStatus();
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat(what, ": ", e.what_without_backtrace()));
+    return absl::InternalError(
+        absl::StrCat(what, ": ", e.what_without_backtrace()));
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat(what, ": ", e.what()));
   }

@@ -1,9 +1,9 @@
 #include "experts/expert_shard.h"
 
+#include <ATen/ATen.h>
+
 #include <chrono>
 #include <utility>
-
-#include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"

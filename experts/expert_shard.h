@@ -5,13 +5,13 @@
 // Thread-safety: immutable after Create(); Run() may be called concurrently.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
-#include <c10/core/Device.h>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"

@@ -37,9 +37,7 @@ int64_t ElementSize(moe::v1::DType dtype) {
   }
 }
 
-grpc::Slice OwnedSlice(std::string bytes) {
-  return grpc::Slice(bytes);
-}
+grpc::Slice OwnedSlice(std::string bytes) { return grpc::Slice(bytes); }
 
 // Reads a message that lies in several slices.
 class Cursor {
@@ -116,13 +114,12 @@ RunExpertsRequestWriter::RunExpertsRequestWriter(moe::v1::DType dtype,
 void RunExpertsRequestWriter::AddRows(const at::Tensor& owner, const void* data,
                                       int64_t rows) {
   if (rows <= 0) return;
-  const size_t bytes =
-      static_cast<size_t>(rows * dim_ * ElementSize(dtype_));
+  const size_t bytes = static_cast<size_t>(rows * dim_ * ElementSize(dtype_));
   // The slice holds a reference to the tensor until gRPC releases it.
   auto* keep = new at::Tensor(owner);
-  data_.emplace_back(const_cast<void*>(data), bytes,
-                     [](void* p) { delete static_cast<at::Tensor*>(p); },
-                     keep);
+  data_.emplace_back(
+      const_cast<void*>(data), bytes,
+      [](void* p) { delete static_cast<at::Tensor*>(p); }, keep);
   rows_ += rows;
 }
 
@@ -137,8 +134,7 @@ void RunExpertsRequestWriter::AddSegment(int64_t expert_id, int64_t count) {
   segments_ += segment;
 }
 
-grpc::ByteBuffer RunExpertsRequestWriter::Finish(
-    moe::v1::DType output_dtype) {
+grpc::ByteBuffer RunExpertsRequestWriter::Finish(moe::v1::DType output_dtype) {
   const uint64_t data_bytes =
       static_cast<uint64_t>(rows_ * dim_ * ElementSize(dtype_));
   // Tensor: dtype, packed shape, then the data's tag and length; the data
@@ -240,12 +236,13 @@ absl::StatusOr<WireTensorView> WireTensorView::Parse(
     }
     if (c.offset() != end) return malformed("tensor length");
   }
-  if (!found) return absl::InvalidArgumentError(absl::StrCat(field, ": missing"));
+  if (!found)
+    return absl::InvalidArgumentError(absl::StrCat(field, ": missing"));
   view.element_size_ = ElementSize(view.dtype_);
   if (view.element_size_ == 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ": dtype ", static_cast<int>(view.dtype_),
-        " is not one of FLOAT32, BFLOAT16, FLOAT16"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": dtype ", static_cast<int>(view.dtype_),
+                     " is not one of FLOAT32, BFLOAT16, FLOAT16"));
   }
   int64_t numel = 1;
   for (int64_t d : view.shape_) {
@@ -285,8 +282,8 @@ void WireTensorView::CopyData(int64_t offset, int64_t n, void* dst) const {
   size_t i = SliceAt(at);
   while (n > 0 && i < slices_.size()) {
     const int64_t in_slice = at - starts_[i];
-    const int64_t step =
-        std::min<int64_t>(n, static_cast<int64_t>(slices_[i].size()) - in_slice);
+    const int64_t step = std::min<int64_t>(
+        n, static_cast<int64_t>(slices_[i].size()) - in_slice);
     std::memcpy(out, slices_[i].begin() + in_slice, static_cast<size_t>(step));
     out += step;
     at += step;

@@ -13,13 +13,13 @@
 // against the generated parser and serializer.
 #pragma once
 
-#include <cstdint>
-#include <string>
-#include <vector>
-
 #include <ATen/core/Tensor.h>
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/slice.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "moe/v1/tensor.pb.h"

@@ -1,11 +1,11 @@
 #include "proto/tensor_codec.h"
 
+#include <ATen/ATen.h>
+
 #include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
-
-#include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/host_tensor.h"
@@ -40,10 +40,9 @@ absl::StatusOr<c10::ScalarType> TorchDType(moe::v1::DType dtype) {
     case moe::v1::INT64:
       return c10::kLong;
     default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("dtype ", moe::v1::DType_Name(dtype),
-                       " (", static_cast<int>(dtype),
-                       ") is not one of FLOAT32, BFLOAT16, FLOAT16, INT64"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "dtype ", moe::v1::DType_Name(dtype), " (", static_cast<int>(dtype),
+          ") is not one of FLOAT32, BFLOAT16, FLOAT16, INT64"));
   }
 }
 
@@ -59,8 +58,9 @@ absl::StatusOr<at::Tensor> ViewTensor(const moe::v1::Tensor& wire,
   int64_t numel = 1;
   for (int64_t d : shape) {
     if (d < 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          field, ": negative dimension in shape ", common::ShapeToString(shape)));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": negative dimension in shape ",
+                       common::ShapeToString(shape)));
     }
     if (d != 0 && numel > max_elements / d) {
       return absl::ResourceExhaustedError(

@@ -16,8 +16,8 @@ struct DispatchPlan {
   int64_t num_experts = 0;
   // Entries of expert e are [offsets[e], offsets[e + 1]).
   std::vector<int64_t> offsets;
-  std::vector<int64_t> row;     // Row of the flattened [tokens, d] input.
-  std::vector<float> weight;    // Combine weight (> 0 for every entry).
+  std::vector<int64_t> row;   // Row of the flattened [tokens, d] input.
+  std::vector<float> weight;  // Combine weight (> 0 for every entry).
 
   int64_t size() const { return static_cast<int64_t>(row.size()); }
   int64_t count(int64_t expert) const {

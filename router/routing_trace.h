@@ -2,12 +2,12 @@
 // golden files (`expected.*`), for files, responses and tests.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "router/top2_gating.h"
 

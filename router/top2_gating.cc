@@ -14,8 +14,8 @@ absl::StatusOr<RoutingResult> RouteTop2(absl::Span<const float> probs,
                                         absl::Span<const float> uniforms) {
   const int64_t E = params.num_experts;
   if (E < 2) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "top-2 routing needs at least 2 experts, got ", E));
+    return absl::InvalidArgumentError(
+        absl::StrCat("top-2 routing needs at least 2 experts, got ", E));
   }
   if (groups < 1 || group_size < 1) {
     return absl::InvalidArgumentError(
@@ -24,19 +24,19 @@ absl::StatusOr<RoutingResult> RouteTop2(absl::Span<const float> probs,
   }
   const int64_t tokens = groups * group_size;
   if (static_cast<int64_t>(probs.size()) != tokens * E) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("probs has ", probs.size(), " values, expected ",
-                     tokens * E));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "probs has ", probs.size(), " values, expected ", tokens * E));
   }
-  if (!importance.empty() && static_cast<int64_t>(importance.size()) != tokens) {
+  if (!importance.empty() &&
+      static_cast<int64_t>(importance.size()) != tokens) {
     return absl::InvalidArgumentError(absl::StrCat(
         "importance has ", importance.size(), " values, expected ", tokens));
   }
   const bool random = params.policy == SecondExpertPolicy::kRandom;
   if (random && static_cast<int64_t>(uniforms.size()) != tokens) {
     return absl::InvalidArgumentError(
-        absl::StrCat("the random policy needs ", tokens,
-                     " uniform draws, got ", uniforms.size()));
+        absl::StrCat("the random policy needs ", tokens, " uniform draws, got ",
+                     uniforms.size()));
   }
 
   RoutingResult r;

@@ -4,12 +4,11 @@
 //
 // Health turns SERVING once the weights are loaded. SIGTERM/SIGINT drain
 // in-flight calls and stop.
+#include <ATen/Context.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <string>
-
-#include <ATen/Context.h>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
@@ -38,7 +37,8 @@ ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int, port, 50052, "Port to listen on; 0 picks a free one.");
 ABSL_FLAG(std::string, port_file, "",
           "Write the port here once listening (useful with --port=0).");
-ABSL_FLAG(std::string, device, "auto", "auto (cuda when available), cpu or cuda.");
+ABSL_FLAG(std::string, device, "auto",
+          "auto (cuda when available), cpu or cuda.");
 ABSL_FLAG(int, compute_threads, 1,
           "Threads running expert batches (each GEMM is already parallel).");
 ABSL_FLAG(int, max_queued, 64,
@@ -56,7 +56,8 @@ namespace {
 
 absl::Status Run() {
   const std::string path = absl::GetFlag(FLAGS_checkpoint);
-  if (path.empty()) return absl::InvalidArgumentError("--checkpoint is required");
+  if (path.empty())
+    return absl::InvalidArgumentError("--checkpoint is required");
   MOE_ASSIGN_OR_RETURN(common::ModelConfig config,
                        common::ReadCheckpointConfig(path));
   common::LoadOptions load;
@@ -77,8 +78,7 @@ absl::Status Run() {
       }
       index = *ordinal;
     } else if (!absl::SimpleAtoi(shard_flag, &index)) {
-      return absl::InvalidArgumentError(
-          "--shard must be an index or \"auto\"");
+      return absl::InvalidArgumentError("--shard must be an index or \"auto\"");
     }
     absl::StatusOr<std::vector<int64_t>> ids = common::ShardExperts(
         index, absl::GetFlag(FLAGS_num_shards), config.total_experts());
@@ -125,10 +125,9 @@ absl::Status Run() {
                                  &rpc_metrics);
   MOE_ASSIGN_OR_RETURN(
       std::unique_ptr<server::MetricsHttpServer> metrics_http,
-      server::StartMetricsEndpoint(absl::GetFlag(FLAGS_host),
-                                   absl::GetFlag(FLAGS_metrics_port),
-                                   absl::GetFlag(FLAGS_metrics_port_file),
-                                   registry));
+      server::StartMetricsEndpoint(
+          absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port),
+          absl::GetFlag(FLAGS_metrics_port_file), registry));
 
   server::ServerOptions server_options;
   server_options.host = absl::GetFlag(FLAGS_host);
@@ -147,12 +146,12 @@ absl::Status Run() {
   MOE_LOG(INFO) << "serving on " << runner->address() << ": "
                 << common::ModelKindName(config.kind) << " dim " << config.dim
                 << ", experts [" << absl::StrJoin(shard->expert_ids(), ",")
-                << "] of " << config.total_experts() << " on "
-                << device.str() << " ("
-                << shard->weight_bytes() / (1 << 20) << " MiB of weights, "
+                << "] of " << config.total_experts() << " on " << device.str()
+                << " (" << shard->weight_bytes() / (1 << 20)
+                << " MiB of weights, "
                 << "loaded in "
-                << absl::FormatDuration(absl::Trunc(absl::Now() - start,
-                                                    absl::Milliseconds(1)))
+                << absl::FormatDuration(
+                       absl::Trunc(absl::Now() - start, absl::Milliseconds(1)))
                 << ")"
                 << (metrics_http ? absl::StrCat(", /metrics on port ",
                                                 metrics_http->port())

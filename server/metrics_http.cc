@@ -1,10 +1,10 @@
 #include "server/metrics_http.h"
 
-#include <cstdio>
-#include <fstream>
-
 #include <httplib.h>
 #include <prometheus/text_serializer.h>
+
+#include <cstdio>
+#include <fstream>
 
 #include "absl/strings/str_cat.h"
 
@@ -30,17 +30,17 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   server->registry_ = std::move(registry);
   server->http_ = std::make_unique<httplib::Server>();
   std::weak_ptr<prometheus::Registry> weak = server->registry_;
-  server->http_->Get("/metrics", [weak](const httplib::Request&,
-                                        httplib::Response& res) {
-    std::shared_ptr<prometheus::Registry> r = weak.lock();
-    if (!r) {
-      res.status = 503;
-      return;
-    }
-    prometheus::TextSerializer serializer;
-    res.set_content(serializer.Serialize(r->Collect()),
-                    "text/plain; version=0.0.4; charset=utf-8");
-  });
+  server->http_->Get(
+      "/metrics", [weak](const httplib::Request&, httplib::Response& res) {
+        std::shared_ptr<prometheus::Registry> r = weak.lock();
+        if (!r) {
+          res.status = 503;
+          return;
+        }
+        prometheus::TextSerializer serializer;
+        res.set_content(serializer.Serialize(r->Collect()),
+                        "text/plain; version=0.0.4; charset=utf-8");
+      });
   if (port == 0) {
     server->port_ = server->http_->bind_to_any_port(host);
   } else if (server->http_->bind_to_port(host, port)) {

@@ -7,11 +7,11 @@
 // threads use the default stack.
 #pragma once
 
+#include <prometheus/registry.h>
+
 #include <memory>
 #include <string>
 #include <thread>
-
-#include <prometheus/registry.h>
 
 #include "absl/status/statusor.h"
 

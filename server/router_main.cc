@@ -134,9 +134,11 @@ absl::StatusOr<bool> WaitForCoverage(const router::WorkerPool& pool) {
     std::vector<int64_t> missing = pool.UncoveredExperts();
     if (missing.empty()) return true;
     if (limit > 0 && absl::Now() - start > absl::Seconds(limit)) {
-      return absl::UnavailableError(absl::StrCat(
-          "experts [", absl::StrJoin(missing, ","), "] have no healthy worker "
-          "after ", limit, " s"));
+      return absl::UnavailableError(absl::StrCat("experts [",
+                                                 absl::StrJoin(missing, ","),
+                                                 "] have no healthy worker "
+                                                 "after ",
+                                                 limit, " s"));
     }
     if (absl::Now() - last_log > absl::Seconds(5)) {
       MOE_LOG(INFO) << "waiting for workers: experts ["
@@ -150,11 +152,13 @@ absl::StatusOr<bool> WaitForCoverage(const router::WorkerPool& pool) {
 
 absl::Status Run() {
   const std::string path = absl::GetFlag(FLAGS_checkpoint);
-  if (path.empty()) return absl::InvalidArgumentError("--checkpoint is required");
+  if (path.empty())
+    return absl::InvalidArgumentError("--checkpoint is required");
   MOE_ASSIGN_OR_RETURN(std::vector<std::string> addresses, WorkerAddresses());
   router::RouterServiceOptions options;
-  MOE_ASSIGN_OR_RETURN(options.on_failure, router::ParseFailurePolicy(
-                                               absl::GetFlag(FLAGS_on_expert_failure)));
+  MOE_ASSIGN_OR_RETURN(
+      options.on_failure,
+      router::ParseFailurePolicy(absl::GetFlag(FLAGS_on_expert_failure)));
   MOE_ASSIGN_OR_RETURN(options.wire_dtype,
                        WireDType(absl::GetFlag(FLAGS_wire_dtype)));
   options.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
@@ -192,8 +196,8 @@ absl::Status Run() {
       absl::Milliseconds(absl::GetFlag(FLAGS_probe_interval_ms));
   // A worker call carries one forward's rows (up to two per token) or a
   // batch of up to --batch_max_tokens rows.
-  const int64_t max_rows = std::max<int64_t>(
-      options.max_tokens_per_request * 2, options.batch_max_rows);
+  const int64_t max_rows = std::max<int64_t>(options.max_tokens_per_request * 2,
+                                             options.batch_max_rows);
   const int64_t max_bytes = std::min<int64_t>(
       max_rows * config.dim * 4 + (1 << 20), std::numeric_limits<int>::max());
   pool_options.max_message_bytes = static_cast<int>(max_bytes);
@@ -210,10 +214,9 @@ absl::Status Run() {
                                 &rpc_metrics);
   MOE_ASSIGN_OR_RETURN(
       std::unique_ptr<server::MetricsHttpServer> metrics_http,
-      server::StartMetricsEndpoint(absl::GetFlag(FLAGS_host),
-                                   absl::GetFlag(FLAGS_metrics_port),
-                                   absl::GetFlag(FLAGS_metrics_port_file),
-                                   registry));
+      server::StartMetricsEndpoint(
+          absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port),
+          absl::GetFlag(FLAGS_metrics_port_file), registry));
   if (metrics_http) service.set_metrics_port(metrics_http->port());
 
   server::ServerOptions server_options;

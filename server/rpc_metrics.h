@@ -4,13 +4,13 @@
 // plus moe_build_info{version, device} = 1.
 #pragma once
 
-#include <string>
-
 #include <grpcpp/support/status.h>
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+
+#include <string>
 
 #include "absl/time/time.h"
 

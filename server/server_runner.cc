@@ -1,11 +1,9 @@
 #include "server/server_runner.h"
 
-#include <signal.h>
-#include <unistd.h>
-
-
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
@@ -28,8 +26,7 @@ ServerRunner::ServerRunner(ServerOptions options,
 ServerRunner::~ServerRunner() { Shutdown(); }
 
 absl::StatusOr<std::unique_ptr<ServerRunner>> ServerRunner::Start(
-    const ServerOptions& options,
-    const std::vector<grpc::Service*>& services) {
+    const ServerOptions& options, const std::vector<grpc::Service*>& services) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -41,9 +38,8 @@ absl::StatusOr<std::unique_ptr<ServerRunner>> ServerRunner::Start(
   for (grpc::Service* service : services) builder.RegisterService(service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", address,
-                     " (address in use or not available?)"));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", address, " (address in use or not available?)"));
   }
   auto runner = std::unique_ptr<ServerRunner>(
       new ServerRunner(options, std::move(server), port));
@@ -84,8 +80,7 @@ void ServerRunner::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
   SetServing(false);
-  server_->Shutdown(
-      absl::ToChronoTime(absl::Now() + options_.grace));
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + options_.grace));
   server_->Wait();
   MOE_LOG(INFO) << "stopped";
 }

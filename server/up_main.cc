@@ -94,7 +94,8 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv,
     ::setenv("OPENBLAS_NUM_THREADS", absl::StrCat(blas_threads).c_str(),
              /*overwrite=*/0);
     std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    for (const std::string& a : argv)
+      args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
     ::execv(args[0], args.data());
     std::perror(("exec " + argv[0]).c_str());
@@ -104,8 +105,10 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv,
 }
 
 std::string DescribeExit(int status) {
-  if (WIFEXITED(status)) return absl::StrCat("exited with code ", WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return absl::StrCat("was killed by signal ", WTERMSIG(status));
+  if (WIFEXITED(status))
+    return absl::StrCat("exited with code ", WEXITSTATUS(status));
+  if (WIFSIGNALED(status))
+    return absl::StrCat("was killed by signal ", WTERMSIG(status));
   return "stopped";
 }
 
@@ -228,9 +231,9 @@ absl::Status Run() {
                        common::ReadCheckpointConfig(checkpoint));
   const int64_t experts = config.total_experts();
   if (n < 1 || n > experts) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--workers must be in [1, ", experts, "] for this model (", experts,
-        " experts)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--workers must be in [1, ", experts, "] for this model (",
+                     experts, " experts)"));
   }
 
   const std::string bin = SelfDir();
@@ -246,13 +249,13 @@ absl::Status Run() {
     std::filesystem::remove(c.port_file);
     std::filesystem::remove(c.metrics_port_file);
     MOE_ASSIGN_OR_RETURN(
-        c.pid, Spawn({bin + "/moe-expert", "--checkpoint=" + checkpoint,
-                      absl::StrCat("--shard=", i),
-                      absl::StrCat("--num_shards=", n),
-                      "--host=" + host, "--port=0",
-                      "--port_file=" + c.port_file, "--metrics_port=0",
-                      "--metrics_port_file=" + c.metrics_port_file},
-              BlasThreadsPerChild(n)));
+        c.pid,
+        Spawn(
+            {bin + "/moe-expert", "--checkpoint=" + checkpoint,
+             absl::StrCat("--shard=", i), absl::StrCat("--num_shards=", n),
+             "--host=" + host, "--port=0", "--port_file=" + c.port_file,
+             "--metrics_port=0", "--metrics_port_file=" + c.metrics_port_file},
+            BlasThreadsPerChild(n)));
     children.push_back(c);
   }
   const absl::Time deadline =

@@ -11,9 +11,10 @@ ExpertMetrics::ExpertMetrics(prometheus::Registry& registry,
                  .Name("moe_expert_batch_tokens")
                  .Help("Token rows per RunExperts call.")
                  .Register(registry)
-                 .Add({}, prometheus::Histogram::BucketBoundaries{
-                              1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096,
-                              8192, 16384, 65536})),
+                 .Add({},
+                      prometheus::Histogram::BucketBoundaries{
+                          1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192,
+                          16384, 65536})),
       inflight_(prometheus::BuildGauge()
                     .Name("moe_expert_inflight_requests")
                     .Help("RunExperts calls queued or running.")

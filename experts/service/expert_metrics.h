@@ -6,14 +6,14 @@
 // Thread-safe.
 #pragma once
 
-#include <cstdint>
-#include <map>
-#include <vector>
-
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+
+#include <cstdint>
+#include <map>
+#include <vector>
 
 namespace moe::experts {
 

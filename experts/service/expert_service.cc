@@ -1,14 +1,14 @@
 #include "experts/service/expert_service.h"
 
-#include <vector>
-
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
-#include "common/torch_convert.h"
 #include "common/status_macros.h"
+#include "common/torch_convert.h"
 #include "proto/grpc_status.h"
 #include "proto/tensor_codec.h"
 
@@ -32,10 +32,9 @@ ExpertService::~ExpertService() { queue_.reset(); }
 absl::Status ExpertService::Run(const moe::v1::RunExpertsRequest& request,
                                 moe::v1::RunExpertsResponse* response) const {
   c10::InferenceMode guard;
-  MOE_ASSIGN_OR_RETURN(
-      at::Tensor tokens,
-      proto::ViewTensor(request.tokens(), "tokens",
-                        options_.max_tokens * shard_->dim()));
+  MOE_ASSIGN_OR_RETURN(at::Tensor tokens,
+                       proto::ViewTensor(request.tokens(), "tokens",
+                                         options_.max_tokens * shard_->dim()));
   if (tokens.dim() != 2 || tokens.size(1) != shard_->dim()) {
     return absl::InvalidArgumentError(
         absl::StrCat("tokens: must be [T, ", shard_->dim(), "]"));
@@ -97,20 +96,20 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
     }
     reactor->Finish(g);
   };
-  const bool queued = queue_->TrySubmit([this, context, request, response,
-                                         finish] {
-    absl::Status status;
-    if (context->IsCancelled()) {
-      status = absl::CancelledError("cancelled before it ran");
-    } else {
-      status = Run(*request, response);
-    }
-    if (!status.ok() && !absl::IsCancelled(status)) {
-      MOE_LOG(WARNING) << "RunExperts from " << context->peer() << ": "
-                       << status;
-    }
-    finish(status);
-  });
+  const bool queued =
+      queue_->TrySubmit([this, context, request, response, finish] {
+        absl::Status status;
+        if (context->IsCancelled()) {
+          status = absl::CancelledError("cancelled before it ran");
+        } else {
+          status = Run(*request, response);
+        }
+        if (!status.ok() && !absl::IsCancelled(status)) {
+          MOE_LOG(WARNING) << "RunExperts from " << context->peer() << ": "
+                           << status;
+        }
+        finish(status);
+      });
   if (!queued) {
     MOE_LOG(WARNING) << "RunExperts refused: queue full ("
                      << options_.max_queued << " waiting)";

@@ -12,14 +12,14 @@
 #include "common/work_queue.h"
 #include "experts/expert_shard.h"
 #include "experts/service/expert_metrics.h"
-#include "server/rpc_metrics.h"
 #include "moe/v1/expert.grpc.pb.h"
+#include "server/rpc_metrics.h"
 
 namespace moe::experts {
 
 struct ExpertServiceOptions {
-  int compute_threads = 1;   // OpenBLAS already parallelises each GEMM.
-  size_t max_queued = 64;    // requests waiting beyond the running ones
+  int compute_threads = 1;       // OpenBLAS already parallelises each GEMM.
+  size_t max_queued = 64;        // requests waiting beyond the running ones
   int64_t max_tokens = 1 << 20;  // rows per RunExperts call
 };
 

@@ -1,9 +1,9 @@
 #include "router/engine/expert_backend.h"
 
+#include <ATen/ATen.h>
+
 #include <chrono>
 #include <cstring>
-
-#include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/host_tensor.h"

@@ -2,10 +2,10 @@
 // (LocalExpertBackend) or, in the router service, the remote workers.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
@@ -31,7 +31,8 @@ class ExpertBackend {
   // scatter-add; a backend that receives outputs piece by piece may fuse the
   // two (and combine one piece while others are still computed).
   virtual absl::Status RunAndCombine(
-      const at::Tensor& tokens, absl::Span<const experts::ExpertSegment> segments,
+      const at::Tensor& tokens,
+      absl::Span<const experts::ExpertSegment> segments,
       const CombineTarget& target, std::vector<int64_t>* unavailable,
       int64_t* combine_us);
 

@@ -1,14 +1,14 @@
 #include "router/engine/moe_engine.h"
 
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/InferenceMode.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <utility>
-
-#include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
-#include <c10/core/InferenceMode.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/host_tensor.h"
@@ -60,10 +60,10 @@ at::Tensor LongTensor(const std::vector<int64_t>& values) {
 absl::Status CheckShape(const at::Tensor& t, std::vector<int64_t> expected,
                         const char* what) {
   if (!t.defined() || Sizes(t) != expected) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, " has shape ",
-        t.defined() ? common::ShapeToString(Sizes(t)) : "(none)",
-        ", expected ", common::ShapeToString(expected)));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " has shape ",
+                     t.defined() ? common::ShapeToString(Sizes(t)) : "(none)",
+                     ", expected ", common::ShapeToString(expected)));
   }
   return absl::OkStatus();
 }
@@ -78,8 +78,10 @@ absl::Status CheckGeglu(const common::ExpertWeights& w, int64_t d, int64_t h,
 }
 
 // The first-level uniforms as a [B * n] vector: from the request, or drawn.
-absl::StatusOr<std::vector<float>> FirstLevelUniforms(
-    const RoutingOptions& o, int64_t batch, int64_t seq, at::Generator& gen) {
+absl::StatusOr<std::vector<float>> FirstLevelUniforms(const RoutingOptions& o,
+                                                      int64_t batch,
+                                                      int64_t seq,
+                                                      at::Generator& gen) {
   at::Tensor u;
   if (o.second_choice_uniforms.defined()) {
     u = o.second_choice_uniforms;
@@ -150,9 +152,9 @@ absl::Status MoeEngine::ValidateInput(const at::Tensor& x) const {
                      common::ShapeToString(Sizes(x))));
   }
   if (x.size(2) != config_.dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "x: last dimension is ", x.size(2), " but the model dim is ",
-        config_.dim));
+    return absl::InvalidArgumentError(
+        absl::StrCat("x: last dimension is ", x.size(2),
+                     " but the model dim is ", config_.dim));
   }
   if (x.size(0) < 1 || x.size(1) < 1) {
     return absl::InvalidArgumentError(
@@ -210,14 +212,13 @@ absl::StatusOr<ForwardResult> MoeEngine::ForwardImpl(
   params.num_experts = config_.num_experts;
   params.policy = o.policy;
   const bool train = o.mode == Mode::kTrain;
-  params.threshold = static_cast<float>(
-      train ? config_.threshold_train : config_.threshold_eval);
+  params.threshold = static_cast<float>(train ? config_.threshold_train
+                                              : config_.threshold_eval);
   params.capacity_factor =
       train ? config_.capacity_factor_train : config_.capacity_factor_eval;
   if (o.threshold.has_value()) {
     if (!std::isfinite(*o.threshold) || *o.threshold < 0) {
-      return absl::InvalidArgumentError(
-          "threshold: must be finite and >= 0");
+      return absl::InvalidArgumentError("threshold: must be finite and >= 0");
     }
     params.threshold = *o.threshold;
   }
@@ -246,9 +247,8 @@ absl::StatusOr<ForwardResult> MoeEngine::ForwardImpl(
   if (config_.is_block() && router_.ff_before.has_value()) {
     x1 = x + experts::FeedForward(*router_.ff_before, x);
   }
-  at::Tensor h = config_.is_block()
-                     ? experts::RmsNorm(x1, router_.prenorm_gamma)
-                     : x1;
+  at::Tensor h =
+      config_.is_block() ? experts::RmsNorm(x1, router_.prenorm_gamma) : x1;
   at::Tensor h2 = h.reshape({tokens, d}).contiguous();
   Clock::time_point mark = Clock::now();
   r.timings.pre_us = MicrosSince(start);
@@ -304,9 +304,8 @@ absl::StatusOr<ForwardResult> MoeEngine::ForwardImpl(
     for (int64_t outer = 0; outer < eo; ++outer) {
       if (rows_of[outer].empty()) continue;
       at::Tensor xs = h2.index_select(0, LongTensor(rows_of[outer]));
-      r.inner_logits.index_copy_(
-          0, LongTensor(slots_of[outer]),
-          at::matmul(xs, router_.inner_gate[outer].t()));
+      r.inner_logits.index_copy_(0, LongTensor(slots_of[outer]),
+                                 at::matmul(xs, router_.inner_gate[outer].t()));
     }
     r.inner_probs = at::softmax(r.inner_logits, -1).contiguous();
     std::vector<float> inner_uniforms;
@@ -330,8 +329,7 @@ absl::StatusOr<ForwardResult> MoeEngine::ForwardImpl(
     r.plan = BuildInnerDispatchPlan(r.inner_routing, batch, eo, r.slot_row,
                                     slot_weight);
   }
-  WeighLosses(config_.balance_loss_coef, config_.router_z_loss_coef,
-              &r.losses);
+  WeighLosses(config_.balance_loss_coef, config_.router_z_loss_coef, &r.losses);
 
   // Dispatch: gather the kept rows, expert by expert; the backend runs them
   // and combines: y[t] += G · Expert(x[t]) for every kept choice.

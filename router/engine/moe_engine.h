@@ -15,11 +15,11 @@
 // Thread-safety: Forward() may be called concurrently.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <memory>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
 #include "common/model_config.h"

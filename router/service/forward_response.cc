@@ -37,9 +37,9 @@ absl::Status FillForwardResponse(const ForwardResult& r, moe::v1::DType y_dtype,
   FillLevel(r.routing, stats->mutable_routing());
   if (r.has_inner) FillLevel(r.inner_routing, stats->mutable_inner());
   for (int64_t e = 0; e < r.plan.num_experts; ++e) {
-    const bool lost = std::find(r.unavailable_experts.begin(),
-                                r.unavailable_experts.end(),
-                                e) != r.unavailable_experts.end();
+    const bool lost =
+        std::find(r.unavailable_experts.begin(), r.unavailable_experts.end(),
+                  e) != r.unavailable_experts.end();
     stats->add_kept_per_expert(lost ? 0 : r.plan.count(e));
   }
   stats->set_dropped_expert_unavailable(r.unavailable_assignments);
@@ -55,7 +55,8 @@ absl::Status FillForwardResponse(const ForwardResult& r, moe::v1::DType y_dtype,
     t->set_name(name);
     MOE_ASSIGN_OR_RETURN(moe::v1::DType dtype,
                          proto::WireDType(tensor.scalar_type()));
-    MOE_RETURN_IF_ERROR(proto::EncodeTensor(tensor, dtype, t->mutable_tensor()));
+    MOE_RETURN_IF_ERROR(
+        proto::EncodeTensor(tensor, dtype, t->mutable_tensor()));
   }
   return absl::OkStatus();
 }

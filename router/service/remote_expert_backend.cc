@@ -1,22 +1,22 @@
 #include "router/service/remote_expert_backend.h"
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <cstdint>
-#include <functional>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
 #include <string>
 
-#include <ATen/ATen.h>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/host_tensor.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "common/torch_convert.h"
-#include "common/host_tensor.h"
 #include "proto/tensor_codec.h"
 
 namespace moe::router {
@@ -37,11 +37,11 @@ struct Piece {
 std::string CallError(const BatchTicket& ticket, int64_t d) {
   const WorkerBatch& batch = *ticket.batch;
   if (!batch.status.ok()) {
-    return absl::StrCat(batch.status.error_code() ==
-                                grpc::StatusCode::DEADLINE_EXCEEDED
-                            ? "deadline exceeded"
-                            : "failed",
-                        ": ", batch.status.error_message());
+    return absl::StrCat(
+        batch.status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED
+            ? "deadline exceeded"
+            : "failed",
+        ": ", batch.status.error_message());
   }
   if (batch.outputs->shape() != std::vector<int64_t>{batch.rows, d}) {
     return absl::StrCat("outputs have shape ",
@@ -71,9 +71,9 @@ const float* PieceRows(const BatchTicket& ticket, size_t i, int64_t d,
     outputs.CopyData(from, bytes, scratch->data_ptr());
     return scratch->data_ptr<float>();
   }
-  at::Tensor raw = at::empty(
-      {p.count, d},
-      at::TensorOptions().dtype(*proto::TorchDType(outputs.dtype())));
+  at::Tensor raw =
+      at::empty({p.count, d},
+                at::TensorOptions().dtype(*proto::TorchDType(outputs.dtype())));
   outputs.CopyData(from, bytes, raw.data_ptr());
   *scratch = raw.to(at::kFloat);
   return scratch->data_ptr<float>();
@@ -114,16 +114,15 @@ absl::Status RemoteExpertBackend::RunExperts(
   const int64_t d = tokens.size(1);
   // Rows of unavailable experts stay zero; the rest are overwritten.
   *out = at::zeros({tokens.size(0), d}, at::kFloat);
-  return Run(tokens, segments, unavailable,
-             [out, d](const BatchTicket& t) {
-               at::Tensor scratch;
-               for (size_t i = 0; i < t.pieces.size(); ++i) {
-                 const BatchPiece& p = t.pieces[i];
-                 const float* rows = PieceRows(t, i, d, &scratch);
-                 std::memcpy(out->data_ptr<float>() + p.offset * d, rows,
-                             static_cast<size_t>(p.count * d) * sizeof(float));
-               }
-             });
+  return Run(tokens, segments, unavailable, [out, d](const BatchTicket& t) {
+    at::Tensor scratch;
+    for (size_t i = 0; i < t.pieces.size(); ++i) {
+      const BatchPiece& p = t.pieces[i];
+      const float* rows = PieceRows(t, i, d, &scratch);
+      std::memcpy(out->data_ptr<float>() + p.offset * d, rows,
+                  static_cast<size_t>(p.count * d) * sizeof(float));
+    }
+  });
 }
 
 absl::Status RemoteExpertBackend::RunAndCombine(
@@ -134,8 +133,8 @@ absl::Status RemoteExpertBackend::RunAndCombine(
   float* y = target.y->data_ptr<float>();
   // Each call's outputs are added to y as soon as they arrive, straight from
   // the received bytes: y[rows[j]] += weights[j] * out[j].
-  absl::Status status = Run(
-      tokens, segments, unavailable, [&target, y, d](const BatchTicket& t) {
+  absl::Status status =
+      Run(tokens, segments, unavailable, [&target, y, d](const BatchTicket& t) {
         at::Tensor scratch;
         for (size_t i = 0; i < t.pieces.size(); ++i) {
           const BatchPiece& p = t.pieces[i];
@@ -176,8 +175,7 @@ absl::Status RemoteExpertBackend::Run(
   const absl::Time worker_deadline_cap =
       options_.deadline == absl::InfiniteFuture()
           ? absl::InfiniteFuture()
-          : options_.deadline -
-                std::min(left / 10, absl::Milliseconds(200));
+          : options_.deadline - std::min(left / 10, absl::Milliseconds(200));
 
   while (!pending.empty()) {
     if (cancellation_->cancelled()) {
@@ -321,8 +319,8 @@ absl::Status RemoteExpertBackend::Run(
     failure_reasons_[p->expert] =
         p->deadline ? "deadline" : "expert_unavailable";
     if (experts.insert(p->expert).second) {
-      reasons.push_back(absl::StrCat("expert ", p->expert, " (", p->last_error,
-                                     ")"));
+      reasons.push_back(
+          absl::StrCat("expert ", p->expert, " (", p->last_error, ")"));
     }
   }
   if (options_.on_failure == ExpertFailurePolicy::kFail) {

@@ -109,20 +109,23 @@ RouterMetrics::RouterMetrics(prometheus::Registry& registry,
               .Help("Forwards that shared one RunExperts call (dynamic "
                     "batching; always 1 when it is off).")
               .Register(registry)
-              .Add({}, prometheus::Histogram::BucketBoundaries{
-                           1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64})),
+              .Add({},
+                   prometheus::Histogram::BucketBoundaries{1, 2, 3, 4, 6, 8, 12,
+                                                           16, 24, 32, 64})),
       batch_rows_(prometheus::BuildHistogram()
                       .Name("moe_router_worker_batch_rows")
                       .Help("Token rows in one RunExperts call.")
                       .Register(registry)
-                      .Add({}, prometheus::Histogram::BucketBoundaries{
-                                   16, 64, 256, 1024, 4096, 16384, 65536})),
+                      .Add({},
+                           prometheus::Histogram::BucketBoundaries{
+                               16, 64, 256, 1024, 4096, 16384, 65536})),
       window_(balance_window),
       recent_sum_(experts_, 0) {
   auto& assignments = prometheus::BuildCounter()
                           .Name("moe_router_expert_assignments_total")
-                          .Help("Expert assignments kept and computed, by "
-                                "expert and choice.")
+                          .Help(
+                              "Expert assignments kept and computed, by "
+                              "expert and choice.")
                           .Register(registry);
   for (int k = 0; k < 2; ++k) {
     for (int64_t e = 0; e < experts_; ++e) {
@@ -130,8 +133,10 @@ RouterMetrics::RouterMetrics(prometheus::Registry& registry,
       assignments_[k].push_back(
           &assignments.Add({{"expert", expert}, {"choice", kChoices[k]}}));
       for (int r = 0; r < 3; ++r) {
-        dropped_[k][r].push_back(&dropped_family_.Add(
-            {{"expert", expert}, {"choice", kChoices[k]}, {"reason", kReasons[r]}}));
+        dropped_[k][r].push_back(
+            &dropped_family_.Add({{"expert", expert},
+                                  {"choice", kChoices[k]},
+                                  {"reason", kReasons[r]}}));
       }
     }
   }
@@ -147,8 +152,8 @@ RouterMetrics::RouterMetrics(prometheus::Registry& registry,
     worker_rpc_.push_back(&rpc.Add({{"worker", w}}, server::LatencyBuckets()));
     worker_up_.push_back(&up.Add({{"worker", w}}));
   }
-  for (const char* stage : {"pre", "gate", "plan", "encode", "batch_wait",
-                            "rpc_wait", "combine"}) {
+  for (const char* stage :
+       {"pre", "gate", "plan", "encode", "batch_wait", "rpc_wait", "combine"}) {
     stages_.Add({{"stage", stage}});
   }
   for (const char* reason : {"queue_full", "too_many_tokens"}) {
@@ -208,11 +213,12 @@ void RouterMetrics::RecordForward(
         auto it = outer_dropped_.find(key);
         if (it == outer_dropped_.end()) {
           it = outer_dropped_
-                   .emplace(key, &dropped_family_.Add(
-                                     {{"expert", absl::StrCat("outer_",
-                                                              outer.expert[i])},
-                                      {"choice", kChoices[k]},
-                                      {"reason", "capacity"}}))
+                   .emplace(
+                       key,
+                       &dropped_family_.Add(
+                           {{"expert", absl::StrCat("outer_", outer.expert[i])},
+                            {"choice", kChoices[k]},
+                            {"reason", "capacity"}}))
                    .first;
         }
         it->second->Increment();

@@ -14,8 +14,9 @@
 //   moe_router_load_balancedness             (mean / max kept assignments per
 //                                             expert over the last window)
 //   moe_router_balance_loss, moe_router_router_z_loss   (last forward, raw)
-//   moe_router_worker_rpc_duration_seconds{worker}, moe_router_worker_up{worker}
-//   moe_router_worker_batch_forwards, moe_router_worker_batch_rows
+//   moe_router_worker_rpc_duration_seconds{worker},
+//   moe_router_worker_up{worker} moe_router_worker_batch_forwards,
+//   moe_router_worker_batch_rows
 //                                            (histograms per worker call)
 //   moe_router_stage_seconds_total{stage}
 //   moe_router_inflight_requests, moe_router_rejected_requests_total{reason}
@@ -27,18 +28,18 @@
 // Thread-safety: all methods may be called concurrently.
 #pragma once
 
+#include <grpcpp/support/status.h>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
 #include <cstdint>
 #include <deque>
 #include <map>
 #include <mutex>
 #include <string>
 #include <vector>
-
-#include <grpcpp/support/status.h>
-#include <prometheus/counter.h>
-#include <prometheus/gauge.h>
-#include <prometheus/histogram.h>
-#include <prometheus/registry.h>
 
 #include "absl/time/time.h"
 #include "common/model_config.h"

@@ -1,20 +1,19 @@
 #include "router/service/router_service.h"
 
-#include <algorithm>
-#include <cmath>
-
-#include <string>
-
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "common/torch_convert.h"
-#include "router/service/forward_response.h"
 #include "proto/grpc_status.h"
 #include "proto/tensor_codec.h"
+#include "router/service/forward_response.h"
 
 namespace moe::router {
 namespace {
@@ -132,8 +131,8 @@ void RouterService::Drain() {
 
 int64_t RouterService::MaxRequestBytes() const {
   // x in float32 plus replay uniforms, plus framing.
-  return options_.max_tokens_per_request *
-             (engine_->config().dim + 2) * 4 + (1 << 20);
+  return options_.max_tokens_per_request * (engine_->config().dim + 2) * 4 +
+         (1 << 20);
 }
 
 absl::Status RouterService::RunForward(
@@ -156,10 +155,10 @@ absl::Status RouterService::RunForward(
         (request.x().shape(0) > options_.max_tokens_per_request ||
          tokens > options_.max_tokens_per_request)) {
       if (metrics_ != nullptr) metrics_->RecordRejected("too_many_tokens");
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "x: ", request.x().shape(0), " x ", request.x().shape(1),
-          " tokens exceed --max_tokens_per_request=",
-          options_.max_tokens_per_request));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("x: ", request.x().shape(0), " x ", request.x().shape(1),
+                       " tokens exceed --max_tokens_per_request=",
+                       options_.max_tokens_per_request));
     }
   }
   // x is read in place: `request` outlives the forward.
@@ -235,8 +234,7 @@ grpc::ServerUnaryReactor* RouterService::Forward(
 
 grpc::ServerUnaryReactor* RouterService::GetModelInfo(
     grpc::CallbackServerContext* context,
-    const moe::v1::GetModelInfoRequest* /*request*/,
-    moe::v1::ModelInfo* info) {
+    const moe::v1::GetModelInfoRequest* /*request*/, moe::v1::ModelInfo* info) {
   const common::ModelConfig& c = engine_->config();
   info->set_kind(common::ModelKindName(c.kind));
   info->set_dim(c.dim);

@@ -14,9 +14,9 @@
 #include "router/engine/moe_engine.h"
 #include "router/service/remote_expert_backend.h"
 #include "router/service/router_metrics.h"
-#include "server/rpc_metrics.h"
 #include "router/service/worker_batcher.h"
 #include "router/service/worker_pool.h"
+#include "server/rpc_metrics.h"
 
 namespace moe::router {
 
@@ -42,9 +42,10 @@ class RouterService final : public moe::v1::Router::CallbackService {
                 server::RpcMetrics* rpc_metrics = nullptr);
   ~RouterService() override;
 
-  grpc::ServerUnaryReactor* Forward(grpc::CallbackServerContext* context,
-                                    const moe::v1::ForwardRequest* request,
-                                    moe::v1::ForwardResponse* response) override;
+  grpc::ServerUnaryReactor* Forward(
+      grpc::CallbackServerContext* context,
+      const moe::v1::ForwardRequest* request,
+      moe::v1::ForwardResponse* response) override;
 
   grpc::ServerUnaryReactor* GetModelInfo(
       grpc::CallbackServerContext* context,

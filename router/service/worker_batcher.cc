@@ -1,11 +1,11 @@
 #include "router/service/worker_batcher.h"
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <cstring>
 #include <string>
 #include <utility>
-
-#include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
@@ -144,8 +144,9 @@ void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
   }
   const absl::Time start = absl::Now();
   if (batch->live.load() == 0) {
-    Finish(batch, grpc::Status(grpc::StatusCode::CANCELLED,
-                               "every forward in the batch gave up"),
+    Finish(batch,
+           grpc::Status(grpc::StatusCode::CANCELLED,
+                        "every forward in the batch gave up"),
            absl::ZeroDuration());
     return;
   }
@@ -196,9 +197,10 @@ void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
     MOE_LOG(ERROR) << "building the call to " << pool_->address(batch->worker)
                    << ": " << status;
     if (options_.on_encode) options_.on_encode(absl::Now() - start);
-    Finish(batch,
-           grpc::Status(grpc::StatusCode::INTERNAL, std::string(status.message())),
-           absl::ZeroDuration());
+    Finish(
+        batch,
+        grpc::Status(grpc::StatusCode::INTERNAL, std::string(status.message())),
+        absl::ZeroDuration());
     return;
   }
   batch->request = writer.Finish(options_.wire_dtype);
@@ -208,27 +210,25 @@ void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
   for (const auto& t : batch->tickets) t->sent = sent;
   pool_->AddInflight(batch->worker, 1);
   pool_->generic_stub(batch->worker)
-      ->UnaryCall(&batch->context, kRunExperts, grpc::StubOptions(),
-                  &batch->request, &batch->response,
-                   [this, batch, sent, binds](grpc::Status s) {
-                     const grpc::StatusCode code = s.error_code();
-                     pool_->AddInflight(batch->worker, -1);
-                     // The worker may be idle now: its open batch can go.
-                     // (Taking mu_ orders this after a flusher's check.)
-                     { std::lock_guard<std::mutex> lock(mu_); }
-                     wake_.notify_all();
-                     // A worker that is unreachable, broken, or slower than
-                     // the worker timeout is taken out until a probe passes.
-                     if (code == grpc::StatusCode::UNAVAILABLE ||
-                         code == grpc::StatusCode::INTERNAL ||
-                         code == grpc::StatusCode::UNKNOWN ||
-                         (code == grpc::StatusCode::DEADLINE_EXCEEDED &&
-                          binds)) {
-                       pool_->MarkDown(batch->worker,
-                                       absl::StrCat(s.error_message()));
-                     }
-                     Finish(batch, std::move(s), absl::Now() - sent);
-                   });
+      ->UnaryCall(
+          &batch->context, kRunExperts, grpc::StubOptions(), &batch->request,
+          &batch->response, [this, batch, sent, binds](grpc::Status s) {
+            const grpc::StatusCode code = s.error_code();
+            pool_->AddInflight(batch->worker, -1);
+            // The worker may be idle now: its open batch can go.
+            // (Taking mu_ orders this after a flusher's check.)
+            { std::lock_guard<std::mutex> lock(mu_); }
+            wake_.notify_all();
+            // A worker that is unreachable, broken, or slower than
+            // the worker timeout is taken out until a probe passes.
+            if (code == grpc::StatusCode::UNAVAILABLE ||
+                code == grpc::StatusCode::INTERNAL ||
+                code == grpc::StatusCode::UNKNOWN ||
+                (code == grpc::StatusCode::DEADLINE_EXCEEDED && binds)) {
+              pool_->MarkDown(batch->worker, absl::StrCat(s.error_message()));
+            }
+            Finish(batch, std::move(s), absl::Now() - sent);
+          });
   // Encoding counts until the call started.
   if (options_.on_encode) options_.on_encode(absl::Now() - start);
 }

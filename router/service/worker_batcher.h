@@ -22,6 +22,9 @@
 // Thread-safety: all methods may be called concurrently.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+#include <grpcpp/grpcpp.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -32,9 +35,6 @@
 #include <optional>
 #include <thread>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
-#include <grpcpp/grpcpp.h>
 
 #include "absl/time/time.h"
 #include "proto/expert_wire.h"
@@ -99,7 +99,7 @@ struct WorkerBatch {
   absl::Time close_at;
   int64_t rows = 0;
   std::vector<std::shared_ptr<BatchTicket>> tickets;  // cleared when done
-  std::atomic<int> live{0};  // tickets not abandoned
+  std::atomic<int> live{0};                           // tickets not abandoned
   grpc::ClientContext context;
   // Serialized RunExpertsRequest/Response (proto/expert_wire.h): the rows
   // go out from the forwards' tensors and come back read in place.
@@ -139,7 +139,6 @@ class WorkerBatcher {
   // The ticket's forward stops waiting for it (deadline or cancellation).
   static void Abandon(BatchTicket& ticket);
 
-
  private:
   void FlushLoop();
   // Builds and starts the batch's call (or fails it), outside mu_.
@@ -154,8 +153,8 @@ class WorkerBatcher {
   BatcherOptions options_;
 
   std::mutex mu_;
-  std::condition_variable wake_;     // the flush thread
-  std::condition_variable drained_;  // the destructor
+  std::condition_variable wake_;                      // the flush thread
+  std::condition_variable drained_;                   // the destructor
   std::map<int, std::shared_ptr<WorkerBatch>> open_;  // by worker
   int gating_ = 0;
   int inflight_ = 0;  // batches sent and not finished

@@ -73,15 +73,16 @@ void WorkerPool::Probe(int i) {
   } else if (info.dim() != config_.dim ||
              info.total_experts() != config_.total_experts() ||
              info.expert_hidden() != config_.expert_hidden()) {
-    problem = absl::StrCat(
-        "serves a different model (dim ", info.dim(), ", ",
-        info.total_experts(), " experts, hidden ", info.expert_hidden(),
-        "; the router has dim ", config_.dim, ", ", config_.total_experts(),
-        " experts, hidden ", config_.expert_hidden(), ")");
+    problem = absl::StrCat("serves a different model (dim ", info.dim(), ", ",
+                           info.total_experts(), " experts, hidden ",
+                           info.expert_hidden(), "; the router has dim ",
+                           config_.dim, ", ", config_.total_experts(),
+                           " experts, hidden ", config_.expert_hidden(), ")");
   }
   std::lock_guard<std::mutex> lock(mu_);
   if (!problem.empty()) {
-    if (w.up) MOE_LOG(WARNING) << "worker " << w.address << " down: " << problem;
+    if (w.up)
+      MOE_LOG(WARNING) << "worker " << w.address << " down: " << problem;
     w.up = false;
     if (observer_) observer_(i, false);
     return;
@@ -152,7 +153,8 @@ std::vector<WorkerSnapshot> WorkerPool::Snapshot() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<WorkerSnapshot> out;
   for (const auto& w : workers_) {
-    out.push_back({w->address, w->up, w->experts, w->device, w->inflight.load()});
+    out.push_back(
+        {w->address, w->up, w->experts, w->device, w->inflight.load()});
   }
   return out;
 }

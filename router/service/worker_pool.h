@@ -7,18 +7,18 @@
 // Thread-safety: all methods may be called concurrently.
 #pragma once
 
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
 #include <atomic>
-#include <functional>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
@@ -90,9 +90,9 @@ class WorkerPool {
     std::shared_ptr<grpc::Channel> channel;
     std::unique_ptr<moe::v1::ExpertWorker::Stub> stub;
     std::unique_ptr<grpc::GenericStub> generic_stub;
-    bool up = false;  // guarded by mu_
+    bool up = false;               // guarded by mu_
     std::vector<int64_t> experts;  // guarded by mu_
-    std::string device;  // guarded by mu_
+    std::string device;            // guarded by mu_
     std::atomic<int64_t> inflight{0};
   };
 

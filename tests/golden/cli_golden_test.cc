@@ -1,9 +1,9 @@
 // Golden parity through the moe-client binary (a separate process), for one
 // file of each kind plus the train and replay cases.
-#include <string>
-
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+
+#include <string>
 
 #include "testing/golden.h"
 
@@ -45,23 +45,24 @@ TEST_P(CliGoldenTest, ForwardFileMatchesReference) {
           << loss;
     }
   }
-  const std::string level = golden.count("expected.outer.positions") ? "outer." : "";
-  for (const char* key : {"gate_indices", "positions", "dropped_mask",
-                          "expert_capacity"}) {
+  const std::string level =
+      golden.count("expected.outer.positions") ? "outer." : "";
+  for (const char* key :
+       {"gate_indices", "positions", "dropped_mask", "expert_capacity"}) {
     EXPECT_TRUE(at::equal(result.at("trace." + level + key),
                           golden.at("expected." + level + key)))
         << key;
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    OneOfEachKind, CliGoldenTest,
-    ::testing::Values("A_moe_eval_nodrop", "C_moe_train",
-                      "D_moe_eval_random_replay", "E_sparse_block_eval",
-                      "F_hier_eval"),
-    [](const ::testing::TestParamInfo<std::string>& info) {
-      return info.param;
-    });
+INSTANTIATE_TEST_SUITE_P(OneOfEachKind, CliGoldenTest,
+                         ::testing::Values("A_moe_eval_nodrop", "C_moe_train",
+                                           "D_moe_eval_random_replay",
+                                           "E_sparse_block_eval",
+                                           "F_hier_eval"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 TEST(CliTest, BadInputIsAClearErrorNotACrash) {
   const std::string path = testing::GoldenPath("A_moe_eval_nodrop");
@@ -74,42 +75,42 @@ TEST(CliTest, BadInputIsAClearErrorNotACrash) {
                                 &log),
             1);
   EXPECT_NE(log.find("x: must have rank 3"), std::string::npos) << log;
-  EXPECT_EQ(testing::RunProcess({testing::BinaryPath("moe-client"), "forward",
-                                 "--checkpoint=/nonexistent.safetensors",
-                                 "--input=" + path,
-                                 "--output=" + testing::TempDir() + "/x"},
-                                &log),
+  EXPECT_EQ(testing::RunProcess(
+                {testing::BinaryPath("moe-client"), "forward",
+                 "--checkpoint=/nonexistent.safetensors", "--input=" + path,
+                 "--output=" + testing::TempDir() + "/x"},
+                &log),
             1);
   EXPECT_NE(log.find("/nonexistent.safetensors: cannot open"),
             std::string::npos)
       << log;
-  EXPECT_EQ(testing::RunProcess({testing::BinaryPath("moe-client"), "forward",
-                                 "--checkpoint=" + path, "--input=" + path,
-                                 "--mode=sideways",
-                                 "--output=" + testing::TempDir() + "/x"},
-                                &log),
+  EXPECT_EQ(testing::RunProcess(
+                {testing::BinaryPath("moe-client"), "forward",
+                 "--checkpoint=" + path, "--input=" + path, "--mode=sideways",
+                 "--output=" + testing::TempDir() + "/x"},
+                &log),
             1);
   EXPECT_NE(log.find("mode: \"sideways\" is not one of eval, train"),
             std::string::npos)
       << log;
-  EXPECT_EQ(testing::RunProcess({testing::BinaryPath("moe-client"), "launch"},
-                                &log),
-            2);
+  EXPECT_EQ(
+      testing::RunProcess({testing::BinaryPath("moe-client"), "launch"}, &log),
+      2);
 }
 
 TEST(CliTest, DemoCheckpointRoundTripsThroughForward) {
   const std::string ckpt = testing::TempDir() + "/demo.safetensors";
   std::string log;
-  ASSERT_EQ(testing::RunProcess({testing::BinaryPath("moe-client"),
-                                 "demo-checkpoint", "--output=" + ckpt,
-                                 "--dim=32", "--num_experts=4", "--seed=3"},
-                                &log),
+  ASSERT_EQ(testing::RunProcess(
+                {testing::BinaryPath("moe-client"), "demo-checkpoint",
+                 "--output=" + ckpt, "--dim=32", "--num_experts=4", "--seed=3"},
+                &log),
             0)
       << log;
-  ASSERT_EQ(testing::RunProcess({testing::BinaryPath("moe-client"), "forward",
-                                 "--checkpoint=" + ckpt,
-                                 "--random_input=2x16", "--seed=1"},
-                                &log),
+  ASSERT_EQ(testing::RunProcess(
+                {testing::BinaryPath("moe-client"), "forward",
+                 "--checkpoint=" + ckpt, "--random_input=2x16", "--seed=1"},
+                &log),
             0)
       << log;
   EXPECT_NE(log.find("tokens 32"), std::string::npos) << log;

@@ -2,11 +2,11 @@
 // file, output within 1e-5, losses within 1e-5 in train mode, routing tensors
 // (indices, positions, masks, capacity) exactly equal, and the drop counts of
 // INDEX.json.
-#include <map>
-#include <string>
-
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+
+#include <map>
+#include <string>
 
 #include "absl/strings/numbers.h"
 #include "common/checkpoint.h"
@@ -33,8 +33,10 @@ void ExpectCounts(const std::string& name, const std::string& prefix,
   const router::RoutingCounts& c = r.counts;
   EXPECT_EQ(c.dropped[0], IndexInt(name, prefix + "n_dropped_first"));
   EXPECT_EQ(c.dropped[1], IndexInt(name, prefix + "n_dropped_second"));
-  EXPECT_EQ(c.second_skipped, IndexInt(name, prefix + "n_second_not_requested"));
-  EXPECT_EQ(c.kept[0] + c.kept[1], IndexInt(name, prefix + "n_assignments_kept"));
+  EXPECT_EQ(c.second_skipped,
+            IndexInt(name, prefix + "n_second_not_requested"));
+  EXPECT_EQ(c.kept[0] + c.kept[1],
+            IndexInt(name, prefix + "n_assignments_kept"));
   EXPECT_EQ(r.capacity, IndexInt(name, prefix + "expert_capacity"));
 }
 
@@ -69,8 +71,8 @@ TEST_P(GoldenParityTest, EngineMatchesReference) {
     auto scalar = [&](const char* k) { return golden.at(k).item<double>(); };
     EXPECT_NEAR(l.balance_loss, scalar("output.balance_loss"), 1e-5);
     EXPECT_NEAR(l.router_z_loss, scalar("output.router_z_loss"), 1e-5);
-    EXPECT_NEAR(l.weighted_balance_loss,
-                scalar("output.weighted_balance_loss"), 1e-5);
+    EXPECT_NEAR(l.weighted_balance_loss, scalar("output.weighted_balance_loss"),
+                1e-5);
     EXPECT_NEAR(l.weighted_router_z_loss,
                 scalar("output.weighted_router_z_loss"), 1e-5);
     EXPECT_NEAR(l.total_aux_loss, scalar("output.total_aux_loss"), 1e-5);
@@ -85,18 +87,18 @@ TEST_P(GoldenParityTest, EngineMatchesReference) {
       two_level ? std::vector<std::string>{"outer.", "inner."}
                 : std::vector<std::string>{""};
   for (const std::string& level : levels) {
-    for (const char* exact : {"gate_indices", "positions", "dropped_mask",
-                              "routed_mask", "expert_capacity",
-                              "first_choice_kept_count"}) {
+    for (const char* exact :
+         {"gate_indices", "positions", "dropped_mask", "routed_mask",
+          "expert_capacity", "first_choice_kept_count"}) {
       const std::string key = level + exact;
       ASSERT_TRUE(golden.count("expected." + key)) << key;
       ASSERT_TRUE(trace.count("trace." + key)) << key;
-      EXPECT_TRUE(at::equal(trace.at("trace." + key),
-                            golden.at("expected." + key)))
+      EXPECT_TRUE(
+          at::equal(trace.at("trace." + key), golden.at("expected." + key)))
           << name << ": " << key << " differs";
     }
-    for (const char* close : {"gates", "gates_normalized", "raw_gates",
-                              "gate_logits"}) {
+    for (const char* close :
+         {"gates", "gates_normalized", "raw_gates", "gate_logits"}) {
       const std::string key = level + close;
       ASSERT_TRUE(trace.count("trace." + key)) << key;
       EXPECT_LE(testing::MaxAbsDiff(trace.at("trace." + key),
@@ -120,11 +122,11 @@ TEST_P(GoldenParityTest, EngineMatchesReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllCases, GoldenParityTest, ::testing::ValuesIn(testing::GoldenCases()),
-    [](const ::testing::TestParamInfo<std::string>& info) {
-      return info.param;
-    });
+INSTANTIATE_TEST_SUITE_P(AllCases, GoldenParityTest,
+                         ::testing::ValuesIn(testing::GoldenCases()),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 }  // namespace
 }  // namespace moe

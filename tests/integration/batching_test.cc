@@ -2,6 +2,9 @@
 // 127.0.0.1: concurrent forwards share worker calls yet each gets exactly its
 // own in-process result, a forward that gives up does not take the others in
 // its batch down with it, and half-precision wires stay close to float32.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -10,10 +13,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <ATen/ATen.h>
-#include <gtest/gtest.h>
-#include <httplib.h>
 
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -53,9 +52,9 @@ BatchCounts RouterBatches(const Deployment& d) {
   BatchCounts c;
   c.calls = client::SumSamples(m, "moe_router_worker_batch_forwards_count");
   c.tickets = client::SumSamples(m, "moe_router_worker_batch_forwards_sum");
-  c.shared = c.calls - client::SumSamples(
-                           m, "moe_router_worker_batch_forwards_bucket",
-                           {{"le", "1"}});
+  c.shared =
+      c.calls - client::SumSamples(m, "moe_router_worker_batch_forwards_bucket",
+                                   {{"le", "1"}});
   return c;
 }
 
@@ -224,8 +223,7 @@ TEST(BatchingTest, AForwardThatGivesUpLeavesItsBatchToTheOthers) {
         reference.Forward(cases[1].x, cases[1].local, {2, 3});
     EXPECT_LE(testing::MaxAbsDiff(Y(*responses[1]), without.y), 1e-6);
   } else {
-    EXPECT_EQ(responses[1].status().code(),
-              absl::StatusCode::kDeadlineExceeded)
+    EXPECT_EQ(responses[1].status().code(), absl::StatusCode::kDeadlineExceeded)
         << responses[1].status();
   }
   // Forwards 0 and 2: whole, once the worker resumed.
@@ -234,9 +232,10 @@ TEST(BatchingTest, AForwardThatGivesUpLeavesItsBatchToTheOthers) {
     ASSERT_TRUE(responses[i].ok()) << responses[i].status();
     EXPECT_FALSE(responses[i]->degraded());
     EXPECT_GE(took[i], absl::Milliseconds(1000));
-    EXPECT_LE(testing::MaxAbsDiff(Y(*responses[i]),
-                                  reference.Forward(cases[i].x, cases[i].local).y),
-              1e-6);
+    EXPECT_LE(
+        testing::MaxAbsDiff(Y(*responses[i]),
+                            reference.Forward(cases[i].x, cases[i].local).y),
+        1e-6);
   }
   EXPECT_GE(RouterBatches(d).shared, 1);
   // The router kept serving and the worker was never marked down.
@@ -273,8 +272,8 @@ TEST_P(HalfWireTest, ConcurrentForwardsStayCloseToFloat32) {
     EXPECT_FALSE(responses[i]->degraded());
     const router::ForwardResult expected =
         reference.Forward(cases[i].x, cases[i].local);
-    const double scale =
-        std::max(1.0, testing::MaxAbsDiff(expected.y, at::zeros_like(expected.y)));
+    const double scale = std::max(
+        1.0, testing::MaxAbsDiff(expected.y, at::zeros_like(expected.y)));
     const double diff = testing::MaxAbsDiff(Y(*responses[i]), expected.y);
     // bfloat16 keeps 8 significant bits, float16 11; measured 6-9e-4 and
     // 8-9e-5 on this model.

@@ -1,15 +1,14 @@
 // Prometheus metrics of live servers: valid exposition format (promtool), and
 // counters that agree with the responses and with the golden drop counts.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
 #include <signal.h>
 
 #include <fstream>
 #include <map>
 #include <string>
 #include <vector>
-
-#include <ATen/ATen.h>
-#include <gtest/gtest.h>
-#include <httplib.h>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
@@ -49,11 +48,11 @@ void ExpectPromtoolAccepts(const std::string& text, const std::string& what) {
   const std::string path = testing::TempDir() + "/" + what + ".prom";
   std::ofstream(path) << text;
   std::string log;
-  EXPECT_EQ(testing::RunProcess({"/bin/sh", "-c",
-                                 "promtool check metrics < " + path},
-                                &log),
+  EXPECT_EQ(testing::RunProcess(
+                {"/bin/sh", "-c", "promtool check metrics < " + path}, &log),
             0)
-      << what << ":\n" << log;
+      << what << ":\n"
+      << log;
 }
 
 int64_t IndexInt(const std::string& name, const std::string& key) {
@@ -73,7 +72,8 @@ TEST_P(MetricsAgreeTest, CountersEqualResponsesAndGoldenCounts) {
   auto golden = testing::ReadAllTensors(testing::GoldenPath(name));
   const at::Tensor x = golden.at("input.x");
   moe::v1::ForwardRequest request;
-  ASSERT_TRUE(proto::EncodeTensor(x, moe::v1::FLOAT32, request.mutable_x()).ok());
+  ASSERT_TRUE(
+      proto::EncodeTensor(x, moe::v1::FLOAT32, request.mutable_x()).ok());
   auto client = client::RouterClient::Create(d.router_address());
   auto response = client->Forward(request);
   ASSERT_TRUE(response.ok()) << response.status();
@@ -82,10 +82,12 @@ TEST_P(MetricsAgreeTest, CountersEqualResponsesAndGoldenCounts) {
   ExpectPromtoolAccepts(router_text, name + "-router");
   const std::vector<Sample> m = Parse(router_text);
   const auto& stats = response->stats().routing();
-  const double dropped_first = Sum(m, "moe_router_dropped_assignments_total",
-                                   {{"choice", "first"}, {"reason", "capacity"}});
-  const double dropped_second = Sum(m, "moe_router_dropped_assignments_total",
-                                    {{"choice", "second"}, {"reason", "capacity"}});
+  const double dropped_first =
+      Sum(m, "moe_router_dropped_assignments_total",
+          {{"choice", "first"}, {"reason", "capacity"}});
+  const double dropped_second =
+      Sum(m, "moe_router_dropped_assignments_total",
+          {{"choice", "second"}, {"reason", "capacity"}});
   EXPECT_EQ(dropped_first, stats.dropped_first());
   EXPECT_EQ(dropped_second, stats.dropped_second());
   EXPECT_EQ(dropped_first, IndexInt(name, "n_dropped_first"));
@@ -125,12 +127,12 @@ TEST_P(MetricsAgreeTest, CountersEqualResponsesAndGoldenCounts) {
   EXPECT_EQ(worker_tokens, kept);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    GoldenDrops, MetricsAgreeTest,
-    ::testing::Values("B1_moe_eval_drop_mincap", "B2_moe_eval_drop_cap12"),
-    [](const ::testing::TestParamInfo<std::string>& info) {
-      return info.param;
-    });
+INSTANTIATE_TEST_SUITE_P(GoldenDrops, MetricsAgreeTest,
+                         ::testing::Values("B1_moe_eval_drop_mincap",
+                                           "B2_moe_eval_drop_cap12"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 TEST(MetricsTest, UnavailableExpertsAreCountedWithTheirReason) {
   const std::string name = "A_moe_eval_nodrop";
@@ -141,12 +143,14 @@ TEST(MetricsTest, UnavailableExpertsAreCountedWithTheirReason) {
   d.worker(1).Signal(SIGKILL);
   d.worker(1).Wait(absl::Seconds(10));
   moe::v1::ForwardRequest request;
-  ASSERT_TRUE(proto::EncodeTensor(
-                  testing::ReadAllTensors(testing::GoldenPath(name)).at("input.x"),
-                  moe::v1::FLOAT32, request.mutable_x())
-                  .ok());
+  ASSERT_TRUE(
+      proto::EncodeTensor(
+          testing::ReadAllTensors(testing::GoldenPath(name)).at("input.x"),
+          moe::v1::FLOAT32, request.mutable_x())
+          .ok());
   request.mutable_options()->set_policy(moe::v1::ALL);
-  auto response = client::RouterClient::Create(d.router_address())->Forward(request);
+  auto response =
+      client::RouterClient::Create(d.router_address())->Forward(request);
   ASSERT_TRUE(response.ok()) << response.status();
   ASSERT_TRUE(response->degraded());
   ASSERT_TRUE(d.WaitWorkerState(1, false, absl::Seconds(10)).ok());

@@ -1,13 +1,12 @@
 // The distributed path with real processes on 127.0.0.1: parity with the
 // in-process engine and the golden vectors through moe-up, worker failures
 // (killed, frozen, restarted), bad input, graceful shutdown.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 
 #include <set>
 #include <thread>
-
-#include <ATen/ATen.h>
-#include <gtest/gtest.h>
 
 #include "absl/synchronization/notification.h"
 #include "client/router_client.h"
@@ -70,7 +69,8 @@ TEST_P(MoeUpParityTest, DistributedEqualsInProcessAndGolden) {
                     .ok());
     local.second_choice_uniforms = golden.at("input.probs");
   }
-  auto client = client::RouterClient::Create("127.0.0.1:" + std::to_string(*port));
+  auto client =
+      client::RouterClient::Create("127.0.0.1:" + std::to_string(*port));
   auto response = client->Forward(Request(x, options));
   ASSERT_TRUE(response.ok()) << response.status();
   EXPECT_FALSE(response->degraded());
@@ -114,12 +114,13 @@ std::vector<ParityCase> ParityCases() {
   return cases;
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllGoldenCases, MoeUpParityTest, ::testing::ValuesIn(ParityCases()),
-    [](const ::testing::TestParamInfo<ParityCase>& info) {
-      return info.param.name + "_" + std::to_string(info.param.workers) +
-             "workers";
-    });
+INSTANTIATE_TEST_SUITE_P(AllGoldenCases, MoeUpParityTest,
+                         ::testing::ValuesIn(ParityCases()),
+                         [](const ::testing::TestParamInfo<ParityCase>& info) {
+                           return info.param.name + "_" +
+                                  std::to_string(info.param.workers) +
+                                  "workers";
+                         });
 
 // ---------------------------------------------------------------------------
 // Worker failures.
@@ -149,9 +150,8 @@ TEST(WorkerFailureTest, KilledWorkerWithReplicaChangesNothing) {
   ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
   auto client = client::RouterClient::Create(d.router_address());
   const at::Tensor x = Input();
-  const at::Tensor expected = Reference(testing::GoldenPath(kModel))
-                                  .Forward(x, LocalAll())
-                                  .y;
+  const at::Tensor expected =
+      Reference(testing::GoldenPath(kModel)).Forward(x, LocalAll()).y;
   d.worker(1).Signal(SIGKILL);
   d.worker(1).Wait(absl::Seconds(10));
   for (int i = 0; i < 3; ++i) {
@@ -288,76 +288,98 @@ TEST_F(BadInputTest, EachMalformedFieldIsNamed) {
     return r;
   };
   const auto kInvalid = absl::StatusCode::kInvalidArgument;
-  cases.push_back({"missing x", moe::v1::ForwardRequest(), kInvalid, "x: missing"});
+  cases.push_back(
+      {"missing x", moe::v1::ForwardRequest(), kInvalid, "x: missing"});
   cases.push_back({"wrong rank", Request(at::randn({8, 16}), {}), kInvalid,
                    "x: must have rank 3"});
   cases.push_back({"wrong dim", Request(at::randn({1, 8, 15}), {}), kInvalid,
                    "x: last dimension is 15"});
-  cases.push_back({"unspecified dtype",
-                   with([](auto& r) { r.mutable_x()->set_dtype(moe::v1::DTYPE_UNSPECIFIED); }),
+  cases.push_back({"unspecified dtype", with([](auto& r) {
+                     r.mutable_x()->set_dtype(moe::v1::DTYPE_UNSPECIFIED);
+                   }),
                    kInvalid, "x: dtype DTYPE_UNSPECIFIED"});
-  cases.push_back({"unknown dtype",
-                   with([](auto& r) { r.mutable_x()->set_dtype(static_cast<moe::v1::DType>(99)); }),
+  cases.push_back({"unknown dtype", with([](auto& r) {
+                     r.mutable_x()->set_dtype(static_cast<moe::v1::DType>(99));
+                   }),
                    kInvalid, "x: dtype"});
-  cases.push_back({"int64 x",
-                   with([](auto& r) { r.mutable_x()->set_dtype(moe::v1::INT64); }),
+  cases.push_back({"int64 x", with([](auto& r) {
+                     r.mutable_x()->set_dtype(moe::v1::INT64);
+                   }),
                    kInvalid, "x: dtype INT64"});
-  cases.push_back({"short data",
-                   with([](auto& r) { r.mutable_x()->mutable_data()->resize(100); }),
+  cases.push_back({"short data", with([](auto& r) {
+                     r.mutable_x()->mutable_data()->resize(100);
+                   }),
                    kInvalid, "x: data is 100 bytes"});
   cases.push_back({"negative dim",
                    with([](auto& r) { r.mutable_x()->set_shape(1, -8); }),
                    kInvalid, "x: negative dimension"});
   at::Tensor nan = at::randn({1, 8, 16});
   nan[0][3][3] = std::nanf("");
-  cases.push_back({"NaN", Request(nan, {}), kInvalid, "x: contains NaN or Inf"});
+  cases.push_back(
+      {"NaN", Request(nan, {}), kInvalid, "x: contains NaN or Inf"});
   at::Tensor inf = at::randn({1, 8, 16});
   inf[0][0][0] = INFINITY;
-  cases.push_back({"Inf", Request(inf, {}), kInvalid, "x: contains NaN or Inf"});
+  cases.push_back(
+      {"Inf", Request(inf, {}), kInvalid, "x: contains NaN or Inf"});
   cases.push_back({"empty batch", Request(at::randn({0, 8, 16}), {}), kInvalid,
                    "x: batch and tokens must be at least 1"});
   cases.push_back({"too many tokens", Request(at::randn({2, 64, 16}), {}),
                    absl::StatusCode::kResourceExhausted,
                    "exceed --max_tokens_per_request=64"});
-  cases.push_back({"huge shape",
-                   with([](auto& r) {
+  cases.push_back({"huge shape", with([](auto& r) {
                      r.mutable_x()->set_shape(0, 1LL << 40);
                    }),
                    absl::StatusCode::kResourceExhausted, "x: "});
-  cases.push_back({"bad draws shape", with([](auto& r) {
-                     EXPECT_TRUE(proto::EncodeTensor(at::rand({3, 8}), moe::v1::FLOAT32,
-                                                     r.mutable_options()->mutable_second_choice_uniforms())
-                                     .ok());
-                   }),
-                   kInvalid, "second_choice_uniforms: shape [3, 8]"});
-  cases.push_back({"draws out of range", with([](auto& r) {
-                     EXPECT_TRUE(proto::EncodeTensor(at::full({1, 8}, 2.0f), moe::v1::FLOAT32,
-                                                     r.mutable_options()->mutable_second_choice_uniforms())
-                                     .ok());
-                   }),
-                   kInvalid, "second_choice_uniforms: values must be"});
-  cases.push_back({"draws with policy all", with([](auto& r) {
-                     r.mutable_options()->set_policy(moe::v1::ALL);
-                     EXPECT_TRUE(proto::EncodeTensor(at::rand({1, 8}), moe::v1::FLOAT32,
-                                                     r.mutable_options()->mutable_second_choice_uniforms())
-                                     .ok());
-                   }),
-                   kInvalid, "random policy only"});
+  cases.push_back(
+      {"bad draws shape", with([](auto& r) {
+         EXPECT_TRUE(proto::EncodeTensor(
+                         at::rand({3, 8}), moe::v1::FLOAT32,
+                         r.mutable_options()->mutable_second_choice_uniforms())
+                         .ok());
+       }),
+       kInvalid, "second_choice_uniforms: shape [3, 8]"});
+  cases.push_back(
+      {"draws out of range", with([](auto& r) {
+         EXPECT_TRUE(proto::EncodeTensor(
+                         at::full({1, 8}, 2.0f), moe::v1::FLOAT32,
+                         r.mutable_options()->mutable_second_choice_uniforms())
+                         .ok());
+       }),
+       kInvalid, "second_choice_uniforms: values must be"});
+  cases.push_back(
+      {"draws with policy all", with([](auto& r) {
+         r.mutable_options()->set_policy(moe::v1::ALL);
+         EXPECT_TRUE(proto::EncodeTensor(
+                         at::rand({1, 8}), moe::v1::FLOAT32,
+                         r.mutable_options()->mutable_second_choice_uniforms())
+                         .ok());
+       }),
+       kInvalid, "random policy only"});
   cases.push_back({"unknown policy", with([](auto& r) {
-                     r.mutable_options()->set_policy(static_cast<moe::v1::SecondExpertPolicy>(42));
+                     r.mutable_options()->set_policy(
+                         static_cast<moe::v1::SecondExpertPolicy>(42));
                    }),
                    kInvalid, "options.policy: unknown value 42"});
   cases.push_back({"unknown mode", with([](auto& r) {
-                     r.mutable_options()->set_mode(static_cast<moe::v1::Mode>(7));
+                     r.mutable_options()->set_mode(
+                         static_cast<moe::v1::Mode>(7));
                    }),
                    kInvalid, "options.mode: unknown value 7"});
-  cases.push_back({"negative threshold", with([](auto& r) { r.mutable_options()->set_threshold(-0.1f); }),
+  cases.push_back({"negative threshold", with([](auto& r) {
+                     r.mutable_options()->set_threshold(-0.1f);
+                   }),
                    kInvalid, "options.threshold"});
-  cases.push_back({"NaN threshold", with([](auto& r) { r.mutable_options()->set_threshold(std::nanf("")); }),
+  cases.push_back({"NaN threshold", with([](auto& r) {
+                     r.mutable_options()->set_threshold(std::nanf(""));
+                   }),
                    kInvalid, "options.threshold"});
-  cases.push_back({"zero capacity factor", with([](auto& r) { r.mutable_options()->set_capacity_factor(0); }),
+  cases.push_back({"zero capacity factor", with([](auto& r) {
+                     r.mutable_options()->set_capacity_factor(0);
+                   }),
                    kInvalid, "options.capacity_factor"});
-  cases.push_back({"huge capacity factor", with([](auto& r) { r.mutable_options()->set_capacity_factor(1e9); }),
+  cases.push_back({"huge capacity factor", with([](auto& r) {
+                     r.mutable_options()->set_capacity_factor(1e9);
+                   }),
                    kInvalid, "options.capacity_factor"});
   for (const Case& c : cases) {
     absl::Status s = Send(c.request);

@@ -32,7 +32,8 @@ Process::Process(std::vector<std::string> argv, std::string log_path)
     sigemptyset(&set);
     pthread_sigmask(SIG_SETMASK, &set, nullptr);
     std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    for (const std::string& a : argv)
+      args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
     ::execv(args[0], args.data());
     std::_Exit(127);
@@ -51,8 +52,8 @@ bool Process::running() {
   if (exit_code_ >= 0 || pid_ <= 0) return false;
   int status = 0;
   if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status)
-                                   : 128 + WTERMSIG(status);
+    exit_code_ =
+        WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     return false;
   }
   return true;
@@ -87,9 +88,8 @@ absl::StatusOr<int> WaitForPortFile(const std::string& path,
     int port = 0;
     if ((in >> text) && absl::SimpleAtoi(text, &port)) return port;
     if (process != nullptr && !process->running()) {
-      return absl::UnavailableError(
-          absl::StrCat("process exited before writing ", path, ":\n",
-                       process->Log()));
+      return absl::UnavailableError(absl::StrCat(
+          "process exited before writing ", path, ":\n", process->Log()));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
@@ -155,14 +155,20 @@ absl::Status Deployment::StartWorker(int i, int port) {
 
 absl::Status Deployment::StartRouter() {
   std::vector<std::string> addresses;
-  for (int p : worker_ports_) addresses.push_back(absl::StrCat("127.0.0.1:", p));
+  for (int p : worker_ports_)
+    addresses.push_back(absl::StrCat("127.0.0.1:", p));
   const std::string port_file = dir_ + "/router.port";
   std::filesystem::remove(port_file);
   std::vector<std::string> argv = {
-      BinaryPath("moe-router"), "--checkpoint=" + checkpoint_,
-      "--workers=" + absl::StrJoin(addresses, ","), "--host=127.0.0.1",
-      "--port=0", "--port_file=" + port_file, "--probe_interval_ms=100",
-      "--metrics_port=0", "--metrics_port_file=" + port_file + ".metrics",
+      BinaryPath("moe-router"),
+      "--checkpoint=" + checkpoint_,
+      "--workers=" + absl::StrJoin(addresses, ","),
+      "--host=127.0.0.1",
+      "--port=0",
+      "--port_file=" + port_file,
+      "--probe_interval_ms=100",
+      "--metrics_port=0",
+      "--metrics_port_file=" + port_file + ".metrics",
       "--grace_seconds=10"};
   argv.insert(argv.end(), router_flags_.begin(), router_flags_.end());
   router_ = std::make_unique<Process>(argv, dir_ + "/router.log");
@@ -170,8 +176,8 @@ absl::Status Deployment::StartRouter() {
       WaitForPortFile(port_file, absl::Seconds(60), router_.get());
   if (!p.ok()) return p.status();
   router_port_ = *p;
-  absl::StatusOr<int> m = WaitForPortFile(port_file + ".metrics",
-                                          absl::Seconds(10), router_.get());
+  absl::StatusOr<int> m =
+      WaitForPortFile(port_file + ".metrics", absl::Seconds(10), router_.get());
   if (!m.ok()) return m.status();
   router_metrics_port_ = *m;
   return WaitServing(router_address(), absl::Seconds(60));
@@ -191,8 +197,8 @@ absl::Status Deployment::WaitWorkerState(int i, bool up,
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  return absl::DeadlineExceededError(
-      absl::StrCat("worker ", address, " not ", up ? "up" : "down", " in time"));
+  return absl::DeadlineExceededError(absl::StrCat(
+      "worker ", address, " not ", up ? "up" : "down", " in time"));
 }
 
 std::string Deployment::router_address() const {

@@ -1,5 +1,6 @@
 #include "testing/golden.h"
 
+#include <ATen/ATen.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -7,10 +8,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
-
-#include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "common/safetensors.h"
 #include "common/torch_convert.h"
@@ -80,7 +79,8 @@ int RunProcess(const std::vector<std::string>& argv, std::string* output) {
       ::dup2(fileno(f), STDERR_FILENO);
     }
     std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    for (const std::string& a : argv)
+      args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
     ::execv(args[0], args.data());
     std::_Exit(127);
@@ -99,8 +99,8 @@ int RunProcess(const std::vector<std::string>& argv, std::string* output) {
 
 std::string TempDir() {
   static std::string dir = [] {
-    std::string tmpl = (std::filesystem::temp_directory_path() /
-                        "moe-test-XXXXXX").string();
+    std::string tmpl =
+        (std::filesystem::temp_directory_path() / "moe-test-XXXXXX").string();
     if (::mkdtemp(tmpl.data()) == nullptr) Die("mkdtemp failed");
     static std::string to_remove = tmpl;
     std::atexit([] { std::filesystem::remove_all(to_remove); });

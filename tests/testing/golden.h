@@ -2,11 +2,11 @@
 // the real binaries as child processes.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <map>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 namespace moe::testing {
 

@@ -1,10 +1,10 @@
 #include "testing/reference.h"
 
-#include <utility>
-#include <vector>
-
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+
+#include <utility>
+#include <vector>
 
 #include "common/checkpoint.h"
 #include "proto/tensor_codec.h"

@@ -2,11 +2,11 @@
 // with, plus request/response helpers shared by the integration tests.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <memory>
 #include <set>
 #include <string>
-
-#include <ATen/core/Tensor.h>
 
 #include "experts/expert_shard.h"
 #include "moe/v1/router.pb.h"

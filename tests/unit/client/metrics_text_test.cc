@@ -1,8 +1,8 @@
 #include "client/metrics_text.h"
 
-#include <limits>
-
 #include <gtest/gtest.h>
+
+#include <limits>
 
 namespace moe::client {
 namespace {

@@ -68,16 +68,16 @@ TEST(CheckpointTest, LoadsSeedSpellingAsTheSameMatrix) {
 }
 
 TEST(CheckpointTest, BothGateSpellingsIsAnError) {
-  const std::string path = RewriteGolden(
-      kMoe, "both.safetensors",
-      [](std::string* name, HostTensor* t, SafetensorsWriter* w) {
-        if (*name == "gate.to_gates.weight") {
-          HostTensor copy = *t;
-          copy.shape = {t->shape[1], t->shape[0]};
-          EXPECT_TRUE(w->Add("gate.w_gating", copy).ok());
-        }
-        return true;
-      });
+  const std::string path =
+      RewriteGolden(kMoe, "both.safetensors",
+                    [](std::string* name, HostTensor* t, SafetensorsWriter* w) {
+                      if (*name == "gate.to_gates.weight") {
+                        HostTensor copy = *t;
+                        copy.shape = {t->shape[1], t->shape[0]};
+                        EXPECT_TRUE(w->Add("gate.w_gating", copy).ok());
+                      }
+                      return true;
+                    });
   auto ckpt = LoadCheckpoint(path);
   ASSERT_FALSE(ckpt.ok());
   EXPECT_NE(ckpt.status().message().find("keep one gate spelling"),
@@ -111,11 +111,11 @@ TEST(CheckpointTest, ExpertOutOfRange) {
 }
 
 TEST(CheckpointTest, MissingParameterIsNamed) {
-  const std::string path = RewriteGolden(
-      kMoe, "missing.safetensors",
-      [](std::string* name, HostTensor*, SafetensorsWriter*) {
-        return *name != "experts.experts.2.net.1.mult_bias";
-      });
+  const std::string path =
+      RewriteGolden(kMoe, "missing.safetensors",
+                    [](std::string* name, HostTensor*, SafetensorsWriter*) {
+                      return *name != "experts.experts.2.net.1.mult_bias";
+                    });
   auto ckpt = LoadCheckpoint(path);
   ASSERT_FALSE(ckpt.ok());
   EXPECT_EQ(ckpt.status().code(), absl::StatusCode::kInvalidArgument);
@@ -128,42 +128,44 @@ TEST(CheckpointTest, MissingParameterIsNamed) {
 }
 
 TEST(CheckpointTest, UnexpectedTensorIsNamed) {
-  const std::string path = RewriteGolden(
-      kMoe, "unexpected.safetensors",
-      [](std::string* name, HostTensor*, SafetensorsWriter*) {
-        if (*name == "experts.experts.0.net.0.bias") {
-          *name = "experts.experts.0.net.0.bias_typo";
-        }
-        return true;
-      });
+  const std::string path =
+      RewriteGolden(kMoe, "unexpected.safetensors",
+                    [](std::string* name, HostTensor*, SafetensorsWriter*) {
+                      if (*name == "experts.experts.0.net.0.bias") {
+                        *name = "experts.experts.0.net.0.bias_typo";
+                      }
+                      return true;
+                    });
   auto ckpt = LoadCheckpoint(path);
   ASSERT_FALSE(ckpt.ok());
   // The renamed tensor is both missing and unexpected; missing is reported.
   EXPECT_NE(ckpt.status().message().find("experts.experts.0.net.0.bias"),
             std::string::npos)
       << ckpt.status();
-  const std::string extra = RewriteGolden(
-      kMoe, "extra.safetensors",
-      [](std::string* name, HostTensor* t, SafetensorsWriter* w) {
-        if (*name == "gate.to_gates.weight") {
-          EXPECT_TRUE(w->Add("gate.noise.weight", *t).ok());
-        }
-        return true;
-      });
+  const std::string extra =
+      RewriteGolden(kMoe, "extra.safetensors",
+                    [](std::string* name, HostTensor* t, SafetensorsWriter* w) {
+                      if (*name == "gate.to_gates.weight") {
+                        EXPECT_TRUE(w->Add("gate.noise.weight", *t).ok());
+                      }
+                      return true;
+                    });
   auto ckpt2 = LoadCheckpoint(extra);
   ASSERT_FALSE(ckpt2.ok());
-  EXPECT_NE(ckpt2.status().message().find("unexpected tensors: gate.noise.weight"),
-            std::string::npos)
+  EXPECT_NE(
+      ckpt2.status().message().find("unexpected tensors: gate.noise.weight"),
+      std::string::npos)
       << ckpt2.status();
 }
 
 TEST(CheckpointTest, WrongShapeIsNamedWithTheExpectedShape) {
-  const std::string path = RewriteGolden(
-      kMoe, "shape.safetensors",
-      [](std::string* name, HostTensor* t, SafetensorsWriter*) {
-        if (*name == "experts.experts.1.net.2.weight") t->shape = {42, 16};
-        return true;
-      });
+  const std::string path =
+      RewriteGolden(kMoe, "shape.safetensors",
+                    [](std::string* name, HostTensor* t, SafetensorsWriter*) {
+                      if (*name == "experts.experts.1.net.2.weight")
+                        t->shape = {42, 16};
+                      return true;
+                    });
   auto ckpt = LoadCheckpoint(path);
   ASSERT_FALSE(ckpt.ok());
   EXPECT_NE(ckpt.status().message().find(
@@ -225,7 +227,8 @@ TEST(CheckpointTest, LoadsBlockAndTwoLevelModels) {
   EXPECT_TRUE(block->config.is_block());
   ASSERT_TRUE(block->router.ff_before.has_value());
   ASSERT_TRUE(block->router.ff_after.has_value());
-  EXPECT_EQ(block->router.ff_after->geglu.w1.sizes(), (at::IntArrayRef{84, 16}));
+  EXPECT_EQ(block->router.ff_after->geglu.w1.sizes(),
+            (at::IntArrayRef{84, 16}));
   EXPECT_EQ(block->router.prenorm_gamma.sizes(), (at::IntArrayRef{16}));
 
   auto hier = LoadCheckpoint(testing::GoldenPath("F_hier_eval"));
@@ -247,8 +250,8 @@ TEST(CheckpointTest, DemoModelRoundTripsForEveryKind) {
     if (kind == ModelKind::kHierarchicalMoe) config.num_experts_inner = 2;
     auto model = BuildDemoModel(config, 5);
     ASSERT_TRUE(model.ok()) << model.status();
-    const std::string path = testing::TempDir() + "/demo_" +
-                             ModelKindName(kind) + ".safetensors";
+    const std::string path =
+        testing::TempDir() + "/demo_" + ModelKindName(kind) + ".safetensors";
     ASSERT_TRUE(
         WriteCheckpoint(path, config, model->router, model->experts).ok());
     auto ckpt = LoadCheckpoint(path);

@@ -39,7 +39,7 @@ TEST(FlagsUtilTest, DashedFlagNamesBecomeUnderscores) {
   char* argv[] = {a0, a1, a2, a3};
   auto args = NormalizeFlagDashes(4, argv);
   EXPECT_EQ(args[1], "--input_tensor=a-b");  // values keep their dashes
-  EXPECT_EQ(args[3], "--x-y");                // after "--": untouched
+  EXPECT_EQ(args[3], "--x-y");               // after "--": untouched
 }
 
 }  // namespace

@@ -46,7 +46,8 @@ TEST(ModelConfigTest, HierarchicalPairAndRoundTrip) {
 }
 
 TEST(ModelConfigTest, F1a7959LossCoefSpelling) {
-  auto c = ParseModelConfig(R"({"dim": 8, "num_experts": 2, "loss_coef": 0.5})");
+  auto c =
+      ParseModelConfig(R"({"dim": 8, "num_experts": 2, "loss_coef": 0.5})");
   ASSERT_TRUE(c.ok());
   EXPECT_DOUBLE_EQ(c->balance_loss_coef, 0.5);
 }

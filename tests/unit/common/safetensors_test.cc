@@ -1,10 +1,10 @@
 #include "common/safetensors.h"
 
+#include <gtest/gtest.h>
+
 #include <cstdio>
 #include <fstream>
 #include <string>
-
-#include <gtest/gtest.h>
 
 #include "testing/golden.h"
 
@@ -31,7 +31,8 @@ std::string FileWithHeader(const std::string& name, const std::string& json,
                            size_t data_size) {
   std::string bytes;
   const uint64_t len = json.size();
-  for (int i = 0; i < 8; ++i) bytes.push_back(static_cast<char>(len >> (8 * i)));
+  for (int i = 0; i < 8; ++i)
+    bytes.push_back(static_cast<char>(len >> (8 * i)));
   bytes += json;
   bytes.append(data_size, '\0');
   return WriteBytes(name, bytes);

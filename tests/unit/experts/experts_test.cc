@@ -1,7 +1,7 @@
-#include <cmath>
-
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 #include "experts/expert_shard.h"
 #include "experts/feed_forward.h"
@@ -76,7 +76,8 @@ TEST(FeedForwardTest, IsNormThenGeglu) {
   at::Tensor y = FeedForward(w, x);
   ASSERT_EQ(y.sizes(), x.sizes());
   at::Tensor expected =
-      GegluForward(w.geglu, RmsNorm(x, w.gamma).reshape({6, 6})).view({2, 3, 6});
+      GegluForward(w.geglu, RmsNorm(x, w.gamma).reshape({6, 6}))
+          .view({2, 3, 6});
   EXPECT_TRUE(at::allclose(y, expected));
 }
 

@@ -1,11 +1,11 @@
 #include "proto/expert_wire.h"
 
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
 #include <cstring>
 #include <string>
 #include <vector>
-
-#include <ATen/ATen.h>
-#include <gtest/gtest.h>
 
 #include "moe/v1/expert.pb.h"
 
@@ -48,8 +48,7 @@ TEST(ExpertWireTest, WrittenRequestParsesAsTheGeneratedMessage) {
   ASSERT_EQ(request.tokens().shape_size(), 2);
   EXPECT_EQ(request.tokens().shape(0), 7);
   EXPECT_EQ(request.tokens().shape(1), 4);
-  const at::Tensor expected =
-      at::cat({a.narrow(0, 1, 2), b}).contiguous();
+  const at::Tensor expected = at::cat({a.narrow(0, 1, 2), b}).contiguous();
   ASSERT_EQ(request.tokens().data().size(), expected.nbytes());
   EXPECT_EQ(std::memcmp(request.tokens().data().data(), expected.data_ptr(),
                         expected.nbytes()),
@@ -94,8 +93,8 @@ TEST(ExpertWireTest, ViewReadsGeneratedResponsesAcrossAnySlicing) {
 TEST(ExpertWireTest, UnknownFieldsAndUnpackedShapesAreAccepted) {
   // Tensor{dtype: BFLOAT16, shape: 1, 2 (unpacked), data: 4 bytes, and an
   // unknown field 9}, inside field 1 after an unknown top-level field 2.
-  const std::string inner("\x08\x02\x10\x01\x10\x02\x48\x05\x1a\x04\x01\x02\x03\x04",
-                          14);
+  const std::string inner(
+      "\x08\x02\x10\x01\x10\x02\x48\x05\x1a\x04\x01\x02\x03\x04", 14);
   std::string bytes("\x10\x2a\x0a", 3);
   bytes += static_cast<char>(inner.size());
   bytes += inner;

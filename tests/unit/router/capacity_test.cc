@@ -22,8 +22,8 @@ TEST(CapacityTest, CapacityIsCappedAtTheGroupSize) {
 }
 
 TEST(CapacityTest, TruncatesLikePythonInt) {
-  EXPECT_EQ(ExpertCapacity(64, 0.75, 4), 12);  // golden B2
-  EXPECT_EQ(ExpertCapacity(100, 1.25, 8), 15);  // 15.625
+  EXPECT_EQ(ExpertCapacity(64, 0.75, 4), 12);     // golden B2
+  EXPECT_EQ(ExpertCapacity(100, 1.25, 8), 15);    // 15.625
   EXPECT_EQ(ExpertCapacity(1024, 2.0, 16), 128);  // README configuration
   EXPECT_EQ(ExpertCapacity(256, 2.0, 16), 32);
   EXPECT_EQ(ExpertCapacity(1024, 1.25, 16), 80);

@@ -1,8 +1,8 @@
 #include "router/dispatch_plan.h"
 
-#include <vector>
-
 #include <gtest/gtest.h>
+
+#include <vector>
 
 namespace moe::router {
 namespace {

@@ -1,9 +1,9 @@
 #include "router/losses.h"
 
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 namespace moe::router {
 namespace {
@@ -59,10 +59,10 @@ TEST(LossesTest, ImportanceRestrictsTheInnerBalanceLossToFirstChoiceSlots) {
 TEST(LossesTest, RouterZLossIsMeanSquaredLogSumExp) {
   std::vector<float> logits = {0, 0, 0, 0, 1, 2, 3, 4};
   const double lse0 = std::log(4.0);
-  const double lse1 = std::log(std::exp(1.0) + std::exp(2.0) + std::exp(3.0) +
-                               std::exp(4.0));
-  EXPECT_NEAR(RouterZLoss(logits, 4, {}),
-              (lse0 * lse0 + lse1 * lse1) / 2, 1e-9);
+  const double lse1 =
+      std::log(std::exp(1.0) + std::exp(2.0) + std::exp(3.0) + std::exp(4.0));
+  EXPECT_NEAR(RouterZLoss(logits, 4, {}), (lse0 * lse0 + lse1 * lse1) / 2,
+              1e-9);
   // Masked: only importance-1 tokens, divided by their count.
   EXPECT_NEAR(RouterZLoss(logits, 4, {0.5f, 1.0f}), lse1 * lse1, 1e-9);
   EXPECT_NEAR(RouterZLoss(logits, 4, {0.0f, 0.0f}), 0.0, 1e-12);

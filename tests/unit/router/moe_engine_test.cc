@@ -1,10 +1,10 @@
 #include "router/engine/moe_engine.h"
 
-#include <limits>
-
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
+
+#include <limits>
 
 #include "common/checkpoint.h"
 #include "common/demo_model.h"
@@ -79,7 +79,8 @@ TEST(MoeEngineTest, RejectsBadInputsNamingTheField) {
   inf[0][0][0] = std::numeric_limits<float>::infinity();
   const Case cases[] = {
       {at::randn({4, 16}), "x: must have rank 3"},
-      {at::randn({1, 4, 15}), "x: last dimension is 15 but the model dim is 16"},
+      {at::randn({1, 4, 15}),
+       "x: last dimension is 15 but the model dim is 16"},
       {at::randn({0, 4, 16}), "x: batch and tokens must be at least 1"},
       {at::randn({1, 0, 16}), "x: batch and tokens must be at least 1"},
       {at::ones({1, 4, 16}, at::kInt), "x: dtype Int is not supported"},
@@ -214,11 +215,13 @@ TEST(MoeEngineTest, BackendFailureIsReturned) {
 }
 
 TEST(MoeEngineTest, BlockFeedForwardsAreOptional) {
-  auto ckpt = common::LoadCheckpoint(testing::GoldenPath("E_sparse_block_eval"));
+  auto ckpt =
+      common::LoadCheckpoint(testing::GoldenPath("E_sparse_block_eval"));
   ASSERT_TRUE(ckpt.ok());
   auto shard = experts::ExpertShard::Create(ckpt->experts);
   LocalExpertBackend backend(shard->get());
-  auto golden = testing::ReadAllTensors(testing::GoldenPath("E_sparse_block_eval"));
+  auto golden =
+      testing::ReadAllTensors(testing::GoldenPath("E_sparse_block_eval"));
   common::RouterWeights no_ff = ckpt->router;
   no_ff.ff_before.reset();
   no_ff.ff_after.reset();
@@ -237,8 +240,8 @@ TEST(MoeEngineTest, BlockFeedForwardsAreOptional) {
   gate_only.gate = ckpt->router.gate;
   auto moe = MoeEngine::Create(plain, gate_only, &backend);
   ASSERT_TRUE(moe.ok());
-  auto inner = (*moe)->Forward(
-      experts::RmsNorm(x, ckpt->router.prenorm_gamma), o);
+  auto inner =
+      (*moe)->Forward(experts::RmsNorm(x, ckpt->router.prenorm_gamma), o);
   ASSERT_TRUE(inner.ok()) << inner.status();
   EXPECT_LE(testing::MaxAbsDiff(r->y, x + inner->y), 1e-6);
   // With them, the golden output (which has both) is reproduced.

@@ -1,11 +1,11 @@
 #include "router/top2_gating.h"
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 namespace moe::router {
 namespace {
@@ -41,8 +41,8 @@ TEST(Top2GatingTest, TiesBreakToTheLowestExpertIndex) {
 }
 
 TEST(Top2GatingTest, NormalisesTheTopTwoGatesInFloat32) {
-  RoutingResult r = Route({0.1f, 0.6f, 0.3f}, 1, 1,
-                          Params(3, SecondExpertPolicy::kAll));
+  RoutingResult r =
+      Route({0.1f, 0.6f, 0.3f}, 1, 1, Params(3, SecondExpertPolicy::kAll));
   const float denom = (0.6f + 0.3f) + 1e-9f;
   EXPECT_EQ(r.gate[0], 0.6f / denom);
   EXPECT_EQ(r.gate[1], 0.3f / denom);
@@ -53,8 +53,8 @@ TEST(Top2GatingTest, FirstChoicesClaimSlotsBeforeSecondChoices) {
   // Six tokens, all prefer expert 0 then expert 1; C = 4 (the minimum).
   std::vector<float> probs;
   for (int t = 0; t < 6; ++t) probs.insert(probs.end(), {0.7f, 0.3f});
-  RoutingResult r = Route(probs, 1, 6, Params(2, SecondExpertPolicy::kAll,
-                                              0.2f, 0.5));
+  RoutingResult r =
+      Route(probs, 1, 6, Params(2, SecondExpertPolicy::kAll, 0.2f, 0.5));
   ASSERT_EQ(r.capacity, 4);
   for (int t = 0; t < 6; ++t) {
     EXPECT_EQ(r.position[r.Index(0, t, 0)], t);
@@ -79,8 +79,8 @@ TEST(Top2GatingTest, SecondChoiceSlotsStartAfterKeptFirstChoices) {
   // so only token 3's second choice fits.
   std::vector<float> probs = {0.2f, 0.8f, 0.2f, 0.8f, 0.2f, 0.8f,
                               0.7f, 0.3f, 0.7f, 0.3f, 0.7f, 0.3f};
-  RoutingResult r = Route(probs, 1, 6, Params(2, SecondExpertPolicy::kAll,
-                                              0.2f, 0.5));
+  RoutingResult r =
+      Route(probs, 1, 6, Params(2, SecondExpertPolicy::kAll, 0.2f, 0.5));
   EXPECT_EQ(r.first_kept_count[1], 3);
   EXPECT_EQ(r.position[r.Index(0, 3, 1)], 3);
   EXPECT_TRUE(r.kept[r.Index(0, 3, 1)]);
@@ -96,8 +96,8 @@ TEST(Top2GatingTest, SecondChoiceSlotsStartAfterKeptFirstChoices) {
 TEST(Top2GatingTest, GroupsRouteIndependently) {
   std::vector<float> probs;
   for (int t = 0; t < 10; ++t) probs.insert(probs.end(), {0.9f, 0.1f});
-  RoutingResult r = Route(probs, 2, 5, Params(2, SecondExpertPolicy::kNone,
-                                              0.2f, 0.5));
+  RoutingResult r =
+      Route(probs, 2, 5, Params(2, SecondExpertPolicy::kNone, 0.2f, 0.5));
   // Each group of 5 has its own 4 slots.
   EXPECT_EQ(r.position[r.Index(1, 0, 0)], 0);
   EXPECT_EQ(r.counts.kept[0], 8);
@@ -135,9 +135,9 @@ TEST(Top2GatingTest, RandomPolicyComparesTheDrawWithGateOverThreshold) {
   EXPECT_TRUE(r.requested[r.Index(0, 0, 1)]);
   EXPECT_FALSE(r.requested[r.Index(0, 1, 1)]);
   // A threshold at or below eps routes every second choice ("all").
-  RoutingResult all = Route(probs, 1, 2,
-                            Params(2, SecondExpertPolicy::kRandom, 0.0f), {},
-                            {0.999f, 0.999f});
+  RoutingResult all =
+      Route(probs, 1, 2, Params(2, SecondExpertPolicy::kRandom, 0.0f), {},
+            {0.999f, 0.999f});
   EXPECT_EQ(all.counts.requested[1], 2);
 }
 
@@ -159,17 +159,15 @@ TEST(Top2GatingTest, RandomKeepRateMatchesExpectation) {
     for (int64_t e = 0; e < experts; ++e) probs[t * experts + e] /= sum;
     uniforms[t] = uniform(rng);
   }
-  RoutingResult r = Route(probs, 1, tokens,
-                          Params(experts, SecondExpertPolicy::kRandom,
-                                 threshold),
-                          {}, uniforms);
+  RoutingResult r = Route(
+      probs, 1, tokens, Params(experts, SecondExpertPolicy::kRandom, threshold),
+      {}, uniforms);
   double expected = 0;
   for (int64_t t = 0; t < tokens; ++t) {
     expected += std::min(1.0, double{r.gate[t * 2 + 1]} / threshold);
   }
   expected /= tokens;
-  const double observed =
-      static_cast<double>(r.counts.requested[1]) / tokens;
+  const double observed = static_cast<double>(r.counts.requested[1]) / tokens;
   // Bernoulli mean: standard error <= 0.5 / sqrt(200000) = 0.0011.
   EXPECT_NEAR(observed, expected, 0.006);
   EXPECT_GT(expected, 0.2);
