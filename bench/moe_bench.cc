@@ -12,16 +12,18 @@
 #include <benchmark/benchmark.h>
 #include <c10/core/InferenceMode.h>
 
+#include <map>
 #include <memory>
 #include <random>
 #include <vector>
 
 #include "common/allocator.h"
-#include "common/demo_model.h"
-#include "experts/expert_shard.h"
+#include "common/torch/demo_model.h"
+#include "experts/cpu_expert_shard.h"
 #include "experts/geglu.h"
+#include "router/combine.h"
 #include "router/dispatch_plan.h"
-#include "router/engine/moe_engine.h"
+#include "router/engine/layer_engine.h"
 #include "router/top2_gating.h"
 
 namespace moe {
@@ -56,7 +58,7 @@ BENCHMARK(BM_ExpertGemm)->Arg(128)->Arg(512)->Unit(benchmark::kMillisecond);
 void BM_ExpertGeglu(benchmark::State& state) {
   c10::InferenceMode guard;
   const int64_t tokens = state.range(0);
-  auto model = common::BuildDemoModel(common::DefaultDemoConfig(), 0);
+  auto model = common::BuildDemoLayer(common::DefaultDemoConfig(), 0);
   const common::ExpertWeights& w = model->experts.at(0);
   at::Tensor x = at::randn({tokens, kDim});
   at::Tensor out = at::empty({tokens, kDim});
@@ -104,13 +106,13 @@ void BM_PlanGatherScatter(benchmark::State& state) {
   auto r = router::RouteTop2(probs, kBatch, kSeq, params, {}, uniforms);
   at::Tensor h = at::randn({kBatch * kSeq, kDim});
   for (auto _ : state) {
-    router::DispatchPlan plan = router::BuildDispatchPlan(*r);
+    router::DispatchPlan plan = router::BuildDispatchPlan(*r, 0);
     at::Tensor rows = at::from_blob(plan.row.data(), {plan.size()}, at::kLong);
     at::Tensor gathered = h.index_select(0, rows);
-    at::Tensor w =
-        at::from_blob(plan.weight.data(), {plan.size(), 1}, at::kFloat);
     at::Tensor y = at::zeros_like(h);
-    y.index_add_(0, rows, gathered.mul_(w));
+    router::CombineRows(gathered.data_ptr<float>(), plan.size(),
+                        plan.row.data(), plan.weight.data(), kDim,
+                        y.data_ptr<float>());
     benchmark::DoNotOptimize(y.data_ptr());
   }
 }
@@ -120,11 +122,14 @@ BENCHMARK(BM_PlanGatherScatter)->Unit(benchmark::kMillisecond);
 // eval, random policy.
 void BM_EngineForward(benchmark::State& state) {
   const int64_t batch = state.range(0), seq = state.range(1);
-  const common::ModelConfig config = common::DefaultDemoConfig();
-  auto model = common::BuildDemoModel(config, 0);
-  auto shard = experts::ExpertShard::Create(model->experts);
+  const common::LayerConfig config = common::DefaultDemoConfig();
+  auto model = common::BuildDemoLayer(config, 0);
+  std::map<common::ExpertKey, common::ExpertWeights> weights;
+  for (auto& [id, w] : model->experts) weights[{0, id}] = w;
+  auto shard = experts::CpuExpertShard::Create(std::move(weights));
   router::LocalExpertBackend backend(shard->get());
-  auto engine = router::MoeEngine::Create(config, model->router, &backend);
+  auto engine = router::LayerEngine::Create(0, common::LayerSpec{"", config},
+                                            model->router);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
   at::Tensor x = at::randn({batch, seq, kDim}, gen);
   router::RoutingOptions options;
@@ -132,25 +137,25 @@ void BM_EngineForward(benchmark::State& state) {
   int64_t kept = 0;
   router::ForwardTimings sum;
   for (auto _ : state) {
-    auto r = (*engine)->Forward(x, options);
+    auto r = (*engine)->Forward(x, options, backend);
     if (!r.ok()) {
       state.SkipWithError(std::string(r.status().message()).c_str());
       return;
     }
     kept = r->plan.size();
-    sum.pre_us += r->timings.pre_us;
-    sum.gate_us += r->timings.gate_us;
-    sum.plan_us += r->timings.plan_us;
-    sum.experts_us += r->timings.experts_us;
-    sum.combine_us += r->timings.combine_us;
+    sum.pre += r->timings.pre;
+    sum.gate += r->timings.gate;
+    sum.plan += r->timings.plan;
+    sum.experts += r->timings.experts;
+    sum.combine += r->timings.combine;
   }
   // Mean stage times in ms.
-  const double n = static_cast<double>(state.iterations()) * 1e3;
-  state.counters["pre_ms"] = sum.pre_us / n;
-  state.counters["gate_ms"] = sum.gate_us / n;
-  state.counters["plan_ms"] = sum.plan_us / n;
-  state.counters["experts_ms"] = sum.experts_us / n;
-  state.counters["combine_ms"] = sum.combine_us / n;
+  const double n = static_cast<double>(state.iterations());
+  state.counters["pre_ms"] = absl::ToDoubleMilliseconds(sum.pre) / n;
+  state.counters["gate_ms"] = absl::ToDoubleMilliseconds(sum.gate) / n;
+  state.counters["plan_ms"] = absl::ToDoubleMilliseconds(sum.plan) / n;
+  state.counters["experts_ms"] = absl::ToDoubleMilliseconds(sum.experts) / n;
+  state.counters["combine_ms"] = absl::ToDoubleMilliseconds(sum.combine) / n;
   const double useful = 2.0 * kept * 3.0 * kDim * config.expert_hidden();
   state.counters["tokens_per_s"] = benchmark::Counter(
       batch * seq, benchmark::Counter::kIsIterationInvariantRate);

@@ -102,7 +102,8 @@ class MoeUp:
         self.proc = subprocess.Popen(
             [os.path.join(bin_dir, "moe-up"), "--workers=2", "--port=0",
              "--port_file=" + port_file, "--endpoints_file=" + self.endpoints_file]
-            + list(flags),
+            + (["--demo_layers=1"] if not any(f.startswith("--demo_layers") for f in flags)
+               else []) + list(flags),
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
         while not os.path.exists(port_file):

@@ -1,10 +1,11 @@
 #include "client/router_client.h"
 
-#include <ATen/ATen.h>
-
+#include <limits>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "proto/grpc_status.h"
 #include "proto/tensor_codec.h"
@@ -13,13 +14,28 @@ namespace moe::client {
 namespace {
 
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target,
-                                           int max_message_bytes) {
+                                           const ClientOptions& options) {
   grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(max_message_bytes);
-  args.SetMaxSendMessageSize(max_message_bytes);
+  args.SetMaxReceiveMessageSize(options.max_message_bytes);
+  args.SetMaxSendMessageSize(options.max_message_bytes);
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(),
+  return grpc::CreateCustomChannel(target,
+                                   options.credentials != nullptr
+                                       ? options.credentials
+                                       : grpc::InsecureChannelCredentials(),
                                    args);
+}
+
+// gRPC's own size refusal says nothing of what to do about it.
+absl::Status Explain(absl::Status status) {
+  if (absl::IsResourceExhausted(status) &&
+      absl::StrContains(status.message(), "larger than max")) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        status.message(),
+        ": the request is larger than the router accepts; send fewer "
+        "tokens per request (moe-client info shows max_tokens_per_request)"));
+  }
+  return status;
 }
 
 }  // namespace
@@ -34,8 +50,16 @@ RouterClient::RouterClient(std::string target,
 
 std::unique_ptr<RouterClient> RouterClient::Create(
     const std::string& target, const ClientOptions& options) {
-  return std::unique_ptr<RouterClient>(new RouterClient(
-      target, MakeChannel(target, options.max_message_bytes), options));
+  return std::unique_ptr<RouterClient>(
+      new RouterClient(target, MakeChannel(target, options), options));
+}
+
+void RouterClient::Prepare(grpc::ClientContext* context,
+                           absl::Time deadline) const {
+  context->set_deadline(absl::ToChronoTime(deadline));
+  if (!options_.token.empty()) {
+    context->AddMetadata("authorization", "Bearer " + options_.token);
+  }
 }
 
 absl::StatusOr<moe::v1::ForwardResponse> RouterClient::Forward(
@@ -44,27 +68,40 @@ absl::StatusOr<moe::v1::ForwardResponse> RouterClient::Forward(
   absl::Duration backoff = absl::Milliseconds(100);
   for (int attempt = 1;; ++attempt) {
     grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(deadline));
+    Prepare(&context, deadline);
     moe::v1::ForwardResponse response;
     grpc::Status status = stub_->Forward(&context, request, &response);
     if (status.ok()) return response;
     if (status.error_code() != grpc::StatusCode::UNAVAILABLE ||
         attempt >= options_.max_attempts || absl::Now() + backoff >= deadline) {
-      return proto::FromGrpcStatus(status);
+      return Explain(proto::FromGrpcStatus(status));
     }
     std::this_thread::sleep_for(absl::ToChronoMilliseconds(backoff));
     backoff *= 2;
   }
 }
 
+absl::Status DegradedError(const moe::v1::ForwardResponse& response) {
+  return absl::UnavailableError(absl::StrCat(
+      "degraded answer: experts [",
+      absl::StrJoin(response.failed_experts(), ","), "] of layer \"",
+      response.layer(), "\" were unavailable (",
+      response.stats().dropped_expert_unavailable(),
+      " assignments dropped); allow degraded answers to accept it"));
+}
+
 absl::StatusOr<ForwardOutput> RouterClient::Forward(
-    const at::Tensor& x, const moe::v1::RoutingOptions& options) const {
+    const common::HostTensor& x, const ForwardOptions& options) const {
   moe::v1::ForwardRequest request;
-  MOE_ASSIGN_OR_RETURN(moe::v1::DType dtype, proto::WireDType(x.scalar_type()));
-  MOE_RETURN_IF_ERROR(proto::EncodeTensor(x, dtype, request.mutable_x()));
-  *request.mutable_options() = options;
+  MOE_RETURN_IF_ERROR(proto::EncodeTensor(x, request.mutable_x()));
+  *request.mutable_options() = options.routing;
+  request.set_layer(options.layer);
+  request.set_on_expert_failure(options.on_expert_failure);
   ForwardOutput out;
   MOE_ASSIGN_OR_RETURN(out.response, Forward(request));
+  if (out.response.degraded() && !options.allow_degraded) {
+    return DegradedError(out.response);
+  }
   MOE_ASSIGN_OR_RETURN(
       out.y, proto::DecodeTensor(out.response.y(), "y",
                                  std::numeric_limits<int64_t>::max()));
@@ -83,22 +120,22 @@ void RouterClient::ForwardAsync(
   auto* call = new Call;
   call->request = request;
   call->done = std::move(done);
-  call->context.set_deadline(
-      absl::ToChronoTime(absl::Now() + options_.timeout));
-  stub_->async()->Forward(&call->context, &call->request, &call->response,
-                          [call](grpc::Status status) {
-                            if (status.ok()) {
-                              call->done(std::move(call->response));
-                            } else {
-                              call->done(proto::FromGrpcStatus(status));
-                            }
-                            delete call;
-                          });
+  Prepare(&call->context, absl::Now() + options_.timeout);
+  stub_->async()->Forward(
+      &call->context, &call->request, &call->response,
+      [call](grpc::Status status) {
+        if (status.ok()) {
+          call->done(std::move(call->response));
+        } else {
+          call->done(Explain(proto::FromGrpcStatus(status)));
+        }
+        delete call;
+      });
 }
 
 absl::StatusOr<moe::v1::ModelInfo> RouterClient::GetModelInfo() const {
   grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
+  Prepare(&context, absl::Now() + options_.timeout);
   moe::v1::ModelInfo info;
   grpc::Status status =
       stub_->GetModelInfo(&context, moe::v1::GetModelInfoRequest(), &info);
@@ -108,9 +145,11 @@ absl::StatusOr<moe::v1::ModelInfo> RouterClient::GetModelInfo() const {
 
 absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus>
 CheckHealth(const std::string& target, absl::Duration timeout,
-            const std::string& service) {
-  auto stub = grpc::health::v1::Health::NewStub(
-      grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+            const std::string& service,
+            std::shared_ptr<grpc::ChannelCredentials> credentials) {
+  auto stub = grpc::health::v1::Health::NewStub(grpc::CreateChannel(
+      target, credentials != nullptr ? credentials
+                                     : grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   grpc::health::v1::HealthCheckRequest request;

@@ -1,18 +1,21 @@
-// RouterClient: the C++ client library of the moe.v1.Router service.
+// RouterClient: the C++ client library of the moe.v1.Router service. It
+// needs gRPC, protobuf and abseil only: tensors are common::HostTensor
+// (dtype, shape, little-endian bytes), never LibTorch.
 //
 // Example:
 //   auto client = RouterClient::Create("127.0.0.1:50051");
-//   moe::v1::RoutingOptions options;
-//   options.set_mode(moe::v1::EVAL);
+//   ForwardOptions options;
+//   options.layer = "blocks.3.ff";
 //   MOE_ASSIGN_OR_RETURN(ForwardOutput out, client->Forward(x, options));
 //   // out.y: [B, n, d] in x's dtype; out.response: losses, stats, trace
 //
 // Forward calls have no side effects, so the client retries them on
 // UNAVAILABLE (with backoff, within the call's timeout); nothing else is
-// retried. Thread-safe.
+// retried. An answer that lacks some experts' outputs (`degraded`, under
+// the router's drop policy) is an error unless the caller allows it.
+// Thread-safe.
 #pragma once
 
-#include <ATen/core/Tensor.h>
 #include <grpcpp/grpcpp.h>
 
 #include <functional>
@@ -21,6 +24,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/host_tensor.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "moe/v1/router.grpc.pb.h"
 
@@ -30,10 +34,25 @@ struct ClientOptions {
   absl::Duration timeout = absl::Seconds(60);  // per call, retries included
   int max_attempts = 3;
   int max_message_bytes = 1 << 30;
+  // TLS toward the router (CA, and a client certificate for mutual TLS);
+  // plaintext when null.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // Sent as "authorization: Bearer <token>" when not empty.
+  std::string token;
+};
+
+struct ForwardOptions {
+  std::string layer;  // may be empty for a one-layer model
+  moe::v1::RoutingOptions routing;
+  moe::v1::ExpertFailurePolicy on_expert_failure =
+      moe::v1::ON_FAILURE_UNSPECIFIED;
+  // Accept an answer missing some experts' outputs (degraded) instead of
+  // failing with UNAVAILABLE.
+  bool allow_degraded = false;
 };
 
 struct ForwardOutput {
-  at::Tensor y;  // decoded from response.y
+  common::HostTensor y;  // decoded from response.y
   moe::v1::ForwardResponse response;
 };
 
@@ -44,16 +63,17 @@ class RouterClient {
 
   const std::string& target() const { return target_; }
 
-  // The raw call.
+  // The raw call (a degraded answer is returned as it is).
   absl::StatusOr<moe::v1::ForwardResponse> Forward(
       const moe::v1::ForwardRequest& request) const;
 
   // Encodes x (float32, bfloat16 or float16 [B, n, d]) and decodes y.
-  absl::StatusOr<ForwardOutput> Forward(
-      const at::Tensor& x, const moe::v1::RoutingOptions& options) const;
+  // UNAVAILABLE for a degraded answer unless options.allow_degraded.
+  absl::StatusOr<ForwardOutput> Forward(const common::HostTensor& x,
+                                        const ForwardOptions& options) const;
 
-  // Asynchronous form: `done` runs on a gRPC thread when the call ends (no
-  // retries). `request` is copied.
+  // Asynchronous raw form: `done` runs on a gRPC thread when the call ends
+  // (no retries). `request` is copied.
   void ForwardAsync(
       const moe::v1::ForwardRequest& request,
       std::function<void(absl::StatusOr<moe::v1::ForwardResponse>)> done) const;
@@ -65,6 +85,7 @@ class RouterClient {
  private:
   RouterClient(std::string target, std::shared_ptr<grpc::Channel> channel,
                const ClientOptions& options);
+  void Prepare(grpc::ClientContext* context, absl::Time deadline) const;
 
   std::string target_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -72,10 +93,15 @@ class RouterClient {
   ClientOptions options_;
 };
 
-// The grpc.health.v1 status of `service` ("" = the whole server) at
-// `target`; UNAVAILABLE when it cannot be reached within `timeout`.
+// The error of a degraded answer: UNAVAILABLE naming the failed experts.
+absl::Status DegradedError(const moe::v1::ForwardResponse& response);
+
+// The grpc.health.v1 status of `service` ("" = the whole process) at
+// `target`; UNAVAILABLE when it cannot be reached within `timeout`,
+// NOT_FOUND when the server has no such service.
 absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus>
 CheckHealth(const std::string& target, absl::Duration timeout,
-            const std::string& service = "");
+            const std::string& service = "",
+            std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
 
 }  // namespace moe::client

@@ -1,30 +1,30 @@
 #include "common/checkpoint.h"
 
-#include <ATen/ATen.h>
+#include <unistd.h>
 
 #include <algorithm>
-#include <map>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "common/safetensors.h"
+#include "common/fingerprint.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
-#include "common/torch_convert.h"
 
 namespace moe::common {
 namespace {
 
-constexpr const char* kIgnoredPrefixes[] = {"input.", "output.", "expected.",
-                                            "alt."};
-constexpr const char* kExpertParams[] = {"net.0.weight", "net.0.bias",
-                                         "net.1.mult_bias", "net.2.weight",
-                                         "net.2.bias"};
-constexpr const char* kFeedForwardParams[] = {"net.0.gamma",  "net.1.weight",
-                                              "net.1.bias",   "net.2.mult_bias",
-                                              "net.3.weight", "net.3.bias"};
+using Json = nlohmann::json;
+
+constexpr const char* kTestVectorPrefixes[] = {"input.", "output.", "expected.",
+                                               "alt."};
 constexpr size_t kMaxNamesInMessage = 8;
 
 std::string NameList(const std::vector<std::string>& names) {
@@ -38,66 +38,78 @@ std::string NameList(const std::vector<std::string>& names) {
   return out;
 }
 
-std::vector<int64_t> ExpertShape(const char* param, int64_t d, int64_t h) {
-  const std::string p = param;
-  if (p == "net.0.weight") return {2 * h, d};
-  if (p == "net.0.bias") return {2 * h};
-  if (p == "net.1.mult_bias") return {h};
-  if (p == "net.2.weight") return {d, h};
+std::vector<int64_t> ExpertShape(absl::string_view param, int64_t d,
+                                 int64_t h) {
+  if (param == "net.0.weight") return {2 * h, d};
+  if (param == "net.0.bias") return {2 * h};
+  if (param == "net.1.mult_bias") return {h};
+  if (param == "net.2.weight") return {d, h};
   return {d};  // net.2.bias
 }
 
-// The parameters a config implies: name -> shape. Gate spellings are resolved
-// against the file; feed-forwards are included when the file has any of them.
-class ParamPlan {
+std::string Describe(const LayerSpec& layer) {
+  const LayerConfig& c = layer.config;
+  return absl::StrCat(
+      " (layer ", layer.name.empty() ? "(unnamed)" : "\"" + layer.name + "\"",
+      ": kind=", LayerKindName(c.kind), ", dim=", c.dim,
+      ", num_experts=", c.num_experts,
+      c.hierarchical() ? absl::StrCat("x", c.num_experts_inner) : "",
+      ", expert hidden=", c.expert_hidden(), ")");
+}
+
+// The tensors one layer implies (full name -> shape), with the gate spelling
+// and the feed-forwards resolved against the file.
+class LayerPlan {
  public:
-  ParamPlan(const ModelConfig& config, const SafetensorsReader& reader)
-      : config_(config), reader_(reader) {}
+  LayerPlan(const LayerSpec& layer, const SafetensorsReader& reader)
+      : layer_(layer), reader_(reader) {}
 
   absl::Status Build() {
-    const int64_t d = config_.dim;
-    const std::string p = config_.is_block() ? "moe." : "";
-    if (config_.hierarchical()) {
-      const int64_t eo = config_.num_experts, ei = config_.num_experts_inner;
-      MOE_RETURN_IF_ERROR(ResolveGate(p + "gate_outer.", eo));
-      Expect(p + "gate_inner.w_gating", {eo, d, ei});
-      inner_gate_ = p + "gate_inner.w_gating";
+    const LayerConfig& c = layer_.config;
+    const int64_t d = c.dim;
+    const std::string p = layer_.prefix();
+    const std::string moe = p + (c.is_block() ? "moe." : "");
+    if (c.hierarchical()) {
+      MOE_RETURN_IF_ERROR(ResolveGate(moe + "gate_outer.", c.num_experts));
+      params_.inner_gate = moe + "gate_inner.w_gating";
+      Expect(params_.inner_gate, {c.num_experts, d, c.num_experts_inner});
     } else {
-      MOE_RETURN_IF_ERROR(ResolveGate(p + "gate.", config_.num_experts));
+      MOE_RETURN_IF_ERROR(ResolveGate(moe + "gate.", c.num_experts));
     }
-    for (int64_t id = 0; id < config_.total_experts(); ++id) {
-      const std::string prefix = ExpertParamPrefix(config_, id);
+    for (int64_t id = 0; id < c.total_experts(); ++id) {
+      const std::string prefix = ExpertParamPrefix(layer_, id);
       for (const char* param : kExpertParams) {
-        Expect(prefix + param, ExpertShape(param, d, config_.expert_hidden()));
+        Expect(prefix + param, ExpertShape(param, d, c.expert_hidden()));
       }
     }
-    if (config_.is_block()) {
-      Expect("moe_prenorm.gamma", {d});
-      for (const char* ff : {"ff_before.", "ff_after."}) {
-        if (!HasAnyWithPrefix(ff)) continue;
-        has_ff_.insert(ff);
-        const int64_t h4 = config_.feed_forward_hidden();
-        Expect(absl::StrCat(ff, "net.0.gamma"), {d});
-        Expect(absl::StrCat(ff, "net.1.weight"), {2 * h4, d});
-        Expect(absl::StrCat(ff, "net.1.bias"), {2 * h4});
-        Expect(absl::StrCat(ff, "net.2.mult_bias"), {h4});
-        Expect(absl::StrCat(ff, "net.3.weight"), {d, h4});
-        Expect(absl::StrCat(ff, "net.3.bias"), {d});
+    if (c.is_block()) {
+      params_.prenorm_gamma = p + "moe_prenorm.gamma";
+      Expect(params_.prenorm_gamma, {d});
+      for (std::string* ff : {&params_.ff_before, &params_.ff_after}) {
+        const std::string prefix =
+            p + (ff == &params_.ff_before ? "ff_before." : "ff_after.");
+        if (!HasAnyWithPrefix(prefix)) continue;
+        *ff = prefix;
+        const int64_t h4 = c.feed_forward_hidden();
+        Expect(prefix + "net.0.gamma", {d});
+        Expect(prefix + "net.1.weight", {2 * h4, d});
+        Expect(prefix + "net.1.bias", {2 * h4});
+        Expect(prefix + "net.2.mult_bias", {h4});
+        Expect(prefix + "net.3.weight", {d, h4});
+        Expect(prefix + "net.3.bias", {d});
       }
     }
     // Threshold buffers (HEAD): not parameters, but their shape is checked.
     for (const char* buffer : {"threshold_train", "threshold_eval"}) {
-      buffers_[absl::StrCat(p, config_.hierarchical() ? "gate_outer." : "gate.",
+      buffers_[absl::StrCat(moe, c.hierarchical() ? "gate_outer." : "gate.",
                             buffer)] = {2};
     }
     return Check();
   }
 
-  const std::string& gate_name() const { return gate_; }
-  bool gate_transposed() const { return gate_transposed_; }
-  const std::string& inner_gate_name() const { return inner_gate_; }
-  bool has_ff(const std::string& prefix) const {
-    return has_ff_.count(prefix) != 0;
+  const LayerParams& params() const { return params_; }
+  bool Claims(const std::string& name) const {
+    return expected_.count(name) != 0 || buffers_.count(name) != 0;
   }
 
  private:
@@ -112,8 +124,8 @@ class ParamPlan {
     return false;
   }
 
-  // `prefix` is "gate." or "gate_outer.": accepts to_gates.weight [E, d] or
-  // w_gating [d, E], not both.
+  // `prefix` ends in "gate." or "gate_outer.": accepts to_gates.weight
+  // [E, d] or w_gating [d, E], not both.
   absl::Status ResolveGate(const std::string& prefix, int64_t experts) {
     const std::string head = prefix + "to_gates.weight";
     const std::string seed = prefix + "w_gating";
@@ -125,18 +137,18 @@ class ParamPlan {
                        "\" are present; keep one gate spelling"));
     }
     if (has_seed) {
-      gate_ = seed;
-      gate_transposed_ = true;
-      Expect(seed, {config_.dim, experts});
+      params_.gate = seed;
+      params_.gate_transposed = true;
+      Expect(seed, {layer_.config.dim, experts});
     } else {
-      gate_ = head;
-      Expect(head, {experts, config_.dim});
+      params_.gate = head;
+      Expect(head, {experts, layer_.config.dim});
     }
     return absl::OkStatus();
   }
 
   absl::Status Check() const {
-    std::vector<std::string> missing, unexpected, shape_errors;
+    std::vector<std::string> missing, shape_errors;
     for (const auto& [name, shape] : expected_) {
       const TensorEntry* e = reader_.Find(name);
       if (e == nullptr) {
@@ -151,239 +163,216 @@ class ParamPlan {
             ", expected a floating-point type"));
       }
     }
-    for (const TensorEntry& e : reader_.tensors()) {
-      if (expected_.count(e.name) != 0) continue;
-      bool ignored = false;
-      for (const char* prefix : kIgnoredPrefixes) {
-        ignored = ignored || absl::StartsWith(e.name, prefix);
+    for (const auto& [name, shape] : buffers_) {
+      const TensorEntry* e = reader_.Find(name);
+      if (e != nullptr && e->shape != shape) {
+        shape_errors.push_back(
+            absl::StrCat("\"", name, "\" has shape ", ShapeToString(e->shape),
+                         ", expected ", ShapeToString(shape)));
       }
-      auto buffer = buffers_.find(e.name);
-      if (buffer != buffers_.end()) {
-        if (e.shape != buffer->second) {
-          shape_errors.push_back(absl::StrCat(
-              "\"", e.name, "\" has shape ", ShapeToString(e.shape),
-              ", expected ", ShapeToString(buffer->second)));
-        }
-        ignored = true;
-      }
-      if (!ignored) unexpected.push_back(e.name);
     }
-    const std::string what = absl::StrCat(
-        " (config: kind=", ModelKindName(config_.kind), ", dim=", config_.dim,
-        ", num_experts=", config_.num_experts,
-        config_.hierarchical() ? absl::StrCat("x", config_.num_experts_inner)
-                               : "",
-        ", expert hidden=", config_.expert_hidden(), ")");
     if (!shape_errors.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(reader_.path(), ": ", NameList(shape_errors), what));
+      return absl::InvalidArgumentError(absl::StrCat(
+          reader_.path(), ": ", NameList(shape_errors), Describe(layer_)));
     }
     if (!missing.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          reader_.path(), ": missing parameters: ", NameList(missing), what));
-    }
-    if (!unexpected.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(reader_.path(),
-                       ": unexpected tensors: ", NameList(unexpected), what));
+          reader_.path(), ": missing parameters: ", NameList(missing),
+          Describe(layer_)));
     }
     return absl::OkStatus();
   }
 
-  const ModelConfig& config_;
+  const LayerSpec& layer_;
   const SafetensorsReader& reader_;
   std::map<std::string, std::vector<int64_t>> expected_;
   std::map<std::string, std::vector<int64_t>> buffers_;
-  std::string gate_;
-  bool gate_transposed_ = false;
-  std::string inner_gate_;
-  std::set<std::string> has_ff_;
+  LayerParams params_;
 };
 
-absl::StatusOr<at::Tensor> ReadFloat(const SafetensorsReader& reader,
-                                     const std::string& name) {
-  MOE_ASSIGN_OR_RETURN(HostTensor host, reader.Read(name));
-  MOE_ASSIGN_OR_RETURN(at::Tensor t, ToTorch(host));
-  at::Tensor out;
-  MOE_RETURN_IF_ERROR(TorchCall("convert parameter",
-                                [&] { out = t.to(at::kFloat).contiguous(); }));
-  return out;
+std::string FileStem(const std::string& path) {
+  return std::filesystem::path(path).stem().string();
 }
 
-absl::StatusOr<ExpertWeights> ReadExpert(const SafetensorsReader& reader,
-                                         const std::string& prefix,
-                                         bool feed_forward) {
-  ExpertWeights w;
-  const char* names[5];
-  if (feed_forward) {
-    names[0] = "net.1.weight", names[1] = "net.1.bias";
-    names[2] = "net.2.mult_bias", names[3] = "net.3.weight";
-    names[4] = "net.3.bias";
-  } else {
-    for (int i = 0; i < 5; ++i) names[i] = kExpertParams[i];
-  }
-  MOE_ASSIGN_OR_RETURN(w.w1, ReadFloat(reader, prefix + names[0]));
-  MOE_ASSIGN_OR_RETURN(w.b1, ReadFloat(reader, prefix + names[1]));
-  MOE_ASSIGN_OR_RETURN(w.mult_bias, ReadFloat(reader, prefix + names[2]));
-  MOE_ASSIGN_OR_RETURN(w.w2, ReadFloat(reader, prefix + names[3]));
-  MOE_ASSIGN_OR_RETURN(w.b2, ReadFloat(reader, prefix + names[4]));
-  return w;
-}
-
-absl::StatusOr<ModelConfig> ConfigOf(const SafetensorsReader& reader) {
-  auto it = reader.metadata().find("config_json");
-  if (it == reader.metadata().end()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        reader.path(),
-        ": no __metadata__[\"config_json\"]; not a moe-serve checkpoint "
-        "(tools/export_checkpoint.py makes one from a PyTorch state_dict)"));
-  }
-  absl::StatusOr<ModelConfig> config = ParseModelConfig(it->second);
-  if (!config.ok()) {
+absl::StatusOr<std::map<std::string, std::string>> StoredDigests(
+    const SafetensorsReader& reader) {
+  std::map<std::string, std::string> out;
+  auto it = reader.metadata().find("tensor_sha256");
+  if (it == reader.metadata().end()) return out;
+  Json root = Json::parse(it->second, nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded() || !root.is_object()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(reader.path(), ": ", config.status().message()));
+        absl::StrCat(reader.path(),
+                     ": __metadata__[\"tensor_sha256\"] is not a JSON "
+                     "object of tensor name -> SHA-256"));
   }
-  return config;
-}
-
-absl::Status AddTensor(SafetensorsWriter& writer, const std::string& name,
-                       const at::Tensor& t) {
-  MOE_ASSIGN_OR_RETURN(HostTensor host, FromTorch(t.contiguous()));
-  return writer.Add(name, std::move(host));
-}
-
-absl::Status AddExpert(SafetensorsWriter& writer, const std::string& prefix,
-                       const ExpertWeights& w, bool feed_forward) {
-  const int base = feed_forward ? 1 : 0;
-  MOE_RETURN_IF_ERROR(
-      AddTensor(writer, absl::StrCat(prefix, "net.", base, ".weight"), w.w1));
-  MOE_RETURN_IF_ERROR(
-      AddTensor(writer, absl::StrCat(prefix, "net.", base, ".bias"), w.b1));
-  MOE_RETURN_IF_ERROR(
-      AddTensor(writer, absl::StrCat(prefix, "net.", base + 1, ".mult_bias"),
-                w.mult_bias));
-  MOE_RETURN_IF_ERROR(AddTensor(
-      writer, absl::StrCat(prefix, "net.", base + 2, ".weight"), w.w2));
-  return AddTensor(writer, absl::StrCat(prefix, "net.", base + 2, ".bias"),
-                   w.b2);
+  for (auto e = root.begin(); e != root.end(); ++e) {
+    if (!e.value().is_string() || e.value().get<std::string>().size() != 64) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(reader.path(), ": tensor_sha256[\"", e.key(),
+                       "\"] is not a SHA-256 hex digest"));
+    }
+    out[e.key()] = e.value().get<std::string>();
+  }
+  return out;
 }
 
 }  // namespace
 
-std::string ExpertParamPrefix(const ModelConfig& config, int64_t id) {
-  const std::string p = config.is_block() ? "moe." : "";
-  if (config.hierarchical()) {
-    return absl::StrCat(p, "experts.", id / config.num_experts_inner,
-                        ".experts.", id % config.num_experts_inner, ".");
+bool IsTestVector(absl::string_view name) {
+  for (const char* prefix : kTestVectorPrefixes) {
+    if (absl::StartsWith(name, prefix)) return true;
+  }
+  return false;
+}
+
+std::string ExpertParamPrefix(const LayerSpec& layer, int64_t id) {
+  const LayerConfig& c = layer.config;
+  const std::string p = layer.prefix() + (c.is_block() ? "moe." : "");
+  if (c.hierarchical()) {
+    // The inverse of FlatExpertId.
+    return absl::StrCat(p, "experts.", id / c.num_experts_inner, ".experts.",
+                        id % c.num_experts_inner, ".");
   }
   return absl::StrCat(p, "experts.experts.", id, ".");
 }
 
-absl::StatusOr<ModelConfig> ReadCheckpointConfig(const std::string& path) {
-  MOE_ASSIGN_OR_RETURN(auto reader, SafetensorsReader::Open(path));
-  return ConfigOf(*reader);
-}
+absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
+    const std::string& path) {
+  auto ckpt = std::unique_ptr<Checkpoint>(new Checkpoint());
+  MOE_ASSIGN_OR_RETURN(ckpt->reader_, SafetensorsReader::Open(path));
+  const SafetensorsReader& reader = *ckpt->reader_;
+  auto config = reader.metadata().find("config_json");
+  if (config == reader.metadata().end()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path,
+        ": no __metadata__[\"config_json\"]; not a moe-serve checkpoint "
+        "(tools/export_checkpoint.py makes one from a PyTorch state_dict)"));
+  }
+  absl::StatusOr<ModelSpec> spec =
+      ParseModelSpec(config->second, FileStem(path));
+  if (!spec.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": ", spec.status().message()));
+  }
+  ckpt->spec_ = std::move(*spec);
 
-absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path,
-                                          const LoadOptions& options) {
-  MOE_ASSIGN_OR_RETURN(auto reader, SafetensorsReader::Open(path));
-  Checkpoint ckpt;
-  ckpt.path = path;
-  MOE_ASSIGN_OR_RETURN(ckpt.config, ConfigOf(*reader));
-  const ModelConfig& config = ckpt.config;
-  ParamPlan plan(config, *reader);
-  MOE_RETURN_IF_ERROR(plan.Build());
+  // Every layer's tensors, then whatever no layer claims.
+  std::vector<LayerPlan> plans;
+  plans.reserve(ckpt->spec_.layers.size());
+  for (const LayerSpec& layer : ckpt->spec_.layers) {
+    plans.emplace_back(layer, reader);
+    MOE_RETURN_IF_ERROR(plans.back().Build());
+    ckpt->params_.push_back(plans.back().params());
+  }
+  std::vector<std::string> unexpected;
+  std::vector<TensorDigest> digests;
+  for (const TensorEntry& e : reader.tensors()) {
+    if (IsTestVector(e.name)) continue;
+    digests.push_back({e.name, e.dtype, e.shape, ""});
+    bool claimed = false;
+    for (const LayerPlan& plan : plans)
+      claimed = claimed || plan.Claims(e.name);
+    if (!claimed) unexpected.push_back(e.name);
+  }
+  if (!unexpected.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": unexpected tensors: ", NameList(unexpected),
+                     " (the model's layers: ", ckpt->spec_.LayerNames(), ")"));
+  }
 
-  if (options.router) {
-    MOE_ASSIGN_OR_RETURN(at::Tensor gate, ReadFloat(*reader, plan.gate_name()));
-    if (plan.gate_transposed()) gate = gate.t().contiguous();
-    ckpt.router.gate = gate;
-    if (config.hierarchical()) {
-      MOE_ASSIGN_OR_RETURN(at::Tensor inner,
-                           ReadFloat(*reader, plan.inner_gate_name()));
-      // [Eo, d, Ei] -> [Eo, Ei, d]
-      ckpt.router.inner_gate = inner.transpose(1, 2).contiguous();
-    }
-    if (config.is_block()) {
-      MOE_ASSIGN_OR_RETURN(ckpt.router.prenorm_gamma,
-                           ReadFloat(*reader, "moe_prenorm.gamma"));
-      for (const std::string ff : {"ff_before.", "ff_after."}) {
-        if (!plan.has_ff(ff)) continue;
-        FeedForwardWeights w;
-        MOE_ASSIGN_OR_RETURN(w.gamma, ReadFloat(*reader, ff + "net.0.gamma"));
-        MOE_ASSIGN_OR_RETURN(w.geglu,
-                             ReadExpert(*reader, ff, /*feed_forward=*/true));
-        (ff == "ff_before." ? ckpt.router.ff_before : ckpt.router.ff_after) =
-            std::move(w);
+  MOE_ASSIGN_OR_RETURN(ckpt->digests_, StoredDigests(reader));
+  ckpt->stored_ = !ckpt->digests_.empty();
+  for (TensorDigest& d : digests) {
+    if (ckpt->stored_) {
+      auto it = ckpt->digests_.find(d.name);
+      if (it == ckpt->digests_.end()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            path, ": tensor_sha256 has no digest for \"", d.name, "\""));
       }
+      d.sha256 = it->second;
+    } else {
+      MOE_ASSIGN_OR_RETURN(HostTensor t, reader.Read(d.name));
+      d.sha256 = Sha256Hex(t.data);
+      ckpt->digests_[d.name] = d.sha256;
     }
   }
-
-  std::vector<int64_t> ids;
-  if (options.experts.has_value()) {
-    ids = *options.experts;
-  } else {
-    for (int64_t id = 0; id < config.total_experts(); ++id) ids.push_back(id);
-  }
-  for (int64_t id : ids) {
-    if (id < 0 || id >= config.total_experts()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": expert ", id, " requested but the model has ",
-                       config.total_experts(), " experts (ids 0..",
-                       config.total_experts() - 1, ")"));
-    }
-    if (ckpt.experts.count(id) != 0) continue;
-    MOE_ASSIGN_OR_RETURN(
-        ExpertWeights w,
-        ReadExpert(*reader, ExpertParamPrefix(config, id), false));
-    ckpt.experts.emplace(id, std::move(w));
+  ckpt->fingerprint_ = ModelFingerprint(config->second, digests);
+  auto stored = reader.metadata().find("fingerprint");
+  if (stored != reader.metadata().end() &&
+      stored->second != ckpt->fingerprint_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": the stored fingerprint ", stored->second,
+        " does not match the file's config and tensor digests (",
+        ckpt->fingerprint_, "): the file was modified after export"));
   }
   return ckpt;
 }
 
-absl::Status WriteCheckpoint(const std::string& path, const ModelConfig& config,
-                             const RouterWeights& router,
-                             const ExpertMap& experts) {
-  MOE_RETURN_IF_ERROR(ValidateModelConfig(config));
-  SafetensorsWriter writer;
-  writer.SetMetadata("config_json", config.ToJson());
-  writer.SetMetadata("format", "moe-serve-checkpoint-v1");
-  const std::string p = config.is_block() ? "moe." : "";
-  if (config.hierarchical()) {
-    MOE_RETURN_IF_ERROR(
-        AddTensor(writer, p + "gate_outer.w_gating", router.gate.t()));
-    MOE_RETURN_IF_ERROR(AddTensor(writer, p + "gate_inner.w_gating",
-                                  router.inner_gate.transpose(1, 2)));
-  } else {
-    MOE_RETURN_IF_ERROR(
-        AddTensor(writer, p + "gate.to_gates.weight", router.gate));
+absl::StatusOr<HostTensor> Checkpoint::ReadParameter(
+    const std::string& name) const {
+  MOE_ASSIGN_OR_RETURN(HostTensor raw, reader_->Read(name));
+  auto digest = digests_.find(name);
+  if (digest == digests_.end() || Sha256Hex(raw.data) != digest->second) {
+    return absl::DataLossError(absl::StrCat(
+        path(), ": tensor \"", name,
+        "\" does not match its SHA-256 digest (the file is corrupt or was "
+        "modified)"));
   }
-  if (config.is_block()) {
-    MOE_RETURN_IF_ERROR(
-        AddTensor(writer, "moe_prenorm.gamma", router.prenorm_gamma));
-    if (router.ff_before) {
-      MOE_RETURN_IF_ERROR(
-          AddTensor(writer, "ff_before.net.0.gamma", router.ff_before->gamma));
-      MOE_RETURN_IF_ERROR(
-          AddExpert(writer, "ff_before.", router.ff_before->geglu, true));
-    }
-    if (router.ff_after) {
-      MOE_RETURN_IF_ERROR(
-          AddTensor(writer, "ff_after.net.0.gamma", router.ff_after->gamma));
-      MOE_RETURN_IF_ERROR(
-          AddExpert(writer, "ff_after.", router.ff_after->geglu, true));
-    }
+  if (!IsFloatingPoint(raw.dtype)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path(), ": tensor \"", name, "\" is not floating point"));
   }
-  for (int64_t id = 0; id < config.total_experts(); ++id) {
-    auto it = experts.find(id);
-    if (it == experts.end()) {
+  MOE_ASSIGN_OR_RETURN(const int64_t n, NumElements(raw.shape));
+  HostTensor out;
+  out.shape = raw.shape;
+  out.data.resize(static_cast<size_t>(n) * sizeof(float));
+  float* values = reinterpret_cast<float*>(out.data.data());
+  ConvertToFloat32(raw.dtype, raw.data.data(), n, values);
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(values[i])) {
       return absl::InvalidArgumentError(
-          absl::StrCat("WriteCheckpoint: expert ", id, " is missing"));
+          absl::StrCat(path(), ": tensor \"", name, "\" holds ", values[i],
+                       " at flat index ", i, "; weights must be finite"));
     }
-    MOE_RETURN_IF_ERROR(
-        AddExpert(writer, ExpertParamPrefix(config, id), it->second, false));
   }
-  return writer.WriteFile(path);
+  return out;
+}
+
+absl::Status WriteCheckpoint(const std::string& path, const ModelSpec& spec,
+                             std::map<std::string, HostTensor> tensors) {
+  MOE_RETURN_IF_ERROR(ValidateModelSpec(spec));
+  const std::string config_json = spec.ToJson();
+  std::vector<TensorDigest> digests;
+  Json sha = Json::object();
+  for (const auto& [name, t] : tensors) {
+    if (IsTestVector(name)) continue;
+    digests.push_back({name, t.dtype, t.shape, Sha256Hex(t.data)});
+    sha[name] = digests.back().sha256;
+  }
+  SafetensorsWriter writer;
+  writer.SetMetadata("config_json", config_json);
+  writer.SetMetadata("format", "moe-serve-checkpoint-v1");
+  writer.SetMetadata("tensor_sha256", sha.dump());
+  writer.SetMetadata("fingerprint", ModelFingerprint(config_json, digests));
+  for (auto& [name, t] : tensors) {
+    MOE_RETURN_IF_ERROR(writer.Add(name, std::move(t)));
+  }
+  // Checked before it replaces `path`.
+  const std::string tmp = absl::StrCat(path, ".new.", ::getpid());
+  MOE_RETURN_IF_ERROR(writer.WriteFile(tmp));
+  absl::StatusOr<std::unique_ptr<Checkpoint>> check = Checkpoint::Open(tmp);
+  if (!check.ok()) {
+    std::remove(tmp.c_str());
+    return check.status();
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    std::remove(tmp.c_str());
+    return absl::InternalError(
+        absl::StrCat(path, ": cannot write: ", std::strerror(err)));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace moe::common

@@ -1,7 +1,9 @@
-// Element types of tensors in checkpoints, files and on the wire.
+// Element types of tensors in checkpoints, files and on the wire, and the
+// conversions between float32 and the two 16-bit float formats. No LibTorch.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -33,5 +35,22 @@ absl::StatusOr<DType> ParseSafetensorsDType(absl::string_view name);
 
 // True for kFloat32, kFloat16, kBFloat16 and kFloat64.
 bool IsFloatingPoint(DType dtype);
+
+// IEEE binary16 and bfloat16 bit patterns <-> float32. FromFloat rounds to
+// the nearest value, ties to even; NaN stays NaN, values beyond the range
+// become infinities.
+float HalfToFloat(uint16_t bits);
+uint16_t FloatToHalf(float value);
+float BFloat16ToFloat(uint16_t bits);
+uint16_t FloatToBFloat16(float value);
+
+// Converts `n` elements of a floating-point `dtype` at `src` (little-endian,
+// any alignment) to float32 at `dst`.
+// REQUIRES: IsFloatingPoint(dtype).
+void ConvertToFloat32(DType dtype, const void* src, int64_t n, float* dst);
+
+// Converts `n` float32 values to kFloat32, kFloat16 or kBFloat16 at `dst`.
+// REQUIRES: dtype is one of those three.
+void ConvertFromFloat32(const float* src, int64_t n, DType dtype, void* dst);
 
 }  // namespace moe::common

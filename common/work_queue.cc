@@ -13,58 +13,61 @@ WorkQueue::WorkQueue(int threads, size_t capacity, const std::string& name)
     pthread_setname_np(threads_.back().native_handle(),
                        name.substr(0, 15).c_str());
   }
+  // Every thread parked: the first tasks meet no thread still starting (one
+  // that parks later would count as the warmest).
+  absl::MutexLock lock(&mu_);
+  auto all_idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return idle_.size() == threads_.size();
+  };
+  mu_.Await(absl::Condition(&all_idle));
 }
 
 WorkQueue::~WorkQueue() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stopping_ = true;
-    for (Idle* idle : idle_) {
-      idle->woken = true;
-      idle->cv.notify_one();
-    }
+    for (Idle* idle : idle_) idle->woken = true;
     idle_.clear();
   }
   for (std::thread& t : threads_) t.join();
 }
 
 bool WorkQueue::TrySubmit(std::function<void()> task) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (stopping_ || tasks_.size() >= capacity_) return false;
   tasks_.push_back(std::move(task));
   if (!idle_.empty()) {
-    Idle* idle = idle_.back();
+    idle_.back()->woken = true;
     idle_.pop_back();
-    idle->woken = true;
-    idle->cv.notify_one();
   }
   return true;
 }
 
 size_t WorkQueue::load() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return tasks_.size() + running_;
 }
 
 void WorkQueue::Loop() {
   Idle self;
-  std::unique_lock<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   for (;;) {
     // Parks in the same critical section that ended the last task, so a
-    // thread counted as done is already on the idle stack.
+    // thread counted as done is already on the idle stack. Only the thread
+    // whose entry was popped (woken) proceeds.
     while (tasks_.empty() && !stopping_) {
       self.woken = false;
       idle_.push_back(&self);
-      self.cv.wait(lock, [&self] { return self.woken; });
+      mu_.Await(absl::Condition(&self.woken));
     }
     if (tasks_.empty()) return;  // stopping and drained
     std::function<void()> task = std::move(tasks_.front());
     tasks_.pop_front();
     ++running_;
-    lock.unlock();
+    mu_.Unlock();
     task();
     task = nullptr;
-    lock.lock();
+    mu_.Lock();
     --running_;
   }
 }

@@ -1,4 +1,4 @@
-// WorkQueue: a fixed pool of threads draining a bounded FIFO of tasks. Used
+// WorkQueue: a fixed pool of threads draining a bounded queue of tasks. Used
 // so that request handlers never run model code on gRPC's threads, and so
 // that overload is refused (TrySubmit returns false) instead of queued
 // without bound.
@@ -10,20 +10,22 @@
 // Thread-safety: all methods may be called from any thread.
 #pragma once
 
-#include <condition_variable>
+#include <cstddef>
 #include <deque>
 #include <functional>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 
 namespace moe::common {
 
 class WorkQueue {
  public:
-  // Starts `threads` threads (at least 1). `capacity` bounds the tasks
-  // waiting (not counting running ones).
+  // Starts `threads` threads (at least 1) and returns once all are idle.
+  // `capacity` bounds the tasks waiting (not counting running ones).
   WorkQueue(int threads, size_t capacity, const std::string& name);
   // Runs the tasks already queued, then joins the threads.
   ~WorkQueue();
@@ -39,17 +41,17 @@ class WorkQueue {
 
  private:
   struct Idle {
-    std::condition_variable cv;
-    bool woken = false;
+    bool woken = false;  // guarded by mu_
   };
   void Loop();
 
-  mutable std::mutex mu_;
-  std::vector<Idle*> idle_;  // a stack: the last one is the warmest
-  std::deque<std::function<void()>> tasks_;
-  size_t running_ = 0;
-  size_t capacity_;
-  bool stopping_ = false;
+  mutable absl::Mutex mu_;
+  std::vector<Idle*> idle_
+      ABSL_GUARDED_BY(mu_);  // a stack: the last is warmest
+  std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
+  size_t running_ ABSL_GUARDED_BY(mu_) = 0;
+  const size_t capacity_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };
 

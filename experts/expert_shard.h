@@ -1,71 +1,66 @@
-// ExpertShard owns the weights of a set of experts (a worker's shard, or all
-// of them for the in-process engine) on one device, and runs them on batches
-// laid out by segment.
+// ExpertShard: the experts a process hosts (a worker's share of every layer,
+// or all of them for the in-process engine) and the one way to run them:
+// segments of token rows, each through its expert, float32 outputs row for
+// row. Implementations: CpuExpertShard (LibTorch, experts/cpu_expert_shard.h)
+// and, where CUDA is built, the GPU shard (experts/cuda/).
 //
-// Thread-safety: immutable after Create(); Run() may be called concurrently.
+// The interface speaks raw rows, so the worker service and the router's
+// in-process backend need no LibTorch of their own.
+//
+// Thread-safety: implementations are immutable after creation; Run() may be
+// called concurrently.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <c10/core/Device.h>
-
 #include <cstdint>
-#include <memory>
-#include <mutex>
+#include <string>
 #include <vector>
 
-#include "absl/status/statusor.h"
+#include "absl/status/status.h"
 #include "absl/types/span.h"
-#include "common/model_weights.h"
+#include "common/dtype.h"
+#include "common/expert_segment.h"
 
 namespace moe::experts {
 
-// `count` consecutive token rows that expert `expert_id` processes.
-struct ExpertSegment {
-  int64_t expert_id = 0;
-  int64_t count = 0;
+// `rows` token rows of dim() elements of `dtype` (kFloat32, kBFloat16 or
+// kFloat16), contiguous at `data`.
+struct TokenRows {
+  common::DType dtype = common::DType::kFloat32;
+  const void* data = nullptr;
+  int64_t rows = 0;
 };
 
 class ExpertShard {
  public:
-  // Takes ownership of `experts` and moves them to `device`. InvalidArgument
-  // if the map is empty or the experts' shapes disagree.
-  static absl::StatusOr<std::unique_ptr<ExpertShard>> Create(
-      common::ExpertMap experts, c10::Device device = c10::Device(c10::kCPU));
+  virtual ~ExpertShard() = default;
 
-  bool Hosts(int64_t expert_id) const;
-  std::vector<int64_t> expert_ids() const;
-  int64_t dim() const { return dim_; }
-  int64_t hidden() const { return hidden_; }
-  const c10::Device& device() const { return device_; }
-  // Bytes of parameters held.
-  int64_t weight_bytes() const { return weight_bytes_; }
+  virtual bool Hosts(common::ExpertKey key) const = 0;
+  // The hosted experts, ascending.
+  virtual std::vector<common::ExpertKey> keys() const = 0;
+  virtual int64_t dim() const = 0;
+  // Bytes of parameters held (in the compute dtype).
+  virtual int64_t weight_bytes() const = 0;
+  // "cpu", "cuda:0", ...
+  virtual std::string device() const = 0;
+  // "float32" or "bfloat16".
+  virtual std::string compute_dtype() const = 0;
 
-  // tokens: [T, d] float32 (any device); segments partition the rows in order
-  // and their counts sum to T. Writes expert outputs, row for row, into *out,
-  // which is resized to [T, d] float32 on the tokens' device when its shape
-  // differs. Segments with count 0 run nothing. InvalidArgument for an expert
-  // this shard does not host or counts that do not add up; Internal for a
-  // LibTorch failure.
-  // When `seconds` is given it receives each segment's compute time.
-  absl::Status Run(const at::Tensor& tokens,
-                   absl::Span<const ExpertSegment> segments, at::Tensor* out,
+  // Runs rows [s.offset, s.offset + s.count) of `tokens` through expert
+  // s.key for every segment and writes the float32 results to the same rows
+  // of `out` ([tokens.rows, dim()]); rows no segment covers are left as
+  // they are. With `seconds`, it receives each segment's compute time.
+  // InvalidArgument (naming the segment) for an expert not hosted, a
+  // negative count or offset, or rows outside the block (checked without
+  // overflow); Internal for a failure of the library underneath.
+  absl::Status Run(const TokenRows& tokens,
+                   absl::Span<const common::ExpertSegment> segments, float* out,
                    std::vector<double>* seconds = nullptr) const;
 
- private:
-  ExpertShard(common::ExpertMap experts, c10::Device device, int64_t dim,
-              int64_t hidden, int64_t weight_bytes);
-
-  // GEGLU scratch buffers between calls, one per concurrent caller.
-  at::Tensor TakeScratch() const;
-  void ReturnScratch(at::Tensor t) const;
-
-  common::ExpertMap experts_;
-  mutable std::mutex scratch_mu_;
-  mutable std::vector<at::Tensor> scratch_;
-  c10::Device device_;
-  int64_t dim_;
-  int64_t hidden_;
-  int64_t weight_bytes_;
+ protected:
+  // Run() after its checks passed.
+  virtual absl::Status RunChecked(
+      const TokenRows& tokens, absl::Span<const common::ExpertSegment> segments,
+      float* out, std::vector<double>* seconds) const = 0;
 };
 
 }  // namespace moe::experts

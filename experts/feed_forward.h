@@ -5,7 +5,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "common/model_weights.h"
+#include "common/torch/model_weights.h"
 
 namespace moe::experts {
 

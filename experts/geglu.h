@@ -1,5 +1,5 @@
 // The st-moe-pytorch Expert: a GEGLU feed-forward with a multiplicative bias
-// (SEMANTICS.md 9.1):
+// (docs/numerics.md §9.1):
 //   u = x·W1ᵀ + b1;  a, g = u[:, :h], u[:, h:];
 //   v = gelu(g) ⊙ a ⊙ mult_bias   (exact, erf-based gelu);
 //   out = v·W2ᵀ + b2
@@ -8,7 +8,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "common/model_weights.h"
+#include "common/torch/model_weights.h"
 
 namespace moe::experts {
 

@@ -1,4 +1,4 @@
-// RMSNorm as st-moe-pytorch defines it (SEMANTICS.md 9.2):
+// RMSNorm as st-moe-pytorch defines it (docs/numerics.md §9.2):
 //   RMSNorm(x) = x / max(‖x‖₂, 1e-12) · gamma · √d
 // over the last dimension. May throw c10::Error.
 #pragma once

@@ -1,17 +1,88 @@
 #include "proto/expert_wire.h"
 
+#include <grpc/slice.h>
+
 #include <algorithm>
 #include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/dtype.h"
 #include "common/host_tensor.h"
+#include "proto/tensor_codec.h"
 
 namespace moe::proto {
-namespace {
 
 // Protobuf wire types.
 constexpr int kVarint = 0, kFixed64 = 1, kLen = 2, kFixed32 = 5;
+
+// Reads fields of a WireMessage in [offset, end).
+class Cursor {
+ public:
+  Cursor(const WireMessage& m, int64_t begin, int64_t end)
+      : m_(m), offset_(begin), end_(end) {
+    slice_ = m_.slices_.empty() ? 0 : m_.SliceAt(begin);
+  }
+  int64_t offset() const { return offset_; }
+  bool done() const { return offset_ >= end_; }
+
+  bool ReadVarint(uint64_t* v) {
+    *v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (offset_ >= end_) return false;
+      const uint8_t b = Byte();
+      ++offset_;
+      *v |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if ((b & 0x80) == 0) return true;
+    }
+    return false;
+  }
+  // Skips `n` bytes; false when fewer remain.
+  bool Skip(uint64_t n) {
+    if (n > static_cast<uint64_t>(end_ - offset_)) return false;
+    offset_ += static_cast<int64_t>(n);
+    return true;
+  }
+  bool SkipField(int wire_type) {
+    uint64_t v;
+    switch (wire_type) {
+      case kVarint:
+        return ReadVarint(&v);
+      case kFixed64:
+        return Skip(8);
+      case kLen:
+        return ReadVarint(&v) && Skip(v);
+      case kFixed32:
+        return Skip(4);
+      default:
+        return false;  // groups: our messages have none
+    }
+  }
+  // Reads a length prefix and returns the end of the field it delimits.
+  bool ReadLength(int64_t* field_end) {
+    uint64_t n;
+    if (!ReadVarint(&n) || n > static_cast<uint64_t>(end_ - offset_)) {
+      return false;
+    }
+    *field_end = offset_ + static_cast<int64_t>(n);
+    return true;
+  }
+
+ private:
+  uint8_t Byte() {
+    while (offset_ >= m_.starts_[slice_] +
+                          static_cast<int64_t>(m_.slices_[slice_].size())) {
+      ++slice_;
+    }
+    return m_.slices_[slice_].begin()[offset_ - m_.starts_[slice_]];
+  }
+  const WireMessage& m_;
+  int64_t offset_;
+  int64_t end_;
+  size_t slice_;
+};
+
+namespace {
 
 uint32_t Tag(int field, int wire_type) {
   return static_cast<uint32_t>(field << 3 | wire_type);
@@ -25,271 +96,425 @@ void PutVarint(uint64_t v, std::string* out) {
   out->push_back(static_cast<char>(v));
 }
 
-int64_t ElementSize(moe::v1::DType dtype) {
-  switch (dtype) {
-    case moe::v1::FLOAT32:
-      return 4;
-    case moe::v1::BFLOAT16:
-    case moe::v1::FLOAT16:
-      return 2;
-    default:
-      return 0;
-  }
+bool IsFloatWire(moe::v1::DType dtype) {
+  return dtype == moe::v1::FLOAT32 || dtype == moe::v1::BFLOAT16 ||
+         dtype == moe::v1::FLOAT16;
 }
 
-grpc::Slice OwnedSlice(std::string bytes) { return grpc::Slice(bytes); }
-
-// Reads a message that lies in several slices.
-class Cursor {
- public:
-  Cursor(const std::vector<grpc::Slice>& slices) : slices_(slices) {
-    while (slice_ < slices_.size() && slices_[slice_].size() == 0) ++slice_;
-  }
-  int64_t offset() const { return offset_; }
-
-  bool ReadByte(uint8_t* b) {
-    if (slice_ >= slices_.size()) return false;
-    *b = slices_[slice_].begin()[pos_];
-    Advance(1);
-    return true;
-  }
-  bool ReadVarint(uint64_t* v) {
-    *v = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-      uint8_t b;
-      if (!ReadByte(&b)) return false;
-      *v |= static_cast<uint64_t>(b & 0x7f) << shift;
-      if ((b & 0x80) == 0) return true;
-    }
-    return false;
-  }
-  bool Skip(uint64_t n) {
-    while (n > 0) {
-      if (slice_ >= slices_.size()) return false;
-      const uint64_t here = slices_[slice_].size() - pos_;
-      const uint64_t step = std::min(n, here);
-      Advance(step);
-      n -= step;
-    }
-    return true;
-  }
-
- private:
-  void Advance(uint64_t n) {
-    pos_ += n;
-    offset_ += static_cast<int64_t>(n);
-    while (slice_ < slices_.size() && pos_ == slices_[slice_].size()) {
-      ++slice_;
-      pos_ = 0;
-    }
-  }
-  const std::vector<grpc::Slice>& slices_;
-  size_t slice_ = 0;
-  size_t pos_ = 0;
-  int64_t offset_ = 0;
-};
-
-bool SkipField(Cursor& c, int wire_type) {
-  uint64_t v;
-  switch (wire_type) {
-    case kVarint:
-      return c.ReadVarint(&v);
-    case kFixed64:
-      return c.Skip(8);
-    case kLen:
-      return c.ReadVarint(&v) && c.Skip(v);
-    case kFixed32:
-      return c.Skip(4);
-    default:
-      return false;  // groups are not used by our messages
-  }
+common::DType CommonDType(moe::v1::DType dtype) {
+  return dtype == moe::v1::BFLOAT16  ? common::DType::kBFloat16
+         : dtype == moe::v1::FLOAT16 ? common::DType::kFloat16
+                                     : common::DType::kFloat32;
 }
 
-}  // namespace
-
-RunExpertsRequestWriter::RunExpertsRequestWriter(moe::v1::DType dtype,
-                                                 int64_t dim)
-    : dtype_(dtype), dim_(dim) {}
-
-void RunExpertsRequestWriter::AddRows(const at::Tensor& owner, const void* data,
-                                      int64_t rows) {
-  if (rows <= 0) return;
-  const size_t bytes = static_cast<size_t>(rows * dim_ * ElementSize(dtype_));
-  // The slice holds a reference to the tensor until gRPC releases it.
-  auto* keep = new at::Tensor(owner);
-  data_.emplace_back(
-      const_cast<void*>(data), bytes,
-      [](void* p) { delete static_cast<at::Tensor*>(p); }, keep);
-  rows_ += rows;
-}
-
-void RunExpertsRequestWriter::AddSegment(int64_t expert_id, int64_t count) {
-  std::string segment;
-  PutVarint(Tag(1, kVarint), &segment);
-  PutVarint(static_cast<uint64_t>(expert_id), &segment);
-  PutVarint(Tag(2, kVarint), &segment);
-  PutVarint(static_cast<uint64_t>(count), &segment);
-  PutVarint(Tag(2, kLen), &segments_);  // RunExpertsRequest.segments
-  PutVarint(segment.size(), &segments_);
-  segments_ += segment;
-}
-
-grpc::ByteBuffer RunExpertsRequestWriter::Finish(moe::v1::DType output_dtype) {
+// Field `field` (a moe.v1.Tensor of [rows, dim] `dtype`) up to its data's
+// length prefix: the data bytes follow.
+std::string TensorFieldHead(int field, moe::v1::DType dtype, int64_t rows,
+                            int64_t dim) {
   const uint64_t data_bytes =
-      static_cast<uint64_t>(rows_ * dim_ * ElementSize(dtype_));
-  // Tensor: dtype, packed shape, then the data's tag and length; the data
-  // follow as the callers' slices.
+      static_cast<uint64_t>(rows * dim * WireElementSize(dtype));
   std::string shape;
-  PutVarint(static_cast<uint64_t>(rows_), &shape);
-  PutVarint(static_cast<uint64_t>(dim_), &shape);
+  PutVarint(static_cast<uint64_t>(rows), &shape);
+  PutVarint(static_cast<uint64_t>(dim), &shape);
   std::string tensor;
   PutVarint(Tag(1, kVarint), &tensor);
-  PutVarint(static_cast<uint64_t>(dtype_), &tensor);
+  PutVarint(static_cast<uint64_t>(dtype), &tensor);
   PutVarint(Tag(2, kLen), &tensor);
   PutVarint(shape.size(), &tensor);
   tensor += shape;
   PutVarint(Tag(3, kLen), &tensor);
   PutVarint(data_bytes, &tensor);
   std::string head;
-  PutVarint(Tag(1, kLen), &head);  // RunExpertsRequest.tokens
+  PutVarint(Tag(field, kLen), &head);
   PutVarint(tensor.size() + data_bytes, &head);
   head += tensor;
+  return head;
+}
 
+void ReleaseOwner(void* p) {
+  delete static_cast<std::shared_ptr<const void>*>(p);
+}
+
+absl::Status Malformed(const std::string& field, const char* what) {
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, ": malformed message (", what, ")"));
+}
+
+// The moe.v1.Tensor in [begin, end) of `m`: dtype, shape, data checked.
+absl::StatusOr<WireTensor> ParseTensor(const WireMessage& m, int64_t begin,
+                                       int64_t end, const std::string& field) {
+  WireTensor t;
+  Cursor c(m, begin, end);
+  bool has_data = false;
+  int64_t data_bytes = 0;
+  while (!c.done()) {
+    uint64_t tag, v;
+    if (!c.ReadVarint(&tag)) return Malformed(field, "truncated tensor field");
+    const int n = static_cast<int>(tag >> 3), wt = tag & 7;
+    if (n == 1 && wt == kVarint) {  // dtype
+      if (!c.ReadVarint(&v)) return Malformed(field, "truncated dtype");
+      t.dtype = static_cast<moe::v1::DType>(
+          static_cast<int>(std::min<uint64_t>(v, 1u << 30)));
+    } else if (n == 2 && wt == kLen) {  // shape, packed
+      int64_t shape_end;
+      if (!c.ReadLength(&shape_end)) return Malformed(field, "truncated shape");
+      Cursor s(m, c.offset(), shape_end);
+      while (!s.done()) {
+        if (!s.ReadVarint(&v)) return Malformed(field, "truncated shape");
+        t.shape.push_back(static_cast<int64_t>(v));
+      }
+      c.Skip(static_cast<uint64_t>(shape_end - c.offset()));
+    } else if (n == 2 && wt == kVarint) {  // shape, unpacked
+      if (!c.ReadVarint(&v)) return Malformed(field, "truncated shape");
+      t.shape.push_back(static_cast<int64_t>(v));
+    } else if (n == 3 && wt == kLen) {  // data
+      int64_t data_end;
+      if (!c.ReadLength(&data_end)) return Malformed(field, "truncated data");
+      t.data_offset = c.offset();
+      data_bytes = data_end - c.offset();
+      has_data = true;
+      c.Skip(static_cast<uint64_t>(data_bytes));
+    } else if (!c.SkipField(wt)) {
+      return Malformed(field, "bad tensor field");
+    }
+  }
+  if (!IsFloatWire(t.dtype)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": dtype ", static_cast<int>(t.dtype),
+                     " is not one of FLOAT32, BFLOAT16, FLOAT16"));
+  }
+  t.element_size = WireElementSize(t.dtype);
+  // 2^40 elements: beyond any message gRPC lets through, small enough that
+  // byte sizes cannot overflow.
+  constexpr int64_t kMaxElements = int64_t{1} << 40;
+  t.numel = 1;
+  for (int64_t d : t.shape) {
+    if (d < 0 || (d > 0 && t.numel > kMaxElements / d)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": bad shape ", common::ShapeToString(t.shape)));
+    }
+    t.numel *= d;
+  }
+  const int64_t expected = t.numel * t.element_size;
+  if ((has_data ? data_bytes : 0) != expected) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": data is ", has_data ? data_bytes : 0, " bytes but shape ",
+        common::ShapeToString(t.shape), " needs ", expected));
+  }
+  return t;
+}
+
+// ExpertSegment{expert_id = 1, count = 2, layer = 3} in [begin, end).
+bool ParseSegment(const WireMessage& m, int64_t begin, int64_t end,
+                  int64_t* expert, int64_t* count, int64_t* layer) {
+  Cursor c(m, begin, end);
+  *expert = *count = *layer = 0;
+  while (!c.done()) {
+    uint64_t tag, v;
+    if (!c.ReadVarint(&tag)) return false;
+    const int n = static_cast<int>(tag >> 3), wt = tag & 7;
+    if (wt == kVarint && n >= 1 && n <= 3) {
+      if (!c.ReadVarint(&v)) return false;
+      int64_t* out = n == 1 ? expert : n == 2 ? count : layer;
+      *out = static_cast<int64_t>(v);
+    } else if (!c.SkipField(wt)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// WireMessage
+
+absl::StatusOr<WireMessage> WireMessage::From(const grpc::ByteBuffer& buffer) {
+  WireMessage m;
+  if (!buffer.Dump(&m.slices_).ok()) {
+    return absl::InvalidArgumentError("unreadable message");
+  }
+  for (const grpc::Slice& s : m.slices_) {
+    m.starts_.push_back(m.size_);
+    m.size_ += static_cast<int64_t>(s.size());
+  }
+  return m;
+}
+
+size_t WireMessage::SliceAt(int64_t at) const {
+  return static_cast<size_t>(
+      std::upper_bound(starts_.begin(), starts_.end(), at) - starts_.begin() -
+      1);
+}
+
+const void* WireMessage::Contiguous(int64_t offset, int64_t n) const {
+  if (slices_.empty() || n == 0) return nullptr;
+  const size_t i = SliceAt(offset);
+  const int64_t in_slice = offset - starts_[i];
+  if (in_slice + n > static_cast<int64_t>(slices_[i].size())) return nullptr;
+  return slices_[i].begin() + in_slice;
+}
+
+void WireMessage::Copy(int64_t offset, int64_t n, void* dst) const {
+  auto* out = static_cast<uint8_t*>(dst);
+  size_t i = n > 0 ? SliceAt(offset) : slices_.size();
+  while (n > 0 && i < slices_.size()) {
+    const int64_t in_slice = offset - starts_[i];
+    const int64_t step = std::min<int64_t>(
+        n, static_cast<int64_t>(slices_[i].size()) - in_slice);
+    std::memcpy(out, slices_[i].begin() + in_slice, static_cast<size_t>(step));
+    out += step;
+    offset += step;
+    n -= step;
+    ++i;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Router: the request out.
+
+RunExpertsRequestWriter::RunExpertsRequestWriter(moe::v1::DType wire_dtype,
+                                                 int64_t dim)
+    : dtype_(wire_dtype), dim_(dim) {}
+
+void RunExpertsRequestWriter::AddFloatRows(const float* data, int64_t rows,
+                                           std::shared_ptr<const void> owner) {
+  if (rows <= 0) return;
+  const int64_t n = rows * dim_;
+  if (dtype_ == moe::v1::FLOAT32) {
+    // The slice holds a reference to the owner until gRPC releases it.
+    data_.emplace_back(const_cast<float*>(data),
+                       static_cast<size_t>(n) * sizeof(float), &ReleaseOwner,
+                       new std::shared_ptr<const void>(std::move(owner)));
+  } else {
+    grpc_slice s = grpc_slice_malloc_large(static_cast<size_t>(n) * 2);
+    common::ConvertFromFloat32(data, n, CommonDType(dtype_),
+                               GRPC_SLICE_START_PTR(s));
+    data_.emplace_back(s, grpc::Slice::STEAL_REF);
+  }
+  rows_ += rows;
+}
+
+void RunExpertsRequestWriter::AddSegment(common::ExpertKey key, int64_t count) {
+  std::string segment;
+  PutVarint(Tag(1, kVarint), &segment);
+  PutVarint(static_cast<uint64_t>(key.expert), &segment);
+  PutVarint(Tag(2, kVarint), &segment);
+  PutVarint(static_cast<uint64_t>(count), &segment);
+  if (key.layer != 0) {
+    PutVarint(Tag(3, kVarint), &segment);
+    PutVarint(static_cast<uint64_t>(key.layer), &segment);
+  }
+  PutVarint(Tag(2, kLen), &segments_);  // RunExpertsRequest.segments
+  PutVarint(segment.size(), &segments_);
+  segments_ += segment;
+}
+
+grpc::ByteBuffer RunExpertsRequestWriter::Finish(moe::v1::DType output_dtype) {
+  // RunExpertsRequest.tokens; its data follow as the rows' slices.
+  std::string head = TensorFieldHead(1, dtype_, rows_, dim_);
   std::string tail = std::move(segments_);
   PutVarint(Tag(3, kVarint), &tail);  // RunExpertsRequest.output_dtype
   PutVarint(static_cast<uint64_t>(output_dtype), &tail);
 
   std::vector<grpc::Slice> slices;
   slices.reserve(data_.size() + 2);
-  slices.push_back(OwnedSlice(std::move(head)));
+  slices.emplace_back(head);
   for (grpc::Slice& s : data_) slices.push_back(std::move(s));
-  slices.push_back(OwnedSlice(std::move(tail)));
+  slices.emplace_back(tail);
   data_.clear();
   return grpc::ByteBuffer(slices.data(), slices.size());
 }
 
-absl::StatusOr<WireTensorView> WireTensorView::Parse(
-    const grpc::ByteBuffer& message, const std::string& field) {
-  WireTensorView view;
-  if (!message.Dump(&view.slices_).ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, ": unreadable message"));
-  }
-  int64_t start = 0;
-  for (const grpc::Slice& s : view.slices_) {
-    view.starts_.push_back(start);
-    start += static_cast<int64_t>(s.size());
-  }
-  const int64_t total = start;
-  const auto malformed = [&field](const char* what) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, ": malformed message (", what, ")"));
+// ---------------------------------------------------------------------------
+// Worker: the request in, the response out.
+
+absl::StatusOr<RunExpertsRequestView> RunExpertsRequestView::Parse(
+    const grpc::ByteBuffer& buffer, int64_t dim, int64_t max_rows, int layers) {
+  RunExpertsRequestView view;
+  absl::StatusOr<WireMessage> message = WireMessage::From(buffer);
+  if (!message.ok()) return message.status();
+  view.message_ = std::move(*message);
+  const WireMessage& m = view.message_;
+  struct RawSegment {
+    int64_t expert, count, layer;
   };
-  Cursor c(view.slices_);
-  bool found = false, has_data = false;
-  uint64_t data_bytes = 0;
-  while (c.offset() < total) {
+  std::vector<RawSegment> raw;
+  bool has_tokens = false;
+  uint64_t output_dtype = 0;
+  Cursor c(m, 0, m.size());
+  while (!c.done()) {
     uint64_t tag;
-    if (!c.ReadVarint(&tag)) return malformed("truncated tag");
-    const int number = static_cast<int>(tag >> 3), type = tag & 7;
-    if (number != 1 || type != kLen) {
-      if (!SkipField(c, type)) return malformed("bad field");
-      continue;
-    }
-    if (found) return malformed("the tensor appears twice");
-    found = true;
-    uint64_t len;
-    if (!c.ReadVarint(&len) ||
-        len > static_cast<uint64_t>(total - c.offset())) {
-      return malformed("truncated tensor");
-    }
-    const int64_t end = c.offset() + static_cast<int64_t>(len);
-    while (c.offset() < end) {
-      uint64_t t, v;
-      if (!c.ReadVarint(&t)) return malformed("truncated tensor field");
-      const int n = static_cast<int>(t >> 3), wt = t & 7;
-      if (n == 1 && wt == kVarint) {  // dtype
-        if (!c.ReadVarint(&v)) return malformed("truncated dtype");
-        view.dtype_ = static_cast<moe::v1::DType>(v);
-      } else if (n == 2 && wt == kLen) {  // shape, packed
-        if (!c.ReadVarint(&v)) return malformed("truncated shape");
-        const int64_t shape_end = c.offset() + static_cast<int64_t>(v);
-        while (c.offset() < shape_end) {
-          uint64_t d;
-          if (!c.ReadVarint(&d)) return malformed("truncated shape");
-          view.shape_.push_back(static_cast<int64_t>(d));
-        }
-      } else if (n == 2 && wt == kVarint) {  // shape, unpacked
-        if (!c.ReadVarint(&v)) return malformed("truncated shape");
-        view.shape_.push_back(static_cast<int64_t>(v));
-      } else if (n == 3 && wt == kLen) {  // data
-        if (!c.ReadVarint(&data_bytes) ||
-            data_bytes > static_cast<uint64_t>(end - c.offset())) {
-          return malformed("truncated data");
-        }
-        view.data_begin_ = c.offset();
-        has_data = true;
-        c.Skip(data_bytes);
-      } else if (!SkipField(c, wt)) {
-        return malformed("bad tensor field");
+    if (!c.ReadVarint(&tag)) return Malformed("request", "truncated tag");
+    const int n = static_cast<int>(tag >> 3), wt = tag & 7;
+    int64_t end;
+    if (n == 1 && wt == kLen) {
+      if (has_tokens) return Malformed("tokens", "the tensor appears twice");
+      if (!c.ReadLength(&end)) return Malformed("tokens", "truncated");
+      absl::StatusOr<WireTensor> t = ParseTensor(m, c.offset(), end, "tokens");
+      if (!t.ok()) return t.status();
+      view.tokens_ = std::move(*t);
+      has_tokens = true;
+      c.Skip(static_cast<uint64_t>(end - c.offset()));
+    } else if (n == 2 && wt == kLen) {
+      RawSegment s;
+      if (!c.ReadLength(&end) ||
+          !ParseSegment(m, c.offset(), end, &s.expert, &s.count, &s.layer)) {
+        return Malformed(absl::StrCat("segments[", raw.size(), "]"),
+                         "truncated");
       }
+      raw.push_back(s);
+      c.Skip(static_cast<uint64_t>(end - c.offset()));
+    } else if (n == 3 && wt == kVarint) {
+      if (!c.ReadVarint(&output_dtype)) {
+        return Malformed("output_dtype", "truncated");
+      }
+    } else if (!c.SkipField(wt)) {
+      return Malformed("request", "bad field");
     }
-    if (c.offset() != end) return malformed("tensor length");
   }
-  if (!found)
-    return absl::InvalidArgumentError(absl::StrCat(field, ": missing"));
-  view.element_size_ = ElementSize(view.dtype_);
-  if (view.element_size_ == 0) {
+  if (!has_tokens) return absl::InvalidArgumentError("tokens: missing");
+  const WireTensor& t = view.tokens_;
+  if (t.shape.size() != 2 || t.shape[1] != dim) {
     return absl::InvalidArgumentError(
-        absl::StrCat(field, ": dtype ", static_cast<int>(view.dtype_),
-                     " is not one of FLOAT32, BFLOAT16, FLOAT16"));
+        absl::StrCat("tokens: shape ", common::ShapeToString(t.shape),
+                     " is not [T, ", dim, "]"));
   }
-  int64_t numel = 1;
-  for (int64_t d : view.shape_) {
-    if (d < 0 || (d > 0 && numel > (int64_t{1} << 40) / d)) {
+  if (t.shape[0] > max_rows) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("tokens: ", t.shape[0],
+                     " rows exceed this worker's "
+                     "limit of ",
+                     max_rows, " rows per call"));
+  }
+  if (output_dtype == 0) {
+    view.output_dtype_ = t.dtype;
+  } else if (output_dtype <= 3) {
+    view.output_dtype_ = static_cast<moe::v1::DType>(output_dtype);
+  } else {
+    return absl::InvalidArgumentError(
+        "output_dtype: must be FLOAT32, BFLOAT16 or FLOAT16");
+  }
+  const int64_t rows = t.shape[0];
+  int64_t offset = 0;
+  for (size_t i = 0; i < raw.size(); ++i) {
+    const RawSegment& s = raw[i];
+    if (s.count < 0 || s.count > rows - offset) {
       return absl::InvalidArgumentError(absl::StrCat(
-          field, ": bad shape ", common::ShapeToString(view.shape_)));
+          "segments[", i, "]: count ", s.count,
+          s.count < 0 ? " is negative"
+                      : absl::StrCat(" runs past the ", rows, " token rows")));
     }
-    numel *= d;
+    if (s.layer < 0 || s.layer >= layers) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("segments[", i, "]: layer ", s.layer,
+                       " is outside the model's ", layers, " layers"));
+    }
+    view.segments_.push_back(
+        {{static_cast<int32_t>(s.layer), s.expert}, offset, s.count});
+    offset += s.count;
   }
-  const uint64_t expected = static_cast<uint64_t>(numel * view.element_size_);
-  if ((has_data ? data_bytes : 0) != expected) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ": data is ", has_data ? data_bytes : 0, " bytes but shape ",
-        common::ShapeToString(view.shape_), " needs ", expected));
+  if (offset != rows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("segments: counts add up to ", offset, " but ", rows,
+                     " token rows were sent"));
   }
   return view;
 }
 
-size_t WireTensorView::SliceAt(int64_t at) const {
-  return static_cast<size_t>(
-      std::upper_bound(starts_.begin(), starts_.end(), at) - starts_.begin() -
-      1);
-}
-
-const void* WireTensorView::Contiguous(int64_t offset, int64_t n) const {
-  const int64_t at = data_begin_ + offset;
-  if (slices_.empty()) return nullptr;
-  const size_t i = SliceAt(at);
-  const int64_t in_slice = at - starts_[i];
-  if (in_slice + n > static_cast<int64_t>(slices_[i].size())) return nullptr;
-  return slices_[i].begin() + in_slice;
-}
-
-void WireTensorView::CopyData(int64_t offset, int64_t n, void* dst) const {
-  int64_t at = data_begin_ + offset;
-  auto* out = static_cast<uint8_t*>(dst);
-  size_t i = SliceAt(at);
-  while (n > 0 && i < slices_.size()) {
-    const int64_t in_slice = at - starts_[i];
-    const int64_t step = std::min<int64_t>(
-        n, static_cast<int64_t>(slices_[i].size()) - in_slice);
-    std::memcpy(out, slices_[i].begin() + in_slice, static_cast<size_t>(step));
-    out += step;
-    at += step;
-    n -= step;
-    ++i;
+const void* RunExpertsRequestView::TokenData(std::string* scratch) const {
+  const int64_t bytes = tokens_.numel * tokens_.element_size;
+  const void* direct = message_.Contiguous(tokens_.data_offset, bytes);
+  if (direct != nullptr &&
+      reinterpret_cast<uintptr_t>(direct) % tokens_.element_size == 0) {
+    return direct;
   }
+  scratch->resize(static_cast<size_t>(bytes));
+  message_.Copy(tokens_.data_offset, bytes, scratch->data());
+  return scratch->data();
+}
+
+RunExpertsResponseWriter::RunExpertsResponseWriter(moe::v1::DType dtype,
+                                                   int64_t rows, int64_t dim) {
+  const uint64_t data_bytes =
+      static_cast<uint64_t>(rows * dim * WireElementSize(dtype));
+  // RunExpertsResponse.outputs.
+  const std::string head = TensorFieldHead(1, dtype, rows, dim);
+  head_ = grpc::Slice(head);
+  // Never inlined (small slices keep their bytes inside the struct, which
+  // the Slice below copies): data_ must stay where it points.
+  grpc_slice body = grpc_slice_malloc_large(static_cast<size_t>(data_bytes));
+  data_ = GRPC_SLICE_START_PTR(body);
+  body_ = grpc::Slice(body, grpc::Slice::STEAL_REF);
+}
+
+grpc::ByteBuffer RunExpertsResponseWriter::Finish() {
+  grpc::Slice slices[2] = {std::move(head_), std::move(body_)};
+  return grpc::ByteBuffer(slices, 2);
+}
+
+// ---------------------------------------------------------------------------
+// Router: the response in.
+
+absl::StatusOr<RunExpertsResponseView> RunExpertsResponseView::Parse(
+    const grpc::ByteBuffer& buffer, int64_t rows, int64_t dim) {
+  RunExpertsResponseView view;
+  absl::StatusOr<WireMessage> message = WireMessage::From(buffer);
+  if (!message.ok()) return message.status();
+  view.message_ = std::move(*message);
+  const WireMessage& m = view.message_;
+  bool found = false;
+  Cursor c(m, 0, m.size());
+  while (!c.done()) {
+    uint64_t tag;
+    if (!c.ReadVarint(&tag)) return Malformed("outputs", "truncated tag");
+    const int n = static_cast<int>(tag >> 3), wt = tag & 7;
+    if (n != 1 || wt != kLen) {
+      if (!c.SkipField(wt)) return Malformed("outputs", "bad field");
+      continue;
+    }
+    if (found) return Malformed("outputs", "the tensor appears twice");
+    found = true;
+    int64_t end;
+    if (!c.ReadLength(&end)) return Malformed("outputs", "truncated tensor");
+    absl::StatusOr<WireTensor> t = ParseTensor(m, c.offset(), end, "outputs");
+    if (!t.ok()) return t.status();
+    view.outputs_ = std::move(*t);
+    c.Skip(static_cast<uint64_t>(end - c.offset()));
+  }
+  if (!found) return absl::InvalidArgumentError("outputs: missing");
+  if (view.outputs_.shape != std::vector<int64_t>{rows, dim}) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "outputs: shape ", common::ShapeToString(view.outputs_.shape),
+        ", expected [", rows, ", ", dim, "]"));
+  }
+  return view;
+}
+
+const float* RunExpertsResponseView::FloatRows(
+    int64_t first, int64_t count, std::vector<float>* scratch) const {
+  const int64_t dim = outputs_.shape[1];
+  const int64_t n = count * dim;
+  const int64_t from =
+      outputs_.data_offset + first * dim * outputs_.element_size;
+  const int64_t bytes = n * outputs_.element_size;
+  if (outputs_.dtype == moe::v1::FLOAT32) {
+    const void* direct = message_.Contiguous(from, bytes);
+    if (direct != nullptr &&
+        reinterpret_cast<uintptr_t>(direct) % alignof(float) == 0) {
+      return static_cast<const float*>(direct);
+    }
+    scratch->resize(static_cast<size_t>(n));
+    message_.Copy(from, bytes, scratch->data());
+    return scratch->data();
+  }
+  // 16-bit wire: gather the bytes (they may straddle slices), then widen.
+  std::string narrow(static_cast<size_t>(bytes), '\0');
+  message_.Copy(from, bytes, narrow.data());
+  scratch->resize(static_cast<size_t>(n));
+  common::ConvertToFloat32(CommonDType(outputs_.dtype), narrow.data(), n,
+                           scratch->data());
+  return scratch->data();
 }
 
 }  // namespace moe::proto

@@ -1,41 +1,51 @@
-// The router's side of moe.v1.ExpertWorker/RunExperts without copying the
-// token rows through protobuf messages:
+// The router-to-worker wire (moe.v1.ExpertWorker/RunExperts), both
+// directions and both ends, in one place, without copying token rows
+// through protobuf messages:
 //
-// - RunExpertsRequestWriter produces the serialized RunExpertsRequest as a
-//   grpc::ByteBuffer whose row data are slices over the caller's tensors
-//   (gRPC writes them to the socket from there);
-// - WireTensorView reads the `outputs` tensor of a serialized
-//   RunExpertsResponse in place: it parses the small header and copies the
-//   data straight from the received slices to where the rows belong.
+//   router  RunExpertsRequestWriter   rows go out as slices over the
+//                                     caller's memory (or converted to a
+//                                     16-bit wire dtype)
+//   worker  RunExpertsRequestView     tokens read in place from the received
+//                                     slices, segments checked into
+//                                     common::ExpertSegments
+//   worker  RunExpertsResponseWriter  outputs written straight into the
+//                                     slice that goes out
+//   router  RunExpertsResponseView    outputs read in place, as float32 rows
 //
-// Both speak the ordinary protobuf wire format of proto/moe/v1/expert.proto,
-// so the worker is a plain generated service; expert_wire_test checks them
-// against the generated parser and serializer.
+// All of it is the ordinary protobuf wire format of
+// proto/moe/v1/expert.proto (expert_wire_test checks every part against the
+// generated parser and serializer, across every slicing of the bytes). A
+// malformed message is an InvalidArgument naming the field, never a read
+// out of bounds. No LibTorch.
 #pragma once
 
-#include <ATen/core/Tensor.h>
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/slice.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/expert_segment.h"
 #include "moe/v1/tensor.pb.h"
 
 namespace moe::proto {
 
 class RunExpertsRequestWriter {
  public:
-  // Rows of `dim` elements of `dtype` (FLOAT32, BFLOAT16 or FLOAT16).
-  RunExpertsRequestWriter(moe::v1::DType dtype, int64_t dim);
+  // Rows of `dim` elements travel as `wire_dtype` (FLOAT32, BFLOAT16 or
+  // FLOAT16).
+  RunExpertsRequestWriter(moe::v1::DType wire_dtype, int64_t dim);
 
-  // Appends `rows` rows stored contiguously at `data`, which lies in
-  // `owner`'s memory; the buffer keeps `owner` alive until gRPC is done.
-  void AddRows(const at::Tensor& owner, const void* data, int64_t rows);
-  // Appends a segment: `count` consecutive rows for `expert_id`.
-  void AddSegment(int64_t expert_id, int64_t count);
+  // Appends `rows` float32 rows stored contiguously at `data`. On a float32
+  // wire the bytes go out in place and `owner` (which keeps them alive) is
+  // held until gRPC is done with them; otherwise they are converted now.
+  void AddFloatRows(const float* data, int64_t rows,
+                    std::shared_ptr<const void> owner);
+  // Appends a segment: the next `count` rows go to `key`.
+  void AddSegment(common::ExpertKey key, int64_t count);
   int64_t rows() const { return rows_; }
 
   // The serialized request. The writer is spent afterwards.
@@ -49,36 +59,100 @@ class RunExpertsRequestWriter {
   std::string segments_;
 };
 
-// The tensor in field 1 of a serialized message (RunExpertsResponse.outputs).
-class WireTensorView {
+// A received message held as its gRPC slices (no copy).
+class WireMessage {
  public:
-  // InvalidArgument naming `field` for malformed bytes, a dtype other than
-  // FLOAT32/BFLOAT16/FLOAT16, a negative dimension, or data whose length does
-  // not match the shape.
-  static absl::StatusOr<WireTensorView> Parse(const grpc::ByteBuffer& message,
-                                              const std::string& field);
+  // InvalidArgument when the buffer cannot be read.
+  static absl::StatusOr<WireMessage> From(const grpc::ByteBuffer& buffer);
 
-  moe::v1::DType dtype() const { return dtype_; }
-  const std::vector<int64_t>& shape() const { return shape_; }
-  int64_t element_size() const { return element_size_; }
-
-  // Copies bytes [offset, offset + n) of the data to `dst`.
-  void CopyData(int64_t offset, int64_t n, void* dst) const;
-  // Those bytes in place when they lie in one received slice, else null.
-  // Valid while this view lives.
+  int64_t size() const { return size_; }
+  // Copies bytes [offset, offset + n) to `dst`.
+  // REQUIRES: the range lies within the message.
+  void Copy(int64_t offset, int64_t n, void* dst) const;
+  // Those bytes in place when they lie in one slice, else null.
   const void* Contiguous(int64_t offset, int64_t n) const;
 
  private:
+  friend class Cursor;
   std::vector<grpc::Slice> slices_;
-  std::vector<int64_t> starts_;  // offset of each slice in the message
-  moe::v1::DType dtype_ = moe::v1::DTYPE_UNSPECIFIED;
-  std::vector<int64_t> shape_;
-  int64_t element_size_ = 0;
-  int64_t data_begin_ = 0;  // offset of the data in the message
-
-  // The slice holding message byte `at` (the last one starting at or before
-  // it).
+  std::vector<int64_t> starts_;  // message offset of each slice
+  int64_t size_ = 0;
   size_t SliceAt(int64_t at) const;
+};
+
+// A moe.v1.Tensor inside a WireMessage, checked: a FLOAT32, BFLOAT16 or
+// FLOAT16 dtype, dimensions >= 0, data whose length matches the shape.
+struct WireTensor {
+  moe::v1::DType dtype = moe::v1::DTYPE_UNSPECIFIED;
+  std::vector<int64_t> shape;
+  int64_t numel = 0;
+  int64_t element_size = 0;
+  int64_t data_offset = 0;  // in the message
+};
+
+class RunExpertsRequestView {
+ public:
+  // InvalidArgument naming the field for malformed bytes, a tokens tensor
+  // that is not [T, dim] of a float dtype or has more than `max_rows` rows,
+  // segments that are not a partition of the T rows (negative counts, a
+  // sum other than T, computed without overflow), a layer outside
+  // [0, layers), or an output dtype other than FLOAT32/BFLOAT16/FLOAT16.
+  static absl::StatusOr<RunExpertsRequestView> Parse(
+      const grpc::ByteBuffer& buffer, int64_t dim, int64_t max_rows,
+      int layers);
+
+  int64_t rows() const { return tokens_.shape[0]; }
+  moe::v1::DType tokens_dtype() const { return tokens_.dtype; }
+  // The token rows, contiguous: in place when they lie aligned in one
+  // received slice, else copied into *scratch. Valid while this view and
+  // *scratch live.
+  const void* TokenData(std::string* scratch) const;
+  const std::vector<common::ExpertSegment>& segments() const {
+    return segments_;
+  }
+  // The dtype the outputs go back in (the tokens' when unspecified).
+  moe::v1::DType output_dtype() const { return output_dtype_; }
+
+ private:
+  WireMessage message_;
+  WireTensor tokens_;
+  std::vector<common::ExpertSegment> segments_;
+  moe::v1::DType output_dtype_ = moe::v1::DTYPE_UNSPECIFIED;
+};
+
+class RunExpertsResponseWriter {
+ public:
+  // Outputs [rows, dim] of `dtype` (FLOAT32, BFLOAT16 or FLOAT16), written
+  // at data() and sent from there.
+  RunExpertsResponseWriter(moe::v1::DType dtype, int64_t rows, int64_t dim);
+  void* data() { return data_; }
+  // The serialized response. The writer is spent afterwards.
+  grpc::ByteBuffer Finish();
+
+ private:
+  grpc::Slice head_;
+  grpc::Slice body_;
+  void* data_;
+};
+
+class RunExpertsResponseView {
+ public:
+  // InvalidArgument naming "outputs" for malformed bytes or a tensor that
+  // is not [rows, dim] of a float dtype.
+  static absl::StatusOr<RunExpertsResponseView> Parse(
+      const grpc::ByteBuffer& buffer, int64_t rows, int64_t dim);
+
+  moe::v1::DType dtype() const { return outputs_.dtype; }
+  // Rows [first, first + count) as float32: in place when the wire is
+  // float32 and they lie aligned in one received slice, else converted into
+  // *scratch. Valid while this view and *scratch live.
+  // REQUIRES: 0 <= first, first + count <= rows.
+  const float* FloatRows(int64_t first, int64_t count,
+                         std::vector<float>* scratch) const;
+
+ private:
+  WireMessage message_;
+  WireTensor outputs_;
 };
 
 }  // namespace moe::proto

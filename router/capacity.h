@@ -1,4 +1,4 @@
-// Expert capacity per group (SEMANTICS.md 5.1):
+// Expert capacity per group (docs/numerics.md §5.1):
 //   C = max(kMinExpertCapacity, min(n, floor(n * capacity_factor / E)))
 // with the product and quotient computed in double and truncated, as Python's
 // int() does in the reference.

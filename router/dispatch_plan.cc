@@ -1,5 +1,9 @@
 #include "router/dispatch_plan.h"
 
+#include <algorithm>
+
+#include "common/layer_config.h"
+
 namespace moe::router {
 namespace {
 
@@ -19,22 +23,27 @@ void ForEachKept(const RoutingResult& r, Fn&& fn) {
 
 // Two passes: count per plan expert, then fill.
 template <typename Entry>
-DispatchPlan Build(const RoutingResult& r, int64_t plan_experts,
+DispatchPlan Build(const RoutingResult& r, int64_t plan_experts, int32_t layer,
                    Entry&& entry) {
   DispatchPlan plan;
   plan.num_experts = plan_experts;
-  plan.offsets.assign(plan_experts + 1, 0);
+  std::vector<int64_t> counts(plan_experts, 0);
   ForEachKept(r, [&](int64_t g, int64_t t, int64_t i) {
     int64_t expert, row;
     float weight;
-    if (entry(g, t, i, &expert, &row, &weight)) ++plan.offsets[expert + 1];
+    if (entry(g, t, i, &expert, &row, &weight)) ++counts[expert];
   });
+  std::vector<int64_t> cursor(plan_experts, 0);
+  int64_t offset = 0;
   for (int64_t e = 0; e < plan_experts; ++e) {
-    plan.offsets[e + 1] += plan.offsets[e];
+    cursor[e] = offset;
+    if (counts[e] > 0) {
+      plan.segments.push_back({{layer, e}, offset, counts[e]});
+      offset += counts[e];
+    }
   }
-  plan.row.resize(plan.offsets[plan_experts]);
-  plan.weight.resize(plan.offsets[plan_experts]);
-  std::vector<int64_t> cursor(plan.offsets.begin(), plan.offsets.end() - 1);
+  plan.row.resize(offset);
+  plan.weight.resize(offset);
   ForEachKept(r, [&](int64_t g, int64_t t, int64_t i) {
     int64_t expert, row;
     float weight;
@@ -48,8 +57,16 @@ DispatchPlan Build(const RoutingResult& r, int64_t plan_experts,
 
 }  // namespace
 
-DispatchPlan BuildDispatchPlan(const RoutingResult& r) {
-  return Build(r, r.num_experts,
+int64_t DispatchPlan::count(int64_t expert) const {
+  auto it = std::lower_bound(segments.begin(), segments.end(), expert,
+                             [](const common::ExpertSegment& s, int64_t e) {
+                               return s.key.expert < e;
+                             });
+  return it != segments.end() && it->key.expert == expert ? it->count : 0;
+}
+
+DispatchPlan BuildDispatchPlan(const RoutingResult& r, int32_t layer) {
+  return Build(r, r.num_experts, layer,
                [&r](int64_t g, int64_t t, int64_t i, int64_t* expert,
                     int64_t* row, float* weight) {
                  *expert = r.expert[i];
@@ -62,13 +79,15 @@ DispatchPlan BuildDispatchPlan(const RoutingResult& r) {
 DispatchPlan BuildInnerDispatchPlan(const RoutingResult& r, int64_t batch,
                                     int64_t num_outer,
                                     absl::Span<const int64_t> slot_row,
-                                    absl::Span<const float> slot_weight) {
-  return Build(r, num_outer * r.num_experts,
+                                    absl::Span<const float> slot_weight,
+                                    int32_t layer) {
+  return Build(r, num_outer * r.num_experts, layer,
                [&](int64_t g, int64_t t, int64_t i, int64_t* expert,
                    int64_t* row, float* weight) {
                  const int64_t slot = g * r.group_size + t;
                  if (slot_row[slot] < 0) return false;
-                 *expert = (g / batch) * r.num_experts + r.expert[i];
+                 *expert = common::FlatExpertId(g / batch, r.expert[i],
+                                                r.num_experts);
                  *row = slot_row[slot];
                  *weight = slot_weight[slot] * r.gate[i];
                  return *weight != 0.0f;

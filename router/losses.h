@@ -1,4 +1,4 @@
-// Auxiliary losses (SEMANTICS.md sections 6-8 and 11.7). moe-serve computes
+// Auxiliary losses (docs/numerics.md §6-8 and §11.7). moe-serve computes
 // them in both modes: in eval they are a monitoring signal, while the
 // reference returns zeros there.
 #pragma once

@@ -1,14 +1,16 @@
-// Per-request routing options (DESIGN.md section 4).
+// Per-request routing options and their one validation, used alike by the
+// in-process engine and the router service (whose proto codec is
+// router/service/options_codec.h).
 #pragma once
-
-#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <optional>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/host_tensor.h"
 
 namespace moe::router {
 
@@ -17,8 +19,8 @@ enum class Mode {
   kTrain,  // threshold_train, capacity_factor_train
 };
 
-// Which second choices are requested (SEMANTICS.md section 4). The first
-// choice is always requested.
+// Which second choices are requested (docs/numerics.md, "Second-expert
+// policy"). The first choice is always requested.
 enum class SecondExpertPolicy {
   // Requested iff u < ĝ2 / max(threshold, 1e-9), u ~ U[0, 1) per token: the
   // reference's behaviour, in eval mode too.
@@ -39,13 +41,26 @@ struct RoutingOptions {
   // Overrides of the checkpoint's threshold / capacity factor for the mode.
   std::optional<float> threshold;
   std::optional<double> capacity_factor;
-  // Seed for the RANDOM policy's draws: the first-level draws equal
+  // Seed for the random policy's draws: the first-level draws equal
   // `torch.manual_seed(seed); torch.rand(B, n)`. Without a seed (and without
   // explicit uniforms) each forward draws from a fresh random seed.
   std::optional<uint64_t> seed;
-  // Explicit first-level uniforms for exact replay: float [B, n], or
-  // [2, B, n] of which row 1 is used (as golden case D stores them).
-  at::Tensor second_choice_uniforms;
+  // Explicit first-level uniforms for exact replay: a float tensor [B, n],
+  // or [2, B, n] of which row 1 is used (as golden case D stores them).
+  std::optional<common::HostTensor> second_choice_uniforms;
 };
+
+// The one check of routing options, for an input of `batch` x `tokens`:
+// threshold and capacity factor within common::ValidateThreshold /
+// ValidateCapacityFactor's bounds; uniforms only with the random policy, of
+// a float dtype, of shape [batch, tokens] or [2, batch, tokens], finite and
+// in [0, 1]. InvalidArgument naming the option.
+absl::Status ValidateRoutingOptions(const RoutingOptions& options,
+                                    int64_t batch, int64_t tokens);
+
+// The first-level uniforms of validated options as [batch * tokens] floats
+// (row 1 of a [2, B, n] tensor).
+// REQUIRES: options.second_choice_uniforms and ValidateRoutingOptions().
+std::vector<float> FirstLevelUniforms(const RoutingOptions& options);
 
 }  // namespace moe::router

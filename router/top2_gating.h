@@ -1,14 +1,14 @@
-// Top-2 gating with capacity, exactly as SEMANTICS.md sections 3-5 define it:
+// Top-2 gating with capacity, exactly as docs/numerics.md §3-5 define it:
 // top-2 selection (ties to the lowest expert index), normalisation
 // ĝk = gk / (g1 + g2 + 1e-9) in float32, the second-expert policy, per-group
 // capacity, positions (first choices claim slots before second choices, in
 // sequence order; dropped choices still advance the counters), keep/drop.
 // Gates are not renormalised after dropping.
 //
-// With `importance` (the inner level of a two-level MoE, SEMANTICS.md 11.4),
-// the first choice is requested only where importance == 1 and the second
-// only where importance > 0; where the first is not requested, the "second"
-// choice is the top expert.
+// With `importance` (the inner level of a two-level MoE, docs/numerics.md
+// §11.4), the first choice is requested only where importance == 1 and the
+// second only where importance > 0; where the first is not requested, the
+// "second" choice is the top expert.
 //
 // Pure C++: no LibTorch, no allocation beyond the result.
 #pragma once

@@ -2,34 +2,51 @@
 
 #include <prometheus/gauge.h>
 
+#include "absl/time/clock.h"
+#include "common/metrics_buckets.h"
+#include "moe_version.h"
+
 namespace moe::server {
+namespace {
 
-prometheus::Histogram::BucketBoundaries LatencyBuckets() {
-  return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-          0.25,   0.5,   1.0,    2.5,   5.0,  10.0,  30.0};
-}
+// One per call: the time from its start to the status it sends.
+class MetricsInterceptor : public grpc::experimental::Interceptor {
+ public:
+  MetricsInterceptor(RpcMetrics* metrics, std::string method)
+      : metrics_(metrics), method_(std::move(method)), start_(absl::Now()) {}
 
-std::string StatusCodeName(grpc::StatusCode code) {
-  static const char* const kNames[] = {"OK",
-                                       "CANCELLED",
-                                       "UNKNOWN",
-                                       "INVALID_ARGUMENT",
-                                       "DEADLINE_EXCEEDED",
-                                       "NOT_FOUND",
-                                       "ALREADY_EXISTS",
-                                       "PERMISSION_DENIED",
-                                       "RESOURCE_EXHAUSTED",
-                                       "FAILED_PRECONDITION",
-                                       "ABORTED",
-                                       "OUT_OF_RANGE",
-                                       "UNIMPLEMENTED",
-                                       "INTERNAL",
-                                       "UNAVAILABLE",
-                                       "DATA_LOSS",
-                                       "UNAUTHENTICATED"};
-  const int i = static_cast<int>(code);
-  return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
-}
+  void Intercept(
+      grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::PRE_SEND_STATUS)) {
+      const grpc::Status status = methods->GetSendStatus();
+      metrics_->Record(method_,
+                       static_cast<absl::StatusCode>(status.error_code()),
+                       absl::Now() - start_);
+    }
+    methods->Proceed();
+  }
+
+ private:
+  RpcMetrics* metrics_;
+  std::string method_;
+  absl::Time start_;
+};
+
+class MetricsInterceptorFactory
+    : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit MetricsInterceptorFactory(RpcMetrics* metrics) : metrics_(metrics) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    return new MetricsInterceptor(metrics_, info->method());
+  }
+
+ private:
+  RpcMetrics* metrics_;
+};
+
+}  // namespace
 
 RpcMetrics::RpcMetrics(prometheus::Registry& registry)
     : handled_(prometheus::BuildCounter()
@@ -41,12 +58,17 @@ RpcMetrics::RpcMetrics(prometheus::Registry& registry)
                    .Help("Time from receiving an RPC to finishing it.")
                    .Register(registry)) {}
 
-void RpcMetrics::Record(const std::string& method, grpc::StatusCode code,
+void RpcMetrics::Record(const std::string& method, absl::StatusCode code,
                         absl::Duration elapsed) {
-  handled_.Add({{"method", method}, {"code", StatusCodeName(code)}})
+  handled_.Add({{"method", method}, {"code", absl::StatusCodeToString(code)}})
       .Increment();
-  seconds_.Add({{"method", method}}, LatencyBuckets())
+  seconds_.Add({{"method", method}}, common::LatencyBucketsSeconds())
       .Observe(absl::ToDoubleSeconds(elapsed));
+}
+
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
+RpcMetrics::InterceptorFactory() {
+  return std::make_unique<MetricsInterceptorFactory>(this);
 }
 
 void AddBuildInfo(prometheus::Registry& registry, const std::string& device) {
@@ -54,7 +76,9 @@ void AddBuildInfo(prometheus::Registry& registry, const std::string& device) {
       .Name("moe_build_info")
       .Help("moe-serve build information (always 1).")
       .Register(registry)
-      .Add({{"version", kMoeVersion}, {"device", device}})
+      .Add({{"version", moe::kVersion},
+            {"revision", moe::kGitRevision},
+            {"device", device}})
       .Set(1);
 }
 

@@ -1,22 +1,23 @@
-// gRPC server metrics both servers record in their handlers:
+// gRPC server metrics, recorded by an interceptor the ServerRunner installs
+// (so services know nothing of them):
 //   moe_grpc_server_handled_total{method, code}
 //   moe_grpc_server_handling_seconds{method}   (histogram)
-// plus moe_build_info{version, device} = 1.
+// and moe_build_info{version, revision, device} = 1.
 #pragma once
 
-#include <grpcpp/support/status.h>
+#include <grpcpp/support/server_interceptor.h>
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/time/time.h"
 
 namespace moe::server {
-
-inline constexpr const char* kMoeVersion = "0.1.0";
 
 class RpcMetrics {
  public:
@@ -24,21 +25,20 @@ class RpcMetrics {
   explicit RpcMetrics(prometheus::Registry& registry);
 
   // Thread-safe.
-  void Record(const std::string& method, grpc::StatusCode code,
+  void Record(const std::string& method, absl::StatusCode code,
               absl::Duration elapsed);
+
+  // An interceptor factory that records every call of a server here.
+  // `this` must outlive the server.
+  std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
+  InterceptorFactory();
 
  private:
   prometheus::Family<prometheus::Counter>& handled_;
   prometheus::Family<prometheus::Histogram>& seconds_;
 };
 
-// Adds moe_build_info{version, device} 1.
+// Adds moe_build_info{version, revision, device} 1.
 void AddBuildInfo(prometheus::Registry& registry, const std::string& device);
-
-// Latency buckets in seconds, 0.5 ms to 30 s.
-prometheus::Histogram::BucketBoundaries LatencyBuckets();
-
-// The canonical upper-case name of a gRPC code ("INVALID_ARGUMENT").
-std::string StatusCodeName(grpc::StatusCode code);
 
 }  // namespace moe::server

@@ -1,7 +1,9 @@
 // ServerRunner: the process plumbing both servers share. It builds a gRPC
-// server with the standard health service (grpc.health.v1) and server
-// reflection, listens on host:port (port 0 picks a free one, written to
-// --port_file), and shuts down gracefully on SIGTERM/SIGINT: health turns
+// server with the standard health service (grpc.health.v1, under the empty
+// name for the process and under each service's name), optional server
+// reflection and the RPC metrics interceptor, listens on host:port (port 0
+// picks a free one, written to the port file; a busy port is an error, not
+// a shared one), and shuts down gracefully on SIGTERM/SIGINT: health turns
 // NOT_SERVING, in-flight calls get `grace` to finish, then the server stops.
 //
 // Example (in a main()):
@@ -19,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/rpc_metrics.h"
 
 namespace moe::server {
 
@@ -29,6 +32,12 @@ struct ServerOptions {
   int max_receive_bytes = 64 << 20;
   int max_send_bytes = 64 << 20;
   absl::Duration grace = absl::Seconds(10);
+  bool reflection = false;
+  // Health names besides "" (the process): "moe.v1.Router", ...
+  std::vector<std::string> health_services;
+  // TLS or mutual TLS; plaintext (with a warning) when null.
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  RpcMetrics* rpc_metrics = nullptr;  // must outlive the runner
 };
 
 // Blocks SIGTERM and SIGINT in the calling thread and every thread it starts
@@ -39,6 +48,7 @@ void BlockShutdownSignals();
 class ServerRunner {
  public:
   // `services` must outlive the runner. Health starts NOT_SERVING.
+  // Unavailable naming the address when it cannot listen (in use, say).
   static absl::StatusOr<std::unique_ptr<ServerRunner>> Start(
       const ServerOptions& options,
       const std::vector<grpc::Service*>& services);
@@ -47,7 +57,7 @@ class ServerRunner {
   int port() const { return port_; }
   std::string address() const;
 
-  // Sets the health status of the server and of every service.
+  // Sets the health status of the process and of every service.
   void SetServing(bool serving);
 
   // Waits for SIGTERM or SIGINT, then shuts down gracefully. Returns the

@@ -1,8 +1,9 @@
 // moe-up: the embedded default. Starts one moe-router and N moe-expert
-// workers on one host from one checkpoint (or a generated demo model), with
-// the experts split evenly, waits until all are healthy, prints the router's
-// address, and stops them all on Ctrl-C or SIGTERM. If a child dies, it stops
-// the others and exits non-zero, saying which.
+// workers on one host from one checkpoint (or a generated demo model of 4
+// layers, written by moe-run), every worker hosting its share of every
+// layer, waits until all are healthy, prints the router's address, and
+// stops them all on Ctrl-C or SIGTERM. If a child dies, it stops the others
+// and exits non-zero, saying which.
 //
 //   moe-up [--checkpoint=F] [--workers=2] [--port=50051]
 #include <signal.h>
@@ -21,12 +22,12 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "client/cli/command_line.h"
 #include "client/router_client.h"
 #include "common/checkpoint.h"
-#include "common/demo_model.h"
-#include "common/flags_util.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "server/main_helpers.h"
 #include "server/metrics_http.h"
 #include "server/server_runner.h"
 
@@ -34,6 +35,10 @@ ABSL_FLAG(std::string, checkpoint, "",
           "Checkpoint to serve (default: a generated demo model, the "
           "st-moe-pytorch README configuration).");
 ABSL_FLAG(uint64_t, seed, 0, "Seed of the demo model.");
+ABSL_FLAG(int, demo_layers, 4,
+          "Layers of the demo model (each the README configuration: dim 512, "
+          "16 experts).");
+ABSL_FLAG(bool, reflection, true, "Passed to the router and the workers.");
 ABSL_FLAG(int, workers, 2, "Number of expert workers.");
 ABSL_FLAG(std::string, host, "127.0.0.1", "Address everything listens on.");
 ABSL_FLAG(int, port, 50051, "Router port; 0 picks a free one.");
@@ -42,7 +47,9 @@ ABSL_FLAG(std::string, on_expert_failure, "drop", "Passed to moe-router.");
 ABSL_FLAG(std::string, wire_dtype, "float32", "Passed to moe-router.");
 ABSL_FLAG(int, batch_window_us, 20000,
           "Passed to moe-router: dynamic batching window (0: off).");
-ABSL_FLAG(int64_t, max_tokens_per_request, 65536, "Passed to moe-router.");
+ABSL_FLAG(int64_t, max_tokens_per_request, 65536,
+          "Passed to moe-router; the workers get twice as many rows per call "
+          "(--max_tokens_per_call).");
 ABSL_FLAG(double, start_timeout_seconds, 120,
           "Give up when the deployment is not healthy after this long.");
 ABSL_FLAG(std::string, endpoints_file, "",
@@ -218,32 +225,48 @@ absl::Status Run() {
     }
   } cleanup{dir, remove_dir};
 
+  const std::string bin = SelfDir();
   std::string checkpoint = absl::GetFlag(FLAGS_checkpoint);
   if (checkpoint.empty()) {
     checkpoint = dir + "/demo.safetensors";
-    MOE_LOG(INFO) << "no --checkpoint: writing the demo model (dim 512, 16 "
-                     "experts, hidden_mult 4, seed "
+    const int layers = absl::GetFlag(FLAGS_demo_layers);
+    MOE_LOG(INFO) << "no --checkpoint: writing the demo model (" << layers
+                  << " layer(s) of dim 512, 16 experts, hidden_mult 4, seed "
                   << absl::GetFlag(FLAGS_seed) << ") to " << checkpoint;
-    MOE_RETURN_IF_ERROR(common::WriteDemoCheckpoint(
-        checkpoint, common::DefaultDemoConfig(), absl::GetFlag(FLAGS_seed)));
+    std::vector<std::string> argv = {
+        bin + "/moe-run", "demo-checkpoint", "--output=" + checkpoint,
+        absl::StrCat("--layers=", layers),
+        absl::StrCat("--seed=", absl::GetFlag(FLAGS_seed))};
+    MOE_ASSIGN_OR_RETURN(pid_t pid, Spawn(argv, /*blas_threads=*/1));
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      return absl::InternalError(
+          absl::StrCat("moe-run demo-checkpoint ", DescribeExit(status)));
+    }
   }
-  MOE_ASSIGN_OR_RETURN(common::ModelConfig config,
-                       common::ReadCheckpointConfig(checkpoint));
-  const int64_t experts = config.total_experts();
-  if (n < 1 || n > experts) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--workers must be in [1, ", experts, "] for this model (",
-                     experts, " experts)"));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<common::Checkpoint> ckpt,
+                       common::Checkpoint::Open(checkpoint));
+  const common::ModelSpec spec = ckpt->spec();
+  ckpt.reset();
+  int64_t experts = 0;
+  for (const common::LayerSpec& l : spec.layers) {
+    experts += l.config.total_experts();
   }
-
-  const std::string bin = SelfDir();
   std::vector<Child> children;
+  const int64_t max_tokens = absl::GetFlag(FLAGS_max_tokens_per_request);
+  const std::string reflection =
+      absl::StrCat("--reflection=", absl::GetFlag(FLAGS_reflection));
   for (int i = 0; i < n; ++i) {
-    MOE_ASSIGN_OR_RETURN(std::vector<int64_t> shard,
-                         common::ShardExperts(i, n, experts));
+    absl::StatusOr<server::ExpertSelection> shard =
+        server::ShardSelection(i, n, spec);
+    if (!shard.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--workers=", n, ": ", shard.status().message()));
+    }
     Child c;
-    c.name = absl::StrCat("worker ", i, " (experts ", shard.front(), "-",
-                          shard.back(), ")");
+    c.name = absl::StrCat("worker ", i, " (experts ",
+                          server::DescribeSelection(*shard, spec), ")");
     c.port_file = absl::StrCat(dir, "/worker-", i, ".port");
     c.metrics_port_file = absl::StrCat(dir, "/worker-", i, ".metrics.port");
     std::filesystem::remove(c.port_file);
@@ -278,18 +301,18 @@ absl::Status Run() {
     std::filesystem::remove(router.metrics_port_file);
     MOE_ASSIGN_OR_RETURN(
         router.pid,
-        Spawn({bin + "/moe-router", "--checkpoint=" + checkpoint,
-               "--workers=" + absl::StrJoin(addresses, ","), "--host=" + host,
-               absl::StrCat("--port=", absl::GetFlag(FLAGS_port)),
-               "--port_file=" + router.port_file, "--metrics_port=0",
-               "--metrics_port_file=" + router.metrics_port_file,
-               "--on_expert_failure=" + absl::GetFlag(FLAGS_on_expert_failure),
-               "--wire_dtype=" + absl::GetFlag(FLAGS_wire_dtype),
-               absl::StrCat("--batch_window_us=",
-                            absl::GetFlag(FLAGS_batch_window_us)),
-               absl::StrCat("--max_tokens_per_request=",
-                            absl::GetFlag(FLAGS_max_tokens_per_request))},
-              /*blas_threads=*/1));
+        Spawn(
+            {bin + "/moe-router", "--checkpoint=" + checkpoint,
+             "--workers=" + absl::StrJoin(addresses, ","), "--host=" + host,
+             absl::StrCat("--port=", absl::GetFlag(FLAGS_port)),
+             "--port_file=" + router.port_file, "--metrics_port=0",
+             "--metrics_port_file=" + router.metrics_port_file,
+             "--on_expert_failure=" + absl::GetFlag(FLAGS_on_expert_failure),
+             "--wire_dtype=" + absl::GetFlag(FLAGS_wire_dtype),
+             absl::StrCat("--batch_window_us=",
+                          absl::GetFlag(FLAGS_batch_window_us)),
+             absl::StrCat("--max_tokens_per_request=", max_tokens), reflection},
+            /*blas_threads=*/1));
     children.push_back(router);
     status = WaitReady(children.back(), children, deadline, host);
   }
@@ -319,7 +342,8 @@ absl::Status Run() {
                                               children.back().port));
   }
   MOE_LOG(INFO) << "ready: router on " << address << " with " << n
-                << " workers (" << experts << " experts); Ctrl-C stops all\n"
+                << " workers (" << spec.layers.size() << " layer(s), "
+                << experts << " experts); Ctrl-C stops all\n"
                 << endpoints;
   std::printf("%s\n", address.c_str());
   std::fflush(stdout);
@@ -343,9 +367,9 @@ absl::Status Run() {
 
 int main(int argc, char** argv) {
   moe::server::BlockShutdownSignals();
-  moe::common::ParseCommandLine(
+  moe::cli::ParseCommandLine(
       argc, argv, "moe-up",
       "starts a router and N expert workers on one host and stops them all "
       "on Ctrl-C.\n\n  moe-up [--checkpoint=F] [--workers=2] [--port=50051]");
-  return moe::common::ExitCode(moe::Run());
+  return moe::cli::ExitCode(moe::Run());
 }

@@ -1,12 +1,13 @@
 #include "experts/service/expert_metrics.h"
 
 #include "absl/strings/str_cat.h"
-#include "server/rpc_metrics.h"
+#include "common/metrics_buckets.h"
 
 namespace moe::experts {
 
 ExpertMetrics::ExpertMetrics(prometheus::Registry& registry,
-                             const std::vector<int64_t>& experts)
+                             const common::ModelSpec& spec,
+                             const std::vector<common::ExpertKey>& hosted)
     : batch_(prometheus::BuildHistogram()
                  .Name("moe_expert_batch_tokens")
                  .Help("Token rows per RunExperts call.")
@@ -33,10 +34,12 @@ ExpertMetrics::ExpertMetrics(prometheus::Registry& registry,
                       .Name("moe_expert_forward_duration_seconds")
                       .Help("Compute time of one expert on one call's rows.")
                       .Register(registry);
-  for (int64_t e : experts) {
-    const std::string id = absl::StrCat(e);
-    tokens_[e] = &tokens.Add({{"expert", id}});
-    seconds_[e] = &seconds.Add({{"expert", id}}, server::LatencyBuckets());
+  for (const common::ExpertKey& key : hosted) {
+    const std::map<std::string, std::string> labels = {
+        {"layer", spec.layers[key.layer].name},
+        {"expert", absl::StrCat(key.expert)}};
+    experts_[key] = {&tokens.Add(labels),
+                     &seconds.Add(labels, common::LatencyBucketsSeconds())};
   }
 }
 
@@ -44,12 +47,12 @@ void ExpertMetrics::RecordBatch(int64_t tokens) {
   batch_.Observe(static_cast<double>(tokens));
 }
 
-void ExpertMetrics::RecordSegment(int64_t expert, int64_t tokens,
+void ExpertMetrics::RecordSegment(common::ExpertKey key, int64_t tokens,
                                   double seconds) {
-  auto t = tokens_.find(expert);
-  if (t == tokens_.end()) return;
-  t->second->Increment(static_cast<double>(tokens));
-  seconds_.at(expert)->Observe(seconds);
+  auto it = experts_.find(key);
+  if (it == experts_.end()) return;
+  it->second.tokens->Increment(static_cast<double>(tokens));
+  it->second.seconds->Observe(seconds);
 }
 
 void ExpertMetrics::AddInflight(int delta) { inflight_.Increment(delta); }

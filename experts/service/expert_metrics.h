@@ -1,8 +1,12 @@
-// The expert worker's Prometheus metrics (DESIGN.md section 6):
-//   moe_expert_tokens_total{expert}
-//   moe_expert_forward_duration_seconds{expert}   (histogram, per segment)
-//   moe_expert_batch_tokens                       (histogram, per call)
+// The expert worker's Prometheus metrics:
+//   moe_expert_tokens_total{layer,expert}
+//   moe_expert_forward_duration_seconds{layer,expert}  (histogram, per segment)
+//   moe_expert_batch_tokens                            (histogram, per call)
 //   moe_expert_inflight_requests, moe_expert_ready
+// Series exist for every hosted expert from the start; their number is
+// (hosted experts) x 18 (a counter and a 15-bucket histogram), see
+// docs/operations.md, "Cardinality".
+//
 // Thread-safe.
 #pragma once
 
@@ -15,23 +19,28 @@
 #include <map>
 #include <vector>
 
+#include "common/expert_segment.h"
+#include "common/model_spec.h"
+
 namespace moe::experts {
 
 class ExpertMetrics {
  public:
-  // `registry` must outlive this object; series exist for every hosted
-  // expert from the start.
-  ExpertMetrics(prometheus::Registry& registry,
-                const std::vector<int64_t>& experts);
+  // `registry` must outlive this object.
+  ExpertMetrics(prometheus::Registry& registry, const common::ModelSpec& spec,
+                const std::vector<common::ExpertKey>& hosted);
 
   void RecordBatch(int64_t tokens);
-  void RecordSegment(int64_t expert, int64_t tokens, double seconds);
+  void RecordSegment(common::ExpertKey key, int64_t tokens, double seconds);
   void AddInflight(int delta);
   void SetReady(bool ready);
 
  private:
-  std::map<int64_t, prometheus::Counter*> tokens_;
-  std::map<int64_t, prometheus::Histogram*> seconds_;
+  struct PerExpert {
+    prometheus::Counter* tokens;
+    prometheus::Histogram* seconds;
+  };
+  std::map<common::ExpertKey, PerExpert> experts_;
   prometheus::Histogram& batch_;
   prometheus::Gauge& inflight_;
   prometheus::Gauge& ready_;

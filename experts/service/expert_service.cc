@@ -1,100 +1,107 @@
 #include "experts/service/expert_service.h"
 
-#include <ATen/ATen.h>
-#include <c10/core/InferenceMode.h>
-
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "common/torch_convert.h"
+#include "proto/expert_wire.h"
 #include "proto/grpc_status.h"
 #include "proto/tensor_codec.h"
 
 namespace moe::experts {
+namespace {
 
-ExpertService::ExpertService(const ExpertShard* shard,
-                             const common::ModelConfig& config,
+common::DType FromWire(moe::v1::DType dtype) {
+  return dtype == moe::v1::BFLOAT16  ? common::DType::kBFloat16
+         : dtype == moe::v1::FLOAT16 ? common::DType::kFloat16
+                                     : common::DType::kFloat32;
+}
+
+moe::v1::ShardInfo MakeShardInfo(const ExpertShard& shard,
+                                 const ServedModel& model,
+                                 const ExpertServiceOptions& options) {
+  moe::v1::ShardInfo info;
+  info.set_model_name(model.spec.name);
+  info.set_fingerprint(model.fingerprint);
+  info.set_dim(model.spec.dim);
+  for (const common::LayerSpec& layer : model.spec.layers) {
+    moe::v1::LayerShard* l = info.add_layers();
+    l->set_name(layer.name);
+    l->set_kind(common::LayerKindName(layer.config.kind));
+    l->set_total_experts(layer.config.total_experts());
+    l->set_expert_hidden(layer.config.expert_hidden());
+  }
+  for (const common::ExpertKey& key : shard.keys()) {
+    info.mutable_layers(key.layer)->add_expert_ids(key.expert);
+  }
+  info.set_device(shard.device());
+  info.set_weight_bytes(shard.weight_bytes());
+  info.set_max_tokens_per_call(options.max_tokens_per_call);
+  info.set_compute_dtype(shard.compute_dtype());
+  return info;
+}
+
+}  // namespace
+
+ExpertService::ExpertService(const ExpertShard* shard, ServedModel model,
                              const ExpertServiceOptions& options,
-                             ExpertMetrics* metrics,
-                             server::RpcMetrics* rpc_metrics)
+                             ExpertMetrics* metrics)
     : shard_(shard),
-      config_(config),
+      model_(std::move(model)),
       options_(options),
       metrics_(metrics),
-      rpc_metrics_(rpc_metrics),
+      info_(MakeShardInfo(*shard, model_, options)),
       queue_(std::make_unique<common::WorkQueue>(
           options.compute_threads, options.max_queued, "moe-expert")) {}
 
 ExpertService::~ExpertService() { queue_.reset(); }
 
-absl::Status ExpertService::Run(const moe::v1::RunExpertsRequest& request,
-                                moe::v1::RunExpertsResponse* response) const {
-  c10::InferenceMode guard;
-  MOE_ASSIGN_OR_RETURN(at::Tensor tokens,
-                       proto::ViewTensor(request.tokens(), "tokens",
-                                         options_.max_tokens * shard_->dim()));
-  if (tokens.dim() != 2 || tokens.size(1) != shard_->dim()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tokens: must be [T, ", shard_->dim(), "]"));
-  }
-  if (!at::isFloatingType(tokens.scalar_type())) {
-    return absl::InvalidArgumentError("tokens: must be floating point");
-  }
-  std::vector<ExpertSegment> segments;
-  segments.reserve(request.segments_size());
-  for (const moe::v1::ExpertSegment& s : request.segments()) {
-    segments.push_back({s.expert_id(), s.count()});
-  }
-  moe::v1::DType out_dtype = request.output_dtype();
-  if (out_dtype == moe::v1::DTYPE_UNSPECIFIED) {
-    out_dtype = request.tokens().dtype();
-  }
-  if (out_dtype == moe::v1::INT64 || !moe::v1::DType_IsValid(out_dtype)) {
-    return absl::InvalidArgumentError(
-        "output_dtype: must be FLOAT32, BFLOAT16 or FLOAT16");
-  }
-  // The experts write float32 CPU outputs straight into the response's bytes;
-  // any other output dtype or device goes through one conversion copy.
-  MOE_ASSIGN_OR_RETURN(
-      at::Tensor wire_out,
-      proto::WireBuffer(out_dtype, {tokens.size(0), shard_->dim()},
-                        response->mutable_outputs()));
-  at::Tensor out;
-  if (wire_out.scalar_type() == at::kFloat && shard_->device().is_cpu()) {
-    out = wire_out;
+absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
+                                grpc::ByteBuffer* response) const {
+  MOE_ASSIGN_OR_RETURN(proto::RunExpertsRequestView call,
+                       proto::RunExpertsRequestView::Parse(
+                           request, shard_->dim(), options_.max_tokens_per_call,
+                           static_cast<int>(model_.spec.layers.size())));
+  std::string token_scratch;
+  const TokenRows tokens{FromWire(call.tokens_dtype()),
+                         call.TokenData(&token_scratch), call.rows()};
+  // float32 outputs are written by the experts straight into the response's
+  // bytes; 16-bit ones are converted from a float32 buffer.
+  proto::RunExpertsResponseWriter out(call.output_dtype(), call.rows(),
+                                      shard_->dim());
+  std::vector<float> wide;
+  float* dst = static_cast<float*>(out.data());
+  if (call.output_dtype() != moe::v1::FLOAT32) {
+    wide.resize(static_cast<size_t>(call.rows() * shard_->dim()));
+    dst = wide.data();
   }
   std::vector<double> seconds;
-  MOE_RETURN_IF_ERROR(shard_->Run(tokens, segments, &out, &seconds));
+  MOE_RETURN_IF_ERROR(shard_->Run(tokens, call.segments(), dst, &seconds));
+  if (!wide.empty()) {
+    common::ConvertFromFloat32(wide.data(), static_cast<int64_t>(wide.size()),
+                               FromWire(call.output_dtype()), out.data());
+  }
   if (metrics_ != nullptr) {
-    metrics_->RecordBatch(tokens.size(0));
-    for (size_t i = 0; i < segments.size(); ++i) {
-      metrics_->RecordSegment(segments[i].expert_id, segments[i].count,
+    metrics_->RecordBatch(call.rows());
+    for (size_t i = 0; i < call.segments().size(); ++i) {
+      metrics_->RecordSegment(call.segments()[i].key, call.segments()[i].count,
                               seconds[i]);
     }
   }
-  if (out.numel() == 0 || out.data_ptr() == wire_out.data_ptr()) {
-    return absl::OkStatus();
-  }
-  return common::TorchCall("encode outputs", [&] { wire_out.copy_(out); });
+  *response = out.Finish();
+  return absl::OkStatus();
 }
 
 grpc::ServerUnaryReactor* ExpertService::RunExperts(
-    grpc::CallbackServerContext* context,
-    const moe::v1::RunExpertsRequest* request,
-    moe::v1::RunExpertsResponse* response) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (metrics_ != nullptr) metrics_->AddInflight(1);
-  const absl::Time start = absl::Now();
-  auto finish = [this, reactor, start](const absl::Status& status) {
-    const grpc::Status g = proto::ToGrpcStatus(status);
+  auto finish = [this, reactor](const absl::Status& status) {
     if (metrics_ != nullptr) metrics_->AddInflight(-1);
-    if (rpc_metrics_ != nullptr) {
-      rpc_metrics_->Record("/moe.v1.ExpertWorker/RunExperts", g.error_code(),
-                           absl::Now() - start);
-    }
-    reactor->Finish(g);
+    reactor->Finish(proto::ToGrpcStatus(status));
   };
   const bool queued =
       queue_->TrySubmit([this, context, request, response, finish] {
@@ -115,7 +122,7 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
                      << options_.max_queued << " waiting)";
     finish(absl::ResourceExhaustedError(
         absl::StrCat("expert worker overloaded: ", options_.max_queued,
-                     " requests already queued")));
+                     " calls already queued")));
   }
   return reactor;
 }
@@ -124,13 +131,7 @@ grpc::ServerUnaryReactor* ExpertService::GetShardInfo(
     grpc::CallbackServerContext* context,
     const moe::v1::GetShardInfoRequest* /*request*/,
     moe::v1::ShardInfo* response) {
-  for (int64_t id : shard_->expert_ids()) response->add_expert_ids(id);
-  response->set_dim(shard_->dim());
-  response->set_expert_hidden(shard_->hidden());
-  response->set_total_experts(config_.total_experts());
-  response->set_device(shard_->device().str());
-  response->set_config_json(config_.ToJson());
-  response->set_weight_bytes(shard_->weight_bytes());
+  *response = info_;
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;

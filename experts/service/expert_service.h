@@ -1,35 +1,45 @@
 // The moe.v1.ExpertWorker service: runs the experts of one ExpertShard for
-// the router. Handlers only validate and queue; the expert math runs on the
+// routers. Handlers only check and queue; the expert math runs on the
 // service's own WorkQueue, never on gRPC's threads. A full queue answers
-// RESOURCE_EXHAUSTED.
+// RESOURCE_EXHAUSTED. RunExperts reads its bytes itself
+// (proto/expert_wire.h): tokens in place, outputs written straight into the
+// response, and a message that is not a RunExpertsRequest is an
+// INVALID_ARGUMENT saying so.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
 
-#include "common/model_config.h"
+#include "common/model_spec.h"
 #include "common/work_queue.h"
 #include "experts/expert_shard.h"
 #include "experts/service/expert_metrics.h"
 #include "moe/v1/expert.grpc.pb.h"
-#include "server/rpc_metrics.h"
 
 namespace moe::experts {
 
 struct ExpertServiceOptions {
-  int compute_threads = 1;       // OpenBLAS already parallelises each GEMM.
-  size_t max_queued = 64;        // requests waiting beyond the running ones
-  int64_t max_tokens = 1 << 20;  // rows per RunExperts call
+  int compute_threads = 1;  // OpenBLAS already parallelises GEMMs.
+  size_t max_queued = 64;   // calls waiting beyond the running ones
+  int64_t max_tokens_per_call = 1 << 17;  // token rows of one call
 };
 
-class ExpertService final : public moe::v1::ExpertWorker::CallbackService {
+// What the worker serves: the model and its identity.
+struct ServedModel {
+  common::ModelSpec spec;
+  std::string fingerprint;
+};
+
+class ExpertService final
+    : public moe::v1::ExpertWorker::WithRawCallbackMethod_RunExperts<
+          moe::v1::ExpertWorker::WithCallbackMethod_GetShardInfo<
+              moe::v1::ExpertWorker::Service>> {
  public:
-  // `shard` and the metrics (either may be null) must outlive the service.
-  ExpertService(const ExpertShard* shard, const common::ModelConfig& config,
+  // `shard` and `metrics` (may be null) must outlive the service.
+  ExpertService(const ExpertShard* shard, ServedModel model,
                 const ExpertServiceOptions& options,
-                ExpertMetrics* metrics = nullptr,
-                server::RpcMetrics* rpc_metrics = nullptr);
+                ExpertMetrics* metrics = nullptr);
   ~ExpertService() override;
 
   // Waits for the calls already accepted to finish. Call after the server
@@ -37,25 +47,27 @@ class ExpertService final : public moe::v1::ExpertWorker::CallbackService {
   // too.
   void Drain() { queue_.reset(); }
 
-  grpc::ServerUnaryReactor* RunExperts(
-      grpc::CallbackServerContext* context,
-      const moe::v1::RunExpertsRequest* request,
-      moe::v1::RunExpertsResponse* response) override;
+  grpc::ServerUnaryReactor* RunExperts(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
 
   grpc::ServerUnaryReactor* GetShardInfo(
       grpc::CallbackServerContext* context,
       const moe::v1::GetShardInfoRequest* request,
       moe::v1::ShardInfo* response) override;
 
+  // The reply of GetShardInfo.
+  const moe::v1::ShardInfo& shard_info() const { return info_; }
+
  private:
-  absl::Status Run(const moe::v1::RunExpertsRequest& request,
-                   moe::v1::RunExpertsResponse* response) const;
+  absl::Status Run(const grpc::ByteBuffer& request,
+                   grpc::ByteBuffer* response) const;
 
   const ExpertShard* shard_;
-  common::ModelConfig config_;
-  ExpertServiceOptions options_;
+  const ServedModel model_;
+  const ExpertServiceOptions options_;
   ExpertMetrics* metrics_;
-  server::RpcMetrics* rpc_metrics_;
+  moe::v1::ShardInfo info_;
   std::unique_ptr<common::WorkQueue> queue_;
 };
 

@@ -1,47 +1,28 @@
 #include "router/engine/expert_backend.h"
 
-#include <ATen/ATen.h>
+#include <memory>
 
-#include <chrono>
-#include <cstring>
-
-#include "absl/strings/str_cat.h"
-#include "common/host_tensor.h"
+#include "absl/time/clock.h"
+#include "router/combine.h"
 
 namespace moe::router {
 
-absl::Status ExpertBackend::RunAndCombine(
-    const at::Tensor& tokens, absl::Span<const experts::ExpertSegment> segments,
-    const CombineTarget& target, std::vector<int64_t>* unavailable,
-    int64_t* combine_us) {
-  at::Tensor out;
-  absl::Status status = RunExperts(tokens, segments, &out, unavailable);
+absl::Status LocalExpertBackend::Run(const ExpertWork& work,
+                                     BackendReport* report) {
+  if (work.rows == 0) return absl::OkStatus();
+  // A block of a power of two rows, uninitialised, so that forwards whose
+  // kept counts differ reuse freed blocks instead of fragmenting the heap.
+  int64_t capacity = 1;
+  while (capacity < work.rows) capacity *= 2;
+  std::unique_ptr<float[]> out(new float[capacity * work.dim]);
+  absl::Status status =
+      shard_->Run({common::DType::kFloat32, work.tokens, work.rows},
+                  work.segments, out.get());
   if (!status.ok()) return status;
-  const int64_t n = static_cast<int64_t>(target.rows.size());
-  const int64_t d = target.y->size(1);
-  if (!out.defined() || out.dim() != 2 || out.size(0) != n ||
-      out.size(1) != d) {
-    return absl::InternalError(absl::StrCat(
-        "expert backend returned shape ",
-        out.defined() ? common::ShapeToString(std::vector<int64_t>(
-                            out.sizes().begin(), out.sizes().end()))
-                      : "(none)",
-        ", expected [", n, ", ", d, "]"));
-  }
-  const auto start = std::chrono::steady_clock::now();
-  at::Tensor rows = at::empty({n}, at::kLong);
-  at::Tensor weights = at::empty({n, 1}, at::kFloat);
-  if (n > 0) {
-    std::memcpy(rows.data_ptr<int64_t>(), target.rows.data(),
-                n * sizeof(int64_t));
-    std::memcpy(weights.data_ptr<float>(), target.weights.data(),
-                n * sizeof(float));
-  }
-  // y[t] += G · Expert(x[t]) for every kept choice.
-  target.y->index_add_(0, rows, out.to(at::kFloat).mul(weights));
-  *combine_us = std::chrono::duration_cast<std::chrono::microseconds>(
-                    std::chrono::steady_clock::now() - start)
-                    .count();
+  const absl::Time start = absl::Now();
+  CombineRows(out.get(), work.rows, work.targets.data(), work.weights.data(),
+              work.dim, work.y);
+  report->combine += absl::Now() - start;
   return absl::OkStatus();
 }
 

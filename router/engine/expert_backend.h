@@ -1,50 +1,64 @@
-// Where the MoE engine sends expert work: the in-process shard
-// (LocalExpertBackend) or, in the router service, the remote workers.
+// ExpertBackend: where a layer's forward sends its expert work and how the
+// outputs come back into y. LocalExpertBackend runs a shard in this process
+// (the in-process engine, moe-run); the router service's RemoteExpertBackend
+// (router/service/remote_expert_backend.h) runs it on the workers. Both
+// combine with router::CombineRows.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "common/expert_segment.h"
 #include "experts/expert_shard.h"
+#include "router/failure_reason.h"
 
 namespace moe::router {
 
-// Where a forward's combine goes: plan entry i (row i of the expert tokens)
-// adds weights[i] * Expert(tokens[i]) to row rows[i] of *y ([T, d] float32).
-struct CombineTarget {
-  absl::Span<const int64_t> rows;
+// One forward's expert work: the gathered token rows in plan order, their
+// segments, and where each row's output goes.
+struct ExpertWork {
+  // [rows, dim] float32; `tokens_owner` keeps the memory alive (a backend
+  // that sends the rows without copying holds it until they are sent).
+  const float* tokens = nullptr;
+  std::shared_ptr<const void> tokens_owner;
+  int64_t rows = 0;
+  int64_t dim = 0;
+  // Consecutive segments covering rows [0, rows), ascending keys.
+  absl::Span<const common::ExpertSegment> segments;
+  // Combine: output row j adds weights[j] * out[j] to row targets[j] of y.
+  absl::Span<const int64_t> targets;
   absl::Span<const float> weights;
-  at::Tensor* y = nullptr;
+  float* y = nullptr;  // [T, dim] float32
+};
+
+// An expert whose outputs are missing from y (the drop policy), and why.
+struct ExpertLoss {
+  common::ExpertKey key;
+  DropReason reason = DropReason::kExpertUnavailable;
+  std::string detail;  // which worker, what error
+};
+
+// What a backend tells about one Run().
+struct BackendReport {
+  std::vector<ExpertLoss> lost;
+  absl::Duration combine;     // adding outputs into y
+  absl::Duration batch_wait;  // remote: waiting for a batch to leave
+  absl::Duration rpc_wait;    // remote: waiting for the workers
 };
 
 class ExpertBackend {
  public:
   virtual ~ExpertBackend() = default;
 
-  // Runs the experts and combines their outputs into target.y (experts
-  // listed in *unavailable contribute nothing). *combine_us receives the
-  // time spent combining. The default runs RunExperts() and then one
-  // scatter-add; a backend that receives outputs piece by piece may fuse the
-  // two (and combine one piece while others are still computed).
-  virtual absl::Status RunAndCombine(
-      const at::Tensor& tokens,
-      absl::Span<const experts::ExpertSegment> segments,
-      const CombineTarget& target, std::vector<int64_t>* unavailable,
-      int64_t* combine_us);
-
-  // tokens: [T, d] float32, grouped by expert as `segments` say (ascending
-  // expert ids, counts > 0, summing to T). Writes [T, d] float32 outputs, row
-  // for row, into *out. A backend that may lose experts (remote workers)
-  // lists the experts it could not run in *unavailable and leaves their rows
-  // zero; a non-OK status fails the whole forward. Must be thread-safe.
-  virtual absl::Status RunExperts(
-      const at::Tensor& tokens,
-      absl::Span<const experts::ExpertSegment> segments, at::Tensor* out,
-      std::vector<int64_t>* unavailable) = 0;
+  // Runs the experts and adds their outputs into work.y. Experts listed in
+  // report->lost contribute nothing; a non-OK status fails the forward.
+  // Must be thread-safe.
+  virtual absl::Status Run(const ExpertWork& work, BackendReport* report) = 0;
 };
 
 // Runs every expert in this process. `shard` must outlive the backend.
@@ -52,13 +66,7 @@ class LocalExpertBackend : public ExpertBackend {
  public:
   explicit LocalExpertBackend(const experts::ExpertShard* shard)
       : shard_(shard) {}
-
-  absl::Status RunExperts(const at::Tensor& tokens,
-                          absl::Span<const experts::ExpertSegment> segments,
-                          at::Tensor* out,
-                          std::vector<int64_t>* /*unavailable*/) override {
-    return shard_->Run(tokens, segments, out);
-  }
+  absl::Status Run(const ExpertWork& work, BackendReport* report) override;
 
  private:
   const experts::ExpertShard* shard_;

@@ -1,10 +1,10 @@
 #include "router/service/forward_response.h"
 
-#include <algorithm>
+#include <set>
 
 #include "common/status_macros.h"
-#include "common/torch_convert.h"
-#include "proto/tensor_codec.h"
+#include "common/torch/torch_convert.h"
+#include "router/service/wire_tensors.h"
 
 namespace moe::router {
 namespace {
@@ -26,7 +26,7 @@ void FillLevel(const RoutingResult& r, moe::v1::LevelStats* s) {
 absl::Status FillForwardResponse(const ForwardResult& r, moe::v1::DType y_dtype,
                                  bool trace,
                                  moe::v1::ForwardResponse* response) {
-  MOE_RETURN_IF_ERROR(proto::EncodeTensor(r.y, y_dtype, response->mutable_y()));
+  MOE_RETURN_IF_ERROR(EncodeWireTensor(r.y, y_dtype, response->mutable_y()));
   moe::v1::Losses* losses = response->mutable_losses();
   losses->set_balance_loss(r.losses.balance_loss);
   losses->set_router_z_loss(r.losses.router_z_loss);
@@ -35,16 +35,15 @@ absl::Status FillForwardResponse(const ForwardResult& r, moe::v1::DType y_dtype,
   losses->set_total_aux_loss(r.losses.total_aux_loss);
   moe::v1::RoutingStats* stats = response->mutable_stats();
   FillLevel(r.routing, stats->mutable_routing());
-  if (r.has_inner) FillLevel(r.inner_routing, stats->mutable_inner());
+  if (r.inner) FillLevel(r.inner->routing, stats->mutable_inner());
+  std::set<int64_t> lost;
+  for (const ExpertLoss& loss : r.lost) lost.insert(loss.key.expert);
   for (int64_t e = 0; e < r.plan.num_experts; ++e) {
-    const bool lost =
-        std::find(r.unavailable_experts.begin(), r.unavailable_experts.end(),
-                  e) != r.unavailable_experts.end();
-    stats->add_kept_per_expert(lost ? 0 : r.plan.count(e));
+    stats->add_kept_per_expert(lost.count(e) ? 0 : r.plan.count(e));
   }
-  stats->set_dropped_expert_unavailable(r.unavailable_assignments);
-  response->set_degraded(!r.unavailable_experts.empty());
-  for (int64_t e : r.unavailable_experts) response->add_failed_experts(e);
+  stats->set_dropped_expert_unavailable(r.lost_assignments);
+  response->set_degraded(!lost.empty());
+  for (int64_t e : lost) response->add_failed_experts(e);
   if (!trace) return absl::OkStatus();
   const int64_t batch = r.y.size(0), seq = r.y.size(1);
   NamedTensors tensors;
@@ -54,9 +53,8 @@ absl::Status FillForwardResponse(const ForwardResult& r, moe::v1::DType y_dtype,
     moe::v1::NamedTensor* t = response->add_trace();
     t->set_name(name);
     MOE_ASSIGN_OR_RETURN(moe::v1::DType dtype,
-                         proto::WireDType(tensor.scalar_type()));
-    MOE_RETURN_IF_ERROR(
-        proto::EncodeTensor(tensor, dtype, t->mutable_tensor()));
+                         WireDTypeOf(tensor.scalar_type()));
+    MOE_RETURN_IF_ERROR(EncodeWireTensor(tensor, dtype, t->mutable_tensor()));
   }
   return absl::OkStatus();
 }

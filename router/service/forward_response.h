@@ -1,10 +1,10 @@
 // Turns an engine ForwardResult into the moe.v1.ForwardResponse the router
-// answers with (and moe-client prints and writes, in-process or remote).
+// answers with (and moe-run writes in-process).
 #pragma once
 
 #include "absl/status/status.h"
 #include "moe/v1/router.pb.h"
-#include "router/engine/moe_engine.h"
+#include "router/engine/layer_engine.h"
 
 namespace moe::router {
 

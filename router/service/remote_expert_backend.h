@@ -1,24 +1,27 @@
 // RemoteExpertBackend: runs a forward's expert work on the workers, one
 // ticket per worker per attempt, all in flight at once, through the router's
 // WorkerBatcher (which may share a worker call among concurrent forwards).
-// Built per request: it carries the request's deadline and cancellation.
+// Built per request: it carries the request's deadline, cancellation and
+// failure policy.
 //
-// Failure handling (DESIGN.md section 5): experts whose worker fails (or
-// misses its deadline) are retried on another healthy replica while the
-// deadline allows; what is still missing then follows the failure policy:
-// kDrop lists them as unavailable (their outputs stay zero) and kFail returns
-// UNAVAILABLE.
+// One Run() is four steps: Assign (each segment to the least-loaded healthy
+// worker hosting it), Submit (the tickets to the batcher), Await (each call
+// as it finishes: its outputs combined into y at once, its segments queued
+// for a retry on another replica when it failed), and, for what no worker
+// could run before the deadline, the failure policy: kDrop reports the
+// experts as lost (their outputs stay out of y), kFail returns UNAVAILABLE.
 #pragma once
 
 #include <cstdint>
-#include <functional>
-#include <map>
-#include <mutex>
-#include <string>
+#include <memory>
+#include <set>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
 #include "router/engine/expert_backend.h"
+#include "router/service/forward_waiter.h"
 #include "router/service/worker_batcher.h"
 #include "router/service/worker_pool.h"
 
@@ -26,86 +29,67 @@ namespace moe::router {
 
 enum class ExpertFailurePolicy { kDrop, kFail };
 
-// Cancels the worker waits of one request when its client goes away.
-class CallCancellation {
- public:
-  // Runs every registered callback, and every later one at once.
-  void Cancel();
-  bool cancelled() const;
-  // Registers `fn` to run on cancellation; returns an id for Unregister, or
-  // -1 (and runs nothing) when already cancelled.
-  int Register(std::function<void()> fn);
-  void Unregister(int id);
-
- private:
-  mutable std::mutex mu_;
-  bool cancelled_ = false;
-  int next_id_ = 0;
-  std::map<int, std::function<void()>> callbacks_;
-};
+// "drop" / "fail".
+const char* ExpertFailurePolicyName(ExpertFailurePolicy policy);
+absl::StatusOr<ExpertFailurePolicy> ParseExpertFailurePolicy(
+    absl::string_view name);
 
 struct RemoteCallOptions {
   absl::Time deadline = absl::InfiniteFuture();  // the client's
   absl::Duration worker_timeout = absl::Seconds(30);
   ExpertFailurePolicy on_failure = ExpertFailurePolicy::kDrop;
+  common::Clock* clock = common::Clock::Real();
 };
 
 class RemoteExpertBackend : public ExpertBackend {
  public:
-  // `pool`, `batcher` and `cancellation` must outlive the backend. `gating`
-  // (may be null) is ended when the forward hands its first tickets over.
+  // `pool`, `batcher` and `waiter` must outlive the backend. `gating` (may
+  // be null) is ended when the forward hands its first tickets over.
   RemoteExpertBackend(WorkerPool* pool, WorkerBatcher* batcher,
-                      CallCancellation* cancellation,
+                      std::shared_ptr<ForwardWaiter> waiter,
                       const RemoteCallOptions& options,
-                      WorkerBatcher::Gating* gating = nullptr)
-      : pool_(pool),
-        batcher_(batcher),
-        cancellation_(cancellation),
-        options_(options),
-        gating_(gating) {}
+                      WorkerBatcher::Gating* gating = nullptr);
 
-  absl::Status RunExperts(const at::Tensor& tokens,
-                          absl::Span<const experts::ExpertSegment> segments,
-                          at::Tensor* out,
-                          std::vector<int64_t>* unavailable) override;
-
-  // Fused: each worker call's outputs are added into target.y straight from
-  // the received bytes as soon as that call finishes.
-  absl::Status RunAndCombine(const at::Tensor& tokens,
-                             absl::Span<const experts::ExpertSegment> segments,
-                             const CombineTarget& target,
-                             std::vector<int64_t>* unavailable,
-                             int64_t* combine_us) override;
-
-  // Where the last call waited: for its batches to be sent (batch_wait: the
-  // batching window), then for the workers (rpc_wait). Building the requests
-  // is counted by the batcher, placing or combining the outputs by the
-  // caller (combine_us).
-  absl::Duration batch_wait() const { return batch_wait_; }
-  absl::Duration rpc_wait() const { return rpc_wait_; }
-  // Why each unavailable expert of the last call failed: "deadline" when its
-  // last worker call missed its deadline, else "expert_unavailable".
-  const std::map<int64_t, std::string>& failure_reasons() const {
-    return failure_reasons_;
-  }
+  absl::Status Run(const ExpertWork& work, BackendReport* report) override;
 
  private:
-  // Sends the rows, retries and applies the failure policy; `sink` takes the
-  // outputs of each successful call.
-  absl::Status Run(const at::Tensor& tokens,
-                   absl::Span<const experts::ExpertSegment> segments,
-                   std::vector<int64_t>* unavailable,
-                   const std::function<void(const BatchTicket&)>& sink);
+  // Where a segment stands.
+  struct Attempt {
+    std::set<int> tried;  // workers that failed it
+    absl::Status last_error;
+    bool deadline = false;  // the last failure was a missed deadline
+  };
+  struct Pending {
+    std::shared_ptr<BatchTicket> ticket;
+    std::vector<size_t> segments;  // indices into work.segments
+  };
+
+  // Each pending segment to a worker; the ones no worker hosts go to
+  // `failed`.
+  std::vector<Pending> Assign(const ExpertWork& work,
+                              const std::vector<size_t>& pending,
+                              std::vector<Attempt>& attempts,
+                              std::vector<size_t>& failed);
+  void Submit(const ExpertWork& work, std::vector<Pending>& calls,
+              absl::Time now);
+  // Waits for the calls: combines what arrives, collects segments to retry.
+  // Cancelled when the client went away.
+  absl::Status Await(const ExpertWork& work, std::vector<Pending>& calls,
+                     std::vector<Attempt>& attempts, std::vector<size_t>& retry,
+                     std::vector<size_t>& failed, BackendReport* report);
+  absl::Status ApplyFailurePolicy(const ExpertWork& work,
+                                  const std::vector<size_t>& failed,
+                                  const std::vector<Attempt>& attempts,
+                                  BackendReport* report) const;
 
   WorkerPool* pool_;
   WorkerBatcher* batcher_;
-  CallCancellation* cancellation_;
+  std::shared_ptr<ForwardWaiter> waiter_;
   RemoteCallOptions options_;
   WorkerBatcher::Gating* gating_;
-  absl::Duration batch_wait_;
-  absl::Duration rpc_wait_;
-  absl::Duration sink_time_;  // placing or combining outputs
-  std::map<int64_t, std::string> failure_reasons_;
+  // The router answers before the client's deadline: the worker calls end
+  // a reserve earlier.
+  absl::Time worker_deadline_;
 };
 
 }  // namespace moe::router

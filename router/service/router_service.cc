@@ -1,115 +1,48 @@
 #include "router/service/router_service.h"
 
-#include <ATen/ATen.h>
-#include <c10/core/InferenceMode.h>
+#include <grpcpp/support/proto_buffer_reader.h>
+#include <grpcpp/support/proto_buffer_writer.h>
 
-#include <algorithm>
-#include <cmath>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "common/torch_convert.h"
 #include "proto/grpc_status.h"
-#include "proto/tensor_codec.h"
-#include "router/service/forward_response.h"
 
 namespace moe::router {
-namespace {
 
-absl::StatusOr<RoutingOptions> ToRoutingOptions(
-    const moe::v1::RoutingOptions& o, int64_t max_elements) {
-  RoutingOptions out;
-  switch (o.mode()) {
-    case moe::v1::MODE_UNSPECIFIED:
-    case moe::v1::EVAL:
-      out.mode = Mode::kEval;
-      break;
-    case moe::v1::TRAIN:
-      out.mode = Mode::kTrain;
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("options.mode: unknown value ", o.mode()));
-  }
-  switch (o.policy()) {
-    case moe::v1::POLICY_UNSPECIFIED:
-    case moe::v1::RANDOM:
-      out.policy = SecondExpertPolicy::kRandom;
-      break;
-    case moe::v1::ALL:
-      out.policy = SecondExpertPolicy::kAll;
-      break;
-    case moe::v1::NONE:
-      out.policy = SecondExpertPolicy::kNone;
-      break;
-    case moe::v1::THRESHOLD:
-      out.policy = SecondExpertPolicy::kThreshold;
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("options.policy: unknown value ", o.policy()));
-  }
-  if (o.has_threshold()) {
-    if (!std::isfinite(o.threshold()) || o.threshold() < 0 ||
-        o.threshold() > 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "options.threshold: ", o.threshold(), " is not in [0, 1]"));
-    }
-    out.threshold = o.threshold();
-  }
-  if (o.has_capacity_factor()) {
-    if (!std::isfinite(o.capacity_factor()) || o.capacity_factor() <= 0 ||
-        o.capacity_factor() > 1024) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("options.capacity_factor: ", o.capacity_factor(),
-                       " is not in (0, 1024]"));
-    }
-    out.capacity_factor = o.capacity_factor();
-  }
-  if (o.has_seed()) out.seed = o.seed();
-  if (o.has_second_choice_uniforms()) {
-    MOE_ASSIGN_OR_RETURN(
-        out.second_choice_uniforms,
-        proto::DecodeTensor(o.second_choice_uniforms(),
-                            "options.second_choice_uniforms", max_elements));
-  }
-  return out;
-}
-
-}  // namespace
-
-absl::StatusOr<ExpertFailurePolicy> ParseFailurePolicy(absl::string_view name) {
-  if (name == "drop") return ExpertFailurePolicy::kDrop;
-  if (name == "fail") return ExpertFailurePolicy::kFail;
-  return absl::InvalidArgumentError(
-      absl::StrCat("--on_expert_failure: \"", name, "\" is not drop or fail"));
-}
-
-// Finishes once; on client cancellation cancels the worker calls.
-class RouterService::ForwardReactor : public grpc::ServerUnaryReactor {
+// One Forward call: its request and response, and what its forward waits
+// on. Finishes once; on client cancellation cancels the worker calls.
+class RouterService::ForwardCall : public grpc::ServerUnaryReactor {
  public:
-  void OnCancel() override { cancellation.Cancel(); }
+  ForwardCall() : waiter(std::make_shared<ForwardWaiter>()) {}
+  void OnCancel() override { waiter->Cancel(); }
   void OnDone() override { delete this; }
-  CallCancellation cancellation;
+
+  moe::v1::ForwardRequest request;
+  moe::v1::ForwardResponse response;
+  std::shared_ptr<ForwardWaiter> waiter;
+  absl::Time start;
+  absl::Time deadline = absl::InfiniteFuture();
+  const LayerEngine* layer = nullptr;
+  std::string peer;
 };
 
-RouterService::RouterService(const MoeEngine* engine, WorkerPool* pool,
+RouterService::RouterService(const ForwardRunner* runner, WorkerPool* pool,
                              const RouterServiceOptions& options,
-                             RouterMetrics* metrics,
-                             server::RpcMetrics* rpc_metrics)
-    : engine_(engine),
+                             RouterMetrics* metrics)
+    : runner_(runner),
       pool_(pool),
       options_(options),
       metrics_(metrics),
-      rpc_metrics_(rpc_metrics),
       queue_(std::make_unique<common::WorkQueue>(
           options.threads, options.max_queued, "moe-router")) {
   BatcherOptions batching;
   batching.window = options.batch_window;
   batching.max_rows = options.batch_max_rows;
   batching.wire_dtype = options.wire_dtype;
+  batching.clock = options.clock;
   if (metrics_ != nullptr) {
     batching.on_encode = [this](absl::Duration d) {
       metrics_->RecordStage("encode", d);
@@ -129,142 +62,174 @@ void RouterService::Drain() {
   batcher_.reset();  // and every worker call
 }
 
-int64_t RouterService::MaxRequestBytes() const {
-  // x in float32 plus replay uniforms, plus framing.
-  return options_.max_tokens_per_request * (engine_->config().dim + 2) * 4 +
-         (1 << 20);
+absl::Status RouterService::Admit(const grpc::ByteBuffer& bytes,
+                                  ForwardCall* call) const {
+  grpc::ByteBuffer copy(bytes);
+  grpc::ProtoBufferReader reader(&copy);
+  if (!call->request.ParseFromZeroCopyStream(&reader)) {
+    return absl::InvalidArgumentError(
+        "the request could not be parsed as a moe.v1.ForwardRequest "
+        "(malformed protobuf)");
+  }
+  absl::StatusOr<const LayerEngine*> layer = runner_->Admit(call->request);
+  if (!layer.ok()) {
+    if (metrics_ != nullptr && absl::IsResourceExhausted(layer.status())) {
+      metrics_->RecordRejected("too_many_tokens");
+    }
+    return layer.status();
+  }
+  call->layer = *layer;
+  if (!pool_->ready()) {
+    if (metrics_ != nullptr) metrics_->RecordRejected("not_ready");
+    return absl::UnavailableError(
+        absl::StrCat("the router is not ready: no worker yet for ",
+                     pool_->DescribeUncovered()));
+  }
+  return absl::OkStatus();
 }
 
-absl::Status RouterService::RunForward(
-    const moe::v1::ForwardRequest& request, absl::Time deadline,
-    CallCancellation* cancellation, moe::v1::ForwardResponse* response) const {
-  c10::InferenceMode guard;
+absl::Status RouterService::RunForward(ForwardCall* call) const {
   // Open worker batches may wait for this forward until it dispatches.
   WorkerBatcher::Gating gating(batcher_.get());
-  const int64_t d = engine_->config().dim;
-  const int64_t max_elements = options_.max_tokens_per_request * d;
-  if (!request.has_x()) return absl::InvalidArgumentError("x: missing");
-  const moe::v1::DType x_dtype = request.x().dtype();
-  if (x_dtype == moe::v1::INT64) {
-    return absl::InvalidArgumentError(
-        "x: dtype INT64 is not supported (FLOAT32, BFLOAT16, FLOAT16)");
+  RemoteCallOptions remote;
+  remote.deadline = call->deadline;
+  remote.worker_timeout = options_.worker_timeout;
+  remote.on_failure = options_.on_failure;
+  remote.clock = options_.clock;
+  switch (call->request.on_expert_failure()) {
+    case moe::v1::ON_FAILURE_DROP:
+      remote.on_failure = ExpertFailurePolicy::kDrop;
+      break;
+    case moe::v1::ON_FAILURE_FAIL:
+      remote.on_failure = ExpertFailurePolicy::kFail;
+      break;
+    case moe::v1::ON_FAILURE_UNSPECIFIED:
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("on_expert_failure: unknown value ",
+                       call->request.on_expert_failure()));
   }
-  if (request.x().shape_size() == 3) {
-    const int64_t tokens = request.x().shape(0) * request.x().shape(1);
-    if (request.x().shape(0) > 0 && request.x().shape(1) > 0 &&
-        (request.x().shape(0) > options_.max_tokens_per_request ||
-         tokens > options_.max_tokens_per_request)) {
-      if (metrics_ != nullptr) metrics_->RecordRejected("too_many_tokens");
-      return absl::ResourceExhaustedError(
-          absl::StrCat("x: ", request.x().shape(0), " x ", request.x().shape(1),
-                       " tokens exceed --max_tokens_per_request=",
-                       options_.max_tokens_per_request));
-    }
-  }
-  // x is read in place: `request` outlives the forward.
-  MOE_ASSIGN_OR_RETURN(at::Tensor x,
-                       proto::ViewTensor(request.x(), "x", max_elements));
-  MOE_ASSIGN_OR_RETURN(RoutingOptions options,
-                       ToRoutingOptions(request.options(), max_elements));
-
-  RemoteCallOptions call;
-  call.deadline = deadline;
-  call.worker_timeout = options_.worker_timeout;
-  call.on_failure = options_.on_failure;
-  RemoteExpertBackend backend(pool_, batcher_.get(), cancellation, call,
+  RemoteExpertBackend backend(pool_, batcher_.get(), call->waiter, remote,
                               &gating);
-  MOE_ASSIGN_OR_RETURN(ForwardResult r,
-                       engine_->ForwardWith(x, options, backend));
+  ForwardResult result;
+  MOE_RETURN_IF_ERROR(
+      runner_->Run(call->request, backend, &call->response, &result));
   if (metrics_ != nullptr) {
-    metrics_->RecordForward(r, backend.failure_reasons());
-    metrics_->RecordStages(r.timings, backend.batch_wait(), backend.rpc_wait());
+    metrics_->RecordForward(call->layer->index(), result);
+    metrics_->RecordStages(result.timings);
   }
-
-  return FillForwardResponse(r, x_dtype, request.options().return_trace(),
-                             response);
+  return absl::OkStatus();
 }
 
 grpc::ServerUnaryReactor* RouterService::Forward(
-    grpc::CallbackServerContext* context,
-    const moe::v1::ForwardRequest* request,
-    moe::v1::ForwardResponse* response) {
-  auto* reactor = new ForwardReactor();
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  auto* call = new ForwardCall();
+  call->start = options_.clock->Now();
+  call->deadline = absl::FromChrono(context->deadline());
+  call->peer = context->peer();
   ++inflight_;
   if (metrics_ != nullptr) metrics_->AddInflight(1);
-  const absl::Time start = absl::Now();
-  auto finish = [this, reactor, start](const absl::Status& status) {
-    const grpc::Status g = proto::ToGrpcStatus(status);
+  auto finish = [this, call, response](absl::Status status) {
+    if (status.ok()) {
+      bool own = false;
+      status = proto::FromGrpcStatus(
+          grpc::SerializationTraits<moe::v1::ForwardResponse>::Serialize(
+              call->response, response, &own));
+    }
+    if (!status.ok()) {
+      MOE_LOG(WARNING) << "Forward from " << call->peer << ": " << status;
+    }
+    --inflight_;
     if (metrics_ != nullptr) {
       metrics_->AddInflight(-1);
-      metrics_->RecordRequest(g.error_code(), absl::Now() - start);
+      metrics_->RecordRequest(status.code(),
+                              options_.clock->Now() - call->start);
     }
-    if (rpc_metrics_ != nullptr) {
-      rpc_metrics_->Record("/moe.v1.Router/Forward", g.error_code(),
-                           absl::Now() - start);
-    }
-    reactor->Finish(g);
+    call->Finish(proto::ToGrpcStatus(status));
   };
-  const absl::Time deadline = absl::FromChrono(context->deadline());
-  const bool queued = queue_->TrySubmit([this, context, request, response,
-                                         reactor, deadline, finish] {
+  absl::Status admitted = Admit(*request, call);
+  if (!admitted.ok()) {
+    finish(admitted);
+    return call;
+  }
+  const bool queued = queue_->TrySubmit([this, context, call, finish] {
     absl::Status status;
     if (context->IsCancelled()) {
       status = absl::CancelledError("cancelled before it ran");
-    } else if (absl::Now() >= deadline) {
+    } else if (options_.clock->Now() >= call->deadline) {
       status = absl::DeadlineExceededError("deadline passed while queued");
     } else {
-      status = RunForward(*request, deadline, &reactor->cancellation, response);
+      status = RunForward(call);
     }
-    if (!status.ok()) {
-      MOE_LOG(WARNING) << "Forward from " << context->peer() << ": " << status;
-    }
-    --inflight_;
     finish(status);
   });
   if (!queued) {
-    --inflight_;
-    MOE_LOG(WARNING) << "Forward refused: queue full";
     if (metrics_ != nullptr) metrics_->RecordRejected("queue_full");
     finish(absl::ResourceExhaustedError(
         absl::StrCat("router overloaded: ", options_.max_queued,
-                     " requests already queued")));
+                     " requests already queued; retry later")));
   }
-  return reactor;
+  return call;
+}
+
+moe::v1::ModelInfo RouterService::ModelInfo() const {
+  const ModelEngine& model = runner_->model();
+  const common::ModelSpec& spec = model.spec();
+  moe::v1::ModelInfo info;
+  info.set_model_name(spec.name);
+  info.set_fingerprint(model.fingerprint());
+  info.set_dim(spec.dim);
+  const std::vector<std::vector<int64_t>> uncovered = pool_->Uncovered();
+  for (size_t l = 0; l < spec.layers.size(); ++l) {
+    const common::LayerSpec& layer = spec.layers[l];
+    const common::LayerConfig& c = layer.config;
+    moe::v1::LayerInfo* li = info.add_layers();
+    li->set_name(layer.name);
+    li->set_kind(common::LayerKindName(c.kind));
+    li->set_num_experts(c.num_experts);
+    li->set_num_experts_inner(c.num_experts_inner);
+    li->set_expert_hidden(c.expert_hidden());
+    li->set_threshold_train(c.threshold_train);
+    li->set_threshold_eval(c.threshold_eval);
+    li->set_capacity_factor_train(c.capacity_factor_train);
+    li->set_capacity_factor_eval(c.capacity_factor_eval);
+    li->set_balance_loss_coef(c.balance_loss_coef);
+    li->set_router_z_loss_coef(c.router_z_loss_coef);
+    li->set_config_json(c.ToJson());
+    for (int64_t e : uncovered[l]) li->add_uncovered_experts(e);
+  }
+  info.set_on_expert_failure(ExpertFailurePolicyName(options_.on_failure));
+  info.set_max_tokens_per_request(runner_->limits().max_tokens_per_request);
+  info.set_inflight_requests(inflight_.load());
+  info.set_metrics_port(metrics_port_.load());
+  info.set_ready(pool_->ready());
+  for (const WorkerSnapshot& w : pool_->Snapshot()) {
+    moe::v1::WorkerInfo* wi = info.add_workers();
+    wi->set_address(w.address);
+    wi->set_up(w.state == WorkerState::kUp);
+    wi->set_state(WorkerStateName(w.state));
+    wi->set_reason(w.reason);
+    wi->set_device(w.device);
+    wi->set_fingerprint(w.fingerprint);
+    wi->set_model_name(w.model_name);
+    wi->set_inflight_calls(w.inflight);
+    for (size_t l = 0; l < w.experts.size() && l < spec.layers.size(); ++l) {
+      if (w.experts[l].empty()) continue;
+      moe::v1::WorkerExperts* e = wi->add_experts();
+      e->set_layer(spec.layers[l].name);
+      for (int64_t id : w.experts[l]) e->add_expert_ids(id);
+    }
+  }
+  return info;
 }
 
 grpc::ServerUnaryReactor* RouterService::GetModelInfo(
     grpc::CallbackServerContext* context,
     const moe::v1::GetModelInfoRequest* /*request*/, moe::v1::ModelInfo* info) {
-  const common::ModelConfig& c = engine_->config();
-  info->set_kind(common::ModelKindName(c.kind));
-  info->set_dim(c.dim);
-  info->set_num_experts(c.num_experts);
-  info->set_num_experts_inner(c.num_experts_inner);
-  info->set_expert_hidden(c.expert_hidden());
-  info->set_threshold_train(c.threshold_train);
-  info->set_threshold_eval(c.threshold_eval);
-  info->set_capacity_factor_train(c.capacity_factor_train);
-  info->set_capacity_factor_eval(c.capacity_factor_eval);
-  info->set_balance_loss_coef(c.balance_loss_coef);
-  info->set_router_z_loss_coef(c.router_z_loss_coef);
-  info->set_config_json(c.ToJson());
-  info->set_on_expert_failure(
-      options_.on_failure == ExpertFailurePolicy::kDrop ? "drop" : "fail");
-  info->set_max_tokens_per_request(options_.max_tokens_per_request);
-  info->set_inflight_requests(inflight_.load());
-  info->set_metrics_port(metrics_port_.load());
-  for (const WorkerSnapshot& w : pool_->Snapshot()) {
-    moe::v1::WorkerInfo* wi = info->add_workers();
-    wi->set_address(w.address);
-    wi->set_up(w.up);
-    wi->set_device(w.device);
-    for (int64_t e : w.experts) wi->add_expert_ids(e);
-  }
+  *info = ModelInfo();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (rpc_metrics_ != nullptr) {
-    rpc_metrics_->Record("/moe.v1.Router/GetModelInfo", grpc::StatusCode::OK,
-                         absl::ZeroDuration());
-  }
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

@@ -1,24 +1,12 @@
 #include "router/service/worker_batcher.h"
 
-#include <ATen/ATen.h>
-
 #include <algorithm>
-#include <cstring>
-#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
-#include "common/torch_convert.h"
-#include "proto/expert_wire.h"
-#include "proto/tensor_codec.h"
 
 namespace moe::router {
-namespace {
-
-constexpr char kRunExperts[] = "/moe.v1.ExpertWorker/RunExperts";
-
-}  // namespace
 
 WorkerBatcher::Gating::Gating(WorkerBatcher* batcher) : batcher_(batcher) {
   if (batcher_ != nullptr) batcher_->GatingDelta(1);
@@ -39,26 +27,23 @@ WorkerBatcher::WorkerBatcher(WorkerPool* pool, const BatcherOptions& options)
 WorkerBatcher::~WorkerBatcher() {
   std::vector<std::shared_ptr<WorkerBatch>> left;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stop_ = true;
+    WakeFlusherLocked();
     for (auto& [worker, batch] : open_) left.push_back(batch);
     open_.clear();
   }
-  wake_.notify_all();
   if (flusher_.joinable()) flusher_.join();
   for (const auto& batch : left) Send(batch);
-  std::unique_lock<std::mutex> lock(mu_);
-  drained_.wait(lock, [this] { return inflight_ == 0; });
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](int* inflight) { return *inflight == 0; }, &inflight_));
 }
 
 void WorkerBatcher::GatingDelta(int delta) {
-  bool wake = false;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    gating_ += delta;
-    wake = gating_ == 0 && !open_.empty();
-  }
-  if (wake) wake_.notify_all();
+  absl::MutexLock lock(&mu_);
+  gating_ += delta;
+  if (gating_ == 0) WakeFlusherLocked();
 }
 
 bool WorkerBatcher::DueLocked(const WorkerBatch& batch, absl::Time now) const {
@@ -69,11 +54,11 @@ bool WorkerBatcher::DueLocked(const WorkerBatch& batch, absl::Time now) const {
 
 void WorkerBatcher::Submit(const std::shared_ptr<BatchTicket>& ticket) {
   int64_t rows = 0;
-  for (const BatchPiece& p : ticket->pieces) rows += p.count;
+  for (const common::ExpertSegment& s : ticket->segments) rows += s.count;
   std::vector<std::shared_ptr<WorkerBatch>> due;
-  bool opened = false;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = options_.clock->Now();
     std::shared_ptr<WorkerBatch>& open = open_[ticket->worker];
     if (open != nullptr && open->rows + rows > options_.max_rows) {
       due.push_back(std::move(open));
@@ -82,36 +67,39 @@ void WorkerBatcher::Submit(const std::shared_ptr<BatchTicket>& ticket) {
     if (open == nullptr) {
       open = std::make_shared<WorkerBatch>();
       open->worker = ticket->worker;
-      open->close_at = absl::Now() + options_.window;
-      opened = true;
+      open->close_at = now + options_.window;
     }
     open->tickets.push_back(ticket);
     open->rows += rows;
     open->live.fetch_add(1);
     ticket->batch = open;
-    if (DueLocked(*open, absl::Now())) {
+    if (DueLocked(*open, now)) {
       due.push_back(std::move(open));
       open_.erase(ticket->worker);
     }
+    WakeFlusherLocked();
   }
-  if (opened && due.empty()) wake_.notify_all();
   for (const auto& batch : due) Send(batch);
 }
 
 void WorkerBatcher::Abandon(BatchTicket& ticket) {
   const std::shared_ptr<WorkerBatch> batch = ticket.batch;
   if (batch == nullptr) return;
-  if (batch->live.fetch_sub(1) == 1) {
-    // Nobody waits for this call any more. TryCancel before the call starts
-    // cancels it when it starts.
-    batch->context.TryCancel();
+  if (batch->live.fetch_sub(1) != 1) return;
+  // Nobody waits for this call any more: cancel it, now or when it starts.
+  std::shared_ptr<WorkerCall> call;
+  {
+    absl::MutexLock lock(&batch->mu);
+    batch->cancelled = true;
+    call = batch->call;
   }
+  if (call != nullptr) call->Cancel();
 }
 
 void WorkerBatcher::FlushLoop() {
-  std::unique_lock<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   while (!stop_) {
-    const absl::Time now = absl::Now();
+    const absl::Time now = options_.clock->Now();
     absl::Time next = absl::InfiniteFuture();
     std::vector<std::shared_ptr<WorkerBatch>> due;
     for (auto it = open_.begin(); it != open_.end();) {
@@ -124,125 +112,113 @@ void WorkerBatcher::FlushLoop() {
       }
     }
     if (!due.empty()) {
-      lock.unlock();
+      mu_.Unlock();
       for (const auto& batch : due) Send(batch);
-      lock.lock();
+      mu_.Lock();
       continue;
     }
-    if (next == absl::InfiniteFuture()) {
-      wake_.wait(lock);
-    } else {
-      wake_.wait_until(lock, absl::ToChronoTime(next));
-    }
+    const uint64_t seen = epoch_;
+    auto changed = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return epoch_ != seen;
+    };
+    options_.clock->AwaitWithDeadline(&mu_, absl::Condition(&changed), next);
   }
 }
 
 void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     ++inflight_;
   }
-  const absl::Time start = absl::Now();
+  const absl::Time start = options_.clock->Now();
   if (batch->live.load() == 0) {
-    Finish(batch,
-           grpc::Status(grpc::StatusCode::CANCELLED,
-                        "every forward in the batch gave up"),
-           absl::ZeroDuration());
+    Finish(batch, absl::CancelledError("every forward in the batch gave up"),
+           grpc::ByteBuffer(), absl::ZeroDuration());
     return;
   }
-  // Rows grouped by expert (ascending), each expert's rows from every ticket
-  // in turn.
-  std::map<int64_t, std::vector<std::pair<BatchTicket*, size_t>>> by_expert;
-  int64_t d = 0;
+  // Rows grouped by expert (layer, then id), each expert's rows from every
+  // ticket in turn.
+  std::map<common::ExpertKey, std::vector<std::pair<BatchTicket*, size_t>>>
+      by_expert;
+  int64_t dim = 0;
   absl::Time deadline = absl::InfinitePast();
   bool timeout_binds = false;
   for (const auto& t : batch->tickets) {
-    d = t->src.size(1);
-    t->rows_in_batch.assign(t->pieces.size(), 0);
-    for (size_t i = 0; i < t->pieces.size(); ++i) {
-      by_expert[t->pieces[i].expert].emplace_back(t.get(), i);
+    dim = t->dim;
+    t->rows_in_batch.assign(t->segments.size(), 0);
+    for (size_t i = 0; i < t->segments.size(); ++i) {
+      by_expert[t->segments[i].key].emplace_back(t.get(), i);
     }
     if (t->deadline > deadline) {
       deadline = t->deadline;
       timeout_binds = t->timeout_binds;
     }
   }
-  // Float32 rows go out as slices over the forwards' own tensors; other
-  // wire dtypes are converted piece by piece first.
-  proto::RunExpertsRequestWriter writer(options_.wire_dtype, d);
-  absl::Status status = common::TorchCall("encode worker request", [&] {
-    const bool raw = options_.wire_dtype == moe::v1::FLOAT32;
-    const c10::ScalarType type = *proto::TorchDType(options_.wire_dtype);
-    int64_t cursor = 0;
-    for (const auto& [expert, parts] : by_expert) {
-      int64_t count = 0;
-      for (const auto& [ticket, i] : parts) {
-        const BatchPiece& p = ticket->pieces[i];
-        if (raw) {
-          writer.AddRows(ticket->src,
-                         ticket->src.data_ptr<float>() + p.offset * d, p.count);
-        } else {
-          at::Tensor converted =
-              ticket->src.narrow(0, p.offset, p.count).to(type).contiguous();
-          writer.AddRows(converted, converted.data_ptr(), p.count);
-        }
-        ticket->rows_in_batch[i] = cursor;
-        cursor += p.count;
-        count += p.count;
-      }
-      writer.AddSegment(expert, count);
+  proto::RunExpertsRequestWriter writer(options_.wire_dtype, dim);
+  int64_t cursor = 0;
+  for (const auto& [key, parts] : by_expert) {
+    int64_t count = 0;
+    for (const auto& [ticket, i] : parts) {
+      const common::ExpertSegment& s = ticket->segments[i];
+      writer.AddFloatRows(ticket->rows + s.offset * dim, s.count,
+                          ticket->owner);
+      ticket->rows_in_batch[i] = cursor;
+      cursor += s.count;
+      count += s.count;
     }
-  });
-  if (!status.ok()) {
-    MOE_LOG(ERROR) << "building the call to " << pool_->address(batch->worker)
-                   << ": " << status;
-    if (options_.on_encode) options_.on_encode(absl::Now() - start);
-    Finish(
-        batch,
-        grpc::Status(grpc::StatusCode::INTERNAL, std::string(status.message())),
-        absl::ZeroDuration());
+    writer.AddSegment(key, count);
+  }
+  const absl::Time sent = options_.clock->Now();
+  for (const auto& t : batch->tickets) t->sent = sent;
+  const int worker = batch->worker;
+  bool started = false;
+  {
+    absl::MutexLock call_lock(&batch->mu);
+    if (!batch->cancelled) {
+      pool_->AddInflight(worker, 1);
+      batch->call = pool_->transport(worker).StartRunExperts(
+          writer.Finish(options_.wire_dtype), deadline,
+          [this, batch, sent, timeout_binds](absl::Status s,
+                                             grpc::ByteBuffer response) {
+            pool_->AddInflight(batch->worker, -1);
+            // A worker that is unreachable, broken, or slower than the
+            // worker timeout is taken out until a probe passes.
+            const absl::StatusCode code = s.code();
+            if (code == absl::StatusCode::kUnavailable ||
+                code == absl::StatusCode::kInternal ||
+                code == absl::StatusCode::kUnknown ||
+                (code == absl::StatusCode::kDeadlineExceeded &&
+                 timeout_binds)) {
+              pool_->MarkDown(batch->worker, s);
+            }
+            Finish(batch, std::move(s), std::move(response),
+                   options_.clock->Now() - sent);
+          });
+      started = true;
+    }
+  }
+  if (!started) {
+    Finish(batch, absl::CancelledError("every forward in the batch gave up"),
+           grpc::ByteBuffer(), absl::ZeroDuration());
     return;
   }
-  batch->request = writer.Finish(options_.wire_dtype);
-  batch->context.set_deadline(absl::ToChronoTime(deadline));
-  const bool binds = timeout_binds;
-  const absl::Time sent = absl::Now();
-  for (const auto& t : batch->tickets) t->sent = sent;
-  pool_->AddInflight(batch->worker, 1);
-  pool_->generic_stub(batch->worker)
-      ->UnaryCall(
-          &batch->context, kRunExperts, grpc::StubOptions(), &batch->request,
-          &batch->response, [this, batch, sent, binds](grpc::Status s) {
-            const grpc::StatusCode code = s.error_code();
-            pool_->AddInflight(batch->worker, -1);
-            // The worker may be idle now: its open batch can go.
-            // (Taking mu_ orders this after a flusher's check.)
-            { std::lock_guard<std::mutex> lock(mu_); }
-            wake_.notify_all();
-            // A worker that is unreachable, broken, or slower than
-            // the worker timeout is taken out until a probe passes.
-            if (code == grpc::StatusCode::UNAVAILABLE ||
-                code == grpc::StatusCode::INTERNAL ||
-                code == grpc::StatusCode::UNKNOWN ||
-                (code == grpc::StatusCode::DEADLINE_EXCEEDED && binds)) {
-              pool_->MarkDown(batch->worker, absl::StrCat(s.error_message()));
-            }
-            Finish(batch, std::move(s), absl::Now() - sent);
-          });
   // Encoding counts until the call started.
-  if (options_.on_encode) options_.on_encode(absl::Now() - start);
+  if (options_.on_encode) options_.on_encode(options_.clock->Now() - start);
 }
 
 void WorkerBatcher::Finish(const std::shared_ptr<WorkerBatch>& batch,
-                           grpc::Status status, absl::Duration elapsed) {
+                           absl::Status status, grpc::ByteBuffer response,
+                           absl::Duration elapsed) {
   if (status.ok()) {
-    absl::StatusOr<proto::WireTensorView> outputs =
-        proto::WireTensorView::Parse(batch->response, "outputs");
-    if (outputs.ok()) {
-      batch->outputs = std::move(*outputs);
+    int64_t dim = batch->tickets.empty() ? 0 : batch->tickets[0]->dim;
+    absl::StatusOr<proto::RunExpertsResponseView> view =
+        proto::RunExpertsResponseView::Parse(response, batch->rows, dim);
+    if (view.ok()) {
+      batch->response = std::move(*view);
     } else {
-      status = grpc::Status(grpc::StatusCode::INTERNAL,
-                            std::string(outputs.status().message()));
+      status = absl::InternalError(
+          absl::StrCat("worker ", pool_->address(batch->worker),
+                       " sent a bad response: ", view.status().message()));
     }
   }
   batch->status = std::move(status);
@@ -252,16 +228,12 @@ void WorkerBatcher::Finish(const std::shared_ptr<WorkerBatch>& batch,
     options_.on_rpc(batch->worker, elapsed, static_cast<int>(tickets.size()),
                     batch->rows);
   }
-  for (const auto& t : tickets) {
-    std::lock_guard<std::mutex> lock(t->waiter->mu);
-    t->done = true;
-    t->waiter->cv.notify_all();
-  }
+  for (const auto& t : tickets) t->waiter->MarkDone(t->waiter_index);
   tickets.clear();
-  // Notified under the lock: the destructor may run as soon as it sees 0.
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   --inflight_;
-  drained_.notify_all();
+  // The worker may be idle now: its open batch can go.
+  WakeFlusherLocked();
 }
 
 }  // namespace moe::router

@@ -2,42 +2,45 @@
 //
 // Every forward is gated, planned and combined on its own (capacity stays per
 // request); only its expert rows for a worker travel in a shared RunExperts
-// call. A forward hands the batcher one Ticket per worker. Tickets for a
+// call. A forward hands the batcher one BatchTicket per worker. Tickets for a
 // worker that arrive while a batch is open join it; the batch is sent
-// - at once when --batch_window_us is 0 (no batching),
+// - at once when the window is zero (no batching),
 // - as soon as its worker has no call of ours in flight and no other forward
 //   is still gating: nobody else can join soon and the worker is idle, so a
 //   lone request never waits for the window; while the worker is busy the
 //   forwards that arrive meanwhile gather into the next batch,
 // - when the window since its first ticket has passed, or
 // - when it would exceed max_rows (then the newcomer opens the next batch).
-// The rows of a batch are grouped by expert, each expert's rows from every
-// forward in a row, so the worker runs one GEMM per expert for all of them.
+// The rows of a batch are grouped by expert (layer, then id), each expert's
+// rows from every forward in a row, so the worker runs one GEMM per expert
+// for all of them; forwards of different layers share a call.
 //
-// A ticket's forward waits for it with its own deadline and may give up
-// (deadline, cancellation: Abandon); the batch still serves the others and
-// is cancelled only when every forward in it gave up. The batch call's
-// deadline is the latest of its tickets'.
+// A ticket's forward waits for it (ForwardWaiter) with its own deadline and
+// may give up (Abandon); the batch still serves the others and is cancelled
+// only when every forward in it gave up. The batch call's deadline is the
+// latest of its tickets'.
 //
 // Thread-safety: all methods may be called concurrently.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <grpcpp/grpcpp.h>
-
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
+#include "common/expert_segment.h"
+#include "moe/v1/tensor.pb.h"
 #include "proto/expert_wire.h"
+#include "router/service/forward_waiter.h"
 #include "router/service/worker_pool.h"
 
 namespace moe::router {
@@ -50,7 +53,8 @@ struct BatcherOptions {
   // always go, alone if need be).
   int64_t max_rows = 16384;
   moe::v1::DType wire_dtype = moe::v1::FLOAT32;
-  // Router time spent building requests (gather into wire bytes).
+  common::Clock* clock = common::Clock::Real();
+  // Router time spent building and starting calls.
   std::function<void(absl::Duration)> on_encode;
   // Each finished worker call: its latency, how many forwards shared it and
   // its rows.
@@ -58,40 +62,31 @@ struct BatcherOptions {
       on_rpc;
 };
 
-// Rows [offset, offset + count) of a ticket's `src` go to `expert`.
-struct BatchPiece {
-  int64_t expert = 0;
-  int64_t offset = 0;
-  int64_t count = 0;
-};
-
-// Wakes the forward that waits for its tickets.
-struct TicketWaiter {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool cancelled = false;
-};
-
 struct WorkerBatch;
 
 // One forward's share of one worker call.
 struct BatchTicket {
-  // Set by the forward before Submit().
+  // Set by the forward before Submit(). `rows` ([*, dim] float32) stays
+  // alive through `owner` until the call no longer needs it; the segments'
+  // offsets index it.
   int worker = -1;
-  at::Tensor src;  // [rows, d] float32, contiguous, CPU
-  std::vector<BatchPiece> pieces;
+  const float* rows = nullptr;
+  std::shared_ptr<const void> owner;
+  int64_t dim = 0;
+  std::vector<common::ExpertSegment> segments;
   absl::Time deadline = absl::InfiniteFuture();
-  bool timeout_binds = false;  // `deadline` is the worker timeout, not the
-                               // client's
-  std::shared_ptr<TicketWaiter> waiter;
+  // `deadline` is the worker timeout, not the client's: missing it means
+  // the worker is slow, so it is marked down.
+  bool timeout_binds = false;
+  std::shared_ptr<ForwardWaiter> waiter;
+  int waiter_index = -1;
 
-  // Set by the batcher. `batch` at Submit(); the rest before `done`, which
-  // is guarded by waiter->mu. Once done, batch->status and batch->outputs
-  // are final; piece i's output rows start at rows_in_batch[i].
+  // Set by the batcher: `batch` at Submit(); once the waiter has this
+  // ticket done, batch->status and batch->response are final and segment
+  // i's outputs start at row rows_in_batch[i] of the response.
   std::shared_ptr<WorkerBatch> batch;
   std::vector<int64_t> rows_in_batch;
   absl::Time sent;
-  bool done = false;
 };
 
 struct WorkerBatch {
@@ -100,15 +95,13 @@ struct WorkerBatch {
   int64_t rows = 0;
   std::vector<std::shared_ptr<BatchTicket>> tickets;  // cleared when done
   std::atomic<int> live{0};                           // tickets not abandoned
-  grpc::ClientContext context;
-  // Serialized RunExpertsRequest/Response (proto/expert_wire.h): the rows
-  // go out from the forwards' tensors and come back read in place.
-  grpc::ByteBuffer request;
-  grpc::ByteBuffer response;
-  grpc::Status status;
-  // The response's outputs, parsed when the call succeeded; malformed
-  // outputs turn `status` into INTERNAL.
-  std::optional<proto::WireTensorView> outputs;
+  // The call's final status and, when OK, the checked response.
+  absl::Status status;
+  std::optional<proto::RunExpertsResponseView> response;
+
+  absl::Mutex mu;
+  bool cancelled ABSL_GUARDED_BY(mu) = false;
+  std::shared_ptr<WorkerCall> call ABSL_GUARDED_BY(mu);
 };
 
 class WorkerBatcher {
@@ -142,23 +135,25 @@ class WorkerBatcher {
  private:
   void FlushLoop();
   // Builds and starts the batch's call (or fails it), outside mu_.
-  void Send(const std::shared_ptr<WorkerBatch>& batch);
-  void Finish(const std::shared_ptr<WorkerBatch>& batch, grpc::Status status,
-              absl::Duration elapsed);
+  void Send(const std::shared_ptr<WorkerBatch>& batch) ABSL_LOCKS_EXCLUDED(mu_);
+  void Finish(const std::shared_ptr<WorkerBatch>& batch, absl::Status status,
+              grpc::ByteBuffer response, absl::Duration elapsed)
+      ABSL_LOCKS_EXCLUDED(mu_);
   void GatingDelta(int delta);
-  // Whether an open batch should go now; with mu_ held.
-  bool DueLocked(const WorkerBatch& batch, absl::Time now) const;
+  // Whether an open batch should go now.
+  bool DueLocked(const WorkerBatch& batch, absl::Time now) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void WakeFlusherLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { ++epoch_; }
 
-  WorkerPool* pool_;
-  BatcherOptions options_;
+  WorkerPool* const pool_;
+  const BatcherOptions options_;
 
-  std::mutex mu_;
-  std::condition_variable wake_;                      // the flush thread
-  std::condition_variable drained_;                   // the destructor
-  std::map<int, std::shared_ptr<WorkerBatch>> open_;  // by worker
-  int gating_ = 0;
-  int inflight_ = 0;  // batches sent and not finished
-  bool stop_ = false;
+  absl::Mutex mu_;
+  std::map<int, std::shared_ptr<WorkerBatch>> open_ ABSL_GUARDED_BY(mu_);
+  int gating_ ABSL_GUARDED_BY(mu_) = 0;
+  int inflight_ ABSL_GUARDED_BY(mu_) = 0;    // batches sent, not finished
+  uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;  // bumped when a batch may be due
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread flusher_;
 };
 

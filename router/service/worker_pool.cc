@@ -1,36 +1,43 @@
 #include "router/service/worker_pool.h"
 
 #include <algorithm>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/id_ranges.h"
 #include "common/logging.h"
 
 namespace moe::router {
 
-WorkerPool::WorkerPool(std::vector<std::string> addresses,
-                       const common::ModelConfig& config,
+const char* WorkerStateName(WorkerState state) {
+  switch (state) {
+    case WorkerState::kConnecting:
+      return "connecting";
+    case WorkerState::kUp:
+      return "up";
+    case WorkerState::kUnreachable:
+      return "unreachable";
+    case WorkerState::kWrongModel:
+      return "wrong_model";
+    case WorkerState::kNothingUseful:
+      return "nothing_useful";
+    case WorkerState::kDown:
+      return "down";
+  }
+  return "unknown";
+}
+
+WorkerPool::WorkerPool(std::vector<std::unique_ptr<WorkerTransport>> transports,
+                       const common::ModelSpec& spec, std::string fingerprint,
                        const WorkerPoolOptions& options)
-    : config_(config), options_(options) {
-  for (std::string& address : addresses) {
+    : spec_(spec), fingerprint_(std::move(fingerprint)), options_(options) {
+  for (auto& t : transports) {
     auto w = std::make_unique<Worker>();
-    w->address = std::move(address);
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(options.max_message_bytes);
-    args.SetMaxSendMessageSize(options.max_message_bytes);
-    // Reconnect quickly after a worker restarts.
-    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-    // Retries are the router's decision (replicas, failure policy).
-    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
-    w->channel = grpc::CreateCustomChannel(
-        w->address, grpc::InsecureChannelCredentials(), args);
-    w->stub = moe::v1::ExpertWorker::NewStub(w->channel);
-    w->generic_stub = std::make_unique<grpc::GenericStub>(w->channel);
+    w->transport = std::move(t);
     workers_.push_back(std::move(w));
   }
+  absl::MutexLock lock(&mu_);
+  views_.resize(workers_.size());
 }
 
 WorkerPool::~WorkerPool() {
@@ -43,74 +50,167 @@ void WorkerPool::Start() {
 }
 
 const std::string& WorkerPool::address(int worker) const {
-  return workers_[worker]->address;
+  return workers_[worker]->transport->address();
 }
 
-moe::v1::ExpertWorker::Stub* WorkerPool::stub(int worker) const {
-  return workers_[worker]->stub.get();
-}
-
-grpc::GenericStub* WorkerPool::generic_stub(int worker) const {
-  return workers_[worker]->generic_stub.get();
+WorkerTransport& WorkerPool::transport(int worker) const {
+  return *workers_[worker]->transport;
 }
 
 void WorkerPool::ProbeLoop() {
   do {
-    for (int i = 0; i < size(); ++i) Probe(i);
+    ProbeAll();
   } while (!stop_.WaitForNotificationWithTimeout(options_.probe_interval));
 }
 
-void WorkerPool::Probe(int i) {
-  Worker& w = *workers_[i];
-  grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.probe_timeout));
-  moe::v1::GetShardInfoRequest request;
-  moe::v1::ShardInfo info;
-  grpc::Status status = w.stub->GetShardInfo(&ctx, request, &info);
-  std::string problem;
-  if (!status.ok()) {
-    problem = absl::StrCat("GetShardInfo failed: ", status.error_message());
-  } else if (info.dim() != config_.dim ||
-             info.total_experts() != config_.total_experts() ||
-             info.expert_hidden() != config_.expert_hidden()) {
-    problem = absl::StrCat("serves a different model (dim ", info.dim(), ", ",
-                           info.total_experts(), " experts, hidden ",
-                           info.expert_hidden(), "; the router has dim ",
-                           config_.dim, ", ", config_.total_experts(),
-                           " experts, hidden ", config_.expert_hidden(), ")");
-  }
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!problem.empty()) {
-    if (w.up)
-      MOE_LOG(WARNING) << "worker " << w.address << " down: " << problem;
-    w.up = false;
-    if (observer_) observer_(i, false);
-    return;
-  }
-  std::vector<int64_t> experts(info.expert_ids().begin(),
-                               info.expert_ids().end());
-  if (!w.up || experts != w.experts) {
-    MOE_LOG(INFO) << "worker " << w.address << " up: experts ["
-                  << absl::StrJoin(experts, ",") << "] on " << info.device();
-  }
-  w.experts = std::move(experts);
-  w.device = info.device();
-  w.up = true;
-  if (observer_) observer_(i, true);
+void WorkerPool::ProbeAll() {
+  for (int i = 0; i < size(); ++i) Probe(i);
 }
 
-int WorkerPool::Choose(int64_t expert, const std::set<int>& exclude) const {
-  std::lock_guard<std::mutex> lock(mu_);
+WorkerState WorkerPool::Judge(const moe::v1::ShardInfo& info,
+                              std::string* reason) const {
+  if (info.fingerprint() != fingerprint_) {
+    *reason = absl::StrCat("serves another model: \"", info.model_name(), "\" ",
+                           info.fingerprint(), "; the router serves \"",
+                           spec_.name, "\" ", fingerprint_);
+    return WorkerState::kWrongModel;
+  }
+  if (info.dim() != spec_.dim) {
+    *reason = absl::StrCat("serves dim ", info.dim(), "; the router's is ",
+                           spec_.dim);
+    return WorkerState::kWrongModel;
+  }
+  if (info.layers_size() != static_cast<int>(spec_.layers.size())) {
+    *reason = absl::StrCat("reports ", info.layers_size(),
+                           " layers; the "
+                           "model has ",
+                           spec_.layers.size());
+    return WorkerState::kWrongModel;
+  }
+  bool any = false;
+  for (int l = 0; l < info.layers_size(); ++l) {
+    const moe::v1::LayerShard& shard = info.layers(l);
+    const common::LayerConfig& c = spec_.layers[l].config;
+    if (shard.name() != spec_.layers[l].name ||
+        shard.total_experts() != c.total_experts() ||
+        shard.expert_hidden() != c.expert_hidden()) {
+      *reason = absl::StrCat(
+          "layer ", l, " is \"", shard.name(), "\" with ",
+          shard.total_experts(), " experts of hidden ", shard.expert_hidden(),
+          "; the router has \"", spec_.layers[l].name, "\" with ",
+          c.total_experts(), " of hidden ", c.expert_hidden());
+      return WorkerState::kWrongModel;
+    }
+    for (int64_t e : shard.expert_ids()) {
+      if (e < 0 || e >= c.total_experts()) {
+        *reason = absl::StrCat("hosts expert ", e, " of layer \"", shard.name(),
+                               "\", which has ", c.total_experts());
+        return WorkerState::kWrongModel;
+      }
+      any = true;
+    }
+  }
+  if (!any) {
+    *reason = "hosts no expert";
+    return WorkerState::kNothingUseful;
+  }
+  reason->clear();
+  return WorkerState::kUp;
+}
+
+void WorkerPool::Probe(int i) {
+  absl::StatusOr<moe::v1::ShardInfo> info =
+      workers_[i]->transport->GetShardInfo(options_.clock->Now() +
+                                           options_.probe_timeout);
+  View view;
+  if (!info.ok()) {
+    view.state = WorkerState::kUnreachable;
+    view.reason =
+        absl::StrCat("GetShardInfo failed: ", info.status().message());
+  } else {
+    view.state = Judge(*info, &view.reason);
+    view.fingerprint = info->fingerprint();
+    view.model_name = info->model_name();
+    view.device = info->device();
+    if (view.state == WorkerState::kUp) {
+      for (const moe::v1::LayerShard& l : info->layers()) {
+        std::vector<int64_t> ids(l.expert_ids().begin(), l.expert_ids().end());
+        std::sort(ids.begin(), ids.end());
+        view.experts.push_back(std::move(ids));
+      }
+    }
+  }
+  SetState(i, std::move(view));
+}
+
+void WorkerPool::SetState(int i, View view) {
+  const WorkerState state = view.state;
+  bool became_ready = false;
+  {
+    absl::MutexLock lock(&mu_);
+    View& old = views_[i];
+    // Logged once per change of state or reason, not per probe.
+    if (old.state != view.state || old.reason != view.reason ||
+        (view.state == WorkerState::kUp && old.experts != view.experts)) {
+      if (view.state == WorkerState::kUp) {
+        std::vector<std::string> hosted;
+        for (size_t l = 0; l < view.experts.size(); ++l) {
+          if (view.experts[l].empty()) continue;
+          hosted.push_back(absl::StrCat(
+              spec_.layers[l].name.empty() ? "" : spec_.layers[l].name + ":",
+              "[", common::FoldIdRanges(view.experts[l]), "]"));
+        }
+        MOE_LOG(INFO) << "worker " << address(i) << " up: experts "
+                      << absl::StrJoin(hosted, " ") << " on " << view.device;
+      } else {
+        MOE_LOG(WARNING) << "worker " << address(i) << " "
+                         << WorkerStateName(view.state) << ": " << view.reason;
+      }
+    }
+    // A worker that went away is still shown with what it hosted.
+    if (view.state != WorkerState::kUp && view.experts.empty()) {
+      view.experts = std::move(old.experts);
+    }
+    old = std::move(view);
+    if (!ready_.load() && CoveredLocked()) {
+      ready_.store(true);
+      became_ready = true;
+    }
+  }
+  if (became_ready) {
+    MOE_LOG(INFO) << "every expert of every layer has a worker: ready";
+  }
+  if (observer_) observer_(i, state);
+}
+
+bool WorkerPool::CoveredLocked() const {
+  for (size_t l = 0; l < spec_.layers.size(); ++l) {
+    std::vector<bool> covered(spec_.layers[l].config.total_experts(), false);
+    for (const View& v : views_) {
+      if (v.state != WorkerState::kUp) continue;
+      for (int64_t e : v.experts[l]) covered[e] = true;
+    }
+    if (std::find(covered.begin(), covered.end(), false) != covered.end()) {
+      return false;
+    }
+  }
+  return true;
+}
+
+int WorkerPool::Choose(common::ExpertKey key,
+                       const std::set<int>& exclude) const {
+  absl::MutexLock lock(&mu_);
   int best = -1;
   int64_t best_load = 0;
   for (int i = 0; i < size(); ++i) {
-    const Worker& w = *workers_[i];
-    if (!w.up || exclude.count(i) != 0) continue;
-    if (std::find(w.experts.begin(), w.experts.end(), expert) ==
-        w.experts.end()) {
+    const View& v = views_[i];
+    if (v.state != WorkerState::kUp || exclude.count(i) != 0) continue;
+    if (key.layer < 0 || key.layer >= static_cast<int>(v.experts.size())) {
       continue;
     }
-    const int64_t load = w.inflight.load();
+    const std::vector<int64_t>& ids = v.experts[key.layer];
+    if (!std::binary_search(ids.begin(), ids.end(), key.expert)) continue;
+    const int64_t load = workers_[i]->inflight.load();
     if (best < 0 || load < best_load) {
       best = i;
       best_load = load;
@@ -119,42 +219,64 @@ int WorkerPool::Choose(int64_t expert, const std::set<int>& exclude) const {
   return best;
 }
 
-std::vector<int64_t> WorkerPool::UncoveredExperts() const {
-  std::vector<bool> covered(config_.total_experts(), false);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& w : workers_) {
-      if (!w->up) continue;
-      for (int64_t e : w->experts) {
-        if (e >= 0 && e < config_.total_experts()) covered[e] = true;
-      }
+std::vector<std::vector<int64_t>> WorkerPool::Uncovered() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::vector<int64_t>> out(spec_.layers.size());
+  for (size_t l = 0; l < spec_.layers.size(); ++l) {
+    std::vector<bool> covered(spec_.layers[l].config.total_experts(), false);
+    for (const View& v : views_) {
+      if (v.state != WorkerState::kUp) continue;
+      for (int64_t e : v.experts[l]) covered[e] = true;
+    }
+    for (size_t e = 0; e < covered.size(); ++e) {
+      if (!covered[e]) out[l].push_back(static_cast<int64_t>(e));
     }
   }
-  std::vector<int64_t> missing;
-  for (int64_t e = 0; e < config_.total_experts(); ++e) {
-    if (!covered[e]) missing.push_back(e);
-  }
-  return missing;
+  return out;
 }
 
-void WorkerPool::MarkDown(int worker, const std::string& why) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Worker& w = *workers_[worker];
-  if (w.up) MOE_LOG(WARNING) << "worker " << w.address << " down: " << why;
-  w.up = false;
-  if (observer_) observer_(worker, false);
+std::string WorkerPool::DescribeUncovered() const {
+  const std::vector<std::vector<int64_t>> missing = Uncovered();
+  std::vector<std::string> parts;
+  for (size_t l = 0; l < missing.size(); ++l) {
+    if (missing[l].empty()) continue;
+    const std::string ids = common::FoldIdRanges(missing[l]);
+    parts.push_back(absl::StrCat(
+        spec_.layers[l].name.empty()
+            ? std::string("experts")
+            : absl::StrCat("layer \"", spec_.layers[l].name, "\" experts"),
+        " [", ids, "]"));
+  }
+  return absl::StrJoin(parts, "; ");
+}
+
+void WorkerPool::MarkDown(int worker, const absl::Status& why) {
+  View view;
+  {
+    absl::MutexLock lock(&mu_);
+    if (views_[worker].state != WorkerState::kUp) return;
+    view = views_[worker];
+  }
+  view.state = WorkerState::kDown;
+  view.reason = std::string(why.message());
+  SetState(worker, std::move(view));
 }
 
 void WorkerPool::AddInflight(int worker, int delta) {
   workers_[worker]->inflight += delta;
 }
 
+int64_t WorkerPool::inflight(int worker) const {
+  return workers_[worker]->inflight.load();
+}
+
 std::vector<WorkerSnapshot> WorkerPool::Snapshot() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::vector<WorkerSnapshot> out;
-  for (const auto& w : workers_) {
-    out.push_back(
-        {w->address, w->up, w->experts, w->device, w->inflight.load()});
+  for (int i = 0; i < size(); ++i) {
+    const View& v = views_[i];
+    out.push_back({address(i), v.state, v.reason, v.fingerprint, v.model_name,
+                   v.device, v.experts, workers_[i]->inflight.load()});
   }
   return out;
 }

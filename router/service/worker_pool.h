@@ -1,111 +1,144 @@
-// WorkerPool: the router's view of its expert workers. It keeps one channel
-// per worker, learns each worker's experts with GetShardInfo (at start and
-// again whenever a worker comes back), probes every worker periodically, and
-// picks, for an expert, a healthy worker hosting it (the least loaded one
-// when replicas exist).
+// WorkerPool: the router's view of its expert workers. It keeps one
+// transport per worker, learns each worker's model and experts with
+// GetShardInfo (at start and again whenever a worker comes back), probes
+// every worker periodically, and picks, for an expert of a layer, a healthy
+// worker hosting it (the least loaded one when replicas exist).
+//
+// A worker serving another model (another fingerprint), another dim or
+// nothing this model needs is refused: its experts count as having no
+// worker, and the reason is logged once when first seen and kept for
+// GetModelInfo.
+//
+// Readiness: the pool becomes ready the first time every expert of every
+// layer has a healthy worker, and stays so (later losses fall under the
+// failure policy).
 //
 // Thread-safety: all methods may be called concurrently.
 #pragma once
-
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/grpcpp.h>
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "absl/status/statusor.h"
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "common/model_config.h"
-#include "moe/v1/expert.grpc.pb.h"
+#include "common/clock.h"
+#include "common/expert_segment.h"
+#include "common/model_spec.h"
+#include "router/service/worker_transport.h"
 
 namespace moe::router {
+
+enum class WorkerState {
+  kConnecting,     // not probed successfully yet
+  kUp,             // serving this model; its experts are used
+  kUnreachable,    // its probe fails
+  kWrongModel,     // another fingerprint, dim or layer layout
+  kNothingUseful,  // this model, but none of its experts
+  kDown,           // a call failed; out until a probe passes
+};
+
+// "connecting", "up", "unreachable", "wrong_model", "nothing_useful", "down".
+const char* WorkerStateName(WorkerState state);
 
 struct WorkerPoolOptions {
   absl::Duration probe_interval = absl::Seconds(1);
   absl::Duration probe_timeout = absl::Seconds(2);
-  int max_message_bytes = 256 << 20;
+  common::Clock* clock = common::Clock::Real();
 };
 
 struct WorkerSnapshot {
   std::string address;
-  bool up = false;
-  std::vector<int64_t> experts;
+  WorkerState state = WorkerState::kConnecting;
+  std::string reason;  // why it is not up
+  std::string fingerprint;
+  std::string model_name;
   std::string device;
+  std::vector<std::vector<int64_t>> experts;  // by layer index
   int64_t inflight = 0;
 };
 
 class WorkerPool {
  public:
-  // `config` is the router's model: workers whose model differs (dim, expert
-  // count, hidden size) are refused with a logged error.
-  WorkerPool(std::vector<std::string> addresses,
-             const common::ModelConfig& config,
+  // `spec` and `fingerprint` are the router's model.
+  WorkerPool(std::vector<std::unique_ptr<WorkerTransport>> transports,
+             const common::ModelSpec& spec, std::string fingerprint,
              const WorkerPoolOptions& options);
   ~WorkerPool();
 
-  // Called (from the probing thread or a failing call) whenever a worker's
-  // state is decided, up or down. Set before Start().
-  void SetStateObserver(std::function<void(int worker, bool up)> observer) {
+  // Called whenever a worker's state is decided (from the probing thread or
+  // a failing call). Set before Start().
+  void SetStateObserver(std::function<void(int worker, WorkerState)> observer) {
     observer_ = std::move(observer);
   }
 
-  // Starts the probing thread (probes every worker at once, then every
-  // probe_interval).
+  // Starts the probing thread: every worker at once, then every
+  // probe_interval.
   void Start();
+  // One probe of every worker, synchronously (what the thread does).
+  void ProbeAll();
 
   int size() const { return static_cast<int>(workers_.size()); }
   const std::string& address(int worker) const;
-  moe::v1::ExpertWorker::Stub* stub(int worker) const;
-  // The same channel for calls with pre-serialized messages.
-  grpc::GenericStub* generic_stub(int worker) const;
+  WorkerTransport& transport(int worker) const;
 
-  // A healthy worker hosting `expert`, not in `exclude`, with the fewest
+  // A healthy worker hosting `key`, not in `exclude`, with the fewest
   // in-flight calls; -1 if none.
-  int Choose(int64_t expert, const std::set<int>& exclude) const;
+  int Choose(common::ExpertKey key, const std::set<int>& exclude) const;
 
-  // Experts (0..total-1) that no healthy worker hosts.
-  std::vector<int64_t> UncoveredExperts() const;
+  // Experts that no healthy worker hosts, by layer index.
+  std::vector<std::vector<int64_t>> Uncovered() const;
+  // "layer \"a\" experts [0,1]; layer \"b\" experts [3]".
+  std::string DescribeUncovered() const;
+  bool ready() const { return ready_.load(); }
 
-  // Called on a failed call: the worker is considered down until a probe
-  // succeeds again.
-  void MarkDown(int worker, const std::string& why);
+  // A call to `worker` failed: it is down until a probe succeeds again.
+  void MarkDown(int worker, const absl::Status& why);
 
   void AddInflight(int worker, int delta);
-  // Calls to `worker` in flight from this router.
-  int64_t inflight(int worker) const { return workers_[worker]->inflight; }
+  int64_t inflight(int worker) const;
 
   std::vector<WorkerSnapshot> Snapshot() const;
 
  private:
   struct Worker {
-    std::string address;
-    std::shared_ptr<grpc::Channel> channel;
-    std::unique_ptr<moe::v1::ExpertWorker::Stub> stub;
-    std::unique_ptr<grpc::GenericStub> generic_stub;
-    bool up = false;               // guarded by mu_
-    std::vector<int64_t> experts;  // guarded by mu_
-    std::string device;            // guarded by mu_
+    std::unique_ptr<WorkerTransport> transport;
     std::atomic<int64_t> inflight{0};
+  };
+  struct View {
+    WorkerState state = WorkerState::kConnecting;
+    std::string reason;
+    std::string fingerprint;
+    std::string model_name;
+    std::string device;
+    std::vector<std::vector<int64_t>> experts;  // sorted, by layer
   };
 
   void ProbeLoop();
   void Probe(int worker);
+  // The state a successful GetShardInfo puts a worker in, and why.
+  WorkerState Judge(const moe::v1::ShardInfo& info, std::string* reason) const;
+  void SetState(int worker, View view) ABSL_LOCKS_EXCLUDED(mu_);
+  bool CoveredLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  common::ModelConfig config_;
-  WorkerPoolOptions options_;
+  const common::ModelSpec spec_;
+  const std::string fingerprint_;
+  const WorkerPoolOptions options_;
   std::vector<std::unique_ptr<Worker>> workers_;
-  mutable std::mutex mu_;
+  mutable absl::Mutex mu_;
+  std::vector<View> views_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> ready_{false};
   absl::Notification stop_;
   std::thread prober_;
-  std::function<void(int, bool)> observer_;
+  std::function<void(int, WorkerState)> observer_;
 };
 
 }  // namespace moe::router

@@ -3,7 +3,7 @@
 127.0.0.1: golden parity, routing replay, dtypes, traces, model info, health
 and clear errors for bad input.
 
-Usage: python_client_test.py BIN_DIR GOLDEN_DIR PYTHON_OUT
+Usage: python_client_test.py BIN_DIR GOLDEN_DIR
 """
 
 import json
@@ -16,10 +16,11 @@ import tempfile
 import time
 import unittest
 
-BIN_DIR, GOLDEN_DIR, PYTHON_OUT = sys.argv[1:4]
-del sys.argv[1:4]
+BIN_DIR, GOLDEN_DIR = sys.argv[1:3]
+del sys.argv[1:3]
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(HERE, "..", "..", "client", "python"), PYTHON_OUT]
+# client/python alone: the generated modules live inside the package.
+sys.path[:0] = [os.path.join(HERE, "..", "..", "client", "python")]
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
@@ -145,7 +146,12 @@ class PythonClientTest(unittest.TestCase):
 
     def test_model_info_and_health(self):
         info = self.client.model_info()
-        self.assertEqual((info.kind, info.dim, info.num_experts), ("moe", 16, 4))
+        self.assertEqual(info.dim, 16)
+        self.assertEqual(len(info.layers), 1)
+        self.assertEqual((info.layers[0].kind, info.layers[0].num_experts),
+                         ("moe", 4))
+        self.assertTrue(info.fingerprint.startswith("sha256:"))
+        self.assertEqual(info.model_name, "B2_moe_eval_drop_cap12")
         self.assertEqual(len(info.workers), 2)
         self.assertTrue(all(w.up for w in info.workers))
         self.assertEqual(self.client.health(), "SERVING")
@@ -155,7 +161,7 @@ class PythonClientTest(unittest.TestCase):
             (np.zeros((1, 4, 15), np.float32), {}, "model dim is 16"),
             (np.zeros((4, 16), np.float32), {}, "rank 3"),
             (np.full((1, 2, 16), np.nan, np.float32), {}, "NaN"),
-            (np.zeros((1, 4, 16), np.float32), {"threshold": 2.0}, "options.threshold"),
+            (np.zeros((1, 4, 16), np.float32), {"threshold": -2.0}, "options.threshold"),
             (np.zeros((1, 4, 16), np.float32), {"capacity_factor": -1.0},
              "options.capacity_factor"),
             (np.zeros((1, 4, 16), np.float32),
@@ -169,9 +175,22 @@ class PythonClientTest(unittest.TestCase):
             self.assertIn(words, caught.exception.details)
         with self.assertRaises(ValueError):
             self.client.forward(np.zeros((1, 4, 16), np.float32), policy="sometimes")
+        with self.assertRaises(MoeError) as caught:
+            self.client.forward(np.zeros((1, 4, 16), np.float32), layer="blocks.1.ff")
+        self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND)
+        self.assertIn("blocks.1.ff", caught.exception.details)
         # The router still serves.
         self.assertEqual(self.client.forward(np.zeros((1, 4, 16), np.float32)).y.shape,
                          (1, 4, 16))
+
+    def test_forward_async_gives_the_same_answer(self):
+        x = np.random.default_rng(6).standard_normal((1, 8, 16)).astype(np.float32)
+        futures = [self.client.forward_async(x, policy="all") for _ in range(3)]
+        sync = self.client.forward(x, policy="all").y
+        for f in futures:
+            # Concurrent forwards may share worker calls (dynamic batching),
+            # whose GEMMs round differently in the last bits.
+            np.testing.assert_allclose(f.result(timeout=30).y, sync, atol=1e-6)
 
     def test_unreachable_router_raises_unavailable_after_retries(self):
         with RouterClient("127.0.0.1:1", timeout=5, max_attempts=2) as c:

@@ -1,5 +1,6 @@
-// Golden parity through the moe-client binary (a separate process), for one
-// file of each kind plus the train and replay cases.
+// Golden parity through the moe-run binary (a separate process), for one
+// file of each kind plus the train and replay cases; the command line of
+// every binary (--help, --version, errors).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -17,7 +18,7 @@ TEST_P(CliGoldenTest, ForwardFileMatchesReference) {
   const std::string path = testing::GoldenPath(name);
   const std::string out = testing::TempDir() + "/" + name + ".out.safetensors";
   auto golden = testing::ReadAllTensors(path);
-  std::vector<std::string> argv = {testing::BinaryPath("moe-client"),
+  std::vector<std::string> argv = {testing::BinaryPath("moe-run"),
                                    "forward",
                                    "--checkpoint=" + path,
                                    "--input=" + path,
@@ -68,7 +69,7 @@ TEST(CliTest, BadInputIsAClearErrorNotACrash) {
   const std::string path = testing::GoldenPath("A_moe_eval_nodrop");
   std::string log;
   // Tensor of the wrong rank (input.probs does not exist here; use a 0-d).
-  EXPECT_EQ(testing::RunProcess({testing::BinaryPath("moe-client"), "forward",
+  EXPECT_EQ(testing::RunProcess({testing::BinaryPath("moe-run"), "forward",
                                  "--checkpoint=" + path, "--input=" + path,
                                  "--input_tensor=output.balance_loss",
                                  "--output=" + testing::TempDir() + "/x"},
@@ -76,7 +77,7 @@ TEST(CliTest, BadInputIsAClearErrorNotACrash) {
             1);
   EXPECT_NE(log.find("x: must have rank 3"), std::string::npos) << log;
   EXPECT_EQ(testing::RunProcess(
-                {testing::BinaryPath("moe-client"), "forward",
+                {testing::BinaryPath("moe-run"), "forward",
                  "--checkpoint=/nonexistent.safetensors", "--input=" + path,
                  "--output=" + testing::TempDir() + "/x"},
                 &log),
@@ -85,12 +86,12 @@ TEST(CliTest, BadInputIsAClearErrorNotACrash) {
             std::string::npos)
       << log;
   EXPECT_EQ(testing::RunProcess(
-                {testing::BinaryPath("moe-client"), "forward",
+                {testing::BinaryPath("moe-run"), "forward",
                  "--checkpoint=" + path, "--input=" + path, "--mode=sideways",
                  "--output=" + testing::TempDir() + "/x"},
                 &log),
             1);
-  EXPECT_NE(log.find("mode: \"sideways\" is not one of eval, train"),
+  EXPECT_NE(log.find("--mode: \"sideways\" is not eval or train"),
             std::string::npos)
       << log;
   EXPECT_EQ(
@@ -101,21 +102,72 @@ TEST(CliTest, BadInputIsAClearErrorNotACrash) {
 TEST(CliTest, DemoCheckpointRoundTripsThroughForward) {
   const std::string ckpt = testing::TempDir() + "/demo.safetensors";
   std::string log;
-  ASSERT_EQ(testing::RunProcess(
-                {testing::BinaryPath("moe-client"), "demo-checkpoint",
-                 "--output=" + ckpt, "--dim=32", "--num_experts=4", "--seed=3"},
-                &log),
+  ASSERT_EQ(
+      testing::RunProcess({testing::BinaryPath("moe-run"), "demo-checkpoint",
+                           "--output=" + ckpt, "--dim=32", "--num_experts=4",
+                           "--seed=3", "--layers=3"},
+                          &log),
+      0)
+      << log;
+  ASSERT_EQ(testing::RunProcess({testing::BinaryPath("moe-run"), "forward",
+                                 "--checkpoint=" + ckpt, "--random_input=2x16",
+                                 "--seed=1", "--layer=layers.2.ff"},
+                                &log),
             0)
       << log;
-  ASSERT_EQ(testing::RunProcess(
-                {testing::BinaryPath("moe-client"), "forward",
-                 "--checkpoint=" + ckpt, "--random_input=2x16", "--seed=1"},
-                &log),
-            0)
-      << log;
+  EXPECT_NE(log.find("layer layers.2.ff"), std::string::npos) << log;
   EXPECT_NE(log.find("tokens 32"), std::string::npos) << log;
   EXPECT_NE(log.find("capacity 8 per expert per group"), std::string::npos)
       << log;
+  // A layer that does not exist is named, with the ones that do.
+  EXPECT_EQ(testing::RunProcess({testing::BinaryPath("moe-run"), "forward",
+                                 "--checkpoint=" + ckpt, "--random_input=2x16",
+                                 "--layer=layers.7.ff"},
+                                &log),
+            1);
+  EXPECT_NE(log.find("layer \"layers.7.ff\" not found; the model has 3 "
+                     "layers: \"layers.0.ff\""),
+            std::string::npos)
+      << log;
+  // demo-checkpoint lives in moe-run now; moe-client says so.
+  EXPECT_EQ(testing::RunProcess({testing::BinaryPath("moe-client"),
+                                 "demo-checkpoint", "--output=" + ckpt},
+                                &log),
+            1);
+  EXPECT_NE(log.find("moved to moe-run"), std::string::npos) << log;
+}
+
+TEST(CliTest, HelpListsEachBinarysOwnFlagsAndVersionSaysWhatWasBuilt) {
+  struct Binary {
+    const char* name;
+    const char* own_flag;
+  };
+  for (const Binary& b :
+       {Binary{"moe-client", "--target"}, Binary{"moe-run", "--checkpoint"},
+        Binary{"moe-router", "--max_tokens_per_request"},
+        Binary{"moe-expert", "--max_tokens_per_call"},
+        Binary{"moe-up", "--demo_layers"}}) {
+    SCOPED_TRACE(b.name);
+    std::string log;
+    ASSERT_EQ(
+        testing::RunProcess({testing::BinaryPath(b.name), "--help"}, &log), 0)
+        << log;
+    EXPECT_NE(log.find(std::string(b.own_flag) + " (default "),
+              std::string::npos)
+        << log;
+    EXPECT_EQ(log.find("--flagfile"), std::string::npos) << log;
+    EXPECT_EQ(log.find("No flags matched"), std::string::npos) << log;
+    ASSERT_EQ(
+        testing::RunProcess({testing::BinaryPath(b.name), "--version"}, &log),
+        0);
+    EXPECT_NE(log.find(std::string(b.name) + " 0.1.0 (git "), std::string::npos)
+        << log;
+    EXPECT_NE(log.find("device support: cpu"), std::string::npos) << log;
+  }
+  // A binary that talks to routers does not list the engine's flags.
+  std::string log;
+  testing::RunProcess({testing::BinaryPath("moe-client"), "--help"}, &log);
+  EXPECT_EQ(log.find("--checkpoint (default"), std::string::npos) << log;
 }
 
 }  // namespace

@@ -9,10 +9,10 @@
 #include <string>
 
 #include "absl/strings/numbers.h"
-#include "common/checkpoint.h"
-#include "experts/expert_shard.h"
-#include "router/engine/moe_engine.h"
+#include "common/torch/torch_convert.h"
+#include "router/engine/layer_engine.h"
 #include "testing/golden.h"
+#include "testing/reference.h"
 
 namespace moe {
 namespace {
@@ -45,13 +45,7 @@ TEST_P(GoldenParityTest, EngineMatchesReference) {
   const std::string path = testing::GoldenPath(name);
   auto golden = testing::ReadAllTensors(path);
 
-  auto ckpt = common::LoadCheckpoint(path);
-  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-  auto shard = experts::ExpertShard::Create(ckpt->experts);
-  ASSERT_TRUE(shard.ok()) << shard.status();
-  router::LocalExpertBackend backend(shard->get());
-  auto engine = router::MoeEngine::Create(ckpt->config, ckpt->router, &backend);
-  ASSERT_TRUE(engine.ok()) << engine.status();
+  testing::Reference reference(path);
 
   router::RoutingOptions options;
   auto mode = router::ParseMode(testing::GoldenMode(name));
@@ -59,11 +53,12 @@ TEST_P(GoldenParityTest, EngineMatchesReference) {
   options.mode = *mode;
   options.seed = 7;
   if (golden.count("input.probs")) {
-    options.second_choice_uniforms = golden.at("input.probs");
+    options.second_choice_uniforms =
+        common::FromTorch(golden.at("input.probs")).value();
   }
   const at::Tensor x = golden.at("input.x");
-  auto result = (*engine)->Forward(x, options);
-  ASSERT_TRUE(result.ok()) << result.status();
+  const router::ForwardResult r = reference.Forward(x, options);
+  const router::ForwardResult* result = &r;
 
   EXPECT_LE(testing::MaxAbsDiff(result->y, golden.at("output.y")), 1e-5);
   if (options.mode == router::Mode::kTrain) {
@@ -82,7 +77,7 @@ TEST_P(GoldenParityTest, EngineMatchesReference) {
   for (auto& [k, v] : router::ForwardTrace(*result, x.size(0), x.size(1))) {
     trace[k] = v;
   }
-  const bool two_level = result->has_inner;
+  const bool two_level = result->inner.has_value();
   const std::vector<std::string> levels =
       two_level ? std::vector<std::string>{"outer.", "inner."}
                 : std::vector<std::string>{""};
@@ -113,7 +108,7 @@ TEST_P(GoldenParityTest, EngineMatchesReference) {
     EXPECT_TRUE(at::equal(trace.at("trace.inner.importance"),
                           golden.at("expected.inner.importance")));
     ExpectCounts(name, "outer.", result->routing);
-    ExpectCounts(name, "inner.", result->inner_routing);
+    ExpectCounts(name, "inner.", result->inner->routing);
   } else {
     ExpectCounts(name, "", result->routing);
     // Every kept assignment is one plan entry: nothing else reaches experts.

@@ -15,8 +15,9 @@
 #include <vector>
 
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
-#include "client/metrics_text.h"
+#include "client/cli/metrics_text.h"
 #include "client/router_client.h"
 #include "testing/deployment.h"
 #include "testing/golden.h"
@@ -32,13 +33,13 @@ using testing::Y;
 
 const std::string kModel = "A_moe_eval_nodrop";  // 4 experts, dim 16
 
-std::vector<client::MetricSample> ScrapeMetrics(const std::string& address) {
+std::vector<cli::MetricSample> ScrapeMetrics(const std::string& address) {
   std::vector<std::string> hp = absl::StrSplit(address, ':');
   httplib::Client http(hp[0], std::stoi(hp[1]));
   auto res = http.Get("/metrics");
   EXPECT_TRUE(res) << "no answer from " << address;
-  return res ? client::ParseMetricsText(res->body)
-             : std::vector<client::MetricSample>{};
+  return res ? cli::ParseMetricsText(res->body)
+             : std::vector<cli::MetricSample>{};
 }
 
 // Calls shared by more than one forward, and all calls, from the router's
@@ -50,11 +51,11 @@ struct BatchCounts {
 BatchCounts RouterBatches(const Deployment& d) {
   const auto m = ScrapeMetrics(d.router_metrics_address());
   BatchCounts c;
-  c.calls = client::SumSamples(m, "moe_router_worker_batch_forwards_count");
-  c.tickets = client::SumSamples(m, "moe_router_worker_batch_forwards_sum");
+  c.calls = cli::SumSamples(m, "moe_router_worker_batch_forwards_count");
+  c.tickets = cli::SumSamples(m, "moe_router_worker_batch_forwards_sum");
   c.shared =
-      c.calls - client::SumSamples(m, "moe_router_worker_batch_forwards_bucket",
-                                   {{"le", "1"}});
+      c.calls - cli::SumSamples(m, "moe_router_worker_batch_forwards_bucket",
+                                {{"le", "1"}});
   return c;
 }
 
@@ -110,6 +111,24 @@ std::unique_ptr<Deployment> StartTwoWorkers(std::vector<std::string> flags) {
   return router.ok() ? std::move(d) : nullptr;
 }
 
+// Polls the router's ModelInfo (bounded) until `ready` holds.
+bool WaitForInfo(const Deployment& d,
+                 const std::function<bool(const moe::v1::ModelInfo&)>& ready,
+                 absl::Duration timeout = absl::Seconds(20)) {
+  auto client = client::RouterClient::Create(d.router_address());
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    auto info = client->GetModelInfo();
+    if (info.ok() && ready(*info)) return true;
+  }
+  return false;
+}
+
+// Calls the router has out to worker `w`.
+int64_t CallsTo(const moe::v1::ModelInfo& info, int w) {
+  return info.workers(w).inflight_calls();
+}
+
 // Workers (of experts 0-1 and 2-3) that a forward's plan touches.
 int WorkersTouched(const router::ForwardResult& r) {
   return (r.plan.count(0) + r.plan.count(1) > 0 ? 1 : 0) +
@@ -117,7 +136,7 @@ int WorkersTouched(const router::ForwardResult& r) {
 }
 
 TEST(BatchingTest, ConcurrentForwardsShareCallsAndKeepTheirOwnResults) {
-  auto up = StartTwoWorkers({"--batch_window_us=1000000", "--threads=8"});
+  auto up = StartTwoWorkers({"--batch_window_us=10000000", "--threads=8"});
   ASSERT_NE(up, nullptr);
   Deployment& d = *up;
   Reference reference(testing::GoldenPath(kModel));
@@ -142,9 +161,14 @@ TEST(BatchingTest, ConcurrentForwardsShareCallsAndKeepTheirOwnResults) {
     responses[i] = client->Forward(Request(cases[i].x, cases[i].wire));
   };
   threads.emplace_back(send, 0);
-  absl::SleepFor(absl::Milliseconds(200));
+  ASSERT_TRUE(WaitForInfo(d, [](const moe::v1::ModelInfo& i) {
+    return CallsTo(i, 0) == 1 && CallsTo(i, 1) == 1;
+  }));
   for (size_t i = 1; i < cases.size(); ++i) threads.emplace_back(send, i);
-  absl::SleepFor(absl::Milliseconds(400));
+  // All five are in: they gathered behind the calls in flight.
+  ASSERT_TRUE(WaitForInfo(d, [&](const moe::v1::ModelInfo& i) {
+    return i.inflight_requests() == static_cast<int64_t>(cases.size());
+  }));
   d.worker(0).Signal(SIGCONT);
   d.worker(1).Signal(SIGCONT);
   for (std::thread& t : threads) t.join();
@@ -173,14 +197,14 @@ TEST(BatchingTest, ConcurrentForwardsShareCallsAndKeepTheirOwnResults) {
   // What the workers served is what the router sent.
   double served = 0;
   for (int w = 0; w < 2; ++w) {
-    served += client::SumSamples(ScrapeMetrics(d.worker_metrics_address(w)),
-                                 "moe_expert_batch_tokens_count");
+    served += cli::SumSamples(ScrapeMetrics(d.worker_metrics_address(w)),
+                              "moe_expert_batch_tokens_count");
   }
   EXPECT_EQ(served, batches.calls);
 }
 
 TEST(BatchingTest, AForwardThatGivesUpLeavesItsBatchToTheOthers) {
-  auto up = StartTwoWorkers({"--batch_window_us=1000000", "--threads=8"});
+  auto up = StartTwoWorkers({"--batch_window_us=10000000", "--threads=8"});
   ASSERT_NE(up, nullptr);
   Deployment& d = *up;
   Reference reference(testing::GoldenPath(kModel));
@@ -197,6 +221,7 @@ TEST(BatchingTest, AForwardThatGivesUpLeavesItsBatchToTheOthers) {
   std::vector<absl::StatusOr<moe::v1::ForwardResponse>> responses(
       cases.size(), absl::UnknownError("not run"));
   std::vector<absl::Duration> took(cases.size());
+  absl::Notification first_gave_up;
   auto send = [&](size_t i, absl::Duration timeout) {
     client::ClientOptions options;
     options.timeout = timeout;
@@ -205,13 +230,19 @@ TEST(BatchingTest, AForwardThatGivesUpLeavesItsBatchToTheOthers) {
     const absl::Time start = absl::Now();
     responses[i] = client->Forward(Request(cases[i].x, cases[i].wire));
     took[i] = absl::Now() - start;
+    if (i == 1) first_gave_up.Notify();
   };
   std::vector<std::thread> threads;
   threads.emplace_back(send, 0, absl::Seconds(30));
-  absl::SleepFor(absl::Milliseconds(200));
+  ASSERT_TRUE(WaitForInfo(
+      d, [](const moe::v1::ModelInfo& i) { return CallsTo(i, 1) == 1; }));
   threads.emplace_back(send, 1, absl::Seconds(1));
   threads.emplace_back(send, 2, absl::Seconds(30));
-  absl::SleepFor(absl::Milliseconds(1500));
+  ASSERT_TRUE(WaitForInfo(d, [](const moe::v1::ModelInfo& i) {
+    return i.inflight_requests() == 3;
+  }));
+  // Forward 1 gives up at its deadline while the worker is still frozen.
+  ASSERT_TRUE(first_gave_up.WaitForNotificationWithTimeout(absl::Seconds(20)));
   d.worker(1).Signal(SIGCONT);
   for (std::thread& t : threads) t.join();
 
@@ -231,7 +262,7 @@ TEST(BatchingTest, AForwardThatGivesUpLeavesItsBatchToTheOthers) {
     SCOPED_TRACE("request " + std::to_string(i));
     ASSERT_TRUE(responses[i].ok()) << responses[i].status();
     EXPECT_FALSE(responses[i]->degraded());
-    EXPECT_GE(took[i], absl::Milliseconds(1000));
+    EXPECT_GE(took[i], took[1]);  // after forward 1 gave up
     EXPECT_LE(
         testing::MaxAbsDiff(Y(*responses[i]),
                             reference.Forward(cases[i].x, cases[i].local).y),
@@ -251,7 +282,7 @@ class HalfWireTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(HalfWireTest, ConcurrentForwardsStayCloseToFloat32) {
   auto up = StartTwoWorkers(
-      {"--batch_window_us=1000000", "--wire_dtype=" + GetParam()});
+      {"--batch_window_us=10000000", "--wire_dtype=" + GetParam()});
   ASSERT_NE(up, nullptr);
   Deployment& d = *up;
   Reference reference(testing::GoldenPath(kModel));

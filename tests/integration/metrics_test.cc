@@ -13,17 +13,17 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "client/metrics_text.h"
+#include "client/cli/metrics_text.h"
 #include "client/router_client.h"
-#include "proto/tensor_codec.h"
 #include "testing/deployment.h"
 #include "testing/golden.h"
+#include "testing/reference.h"
 
 namespace moe {
 namespace {
 
-using client::MetricSample;
-using Sample = client::MetricSample;
+using cli::MetricSample;
+using Sample = cli::MetricSample;
 
 std::string Scrape(const std::string& address) {
   std::vector<std::string> hp = absl::StrSplit(address, ':');
@@ -36,12 +36,12 @@ std::string Scrape(const std::string& address) {
 }
 
 std::vector<Sample> Parse(const std::string& text) {
-  return client::ParseMetricsText(text);
+  return cli::ParseMetricsText(text);
 }
 
 double Sum(const std::vector<Sample>& samples, const std::string& name,
            const std::map<std::string, std::string>& match = {}) {
-  return client::SumSamples(samples, name, match);
+  return cli::SumSamples(samples, name, match);
 }
 
 void ExpectPromtoolAccepts(const std::string& text, const std::string& what) {
@@ -72,8 +72,7 @@ TEST_P(MetricsAgreeTest, CountersEqualResponsesAndGoldenCounts) {
   auto golden = testing::ReadAllTensors(testing::GoldenPath(name));
   const at::Tensor x = golden.at("input.x");
   moe::v1::ForwardRequest request;
-  ASSERT_TRUE(
-      proto::EncodeTensor(x, moe::v1::FLOAT32, request.mutable_x()).ok());
+  *request.mutable_x() = testing::WireTensor(x);
   auto client = client::RouterClient::Create(d.router_address());
   auto response = client->Forward(request);
   ASSERT_TRUE(response.ok()) << response.status();
@@ -143,11 +142,8 @@ TEST(MetricsTest, UnavailableExpertsAreCountedWithTheirReason) {
   d.worker(1).Signal(SIGKILL);
   d.worker(1).Wait(absl::Seconds(10));
   moe::v1::ForwardRequest request;
-  ASSERT_TRUE(
-      proto::EncodeTensor(
-          testing::ReadAllTensors(testing::GoldenPath(name)).at("input.x"),
-          moe::v1::FLOAT32, request.mutable_x())
-          .ok());
+  *request.mutable_x() = testing::WireTensor(
+      testing::ReadAllTensors(testing::GoldenPath(name)).at("input.x"));
   request.mutable_options()->set_policy(moe::v1::ALL);
   auto response =
       client::RouterClient::Create(d.router_address())->Forward(request);

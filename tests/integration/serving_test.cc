@@ -2,6 +2,7 @@
 // in-process engine and the golden vectors through moe-up, worker failures
 // (killed, frozen, restarted), bad input, graceful shutdown.
 #include <ATen/ATen.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -10,10 +11,7 @@
 
 #include "absl/synchronization/notification.h"
 #include "client/router_client.h"
-#include "common/checkpoint.h"
-#include "experts/expert_shard.h"
-#include "proto/tensor_codec.h"
-#include "router/engine/moe_engine.h"
+#include "common/torch/torch_convert.h"
 #include "testing/deployment.h"
 #include "testing/golden.h"
 #include "testing/reference.h"
@@ -64,10 +62,10 @@ TEST_P(MoeUpParityTest, DistributedEqualsInProcessAndGolden) {
   }
   options.set_return_trace(true);
   if (golden.count("input.probs")) {
-    ASSERT_TRUE(proto::EncodeTensor(golden.at("input.probs"), moe::v1::FLOAT32,
-                                    options.mutable_second_choice_uniforms())
-                    .ok());
-    local.second_choice_uniforms = golden.at("input.probs");
+    *options.mutable_second_choice_uniforms() =
+        testing::WireTensor(golden.at("input.probs"));
+    local.second_choice_uniforms =
+        common::FromTorch(golden.at("input.probs")).value();
   }
   auto client =
       client::RouterClient::Create("127.0.0.1:" + std::to_string(*port));
@@ -85,15 +83,14 @@ TEST_P(MoeUpParityTest, DistributedEqualsInProcessAndGolden) {
             expected.routing.counts.dropped[0]);
   EXPECT_EQ(response->stats().routing().dropped_second(),
             expected.routing.counts.dropped[1]);
-  const std::string level = expected.has_inner ? "outer." : "";
+  const std::string level = expected.inner ? "outer." : "";
   int checked = 0;
   for (const auto& t : response->trace()) {
     if (t.name() == "trace." + level + "gate_indices" ||
         t.name() == "trace." + level + "positions") {
-      auto tensor = proto::DecodeTensor(t.tensor(), t.name(), 1 << 20);
-      ASSERT_TRUE(tensor.ok());
       const std::string key = "expected." + t.name().substr(6);
-      EXPECT_TRUE(at::equal(*tensor, golden.at(key))) << t.name();
+      EXPECT_TRUE(at::equal(testing::FromWire(t.tensor()), golden.at(key)))
+          << t.name();
       ++checked;
     }
   }
@@ -235,12 +232,14 @@ TEST(WorkerFailureTest, FrozenWorkerEndsByTheDeadline) {
   auto r = client->Forward(Request(Input(), AllPolicy()));
   const absl::Duration took = absl::Now() - start;
   d.worker(1).Signal(SIGCONT);
-  EXPECT_LT(took, absl::Seconds(2.5));
-  if (r.ok()) {
-    EXPECT_TRUE(r->degraded());
-  } else {
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded);
-  }
+  // The router keeps a reserve before the client's deadline: it answers,
+  // degraded, in time.
+  EXPECT_LT(took, absl::Seconds(2));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->degraded());
+  EXPECT_EQ(std::vector<int64_t>(r->failed_experts().begin(),
+                                 r->failed_experts().end()),
+            (std::vector<int64_t>{2, 3}));
   // The router is still serving.
   EXPECT_TRUE(client->GetModelInfo().ok());
 }
@@ -325,36 +324,38 @@ TEST_F(BadInputTest, EachMalformedFieldIsNamed) {
                    "x: batch and tokens must be at least 1"});
   cases.push_back({"too many tokens", Request(at::randn({2, 64, 16}), {}),
                    absl::StatusCode::kResourceExhausted,
-                   "exceed --max_tokens_per_request=64"});
+                   "2 x 64 tokens exceed the router's limit of 64 tokens per "
+                   "request"});
+  cases.push_back({"unknown layer",
+                   with([](auto& r) { r.set_layer("blocks.0.ff"); }),
+                   absl::StatusCode::kNotFound,
+                   "layer \"blocks.0.ff\" not found: this model has a single "
+                   "unnamed layer"});
+  cases.push_back({"unknown failure policy", with([](auto& r) {
+                     r.set_on_expert_failure(
+                         static_cast<moe::v1::ExpertFailurePolicy>(9));
+                   }),
+                   kInvalid, "on_expert_failure: unknown value 9"});
   cases.push_back({"huge shape", with([](auto& r) {
                      r.mutable_x()->set_shape(0, 1LL << 40);
                    }),
                    absl::StatusCode::kResourceExhausted, "x: "});
-  cases.push_back(
-      {"bad draws shape", with([](auto& r) {
-         EXPECT_TRUE(proto::EncodeTensor(
-                         at::rand({3, 8}), moe::v1::FLOAT32,
-                         r.mutable_options()->mutable_second_choice_uniforms())
-                         .ok());
-       }),
-       kInvalid, "second_choice_uniforms: shape [3, 8]"});
-  cases.push_back(
-      {"draws out of range", with([](auto& r) {
-         EXPECT_TRUE(proto::EncodeTensor(
-                         at::full({1, 8}, 2.0f), moe::v1::FLOAT32,
-                         r.mutable_options()->mutable_second_choice_uniforms())
-                         .ok());
-       }),
-       kInvalid, "second_choice_uniforms: values must be"});
-  cases.push_back(
-      {"draws with policy all", with([](auto& r) {
-         r.mutable_options()->set_policy(moe::v1::ALL);
-         EXPECT_TRUE(proto::EncodeTensor(
-                         at::rand({1, 8}), moe::v1::FLOAT32,
-                         r.mutable_options()->mutable_second_choice_uniforms())
-                         .ok());
-       }),
-       kInvalid, "random policy only"});
+  cases.push_back({"bad draws shape", with([](auto& r) {
+                     *r.mutable_options()->mutable_second_choice_uniforms() =
+                         testing::WireTensor(at::rand({3, 8}));
+                   }),
+                   kInvalid, "second_choice_uniforms: shape [3, 8]"});
+  cases.push_back({"draws out of range", with([](auto& r) {
+                     *r.mutable_options()->mutable_second_choice_uniforms() =
+                         testing::WireTensor(at::full({1, 8}, 2.0f));
+                   }),
+                   kInvalid, "second_choice_uniforms: values must be"});
+  cases.push_back({"draws with policy all", with([](auto& r) {
+                     r.mutable_options()->set_policy(moe::v1::ALL);
+                     *r.mutable_options()->mutable_second_choice_uniforms() =
+                         testing::WireTensor(at::rand({1, 8}));
+                   }),
+                   kInvalid, "random policy only"});
   cases.push_back({"unknown policy", with([](auto& r) {
                      r.mutable_options()->set_policy(
                          static_cast<moe::v1::SecondExpertPolicy>(42));
@@ -377,8 +378,8 @@ TEST_F(BadInputTest, EachMalformedFieldIsNamed) {
                      r.mutable_options()->set_capacity_factor(0);
                    }),
                    kInvalid, "options.capacity_factor"});
-  cases.push_back({"huge capacity factor", with([](auto& r) {
-                     r.mutable_options()->set_capacity_factor(1e9);
+  cases.push_back({"infinite capacity factor", with([](auto& r) {
+                     r.mutable_options()->set_capacity_factor(INFINITY);
                    }),
                    kInvalid, "options.capacity_factor"});
   for (const Case& c : cases) {
@@ -386,6 +387,28 @@ TEST_F(BadInputTest, EachMalformedFieldIsNamed) {
     EXPECT_EQ(s.code(), c.code) << c.what << ": " << s;
     EXPECT_NE(s.message().find(c.message), std::string::npos)
         << c.what << ": " << s;
+  }
+  // Bytes that are not a ForwardRequest at all.
+  {
+    grpc::GenericStub stub(grpc::CreateChannel(
+        deployment_->router_address(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    grpc::Slice junk(std::string("\xff\xff\xff\x0f garbage"));
+    grpc::ByteBuffer request(&junk, 1), response;
+    absl::Notification done;
+    grpc::Status status;
+    stub.UnaryCall(&context, "/moe.v1.Router/Forward", grpc::StubOptions(),
+                   &request, &response, [&](grpc::Status s) {
+                     status = std::move(s);
+                     done.Notify();
+                   });
+    ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(status.error_message().find("could not be parsed as a "
+                                          "moe.v1.ForwardRequest"),
+              std::string::npos)
+        << status.error_message();
   }
   // The servers keep serving.
   EXPECT_TRUE(Send(good).ok());

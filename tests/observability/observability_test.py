@@ -207,7 +207,8 @@ class LiveTest(unittest.TestCase):
         self.assertIn("capacity", out)
         self.assertEqual(len(re.findall(r"^  expert +\d+ \|", out, re.M)), 4, out)
         self.assertEqual(out.count(" up;"), 2, out)
-        self.assertIn("capacity 12", out)  # B2's expert capacity
+        # B2's expert capacity, in the layer's line.
+        self.assertRegex(out, r"\(the only layer\) +\S+ +\S+ +12 ")
 
     def test_prometheus_scrapes_and_recording_rules_match_requests(self):
         port = free_port()

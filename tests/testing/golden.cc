@@ -12,7 +12,7 @@
 #include <sstream>
 
 #include "common/safetensors.h"
-#include "common/torch_convert.h"
+#include "common/torch/torch_convert.h"
 
 namespace moe::testing {
 namespace {

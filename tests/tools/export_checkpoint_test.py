@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """Tests of tools/export_checkpoint.py: exported checkpoints load in the C++
-engine (through the real moe-client binary) and reproduce the golden output.
+engine (through the real moe-run binary) and reproduce the golden output.
 
-Usage: export_checkpoint_test.py MOE_CLIENT GOLDEN_DIR TOOLS_DIR
+Usage: export_checkpoint_test.py MOE_RUN GOLDEN_DIR TOOLS_DIR
 """
 
 import json
@@ -16,7 +16,7 @@ import unittest
 import numpy as np
 import torch
 
-MOE_CLIENT, GOLDEN_DIR, TOOLS_DIR = sys.argv[1:4]
+MOE_RUN, GOLDEN_DIR, TOOLS_DIR = sys.argv[1:4]
 del sys.argv[1:4]
 sys.path.insert(0, TOOLS_DIR)
 import export_checkpoint  # noqa: E402
@@ -59,7 +59,7 @@ class ExportCheckpointTest(unittest.TestCase):
 
     def forward(self, checkpoint, case, mode="eval"):
         out = self.path("out.safetensors")
-        subprocess.run([MOE_CLIENT, "forward", "--checkpoint=" + checkpoint,
+        subprocess.run([MOE_RUN, "forward", "--checkpoint=" + checkpoint,
                         "--input=" + os.path.join(GOLDEN_DIR, case + ".safetensors"),
                         "--input_tensor=input.x", "--mode=" + mode,
                         "--output=" + out, "--summary=false"],

@@ -2,11 +2,12 @@
 
     from moe_client import RouterClient
     with RouterClient("127.0.0.1:50051") as client:
-        result = client.forward(x)            # x: numpy [batch, tokens, dim]
+        result = client.forward(x, layer="blocks.3.ff")  # x: numpy [B, n, dim]
         print(result.y.shape, result.losses["balance_loss"], result.degraded)
 
-The generated moe.v1 protobuf modules come from the build (`./moe build`
-writes them to build/python): run with PYTHONPATH=client/python:build/python.
+The generated moe.v1 protobuf modules come from the build: `./moe build`
+writes them into moe_client/_generated, so PYTHONPATH=client/python is all
+it takes.
 Uses Debian's python3-grpcio, python3-protobuf and python3-numpy.
 """
 

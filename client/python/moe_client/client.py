@@ -7,11 +7,14 @@ from typing import Dict, List, Optional
 import grpc
 import numpy as np
 
-from moe.v1 import router_pb2, router_pb2_grpc, tensor_pb2
+from moe_client._generated.moe.v1 import router_pb2, router_pb2_grpc, tensor_pb2
 
 _MODES = {"eval": router_pb2.EVAL, "train": router_pb2.TRAIN}
 _POLICIES = {"random": router_pb2.RANDOM, "all": router_pb2.ALL,
              "none": router_pb2.NONE, "threshold": router_pb2.THRESHOLD}
+_ON_FAILURE = {None: router_pb2.ON_FAILURE_UNSPECIFIED,
+               "drop": router_pb2.ON_FAILURE_DROP,
+               "fail": router_pb2.ON_FAILURE_FAIL}
 
 
 class MoeError(Exception):
@@ -122,6 +125,24 @@ def _read_varint(data: bytes, i: int):
         shift += 7
 
 
+class _ForwardFuture:
+    """The result of forward_async()."""
+
+    def __init__(self, call, convert):
+        self._call = call
+        self._convert = convert
+
+    def done(self) -> bool:
+        return self._call.done()
+
+    def result(self, timeout: Optional[float] = None) -> "ForwardResult":
+        try:
+            response = self._call.result(timeout=timeout)
+        except grpc.RpcError as e:
+            raise MoeError(e.code(), e.details() or "") from None
+        return self._convert(response)
+
+
 @dataclasses.dataclass
 class ForwardResult:
     y: np.ndarray                     # [batch, tokens, dim]
@@ -140,17 +161,33 @@ class RouterClient:
     timeout: seconds per call, retries included. Calls that fail with
     UNAVAILABLE are retried (up to max_attempts) with a short backoff;
     other errors raise MoeError at once.
+
+    TLS: give root_certificates (PEM bytes of the router's CA) and, for
+    mutual TLS, private_key and certificate_chain. token: sent as
+    "authorization: Bearer <token>".
     """
 
     def __init__(self, target: str, timeout: float = 60.0,
-                 max_attempts: int = 3, max_message_bytes: int = 1 << 30):
+                 max_attempts: int = 3, max_message_bytes: int = 1 << 30,
+                 root_certificates: Optional[bytes] = None,
+                 private_key: Optional[bytes] = None,
+                 certificate_chain: Optional[bytes] = None,
+                 token: Optional[str] = None):
         self.target = target
         self.timeout = timeout
         self.max_attempts = max(1, max_attempts)
-        self._channel = grpc.insecure_channel(target, options=[
+        self._metadata = (("authorization", "Bearer " + token),) if token else None
+        options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-        ])
+        ]
+        if root_certificates is not None or private_key is not None:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=root_certificates, private_key=private_key,
+                certificate_chain=certificate_chain)
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
         self._router = router_pb2_grpc.RouterStub(self._channel)
         # grpc.health.v1.Health/Check, with its two one-field messages
         # encoded here (a generated "grpc" package would shadow grpcio's).
@@ -176,7 +213,7 @@ class RouterClient:
                 raise MoeError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                "no time left for another attempt")
             try:
-                return method(request, timeout=left)
+                return method(request, timeout=left, metadata=self._metadata)
             except grpc.RpcError as e:
                 code = e.code()
                 if code == grpc.StatusCode.UNAVAILABLE and attempt + 1 < self.max_attempts:
@@ -190,25 +227,25 @@ class RouterClient:
         """Sends a ready-made ForwardRequest; returns the raw response."""
         return self._call(self._router.Forward, request, timeout)
 
-    def forward(self, x, *, dtype: str = "float32", mode: str = "eval",
-                policy: str = "random", threshold: Optional[float] = None,
-                capacity_factor: Optional[float] = None,
-                seed: Optional[int] = None, second_choice_uniforms=None,
-                trace: bool = False, timeout: Optional[float] = None) -> ForwardResult:
-        """One forward of x ([batch, tokens, dim]) sent as `dtype`.
-
-        mode: eval | train (thresholds and capacity factors of that mode);
-        policy: random | all | none | threshold (the second-expert policy);
-        threshold, capacity_factor: per-request overrides; seed: the random
-        policy's draws; second_choice_uniforms: explicit draws [B, n] (or
-        [2, B, n]) to replay the reference; trace: return the routing tensors.
-        """
+    def make_request(self, x, *, layer: str = "", dtype: str = "float32",
+                     mode: str = "eval", policy: str = "random",
+                     threshold: Optional[float] = None,
+                     capacity_factor: Optional[float] = None,
+                     seed: Optional[int] = None, second_choice_uniforms=None,
+                     trace: bool = False,
+                     on_expert_failure: Optional[str] = None
+                     ) -> router_pb2.ForwardRequest:
+        """The ForwardRequest of forward()'s arguments."""
         if mode not in _MODES:
             raise ValueError("mode must be one of %s" % sorted(_MODES))
         if policy not in _POLICIES:
             raise ValueError("policy must be one of %s" % sorted(_POLICIES))
+        if on_expert_failure not in _ON_FAILURE:
+            raise ValueError("on_expert_failure must be drop, fail or None")
         request = router_pb2.ForwardRequest()
         request.x.CopyFrom(encode_tensor(x, dtype))
+        request.layer = layer
+        request.on_expert_failure = _ON_FAILURE[on_expert_failure]
         o = request.options
         o.mode = _MODES[mode]
         o.policy = _POLICIES[policy]
@@ -221,7 +258,17 @@ class RouterClient:
         if second_choice_uniforms is not None:
             o.second_choice_uniforms.CopyFrom(encode_tensor(second_choice_uniforms))
         o.return_trace = trace
-        r = self.forward_request(request, timeout)
+        return request
+
+    @staticmethod
+    def _result(r: router_pb2.ForwardResponse, allow_degraded: bool) -> ForwardResult:
+        if r.degraded and not allow_degraded:
+            raise MoeError(
+                grpc.StatusCode.UNAVAILABLE,
+                "degraded answer: experts %s of layer %r were unavailable "
+                "(%d assignments dropped); pass allow_degraded=True to accept it"
+                % (list(r.failed_experts), r.layer,
+                   r.stats.dropped_expert_unavailable))
         l = r.losses
         return ForwardResult(
             y=decode_tensor(r.y),
@@ -236,12 +283,41 @@ class RouterClient:
             trace={t.name: decode_tensor(t.tensor) for t in r.trace},
             response=r)
 
+    def forward(self, x, *, layer: str = "", allow_degraded: bool = False,
+                timeout: Optional[float] = None, **options) -> ForwardResult:
+        """One forward of x ([batch, tokens, dim]) through `layer` (may be
+        empty for a one-layer model).
+
+        options: dtype (how x travels: float32, float16, bfloat16),
+        mode (eval | train: the thresholds and capacity factors of that mode),
+        policy (random | all | none | threshold: the second-expert policy),
+        threshold and capacity_factor (per-request overrides), seed (the
+        random policy's draws), second_choice_uniforms (explicit draws
+        [B, n] or [2, B, n] to replay the reference), trace (return the
+        routing tensors), on_expert_failure (drop | fail, overriding the
+        router's). An answer missing some experts' outputs raises MoeError
+        (UNAVAILABLE) unless allow_degraded.
+        """
+        request = self.make_request(x, layer=layer, **options)
+        return self._result(self.forward_request(request, timeout), allow_degraded)
+
+    def forward_async(self, x, *, layer: str = "", allow_degraded: bool = False,
+                      timeout: Optional[float] = None, **options):
+        """forward() without waiting: returns a future whose result() is the
+        ForwardResult (or raises MoeError). No retries."""
+        request = self.make_request(x, layer=layer, **options)
+        call = self._router.Forward.future(
+            request, timeout=self.timeout if timeout is None else timeout,
+            metadata=self._metadata)
+        return _ForwardFuture(call, lambda r: self._result(r, allow_degraded))
+
     def model_info(self, timeout: Optional[float] = None) -> router_pb2.ModelInfo:
         """The served model, limits and workers (GetModelInfo)."""
         return self._call(self._router.GetModelInfo, router_pb2.GetModelInfoRequest(),
                           timeout)
 
-    def health(self, service: str = "", timeout: float = 5.0) -> str:
-        """grpc.health.v1 status name: SERVING once every expert has a
-        healthy worker, NOT_SERVING while starting or draining."""
+    def health(self, service: str = "moe.v1.Router", timeout: float = 5.0) -> str:
+        """grpc.health.v1 status name of `service` ("" for the process):
+        SERVING once every expert has a healthy worker, NOT_SERVING while
+        starting or draining."""
         return self._call(self._health_check, service, timeout)

@@ -1,10 +1,10 @@
-#include "client/metrics_text.h"
+#include "client/cli/metrics_text.h"
 
 #include <gtest/gtest.h>
 
 #include <limits>
 
-namespace moe::client {
+namespace moe::cli {
 namespace {
 
 TEST(MetricsTextTest, ParsesSamplesAndLabels) {
@@ -40,4 +40,4 @@ TEST(MetricsTextTest, HistogramQuantileInterpolatesInsideBuckets) {
 }
 
 }  // namespace
-}  // namespace moe::client
+}  // namespace moe::cli

@@ -3,8 +3,13 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "common/demo_model.h"
+#include <cmath>
+#include <fstream>
+#include <iterator>
+
 #include "common/safetensors.h"
+#include "common/torch/checkpoint_weights.h"
+#include "common/torch/demo_model.h"
 #include "testing/golden.h"
 
 namespace moe::common {
@@ -33,18 +38,28 @@ std::string RewriteGolden(const std::string& name, const std::string& out,
   return path;
 }
 
+absl::Status OpenStatus(const std::string& path) {
+  return Checkpoint::Open(path).status();
+}
+
 TEST(CheckpointTest, LoadsHeadSpelling) {
-  auto ckpt = LoadCheckpoint(testing::GoldenPath(kMoe));
+  auto ckpt = Checkpoint::Open(testing::GoldenPath(kMoe));
   ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-  EXPECT_EQ(ckpt->config.num_experts, 4);
-  EXPECT_EQ(ckpt->router.gate.sizes(), (at::IntArrayRef{4, 16}));
-  EXPECT_EQ(ckpt->experts.size(), 4u);
-  EXPECT_EQ(ckpt->experts.at(2).w1.sizes(), (at::IntArrayRef{84, 16}));
-  EXPECT_EQ(ckpt->experts.at(2).mult_bias.sizes(), (at::IntArrayRef{42}));
+  ASSERT_EQ((*ckpt)->spec().layers.size(), 1u);
+  EXPECT_EQ((*ckpt)->spec().layers[0].name, "");
+  EXPECT_EQ((*ckpt)->spec().name, kMoe);  // the file name
+  EXPECT_EQ((*ckpt)->spec().layers[0].config.num_experts, 4);
+  auto router = LoadRouterWeights(**ckpt, 0);
+  ASSERT_TRUE(router.ok()) << router.status();
+  EXPECT_EQ(router->gate.sizes(), (at::IntArrayRef{4, 16}));
+  auto expert = LoadExpertWeights(**ckpt, {0, 2});
+  ASSERT_TRUE(expert.ok());
+  EXPECT_EQ(expert->w1.sizes(), (at::IntArrayRef{84, 16}));
+  EXPECT_EQ(expert->mult_bias.sizes(), (at::IntArrayRef{42}));
 }
 
 TEST(CheckpointTest, LoadsSeedSpellingAsTheSameMatrix) {
-  auto head = LoadCheckpoint(testing::GoldenPath(kMoe));
+  auto head = Checkpoint::Open(testing::GoldenPath(kMoe));
   ASSERT_TRUE(head.ok());
   const std::string path = RewriteGolden(
       kMoe, "seed.safetensors",
@@ -62,9 +77,11 @@ TEST(CheckpointTest, LoadsSeedSpellingAsTheSameMatrix) {
         *name = "gate.w_gating";
         return true;
       });
-  auto seed = LoadCheckpoint(path);
+  auto seed = Checkpoint::Open(path);
   ASSERT_TRUE(seed.ok()) << seed.status();
-  EXPECT_TRUE(at::equal(seed->router.gate, head->router.gate));
+  EXPECT_TRUE((*seed)->layer_params(0).gate_transposed);
+  EXPECT_TRUE(at::equal(LoadRouterWeights(**seed, 0)->gate,
+                        LoadRouterWeights(**head, 0)->gate));
 }
 
 TEST(CheckpointTest, BothGateSpellingsIsAnError) {
@@ -78,36 +95,20 @@ TEST(CheckpointTest, BothGateSpellingsIsAnError) {
                       }
                       return true;
                     });
-  auto ckpt = LoadCheckpoint(path);
-  ASSERT_FALSE(ckpt.ok());
-  EXPECT_NE(ckpt.status().message().find("keep one gate spelling"),
-            std::string::npos)
-      << ckpt.status();
-}
-
-TEST(CheckpointTest, LoadsASubsetOfExpertsWithoutTheRouter) {
-  LoadOptions options;
-  options.router = false;
-  options.experts = std::vector<int64_t>{1, 3};
-  auto ckpt = LoadCheckpoint(testing::GoldenPath(kMoe), options);
-  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-  EXPECT_FALSE(ckpt->router.gate.defined());
-  ASSERT_EQ(ckpt->experts.size(), 2u);
-  EXPECT_TRUE(ckpt->experts.count(1));
-  EXPECT_TRUE(ckpt->experts.count(3));
-  auto full = LoadCheckpoint(testing::GoldenPath(kMoe));
-  EXPECT_TRUE(at::equal(ckpt->experts.at(3).w2, full->experts.at(3).w2));
+  EXPECT_NE(OpenStatus(path).message().find("keep one gate spelling"),
+            std::string::npos);
 }
 
 TEST(CheckpointTest, ExpertOutOfRange) {
-  LoadOptions options;
-  options.experts = std::vector<int64_t>{4};
-  auto ckpt = LoadCheckpoint(testing::GoldenPath(kMoe), options);
-  ASSERT_FALSE(ckpt.ok());
-  EXPECT_NE(ckpt.status().message().find("expert 4 requested but the model "
-                                         "has 4 experts"),
+  auto ckpt = Checkpoint::Open(testing::GoldenPath(kMoe));
+  ASSERT_TRUE(ckpt.ok());
+  auto w = LoadExpertWeights(**ckpt, {0, 4});
+  ASSERT_FALSE(w.ok());
+  EXPECT_NE(w.status().message().find("expert 4 requested but layer \"\" "
+                                      "has 4 experts"),
             std::string::npos)
-      << ckpt.status();
+      << w.status();
+  EXPECT_FALSE(LoadExpertWeights(**ckpt, {1, 0}).ok());
 }
 
 TEST(CheckpointTest, MissingParameterIsNamed) {
@@ -116,32 +117,16 @@ TEST(CheckpointTest, MissingParameterIsNamed) {
                     [](std::string* name, HostTensor*, SafetensorsWriter*) {
                       return *name != "experts.experts.2.net.1.mult_bias";
                     });
-  auto ckpt = LoadCheckpoint(path);
-  ASSERT_FALSE(ckpt.ok());
-  EXPECT_EQ(ckpt.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(ckpt.status().message().find(
-                "missing parameters: experts.experts.2.net.1.mult_bias"),
-            std::string::npos)
-      << ckpt.status();
-  EXPECT_NE(ckpt.status().message().find("missing.safetensors"),
-            std::string::npos);
+  absl::Status s = OpenStatus(path);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(
+      s.message().find("missing parameters: experts.experts.2.net.1.mult_bias"),
+      std::string::npos)
+      << s;
+  EXPECT_NE(s.message().find("missing.safetensors"), std::string::npos);
 }
 
 TEST(CheckpointTest, UnexpectedTensorIsNamed) {
-  const std::string path =
-      RewriteGolden(kMoe, "unexpected.safetensors",
-                    [](std::string* name, HostTensor*, SafetensorsWriter*) {
-                      if (*name == "experts.experts.0.net.0.bias") {
-                        *name = "experts.experts.0.net.0.bias_typo";
-                      }
-                      return true;
-                    });
-  auto ckpt = LoadCheckpoint(path);
-  ASSERT_FALSE(ckpt.ok());
-  // The renamed tensor is both missing and unexpected; missing is reported.
-  EXPECT_NE(ckpt.status().message().find("experts.experts.0.net.0.bias"),
-            std::string::npos)
-      << ckpt.status();
   const std::string extra =
       RewriteGolden(kMoe, "extra.safetensors",
                     [](std::string* name, HostTensor* t, SafetensorsWriter* w) {
@@ -150,12 +135,10 @@ TEST(CheckpointTest, UnexpectedTensorIsNamed) {
                       }
                       return true;
                     });
-  auto ckpt2 = LoadCheckpoint(extra);
-  ASSERT_FALSE(ckpt2.ok());
-  EXPECT_NE(
-      ckpt2.status().message().find("unexpected tensors: gate.noise.weight"),
-      std::string::npos)
-      << ckpt2.status();
+  absl::Status s = OpenStatus(extra);
+  EXPECT_NE(s.message().find("unexpected tensors: gate.noise.weight"),
+            std::string::npos)
+      << s;
 }
 
 TEST(CheckpointTest, WrongShapeIsNamedWithTheExpectedShape) {
@@ -166,13 +149,10 @@ TEST(CheckpointTest, WrongShapeIsNamedWithTheExpectedShape) {
                         t->shape = {42, 16};
                       return true;
                     });
-  auto ckpt = LoadCheckpoint(path);
-  ASSERT_FALSE(ckpt.ok());
-  EXPECT_NE(ckpt.status().message().find(
+  EXPECT_NE(OpenStatus(path).message().find(
                 "\"experts.experts.1.net.2.weight\" has shape [42, 16], "
                 "expected [16, 42]"),
-            std::string::npos)
-      << ckpt.status();
+            std::string::npos);
 }
 
 TEST(CheckpointTest, NoConfigIsAClearError) {
@@ -183,9 +163,7 @@ TEST(CheckpointTest, NoConfigIsAClearError) {
   ASSERT_TRUE(writer.Add("w", t).ok());
   const std::string path = testing::TempDir() + "/noconfig.safetensors";
   ASSERT_TRUE(writer.WriteFile(path).ok());
-  auto ckpt = LoadCheckpoint(path);
-  ASSERT_FALSE(ckpt.ok());
-  EXPECT_NE(ckpt.status().message().find("config_json"), std::string::npos);
+  EXPECT_NE(OpenStatus(path).message().find("config_json"), std::string::npos);
 }
 
 TEST(CheckpointTest, BadConfigNamesTheFile) {
@@ -195,12 +173,9 @@ TEST(CheckpointTest, BadConfigNamesTheFile) {
         w->SetMetadata("config_json", R"({"dim": 16, "num_experts": 1})");
         return true;
       });
-  auto ckpt = LoadCheckpoint(path);
-  ASSERT_FALSE(ckpt.ok());
-  EXPECT_NE(ckpt.status().message().find("badconfig.safetensors"),
-            std::string::npos);
-  EXPECT_NE(ckpt.status().message().find("at least 2 experts"),
-            std::string::npos);
+  absl::Status s = OpenStatus(path);
+  EXPECT_NE(s.message().find("badconfig.safetensors"), std::string::npos);
+  EXPECT_NE(s.message().find("at least 2 experts"), std::string::npos);
 }
 
 TEST(CheckpointTest, HalfPrecisionWeightsBecomeFloat32) {
@@ -216,57 +191,233 @@ TEST(CheckpointTest, HalfPrecisionWeightsBecomeFloat32) {
         }
         return true;
       });
-  auto ckpt = LoadCheckpoint(path);
+  auto ckpt = Checkpoint::Open(path);
   ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-  EXPECT_EQ(ckpt->experts.at(0).w1.scalar_type(), at::kFloat);
+  auto w = LoadExpertWeights(**ckpt, {0, 0});
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(w->w1.scalar_type(), at::kFloat);
+}
+
+TEST(CheckpointTest, NonFiniteWeightIsRefusedNamingTheTensor) {
+  const std::string path =
+      RewriteGolden(kMoe, "nan.safetensors",
+                    [](std::string* name, HostTensor* t, SafetensorsWriter*) {
+                      if (*name == "experts.experts.3.net.2.bias") {
+                        const float nan = std::nanf("");
+                        std::memcpy(t->data.data() + 8, &nan, sizeof(nan));
+                      }
+                      return true;
+                    });
+  auto ckpt = Checkpoint::Open(path);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();  // the header is fine
+  auto w = LoadExpertWeights(**ckpt, {0, 3});
+  ASSERT_FALSE(w.ok());
+  EXPECT_EQ(w.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(w.status().message().find(
+                "\"experts.experts.3.net.2.bias\" holds nan at flat index 2"),
+            std::string::npos)
+      << w.status();
+  EXPECT_TRUE(LoadExpertWeights(**ckpt, {0, 2}).ok());
 }
 
 TEST(CheckpointTest, LoadsBlockAndTwoLevelModels) {
-  auto block = LoadCheckpoint(testing::GoldenPath("E_sparse_block_eval"));
+  auto block = Checkpoint::Open(testing::GoldenPath("E_sparse_block_eval"));
   ASSERT_TRUE(block.ok()) << block.status();
-  EXPECT_TRUE(block->config.is_block());
-  ASSERT_TRUE(block->router.ff_before.has_value());
-  ASSERT_TRUE(block->router.ff_after.has_value());
-  EXPECT_EQ(block->router.ff_after->geglu.w1.sizes(),
-            (at::IntArrayRef{84, 16}));
-  EXPECT_EQ(block->router.prenorm_gamma.sizes(), (at::IntArrayRef{16}));
+  EXPECT_TRUE((*block)->spec().layers[0].config.is_block());
+  auto router = LoadRouterWeights(**block, 0);
+  ASSERT_TRUE(router.ok()) << router.status();
+  ASSERT_TRUE(router->ff_before.has_value());
+  ASSERT_TRUE(router->ff_after.has_value());
+  EXPECT_EQ(router->ff_after->geglu.w1.sizes(), (at::IntArrayRef{84, 16}));
+  EXPECT_EQ(router->prenorm_gamma.sizes(), (at::IntArrayRef{16}));
 
-  auto hier = LoadCheckpoint(testing::GoldenPath("F_hier_eval"));
+  auto hier = Checkpoint::Open(testing::GoldenPath("F_hier_eval"));
   ASSERT_TRUE(hier.ok()) << hier.status();
-  EXPECT_TRUE(hier->config.hierarchical());
-  EXPECT_EQ(hier->router.gate.sizes(), (at::IntArrayRef{2, 16}));
-  EXPECT_EQ(hier->router.inner_gate.sizes(), (at::IntArrayRef{2, 2, 16}));
-  EXPECT_EQ(hier->experts.size(), 4u);
-  EXPECT_EQ(ExpertParamPrefix(hier->config, 3), "experts.1.experts.1.");
+  const LayerSpec& layer = (*hier)->spec().layers[0];
+  EXPECT_TRUE(layer.config.hierarchical());
+  auto gates = LoadRouterWeights(**hier, 0);
+  ASSERT_TRUE(gates.ok());
+  EXPECT_EQ(gates->gate.sizes(), (at::IntArrayRef{2, 16}));
+  EXPECT_EQ(gates->inner_gate.sizes(), (at::IntArrayRef{2, 2, 16}));
+  auto experts = LoadAllExperts(**hier);
+  ASSERT_TRUE(experts.ok());
+  EXPECT_EQ((*experts)[0].size(), 4u);
+  EXPECT_EQ(ExpertParamPrefix(layer, 3), "experts.1.experts.1.");
+  EXPECT_EQ(ExpertParamPrefix(layer, FlatExpertId(1, 0, 2)),
+            "experts.1.experts.0.");
 }
 
-TEST(CheckpointTest, DemoModelRoundTripsForEveryKind) {
-  for (ModelKind kind : {ModelKind::kMoe, ModelKind::kSparseMoeBlock,
-                         ModelKind::kHierarchicalMoe}) {
-    ModelConfig config = DefaultDemoConfig();
-    config.kind = kind;
+// A small model of every layer kind, dim 8.
+ModelSpec ToyModel(std::vector<LayerWeights>* weights, uint64_t seed = 5) {
+  ModelSpec spec;
+  spec.name = "toy";
+  spec.dim = 8;
+  const LayerKind kinds[] = {LayerKind::kMoe, LayerKind::kSparseMoeBlock,
+                             LayerKind::kHierarchicalMoe};
+  for (int i = 0; i < 3; ++i) {
+    LayerConfig config = DefaultDemoConfig();
+    config.kind = kinds[i];
     config.dim = 8;
     config.num_experts = 3;
-    if (kind == ModelKind::kHierarchicalMoe) config.num_experts_inner = 2;
-    auto model = BuildDemoModel(config, 5);
-    ASSERT_TRUE(model.ok()) << model.status();
-    const std::string path =
-        testing::TempDir() + "/demo_" + ModelKindName(kind) + ".safetensors";
-    ASSERT_TRUE(
-        WriteCheckpoint(path, config, model->router, model->experts).ok());
-    auto ckpt = LoadCheckpoint(path);
-    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-    EXPECT_TRUE(at::equal(ckpt->router.gate, model->router.gate));
-    EXPECT_EQ(ckpt->experts.size(),
-              static_cast<size_t>(config.total_experts()));
-    EXPECT_TRUE(at::equal(ckpt->experts.at(1).w1, model->experts.at(1).w1));
-    if (kind == ModelKind::kHierarchicalMoe) {
-      EXPECT_TRUE(at::equal(ckpt->router.inner_gate, model->router.inner_gate));
-    }
-    // The same seed gives the same weights.
-    auto again = BuildDemoModel(config, 5);
-    EXPECT_TRUE(at::equal(again->experts.at(2).w2, model->experts.at(2).w2));
+    if (kinds[i] == LayerKind::kHierarchicalMoe) config.num_experts_inner = 2;
+    spec.layers.push_back({"blocks." + std::to_string(i) + ".ff", config});
+    weights->push_back(*BuildDemoLayer(config, seed + i));
   }
+  return spec;
+}
+
+TEST(CheckpointTest, WholeModelRoundTripsEveryLayerKind) {
+  std::vector<LayerWeights> weights;
+  const ModelSpec spec = ToyModel(&weights);
+  const std::string path = testing::TempDir() + "/toy.safetensors";
+  ASSERT_TRUE(WriteLayerWeights(path, spec, weights).ok());
+  auto ckpt = Checkpoint::Open(path);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  ASSERT_EQ((*ckpt)->spec().layers.size(), 3u);
+  EXPECT_EQ((*ckpt)->spec().name, "toy");
+  EXPECT_EQ((*ckpt)->layer_params(1).ff_after, "blocks.1.ff.ff_after.");
+  EXPECT_EQ((*ckpt)->layer_params(0).gate, "blocks.0.ff.gate.to_gates.weight");
+  EXPECT_EQ((*ckpt)->layer_params(2).inner_gate,
+            "blocks.2.ff.gate_inner.w_gating");
+  for (int l = 0; l < 3; ++l) {
+    auto router = LoadRouterWeights(**ckpt, l);
+    ASSERT_TRUE(router.ok()) << router.status();
+    EXPECT_TRUE(at::equal(router->gate, weights[l].router.gate));
+    auto expert = LoadExpertWeights(**ckpt, {l, 1});
+    ASSERT_TRUE(expert.ok()) << expert.status();
+    EXPECT_TRUE(at::equal(expert->w1, weights[l].experts.at(1).w1));
+  }
+  EXPECT_EQ(*(*ckpt)->spec().FindLayer("blocks.2.ff"), 2);
+  auto unknown = (*ckpt)->spec().FindLayer("blocks.9.ff");
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(unknown.status().message().find("\"blocks.0.ff\""),
+            std::string::npos);
+  EXPECT_EQ((*ckpt)->spec().FindLayer("").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // The same seed gives the same weights.
+  std::vector<LayerWeights> again;
+  ToyModel(&again);
+  EXPECT_TRUE(
+      at::equal(again[2].experts.at(2).w2, weights[2].experts.at(2).w2));
+}
+
+TEST(CheckpointTest, WriterRefusesAnIncompleteModelNamingTheTensor) {
+  std::vector<LayerWeights> weights;
+  const ModelSpec spec = ToyModel(&weights);
+  weights[1].experts.erase(2);
+  const std::string path = testing::TempDir() + "/incomplete.safetensors";
+  absl::Status s = WriteLayerWeights(path, spec, weights);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("layer \"blocks.1.ff\" expert 2 is missing"),
+            std::string::npos)
+      << s;
+  EXPECT_FALSE(std::ifstream(path).good());
+}
+
+TEST(CheckpointTest, LayersThatDisagreeOnDimAreRefused) {
+  auto spec = ParseModelSpec(
+      R"({"dim": 16, "layers": [{"name": "a", "num_experts": 4},
+          {"name": "b", "num_experts": 4, "dim": 8}]})",
+      "m");
+  ASSERT_FALSE(spec.ok());
+  EXPECT_NE(spec.status().message().find(
+                "layer \"b\" has dim 8 but the model dim is 16"),
+            std::string::npos)
+      << spec.status();
+  EXPECT_FALSE(ParseModelSpec(
+                   R"({"dim": 16, "layers": [{"name": "a", "num_experts": 4},
+                       {"name": "a", "num_experts": 4}]})",
+                   "m")
+                   .ok());
+  EXPECT_FALSE(
+      ParseModelSpec(
+          R"({"dim": 16, "layers": [{"name": "a:b", "num_experts": 4}]})", "m")
+          .ok());
+}
+
+TEST(CheckpointTest, FingerprintIsTheContentHash) {
+  // A file without stored digests is hashed on open, the same way each time.
+  auto a = Checkpoint::Open(testing::GoldenPath(kMoe));
+  auto b = Checkpoint::Open(testing::GoldenPath(kMoe));
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_FALSE((*a)->fingerprint_stored());
+  EXPECT_EQ((*a)->fingerprint().rfind("sha256:", 0), 0u);
+  EXPECT_EQ((*a)->fingerprint().size(), 7u + 64u);
+  EXPECT_EQ((*a)->fingerprint(), (*b)->fingerprint());
+  // Test vectors are not part of the model.
+  const std::string stripped =
+      RewriteGolden(kMoe, "stripped.safetensors",
+                    [](std::string* name, HostTensor*, SafetensorsWriter*) {
+                      return name->rfind("expected.", 0) != 0;
+                    });
+  EXPECT_EQ(Checkpoint::Open(stripped).value()->fingerprint(),
+            (*a)->fingerprint());
+  // Other weights of the same shapes: another model.
+  auto other = Checkpoint::Open(testing::GoldenPath("B1_moe_eval_drop_mincap"));
+  ASSERT_TRUE(other.ok());
+  EXPECT_NE((*other)->fingerprint(), (*a)->fingerprint());
+  // The writer stores digests and fingerprint; the reader checks them.
+  std::vector<LayerWeights> weights;
+  const ModelSpec spec = ToyModel(&weights);
+  const std::string path = testing::TempDir() + "/stored.safetensors";
+  ASSERT_TRUE(WriteLayerWeights(path, spec, weights).ok());
+  auto stored = Checkpoint::Open(path);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_TRUE((*stored)->fingerprint_stored());
+  std::vector<LayerWeights> reseeded;
+  const ModelSpec same_shapes = ToyModel(&reseeded, 99);
+  const std::string path2 = testing::TempDir() + "/reseeded.safetensors";
+  ASSERT_TRUE(WriteLayerWeights(path2, same_shapes, reseeded).ok());
+  EXPECT_NE(Checkpoint::Open(path2).value()->fingerprint(),
+            (*stored)->fingerprint());
+}
+
+TEST(CheckpointTest, ModifiedBytesAndFingerprintsAreCaught) {
+  std::vector<LayerWeights> weights;
+  const ModelSpec spec = ToyModel(&weights);
+  const std::string path = testing::TempDir() + "/tamper.safetensors";
+  ASSERT_TRUE(WriteLayerWeights(path, spec, weights).ok());
+  // Flip one byte of the last tensor's data (the file's last byte).
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  bytes.back() ^= 0x01;
+  const std::string flipped = testing::TempDir() + "/flipped.safetensors";
+  std::ofstream(flipped, std::ios::binary) << bytes;
+  auto ckpt = Checkpoint::Open(flipped);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();  // digests are checked on read
+  // The last tensor in the file is blocks.2.ff.gate_outer.w_gating: only
+  // the load that reads it fails.
+  auto check = [](const absl::Status& s) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+    EXPECT_NE(s.message().find("\"blocks.2.ff.gate_outer.w_gating\" does "
+                               "not match its SHA-256"),
+              std::string::npos)
+        << s;
+  };
+  int failures = 0;
+  for (int l = 0; l < 3; ++l) {
+    absl::Status router = LoadRouterWeights(**ckpt, l).status();
+    if (!router.ok()) {
+      check(router);
+      ++failures;
+    }
+    for (int64_t e = 0; e < spec.layers[l].config.total_experts(); ++e) {
+      EXPECT_TRUE(LoadExpertWeights(**ckpt, {l, e}).ok());
+    }
+  }
+  EXPECT_EQ(failures, 1);
+  // A stored fingerprint that disagrees with the digests.
+  const std::string forged = RewriteGolden(
+      kMoe, "forged.safetensors",
+      [](std::string*, HostTensor*, SafetensorsWriter* w) {
+        w->SetMetadata("fingerprint", "sha256:" + std::string(64, '0'));
+        return true;
+      });
+  EXPECT_NE(OpenStatus(forged).message().find("was modified after export"),
+            std::string::npos);
 }
 
 }  // namespace

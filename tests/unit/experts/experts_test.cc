@@ -2,8 +2,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
 
-#include "experts/expert_shard.h"
+#include "experts/cpu_expert_shard.h"
 #include "experts/feed_forward.h"
 #include "experts/geglu.h"
 #include "experts/rms_norm.h"
@@ -23,7 +24,7 @@ common::ExpertWeights RandomExpert(int64_t d, int64_t h, uint64_t seed) {
   return w;
 }
 
-// The formula of SEMANTICS.md 9.1, element by element in double.
+// The formula of docs/numerics.md §9.1, element by element in double.
 double ReferenceGeglu(const common::ExpertWeights& w, const at::Tensor& x,
                       int64_t token, int64_t out) {
   const int64_t d = x.size(1), h = w.mult_bias.size(0);
@@ -82,42 +83,73 @@ TEST(FeedForwardTest, IsNormThenGeglu) {
 }
 
 TEST(ExpertShardTest, RunsEachSegmentThroughItsExpert) {
-  common::ExpertMap experts;
-  experts[2] = RandomExpert(4, 3, 3);
-  experts[5] = RandomExpert(4, 3, 4);
-  const common::ExpertWeights e2 = experts[2], e5 = experts[5];
-  auto shard = ExpertShard::Create(experts);
+  std::map<common::ExpertKey, common::ExpertWeights> experts;
+  experts[{0, 2}] = RandomExpert(4, 3, 3);
+  experts[{1, 5}] = RandomExpert(4, 5, 4);  // another layer, another hidden
+  const common::ExpertWeights e2 = experts[{0, 2}], e5 = experts[{1, 5}];
+  auto shard = CpuExpertShard::Create(experts);
   ASSERT_TRUE(shard.ok()) << shard.status();
-  EXPECT_EQ((*shard)->expert_ids(), (std::vector<int64_t>{2, 5}));
-  EXPECT_EQ((*shard)->weight_bytes(), 2 * 4 * (6 * 4 + 6 + 3 + 4 * 3 + 4));
+  EXPECT_EQ((*shard)->keys(), (std::vector<common::ExpertKey>{{0, 2}, {1, 5}}));
+  EXPECT_EQ((*shard)->weight_bytes(), 4 * (6 * 4 + 6 + 3 + 4 * 3 + 4) +
+                                          4 * (10 * 4 + 10 + 5 + 4 * 5 + 4));
   at::Tensor tokens = at::randn({5, 4});
-  at::Tensor out;
-  const std::vector<ExpertSegment> segments = {{2, 2}, {5, 0}, {5, 3}};
-  ASSERT_TRUE((*shard)->Run(tokens, segments, &out).ok());
+  at::Tensor out = at::full({5, 4}, -7.0f);
+  const std::vector<common::ExpertSegment> segments = {
+      {{0, 2}, 0, 2}, {{1, 5}, 2, 0}, {{1, 5}, 3, 2}};
+  ASSERT_TRUE((*shard)
+                  ->Run({common::DType::kFloat32, tokens.data_ptr(), 5},
+                        segments, out.data_ptr<float>())
+                  .ok());
   EXPECT_TRUE(at::allclose(out.narrow(0, 0, 2),
                            GegluForward(e2, tokens.narrow(0, 0, 2))));
-  EXPECT_TRUE(at::allclose(out.narrow(0, 2, 3),
-                           GegluForward(e5, tokens.narrow(0, 2, 3))));
+  EXPECT_TRUE(at::equal(out[2], at::full({4}, -7.0f)));  // no segment
+  EXPECT_TRUE(at::allclose(out.narrow(0, 3, 2),
+                           GegluForward(e5, tokens.narrow(0, 3, 2))));
+  // 16-bit tokens are computed in float32.
+  at::Tensor half = tokens.to(at::kBFloat16).contiguous();
+  at::Tensor out16 = at::empty({5, 4});
+  ASSERT_TRUE((*shard)
+                  ->Run({common::DType::kBFloat16, half.data_ptr(), 5},
+                        segments, out16.data_ptr<float>())
+                  .ok());
+  EXPECT_TRUE(
+      at::allclose(out16.narrow(0, 0, 2),
+                   GegluForward(e2, half.to(at::kFloat).narrow(0, 0, 2))));
 }
 
-TEST(ExpertShardTest, RejectsUnknownExpertsAndBadCounts) {
-  common::ExpertMap experts;
-  experts[0] = RandomExpert(4, 3, 5);
-  auto shard = ExpertShard::Create(experts);
+TEST(ExpertShardTest, RejectsUnknownExpertsAndRowsOutsideTheBlock) {
+  std::map<common::ExpertKey, common::ExpertWeights> experts;
+  experts[{0, 0}] = RandomExpert(4, 3, 5);
+  auto shard = CpuExpertShard::Create(experts);
   ASSERT_TRUE(shard.ok());
-  at::Tensor out;
-  at::Tensor tokens = at::randn({2, 4});
-  const std::vector<ExpertSegment> other = {{1, 2}};
-  absl::Status s = (*shard)->Run(tokens, other, &out);
+  at::Tensor tokens = at::randn({10, 4});
+  std::vector<float> out(40);
+  auto run = [&](std::vector<common::ExpertSegment> segments) {
+    return (*shard)->Run({common::DType::kFloat32, tokens.data_ptr(), 10},
+                         segments, out.data());
+  };
+  absl::Status s = run({{{0, 1}, 0, 2}});
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(s.message().find("expert 1 is not hosted"), std::string::npos);
-  const std::vector<ExpertSegment> short_count = {{0, 1}};
-  EXPECT_EQ((*shard)->Run(tokens, short_count, &out).code(),
+  EXPECT_NE(s.message().find("expert 1 of layer 0 is not hosted"),
+            std::string::npos)
+      << s;
+  EXPECT_NE(run({{{1, 0}, 0, 2}}).message().find("not hosted"),
+            std::string::npos);
+  EXPECT_EQ(run({{{0, 0}, 8, 3}}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(run({{{0, 0}, -1, 3}}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(run({{{0, 0}, 0, -2}}).code(), absl::StatusCode::kInvalidArgument);
+  // Counts near 2^62 must not overflow into a pass.
+  const int64_t huge = int64_t{1} << 62;
+  s = run({{{0, 0}, 0, huge}, {{0, 0}, 1, huge}});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_EQ(run({{{0, 0}, huge, huge + 10}}).code(),
             absl::StatusCode::kInvalidArgument);
-  const std::vector<ExpertSegment> ok = {{0, 3}};
-  EXPECT_EQ((*shard)->Run(at::randn({3, 5}), ok, &out).code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_FALSE(ExpertShard::Create({}).ok());
+  EXPECT_TRUE(run({{{0, 0}, 0, 10}}).ok());
+  EXPECT_FALSE(CpuExpertShard::Create({}).ok());
+  std::map<common::ExpertKey, common::ExpertWeights> mixed;
+  mixed[{0, 0}] = RandomExpert(4, 3, 5);
+  mixed[{0, 1}] = RandomExpert(6, 3, 5);
+  EXPECT_FALSE(CpuExpertShard::Create(mixed).ok());
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 
 #include <vector>
 
+#include "common/layer_config.h"
+
 namespace moe::router {
 namespace {
 
@@ -25,7 +27,7 @@ TEST(DispatchPlanTest, ListsKeptTokensPerExpertInSlotOrder) {
     for (int t = 0; t < 6; ++t) probs.insert(probs.end(), {0.7f, 0.3f});
   }
   RoutingResult r = RouteAll(probs, 2, 6, 2, 0.5);
-  DispatchPlan plan = BuildDispatchPlan(r);
+  DispatchPlan plan = BuildDispatchPlan(r, 3);
   ASSERT_EQ(plan.num_experts, 2);
   EXPECT_EQ(plan.count(0), 8);
   EXPECT_EQ(plan.count(1), 8);
@@ -35,6 +37,11 @@ TEST(DispatchPlanTest, ListsKeptTokensPerExpertInSlotOrder) {
   EXPECT_EQ(rows0, (std::vector<int64_t>{0, 1, 2, 3, 6, 7, 8, 9}));
   EXPECT_NEAR(plan.weight[0], 0.7f, 1e-6);
   EXPECT_NEAR(plan.weight[8], 0.3f, 1e-6);
+  // One segment per expert with entries, carrying the layer, in order.
+  ASSERT_EQ(plan.segments.size(), 2u);
+  EXPECT_EQ(plan.segments[1].key, (common::ExpertKey{3, 1}));
+  EXPECT_EQ(plan.segments[1].offset, 8);
+  EXPECT_EQ(plan.segments[1].count, 8);
 }
 
 TEST(DispatchPlanTest, DroppedAndUnrequestedChoicesAreAbsent) {
@@ -44,9 +51,10 @@ TEST(DispatchPlanTest, DroppedAndUnrequestedChoicesAreAbsent) {
   p.policy = SecondExpertPolicy::kNone;
   auto r = RouteTop2(probs, 1, 2, p, {}, {});
   ASSERT_TRUE(r.ok());
-  DispatchPlan plan = BuildDispatchPlan(*r);
+  DispatchPlan plan = BuildDispatchPlan(*r, 0);
   EXPECT_EQ(plan.count(0), 2);
   EXPECT_EQ(plan.count(1), 0);
+  EXPECT_EQ(plan.segments.size(), 1u);  // no empty segment
 }
 
 TEST(DispatchPlanTest, InnerPlanMapsGroupsToOuterExperts) {
@@ -60,17 +68,20 @@ TEST(DispatchPlanTest, InnerPlanMapsGroupsToOuterExperts) {
   ASSERT_TRUE(r.ok());
   const std::vector<int64_t> slot_row = {5, 3, 4, -1};
   const std::vector<float> slot_weight = {0.5f, 0.25f, 1.0f, 0.0f};
-  DispatchPlan plan = BuildInnerDispatchPlan(*r, 1, 2, slot_row, slot_weight);
+  DispatchPlan plan =
+      BuildInnerDispatchPlan(*r, 1, 2, slot_row, slot_weight, 0);
   ASSERT_EQ(plan.num_experts, 4);
   EXPECT_EQ(plan.count(0), 1);  // (0, 0): slot 0 -> row 5
   EXPECT_EQ(plan.count(1), 1);  // (0, 1): slot 1 -> row 3
   EXPECT_EQ(plan.count(2), 1);  // (1, 0): slot 2 -> row 4
   EXPECT_EQ(plan.count(3), 0);  // empty slot carries nothing
-  EXPECT_EQ(plan.row[plan.offsets[0]], 5);
-  EXPECT_EQ(plan.row[plan.offsets[1]], 3);
-  EXPECT_EQ(plan.row[plan.offsets[2]], 4);
-  EXPECT_NEAR(plan.weight[plan.offsets[0]], 0.5f * 0.8f, 1e-6);
-  EXPECT_NEAR(plan.weight[plan.offsets[1]], 0.25f * 0.7f, 1e-6);
+  ASSERT_EQ(plan.segments.size(), 3u);
+  EXPECT_EQ(plan.row[plan.segments[0].offset], 5);
+  EXPECT_EQ(plan.row[plan.segments[1].offset], 3);
+  EXPECT_EQ(plan.segments[2].key.expert, common::FlatExpertId(1, 0, 2));
+  EXPECT_EQ(plan.row[plan.segments[2].offset], 4);
+  EXPECT_NEAR(plan.weight[plan.segments[0].offset], 0.5f * 0.8f, 1e-6);
+  EXPECT_NEAR(plan.weight[plan.segments[1].offset], 0.25f * 0.7f, 1e-6);
 }
 
 }  // namespace

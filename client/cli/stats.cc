@@ -1,0 +1,224 @@
+// moe-client stats: a terminal view of a router's metrics, refreshed every
+// --interval: requests, latency, drops by reason, per-layer balance, and
+// the load per expert of one layer (--layer, else the busiest).
+#include <httplib.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <limits>
+#include <map>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "client/cli/client_flags.h"
+#include "client/cli/commands.h"
+#include "client/cli/forward_flags.h"
+#include "client/cli/metrics_text.h"
+#include "common/status_macros.h"
+
+ABSL_FLAG(double, interval, 1, "stats: seconds between refreshes.");
+ABSL_FLAG(int, iterations, 0,
+          "stats: refreshes before exiting (0: until Ctrl-C).");
+
+namespace moe::cli {
+namespace {
+
+absl::StatusOr<std::vector<MetricSample>> Scrape(const std::string& host,
+                                                 int port) {
+  httplib::Client http(host, port);
+  http.set_connection_timeout(2);
+  http.set_read_timeout(5);
+  auto res = http.Get("/metrics");
+  if (!res || res->status != 200) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot read http://", host, ":", port, "/metrics"));
+  }
+  return ParseMetricsText(res->body);
+}
+
+std::map<double, double> Buckets(const std::vector<MetricSample>& m,
+                                 const std::string& name) {
+  std::map<double, double> out;
+  for (const MetricSample& s : m) {
+    if (s.name != name) continue;
+    auto le = s.labels.find("le");
+    if (le == s.labels.end()) continue;
+    double bound;
+    if (le->second == "+Inf") {
+      bound = std::numeric_limits<double>::infinity();
+    } else if (!absl::SimpleAtod(le->second, &bound)) {
+      continue;
+    }
+    out[bound] += s.value;
+  }
+  return out;
+}
+
+std::string Bar(double value, double max, int width) {
+  const int n = max > 0 ? static_cast<int>(value * width / max + 0.5) : 0;
+  return std::string(n, '#') + std::string(width - n, ' ');
+}
+
+// One screen from two scrapes `interval` seconds apart.
+std::string Render(const std::string& target, int metrics_port, double interval,
+                   const std::vector<MetricSample>& prev,
+                   const std::vector<MetricSample>& cur,
+                   const std::string& chosen_layer) {
+  auto delta = [&](const std::string& name,
+                   const std::map<std::string, std::string>& match = {}) {
+    return SumSamples(cur, name, match) - SumSamples(prev, name, match);
+  };
+  std::string out = absl::StrCat(
+      "moe-serve router ", target, "  (metrics :", metrics_port, ")  ",
+      absl::FormatTime("%H:%M:%S", absl::Now(), absl::LocalTimeZone()),
+      "  interval ", interval, " s\n");
+  const double ok = delta("moe_router_requests_total", {{"code", "OK"}});
+  const double all = delta("moe_router_requests_total");
+  absl::StrAppend(
+      &out,
+      absl::StrFormat("requests  %.1f/s (errors %.1f/s)   tokens %.0f/s   in "
+                      "flight %.0f   total %.0f requests   degraded %.1f/s\n",
+                      all / interval, (all - ok) / interval,
+                      delta("moe_router_tokens_total") / interval,
+                      SumSamples(cur, "moe_router_inflight_requests"),
+                      SumSamples(cur, "moe_router_requests_total"),
+                      delta("moe_router_degraded_responses_total") / interval));
+  std::map<double, double> b_now =
+      Buckets(cur, "moe_router_request_duration_seconds_bucket");
+  const std::map<double, double> b_prev =
+      Buckets(prev, "moe_router_request_duration_seconds_bucket");
+  for (auto& [le, count] : b_now) {
+    auto it = b_prev.find(le);
+    if (it != b_prev.end()) count -= it->second;
+  }
+  absl::StrAppend(&out,
+                  absl::StrFormat("latency   p50 %.2f ms   p99 %.2f ms   (last "
+                                  "interval, from histogram buckets)\n",
+                                  HistogramQuantile(0.5, b_now) * 1e3,
+                                  HistogramQuantile(0.99, b_now) * 1e3));
+  const double kept = delta("moe_router_expert_assignments_total");
+  const std::map<std::string, double> dropped_now =
+      SumBy(cur, "moe_router_dropped_assignments_total", "reason");
+  const std::map<std::string, double> dropped_prev =
+      SumBy(prev, "moe_router_dropped_assignments_total", "reason");
+  double dropped = 0;
+  for (const auto& [reason, v] : dropped_now) {
+    dropped += v - (dropped_prev.count(reason) ? dropped_prev.at(reason) : 0);
+  }
+  absl::StrAppend(&out, "drops    ");
+  for (const auto& [reason, v] : dropped_now) {
+    const double d =
+        v - (dropped_prev.count(reason) ? dropped_prev.at(reason) : 0);
+    absl::StrAppend(
+        &out,
+        absl::StrFormat(" %s %.2f%%", reason,
+                        kept + dropped > 0 ? 100 * d / (kept + dropped) : 0.0));
+  }
+  absl::StrAppend(
+      &out,
+      absl::StrFormat("   tokens that lost every choice %.1f/s\n",
+                      delta("moe_router_dropped_tokens_total") / interval));
+  // Per layer: traffic and balance.
+  const std::map<std::string, double> tokens_by_layer =
+      SumBy(cur, "moe_router_tokens_total", "layer");
+  const std::map<std::string, double> tokens_before =
+      SumBy(prev, "moe_router_tokens_total", "layer");
+  std::string busiest = chosen_layer;
+  double busiest_rate = -1;
+  absl::StrAppend(&out,
+                  "layers (tokens/s, balancedness, capacity, balance "
+                  "loss, z-loss):\n");
+  for (const auto& [layer, v] : tokens_by_layer) {
+    const double rate =
+        (v - (tokens_before.count(layer) ? tokens_before.at(layer) : 0)) /
+        interval;
+    if (chosen_layer.empty() && rate > busiest_rate) {
+      busiest = layer;
+      busiest_rate = rate;
+    }
+    const std::map<std::string, std::string> l = {{"layer", layer}};
+    absl::StrAppend(
+        &out,
+        absl::StrFormat("  %-24s %8.0f   %.3f   %4.0f   %.4f   %.4f\n",
+                        layer.empty() ? "(the only layer)" : layer, rate,
+                        SumSamples(cur, "moe_router_load_balancedness", l),
+                        SumSamples(cur, "moe_router_expert_capacity_tokens", l),
+                        SumSamples(cur, "moe_router_balance_loss", l),
+                        SumSamples(cur, "moe_router_router_z_loss", l)));
+  }
+  std::vector<std::pair<int, double>> load;
+  double max_load = 0;
+  for (const MetricSample& s : cur) {
+    if (s.name != "moe_router_expert_assignments_total") continue;
+    auto layer = s.labels.find("layer");
+    if (layer == s.labels.end() || layer->second != busiest) continue;
+    int id;
+    if (!absl::SimpleAtoi(s.labels.at("expert"), &id)) continue;
+    const double before = SumSamples(prev, s.name,
+                                     {{"layer", busiest},
+                                      {"expert", s.labels.at("expert")},
+                                      {"choice", s.labels.at("choice")}});
+    const double rate = (s.value - before) / interval;
+    auto it = std::find_if(load.begin(), load.end(),
+                           [id](const auto& p) { return p.first == id; });
+    if (it == load.end()) {
+      load.emplace_back(id, rate);
+    } else {
+      it->second += rate;
+    }
+  }
+  for (const auto& [id, rate] : load) max_load = std::max(max_load, rate);
+  std::sort(load.begin(), load.end());
+  absl::StrAppend(&out, "load per expert of layer ",
+                  busiest.empty() ? "(the only one)" : busiest,
+                  " (kept assignments/s):\n");
+  for (const auto& [id, rate] : load) {
+    absl::StrAppend(&out, absl::StrFormat("  expert %3d |%s| %.1f/s\n", id,
+                                          Bar(rate, max_load, 40), rate));
+  }
+  absl::StrAppend(&out, "workers:");
+  for (const auto& [worker, up] :
+       SumBy(cur, "moe_router_worker_up", "worker")) {
+    absl::StrAppend(&out, " ", worker, up > 0 ? " up" : " DOWN", ";");
+  }
+  absl::StrAppend(&out, "\n");
+  return out;
+}
+
+}  // namespace
+
+absl::Status RunStats() {
+  MOE_ASSIGN_OR_RETURN(std::string target, TargetFromFlags("stats"));
+  MOE_ASSIGN_OR_RETURN(client::ClientOptions options, ClientOptionsFromFlags());
+  MOE_ASSIGN_OR_RETURN(
+      moe::v1::ModelInfo info,
+      client::RouterClient::Create(target, options)->GetModelInfo());
+  if (info.metrics_port() <= 0) {
+    return absl::FailedPreconditionError(
+        "the router serves no /metrics (started with --metrics_port=-1)");
+  }
+  const std::string host = target.substr(0, target.rfind(':'));
+  const double interval = std::max(0.1, absl::GetFlag(FLAGS_interval));
+  const int iterations = absl::GetFlag(FLAGS_iterations);
+  const bool tty = ::isatty(STDOUT_FILENO);
+  MOE_ASSIGN_OR_RETURN(std::vector<MetricSample> prev,
+                       Scrape(host, info.metrics_port()));
+  for (int it = 1; iterations <= 0 || it <= iterations; ++it) {
+    absl::SleepFor(absl::Seconds(interval));
+    MOE_ASSIGN_OR_RETURN(std::vector<MetricSample> cur,
+                         Scrape(host, info.metrics_port()));
+    std::string screen = tty ? "\033[H\033[2J" : "";
+    screen += Render(target, info.metrics_port(), interval, prev, cur,
+                     LayerFromFlags());
+    std::fputs(screen.c_str(), stdout);
+    std::fflush(stdout);
+    prev = std::move(cur);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace moe::cli

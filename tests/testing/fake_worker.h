@@ -1,0 +1,101 @@
+// FakeWorker: a router::WorkerTransport that stands for an expert worker in
+// unit tests of the pool, the batcher and the remote backend. Its probes
+// answer a configurable ShardInfo (or error); its RunExperts calls are
+// recorded and finish when the test says so, with outputs of a known
+// function of the rows (ScaledOutput), or at once in auto-reply mode.
+//
+// Thread-safety: all methods may be called concurrently.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "common/model_spec.h"
+#include "experts/expert_shard.h"
+#include "proto/expert_wire.h"
+#include "router/service/worker_transport.h"
+
+namespace moe::testing {
+
+// What a fake expert computes: row * (1 + expert + 100 * layer).
+float ExpertScale(common::ExpertKey key);
+
+// An ExpertShard of every expert that computes ExpertScale, for expected
+// results through a LocalExpertBackend.
+class ScalingShard : public experts::ExpertShard {
+ public:
+  explicit ScalingShard(int64_t dim) : dim_(dim) {}
+  bool Hosts(common::ExpertKey) const override { return true; }
+  std::vector<common::ExpertKey> keys() const override { return {}; }
+  int64_t dim() const override { return dim_; }
+  int64_t weight_bytes() const override { return 0; }
+  std::string device() const override { return "fake"; }
+  std::string compute_dtype() const override { return "float32"; }
+
+ protected:
+  absl::Status RunChecked(const experts::TokenRows& tokens,
+                          absl::Span<const common::ExpertSegment> segments,
+                          float* out,
+                          std::vector<double>* seconds) const override;
+
+ private:
+  int64_t dim_;
+};
+
+class FakeWorker : public router::WorkerTransport {
+ public:
+  struct Call {
+    absl::Time deadline;
+    grpc::ByteBuffer request;
+    Done done;
+    bool cancelled = false;
+    bool finished = false;
+  };
+
+  FakeWorker(std::string address, int64_t dim, moe::v1::ShardInfo info);
+
+  const std::string& address() const override { return address_; }
+  std::shared_ptr<router::WorkerCall> StartRunExperts(grpc::ByteBuffer request,
+                                                      absl::Time deadline,
+                                                      Done done) override;
+  absl::StatusOr<moe::v1::ShardInfo> GetShardInfo(absl::Time deadline) override;
+
+  void SetShardInfo(moe::v1::ShardInfo info);
+  void SetProbeError(absl::Status error);
+  // Answer every call at once (with ScaledOutput).
+  void SetAutoReply(bool on);
+
+  int calls() const;
+  // Waits (real time) until `n` calls were started.
+  bool WaitForCalls(int n, absl::Duration timeout = absl::Seconds(10));
+  // The segments of call i, parsed.
+  std::vector<common::ExpertSegment> Segments(int i) const;
+  bool cancelled(int i) const;
+  // Finishes call i: OK with the outputs of ExpertScale, or `error`.
+  void Reply(int i);
+  void Fail(int i, absl::Status error);
+
+ private:
+  class Handle;
+  grpc::ByteBuffer Outputs(const grpc::ByteBuffer& request) const;
+
+  const std::string address_;
+  const int64_t dim_;
+  mutable absl::Mutex mu_;
+  moe::v1::ShardInfo info_ ABSL_GUARDED_BY(mu_);
+  absl::Status probe_error_ ABSL_GUARDED_BY(mu_);
+  bool auto_reply_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::shared_ptr<Call>> calls_ ABSL_GUARDED_BY(mu_);
+};
+
+// The ShardInfo of a worker of `spec` (fingerprint `fingerprint`) hosting
+// `experts` (by layer index).
+moe::v1::ShardInfo MakeShardInfo(
+    const common::ModelSpec& spec, const std::string& fingerprint,
+    const std::vector<std::vector<int64_t>>& experts);
+
+}  // namespace moe::testing
