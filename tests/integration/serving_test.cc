@@ -10,6 +10,9 @@
 #include <thread>
 
 #include "absl/synchronization/notification.h"
+#include <httplib.h>
+
+#include "client/cli/metrics_text.h"
 #include "client/router_client.h"
 #include "common/torch/torch_convert.h"
 #include "testing/deployment.h"
@@ -242,6 +245,91 @@ TEST(WorkerFailureTest, FrozenWorkerEndsByTheDeadline) {
             (std::vector<int64_t>{2, 3}));
   // The router is still serving.
   EXPECT_TRUE(client->GetModelInfo().ok());
+}
+
+// ---------------------------------------------------------------------------
+// Model identity.
+
+// A worker started from another checkpoint of the same shapes (a rolling
+// upgrade half done, a typo in a path) is refused, said so once, shown in
+// ModelInfo and the metrics, and never contributes to an answer.
+TEST(ModelIdentityTest, AWorkerOfAnotherModelIsRefusedAndNeverContributes) {
+  Deployment d(testing::GoldenPath(kModel), {"0-3", "0-3"});
+  d.SetWorkerCheckpoint(1, testing::GoldenPath("B1_moe_eval_drop_mincap"));
+  ASSERT_TRUE(d.StartWorker(0).ok());
+  ASSERT_TRUE(d.StartWorker(1).ok());
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  auto client = client::RouterClient::Create(d.router_address());
+  const std::string wrong = absl::StrCat("127.0.0.1:", d.worker_port(1));
+  // Let the router probe the wrong worker several times.
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  for (;;) {
+    ASSERT_LT(absl::Now(), deadline);
+    httplib::Client http("127.0.0.1", std::stoi(d.worker_metrics_address(1)
+                                                     .substr(10)));
+    auto res = http.Get("/metrics");
+    if (!res) continue;
+    const auto m = cli::ParseMetricsText(res->body);
+    if (cli::SumSamples(m, "moe_grpc_server_handled_total",
+                        {{"method", "/moe.v1.ExpertWorker/GetShardInfo"}}) >= 5) {
+      break;
+    }
+  }
+  auto info = client->GetModelInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  const moe::v1::WorkerInfo* refused = nullptr;
+  for (const auto& w : info->workers()) {
+    if (w.address() == wrong) refused = &w;
+  }
+  ASSERT_NE(refused, nullptr);
+  EXPECT_FALSE(refused->up());
+  EXPECT_EQ(refused->state(), "wrong_model");
+  EXPECT_NE(refused->reason().find(refused->fingerprint()), std::string::npos)
+      << refused->reason();
+  EXPECT_NE(refused->reason().find(info->fingerprint()), std::string::npos)
+      << refused->reason();
+  EXPECT_NE(refused->fingerprint(), info->fingerprint());
+  // Logged once, however often it was probed.
+  const std::string log = d.router().Log();
+  size_t lines = 0;
+  for (size_t at = log.find(wrong + " wrong_model"); at != std::string::npos;
+       at = log.find(wrong + " wrong_model", at + 1)) {
+    ++lines;
+  }
+  EXPECT_EQ(lines, 1u) << log;
+  // The metric says so.
+  httplib::Client http("127.0.0.1",
+                       std::stoi(d.router_metrics_address().substr(10)));
+  auto res = http.Get("/metrics");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(cli::SumSamples(cli::ParseMetricsText(res->body),
+                            "moe_router_worker_state",
+                            {{"worker", wrong}, {"state", "wrong_model"}}),
+            1);
+  // Every answer is the right model's; the wrong worker ran nothing.
+  const at::Tensor x = Input();
+  const at::Tensor expected =
+      Reference(testing::GoldenPath(kModel)).Forward(x, LocalAll()).y;
+  for (int i = 0; i < 4; ++i) {
+    auto r = client->Forward(Request(x, AllPolicy()));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_FALSE(r->degraded());
+    EXPECT_LE(testing::MaxAbsDiff(Y(*r), expected), 1e-6);
+  }
+  // Without the right worker, nothing is left to run the experts.
+  d.worker(0).Signal(SIGKILL);
+  d.worker(0).Wait(absl::Seconds(10));
+  auto r = client->Forward(Request(x, AllPolicy()));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->degraded());
+  EXPECT_EQ(r->failed_experts_size(), 4);
+  httplib::Client worker1("127.0.0.1",
+                          std::stoi(d.worker_metrics_address(1).substr(10)));
+  auto wm = worker1.Get("/metrics");
+  ASSERT_TRUE(wm);
+  EXPECT_EQ(cli::SumSamples(cli::ParseMetricsText(wm->body),
+                            "moe_expert_batch_tokens_count"),
+            0);
 }
 
 // ---------------------------------------------------------------------------

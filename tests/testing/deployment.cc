@@ -118,6 +118,7 @@ Deployment::Deployment(std::string checkpoint,
     : checkpoint_(std::move(checkpoint)),
       worker_experts_(std::move(worker_experts)),
       router_flags_(std::move(router_flags)),
+      worker_checkpoints_(worker_experts_.size(), checkpoint_),
       workers_(worker_experts_.size()),
       worker_ports_(worker_experts_.size(), 0),
       worker_metrics_ports_(worker_experts_.size(), 0) {
@@ -131,12 +132,16 @@ Deployment::~Deployment() {
   workers_.clear();
 }
 
+void Deployment::SetWorkerCheckpoint(int i, std::string checkpoint) {
+  worker_checkpoints_[i] = std::move(checkpoint);
+}
+
 absl::Status Deployment::StartWorker(int i, int port) {
   const std::string port_file = absl::StrCat(dir_, "/worker-", i, ".port");
   std::filesystem::remove(port_file);
   workers_[i] = std::make_unique<Process>(
       std::vector<std::string>{
-          BinaryPath("moe-expert"), "--checkpoint=" + checkpoint_,
+          BinaryPath("moe-expert"), "--checkpoint=" + worker_checkpoints_[i],
           "--experts=" + worker_experts_[i], "--host=127.0.0.1",
           absl::StrCat("--port=", port), "--port_file=" + port_file,
           "--metrics_port=0", "--metrics_port_file=" + port_file + ".metrics",

@@ -49,6 +49,9 @@ class Deployment {
              std::vector<std::string> router_flags = {});
   ~Deployment();
 
+  // Worker i serves `checkpoint` instead of the deployment's (to test model
+  // identity). Call before StartWorker(i).
+  void SetWorkerCheckpoint(int i, std::string checkpoint);
   // Starts worker i on port `port` (0: a free one, recorded).
   absl::Status StartWorker(int i, int port = 0);
   absl::Status StartRouter();
@@ -67,6 +70,7 @@ class Deployment {
   std::string checkpoint_;
   std::vector<std::string> worker_experts_;
   std::vector<std::string> router_flags_;
+  std::vector<std::string> worker_checkpoints_;
   std::vector<std::unique_ptr<Process>> workers_;
   std::vector<int> worker_ports_;
   std::vector<int> worker_metrics_ports_;
