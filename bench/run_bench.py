@@ -10,6 +10,8 @@ distributed path, measured in one run on this machine, as a table and JSON.
   (f) throughput at concurrency 1, 4 and 16 (1 x 256 tokens)
   (g) bf16 on the router-to-worker hop: throughput and accuracy against fp32
   (h) the concurrent loads of (e) and (f) again with dynamic batching off
+  (i) a decode-like step of a 4-layer model: one 1 x 32 call per layer,
+      against one layer's call alone
 
 Usage: bench/run_bench.py BIN_DIR [--quick] [--json]
        bench/run_bench.py BIN_DIR --soak SECONDS [--json]
@@ -143,14 +145,14 @@ def forward_y(bin_dir, target, tmp, name):
     return read_y(out)
 
 
-def client_bench(bin_dir, target, shape, concurrency, duration, tmp):
+def client_bench(bin_dir, target, shape, concurrency, duration, tmp, flags=()):
     out = os.path.join(tmp, "bench.json")
-    print("  moe-client bench --shape=%s --concurrency=%d --duration=%g"
-          % (shape, concurrency, duration), file=sys.stderr, flush=True)
+    print("  moe-client bench --shape=%s --concurrency=%d --duration=%g %s"
+          % (shape, concurrency, duration, " ".join(flags)), file=sys.stderr, flush=True)
     subprocess.run([os.path.join(bin_dir, "moe-client"), "bench", "--target=" + target,
                     "--shape=" + shape, "--concurrency=%d" % concurrency,
-                    "--duration=%g" % duration, "--seed=1", "--json_out=" + out],
-                   check=True, stdout=subprocess.DEVNULL)
+                    "--duration=%g" % duration, "--seed=1", "--json_out=" + out]
+                   + list(flags), check=True, stdout=subprocess.DEVNULL)
     with open(out) as f:
         return json.load(f)
 
@@ -320,6 +322,23 @@ def main():
         r["bf16_wire_max_abs_err"] = float(diff.max())
         r["bf16_wire_rel_rms_err"] = float(np.sqrt((diff ** 2).mean() / (y32.astype(np.float64) ** 2).mean()))
 
+        print("(i) a decode-like step: one 1x32 call per layer of a 4-layer model",
+              file=sys.stderr, flush=True)
+        up4 = MoeUp(args.bin_dir, tmp, "layers4", ["--demo_layers=4"])
+        try:
+            target4 = up4.endpoints["router"]
+            one = client_bench(args.bin_dir, target4, "1x32", 1, 4 if q else 10, tmp,
+                               ["--layer=layers.0.ff"])
+            step = client_bench(args.bin_dir, target4, "1x32", 1, 4 if q else 10, tmp,
+                                ["--all_layers"])
+        finally:
+            up4.stop()
+        r["decode_step"] = {"layers": step["layers_per_step"], "steps_per_s": step["requests_per_s"],
+                            "step_p50_ms": step["p50_ms"], "step_p99_ms": step["p99_ms"],
+                            "layer_trip_p50_ms": step["trip_p50_ms"],
+                            "single_layer_p50_ms": one["p50_ms"]}
+        r["decode_step_over_layers_x_single"] = step["p50_ms"] / (step["layers_per_step"] * one["p50_ms"])
+
     rows = [
         ("(a) GEMM at expert shapes", "%.1f GFLOP/s" % r["gemm_gflops"]),
         ("(b) in-process [4,1024,512]", "%.0f tokens/s, %.1f ms, %.1f useful GFLOP/s = %.0f%% of (a)" % (
@@ -346,6 +365,11 @@ def main():
         ("(g) bf16 wire", "%.0f tokens/s (x%.2f of fp32 wire); y vs fp32: max |err| %.2e, relative RMS %.2e" % (
             r["bf16_wire_tokens_per_s"], r["bf16_wire_speedup"], r["bf16_wire_max_abs_err"],
             r["bf16_wire_rel_rms_err"])),
+        ("(i) 4-layer decode step", "1x32 per layer, c=1: %.1f steps/s, step p50 %.1f / p99 %.1f ms, "
+         "per-layer trip p50 %.1f ms vs %.1f ms for one layer alone; step / (4 x alone) = %.2f" % (
+             r["decode_step"]["steps_per_s"], r["decode_step"]["step_p50_ms"],
+             r["decode_step"]["step_p99_ms"], r["decode_step"]["layer_trip_p50_ms"],
+             r["decode_step"]["single_layer_p50_ms"], r["decode_step_over_layers_x_single"])),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

@@ -9,7 +9,7 @@
 //         name " " dtype " " dims joined by "," " " digest "\n"
 //
 // config_json enters verbatim, as stored in the file.
-// tools/export_checkpoint.py computes the same (docs/checkpoints.md).
+// tools/export_checkpoint.py computes the same (docs/models.md).
 #pragma once
 
 #include <cstdint>

@@ -4,7 +4,7 @@
 A moe-serve checkpoint is a safetensors file holding the MoE layers'
 state_dict tensors under their names, with the model and layer settings as
 JSON in __metadata__["config_json"], the SHA-256 of every tensor and the
-model's fingerprint (docs/checkpoints.md).
+model's fingerprint (docs/models.md).
 
 Give it a whole model: every st-moe-pytorch MoE layer is found by its
 parameter names, whatever its prefix (`blocks.3.ff.gate.to_gates.weight`

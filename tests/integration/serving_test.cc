@@ -4,14 +4,13 @@
 #include <ATen/ATen.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <signal.h>
 
 #include <set>
 #include <thread>
 
 #include "absl/synchronization/notification.h"
-#include <httplib.h>
-
 #include "client/cli/metrics_text.h"
 #include "client/router_client.h"
 #include "common/torch/torch_convert.h"
@@ -265,13 +264,14 @@ TEST(ModelIdentityTest, AWorkerOfAnotherModelIsRefusedAndNeverContributes) {
   const absl::Time deadline = absl::Now() + absl::Seconds(20);
   for (;;) {
     ASSERT_LT(absl::Now(), deadline);
-    httplib::Client http("127.0.0.1", std::stoi(d.worker_metrics_address(1)
-                                                     .substr(10)));
+    httplib::Client http("127.0.0.1",
+                         std::stoi(d.worker_metrics_address(1).substr(10)));
     auto res = http.Get("/metrics");
     if (!res) continue;
     const auto m = cli::ParseMetricsText(res->body);
     if (cli::SumSamples(m, "moe_grpc_server_handled_total",
-                        {{"method", "/moe.v1.ExpertWorker/GetShardInfo"}}) >= 5) {
+                        {{"method", "/moe.v1.ExpertWorker/GetShardInfo"}}) >=
+        5) {
       break;
     }
   }
