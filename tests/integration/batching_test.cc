@@ -3,6 +3,7 @@
 // own in-process result, a forward that gives up does not take the others in
 // its batch down with it, and half-precision wires stay close to float32.
 #include <ATen/ATen.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <signal.h>
@@ -19,6 +20,7 @@
 #include "absl/time/clock.h"
 #include "client/cli/metrics_text.h"
 #include "client/router_client.h"
+#include "common/torch/demo_model.h"
 #include "testing/deployment.h"
 #include "testing/golden.h"
 #include "testing/reference.h"
@@ -201,6 +203,88 @@ TEST(BatchingTest, ConcurrentForwardsShareCallsAndKeepTheirOwnResults) {
                               "moe_expert_batch_tokens_count");
   }
   EXPECT_EQ(served, batches.calls);
+}
+
+// Forwards of different layers join one call per worker: the segments name
+// their layer and the worker runs each with that layer's experts.
+TEST(BatchingTest, ForwardsOfDifferentLayersShareOneCall) {
+  common::LayerConfig config = common::DefaultDemoConfig();
+  config.dim = 16;
+  config.num_experts = 4;
+  const std::string path = testing::TempDir() + "/three-layers.safetensors";
+  ASSERT_TRUE(common::WriteDemoCheckpoint(path, config, 3, /*seed=*/5).ok());
+  Deployment d(path, {"0-1", "2-3"},
+               {"--batch_window_us=10000000", "--threads=8"});
+  ASSERT_TRUE(d.StartWorker(0).ok());
+  ASSERT_TRUE(d.StartWorker(1).ok());
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  Reference reference(path);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  const std::vector<std::string> layers = {"layers.0.ff", "layers.1.ff",
+                                           "layers.2.ff", "layers.1.ff"};
+  std::vector<at::Tensor> xs;
+  std::vector<router::ForwardResult> expected;
+  moe::v1::RoutingOptions wire;
+  wire.set_policy(moe::v1::ALL);
+  router::RoutingOptions local;
+  local.policy = router::SecondExpertPolicy::kAll;
+  for (const std::string& layer : layers) {
+    xs.push_back(at::randn({1, 12, 16}, gen));
+    expected.push_back(reference.Forward(xs.back(), local, {}, layer));
+  }
+  // As above: the first forward's calls held in flight, the others gather.
+  d.worker(0).Signal(SIGSTOP);
+  d.worker(1).Signal(SIGSTOP);
+  std::vector<absl::StatusOr<moe::v1::ForwardResponse>> responses(
+      layers.size(), absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  auto send = [&](size_t i) {
+    auto client = client::RouterClient::Create(d.router_address());
+    responses[i] = client->Forward(Request(xs[i], wire, layers[i]));
+  };
+  threads.emplace_back(send, 0);
+  ASSERT_TRUE(WaitForInfo(d, [](const moe::v1::ModelInfo& i) {
+    return CallsTo(i, 0) == 1 && CallsTo(i, 1) == 1;
+  }));
+  for (size_t i = 1; i < layers.size(); ++i) threads.emplace_back(send, i);
+  ASSERT_TRUE(WaitForInfo(d, [&](const moe::v1::ModelInfo& i) {
+    return i.inflight_requests() == static_cast<int64_t>(layers.size());
+  }));
+  d.worker(0).Signal(SIGCONT);
+  d.worker(1).Signal(SIGCONT);
+  for (std::thread& t : threads) t.join();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    SCOPED_TRACE("request " + std::to_string(i) + " to " + layers[i]);
+    ASSERT_TRUE(responses[i].ok()) << responses[i].status();
+    EXPECT_EQ(responses[i]->layer(), layers[i]);
+    EXPECT_LE(testing::MaxAbsDiff(Y(*responses[i]), expected[i].y), 1e-6);
+  }
+  // The layers' outputs differ (the check above could not pass by accident
+  // with one layer's experts answering for another's).
+  EXPECT_GT(
+      testing::MaxAbsDiff(expected[1].y,
+                          reference.Forward(xs[1], local, {}, layers[0]).y),
+      1e-3);
+  // Per worker: the first forward alone, then the other three in one call.
+  const BatchCounts batches = RouterBatches(d);
+  EXPECT_LE(batches.calls, 4);
+  EXPECT_GE(batches.shared, 1);
+
+  // A model of several layers needs the name, and a name it has.
+  auto client = client::RouterClient::Create(d.router_address());
+  absl::StatusOr<moe::v1::ForwardResponse> unnamed =
+      client->Forward(Request(xs[0], wire));
+  EXPECT_EQ(unnamed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(unnamed.status().message()),
+              ::testing::HasSubstr("layer: required, this model has 3 layers: "
+                                   "\"layers.0.ff\", \"layers.1.ff\""));
+  absl::StatusOr<moe::v1::ForwardResponse> unknown =
+      client->Forward(Request(xs[0], wire, "layers.9.ff"));
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(unknown.status().message()),
+              ::testing::HasSubstr("layer \"layers.9.ff\" not found"));
+  // And the router still serves.
+  EXPECT_TRUE(client->Forward(Request(xs[0], wire, layers[0])).ok());
 }
 
 TEST(BatchingTest, AForwardThatGivesUpLeavesItsBatchToTheOthers) {
