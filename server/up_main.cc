@@ -202,164 +202,248 @@ absl::Status WaitReady(Child& c, std::vector<Child>& all, absl::Time deadline,
   }
 }
 
+// The work directory: --work_dir, or a temporary one removed on exit.
+class WorkDir {
+ public:
+  static absl::StatusOr<WorkDir> Create() {
+    WorkDir d;
+    d.path_ = absl::GetFlag(FLAGS_work_dir);
+    if (d.path_.empty()) {
+      std::string tmpl =
+          (std::filesystem::temp_directory_path() / "moe-up-XXXXXX").string();
+      if (::mkdtemp(tmpl.data()) == nullptr) {
+        return absl::InternalError("cannot create a temporary directory");
+      }
+      d.path_ = tmpl;
+      d.remove_ = true;
+    }
+    std::filesystem::create_directories(d.path_);
+    return d;
+  }
+  WorkDir(WorkDir&& o) noexcept
+      : path_(std::move(o.path_)), remove_(o.remove_) {
+    o.remove_ = false;
+  }
+  ~WorkDir() {
+    if (remove_) std::filesystem::remove_all(path_);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  WorkDir() = default;
+  std::string path_;
+  bool remove_ = false;
+};
+
+// --checkpoint, or the demo model written into `dir` by moe-run.
+absl::StatusOr<std::string> CheckpointToServe(const std::string& bin,
+                                              const std::string& dir) {
+  std::string checkpoint = absl::GetFlag(FLAGS_checkpoint);
+  if (!checkpoint.empty()) return checkpoint;
+  checkpoint = dir + "/demo.safetensors";
+  const int layers = absl::GetFlag(FLAGS_demo_layers);
+  MOE_LOG(INFO) << "no --checkpoint: writing the demo model (" << layers
+                << " layer(s) of dim 512, 16 experts, hidden_mult 4, seed "
+                << absl::GetFlag(FLAGS_seed) << ") to " << checkpoint;
+  MOE_ASSIGN_OR_RETURN(
+      pid_t pid,
+      Spawn({bin + "/moe-run", "demo-checkpoint", "--output=" + checkpoint,
+             absl::StrCat("--layers=", layers),
+             absl::StrCat("--seed=", absl::GetFlag(FLAGS_seed))},
+            /*blas_threads=*/1));
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return absl::InternalError(
+        absl::StrCat("moe-run demo-checkpoint ", DescribeExit(status)));
+  }
+  return checkpoint;
+}
+
+// The children of one deployment, started in order and stopped together.
+class Fleet {
+ public:
+  Fleet(std::string bin, std::string dir, std::string checkpoint)
+      : bin_(std::move(bin)),
+        dir_(std::move(dir)),
+        checkpoint_(std::move(checkpoint)),
+        host_(absl::GetFlag(FLAGS_host)),
+        deadline_(absl::Now() +
+                  absl::Seconds(absl::GetFlag(FLAGS_start_timeout_seconds))) {}
+  ~Fleet() { StopAll(children_); }
+
+  // Starts the workers, each with its share of every layer, then waits for
+  // them all.
+  absl::Status StartWorkers(int n, const common::ModelSpec& spec) {
+    const int64_t max_rows = 2 * absl::GetFlag(FLAGS_max_tokens_per_request);
+    for (int i = 0; i < n; ++i) {
+      absl::StatusOr<server::ExpertSelection> shard =
+          server::ShardSelection(i, n, spec);
+      if (!shard.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--workers=", n, ": ", shard.status().message()));
+      }
+      Child& c = Add(absl::StrCat("worker ", i, " (experts ",
+                                  server::DescribeSelection(*shard, spec), ")"),
+                     absl::StrCat("worker-", i));
+      std::vector<std::string> argv = {
+          bin_ + "/moe-expert",
+          "--checkpoint=" + checkpoint_,
+          absl::StrCat("--shard=", i),
+          absl::StrCat("--num_shards=", n),
+          absl::StrCat("--max_tokens_per_call=", max_rows),
+          "--port=0"};
+      MOE_ASSIGN_OR_RETURN(
+          c.pid, Spawn(Common(c, std::move(argv)), BlasThreadsPerChild(n)));
+    }
+    for (Child& c : children_) MOE_RETURN_IF_ERROR(WaitReady(c));
+    return absl::OkStatus();
+  }
+
+  // Starts the router on the workers and waits until it is SERVING.
+  absl::Status StartRouter() {
+    std::vector<std::string> workers;
+    for (const Child& c : children_) {
+      workers.push_back(absl::StrCat(host_, ":", c.port));
+    }
+    Child& router = Add("router", "router");
+    std::vector<std::string> argv = {
+        bin_ + "/moe-router",
+        "--checkpoint=" + checkpoint_,
+        "--workers=" + absl::StrJoin(workers, ","),
+        absl::StrCat("--port=", absl::GetFlag(FLAGS_port)),
+        "--on_expert_failure=" + absl::GetFlag(FLAGS_on_expert_failure),
+        "--wire_dtype=" + absl::GetFlag(FLAGS_wire_dtype),
+        absl::StrCat("--batch_window_us=",
+                     absl::GetFlag(FLAGS_batch_window_us)),
+        absl::StrCat("--max_tokens_per_request=",
+                     absl::GetFlag(FLAGS_max_tokens_per_request))};
+    MOE_ASSIGN_OR_RETURN(router.pid, Spawn(Common(router, std::move(argv)),
+                                           /*blas_threads=*/1));
+    return WaitReady(router);
+  }
+
+  std::string router_address() const {
+    return absl::StrCat(host_, ":", children_.back().port);
+  }
+  int router_port() const { return children_.back().port; }
+
+  // "router HOST:PORT", "router_metrics HOST:PORT", "worker<i> ...", ...
+  std::string Endpoints() const {
+    std::string endpoints;
+    for (size_t i = 0; i < children_.size(); ++i) {
+      const Child& c = children_[i];
+      const std::string name =
+          c.name == "router" ? "router" : absl::StrCat("worker", i);
+      std::ifstream in(c.metrics_port_file);
+      std::string metrics_port;
+      in >> metrics_port;
+      absl::StrAppend(&endpoints, name, " ", host_, ":", c.port, "\n", name,
+                      "_metrics ", host_, ":", metrics_port, "\n");
+    }
+    return endpoints;
+  }
+
+  // Serves until SIGTERM/SIGINT (OK) or until a child dies (UNAVAILABLE).
+  absl::Status Supervise() {
+    for (;;) {
+      if (ShutdownRequested(absl::Milliseconds(200))) {
+        MOE_LOG(INFO) << "stopping the router and " << children_.size() - 1
+                      << " workers";
+        StopAll(children_);
+        return absl::OkStatus();
+      }
+      if (std::string dead = ReapDeadChild(children_); !dead.empty()) {
+        MOE_LOG(ERROR) << dead << "; stopping the others";
+        StopAll(children_);
+        return absl::UnavailableError(dead);
+      }
+    }
+  }
+
+ private:
+  Child& Add(std::string name, const std::string& file) {
+    Child c;
+    c.name = std::move(name);
+    c.port_file = absl::StrCat(dir_, "/", file, ".port");
+    c.metrics_port_file = absl::StrCat(dir_, "/", file, ".metrics.port");
+    std::filesystem::remove(c.port_file);
+    std::filesystem::remove(c.metrics_port_file);
+    children_.push_back(std::move(c));
+    return children_.back();
+  }
+
+  // The flags every child gets: where it listens and reports its ports.
+  std::vector<std::string> Common(const Child& c,
+                                  std::vector<std::string> argv) const {
+    for (std::string flag :
+         {"--host=" + host_, "--port_file=" + c.port_file,
+          std::string("--metrics_port=0"),
+          "--metrics_port_file=" + c.metrics_port_file,
+          absl::StrCat("--reflection=", absl::GetFlag(FLAGS_reflection))}) {
+      argv.push_back(std::move(flag));
+    }
+    return argv;
+  }
+
+  absl::Status WaitReady(Child& c) {
+    return ::moe::WaitReady(c, children_, deadline_, host_);
+  }
+
+  const std::string bin_, dir_, checkpoint_, host_;
+  const absl::Time deadline_;
+  std::vector<Child> children_;
+};
+
+absl::Status WriteFileAtomically(const std::string& path,
+                                 const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  std::ofstream(tmp) << text;
+  std::error_code error;
+  std::filesystem::rename(tmp, path, error);
+  if (error) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot write ", path, ": ", error.message()));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Run() {
   const int n = absl::GetFlag(FLAGS_workers);
-  const std::string host = absl::GetFlag(FLAGS_host);
-  std::string dir = absl::GetFlag(FLAGS_work_dir);
-  bool remove_dir = false;
-  if (dir.empty()) {
-    std::string tmpl =
-        (std::filesystem::temp_directory_path() / "moe-up-XXXXXX").string();
-    if (::mkdtemp(tmpl.data()) == nullptr) {
-      return absl::InternalError("cannot create a temporary directory");
-    }
-    dir = tmpl;
-    remove_dir = true;
-  }
-  std::filesystem::create_directories(dir);
-  struct Cleanup {
-    std::string dir;
-    bool remove;
-    ~Cleanup() {
-      if (remove) std::filesystem::remove_all(dir);
-    }
-  } cleanup{dir, remove_dir};
-
+  MOE_ASSIGN_OR_RETURN(WorkDir dir, WorkDir::Create());
   const std::string bin = SelfDir();
-  std::string checkpoint = absl::GetFlag(FLAGS_checkpoint);
-  if (checkpoint.empty()) {
-    checkpoint = dir + "/demo.safetensors";
-    const int layers = absl::GetFlag(FLAGS_demo_layers);
-    MOE_LOG(INFO) << "no --checkpoint: writing the demo model (" << layers
-                  << " layer(s) of dim 512, 16 experts, hidden_mult 4, seed "
-                  << absl::GetFlag(FLAGS_seed) << ") to " << checkpoint;
-    std::vector<std::string> argv = {
-        bin + "/moe-run", "demo-checkpoint", "--output=" + checkpoint,
-        absl::StrCat("--layers=", layers),
-        absl::StrCat("--seed=", absl::GetFlag(FLAGS_seed))};
-    MOE_ASSIGN_OR_RETURN(pid_t pid, Spawn(argv, /*blas_threads=*/1));
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      return absl::InternalError(
-          absl::StrCat("moe-run demo-checkpoint ", DescribeExit(status)));
-    }
+  MOE_ASSIGN_OR_RETURN(std::string checkpoint,
+                       CheckpointToServe(bin, dir.path()));
+  common::ModelSpec spec;
+  {
+    MOE_ASSIGN_OR_RETURN(std::unique_ptr<common::Checkpoint> ckpt,
+                         common::Checkpoint::Open(checkpoint));
+    spec = ckpt->spec();
   }
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<common::Checkpoint> ckpt,
-                       common::Checkpoint::Open(checkpoint));
-  const common::ModelSpec spec = ckpt->spec();
-  ckpt.reset();
   int64_t experts = 0;
   for (const common::LayerSpec& l : spec.layers) {
     experts += l.config.total_experts();
   }
-  std::vector<Child> children;
-  const int64_t max_tokens = absl::GetFlag(FLAGS_max_tokens_per_request);
-  const std::string reflection =
-      absl::StrCat("--reflection=", absl::GetFlag(FLAGS_reflection));
-  for (int i = 0; i < n; ++i) {
-    absl::StatusOr<server::ExpertSelection> shard =
-        server::ShardSelection(i, n, spec);
-    if (!shard.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--workers=", n, ": ", shard.status().message()));
-    }
-    Child c;
-    c.name = absl::StrCat("worker ", i, " (experts ",
-                          server::DescribeSelection(*shard, spec), ")");
-    c.port_file = absl::StrCat(dir, "/worker-", i, ".port");
-    c.metrics_port_file = absl::StrCat(dir, "/worker-", i, ".metrics.port");
-    std::filesystem::remove(c.port_file);
-    std::filesystem::remove(c.metrics_port_file);
-    MOE_ASSIGN_OR_RETURN(
-        c.pid,
-        Spawn(
-            {bin + "/moe-expert", "--checkpoint=" + checkpoint,
-             absl::StrCat("--shard=", i), absl::StrCat("--num_shards=", n),
-             "--host=" + host, "--port=0", "--port_file=" + c.port_file,
-             "--metrics_port=0", "--metrics_port_file=" + c.metrics_port_file},
-            BlasThreadsPerChild(n)));
-    children.push_back(c);
-  }
-  const absl::Time deadline =
-      absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_start_timeout_seconds));
-  absl::Status status;
-  for (Child& c : children) {
-    status = WaitReady(c, children, deadline, host);
-    if (!status.ok()) break;
-  }
-  if (status.ok()) {
-    std::vector<std::string> addresses;
-    for (const Child& c : children) {
-      addresses.push_back(absl::StrCat(host, ":", c.port));
-    }
-    Child router;
-    router.name = "router";
-    router.port_file = dir + "/router.port";
-    router.metrics_port_file = dir + "/router.metrics.port";
-    std::filesystem::remove(router.port_file);
-    std::filesystem::remove(router.metrics_port_file);
-    MOE_ASSIGN_OR_RETURN(
-        router.pid,
-        Spawn(
-            {bin + "/moe-router", "--checkpoint=" + checkpoint,
-             "--workers=" + absl::StrJoin(addresses, ","), "--host=" + host,
-             absl::StrCat("--port=", absl::GetFlag(FLAGS_port)),
-             "--port_file=" + router.port_file, "--metrics_port=0",
-             "--metrics_port_file=" + router.metrics_port_file,
-             "--on_expert_failure=" + absl::GetFlag(FLAGS_on_expert_failure),
-             "--wire_dtype=" + absl::GetFlag(FLAGS_wire_dtype),
-             absl::StrCat("--batch_window_us=",
-                          absl::GetFlag(FLAGS_batch_window_us)),
-             absl::StrCat("--max_tokens_per_request=", max_tokens), reflection},
-            /*blas_threads=*/1));
-    children.push_back(router);
-    status = WaitReady(children.back(), children, deadline, host);
-  }
-  if (!status.ok()) {
-    StopAll(children);
-    return status;
-  }
-  const std::string address = absl::StrCat(host, ":", children.back().port);
-  std::string endpoints;
-  for (size_t i = 0; i < children.size(); ++i) {
-    const Child& c = children[i];
-    const std::string name =
-        c.name == "router" ? "router" : absl::StrCat("worker", i);
-    std::ifstream in(c.metrics_port_file);
-    std::string metrics_port;
-    in >> metrics_port;
-    absl::StrAppend(&endpoints, name, " ", host, ":", c.port, "\n", name,
-                    "_metrics ", host, ":", metrics_port, "\n");
-  }
+
+  Fleet fleet(bin, dir.path(), checkpoint);
+  MOE_RETURN_IF_ERROR(fleet.StartWorkers(n, spec));
+  MOE_RETURN_IF_ERROR(fleet.StartRouter());
+  const std::string endpoints = fleet.Endpoints();
   if (!absl::GetFlag(FLAGS_endpoints_file).empty()) {
-    const std::string tmp = absl::GetFlag(FLAGS_endpoints_file) + ".tmp";
-    std::ofstream(tmp) << endpoints;
-    std::filesystem::rename(tmp, absl::GetFlag(FLAGS_endpoints_file));
+    MOE_RETURN_IF_ERROR(
+        WriteFileAtomically(absl::GetFlag(FLAGS_endpoints_file), endpoints));
   }
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
     MOE_RETURN_IF_ERROR(server::WritePortFile(absl::GetFlag(FLAGS_port_file),
-                                              children.back().port));
+                                              fleet.router_port()));
   }
-  MOE_LOG(INFO) << "ready: router on " << address << " with " << n
-                << " workers (" << spec.layers.size() << " layer(s), "
+  MOE_LOG(INFO) << "ready: router on " << fleet.router_address() << " with "
+                << n << " workers (" << spec.layers.size() << " layer(s), "
                 << experts << " experts); Ctrl-C stops all\n"
                 << endpoints;
-  std::printf("%s\n", address.c_str());
+  std::printf("%s\n", fleet.router_address().c_str());
   std::fflush(stdout);
-
-  for (;;) {
-    if (ShutdownRequested(absl::Milliseconds(200))) {
-      MOE_LOG(INFO) << "stopping the router and " << n << " workers";
-      StopAll(children);
-      return absl::OkStatus();
-    }
-    if (std::string dead = ReapDeadChild(children); !dead.empty()) {
-      MOE_LOG(ERROR) << dead << "; stopping the others";
-      StopAll(children);
-      return absl::UnavailableError(dead);
-    }
-  }
+  return fleet.Supervise();
 }
 
 }  // namespace
