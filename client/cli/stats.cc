@@ -64,122 +64,141 @@ std::string Bar(double value, double max, int width) {
 }
 
 // One screen from two scrapes `interval` seconds apart.
-std::string Render(const std::string& target, int metrics_port, double interval,
-                   const std::vector<MetricSample>& prev,
-                   const std::vector<MetricSample>& cur,
-                   const std::string& chosen_layer) {
-  auto delta = [&](const std::string& name,
-                   const std::map<std::string, std::string>& match = {}) {
+// Two scrapes `interval` seconds apart.
+struct Window {
+  const std::vector<MetricSample>& prev;
+  const std::vector<MetricSample>& cur;
+  double interval;
+
+  double Delta(const std::string& name,
+               const std::map<std::string, std::string>& match = {}) const {
     return SumSamples(cur, name, match) - SumSamples(prev, name, match);
-  };
-  std::string out = absl::StrCat(
-      "moe-serve router ", target, "  (metrics :", metrics_port, ")  ",
-      absl::FormatTime("%H:%M:%S", absl::Now(), absl::LocalTimeZone()),
-      "  interval ", interval, " s\n");
-  const double ok = delta("moe_router_requests_total", {{"code", "OK"}});
-  const double all = delta("moe_router_requests_total");
+  }
+  double Rate(const std::string& name,
+              const std::map<std::string, std::string>& match = {}) const {
+    return Delta(name, match) / interval;
+  }
+  // Increase of `name` over the window, summed by the values of `label`.
+  std::map<std::string, double> DeltaBy(const std::string& name,
+                                        const std::string& label) const {
+    std::map<std::string, double> out = SumBy(cur, name, label);
+    for (const auto& [key, v] : SumBy(prev, name, label)) out[key] -= v;
+    return out;
+  }
+};
+
+void AppendTraffic(const Window& w, std::string& out) {
+  const double all = w.Rate("moe_router_requests_total");
   absl::StrAppend(
       &out,
-      absl::StrFormat("requests  %.1f/s (errors %.1f/s)   tokens %.0f/s   in "
-                      "flight %.0f   total %.0f requests   degraded %.1f/s\n",
-                      all / interval, (all - ok) / interval,
-                      delta("moe_router_tokens_total") / interval,
-                      SumSamples(cur, "moe_router_inflight_requests"),
-                      SumSamples(cur, "moe_router_requests_total"),
-                      delta("moe_router_degraded_responses_total") / interval));
-  std::map<double, double> b_now =
-      Buckets(cur, "moe_router_request_duration_seconds_bucket");
-  const std::map<double, double> b_prev =
-      Buckets(prev, "moe_router_request_duration_seconds_bucket");
-  for (auto& [le, count] : b_now) {
-    auto it = b_prev.find(le);
-    if (it != b_prev.end()) count -= it->second;
+      absl::StrFormat(
+          "requests  %.1f/s (errors %.1f/s)   tokens %.0f/s   in "
+          "flight %.0f   total %.0f requests   degraded %.1f/s\n",
+          all, all - w.Rate("moe_router_requests_total", {{"code", "OK"}}),
+          w.Rate("moe_router_tokens_total"),
+          SumSamples(w.cur, "moe_router_inflight_requests"),
+          SumSamples(w.cur, "moe_router_requests_total"),
+          w.Rate("moe_router_degraded_responses_total")));
+  std::map<double, double> buckets =
+      Buckets(w.cur, "moe_router_request_duration_seconds_bucket");
+  const std::map<double, double> before =
+      Buckets(w.prev, "moe_router_request_duration_seconds_bucket");
+  for (auto& [le, count] : buckets) {
+    auto it = before.find(le);
+    if (it != before.end()) count -= it->second;
   }
   absl::StrAppend(&out,
                   absl::StrFormat("latency   p50 %.2f ms   p99 %.2f ms   (last "
                                   "interval, from histogram buckets)\n",
-                                  HistogramQuantile(0.5, b_now) * 1e3,
-                                  HistogramQuantile(0.99, b_now) * 1e3));
-  const double kept = delta("moe_router_expert_assignments_total");
-  const std::map<std::string, double> dropped_now =
-      SumBy(cur, "moe_router_dropped_assignments_total", "reason");
-  const std::map<std::string, double> dropped_prev =
-      SumBy(prev, "moe_router_dropped_assignments_total", "reason");
-  double dropped = 0;
-  for (const auto& [reason, v] : dropped_now) {
-    dropped += v - (dropped_prev.count(reason) ? dropped_prev.at(reason) : 0);
-  }
+                                  HistogramQuantile(0.5, buckets) * 1e3,
+                                  HistogramQuantile(0.99, buckets) * 1e3));
+}
+
+void AppendDrops(const Window& w, std::string& out) {
+  const double kept = w.Delta("moe_router_expert_assignments_total");
+  const std::map<std::string, double> dropped =
+      w.DeltaBy("moe_router_dropped_assignments_total", "reason");
+  double total = kept;
+  for (const auto& [reason, d] : dropped) total += d;
   absl::StrAppend(&out, "drops    ");
-  for (const auto& [reason, v] : dropped_now) {
-    const double d =
-        v - (dropped_prev.count(reason) ? dropped_prev.at(reason) : 0);
-    absl::StrAppend(
-        &out,
-        absl::StrFormat(" %s %.2f%%", reason,
-                        kept + dropped > 0 ? 100 * d / (kept + dropped) : 0.0));
+  for (const auto& [reason, d] : dropped) {
+    absl::StrAppend(&out, absl::StrFormat(" %s %.2f%%", reason,
+                                          total > 0 ? 100 * d / total : 0.0));
   }
-  absl::StrAppend(
-      &out,
-      absl::StrFormat("   tokens that lost every choice %.1f/s\n",
-                      delta("moe_router_dropped_tokens_total") / interval));
-  // Per layer: traffic and balance.
-  const std::map<std::string, double> tokens_by_layer =
-      SumBy(cur, "moe_router_tokens_total", "layer");
-  const std::map<std::string, double> tokens_before =
-      SumBy(prev, "moe_router_tokens_total", "layer");
-  std::string busiest = chosen_layer;
+  absl::StrAppend(&out,
+                  absl::StrFormat("   tokens that lost every choice %.1f/s\n",
+                                  w.Rate("moe_router_dropped_tokens_total")));
+}
+
+// One line per layer; returns the layer to show experts of: `chosen`, or
+// the busiest.
+std::string AppendLayers(const Window& w, const std::string& chosen,
+                         std::string& out) {
+  std::string busiest = chosen;
   double busiest_rate = -1;
   absl::StrAppend(&out,
                   "layers (tokens/s, balancedness, capacity, balance "
                   "loss, z-loss):\n");
-  for (const auto& [layer, v] : tokens_by_layer) {
-    const double rate =
-        (v - (tokens_before.count(layer) ? tokens_before.at(layer) : 0)) /
-        interval;
-    if (chosen_layer.empty() && rate > busiest_rate) {
+  for (const auto& [layer, tokens] :
+       w.DeltaBy("moe_router_tokens_total", "layer")) {
+    const double rate = tokens / w.interval;
+    if (chosen.empty() && rate > busiest_rate) {
       busiest = layer;
       busiest_rate = rate;
     }
     const std::map<std::string, std::string> l = {{"layer", layer}};
     absl::StrAppend(
-        &out,
-        absl::StrFormat("  %-24s %8.0f   %.3f   %4.0f   %.4f   %.4f\n",
-                        layer.empty() ? "(the only layer)" : layer, rate,
-                        SumSamples(cur, "moe_router_load_balancedness", l),
-                        SumSamples(cur, "moe_router_expert_capacity_tokens", l),
-                        SumSamples(cur, "moe_router_balance_loss", l),
-                        SumSamples(cur, "moe_router_router_z_loss", l)));
+        &out, absl::StrFormat(
+                  "  %-24s %8.0f   %.3f   %4.0f   %.4f   %.4f\n",
+                  layer.empty() ? "(the only layer)" : layer, rate,
+                  SumSamples(w.cur, "moe_router_load_balancedness", l),
+                  SumSamples(w.cur, "moe_router_expert_capacity_tokens", l),
+                  SumSamples(w.cur, "moe_router_balance_loss", l),
+                  SumSamples(w.cur, "moe_router_router_z_loss", l)));
   }
-  std::vector<std::pair<int, double>> load;
-  double max_load = 0;
-  for (const MetricSample& s : cur) {
+  return busiest;
+}
+
+void AppendExpertLoad(const Window& w, const std::string& layer,
+                      std::string& out) {
+  std::map<int, double> load;  // expert -> kept assignments/s, both choices
+  for (const MetricSample& s : w.cur) {
     if (s.name != "moe_router_expert_assignments_total") continue;
-    auto layer = s.labels.find("layer");
-    if (layer == s.labels.end() || layer->second != busiest) continue;
+    auto l = s.labels.find("layer");
     int id;
-    if (!absl::SimpleAtoi(s.labels.at("expert"), &id)) continue;
-    const double before = SumSamples(prev, s.name,
-                                     {{"layer", busiest},
+    if (l == s.labels.end() || l->second != layer ||
+        !absl::SimpleAtoi(s.labels.at("expert"), &id)) {
+      continue;
+    }
+    const double before = SumSamples(w.prev, s.name,
+                                     {{"layer", layer},
                                       {"expert", s.labels.at("expert")},
                                       {"choice", s.labels.at("choice")}});
-    const double rate = (s.value - before) / interval;
-    auto it = std::find_if(load.begin(), load.end(),
-                           [id](const auto& p) { return p.first == id; });
-    if (it == load.end()) {
-      load.emplace_back(id, rate);
-    } else {
-      it->second += rate;
-    }
+    load[id] += (s.value - before) / w.interval;
   }
+  double max_load = 0;
   for (const auto& [id, rate] : load) max_load = std::max(max_load, rate);
-  std::sort(load.begin(), load.end());
   absl::StrAppend(&out, "load per expert of layer ",
-                  busiest.empty() ? "(the only one)" : busiest,
+                  layer.empty() ? "(the only one)" : layer,
                   " (kept assignments/s):\n");
   for (const auto& [id, rate] : load) {
     absl::StrAppend(&out, absl::StrFormat("  expert %3d |%s| %.1f/s\n", id,
                                           Bar(rate, max_load, 40), rate));
   }
+}
+
+std::string Render(const std::string& target, int metrics_port, double interval,
+                   const std::vector<MetricSample>& prev,
+                   const std::vector<MetricSample>& cur,
+                   const std::string& chosen_layer) {
+  const Window w{prev, cur, interval};
+  std::string out = absl::StrCat(
+      "moe-serve router ", target, "  (metrics :", metrics_port, ")  ",
+      absl::FormatTime("%H:%M:%S", absl::Now(), absl::LocalTimeZone()),
+      "  interval ", interval, " s\n");
+  AppendTraffic(w, out);
+  AppendDrops(w, out);
+  AppendExpertLoad(w, AppendLayers(w, chosen_layer, out), out);
   absl::StrAppend(&out, "workers:");
   for (const auto& [worker, up] :
        SumBy(cur, "moe_router_worker_up", "worker")) {
