@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -12,6 +13,12 @@
 #include "proto/tensor_codec.h"
 
 namespace moe::proto {
+
+int MaxExpertMessageBytes(int64_t rows, int64_t dim) {
+  const int64_t bytes = rows * dim * 4 + (int64_t{1} << 20);
+  return static_cast<int>(
+      std::min<int64_t>(bytes, std::numeric_limits<int>::max()));
+}
 
 // Protobuf wire types.
 constexpr int kVarint = 0, kFixed64 = 1, kLen = 2, kFixed32 = 5;

@@ -33,6 +33,11 @@
 
 namespace moe::proto {
 
+// The gRPC message limit for `rows` float32 rows of `dim` (a worker call
+// either way), with 1 MiB for the segments and framing, capped at what gRPC
+// accepts (INT_MAX).
+int MaxExpertMessageBytes(int64_t rows, int64_t dim);
+
 class RunExpertsRequestWriter {
  public:
   // Rows of `dim` elements travel as `wire_dtype` (FLOAT32, BFLOAT16 or

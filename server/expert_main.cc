@@ -22,6 +22,7 @@
 #include "common/torch/checkpoint_weights.h"
 #include "experts/cpu_expert_shard.h"
 #include "experts/service/expert_service.h"
+#include "proto/expert_wire.h"
 #include "server/main_helpers.h"
 #include "server/metrics_http.h"
 #include "server/rpc_metrics.h"
@@ -173,11 +174,10 @@ absl::Status Run() {
   server_options.health_services = {"moe.v1.ExpertWorker"};
   server_options.rpc_metrics = &rpc_metrics;
   // One call carries at most max_tokens_per_call rows of float32.
-  const int64_t max_bytes =
-      std::min<int64_t>(options.max_tokens_per_call * spec.dim * 4 + (1 << 20),
-                        std::numeric_limits<int>::max());
-  server_options.max_receive_bytes = static_cast<int>(max_bytes);
-  server_options.max_send_bytes = static_cast<int>(max_bytes);
+  const int max_bytes =
+      proto::MaxExpertMessageBytes(options.max_tokens_per_call, spec.dim);
+  server_options.max_receive_bytes = max_bytes;
+  server_options.max_send_bytes = max_bytes;
   MOE_ASSIGN_OR_RETURN(auto runner,
                        server::ServerRunner::Start(server_options, {&service}));
   runner->SetServing(true);

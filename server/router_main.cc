@@ -22,6 +22,7 @@
 #include "common/checkpoint.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "proto/expert_wire.h"
 #include "router/engine/model_engine.h"
 #include "router/service/forward_runner.h"
 #include "router/service/router_metrics.h"
@@ -209,10 +210,9 @@ absl::Status Run() {
   // batch of up to --batch_max_tokens rows.
   const int64_t max_rows = std::max<int64_t>(limits.max_tokens_per_request * 2,
                                              options.batch_max_rows);
-  const int64_t max_bytes = std::min<int64_t>(
-      max_rows * spec.dim * 4 + (1 << 20), std::numeric_limits<int>::max());
   router::GrpcTransportOptions transport;
-  transport.max_message_bytes = static_cast<int>(max_bytes);
+  transport.max_message_bytes =
+      proto::MaxExpertMessageBytes(max_rows, spec.dim);
   std::vector<std::unique_ptr<router::WorkerTransport>> transports;
   for (const std::string& a : addresses) {
     transports.push_back(router::MakeGrpcWorkerTransport(a, transport));
