@@ -19,6 +19,9 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target,
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+  if (!options.tls_server_name.empty()) {
+    args.SetSslTargetNameOverride(options.tls_server_name);
+  }
   return grpc::CreateCustomChannel(target,
                                    options.credentials != nullptr
                                        ? options.credentials
@@ -26,14 +29,26 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target,
                                    args);
 }
 
-// gRPC's own size refusal says nothing of what to do about it.
-absl::Status Explain(absl::Status status) {
+// gRPC's own refusals (message size, a failed TLS handshake) say nothing
+// of what to do about them.
+absl::Status Explain(absl::Status status, bool tls) {
   if (absl::IsResourceExhausted(status) &&
       absl::StrContains(status.message(), "larger than max")) {
     return absl::ResourceExhaustedError(absl::StrCat(
         status.message(),
         ": the request is larger than the router accepts; send fewer "
         "tokens per request (moe-client info shows max_tokens_per_request)"));
+  }
+  if (absl::IsUnavailable(status) &&
+      (absl::StrContains(status.message(), "Socket closed") ||
+       absl::StrContains(status.message(), "handshake") ||
+       absl::StrContains(status.message(), "SSL"))) {
+    return absl::UnavailableError(absl::StrCat(
+        status.message(),
+        tls ? " (a refused TLS handshake looks like this: check the CA "
+              "(--tls_ca_file), and the client certificate if the router "
+              "requires one)"
+            : " (if the server speaks TLS, connect with --tls_ca_file)"));
   }
   return status;
 }
@@ -74,7 +89,8 @@ absl::StatusOr<moe::v1::ForwardResponse> RouterClient::Forward(
     if (status.ok()) return response;
     if (status.error_code() != grpc::StatusCode::UNAVAILABLE ||
         attempt >= options_.max_attempts || absl::Now() + backoff >= deadline) {
-      return Explain(proto::FromGrpcStatus(status));
+      return Explain(proto::FromGrpcStatus(status),
+                     options_.credentials != nullptr);
     }
     std::this_thread::sleep_for(absl::ToChronoMilliseconds(backoff));
     backoff *= 2;
@@ -123,11 +139,11 @@ void RouterClient::ForwardAsync(
   Prepare(&call->context, absl::Now() + options_.timeout);
   stub_->async()->Forward(
       &call->context, &call->request, &call->response,
-      [call](grpc::Status status) {
+      [call, tls = options_.credentials != nullptr](grpc::Status status) {
         if (status.ok()) {
           call->done(std::move(call->response));
         } else {
-          call->done(Explain(proto::FromGrpcStatus(status)));
+          call->done(Explain(proto::FromGrpcStatus(status), tls));
         }
         delete call;
       });
@@ -139,24 +155,27 @@ absl::StatusOr<moe::v1::ModelInfo> RouterClient::GetModelInfo() const {
   moe::v1::ModelInfo info;
   grpc::Status status =
       stub_->GetModelInfo(&context, moe::v1::GetModelInfoRequest(), &info);
-  if (!status.ok()) return proto::FromGrpcStatus(status);
+  if (!status.ok()) {
+    return Explain(proto::FromGrpcStatus(status),
+                   options_.credentials != nullptr);
+  }
   return info;
 }
 
 absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus>
 CheckHealth(const std::string& target, absl::Duration timeout,
-            const std::string& service,
-            std::shared_ptr<grpc::ChannelCredentials> credentials) {
-  auto stub = grpc::health::v1::Health::NewStub(grpc::CreateChannel(
-      target, credentials != nullptr ? credentials
-                                     : grpc::InsecureChannelCredentials()));
+            const std::string& service, const ClientOptions& options) {
+  auto stub = grpc::health::v1::Health::NewStub(MakeChannel(target, options));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
   grpc::health::v1::HealthCheckResponse response;
   grpc::Status status = stub->Check(&context, request, &response);
-  if (!status.ok()) return proto::FromGrpcStatus(status);
+  if (!status.ok()) {
+    return Explain(proto::FromGrpcStatus(status),
+                   options.credentials != nullptr);
+  }
   return response.status();
 }
 

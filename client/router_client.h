@@ -37,6 +37,9 @@ struct ClientOptions {
   // TLS toward the router (CA, and a client certificate for mutual TLS);
   // plaintext when null.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // The name the router's certificate must carry, when it is not the host
+  // of the target (empty: the host).
+  std::string tls_server_name;
   // Sent as "authorization: Bearer <token>" when not empty.
   std::string token;
 };
@@ -101,7 +104,6 @@ absl::Status DegradedError(const moe::v1::ForwardResponse& response);
 // NOT_FOUND when the server has no such service.
 absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus>
 CheckHealth(const std::string& target, absl::Duration timeout,
-            const std::string& service = "",
-            std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
+            const std::string& service = "", const ClientOptions& options = {});
 
 }  // namespace moe::client

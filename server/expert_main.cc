@@ -26,6 +26,7 @@
 #include "server/main_helpers.h"
 #include "server/metrics_http.h"
 #include "server/rpc_metrics.h"
+#include "server/security_flags.h"
 #include "server/server_runner.h"
 
 ABSL_FLAG(std::string, checkpoint, "", "Checkpoint (safetensors) to serve.");
@@ -136,6 +137,9 @@ absl::Status Run() {
   if (path.empty()) {
     return absl::InvalidArgumentError("--checkpoint is required");
   }
+  // Certificates are checked before the (slow) weights are loaded.
+  server::ServerOptions server_options;
+  MOE_RETURN_IF_ERROR(server::ApplySecurityFlags(&server_options));
   const absl::Time start = absl::Now();
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<common::Checkpoint> ckpt,
                        common::Checkpoint::Open(path));
@@ -165,7 +169,6 @@ absl::Status Run() {
                            absl::GetFlag(FLAGS_metrics_port),
                            absl::GetFlag(FLAGS_metrics_port_file), registry));
 
-  server::ServerOptions server_options;
   server_options.host = host;
   server_options.port = absl::GetFlag(FLAGS_port);
   server_options.port_file = absl::GetFlag(FLAGS_port_file);

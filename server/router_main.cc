@@ -23,6 +23,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "proto/expert_wire.h"
+#include "proto/tls.h"
 #include "router/engine/model_engine.h"
 #include "router/service/forward_runner.h"
 #include "router/service/router_metrics.h"
@@ -31,6 +32,7 @@
 #include "server/main_helpers.h"
 #include "server/metrics_http.h"
 #include "server/rpc_metrics.h"
+#include "server/security_flags.h"
 #include "server/server_runner.h"
 
 ABSL_FLAG(std::string, checkpoint, "", "Checkpoint (safetensors) to serve.");
@@ -88,6 +90,20 @@ ABSL_FLAG(std::string, metrics_port_file, "",
           "Write the metrics port here once listening.");
 ABSL_FLAG(double, balance_window_seconds, 60,
           "Window of moe_router_load_balancedness.");
+ABSL_FLAG(std::string, worker_tls_ca_file, "",
+          "Talk TLS to the workers, checking their certificates against this "
+          "CA (PEM).");
+ABSL_FLAG(std::string, worker_tls_cert_file, "",
+          "Client certificate for workers that require one (mutual TLS).");
+ABSL_FLAG(std::string, worker_tls_key_file, "",
+          "Private key of --worker_tls_cert_file.");
+ABSL_FLAG(std::string, worker_tls_server_name, "",
+          "Name the workers' certificates must carry, when it is not the "
+          "host of their addresses.");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "Require \"authorization: Bearer <token>\" on Forward and "
+          "GetModelInfo, with the tokens of this file (one per line, re-read "
+          "when it changes). Health stays open.");
 
 namespace moe {
 namespace {
@@ -185,6 +201,76 @@ absl::StatusOr<bool> WaitUntilReady(const router::WorkerPool& pool) {
   }
 }
 
+// One transport per worker address, TLS when --worker_tls_* say so.
+absl::StatusOr<std::vector<std::unique_ptr<router::WorkerTransport>>>
+WorkerTransports(const std::vector<std::string>& addresses, int64_t max_rows,
+                 int64_t dim) {
+  proto::TlsFiles tls;
+  tls.ca_file = absl::GetFlag(FLAGS_worker_tls_ca_file);
+  tls.cert_file = absl::GetFlag(FLAGS_worker_tls_cert_file);
+  tls.key_file = absl::GetFlag(FLAGS_worker_tls_key_file);
+  tls.refresh_seconds = server::TlsRefreshSecondsFromFlags();
+  tls.flag_prefix = "--worker_tls";
+  router::GrpcTransportOptions transport;
+  MOE_ASSIGN_OR_RETURN(transport.credentials,
+                       proto::MakeChannelCredentials(tls));
+  transport.tls_server_name = absl::GetFlag(FLAGS_worker_tls_server_name);
+  transport.max_message_bytes = proto::MaxExpertMessageBytes(max_rows, dim);
+  if (transport.credentials == nullptr) {
+    MOE_LOG(WARNING) << "talking to the workers in plaintext (no "
+                        "--worker_tls_ca_file)";
+  }
+  std::vector<std::unique_ptr<router::WorkerTransport>> transports;
+  for (const std::string& a : addresses) {
+    transports.push_back(router::MakeGrpcWorkerTransport(a, transport));
+  }
+  return transports;
+}
+
+absl::StatusOr<std::unique_ptr<common::TokenSet>> TokensFromFlags() {
+  const std::string file = absl::GetFlag(FLAGS_auth_tokens_file);
+  if (file.empty()) {
+    MOE_LOG(WARNING) << "no --auth_tokens_file: every caller that reaches "
+                        "the router may call Forward";
+    return nullptr;
+  }
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<common::TokenSet> tokens,
+                       common::TokenSet::FromFile(file));
+  MOE_LOG(INFO) << "Forward and GetModelInfo require one of the "
+                << tokens->size() << " token(s) of " << file;
+  return tokens;
+}
+
+absl::Status FillServerOptions(const router::ForwardRunner& runner,
+                               server::RpcMetrics* rpc_metrics,
+                               server::ServerOptions* o) {
+  MOE_RETURN_IF_ERROR(server::ApplySecurityFlags(o));
+  o->host = absl::GetFlag(FLAGS_host);
+  o->port = absl::GetFlag(FLAGS_port);
+  o->port_file = absl::GetFlag(FLAGS_port_file);
+  o->grace = absl::Seconds(absl::GetFlag(FLAGS_grace_seconds));
+  o->reflection = absl::GetFlag(FLAGS_reflection);
+  o->health_services = {"moe.v1.Router"};
+  o->rpc_metrics = rpc_metrics;
+  o->max_receive_bytes = static_cast<int>(std::min<int64_t>(
+      runner.MaxRequestBytes(), std::numeric_limits<int>::max()));
+  o->max_send_bytes = static_cast<int>(std::min<int64_t>(
+      runner.MaxRequestBytes() * 2, std::numeric_limits<int>::max()));
+  return absl::OkStatus();
+}
+
+std::string Describe(const router::RouterServiceOptions& options) {
+  return absl::StrCat(
+      "on_expert_failure=", router::ExpertFailurePolicyName(options.on_failure),
+      ", wire ", absl::GetFlag(FLAGS_wire_dtype), ", ",
+      options.batch_window > absl::ZeroDuration()
+          ? absl::StrCat("batch window ",
+                         absl::FormatDuration(options.batch_window))
+          : std::string("no batching"),
+      ", ", options.threads, " forward threads",
+      options.tokens != nullptr ? ", tokens required" : "");
+}
+
 absl::Status Run() {
   const std::string path = absl::GetFlag(FLAGS_checkpoint);
   if (path.empty()) {
@@ -193,6 +279,9 @@ absl::Status Run() {
   MOE_ASSIGN_OR_RETURN(std::vector<std::string> addresses, WorkerAddresses());
   MOE_ASSIGN_OR_RETURN(router::RouterServiceOptions options,
                        ServiceOptionsFromFlags());
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<common::TokenSet> tokens,
+                       TokensFromFlags());
+  options.tokens = tokens.get();
   router::ForwardLimits limits;
   limits.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
   if (limits.max_tokens_per_request < 1) {
@@ -210,13 +299,8 @@ absl::Status Run() {
   // batch of up to --batch_max_tokens rows.
   const int64_t max_rows = std::max<int64_t>(limits.max_tokens_per_request * 2,
                                              options.batch_max_rows);
-  router::GrpcTransportOptions transport;
-  transport.max_message_bytes =
-      proto::MaxExpertMessageBytes(max_rows, spec.dim);
-  std::vector<std::unique_ptr<router::WorkerTransport>> transports;
-  for (const std::string& a : addresses) {
-    transports.push_back(router::MakeGrpcWorkerTransport(a, transport));
-  }
+  MOE_ASSIGN_OR_RETURN(auto transports,
+                       WorkerTransports(addresses, max_rows, spec.dim));
   router::WorkerPoolOptions pool_options;
   pool_options.probe_interval =
       absl::Milliseconds(absl::GetFlag(FLAGS_probe_interval_ms));
@@ -231,28 +315,17 @@ absl::Status Run() {
   pool.SetStateObserver([&metrics](int worker, router::WorkerState state) {
     metrics.SetWorkerState(worker, state);
   });
-  router::RouterService service(&runner, &pool, options, &metrics);
-  const std::string host = absl::GetFlag(FLAGS_host);
-  const std::string metrics_host = absl::GetFlag(FLAGS_metrics_host);
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<server::MetricsHttpServer> metrics_http,
-                       server::StartMetricsEndpoint(
-                           metrics_host.empty() ? host : metrics_host,
-                           absl::GetFlag(FLAGS_metrics_port),
-                           absl::GetFlag(FLAGS_metrics_port_file), registry));
-  if (metrics_http) service.set_metrics_port(metrics_http->port());
-
   server::ServerOptions server_options;
-  server_options.host = host;
-  server_options.port = absl::GetFlag(FLAGS_port);
-  server_options.port_file = absl::GetFlag(FLAGS_port_file);
-  server_options.grace = absl::Seconds(absl::GetFlag(FLAGS_grace_seconds));
-  server_options.reflection = absl::GetFlag(FLAGS_reflection);
-  server_options.health_services = {"moe.v1.Router"};
-  server_options.rpc_metrics = &rpc_metrics;
-  server_options.max_receive_bytes = static_cast<int>(std::min<int64_t>(
-      runner.MaxRequestBytes(), std::numeric_limits<int>::max()));
-  server_options.max_send_bytes = static_cast<int>(std::min<int64_t>(
-      runner.MaxRequestBytes() * 2, std::numeric_limits<int>::max()));
+  MOE_RETURN_IF_ERROR(FillServerOptions(runner, &rpc_metrics, &server_options));
+  router::RouterService service(&runner, &pool, options, &metrics);
+  const std::string metrics_host = absl::GetFlag(FLAGS_metrics_host);
+  MOE_ASSIGN_OR_RETURN(
+      std::unique_ptr<server::MetricsHttpServer> metrics_http,
+      server::StartMetricsEndpoint(
+          metrics_host.empty() ? server_options.host : metrics_host,
+          absl::GetFlag(FLAGS_metrics_port),
+          absl::GetFlag(FLAGS_metrics_port_file), registry));
+  if (metrics_http) service.set_metrics_port(metrics_http->port());
   MOE_ASSIGN_OR_RETURN(auto server,
                        server::ServerRunner::Start(server_options, {&service}));
   MOE_LOG(INFO) << "listening on " << server->address()
@@ -270,15 +343,7 @@ absl::Status Run() {
                 << spec.name << "\" " << model->fingerprint() << ", "
                 << spec.layers.size() << " layer(s), dim " << spec.dim
                 << ", on " << addresses.size() << " workers ["
-                << absl::StrJoin(addresses, ",") << "], on_expert_failure="
-                << router::ExpertFailurePolicyName(options.on_failure)
-                << ", wire " << absl::GetFlag(FLAGS_wire_dtype) << ", "
-                << (options.batch_window > absl::ZeroDuration()
-                        ? absl::StrCat(
-                              "batch window ",
-                              absl::FormatDuration(options.batch_window))
-                        : std::string("no batching"))
-                << ", " << options.threads << " forward threads"
+                << absl::StrJoin(addresses, ",") << "], " << Describe(options)
                 << (metrics_http ? absl::StrCat(", /metrics on port ",
                                                 metrics_http->port())
                                  : "");

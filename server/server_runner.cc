@@ -66,6 +66,10 @@ absl::StatusOr<std::unique_ptr<ServerRunner>> ServerRunner::Start(
   }
   auto runner = std::unique_ptr<ServerRunner>(
       new ServerRunner(options, std::move(server), port));
+  if (options.health_port >= 0) {
+    absl::Status health = runner->StartHealthListener();
+    if (!health.ok()) return health;
+  }
   runner->SetServing(false);
   if (!options.port_file.empty()) {
     absl::Status status = WritePortFile(options.port_file, port);
@@ -74,16 +78,42 @@ absl::StatusOr<std::unique_ptr<ServerRunner>> ServerRunner::Start(
   return runner;
 }
 
+absl::Status ServerRunner::StartHealthListener() {
+  grpc::ServerBuilder builder;
+  const std::string address =
+      absl::StrCat(options_.host, ":", options_.health_port);
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(),
+                           &health_port_);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Health requests are a few bytes.
+  builder.SetMaxReceiveMessageSize(4096);
+  // No services: the default health service is the only one it carries.
+  health_server_ = builder.BuildAndStart();
+  if (health_server_ == nullptr || health_port_ == 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", address, " (--health_port): address in use?"));
+  }
+  MOE_LOG(INFO) << "plaintext health (grpc.health.v1 only) on " << options_.host
+                << ":" << health_port_;
+  if (!options_.health_port_file.empty()) {
+    return WritePortFile(options_.health_port_file, health_port_);
+  }
+  return absl::OkStatus();
+}
+
 std::string ServerRunner::address() const {
   return absl::StrCat(options_.host, ":", port_);
 }
 
 void ServerRunner::SetServing(bool serving) {
-  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
-  if (health == nullptr) return;
-  health->SetServingStatus(serving);
-  for (const std::string& name : options_.health_services) {
-    health->SetServingStatus(name, serving);
+  for (grpc::Server* server : {server_.get(), health_server_.get()}) {
+    if (server == nullptr) continue;
+    grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+    if (health == nullptr) continue;
+    health->SetServingStatus(serving);
+    for (const std::string& name : options_.health_services) {
+      health->SetServingStatus(name, serving);
+    }
   }
 }
 
@@ -109,6 +139,10 @@ void ServerRunner::Shutdown() {
   SetServing(false);
   server_->Shutdown(absl::ToChronoTime(absl::Now() + options_.grace));
   server_->Wait();
+  if (health_server_ != nullptr) {
+    health_server_->Shutdown(absl::ToChronoTime(absl::Now()));
+    health_server_->Wait();
+  }
   MOE_LOG(INFO) << "stopped";
 }
 

@@ -3,8 +3,10 @@
 // name for the process and under each service's name), optional server
 // reflection and the RPC metrics interceptor, listens on host:port (port 0
 // picks a free one, written to the port file; a busy port is an error, not
-// a shared one), and shuts down gracefully on SIGTERM/SIGINT: health turns
-// NOT_SERVING, in-flight calls get `grace` to finish, then the server stops.
+// a shared one), optionally a plaintext health-only listener beside a TLS
+// one (--health_port), and shuts down gracefully on SIGTERM/SIGINT: health
+// turns NOT_SERVING, in-flight calls get `grace` to finish, then the server
+// stops.
 //
 // Example (in a main()):
 //   moe::server::BlockShutdownSignals();   // before any thread starts
@@ -37,6 +39,11 @@ struct ServerOptions {
   std::vector<std::string> health_services;
   // TLS or mutual TLS; plaintext (with a warning) when null.
   std::shared_ptr<grpc::ServerCredentials> credentials;
+  // A second, plaintext listener carrying only grpc.health.v1 (for probes
+  // that cannot speak TLS): -1 none, 0 a free port. Its port goes to
+  // health_port_file when set.
+  int health_port = -1;
+  std::string health_port_file;
   RpcMetrics* rpc_metrics = nullptr;  // must outlive the runner
 };
 
@@ -55,6 +62,7 @@ class ServerRunner {
   ~ServerRunner();
 
   int port() const { return port_; }
+  int health_port() const { return health_port_; }
   std::string address() const;
 
   // Sets the health status of the process and of every service.
@@ -70,10 +78,13 @@ class ServerRunner {
  private:
   ServerRunner(ServerOptions options, std::unique_ptr<grpc::Server> server,
                int port);
+  absl::Status StartHealthListener();
 
   ServerOptions options_;
   std::unique_ptr<grpc::Server> server_;
   int port_;
+  std::unique_ptr<grpc::Server> health_server_;  // plaintext, health only
+  int health_port_ = 0;
   bool shut_down_ = false;
 };
 

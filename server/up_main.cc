@@ -27,6 +27,7 @@
 #include "common/checkpoint.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "proto/tls.h"
 #include "server/main_helpers.h"
 #include "server/metrics_http.h"
 #include "server/server_runner.h"
@@ -56,6 +57,20 @@ ABSL_FLAG(std::string, endpoints_file, "",
           "Write the endpoints here when ready, one per line: "
           "\"router HOST:PORT\", \"router_metrics HOST:PORT\", "
           "\"worker<i> HOST:PORT\", \"worker<i>_metrics HOST:PORT\".");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "Serve TLS on every hop with this certificate (it must name the "
+          "--host; with --tls_client_ca_file it is also the router's client "
+          "certificate toward the workers, so give it both serverAuth and "
+          "clientAuth); needs --tls_key_file and --tls_ca_file.");
+ABSL_FLAG(std::string, tls_key_file, "", "Private key of --tls_cert_file.");
+ABSL_FLAG(std::string, tls_ca_file, "",
+          "CA that signed --tls_cert_file: the router checks the workers "
+          "with it, moe-up checks everyone's health with it.");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "Require client certificates of this CA on the router and the "
+          "workers (mutual TLS).");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "Passed to moe-router: bearer tokens Forward requires.");
 ABSL_FLAG(std::string, work_dir, "",
           "Where port files and the demo model go (default: a temporary "
           "directory, removed on exit).");
@@ -173,6 +188,9 @@ bool ShutdownRequested(absl::Duration wait) {
   return sigtimedwait(&set, nullptr, &ts) > 0;
 }
 
+// How moe-up itself reaches the children (for their health).
+client::ClientOptions probe_options;
+
 // Waits for the child's port file and then its health; "" on success.
 absl::Status WaitReady(Child& c, std::vector<Child>& all, absl::Time deadline,
                        const std::string& host) {
@@ -193,8 +211,9 @@ absl::Status WaitReady(Child& c, std::vector<Child>& all, absl::Time deadline,
       std::string text;
       if (!(in >> text) || !absl::SimpleAtoi(text, &c.port)) continue;
     }
-    auto health = client::CheckHealth(absl::StrCat(host, ":", c.port),
-                                      absl::Milliseconds(500));
+    auto health =
+        client::CheckHealth(absl::StrCat(host, ":", c.port),
+                            absl::Milliseconds(500), "", probe_options);
     if (health.ok() &&
         *health == grpc::health::v1::HealthCheckResponse::SERVING) {
       return absl::OkStatus();
@@ -293,6 +312,7 @@ class Fleet {
           absl::StrCat("--num_shards=", n),
           absl::StrCat("--max_tokens_per_call=", max_rows),
           "--port=0"};
+      AddServerTls(argv);
       MOE_ASSIGN_OR_RETURN(
           c.pid, Spawn(Common(c, std::move(argv)), BlasThreadsPerChild(n)));
     }
@@ -318,6 +338,21 @@ class Fleet {
                      absl::GetFlag(FLAGS_batch_window_us)),
         absl::StrCat("--max_tokens_per_request=",
                      absl::GetFlag(FLAGS_max_tokens_per_request))};
+    AddServerTls(argv);
+    if (!absl::GetFlag(FLAGS_tls_ca_file).empty()) {
+      argv.push_back("--worker_tls_ca_file=" +
+                     absl::GetFlag(FLAGS_tls_ca_file));
+    }
+    if (!absl::GetFlag(FLAGS_tls_client_ca_file).empty()) {
+      argv.push_back("--worker_tls_cert_file=" +
+                     absl::GetFlag(FLAGS_tls_cert_file));
+      argv.push_back("--worker_tls_key_file=" +
+                     absl::GetFlag(FLAGS_tls_key_file));
+    }
+    if (!absl::GetFlag(FLAGS_auth_tokens_file).empty()) {
+      argv.push_back("--auth_tokens_file=" +
+                     absl::GetFlag(FLAGS_auth_tokens_file));
+    }
     MOE_ASSIGN_OR_RETURN(router.pid, Spawn(Common(router, std::move(argv)),
                                            /*blas_threads=*/1));
     return WaitReady(router);
@@ -386,6 +421,17 @@ class Fleet {
     return argv;
   }
 
+  // The server side of TLS, the same for the router and the workers.
+  static void AddServerTls(std::vector<std::string>& argv) {
+    if (absl::GetFlag(FLAGS_tls_cert_file).empty()) return;
+    argv.push_back("--tls_cert_file=" + absl::GetFlag(FLAGS_tls_cert_file));
+    argv.push_back("--tls_key_file=" + absl::GetFlag(FLAGS_tls_key_file));
+    if (!absl::GetFlag(FLAGS_tls_client_ca_file).empty()) {
+      argv.push_back("--tls_client_ca_file=" +
+                     absl::GetFlag(FLAGS_tls_client_ca_file));
+    }
+  }
+
   absl::Status WaitReady(Child& c) {
     return ::moe::WaitReady(c, children_, deadline_, host_);
   }
@@ -408,8 +454,28 @@ absl::Status WriteFileAtomically(const std::string& path,
   return absl::OkStatus();
 }
 
+// moe-up's own TLS toward the children: their CA, and its certificate when
+// they require one.
+absl::Status ProbeOptionsFromFlags() {
+  proto::TlsFiles tls;
+  tls.ca_file = absl::GetFlag(FLAGS_tls_ca_file);
+  if (!absl::GetFlag(FLAGS_tls_cert_file).empty() && tls.ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls_cert_file needs --tls_ca_file (the CA that signed it)");
+  }
+  if (!absl::GetFlag(FLAGS_tls_client_ca_file).empty()) {
+    tls.cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+    tls.key_file = absl::GetFlag(FLAGS_tls_key_file);
+  }
+  tls.flag_prefix = "--tls";
+  MOE_ASSIGN_OR_RETURN(probe_options.credentials,
+                       proto::MakeChannelCredentials(tls));
+  return absl::OkStatus();
+}
+
 absl::Status Run() {
   const int n = absl::GetFlag(FLAGS_workers);
+  MOE_RETURN_IF_ERROR(ProbeOptionsFromFlags());
   MOE_ASSIGN_OR_RETURN(WorkDir dir, WorkDir::Create());
   const std::string bin = SelfDir();
   MOE_ASSIGN_OR_RETURN(std::string checkpoint,

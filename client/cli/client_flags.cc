@@ -1,7 +1,12 @@
 #include "client/cli/client_flags.h"
 
+#include <fstream>
+
 #include "absl/flags/flag.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "proto/tls.h"
 
 ABSL_FLAG(std::string, target, "",
           "The router's HOST:PORT (forward, bench, stats, info, health).");
@@ -9,6 +14,18 @@ ABSL_FLAG(double, timeout_seconds, 60, "Deadline of a call to the router.");
 ABSL_FLAG(bool, allow_degraded, false,
           "Accept an answer that lacks some experts' outputs (their workers "
           "failed) instead of failing.");
+ABSL_FLAG(std::string, tls_ca_file, "",
+          "Talk TLS to the router, checking its certificate against this CA "
+          "(PEM).");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "Client certificate, for a router that requires one (mutual TLS).");
+ABSL_FLAG(std::string, tls_key_file, "", "Private key of --tls_cert_file.");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "Name the router's certificate must carry, when it is not the host "
+          "of --target.");
+ABSL_FLAG(std::string, token_file, "",
+          "Send the bearer token of this file (its first line) to a router "
+          "that requires tokens.");
 ABSL_FLAG(std::string, on_expert_failure, "",
           "Per-request failure policy: drop or fail (default: the "
           "router's).");
@@ -31,6 +48,27 @@ absl::StatusOr<client::ClientOptions> ClientOptionsFromFlags() {
     return absl::InvalidArgumentError("--timeout_seconds must be > 0");
   }
   options.timeout = absl::Seconds(timeout);
+  proto::TlsFiles tls;
+  tls.ca_file = absl::GetFlag(FLAGS_tls_ca_file);
+  tls.cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  tls.key_file = absl::GetFlag(FLAGS_tls_key_file);
+  tls.flag_prefix = "--tls";
+  MOE_ASSIGN_OR_RETURN(options.credentials, proto::MakeChannelCredentials(tls));
+  options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  const std::string token_file = absl::GetFlag(FLAGS_token_file);
+  if (!token_file.empty()) {
+    std::ifstream in(token_file);
+    std::string token;
+    if (!in || !std::getline(in, token)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--token_file: cannot read a token from ", token_file));
+    }
+    options.token = std::string(absl::StripAsciiWhitespace(token));
+    if (options.token.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--token_file: ", token_file, " starts with a blank line"));
+    }
+  }
   return options;
 }
 

@@ -18,12 +18,11 @@ absl::Status RunHealth() {
   MOE_ASSIGN_OR_RETURN(client::ClientOptions options, ClientOptionsFromFlags());
   const std::string service = absl::GetFlag(FLAGS_service);
   absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> status =
-      client::CheckHealth(target, options.timeout, service,
-                          options.credentials);
+      client::CheckHealth(target, options.timeout, service, options);
   if (absl::IsNotFound(status.status()) && service == "moe.v1.Router") {
     // Not a router; a worker answers for its own service.
     if (client::CheckHealth(target, options.timeout, "moe.v1.ExpertWorker",
-                            options.credentials)
+                            options)
             .ok()) {
       return absl::FailedPreconditionError(absl::StrCat(
           target,

@@ -58,6 +58,11 @@ absl::Status RunInfo() {
       info.on_expert_failure().c_str(),
       static_cast<long long>(info.max_tokens_per_request()),
       static_cast<long long>(info.inflight_requests()));
+  if (info.workers_hidden()) {
+    std::printf(
+        "workers: hidden (the router shows them to callers with a token: "
+        "--token_file)\n");
+  }
   for (const moe::v1::WorkerInfo& w : info.workers()) {
     std::vector<std::string> hosted;
     for (const moe::v1::WorkerExperts& e : w.experts()) {

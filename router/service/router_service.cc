@@ -122,6 +122,28 @@ absl::Status RouterService::RunForward(ForwardCall* call) const {
   return absl::OkStatus();
 }
 
+common::TokenSet::Verdict RouterService::Authenticate(
+    const grpc::CallbackServerContext& context) const {
+  if (options_.tokens == nullptr) return common::TokenSet::Verdict::kAccepted;
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) return common::TokenSet::Verdict::kMissing;
+  return options_.tokens->Check(
+      absl::string_view(it->second.data(), it->second.size()));
+}
+
+namespace {
+
+absl::Status Unauthenticated(common::TokenSet::Verdict verdict) {
+  return absl::UnauthenticatedError(
+      verdict == common::TokenSet::Verdict::kMissing
+          ? "this router requires a token: send \"authorization: Bearer "
+            "<token>\" (moe-client --token_file, RouterClient token=)"
+          : "the bearer token is not one this router accepts");
+}
+
+}  // namespace
+
 grpc::ServerUnaryReactor* RouterService::Forward(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
@@ -149,6 +171,12 @@ grpc::ServerUnaryReactor* RouterService::Forward(
     }
     call->Finish(proto::ToGrpcStatus(status));
   };
+  if (const auto verdict = Authenticate(*context);
+      verdict != common::TokenSet::Verdict::kAccepted) {
+    if (metrics_ != nullptr) metrics_->RecordRejected("unauthenticated");
+    finish(Unauthenticated(verdict));
+    return call;
+  }
   absl::Status admitted = Admit(*request, call);
   if (!admitted.ok()) {
     finish(admitted);
@@ -174,7 +202,7 @@ grpc::ServerUnaryReactor* RouterService::Forward(
   return call;
 }
 
-moe::v1::ModelInfo RouterService::ModelInfo() const {
+moe::v1::ModelInfo RouterService::ModelInfo(bool with_workers) const {
   const ModelEngine& model = runner_->model();
   const common::ModelSpec& spec = model.spec();
   moe::v1::ModelInfo info;
@@ -205,6 +233,8 @@ moe::v1::ModelInfo RouterService::ModelInfo() const {
   info.set_inflight_requests(inflight_.load());
   info.set_metrics_port(metrics_port_.load());
   info.set_ready(pool_->ready());
+  info.set_workers_hidden(!with_workers);
+  if (!with_workers) return info;
   for (const WorkerSnapshot& w : pool_->Snapshot()) {
     moe::v1::WorkerInfo* wi = info.add_workers();
     wi->set_address(w.address);
@@ -228,8 +258,14 @@ moe::v1::ModelInfo RouterService::ModelInfo() const {
 grpc::ServerUnaryReactor* RouterService::GetModelInfo(
     grpc::CallbackServerContext* context,
     const moe::v1::GetModelInfoRequest* /*request*/, moe::v1::ModelInfo* info) {
-  *info = ModelInfo();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const common::TokenSet::Verdict verdict = Authenticate(*context);
+  if (verdict == common::TokenSet::Verdict::kUnknown) {
+    if (metrics_ != nullptr) metrics_->RecordRejected("unauthenticated");
+    reactor->Finish(proto::ToGrpcStatus(Unauthenticated(verdict)));
+    return reactor;
+  }
+  *info = ModelInfo(verdict == common::TokenSet::Verdict::kAccepted);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

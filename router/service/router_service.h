@@ -5,7 +5,10 @@
 // that is not a ForwardRequest gets INVALID_ARGUMENT saying so. Until every
 // expert has had a worker the router answers UNAVAILABLE, naming the
 // experts without one. Overload (a full queue) answers RESOURCE_EXHAUSTED.
-// Concurrent forwards may share worker calls (options.batch_window).
+// Concurrent forwards may share worker calls (options.batch_window). With
+// options.tokens, a call without a known "authorization: Bearer <token>"
+// is UNAUTHENTICATED; GetModelInfo without a token answers without the
+// worker list (addresses are for operators).
 #pragma once
 
 #include <atomic>
@@ -14,6 +17,7 @@
 
 #include "absl/time/time.h"
 #include "common/clock.h"
+#include "common/token_set.h"
 #include "common/work_queue.h"
 #include "moe/v1/router.grpc.pb.h"
 #include "router/service/forward_runner.h"
@@ -34,6 +38,9 @@ struct RouterServiceOptions {
   absl::Duration batch_window = absl::ZeroDuration();
   int64_t batch_max_rows = 16384;
   common::Clock* clock = common::Clock::Real();
+  // Bearer tokens Forward and GetModelInfo require (not health); none when
+  // null. Must outlive the service.
+  common::TokenSet* tokens = nullptr;
 };
 
 class RouterService final
@@ -64,8 +71,8 @@ class RouterService final
   // Reported in ModelInfo so that tools can find /metrics.
   void set_metrics_port(int port) { metrics_port_ = port; }
 
-  // What GetModelInfo answers.
-  moe::v1::ModelInfo ModelInfo() const;
+  // What GetModelInfo answers (`with_workers`: the worker list too).
+  moe::v1::ModelInfo ModelInfo(bool with_workers = true) const;
 
  private:
   class ForwardCall;
@@ -74,6 +81,9 @@ class RouterService final
   // answer at once.
   absl::Status Admit(const grpc::ByteBuffer& bytes, ForwardCall* call) const;
   absl::Status RunForward(ForwardCall* call) const;
+  // kAccepted when the service needs no token.
+  common::TokenSet::Verdict Authenticate(
+      const grpc::CallbackServerContext& context) const;
 
   const ForwardRunner* runner_;
   WorkerPool* pool_;

@@ -31,6 +31,9 @@ class GrpcWorkerTransport : public WorkerTransport {
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
     // Retries are the router's decision (replicas, failure policy).
     args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+    if (!o.tls_server_name.empty()) {
+      args.SetSslTargetNameOverride(o.tls_server_name);
+    }
     channel_ = grpc::CreateCustomChannel(
         address_,
         o.credentials != nullptr ? o.credentials

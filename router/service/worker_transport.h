@@ -48,6 +48,9 @@ struct GrpcTransportOptions {
   int max_message_bytes = 256 << 20;
   // TLS toward the workers; insecure when null.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // The name the workers' certificates must carry, when it is not the host
+  // of their addresses (empty: the host).
+  std::string tls_server_name;
 };
 
 // Makes the gRPC transport of a worker address.

@@ -48,13 +48,14 @@ def read_safetensors(path):
 class MoeUp:
     """moe-up on a checkpoint, on 127.0.0.1 with a free port."""
 
-    def __init__(self, checkpoint, workers=2):
+    def __init__(self, checkpoint, workers=2, flags=()):
         self.tmp = tempfile.mkdtemp(prefix="moe-pyclient-")
         port_file = os.path.join(self.tmp, "port")
         self.log = open(os.path.join(self.tmp, "moe-up.log"), "w")
         self.proc = subprocess.Popen(
             [os.path.join(BIN_DIR, "moe-up"), "--checkpoint=" + checkpoint,
-             "--workers=%d" % workers, "--port=0", "--port_file=" + port_file],
+             "--workers=%d" % workers, "--port=0", "--port_file=" + port_file]
+            + list(flags),
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         port = ""
@@ -199,6 +200,79 @@ class PythonClientTest(unittest.TestCase):
                 c.model_info()
             self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE)
             self.assertLess(time.time() - start, 5)
+
+
+class PythonClientTlsTest(unittest.TestCase):
+    """moe-up with mutual TLS on both hops and a token (certificates from
+    tests/testing/make_test_pki.sh); the client with and without them."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pki = tempfile.mkdtemp(prefix="moe-pyclient-pki-")
+        subprocess.run([os.path.join(HERE, "..", "testing", "make_test_pki.sh"), cls.pki],
+                       check=True, capture_output=True)
+        # moe-up uses one certificate for every process and as the router's
+        # client certificate toward the workers: it needs both usages.
+        p = lambda name: os.path.join(cls.pki, name)  # noqa: E731
+        ext = p("both.ext")
+        with open(ext, "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                    "extendedKeyUsage=serverAuth,clientAuth\n")
+        subprocess.run(["openssl", "req", "-new", "-key", p("server.key"), "-out",
+                        p("both.csr"), "-subj", "/CN=moe-up"], check=True,
+                       capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", p("both.csr"), "-CA", p("ca.crt"),
+                        "-CAkey", p("ca.key"), "-CAcreateserial", "-days", "2",
+                        "-out", p("both.crt"), "-extfile", ext], check=True,
+                       capture_output=True)
+        with open(p("tokens"), "w") as f:
+            f.write("py-token\n")
+        cls.up = MoeUp(os.path.join(GOLDEN_DIR, "B2_moe_eval_drop_cap12.safetensors"),
+                       flags=["--tls_cert_file=" + p("both.crt"),
+                              "--tls_key_file=" + p("server.key"),
+                              "--tls_ca_file=" + p("ca.crt"),
+                              "--tls_client_ca_file=" + p("ca.crt"),
+                              "--auth_tokens_file=" + p("tokens")])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.up.stop()
+        shutil.rmtree(cls.pki, ignore_errors=True)
+
+    def read(self, name):
+        with open(os.path.join(self.pki, name), "rb") as f:
+            return f.read()
+
+    def client(self, **kw):
+        return RouterClient(self.up.target, timeout=10, max_attempts=1, **kw)
+
+    def test_with_certificates_and_token_it_answers(self):
+        g = golden("B2_moe_eval_drop_cap12")
+        with self.client(root_certificates=self.read("ca.crt"),
+                         private_key=self.read("client.key"),
+                         certificate_chain=self.read("client.crt"),
+                         token="py-token") as c:
+            r = c.forward(g["input.x"], policy="all")
+            self.assertLessEqual(float(np.abs(r.y - g["output.y"]).max()), 1e-5)
+            self.assertEqual(len(c.model_info().workers), 2)
+
+    def test_without_a_token_unauthenticated(self):
+        g = golden("B2_moe_eval_drop_cap12")
+        with self.client(root_certificates=self.read("ca.crt"),
+                         private_key=self.read("client.key"),
+                         certificate_chain=self.read("client.crt")) as c:
+            with self.assertRaises(MoeError) as e:
+                c.forward(g["input.x"])
+            self.assertEqual(e.exception.code, grpc.StatusCode.UNAUTHENTICATED)
+            self.assertTrue(c.model_info().workers_hidden)
+
+    def test_without_a_client_certificate_or_in_plaintext_refused(self):
+        g = golden("B2_moe_eval_drop_cap12")
+        for kw in ({"root_certificates": self.read("ca.crt")}, {}):
+            with self.client(token="py-token", **kw) as c:
+                with self.assertRaises(MoeError) as e:
+                    c.forward(g["input.x"])
+                self.assertEqual(e.exception.code, grpc.StatusCode.UNAVAILABLE, kw)
 
 
 if __name__ == "__main__":

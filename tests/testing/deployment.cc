@@ -96,10 +96,12 @@ absl::StatusOr<int> WaitForPortFile(const std::string& path,
   return absl::DeadlineExceededError(absl::StrCat("no port file ", path));
 }
 
-absl::Status WaitServing(const std::string& address, absl::Duration timeout) {
+absl::Status WaitServing(const std::string& address, absl::Duration timeout,
+                         const client::ClientOptions& options) {
   const absl::Time deadline = absl::Now() + timeout;
   for (;;) {
-    auto health = client::CheckHealth(address, absl::Milliseconds(500));
+    auto health =
+        client::CheckHealth(address, absl::Milliseconds(500), "", options);
     if (health.ok() &&
         *health == grpc::health::v1::HealthCheckResponse::SERVING) {
       return absl::OkStatus();
@@ -139,14 +141,19 @@ void Deployment::SetWorkerCheckpoint(int i, std::string checkpoint) {
 absl::Status Deployment::StartWorker(int i, int port) {
   const std::string port_file = absl::StrCat(dir_, "/worker-", i, ".port");
   std::filesystem::remove(port_file);
+  std::vector<std::string> argv = {
+      BinaryPath("moe-expert"),
+      "--checkpoint=" + worker_checkpoints_[i],
+      "--experts=" + worker_experts_[i],
+      "--host=127.0.0.1",
+      absl::StrCat("--port=", port),
+      "--port_file=" + port_file,
+      "--metrics_port=0",
+      "--metrics_port_file=" + port_file + ".metrics",
+      "--grace_seconds=5"};
+  argv.insert(argv.end(), worker_flags_.begin(), worker_flags_.end());
   workers_[i] = std::make_unique<Process>(
-      std::vector<std::string>{
-          BinaryPath("moe-expert"), "--checkpoint=" + worker_checkpoints_[i],
-          "--experts=" + worker_experts_[i], "--host=127.0.0.1",
-          absl::StrCat("--port=", port), "--port_file=" + port_file,
-          "--metrics_port=0", "--metrics_port_file=" + port_file + ".metrics",
-          "--grace_seconds=5"},
-      absl::StrCat(dir_, "/worker-", i, ".log"));
+      argv, absl::StrCat(dir_, "/worker-", i, ".log"));
   absl::StatusOr<int> p =
       WaitForPortFile(port_file, absl::Seconds(60), workers_[i].get());
   if (!p.ok()) return p.status();
@@ -155,7 +162,8 @@ absl::Status Deployment::StartWorker(int i, int port) {
                                           absl::Seconds(10), workers_[i].get());
   if (!m.ok()) return m.status();
   worker_metrics_ports_[i] = *m;
-  return WaitServing(absl::StrCat("127.0.0.1:", *p), absl::Seconds(60));
+  return WaitServing(absl::StrCat("127.0.0.1:", *p), absl::Seconds(60),
+                     worker_probe_);
 }
 
 absl::Status Deployment::StartRouter() {
@@ -185,12 +193,12 @@ absl::Status Deployment::StartRouter() {
       WaitForPortFile(port_file + ".metrics", absl::Seconds(10), router_.get());
   if (!m.ok()) return m.status();
   router_metrics_port_ = *m;
-  return WaitServing(router_address(), absl::Seconds(60));
+  return WaitServing(router_address(), absl::Seconds(60), router_probe_);
 }
 
 absl::Status Deployment::WaitWorkerState(int i, bool up,
                                          absl::Duration timeout) {
-  auto client = client::RouterClient::Create(router_address());
+  auto client = client::RouterClient::Create(router_address(), router_probe_);
   const std::string address = absl::StrCat("127.0.0.1:", worker_ports_[i]);
   const absl::Time deadline = absl::Now() + timeout;
   while (absl::Now() < deadline) {

@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/router_client.h"
 
 namespace moe::testing {
 
@@ -38,8 +39,9 @@ class Process {
 absl::StatusOr<int> WaitForPortFile(const std::string& path,
                                     absl::Duration timeout, Process* process);
 
-// Waits until `address` answers health SERVING.
-absl::Status WaitServing(const std::string& address, absl::Duration timeout);
+// Waits until `address` answers health SERVING (through `options`' TLS).
+absl::Status WaitServing(const std::string& address, absl::Duration timeout,
+                         const client::ClientOptions& options = {});
 
 // Workers and a router started one by one (for failure tests).
 class Deployment {
@@ -52,6 +54,16 @@ class Deployment {
   // Worker i serves `checkpoint` instead of the deployment's (to test model
   // identity). Call before StartWorker(i).
   void SetWorkerCheckpoint(int i, std::string checkpoint);
+  // Flags every worker started afterwards gets (TLS, say).
+  void SetWorkerFlags(std::vector<std::string> flags) {
+    worker_flags_ = std::move(flags);
+  }
+  // How the deployment's own health checks reach the processes (TLS).
+  void SetProbeOptions(client::ClientOptions worker,
+                       client::ClientOptions router) {
+    worker_probe_ = std::move(worker);
+    router_probe_ = std::move(router);
+  }
   // Starts worker i on port `port` (0: a free one, recorded).
   absl::Status StartWorker(int i, int port = 0);
   absl::Status StartRouter();
@@ -71,6 +83,8 @@ class Deployment {
   std::vector<std::string> worker_experts_;
   std::vector<std::string> router_flags_;
   std::vector<std::string> worker_checkpoints_;
+  std::vector<std::string> worker_flags_;
+  client::ClientOptions worker_probe_, router_probe_;
   std::vector<std::unique_ptr<Process>> workers_;
   std::vector<int> worker_ports_;
   std::vector<int> worker_metrics_ports_;

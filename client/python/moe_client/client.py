@@ -163,8 +163,10 @@ class RouterClient:
     other errors raise MoeError at once.
 
     TLS: give root_certificates (PEM bytes of the router's CA) and, for
-    mutual TLS, private_key and certificate_chain. token: sent as
-    "authorization: Bearer <token>".
+    mutual TLS, private_key and certificate_chain; tls_server_name when the
+    router's certificate names another host than the target's. token: sent
+    as "authorization: Bearer <token>" (a router with tokens answers
+    UNAUTHENTICATED without one, and hides its workers in model_info()).
     """
 
     def __init__(self, target: str, timeout: float = 60.0,
@@ -172,7 +174,8 @@ class RouterClient:
                  root_certificates: Optional[bytes] = None,
                  private_key: Optional[bytes] = None,
                  certificate_chain: Optional[bytes] = None,
-                 token: Optional[str] = None):
+                 token: Optional[str] = None,
+                 tls_server_name: Optional[str] = None):
         self.target = target
         self.timeout = timeout
         self.max_attempts = max(1, max_attempts)
@@ -181,6 +184,8 @@ class RouterClient:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
+        if tls_server_name:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
         if root_certificates is not None or private_key is not None:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=root_certificates, private_key=private_key,

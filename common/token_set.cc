@@ -1,0 +1,115 @@
+#include "common/token_set.h"
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <sys/stat.h>
+
+#include <fstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+
+namespace moe::common {
+namespace {
+
+std::string Digest(absl::string_view token) {
+  unsigned char out[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(),
+         out);
+  return std::string(reinterpret_cast<const char*>(out), sizeof(out));
+}
+
+// What identifies one version of the file (a secret update swaps a symlink,
+// so the inode changes even when mtime and size do not).
+std::string Stamp(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return "";
+  return absl::StrCat(st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec, "/",
+                      st.st_size, "/", st.st_ino);
+}
+
+absl::StatusOr<std::vector<std::string>> ReadDigests(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--auth_tokens_file: cannot read ", path));
+  }
+  std::vector<std::string> digests;
+  std::string line;
+  while (std::getline(in, line)) {
+    absl::string_view token = absl::StripAsciiWhitespace(line);
+    if (token.empty() || token[0] == '#') continue;
+    digests.push_back(Digest(token));
+  }
+  if (digests.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--auth_tokens_file: ", path,
+                     " holds no token (one per line; '#' starts a comment)"));
+  }
+  return digests;
+}
+
+}  // namespace
+
+TokenSet::TokenSet(std::string path, absl::Duration recheck, Clock* clock)
+    : path_(std::move(path)), recheck_(recheck), clock_(clock) {}
+
+absl::StatusOr<std::unique_ptr<TokenSet>> TokenSet::FromFile(
+    const std::string& path, absl::Duration recheck, Clock* clock) {
+  absl::StatusOr<std::vector<std::string>> digests = ReadDigests(path);
+  if (!digests.ok()) return digests.status();
+  std::unique_ptr<TokenSet> set(new TokenSet(path, recheck, clock));
+  absl::MutexLock lock(&set->mu_);
+  set->digests_ = *std::move(digests);
+  set->file_stamp_ = Stamp(path);
+  set->next_check_ = clock->Now() + recheck;
+  return set;
+}
+
+void TokenSet::MaybeReload() {
+  const absl::Time now = clock_->Now();
+  if (now < next_check_) return;
+  next_check_ = now + recheck_;
+  const std::string stamp = Stamp(path_);
+  if (stamp == file_stamp_) return;
+  absl::StatusOr<std::vector<std::string>> digests = ReadDigests(path_);
+  if (!digests.ok()) {
+    MOE_LOG(WARNING) << digests.status().message() << "; keeping the "
+                     << digests_.size() << " token(s) read before";
+    file_stamp_ = stamp;  // say it once per change
+    return;
+  }
+  MOE_LOG(INFO) << "--auth_tokens_file " << path_
+                << " changed: " << digests->size() << " token(s) now";
+  digests_ = *std::move(digests);
+  file_stamp_ = stamp;
+}
+
+TokenSet::Verdict TokenSet::Check(absl::string_view authorization) {
+  authorization = absl::StripAsciiWhitespace(authorization);
+  if (authorization.empty()) return Verdict::kMissing;
+  constexpr absl::string_view kScheme = "bearer ";
+  if (authorization.size() <= kScheme.size() ||
+      !absl::StartsWithIgnoreCase(authorization, kScheme)) {
+    return Verdict::kUnknown;
+  }
+  const std::string digest = Digest(
+      absl::StripLeadingAsciiWhitespace(authorization.substr(kScheme.size())));
+  absl::MutexLock lock(&mu_);
+  MaybeReload();
+  bool found = false;
+  for (const std::string& d : digests_) {
+    // Every digest compared in full, in constant time.
+    found |= CRYPTO_memcmp(d.data(), digest.data(), d.size()) == 0;
+  }
+  return found ? Verdict::kAccepted : Verdict::kUnknown;
+}
+
+size_t TokenSet::size() const {
+  absl::MutexLock lock(&mu_);
+  return digests_.size();
+}
+
+}  // namespace moe::common

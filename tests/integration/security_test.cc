@@ -1,0 +1,328 @@
+// Mutual TLS on both hops and token auth, with real processes on 127.0.0.1
+// and certificates made by openssl (tests/testing/make_test_pki.sh):
+//
+//   client --mTLS (ca)--> moe-router --mTLS (router_ca)--> moe-expert x2
+//
+// The router requires client certificates of `ca` and a bearer token; the
+// workers require client certificates of `router_ca`, which only the router
+// holds. Shown: golden parity with the right credentials; plaintext, TLS
+// without a client certificate and a certificate of another CA refused; a
+// missing and a wrong token UNAUTHENTICATED (and counted); a worker refusing
+// a client that is not a router; the plaintext health port; certificates and
+// tokens rotated under load without a failed call.
+#include <ATen/ATen.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
+#include "client/cli/metrics_text.h"
+#include "client/router_client.h"
+#include "proto/tls.h"
+#include "testing/deployment.h"
+#include "testing/golden.h"
+#include "testing/reference.h"
+
+namespace moe {
+namespace {
+
+using testing::Deployment;
+using testing::Request;
+using testing::Y;
+
+const std::string kModel = "A_moe_eval_nodrop";
+
+std::string Pki() {
+  static const std::string dir = [] {
+    const std::string d = testing::TempDir() + "/pki";
+    std::string out;
+    const int rc = testing::RunProcess(
+        {std::string(MOE_SOURCE_DIR) + "/tests/testing/make_test_pki.sh", d},
+        &out);
+    EXPECT_EQ(rc, 0) << out;
+    return d;
+  }();
+  return dir;
+}
+
+std::string PkiFile(const std::string& name) { return Pki() + "/" + name; }
+
+void Copy(const std::string& from, const std::string& to) {
+  // Written beside and renamed: a reader never sees half a file.
+  std::filesystem::copy_file(from, to + ".tmp",
+                             std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::rename(to + ".tmp", to);
+}
+
+void Write(const std::string& path, const std::string& text) {
+  std::ofstream(path + ".tmp") << text;
+  std::filesystem::rename(path + ".tmp", path);
+}
+
+std::shared_ptr<grpc::ChannelCredentials> Credentials(const std::string& ca,
+                                                      const std::string& cert) {
+  proto::TlsFiles f;
+  f.ca_file = PkiFile(ca + ".crt");
+  if (!cert.empty()) {
+    f.cert_file = PkiFile(cert + ".crt");
+    f.key_file = PkiFile(cert + ".key");
+  }
+  auto creds = proto::MakeChannelCredentials(f);
+  EXPECT_TRUE(creds.ok()) << creds.status();
+  return creds.ok() ? *creds : nullptr;
+}
+
+client::ClientOptions Options(std::shared_ptr<grpc::ChannelCredentials> creds,
+                              const std::string& token = "") {
+  client::ClientOptions o;
+  o.credentials = std::move(creds);
+  o.token = token;
+  o.max_attempts = 1;
+  o.timeout = absl::Seconds(10);
+  return o;
+}
+
+// The subject of the certificate `port` presents now (a fresh handshake as
+// `client`).
+std::string ServedSubject(int port, const std::string& client = "client") {
+  std::string out;
+  testing::RunProcess(
+      {"/bin/sh", "-c",
+       "echo | openssl s_client -connect 127.0.0.1:" + std::to_string(port) +
+           " -CAfile " + PkiFile("ca.crt") + " -cert " +
+           PkiFile(client + ".crt") + " -key " + PkiFile(client + ".key") +
+           " 2>/dev/null | openssl x509 -noout -subject"},
+      &out);
+  return out;
+}
+
+double Rejected(const Deployment& d, const std::string& reason) {
+  std::vector<std::string> hp = absl::StrSplit(d.router_metrics_address(), ':');
+  httplib::Client http(hp[0], std::stoi(hp[1]));
+  auto res = http.Get("/metrics");
+  if (!res) return -1;
+  return cli::SumSamples(cli::ParseMetricsText(res->body),
+                         "moe_router_rejected_requests_total",
+                         {{"reason", reason}});
+}
+
+class SecurityTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    live_ = testing::TempDir() + "/live";
+    std::filesystem::create_directories(live_);
+    Copy(PkiFile("server.crt"), live_ + "/server.crt");
+    Copy(PkiFile("server.key"), live_ + "/server.key");
+    Write(live_ + "/tokens", "# callers\nt0-first-token\n");
+    const std::vector<std::string> server_tls = {
+        "--tls_cert_file=" + live_ + "/server.crt",
+        "--tls_key_file=" + live_ + "/server.key", "--tls_refresh_seconds=1"};
+    std::vector<std::string> worker_flags = server_tls;
+    worker_flags.push_back("--tls_client_ca_file=" + PkiFile("router_ca.crt"));
+    std::vector<std::string> router_flags = server_tls;
+    for (std::string f :
+         {"--tls_client_ca_file=" + PkiFile("ca.crt"),
+          "--worker_tls_ca_file=" + PkiFile("ca.crt"),
+          "--worker_tls_cert_file=" + PkiFile("router_client.crt"),
+          "--worker_tls_key_file=" + PkiFile("router_client.key"),
+          "--auth_tokens_file=" + live_ + "/tokens",
+          std::string("--health_port=0"),
+          "--health_port_file=" + live_ + "/health.port"}) {
+      router_flags.push_back(f);
+    }
+    deployment_ = new Deployment(testing::GoldenPath(kModel), {"0-1", "2-3"},
+                                 router_flags);
+    deployment_->SetWorkerFlags(worker_flags);
+    deployment_->SetProbeOptions(
+        Options(Credentials("ca", "router_client")),
+        Options(Credentials("ca", "client"), "t0-first-token"));
+    ASSERT_TRUE(deployment_->StartWorker(0).ok())
+        << deployment_->worker(0).Log();
+    ASSERT_TRUE(deployment_->StartWorker(1).ok())
+        << deployment_->worker(1).Log();
+    absl::Status router = deployment_->StartRouter();
+    ASSERT_TRUE(router.ok()) << router << deployment_->router().Log();
+  }
+  static void TearDownTestSuite() {
+    delete deployment_;
+    deployment_ = nullptr;
+  }
+
+  // x and options of the golden case, and its expected y.
+  static moe::v1::ForwardRequest GoldenRequest() {
+    auto golden = testing::ReadAllTensors(testing::GoldenPath(kModel));
+    return Request(golden.at("input.x"), moe::v1::RoutingOptions());
+  }
+  static at::Tensor GoldenY() {
+    return testing::ReadAllTensors(testing::GoldenPath(kModel)).at("output.y");
+  }
+
+  absl::StatusOr<moe::v1::ForwardResponse> Forward(
+      const client::ClientOptions& o) {
+    return client::RouterClient::Create(deployment_->router_address(), o)
+        ->Forward(GoldenRequest());
+  }
+
+  static std::string live_;
+  static Deployment* deployment_;
+};
+
+std::string SecurityTest::live_;
+Deployment* SecurityTest::deployment_ = nullptr;
+
+TEST_F(SecurityTest, TheRightCredentialsGetGoldenParity) {
+  auto r = Forward(Options(Credentials("ca", "client"), "t0-first-token"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->degraded());
+  EXPECT_LE(testing::MaxAbsDiff(Y(*r), GoldenY()), 1e-5);
+}
+
+TEST_F(SecurityTest, PlaintextIsRefused) {
+  auto r = Forward(Options(nullptr, "t0-first-token"));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+}
+
+TEST_F(SecurityTest, TlsWithoutAClientCertificateIsRefused) {
+  auto r = Forward(Options(Credentials("ca", ""), "t0-first-token"));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+}
+
+TEST_F(SecurityTest, ACertificateOfAnotherCaIsRefused) {
+  auto r = Forward(Options(Credentials("ca", "stranger"), "t0-first-token"));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+}
+
+TEST_F(SecurityTest, AMissingOrWrongTokenIsUnauthenticatedAndCounted) {
+  const double before = Rejected(*deployment_, "unauthenticated");
+  auto missing = Forward(Options(Credentials("ca", "client")));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(std::string(missing.status().message()),
+              ::testing::HasSubstr("requires a token"));
+  auto wrong = Forward(Options(Credentials("ca", "client"), "t0-first-tokem"));
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(std::string(wrong.status().message()),
+              ::testing::Not(::testing::HasSubstr("t0-first")));
+  EXPECT_EQ(Rejected(*deployment_, "unauthenticated"), before + 2);
+  // The token never reaches the log.
+  EXPECT_FALSE(absl::StrContains(deployment_->router().Log(), "t0-first"));
+}
+
+TEST_F(SecurityTest, WorkerAddressesOnlyForCallersWithAToken) {
+  auto anonymous = client::RouterClient::Create(
+      deployment_->router_address(), Options(Credentials("ca", "client")));
+  auto info = anonymous->GetModelInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_TRUE(info->workers_hidden());
+  EXPECT_EQ(info->workers_size(), 0);
+  EXPECT_EQ(info->dim(), 16);
+  auto member = client::RouterClient::Create(
+      deployment_->router_address(),
+      Options(Credentials("ca", "client"), "t0-first-token"));
+  info = member->GetModelInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->workers_size(), 2);
+}
+
+TEST_F(SecurityTest, WorkersServeOnlyRouters) {
+  const std::string worker =
+      "127.0.0.1:" + std::to_string(deployment_->worker_port(0));
+  // A client certificate of the callers' CA is not a router's.
+  EXPECT_FALSE(client::CheckHealth(worker, absl::Seconds(3), "",
+                                   Options(Credentials("ca", "client")))
+                   .ok());
+  EXPECT_FALSE(
+      client::CheckHealth(worker, absl::Seconds(3), "", Options(nullptr)).ok());
+  auto router =
+      client::CheckHealth(worker, absl::Seconds(3), "",
+                          Options(Credentials("ca", "router_client")));
+  ASSERT_TRUE(router.ok()) << router.status();
+  EXPECT_EQ(*router, grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+TEST_F(SecurityTest, ThePlaintextHealthPortCarriesHealthOnly) {
+  auto port = testing::WaitForPortFile(live_ + "/health.port", absl::Seconds(5),
+                                       nullptr);
+  ASSERT_TRUE(port.ok()) << port.status();
+  const std::string address = "127.0.0.1:" + std::to_string(*port);
+  auto health = client::CheckHealth(address, absl::Seconds(3), "moe.v1.Router");
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(*health, grpc::health::v1::HealthCheckResponse::SERVING);
+  auto forward = client::RouterClient::Create(address, Options(nullptr))
+                     ->Forward(GoldenRequest());
+  EXPECT_EQ(forward.status().code(), absl::StatusCode::kUnimplemented)
+      << forward.status();
+}
+
+// Changes the live files; every test runs in a process (and deployment)
+// of its own.
+TEST_F(SecurityTest, CertificatesAndTokensRotateUnderLoadWithoutAFailedCall) {
+  const std::string address = deployment_->router_address();
+  const int router_port = std::stoi(address.substr(address.find(':') + 1));
+  ASSERT_THAT(ServedSubject(router_port), ::testing::HasSubstr("server-1"));
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, failed{0};
+  std::string first_error;
+  std::mutex mu;
+  std::vector<std::thread> load;
+  const absl::Time limit = absl::Now() + absl::Seconds(30);
+  for (int t = 0; t < 2; ++t) {
+    load.emplace_back([&] {
+      // A fresh client (a fresh handshake) every few calls, so that new
+      // connections during the rotation are covered too.
+      while (!stop.load() && absl::Now() < limit) {
+        auto client = client::RouterClient::Create(
+            deployment_->router_address(),
+            Options(Credentials("ca", "client"), "t0-first-token"));
+        for (int i = 0; i < 5 && !stop.load(); ++i) {
+          auto r = client->Forward(GoldenRequest());
+          if (r.ok() && !r->degraded()) {
+            ++ok;
+            continue;
+          }
+          ++failed;
+          std::lock_guard<std::mutex> lock(mu);
+          if (first_error.empty()) {
+            first_error = r.ok() ? "degraded" : r.status().ToString();
+          }
+        }
+      }
+    });
+  }
+  while (ok.load() < 20 && absl::Now() < limit) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  // Rotate every server's certificate (key first: both files change within
+  // one refresh) and the router's tokens.
+  Copy(PkiFile("server2.key"), live_ + "/server.key");
+  Copy(PkiFile("server2.crt"), live_ + "/server.crt");
+  Write(live_ + "/tokens", "t0-first-token\nt1-second-token\n");
+  bool rotated = false;
+  while (!rotated && absl::Now() < limit) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    rotated = absl::StrContains(ServedSubject(router_port), "server-2");
+  }
+  EXPECT_TRUE(rotated) << "the router still serves the old certificate";
+  const int before = ok.load();
+  while (ok.load() < before + 20 && absl::Now() < limit) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  stop = true;
+  for (std::thread& t : load) t.join();
+  EXPECT_EQ(failed.load(), 0) << first_error;
+  EXPECT_GE(ok.load(), before + 20);
+  // The new token works; the workers serve the new certificate too.
+  auto r = Forward(Options(Credentials("ca", "client"), "t1-second-token"));
+  EXPECT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(ServedSubject(deployment_->worker_port(0), "router_client"),
+              ::testing::HasSubstr("server-2"));
+}
+
+}  // namespace
+}  // namespace moe
