@@ -1,0 +1,135 @@
+// Bounded by construction: a worker accepts calls up to --max_tokens_per_call
+// rows (its message limit follows from it), and the memory a maximum-size
+// call grew is returned afterwards (up to the scratch the shard keeps). A real
+// moe-expert on 127.0.0.1 with the README configuration (dim 512, 16 experts)
+// gets a maximum-size RunExperts call straight over gRPC; its resident memory
+// afterwards must be back within kMarginMiB of what it was idle, and a second
+// one adds nothing. A call over the limit is refused without the process
+// growing.
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/notification.h"
+#include "common/torch/demo_model.h"
+#include "proto/expert_wire.h"
+#include "testing/deployment.h"
+#include "testing/golden.h"
+
+namespace moe {
+namespace {
+
+constexpr int64_t kMaxRows = 32768;  // --max_tokens_per_call: 64 MiB of x
+// The shard keeps up to 32 MiB of GEGLU scratch between calls by design
+// (experts/cpu_expert_shard.cc); the rest of the margin is allocator slack.
+constexpr double kMarginMiB = 64;
+
+// A field of /proc/PID/status in MiB (VmRSS, VmHWM).
+double StatusMiB(pid_t pid, const std::string& key) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) != 0) continue;
+    absl::string_view v = absl::StripAsciiWhitespace(absl::StripSuffix(
+        absl::string_view(line).substr(key.size() + 1), "kB"));
+    double kb = 0;
+    if (absl::SimpleAtod(v, &kb)) return kb / 1024;
+  }
+  return -1;
+}
+
+// Rows split evenly over the 16 experts of layer 0, as one RunExperts call.
+grpc::ByteBuffer Call(int64_t rows, int64_t dim) {
+  auto data = std::make_shared<std::vector<float>>(rows * dim, 0.25f);
+  proto::RunExpertsRequestWriter writer(moe::v1::FLOAT32, dim);
+  writer.AddFloatRows(data->data(), rows, data);
+  for (int e = 0; e < 16; ++e) {
+    writer.AddSegment({0, e}, rows * (e + 1) / 16 - rows * e / 16);
+  }
+  return writer.Finish(moe::v1::FLOAT32);
+}
+
+grpc::Status Send(const std::string& address, grpc::ByteBuffer request) {
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(1 << 30);
+  args.SetMaxReceiveMessageSize(1 << 30);
+  grpc::GenericStub stub(grpc::CreateCustomChannel(
+      address, grpc::InsecureChannelCredentials(), args));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
+  grpc::ByteBuffer response;
+  absl::Notification done;
+  grpc::Status status;
+  stub.UnaryCall(&context, "/moe.v1.ExpertWorker/RunExperts",
+                 grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
+                   status = std::move(s);
+                   done.Notify();
+                 });
+  done.WaitForNotification();
+  return status;
+}
+
+TEST(MemoryTest, AMaximumSizeCallLeavesTheWorkerNearItsIdleSize) {
+  const std::string path = testing::TempDir() + "/readme.safetensors";
+  ASSERT_TRUE(common::WriteDemoCheckpoint(path, common::DefaultDemoConfig(), 1,
+                                          /*seed=*/0)
+                  .ok());
+  const int64_t dim = common::DefaultDemoConfig().dim;
+  const std::string port_file = testing::TempDir() + "/memory-worker.port";
+  testing::Process worker(
+      {testing::BinaryPath("moe-expert"), "--checkpoint=" + path,
+       "--host=127.0.0.1", "--port=0", "--port_file=" + port_file,
+       "--metrics_port=-1", absl::StrCat("--max_tokens_per_call=", kMaxRows)},
+      port_file + ".log");
+  auto port = testing::WaitForPortFile(port_file, absl::Seconds(60), &worker);
+  ASSERT_TRUE(port.ok()) << port.status();
+  const std::string address = absl::StrCat("127.0.0.1:", *port);
+  ASSERT_TRUE(testing::WaitServing(address, absl::Seconds(60)).ok());
+
+  // Idle: after a small call, so that lazily created state exists.
+  ASSERT_TRUE(Send(address, Call(64, dim)).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const double idle = StatusMiB(worker.pid(), "VmRSS");
+
+  grpc::Status big = Send(address, Call(kMaxRows, dim));
+  ASSERT_TRUE(big.ok()) << big.error_message();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const double after = StatusMiB(worker.pid(), "VmRSS");
+  const double peak = StatusMiB(worker.pid(), "VmHWM");
+  std::printf(
+      "worker RSS: idle %.1f MiB, peak %.1f MiB during a %lld-row "
+      "call (%.0f MiB in, %.0f MiB out), after %.1f MiB\n",
+      idle, peak, static_cast<long long>(kMaxRows),
+      kMaxRows * dim * 4.0 / (1 << 20), kMaxRows * dim * 4.0 / (1 << 20),
+      after);
+  EXPECT_GT(peak, idle + 64) << "the call did not allocate: not a real test";
+  EXPECT_LE(after, idle + kMarginMiB);
+  // A second one keeps nothing more: nothing accumulates.
+  ASSERT_TRUE(Send(address, Call(kMaxRows, dim)).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const double again = StatusMiB(worker.pid(), "VmRSS");
+  std::printf("after a second maximum-size call %.1f MiB\n", again);
+  EXPECT_LE(again, after + 8);
+
+  // One row over the limit: refused (by gRPC's size limit or by the row
+  // check), and the worker does not grow or stop.
+  grpc::Status over = Send(address, Call(kMaxRows + 2048, dim));
+  EXPECT_TRUE(over.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
+              over.error_code() == grpc::StatusCode::INVALID_ARGUMENT)
+      << over.error_code() << " " << over.error_message();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_LE(StatusMiB(worker.pid(), "VmRSS"), idle + kMarginMiB);
+  EXPECT_TRUE(Send(address, Call(64, dim)).ok());
+  EXPECT_TRUE(worker.running());
+}
+
+}  // namespace
+}  // namespace moe
