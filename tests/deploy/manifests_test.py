@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-"""Offline checks of the Kubernetes deployment: both overlays render with
-kubectl kustomize, every object validates against the Kubernetes and
-prometheus-operator schemas with unknown fields rejected, yamllint is clean,
+"""Offline checks of the Kubernetes deployment: every overlay (cpu, gpu,
+tls) renders with kubectl kustomize, every object validates against the
+Kubernetes, prometheus-operator and cert-manager schemas with unknown
+fields rejected, yamllint is clean,
 and the monitoring copies match deploy/prometheus and deploy/grafana.
 
 Usage: manifests_test.py REPO_ROOT
@@ -53,10 +54,11 @@ def find(objs, kind, name):
 
 class ManifestsTest(unittest.TestCase):
     def test_overlays_render_and_validate(self):
-        for overlay in ("cpu", "gpu"):
+        for overlay in ("cpu", "gpu", "tls"):
             text = render(overlay)
             objs = objects(text)
-            self.assertEqual({o["kind"] for o in objs}, EXPECTED_KINDS, overlay)
+            kinds = EXPECTED_KINDS | ({"Issuer", "Certificate"} if overlay == "tls" else set())
+            self.assertEqual({o["kind"] for o in objs}, kinds, overlay)
             for o in objs:
                 if o["kind"] != "Namespace":
                     self.assertEqual(o["metadata"].get("namespace"), "moe-serve",
@@ -111,6 +113,33 @@ class ManifestsTest(unittest.TestCase):
         self.assertEqual(container["resources"]["limits"]["nvidia.com/gpu"], "1")
         self.assertEqual(find(gpu, "ConfigMap", "moe-config")["data"]["MOE_DEVICE"], "cuda")
         self.assertTrue(container["image"].endswith("-cuda"))
+
+    def test_tls_overlay_secures_both_hops(self):
+        tls = objects(render("tls"))
+        router = find(tls, "Deployment", "moe-router")["spec"]["template"]["spec"]
+        args = router["containers"][0]["args"]
+        for flag in ("--tls_cert_file=", "--tls_client_ca_file=", "--worker_tls_ca_file=",
+                     "--worker_tls_cert_file=", "--auth_tokens_file=", "--health_port=8081"):
+            self.assertTrue(any(a.startswith(flag) for a in args), flag)
+        experts = find(tls, "StatefulSet", "moe-expert")["spec"]["template"]["spec"]
+        args = experts["containers"][0]["args"]
+        self.assertIn("--tls_client_ca_file=/tls/routers/ca.crt", args)
+        for spec in (router, experts):
+            container = spec["containers"][0]
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                self.assertEqual(container[probe]["grpc"]["port"], 8081, probe)
+            # The checkpoint volume is still there beside the secrets.
+            self.assertIn("models", [v["name"] for v in spec["volumes"]])
+            mounted = {m["name"] for m in container["volumeMounts"]}
+            self.assertEqual(mounted, {v["name"] for v in spec["volumes"]})
+        # Workers trust the routers' CA only, and never see its key.
+        routers_ca = next(v for v in experts["volumes"] if v["name"] == "routers-ca")
+        self.assertEqual(routers_ca["secret"]["secretName"], "moe-router-ca")
+        self.assertEqual(routers_ca["secret"]["items"], [{"key": "ca.crt", "path": "ca.crt"}])
+        certs = {o["metadata"]["name"]: o["spec"] for o in tls if o["kind"] == "Certificate"}
+        self.assertIn("*.moe-expert", certs["moe-expert-tls"]["dnsNames"])
+        self.assertEqual(certs["moe-router-client"]["issuerRef"]["name"], "moe-router-ca")
+        self.assertEqual(certs["moe-client"]["issuerRef"]["name"], "moe-ca")
 
     def test_monitoring_copies_match_their_sources(self):
         rule = yaml.safe_load(read(os.path.join(DEPLOY, "k8s", "base", "prometheusrule.yaml")))

@@ -1,6 +1,7 @@
 // Validates Kubernetes manifests (multi-document YAML files given as
 // arguments) offline against the schemas of kubernetes-models and
-// @kubernetes-models/prometheus-operator, and rejects unknown fields, which
+// @kubernetes-models/prometheus-operator and @kubernetes-models/cert-manager,
+// and rejects unknown fields, which
 // those schemas accept: every object is wrapped in a Proxy that records the
 // properties the compiled validator looks at; a key it never reads, in an
 // object whose keys it never enumerates (maps are enumerated), is unknown.
@@ -19,6 +20,10 @@ function modulePath(apiVersion, kind) {
   const root = join(dirname(new URL(import.meta.url).pathname), "node_modules");
   if (group === "monitoring.coreos.com") {
     return join(root, "@kubernetes-models/prometheus-operator", group, version,
+                `${kind}.js`);
+  }
+  if (group === "cert-manager.io") {
+    return join(root, "@kubernetes-models/cert-manager", group, version,
                 `${kind}.js`);
   }
   return join(root, "kubernetes-models", group ? `${group}/${version}` : version,
