@@ -30,8 +30,17 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target,
 }
 
 // gRPC's own refusals (message size, a failed TLS handshake) say nothing
-// of what to do about them.
+// of what to do about them. This client never cancels a call itself, so a
+// CANCELLED is the server's: one shutting down cancels calls that reached
+// it but not yet a handler. A forward is a pure function, so that is
+// UNAVAILABLE (retried, by us or by a caller that holds other replicas).
 absl::Status Explain(absl::Status status, bool tls) {
+  if (absl::IsCancelled(status)) {
+    return absl::UnavailableError(absl::StrCat(
+        "the server cancelled the call (a server shutting down does this "
+        "to calls it has not started; safe to retry): ",
+        status.message()));
+  }
   if (absl::IsResourceExhausted(status) &&
       absl::StrContains(status.message(), "larger than max")) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -87,10 +96,11 @@ absl::StatusOr<moe::v1::ForwardResponse> RouterClient::Forward(
     moe::v1::ForwardResponse response;
     grpc::Status status = stub_->Forward(&context, request, &response);
     if (status.ok()) return response;
-    if (status.error_code() != grpc::StatusCode::UNAVAILABLE ||
-        attempt >= options_.max_attempts || absl::Now() + backoff >= deadline) {
-      return Explain(proto::FromGrpcStatus(status),
-                     options_.credentials != nullptr);
+    absl::Status error =
+        Explain(proto::FromGrpcStatus(status), options_.credentials != nullptr);
+    if (!absl::IsUnavailable(error) || attempt >= options_.max_attempts ||
+        absl::Now() + backoff >= deadline) {
+      return error;
     }
     std::this_thread::sleep_for(absl::ToChronoMilliseconds(backoff));
     backoff *= 2;

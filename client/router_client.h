@@ -11,7 +11,9 @@
 //
 // Forward calls have no side effects, so the client retries them on
 // UNAVAILABLE (with backoff, within the call's timeout); nothing else is
-// retried. An answer that lacks some experts' outputs (`degraded`, under
+// retried. A CANCELLED from the server (one shutting down cancels calls it
+// has not started; this client never cancels its own) counts as
+// UNAVAILABLE. An answer that lacks some experts' outputs (`degraded`, under
 // the router's drop policy) is an error unless the caller allows it.
 // Thread-safe.
 #pragma once

@@ -54,6 +54,9 @@ ABSL_FLAG(int64_t, max_tokens_per_call, 131072,
           "Largest token rows of one call; the message size limit follows "
           "from it (moe-up passes 2 x the router's max_tokens_per_request).");
 ABSL_FLAG(double, grace_seconds, 10, "Time in-flight calls get on shutdown.");
+ABSL_FLAG(double, drain_seconds, 0,
+          "On SIGTERM, report NOT_SERVING but keep serving this long before "
+          "taking no new calls (time for a load balancer to stop sending).");
 ABSL_FLAG(bool, reflection, false, "Serve gRPC server reflection.");
 ABSL_FLAG(int, metrics_port, 9465,
           "Port of the Prometheus /metrics endpoint; 0 picks a free one, -1 "
@@ -173,6 +176,7 @@ absl::Status Run() {
   server_options.port = absl::GetFlag(FLAGS_port);
   server_options.port_file = absl::GetFlag(FLAGS_port_file);
   server_options.grace = absl::Seconds(absl::GetFlag(FLAGS_grace_seconds));
+  server_options.drain = absl::Seconds(absl::GetFlag(FLAGS_drain_seconds));
   server_options.reflection = absl::GetFlag(FLAGS_reflection);
   server_options.health_services = {"moe.v1.ExpertWorker"};
   server_options.rpc_metrics = &rpc_metrics;

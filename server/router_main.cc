@@ -75,11 +75,24 @@ ABSL_FLAG(int64_t, batch_max_tokens, 16384,
           "Token rows above which a worker batch takes no more forwards.");
 ABSL_FLAG(int, max_queued, 64,
           "Requests that may wait; more are refused with RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int64_t, max_queued_tokens, 262144,
+          "Tokens that may wait for a forward thread; a request that would "
+          "pass this is refused at once (RESOURCE_EXHAUSTED).");
+ABSL_FLAG(int, max_queue_ms, 2000,
+          "Longest expected (and actual) queue time of a request; longer is "
+          "refused with RESOURCE_EXHAUSTED. A request whose deadline the "
+          "queue and its own work would miss is refused at once too.");
+ABSL_FLAG(bool, log_requests, false,
+          "Log one line per request (layer, shape, code, duration; never "
+          "tensors or tokens). Failed requests are always logged.");
 ABSL_FLAG(int, probe_interval_ms, 1000, "Worker health probe interval.");
 ABSL_FLAG(double, start_timeout_seconds, 0,
           "Give up when experts stay without a worker this long at start "
           "(0: wait forever).");
 ABSL_FLAG(double, grace_seconds, 10, "Time in-flight calls get on shutdown.");
+ABSL_FLAG(double, drain_seconds, 0,
+          "On SIGTERM, report NOT_SERVING but keep serving this long before "
+          "taking no new calls (time for a load balancer to stop sending).");
 ABSL_FLAG(bool, reflection, false, "Serve gRPC server reflection.");
 ABSL_FLAG(int, metrics_port, 9464,
           "Port of the Prometheus /metrics endpoint; 0 picks a free one, -1 "
@@ -168,6 +181,14 @@ absl::StatusOr<router::RouterServiceOptions> ServiceOptionsFromFlags() {
         "--batch_window_us must be in [0, 60000000]");
   }
   o.batch_window = absl::Microseconds(window_us);
+  o.max_queued_tokens = absl::GetFlag(FLAGS_max_queued_tokens);
+  const int queue_ms = absl::GetFlag(FLAGS_max_queue_ms);
+  if (o.max_queued_tokens < 1 || queue_ms < 1) {
+    return absl::InvalidArgumentError(
+        "--max_queued_tokens and --max_queue_ms must be >= 1");
+  }
+  o.max_queue_time = absl::Milliseconds(queue_ms);
+  o.log_requests = absl::GetFlag(FLAGS_log_requests);
   o.batch_max_rows = absl::GetFlag(FLAGS_batch_max_tokens);
   if (o.batch_max_rows < 1) {
     return absl::InvalidArgumentError("--batch_max_tokens must be >= 1");
@@ -249,6 +270,7 @@ absl::Status FillServerOptions(const router::ForwardRunner& runner,
   o->port = absl::GetFlag(FLAGS_port);
   o->port_file = absl::GetFlag(FLAGS_port_file);
   o->grace = absl::Seconds(absl::GetFlag(FLAGS_grace_seconds));
+  o->drain = absl::Seconds(absl::GetFlag(FLAGS_drain_seconds));
   o->reflection = absl::GetFlag(FLAGS_reflection);
   o->health_services = {"moe.v1.Router"};
   o->rpc_metrics = rpc_metrics;

@@ -126,9 +126,15 @@ int ServerRunner::WaitForShutdownSignal() {
   while (sigwait(&set, &sig) != 0) {
   }
   MOE_LOG(INFO) << "received " << (sig == SIGTERM ? "SIGTERM" : "SIGINT")
-                << ": draining (health NOT_SERVING, up to "
+                << ": draining (health NOT_SERVING; serving "
+                << absl::FormatDuration(options_.drain) << " more, then up to "
                 << absl::FormatDuration(options_.grace)
                 << " for in-flight calls)";
+  SetServing(false);
+  if (options_.drain > absl::ZeroDuration()) {
+    absl::SleepFor(options_.drain);
+    MOE_LOG(INFO) << "drain time over: no longer taking calls";
+  }
   Shutdown();
   return sig;
 }

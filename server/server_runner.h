@@ -5,8 +5,8 @@
 // picks a free one, written to the port file; a busy port is an error, not
 // a shared one), optionally a plaintext health-only listener beside a TLS
 // one (--health_port), and shuts down gracefully on SIGTERM/SIGINT: health
-// turns NOT_SERVING, in-flight calls get `grace` to finish, then the server
-// stops.
+// turns NOT_SERVING, calls are still served for `drain`, then no new ones
+// are taken, in-flight calls get `grace` to finish, and the server stops.
 //
 // Example (in a main()):
 //   moe::server::BlockShutdownSignals();   // before any thread starts
@@ -34,6 +34,9 @@ struct ServerOptions {
   int max_receive_bytes = 64 << 20;
   int max_send_bytes = 64 << 20;
   absl::Duration grace = absl::Seconds(10);
+  // After the signal: NOT_SERVING but still serving for this long, so that
+  // load balancers (a Kubernetes Service's endpoints) stop sending first.
+  absl::Duration drain = absl::ZeroDuration();
   bool reflection = false;
   // Health names besides "" (the process): "moe.v1.Router", ...
   std::vector<std::string> health_services;
@@ -68,8 +71,8 @@ class ServerRunner {
   // Sets the health status of the process and of every service.
   void SetServing(bool serving);
 
-  // Waits for SIGTERM or SIGINT, then shuts down gracefully. Returns the
-  // signal number.
+  // Waits for SIGTERM or SIGINT, then drains and shuts down gracefully.
+  // Returns the signal number.
   int WaitForShutdownSignal();
 
   // NOT_SERVING, then stop accepting calls and give in-flight ones `grace`.

@@ -27,7 +27,36 @@ class RouterService::ForwardCall : public grpc::ServerUnaryReactor {
   absl::Time deadline = absl::InfiniteFuture();
   const LayerEngine* layer = nullptr;
   std::string peer;
+  AdmissionController::Ticket ticket;
 };
+
+namespace {
+
+AdmissionOptions AdmissionFor(const RouterServiceOptions& o) {
+  AdmissionOptions a;
+  a.max_queued_tokens = o.max_queued_tokens;
+  a.max_queue_time = o.max_queue_time;
+  a.clock = o.clock;
+  return a;
+}
+
+// "x [4, 1024, 512] float32" of a request, without touching its data.
+std::string DescribeInput(const moe::v1::ForwardRequest& r) {
+  std::string shape;
+  for (int i = 0; i < r.x().shape_size(); ++i) {
+    absl::StrAppend(&shape, i ? ", " : "", r.x().shape(i));
+  }
+  return absl::StrCat("x [", shape, "] ", moe::v1::DType_Name(r.x().dtype()));
+}
+
+int64_t Tokens(const moe::v1::ForwardRequest& r) {
+  // Admit() checked the shape against the token limit.
+  return r.x().shape_size() == 3 && r.x().shape(0) > 0 && r.x().shape(1) > 0
+             ? r.x().shape(0) * r.x().shape(1)
+             : 0;
+}
+
+}  // namespace
 
 RouterService::RouterService(const ForwardRunner* runner, WorkerPool* pool,
                              const RouterServiceOptions& options,
@@ -36,6 +65,7 @@ RouterService::RouterService(const ForwardRunner* runner, WorkerPool* pool,
       pool_(pool),
       options_(options),
       metrics_(metrics),
+      admission_(AdmissionFor(options)),
       queue_(std::make_unique<common::WorkQueue>(
           options.threads, options.max_queued, "moe-router")) {
   BatcherOptions batching;
@@ -160,14 +190,27 @@ grpc::ServerUnaryReactor* RouterService::Forward(
           grpc::SerializationTraits<moe::v1::ForwardResponse>::Serialize(
               call->response, response, &own));
     }
-    if (!status.ok()) {
-      MOE_LOG(WARNING) << "Forward from " << call->peer << ": " << status;
+    admission_.Finish(&call->ticket, status.ok());
+    const absl::Duration took = options_.clock->Now() - call->start;
+    // Never the tensors, never a token: the shape, the layer, the outcome.
+    if (!status.ok() || options_.log_requests) {
+      const std::string line = absl::StrCat(
+          "Forward from ", call->peer, " layer \"", call->request.layer(),
+          "\" ", DescribeInput(call->request), ": ",
+          absl::StatusCodeToString(status.code()), " in ",
+          absl::FormatDuration(absl::Trunc(took, absl::Microseconds(100))),
+          status.ok() ? "" : absl::StrCat(": ", status.message()),
+          status.ok() && call->response.degraded() ? " (degraded)" : "");
+      if (status.ok()) {
+        MOE_LOG(INFO) << line;
+      } else {
+        MOE_LOG(WARNING) << line;
+      }
     }
     --inflight_;
     if (metrics_ != nullptr) {
       metrics_->AddInflight(-1);
-      metrics_->RecordRequest(status.code(),
-                              options_.clock->Now() - call->start);
+      metrics_->RecordRequest(status.code(), took);
     }
     call->Finish(proto::ToGrpcStatus(status));
   };
@@ -178,13 +221,21 @@ grpc::ServerUnaryReactor* RouterService::Forward(
     return call;
   }
   absl::Status admitted = Admit(*request, call);
+  if (admitted.ok()) {
+    std::string reason;
+    admitted = admission_.Admit(Tokens(call->request), call->deadline,
+                                &call->ticket, &reason);
+    if (!admitted.ok() && metrics_ != nullptr) metrics_->RecordRejected(reason);
+  }
   if (!admitted.ok()) {
     finish(admitted);
     return call;
   }
   const bool queued = queue_->TrySubmit([this, context, call, finish] {
-    absl::Status status;
-    if (context->IsCancelled()) {
+    absl::Status status = admission_.Start(&call->ticket);
+    if (!status.ok()) {
+      if (metrics_ != nullptr) metrics_->RecordRejected("overloaded");
+    } else if (context->IsCancelled()) {
       status = absl::CancelledError("cancelled before it ran");
     } else if (options_.clock->Now() >= call->deadline) {
       status = absl::DeadlineExceededError("deadline passed while queued");
@@ -235,8 +286,10 @@ moe::v1::ModelInfo RouterService::ModelInfo(bool with_workers) const {
   info.set_ready(pool_->ready());
   info.set_workers_hidden(!with_workers);
   if (!with_workers) return info;
+  int index = 0;
   for (const WorkerSnapshot& w : pool_->Snapshot()) {
     moe::v1::WorkerInfo* wi = info.add_workers();
+    wi->set_waiting_forwards(batcher_->WaitingForwards(index++));
     wi->set_address(w.address);
     wi->set_up(w.state == WorkerState::kUp);
     wi->set_state(WorkerStateName(w.state));

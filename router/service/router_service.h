@@ -4,7 +4,9 @@
 // request, the routing trace. Forward reads its own bytes, so a message
 // that is not a ForwardRequest gets INVALID_ARGUMENT saying so. Until every
 // expert has had a worker the router answers UNAVAILABLE, naming the
-// experts without one. Overload (a full queue) answers RESOURCE_EXHAUSTED.
+// experts without one. Overload answers RESOURCE_EXHAUSTED at once: too
+// many tokens queued, too long a queue, or a deadline the queue and the
+// work would miss (AdmissionController); so does a full queue.
 // Concurrent forwards may share worker calls (options.batch_window). With
 // options.tokens, a call without a known "authorization: Bearer <token>"
 // is UNAUTHENTICATED; GetModelInfo without a token answers without the
@@ -20,6 +22,7 @@
 #include "common/token_set.h"
 #include "common/work_queue.h"
 #include "moe/v1/router.grpc.pb.h"
+#include "router/service/admission.h"
 #include "router/service/forward_runner.h"
 #include "router/service/remote_expert_backend.h"
 #include "router/service/router_metrics.h"
@@ -41,6 +44,12 @@ struct RouterServiceOptions {
   // Bearer tokens Forward and GetModelInfo require (not health); none when
   // null. Must outlive the service.
   common::TokenSet* tokens = nullptr;
+  // Admission by work (AdmissionController): queued tokens, queue time,
+  // deadlines that cannot be met.
+  int64_t max_queued_tokens = 262144;
+  absl::Duration max_queue_time = absl::Seconds(2);
+  // One log line per request (failed ones are always logged).
+  bool log_requests = false;
 };
 
 class RouterService final
@@ -91,6 +100,7 @@ class RouterService final
   RouterMetrics* metrics_;
   std::atomic<int64_t> inflight_{0};
   std::atomic<int> metrics_port_{0};
+  mutable AdmissionController admission_;
   std::unique_ptr<WorkerBatcher> batcher_;
   std::unique_ptr<common::WorkQueue> queue_;
 };

@@ -52,6 +52,12 @@ bool WorkerBatcher::DueLocked(const WorkerBatch& batch, absl::Time now) const {
          (gating_ == 0 && pool_->inflight(batch.worker) == 0);
 }
 
+int WorkerBatcher::WaitingForwards(int worker) const {
+  absl::MutexLock lock(&mu_);
+  auto it = open_.find(worker);
+  return it == open_.end() ? 0 : static_cast<int>(it->second->tickets.size());
+}
+
 void WorkerBatcher::Submit(const std::shared_ptr<BatchTicket>& ticket) {
   int64_t rows = 0;
   for (const common::ExpertSegment& s : ticket->segments) rows += s.count;

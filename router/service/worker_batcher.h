@@ -132,6 +132,9 @@ class WorkerBatcher {
   // The ticket's forward stops waiting for it (deadline or cancellation).
   static void Abandon(BatchTicket& ticket);
 
+  // Forwards in worker `worker`'s open batch (not sent yet).
+  int WaitingForwards(int worker) const ABSL_LOCKS_EXCLUDED(mu_);
+
  private:
   void FlushLoop();
   // Builds and starts the batch's call (or fails it), outside mu_.
@@ -148,7 +151,7 @@ class WorkerBatcher {
   WorkerPool* const pool_;
   const BatcherOptions options_;
 
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   std::map<int, std::shared_ptr<WorkerBatch>> open_ ABSL_GUARDED_BY(mu_);
   int gating_ ABSL_GUARDED_BY(mu_) = 0;
   int inflight_ ABSL_GUARDED_BY(mu_) = 0;    // batches sent, not finished

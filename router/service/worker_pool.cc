@@ -69,15 +69,17 @@ void WorkerPool::ProbeAll() {
 
 WorkerState WorkerPool::Judge(const moe::v1::ShardInfo& info,
                               std::string* reason) const {
+  // The most telling difference first: a dim, then the identity.
+  if (info.dim() != spec_.dim) {
+    *reason = absl::StrCat("serves a model of dim ", info.dim(),
+                           "; the router's is ", spec_.dim, " (\"",
+                           info.model_name(), "\" ", info.fingerprint(), ")");
+    return WorkerState::kWrongModel;
+  }
   if (info.fingerprint() != fingerprint_) {
     *reason = absl::StrCat("serves another model: \"", info.model_name(), "\" ",
                            info.fingerprint(), "; the router serves \"",
                            spec_.name, "\" ", fingerprint_);
-    return WorkerState::kWrongModel;
-  }
-  if (info.dim() != spec_.dim) {
-    *reason = absl::StrCat("serves dim ", info.dim(), "; the router's is ",
-                           spec_.dim);
     return WorkerState::kWrongModel;
   }
   if (info.layers_size() != static_cast<int>(spec_.layers.size())) {

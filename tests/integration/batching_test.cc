@@ -167,9 +167,13 @@ TEST(BatchingTest, ConcurrentForwardsShareCallsAndKeepTheirOwnResults) {
     return CallsTo(i, 0) == 1 && CallsTo(i, 1) == 1;
   }));
   for (size_t i = 1; i < cases.size(); ++i) threads.emplace_back(send, i);
-  // All five are in: they gathered behind the calls in flight.
+  // All five are in and gathered in the open batches behind the calls in
+  // flight (each once per worker it needs).
+  const int first = WorkersTouched(expected[0]);
   ASSERT_TRUE(WaitForInfo(d, [&](const moe::v1::ModelInfo& i) {
-    return i.inflight_requests() == static_cast<int64_t>(cases.size());
+    return i.inflight_requests() == static_cast<int64_t>(cases.size()) &&
+           i.workers(0).waiting_forwards() + i.workers(1).waiting_forwards() ==
+               tickets - first;
   }));
   d.worker(0).Signal(SIGCONT);
   d.worker(1).Signal(SIGCONT);
@@ -247,8 +251,14 @@ TEST(BatchingTest, ForwardsOfDifferentLayersShareOneCall) {
     return CallsTo(i, 0) == 1 && CallsTo(i, 1) == 1;
   }));
   for (size_t i = 1; i < layers.size(); ++i) threads.emplace_back(send, i);
+  int waiting = 0;
+  for (size_t i = 1; i < layers.size(); ++i) {
+    waiting += WorkersTouched(expected[i]);
+  }
   ASSERT_TRUE(WaitForInfo(d, [&](const moe::v1::ModelInfo& i) {
-    return i.inflight_requests() == static_cast<int64_t>(layers.size());
+    return i.inflight_requests() == static_cast<int64_t>(layers.size()) &&
+           i.workers(0).waiting_forwards() + i.workers(1).waiting_forwards() ==
+               waiting;
   }));
   d.worker(0).Signal(SIGCONT);
   d.worker(1).Signal(SIGCONT);

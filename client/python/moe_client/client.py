@@ -159,8 +159,10 @@ class RouterClient:
     """A channel to one router. Thread-safe; reuse it.
 
     timeout: seconds per call, retries included. Calls that fail with
-    UNAVAILABLE are retried (up to max_attempts) with a short backoff;
-    other errors raise MoeError at once.
+    UNAVAILABLE are retried (up to max_attempts) with a short backoff; so
+    are calls the server cancelled (a server shutting down cancels calls it
+    has not started), reported as UNAVAILABLE; other errors raise MoeError
+    at once.
 
     TLS: give root_certificates (PEM bytes of the router's CA) and, for
     mutual TLS, private_key and certificate_chain; tls_server_name when the
@@ -220,11 +222,18 @@ class RouterClient:
             try:
                 return method(request, timeout=left, metadata=self._metadata)
             except grpc.RpcError as e:
-                code = e.code()
+                code, details = e.code(), e.details() or ""
+                if code == grpc.StatusCode.CANCELLED:
+                    # Never ours: a server shutting down cancels calls it
+                    # has not started. A forward is safe to retry.
+                    code = grpc.StatusCode.UNAVAILABLE
+                    details = ("the server cancelled the call (a server shutting "
+                               "down does this to calls it has not started; safe "
+                               "to retry): " + details)
                 if code == grpc.StatusCode.UNAVAILABLE and attempt + 1 < self.max_attempts:
                     time.sleep(min(0.1 * 2 ** attempt, max(0.0, deadline - time.monotonic())))
                     continue
-                raise MoeError(code, e.details() or "") from None
+                raise MoeError(code, details) from None
         raise AssertionError("unreachable")
 
     def forward_request(self, request: router_pb2.ForwardRequest,

@@ -1,0 +1,124 @@
+#include "router/service/admission.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace moe::router {
+namespace {
+
+constexpr double kWeight = 0.2;  // of the newest sample in the averages
+
+std::string Ms(absl::Duration d) {
+  return absl::StrCat(absl::ToInt64Milliseconds(d), " ms");
+}
+
+}  // namespace
+
+AdmissionController::AdmissionController(const AdmissionOptions& options)
+    : options_(options) {}
+
+absl::Duration AdmissionController::ExpectedWaitLocked() const {
+  return absl::Seconds(queued_tokens_ * drain_seconds_per_token_);
+}
+
+void AdmissionController::Accumulate(absl::Time now) {
+  if (integral_at_ != absl::InfinitePast()) {
+    running_integral_ +=
+        running_ * std::max(0.0, absl::ToDoubleSeconds(now - integral_at_));
+  }
+  integral_at_ = now;
+}
+
+absl::Duration AdmissionController::ExpectedWait() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return ExpectedWaitLocked();
+}
+
+int64_t AdmissionController::queued_tokens() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return queued_tokens_;
+}
+
+absl::Status AdmissionController::Admit(int64_t tokens, absl::Time deadline,
+                                        Ticket* ticket, std::string* reason) {
+  const absl::Time now = options_.clock->Now();
+  absl::MutexLock lock(&mu_);
+  if (queued_tokens_ > 0 &&
+      queued_tokens_ + tokens > options_.max_queued_tokens) {
+    *reason = "overloaded";
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "router overloaded: ", queued_tokens_, " tokens already queued (",
+        "--max_queued_tokens ", options_.max_queued_tokens,
+        "); retry later, with backoff, or on another replica"));
+  }
+  const absl::Duration wait = ExpectedWaitLocked();
+  if (wait > options_.max_queue_time) {
+    *reason = "overloaded";
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "router overloaded: a request would wait about ", Ms(wait),
+        " in the queue (--max_queue_ms ", Ms(options_.max_queue_time),
+        "); retry later, with backoff, or on another replica"));
+  }
+  const absl::Duration service = absl::Seconds(
+      tokens * drain_seconds_per_token_ * std::max<int64_t>(1, running_));
+  if (now + wait + service > deadline) {
+    *reason = "deadline";
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the deadline cannot be met: about ", Ms(wait), " of queue and ",
+        Ms(service), " of work for ", tokens, " tokens, ",
+        Ms(std::max(absl::ZeroDuration(), deadline - now)),
+        " left; send a longer deadline or fewer tokens"));
+  }
+  queued_tokens_ += tokens;
+  ticket->tokens = tokens;
+  ticket->admitted = now;
+  ticket->started = absl::InfinitePast();
+  ticket->finished = false;
+  return absl::OkStatus();
+}
+
+absl::Status AdmissionController::Start(Ticket* ticket) {
+  const absl::Time now = options_.clock->Now();
+  absl::MutexLock lock(&mu_);
+  queued_tokens_ -= ticket->tokens;
+  const absl::Duration waited = now - ticket->admitted;
+  if (waited > options_.max_queue_time) {
+    ticket->finished = true;
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "router overloaded: the request waited ", Ms(waited),
+        " in the queue (--max_queue_ms ", Ms(options_.max_queue_time),
+        "); retry later, with backoff, or on another replica"));
+  }
+  Accumulate(now);
+  ticket->started = now;
+  ticket->running_integral_at_start = running_integral_;
+  ++running_;
+  return absl::OkStatus();
+}
+
+void AdmissionController::Finish(Ticket* ticket, bool ok) {
+  if (ticket->finished) return;
+  ticket->finished = true;
+  const absl::Time now = options_.clock->Now();
+  absl::MutexLock lock(&mu_);
+  if (ticket->started == absl::InfinitePast()) {  // never started
+    queued_tokens_ -= ticket->tokens;
+    return;
+  }
+  Accumulate(now);
+  --running_;
+  const double seconds = absl::ToDoubleSeconds(now - ticket->started);
+  if (!ok || ticket->tokens <= 0 || seconds <= 0) return;
+  // The forwards that ran beside this one, on average (itself included).
+  const double beside = std::max(
+      1.0, (running_integral_ - ticket->running_integral_at_start) / seconds);
+  const double drain = seconds / (ticket->tokens * beside);
+  drain_seconds_per_token_ =
+      drain_seconds_per_token_ == 0
+          ? drain
+          : drain_seconds_per_token_ +
+                kWeight * (drain - drain_seconds_per_token_);
+}
+
+}  // namespace moe::router

@@ -1,0 +1,84 @@
+// Admission by work, not by count. A Forward is refused at once, with
+// RESOURCE_EXHAUSTED and a message saying what to do, when
+//   - the tokens already queued plus its own exceed max_queued_tokens
+//     (reason "overloaded"),
+//   - the expected queue time exceeds max_queue_time ("overloaded"), or
+//   - its deadline cannot be met: expected queue time plus its own expected
+//     service time end after it ("deadline");
+// and a forward that still waited longer than max_queue_time when a thread
+// picks it up is refused then ("overloaded"). Nothing is accepted only to
+// be dropped by its deadline later.
+//
+// The estimates come from the forwards that finished: each gives its
+// drain time per token, its service time divided by its tokens and by the
+// forwards that ran beside it on average (so that sharing the workers is
+// counted once), averaged exponentially. The queue then drains in
+// queued tokens x drain time; a request's own work takes its tokens x drain
+// time x the forwards running now. Before any forward finished nothing is
+// refused by estimate.
+//
+// Thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+
+namespace moe::router {
+
+struct AdmissionOptions {
+  int64_t max_queued_tokens = 262144;
+  absl::Duration max_queue_time = absl::Seconds(2);
+  common::Clock* clock = common::Clock::Real();
+};
+
+class AdmissionController {
+ public:
+  explicit AdmissionController(const AdmissionOptions& options);
+
+  // One admitted forward, from Admit() to Finish().
+  struct Ticket {
+    int64_t tokens = 0;
+    absl::Time admitted;
+    absl::Time started;  // InfinitePast until Start()
+    double running_integral_at_start = 0;
+    bool finished = true;  // until Admit()
+  };
+
+  // OK with *ticket filled, or ResourceExhausted; *reason is then the
+  // metric label ("overloaded" or "deadline").
+  absl::Status Admit(int64_t tokens, absl::Time deadline, Ticket* ticket,
+                     std::string* reason);
+  // The forward leaves the queue and runs; ResourceExhausted (and the
+  // ticket is finished) when it waited longer than max_queue_time.
+  absl::Status Start(Ticket* ticket);
+  // The forward ended (after Start, or instead of it); `ok` forwards teach
+  // the estimate.
+  void Finish(Ticket* ticket, bool ok);
+
+  // What a forward admitted now would wait, by the estimate.
+  absl::Duration ExpectedWait() const;
+  int64_t queued_tokens() const;
+
+ private:
+  absl::Duration ExpectedWaitLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Brings the integral of running_ over time up to `now`.
+  void Accumulate(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const AdmissionOptions options_;
+  mutable absl::Mutex mu_;
+  int64_t queued_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t running_ ABSL_GUARDED_BY(mu_) = 0;
+  // Drain seconds per token, averaged over finished forwards.
+  double drain_seconds_per_token_ ABSL_GUARDED_BY(mu_) = 0;
+  // The integral of running_ over time (forward-seconds), and when it was
+  // last brought up to date.
+  double running_integral_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time integral_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+};
+
+}  // namespace moe::router

@@ -1,0 +1,129 @@
+#include "router/service/admission.h"
+
+#include <gtest/gtest.h>
+
+#include "testing/fake_clock.h"
+
+namespace moe::router {
+namespace {
+
+class AdmissionTest : public ::testing::Test {
+ protected:
+  AdmissionController Make(int64_t max_tokens, absl::Duration max_queue) {
+    AdmissionOptions o;
+    o.max_queued_tokens = max_tokens;
+    o.max_queue_time = max_queue;
+    o.clock = &clock_;
+    return AdmissionController(o);
+  }
+  // Runs one forward of `tokens` that takes `d` alone.
+  void Teach(AdmissionController& a, int64_t tokens, absl::Duration d) {
+    AdmissionController::Ticket t;
+    std::string reason;
+    ASSERT_TRUE(a.Admit(tokens, absl::InfiniteFuture(), &t, &reason).ok());
+    ASSERT_TRUE(a.Start(&t).ok());
+    clock_.Advance(d);
+    a.Finish(&t, true);
+  }
+  absl::Time never_ = absl::InfiniteFuture();
+  testing::FakeClock clock_;
+};
+
+TEST_F(AdmissionTest, QueuedTokensAreBounded) {
+  AdmissionController a = Make(1000, absl::Seconds(2));
+  AdmissionController::Ticket t1, t2, t3;
+  std::string reason;
+  EXPECT_TRUE(a.Admit(600, never_, &t1, &reason).ok());
+  EXPECT_TRUE(a.Admit(400, never_, &t2, &reason).ok());
+  absl::Status s = a.Admit(1, never_, &t3, &reason);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(reason, "overloaded");
+  EXPECT_NE(s.message().find("--max_queued_tokens 1000"), std::string::npos);
+  EXPECT_EQ(a.queued_tokens(), 1000);
+  // A request larger than the bound is still taken when nothing queues:
+  // --max_tokens_per_request bounds one request.
+  ASSERT_TRUE(a.Start(&t1).ok());
+  a.Finish(&t1, true);
+  ASSERT_TRUE(a.Start(&t2).ok());
+  a.Finish(&t2, true);
+  EXPECT_EQ(a.queued_tokens(), 0);
+  EXPECT_TRUE(a.Admit(5000, never_, &t3, &reason).ok());
+}
+
+TEST_F(AdmissionTest, TheExpectedQueueTimeIsBounded) {
+  AdmissionController a = Make(1 << 30, absl::Seconds(2));
+  Teach(a, 1000, absl::Milliseconds(100));  // 100 us per token
+  std::string reason;
+  std::vector<AdmissionController::Ticket> queued(30);
+  int admitted = 0;
+  for (auto& t : queued) {
+    if (a.Admit(1000, never_, &t, &reason).ok()) ++admitted;
+  }
+  // 100 ms each, one at a time: 2 s of queue after 20 (and the 21st is
+  // admitted at exactly 2 s), the rest refused.
+  EXPECT_EQ(admitted, 21);
+  EXPECT_EQ(reason, "overloaded");
+  EXPECT_EQ(a.ExpectedWait(), absl::Milliseconds(2100));
+}
+
+TEST_F(AdmissionTest, ADeadlineTheQueueWouldMissIsRefusedAtOnce) {
+  AdmissionController a = Make(1 << 30, absl::Seconds(10));
+  Teach(a, 1000, absl::Milliseconds(100));
+  std::string reason;
+  AdmissionController::Ticket t;
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(a.Admit(1000, never_, &t, &reason).ok());  // 500 ms queued
+  }
+  AdmissionController::Ticket late;
+  absl::Status s =
+      a.Admit(1000, clock_.Now() + absl::Milliseconds(550), &late, &reason);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(reason, "deadline");
+  EXPECT_NE(s.message().find("deadline cannot be met"), std::string::npos);
+  EXPECT_TRUE(
+      a.Admit(1000, clock_.Now() + absl::Milliseconds(650), &late, &reason)
+          .ok());
+}
+
+TEST_F(AdmissionTest, AForwardThatWaitedTooLongIsRefusedWhenItStarts) {
+  AdmissionController a = Make(1 << 30, absl::Seconds(1));
+  AdmissionController::Ticket t;
+  std::string reason;
+  ASSERT_TRUE(a.Admit(10, never_, &t, &reason).ok());
+  clock_.Advance(absl::Milliseconds(1500));
+  absl::Status s = a.Start(&t);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("waited 1500 ms"), std::string::npos);
+  a.Finish(&t, false);  // a no-op: Start() ended it
+  EXPECT_EQ(a.queued_tokens(), 0);
+}
+
+TEST_F(AdmissionTest, ConcurrencySharesTheQueue) {
+  AdmissionController a = Make(1 << 30, absl::Seconds(2));
+  // Four forwards at once, each taking 400 ms for 1000 tokens.
+  std::vector<AdmissionController::Ticket> t(4);
+  std::string reason;
+  for (auto& x : t) ASSERT_TRUE(a.Admit(1000, never_, &x, &reason).ok());
+  for (auto& x : t) ASSERT_TRUE(a.Start(&x).ok());
+  clock_.Advance(absl::Milliseconds(400));
+  for (auto& x : t) a.Finish(&x, true);
+  // Each ran beside three others: the queue drains 1000 tokens per 100 ms,
+  // and 10 queued forwards take 1 s.
+  for (int i = 0; i < 10; ++i) {
+    AdmissionController::Ticket q;
+    ASSERT_TRUE(a.Admit(1000, never_, &q, &reason).ok());
+  }
+  EXPECT_NEAR(absl::ToDoubleSeconds(a.ExpectedWait()), 1.0, 1e-6);
+}
+
+TEST_F(AdmissionTest, NothingIsRefusedByEstimateBeforeAForwardFinished) {
+  AdmissionController a = Make(1 << 30, absl::Milliseconds(1));
+  std::string reason;
+  for (int i = 0; i < 100; ++i) {
+    AdmissionController::Ticket t;
+    ASSERT_TRUE(a.Admit(1000, clock_.Now(), &t, &reason).ok());
+  }
+}
+
+}  // namespace
+}  // namespace moe::router
