@@ -97,11 +97,11 @@ struct WireTensor {
 
 class RunExpertsRequestView {
  public:
-  // InvalidArgument naming the field for malformed bytes, a tokens tensor
-  // that is not [T, dim] of a float dtype or has more than `max_rows` rows,
-  // segments that are not a partition of the T rows (negative counts, a
-  // sum other than T, computed without overflow), a layer outside
-  // [0, layers), or an output dtype other than FLOAT32/BFLOAT16/FLOAT16.
+  // ResourceExhausted for more than `max_rows` rows; InvalidArgument naming
+  // the field for malformed bytes, a tokens tensor that is not [T, dim] of a
+  // float dtype, segments that are not a partition of the T rows (negative
+  // counts, a sum other than T, computed without overflow), a layer outside [0,
+  // layers), or an output dtype other than FLOAT32/BFLOAT16/FLOAT16.
   static absl::StatusOr<RunExpertsRequestView> Parse(
       const grpc::ByteBuffer& buffer, int64_t dim, int64_t max_rows,
       int layers);

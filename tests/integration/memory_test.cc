@@ -111,13 +111,23 @@ TEST(MemoryTest, AMaximumSizeCallLeavesTheWorkerNearItsIdleSize) {
       kMaxRows * dim * 4.0 / (1 << 20), kMaxRows * dim * 4.0 / (1 << 20),
       after);
   EXPECT_GT(peak, idle + 64) << "the call did not allocate: not a real test";
-  EXPECT_LE(after, idle + kMarginMiB);
+#ifdef MOE_SANITIZED
+  // AddressSanitizer holds freed blocks in its quarantine on purpose, so
+  // resident memory says nothing here; the plain build checks the bounds.
+  std::printf(
+      "sanitizer build: the RSS bounds are checked in the plain "
+      "build only\n");
+  const bool check_rss = false;
+#else
+  const bool check_rss = true;
+#endif
+  if (check_rss) EXPECT_LE(after, idle + kMarginMiB);
   // A second one keeps nothing more: nothing accumulates.
   ASSERT_TRUE(Send(address, Call(kMaxRows, dim)).ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   const double again = StatusMiB(worker.pid(), "VmRSS");
   std::printf("after a second maximum-size call %.1f MiB\n", again);
-  EXPECT_LE(again, after + 8);
+  if (check_rss) EXPECT_LE(again, after + 8);
 
   // One row over the limit: refused (by gRPC's size limit or by the row
   // check), and the worker does not grow or stop.
@@ -126,7 +136,9 @@ TEST(MemoryTest, AMaximumSizeCallLeavesTheWorkerNearItsIdleSize) {
               over.error_code() == grpc::StatusCode::INVALID_ARGUMENT)
       << over.error_code() << " " << over.error_message();
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  EXPECT_LE(StatusMiB(worker.pid(), "VmRSS"), idle + kMarginMiB);
+  if (check_rss) {
+    EXPECT_LE(StatusMiB(worker.pid(), "VmRSS"), idle + kMarginMiB);
+  }
   EXPECT_TRUE(Send(address, Call(64, dim)).ok());
   EXPECT_TRUE(worker.running());
 }
