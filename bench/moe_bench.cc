@@ -119,14 +119,18 @@ void BM_PlanGatherScatter(benchmark::State& state) {
 BENCHMARK(BM_PlanGatherScatter)->Unit(benchmark::kMillisecond);
 
 // The in-process engine on x [B, n, 512] (README configuration: 4 x 1024),
-// eval, random policy.
+// eval, random policy; the third argument 1 computes the experts in
+// bfloat16 (and reports its error against float32 on the same input).
 void BM_EngineForward(benchmark::State& state) {
   const int64_t batch = state.range(0), seq = state.range(1);
+  const bool bf16 = state.range(2) == 1;
   const common::LayerConfig config = common::DefaultDemoConfig();
   auto model = common::BuildDemoLayer(config, 0);
   std::map<common::ExpertKey, common::ExpertWeights> weights;
   for (auto& [id, w] : model->experts) weights[{0, id}] = w;
-  auto shard = experts::CpuExpertShard::Create(std::move(weights));
+  experts::CpuShardOptions compute;
+  if (bf16) compute.compute = common::DType::kBFloat16;
+  auto shard = experts::CpuExpertShard::Create(weights, compute);
   router::LocalExpertBackend backend(shard->get());
   auto engine = router::LayerEngine::Create(0, common::LayerSpec{"", config},
                                             model->router);
@@ -134,6 +138,21 @@ void BM_EngineForward(benchmark::State& state) {
   at::Tensor x = at::randn({batch, seq, kDim}, gen);
   router::RoutingOptions options;
   options.seed = 1;
+  if (bf16) {
+    auto exact_shard = experts::CpuExpertShard::Create(std::move(weights));
+    router::LocalExpertBackend exact(exact_shard->get());
+    auto want = (*engine)->Forward(x, options, exact);
+    auto got = (*engine)->Forward(x, options, backend);
+    if (!want.ok() || !got.ok()) {
+      state.SkipWithError("forward failed");
+      return;
+    }
+    const at::Tensor diff = (got->y - want->y).to(at::kDouble);
+    state.counters["max_abs_err"] = diff.abs().max().item<double>();
+    state.counters["rel_rms_err"] =
+        diff.pow(2).mean().sqrt().item<double>() /
+        want->y.to(at::kDouble).pow(2).mean().sqrt().item<double>();
+  }
   int64_t kept = 0;
   router::ForwardTimings sum;
   for (auto _ : state) {
@@ -164,8 +183,9 @@ void BM_EngineForward(benchmark::State& state) {
   state.counters["kept_assignments"] = kept;
 }
 BENCHMARK(BM_EngineForward)
-    ->Args({4, 1024})
-    ->Args({1, 32})
+    ->Args({4, 1024, 0})
+    ->Args({1, 32, 0})
+    ->Args({4, 1024, 1})
     ->Unit(benchmark::kMillisecond)
     ->MinTime(3.0);
 

@@ -12,6 +12,8 @@ distributed path, measured in one run on this machine, as a table and JSON.
   (h) the concurrent loads of (e) and (f) again with dynamic batching off
   (i) a decode-like step of a 4-layer model: one 1 x 32 call per layer,
       against one layer's call alone
+  (j) bf16 compute (--compute_dtype=bfloat16) in-process and through
+      moe-up: throughput and accuracy against fp32
 
 Usage: bench/run_bench.py BIN_DIR [--quick] [--json]
        bench/run_bench.py BIN_DIR --soak SECONDS [--json]
@@ -234,18 +236,23 @@ def main():
 
     print("(a, b) moe-bench: GEMM at expert shapes, in-process forward",
           file=sys.stderr, flush=True)
-    g = gbench(args.bin_dir, "BM_ExpertGemm/512|BM_EngineForward/4/1024|BM_EngineForward/1/32",
+    g = gbench(args.bin_dir, "BM_ExpertGemm/512|BM_EngineForward/",
                1.0 if q else 3.0)
     gemm = g["BM_ExpertGemm/512"]["gflops"] / 1e9 if g["BM_ExpertGemm/512"]["gflops"] > 1e6 \
         else g["BM_ExpertGemm/512"]["gflops"]
-    engine = next(v for k, v in g.items() if k.startswith("BM_EngineForward/4/1024"))
-    small = next(v for k, v in g.items() if k.startswith("BM_EngineForward/1/32"))
+    engine = next(v for k, v in g.items() if k.startswith("BM_EngineForward/4/1024/0"))
+    small = next(v for k, v in g.items() if k.startswith("BM_EngineForward/1/32/0"))
+    bf16 = next(v for k, v in g.items() if k.startswith("BM_EngineForward/4/1024/1"))
     r["gemm_gflops"] = gemm
     r["inprocess_forward_ms"] = engine["real_time"]
     r["inprocess_tokens_per_s"] = engine["tokens_per_s"]
     r["inprocess_useful_gflops"] = engine["gflops"] / 1e9 if engine["gflops"] > 1e6 else engine["gflops"]
     r["inprocess_share_of_gemm"] = r["inprocess_useful_gflops"] / gemm
     r["inprocess_small_request_ms"] = small["real_time"]
+    r["bf16_inprocess_tokens_per_s"] = bf16["tokens_per_s"]
+    r["bf16_over_fp32"] = bf16["tokens_per_s"] / engine["tokens_per_s"]
+    r["bf16_max_abs_err"] = bf16["max_abs_err"]
+    r["bf16_rel_rms_err"] = bf16["rel_rms_err"]
 
     with tempfile.TemporaryDirectory(prefix="moe-bench-") as tmp:
         up = MoeUp(args.bin_dir, tmp, "default")
@@ -322,6 +329,19 @@ def main():
         r["bf16_wire_max_abs_err"] = float(diff.max())
         r["bf16_wire_rel_rms_err"] = float(np.sqrt((diff ** 2).mean() / (y32.astype(np.float64) ** 2).mean()))
 
+        print("(j) bf16 compute on the workers", file=sys.stderr, flush=True)
+        upc = MoeUp(args.bin_dir, tmp, "bf16compute", ["--compute_dtype=bfloat16"])
+        try:
+            targetc = upc.endpoints["router"]
+            yc = forward_y(args.bin_dir, targetc, tmp, "bf16c")
+            bc = client_bench(args.bin_dir, targetc, "4x1024", 1, 8 if q else 20, tmp)
+        finally:
+            upc.stop()
+        diff = np.abs(yc.astype(np.float64) - y32)
+        r["bf16_distributed_tokens_per_s"] = bc["tokens_per_s"]
+        r["bf16_distributed_over_fp32"] = bc["tokens_per_s"] / r["distributed_tokens_per_s"]
+        r["bf16_distributed_rel_rms_err"] = float(np.sqrt((diff ** 2).mean() / (y32.astype(np.float64) ** 2).mean()))
+
         print("(i) a decode-like step: one 1x32 call per layer of a 4-layer model",
               file=sys.stderr, flush=True)
         up4 = MoeUp(args.bin_dir, tmp, "layers4", ["--demo_layers=4"])
@@ -365,6 +385,11 @@ def main():
         ("(g) bf16 wire", "%.0f tokens/s (x%.2f of fp32 wire); y vs fp32: max |err| %.2e, relative RMS %.2e" % (
             r["bf16_wire_tokens_per_s"], r["bf16_wire_speedup"], r["bf16_wire_max_abs_err"],
             r["bf16_wire_rel_rms_err"])),
+        ("(j) bf16 compute", "in-process %.0f tokens/s (x%.2f of (b)), y vs fp32: max |err| %.2e, relative RMS %.2e; "
+         "moe-up %.0f tokens/s (x%.2f of (c)), relative RMS %.2e" % (
+             r["bf16_inprocess_tokens_per_s"], r["bf16_over_fp32"], r["bf16_max_abs_err"],
+             r["bf16_rel_rms_err"], r["bf16_distributed_tokens_per_s"],
+             r["bf16_distributed_over_fp32"], r["bf16_distributed_rel_rms_err"])),
         ("(i) 4-layer decode step", "1x32 per layer, c=1: %.1f steps/s, step p50 %.1f / p99 %.1f ms, "
          "per-layer trip p50 %.1f ms vs %.1f ms for one layer alone; step / (4 x alone) = %.2f" % (
              r["decode_step"]["steps_per_s"], r["decode_step"]["step_p50_ms"],

@@ -1,9 +1,12 @@
 #include "experts/cpu_expert_shard.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <chrono>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -20,26 +23,52 @@ namespace {
 // kernel when freed.)
 constexpr int64_t kMaxKeptScratchBytes = int64_t{32} << 20;
 
+int64_t RoundUpToPowerOfTwo(int64_t n) {
+  int64_t p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
 }  // namespace
 
 CpuExpertShard::CpuExpertShard(
     std::map<common::ExpertKey, common::ExpertWeights> experts, int64_t dim,
-    int64_t weight_bytes)
-    : experts_(std::move(experts)), dim_(dim), weight_bytes_(weight_bytes) {}
+    int64_t weight_bytes, common::DType compute)
+    : experts_(std::move(experts)),
+      dim_(dim),
+      weight_bytes_(weight_bytes),
+      compute_(compute) {}
 
 absl::StatusOr<std::unique_ptr<CpuExpertShard>> CpuExpertShard::Create(
-    std::map<common::ExpertKey, common::ExpertWeights> experts) {
+    std::map<common::ExpertKey, common::ExpertWeights> experts,
+    const CpuShardOptions& options) {
   if (experts.empty()) {
     return absl::InvalidArgumentError("CpuExpertShard: no experts given");
   }
+  if (options.compute != common::DType::kFloat32 &&
+      options.compute != common::DType::kBFloat16) {
+    return absl::InvalidArgumentError(
+        "CpuExpertShard: the compute dtype must be float32 or bfloat16");
+  }
+  const at::ScalarType type =
+      options.compute == common::DType::kBFloat16 ? at::kBFloat16 : at::kFloat;
   int64_t dim = 0, bytes = 0;
   MOE_RETURN_IF_ERROR(common::TorchCall("CpuExpertShard::Create", [&] {
     dim = experts.begin()->second.w1.size(1);
     for (auto& [key, w] : experts) {
+      // Converted one tensor at a time: the float32 original is freed as
+      // its bfloat16 copy replaces it.
       for (at::Tensor* t : {&w.w1, &w.b1, &w.mult_bias, &w.w2, &w.b2}) {
-        *t = t->to(at::kCPU, at::kFloat).contiguous();
+        *t = t->to(at::kCPU, type).contiguous();
         bytes += static_cast<int64_t>(t->nbytes());
       }
+    }
+    if (options.compute == common::DType::kBFloat16) {
+      const int threads =
+          options.threads > 0
+              ? options.threads
+              : static_cast<int>(std::thread::hardware_concurrency());
+      at::set_num_threads(std::max(1, threads));
     }
   }));
   for (const auto& [key, w] : experts) {
@@ -53,7 +82,7 @@ absl::StatusOr<std::unique_ptr<CpuExpertShard>> CpuExpertShard::Create(
     }
   }
   return std::unique_ptr<CpuExpertShard>(
-      new CpuExpertShard(std::move(experts), dim, bytes));
+      new CpuExpertShard(std::move(experts), dim, bytes, options.compute));
 }
 
 std::vector<common::ExpertKey> CpuExpertShard::keys() const {
@@ -62,20 +91,22 @@ std::vector<common::ExpertKey> CpuExpertShard::keys() const {
   return out;
 }
 
-at::Tensor CpuExpertShard::TakeScratch() const {
+CpuExpertShard::Scratch CpuExpertShard::TakeScratch() const {
   absl::MutexLock lock(&scratch_mu_);
-  if (scratch_.empty()) return at::Tensor();
-  at::Tensor t = std::move(scratch_.back());
+  if (scratch_.empty()) return Scratch();
+  Scratch s = std::move(scratch_.back());
   scratch_.pop_back();
-  return t;
+  return s;
 }
 
-void CpuExpertShard::ReturnScratch(at::Tensor t) const {
-  if (!t.defined() || static_cast<int64_t>(t.nbytes()) > kMaxKeptScratchBytes) {
-    return;
+void CpuExpertShard::ReturnScratch(Scratch s) const {
+  int64_t bytes = 0;
+  for (const at::Tensor* t : {&s.hidden, &s.out}) {
+    if (t->defined()) bytes += static_cast<int64_t>(t->nbytes());
   }
+  if (bytes == 0 || bytes > kMaxKeptScratchBytes) return;
   absl::MutexLock lock(&scratch_mu_);
-  scratch_.push_back(std::move(t));
+  scratch_.push_back(std::move(s));
 }
 
 absl::Status CpuExpertShard::RunChecked(
@@ -84,31 +115,43 @@ absl::Status CpuExpertShard::RunChecked(
   if (tokens.rows == 0) return absl::OkStatus();
   return common::TorchCall("expert forward", [&] {
     c10::InferenceMode guard;
-    at::Tensor x;
-    if (tokens.dtype == common::DType::kFloat32) {
-      x = at::from_blob(const_cast<void*>(tokens.data), {tokens.rows, dim_},
-                        at::kFloat);
-    } else {
-      x = at::from_blob(const_cast<void*>(tokens.data), {tokens.rows, dim_},
-                        tokens.dtype == common::DType::kBFloat16 ? at::kBFloat16
-                                                                 : at::kHalf)
-              .to(at::kFloat);
-    }
+    const at::ScalarType compute =
+        compute_ == common::DType::kBFloat16 ? at::kBFloat16 : at::kFloat;
+    const at::ScalarType arrived =
+        tokens.dtype == common::DType::kFloat32    ? at::kFloat
+        : tokens.dtype == common::DType::kBFloat16 ? at::kBFloat16
+                                                   : at::kHalf;
+    at::Tensor x = at::from_blob(const_cast<void*>(tokens.data),
+                                 {tokens.rows, dim_}, arrived);
+    if (x.scalar_type() != compute) x = x.to(compute);
     at::Tensor y = at::from_blob(out, {tokens.rows, dim_}, at::kFloat);
     // Scratch of an earlier call (kept by the shard, grown as needed), so
     // that calls of every size reuse one buffer.
-    at::Tensor hidden = TakeScratch();
+    Scratch scratch = TakeScratch();
     struct GiveBack {
       const CpuExpertShard* shard;
-      at::Tensor* hidden;
-      ~GiveBack() { shard->ReturnScratch(std::move(*hidden)); }
-    } give_back{this, &hidden};
+      Scratch* scratch;
+      ~GiveBack() { shard->ReturnScratch(std::move(*scratch)); }
+    } give_back{this, &scratch};
     for (size_t i = 0; i < segments.size(); ++i) {
       const common::ExpertSegment& s = segments[i];
       if (s.count == 0) continue;
       const auto start = std::chrono::steady_clock::now();
-      GegluForwardInto(experts_.at(s.key), x.narrow(0, s.offset, s.count),
-                       hidden, y.narrow(0, s.offset, s.count));
+      at::Tensor rows = y.narrow(0, s.offset, s.count);
+      if (compute == at::kFloat) {
+        GegluForwardInto(experts_.at(s.key), x.narrow(0, s.offset, s.count),
+                         scratch.hidden, rows);
+      } else {
+        // The bfloat16 result of the segment, then float32 into `out`.
+        if (!scratch.out.defined() || scratch.out.size(0) < s.count) {
+          scratch.out =
+              at::empty({RoundUpToPowerOfTwo(s.count), dim_}, x.options());
+        }
+        at::Tensor result = scratch.out.narrow(0, 0, s.count);
+        GegluForwardInto(experts_.at(s.key), x.narrow(0, s.offset, s.count),
+                         scratch.hidden, result);
+        rows.copy_(result);
+      }
       if (seconds != nullptr) {
         (*seconds)[i] = std::chrono::duration<double>(
                             std::chrono::steady_clock::now() - start)

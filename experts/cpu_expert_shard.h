@@ -1,4 +1,9 @@
-// CpuExpertShard: experts on the CPU through LibTorch (OpenBLAS GEMMs).
+// CpuExpertShard: experts on the CPU through LibTorch. float32 compute
+// (OpenBLAS GEMMs) is the default and the docs/numerics.md contract;
+// bfloat16 compute (opt-in) holds every weight once in bfloat16, converts
+// the tokens on arrival and runs the GEMMs through oneDNN (AVX512_BF16 where
+// the CPU has it) with float32 accumulation; GELU and the products run on
+// bfloat16 values; outputs are float32 either way.
 //
 // Example:
 //   MOE_ASSIGN_OR_RETURN(auto shard, CpuExpertShard::Create(std::move(w)));
@@ -21,12 +26,23 @@
 
 namespace moe::experts {
 
+struct CpuShardOptions {
+  // kFloat32 or kBFloat16.
+  common::DType compute = common::DType::kFloat32;
+  // For bfloat16: LibTorch's intra-op threads, which oneDNN's GEMMs use
+  // (process-wide; 0: one per core). float32 leaves them alone: its GEMMs
+  // run on OpenBLAS's own threads.
+  int threads = 0;
+};
+
 class CpuExpertShard final : public ExpertShard {
  public:
-  // Takes ownership of `experts`. InvalidArgument if the map is empty or
-  // the experts' dims disagree (hidden sizes may differ between layers).
+  // Takes ownership of `experts`. InvalidArgument if the map is empty, the
+  // experts' dims disagree (hidden sizes may differ between layers) or the
+  // compute dtype is neither float32 nor bfloat16.
   static absl::StatusOr<std::unique_ptr<CpuExpertShard>> Create(
-      std::map<common::ExpertKey, common::ExpertWeights> experts);
+      std::map<common::ExpertKey, common::ExpertWeights> experts,
+      const CpuShardOptions& options = {});
 
   bool Hosts(common::ExpertKey key) const override {
     return experts_.count(key) != 0;
@@ -35,7 +51,9 @@ class CpuExpertShard final : public ExpertShard {
   int64_t dim() const override { return dim_; }
   int64_t weight_bytes() const override { return weight_bytes_; }
   std::string device() const override { return "cpu"; }
-  std::string compute_dtype() const override { return "float32"; }
+  std::string compute_dtype() const override {
+    return compute_ == common::DType::kBFloat16 ? "bfloat16" : "float32";
+  }
 
  protected:
   absl::Status RunChecked(const TokenRows& tokens,
@@ -45,17 +63,23 @@ class CpuExpertShard final : public ExpertShard {
 
  private:
   CpuExpertShard(std::map<common::ExpertKey, common::ExpertWeights> experts,
-                 int64_t dim, int64_t weight_bytes);
+                 int64_t dim, int64_t weight_bytes, common::DType compute);
 
-  // GEGLU scratch buffers between calls, one per concurrent caller.
-  at::Tensor TakeScratch() const;
-  void ReturnScratch(at::Tensor t) const;
+  // GEGLU scratch buffers between calls (for bfloat16 also the bfloat16
+  // outputs), one per concurrent caller.
+  struct Scratch {
+    at::Tensor hidden;  // [rows, 2h] of the compute dtype
+    at::Tensor out;     // bfloat16 only: [rows, d]
+  };
+  Scratch TakeScratch() const;
+  void ReturnScratch(Scratch s) const;
 
   const std::map<common::ExpertKey, common::ExpertWeights> experts_;
   const int64_t dim_;
   const int64_t weight_bytes_;
+  const common::DType compute_;
   mutable absl::Mutex scratch_mu_;
-  mutable std::vector<at::Tensor> scratch_ ABSL_GUARDED_BY(scratch_mu_);
+  mutable std::vector<Scratch> scratch_ ABSL_GUARDED_BY(scratch_mu_);
 };
 
 }  // namespace moe::experts

@@ -12,9 +12,10 @@
 
 namespace moe::experts {
 
-// x: [T, d] float32 on the weights' device. Writes [T, d] into `out`, which
-// must be a contiguous [T, d] float32 tensor (it may be a row slice of a
-// larger buffer). `hidden` is scratch of at least [T, 2h] elements; it is
+// x: [T, d] on the weights' device, of their dtype (float32, or bfloat16
+// for bfloat16 compute). Writes [T, d] into `out`, which must be a
+// contiguous [T, d] tensor of that dtype (it may be a row slice of a larger
+// buffer). `hidden` is scratch of at least [T, 2h] elements; it is
 // resized when smaller.
 void GegluForwardInto(const common::ExpertWeights& w, const at::Tensor& x,
                       at::Tensor& hidden, at::Tensor out);

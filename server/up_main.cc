@@ -46,6 +46,9 @@ ABSL_FLAG(int, port, 50051, "Router port; 0 picks a free one.");
 ABSL_FLAG(std::string, port_file, "", "Write the router port here when ready.");
 ABSL_FLAG(std::string, on_expert_failure, "drop", "Passed to moe-router.");
 ABSL_FLAG(std::string, wire_dtype, "float32", "Passed to moe-router.");
+ABSL_FLAG(std::string, compute_dtype, "float32",
+          "Passed to the workers: float32 (exact) or bfloat16 (faster, "
+          "relative RMS error about 4e-3; docs/numerics.md).");
 ABSL_FLAG(int, batch_window_us, 20000,
           "Passed to moe-router: dynamic batching window (0: off).");
 ABSL_FLAG(int64_t, max_tokens_per_request, 65536,
@@ -306,11 +309,12 @@ class Fleet {
                                   server::DescribeSelection(*shard, spec), ")"),
                      absl::StrCat("worker-", i));
       std::vector<std::string> argv = {
-          bin_ + "/moe-expert",
-          "--checkpoint=" + checkpoint_,
-          absl::StrCat("--shard=", i),
-          absl::StrCat("--num_shards=", n),
+          bin_ + "/moe-expert", "--checkpoint=" + checkpoint_,
+          absl::StrCat("--shard=", i), absl::StrCat("--num_shards=", n),
           absl::StrCat("--max_tokens_per_call=", max_rows),
+          "--compute_dtype=" + absl::GetFlag(FLAGS_compute_dtype),
+          // bfloat16 GEMMs run on LibTorch's threads, sized as OpenBLAS's.
+          absl::StrCat("--compute_threads_bf16=", BlasThreadsPerChild(n)),
           "--port=0"};
       AddServerTls(argv);
       MOE_ASSIGN_OR_RETURN(

@@ -72,11 +72,13 @@ absl::Status RunInfo() {
                            e.expert_ids().begin(), e.expert_ids().end())),
                        "]"));
     }
-    std::printf("worker %s: %s%s%s, experts %s%s%s\n", w.address().c_str(),
+    const bool bf16 = w.compute_dtype() == "bfloat16";
+    std::printf("worker %s: %s%s%s, experts %s%s%s%s\n", w.address().c_str(),
                 w.state().c_str(), w.reason().empty() ? "" : " (",
                 w.reason().empty() ? "" : (w.reason() + ")").c_str(),
                 hosted.empty() ? "none" : absl::StrJoin(hosted, " ").c_str(),
-                w.device().empty() ? "" : " on ", w.device().c_str());
+                w.device().empty() ? "" : " on ", w.device().c_str(),
+                bf16 ? " (bfloat16 compute)" : "");
   }
   return absl::OkStatus();
 }

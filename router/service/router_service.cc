@@ -295,6 +295,7 @@ moe::v1::ModelInfo RouterService::ModelInfo(bool with_workers) const {
     wi->set_state(WorkerStateName(w.state));
     wi->set_reason(w.reason);
     wi->set_device(w.device);
+    wi->set_compute_dtype(w.compute_dtype);
     wi->set_fingerprint(w.fingerprint);
     wi->set_model_name(w.model_name);
     wi->set_inflight_calls(w.inflight);

@@ -134,6 +134,7 @@ void WorkerPool::Probe(int i) {
     view.fingerprint = info->fingerprint();
     view.model_name = info->model_name();
     view.device = info->device();
+    view.compute_dtype = info->compute_dtype();
     if (view.state == WorkerState::kUp) {
       for (const moe::v1::LayerShard& l : info->layers()) {
         std::vector<int64_t> ids(l.expert_ids().begin(), l.expert_ids().end());
@@ -278,7 +279,8 @@ std::vector<WorkerSnapshot> WorkerPool::Snapshot() const {
   for (int i = 0; i < size(); ++i) {
     const View& v = views_[i];
     out.push_back({address(i), v.state, v.reason, v.fingerprint, v.model_name,
-                   v.device, v.experts, workers_[i]->inflight.load()});
+                   v.device, v.compute_dtype, v.experts,
+                   workers_[i]->inflight.load()});
   }
   return out;
 }

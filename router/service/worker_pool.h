@@ -62,6 +62,7 @@ struct WorkerSnapshot {
   std::string fingerprint;
   std::string model_name;
   std::string device;
+  std::string compute_dtype;
   std::vector<std::vector<int64_t>> experts;  // by layer index
   int64_t inflight = 0;
 };
@@ -119,6 +120,7 @@ class WorkerPool {
     std::string fingerprint;
     std::string model_name;
     std::string device;
+    std::string compute_dtype;
     std::vector<std::vector<int64_t>> experts;  // sorted, by layer
   };
 
