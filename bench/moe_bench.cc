@@ -57,18 +57,25 @@ BENCHMARK(BM_ExpertGemm)->Arg(128)->Arg(512)->Unit(benchmark::kMillisecond);
 
 void BM_ExpertGeglu(benchmark::State& state) {
   c10::InferenceMode guard;
-  const int64_t tokens = state.range(0);
-  auto model = common::BuildDemoLayer(common::DefaultDemoConfig(), 0);
+  const int64_t tokens = state.range(0), dim = state.range(1);
+  common::LayerConfig config = common::DefaultDemoConfig();
+  config.dim = dim;
+  auto model = common::BuildDemoLayer(config, 0);
   const common::ExpertWeights& w = model->experts.at(0);
-  at::Tensor x = at::randn({tokens, kDim});
-  at::Tensor out = at::empty({tokens, kDim});
+  at::Tensor x = at::randn({tokens, dim});
+  at::Tensor out = at::empty({tokens, dim});
   at::Tensor hidden;
   for (auto _ : state) experts::GegluForwardInto(w, x, hidden, out);
-  const double flops = 6.0 * tokens * kDim * w.mult_bias.size(0);
+  const double flops = 6.0 * tokens * dim * w.mult_bias.size(0);
   state.counters["gflops"] = benchmark::Counter(
       flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_ExpertGeglu)->Arg(512)->Unit(benchmark::kMillisecond);
+// (tokens, dim): the README expert, and a tiny one (the golden models').
+BENCHMARK(BM_ExpertGeglu)
+    ->Args({512, 512})
+    ->Args({4, 512})
+    ->Args({8, 16})
+    ->Unit(benchmark::kMicrosecond);
 
 std::vector<float> RandomProbs(int64_t tokens, int64_t experts) {
   std::mt19937 rng(1);

@@ -33,11 +33,12 @@ int64_t RoundUpToPowerOfTwo(int64_t n) {
 
 CpuExpertShard::CpuExpertShard(
     std::map<common::ExpertKey, common::ExpertWeights> experts, int64_t dim,
-    int64_t weight_bytes, common::DType compute)
+    int64_t weight_bytes, common::DType compute, int threads)
     : experts_(std::move(experts)),
       dim_(dim),
       weight_bytes_(weight_bytes),
-      compute_(compute) {}
+      compute_(compute),
+      threads_(threads) {}
 
 absl::StatusOr<std::unique_ptr<CpuExpertShard>> CpuExpertShard::Create(
     std::map<common::ExpertKey, common::ExpertWeights> experts,
@@ -52,6 +53,13 @@ absl::StatusOr<std::unique_ptr<CpuExpertShard>> CpuExpertShard::Create(
   }
   const at::ScalarType type =
       options.compute == common::DType::kBFloat16 ? at::kBFloat16 : at::kFloat;
+  int threads = 1;
+  if (options.compute == common::DType::kBFloat16) {
+    threads = options.threads > 0
+                  ? options.threads
+                  : static_cast<int>(std::thread::hardware_concurrency());
+  }
+  threads = std::max(1, threads);
   int64_t dim = 0, bytes = 0;
   MOE_RETURN_IF_ERROR(common::TorchCall("CpuExpertShard::Create", [&] {
     dim = experts.begin()->second.w1.size(1);
@@ -63,13 +71,10 @@ absl::StatusOr<std::unique_ptr<CpuExpertShard>> CpuExpertShard::Create(
         bytes += static_cast<int64_t>(t->nbytes());
       }
     }
-    if (options.compute == common::DType::kBFloat16) {
-      const int threads =
-          options.threads > 0
-              ? options.threads
-              : static_cast<int>(std::thread::hardware_concurrency());
-      at::set_num_threads(std::max(1, threads));
-    }
+    // float32: one, since its GEMMs run on OpenBLAS's own threads. Set
+    // again in each thread that runs experts (RunChecked; see
+    // common::UseIntraOpThreads).
+    at::set_num_threads(threads);
   }));
   for (const auto& [key, w] : experts) {
     const int64_t h = w.mult_bias.numel();
@@ -81,8 +86,8 @@ absl::StatusOr<std::unique_ptr<CpuExpertShard>> CpuExpertShard::Create(
           " has shapes inconsistent with dim ", dim, " and hidden ", h));
     }
   }
-  return std::unique_ptr<CpuExpertShard>(
-      new CpuExpertShard(std::move(experts), dim, bytes, options.compute));
+  return std::unique_ptr<CpuExpertShard>(new CpuExpertShard(
+      std::move(experts), dim, bytes, options.compute, threads));
 }
 
 std::vector<common::ExpertKey> CpuExpertShard::keys() const {
@@ -115,6 +120,7 @@ absl::Status CpuExpertShard::RunChecked(
   if (tokens.rows == 0) return absl::OkStatus();
   return common::TorchCall("expert forward", [&] {
     c10::InferenceMode guard;
+    common::UseIntraOpThreads(threads_);
     const at::ScalarType compute =
         compute_ == common::DType::kBFloat16 ? at::kBFloat16 : at::kFloat;
     const at::ScalarType arrived =

@@ -30,7 +30,7 @@ struct CpuShardOptions {
   // kFloat32 or kBFloat16.
   common::DType compute = common::DType::kFloat32;
   // For bfloat16: LibTorch's intra-op threads, which oneDNN's GEMMs use
-  // (process-wide; 0: one per core). float32 leaves them alone: its GEMMs
+  // (process-wide; 0: one per core). float32 sets them to one: its GEMMs
   // run on OpenBLAS's own threads.
   int threads = 0;
 };
@@ -63,7 +63,8 @@ class CpuExpertShard final : public ExpertShard {
 
  private:
   CpuExpertShard(std::map<common::ExpertKey, common::ExpertWeights> experts,
-                 int64_t dim, int64_t weight_bytes, common::DType compute);
+                 int64_t dim, int64_t weight_bytes, common::DType compute,
+                 int threads);
 
   // GEGLU scratch buffers between calls (for bfloat16 also the bfloat16
   // outputs), one per concurrent caller.
@@ -78,6 +79,7 @@ class CpuExpertShard final : public ExpertShard {
   const int64_t dim_;
   const int64_t weight_bytes_;
   const common::DType compute_;
+  const int threads_;  // LibTorch intra-op threads in the calling thread
   mutable absl::Mutex scratch_mu_;
   mutable std::vector<Scratch> scratch_ ABSL_GUARDED_BY(scratch_mu_);
 };

@@ -1,6 +1,7 @@
 #include "common/torch/torch_convert.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <cstring>
 
@@ -94,6 +95,10 @@ absl::StatusOr<HostTensor> FromTorch(const at::Tensor& tensor) {
   });
   if (!status.ok()) return status;
   return out;
+}
+
+void UseIntraOpThreads(int n) {
+  if (at::get_num_threads() != n) at::set_num_threads(n);
 }
 
 }  // namespace moe::common

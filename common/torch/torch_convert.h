@@ -44,4 +44,12 @@ absl::Status TorchCall(const char* what, Fn&& fn) {
   }
 }
 
+// Sets LibTorch's intra-op threads for the calling thread (and the
+// process default) to `n` unless they already are. OpenMP keeps the count
+// per thread: a thread that never set it runs LibTorch's parallel kernels on
+// a team of one thread per core, whose spinning competes with OpenBLAS's
+// own threads (measured: small expert calls 8x slower). Call it in each
+// thread that runs LibTorch work.
+void UseIntraOpThreads(int n);
+
 }  // namespace moe::common

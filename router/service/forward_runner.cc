@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "common/torch/torch_convert.h"
 #include "router/service/forward_response.h"
 #include "router/service/options_codec.h"
 #include "router/service/wire_tensors.h"
@@ -50,6 +51,9 @@ absl::Status ForwardRunner::Run(const moe::v1::ForwardRequest& request,
                                 moe::v1::ForwardResponse* response,
                                 ForwardResult* result) const {
   c10::InferenceMode guard;
+  // The router's GEMMs run on OpenBLAS's threads; its other kernels on
+  // this thread alone.
+  common::UseIntraOpThreads(1);
   MOE_ASSIGN_OR_RETURN(const LayerEngine* layer, Admit(request));
   const int64_t max_elements =
       limits_.max_tokens_per_request * model_->spec().dim;
