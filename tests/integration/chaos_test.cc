@@ -120,6 +120,8 @@ TEST(ChaosTest, ReplicatedExpertsSurviveKilledWorkersWithoutAFailure) {
   std::this_thread::sleep_for(std::chrono::milliseconds(400));
   stop = true;
   for (std::thread& t : load) t.join();
+  std::printf("%s (restarted workers: since their restart)\n",
+              d.PeakRss().c_str());
   std::printf("replicated: %d OK, %d failed, %d wrong over 4 worker kills\n",
               ok.load(), failed.load(), wrong.load());
   EXPECT_EQ(failed.load(), 0) << first_problem;
@@ -207,6 +209,8 @@ TEST(ChaosTest, WithoutReplicasEveryDegradedAnswerIsFlaggedAndExact) {
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   stop = true;
   for (std::thread& t : load) t.join();
+  std::printf("%s (restarted workers: since their restart)\n",
+              d.PeakRss().c_str());
   std::printf(
       "drop policy: %d whole, %d degraded, %d failed, %d wrong, %d "
       "late over 3 worker kills\n",
@@ -260,6 +264,7 @@ TEST(ChaosTest, SigtermUnderLoadCompletesEveryAcceptedRequest) {
   while (ok.load() < 40 && absl::Now() < limit) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  const std::string rss = d.PeakRss();
   d.router().Signal(SIGTERM);
   EXPECT_EQ(d.router().Wait(absl::Seconds(20)), 0) << d.router().Log();
   stop = true;
@@ -273,8 +278,8 @@ TEST(ChaosTest, SigtermUnderLoadCompletesEveryAcceptedRequest) {
   }
   std::printf(
       "SIGTERM under load: %d OK, %d refused, %d other; the router "
-      "logged %d requests, %d OK\n",
-      ok.load(), refused.load(), other.load(), logged, logged_ok);
+      "logged %d requests, %d OK; before the signal %s\n",
+      ok.load(), refused.load(), other.load(), logged, logged_ok, rss.c_str());
   EXPECT_EQ(other.load(), 0) << first_other;
   EXPECT_TRUE(absl::StrContains(d.router().Log(), "drain time over"))
       << d.router().Log();

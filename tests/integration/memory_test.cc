@@ -10,14 +10,11 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
 #include "common/torch/demo_model.h"
 #include "proto/expert_wire.h"
@@ -31,20 +28,6 @@ constexpr int64_t kMaxRows = 32768;  // --max_tokens_per_call: 64 MiB of x
 // The shard keeps up to 32 MiB of GEGLU scratch between calls by design
 // (experts/cpu_expert_shard.cc); the rest of the margin is allocator slack.
 constexpr double kMarginMiB = 64;
-
-// A field of /proc/PID/status in MiB (VmRSS, VmHWM).
-double StatusMiB(pid_t pid, const std::string& key) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + ":", 0) != 0) continue;
-    absl::string_view v = absl::StripAsciiWhitespace(absl::StripSuffix(
-        absl::string_view(line).substr(key.size() + 1), "kB"));
-    double kb = 0;
-    if (absl::SimpleAtod(v, &kb)) return kb / 1024;
-  }
-  return -1;
-}
 
 // Rows split evenly over the 16 experts of layer 0, as one RunExperts call.
 grpc::ByteBuffer Call(int64_t rows, int64_t dim) {
@@ -97,13 +80,13 @@ TEST(MemoryTest, AMaximumSizeCallLeavesTheWorkerNearItsIdleSize) {
   // Idle: after a small call, so that lazily created state exists.
   ASSERT_TRUE(Send(address, Call(64, dim)).ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  const double idle = StatusMiB(worker.pid(), "VmRSS");
+  const double idle = worker.StatusMiB("VmRSS");
 
   grpc::Status big = Send(address, Call(kMaxRows, dim));
   ASSERT_TRUE(big.ok()) << big.error_message();
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  const double after = StatusMiB(worker.pid(), "VmRSS");
-  const double peak = StatusMiB(worker.pid(), "VmHWM");
+  const double after = worker.StatusMiB("VmRSS");
+  const double peak = worker.StatusMiB("VmHWM");
   std::printf(
       "worker RSS: idle %.1f MiB, peak %.1f MiB during a %lld-row "
       "call (%.0f MiB in, %.0f MiB out), after %.1f MiB\n",
@@ -125,7 +108,7 @@ TEST(MemoryTest, AMaximumSizeCallLeavesTheWorkerNearItsIdleSize) {
   // A second one keeps nothing more: nothing accumulates.
   ASSERT_TRUE(Send(address, Call(kMaxRows, dim)).ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  const double again = StatusMiB(worker.pid(), "VmRSS");
+  const double again = worker.StatusMiB("VmRSS");
   std::printf("after a second maximum-size call %.1f MiB\n", again);
   if (check_rss) EXPECT_LE(again, after + 8);
 
@@ -137,7 +120,7 @@ TEST(MemoryTest, AMaximumSizeCallLeavesTheWorkerNearItsIdleSize) {
       << over.error_code() << " " << over.error_message();
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   if (check_rss) {
-    EXPECT_LE(StatusMiB(worker.pid(), "VmRSS"), idle + kMarginMiB);
+    EXPECT_LE(worker.StatusMiB("VmRSS"), idle + kMarginMiB);
   }
   EXPECT_TRUE(Send(address, Call(64, dim)).ok());
   EXPECT_TRUE(worker.running());

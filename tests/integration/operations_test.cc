@@ -228,6 +228,7 @@ TEST(OperationsTest, OverloadIsRefusedAtOnceNotDegraded) {
              {{"reason", "overloaded"}}) +
       Metric(d.router_metrics_address(), "moe_router_rejected_requests_total",
              {{"reason", "deadline"}});
+  std::printf("%s\n", d.PeakRss().c_str());
   std::printf(
       "overload: %d OK (p50 %.0f ms, p99 %.0f ms), %d refused (%d "
       "after > 100 ms), %d degraded, %d other; %.0f counted\n",

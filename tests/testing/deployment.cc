@@ -11,9 +11,11 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "client/router_client.h"
 #include "testing/golden.h"
 
@@ -70,6 +72,19 @@ int Process::Wait(absl::Duration timeout) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return exit_code_;
+}
+
+double Process::StatusMiB(const std::string& field) const {
+  std::ifstream in(absl::StrCat("/proc/", pid_, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) != 0) continue;
+    absl::string_view v = absl::StripAsciiWhitespace(absl::StripSuffix(
+        absl::string_view(line).substr(field.size() + 1), "kB"));
+    double kb = 0;
+    if (absl::SimpleAtod(v, &kb)) return kb / 1024;
+  }
+  return -1;
 }
 
 std::string Process::Log() const {
@@ -212,6 +227,17 @@ absl::Status Deployment::WaitWorkerState(int i, bool up,
   }
   return absl::DeadlineExceededError(absl::StrCat(
       "worker ", address, " not ", up ? "up" : "down", " in time"));
+}
+
+std::string Deployment::PeakRss() const {
+  auto mib = [](const Process* p) -> std::string {
+    const double v = p == nullptr ? -1 : p->StatusMiB("VmHWM");
+    return v < 0 ? "-" : absl::StrCat(static_cast<int64_t>(v));
+  };
+  std::vector<std::string> workers;
+  for (const auto& w : workers_) workers.push_back(mib(w.get()));
+  return absl::StrCat("peak RSS: router ", mib(router_.get()), " MiB, workers ",
+                      absl::StrJoin(workers, ", "), " MiB");
 }
 
 std::string Deployment::router_address() const {

@@ -28,6 +28,9 @@ class Process {
   int Wait(absl::Duration timeout);
   const std::string& log_path() const { return log_path_; }
   std::string Log() const;
+  // A memory field of /proc/PID/status in MiB ("VmRSS", "VmHWM": peak);
+  // -1 once the process is gone.
+  double StatusMiB(const std::string& field) const;
 
  private:
   pid_t pid_ = -1;
@@ -74,6 +77,9 @@ class Deployment {
   Process& router() { return *router_; }
   int worker_port(int i) const { return worker_ports_[i]; }
   std::string router_address() const;
+  // "peak RSS: router 180 MiB, workers 250, 251 MiB" (VmHWM of the
+  // processes running now; "-" for one that is not).
+  std::string PeakRss() const;
   // HOST:PORT of the /metrics endpoints.
   std::string router_metrics_address() const;
   std::string worker_metrics_address(int i) const;
