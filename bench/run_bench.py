@@ -314,33 +314,33 @@ def main():
         r["batching_speedup_1x256_c16"] = (r["throughput_1x256"]["16"]["requests_per_s"]
                                            / o16["requests_per_s"])
 
+        def variant(name, flags):
+            """moe-up with `flags`: its [4,1024] throughput, and y's error
+            (max abs, relative RMS) against the fp32 deployment's."""
+            up_v = MoeUp(args.bin_dir, tmp, name, flags)
+            try:
+                target_v = up_v.endpoints["router"]
+                y = forward_y(args.bin_dir, target_v, tmp, name)
+                b = client_bench(args.bin_dir, target_v, "4x1024", 1, 8 if q else 20, tmp)
+            finally:
+                up_v.stop()
+            import numpy as np
+            diff = np.abs(y.astype(np.float64) - y32)
+            rel = float(np.sqrt((diff ** 2).mean() / (y32.astype(np.float64) ** 2).mean()))
+            return b["tokens_per_s"], float(diff.max()), rel
+
         print("(g) bf16 on the router-to-worker hop", file=sys.stderr, flush=True)
-        up16 = MoeUp(args.bin_dir, tmp, "bfloat16", ["--wire_dtype=bfloat16"])
-        try:
-            target16 = up16.endpoints["router"]
-            y16 = forward_y(args.bin_dir, target16, tmp, "bf16")
-            b16 = client_bench(args.bin_dir, target16, "4x1024", 1, 8 if q else 20, tmp)
-        finally:
-            up16.stop()
-        import numpy as np
-        diff = np.abs(y16.astype(np.float64) - y32)
-        r["bf16_wire_tokens_per_s"] = b16["tokens_per_s"]
-        r["bf16_wire_speedup"] = b16["tokens_per_s"] / r["distributed_tokens_per_s"]
-        r["bf16_wire_max_abs_err"] = float(diff.max())
-        r["bf16_wire_rel_rms_err"] = float(np.sqrt((diff ** 2).mean() / (y32.astype(np.float64) ** 2).mean()))
+        tps, max_err, rel = variant("bf16wire", ["--wire_dtype=bfloat16"])
+        r["bf16_wire_tokens_per_s"] = tps
+        r["bf16_wire_speedup"] = tps / r["distributed_tokens_per_s"]
+        r["bf16_wire_max_abs_err"] = max_err
+        r["bf16_wire_rel_rms_err"] = rel
 
         print("(j) bf16 compute on the workers", file=sys.stderr, flush=True)
-        upc = MoeUp(args.bin_dir, tmp, "bf16compute", ["--compute_dtype=bfloat16"])
-        try:
-            targetc = upc.endpoints["router"]
-            yc = forward_y(args.bin_dir, targetc, tmp, "bf16c")
-            bc = client_bench(args.bin_dir, targetc, "4x1024", 1, 8 if q else 20, tmp)
-        finally:
-            upc.stop()
-        diff = np.abs(yc.astype(np.float64) - y32)
-        r["bf16_distributed_tokens_per_s"] = bc["tokens_per_s"]
-        r["bf16_distributed_over_fp32"] = bc["tokens_per_s"] / r["distributed_tokens_per_s"]
-        r["bf16_distributed_rel_rms_err"] = float(np.sqrt((diff ** 2).mean() / (y32.astype(np.float64) ** 2).mean()))
+        tps, _, rel = variant("bf16compute", ["--compute_dtype=bfloat16"])
+        r["bf16_distributed_tokens_per_s"] = tps
+        r["bf16_distributed_over_fp32"] = tps / r["distributed_tokens_per_s"]
+        r["bf16_distributed_rel_rms_err"] = rel
 
         print("(i) a decode-like step: one 1x32 call per layer of a 4-layer model",
               file=sys.stderr, flush=True)

@@ -23,6 +23,7 @@
 #include "experts/cpu_expert_shard.h"
 #include "experts/service/expert_service.h"
 #include "proto/expert_wire.h"
+#include "server/compute_flags.h"
 #include "server/main_helpers.h"
 #include "server/metrics_http.h"
 #include "server/rpc_metrics.h"
@@ -46,14 +47,6 @@ ABSL_FLAG(std::string, port_file, "",
 ABSL_FLAG(std::string, device, "auto",
           "auto (a GPU when the CUDA backend is built and one is visible, "
           "else cpu), cpu, or cuda[:N].");
-ABSL_FLAG(std::string, compute_dtype, "float32",
-          "Expert compute: float32 (exact to docs/numerics.md) or bfloat16 "
-          "(weights held in bfloat16, GEMMs through oneDNN with float32 "
-          "accumulation, about 2x faster where the CPU has AVX512_BF16; "
-          "relative RMS error of y about 4e-3). Gating is float32 always.");
-ABSL_FLAG(int, compute_threads_bf16, 0,
-          "With --compute_dtype=bfloat16: LibTorch threads for its GEMMs "
-          "(0: one per core).");
 ABSL_FLAG(int, compute_threads, 1,
           "Threads running expert calls (each GEMM is already parallel).");
 ABSL_FLAG(int, max_queued, 64,
@@ -138,11 +131,8 @@ absl::StatusOr<std::unique_ptr<experts::ExpertShard>> LoadShard(
     return absl::InvalidArgumentError(
         "this worker would host no expert (--experts / --shard select none)");
   }
-  experts::CpuShardOptions compute;
-  MOE_ASSIGN_OR_RETURN(
-      compute.compute,
-      server::ParseComputeDType(absl::GetFlag(FLAGS_compute_dtype)));
-  compute.threads = absl::GetFlag(FLAGS_compute_threads_bf16);
+  MOE_ASSIGN_OR_RETURN(experts::CpuShardOptions compute,
+                       server::CpuShardOptionsFromFlags());
   MOE_ASSIGN_OR_RETURN(
       auto shard, experts::CpuExpertShard::Create(std::move(weights), compute));
   return std::unique_ptr<experts::ExpertShard>(std::move(shard));

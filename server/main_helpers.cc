@@ -160,11 +160,4 @@ absl::StatusOr<moe::v1::DType> ParseWireDType(absl::string_view name) {
       absl::StrCat("\"", name, "\" is not float32, bfloat16 or float16"));
 }
 
-absl::StatusOr<common::DType> ParseComputeDType(absl::string_view name) {
-  if (name == "float32") return common::DType::kFloat32;
-  if (name == "bfloat16") return common::DType::kBFloat16;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "--compute_dtype: \"", name, "\" is not float32 or bfloat16"));
-}
-
 }  // namespace moe::server

@@ -1,6 +1,6 @@
 // What the server main() files parse from their flags: the experts a worker
 // hosts, the workers a router uses, a StatefulSet pod's ordinal, the wire
-// and compute dtypes. Only main files use these; services take options structs.
+// dtype. Only main files use these; services take options structs.
 #pragma once
 
 #include <cstdint>
@@ -9,7 +9,6 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "common/dtype.h"
 #include "common/model_spec.h"
 #include "moe/v1/tensor.pb.h"
 
@@ -49,9 +48,5 @@ std::vector<std::string> SplitList(absl::string_view text);
 
 // "float32" / "bfloat16" / "float16".
 absl::StatusOr<moe::v1::DType> ParseWireDType(absl::string_view name);
-
-// --compute_dtype: "float32" (the default, docs/numerics.md parity) or
-// "bfloat16".
-absl::StatusOr<common::DType> ParseComputeDType(absl::string_view name);
 
 }  // namespace moe::server

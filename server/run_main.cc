@@ -31,18 +31,10 @@
 #include "router/engine/expert_backend.h"
 #include "router/engine/model_engine.h"
 #include "router/service/forward_runner.h"
-#include "server/main_helpers.h"
+#include "server/compute_flags.h"
 
 ABSL_FLAG(std::string, checkpoint, "",
           "forward: the checkpoint (safetensors with config_json).");
-ABSL_FLAG(std::string, compute_dtype, "float32",
-          "Expert compute: float32 (exact to docs/numerics.md) or bfloat16 "
-          "(weights held in bfloat16, GEMMs through oneDNN with float32 "
-          "accumulation, about 2x faster where the CPU has AVX512_BF16; "
-          "relative RMS error of y about 4e-3). Gating is float32 always.");
-ABSL_FLAG(int, compute_threads_bf16, 0,
-          "With --compute_dtype=bfloat16: LibTorch threads for its GEMMs "
-          "(0: one per core).");
 ABSL_FLAG(int, layers, 1, "demo-checkpoint: number of MoE layers.");
 ABSL_FLAG(int, dim, 512, "demo-checkpoint: model dim.");
 ABSL_FLAG(int, num_experts, 16, "demo-checkpoint: experts per layer.");
@@ -76,11 +68,8 @@ absl::Status RunForward() {
       all[{static_cast<int32_t>(l), id}] = std::move(w);
     }
   }
-  experts::CpuShardOptions compute;
-  MOE_ASSIGN_OR_RETURN(
-      compute.compute,
-      server::ParseComputeDType(absl::GetFlag(FLAGS_compute_dtype)));
-  compute.threads = absl::GetFlag(FLAGS_compute_threads_bf16);
+  MOE_ASSIGN_OR_RETURN(experts::CpuShardOptions compute,
+                       server::CpuShardOptionsFromFlags());
   MOE_ASSIGN_OR_RETURN(
       auto shard, experts::CpuExpertShard::Create(std::move(all), compute));
   router::LocalExpertBackend backend(shard.get());
