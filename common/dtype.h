@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/float_bits.h"
 
 namespace moe::common {
 
@@ -35,14 +36,6 @@ absl::StatusOr<DType> ParseSafetensorsDType(absl::string_view name);
 
 // True for kFloat32, kFloat16, kBFloat16 and kFloat64.
 bool IsFloatingPoint(DType dtype);
-
-// IEEE binary16 and bfloat16 bit patterns <-> float32. FromFloat rounds to
-// the nearest value, ties to even; NaN stays NaN, values beyond the range
-// become infinities.
-float HalfToFloat(uint16_t bits);
-uint16_t FloatToHalf(float value);
-float BFloat16ToFloat(uint16_t bits);
-uint16_t FloatToBFloat16(float value);
 
 // Converts `n` elements of a floating-point `dtype` at `src` (little-endian,
 // any alignment) to float32 at `dst`.
