@@ -116,7 +116,7 @@ void CpuExpertShard::ReturnScratch(Scratch s) const {
 
 absl::Status CpuExpertShard::RunChecked(
     const TokenRows& tokens, absl::Span<const common::ExpertSegment> segments,
-    float* out, std::vector<double>* seconds) const {
+    float* out, RunStats* stats) const {
   if (tokens.rows == 0) return absl::OkStatus();
   return common::TorchCall("expert forward", [&] {
     c10::InferenceMode guard;
@@ -158,10 +158,12 @@ absl::Status CpuExpertShard::RunChecked(
                          scratch.hidden, result);
         rows.copy_(result);
       }
-      if (seconds != nullptr) {
-        (*seconds)[i] = std::chrono::duration<double>(
-                            std::chrono::steady_clock::now() - start)
-                            .count();
+      if (stats != nullptr) {
+        const double seconds = std::chrono::duration<double>(
+                                   std::chrono::steady_clock::now() - start)
+                                   .count();
+        stats->segment_seconds[i] = seconds;
+        stats->compute_seconds += seconds;
       }
     }
   });

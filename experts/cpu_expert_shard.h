@@ -58,8 +58,7 @@ class CpuExpertShard final : public ExpertShard {
  protected:
   absl::Status RunChecked(const TokenRows& tokens,
                           absl::Span<const common::ExpertSegment> segments,
-                          float* out,
-                          std::vector<double>* seconds) const override;
+                          float* out, RunStats* stats) const override;
 
  private:
   CpuExpertShard(std::map<common::ExpertKey, common::ExpertWeights> experts,

@@ -6,7 +6,7 @@ namespace moe::experts {
 
 absl::Status ExpertShard::Run(const TokenRows& tokens,
                               absl::Span<const common::ExpertSegment> segments,
-                              float* out, std::vector<double>* seconds) const {
+                              float* out, RunStats* stats) const {
   if (tokens.rows < 0 || (tokens.rows > 0 && tokens.data == nullptr)) {
     return absl::InvalidArgumentError("expert tokens: no rows");
   }
@@ -31,8 +31,8 @@ absl::Status ExpertShard::Run(const TokenRows& tokens,
                        ") lie outside the ", tokens.rows, " token rows"));
     }
   }
-  if (seconds != nullptr) seconds->assign(segments.size(), 0.0);
-  return RunChecked(tokens, segments, out, seconds);
+  if (stats != nullptr) *stats = RunStats{std::vector<double>(segments.size())};
+  return RunChecked(tokens, segments, out, stats);
 }
 
 }  // namespace moe::experts

@@ -30,6 +30,16 @@ struct TokenRows {
   int64_t rows = 0;
 };
 
+// What one Run() measured.
+struct RunStats {
+  // Each segment's compute seconds (on a GPU, its share of the call's).
+  std::vector<double> segment_seconds;
+  // The whole call's compute seconds (on a GPU: its kernels and GEMMs).
+  double compute_seconds = 0;
+  // Host <-> device copies (GPU shards only).
+  double copy_seconds = 0;
+};
+
 class ExpertShard {
  public:
   virtual ~ExpertShard() = default;
@@ -44,23 +54,26 @@ class ExpertShard {
   virtual std::string device() const = 0;
   // "float32" or "bfloat16".
   virtual std::string compute_dtype() const = 0;
+  // Device memory held (GPU shards: their arena), 0 on the CPU.
+  virtual int64_t device_memory_bytes() const { return 0; }
 
   // Runs rows [s.offset, s.offset + s.count) of `tokens` through expert
   // s.key for every segment and writes the float32 results to the same rows
   // of `out` ([tokens.rows, dim()]); rows no segment covers are left as
-  // they are. With `seconds`, it receives each segment's compute time.
+  // they are. With `stats`, it receives what the call measured.
   // InvalidArgument (naming the segment) for an expert not hosted, a
   // negative count or offset, or rows outside the block (checked without
   // overflow); Internal for a failure of the library underneath.
   absl::Status Run(const TokenRows& tokens,
                    absl::Span<const common::ExpertSegment> segments, float* out,
-                   std::vector<double>* seconds = nullptr) const;
+                   RunStats* stats = nullptr) const;
 
  protected:
-  // Run() after its checks passed.
+  // Run() after its checks passed, with stats->segment_seconds (if any)
+  // sized and zeroed.
   virtual absl::Status RunChecked(
       const TokenRows& tokens, absl::Span<const common::ExpertSegment> segments,
-      float* out, std::vector<double>* seconds) const = 0;
+      float* out, RunStats* stats) const = 0;
 };
 
 }  // namespace moe::experts

@@ -16,6 +16,12 @@ ExpertMetrics::ExpertMetrics(prometheus::Registry& registry,
                       prometheus::Histogram::BucketBoundaries{
                           1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192,
                           16384, 65536})),
+      device_memory_(prometheus::BuildGauge()
+                         .Name("moe_expert_device_memory_bytes")
+                         .Help("Device memory the GPU experts hold (weights "
+                               "and workspaces); 0 on the CPU.")
+                         .Register(registry)
+                         .Add({})),
       inflight_(prometheus::BuildGauge()
                     .Name("moe_expert_inflight_requests")
                     .Help("RunExperts calls queued or running.")
@@ -26,6 +32,15 @@ ExpertMetrics::ExpertMetrics(prometheus::Registry& registry,
                  .Help("1 once the shard's weights are loaded and serving.")
                  .Register(registry)
                  .Add({})) {
+  auto& call = prometheus::BuildHistogram()
+                   .Name("moe_expert_call_duration_seconds")
+                   .Help(
+                       "Per RunExperts call: compute time (on a GPU, "
+                       "kernels and GEMMs) and host-device copy time.")
+                   .Register(registry);
+  call_compute_ =
+      &call.Add({{"stage", "compute"}}, common::LatencyBucketsSeconds());
+  call_copy_ = &call.Add({{"stage", "copy"}}, common::LatencyBucketsSeconds());
   auto& tokens = prometheus::BuildCounter()
                      .Name("moe_expert_tokens_total")
                      .Help("Token rows each expert processed.")
@@ -45,6 +60,16 @@ ExpertMetrics::ExpertMetrics(prometheus::Registry& registry,
 
 void ExpertMetrics::RecordBatch(int64_t tokens) {
   batch_.Observe(static_cast<double>(tokens));
+}
+
+void ExpertMetrics::RecordCall(double compute_seconds, double copy_seconds,
+                               bool gpu) {
+  call_compute_->Observe(compute_seconds);
+  if (gpu) call_copy_->Observe(copy_seconds);
+}
+
+void ExpertMetrics::SetDeviceMemory(int64_t bytes) {
+  device_memory_.Set(static_cast<double>(bytes));
 }
 
 void ExpertMetrics::RecordSegment(common::ExpertKey key, int64_t tokens,

@@ -2,6 +2,10 @@
 //   moe_expert_tokens_total{layer,expert}
 //   moe_expert_forward_duration_seconds{layer,expert}  (histogram, per segment)
 //   moe_expert_batch_tokens                            (histogram, per call)
+//   moe_expert_call_duration_seconds{stage}            (histogram, per call:
+//       stage "compute" = the call's compute, on a GPU its kernels and
+//       GEMMs; "copy" = its host <-> device copies, GPU workers only)
+//   moe_expert_device_memory_bytes                     (GPU arena; 0 on CPU)
 //   moe_expert_inflight_requests, moe_expert_ready
 // Series exist for every hosted expert from the start; their number is
 // (hosted experts) x 18 (a counter and a 15-bucket histogram), see
@@ -31,6 +35,9 @@ class ExpertMetrics {
                 const std::vector<common::ExpertKey>& hosted);
 
   void RecordBatch(int64_t tokens);
+  // One call's compute and (GPU) copy time.
+  void RecordCall(double compute_seconds, double copy_seconds, bool gpu);
+  void SetDeviceMemory(int64_t bytes);
   void RecordSegment(common::ExpertKey key, int64_t tokens, double seconds);
   void AddInflight(int delta);
   void SetReady(bool ready);
@@ -42,6 +49,9 @@ class ExpertMetrics {
   };
   std::map<common::ExpertKey, PerExpert> experts_;
   prometheus::Histogram& batch_;
+  prometheus::Histogram* call_compute_;
+  prometheus::Histogram* call_copy_;
+  prometheus::Gauge& device_memory_;
   prometheus::Gauge& inflight_;
   prometheus::Gauge& ready_;
 };

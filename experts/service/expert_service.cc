@@ -77,17 +77,19 @@ absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
     wide.resize(static_cast<size_t>(call.rows() * shard_->dim()));
     dst = wide.data();
   }
-  std::vector<double> seconds;
-  MOE_RETURN_IF_ERROR(shard_->Run(tokens, call.segments(), dst, &seconds));
+  RunStats stats;
+  MOE_RETURN_IF_ERROR(shard_->Run(tokens, call.segments(), dst, &stats));
   if (!wide.empty()) {
     common::ConvertFromFloat32(wide.data(), static_cast<int64_t>(wide.size()),
                                FromWire(call.output_dtype()), out.data());
   }
   if (metrics_ != nullptr) {
     metrics_->RecordBatch(call.rows());
+    metrics_->RecordCall(stats.compute_seconds, stats.copy_seconds,
+                         shard_->device() != "cpu");
     for (size_t i = 0; i < call.segments().size(); ++i) {
       metrics_->RecordSegment(call.segments()[i].key, call.segments()[i].count,
-                              seconds[i]);
+                              stats.segment_seconds[i]);
     }
   }
   *response = out.Finish();

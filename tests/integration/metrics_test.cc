@@ -122,6 +122,15 @@ TEST_P(MetricsAgreeTest, CountersEqualResponsesAndGoldenCounts) {
     worker_tokens += Sum(wm, "moe_expert_tokens_total");
     EXPECT_EQ(Sum(wm, "moe_expert_ready"), 1);
     EXPECT_EQ(Sum(wm, "moe_expert_batch_tokens_count"), 1);  // one RPC each
+    EXPECT_EQ(Sum(wm, "moe_expert_call_duration_seconds_count",
+                  {{"stage", "compute"}}),
+              1);
+    // A CPU worker has no copies and no device memory.
+    EXPECT_EQ(
+        Sum(wm, "moe_expert_call_duration_seconds_count", {{"stage", "copy"}}),
+        0);
+    EXPECT_EQ(Sum(wm, "moe_expert_device_memory_bytes"), 0);
+    EXPECT_EQ(Sum(wm, "moe_build_info", {{"device", "cpu"}}), 1);
   }
   EXPECT_EQ(worker_tokens, kept);
 }

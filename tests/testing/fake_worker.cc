@@ -13,7 +13,7 @@ float ExpertScale(common::ExpertKey key) {
 absl::Status ScalingShard::RunChecked(
     const experts::TokenRows& tokens,
     absl::Span<const common::ExpertSegment> segments, float* out,
-    std::vector<double>* /*seconds*/) const {
+    experts::RunStats* /*stats*/) const {
   const float* in = static_cast<const float*>(tokens.data);
   for (const common::ExpertSegment& s : segments) {
     const float scale = ExpertScale(s.key);

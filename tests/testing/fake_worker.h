@@ -39,8 +39,7 @@ class ScalingShard : public experts::ExpertShard {
  protected:
   absl::Status RunChecked(const experts::TokenRows& tokens,
                           absl::Span<const common::ExpertSegment> segments,
-                          float* out,
-                          std::vector<double>* seconds) const override;
+                          float* out, experts::RunStats* stats) const override;
 
  private:
   int64_t dim_;
