@@ -1,0 +1,119 @@
+#include "experts/cuda/cuda_expert_shard.h"
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "common/torch/torch_convert.h"
+
+namespace moe::experts {
+namespace {
+
+std::vector<float> HostCopy(const at::Tensor& t) {
+  const at::Tensor c = t.to(at::kFloat).contiguous();
+  const float* p = c.data_ptr<float>();
+  return std::vector<float>(p, p + c.numel());
+}
+
+gpu::Dtype ToGpu(common::DType d) {
+  switch (d) {
+    case common::DType::kBFloat16:
+      return gpu::Dtype::kBFloat16;
+    case common::DType::kFloat16:
+      return gpu::Dtype::kFloat16;
+    default:
+      return gpu::Dtype::kFloat32;
+  }
+}
+
+}  // namespace
+
+absl::Status FromGpuStatus(const gpu::Status& status) {
+  switch (status.code()) {
+    case gpu::Code::kOk:
+      return absl::OkStatus();
+    case gpu::Code::kInvalidArgument:
+      return absl::InvalidArgumentError(status.message());
+    case gpu::Code::kResourceExhausted:
+      return absl::ResourceExhaustedError(status.message());
+    case gpu::Code::kFailedPrecondition:
+      return absl::FailedPreconditionError(status.message());
+    case gpu::Code::kInternal:
+      break;
+  }
+  return absl::InternalError(status.message());
+}
+
+absl::StatusOr<std::unique_ptr<CudaExpertShard>> CudaExpertShard::Create(
+    const std::map<common::ExpertKey, common::ExpertWeights>& experts,
+    const gpu::GpuOptions& options) {
+  if (experts.empty()) {
+    return absl::InvalidArgumentError("a GPU shard needs at least one expert");
+  }
+  std::vector<gpu::HostExpert> host;
+  std::map<common::ExpertKey, int32_t> index;
+  std::vector<int64_t> hidden;
+  MOE_RETURN_IF_ERROR(common::TorchCall("copying experts for the GPU", [&] {
+    for (const auto& [key, w] : experts) {
+      gpu::HostExpert e;
+      e.dim = w.w1.size(1);
+      e.hidden = w.w1.size(0) / 2;
+      e.w1 = HostCopy(w.w1);
+      e.b1 = HostCopy(w.b1);
+      e.mult_bias = HostCopy(w.mult_bias);
+      e.w2 = HostCopy(w.w2);
+      e.b2 = HostCopy(w.b2);
+      index[key] = static_cast<int32_t>(host.size());
+      hidden.push_back(e.hidden);
+      host.push_back(std::move(e));
+    }
+  }));
+  std::unique_ptr<gpu::GpuExperts> g;
+  MOE_RETURN_IF_ERROR(
+      FromGpuStatus(gpu::GpuExperts::Create(host, options, &g)));
+  return std::unique_ptr<CudaExpertShard>(
+      new CudaExpertShard(std::move(index), std::move(hidden), std::move(g)));
+}
+
+std::vector<common::ExpertKey> CudaExpertShard::keys() const {
+  std::vector<common::ExpertKey> keys;
+  for (const auto& [key, unused] : index_) keys.push_back(key);
+  return keys;
+}
+
+std::string CudaExpertShard::device() const {
+  return absl::StrCat("cuda:", gpu_->device().ordinal);
+}
+
+std::string CudaExpertShard::compute_dtype() const {
+  return gpu::DtypeName(gpu_->options().compute);
+}
+
+absl::Status CudaExpertShard::RunChecked(
+    const TokenRows& tokens, absl::Span<const common::ExpertSegment> segments,
+    float* out, RunStats* stats) const {
+  std::vector<gpu::PlanSegment> plan;
+  plan.reserve(segments.size());
+  for (const common::ExpertSegment& s : segments) {
+    plan.push_back({index_.at(s.key), s.offset, s.count});
+  }
+  gpu::CallTiming timing;
+  MOE_RETURN_IF_ERROR(FromGpuStatus(gpu_->Run(
+      ToGpu(tokens.dtype), tokens.data, tokens.rows, plan, out, &timing)));
+  if (stats != nullptr) {
+    stats->compute_seconds = timing.compute_seconds;
+    stats->copy_seconds = timing.copy_in_seconds + timing.copy_out_seconds;
+    double work = 0;
+    for (const gpu::PlanSegment& s : plan) {
+      work += static_cast<double>(s.count) * hidden_[s.expert];
+    }
+    for (size_t i = 0; i < plan.size() && work > 0; ++i) {
+      stats->segment_seconds[i] = timing.compute_seconds *
+                                  static_cast<double>(plan[i].count) *
+                                  hidden_[plan[i].expert] / work;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace moe::experts

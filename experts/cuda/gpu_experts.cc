@@ -1,0 +1,460 @@
+#include "experts/cuda/gpu_experts.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+#include "common/float_bits.h"
+#include "experts/cuda/geglu_kernels.h"
+
+namespace moe::experts::gpu {
+namespace {
+
+std::string DeviceName(int ordinal) {
+  return "cuda:" + std::to_string(ordinal);
+}
+
+std::string MiB(size_t bytes) {
+  return std::to_string((bytes + (size_t{1} << 20) - 1) >> 20) + " MiB";
+}
+
+Status CudaFailure(int device, const char* what, cudaError_t e) {
+  return Status(Code::kInternal, DeviceName(device) + ": " + what + ": " +
+                                     cudaGetErrorName(e) + " (" +
+                                     cudaGetErrorString(e) + ")");
+}
+
+Status CublasFailure(int device, const char* what, cublasStatus_t st) {
+  return Status(Code::kInternal, DeviceName(device) + ": " + what + ": " +
+                                     cublasGetStatusName(st) + " (" +
+                                     cublasGetStatusString(st) + ")");
+}
+
+#define MOE_CUDA_RETURN(device, what, expr)                      \
+  do {                                                           \
+    const cudaError_t _e = (expr);                               \
+    if (_e != cudaSuccess) return CudaFailure(device, what, _e); \
+  } while (0)
+
+#define MOE_CUBLAS_RETURN(device, what, expr)                                  \
+  do {                                                                         \
+    const cublasStatus_t _st = (expr);                                         \
+    if (_st != CUBLAS_STATUS_SUCCESS) return CublasFailure(device, what, _st); \
+  } while (0)
+
+double Seconds(cudaEvent_t from, cudaEvent_t to) {
+  float ms = 0;
+  return cudaEventElapsedTime(&ms, from, to) == cudaSuccess ? ms / 1e3 : 0.0;
+}
+
+cudaDataType_t CudaType(Dtype d) {
+  return d == Dtype::kBFloat16 ? CUDA_R_16BF : CUDA_R_32F;
+}
+
+// The expert's arrays in the compute dtype, in the order they are laid out.
+std::vector<unsigned char> Converted(const std::vector<float>& v, Dtype d) {
+  std::vector<unsigned char> bytes(v.size() * DtypeBytes(d));
+  if (d == Dtype::kFloat32) {
+    std::memcpy(bytes.data(), v.data(), bytes.size());
+  } else {
+    auto* out = reinterpret_cast<uint16_t*>(bytes.data());
+    for (size_t i = 0; i < v.size(); ++i)
+      out[i] = common::FloatToBFloat16(v[i]);
+  }
+  return bytes;
+}
+
+}  // namespace
+
+struct GpuExperts::Stream {
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  cudaEvent_t start = nullptr, copied_in = nullptr, computed = nullptr,
+              done = nullptr;
+  void* pinned_in = nullptr;           // [max_rows, dim] float32 at most
+  void* pinned_out = nullptr;          // [max_rows, dim] float32
+  void* pinned_params = nullptr;       // ParamsBytes(max_problems)
+  unsigned char* workspace = nullptr;  // device
+};
+
+int VisibleDevices(std::string* why) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    if (why != nullptr) {
+      *why = std::string("no CUDA device visible: cudaGetDeviceCount: ") +
+             cudaGetErrorString(e);
+    }
+    return 0;
+  }
+  if (count == 0 && why != nullptr) *why = "no CUDA device visible";
+  return count;
+}
+
+Status QueryDevice(int ordinal, DeviceInfo* info) {
+  std::string why;
+  const int count = VisibleDevices(&why);
+  if (count == 0) return Status(Code::kFailedPrecondition, why);
+  if (ordinal < 0 || ordinal >= count) {
+    return Status(Code::kFailedPrecondition,
+                  DeviceName(ordinal) + " asked for, but " +
+                      std::to_string(count) + " CUDA device(s) visible");
+  }
+  cudaDeviceProp prop;
+  MOE_CUDA_RETURN(ordinal, "cudaGetDeviceProperties",
+                  cudaGetDeviceProperties(&prop, ordinal));
+  MOE_CUDA_RETURN(ordinal, "cudaSetDevice", cudaSetDevice(ordinal));
+  info->ordinal = ordinal;
+  info->name = prop.name;
+  info->major = prop.major;
+  info->minor = prop.minor;
+  info->multiprocessors = prop.multiProcessorCount;
+  MOE_CUDA_RETURN(ordinal, "cudaMemGetInfo",
+                  cudaMemGetInfo(&info->free_bytes, &info->total_bytes));
+  return Status();
+}
+
+GpuExperts::GpuExperts(int64_t dim, const GpuOptions& options)
+    : dim_(dim), options_(options) {}
+
+GpuExperts::~GpuExperts() {
+  if (!streams_.empty() || arena_ != nullptr) cudaSetDevice(options_.device);
+  for (auto& s : streams_) {
+    if (s->stream != nullptr) cudaStreamSynchronize(s->stream);
+    if (s->cublas != nullptr) cublasDestroy(s->cublas);
+    for (cudaEvent_t e : {s->start, s->copied_in, s->computed, s->done}) {
+      if (e != nullptr) cudaEventDestroy(e);
+    }
+    if (s->stream != nullptr) cudaStreamDestroy(s->stream);
+    for (void* p : {s->pinned_in, s->pinned_out, s->pinned_params}) {
+      if (p != nullptr) cudaFreeHost(p);
+    }
+  }
+  if (arena_ != nullptr) cudaFree(arena_);
+}
+
+Status GpuExperts::Create(const std::vector<HostExpert>& experts,
+                          const GpuOptions& options,
+                          std::unique_ptr<GpuExperts>* out) {
+  if (experts.empty()) {
+    return Status(Code::kInvalidArgument, "no experts to place on the GPU");
+  }
+  for (size_t i = 0; i < experts.size(); ++i) {
+    if (!WellFormed(experts[i]) || experts[i].dim != experts[0].dim) {
+      return Status(Code::kInvalidArgument,
+                    "expert " + std::to_string(i) +
+                        ": arrays do not match its dim and hidden size, or "
+                        "its dim differs from the others'");
+    }
+  }
+  if (options.compute != Dtype::kFloat32 &&
+      options.compute != Dtype::kBFloat16) {
+    return Status(Code::kInvalidArgument,
+                  "GPU compute dtype must be float32 or bfloat16");
+  }
+  if (options.streams < 1 || options.max_rows < 1 || options.max_problems < 1 ||
+      options.max_problems > 65535) {
+    return Status(Code::kInvalidArgument,
+                  "GPU options: streams and max_rows must be >= 1, "
+                  "max_problems in [1, 65535]");
+  }
+  std::unique_ptr<GpuExperts> g(new GpuExperts(experts[0].dim, options));
+  MOE_GPU_RETURN_IF_ERROR(QueryDevice(options.device, &g->device_));
+  int64_t max_hidden = 0;
+  for (const HostExpert& e : experts) {
+    max_hidden = std::max(max_hidden, e.hidden);
+  }
+  g->workspace_ = LayoutWorkspace({options.max_rows, g->dim_, max_hidden,
+                                   options.compute, options.max_problems});
+
+  // Weights first, then one workspace per stream, in one allocation.
+  ArenaLayout arena;
+  const size_t c = DtypeBytes(options.compute);
+  std::vector<std::array<size_t, 5>> offsets;
+  for (const HostExpert& e : experts) {
+    offsets.push_back(
+        {arena.Reserve(e.w1.size() * c), arena.Reserve(e.b1.size() * c),
+         arena.Reserve(e.mult_bias.size() * c), arena.Reserve(e.w2.size() * c),
+         arena.Reserve(e.b2.size() * c)});
+  }
+  g->weight_bytes_ = arena.size();
+  std::vector<size_t> workspaces;
+  for (int i = 0; i < options.streams; ++i) {
+    workspaces.push_back(arena.Reserve(g->workspace_.total));
+  }
+  g->arena_bytes_ = arena.size();
+  const std::string name =
+      DeviceName(options.device) + " (" + g->device_.name + ")";
+  if (g->arena_bytes_ > g->device_.free_bytes) {
+    return Status(
+        Code::kResourceExhausted,
+        name + ": the experts need " + MiB(g->arena_bytes_) + " (weights " +
+            MiB(g->weight_bytes_) + " + " + std::to_string(options.streams) +
+            " stream(s) x " + MiB(g->workspace_.total) + " of workspace for " +
+            std::to_string(options.max_rows) + " rows), but only " +
+            MiB(g->device_.free_bytes) + " of " + MiB(g->device_.total_bytes) +
+            " are free; lower --max_tokens_per_call or --gpu_streams, or "
+            "host fewer experts");
+  }
+  const cudaError_t alloc = cudaMalloc(&g->arena_, g->arena_bytes_);
+  if (alloc != cudaSuccess) {
+    return Status(Code::kResourceExhausted,
+                  name + ": cudaMalloc of " + MiB(g->arena_bytes_) +
+                      " failed: " + cudaGetErrorString(alloc));
+  }
+  auto* base = static_cast<unsigned char*>(g->arena_);
+  for (size_t i = 0; i < experts.size(); ++i) {
+    ExpertDevicePtrs p;
+    p.w1 = reinterpret_cast<uint64_t>(base + offsets[i][0]);
+    p.b1 = reinterpret_cast<uint64_t>(base + offsets[i][1]);
+    p.mult_bias = reinterpret_cast<uint64_t>(base + offsets[i][2]);
+    p.w2 = reinterpret_cast<uint64_t>(base + offsets[i][3]);
+    p.b2 = reinterpret_cast<uint64_t>(base + offsets[i][4]);
+    p.hidden = experts[i].hidden;
+    g->experts_.push_back(p);
+    g->hidden_.push_back(experts[i].hidden);
+  }
+  MOE_GPU_RETURN_IF_ERROR(g->Upload(experts));
+
+  const int dev = options.device;
+  const size_t staging = static_cast<size_t>(options.max_rows) *
+                         static_cast<size_t>(g->dim_) * sizeof(float);
+  const size_t params = ParamsBytes(options.max_problems);
+  for (size_t w : workspaces) {
+    auto s = std::make_unique<Stream>();
+    s->workspace = base + w;
+    MOE_CUDA_RETURN(
+        dev, "cudaStreamCreate",
+        cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
+    for (cudaEvent_t* e : {&s->start, &s->copied_in, &s->computed, &s->done}) {
+      MOE_CUDA_RETURN(dev, "cudaEventCreate", cudaEventCreate(e));
+    }
+    for (auto [p, bytes] :
+         {std::pair{&s->pinned_in, staging}, std::pair{&s->pinned_out, staging},
+          std::pair{&s->pinned_params, params}}) {
+      const cudaError_t e = cudaHostAlloc(p, bytes, cudaHostAllocDefault);
+      if (e != cudaSuccess) {
+        return Status(Code::kResourceExhausted,
+                      name + ": pinned host staging of " + MiB(bytes) +
+                          " failed: " + cudaGetErrorString(e));
+      }
+      g->pinned_bytes_ += bytes;
+    }
+    MOE_CUBLAS_RETURN(dev, "cublasCreate", cublasCreate(&s->cublas));
+    MOE_CUBLAS_RETURN(dev, "cublasSetStream",
+                      cublasSetStream(s->cublas, s->stream));
+    MOE_CUBLAS_RETURN(
+        dev, "cublasSetWorkspace",
+        cublasSetWorkspace(s->cublas, s->workspace + g->workspace_.cublas,
+                           kCublasWorkspaceBytes));
+    // No TF32: float32 compute stays float32 (the 1e-5 parity).
+    MOE_CUBLAS_RETURN(dev, "cublasSetMathMode",
+                      cublasSetMathMode(s->cublas, CUBLAS_DEFAULT_MATH));
+    g->free_.push_back(s.get());
+    g->streams_.push_back(std::move(s));
+  }
+  MOE_CUDA_RETURN(dev, "cudaDeviceSynchronize", cudaDeviceSynchronize());
+  *out = std::move(g);
+  return Status();
+}
+
+Status GpuExperts::Upload(const std::vector<HostExpert>& experts) {
+  const int dev = options_.device;
+  for (size_t i = 0; i < experts.size(); ++i) {
+    const HostExpert& e = experts[i];
+    const ExpertDevicePtrs& p = experts_[i];
+    for (auto [dst, src] : {std::pair{p.w1, &e.w1}, std::pair{p.b1, &e.b1},
+                            std::pair{p.mult_bias, &e.mult_bias},
+                            std::pair{p.w2, &e.w2}, std::pair{p.b2, &e.b2}}) {
+      const std::vector<unsigned char> bytes =
+          Converted(*src, options_.compute);
+      MOE_CUDA_RETURN(dev, "uploading expert weights",
+                      cudaMemcpy(reinterpret_cast<void*>(dst), bytes.data(),
+                                 bytes.size(), cudaMemcpyHostToDevice));
+    }
+  }
+  return Status();
+}
+
+GpuExperts::Stream* GpuExperts::Acquire() const {
+  std::unique_lock<std::mutex> lock(mu_);
+  free_cv_.wait(lock, [this] { return !free_.empty(); });
+  Stream* s = free_.back();
+  free_.pop_back();
+  return s;
+}
+
+void GpuExperts::Release(Stream* s) const {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(s);
+  }
+  free_cv_.notify_one();
+}
+
+Status GpuExperts::Run(Dtype dtype, const void* tokens, int64_t rows,
+                       const std::vector<PlanSegment>& segments, float* out,
+                       CallTiming* timing) const {
+  if (rows > options_.max_rows) {
+    return Status(Code::kInvalidArgument,
+                  "a call of " + std::to_string(rows) +
+                      " rows exceeds the GPU workspace of " +
+                      std::to_string(options_.max_rows) +
+                      " rows (--max_tokens_per_call)");
+  }
+  Stream* s = Acquire();
+  const Status status = RunOn(*s, dtype, tokens, rows, segments, out, timing);
+  // After a failure, work may still be queued on the stream: let it finish
+  // before its staging buffers are handed to the next call.
+  if (!status.ok()) cudaStreamSynchronize(s->stream);
+  Release(s);
+  return status;
+}
+
+namespace {
+
+// One grouped GEMM (or, for comparison, one cublasGemmEx per problem;
+// `host_params` is the host image of the params region at `params`).
+Status RunGemm(int dev, cublasHandle_t h, const GroupedGemm& g, Dtype compute,
+               bool grouped, const unsigned char* host_params,
+               uint64_t params) {
+  const cudaDataType_t t = CudaType(compute);
+  const int groups = static_cast<int>(g.m.size());
+  if (grouped) {
+    std::vector<cublasOperation_t> ta(groups, CUBLAS_OP_T);
+    std::vector<cublasOperation_t> tb(groups, CUBLAS_OP_N);
+    MOE_CUBLAS_RETURN(
+        dev, "cublasGemmGroupedBatchedEx",
+        cublasGemmGroupedBatchedEx(
+            h, ta.data(), tb.data(), g.m.data(), g.n.data(), g.k.data(),
+            g.alpha.data(), reinterpret_cast<const void* const*>(g.a), t,
+            g.lda.data(), reinterpret_cast<const void* const*>(g.b), t,
+            g.ldb.data(), g.beta.data(), reinterpret_cast<void* const*>(g.c), t,
+            g.ldc.data(), groups, g.group_size.data(), CUBLAS_COMPUTE_32F));
+    return Status();
+  }
+  auto host_array = [&](uint64_t at) {
+    return reinterpret_cast<const uint64_t*>(host_params + (at - params));
+  };
+  const uint64_t* a = host_array(g.a);
+  const uint64_t* b = host_array(g.b);
+  const uint64_t* c = host_array(g.c);
+  int j = 0;
+  for (int i = 0; i < groups; ++i) {
+    for (int n = 0; n < g.group_size[i]; ++n, ++j) {
+      MOE_CUBLAS_RETURN(
+          dev, "cublasGemmEx",
+          cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, g.m[i], g.n[i], g.k[i],
+                       &g.alpha[i], reinterpret_cast<const void*>(a[j]), t,
+                       g.lda[i], reinterpret_cast<const void*>(b[j]), t,
+                       g.ldb[i], &g.beta[i], reinterpret_cast<void*>(c[j]), t,
+                       g.ldc[i], CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+  }
+  return Status();
+}
+
+}  // namespace
+
+Status GpuExperts::RunOn(Stream& s, Dtype dtype, const void* tokens,
+                         int64_t rows, const std::vector<PlanSegment>& segments,
+                         float* out, CallTiming* timing) const {
+  const int dev = options_.device;
+  const std::vector<Pass> passes =
+      PlanPasses(segments, hidden_, options_.max_problems);
+  if (passes.empty() || rows == 0) return Status();
+  MOE_CUDA_RETURN(dev, "cudaSetDevice", cudaSetDevice(dev));
+  const WorkspaceLayout& w = workspace_;
+  const uint64_t ws = reinterpret_cast<uint64_t>(s.workspace);
+  WorkspaceAddresses addr;
+  addr.tokens = ws + (dtype == options_.compute ? w.raw_tokens : w.tokens);
+  addr.u = ws + w.u;
+  addr.v = ws + w.v;
+  addr.z = ws + w.z;
+  addr.out = ws + w.out;
+  addr.params = ws + w.params;
+
+  // Tokens in: host -> pinned staging -> device, then to the compute dtype.
+  const size_t in_bytes = static_cast<size_t>(rows * dim_) * DtypeBytes(dtype);
+  std::memcpy(s.pinned_in, tokens, in_bytes);
+  MOE_CUDA_RETURN(dev, "cudaEventRecord", cudaEventRecord(s.start, s.stream));
+  MOE_CUDA_RETURN(dev, "copying tokens in",
+                  cudaMemcpyAsync(s.workspace + w.raw_tokens, s.pinned_in,
+                                  in_bytes, cudaMemcpyHostToDevice, s.stream));
+  MOE_CUDA_RETURN(dev, "cudaEventRecord",
+                  cudaEventRecord(s.copied_in, s.stream));
+  if (dtype != options_.compute) {
+    MOE_CUDA_RETURN(
+        dev, "converting tokens",
+        LaunchConvert(s.workspace + w.raw_tokens, dtype, s.workspace + w.tokens,
+                      options_.compute, rows * dim_, s.stream));
+  }
+
+  std::vector<RowRun> written;
+  auto* host_params = static_cast<unsigned char*>(s.pinned_params);
+  for (size_t i = 0; i < passes.size(); ++i) {
+    const Pass& pass = passes[i];
+    if (i > 0) {
+      // The previous pass's parameters may still be on their way.
+      MOE_CUDA_RETURN(dev, "cudaStreamSynchronize",
+                      cudaStreamSynchronize(s.stream));
+    }
+    const PassLaunch launch = BuildPassLaunch(pass, experts_, addr, dim_,
+                                              options_.compute, host_params);
+    MOE_CUDA_RETURN(dev, "copying pass parameters",
+                    cudaMemcpyAsync(reinterpret_cast<void*>(addr.params),
+                                    host_params, ParamsBytes(launch.problems),
+                                    cudaMemcpyHostToDevice, s.stream));
+    MOE_GPU_RETURN_IF_ERROR(RunGemm(dev, s.cublas, launch.up, options_.compute,
+                                    options_.grouped, host_params,
+                                    addr.params));
+    MOE_CUDA_RETURN(
+        dev, "GEGLU kernel",
+        LaunchGeglu(reinterpret_cast<const GegluProblem*>(launch.geglu),
+                    launch.problems, launch.max_geglu_elements,
+                    options_.compute, s.stream));
+    MOE_GPU_RETURN_IF_ERROR(RunGemm(dev, s.cublas, launch.down,
+                                    options_.compute, options_.grouped,
+                                    host_params, addr.params));
+    MOE_CUDA_RETURN(
+        dev, "epilogue kernel",
+        LaunchEpilogue(
+            reinterpret_cast<const EpilogueProblem*>(launch.epilogue),
+            launch.problems, dim_, launch.max_epilogue_elements,
+            options_.compute, s.stream));
+    written.insert(written.end(), pass.out_runs.begin(), pass.out_runs.end());
+  }
+  MOE_CUDA_RETURN(dev, "cudaEventRecord",
+                  cudaEventRecord(s.computed, s.stream));
+
+  // Rows out: device -> pinned staging -> the caller's rows.
+  written = MergeRuns(std::move(written));
+  const size_t row_bytes = static_cast<size_t>(dim_) * sizeof(float);
+  auto* pinned_out = static_cast<unsigned char*>(s.pinned_out);
+  for (const RowRun& r : written) {
+    const size_t at = static_cast<size_t>(r.offset) * row_bytes;
+    MOE_CUDA_RETURN(dev, "copying results out",
+                    cudaMemcpyAsync(pinned_out + at, s.workspace + w.out + at,
+                                    static_cast<size_t>(r.count) * row_bytes,
+                                    cudaMemcpyDeviceToHost, s.stream));
+  }
+  MOE_CUDA_RETURN(dev, "cudaEventRecord", cudaEventRecord(s.done, s.stream));
+  MOE_CUDA_RETURN(dev, "running the experts", cudaEventSynchronize(s.done));
+  for (const RowRun& r : written) {
+    const size_t at = static_cast<size_t>(r.offset) * row_bytes;
+    std::memcpy(reinterpret_cast<unsigned char*>(out) + at, pinned_out + at,
+                static_cast<size_t>(r.count) * row_bytes);
+  }
+  if (timing != nullptr) {
+    timing->copy_in_seconds = Seconds(s.start, s.copied_in);
+    timing->compute_seconds = Seconds(s.copied_in, s.computed);
+    timing->copy_out_seconds = Seconds(s.computed, s.done);
+    timing->passes = static_cast<int>(passes.size());
+  }
+  return Status();
+}
+
+}  // namespace moe::experts::gpu

@@ -1,0 +1,229 @@
+#include "experts/cuda/gpu_plan.h"
+
+#include <algorithm>
+#include <cstring>
+#include <iterator>
+#include <map>
+#include <numeric>
+
+namespace moe::experts::gpu {
+namespace {
+
+size_t AlignUp(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+// Offsets inside a params region for `problems` problems: six pointer
+// arrays (A, B, C of each GEMM), then the GEGLU and epilogue descriptors.
+struct ParamsLayout {
+  size_t pointers[6];
+  size_t geglu;
+  size_t epilogue;
+  size_t total;
+};
+
+ParamsLayout LayoutParams(int64_t problems) {
+  const size_t p = static_cast<size_t>(problems);
+  ParamsLayout l{};
+  size_t at = 0;
+  for (size_t& array : l.pointers) {
+    array = at;
+    at = AlignUp(at + p * sizeof(uint64_t), 16);
+  }
+  l.geglu = at;
+  at = AlignUp(at + p * sizeof(GegluProblem), 16);
+  l.epilogue = at;
+  at = AlignUp(at + p * sizeof(EpilogueProblem), 16);
+  l.total = at;
+  return l;
+}
+
+// Cuts the sorted problem order into groups of one shape.
+void AddGroups(const std::vector<int>& m, const std::vector<int>& n,
+               const std::vector<int>& k, int lda, int ldb, int ldc_of_m,
+               GroupedGemm* g) {
+  for (size_t i = 0; i < m.size(); ++i) {
+    if (!g->m.empty() && g->m.back() == m[i] && g->n.back() == n[i] &&
+        g->k.back() == k[i]) {
+      ++g->group_size.back();
+      continue;
+    }
+    g->m.push_back(m[i]);
+    g->n.push_back(n[i]);
+    g->k.push_back(k[i]);
+    g->lda.push_back(lda > 0 ? lda : k[i]);
+    g->ldb.push_back(ldb > 0 ? ldb : k[i]);
+    g->ldc.push_back(ldc_of_m > 0 ? ldc_of_m : m[i]);
+    g->alpha.push_back(1.0f);
+    g->beta.push_back(0.0f);
+    g->group_size.push_back(1);
+  }
+  g->problems = static_cast<int>(m.size());
+}
+
+}  // namespace
+
+size_t ArenaLayout::Reserve(size_t bytes) {
+  const size_t offset = size_;
+  size_ = AlignUp(size_ + bytes, kRegionAlignment);
+  return offset;
+}
+
+WorkspaceLayout LayoutWorkspace(const WorkspaceShape& s) {
+  const size_t rows = static_cast<size_t>(s.max_rows);
+  const size_t dim = static_cast<size_t>(s.dim);
+  const size_t h = static_cast<size_t>(s.max_hidden);
+  const size_t c = DtypeBytes(s.compute);
+  WorkspaceLayout l;
+  ArenaLayout arena;
+  auto region = [&arena](size_t bytes) { return arena.Reserve(bytes); };
+  l.raw_tokens = region(rows * dim * sizeof(float));
+  l.tokens = region(rows * dim * c);
+  l.u = region(rows * 2 * h * c);
+  l.v = region(rows * h * c);
+  l.z = region(rows * dim * c);
+  l.out = region(rows * dim * sizeof(float));
+  l.params = region(ParamsBytes(s.max_problems));
+  l.cublas = region(kCublasWorkspaceBytes);
+  l.total = arena.size();
+  return l;
+}
+
+size_t ParamsBytes(int64_t problems) { return LayoutParams(problems).total; }
+
+std::vector<Pass> PlanPasses(const std::vector<PlanSegment>& segments,
+                             const std::vector<int64_t>& hidden,
+                             int64_t max_problems) {
+  std::vector<Pass> passes;
+  // Row intervals of the current pass: start -> end.
+  std::map<int64_t, int64_t> taken;
+  int64_t u_elem = 0, v_elem = 0, z_row = 0;
+  auto overlaps = [&taken](int64_t begin, int64_t end) {
+    auto next = taken.lower_bound(begin);
+    if (next != taken.end() && next->first < end) return true;
+    return next != taken.begin() && std::prev(next)->second > begin;
+  };
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const PlanSegment& s = segments[i];
+    if (s.count == 0) continue;
+    const int64_t end = s.offset + s.count;
+    if (passes.empty() ||
+        static_cast<int64_t>(passes.back().problems.size()) >= max_problems ||
+        overlaps(s.offset, end)) {
+      passes.emplace_back();
+      taken.clear();
+      u_elem = v_elem = z_row = 0;
+    }
+    const int64_t h = hidden[static_cast<size_t>(s.expert)];
+    Problem p;
+    p.segment = static_cast<int32_t>(i);
+    p.expert = s.expert;
+    p.row_offset = s.offset;
+    p.rows = s.count;
+    p.hidden = h;
+    p.u_elem = u_elem;
+    p.v_elem = v_elem;
+    p.z_row = z_row;
+    u_elem += s.count * 2 * h;
+    v_elem += s.count * h;
+    z_row += s.count;
+    taken[s.offset] = end;
+    passes.back().problems.push_back(p);
+  }
+  for (Pass& pass : passes) {
+    std::vector<RowRun> runs;
+    for (const Problem& p : pass.problems)
+      runs.push_back({p.row_offset, p.rows});
+    pass.out_runs = MergeRuns(std::move(runs));
+  }
+  return passes;
+}
+
+std::vector<RowRun> MergeRuns(std::vector<RowRun> runs) {
+  std::sort(runs.begin(), runs.end(), [](const RowRun& a, const RowRun& b) {
+    return a.offset < b.offset;
+  });
+  std::vector<RowRun> merged;
+  for (const RowRun& r : runs) {
+    if (r.count == 0) continue;
+    if (!merged.empty() &&
+        merged.back().offset + merged.back().count >= r.offset) {
+      const int64_t end = std::max(merged.back().offset + merged.back().count,
+                                   r.offset + r.count);
+      merged.back().count = end - merged.back().offset;
+    } else {
+      merged.push_back(r);
+    }
+  }
+  return merged;
+}
+
+PassLaunch BuildPassLaunch(const Pass& pass,
+                           const std::vector<ExpertDevicePtrs>& experts,
+                           const WorkspaceAddresses& addr, int64_t dim,
+                           Dtype compute, void* host_params) {
+  const int64_t count = static_cast<int64_t>(pass.problems.size());
+  const ParamsLayout layout = LayoutParams(count);
+  const uint64_t c = DtypeBytes(compute);
+  std::vector<size_t> order(pass.problems.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&pass](size_t a, size_t b) {
+    const Problem& x = pass.problems[a];
+    const Problem& y = pass.problems[b];
+    return x.hidden != y.hidden ? x.hidden < y.hidden : x.rows < y.rows;
+  });
+
+  auto* base = static_cast<unsigned char*>(host_params);
+  uint64_t* arrays[6];
+  for (int i = 0; i < 6; ++i) {
+    arrays[i] = reinterpret_cast<uint64_t*>(base + layout.pointers[i]);
+  }
+  auto* geglu = reinterpret_cast<GegluProblem*>(base + layout.geglu);
+  auto* epilogue = reinterpret_cast<EpilogueProblem*>(base + layout.epilogue);
+
+  PassLaunch launch;
+  launch.problems = static_cast<int>(count);
+  std::vector<int> up_m, up_n, up_k, down_m, down_n, down_k;
+  for (size_t j = 0; j < order.size(); ++j) {
+    const Problem& p = pass.problems[order[j]];
+    const ExpertDevicePtrs& e = experts[static_cast<size_t>(p.expert)];
+    const uint64_t u = addr.u + static_cast<uint64_t>(p.u_elem) * c;
+    const uint64_t v = addr.v + static_cast<uint64_t>(p.v_elem) * c;
+    const uint64_t z = addr.z + static_cast<uint64_t>(p.z_row * dim) * c;
+    arrays[0][j] = e.w1;
+    arrays[1][j] = addr.tokens + static_cast<uint64_t>(p.row_offset * dim) * c;
+    arrays[2][j] = u;
+    arrays[3][j] = e.w2;
+    arrays[4][j] = v;
+    arrays[5][j] = z;
+    geglu[j] = GegluProblem{u, v, e.b1, e.mult_bias, p.rows, p.hidden};
+    epilogue[j] = EpilogueProblem{
+        z, addr.out + static_cast<uint64_t>(p.row_offset * dim) * 4, e.b2,
+        p.rows};
+    up_m.push_back(static_cast<int>(2 * p.hidden));
+    up_n.push_back(static_cast<int>(p.rows));
+    up_k.push_back(static_cast<int>(dim));
+    down_m.push_back(static_cast<int>(dim));
+    down_n.push_back(static_cast<int>(p.rows));
+    down_k.push_back(static_cast<int>(p.hidden));
+    launch.max_geglu_elements =
+        std::max(launch.max_geglu_elements, p.rows * p.hidden);
+    launch.max_epilogue_elements =
+        std::max(launch.max_epilogue_elements, p.rows * dim);
+  }
+  // W1 is [2h, d] row-major: column-major [d, 2h], so op(A) = Aᵀ, lda = d;
+  // x rows are column-major [d, rows], ldb = d; u is column-major [2h,
+  // rows], ldc = 2h. The same for the down projection with k = h.
+  AddGroups(up_m, up_n, up_k, static_cast<int>(dim), static_cast<int>(dim), 0,
+            &launch.up);
+  AddGroups(down_m, down_n, down_k, 0, 0, static_cast<int>(dim), &launch.down);
+  launch.up.a = addr.params + layout.pointers[0];
+  launch.up.b = addr.params + layout.pointers[1];
+  launch.up.c = addr.params + layout.pointers[2];
+  launch.down.a = addr.params + layout.pointers[3];
+  launch.down.b = addr.params + layout.pointers[4];
+  launch.down.c = addr.params + layout.pointers[5];
+  launch.geglu = addr.params + layout.geglu;
+  launch.epilogue = addr.params + layout.epilogue;
+  return launch;
+}
+
+}  // namespace moe::experts::gpu

@@ -1,0 +1,48 @@
+// Plain data shared by the host side of the GPU backend and its kernels
+// (geglu_kernels.cu): element types and the per-problem descriptors the
+// kernels read from device memory. Addresses are device addresses held as
+// integers, so that the host-side planner (gpu_plan.h) builds and tests
+// them without the CUDA runtime.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace moe::experts::gpu {
+
+enum class Dtype : int32_t { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+inline size_t DtypeBytes(Dtype d) { return d == Dtype::kFloat32 ? 4 : 2; }
+inline const char* DtypeName(Dtype d) {
+  return d == Dtype::kFloat32    ? "float32"
+         : d == Dtype::kBFloat16 ? "bfloat16"
+                                 : "float16";
+}
+
+// One expert's parameters on the device, in the compute dtype (docs/
+// numerics.md, "Expert"): w1 [2h, d] (rows 0..h-1 value, h..2h-1 gate), b1
+// [2h], mult_bias [h], w2 [d, h], b2 [d].
+struct ExpertDevicePtrs {
+  uint64_t w1 = 0, b1 = 0, mult_bias = 0, w2 = 0, b2 = 0;
+  int64_t hidden = 0;
+};
+
+// The GEGLU between the two projections, for one problem (one expert's
+// rows of a pass): v[r, j] = gelu(u[r, h + j] + b1[h + j]) *
+// (u[r, j] + b1[j]) * mult_bias[j] for r < rows, j < h; u is [rows, 2h]
+// and v [rows, h], both row-major in the compute dtype.
+struct GegluProblem {
+  uint64_t u = 0, v = 0, b1 = 0, mult_bias = 0;
+  int64_t rows = 0;
+  int64_t hidden = 0;
+};
+
+// The epilogue of one problem: out[r, c] = float(z[r, c]) + float(b2[c])
+// for r < rows, c < dim; z is [rows, dim] in the compute dtype and out the
+// float32 rows of the call's token block where the problem's rows belong.
+struct EpilogueProblem {
+  uint64_t z = 0, out = 0, b2 = 0;
+  int64_t rows = 0;
+};
+
+}  // namespace moe::experts::gpu
