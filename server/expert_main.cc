@@ -45,8 +45,12 @@ ABSL_FLAG(int, port, 50052, "Port to listen on; 0 picks a free one.");
 ABSL_FLAG(std::string, port_file, "",
           "Write the port here once listening (useful with --port=0).");
 ABSL_FLAG(std::string, device, "auto",
-          "auto (a GPU when the CUDA backend is built and one is visible, "
-          "else cpu), cpu, or cuda[:N].");
+          "auto (cuda:0 when this binary has the CUDA backend and a device "
+          "is visible, else cpu), cpu, cuda or cuda:N. cuda without the "
+          "backend or without a visible device is an error.");
+ABSL_FLAG(int, gpu_streams, 2,
+          "With a CUDA device: calls run at once, each on a CUDA stream with "
+          "its own workspace for --max_tokens_per_call rows.");
 ABSL_FLAG(int, compute_threads, 1,
           "Threads running expert calls (each GEMM is already parallel).");
 ABSL_FLAG(int, max_queued, 64,
@@ -110,16 +114,6 @@ absl::StatusOr<server::ExpertSelection> Selection(
 
 absl::StatusOr<std::unique_ptr<experts::ExpertShard>> LoadShard(
     const common::Checkpoint& ckpt, const server::ExpertSelection& selection) {
-  const std::string device = absl::GetFlag(FLAGS_device);
-  if (device != "auto" && device != "cpu") {
-    if (device.rfind("cuda", 0) == 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "--device=", device,
-          ": this moe-expert was built without the CUDA backend (configure "
-          "with the CUDA toolkit, MOE_CUDA=on)"));
-    }
-    return absl::InvalidArgumentError("--device must be auto, cpu or cuda[:N]");
-  }
   std::map<common::ExpertKey, common::ExpertWeights> weights;
   for (size_t l = 0; l < selection.size(); ++l) {
     for (int64_t e : selection[l]) {
@@ -131,11 +125,13 @@ absl::StatusOr<std::unique_ptr<experts::ExpertShard>> LoadShard(
     return absl::InvalidArgumentError(
         "this worker would host no expert (--experts / --shard select none)");
   }
-  MOE_ASSIGN_OR_RETURN(experts::CpuShardOptions compute,
-                       server::CpuShardOptionsFromFlags());
-  MOE_ASSIGN_OR_RETURN(
-      auto shard, experts::CpuExpertShard::Create(std::move(weights), compute));
-  return std::unique_ptr<experts::ExpertShard>(std::move(shard));
+  if (absl::GetFlag(FLAGS_gpu_streams) < 1) {
+    return absl::InvalidArgumentError("--gpu_streams must be >= 1");
+  }
+  return server::MakeExpertShard(absl::GetFlag(FLAGS_device),
+                                 std::move(weights),
+                                 absl::GetFlag(FLAGS_max_tokens_per_call),
+                                 absl::GetFlag(FLAGS_gpu_streams));
 }
 
 absl::Status Run() {
@@ -165,6 +161,7 @@ absl::Status Run() {
   server::AddBuildInfo(*registry, shard->device());
   server::RpcMetrics rpc_metrics(*registry);
   experts::ExpertMetrics metrics(*registry, spec, shard->keys());
+  metrics.SetDeviceMemory(shard->device_memory_bytes());
   experts::ExpertService service(shard.get(), {spec, ckpt->fingerprint()},
                                  options, &metrics);
   const std::string host = absl::GetFlag(FLAGS_host);

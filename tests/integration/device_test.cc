@@ -1,0 +1,59 @@
+// moe-expert's --device on a machine without a visible CUDA device (label
+// "nogpu": ./moe test leaves these out where a GPU is visible): auto falls
+// back to the CPU and says why; cuda and cuda:N stop the worker naming the
+// problem; an unknown device names the flag.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "server/compute_flags.h"
+#include "testing/deployment.h"
+#include "testing/golden.h"
+
+namespace moe {
+namespace {
+
+using ::testing::HasSubstr;
+
+int RunWorker(const std::string& device, std::string* out) {
+  return testing::RunProcess(
+      {testing::BinaryPath("moe-expert"),
+       "--checkpoint=" + testing::GoldenPath("A_moe_eval_nodrop"),
+       "--device=" + device, "--host=127.0.0.1", "--port=0",
+       "--metrics_port=-1"},
+      out);
+}
+
+TEST(DeviceTest, AutoServesOnTheCpuAndSaysWhy) {
+  testing::Deployment d(testing::GoldenPath("A_moe_eval_nodrop"), {"0-3"});
+  d.SetWorkerFlags({"--device=auto"});
+  ASSERT_TRUE(d.StartWorker(0).ok()) << d.worker(0).Log();
+  const std::string log = d.worker(0).Log();
+  EXPECT_THAT(log, HasSubstr("using the CPU"));
+  EXPECT_THAT(log, HasSubstr(server::CudaBuilt()
+                                 ? "--device=auto: no CUDA device visible"
+                                 : "built without the CUDA backend"));
+  EXPECT_THAT(log, HasSubstr(" on cpu ("));
+}
+
+TEST(DeviceTest, CudaWithoutADeviceStopsTheWorkerSayingSo) {
+  for (const std::string device : {"cuda", "cuda:1"}) {
+    std::string out;
+    EXPECT_NE(RunWorker(device, &out), 0) << device;
+    EXPECT_THAT(out, HasSubstr("--device=" + device + ": "));
+    EXPECT_THAT(
+        out, HasSubstr(server::CudaBuilt() ? "no CUDA device visible"
+                                           : "built without the CUDA backend"));
+  }
+}
+
+TEST(DeviceTest, AnUnknownDeviceNamesTheFlag) {
+  std::string out;
+  EXPECT_NE(RunWorker("tpu", &out), 0);
+  EXPECT_THAT(out, HasSubstr("--device: \"tpu\" is not auto, cpu, cuda or "
+                             "cuda:N"));
+  EXPECT_NE(RunWorker("cuda:-1", &out), 0);
+  EXPECT_THAT(out, HasSubstr("\"cuda:-1\" is not"));
+}
+
+}  // namespace
+}  // namespace moe
