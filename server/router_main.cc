@@ -323,17 +323,19 @@ absl::Status Run() {
                                              options.batch_max_rows);
   MOE_ASSIGN_OR_RETURN(auto transports,
                        WorkerTransports(addresses, max_rows, spec.dim));
-  router::WorkerPoolOptions pool_options;
-  pool_options.probe_interval =
-      absl::Milliseconds(absl::GetFlag(FLAGS_probe_interval_ms));
-  router::WorkerPool pool(std::move(transports), spec, model->fingerprint(),
-                          pool_options);
+  // The metrics outlive the pool: its probing thread reports worker states
+  // to them until the pool's destructor joins it.
   auto registry = std::make_shared<prometheus::Registry>();
   server::AddBuildInfo(*registry, "cpu");
   server::RpcMetrics rpc_metrics(*registry);
   router::RouterMetrics metrics(
       *registry, spec, addresses,
       absl::Seconds(absl::GetFlag(FLAGS_balance_window_seconds)));
+  router::WorkerPoolOptions pool_options;
+  pool_options.probe_interval =
+      absl::Milliseconds(absl::GetFlag(FLAGS_probe_interval_ms));
+  router::WorkerPool pool(std::move(transports), spec, model->fingerprint(),
+                          pool_options);
   pool.SetStateObserver([&metrics](int worker, router::WorkerState state) {
     metrics.SetWorkerState(worker, state);
   });
