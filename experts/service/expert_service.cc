@@ -49,6 +49,7 @@ ExpertService::ExpertService(const ExpertShard* shard, ServedModel model,
                              const ExpertServiceOptions& options,
                              ExpertMetrics* metrics)
     : shard_(shard),
+      on_gpu_(shard->device() != "cpu"),
       model_(std::move(model)),
       options_(options),
       metrics_(metrics),
@@ -85,8 +86,7 @@ absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
   }
   if (metrics_ != nullptr) {
     metrics_->RecordBatch(call.rows());
-    metrics_->RecordCall(stats.compute_seconds, stats.copy_seconds,
-                         shard_->device() != "cpu");
+    metrics_->RecordCall(stats.compute_seconds, stats.copy_seconds, on_gpu_);
     for (size_t i = 0; i < call.segments().size(); ++i) {
       metrics_->RecordSegment(call.segments()[i].key, call.segments()[i].count,
                               stats.segment_seconds[i]);

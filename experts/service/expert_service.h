@@ -64,6 +64,7 @@ class ExpertService final
                    grpc::ByteBuffer* response) const;
 
   const ExpertShard* shard_;
+  const bool on_gpu_;  // the shard copies to and from a device
   const ServedModel model_;
   const ExpertServiceOptions options_;
   ExpertMetrics* metrics_;
