@@ -77,6 +77,62 @@ BENCHMARK(BM_ExpertGeglu)
     ->Args({8, 16})
     ->Unit(benchmark::kMicrosecond);
 
+// The README configuration's 16 experts (134 MB of float32 weights, past
+// the last-level cache) each run on `rows` rows, through the skinny kernel
+// (path 1) or LibTorch's GEMMs (path 0): the per-expert time and the rate
+// at which the weights stream (weight bytes / time). A 1 x 32 request sends
+// about 4 rows to each expert.
+void BM_ExpertStream(benchmark::State& state) {
+  c10::InferenceMode guard;
+  const int64_t rows = state.range(0);
+  const auto path = state.range(1) == 1 ? experts::GegluPath::kSkinny
+                                        : experts::GegluPath::kGemm;
+  auto model = common::BuildDemoLayer(common::DefaultDemoConfig(), 0);
+  at::Tensor x = at::randn({rows, kDim});
+  at::Tensor out = at::empty({rows, kDim});
+  at::Tensor hidden;
+  int64_t bytes = 0;
+  for (const auto& [id, w] : model->experts) {
+    for (const at::Tensor* t : {&w.w1, &w.b1, &w.mult_bias, &w.w2, &w.b2}) {
+      bytes += static_cast<int64_t>(t->nbytes());
+    }
+  }
+  for (auto _ : state) {
+    for (const auto& [id, w] : model->experts) {
+      experts::GegluForwardInto(w, x, hidden, out, path);
+    }
+  }
+  state.counters["expert_seconds"] =
+      benchmark::Counter(static_cast<double>(model->experts.size()),
+                         benchmark::Counter::kIsIterationInvariantRate |
+                             benchmark::Counter::kInvert);
+  state.counters["weight_gbps"] = benchmark::Counter(
+      bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_ExpertStream)
+    ->ArgsProduct({{1, 2, 4, 8, 16, 24, 28, 32, 64}, {0, 1}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// One core reading memory: the sum of a 256 MB buffer (past every cache),
+// the rate the weight-streaming bound of a small request divides by.
+void BM_MemoryRead(benchmark::State& state) {
+  const size_t n = size_t{256} << 20 >> 3;
+  std::vector<uint64_t> buffer(n);
+  for (size_t i = 0; i < n; ++i) buffer[i] = i;
+  for (auto _ : state) {
+    uint64_t sum = 0;
+    for (size_t i = 0; i < n; ++i) sum += buffer[i];
+    benchmark::DoNotOptimize(sum);
+  }
+  state.counters["gbps"] = benchmark::Counter(
+      n * 8 * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_MemoryRead)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(1.0);
+
 std::vector<float> RandomProbs(int64_t tokens, int64_t experts) {
   std::mt19937 rng(1);
   std::normal_distribution<float> normal;

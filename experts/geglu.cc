@@ -2,10 +2,29 @@
 
 #include <ATen/ATen.h>
 
+#include "experts/skinny_linear.h"
+
 namespace moe::experts {
+namespace {
+
+bool UseSkinny(const common::ExpertWeights& w, const at::Tensor& x,
+               const at::Tensor& out, GegluPath path) {
+  if (path == GegluPath::kGemm) return false;
+  if (path == GegluPath::kAuto && x.size(0) > kSkinnyMaxRows) return false;
+  if (!SkinnyLinearAvailable()) return false;
+  for (const at::Tensor* t : {&x, &out, &w.w1, &w.b1, &w.w2, &w.b2}) {
+    if (t->scalar_type() != at::kFloat || !t->is_contiguous() ||
+        !t->device().is_cpu()) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
 
 void GegluForwardInto(const common::ExpertWeights& w, const at::Tensor& x,
-                      at::Tensor& hidden, at::Tensor out) {
+                      at::Tensor& hidden, at::Tensor out, GegluPath path) {
   const int64_t tokens = x.size(0);
   const int64_t two_h = w.w1.size(0);
   const int64_t h = two_h / 2;
@@ -23,12 +42,30 @@ void GegluForwardInto(const common::ExpertWeights& w, const at::Tensor& x,
   // fastest path. Each element is the same dot product either way.
   at::Tensor value = hidden.narrow(0, 0, tokens * h).view({tokens, h});
   at::Tensor gate = hidden.narrow(0, tokens * h, tokens * h).view({tokens, h});
-  at::addmm_out(value, w.b1.narrow(0, 0, h), x, w.w1.narrow(0, 0, h).t());
-  at::addmm_out(gate, w.b1.narrow(0, h, h), x, w.w1.narrow(0, h, h).t());
+  const bool skinny = UseSkinny(w, x, out, path);
+  const int64_t d = x.size(1);
+  if (skinny) {
+    // W1's value rows then its gate rows: one pass over W1 in memory order.
+    const float* w1 = w.w1.data_ptr<float>();
+    const float* b1 = w.b1.data_ptr<float>();
+    SkinnyLinear(x.data_ptr<float>(), tokens, d, w1, b1, h,
+                 value.data_ptr<float>(), h);
+    SkinnyLinear(x.data_ptr<float>(), tokens, d, w1 + h * d, b1 + h, h,
+                 gate.data_ptr<float>(), h);
+  } else {
+    at::addmm_out(value, w.b1.narrow(0, 0, h), x, w.w1.narrow(0, 0, h).t());
+    at::addmm_out(gate, w.b1.narrow(0, h, h), x, w.w1.narrow(0, h, h).t());
+  }
   // Same order as the reference: (gelu(gate) * value) * mult_bias, in place
   // in the gate block (no temporary).
   at::Tensor v = at::gelu_(gate).mul_(value).mul_(w.mult_bias);
-  at::addmm_out(out, w.b2, v, w.w2.t());
+  if (skinny) {
+    SkinnyLinear(v.data_ptr<float>(), tokens, h, w.w2.data_ptr<float>(),
+                 w.b2.data_ptr<float>(), w.w2.size(0), out.data_ptr<float>(),
+                 w.w2.size(0));
+  } else {
+    at::addmm_out(out, w.b2, v, w.w2.t());
+  }
 }
 
 at::Tensor GegluForward(const common::ExpertWeights& w, const at::Tensor& x) {

@@ -12,13 +12,23 @@
 
 namespace moe::experts {
 
+// How the two projections run. kAuto: the skinny kernel
+// (experts/skinny_linear.h: one pass over each weight matrix) for float32
+// blocks of at most kSkinnyMaxRows rows on a CPU that has it, otherwise
+// LibTorch's GEMMs. kGemm and kSkinny force one (kSkinny falls back to the
+// GEMMs where the kernel cannot run: not float32, or no AVX-512); for
+// tests and benchmarks.
+enum class GegluPath { kAuto, kGemm, kSkinny };
+
 // x: [T, d] on the weights' device, of their dtype (float32, or bfloat16
 // for bfloat16 compute). Writes [T, d] into `out`, which must be a
 // contiguous [T, d] tensor of that dtype (it may be a row slice of a larger
 // buffer). `hidden` is scratch of at least [T, 2h] elements; it is
-// resized when smaller.
+// resized when smaller. GELU and the products run through LibTorch on
+// either path, so the paths differ only in the order of the GEMMs' sums.
 void GegluForwardInto(const common::ExpertWeights& w, const at::Tensor& x,
-                      at::Tensor& hidden, at::Tensor out);
+                      at::Tensor& hidden, at::Tensor out,
+                      GegluPath path = GegluPath::kAuto);
 
 // Convenience form that allocates.
 at::Tensor GegluForward(const common::ExpertWeights& w, const at::Tensor& x);

@@ -1,0 +1,114 @@
+#include "experts/skinny_linear.h"
+
+#include <immintrin.h>
+
+#include <cstdlib>
+#include <cstring>
+
+namespace moe::experts {
+namespace {
+
+// Weight rows and token rows per register block: 4 x 4 accumulators, four
+// weight vectors and one token vector live at once (25 of 32 registers).
+constexpr int kRowBlock = 4;
+constexpr int kTokenBlock = 4;
+
+// R weight rows (w, row stride k) against T token rows (x, row stride k):
+// y[t * ld_y + r] = bias[r] + dot(w_r, x_t).
+template <int R, int T>
+__attribute__((target("avx512f"))) void Block(const float* w, int64_t k,
+                                              const float* x, const float* bias,
+                                              float* y, int64_t ld_y) {
+  __m512 acc[R][T];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  }
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    __m512 xv[T];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) xv[t] = _mm512_loadu_ps(x + t * k + i);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m512 wv = _mm512_loadu_ps(w + r * k + i);
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t)
+        acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+    }
+  }
+  if (i < k) {
+    // The last k - i (< 16) elements; masked loads read nothing past them.
+    const __mmask16 m = static_cast<__mmask16>((1u << (k - i)) - 1);
+    __m512 xv[T];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) xv[t] = _mm512_maskz_loadu_ps(m, x + t * k + i);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m512 wv = _mm512_maskz_loadu_ps(m, w + r * k + i);
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t)
+        acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    const float b = bias == nullptr ? 0.0f : bias[r];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) {
+      y[t * ld_y + r] = b + _mm512_reduce_add_ps(acc[r][t]);
+    }
+  }
+}
+
+template <int R>
+void TokenBlocks(const float* x, int64_t rows, int64_t k, const float* w,
+                 const float* bias, float* y, int64_t ld_y) {
+  // The R weight rows stay in L1 while each block of token rows passes.
+  int64_t t = 0;
+  for (; t + kTokenBlock <= rows; t += kTokenBlock) {
+    Block<R, kTokenBlock>(w, k, x + t * k, bias, y + t * ld_y, ld_y);
+  }
+  switch (rows - t) {
+    case 3:
+      Block<R, 3>(w, k, x + t * k, bias, y + t * ld_y, ld_y);
+      break;
+    case 2:
+      Block<R, 2>(w, k, x + t * k, bias, y + t * ld_y, ld_y);
+      break;
+    case 1:
+      Block<R, 1>(w, k, x + t * k, bias, y + t * ld_y, ld_y);
+      break;
+    default:
+      break;
+  }
+}
+
+}  // namespace
+
+bool SkinnyLinearAvailable() {
+  static const bool available = [] {
+    const char* off = std::getenv("MOE_NO_SKINNY");
+    if (off != nullptr && std::strcmp(off, "1") == 0) return false;
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return available;
+}
+
+void SkinnyLinear(const float* x, int64_t rows, int64_t k, const float* w,
+                  const float* bias, int64_t n, float* y, int64_t ld_y) {
+  if (rows <= 0 || n <= 0) return;
+  // One pass over W, kRowBlock rows at a time, in memory order.
+  int64_t j = 0;
+  for (; j + kRowBlock <= n; j += kRowBlock) {
+    TokenBlocks<kRowBlock>(x, rows, k, w + j * k,
+                           bias == nullptr ? nullptr : bias + j, y + j, ld_y);
+  }
+  for (; j < n; ++j) {
+    TokenBlocks<1>(x, rows, k, w + j * k, bias == nullptr ? nullptr : bias + j,
+                   y + j, ld_y);
+  }
+}
+
+}  // namespace moe::experts

@@ -1,0 +1,44 @@
+// SkinnyLinear: y = x·Wᵀ + b for a few rows of x, at the speed of reading W
+// once. A GEMM library packs W into blocks before multiplying, which for a
+// handful of rows costs more than the products (it reads W, writes a packed
+// copy and reads that again): OpenBLAS reads an expert's 8.4 MB of float32
+// weights at about 6.5 GB/s for 1 to 8 rows on a core that streams 18 GB/s.
+// This kernel walks W once, four rows at a time, and keeps up to four token
+// rows per pass in registers (AVX-512; float32 products and sums, each dot
+// product accumulated in 16 lanes and then added up, then the bias added).
+//
+// It needs AVX-512F (SkinnyLinearAvailable()); callers fall back to their
+// GEMM where it is missing. Results agree with a GEMM to float32 rounding
+// (the order of the additions differs), not bit for bit.
+//
+// Pure numerics on raw pointers: no LibTorch, no allocation, thread-safe.
+//
+// Example:
+//   if (SkinnyLinearAvailable() && rows <= kSkinnyMaxRows)
+//     SkinnyLinear(x, rows, k, w, b, n, y, n);
+#pragma once
+
+#include <cstdint>
+
+namespace moe::experts {
+
+// Up to this many rows the skinny kernel beats LibTorch's GEMM (OpenBLAS) on
+// the README expert shapes, on one thread and on two (from 32 rows OpenBLAS
+// splits a GEMM over two threads and wins there). BENCHMARKS.md, "skinny
+// path", has the per-expert times against rows for both.
+inline constexpr int64_t kSkinnyMaxRows = 31;
+
+// Whether this CPU runs the kernel (AVX-512F), decided once per process;
+// MOE_NO_SKINNY=1 in the environment turns it off (every block then goes
+// through the GEMMs, as before the kernel; for comparisons).
+bool SkinnyLinearAvailable();
+
+// For t < rows, j < n: y[t * ld_y + j] = bias[j] + sum_i w[j * k + i] *
+// x[t * k + i]. `w` is [n, k] row-major (a Linear's weight), `x` [rows, k]
+// contiguous, `bias` n values or null for none.
+// REQUIRES: SkinnyLinearAvailable(); rows, k, n >= 0; ld_y >= n; y does not
+// overlap x, w or bias.
+void SkinnyLinear(const float* x, int64_t rows, int64_t k, const float* w,
+                  const float* bias, int64_t n, float* y, int64_t ld_y);
+
+}  // namespace moe::experts
