@@ -22,6 +22,7 @@
 #include "common/torch/checkpoint_weights.h"
 #include "experts/cpu_expert_shard.h"
 #include "experts/service/expert_service.h"
+#include "experts/warm_up.h"
 #include "proto/expert_wire.h"
 #include "server/compute_flags.h"
 #include "server/main_helpers.h"
@@ -53,6 +54,11 @@ ABSL_FLAG(int, gpu_streams, 2,
           "its own workspace for --max_tokens_per_call rows.");
 ABSL_FLAG(int, compute_threads, 1,
           "Threads running expert calls (each GEMM is already parallel).");
+ABSL_FLAG(bool, warmup, true,
+          "Before reporting SERVING, run the experts of the first hosted "
+          "layer on synthetic rows (4, then up to 512 per expert), so that "
+          "the first real calls do not pay for thread start-up and "
+          "first-touch page faults.");
 ABSL_FLAG(int, max_queued, 64,
           "Calls that may wait; more are refused with RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int64_t, max_tokens_per_call, 131072,
@@ -156,6 +162,15 @@ absl::Status Run() {
   if (options.max_tokens_per_call < 1 || options.compute_threads < 1) {
     return absl::InvalidArgumentError(
         "--max_tokens_per_call and --compute_threads must be >= 1");
+  }
+  if (absl::GetFlag(FLAGS_warmup)) {
+    MOE_ASSIGN_OR_RETURN(
+        experts::WarmUpReport warm,
+        experts::WarmUpShard(*shard, options.max_tokens_per_call));
+    MOE_LOG(INFO) << "warm-up: " << warm.calls << " calls, " << warm.rows
+                  << " rows, in "
+                  << absl::FormatDuration(
+                         absl::Trunc(warm.elapsed, absl::Milliseconds(1)));
   }
   auto registry = std::make_shared<prometheus::Registry>();
   server::AddBuildInfo(*registry, shard->device());

@@ -86,6 +86,11 @@ ABSL_FLAG(bool, log_requests, false,
           "Log one line per request (layer, shape, code, duration; never "
           "tensors or tokens). Failed requests are always logged.");
 ABSL_FLAG(int, probe_interval_ms, 1000, "Worker health probe interval.");
+ABSL_FLAG(bool, warmup, true,
+          "Before listening, run one forward of the first layer on "
+          "synthetic tokens (up to 4096) whose experts compute nothing, so "
+          "that the first real forward does not pay for growing the heap "
+          "and starting LibTorch's kernels.");
 ABSL_FLAG(double, start_timeout_seconds, 0,
           "Give up when experts stay without a worker this long at start "
           "(0: wait forever).");
@@ -315,6 +320,15 @@ absl::Status Run() {
                        router::ModelEngine::Load(*ckpt));
   ckpt.reset();
   const common::ModelSpec& spec = model->spec();
+  if (absl::GetFlag(FLAGS_warmup)) {
+    // The largest forward a client is likely to send, within the limit.
+    const int64_t tokens =
+        std::min<int64_t>(limits.max_tokens_per_request, 4096);
+    MOE_ASSIGN_OR_RETURN(absl::Duration took, model->WarmUp(tokens));
+    MOE_LOG(INFO) << "warm-up: one forward of " << tokens << " tokens in "
+                  << absl::FormatDuration(
+                         absl::Trunc(took, absl::Milliseconds(1)));
+  }
   router::ForwardRunner runner(model.get(), limits);
 
   // A worker call carries one forward's rows (up to two per token) or a

@@ -40,6 +40,9 @@ ABSL_FLAG(int, demo_layers, 4,
           "Layers of the demo model (each the README configuration: dim 512, "
           "16 experts).");
 ABSL_FLAG(bool, reflection, true, "Passed to the router and the workers.");
+ABSL_FLAG(bool, warmup, true,
+          "Passed to the router and the workers: a warm-up before each "
+          "reports SERVING.");
 ABSL_FLAG(int, workers, 2, "Number of expert workers.");
 ABSL_FLAG(std::string, host, "127.0.0.1", "Address everything listens on.");
 ABSL_FLAG(int, port, 50051, "Router port; 0 picks a free one.");
@@ -419,7 +422,8 @@ class Fleet {
          {"--host=" + host_, "--port_file=" + c.port_file,
           std::string("--metrics_port=0"),
           "--metrics_port_file=" + c.metrics_port_file,
-          absl::StrCat("--reflection=", absl::GetFlag(FLAGS_reflection))}) {
+          absl::StrCat("--reflection=", absl::GetFlag(FLAGS_reflection)),
+          absl::StrCat("--warmup=", absl::GetFlag(FLAGS_warmup))}) {
       argv.push_back(std::move(flag));
     }
     return argv;

@@ -6,9 +6,17 @@
 // every layer in order (the attention side's decode step); the latency is
 // then per step, and per layer round trip beside it. When the router goes
 // away the threads back off (100 ms doubling to 2 s) instead of spinning.
+//
+// Each step also yields the expert weights it made the slowest worker read:
+// per layer, the bytes of the experts hosted by a worker that kept at least
+// one assignment (ForwardResponse.stats.kept_per_expert), at the worker's
+// compute dtype; the step's figure sums the layers' largest. Divided by a
+// core's memory read rate (bench/run_bench.py) it is the step's
+// weight-streaming bound.
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <map>
 #include <thread>
 #include <vector>
 
@@ -55,7 +63,52 @@ struct BenchPlan {
   int concurrency = 1;
   absl::Duration duration;
   int64_t max_steps = 0;  // 0: until `duration`
+  // Per layer name: expert id -> (worker index, weight bytes), from the
+  // router's worker list (empty when the router hides it).
+  std::map<std::string, std::map<int64_t, std::pair<int, int64_t>>> expert_home;
 };
+
+// Which worker holds each expert of `layer` (the first that is up and lists
+// it) and that expert's parameter bytes: 3dh + 3h + d values (W1 [2h, d],
+// b1, mult_bias, W2 [d, h], b2) at the worker's compute dtype.
+std::map<int64_t, std::pair<int, int64_t>> ExpertHomes(
+    const moe::v1::ModelInfo& info, const std::string& layer) {
+  std::map<int64_t, std::pair<int, int64_t>> homes;
+  int64_t hidden = 0;
+  for (const moe::v1::LayerInfo& l : info.layers()) {
+    if (l.name() == layer) hidden = l.expert_hidden();
+  }
+  const int64_t params = 3 * info.dim() * hidden + 3 * hidden + info.dim();
+  for (int w = 0; w < info.workers_size(); ++w) {
+    const moe::v1::WorkerInfo& worker = info.workers(w);
+    if (!worker.up()) continue;
+    const int64_t bytes =
+        params * (worker.compute_dtype() == "bfloat16" ? 2 : 4);
+    for (const moe::v1::WorkerExperts& e : worker.experts()) {
+      if (e.layer() != layer) continue;
+      for (int64_t id : e.expert_ids())
+        homes.emplace(id, std::make_pair(w, bytes));
+    }
+  }
+  return homes;
+}
+
+// The bytes of expert weights the slowest worker read for one response.
+int64_t SlowestWorkerBytes(
+    const std::map<int64_t, std::pair<int, int64_t>>& homes,
+    const moe::v1::ForwardResponse& r) {
+  std::map<int, int64_t> per_worker;
+  const auto& kept = r.stats().kept_per_expert();
+  for (int64_t id = 0; id < kept.size(); ++id) {
+    auto it = homes.find(id);
+    if (kept[id] > 0 && it != homes.end()) {
+      per_worker[it->second.first] += it->second.second;
+    }
+  }
+  int64_t most = 0;
+  for (const auto& [w, bytes] : per_worker) most = std::max(most, bytes);
+  return most;
+}
 
 absl::StatusOr<BenchPlan> PlanFromFlags(const moe::v1::ModelInfo& info) {
   BenchPlan plan;
@@ -86,17 +139,21 @@ absl::StatusOr<BenchPlan> PlanFromFlags(const moe::v1::ModelInfo& info) {
   plan.concurrency = std::max(1, absl::GetFlag(FLAGS_concurrency));
   plan.duration = absl::Seconds(absl::GetFlag(FLAGS_duration));
   plan.max_steps = absl::GetFlag(FLAGS_requests);
+  for (const moe::v1::LayerInfo& l : info.layers()) {
+    plan.expert_home[l.name()] = ExpertHomes(info, l.name());
+  }
   return plan;
 }
 
 // What the load threads measured, merged as each thread ends.
 class Tally {
  public:
-  void Merge(const std::vector<double>& steps,
-             const std::vector<double>& trips) {
+  void Merge(const std::vector<double>& steps, const std::vector<double>& trips,
+             const std::vector<double>& touched) {
     absl::MutexLock lock(&mu_);
     step_ms_.insert(step_ms_.end(), steps.begin(), steps.end());
     trip_ms_.insert(trip_ms_.end(), trips.begin(), trips.end());
+    touched_mb_.insert(touched_mb_.end(), touched.begin(), touched.end());
   }
   void Error(const absl::Status& status) {
     ++errors;
@@ -111,6 +168,11 @@ class Tally {
   std::vector<double> SortedTrips() const {
     absl::MutexLock lock(&mu_);
     return Sorted(trip_ms_);
+  }
+  // Per step: MB of expert weights the slowest worker read.
+  std::vector<double> SortedTouchedMb() const {
+    absl::MutexLock lock(&mu_);
+    return Sorted(touched_mb_);
   }
   std::string last_error() const {
     absl::MutexLock lock(&mu_);
@@ -129,6 +191,7 @@ class Tally {
   mutable absl::Mutex mu_;
   std::vector<double> step_ms_ ABSL_GUARDED_BY(mu_);
   std::vector<double> trip_ms_ ABSL_GUARDED_BY(mu_);
+  std::vector<double> touched_mb_ ABSL_GUARDED_BY(mu_);
   std::string last_error_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -136,7 +199,7 @@ class Tally {
 // step budget); backs off while the router is UNAVAILABLE.
 void LoadThread(const BenchPlan& plan, client::RouterClient& client, int t,
                 absl::Time end, Tally& tally) {
-  std::vector<double> steps, trips;
+  std::vector<double> steps, trips, touched;
   absl::Duration backoff = absl::Milliseconds(100);
   auto more = [&] {
     return absl::Now() < end &&
@@ -146,6 +209,7 @@ void LoadThread(const BenchPlan& plan, client::RouterClient& client, int t,
     moe::v1::ForwardRequest request = plan.requests[i % plan.requests.size()];
     const absl::Time t0 = absl::Now();
     absl::Status status;
+    int64_t bytes = 0;
     for (const std::string& layer : plan.layers) {
       request.set_layer(layer);
       const absl::Time r0 = absl::Now();
@@ -155,9 +219,14 @@ void LoadThread(const BenchPlan& plan, client::RouterClient& client, int t,
                                : absl::OkStatus();
       if (!status.ok()) break;
       trips.push_back(absl::ToDoubleMilliseconds(absl::Now() - r0));
+      auto homes = plan.expert_home.find(r->layer());
+      if (homes != plan.expert_home.end()) {
+        bytes += SlowestWorkerBytes(homes->second, *r);
+      }
     }
     if (status.ok()) {
       steps.push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
+      touched.push_back(static_cast<double>(bytes) / 1e6);
       ++tally.done;
       backoff = absl::Milliseconds(100);
       continue;
@@ -168,7 +237,7 @@ void LoadThread(const BenchPlan& plan, client::RouterClient& client, int t,
       backoff = std::min(backoff * 2, absl::Seconds(2));
     }
   }
-  tally.Merge(steps, trips);
+  tally.Merge(steps, trips, touched);
 }
 
 // Progress once a second on stderr until `end` or until the step budget is
@@ -197,6 +266,7 @@ void ShowProgress(const BenchPlan& plan, absl::Time start, absl::Time end,
 absl::Status Report(const BenchPlan& plan, const Tally& tally, double seconds) {
   const std::vector<double> step_ms = tally.SortedSteps();
   const std::vector<double> trip_ms = tally.SortedTrips();
+  const std::vector<double> touched_mb = tally.SortedTouchedMb();
   const int64_t done = tally.done.load(), errors = tally.errors.load();
   const double tokens = static_cast<double>(done) * plan.batch * plan.tokens;
   std::printf(
@@ -209,6 +279,12 @@ absl::Status Report(const BenchPlan& plan, const Tally& tally, double seconds) {
   if (plan.layers.size() > 1) {
     std::printf("  per layer round trip ms: p50 %.3f  p99 %.3f\n",
                 Percentile(trip_ms, 0.5), Percentile(trip_ms, 0.99));
+  }
+  if (!touched_mb.empty() && touched_mb.back() > 0) {
+    std::printf(
+        "  expert weights read by the slowest worker per step, MB: p50 %.1f  "
+        "max %.1f\n",
+        Percentile(touched_mb, 0.5), touched_mb.back());
   }
   if (errors > 0) std::printf("  last error: %s\n", tally.last_error().c_str());
   const std::string json_out = absl::GetFlag(FLAGS_json_out);
@@ -223,14 +299,15 @@ absl::Status Report(const BenchPlan& plan, const Tally& tally, double seconds) {
       "\"concurrency\": %d, \"ok\": %lld, \"errors\": %lld, \"seconds\": "
       "%.3f, \"requests_per_s\": %.3f, \"tokens_per_s\": %.1f, \"p50_ms\": "
       "%.3f, \"p90_ms\": %.3f, \"p99_ms\": %.3f, \"max_ms\": %.3f, "
-      "\"trip_p50_ms\": %.3f, \"trip_p99_ms\": %.3f}\n",
+      "\"trip_p50_ms\": %.3f, \"trip_p99_ms\": %.3f, "
+      "\"slowest_worker_weight_mb_p50\": %.3f}\n",
       static_cast<long long>(plan.batch), static_cast<long long>(plan.tokens),
       static_cast<long long>(plan.dim), plan.layers.size(), plan.concurrency,
       static_cast<long long>(done), static_cast<long long>(errors), seconds,
       done / seconds, tokens / seconds, Percentile(step_ms, 0.5),
       Percentile(step_ms, 0.9), Percentile(step_ms, 0.99),
       step_ms.empty() ? 0.0 : step_ms.back(), Percentile(trip_ms, 0.5),
-      Percentile(trip_ms, 0.99));
+      Percentile(trip_ms, 0.99), Percentile(touched_mb, 0.5));
   std::fclose(f);
   return absl::OkStatus();
 }

@@ -1,9 +1,25 @@
 #include "router/engine/model_engine.h"
 
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "absl/time/clock.h"
 #include "common/status_macros.h"
 #include "common/torch/checkpoint_weights.h"
+#include "common/torch/torch_convert.h"
 
 namespace moe::router {
+namespace {
+
+// A backend whose experts contribute nothing (for WarmUp).
+class NoExperts final : public ExpertBackend {
+ public:
+  absl::Status Run(const ExpertWork&, BackendReport*) override {
+    return absl::OkStatus();
+  }
+};
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<ModelEngine>> ModelEngine::Load(
     const common::Checkpoint& checkpoint) {
@@ -26,6 +42,22 @@ absl::StatusOr<const LayerEngine*> ModelEngine::FindLayer(
     absl::string_view name) const {
   MOE_ASSIGN_OR_RETURN(int index, spec_.FindLayer(name));
   return layers_[index].get();
+}
+
+absl::StatusOr<absl::Duration> ModelEngine::WarmUp(int64_t tokens) const {
+  const absl::Time start = absl::Now();
+  if (layers_.empty() || tokens < 1) return absl::ZeroDuration();
+  at::Tensor x;
+  MOE_RETURN_IF_ERROR(common::TorchCall("warm-up input", [&] {
+    common::UseIntraOpThreads(1);
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
+    x = at::randn({1, tokens, spec_.dim}, gen);
+  }));
+  RoutingOptions options;
+  options.seed = 1;
+  NoExperts backend;
+  MOE_RETURN_IF_ERROR(layers_[0]->Forward(x, options, backend).status());
+  return absl::Now() - start;
 }
 
 }  // namespace moe::router

@@ -32,6 +32,15 @@ class ModelEngine {
   // messages).
   absl::StatusOr<const LayerEngine*> FindLayer(absl::string_view name) const;
 
+  // One forward of the first layer on [1, tokens] synthetic tokens whose
+  // experts compute nothing, before the router serves: it grows the
+  // allocator's heap to the working set of such a forward (gather and
+  // output blocks, kept for reuse, common/allocator.h) and starts
+  // LibTorch's kernels, which the first real forward otherwise pays for
+  // (the plan stage of a first [4, 1024] forward took 40 ms, then 1.5-7).
+  // Returns the time it took.
+  absl::StatusOr<absl::Duration> WarmUp(int64_t tokens) const;
+
  private:
   ModelEngine() = default;
   common::ModelSpec spec_;

@@ -161,6 +161,31 @@ TEST(WorkerFailureTest, KilledWorkerWithReplicaChangesNothing) {
   }
 }
 
+// Both warm up before they serve (experts/warm_up.h, ModelEngine::WarmUp),
+// say so in their logs, and the warm-up leaves no trace in the answers.
+TEST(WarmUpTest, WorkerAndRouterWarmUpBeforeServing) {
+  Deployment d(testing::GoldenPath(kModel), {"0-3"});
+  ASSERT_TRUE(d.StartWorker(0).ok()) << d.worker(0).Log();
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  const std::string worker = d.worker(0).Log(), router = d.router().Log();
+  // 4 experts: 4 rows each, then 512 each.
+  const size_t warm = worker.find("warm-up: 2 calls, 2064 rows");
+  ASSERT_NE(warm, std::string::npos) << worker;
+  EXPECT_LT(warm, worker.find("serving on")) << worker;
+  const size_t router_warm = router.find("warm-up: one forward of 4096 tokens");
+  ASSERT_NE(router_warm, std::string::npos) << router;
+  EXPECT_LT(router_warm, router.find("listening on")) << router;
+  auto client = client::RouterClient::Create(d.router_address());
+  const at::Tensor x = Input();
+  auto r = client->Forward(Request(x, AllPolicy()));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_LE(
+      testing::MaxAbsDiff(
+          Y(*r),
+          Reference(testing::GoldenPath(kModel)).Forward(x, LocalAll()).y),
+      1e-6);
+}
+
 TEST(WorkerFailureTest, KilledWorkerWithoutReplicaIsDroppedThenRecovers) {
   Deployment d(testing::GoldenPath(kModel), {"0-1", "2-3"});
   ASSERT_TRUE(d.StartWorker(0).ok());
