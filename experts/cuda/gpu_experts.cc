@@ -1,6 +1,5 @@
 #include "experts/cuda/gpu_experts.h"
 
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -8,6 +7,7 @@
 #include <cstring>
 
 #include "common/float_bits.h"
+#include "experts/cuda/cublas_api.h"
 #include "experts/cuda/geglu_kernels.h"
 
 namespace moe::experts::gpu {
@@ -27,10 +27,17 @@ Status CudaFailure(int device, const char* what, cudaError_t e) {
                                      cudaGetErrorString(e) + ")");
 }
 
+// cuBLAS, loaded by GpuExperts::Create before anything here calls it.
+const CublasApi& Blas() {
+  const CublasApi* api = nullptr;
+  LoadCublas(&api);
+  return *api;
+}
+
 Status CublasFailure(int device, const char* what, cublasStatus_t st) {
   return Status(Code::kInternal, DeviceName(device) + ": " + what + ": " +
-                                     cublasGetStatusName(st) + " (" +
-                                     cublasGetStatusString(st) + ")");
+                                     Blas().status_name(st) + " (" +
+                                     Blas().status_string(st) + ")");
 }
 
 #define MOE_CUDA_RETURN(device, what, expr)                      \
@@ -124,7 +131,7 @@ GpuExperts::~GpuExperts() {
   if (!streams_.empty() || arena_ != nullptr) cudaSetDevice(options_.device);
   for (auto& s : streams_) {
     if (s->stream != nullptr) cudaStreamSynchronize(s->stream);
-    if (s->cublas != nullptr) cublasDestroy(s->cublas);
+    if (s->cublas != nullptr) Blas().destroy(s->cublas);
     for (cudaEvent_t e : {s->start, s->copied_in, s->computed, s->done}) {
       if (e != nullptr) cudaEventDestroy(e);
     }
@@ -163,6 +170,8 @@ Status GpuExperts::Create(const std::vector<HostExpert>& experts,
   }
   std::unique_ptr<GpuExperts> g(new GpuExperts(experts[0].dim, options));
   MOE_GPU_RETURN_IF_ERROR(QueryDevice(options.device, &g->device_));
+  const CublasApi* blas = nullptr;
+  MOE_GPU_RETURN_IF_ERROR(LoadCublas(&blas));
   int64_t max_hidden = 0;
   for (const HostExpert& e : experts) {
     max_hidden = std::max(max_hidden, e.hidden);
@@ -243,16 +252,16 @@ Status GpuExperts::Create(const std::vector<HostExpert>& experts,
       }
       g->pinned_bytes_ += bytes;
     }
-    MOE_CUBLAS_RETURN(dev, "cublasCreate", cublasCreate(&s->cublas));
+    MOE_CUBLAS_RETURN(dev, "cublasCreate", blas->create(&s->cublas));
     MOE_CUBLAS_RETURN(dev, "cublasSetStream",
-                      cublasSetStream(s->cublas, s->stream));
+                      blas->set_stream(s->cublas, s->stream));
     MOE_CUBLAS_RETURN(
         dev, "cublasSetWorkspace",
-        cublasSetWorkspace(s->cublas, s->workspace + g->workspace_.cublas,
-                           kCublasWorkspaceBytes));
+        blas->set_workspace(s->cublas, s->workspace + g->workspace_.cublas,
+                            kCublasWorkspaceBytes));
     // No TF32: float32 compute stays float32 (the 1e-5 parity).
     MOE_CUBLAS_RETURN(dev, "cublasSetMathMode",
-                      cublasSetMathMode(s->cublas, CUBLAS_DEFAULT_MATH));
+                      blas->set_math_mode(s->cublas, CUBLAS_DEFAULT_MATH));
     g->free_.push_back(s.get());
     g->streams_.push_back(std::move(s));
   }
@@ -328,7 +337,7 @@ Status RunGemm(int dev, cublasHandle_t h, const GroupedGemm& g, Dtype compute,
     std::vector<cublasOperation_t> tb(groups, CUBLAS_OP_N);
     MOE_CUBLAS_RETURN(
         dev, "cublasGemmGroupedBatchedEx",
-        cublasGemmGroupedBatchedEx(
+        Blas().gemm_grouped_batched_ex(
             h, ta.data(), tb.data(), g.m.data(), g.n.data(), g.k.data(),
             g.alpha.data(), reinterpret_cast<const void* const*>(g.a), t,
             g.lda.data(), reinterpret_cast<const void* const*>(g.b), t,
@@ -347,11 +356,11 @@ Status RunGemm(int dev, cublasHandle_t h, const GroupedGemm& g, Dtype compute,
     for (int n = 0; n < g.group_size[i]; ++n, ++j) {
       MOE_CUBLAS_RETURN(
           dev, "cublasGemmEx",
-          cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, g.m[i], g.n[i], g.k[i],
-                       &g.alpha[i], reinterpret_cast<const void*>(a[j]), t,
-                       g.lda[i], reinterpret_cast<const void*>(b[j]), t,
-                       g.ldb[i], &g.beta[i], reinterpret_cast<void*>(c[j]), t,
-                       g.ldc[i], CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+          Blas().gemm_ex(h, CUBLAS_OP_T, CUBLAS_OP_N, g.m[i], g.n[i], g.k[i],
+                         &g.alpha[i], reinterpret_cast<const void*>(a[j]), t,
+                         g.lda[i], reinterpret_cast<const void*>(b[j]), t,
+                         g.ldb[i], &g.beta[i], reinterpret_cast<void*>(c[j]), t,
+                         g.ldc[i], CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
   }
   return Status();
