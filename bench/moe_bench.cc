@@ -111,7 +111,7 @@ void BM_ExpertStream(benchmark::State& state) {
       bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_ExpertStream)
-    ->ArgsProduct({{1, 2, 4, 8, 16, 24, 28, 32, 64}, {0, 1}})
+    ->ArgsProduct({{1, 2, 4, 8, 16, 24, 28, 32, 64, 128, 512, 2048}, {0, 1}})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 

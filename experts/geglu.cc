@@ -10,7 +10,10 @@ namespace {
 bool UseSkinny(const common::ExpertWeights& w, const at::Tensor& x,
                const at::Tensor& out, GegluPath path) {
   if (path == GegluPath::kGemm) return false;
-  if (path == GegluPath::kAuto && x.size(0) > kSkinnyMaxRows) return false;
+  if (path == GegluPath::kAuto && x.size(0) > kSkinnyMaxRows &&
+      BlasThreads() != 1) {
+    return false;
+  }
   if (!SkinnyLinearAvailable()) return false;
   for (const at::Tensor* t : {&x, &out, &w.w1, &w.b1, &w.w2, &w.b2}) {
     if (t->scalar_type() != at::kFloat || !t->is_contiguous() ||

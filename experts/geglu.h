@@ -14,9 +14,10 @@ namespace moe::experts {
 
 // How the two projections run. kAuto: the skinny kernel
 // (experts/skinny_linear.h: one pass over each weight matrix) for float32
-// blocks of at most kSkinnyMaxRows rows on a CPU that has it, otherwise
-// LibTorch's GEMMs. kGemm and kSkinny force one (kSkinny falls back to the
-// GEMMs where the kernel cannot run: not float32, or no AVX-512); for
+// blocks of at most kSkinnyMaxRows rows, and for every float32 block when
+// the BLAS runs on one thread (a worker of moe-up), on a CPU that has it;
+// otherwise LibTorch's GEMMs. kGemm and kSkinny force one (kSkinny falls back
+// to the GEMMs where the kernel cannot run: not float32, or no AVX-512); for
 // tests and benchmarks.
 enum class GegluPath { kAuto, kGemm, kSkinny };
 

@@ -7,6 +7,9 @@
 // rows per pass in registers (AVX-512; float32 products and sums, each dot
 // product accumulated in 16 lanes and then added up, then the bias added).
 //
+// Token rows are taken 128 at a time, so that they stay in L2 while W
+// passes; W is read once per 128 rows.
+//
 // It needs AVX-512F (SkinnyLinearAvailable()); callers fall back to their
 // GEMM where it is missing. Results agree with a GEMM to float32 rounding
 // (the order of the additions differs), not bit for bit.
@@ -27,6 +30,13 @@ namespace moe::experts {
 // splits a GEMM over two threads and wins there). BENCHMARKS.md, "skinny
 // path", has the per-expert times against rows for both.
 inline constexpr int64_t kSkinnyMaxRows = 31;
+
+// Threads the BLAS under LibTorch runs one GEMM on, where it says (OpenBLAS:
+// openblas_get_num_threads, found at run time); 0 when unknown. With one
+// thread the kernel beats OpenBLAS's GEMM at every size measured (1 to 2048
+// rows: x1.3 at 512 and 2048 rows, where its AVX2 kernel is what this CPU
+// gets), so callers use it for every block then.
+int BlasThreads();
 
 // Whether this CPU runs the kernel (AVX-512F), decided once per process;
 // MOE_NO_SKINNY=1 in the environment turns it off (every block then goes

@@ -18,17 +18,17 @@ std::vector<float> Random(int64_t n, std::mt19937& rng) {
 }
 
 // Every (rows, k, n) of the kernel's blocking: token rows 1 to 9 (full
-// blocks of four and each remainder), k below, at and past multiples of 16
-// (the masked tail), n with and without a remainder of the four-row blocks;
-// results against double sums, into a y wider than n (ld_y) whose padding
-// must stay untouched.
+// blocks of four and each remainder) and past one and two chunks of 128, k
+// below, at and past multiples of 16 (the masked tail), n with and without a
+// remainder of the four-row blocks; results against double sums, into a y wider
+// than n (ld_y) whose padding must stay untouched.
 TEST(SkinnyLinearTest, MatchesDoubleSumsForEveryBlockingRemainder) {
   if (!SkinnyLinearAvailable()) {
     GTEST_SKIP() << "this CPU has no AVX-512F; GegluForwardInto uses the "
                     "GEMMs here (GegluTest covers that path)";
   }
   std::mt19937 rng(7);
-  for (int64_t rows = 1; rows <= 9; ++rows) {
+  for (int64_t rows : {1, 2, 3, 4, 5, 6, 7, 8, 9, 131, 260}) {
     for (int64_t k : {1, 15, 16, 17, 33, 512}) {
       for (int64_t n : {1, 3, 4, 5, 9}) {
         const std::vector<float> x = Random(rows * k, rng);
