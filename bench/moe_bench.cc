@@ -260,6 +260,7 @@ BENCHMARK(BM_EngineForward)
     ->Args({4, 1024, 0})
     ->Args({1, 32, 0})
     ->Args({4, 1024, 1})
+    ->Args({1, 32, 1})
     ->Unit(benchmark::kMillisecond)
     ->MinTime(3.0);
 

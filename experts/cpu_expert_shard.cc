@@ -106,7 +106,7 @@ CpuExpertShard::Scratch CpuExpertShard::TakeScratch() const {
 
 void CpuExpertShard::ReturnScratch(Scratch s) const {
   int64_t bytes = 0;
-  for (const at::Tensor* t : {&s.hidden, &s.out}) {
+  for (const at::Tensor* t : {&s.hidden, &s.out, &s.tokens}) {
     if (t->defined()) bytes += static_cast<int64_t>(t->nbytes());
   }
   if (bytes == 0 || bytes > kMaxKeptScratchBytes) return;
@@ -129,7 +129,6 @@ absl::Status CpuExpertShard::RunChecked(
                                                    : at::kHalf;
     at::Tensor x = at::from_blob(const_cast<void*>(tokens.data),
                                  {tokens.rows, dim_}, arrived);
-    if (x.scalar_type() != compute) x = x.to(compute);
     at::Tensor y = at::from_blob(out, {tokens.rows, dim_}, at::kFloat);
     // Scratch of an earlier call (kept by the shard, grown as needed), so
     // that calls of every size reuse one buffer.
@@ -139,6 +138,14 @@ absl::Status CpuExpertShard::RunChecked(
       Scratch* scratch;
       ~GiveBack() { shard->ReturnScratch(std::move(*scratch)); }
     } give_back{this, &scratch};
+    if (x.scalar_type() != compute) {
+      // Converted into a kept buffer, not a new tensor per call.
+      if (!scratch.tokens.defined() || scratch.tokens.size(0) < tokens.rows) {
+        scratch.tokens = at::empty({RoundUpToPowerOfTwo(tokens.rows), dim_},
+                                   x.options().dtype(compute));
+      }
+      x = scratch.tokens.narrow(0, 0, tokens.rows).copy_(x);
+    }
     for (size_t i = 0; i < segments.size(); ++i) {
       const common::ExpertSegment& s = segments[i];
       if (s.count == 0) continue;

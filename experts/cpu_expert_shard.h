@@ -70,6 +70,7 @@ class CpuExpertShard final : public ExpertShard {
   struct Scratch {
     at::Tensor hidden;  // [rows, 2h] of the compute dtype
     at::Tensor out;     // bfloat16 only: [rows, d]
+    at::Tensor tokens;  // tokens converted to the compute dtype: [rows, d]
   };
   Scratch TakeScratch() const;
   void ReturnScratch(Scratch s) const;
