@@ -210,7 +210,7 @@ absl::Status Run() {
                 << ", experts " << server::DescribeSelection(selection, spec)
                 << " on " << shard->device() << " ("
                 << shard->weight_bytes() / (1 << 20) << " MiB of weights, "
-                << "loaded in "
+                << "ready in "
                 << absl::FormatDuration(
                        absl::Trunc(absl::Now() - start, absl::Milliseconds(1)))
                 << ")"
