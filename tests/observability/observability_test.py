@@ -8,6 +8,7 @@ Everything listens on 127.0.0.1; every process is stopped at the end.
 """
 
 import json
+import math
 import os
 import re
 import shutil
@@ -251,8 +252,12 @@ class LiveTest(unittest.TestCase):
                      "Prometheus to see the requests")
 
             def recorded(q):
+                # A rule evaluated before the scrape that saw the forwards
+                # recorded 0 / 0 = NaN: wait for a value computed from them.
                 r = query(q)
-                return r if r else None
+                if not r or any(math.isnan(float(x["value"][1])) for x in r):
+                    return None
+                return r
 
             ratio = wait_for(lambda: recorded("moe:router_dropped_assignments:total_ratio_rate5m"),
                              30, "the dropped-ratio recording rule")
