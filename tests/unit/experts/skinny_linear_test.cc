@@ -24,8 +24,9 @@ std::vector<float> Random(int64_t n, std::mt19937& rng) {
 // than n (ld_y) whose padding must stay untouched.
 TEST(SkinnyLinearTest, MatchesDoubleSumsForEveryBlockingRemainder) {
   if (!SkinnyLinearAvailable()) {
-    GTEST_SKIP() << "this CPU has no AVX-512F; GegluForwardInto uses the "
-                    "GEMMs here (GegluTest covers that path)";
+    GTEST_SKIP() << "the kernel is off here (no AVX-512F on this CPU, or "
+                    "MOE_NO_SKINNY=1): GegluForwardInto uses the GEMMs, "
+                    "which GegluTest covers";
   }
   std::mt19937 rng(7);
   for (int64_t rows : {1, 2, 3, 4, 5, 6, 7, 8, 9, 131, 260}) {
@@ -60,7 +61,9 @@ TEST(SkinnyLinearTest, MatchesDoubleSumsForEveryBlockingRemainder) {
 }
 
 TEST(SkinnyLinearTest, NoBiasAndEmptyShapes) {
-  if (!SkinnyLinearAvailable()) GTEST_SKIP() << "this CPU has no AVX-512F";
+  if (!SkinnyLinearAvailable()) {
+    GTEST_SKIP() << "the kernel is off here (no AVX-512F, or MOE_NO_SKINNY=1)";
+  }
   const std::vector<float> x = {1, 2, 3, 4, 5, 6};            // [2, 3]
   const std::vector<float> w = {1, 0, -1, 0.5f, 0.5f, 0.5f};  // [2, 3]
   std::vector<float> y(4, 0);
