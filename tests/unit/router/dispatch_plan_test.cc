@@ -2,9 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <random>
 #include <vector>
 
 #include "common/layer_config.h"
+#include "router/combine.h"
 
 namespace moe::router {
 namespace {
@@ -82,6 +85,31 @@ TEST(DispatchPlanTest, InnerPlanMapsGroupsToOuterExperts) {
   EXPECT_EQ(plan.row[plan.segments[2].offset], 4);
   EXPECT_NEAR(plan.weight[plan.segments[0].offset], 0.5f * 0.8f, 1e-6);
   EXPECT_NEAR(plan.weight[plan.segments[1].offset], 0.25f * 0.7f, 1e-6);
+}
+
+// The workers' answers are combined in the order they arrive; a token's y
+// must not depend on it (two identical requests give the same bits). A
+// fused multiply-add in the loop would break this.
+TEST(CombineRowsTest, TheOrderOfTheWorkersAnswersDoesNotChangeY) {
+  const int64_t tokens = 64, dim = 48;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal;
+  std::vector<float> first(tokens * dim), second(tokens * dim);
+  std::vector<float> w1(tokens), w2(tokens);
+  std::vector<int64_t> targets(tokens);
+  for (float& v : first) v = normal(rng);
+  for (float& v : second) v = normal(rng);
+  for (int64_t t = 0; t < tokens; ++t) {
+    w1[t] = std::abs(normal(rng));
+    w2[t] = std::abs(normal(rng));
+    targets[t] = t;
+  }
+  std::vector<float> a(tokens * dim, 0.0f), b(tokens * dim, 0.0f);
+  CombineRows(first.data(), tokens, targets.data(), w1.data(), dim, a.data());
+  CombineRows(second.data(), tokens, targets.data(), w2.data(), dim, a.data());
+  CombineRows(second.data(), tokens, targets.data(), w2.data(), dim, b.data());
+  CombineRows(first.data(), tokens, targets.data(), w1.data(), dim, b.data());
+  EXPECT_EQ(a, b);
 }
 
 }  // namespace
