@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/synchronization/mutex.h"
 #include "common/allocator.h"
 #include "common/logging.h"
 #include "moe_version.h"
@@ -66,10 +67,28 @@ std::string HelpText(const char* program, const char* usage) {
   return out;
 }
 
+namespace {
+
+// Debian's abseil checks lock order on every absl::Mutex acquisition
+// (deadlock detection: a global graph of which lock was held while taking
+// which, under a global spin lock). The programs do not pay for that while
+// they serve; the unit tests and the sanitizer builds keep it, and so does
+// MOE_MUTEX_DEADLOCK_DETECTION=1.
+void TuneMutexForServing() {
+#ifndef MOE_SANITIZED
+  const char* keep = std::getenv("MOE_MUTEX_DEADLOCK_DETECTION");
+  if (keep != nullptr && std::string(keep) == "1") return;
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+#endif
+}
+
+}  // namespace
+
 std::vector<std::string> ParseCommandLine(int argc, char** argv,
                                           const char* program,
                                           const char* usage) {
   common::TuneAllocatorForReuse();
+  TuneMutexForServing();
   common::SetLogProgramName(program);
   absl::SetProgramUsageMessage(usage);
   std::vector<std::string> args = NormalizeFlagDashes(argc, argv);
