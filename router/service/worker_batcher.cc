@@ -82,8 +82,9 @@ void WorkerBatcher::Submit(const std::shared_ptr<BatchTicket>& ticket) {
     if (DueLocked(*open, now)) {
       due.push_back(std::move(open));
       open_.erase(ticket->worker);
+    } else {
+      WakeFlusherLocked();  // a new close time, or a fuller batch
     }
-    WakeFlusherLocked();
   }
   for (const auto& batch : due) Send(batch);
 }
@@ -239,7 +240,7 @@ void WorkerBatcher::Finish(const std::shared_ptr<WorkerBatch>& batch,
   absl::MutexLock lock(&mu_);
   --inflight_;
   // The worker may be idle now: its open batch can go.
-  WakeFlusherLocked();
+  if (open_.count(batch->worker) > 0) WakeFlusherLocked();
 }
 
 }  // namespace moe::router
