@@ -1,6 +1,8 @@
 #include "testing/fake_worker.h"
 
+#include <algorithm>
 #include <cstring>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 
@@ -86,6 +88,11 @@ void FakeWorker::SetProbeError(absl::Status error) {
   probe_error_ = std::move(error);
 }
 
+void FakeWorker::SetReplySliceBytes(int64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  reply_slice_bytes_ = bytes;
+}
+
 void FakeWorker::SetAutoReply(bool on) {
   absl::MutexLock lock(&mu_);
   auto_reply_ = on;
@@ -130,7 +137,25 @@ grpc::ByteBuffer FakeWorker::Outputs(const grpc::ByteBuffer& request) const {
       .Run({common::DType::kFloat32, in, view->rows()}, view->segments(),
            static_cast<float*>(out.data()))
       .IgnoreError();
-  return out.Finish();
+  grpc::ByteBuffer whole = out.Finish();
+  int64_t slice_bytes;
+  {
+    absl::MutexLock lock(&mu_);
+    slice_bytes = reply_slice_bytes_;
+  }
+  if (slice_bytes <= 0) return whole;
+  std::vector<grpc::Slice> parts;
+  if (!whole.Dump(&parts).ok()) return grpc::ByteBuffer();
+  std::string bytes;
+  for (const grpc::Slice& part : parts) {
+    bytes.append(reinterpret_cast<const char*>(part.begin()), part.size());
+  }
+  std::vector<grpc::Slice> sliced;
+  for (size_t at = 0; at < bytes.size(); at += slice_bytes) {
+    const size_t n = std::min<size_t>(slice_bytes, bytes.size() - at);
+    sliced.emplace_back(bytes.data() + at, n);
+  }
+  return grpc::ByteBuffer(sliced.data(), sliced.size());
 }
 
 void FakeWorker::Reply(int i) {

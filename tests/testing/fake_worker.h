@@ -67,6 +67,10 @@ class FakeWorker : public router::WorkerTransport {
   void SetProbeError(absl::Status error);
   // Answer every call at once (with ScaledOutput).
   void SetAutoReply(bool on);
+  // Hand answers over in slices of `bytes` (0: as written), the way gRPC
+  // delivers a large received message: rows straddle slices and most start
+  // at an address that is not a multiple of 4.
+  void SetReplySliceBytes(int64_t bytes);
 
   int calls() const;
   // Waits (real time) until `n` calls were started.
@@ -88,6 +92,7 @@ class FakeWorker : public router::WorkerTransport {
   moe::v1::ShardInfo info_ ABSL_GUARDED_BY(mu_);
   absl::Status probe_error_ ABSL_GUARDED_BY(mu_);
   bool auto_reply_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t reply_slice_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::shared_ptr<Call>> calls_ ABSL_GUARDED_BY(mu_);
 };
 

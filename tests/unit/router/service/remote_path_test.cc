@@ -197,6 +197,34 @@ TEST(RemoteExpertBackendTest, OneCallPerWorkerCombinedAsTheyArrive) {
   EXPECT_EQ(p.workers[0]->calls(), 1);
 }
 
+// Large answers arrive as many slices; the combine reads rows in place
+// where they lie in one slice and copies the rest in small chunks (several
+// per segment here: 4096 rows of dim 4 per chunk). Every row must land
+// where it belongs, bit for bit.
+TEST(RemoteExpertBackendTest, CombinesAnswersSplitIntoOddSlices) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1}, {}}, {{2, 3}, {}}}, &clock);
+  for (testing::FakeWorker* worker : p.workers) {
+    worker->SetAutoReply(true);
+    worker->SetReplySliceBytes(1001);
+  }
+  BatcherOptions batching;
+  batching.clock = &clock;
+  WorkerBatcher batcher(p.pool.get(), batching);
+  RemoteCallOptions options;
+  options.clock = &clock;
+  auto waiter = std::make_shared<ForwardWaiter>(&clock);
+  RemoteExpertBackend backend(p.pool.get(), &batcher, waiter, options);
+  Work w({{{0, 0}, 0, 9000},
+          {{0, 1}, 9000, 3},
+          {{0, 2}, 9003, 4097},
+          {{0, 3}, 13100, 1}});
+  BackendReport report;
+  ASSERT_TRUE(backend.Run(w.work, &report).ok());
+  EXPECT_TRUE(report.lost.empty());
+  EXPECT_EQ(w.y, w.Expected());
+}
+
 TEST(RemoteExpertBackendTest, AFailedCallIsRetriedOnAReplica) {
   testing::FakeClock clock;
   Pool p({{{0, 1, 2, 3}, {}}, {{0, 1, 2, 3}, {}}}, &clock);
