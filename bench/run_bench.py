@@ -92,6 +92,28 @@ def peak_rss_mb(pid):
     return status_mb(pid, "VmHWM")
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of process PID, all its threads, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_compute(addresses):
+    """Each worker's moe_expert_call_duration_seconds{stage="compute"}: (sum, count)."""
+    out = []
+    for address in addresses:
+        with urllib.request.urlopen("http://%s/metrics" % address, timeout=5) as r:
+            text = r.read().decode()
+        got = {"sum": 0.0, "count": 0.0}
+        for line in text.splitlines():
+            m = re.match(r'moe_expert_call_duration_seconds_(sum|count)\{stage="compute"\} (\S+)', line)
+            if m:
+                got[m.group(1)] = float(m.group(2))
+        out.append(got)
+    return out
+
+
 def children(pid):
     out = run(["ps", "-o", "pid=,comm=", "--ppid", str(pid)]).stdout
     return [(int(p), c) for p, c in (l.split(None, 1) for l in out.splitlines())]
@@ -272,10 +294,18 @@ def main():
             target = up.endpoints["router"]
             metrics = up.endpoints["router_metrics"]
             print("(c, d) README configuration through moe-up", file=sys.stderr, flush=True)
+            router_pid = next(pid for pid, comm in up.pids() if comm.startswith("moe-router"))
+            worker_metrics = [v for k, v in sorted(up.endpoints.items())
+                              if re.match(r"worker\d+_metrics$", k)]
             stages0, req0, _ = scrape(metrics)
+            cpu0 = cpu_seconds(router_pid)
             big = client_bench(args.bin_dir, target, "4x1024", 1, 8 if q else 20, tmp)
+            cpu1 = cpu_seconds(router_pid)
             stages1, req1, _ = scrape(metrics)
             n = max(req1 - req0, 1)
+            # Every thread of the router (gRPC's too: receiving x and the
+            # answers, sending y), not only the forward's stages.
+            r["router_cpu_ms_per_forward"] = (cpu1 - cpu0) / n * 1e3
             stage_ms = {k: (stages1[k] - stages0.get(k, 0)) / n * 1e3 for k in stages1}
             r["distributed_tokens_per_s"] = big["tokens_per_s"]
             r["distributed_forward_p50_ms"] = big["p50_ms"]
@@ -287,7 +317,15 @@ def main():
             waiting = stage_ms.get("rpc_wait", 0) + stage_ms.get("batch_wait", 0)
             r["router_overhead_share"] = (total - waiting) / total if total else 0
             print("(e) small requests", file=sys.stderr, flush=True)
+            w0 = worker_compute(worker_metrics)
             s1 = client_bench(args.bin_dir, target, "1x32", 1, 4 if q else 10, tmp)
+            w1 = worker_compute(worker_metrics)
+            # The workers' own time per call (their compute stage, both
+            # streaming at once), against the bound: what is left above it
+            # is the router and the transport.
+            r["small_request_worker_compute_ms"] = max(
+                (b["sum"] - a["sum"]) / max(b["count"] - a["count"], 1) * 1e3
+                for a, b in zip(w0, w1))
             _, _, b0 = scrape(metrics)
             s8 = client_bench(args.bin_dir, target, "1x32", 8, 4 if q else 10, tmp)
             _, _, b1 = scrape(metrics)
@@ -302,6 +340,8 @@ def main():
             r["small_request_shared_bound_ms"] = (s1["slowest_worker_weight_mb_p50"]
                                                   / r["memory_read_gbps_per_core_of_2"])
             r["small_request_over_shared_bound"] = s1["p50_ms"] / r["small_request_shared_bound_ms"]
+            r["small_request_worker_compute_over_bound"] = (r["small_request_worker_compute_ms"]
+                                                            / r["small_request_bound_ms"])
             r["small_request_c8_p50_ms"], r["small_request_c8_p99_ms"] = s8["p50_ms"], s8["p99_ms"]
             print("(f) throughput by concurrency", file=sys.stderr, flush=True)
             r["throughput_1x256"] = {}
@@ -389,7 +429,8 @@ def main():
             r["distributed_tokens_per_s"], r["distributed_forward_p50_ms"],
             r["distributed_over_inprocess"])),
         ("(d) router ms per forward", ", ".join("%s %.1f" % kv for kv in r["router_stage_ms"].items())
-         + "; router's own share %.0f%%" % (100 * r["router_overhead_share"])),
+         + "; router's own share %.0f%%; router CPU (all threads) %.1f ms per forward" % (
+             100 * r["router_overhead_share"], r["router_cpu_ms_per_forward"])),
         ("(e) 1x32 latency", "c=1 p50 %.1f / p99 %.1f ms; c=8 p50 %.1f / p99 %.1f ms; in-process %.1f ms" % (
             r["small_request_p50_ms"], r["small_request_p99_ms"], r["small_request_c8_p50_ms"],
             r["small_request_c8_p99_ms"], r["inprocess_small_request_ms"])),
@@ -398,11 +439,12 @@ def main():
             r["expert_4_rows_gemm_us"] / r["expert_4_rows_skinny_us"])),
         ("(e') weight-streaming bound", "one core reads %.1f GB/s (%.1f each when two read); the slowest "
          "worker reads %.1f MB of weights per 1x32 request: bound %.2f ms (%.2f sharing); "
-         "c=1 p50 / bound = %.2f (%.2f)" % (
+         "c=1 p50 / bound = %.2f (%.2f); the workers' own compute %.2f ms = %.2f x bound" % (
              r["memory_read_gbps"], r["memory_read_gbps_per_core_of_2"],
              r["small_request_slowest_worker_weight_mb"], r["small_request_bound_ms"],
              r["small_request_shared_bound_ms"], r["small_request_over_bound"],
-             r["small_request_over_shared_bound"])),
+             r["small_request_over_shared_bound"], r["small_request_worker_compute_ms"],
+             r["small_request_worker_compute_over_bound"])),
         ("(f) 1x256 throughput", "; ".join("c=%s %.1f req/s (%.0f tok/s)" % (c, v["requests_per_s"], v["tokens_per_s"])
                                          for c, v in r["throughput_1x256"].items())),
         ("(h) dynamic batching", "1x32 c=8 %.1f vs %.1f req/s off (x%.2f, %.1f forwards/call, p99 %.1f vs %.1f ms); "
