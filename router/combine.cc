@@ -2,13 +2,18 @@
 
 namespace moe::router {
 
-// No fused multiply-add here (and so no AVX-512 clone of this loop, which
-// would contract it): the workers' outputs arrive in either order, and a
-// token's y = w1·o1 + w2·o2 must come out the same bit for bit both ways.
-// Two rounded products added to 0 in either order agree; fma(w2, o2, w1·o1)
-// and fma(w1, o1, w2·o2) do not (an 8 s A/B measured the AVX-512 clone at
-// 1 ms less per [4,1024] forward, and python_client_test caught the
-// difference between two identical seeded requests).
+// Never a fused multiply-add here: the workers' outputs arrive in either
+// order, and a token's y = w1·o1 + w2·o2 must come out the same bit for bit
+// both ways. Two rounded products added to 0 in either order agree;
+// fma(w2, o2, w1·o1) and fma(w1, o1, w2·o2) do not (python_client_test once
+// caught two identical seeded requests differing by 1.5e-8 when an AVX-512
+// clone contracted the loop). With clang the loop is compiled twice, for
+// AVX-512 and for the baseline, and picked at load time by the CPU, with
+// contraction off in both: the same separately rounded multiply and add, 16
+// floats at a time instead of 4. CombineRowsTest checks both orders.
+#ifdef __clang__
+__attribute__((target_clones("avx512f", "default")))
+#endif
 void CombineRows(const float* out, int64_t count, const int64_t* targets,
                  const float* weights, int64_t dim, float* y) {
 #ifdef __clang__
