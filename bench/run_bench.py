@@ -92,6 +92,15 @@ def peak_rss_mb(pid):
     return status_mb(pid, "VmHWM")
 
 
+def forward_cpu_seconds(address):
+    """moe_router_forward_cpu_seconds_total: the forwards' threads' CPU time."""
+    with urllib.request.urlopen("http://%s/metrics" % address, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("moe_router_forward_cpu_seconds_total "):
+                return float(line.split()[1])
+    return 0.0
+
+
 def cpu_seconds(pid):
     """User + system CPU time of process PID, all its threads, in seconds."""
     with open("/proc/%d/stat" % pid) as f:
@@ -299,8 +308,10 @@ def main():
                               if re.match(r"worker\d+_metrics$", k)]
             stages0, req0, _ = scrape(metrics)
             cpu0 = cpu_seconds(router_pid)
+            fcpu0 = forward_cpu_seconds(metrics)
             big = client_bench(args.bin_dir, target, "4x1024", 1, 8 if q else 20, tmp)
             cpu1 = cpu_seconds(router_pid)
+            fcpu1 = forward_cpu_seconds(metrics)
             stages1, req1, _ = scrape(metrics)
             n = max(req1 - req0, 1)
             # Every thread of the router (gRPC's too: receiving x and the
@@ -316,6 +327,11 @@ def main():
             # or for a batch to leave).
             waiting = stage_ms.get("rpc_wait", 0) + stage_ms.get("batch_wait", 0)
             r["router_overhead_share"] = (total - waiting) / total if total else 0
+            # The same stages by the CPU time of the forward's thread: their
+            # work without the time it stood preempted (two workers, the
+            # router and the client share the cores here).
+            r["router_forward_cpu_ms"] = (fcpu1 - fcpu0) / n * 1e3
+            r["router_forward_cpu_share"] = r["router_forward_cpu_ms"] / total if total else 0
             print("(e) small requests", file=sys.stderr, flush=True)
             w0 = worker_compute(worker_metrics)
             s1 = client_bench(args.bin_dir, target, "1x32", 1, 4 if q else 10, tmp)
@@ -429,8 +445,10 @@ def main():
             r["distributed_tokens_per_s"], r["distributed_forward_p50_ms"],
             r["distributed_over_inprocess"])),
         ("(d) router ms per forward", ", ".join("%s %.1f" % kv for kv in r["router_stage_ms"].items())
-         + "; router's own share %.0f%%; router CPU (all threads) %.1f ms per forward" % (
-             100 * r["router_overhead_share"], r["router_cpu_ms_per_forward"])),
+         + "; router's own share %.0f%%; the forward's thread ran %.1f ms (%.0f%%); "
+         "router CPU (all threads) %.1f ms per forward" % (
+             100 * r["router_overhead_share"], r["router_forward_cpu_ms"],
+             100 * r["router_forward_cpu_share"], r["router_cpu_ms_per_forward"])),
         ("(e) 1x32 latency", "c=1 p50 %.1f / p99 %.1f ms; c=8 p50 %.1f / p99 %.1f ms; in-process %.1f ms" % (
             r["small_request_p50_ms"], r["small_request_p99_ms"], r["small_request_c8_p50_ms"],
             r["small_request_c8_p99_ms"], r["inprocess_small_request_ms"])),

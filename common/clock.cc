@@ -1,5 +1,7 @@
 #include "common/clock.h"
 
+#include <time.h>
+
 #include "absl/time/clock.h"
 
 namespace moe::common {
@@ -20,6 +22,14 @@ class RealClock : public Clock {
 Clock* Clock::Real() {
   static RealClock* clock = new RealClock();
   return clock;
+}
+
+absl::Duration ThreadCpuTime() {
+  timespec t;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t) != 0) {
+    return absl::ZeroDuration();
+  }
+  return absl::DurationFromTimespec(t);
 }
 
 }  // namespace moe::common

@@ -25,4 +25,9 @@ class Clock {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) = 0;
 };
 
+// CPU time the calling thread has run so far (CLOCK_THREAD_CPUTIME_ID): the
+// difference of two readings is its work in between, without the time it
+// waited or stood preempted.
+absl::Duration ThreadCpuTime();
+
 }  // namespace moe::common

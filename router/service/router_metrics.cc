@@ -93,6 +93,14 @@ RouterMetrics::RouterMetrics(prometheus::Registry& registry,
                   .Help("Router wall time per forward stage: pre, gate, plan "
                         "(gather), encode, batch_wait, rpc_wait, combine.")
                   .Register(registry)),
+      forward_cpu_(
+          prometheus::BuildCounter()
+              .Name("moe_router_forward_cpu_seconds_total")
+              .Help("CPU time of the threads running forwards, while they ran "
+                    "them: the stages' work without waiting or preemption "
+                    "(gRPC's own threads not included).")
+              .Register(registry)
+              .Add({})),
       batch_forwards_(
           prometheus::BuildHistogram()
               .Name("moe_router_worker_batch_forwards")
@@ -336,6 +344,10 @@ void RouterMetrics::RecordRequest(absl::StatusCode code,
 
 void RouterMetrics::RecordStage(const char* stage, absl::Duration elapsed) {
   stages_.Add({{"stage", stage}}).Increment(absl::ToDoubleSeconds(elapsed));
+}
+
+void RouterMetrics::RecordForwardCpu(absl::Duration cpu) {
+  forward_cpu_.Increment(absl::ToDoubleSeconds(cpu));
 }
 
 void RouterMetrics::RecordStages(const ForwardTimings& t) {

@@ -19,6 +19,7 @@
 //   moe_router_worker_up{worker} moe_router_worker_state{worker,state}      (1
 //   for the current state) moe_router_worker_batch_forwards,
 //   moe_router_worker_batch_rows moe_router_stage_seconds_total{stage}
+//   moe_router_forward_cpu_seconds_total
 //   moe_router_inflight_requests, moe_router_rejected_requests_total{reason}
 //
 // For a two-level layer, assignments and their drops are counted at the
@@ -74,6 +75,9 @@ class RouterMetrics {
   // rpc_wait, combine; the batcher adds "encode" with RecordStage.
   void RecordStages(const ForwardTimings& timings);
   void RecordStage(const char* stage, absl::Duration elapsed);
+  // CPU time of the thread that ran one forward, while it ran it
+  // (moe_router_forward_cpu_seconds_total).
+  void RecordForwardCpu(absl::Duration cpu);
   void SetWorkerState(int worker, WorkerState state);
 
  private:
@@ -87,6 +91,7 @@ class RouterMetrics {
   prometheus::Gauge& inflight_;
   prometheus::Family<prometheus::Counter>& rejected_;
   prometheus::Family<prometheus::Counter>& stages_;
+  prometheus::Counter& forward_cpu_;
   prometheus::Histogram& batch_forwards_;
   prometheus::Histogram& batch_rows_;
   const absl::Duration window_;

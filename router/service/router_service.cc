@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/clock.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "proto/grpc_status.h"
@@ -143,11 +144,13 @@ absl::Status RouterService::RunForward(ForwardCall* call) const {
   RemoteExpertBackend backend(pool_, batcher_.get(), call->waiter, remote,
                               &gating);
   ForwardResult result;
+  const absl::Duration cpu_start = common::ThreadCpuTime();
   MOE_RETURN_IF_ERROR(
       runner_->Run(call->request, backend, &call->response, &result));
   if (metrics_ != nullptr) {
     metrics_->RecordForward(call->layer->index(), result);
     metrics_->RecordStages(result.timings);
+    metrics_->RecordForwardCpu(common::ThreadCpuTime() - cpu_start);
   }
   return absl::OkStatus();
 }

@@ -113,6 +113,11 @@ TEST_P(MetricsAgreeTest, CountersEqualResponsesAndGoldenCounts) {
                 {{"method", "/moe.v1.Router/Forward"}, {"code", "OK"}}),
             1);
   EXPECT_GT(Sum(m, "moe_router_load_balancedness"), 0);
+  // The forward's thread worked (gating at least), and not longer than the
+  // request took.
+  const double forward_cpu = Sum(m, "moe_router_forward_cpu_seconds_total");
+  EXPECT_GT(forward_cpu, 0);
+  EXPECT_LE(forward_cpu, Sum(m, "moe_router_request_duration_seconds_sum"));
 
   double worker_tokens = 0;
   for (int w = 0; w < 2; ++w) {
