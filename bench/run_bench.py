@@ -62,9 +62,14 @@ def gbench(bin_dir, flt, min_time):
     return {b["name"]: b for b in json.loads(out.stdout)["benchmarks"]}
 
 
-def scrape(address):
+def metrics_text(address):
+    """The Prometheus text a process serves on ADDRESS."""
     with urllib.request.urlopen("http://%s/metrics" % address, timeout=5) as r:
-        text = r.read().decode()
+        return r.read().decode()
+
+
+def scrape(address):
+    text = metrics_text(address)
     stages, requests, batch = {}, 0.0, {"sum": 0.0, "count": 0.0}
     for line in text.splitlines():
         m = re.match(r'moe_router_stage_seconds_total\{stage="(\w+)"\} (\S+)', line)
@@ -94,10 +99,9 @@ def peak_rss_mb(pid):
 
 def forward_cpu_seconds(address):
     """moe_router_forward_cpu_seconds_total: the forwards' threads' CPU time."""
-    with urllib.request.urlopen("http://%s/metrics" % address, timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("moe_router_forward_cpu_seconds_total "):
-                return float(line.split()[1])
+    for line in metrics_text(address).splitlines():
+        if line.startswith("moe_router_forward_cpu_seconds_total "):
+            return float(line.split()[1])
     return 0.0
 
 
@@ -112,10 +116,8 @@ def worker_compute(addresses):
     """Each worker's moe_expert_call_duration_seconds{stage="compute"}: (sum, count)."""
     out = []
     for address in addresses:
-        with urllib.request.urlopen("http://%s/metrics" % address, timeout=5) as r:
-            text = r.read().decode()
         got = {"sum": 0.0, "count": 0.0}
-        for line in text.splitlines():
+        for line in metrics_text(address).splitlines():
             m = re.match(r'moe_expert_call_duration_seconds_(sum|count)\{stage="compute"\} (\S+)', line)
             if m:
                 got[m.group(1)] = float(m.group(2))

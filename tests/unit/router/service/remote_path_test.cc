@@ -172,18 +172,35 @@ TEST(WorkerPoolTest, ChoosesTheLeastLoadedReplica) {
   EXPECT_EQ(p.pool->Choose({0, 1}, {}), 0);
 }
 
+// A remote backend over `p`'s workers (its own batcher and waiter), on the
+// fake clock; `options` gets the clock.
+struct Remote {
+  Remote(const Pool& p, testing::FakeClock* clock,
+         RemoteCallOptions options = {})
+      : batcher(p.pool.get(), Batching(clock)),
+        waiter(std::make_shared<ForwardWaiter>(clock)),
+        backend(p.pool.get(), &batcher, waiter, WithClock(options, clock)) {}
+  static BatcherOptions Batching(testing::FakeClock* clock) {
+    BatcherOptions batching;
+    batching.clock = clock;
+    return batching;
+  }
+  static RemoteCallOptions WithClock(RemoteCallOptions o,
+                                     testing::FakeClock* clock) {
+    o.clock = clock;
+    return o;
+  }
+  WorkerBatcher batcher;
+  std::shared_ptr<ForwardWaiter> waiter;
+  RemoteExpertBackend backend;
+};
+
 TEST(RemoteExpertBackendTest, OneCallPerWorkerCombinedAsTheyArrive) {
   testing::FakeClock clock;
   Pool p({{{0, 1}, {}}, {{2, 3}, {}}}, &clock);
-  BatcherOptions batching;
-  batching.clock = &clock;
-  WorkerBatcher batcher(p.pool.get(), batching);
-  RemoteCallOptions options;
-  options.clock = &clock;
-  auto waiter = std::make_shared<ForwardWaiter>(&clock);
-  RemoteExpertBackend backend(p.pool.get(), &batcher, waiter, options);
+  Remote r(p, &clock);
   Work w(TwoWorkerSegments());
-  Running run(&backend, w.work);
+  Running run(&r.backend, w.work);
   ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
   ASSERT_TRUE(p.workers[1]->WaitForCalls(1));
   EXPECT_EQ(p.workers[0]->Segments(0).size(), 2u);
@@ -208,19 +225,13 @@ TEST(RemoteExpertBackendTest, CombinesAnswersSplitIntoOddSlices) {
     worker->SetAutoReply(true);
     worker->SetReplySliceBytes(1001);
   }
-  BatcherOptions batching;
-  batching.clock = &clock;
-  WorkerBatcher batcher(p.pool.get(), batching);
-  RemoteCallOptions options;
-  options.clock = &clock;
-  auto waiter = std::make_shared<ForwardWaiter>(&clock);
-  RemoteExpertBackend backend(p.pool.get(), &batcher, waiter, options);
+  Remote r(p, &clock);
   Work w({{{0, 0}, 0, 9000},
           {{0, 1}, 9000, 3},
           {{0, 2}, 9003, 4097},
           {{0, 3}, 13100, 1}});
   BackendReport report;
-  ASSERT_TRUE(backend.Run(w.work, &report).ok());
+  ASSERT_TRUE(r.backend.Run(w.work, &report).ok());
   EXPECT_TRUE(report.lost.empty());
   EXPECT_EQ(w.y, w.Expected());
 }
@@ -228,15 +239,9 @@ TEST(RemoteExpertBackendTest, CombinesAnswersSplitIntoOddSlices) {
 TEST(RemoteExpertBackendTest, AFailedCallIsRetriedOnAReplica) {
   testing::FakeClock clock;
   Pool p({{{0, 1, 2, 3}, {}}, {{0, 1, 2, 3}, {}}}, &clock);
-  BatcherOptions batching;
-  batching.clock = &clock;
-  WorkerBatcher batcher(p.pool.get(), batching);
-  RemoteCallOptions options;
-  options.clock = &clock;
-  RemoteExpertBackend backend(p.pool.get(), &batcher,
-                              std::make_shared<ForwardWaiter>(&clock), options);
+  Remote r(p, &clock);
   Work w(TwoWorkerSegments());
-  Running run(&backend, w.work);
+  Running run(&r.backend, w.work);
   ASSERT_TRUE(p.workers[0]->WaitForCalls(1));  // the least loaded: worker 0
   p.workers[0]->Fail(0, absl::UnavailableError("connection reset"));
   ASSERT_TRUE(p.workers[1]->WaitForCalls(1));
@@ -255,17 +260,11 @@ TEST(RemoteExpertBackendTest, WithoutAReplicaTheFailurePolicyDecides) {
     SCOPED_TRACE(ExpertFailurePolicyName(policy));
     testing::FakeClock clock;
     Pool p({{{0, 1}, {}}, {{2, 3}, {}}}, &clock);
-    BatcherOptions batching;
-    batching.clock = &clock;
-    WorkerBatcher batcher(p.pool.get(), batching);
     RemoteCallOptions options;
-    options.clock = &clock;
     options.on_failure = policy;
-    RemoteExpertBackend backend(p.pool.get(), &batcher,
-                                std::make_shared<ForwardWaiter>(&clock),
-                                options);
+    Remote r(p, &clock, options);
     Work w(TwoWorkerSegments());
-    Running run(&backend, w.work);
+    Running run(&r.backend, w.work);
     ASSERT_TRUE(p.workers[1]->WaitForCalls(1));
     p.workers[1]->Fail(0, absl::UnavailableError("connection reset"));
     ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
@@ -290,16 +289,11 @@ TEST(RemoteExpertBackendTest, WithoutAReplicaTheFailurePolicyDecides) {
 TEST(RemoteExpertBackendTest, AMissedDeadlineDropsAndCancelsTheCall) {
   testing::FakeClock clock;
   Pool p({{{0, 1}, {}}, {{2, 3}, {}}}, &clock);
-  BatcherOptions batching;
-  batching.clock = &clock;
-  WorkerBatcher batcher(p.pool.get(), batching);
   RemoteCallOptions options;
-  options.clock = &clock;
   options.deadline = clock.Now() + absl::Seconds(2);
-  RemoteExpertBackend backend(p.pool.get(), &batcher,
-                              std::make_shared<ForwardWaiter>(&clock), options);
+  Remote r(p, &clock, options);
   Work w(TwoWorkerSegments());
-  Running run(&backend, w.work);
+  Running run(&r.backend, w.work);
   ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
   ASSERT_TRUE(p.workers[1]->WaitForCalls(1));
   p.workers[0]->Reply(0);  // worker 1 never answers
@@ -318,17 +312,11 @@ TEST(RemoteExpertBackendTest, AMissedDeadlineDropsAndCancelsTheCall) {
 TEST(RemoteExpertBackendTest, ClientCancellationEndsTheWait) {
   testing::FakeClock clock;
   Pool p({{{0, 1, 2, 3}, {}}}, &clock);
-  BatcherOptions batching;
-  batching.clock = &clock;
-  WorkerBatcher batcher(p.pool.get(), batching);
-  RemoteCallOptions options;
-  options.clock = &clock;
-  auto waiter = std::make_shared<ForwardWaiter>(&clock);
-  RemoteExpertBackend backend(p.pool.get(), &batcher, waiter, options);
+  Remote r(p, &clock);
   Work w(TwoWorkerSegments());
-  Running run(&backend, w.work);
+  Running run(&r.backend, w.work);
   ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
-  waiter->Cancel();
+  r.waiter->Cancel();
   ASSERT_TRUE(run.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
   EXPECT_EQ(run.status.code(), absl::StatusCode::kCancelled);
   EXPECT_TRUE(p.workers[0]->cancelled(0));
