@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "proto/grpc_status.h"
+#include "proto/health_check.h"
 #include "proto/tensor_codec.h"
 
 namespace moe::client {
@@ -175,18 +176,12 @@ absl::StatusOr<moe::v1::ModelInfo> RouterClient::GetModelInfo() const {
 absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus>
 CheckHealth(const std::string& target, absl::Duration timeout,
             const std::string& service, const ClientOptions& options) {
-  auto stub = grpc::health::v1::Health::NewStub(MakeChannel(target, options));
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-  grpc::health::v1::HealthCheckRequest request;
-  request.set_service(service);
-  grpc::health::v1::HealthCheckResponse response;
-  grpc::Status status = stub->Check(&context, request, &response);
-  if (!status.ok()) {
-    return Explain(proto::FromGrpcStatus(status),
-                   options.credentials != nullptr);
+  auto health = proto::CheckHealth(
+      target, timeout, service, options.credentials, options.tls_server_name);
+  if (!health.ok()) {
+    return Explain(health.status(), options.credentials != nullptr);
   }
-  return response.status();
+  return *health;
 }
 
 }  // namespace moe::client

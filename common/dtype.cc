@@ -2,23 +2,27 @@
 
 #include <cstring>
 
-#include "absl/strings/str_cat.h"
-
 namespace moe::common {
 namespace {
 
 struct DTypeEntry {
   DType dtype;
+  const char* safetensors_name;
   const char* name;
   size_t size;
 };
 
 constexpr DTypeEntry kDTypes[] = {
-    {DType::kFloat32, "F32", 4},   {DType::kFloat16, "F16", 2},
-    {DType::kBFloat16, "BF16", 2}, {DType::kFloat64, "F64", 8},
-    {DType::kInt64, "I64", 8},     {DType::kInt32, "I32", 4},
-    {DType::kInt16, "I16", 2},     {DType::kInt8, "I8", 1},
-    {DType::kUInt8, "U8", 1},      {DType::kBool, "BOOL", 1},
+    {DType::kFloat32, "F32", "float32", 4},
+    {DType::kFloat16, "F16", "float16", 2},
+    {DType::kBFloat16, "BF16", "bfloat16", 2},
+    {DType::kFloat64, "F64", "float64", 8},
+    {DType::kInt64, "I64", "int64", 8},
+    {DType::kInt32, "I32", "int32", 4},
+    {DType::kInt16, "I16", "int16", 2},
+    {DType::kInt8, "I8", "int8", 1},
+    {DType::kUInt8, "U8", "uint8", 1},
+    {DType::kBool, "BOOL", "bool", 1},
 };
 
 const DTypeEntry& Entry(DType dtype) {
@@ -32,15 +36,34 @@ const DTypeEntry& Entry(DType dtype) {
 
 size_t ElementSize(DType dtype) { return Entry(dtype).size; }
 
-const char* SafetensorsDTypeName(DType dtype) { return Entry(dtype).name; }
+const char* SafetensorsDTypeName(DType dtype) {
+  return Entry(dtype).safetensors_name;
+}
 
-absl::StatusOr<DType> ParseSafetensorsDType(absl::string_view name) {
+bool ParseSafetensorsDType(std::string_view name, DType* dtype) {
   for (const DTypeEntry& e : kDTypes) {
-    if (name == e.name) return e.dtype;
+    if (name == e.safetensors_name) {
+      *dtype = e.dtype;
+      return true;
+    }
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown dtype \"", name,
-                   "\" (supported: F32 F16 BF16 F64 I64 I32 I16 I8 U8 BOOL)"));
+  return false;
+}
+
+const char* SafetensorsDTypeNames() {
+  return "F32 F16 BF16 F64 I64 I32 I16 I8 U8 BOOL";
+}
+
+const char* DTypeName(DType dtype) { return Entry(dtype).name; }
+
+bool ParseDTypeName(std::string_view name, DType* dtype) {
+  for (const DTypeEntry& e : kDTypes) {
+    if (name == e.name) {
+      *dtype = e.dtype;
+      return true;
+    }
+  }
+  return false;
 }
 
 bool IsFloatingPoint(DType dtype) {

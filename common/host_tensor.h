@@ -1,6 +1,6 @@
 // A tensor held as raw little-endian, row-major bytes: the form tensors take
 // in safetensors files and on the wire. Knows nothing of LibTorch; see
-// common/torch_convert.h for the conversions.
+// common/torch/torch_convert.h for the conversions.
 #pragma once
 
 #include <cstdint>

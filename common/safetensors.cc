@@ -24,82 +24,6 @@ absl::Status Malformed(absl::string_view source, absl::string_view what) {
       absl::StrCat(source, ": malformed safetensors file: ", what));
 }
 
-absl::Status TensorError(absl::string_view source, absl::string_view name,
-                         absl::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      source, ": malformed safetensors file: tensor \"", name, "\": ", what));
-}
-
-absl::StatusOr<TensorEntry> ParseEntry(const std::string& name,
-                                       const Json& value, uint64_t data_size,
-                                       absl::string_view source) {
-  if (name.empty()) return Malformed(source, "a tensor has an empty name");
-  if (!value.is_object()) return TensorError(source, name, "not an object");
-  TensorEntry entry;
-  entry.name = name;
-
-  auto dtype_it = value.find("dtype");
-  if (dtype_it == value.end() || !dtype_it->is_string()) {
-    return TensorError(source, name, "missing or non-string \"dtype\"");
-  }
-  absl::StatusOr<DType> dtype =
-      ParseSafetensorsDType(dtype_it->get<std::string>());
-  if (!dtype.ok()) return TensorError(source, name, dtype.status().message());
-  entry.dtype = *dtype;
-
-  auto shape_it = value.find("shape");
-  if (shape_it == value.end() || !shape_it->is_array()) {
-    return TensorError(source, name, "missing or non-array \"shape\"");
-  }
-  for (const Json& dim : *shape_it) {
-    if (!dim.is_number_unsigned() && !(dim.is_number_integer() && dim >= 0)) {
-      return TensorError(source, name,
-                         "shape entries must be non-negative integers");
-    }
-    uint64_t d = dim.get<uint64_t>();
-    if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      return TensorError(source, name, "shape entry too large");
-    }
-    entry.shape.push_back(static_cast<int64_t>(d));
-  }
-
-  auto offsets_it = value.find("data_offsets");
-  if (offsets_it == value.end() || !offsets_it->is_array() ||
-      offsets_it->size() != 2 || !(*offsets_it)[0].is_number_unsigned() ||
-      !(*offsets_it)[1].is_number_unsigned()) {
-    return TensorError(source, name,
-                       "\"data_offsets\" must be two non-negative integers");
-  }
-  entry.begin = (*offsets_it)[0].get<uint64_t>();
-  entry.end = (*offsets_it)[1].get<uint64_t>();
-  if (entry.begin > entry.end) {
-    return TensorError(source, name, "data_offsets begin > end");
-  }
-  if (entry.end > data_size) {
-    return TensorError(
-        source, name,
-        absl::StrCat("data_offsets [", entry.begin, ", ", entry.end,
-                     ") run past the data section (", data_size, " bytes)"));
-  }
-
-  absl::StatusOr<int64_t> numel = NumElements(entry.shape);
-  if (!numel.ok()) return TensorError(source, name, numel.status().message());
-  const uint64_t elem = ElementSize(entry.dtype);
-  if (static_cast<uint64_t>(*numel) >
-      std::numeric_limits<uint64_t>::max() / elem) {
-    return TensorError(source, name, "byte size overflows");
-  }
-  const uint64_t expected = static_cast<uint64_t>(*numel) * elem;
-  if (entry.end - entry.begin != expected) {
-    return TensorError(
-        source, name,
-        absl::StrCat("shape ", ShapeToString(entry.shape), " of ",
-                     SafetensorsDTypeName(entry.dtype), " needs ", expected,
-                     " bytes but data_offsets span ", entry.end - entry.begin));
-  }
-  return entry;
-}
-
 absl::Status ReadFully(int fd, uint64_t offset, char* out, uint64_t size,
                        absl::string_view source) {
   uint64_t done = 0;
@@ -125,55 +49,13 @@ absl::Status ReadFully(int fd, uint64_t offset, char* out, uint64_t size,
 absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(
     absl::string_view header_json, uint64_t data_size,
     absl::string_view source) {
-  Json root = Json::parse(header_json.begin(), header_json.end(), nullptr,
-                          /*allow_exceptions=*/false);
-  if (root.is_discarded()) return Malformed(source, "header is not valid JSON");
-  if (!root.is_object()) {
-    return Malformed(source, "header is not a JSON object");
-  }
   SafetensorsHeader header;
-  for (auto it = root.begin(); it != root.end(); ++it) {
-    if (it.key() == "__metadata__") {
-      if (!it.value().is_object()) {
-        return Malformed(source, "__metadata__ is not an object");
-      }
-      for (auto m = it.value().begin(); m != it.value().end(); ++m) {
-        if (!m.value().is_string()) {
-          return Malformed(source, absl::StrCat("__metadata__ value \"",
-                                                m.key(), "\" is not a string"));
-        }
-        header.metadata[m.key()] = m.value().get<std::string>();
-      }
-      continue;
-    }
-    MOE_ASSIGN_OR_RETURN(TensorEntry entry,
-                         ParseEntry(it.key(), it.value(), data_size, source));
-    header.tensors.push_back(std::move(entry));
+  std::string error;
+  if (!ParseSafetensorsHeaderJson(
+          std::string_view(header_json.data(), header_json.size()), data_size,
+          &header, &error)) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", error));
   }
-
-  // Overlap check on the entries ordered by offset.
-  std::vector<const TensorEntry*> by_offset;
-  for (const TensorEntry& e : header.tensors) by_offset.push_back(&e);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const TensorEntry* a, const TensorEntry* b) {
-              return a->begin != b->begin ? a->begin < b->begin
-                                          : a->end < b->end;
-            });
-  for (size_t i = 1; i < by_offset.size(); ++i) {
-    const TensorEntry* prev = by_offset[i - 1];
-    const TensorEntry* cur = by_offset[i];
-    // Empty tensors occupy no bytes and cannot overlap anything.
-    if (cur->begin == cur->end || prev->begin == prev->end) continue;
-    if (cur->begin < prev->end) {
-      return TensorError(
-          source, cur->name,
-          absl::StrCat("data overlaps tensor \"", prev->name, "\""));
-    }
-  }
-  std::sort(header.tensors.begin(), header.tensors.end(),
-            [](const TensorEntry& a, const TensorEntry& b) {
-              return a.name < b.name;
-            });
   return header;
 }
 
@@ -222,8 +104,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsReader>> SafetensorsReader::Open(
   absl::Status status =
       ReadFully(fd, 0, reinterpret_cast<char*>(len_bytes), 8, path);
   if (!status.ok()) return fail(status);
-  uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
+  const uint64_t header_len = SafetensorsHeaderLength(len_bytes);
   if (header_len > kMaxSafetensorsHeaderBytes) {
     return fail(Malformed(path, absl::StrCat("header length ", header_len,
                                              " exceeds the limit of ",

@@ -4,11 +4,10 @@
 // ..., "__metadata__": {"key": "value"}}`), then the data section; offsets are
 // relative to the start of the data section.
 //
-// The reader validates the whole header when the file is opened: every entry
-// must have a known dtype, a non-negative shape whose byte size equals its
-// offset range, a range inside the data section, and no two ranges may
-// overlap. A malformed file is an InvalidArgument (or NotFound) status whose
-// message names the file and the tensor; nothing is read out of bounds.
+// The reader validates the whole header when the file is opened, with the
+// project's one header parser (common/safetensors_header.h). A malformed file
+// is an InvalidArgument (or NotFound) status whose message names the file and
+// the tensor; nothing is read out of bounds.
 //
 // Example:
 //   MOE_ASSIGN_OR_RETURN(auto reader, SafetensorsReader::Open(path));
@@ -25,28 +24,12 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "common/host_tensor.h"
+#include "common/safetensors_header.h"
 
 namespace moe::common {
 
-// Largest header accepted (the reference implementation uses the same bound).
-inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100 << 20;
-
-struct TensorEntry {
-  std::string name;
-  DType dtype = DType::kFloat32;
-  std::vector<int64_t> shape;
-  uint64_t begin = 0;  // Offset in the data section.
-  uint64_t end = 0;
-};
-
-// The parsed, validated header of a safetensors file.
-struct SafetensorsHeader {
-  std::map<std::string, std::string> metadata;
-  std::vector<TensorEntry> tensors;  // Sorted by name.
-};
-
-// Parses and validates a header given the size of the data section that
-// follows it. `source` names the file in error messages.
+// ParseSafetensorsHeaderJson (common/safetensors_header.h) as a status:
+// InvalidArgument whose message starts with `source` (the file).
 absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(
     absl::string_view header_json, uint64_t data_size,
     absl::string_view source);

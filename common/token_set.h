@@ -36,6 +36,8 @@ class TokenSet {
 
   // Tokens currently accepted.
   size_t size() const;
+  // The file they come from.
+  const std::string& path() const { return path_; }
 
  private:
   TokenSet(std::string path, absl::Duration recheck, Clock* clock);

@@ -90,9 +90,9 @@ absl::StatusOr<std::unique_ptr<CpuExpertShard>> CpuExpertShard::Create(
       std::move(experts), dim, bytes, options.compute, threads));
 }
 
-std::vector<common::ExpertKey> CpuExpertShard::keys() const {
-  std::vector<common::ExpertKey> out;
-  for (const auto& [key, w] : experts_) out.push_back(key);
+common::ExpertSet CpuExpertShard::experts() const {
+  common::ExpertSet out;
+  for (const auto& [key, w] : experts_) out.Add(key);
   return out;
 }
 

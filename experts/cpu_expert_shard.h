@@ -47,13 +47,11 @@ class CpuExpertShard final : public ExpertShard {
   bool Hosts(common::ExpertKey key) const override {
     return experts_.count(key) != 0;
   }
-  std::vector<common::ExpertKey> keys() const override;
+  common::ExpertSet experts() const override;
   int64_t dim() const override { return dim_; }
   int64_t weight_bytes() const override { return weight_bytes_; }
-  std::string device() const override { return "cpu"; }
-  std::string compute_dtype() const override {
-    return compute_ == common::DType::kBFloat16 ? "bfloat16" : "float32";
-  }
+  Device device() const override { return Device::Cpu(); }
+  common::DType compute_dtype() const override { return compute_; }
 
  protected:
   absl::Status RunChecked(const TokenRows& tokens,

@@ -12,13 +12,14 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "common/dtype.h"
 #include "common/expert_segment.h"
+#include "common/expert_set.h"
+#include "experts/device.h"
 
 namespace moe::experts {
 
@@ -45,15 +46,14 @@ class ExpertShard {
   virtual ~ExpertShard() = default;
 
   virtual bool Hosts(common::ExpertKey key) const = 0;
-  // The hosted experts, ascending.
-  virtual std::vector<common::ExpertKey> keys() const = 0;
+  // The hosted experts.
+  virtual common::ExpertSet experts() const = 0;
   virtual int64_t dim() const = 0;
   // Bytes of parameters held (in the compute dtype).
   virtual int64_t weight_bytes() const = 0;
-  // "cpu", "cuda:0", ...
-  virtual std::string device() const = 0;
-  // "float32" or "bfloat16".
-  virtual std::string compute_dtype() const = 0;
+  virtual Device device() const = 0;
+  // kFloat32 or kBFloat16.
+  virtual common::DType compute_dtype() const = 0;
   // Device memory held (GPU shards: their arena), 0 on the CPU.
   virtual int64_t device_memory_bytes() const { return 0; }
 

@@ -13,7 +13,7 @@ absl::StatusOr<WarmUpReport> WarmUpShard(const ExpertShard& shard,
                                          int64_t max_rows) {
   const absl::Time start = absl::Now();
   std::vector<common::ExpertKey> keys;
-  for (const common::ExpertKey& key : shard.keys()) {
+  for (const common::ExpertKey& key : shard.experts().keys()) {
     if (keys.empty() || key.layer == keys.front().layer) keys.push_back(key);
   }
   WarmUpReport report;

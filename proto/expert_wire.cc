@@ -103,29 +103,18 @@ void PutVarint(uint64_t v, std::string* out) {
   out->push_back(static_cast<char>(v));
 }
 
-bool IsFloatWire(moe::v1::DType dtype) {
-  return dtype == moe::v1::FLOAT32 || dtype == moe::v1::BFLOAT16 ||
-         dtype == moe::v1::FLOAT16;
-}
-
-common::DType CommonDType(moe::v1::DType dtype) {
-  return dtype == moe::v1::BFLOAT16  ? common::DType::kBFloat16
-         : dtype == moe::v1::FLOAT16 ? common::DType::kFloat16
-                                     : common::DType::kFloat32;
-}
-
 // Field `field` (a moe.v1.Tensor of [rows, dim] `dtype`) up to its data's
 // length prefix: the data bytes follow.
-std::string TensorFieldHead(int field, moe::v1::DType dtype, int64_t rows,
+std::string TensorFieldHead(int field, common::DType dtype, int64_t rows,
                             int64_t dim) {
   const uint64_t data_bytes =
-      static_cast<uint64_t>(rows * dim * WireElementSize(dtype));
+      static_cast<uint64_t>(rows * dim) * common::ElementSize(dtype);
   std::string shape;
   PutVarint(static_cast<uint64_t>(rows), &shape);
   PutVarint(static_cast<uint64_t>(dim), &shape);
   std::string tensor;
   PutVarint(Tag(1, kVarint), &tensor);
-  PutVarint(static_cast<uint64_t>(dtype), &tensor);
+  PutVarint(static_cast<uint64_t>(WireDType(dtype)), &tensor);
   PutVarint(Tag(2, kLen), &tensor);
   PutVarint(shape.size(), &tensor);
   tensor += shape;
@@ -147,67 +136,56 @@ absl::Status Malformed(const std::string& field, const char* what) {
       absl::StrCat(field, ": malformed message (", what, ")"));
 }
 
-// The moe.v1.Tensor in [begin, end) of `m`: dtype, shape, data checked.
+// The moe.v1.Tensor in [begin, end) of `m`, its header checked by
+// CheckTensorHeader (float dtypes).
 absl::StatusOr<WireTensor> ParseTensor(const WireMessage& m, int64_t begin,
                                        int64_t end, const std::string& field) {
   WireTensor t;
   Cursor c(m, begin, end);
-  bool has_data = false;
+  uint64_t dtype = 0;
+  std::vector<int64_t> shape;
   int64_t data_bytes = 0;
   while (!c.done()) {
     uint64_t tag, v;
     if (!c.ReadVarint(&tag)) return Malformed(field, "truncated tensor field");
     const int n = static_cast<int>(tag >> 3), wt = tag & 7;
     if (n == 1 && wt == kVarint) {  // dtype
-      if (!c.ReadVarint(&v)) return Malformed(field, "truncated dtype");
-      t.dtype = static_cast<moe::v1::DType>(
-          static_cast<int>(std::min<uint64_t>(v, 1u << 30)));
+      if (!c.ReadVarint(&dtype)) return Malformed(field, "truncated dtype");
     } else if (n == 2 && wt == kLen) {  // shape, packed
       int64_t shape_end;
       if (!c.ReadLength(&shape_end)) return Malformed(field, "truncated shape");
       Cursor s(m, c.offset(), shape_end);
       while (!s.done()) {
         if (!s.ReadVarint(&v)) return Malformed(field, "truncated shape");
-        t.shape.push_back(static_cast<int64_t>(v));
+        shape.push_back(static_cast<int64_t>(v));
       }
       c.Skip(static_cast<uint64_t>(shape_end - c.offset()));
     } else if (n == 2 && wt == kVarint) {  // shape, unpacked
       if (!c.ReadVarint(&v)) return Malformed(field, "truncated shape");
-      t.shape.push_back(static_cast<int64_t>(v));
+      shape.push_back(static_cast<int64_t>(v));
     } else if (n == 3 && wt == kLen) {  // data
       int64_t data_end;
       if (!c.ReadLength(&data_end)) return Malformed(field, "truncated data");
       t.data_offset = c.offset();
       data_bytes = data_end - c.offset();
-      has_data = true;
       c.Skip(static_cast<uint64_t>(data_bytes));
     } else if (!c.SkipField(wt)) {
       return Malformed(field, "bad tensor field");
     }
   }
-  if (!IsFloatWire(t.dtype)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, ": dtype ", static_cast<int>(t.dtype),
-                     " is not one of FLOAT32, BFLOAT16, FLOAT16"));
-  }
-  t.element_size = WireElementSize(t.dtype);
   // 2^40 elements: beyond any message gRPC lets through, small enough that
   // byte sizes cannot overflow.
   constexpr int64_t kMaxElements = int64_t{1} << 40;
-  t.numel = 1;
-  for (int64_t d : t.shape) {
-    if (d < 0 || (d > 0 && t.numel > kMaxElements / d)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ": bad shape ", common::ShapeToString(t.shape)));
-    }
-    t.numel *= d;
+  absl::StatusOr<TensorView> view = CheckTensorHeader(
+      static_cast<moe::v1::DType>(std::min<uint64_t>(dtype, 1u << 30)),
+      std::move(shape), data_bytes, field, kMaxElements,
+      /*floats_only=*/true);
+  if (absl::IsResourceExhausted(view.status())) {
+    // Not a configured limit (the callers check rows): a malformed shape.
+    return absl::InvalidArgumentError(view.status().message());
   }
-  const int64_t expected = t.numel * t.element_size;
-  if ((has_data ? data_bytes : 0) != expected) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ": data is ", has_data ? data_bytes : 0, " bytes but shape ",
-        common::ShapeToString(t.shape), " needs ", expected));
-  }
+  if (!view.ok()) return view.status();
+  t.view = std::move(*view);
   return t;
 }
 
@@ -280,7 +258,7 @@ void WireMessage::Copy(int64_t offset, int64_t n, void* dst) const {
 // ---------------------------------------------------------------------------
 // Router: the request out.
 
-RunExpertsRequestWriter::RunExpertsRequestWriter(moe::v1::DType wire_dtype,
+RunExpertsRequestWriter::RunExpertsRequestWriter(common::DType wire_dtype,
                                                  int64_t dim)
     : dtype_(wire_dtype), dim_(dim) {}
 
@@ -288,15 +266,14 @@ void RunExpertsRequestWriter::AddFloatRows(const float* data, int64_t rows,
                                            std::shared_ptr<const void> owner) {
   if (rows <= 0) return;
   const int64_t n = rows * dim_;
-  if (dtype_ == moe::v1::FLOAT32) {
+  if (dtype_ == common::DType::kFloat32) {
     // The slice holds a reference to the owner until gRPC releases it.
     data_.emplace_back(const_cast<float*>(data),
                        static_cast<size_t>(n) * sizeof(float), &ReleaseOwner,
                        new std::shared_ptr<const void>(std::move(owner)));
   } else {
     grpc_slice s = grpc_slice_malloc_large(static_cast<size_t>(n) * 2);
-    common::ConvertFromFloat32(data, n, CommonDType(dtype_),
-                               GRPC_SLICE_START_PTR(s));
+    common::ConvertFromFloat32(data, n, dtype_, GRPC_SLICE_START_PTR(s));
     data_.emplace_back(s, grpc::Slice::STEAL_REF);
   }
   rows_ += rows;
@@ -317,12 +294,12 @@ void RunExpertsRequestWriter::AddSegment(common::ExpertKey key, int64_t count) {
   segments_ += segment;
 }
 
-grpc::ByteBuffer RunExpertsRequestWriter::Finish(moe::v1::DType output_dtype) {
+grpc::ByteBuffer RunExpertsRequestWriter::Finish(common::DType output_dtype) {
   // RunExpertsRequest.tokens; its data follow as the rows' slices.
   std::string head = TensorFieldHead(1, dtype_, rows_, dim_);
   std::string tail = std::move(segments_);
   PutVarint(Tag(3, kVarint), &tail);  // RunExpertsRequest.output_dtype
-  PutVarint(static_cast<uint64_t>(output_dtype), &tail);
+  PutVarint(static_cast<uint64_t>(WireDType(output_dtype)), &tail);
 
   std::vector<grpc::Slice> slices;
   slices.reserve(data_.size() + 2);
@@ -381,7 +358,7 @@ absl::StatusOr<RunExpertsRequestView> RunExpertsRequestView::Parse(
     }
   }
   if (!has_tokens) return absl::InvalidArgumentError("tokens: missing");
-  const WireTensor& t = view.tokens_;
+  const TensorView& t = view.tokens_.view;
   if (t.shape.size() != 2 || t.shape[1] != dim) {
     return absl::InvalidArgumentError(
         absl::StrCat("tokens: shape ", common::ShapeToString(t.shape),
@@ -394,13 +371,17 @@ absl::StatusOr<RunExpertsRequestView> RunExpertsRequestView::Parse(
                      "limit of ",
                      max_rows, " rows per call"));
   }
-  if (output_dtype == 0) {
+  if (output_dtype == 0) {  // DTYPE_UNSPECIFIED
     view.output_dtype_ = t.dtype;
-  } else if (output_dtype <= 3) {
-    view.output_dtype_ = static_cast<moe::v1::DType>(output_dtype);
   } else {
-    return absl::InvalidArgumentError(
-        "output_dtype: must be FLOAT32, BFLOAT16 or FLOAT16");
+    absl::StatusOr<common::DType> out = FromWireDType(
+        static_cast<moe::v1::DType>(std::min<uint64_t>(output_dtype, 1u << 30)),
+        "output_dtype");
+    if (!out.ok() || !common::IsFloatingPoint(*out)) {
+      return absl::InvalidArgumentError(
+          "output_dtype: must be FLOAT32, BFLOAT16 or FLOAT16");
+    }
+    view.output_dtype_ = *out;
   }
   const int64_t rows = t.shape[0];
   int64_t offset = 0;
@@ -430,10 +411,11 @@ absl::StatusOr<RunExpertsRequestView> RunExpertsRequestView::Parse(
 }
 
 const void* RunExpertsRequestView::TokenData(std::string* scratch) const {
-  const int64_t bytes = tokens_.numel * tokens_.element_size;
+  const int64_t bytes = tokens_.view.byte_size();
   const void* direct = message_.Contiguous(tokens_.data_offset, bytes);
-  if (direct != nullptr &&
-      reinterpret_cast<uintptr_t>(direct) % tokens_.element_size == 0) {
+  if (direct != nullptr && reinterpret_cast<uintptr_t>(direct) %
+                                   common::ElementSize(tokens_.view.dtype) ==
+                               0) {
     return direct;
   }
   scratch->resize(static_cast<size_t>(bytes));
@@ -441,10 +423,10 @@ const void* RunExpertsRequestView::TokenData(std::string* scratch) const {
   return scratch->data();
 }
 
-RunExpertsResponseWriter::RunExpertsResponseWriter(moe::v1::DType dtype,
+RunExpertsResponseWriter::RunExpertsResponseWriter(common::DType dtype,
                                                    int64_t rows, int64_t dim) {
   const uint64_t data_bytes =
-      static_cast<uint64_t>(rows * dim * WireElementSize(dtype));
+      static_cast<uint64_t>(rows * dim) * common::ElementSize(dtype);
   // RunExpertsResponse.outputs.
   const std::string head = TensorFieldHead(1, dtype, rows, dim);
   head_ = grpc::Slice(head);
@@ -490,9 +472,9 @@ absl::StatusOr<RunExpertsResponseView> RunExpertsResponseView::Parse(
     c.Skip(static_cast<uint64_t>(end - c.offset()));
   }
   if (!found) return absl::InvalidArgumentError("outputs: missing");
-  if (view.outputs_.shape != std::vector<int64_t>{rows, dim}) {
+  if (view.outputs_.view.shape != std::vector<int64_t>{rows, dim}) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "outputs: shape ", common::ShapeToString(view.outputs_.shape),
+        "outputs: shape ", common::ShapeToString(view.outputs_.view.shape),
         ", expected [", rows, ", ", dim, "]"));
   }
   return view;
@@ -500,12 +482,13 @@ absl::StatusOr<RunExpertsResponseView> RunExpertsResponseView::Parse(
 
 const float* RunExpertsResponseView::FloatRows(
     int64_t first, int64_t count, std::vector<float>* scratch) const {
-  const int64_t dim = outputs_.shape[1];
+  const common::DType dtype = outputs_.view.dtype;
+  const int64_t element_size = static_cast<int64_t>(common::ElementSize(dtype));
+  const int64_t dim = outputs_.view.shape[1];
   const int64_t n = count * dim;
-  const int64_t from =
-      outputs_.data_offset + first * dim * outputs_.element_size;
-  const int64_t bytes = n * outputs_.element_size;
-  if (outputs_.dtype == moe::v1::FLOAT32) {
+  const int64_t from = outputs_.data_offset + first * dim * element_size;
+  const int64_t bytes = n * element_size;
+  if (dtype == common::DType::kFloat32) {
     const void* direct = message_.Contiguous(from, bytes);
     if (direct != nullptr &&
         reinterpret_cast<uintptr_t>(direct) % alignof(float) == 0) {
@@ -519,8 +502,7 @@ const float* RunExpertsResponseView::FloatRows(
   std::string narrow(static_cast<size_t>(bytes), '\0');
   message_.Copy(from, bytes, narrow.data());
   scratch->resize(static_cast<size_t>(n));
-  common::ConvertToFloat32(CommonDType(outputs_.dtype), narrow.data(), n,
-                           scratch->data());
+  common::ConvertToFloat32(dtype, narrow.data(), n, scratch->data());
   return scratch->data();
 }
 

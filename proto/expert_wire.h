@@ -28,8 +28,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/dtype.h"
 #include "common/expert_segment.h"
-#include "moe/v1/tensor.pb.h"
+#include "proto/tensor_codec.h"
 
 namespace moe::proto {
 
@@ -40,9 +41,9 @@ int MaxExpertMessageBytes(int64_t rows, int64_t dim);
 
 class RunExpertsRequestWriter {
  public:
-  // Rows of `dim` elements travel as `wire_dtype` (FLOAT32, BFLOAT16 or
-  // FLOAT16).
-  RunExpertsRequestWriter(moe::v1::DType wire_dtype, int64_t dim);
+  // Rows of `dim` elements travel as `wire_dtype` (kFloat32, kBFloat16 or
+  // kFloat16).
+  RunExpertsRequestWriter(common::DType wire_dtype, int64_t dim);
 
   // Appends `rows` float32 rows stored contiguously at `data`. On a float32
   // wire the bytes go out in place and `owner` (which keeps them alive) is
@@ -54,10 +55,10 @@ class RunExpertsRequestWriter {
   int64_t rows() const { return rows_; }
 
   // The serialized request. The writer is spent afterwards.
-  grpc::ByteBuffer Finish(moe::v1::DType output_dtype);
+  grpc::ByteBuffer Finish(common::DType output_dtype);
 
  private:
-  moe::v1::DType dtype_;
+  common::DType dtype_;
   int64_t dim_;
   int64_t rows_ = 0;
   std::vector<grpc::Slice> data_;
@@ -85,13 +86,10 @@ class WireMessage {
   size_t SliceAt(int64_t at) const;
 };
 
-// A moe.v1.Tensor inside a WireMessage, checked: a FLOAT32, BFLOAT16 or
-// FLOAT16 dtype, dimensions >= 0, data whose length matches the shape.
+// A moe.v1.Tensor inside a WireMessage: its checked header
+// (proto::CheckTensorHeader, float dtypes only) and where its data start.
 struct WireTensor {
-  moe::v1::DType dtype = moe::v1::DTYPE_UNSPECIFIED;
-  std::vector<int64_t> shape;
-  int64_t numel = 0;
-  int64_t element_size = 0;
+  TensorView view;
   int64_t data_offset = 0;  // in the message
 };
 
@@ -106,8 +104,8 @@ class RunExpertsRequestView {
       const grpc::ByteBuffer& buffer, int64_t dim, int64_t max_rows,
       int layers);
 
-  int64_t rows() const { return tokens_.shape[0]; }
-  moe::v1::DType tokens_dtype() const { return tokens_.dtype; }
+  int64_t rows() const { return tokens_.view.shape[0]; }
+  common::DType tokens_dtype() const { return tokens_.view.dtype; }
   // The token rows, contiguous: in place when they lie aligned in one
   // received slice, else copied into *scratch. Valid while this view and
   // *scratch live.
@@ -116,20 +114,20 @@ class RunExpertsRequestView {
     return segments_;
   }
   // The dtype the outputs go back in (the tokens' when unspecified).
-  moe::v1::DType output_dtype() const { return output_dtype_; }
+  common::DType output_dtype() const { return output_dtype_; }
 
  private:
   WireMessage message_;
   WireTensor tokens_;
   std::vector<common::ExpertSegment> segments_;
-  moe::v1::DType output_dtype_ = moe::v1::DTYPE_UNSPECIFIED;
+  common::DType output_dtype_ = common::DType::kFloat32;
 };
 
 class RunExpertsResponseWriter {
  public:
-  // Outputs [rows, dim] of `dtype` (FLOAT32, BFLOAT16 or FLOAT16), written
-  // at data() and sent from there.
-  RunExpertsResponseWriter(moe::v1::DType dtype, int64_t rows, int64_t dim);
+  // Outputs [rows, dim] of `dtype` (kFloat32, kBFloat16 or kFloat16),
+  // written at data() and sent from there.
+  RunExpertsResponseWriter(common::DType dtype, int64_t rows, int64_t dim);
   void* data() { return data_; }
   // The serialized response. The writer is spent afterwards.
   grpc::ByteBuffer Finish();
@@ -147,7 +145,7 @@ class RunExpertsResponseView {
   static absl::StatusOr<RunExpertsResponseView> Parse(
       const grpc::ByteBuffer& buffer, int64_t rows, int64_t dim);
 
-  moe::v1::DType dtype() const { return outputs_.dtype; }
+  common::DType dtype() const { return outputs_.view.dtype; }
   // Rows [first, first + count) as float32: in place when the wire is
   // float32 and they lie aligned in one received slice, else converted into
   // *scratch. Valid while this view and *scratch live.

@@ -6,20 +6,6 @@
 
 namespace moe::proto {
 
-int64_t WireElementSize(moe::v1::DType dtype) {
-  switch (dtype) {
-    case moe::v1::FLOAT32:
-      return 4;
-    case moe::v1::BFLOAT16:
-    case moe::v1::FLOAT16:
-      return 2;
-    case moe::v1::INT64:
-      return 8;
-    default:
-      return 0;
-  }
-}
-
 absl::StatusOr<common::DType> FromWireDType(moe::v1::DType dtype,
                                             absl::string_view field) {
   switch (dtype) {
@@ -59,52 +45,68 @@ absl::StatusOr<moe::v1::DType> ToWireDType(common::DType dtype) {
   }
 }
 
-absl::StatusOr<TensorRef> CheckTensor(const moe::v1::Tensor& wire,
-                                      absl::string_view field,
-                                      int64_t max_elements) {
-  TensorRef ref;
-  absl::StatusOr<common::DType> dtype = FromWireDType(wire.dtype(), field);
-  if (!dtype.ok()) return dtype.status();
-  ref.dtype = *dtype;
-  ref.shape.assign(wire.shape().begin(), wire.shape().end());
-  int64_t numel = 1;
-  for (int64_t d : ref.shape) {
+moe::v1::DType WireDType(common::DType dtype) {
+  const absl::StatusOr<moe::v1::DType> wire = ToWireDType(dtype);
+  return wire.ok() ? *wire : moe::v1::DTYPE_UNSPECIFIED;
+}
+
+absl::StatusOr<TensorView> CheckTensorHeader(
+    moe::v1::DType dtype, std::vector<int64_t> shape, int64_t data_bytes,
+    absl::string_view field, int64_t max_elements, bool floats_only) {
+  TensorView view;
+  absl::StatusOr<common::DType> common_dtype = FromWireDType(dtype, field);
+  if (!common_dtype.ok()) return common_dtype.status();
+  if (floats_only && !common::IsFloatingPoint(*common_dtype)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": dtype ", moe::v1::DType_Name(dtype),
+                     " is not one of FLOAT32, BFLOAT16, FLOAT16"));
+  }
+  view.dtype = *common_dtype;
+  view.shape = std::move(shape);
+  for (int64_t d : view.shape) {
     if (d < 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(field, ": negative dimension in shape ",
-                       common::ShapeToString(ref.shape)));
+                       common::ShapeToString(view.shape)));
     }
   }
-  for (int64_t d : ref.shape) {
+  int64_t numel = 1;
+  for (int64_t d : view.shape) {
     // numel * d > max_elements, without overflow.
     if (d != 0 && numel > max_elements / d) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          field, ": shape ", common::ShapeToString(ref.shape),
+          field, ": shape ", common::ShapeToString(view.shape),
           " has more than the limit of ", max_elements, " elements"));
     }
     numel *= d;
   }
-  const uint64_t bytes = static_cast<uint64_t>(numel) *
-                         static_cast<uint64_t>(WireElementSize(wire.dtype()));
-  if (wire.data().size() != bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ": data is ", wire.data().size(), " bytes but shape ",
-        common::ShapeToString(ref.shape), " of ",
-        moe::v1::DType_Name(wire.dtype()), " needs ", bytes));
+  view.numel = numel;
+  if (data_bytes != view.byte_size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": data is ", data_bytes, " bytes but shape ",
+                     common::ShapeToString(view.shape), " of ",
+                     moe::v1::DType_Name(dtype), " needs ", view.byte_size()));
   }
-  ref.numel = numel;
-  ref.data = wire.data().data();
-  return ref;
+  return view;
+}
+
+absl::StatusOr<TensorView> CheckTensor(const moe::v1::Tensor& wire,
+                                       absl::string_view field,
+                                       int64_t max_elements) {
+  return CheckTensorHeader(
+      wire.dtype(),
+      std::vector<int64_t>(wire.shape().begin(), wire.shape().end()),
+      static_cast<int64_t>(wire.data().size()), field, max_elements);
 }
 
 absl::StatusOr<common::HostTensor> DecodeTensor(const moe::v1::Tensor& wire,
                                                 absl::string_view field,
                                                 int64_t max_elements) {
-  absl::StatusOr<TensorRef> ref = CheckTensor(wire, field, max_elements);
-  if (!ref.ok()) return ref.status();
+  absl::StatusOr<TensorView> view = CheckTensor(wire, field, max_elements);
+  if (!view.ok()) return view.status();
   common::HostTensor out;
-  out.dtype = ref->dtype;
-  out.shape = ref->shape;
+  out.dtype = view->dtype;
+  out.shape = std::move(view->shape);
   out.data = wire.data();
   return out;
 }
@@ -120,16 +122,15 @@ absl::Status EncodeTensor(const common::HostTensor& tensor,
   return absl::OkStatus();
 }
 
-char* PrepareTensor(moe::v1::DType dtype, const std::vector<int64_t>& shape,
+char* PrepareTensor(common::DType dtype, const std::vector<int64_t>& shape,
                     moe::v1::Tensor* wire) {
   int64_t numel = 1;
   for (int64_t d : shape) numel *= d;
-  wire->set_dtype(dtype);
+  wire->set_dtype(WireDType(dtype));
   wire->clear_shape();
   for (int64_t d : shape) wire->add_shape(d);
   std::string* data = wire->mutable_data();
-  const size_t bytes =
-      static_cast<size_t>(numel) * static_cast<size_t>(WireElementSize(dtype));
+  const size_t bytes = static_cast<size_t>(numel) * common::ElementSize(dtype);
   constexpr size_t kMiB = size_t{1} << 20;
   if (bytes > kMiB) data->reserve((bytes + kMiB - 1) / kMiB * kMiB);
   // resize() value-initialises the bytes, one streaming write, much less

@@ -1,7 +1,7 @@
 // moe.v1.Tensor <-> common::HostTensor, the plain tensor type of files, the
 // wire and the client API. No LibTorch.
 //
-// Every received tensor goes through CheckTensor: a dtype it knows, no
+// Every received tensor goes through CheckTensorHeader: a dtype it knows, no
 // negative dimension, an element count that neither overflows nor passes
 // `max_elements`, and data whose length matches. The error names `field`.
 #pragma once
@@ -18,28 +18,42 @@
 
 namespace moe::proto {
 
-// FLOAT32, BFLOAT16, FLOAT16, INT64 <-> the same common::DType.
-// InvalidArgument naming `field` for DTYPE_UNSPECIFIED or an unknown value.
+// The one mapping between moe.v1.DType and common::DType: FLOAT32,
+// BFLOAT16, FLOAT16, INT64 <-> the same. InvalidArgument naming `field` for
+// DTYPE_UNSPECIFIED or an unknown value.
 absl::StatusOr<common::DType> FromWireDType(moe::v1::DType dtype,
                                             absl::string_view field);
 // InvalidArgument for a dtype the wire cannot carry (float64, int32, ...),
 // saying which it can.
 absl::StatusOr<moe::v1::DType> ToWireDType(common::DType dtype);
+// For dtypes known to travel (the float ones and int64).
+// REQUIRES: ToWireDType(dtype) is OK.
+moe::v1::DType WireDType(common::DType dtype);
 
-// A checked wire tensor; `data` points into the message.
-struct TensorRef {
+// A received tensor's header, checked: the one view of a wire tensor,
+// whether protobuf parsed it (CheckTensor) or it is read in place from a
+// message's slices (proto/expert_wire.h).
+struct TensorView {
   common::DType dtype = common::DType::kFloat32;
   std::vector<int64_t> shape;
   int64_t numel = 0;
-  const char* data = nullptr;  // numel * ElementSize(dtype) bytes
+  int64_t byte_size() const {
+    return numel * static_cast<int64_t>(common::ElementSize(dtype));
+  }
 };
 
-// InvalidArgument naming `field` for a bad dtype, a negative dimension or a
-// data length that does not match; ResourceExhausted when the shape has more
-// than `max_elements` elements (computed without overflow).
-absl::StatusOr<TensorRef> CheckTensor(const moe::v1::Tensor& wire,
-                                      absl::string_view field,
-                                      int64_t max_elements);
+// The checks of every received tensor: a dtype the wire carries (a float one
+// when `floats_only`), no negative dimension, an element count that neither
+// overflows nor passes `max_elements`, and `data_bytes` of data to match.
+// InvalidArgument naming `field`; ResourceExhausted past `max_elements`.
+absl::StatusOr<TensorView> CheckTensorHeader(
+    moe::v1::DType dtype, std::vector<int64_t> shape, int64_t data_bytes,
+    absl::string_view field, int64_t max_elements, bool floats_only = false);
+
+// CheckTensorHeader of a parsed tensor; its bytes are wire.data().
+absl::StatusOr<TensorView> CheckTensor(const moe::v1::Tensor& wire,
+                                       absl::string_view field,
+                                       int64_t max_elements);
 
 // CheckTensor, then a copy.
 absl::StatusOr<common::HostTensor> DecodeTensor(const moe::v1::Tensor& wire,
@@ -55,10 +69,8 @@ absl::Status EncodeTensor(const common::HostTensor& tensor,
 // bytes go (valid until *wire changes). Large buffers get a capacity rounded
 // up to whole MiB, so that messages of varying size reuse freed blocks.
 // REQUIRES: every dimension >= 0 and the byte size fits in memory.
-char* PrepareTensor(moe::v1::DType dtype, const std::vector<int64_t>& shape,
+// REQUIRES: ToWireDType(dtype) is OK.
+char* PrepareTensor(common::DType dtype, const std::vector<int64_t>& shape,
                     moe::v1::Tensor* wire);
-
-// Bytes per element of FLOAT32/BFLOAT16/FLOAT16/INT64; 0 for others.
-int64_t WireElementSize(moe::v1::DType dtype);
 
 }  // namespace moe::proto

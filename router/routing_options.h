@@ -1,6 +1,6 @@
 // Per-request routing options and their one validation, used alike by the
 // in-process engine and the router service (whose proto codec is
-// router/service/options_codec.h).
+// router/api/options_codec.h).
 #pragma once
 
 #include <cstdint>

@@ -7,11 +7,12 @@
 
 namespace moe::router {
 
-absl::StatusOr<RoutingResult> RouteTop2(absl::Span<const float> probs,
-                                        int64_t groups, int64_t group_size,
-                                        const GateParams& params,
-                                        absl::Span<const float> importance,
-                                        absl::Span<const float> uniforms) {
+namespace {
+
+absl::Status CheckArguments(absl::Span<const float> probs, int64_t groups,
+                            int64_t group_size, const GateParams& params,
+                            absl::Span<const float> importance,
+                            absl::Span<const float> uniforms) {
   const int64_t E = params.num_experts;
   if (E < 2) {
     return absl::InvalidArgumentError(
@@ -32,13 +33,20 @@ absl::StatusOr<RoutingResult> RouteTop2(absl::Span<const float> probs,
     return absl::InvalidArgumentError(absl::StrCat(
         "importance has ", importance.size(), " values, expected ", tokens));
   }
-  const bool random = params.policy == SecondExpertPolicy::kRandom;
-  if (random && static_cast<int64_t>(uniforms.size()) != tokens) {
+  if (params.policy == SecondExpertPolicy::kRandom &&
+      static_cast<int64_t>(uniforms.size()) != tokens) {
     return absl::InvalidArgumentError(
         absl::StrCat("the random policy needs ", tokens, " uniform draws, got ",
                      uniforms.size()));
   }
+  return absl::OkStatus();
+}
 
+// The result's arrays, sized and zeroed.
+RoutingResult EmptyResult(int64_t groups, int64_t group_size,
+                          const GateParams& params) {
+  const int64_t E = params.num_experts;
+  const int64_t tokens = groups * group_size;
   RoutingResult r;
   r.groups = groups;
   r.group_size = group_size;
@@ -50,14 +58,35 @@ absl::StatusOr<RoutingResult> RouteTop2(absl::Span<const float> probs,
   r.requested.assign(tokens * 2, 0);
   r.kept.assign(tokens * 2, 0);
   r.first_kept_count.assign(groups * E, 0);
-  RoutingCounts& c = r.counts;
   for (int k = 0; k < 2; ++k) {
-    c.kept_by_expert[k].assign(E, 0);
-    c.dropped_by_expert[k].assign(E, 0);
+    r.counts.kept_by_expert[k].assign(E, 0);
+    r.counts.dropped_by_expert[k].assign(E, 0);
   }
-  const float threshold_floor = std::max(params.threshold, kGateEps);
+  return r;
+}
 
-  // Top-2, normalisation and policy, token by token.
+// Whether the policy requests the second choice of normalised gate `n2`
+// (`uniform`: the token's draw, for kRandom).
+bool SecondRequested(const GateParams& params, float n2, float uniform) {
+  switch (params.policy) {
+    case SecondExpertPolicy::kRandom:
+      return uniform < n2 / std::max(params.threshold, kGateEps);
+    case SecondExpertPolicy::kAll:
+      return true;
+    case SecondExpertPolicy::kNone:
+      return false;
+    case SecondExpertPolicy::kThreshold:
+      return n2 > params.threshold;
+  }
+  return false;
+}
+
+// Top-2, normalisation and policy, token by token.
+void ChooseTop2(absl::Span<const float> probs, const GateParams& params,
+                absl::Span<const float> importance,
+                absl::Span<const float> uniforms, RoutingResult& r) {
+  const int64_t E = params.num_experts;
+  const int64_t tokens = r.groups * r.group_size;
   for (int64_t tok = 0; tok < tokens; ++tok) {
     const float* p = probs.data() + tok * E;
     const bool allow_first = importance.empty() || importance[tok] == 1.0f;
@@ -78,26 +107,13 @@ absl::StatusOr<RoutingResult> RouteTop2(absl::Span<const float> probs,
     const float denom = (g1 + g2) + kGateEps;
     const float n1 = g1 / denom;
     const float n2 = g2 / denom;
-
-    bool second = false;
+    const bool second =
+        allow_second &&
+        SecondRequested(params, n2, uniforms.empty() ? 0.0f : uniforms[tok]);
     if (allow_second) {
-      switch (params.policy) {
-        case SecondExpertPolicy::kRandom:
-          second = uniforms[tok] < n2 / threshold_floor;
-          break;
-        case SecondExpertPolicy::kAll:
-          second = true;
-          break;
-        case SecondExpertPolicy::kNone:
-          second = false;
-          break;
-        case SecondExpertPolicy::kThreshold:
-          second = n2 > params.threshold;
-          break;
-      }
-      if (!second) ++c.second_skipped;
+      ++r.counts.tokens;
+      if (!second) ++r.counts.second_skipped;
     }
-    if (allow_second) ++c.tokens;
     r.expert[tok * 2] = i1;
     r.expert[tok * 2 + 1] = i2;
     r.gate[tok * 2] = n1;
@@ -105,12 +121,16 @@ absl::StatusOr<RoutingResult> RouteTop2(absl::Span<const float> probs,
     r.requested[tok * 2] = allow_first;
     r.requested[tok * 2 + 1] = second;
   }
+}
 
-  // Positions and capacity, group by group.
+// Positions and capacity, group by group: first choices claim slots before
+// second choices, in sequence order.
+void AssignPositions(RoutingResult& r) {
+  const int64_t E = r.num_experts;
   std::vector<int64_t> counter(E);
-  for (int64_t g = 0; g < groups; ++g) {
+  for (int64_t g = 0; g < r.groups; ++g) {
     std::fill(counter.begin(), counter.end(), 0);
-    for (int64_t t = 0; t < group_size; ++t) {
+    for (int64_t t = 0; t < r.group_size; ++t) {
       const int64_t i = r.Index(g, t, 0);
       if (!r.requested[i]) continue;
       const int32_t e = r.expert[i];
@@ -122,7 +142,7 @@ absl::StatusOr<RoutingResult> RouteTop2(absl::Span<const float> probs,
       kept_first[e] = static_cast<int32_t>(std::min(counter[e], r.capacity));
     }
     std::fill(counter.begin(), counter.end(), 0);
-    for (int64_t t = 0; t < group_size; ++t) {
+    for (int64_t t = 0; t < r.group_size; ++t) {
       const int64_t i = r.Index(g, t, 1);
       if (!r.requested[i]) continue;
       const int32_t e = r.expert[i];
@@ -130,8 +150,12 @@ absl::StatusOr<RoutingResult> RouteTop2(absl::Span<const float> probs,
       r.kept[i] = r.position[i] < r.capacity;
     }
   }
+}
 
-  for (int64_t tok = 0; tok < tokens; ++tok) {
+// The counts of requested, kept and dropped choices.
+void CountChoices(RoutingResult& r) {
+  RoutingCounts& c = r.counts;
+  for (int64_t tok = 0; tok < r.groups * r.group_size; ++tok) {
     bool any_requested = false, any_kept = false;
     for (int k = 0; k < 2; ++k) {
       const int64_t i = tok * 2 + k;
@@ -149,6 +173,22 @@ absl::StatusOr<RoutingResult> RouteTop2(absl::Span<const float> probs,
     }
     if (any_requested && !any_kept) ++c.dropped_tokens;
   }
+}
+
+}  // namespace
+
+absl::StatusOr<RoutingResult> RouteTop2(absl::Span<const float> probs,
+                                        int64_t groups, int64_t group_size,
+                                        const GateParams& params,
+                                        absl::Span<const float> importance,
+                                        absl::Span<const float> uniforms) {
+  const absl::Status valid =
+      CheckArguments(probs, groups, group_size, params, importance, uniforms);
+  if (!valid.ok()) return valid;
+  RoutingResult r = EmptyResult(groups, group_size, params);
+  ChooseTop2(probs, params, importance, uniforms, r);
+  AssignPositions(r);
+  CountChoices(r);
   return r;
 }
 

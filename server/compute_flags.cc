@@ -33,9 +33,9 @@ constexpr bool kCudaBuilt = false;
 absl::StatusOr<experts::CpuShardOptions> CpuShardOptionsFromFlags() {
   experts::CpuShardOptions options;
   const std::string name = absl::GetFlag(FLAGS_compute_dtype);
-  if (name == "bfloat16") {
-    options.compute = common::DType::kBFloat16;
-  } else if (name != "float32") {
+  if (!common::ParseDTypeName(name, &options.compute) ||
+      (options.compute != common::DType::kFloat32 &&
+       options.compute != common::DType::kBFloat16)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--compute_dtype: \"", name, "\" is not float32 or bfloat16"));
   }
@@ -93,9 +93,7 @@ absl::StatusOr<std::unique_ptr<experts::ExpertShard>> MakeExpertShard(
   if (choice.kind == DeviceChoice::Kind::kCuda) {
     experts::gpu::GpuOptions options;
     options.device = choice.ordinal;
-    options.compute = cpu.compute == common::DType::kBFloat16
-                          ? experts::gpu::Dtype::kBFloat16
-                          : experts::gpu::Dtype::kFloat32;
+    options.compute = cpu.compute;
     options.streams = gpu_streams;
     options.max_rows = max_rows;
     absl::StatusOr<std::unique_ptr<experts::CudaExpertShard>> shard =

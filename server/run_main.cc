@@ -20,17 +20,17 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "client/cli/command_line.h"
-#include "client/cli/forward_flags.h"
 #include "common/checkpoint.h"
+#include "common/cli/command_line.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "common/torch/checkpoint_weights.h"
 #include "common/torch/demo_model.h"
 #include "experts/cpu_expert_shard.h"
+#include "proto/cli/forward_flags.h"
+#include "router/api/forward_runner.h"
 #include "router/engine/expert_backend.h"
 #include "router/engine/model_engine.h"
-#include "router/service/forward_runner.h"
 #include "server/compute_flags.h"
 
 ABSL_FLAG(std::string, checkpoint, "",
@@ -62,6 +62,7 @@ absl::Status RunForward() {
                        router::ModelEngine::Load(*ckpt));
   MOE_ASSIGN_OR_RETURN(std::vector<common::ExpertMap> experts,
                        common::LoadAllExperts(*ckpt));
+  ckpt.reset();
   std::map<common::ExpertKey, common::ExpertWeights> all;
   for (size_t l = 0; l < experts.size(); ++l) {
     for (auto& [id, w] : experts[l]) {
@@ -80,7 +81,8 @@ absl::Status RunForward() {
                        cli::ForwardRequestFromFlags(model->spec().dim));
   moe::v1::ForwardResponse response;
   const absl::Time start = absl::Now();
-  MOE_RETURN_IF_ERROR(runner.Run(request, backend, &response));
+  MOE_ASSIGN_OR_RETURN(router::AdmittedForward admitted, runner.Admit(request));
+  MOE_RETURN_IF_ERROR(runner.Run(admitted, backend, &response));
   return cli::FinishForward("in-process", request, response,
                             absl::Now() - start);
 }

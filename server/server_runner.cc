@@ -5,6 +5,9 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <limits>
+
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "server/metrics_http.h"
@@ -17,6 +20,17 @@ void BlockShutdownSignals() {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+bool ShutdownRequested(absl::Duration wait) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  const int64_t nanos = absl::ToInt64Nanoseconds(wait);
+  timespec ts{static_cast<time_t>(nanos / 1000000000),
+              static_cast<long>(nanos % 1000000000)};
+  return sigtimedwait(&set, nullptr, &ts) > 0;
 }
 
 ServerRunner::ServerRunner(ServerOptions options,
@@ -42,8 +56,11 @@ absl::StatusOr<std::unique_ptr<ServerRunner>> ServerRunner::Start(
   // gRPC would otherwise share a busy port with its owner (SO_REUSEPORT)
   // and split the traffic between the two processes.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.SetMaxReceiveMessageSize(options.max_receive_bytes);
-  builder.SetMaxSendMessageSize(options.max_send_bytes);
+  constexpr int64_t kMaxGrpcBytes = std::numeric_limits<int>::max();
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min(options.max_receive_bytes, kMaxGrpcBytes)));
+  builder.SetMaxSendMessageSize(
+      static_cast<int>(std::min(options.max_send_bytes, kMaxGrpcBytes)));
   if (options.rpc_metrics != nullptr) {
     std::vector<
         std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>

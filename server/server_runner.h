@@ -17,6 +17,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,8 +32,9 @@ struct ServerOptions {
   std::string host = "0.0.0.0";
   int port = 0;
   std::string port_file;  // Written (atomically) once listening, if set.
-  int max_receive_bytes = 64 << 20;
-  int max_send_bytes = 64 << 20;
+  // Message size limits (gRPC takes at most INT_MAX; larger is capped).
+  int64_t max_receive_bytes = 64 << 20;
+  int64_t max_send_bytes = 64 << 20;
   absl::Duration grace = absl::Seconds(10);
   // After the signal: NOT_SERVING but still serving for this long, so that
   // load balancers (a Kubernetes Service's endpoints) stop sending first.
@@ -54,6 +56,10 @@ struct ServerOptions {
 // later, so that WaitForShutdownSignal() can take them with sigwait. Call
 // first thing in main().
 void BlockShutdownSignals();
+
+// Waits up to `wait` for SIGTERM or SIGINT (blocked, see above) and says
+// whether one came (taking it).
+bool ShutdownRequested(absl::Duration wait);
 
 class ServerRunner {
  public:

@@ -26,9 +26,10 @@
 #include "absl/time/clock.h"
 #include "client/cli/client_flags.h"
 #include "client/cli/commands.h"
-#include "client/cli/forward_flags.h"
+#include "common/dtype.h"
 #include "common/random_input.h"
 #include "common/status_macros.h"
+#include "proto/cli/forward_flags.h"
 #include "proto/tensor_codec.h"
 
 ABSL_FLAG(int, concurrency, 1, "bench: requests in flight at once.");
@@ -82,8 +83,10 @@ std::map<int64_t, std::pair<int, int64_t>> ExpertHomes(
   for (int w = 0; w < info.workers_size(); ++w) {
     const moe::v1::WorkerInfo& worker = info.workers(w);
     if (!worker.up()) continue;
+    common::DType compute = common::DType::kFloat32;
+    common::ParseDTypeName(worker.compute_dtype(), &compute);
     const int64_t bytes =
-        params * (worker.compute_dtype() == "bfloat16" ? 2 : 4);
+        params * static_cast<int64_t>(common::ElementSize(compute));
     for (const moe::v1::WorkerExperts& e : worker.experts()) {
       if (e.layer() != layer) continue;
       for (int64_t id : e.expert_ids())

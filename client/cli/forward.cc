@@ -1,10 +1,10 @@
 // moe-client forward: one forward through a running moe-router, with the
-// files and flags of client/cli/forward_flags.h.
+// files and flags of proto/cli/forward_flags.h.
 #include "absl/time/clock.h"
 #include "client/cli/client_flags.h"
 #include "client/cli/commands.h"
-#include "client/cli/forward_flags.h"
 #include "common/status_macros.h"
+#include "proto/cli/forward_flags.h"
 
 namespace moe::cli {
 

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "client/cli/command_line.h"
 #include "client/cli/commands.h"
+#include "common/cli/command_line.h"
 
 namespace {
 

@@ -16,9 +16,9 @@
 #include "absl/time/clock.h"
 #include "client/cli/client_flags.h"
 #include "client/cli/commands.h"
-#include "client/cli/forward_flags.h"
 #include "client/cli/metrics_text.h"
 #include "common/status_macros.h"
+#include "proto/cli/forward_flags.h"
 
 ABSL_FLAG(double, interval, 1, "stats: seconds between refreshes.");
 ABSL_FLAG(int, iterations, 0,

@@ -15,17 +15,6 @@ std::vector<float> HostCopy(const at::Tensor& t) {
   return std::vector<float>(p, p + c.numel());
 }
 
-gpu::Dtype ToGpu(common::DType d) {
-  switch (d) {
-    case common::DType::kBFloat16:
-      return gpu::Dtype::kBFloat16;
-    case common::DType::kFloat16:
-      return gpu::Dtype::kFloat16;
-    default:
-      return gpu::Dtype::kFloat32;
-  }
-}
-
 }  // namespace
 
 absl::Status FromGpuStatus(const gpu::Status& status) {
@@ -75,18 +64,18 @@ absl::StatusOr<std::unique_ptr<CudaExpertShard>> CudaExpertShard::Create(
       new CudaExpertShard(std::move(index), std::move(hidden), std::move(g)));
 }
 
-std::vector<common::ExpertKey> CudaExpertShard::keys() const {
-  std::vector<common::ExpertKey> keys;
-  for (const auto& [key, unused] : index_) keys.push_back(key);
-  return keys;
+common::ExpertSet CudaExpertShard::experts() const {
+  common::ExpertSet out;
+  for (const auto& [key, unused] : index_) out.Add(key);
+  return out;
 }
 
-std::string CudaExpertShard::device() const {
-  return absl::StrCat("cuda:", gpu_->device().ordinal);
+Device CudaExpertShard::device() const {
+  return Device::Cuda(gpu_->device().ordinal);
 }
 
-std::string CudaExpertShard::compute_dtype() const {
-  return gpu::DtypeName(gpu_->options().compute);
+common::DType CudaExpertShard::compute_dtype() const {
+  return gpu_->options().compute;
 }
 
 absl::Status CudaExpertShard::RunChecked(
@@ -98,8 +87,8 @@ absl::Status CudaExpertShard::RunChecked(
     plan.push_back({index_.at(s.key), s.offset, s.count});
   }
   gpu::CallTiming timing;
-  MOE_RETURN_IF_ERROR(FromGpuStatus(gpu_->Run(
-      ToGpu(tokens.dtype), tokens.data, tokens.rows, plan, out, &timing)));
+  MOE_RETURN_IF_ERROR(FromGpuStatus(
+      gpu_->Run(tokens.dtype, tokens.data, tokens.rows, plan, out, &timing)));
   if (stats != nullptr) {
     stats->compute_seconds = timing.compute_seconds;
     stats->copy_seconds = timing.copy_in_seconds + timing.copy_out_seconds;

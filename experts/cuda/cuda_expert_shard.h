@@ -35,13 +35,13 @@ class CudaExpertShard final : public ExpertShard {
   bool Hosts(common::ExpertKey key) const override {
     return index_.count(key) != 0;
   }
-  std::vector<common::ExpertKey> keys() const override;
+  common::ExpertSet experts() const override;
   int64_t dim() const override { return gpu_->dim(); }
   int64_t weight_bytes() const override {
     return static_cast<int64_t>(gpu_->weight_bytes());
   }
-  std::string device() const override;
-  std::string compute_dtype() const override;
+  Device device() const override;
+  common::DType compute_dtype() const override;
   int64_t device_memory_bytes() const override {
     return static_cast<int64_t>(gpu_->arena_bytes());
   }

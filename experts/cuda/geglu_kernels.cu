@@ -83,10 +83,10 @@ dim3 Grid(int64_t max_elements, int problems) {
 }
 
 template <typename In>
-cudaError_t ConvertFrom(const In* in, void* out, Dtype to, int64_t n,
+cudaError_t ConvertFrom(const In* in, void* out, common::DType to, int64_t n,
                         cudaStream_t stream) {
   const dim3 grid = Grid(n, 1);
-  if (to == Dtype::kBFloat16) {
+  if (to == common::DType::kBFloat16) {
     ConvertKernel<<<grid, kThreads, 0, stream>>>(
         in, static_cast<__nv_bfloat16*>(out), n);
   } else {
@@ -98,27 +98,29 @@ cudaError_t ConvertFrom(const In* in, void* out, Dtype to, int64_t n,
 
 }  // namespace
 
-cudaError_t LaunchConvert(const void* in, Dtype from, void* out, Dtype to,
-                          int64_t n, cudaStream_t stream) {
+cudaError_t LaunchConvert(const void* in, common::DType from, void* out,
+                          common::DType to, int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   switch (from) {
-    case Dtype::kFloat32:
+    case common::DType::kFloat32:
       return ConvertFrom(static_cast<const float*>(in), out, to, n, stream);
-    case Dtype::kBFloat16:
+    case common::DType::kBFloat16:
       return ConvertFrom(static_cast<const __nv_bfloat16*>(in), out, to, n,
                          stream);
-    case Dtype::kFloat16:
+    case common::DType::kFloat16:
       return ConvertFrom(static_cast<const __half*>(in), out, to, n, stream);
+    default:
+      break;
   }
   return cudaErrorInvalidValue;
 }
 
 cudaError_t LaunchGeglu(const GegluProblem* problems, int count,
-                        int64_t max_elements, Dtype compute,
+                        int64_t max_elements, common::DType compute,
                         cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
   const dim3 grid = Grid(max_elements, count);
-  if (compute == Dtype::kBFloat16) {
+  if (compute == common::DType::kBFloat16) {
     GegluKernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(problems);
   } else {
     GegluKernel<float><<<grid, kThreads, 0, stream>>>(problems);
@@ -127,11 +129,11 @@ cudaError_t LaunchGeglu(const GegluProblem* problems, int count,
 }
 
 cudaError_t LaunchEpilogue(const EpilogueProblem* problems, int count,
-                           int64_t dim, int64_t max_elements, Dtype compute,
-                           cudaStream_t stream) {
+                           int64_t dim, int64_t max_elements,
+                           common::DType compute, cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
   const dim3 grid = Grid(max_elements, count);
-  if (compute == Dtype::kBFloat16) {
+  if (compute == common::DType::kBFloat16) {
     EpilogueKernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(problems, dim);
   } else {
     EpilogueKernel<float><<<grid, kThreads, 0, stream>>>(problems, dim);

@@ -14,18 +14,18 @@ namespace moe::experts::gpu {
 
 // out[i] = in[i] converted from `from` to `to` (float32, bfloat16 or
 // float16 to float32 or bfloat16), for i < n.
-cudaError_t LaunchConvert(const void* in, Dtype from, void* out, Dtype to,
-                          int64_t n, cudaStream_t stream);
+cudaError_t LaunchConvert(const void* in, common::DType from, void* out,
+                          common::DType to, int64_t n, cudaStream_t stream);
 
 // The GEGLU of every problem (GegluProblem), `compute` being the dtype of
 // u, v and the parameters. max_elements: the largest rows * hidden.
 cudaError_t LaunchGeglu(const GegluProblem* problems, int count,
-                        int64_t max_elements, Dtype compute,
+                        int64_t max_elements, common::DType compute,
                         cudaStream_t stream);
 
 // The epilogue of every problem (EpilogueProblem): out = z + b2, float32.
 cudaError_t LaunchEpilogue(const EpilogueProblem* problems, int count,
-                           int64_t dim, int64_t max_elements, Dtype compute,
-                           cudaStream_t stream);
+                           int64_t dim, int64_t max_elements,
+                           common::DType compute, cudaStream_t stream);
 
 }  // namespace moe::experts::gpu

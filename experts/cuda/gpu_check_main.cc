@@ -201,7 +201,7 @@ std::vector<uint16_t> ToBFloat16(const std::vector<float>& x,
 // One parity case: `experts` on the GPU in `compute`, tokens sent as
 // `tokens` dtype, against the reference. Returns false on failure.
 bool ParityCase(const std::string& name, const std::vector<HostExpert>& experts,
-                int64_t rows, Dtype compute, Dtype tokens,
+                int64_t rows, common::DType compute, common::DType tokens,
                 const GpuOptions& base, std::mt19937& rng, Report* report,
                 bool overlap = false) {
   GpuOptions options = base;
@@ -224,7 +224,7 @@ bool ParityCase(const std::string& name, const std::vector<HostExpert>& experts,
   std::vector<float> sent = x;
   std::vector<uint16_t> half;
   const void* data = x.data();
-  if (tokens == Dtype::kBFloat16) {
+  if (tokens == common::DType::kBFloat16) {
     half = ToBFloat16(x, &sent);
     data = half.data();
   }
@@ -236,21 +236,22 @@ bool ParityCase(const std::string& name, const std::vector<HostExpert>& experts,
     return false;
   }
   const Errors e = Compare(got, ReferenceCall(experts, sent, dim, segs));
-  const bool ok =
-      compute == Dtype::kFloat32 ? e.max_abs <= 1e-5 : e.rel_rms <= 1e-2;
-  report->Line(Format(
-      "  %s %-52s %-8s tokens %-8s rows %6lld passes %d  "
-      "max abs %.3g  rel RMS %.3g",
-      ok ? "ok  " : "FAIL", name.c_str(), DtypeName(compute), DtypeName(tokens),
-      static_cast<long long>(rows), timing.passes, e.max_abs, e.rel_rms));
+  const bool ok = compute == common::DType::kFloat32 ? e.max_abs <= 1e-5
+                                                     : e.rel_rms <= 1e-2;
+  report->Line(
+      Format("  %s %-52s %-8s tokens %-8s rows %6lld passes %d  "
+             "max abs %.3g  rel RMS %.3g",
+             ok ? "ok  " : "FAIL", name.c_str(), common::DTypeName(compute),
+             common::DTypeName(tokens), static_cast<long long>(rows),
+             timing.passes, e.max_abs, e.rel_rms));
   report->Json(
       Format("{\"check\": \"parity\", \"case\": \"%s\", \"compute\": "
              "\"%s\", \"tokens\": \"%s\", \"rows\": %lld, "
              "\"max_abs_err\": %.6g, \"rel_rms_err\": %.6g, "
              "\"ok\": %s}",
-             name.c_str(), DtypeName(compute), DtypeName(tokens),
-             static_cast<long long>(rows), e.max_abs, e.rel_rms,
-             ok ? "true" : "false"));
+             name.c_str(), common::DTypeName(compute),
+             common::DTypeName(tokens), static_cast<long long>(rows), e.max_abs,
+             e.rel_rms, ok ? "true" : "false"));
   return ok;
 }
 
@@ -272,9 +273,10 @@ bool Parity(const Args& args, const GpuOptions& base, Report* report) {
     const std::string base_name = path.substr(path.find_last_of('/') + 1) +
                                   " (" + std::to_string(experts.size()) +
                                   " experts)";
-    for (Dtype compute : {Dtype::kFloat32, Dtype::kBFloat16}) {
-      ok &= ParityCase(base_name, experts, 48, compute, Dtype::kFloat32, base,
-                       rng, report);
+    for (common::DType compute :
+         {common::DType::kFloat32, common::DType::kBFloat16}) {
+      ok &= ParityCase(base_name, experts, 48, compute, common::DType::kFloat32,
+                       base, rng, report);
     }
   }
   struct Shape {
@@ -295,27 +297,31 @@ bool Parity(const Args& args, const GpuOptions& base, Report* report) {
   for (const Shape& s : shapes) {
     std::vector<HostExpert> experts;
     for (int64_t h : s.hidden) experts.push_back(RandomExpert(s.dim, h, rng));
-    for (Dtype compute : {Dtype::kFloat32, Dtype::kBFloat16}) {
-      ok &= ParityCase(s.name, experts, s.rows, compute, Dtype::kFloat32, base,
-                       rng, report);
+    for (common::DType compute :
+         {common::DType::kFloat32, common::DType::kBFloat16}) {
+      ok &= ParityCase(s.name, experts, s.rows, compute,
+                       common::DType::kFloat32, base, rng, report);
     }
   }
   // Paths of their own: bfloat16 tokens, overlapping segments, several
   // passes, one GEMM per expert.
   std::vector<HostExpert> experts;
   for (int i = 0; i < 5; ++i) experts.push_back(RandomExpert(64, 128, rng));
-  ok &= ParityCase("bfloat16 tokens", experts, 150, Dtype::kFloat32,
-                   Dtype::kBFloat16, base, rng, report);
+  ok &= ParityCase("bfloat16 tokens", experts, 150, common::DType::kFloat32,
+                   common::DType::kBFloat16, base, rng, report);
   ok &= ParityCase("overlapping segments (later wins)", experts, 150,
-                   Dtype::kFloat32, Dtype::kFloat32, base, rng, report, true);
+                   common::DType::kFloat32, common::DType::kFloat32, base, rng,
+                   report, true);
   GpuOptions few = base;
   few.max_problems = 2;
-  ok &= ParityCase("two problems per pass", experts, 150, Dtype::kFloat32,
-                   Dtype::kFloat32, few, rng, report);
+  ok &=
+      ParityCase("two problems per pass", experts, 150, common::DType::kFloat32,
+                 common::DType::kFloat32, few, rng, report);
   GpuOptions loop = base;
   loop.grouped = false;
-  ok &= ParityCase("one cublasGemmEx per expert", experts, 150, Dtype::kFloat32,
-                   Dtype::kFloat32, loop, rng, report);
+  ok &= ParityCase("one cublasGemmEx per expert", experts, 150,
+                   common::DType::kFloat32, common::DType::kFloat32, loop, rng,
+                   report);
   return ok;
 }
 
@@ -384,9 +390,10 @@ void Throughput(const Args& args, const GpuOptions& base, double peak,
   report->Line(
       "  compute   gemm     tokens/call   tokens/s      call ms   copy-in ms  "
       "compute ms  copy-out ms  TFLOP/s  of bf16 peak");
-  for (Dtype compute : {Dtype::kFloat32, Dtype::kBFloat16}) {
+  for (common::DType compute :
+       {common::DType::kFloat32, common::DType::kBFloat16}) {
     for (bool grouped : {true, false}) {
-      if (!grouped && compute == Dtype::kFloat32) continue;
+      if (!grouped && compute == common::DType::kFloat32) continue;
       GpuOptions options = base;
       options.compute = compute;
       options.grouped = grouped;
@@ -411,11 +418,13 @@ void Throughput(const Args& args, const GpuOptions& base, double peak,
         CallTiming sum, t;
         const int warm = 3, timed = tokens >= 16384 ? 10 : 30;
         for (int i = 0; i < warm; ++i) {
-          gpu->Run(Dtype::kFloat32, x.data(), tokens, segs, y.data(), &t);
+          gpu->Run(common::DType::kFloat32, x.data(), tokens, segs, y.data(),
+                   &t);
         }
         const auto start = std::chrono::steady_clock::now();
         for (int i = 0; i < timed; ++i) {
-          gpu->Run(Dtype::kFloat32, x.data(), tokens, segs, y.data(), &t);
+          gpu->Run(common::DType::kFloat32, x.data(), tokens, segs, y.data(),
+                   &t);
           sum.copy_in_seconds += t.copy_in_seconds;
           sum.compute_seconds += t.compute_seconds;
           sum.copy_out_seconds += t.copy_out_seconds;
@@ -429,7 +438,7 @@ void Throughput(const Args& args, const GpuOptions& base, double peak,
         report->Line(Format(
             "  %-9s %-8s %11lld  %10.0f  %10.3f  %10.3f  %10.3f  %11.3f  "
             "%7.1f  %5.1f%%",
-            DtypeName(compute), grouped ? "grouped" : "per-expert",
+            common::DTypeName(compute), grouped ? "grouped" : "per-expert",
             static_cast<long long>(tokens), tokens / wall, wall * 1e3,
             sum.copy_in_seconds / timed * 1e3, compute_s * 1e3,
             sum.copy_out_seconds / timed * 1e3, tflops,
@@ -440,7 +449,7 @@ void Throughput(const Args& args, const GpuOptions& base, double peak,
             "\"call_ms\": %.4f, \"copy_in_ms\": %.4f, \"compute_ms\": %.4f, "
             "\"copy_out_ms\": %.4f, \"tflops\": %.2f, \"bf16_peak_tflops\": "
             "%.1f}",
-            DtypeName(compute), grouped ? "grouped" : "per-expert",
+            common::DTypeName(compute), grouped ? "grouped" : "per-expert",
             static_cast<long long>(tokens), tokens / wall, wall * 1e3,
             sum.copy_in_seconds / timed * 1e3, compute_s * 1e3,
             sum.copy_out_seconds / timed * 1e3, tflops, peak));

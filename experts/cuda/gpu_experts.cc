@@ -57,14 +57,15 @@ double Seconds(cudaEvent_t from, cudaEvent_t to) {
   return cudaEventElapsedTime(&ms, from, to) == cudaSuccess ? ms / 1e3 : 0.0;
 }
 
-cudaDataType_t CudaType(Dtype d) {
-  return d == Dtype::kBFloat16 ? CUDA_R_16BF : CUDA_R_32F;
+cudaDataType_t CudaType(common::DType d) {
+  return d == common::DType::kBFloat16 ? CUDA_R_16BF : CUDA_R_32F;
 }
 
 // The expert's arrays in the compute dtype, in the order they are laid out.
-std::vector<unsigned char> Converted(const std::vector<float>& v, Dtype d) {
-  std::vector<unsigned char> bytes(v.size() * DtypeBytes(d));
-  if (d == Dtype::kFloat32) {
+std::vector<unsigned char> Converted(const std::vector<float>& v,
+                                     common::DType d) {
+  std::vector<unsigned char> bytes(v.size() * common::ElementSize(d));
+  if (d == common::DType::kFloat32) {
     std::memcpy(bytes.data(), v.data(), bytes.size());
   } else {
     auto* out = reinterpret_cast<uint16_t*>(bytes.data());
@@ -143,9 +144,10 @@ GpuExperts::~GpuExperts() {
   if (arena_ != nullptr) cudaFree(arena_);
 }
 
-Status GpuExperts::Create(const std::vector<HostExpert>& experts,
-                          const GpuOptions& options,
-                          std::unique_ptr<GpuExperts>* out) {
+namespace {
+
+Status CheckCreate(const std::vector<HostExpert>& experts,
+                   const GpuOptions& options) {
   if (experts.empty()) {
     return Status(Code::kInvalidArgument, "no experts to place on the GPU");
   }
@@ -157,8 +159,8 @@ Status GpuExperts::Create(const std::vector<HostExpert>& experts,
                         "its dim differs from the others'");
     }
   }
-  if (options.compute != Dtype::kFloat32 &&
-      options.compute != Dtype::kBFloat16) {
+  if (options.compute != common::DType::kFloat32 &&
+      options.compute != common::DType::kBFloat16) {
     return Status(Code::kInvalidArgument,
                   "GPU compute dtype must be float32 or bfloat16");
   }
@@ -168,6 +170,15 @@ Status GpuExperts::Create(const std::vector<HostExpert>& experts,
                   "GPU options: streams and max_rows must be >= 1, "
                   "max_problems in [1, 65535]");
   }
+  return Status();
+}
+
+}  // namespace
+
+Status GpuExperts::Create(const std::vector<HostExpert>& experts,
+                          const GpuOptions& options,
+                          std::unique_ptr<GpuExperts>* out) {
+  MOE_GPU_RETURN_IF_ERROR(CheckCreate(experts, options));
   std::unique_ptr<GpuExperts> g(new GpuExperts(experts[0].dim, options));
   MOE_GPU_RETURN_IF_ERROR(QueryDevice(options.device, &g->device_));
   const CublasApi* blas = nullptr;
@@ -178,10 +189,24 @@ Status GpuExperts::Create(const std::vector<HostExpert>& experts,
   }
   g->workspace_ = LayoutWorkspace({options.max_rows, g->dim_, max_hidden,
                                    options.compute, options.max_problems});
+  std::vector<size_t> workspaces;
+  MOE_GPU_RETURN_IF_ERROR(g->PlaceWeights(experts, &workspaces));
+  MOE_GPU_RETURN_IF_ERROR(g->CreateStreams(workspaces, *blas));
+  MOE_CUDA_RETURN(options.device, "cudaDeviceSynchronize",
+                  cudaDeviceSynchronize());
+  *out = std::move(g);
+  return Status();
+}
 
+std::string GpuExperts::Name() const {
+  return DeviceName(options_.device) + " (" + device_.name + ")";
+}
+
+Status GpuExperts::PlaceWeights(const std::vector<HostExpert>& experts,
+                                std::vector<size_t>* workspaces) {
   // Weights first, then one workspace per stream, in one allocation.
   ArenaLayout arena;
-  const size_t c = DtypeBytes(options.compute);
+  const size_t c = common::ElementSize(options_.compute);
   std::vector<std::array<size_t, 5>> offsets;
   for (const HostExpert& e : experts) {
     offsets.push_back(
@@ -189,32 +214,29 @@ Status GpuExperts::Create(const std::vector<HostExpert>& experts,
          arena.Reserve(e.mult_bias.size() * c), arena.Reserve(e.w2.size() * c),
          arena.Reserve(e.b2.size() * c)});
   }
-  g->weight_bytes_ = arena.size();
-  std::vector<size_t> workspaces;
-  for (int i = 0; i < options.streams; ++i) {
-    workspaces.push_back(arena.Reserve(g->workspace_.total));
+  weight_bytes_ = arena.size();
+  for (int i = 0; i < options_.streams; ++i) {
+    workspaces->push_back(arena.Reserve(workspace_.total));
   }
-  g->arena_bytes_ = arena.size();
-  const std::string name =
-      DeviceName(options.device) + " (" + g->device_.name + ")";
-  if (g->arena_bytes_ > g->device_.free_bytes) {
+  arena_bytes_ = arena.size();
+  if (arena_bytes_ > device_.free_bytes) {
     return Status(
         Code::kResourceExhausted,
-        name + ": the experts need " + MiB(g->arena_bytes_) + " (weights " +
-            MiB(g->weight_bytes_) + " + " + std::to_string(options.streams) +
-            " stream(s) x " + MiB(g->workspace_.total) + " of workspace for " +
-            std::to_string(options.max_rows) + " rows), but only " +
-            MiB(g->device_.free_bytes) + " of " + MiB(g->device_.total_bytes) +
+        Name() + ": the experts need " + MiB(arena_bytes_) + " (weights " +
+            MiB(weight_bytes_) + " + " + std::to_string(options_.streams) +
+            " stream(s) x " + MiB(workspace_.total) + " of workspace for " +
+            std::to_string(options_.max_rows) + " rows), but only " +
+            MiB(device_.free_bytes) + " of " + MiB(device_.total_bytes) +
             " are free; lower --max_tokens_per_call or --gpu_streams, or "
             "host fewer experts");
   }
-  const cudaError_t alloc = cudaMalloc(&g->arena_, g->arena_bytes_);
+  const cudaError_t alloc = cudaMalloc(&arena_, arena_bytes_);
   if (alloc != cudaSuccess) {
     return Status(Code::kResourceExhausted,
-                  name + ": cudaMalloc of " + MiB(g->arena_bytes_) +
+                  Name() + ": cudaMalloc of " + MiB(arena_bytes_) +
                       " failed: " + cudaGetErrorString(alloc));
   }
-  auto* base = static_cast<unsigned char*>(g->arena_);
+  auto* base = static_cast<unsigned char*>(arena_);
   for (size_t i = 0; i < experts.size(); ++i) {
     ExpertDevicePtrs p;
     p.w1 = reinterpret_cast<uint64_t>(base + offsets[i][0]);
@@ -223,15 +245,19 @@ Status GpuExperts::Create(const std::vector<HostExpert>& experts,
     p.w2 = reinterpret_cast<uint64_t>(base + offsets[i][3]);
     p.b2 = reinterpret_cast<uint64_t>(base + offsets[i][4]);
     p.hidden = experts[i].hidden;
-    g->experts_.push_back(p);
-    g->hidden_.push_back(experts[i].hidden);
+    experts_.push_back(p);
+    hidden_.push_back(experts[i].hidden);
   }
-  MOE_GPU_RETURN_IF_ERROR(g->Upload(experts));
+  return Upload(experts);
+}
 
-  const int dev = options.device;
-  const size_t staging = static_cast<size_t>(options.max_rows) *
-                         static_cast<size_t>(g->dim_) * sizeof(float);
-  const size_t params = ParamsBytes(options.max_problems);
+Status GpuExperts::CreateStreams(const std::vector<size_t>& workspaces,
+                                 const CublasApi& blas) {
+  const int dev = options_.device;
+  const size_t staging = static_cast<size_t>(options_.max_rows) *
+                         static_cast<size_t>(dim_) * sizeof(float);
+  const size_t params = ParamsBytes(options_.max_problems);
+  auto* base = static_cast<unsigned char*>(arena_);
   for (size_t w : workspaces) {
     auto s = std::make_unique<Stream>();
     s->workspace = base + w;
@@ -247,26 +273,24 @@ Status GpuExperts::Create(const std::vector<HostExpert>& experts,
       const cudaError_t e = cudaHostAlloc(p, bytes, cudaHostAllocDefault);
       if (e != cudaSuccess) {
         return Status(Code::kResourceExhausted,
-                      name + ": pinned host staging of " + MiB(bytes) +
+                      Name() + ": pinned host staging of " + MiB(bytes) +
                           " failed: " + cudaGetErrorString(e));
       }
-      g->pinned_bytes_ += bytes;
+      pinned_bytes_ += bytes;
     }
-    MOE_CUBLAS_RETURN(dev, "cublasCreate", blas->create(&s->cublas));
+    MOE_CUBLAS_RETURN(dev, "cublasCreate", blas.create(&s->cublas));
     MOE_CUBLAS_RETURN(dev, "cublasSetStream",
-                      blas->set_stream(s->cublas, s->stream));
+                      blas.set_stream(s->cublas, s->stream));
     MOE_CUBLAS_RETURN(
         dev, "cublasSetWorkspace",
-        blas->set_workspace(s->cublas, s->workspace + g->workspace_.cublas,
-                            kCublasWorkspaceBytes));
+        blas.set_workspace(s->cublas, s->workspace + workspace_.cublas,
+                           kCublasWorkspaceBytes));
     // No TF32: float32 compute stays float32 (the 1e-5 parity).
     MOE_CUBLAS_RETURN(dev, "cublasSetMathMode",
-                      blas->set_math_mode(s->cublas, CUBLAS_DEFAULT_MATH));
-    g->free_.push_back(s.get());
-    g->streams_.push_back(std::move(s));
+                      blas.set_math_mode(s->cublas, CUBLAS_DEFAULT_MATH));
+    free_.push_back(s.get());
+    streams_.push_back(std::move(s));
   }
-  MOE_CUDA_RETURN(dev, "cudaDeviceSynchronize", cudaDeviceSynchronize());
-  *out = std::move(g);
   return Status();
 }
 
@@ -304,7 +328,7 @@ void GpuExperts::Release(Stream* s) const {
   free_cv_.notify_one();
 }
 
-Status GpuExperts::Run(Dtype dtype, const void* tokens, int64_t rows,
+Status GpuExperts::Run(common::DType dtype, const void* tokens, int64_t rows,
                        const std::vector<PlanSegment>& segments, float* out,
                        CallTiming* timing) const {
   if (rows > options_.max_rows) {
@@ -327,9 +351,9 @@ namespace {
 
 // One grouped GEMM (or, for comparison, one cublasGemmEx per problem;
 // `host_params` is the host image of the params region at `params`).
-Status RunGemm(int dev, cublasHandle_t h, const GroupedGemm& g, Dtype compute,
-               bool grouped, const unsigned char* host_params,
-               uint64_t params) {
+Status RunGemm(int dev, cublasHandle_t h, const GroupedGemm& g,
+               common::DType compute, bool grouped,
+               const unsigned char* host_params, uint64_t params) {
   const cudaDataType_t t = CudaType(compute);
   const int groups = static_cast<int>(g.m.size());
   if (grouped) {
@@ -368,7 +392,7 @@ Status RunGemm(int dev, cublasHandle_t h, const GroupedGemm& g, Dtype compute,
 
 }  // namespace
 
-Status GpuExperts::RunOn(Stream& s, Dtype dtype, const void* tokens,
+Status GpuExperts::RunOn(Stream& s, common::DType dtype, const void* tokens,
                          int64_t rows, const std::vector<PlanSegment>& segments,
                          float* out, CallTiming* timing) const {
   const int dev = options_.device;
@@ -387,7 +411,8 @@ Status GpuExperts::RunOn(Stream& s, Dtype dtype, const void* tokens,
   addr.params = ws + w.params;
 
   // Tokens in: host -> pinned staging -> device, then to the compute dtype.
-  const size_t in_bytes = static_cast<size_t>(rows * dim_) * DtypeBytes(dtype);
+  const size_t in_bytes =
+      static_cast<size_t>(rows * dim_) * common::ElementSize(dtype);
   std::memcpy(s.pinned_in, tokens, in_bytes);
   MOE_CUDA_RETURN(dev, "cudaEventRecord", cudaEventRecord(s.start, s.stream));
   MOE_CUDA_RETURN(dev, "copying tokens in",

@@ -34,12 +34,14 @@
 
 namespace moe::experts::gpu {
 
+struct CublasApi;  // experts/cuda/cublas_api.h
+
 struct GpuOptions {
-  int device = 0;                   // CUDA ordinal
-  Dtype compute = Dtype::kFloat32;  // kFloat32 or kBFloat16
-  int streams = 2;                  // calls in flight at once
-  int64_t max_rows = 65536;         // token rows per call
-  int64_t max_problems = 4096;      // segments per pass (<= 65535)
+  int device = 0;                                   // CUDA ordinal
+  common::DType compute = common::DType::kFloat32;  // kFloat32 or kBFloat16
+  int streams = 2;                                  // calls in flight at once
+  int64_t max_rows = 65536;                         // token rows per call
+  int64_t max_problems = 4096;  // segments per pass (<= 65535)
   // false: one cublasGemmEx per expert instead of the grouped GEMM (for
   // comparison in moe-gpu-check).
   bool grouped = true;
@@ -89,7 +91,7 @@ class GpuExperts {
   // later one wins. REQUIRES: segments lie within the rows and name
   // experts that exist (ExpertShard::Run checks both). InvalidArgument when
   // rows > max_rows; Internal when CUDA or cuBLAS fails.
-  Status Run(Dtype dtype, const void* tokens, int64_t rows,
+  Status Run(common::DType dtype, const void* tokens, int64_t rows,
              const std::vector<PlanSegment>& segments, float* out,
              CallTiming* timing) const;
 
@@ -103,8 +105,17 @@ class GpuExperts {
  private:
   struct Stream;
   GpuExperts(int64_t dim, const GpuOptions& options);
+  // "cuda:0 (NVIDIA H200)", for messages.
+  std::string Name() const;
+  // The arena (weights, then a workspace per stream, whose offsets go to
+  // *workspaces), allocated and filled.
+  Status PlaceWeights(const std::vector<HostExpert>& experts,
+                      std::vector<size_t>* workspaces);
   Status Upload(const std::vector<HostExpert>& experts);
-  Status RunOn(Stream& s, Dtype dtype, const void* tokens, int64_t rows,
+  // A CUDA stream, cuBLAS handle, events and pinned staging per workspace.
+  Status CreateStreams(const std::vector<size_t>& workspaces,
+                       const CublasApi& blas);
+  Status RunOn(Stream& s, common::DType dtype, const void* tokens, int64_t rows,
                const std::vector<PlanSegment>& segments, float* out,
                CallTiming* timing) const;
   Stream* Acquire() const;

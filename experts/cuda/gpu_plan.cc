@@ -71,7 +71,7 @@ WorkspaceLayout LayoutWorkspace(const WorkspaceShape& s) {
   const size_t rows = static_cast<size_t>(s.max_rows);
   const size_t dim = static_cast<size_t>(s.dim);
   const size_t h = static_cast<size_t>(s.max_hidden);
-  const size_t c = DtypeBytes(s.compute);
+  const size_t c = common::ElementSize(s.compute);
   WorkspaceLayout l;
   ArenaLayout arena;
   auto region = [&arena](size_t bytes) { return arena.Reserve(bytes); };
@@ -159,10 +159,10 @@ std::vector<RowRun> MergeRuns(std::vector<RowRun> runs) {
 PassLaunch BuildPassLaunch(const Pass& pass,
                            const std::vector<ExpertDevicePtrs>& experts,
                            const WorkspaceAddresses& addr, int64_t dim,
-                           Dtype compute, void* host_params) {
+                           common::DType compute, void* host_params) {
   const int64_t count = static_cast<int64_t>(pass.problems.size());
   const ParamsLayout layout = LayoutParams(count);
-  const uint64_t c = DtypeBytes(compute);
+  const uint64_t c = common::ElementSize(compute);
   std::vector<size_t> order(pass.problems.size());
   std::iota(order.begin(), order.end(), size_t{0});
   std::stable_sort(order.begin(), order.end(), [&pass](size_t a, size_t b) {

@@ -46,7 +46,7 @@ struct WorkspaceShape {
   int64_t max_rows = 0;
   int64_t dim = 0;
   int64_t max_hidden = 0;
-  Dtype compute = Dtype::kFloat32;
+  common::DType compute = common::DType::kFloat32;
   int64_t max_problems = 0;
 };
 
@@ -146,6 +146,6 @@ struct PassLaunch {
 PassLaunch BuildPassLaunch(const Pass& pass,
                            const std::vector<ExpertDevicePtrs>& experts,
                            const WorkspaceAddresses& addr, int64_t dim,
-                           Dtype compute, void* host_params);
+                           common::DType compute, void* host_params);
 
 }  // namespace moe::experts::gpu

@@ -1,23 +1,16 @@
 // Plain data shared by the host side of the GPU backend and its kernels
-// (geglu_kernels.cu): element types and the per-problem descriptors the
-// kernels read from device memory. Addresses are device addresses held as
-// integers, so that the host-side planner (gpu_plan.h) builds and tests
-// them without the CUDA runtime.
+// (geglu_kernels.cu): the per-problem descriptors the kernels read from
+// device memory. Element types are the project's common::DType. Addresses are
+// device addresses held as integers, so that the host-side planner (gpu_plan.h)
+// builds and tests them without the CUDA runtime.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+#include "common/dtype.h"
+
 namespace moe::experts::gpu {
-
-enum class Dtype : int32_t { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
-
-inline size_t DtypeBytes(Dtype d) { return d == Dtype::kFloat32 ? 4 : 2; }
-inline const char* DtypeName(Dtype d) {
-  return d == Dtype::kFloat32    ? "float32"
-         : d == Dtype::kBFloat16 ? "bfloat16"
-                                 : "float16";
-}
 
 // One expert's parameters on the device, in the compute dtype (docs/
 // numerics.md, "Expert"): w1 [2h, d] (rows 0..h-1 value, h..2h-1 gate), b1

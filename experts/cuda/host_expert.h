@@ -3,7 +3,8 @@
 //   y = W2·((gelu(W1[h:2h]·x + b1[h:2h]) * (W1[0:h]·x + b1[0:h])) * m) + b2
 // with GELU by erf. The reference accumulates in double; it is what
 // moe-gpu-check holds the GPU backend to on a machine without LibTorch, and
-// tests/unit/experts/host_expert_test.cc holds it to the CPU experts.
+// ReferenceExpertTest (tests/unit/experts/gpu_host_test.cc) holds it to the
+// CPU experts.
 #pragma once
 
 #include <cstdint>

@@ -7,7 +7,7 @@ namespace moe::experts {
 
 ExpertMetrics::ExpertMetrics(prometheus::Registry& registry,
                              const common::ModelSpec& spec,
-                             const std::vector<common::ExpertKey>& hosted)
+                             const common::ExpertSet& hosted)
     : batch_(prometheus::BuildHistogram()
                  .Name("moe_expert_batch_tokens")
                  .Help("Token rows per RunExperts call.")
@@ -49,7 +49,7 @@ ExpertMetrics::ExpertMetrics(prometheus::Registry& registry,
                       .Name("moe_expert_forward_duration_seconds")
                       .Help("Compute time of one expert on one call's rows.")
                       .Register(registry);
-  for (const common::ExpertKey& key : hosted) {
+  for (const common::ExpertKey& key : hosted.keys()) {
     const std::map<std::string, std::string> labels = {
         {"layer", spec.layers[key.layer].name},
         {"expert", absl::StrCat(key.expert)}};

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/expert_segment.h"
+#include "common/expert_set.h"
 #include "common/model_spec.h"
 
 namespace moe::experts {
@@ -32,7 +33,7 @@ class ExpertMetrics {
  public:
   // `registry` must outlive this object.
   ExpertMetrics(prometheus::Registry& registry, const common::ModelSpec& spec,
-                const std::vector<common::ExpertKey>& hosted);
+                const common::ExpertSet& hosted);
 
   void RecordBatch(int64_t tokens);
   // One call's compute and (GPU) copy time.

@@ -13,12 +13,6 @@
 namespace moe::experts {
 namespace {
 
-common::DType FromWire(moe::v1::DType dtype) {
-  return dtype == moe::v1::BFLOAT16  ? common::DType::kBFloat16
-         : dtype == moe::v1::FLOAT16 ? common::DType::kFloat16
-                                     : common::DType::kFloat32;
-}
-
 moe::v1::ShardInfo MakeShardInfo(const ExpertShard& shard,
                                  const ServedModel& model,
                                  const ExpertServiceOptions& options) {
@@ -33,26 +27,57 @@ moe::v1::ShardInfo MakeShardInfo(const ExpertShard& shard,
     l->set_total_experts(layer.config.total_experts());
     l->set_expert_hidden(layer.config.expert_hidden());
   }
-  for (const common::ExpertKey& key : shard.keys()) {
-    info.mutable_layers(key.layer)->add_expert_ids(key.expert);
+  const common::ExpertSet hosted = shard.experts();
+  for (size_t l = 0; l < hosted.layers(); ++l) {
+    for (int64_t e : hosted.ids(l)) {
+      info.mutable_layers(static_cast<int>(l))->add_expert_ids(e);
+    }
   }
-  info.set_device(shard.device());
+  info.set_device(shard.device().ToString());
   info.set_weight_bytes(shard.weight_bytes());
   info.set_max_tokens_per_call(options.max_tokens_per_call);
-  info.set_compute_dtype(shard.compute_dtype());
+  info.set_compute_dtype(common::DTypeName(shard.compute_dtype()));
   return info;
 }
 
 }  // namespace
 
+absl::Status ExpertServiceOptions::Validate() const {
+  if (compute_threads < 1) {
+    return absl::InvalidArgumentError("--compute_threads must be >= 1");
+  }
+  if (max_tokens_per_call < 1) {
+    return absl::InvalidArgumentError("--max_tokens_per_call must be >= 1");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ExpertService>> ExpertService::Create(
+    const ExpertShard* shard, ServedModel model,
+    const ExpertServiceOptions& options, ExpertMetrics* metrics) {
+  MOE_RETURN_IF_ERROR(options.Validate());
+  if (shard->dim() != model.spec.dim) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the shard's experts have dim ", shard->dim(),
+                     " but the model's is ", model.spec.dim));
+  }
+  if (shard->experts().layers() > model.spec.layers.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the shard hosts experts of layer ", shard->experts().layers() - 1,
+        " but the model has ", model.spec.layers.size(), " layers"));
+  }
+  return std::unique_ptr<ExpertService>(
+      new ExpertService(shard, std::move(model), options, metrics));
+}
+
 ExpertService::ExpertService(const ExpertShard* shard, ServedModel model,
                              const ExpertServiceOptions& options,
                              ExpertMetrics* metrics)
     : shard_(shard),
-      on_gpu_(shard->device() != "cpu"),
+      on_gpu_(shard->device().is_gpu()),
       model_(std::move(model)),
       options_(options),
-      metrics_(metrics),
+      metrics_(*metrics),
       info_(MakeShardInfo(*shard, model_, options)),
       queue_(std::make_unique<common::WorkQueue>(
           options.compute_threads, options.max_queued, "moe-expert")) {}
@@ -66,15 +91,15 @@ absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
                            request, shard_->dim(), options_.max_tokens_per_call,
                            static_cast<int>(model_.spec.layers.size())));
   std::string token_scratch;
-  const TokenRows tokens{FromWire(call.tokens_dtype()),
-                         call.TokenData(&token_scratch), call.rows()};
+  const TokenRows tokens{call.tokens_dtype(), call.TokenData(&token_scratch),
+                         call.rows()};
   // float32 outputs are written by the experts straight into the response's
   // bytes; 16-bit ones are converted from a float32 buffer.
   proto::RunExpertsResponseWriter out(call.output_dtype(), call.rows(),
                                       shard_->dim());
   std::vector<float> wide;
   float* dst = static_cast<float*>(out.data());
-  if (call.output_dtype() != moe::v1::FLOAT32) {
+  if (call.output_dtype() != common::DType::kFloat32) {
     wide.resize(static_cast<size_t>(call.rows() * shard_->dim()));
     dst = wide.data();
   }
@@ -82,15 +107,13 @@ absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
   MOE_RETURN_IF_ERROR(shard_->Run(tokens, call.segments(), dst, &stats));
   if (!wide.empty()) {
     common::ConvertFromFloat32(wide.data(), static_cast<int64_t>(wide.size()),
-                               FromWire(call.output_dtype()), out.data());
+                               call.output_dtype(), out.data());
   }
-  if (metrics_ != nullptr) {
-    metrics_->RecordBatch(call.rows());
-    metrics_->RecordCall(stats.compute_seconds, stats.copy_seconds, on_gpu_);
-    for (size_t i = 0; i < call.segments().size(); ++i) {
-      metrics_->RecordSegment(call.segments()[i].key, call.segments()[i].count,
-                              stats.segment_seconds[i]);
-    }
+  metrics_.RecordBatch(call.rows());
+  metrics_.RecordCall(stats.compute_seconds, stats.copy_seconds, on_gpu_);
+  for (size_t i = 0; i < call.segments().size(); ++i) {
+    metrics_.RecordSegment(call.segments()[i].key, call.segments()[i].count,
+                           stats.segment_seconds[i]);
   }
   *response = out.Finish();
   return absl::OkStatus();
@@ -100,9 +123,9 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (metrics_ != nullptr) metrics_->AddInflight(1);
+  metrics_.AddInflight(1);
   auto finish = [this, reactor](const absl::Status& status) {
-    if (metrics_ != nullptr) metrics_->AddInflight(-1);
+    metrics_.AddInflight(-1);
     reactor->Finish(proto::ToGrpcStatus(status));
   };
   const bool queued =

@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "common/model_spec.h"
 #include "common/work_queue.h"
 #include "experts/expert_shard.h"
@@ -23,6 +24,10 @@ struct ExpertServiceOptions {
   int compute_threads = 1;  // OpenBLAS already parallelises GEMMs.
   size_t max_queued = 64;   // calls waiting beyond the running ones
   int64_t max_tokens_per_call = 1 << 17;  // token rows of one call
+
+  // InvalidArgument naming the option (as the flag spells it) when
+  // compute_threads or max_tokens_per_call is below 1.
+  absl::Status Validate() const;
 };
 
 // What the worker serves: the model and its identity.
@@ -36,10 +41,12 @@ class ExpertService final
           moe::v1::ExpertWorker::WithCallbackMethod_GetShardInfo<
               moe::v1::ExpertWorker::Service>> {
  public:
-  // `shard` and `metrics` (may be null) must outlive the service.
-  ExpertService(const ExpertShard* shard, ServedModel model,
-                const ExpertServiceOptions& options,
-                ExpertMetrics* metrics = nullptr);
+  // `shard` and `metrics` must outlive the service. InvalidArgument for
+  // options that fail Validate(), or a shard that does not fit the model
+  // (another dim, a layer the model does not have).
+  static absl::StatusOr<std::unique_ptr<ExpertService>> Create(
+      const ExpertShard* shard, ServedModel model,
+      const ExpertServiceOptions& options, ExpertMetrics* metrics);
   ~ExpertService() override;
 
   // Waits for the calls already accepted to finish. Call after the server
@@ -60,6 +67,8 @@ class ExpertService final
   const moe::v1::ShardInfo& shard_info() const { return info_; }
 
  private:
+  ExpertService(const ExpertShard* shard, ServedModel model,
+                const ExpertServiceOptions& options, ExpertMetrics* metrics);
   absl::Status Run(const grpc::ByteBuffer& request,
                    grpc::ByteBuffer* response) const;
 
@@ -67,7 +76,7 @@ class ExpertService final
   const bool on_gpu_;  // the shard copies to and from a device
   const ServedModel model_;
   const ExpertServiceOptions options_;
-  ExpertMetrics* metrics_;
+  ExpertMetrics& metrics_;
   moe::v1::ShardInfo info_;
   std::unique_ptr<common::WorkQueue> queue_;
 };

@@ -1,7 +1,7 @@
 // ExpertBackend: where a layer's forward sends its expert work and how the
 // outputs come back into y. LocalExpertBackend runs a shard in this process
 // (the in-process engine, moe-run); the router service's RemoteExpertBackend
-// (router/service/remote_expert_backend.h) runs it on the workers. Both
+// (router/remote/remote_expert_backend.h) runs it on the workers. Both
 // combine with router::CombineRows.
 #pragma once
 

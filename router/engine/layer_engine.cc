@@ -94,23 +94,31 @@ absl::StatusOr<std::unique_ptr<LayerEngine>> LayerEngine::Create(
       new LayerEngine(index, spec, std::move(weights)));
 }
 
-absl::Status LayerEngine::ValidateInput(const at::Tensor& x) const {
-  if (!x.defined()) return absl::InvalidArgumentError("x: missing");
-  if (x.dim() != 3) {
+absl::Status LayerEngine::ValidateInputShape(
+    absl::Span<const int64_t> shape) const {
+  const std::vector<int64_t> sizes(shape.begin(), shape.end());
+  if (shape.size() != 3) {
     return absl::InvalidArgumentError(
         absl::StrCat("x: must have rank 3 [batch, tokens, dim], got shape ",
-                     common::ShapeToString(Sizes(x))));
+                     common::ShapeToString(sizes)));
   }
-  if (x.size(2) != config().dim) {
+  if (shape[2] != config().dim) {
     return absl::InvalidArgumentError(
-        absl::StrCat("x: last dimension is ", x.size(2),
+        absl::StrCat("x: last dimension is ", shape[2],
                      " but the model dim is ", config().dim));
   }
-  if (x.size(0) < 1 || x.size(1) < 1) {
+  if (shape[0] < 1 || shape[1] < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("x: batch and tokens must be at least 1, got shape ",
-                     common::ShapeToString(Sizes(x))));
+                     common::ShapeToString(sizes)));
   }
+  return absl::OkStatus();
+}
+
+absl::Status LayerEngine::ValidateInput(const at::Tensor& x) const {
+  if (!x.defined()) return absl::InvalidArgumentError("x: missing");
+  MOE_RETURN_IF_ERROR(ValidateInputShape(
+      absl::MakeConstSpan(x.sizes().data(), x.sizes().size())));
   const at::ScalarType t = x.scalar_type();
   if (t != at::kFloat && t != at::kHalf && t != at::kBFloat16) {
     return absl::InvalidArgumentError(

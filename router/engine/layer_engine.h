@@ -22,6 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "common/model_spec.h"
 #include "common/torch/model_weights.h"
 #include "router/dispatch_plan.h"
@@ -83,8 +84,13 @@ class LayerEngine {
                                         const RoutingOptions& options,
                                         ExpertBackend& backend) const;
 
-  // The checks Forward() applies to its input, for callers that validate
-  // before queueing.
+  // The one rule on an input's shape, for callers that check a request
+  // before queueing it (router/api/forward_runner.h) and for Forward():
+  // rank 3 [batch, tokens, dim] with the model's dim, batch and tokens at
+  // least 1. InvalidArgument naming x.
+  absl::Status ValidateInputShape(absl::Span<const int64_t> shape) const;
+  // The checks Forward() applies to its input: its shape, a float dtype,
+  // finite values.
   absl::Status ValidateInput(const at::Tensor& x) const;
 
  private:

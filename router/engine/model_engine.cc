@@ -3,7 +3,10 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
+
 #include "absl/time/clock.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 #include "common/torch/checkpoint_weights.h"
 #include "common/torch/torch_convert.h"
@@ -38,15 +41,23 @@ absl::StatusOr<std::unique_ptr<ModelEngine>> ModelEngine::Load(
   return model;
 }
 
+absl::StatusOr<std::unique_ptr<ModelEngine>> ModelEngine::Load(
+    const std::string& path) {
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<common::Checkpoint> checkpoint,
+                       common::Checkpoint::Open(path));
+  return Load(*checkpoint);
+}
+
 absl::StatusOr<const LayerEngine*> ModelEngine::FindLayer(
     absl::string_view name) const {
   MOE_ASSIGN_OR_RETURN(int index, spec_.FindLayer(name));
   return layers_[index].get();
 }
 
-absl::StatusOr<absl::Duration> ModelEngine::WarmUp(int64_t tokens) const {
+absl::Status ModelEngine::WarmUp(int64_t max_tokens) const {
   const absl::Time start = absl::Now();
-  if (layers_.empty() || tokens < 1) return absl::ZeroDuration();
+  const int64_t tokens = std::min(max_tokens, kWarmUpTokens);
+  if (layers_.empty() || tokens < 1) return absl::OkStatus();
   at::Tensor x;
   MOE_RETURN_IF_ERROR(common::TorchCall("warm-up input", [&] {
     common::UseIntraOpThreads(1);
@@ -57,7 +68,10 @@ absl::StatusOr<absl::Duration> ModelEngine::WarmUp(int64_t tokens) const {
   options.seed = 1;
   NoExperts backend;
   MOE_RETURN_IF_ERROR(layers_[0]->Forward(x, options, backend).status());
-  return absl::Now() - start;
+  MOE_LOG(INFO) << "warm-up: one forward of " << tokens << " tokens in "
+                << absl::FormatDuration(
+                       absl::Trunc(absl::Now() - start, absl::Milliseconds(1)));
+  return absl::OkStatus();
 }
 
 }  // namespace moe::router

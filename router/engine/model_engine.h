@@ -22,6 +22,9 @@ class ModelEngine {
   // The gates, norms and feed-forwards of every layer of `checkpoint`.
   static absl::StatusOr<std::unique_ptr<ModelEngine>> Load(
       const common::Checkpoint& checkpoint);
+  // The same of the checkpoint file at `path` (opened, checked, closed).
+  static absl::StatusOr<std::unique_ptr<ModelEngine>> Load(
+      const std::string& path);
 
   const common::ModelSpec& spec() const { return spec_; }
   const std::string& fingerprint() const { return fingerprint_; }
@@ -32,14 +35,15 @@ class ModelEngine {
   // messages).
   absl::StatusOr<const LayerEngine*> FindLayer(absl::string_view name) const;
 
-  // One forward of the first layer on [1, tokens] synthetic tokens whose
-  // experts compute nothing, before the router serves: it grows the
-  // allocator's heap to the working set of such a forward (gather and
-  // output blocks, kept for reuse, common/allocator.h) and starts
-  // LibTorch's kernels, which the first real forward otherwise pays for
-  // (the plan stage of a first [4, 1024] forward took 40 ms, then 1.5-7).
-  // Returns the time it took.
-  absl::StatusOr<absl::Duration> WarmUp(int64_t tokens) const;
+  // One forward of the first layer on [1, tokens] synthetic tokens (up to
+  // kWarmUpTokens, within `max_tokens`) whose experts compute nothing,
+  // before the router serves: it grows the allocator's heap to the working
+  // set of such a forward (gather and output blocks, kept for reuse,
+  // common/allocator.h) and starts LibTorch's kernels, which the first real
+  // forward otherwise pays for (BENCHMARKS.md has the first forward's
+  // stages with and without it). Logs what it did and how long it took.
+  static constexpr int64_t kWarmUpTokens = 4096;
+  absl::Status WarmUp(int64_t max_tokens) const;
 
  private:
   ModelEngine() = default;

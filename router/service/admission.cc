@@ -1,6 +1,7 @@
 #include "router/service/admission.h"
 
 #include <algorithm>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 
@@ -41,12 +42,12 @@ int64_t AdmissionController::queued_tokens() const {
 }
 
 absl::Status AdmissionController::Admit(int64_t tokens, absl::Time deadline,
-                                        Ticket* ticket, std::string* reason) {
+                                        Ticket* ticket, RejectReason* reason) {
   const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
   if (queued_tokens_ > 0 &&
       queued_tokens_ + tokens > options_.max_queued_tokens) {
-    *reason = "overloaded";
+    *reason = RejectReason::kOverloaded;
     return absl::ResourceExhaustedError(absl::StrCat(
         "router overloaded: ", queued_tokens_, " tokens already queued (",
         "--max_queued_tokens ", options_.max_queued_tokens,
@@ -54,7 +55,7 @@ absl::Status AdmissionController::Admit(int64_t tokens, absl::Time deadline,
   }
   const absl::Duration wait = ExpectedWaitLocked();
   if (wait > options_.max_queue_time) {
-    *reason = "overloaded";
+    *reason = RejectReason::kOverloaded;
     return absl::ResourceExhaustedError(absl::StrCat(
         "router overloaded: a request would wait about ", Ms(wait),
         " in the queue (--max_queue_ms ", Ms(options_.max_queue_time),
@@ -63,7 +64,7 @@ absl::Status AdmissionController::Admit(int64_t tokens, absl::Time deadline,
   const absl::Duration service = absl::Seconds(
       tokens * drain_seconds_per_token_ * std::max<int64_t>(1, running_));
   if (now + wait + service > deadline) {
-    *reason = "deadline";
+    *reason = RejectReason::kDeadline;
     return absl::ResourceExhaustedError(absl::StrCat(
         "the deadline cannot be met: about ", Ms(wait), " of queue and ",
         Ms(service), " of work for ", tokens, " tokens, ",

@@ -21,12 +21,12 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
+#include "router/service/reject_reason.h"
 
 namespace moe::router {
 
@@ -49,10 +49,10 @@ class AdmissionController {
     bool finished = true;  // until Admit()
   };
 
-  // OK with *ticket filled, or ResourceExhausted; *reason is then the
-  // metric label ("overloaded" or "deadline").
+  // OK with *ticket filled, or ResourceExhausted; *reason is then
+  // kOverloaded or kDeadline.
   absl::Status Admit(int64_t tokens, absl::Time deadline, Ticket* ticket,
-                     std::string* reason);
+                     RejectReason* reason);
   // The forward leaves the queue and runs; ResourceExhausted (and the
   // ticket is finished) when it waited longer than max_queue_time.
   absl::Status Start(Ticket* ticket);

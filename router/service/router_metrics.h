@@ -1,100 +1,77 @@
-// RouterMetrics: the router's Prometheus metrics, updated on every forward.
-// Label values are bounded: layers, experts, choices ("first", "second"),
-// drop reasons (router/failure_reason.h), workers, worker states, codes.
+// RouterMetrics: what the router records of its work, as an interface the
+// service always has (never null): PrometheusRouterMetrics
+// (router/service/prometheus_router_metrics.h) behind /metrics, or
+// NoRouterMetrics where nothing is wanted. Unit tests may record calls with
+// a fake of their own.
 //
-//   moe_router_requests_total{code}, moe_router_request_duration_seconds
-//   moe_router_tokens_total{layer}
-//   moe_router_expert_assignments_total{layer,expert,choice}  kept, computed
-//   moe_router_dropped_assignments_total{layer,expert,choice,reason}
-//       reason: capacity | expert_unavailable | deadline
-//   moe_router_second_choice_skipped_total{layer}  (policy; not a drop)
-//   moe_router_dropped_tokens_total{layer}     (tokens that lost every choice)
-//   moe_router_degraded_responses_total{layer} (answers missing experts)
-//   moe_router_expert_capacity_tokens{layer}   (C of the last forward)
-//   moe_router_capacity_utilization{layer}     (histogram: kept / (E*C*B))
-//   moe_router_load_balancedness{layer}        (mean / max kept assignments
-//                                               per expert over the window)
-//   moe_router_balance_loss{layer}, moe_router_router_z_loss{layer}  (raw)
-//   moe_router_worker_rpc_duration_seconds{worker},
-//   moe_router_worker_up{worker} moe_router_worker_state{worker,state}      (1
-//   for the current state) moe_router_worker_batch_forwards,
-//   moe_router_worker_batch_rows moe_router_stage_seconds_total{stage}
-//   moe_router_forward_cpu_seconds_total
-//   moe_router_inflight_requests, moe_router_rejected_requests_total{reason}
-//
-// For a two-level layer, assignments and their drops are counted at the
-// inner level with expert = o * Ei + i; outer-level capacity drops with
-// expert = "outer_<o>". Series per layer: E x 8 (+ Eo x 2 outer drops) plus
-// 18 for the per-layer gauges and histogram (docs/operations.md).
-//
-// Thread-safety: all methods may be called concurrently.
+// Thread-safety: implementations allow every method to be called
+// concurrently.
 #pragma once
 
-#include <prometheus/counter.h>
-#include <prometheus/gauge.h>
-#include <prometheus/histogram.h>
-#include <prometheus/registry.h>
-
 #include <cstdint>
-#include <deque>
-#include <memory>
-#include <string>
-#include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "common/model_spec.h"
 #include "router/engine/layer_engine.h"
-#include "router/service/worker_pool.h"
+#include "router/remote/worker_pool.h"
+#include "router/service/reject_reason.h"
 
 namespace moe::router {
 
+// A stage of the router's work on one forward
+// (moe_router_stage_seconds_total{stage}).
+enum class RouterStage {
+  kPre,        // validation, feed-forward before, norm
+  kGate,       // logits, softmax, top-2, capacity
+  kPlan,       // dispatch plan and gather
+  kEncode,     // building and starting worker calls (the batcher)
+  kBatchWait,  // a forward's worker batch waiting to leave
+  kRpcWait,    // waiting for the workers
+  kCombine,    // adding outputs into y, residual, feed-forward after
+};
+
+inline constexpr RouterStage kAllRouterStages[] = {
+    RouterStage::kPre,    RouterStage::kGate,      RouterStage::kPlan,
+    RouterStage::kEncode, RouterStage::kBatchWait, RouterStage::kRpcWait,
+    RouterStage::kCombine};
+
+// "pre", "gate", "plan", "encode", "batch_wait", "rpc_wait", "combine".
+const char* RouterStageLabel(RouterStage stage);
+
 class RouterMetrics {
  public:
-  // `registry` must outlive this object.
-  RouterMetrics(prometheus::Registry& registry, const common::ModelSpec& spec,
-                const std::vector<std::string>& workers,
-                absl::Duration balance_window = absl::Seconds(60));
-  ~RouterMetrics();
+  virtual ~RouterMetrics() = default;
 
-  // A completed forward of layer `layer`.
-  void RecordForward(int layer, const ForwardResult& result);
+  // A completed forward of layer `layer` (its index in the model).
+  virtual void RecordForward(int layer, const ForwardResult& result) = 0;
   // Every Forward call, by final code.
-  void RecordRequest(absl::StatusCode code, absl::Duration elapsed);
-  // reason: queue_full, too_many_tokens, overloaded, deadline,
-  // unauthenticated, not_ready.
-  void RecordRejected(const std::string& reason);
-  void AddInflight(int delta);
+  virtual void RecordRequest(absl::StatusCode code, absl::Duration elapsed) = 0;
+  virtual void RecordRejected(RejectReason reason) = 0;
+  virtual void AddInflight(int delta) = 0;
   // One finished worker call, shared by `forwards` forwards, `rows` rows.
-  void RecordWorkerRpc(int worker, absl::Duration elapsed, int forwards,
-                       int64_t rows);
-  // Router time per stage of one forward, accumulated in
-  // moe_router_stage_seconds_total{stage}: pre, gate, plan, batch_wait,
-  // rpc_wait, combine; the batcher adds "encode" with RecordStage.
-  void RecordStages(const ForwardTimings& timings);
-  void RecordStage(const char* stage, absl::Duration elapsed);
-  // CPU time of the thread that ran one forward, while it ran it
-  // (moe_router_forward_cpu_seconds_total).
-  void RecordForwardCpu(absl::Duration cpu);
-  void SetWorkerState(int worker, WorkerState state);
+  virtual void RecordWorkerRpc(int worker, absl::Duration elapsed, int forwards,
+                               int64_t rows) = 0;
+  // The stages of one forward's timings (all but kEncode, which the
+  // batcher reports with RecordStage).
+  virtual void RecordStages(const ForwardTimings& timings) = 0;
+  virtual void RecordStage(RouterStage stage, absl::Duration elapsed) = 0;
+  // CPU time of the thread that ran one forward, while it ran it.
+  virtual void RecordForwardCpu(absl::Duration cpu) = 0;
+  virtual void SetWorkerState(int worker, WorkerState state) = 0;
+};
 
- private:
-  struct Layer;
-  std::vector<std::unique_ptr<Layer>> layers_;
-  prometheus::Family<prometheus::Counter>& requests_;
-  prometheus::Histogram& request_seconds_;
-  std::vector<prometheus::Histogram*> worker_rpc_;
-  std::vector<prometheus::Gauge*> worker_up_;
-  std::vector<std::vector<prometheus::Gauge*>> worker_state_;
-  prometheus::Gauge& inflight_;
-  prometheus::Family<prometheus::Counter>& rejected_;
-  prometheus::Family<prometheus::Counter>& stages_;
-  prometheus::Counter& forward_cpu_;
-  prometheus::Histogram& batch_forwards_;
-  prometheus::Histogram& batch_rows_;
-  const absl::Duration window_;
+// Records nothing.
+class NoRouterMetrics final : public RouterMetrics {
+ public:
+  void RecordForward(int, const ForwardResult&) override {}
+  void RecordRequest(absl::StatusCode, absl::Duration) override {}
+  void RecordRejected(RejectReason) override {}
+  void AddInflight(int) override {}
+  void RecordWorkerRpc(int, absl::Duration, int, int64_t) override {}
+  void RecordStages(const ForwardTimings&) override {}
+  void RecordStage(RouterStage, absl::Duration) override {}
+  void RecordForwardCpu(absl::Duration) override {}
+  void SetWorkerState(int, WorkerState) override {}
 };
 
 }  // namespace moe::router

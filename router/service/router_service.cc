@@ -4,8 +4,10 @@
 #include <grpcpp/support/proto_buffer_writer.h>
 
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/clock.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -17,17 +19,23 @@ namespace moe::router {
 // on. Finishes once; on client cancellation cancels the worker calls.
 class RouterService::ForwardCall : public grpc::ServerUnaryReactor {
  public:
-  ForwardCall() : waiter(std::make_shared<ForwardWaiter>()) {}
+  ForwardCall(grpc::CallbackServerContext* context, absl::Time start)
+      : context(context),
+        waiter(std::make_shared<ForwardWaiter>()),
+        start(start),
+        deadline(absl::FromChrono(context->deadline())),
+        peer(context->peer()) {}
   void OnCancel() override { waiter->Cancel(); }
   void OnDone() override { delete this; }
 
+  grpc::CallbackServerContext* const context;  // until Finish()
+  const std::shared_ptr<ForwardWaiter> waiter;
+  const absl::Time start;
+  const absl::Time deadline;
+  const std::string peer;
   moe::v1::ForwardRequest request;
   moe::v1::ForwardResponse response;
-  std::shared_ptr<ForwardWaiter> waiter;
-  absl::Time start;
-  absl::Time deadline = absl::InfiniteFuture();
-  const LayerEngine* layer = nullptr;
-  std::string peer;
+  AdmittedForward admitted;  // once Admit() passed
   AdmissionController::Ticket ticket;
 };
 
@@ -50,14 +58,94 @@ std::string DescribeInput(const moe::v1::ForwardRequest& r) {
   return absl::StrCat("x [", shape, "] ", moe::v1::DType_Name(r.x().dtype()));
 }
 
-int64_t Tokens(const moe::v1::ForwardRequest& r) {
-  // Admit() checked the shape against the token limit.
-  return r.x().shape_size() == 3 && r.x().shape(0) > 0 && r.x().shape(1) > 0
-             ? r.x().shape(0) * r.x().shape(1)
-             : 0;
+absl::Status Parse(const grpc::ByteBuffer& bytes,
+                   moe::v1::ForwardRequest* request) {
+  grpc::ByteBuffer copy(bytes);
+  grpc::ProtoBufferReader reader(&copy);
+  if (!request->ParseFromZeroCopyStream(&reader)) {
+    return absl::InvalidArgumentError(
+        "the request could not be parsed as a moe.v1.ForwardRequest "
+        "(malformed protobuf)");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Unauthenticated(common::TokenSet::Verdict verdict) {
+  return absl::UnauthenticatedError(
+      verdict == common::TokenSet::Verdict::kMissing
+          ? "this router requires a token: send \"authorization: Bearer "
+            "<token>\" (moe-client --token_file, RouterClient token=)"
+          : "the bearer token is not one this router accepts");
+}
+
+// The request's own failure policy, or the router's.
+absl::StatusOr<ExpertFailurePolicy> FailurePolicy(
+    moe::v1::ExpertFailurePolicy requested, ExpertFailurePolicy router) {
+  switch (requested) {
+    case moe::v1::ON_FAILURE_DROP:
+      return ExpertFailurePolicy::kDrop;
+    case moe::v1::ON_FAILURE_FAIL:
+      return ExpertFailurePolicy::kFail;
+    case moe::v1::ON_FAILURE_UNSPECIFIED:
+      return router;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("on_expert_failure: unknown value ", requested));
+  }
 }
 
 }  // namespace
+
+absl::Status RouterServiceOptions::Validate() const {
+  if (threads < 1) return absl::InvalidArgumentError("--threads must be >= 1");
+  if (batch_window < absl::ZeroDuration() || batch_window > absl::Seconds(60)) {
+    return absl::InvalidArgumentError(
+        "--batch_window_us must be in [0, 60000000]");
+  }
+  if (batch_max_rows < 1) {
+    return absl::InvalidArgumentError("--batch_max_tokens must be >= 1");
+  }
+  if (max_queued_tokens < 1 || max_queue_time < absl::Milliseconds(1)) {
+    return absl::InvalidArgumentError(
+        "--max_queued_tokens and --max_queue_ms must be >= 1");
+  }
+  if (worker_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--worker_timeout_ms must be >= 1");
+  }
+  if (!common::IsFloatingPoint(wire_dtype) ||
+      wire_dtype == common::DType::kFloat64) {
+    return absl::InvalidArgumentError(
+        "--wire_dtype must be float32, bfloat16 or float16");
+  }
+  return absl::OkStatus();
+}
+
+std::string RouterServiceOptions::Describe() const {
+  return absl::StrCat(
+      "on_expert_failure=", ExpertFailurePolicyName(on_failure), ", wire ",
+      common::DTypeName(wire_dtype), ", ",
+      batch_window > absl::ZeroDuration()
+          ? absl::StrCat("batch window ", absl::FormatDuration(batch_window))
+          : std::string("no batching"),
+      ", ", threads, " forward threads",
+      tokens != nullptr ? ", tokens required" : "");
+}
+
+absl::StatusOr<std::unique_ptr<RouterService>> RouterService::Create(
+    const ForwardRunner* runner, WorkerPool* pool,
+    const RouterServiceOptions& options, RouterMetrics* metrics) {
+  MOE_RETURN_IF_ERROR(options.Validate());
+  if (options.tokens == nullptr) {
+    MOE_LOG(WARNING) << "no --auth_tokens_file: every caller that reaches "
+                        "the router may call Forward";
+  } else {
+    MOE_LOG(INFO) << "Forward and GetModelInfo require one of the "
+                  << options.tokens->size() << " token(s) of "
+                  << options.tokens->path();
+  }
+  return std::unique_ptr<RouterService>(
+      new RouterService(runner, pool, options, metrics));
+}
 
 RouterService::RouterService(const ForwardRunner* runner, WorkerPool* pool,
                              const RouterServiceOptions& options,
@@ -65,7 +153,7 @@ RouterService::RouterService(const ForwardRunner* runner, WorkerPool* pool,
     : runner_(runner),
       pool_(pool),
       options_(options),
-      metrics_(metrics),
+      metrics_(*metrics),
       admission_(AdmissionFor(options)),
       queue_(std::make_unique<common::WorkQueue>(
           options.threads, options.max_queued, "moe-router")) {
@@ -74,15 +162,13 @@ RouterService::RouterService(const ForwardRunner* runner, WorkerPool* pool,
   batching.max_rows = options.batch_max_rows;
   batching.wire_dtype = options.wire_dtype;
   batching.clock = options.clock;
-  if (metrics_ != nullptr) {
-    batching.on_encode = [this](absl::Duration d) {
-      metrics_->RecordStage("encode", d);
-    };
-    batching.on_rpc = [this](int worker, absl::Duration d, int forwards,
-                             int64_t rows) {
-      metrics_->RecordWorkerRpc(worker, d, forwards, rows);
-    };
-  }
+  batching.on_encode = [this](absl::Duration d) {
+    metrics_.RecordStage(RouterStage::kEncode, d);
+  };
+  batching.on_rpc = [this](int worker, absl::Duration d, int forwards,
+                           int64_t rows) {
+    metrics_.RecordWorkerRpc(worker, d, forwards, rows);
+  };
   batcher_ = std::make_unique<WorkerBatcher>(pool_, batching);
 }
 
@@ -93,30 +179,51 @@ void RouterService::Drain() {
   batcher_.reset();  // and every worker call
 }
 
-absl::Status RouterService::Admit(const grpc::ByteBuffer& bytes,
-                                  ForwardCall* call) const {
-  grpc::ByteBuffer copy(bytes);
-  grpc::ProtoBufferReader reader(&copy);
-  if (!call->request.ParseFromZeroCopyStream(&reader)) {
-    return absl::InvalidArgumentError(
-        "the request could not be parsed as a moe.v1.ForwardRequest "
-        "(malformed protobuf)");
-  }
-  absl::StatusOr<const LayerEngine*> layer = runner_->Admit(call->request);
-  if (!layer.ok()) {
-    if (metrics_ != nullptr && absl::IsResourceExhausted(layer.status())) {
-      metrics_->RecordRejected("too_many_tokens");
+absl::Status RouterService::AwaitReady(
+    absl::Duration timeout, const std::function<bool()>& interrupted) const {
+  const absl::Time start = options_.clock->Now();
+  absl::Time last_log = start;
+  while (!pool_->ready()) {
+    const absl::Time now = options_.clock->Now();
+    if (timeout > absl::ZeroDuration() && now - start > timeout) {
+      return absl::UnavailableError(absl::StrCat(
+          "no healthy worker after ", absl::FormatDuration(timeout), " for ",
+          pool_->DescribeUncovered()));
     }
-    return layer.status();
+    if (now - last_log > absl::Seconds(5)) {
+      MOE_LOG(INFO) << "waiting for workers: no worker yet for "
+                    << pool_->DescribeUncovered();
+      last_log = now;
+    }
+    if (interrupted()) {
+      return absl::CancelledError(
+          "shutdown requested while waiting for "
+          "workers");
+    }
   }
-  call->layer = *layer;
+  return absl::OkStatus();
+}
+
+absl::Status RouterService::Admit(ForwardCall* call) const {
+  absl::StatusOr<AdmittedForward> admitted = runner_->Admit(call->request);
+  if (!admitted.ok()) {
+    if (absl::IsResourceExhausted(admitted.status())) {
+      metrics_.RecordRejected(RejectReason::kTooManyTokens);
+    }
+    return admitted.status();
+  }
+  call->admitted = *admitted;
   if (!pool_->ready()) {
-    if (metrics_ != nullptr) metrics_->RecordRejected("not_ready");
+    metrics_.RecordRejected(RejectReason::kNotReady);
     return absl::UnavailableError(
         absl::StrCat("the router is not ready: no worker yet for ",
                      pool_->DescribeUncovered()));
   }
-  return absl::OkStatus();
+  RejectReason reason;
+  absl::Status status = admission_.Admit(
+      call->admitted.tokens(), call->deadline, &call->ticket, &reason);
+  if (!status.ok()) metrics_.RecordRejected(reason);
+  return status;
 }
 
 absl::Status RouterService::RunForward(ForwardCall* call) const {
@@ -125,33 +232,19 @@ absl::Status RouterService::RunForward(ForwardCall* call) const {
   RemoteCallOptions remote;
   remote.deadline = call->deadline;
   remote.worker_timeout = options_.worker_timeout;
-  remote.on_failure = options_.on_failure;
   remote.clock = options_.clock;
-  switch (call->request.on_expert_failure()) {
-    case moe::v1::ON_FAILURE_DROP:
-      remote.on_failure = ExpertFailurePolicy::kDrop;
-      break;
-    case moe::v1::ON_FAILURE_FAIL:
-      remote.on_failure = ExpertFailurePolicy::kFail;
-      break;
-    case moe::v1::ON_FAILURE_UNSPECIFIED:
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("on_expert_failure: unknown value ",
-                       call->request.on_expert_failure()));
-  }
+  MOE_ASSIGN_OR_RETURN(
+      remote.on_failure,
+      FailurePolicy(call->request.on_expert_failure(), options_.on_failure));
   RemoteExpertBackend backend(pool_, batcher_.get(), call->waiter, remote,
                               &gating);
   ForwardResult result;
   const absl::Duration cpu_start = common::ThreadCpuTime();
   MOE_RETURN_IF_ERROR(
-      runner_->Run(call->request, backend, &call->response, &result));
-  if (metrics_ != nullptr) {
-    metrics_->RecordForward(call->layer->index(), result);
-    metrics_->RecordStages(result.timings);
-    metrics_->RecordForwardCpu(common::ThreadCpuTime() - cpu_start);
-  }
+      runner_->Run(call->admitted, backend, &call->response, &result));
+  metrics_.RecordForward(call->admitted.layer->index(), result);
+  metrics_.RecordStages(result.timings);
+  metrics_.RecordForwardCpu(common::ThreadCpuTime() - cpu_start);
   return absl::OkStatus();
 }
 
@@ -165,95 +258,92 @@ common::TokenSet::Verdict RouterService::Authenticate(
       absl::string_view(it->second.data(), it->second.size()));
 }
 
-namespace {
-
-absl::Status Unauthenticated(common::TokenSet::Verdict verdict) {
-  return absl::UnauthenticatedError(
-      verdict == common::TokenSet::Verdict::kMissing
-          ? "this router requires a token: send \"authorization: Bearer "
-            "<token>\" (moe-client --token_file, RouterClient token=)"
-          : "the bearer token is not one this router accepts");
+void RouterService::Finish(ForwardCall* call, absl::Status status,
+                           grpc::ByteBuffer* response) {
+  if (status.ok()) {
+    bool own = false;
+    status = proto::FromGrpcStatus(
+        grpc::SerializationTraits<moe::v1::ForwardResponse>::Serialize(
+            call->response, response, &own));
+  }
+  admission_.Finish(&call->ticket, status.ok());
+  const absl::Duration took = options_.clock->Now() - call->start;
+  // Never the tensors, never a token: the shape, the layer, the outcome.
+  if (!status.ok() || options_.log_requests) {
+    const std::string line = absl::StrCat(
+        "Forward from ", call->peer, " layer \"", call->request.layer(), "\" ",
+        DescribeInput(call->request), ": ",
+        absl::StatusCodeToString(status.code()), " in ",
+        absl::FormatDuration(absl::Trunc(took, absl::Microseconds(100))),
+        status.ok() ? "" : absl::StrCat(": ", status.message()),
+        status.ok() && call->response.degraded() ? " (degraded)" : "");
+    if (status.ok()) {
+      MOE_LOG(INFO) << line;
+    } else {
+      MOE_LOG(WARNING) << line;
+    }
+  }
+  --inflight_;
+  metrics_.AddInflight(-1);
+  metrics_.RecordRequest(status.code(), took);
+  call->Finish(proto::ToGrpcStatus(status));
 }
-
-}  // namespace
 
 grpc::ServerUnaryReactor* RouterService::Forward(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  auto* call = new ForwardCall();
-  call->start = options_.clock->Now();
-  call->deadline = absl::FromChrono(context->deadline());
-  call->peer = context->peer();
+  auto* call = new ForwardCall(context, options_.clock->Now());
   ++inflight_;
-  if (metrics_ != nullptr) metrics_->AddInflight(1);
-  auto finish = [this, call, response](absl::Status status) {
-    if (status.ok()) {
-      bool own = false;
-      status = proto::FromGrpcStatus(
-          grpc::SerializationTraits<moe::v1::ForwardResponse>::Serialize(
-              call->response, response, &own));
-    }
-    admission_.Finish(&call->ticket, status.ok());
-    const absl::Duration took = options_.clock->Now() - call->start;
-    // Never the tensors, never a token: the shape, the layer, the outcome.
-    if (!status.ok() || options_.log_requests) {
-      const std::string line = absl::StrCat(
-          "Forward from ", call->peer, " layer \"", call->request.layer(),
-          "\" ", DescribeInput(call->request), ": ",
-          absl::StatusCodeToString(status.code()), " in ",
-          absl::FormatDuration(absl::Trunc(took, absl::Microseconds(100))),
-          status.ok() ? "" : absl::StrCat(": ", status.message()),
-          status.ok() && call->response.degraded() ? " (degraded)" : "");
-      if (status.ok()) {
-        MOE_LOG(INFO) << line;
-      } else {
-        MOE_LOG(WARNING) << line;
-      }
-    }
-    --inflight_;
-    if (metrics_ != nullptr) {
-      metrics_->AddInflight(-1);
-      metrics_->RecordRequest(status.code(), took);
-    }
-    call->Finish(proto::ToGrpcStatus(status));
-  };
+  metrics_.AddInflight(1);
   if (const auto verdict = Authenticate(*context);
       verdict != common::TokenSet::Verdict::kAccepted) {
-    if (metrics_ != nullptr) metrics_->RecordRejected("unauthenticated");
-    finish(Unauthenticated(verdict));
+    metrics_.RecordRejected(RejectReason::kUnauthenticated);
+    Finish(call, Unauthenticated(verdict), response);
     return call;
   }
-  absl::Status admitted = Admit(*request, call);
-  if (admitted.ok()) {
-    std::string reason;
-    admitted = admission_.Admit(Tokens(call->request), call->deadline,
-                                &call->ticket, &reason);
-    if (!admitted.ok() && metrics_ != nullptr) metrics_->RecordRejected(reason);
-  }
+  absl::Status admitted = Parse(*request, &call->request);
+  if (admitted.ok()) admitted = Admit(call);
   if (!admitted.ok()) {
-    finish(admitted);
+    Finish(call, admitted, response);
     return call;
   }
-  const bool queued = queue_->TrySubmit([this, context, call, finish] {
+  const bool queued = queue_->TrySubmit([this, call, response] {
     absl::Status status = admission_.Start(&call->ticket);
     if (!status.ok()) {
-      if (metrics_ != nullptr) metrics_->RecordRejected("overloaded");
-    } else if (context->IsCancelled()) {
+      metrics_.RecordRejected(RejectReason::kOverloaded);
+    } else if (call->context->IsCancelled()) {
       status = absl::CancelledError("cancelled before it ran");
     } else if (options_.clock->Now() >= call->deadline) {
       status = absl::DeadlineExceededError("deadline passed while queued");
     } else {
       status = RunForward(call);
     }
-    finish(status);
+    Finish(call, status, response);
   });
   if (!queued) {
-    if (metrics_ != nullptr) metrics_->RecordRejected("queue_full");
-    finish(absl::ResourceExhaustedError(
-        absl::StrCat("router overloaded: ", options_.max_queued,
-                     " requests already queued; retry later")));
+    metrics_.RecordRejected(RejectReason::kQueueFull);
+    Finish(call,
+           absl::ResourceExhaustedError(
+               absl::StrCat("router overloaded: ", options_.max_queued,
+                            " requests already queued; retry later")),
+           response);
   }
   return call;
+}
+
+std::string RouterService::Describe() const {
+  const common::ModelSpec& spec = runner_->model().spec();
+  std::vector<std::string> addresses;
+  for (int i = 0; i < pool_->size(); ++i)
+    addresses.push_back(pool_->address(i));
+  const int metrics_port = metrics_port_.load();
+  return absl::StrCat(
+      "model \"", spec.name, "\" ", runner_->model().fingerprint(), ", ",
+      spec.layers.size(), " layer(s), dim ", spec.dim, ", on ",
+      addresses.size(), " workers [", absl::StrJoin(addresses, ","), "], ",
+      options_.Describe(),
+      metrics_port > 0 ? absl::StrCat(", /metrics on port ", metrics_port)
+                       : "");
 }
 
 moe::v1::ModelInfo RouterService::ModelInfo(bool with_workers) const {
@@ -263,7 +353,7 @@ moe::v1::ModelInfo RouterService::ModelInfo(bool with_workers) const {
   info.set_model_name(spec.name);
   info.set_fingerprint(model.fingerprint());
   info.set_dim(spec.dim);
-  const std::vector<std::vector<int64_t>> uncovered = pool_->Uncovered();
+  const common::ExpertSet uncovered = pool_->Uncovered();
   for (size_t l = 0; l < spec.layers.size(); ++l) {
     const common::LayerSpec& layer = spec.layers[l];
     const common::LayerConfig& c = layer.config;
@@ -280,7 +370,7 @@ moe::v1::ModelInfo RouterService::ModelInfo(bool with_workers) const {
     li->set_balance_loss_coef(c.balance_loss_coef);
     li->set_router_z_loss_coef(c.router_z_loss_coef);
     li->set_config_json(c.ToJson());
-    for (int64_t e : uncovered[l]) li->add_uncovered_experts(e);
+    for (int64_t e : uncovered.ids(l)) li->add_uncovered_experts(e);
   }
   info.set_on_expert_failure(ExpertFailurePolicyName(options_.on_failure));
   info.set_max_tokens_per_request(runner_->limits().max_tokens_per_request);
@@ -302,11 +392,11 @@ moe::v1::ModelInfo RouterService::ModelInfo(bool with_workers) const {
     wi->set_fingerprint(w.fingerprint);
     wi->set_model_name(w.model_name);
     wi->set_inflight_calls(w.inflight);
-    for (size_t l = 0; l < w.experts.size() && l < spec.layers.size(); ++l) {
-      if (w.experts[l].empty()) continue;
+    for (size_t l = 0; l < spec.layers.size(); ++l) {
+      if (w.experts.ids(l).empty()) continue;
       moe::v1::WorkerExperts* e = wi->add_experts();
       e->set_layer(spec.layers[l].name);
-      for (int64_t id : w.experts[l]) e->add_expert_ids(id);
+      for (int64_t id : w.experts.ids(l)) e->add_expert_ids(id);
     }
   }
   return info;
@@ -318,7 +408,7 @@ grpc::ServerUnaryReactor* RouterService::GetModelInfo(
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const common::TokenSet::Verdict verdict = Authenticate(*context);
   if (verdict == common::TokenSet::Verdict::kUnknown) {
-    if (metrics_ != nullptr) metrics_->RecordRejected("unauthenticated");
+    metrics_.RecordRejected(RejectReason::kUnauthenticated);
     reactor->Finish(proto::ToGrpcStatus(Unauthenticated(verdict)));
     return reactor;
   }

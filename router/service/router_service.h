@@ -11,23 +11,32 @@
 // options.tokens, a call without a known "authorization: Bearer <token>"
 // is UNAUTHENTICATED; GetModelInfo without a token answers without the
 // worker list (addresses are for operators).
+//
+// Each request is admitted once, in this order: token, parse, the runner's
+// checks (ForwardRunner::Admit), readiness, the admission controller, the
+// queue. Every refusal is counted by reason in the metrics.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
+#include "common/dtype.h"
 #include "common/token_set.h"
 #include "common/work_queue.h"
 #include "moe/v1/router.grpc.pb.h"
+#include "router/api/forward_runner.h"
+#include "router/remote/remote_expert_backend.h"
+#include "router/remote/worker_batcher.h"
+#include "router/remote/worker_pool.h"
 #include "router/service/admission.h"
-#include "router/service/forward_runner.h"
-#include "router/service/remote_expert_backend.h"
 #include "router/service/router_metrics.h"
-#include "router/service/worker_batcher.h"
-#include "router/service/worker_pool.h"
 
 namespace moe::router {
 
@@ -36,7 +45,7 @@ struct RouterServiceOptions {
   size_t max_queued = 64;
   absl::Duration worker_timeout = absl::Seconds(30);
   ExpertFailurePolicy on_failure = ExpertFailurePolicy::kDrop;
-  moe::v1::DType wire_dtype = moe::v1::FLOAT32;
+  common::DType wire_dtype = common::DType::kFloat32;
   // Dynamic batching of worker calls (WorkerBatcher); zero turns it off.
   absl::Duration batch_window = absl::ZeroDuration();
   int64_t batch_max_rows = 16384;
@@ -50,6 +59,12 @@ struct RouterServiceOptions {
   absl::Duration max_queue_time = absl::Seconds(2);
   // One log line per request (failed ones are always logged).
   bool log_requests = false;
+
+  // InvalidArgument naming the option as its flag spells it.
+  absl::Status Validate() const;
+  // "on_expert_failure=drop, wire float32, batch window 20ms, 8 forward
+  // threads, tokens required": for the start-up log line.
+  std::string Describe() const;
 };
 
 class RouterService final
@@ -57,10 +72,12 @@ class RouterService final
           moe::v1::Router::WithCallbackMethod_GetModelInfo<
               moe::v1::Router::Service>> {
  public:
-  // `runner`, `pool` and `metrics` (may be null) must outlive the service.
-  RouterService(const ForwardRunner* runner, WorkerPool* pool,
-                const RouterServiceOptions& options,
-                RouterMetrics* metrics = nullptr);
+  // `runner`, `pool` and `metrics` must outlive the service (a
+  // NoRouterMetrics where nothing is recorded). InvalidArgument when the
+  // options fail Validate().
+  static absl::StatusOr<std::unique_ptr<RouterService>> Create(
+      const ForwardRunner* runner, WorkerPool* pool,
+      const RouterServiceOptions& options, RouterMetrics* metrics);
   ~RouterService() override;
 
   grpc::ServerUnaryReactor* Forward(grpc::CallbackServerContext* context,
@@ -72,6 +89,14 @@ class RouterService final
       const moe::v1::GetModelInfoRequest* request,
       moe::v1::ModelInfo* response) override;
 
+  // Waits until every expert of every layer has a healthy worker (the
+  // pool's probes run meanwhile), logging what is missing every 5 s. OK
+  // once ready; UNAVAILABLE naming the experts without a worker after
+  // `timeout` (none when zero); CANCELLED when `interrupted` (asked every
+  // 50 ms, say whether a shutdown signal came) returns true.
+  absl::Status AwaitReady(absl::Duration timeout,
+                          const std::function<bool()>& interrupted) const;
+
   // Waits for the forwards already accepted (they answer their calls) and
   // their worker calls. Call after the server stopped taking calls and
   // before it is destroyed; the destructor does it too.
@@ -80,16 +105,25 @@ class RouterService final
   // Reported in ModelInfo so that tools can find /metrics.
   void set_metrics_port(int port) { metrics_port_ = port; }
 
+  // "model \"m\" sha256:..., 4 layer(s), dim 512, on 2 workers [a,b],
+  // on_expert_failure=drop, ..., /metrics on port 9464": the start-up line.
+  std::string Describe() const;
+
   // What GetModelInfo answers (`with_workers`: the worker list too).
   moe::v1::ModelInfo ModelInfo(bool with_workers = true) const;
 
  private:
   class ForwardCall;
 
-  // Parses and admits a request: the forward's state, or the error to
-  // answer at once.
-  absl::Status Admit(const grpc::ByteBuffer& bytes, ForwardCall* call) const;
+  RouterService(const ForwardRunner* runner, WorkerPool* pool,
+                const RouterServiceOptions& options, RouterMetrics* metrics);
+  // Everything that can refuse a parsed request before it is queued:
+  // the runner's checks, readiness, the admission controller.
+  absl::Status Admit(ForwardCall* call) const;
   absl::Status RunForward(ForwardCall* call) const;
+  // Answers the call with `status` (or its response), once.
+  void Finish(ForwardCall* call, absl::Status status,
+              grpc::ByteBuffer* response);
   // kAccepted when the service needs no token.
   common::TokenSet::Verdict Authenticate(
       const grpc::CallbackServerContext& context) const;
@@ -97,7 +131,7 @@ class RouterService final
   const ForwardRunner* runner_;
   WorkerPool* pool_;
   const RouterServiceOptions options_;
-  RouterMetrics* metrics_;
+  RouterMetrics& metrics_;
   std::atomic<int64_t> inflight_{0};
   std::atomic<int> metrics_port_{0};
   mutable AdmissionController admission_;

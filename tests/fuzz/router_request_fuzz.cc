@@ -9,8 +9,8 @@
 #include "fuzz_input.h"
 #include "moe/v1/router.pb.h"
 #include "proto/tensor_codec.h"
+#include "router/api/options_codec.h"
 #include "router/routing_options.h"
-#include "router/service/options_codec.h"
 
 namespace {
 

@@ -37,7 +37,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string scratch;
   const void* rows = view->TokenData(&scratch);
   const size_t bytes =
-      view->rows() * dim * (view->tokens_dtype() == moe::v1::FLOAT32 ? 4 : 2);
+      view->rows() * dim * moe::common::ElementSize(view->tokens_dtype());
   if (bytes > 0) {
     // Every byte of the rows is readable (ASan checks the range).
     uint8_t x = 0;

@@ -86,12 +86,12 @@ TEST(CudaExpertShardTest, BFloat16StaysWithinItsBoundAndCallsRunConcurrently) {
   auto cpu = CpuExpertShard::Create(experts);
   ASSERT_TRUE(cpu.ok());
   gpu::GpuOptions options;
-  options.compute = gpu::Dtype::kBFloat16;
+  options.compute = common::DType::kBFloat16;
   options.max_rows = 1024;
   options.streams = 2;
   auto cuda = CudaExpertShard::Create(experts, options);
   ASSERT_TRUE(cuda.ok()) << cuda.status();
-  EXPECT_EQ((*cuda)->compute_dtype(), "bfloat16");
+  EXPECT_EQ((*cuda)->compute_dtype(), common::DType::kBFloat16);
   EXPECT_GT((*cuda)->device_memory_bytes(), (*cuda)->weight_bytes());
   const at::Tensor x = at::randn({1024, 512});
   const auto segs = Segments(1024, 4);

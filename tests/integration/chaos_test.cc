@@ -65,13 +65,23 @@ client::ClientOptions Once(absl::Duration timeout) {
   return o;
 }
 
-// Kills worker `i` with SIGKILL and starts it again on its port; waits
-// until the router has it up again.
+// Waits (up to the load's limit) until `counter` grew by `more`: the load
+// made progress between two events.
+void WaitForProgress(const std::atomic<int>& counter, int more) {
+  const int from = counter.load();
+  const absl::Time until = absl::Now() + kLoadLimit;
+  while (counter.load() < from + more && absl::Now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+// Kills worker `i` with SIGKILL, waits until the router has it down,
+// starts it again on its port and waits until the router has it up again.
 void KillAndRestart(Deployment& d, int i) {
   const int port = d.worker_port(i);
   d.worker(i).Signal(SIGKILL);
   d.worker(i).Wait(absl::Seconds(10));
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_TRUE(d.WaitWorkerState(i, false, absl::Seconds(20)).ok());
   ASSERT_TRUE(d.StartWorker(i, port).ok()) << d.worker(i).Log();
   ASSERT_TRUE(d.WaitWorkerState(i, true, absl::Seconds(20)).ok());
 }
@@ -111,13 +121,14 @@ TEST(ChaosTest, ReplicatedExpertsSurviveKilledWorkersWithoutAFailure) {
       }
     });
   }
-  // Four kills, each of a random worker, one down at a time.
+  // Four kills, each of a random worker, one down at a time, with answers
+  // between them.
   std::mt19937 rng(5);
   for (int kill = 0; kill < 4; ++kill) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    WaitForProgress(ok, 10);
     KillAndRestart(d, static_cast<int>(rng() % 4));
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  WaitForProgress(ok, 10);
   stop = true;
   for (std::thread& t : load) t.join();
   std::printf("%s (restarted workers: since their restart)\n",
@@ -198,15 +209,15 @@ TEST(ChaosTest, WithoutReplicasEveryDegradedAnswerIsFlaggedAndExact) {
     });
   }
   for (int kill = 0; kill < 3; ++kill) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(400));
-    // Worker 1 stays down a while: forwards in between are degraded.
+    WaitForProgress(whole, 5);
+    // Worker 1 stays down until forwards have met it dead: degraded.
     d.worker(1).Signal(SIGKILL);
     d.worker(1).Wait(absl::Seconds(10));
-    std::this_thread::sleep_for(std::chrono::milliseconds(800));
+    WaitForProgress(degraded, 5);
     ASSERT_TRUE(d.StartWorker(1, d.worker_port(1)).ok());
     ASSERT_TRUE(d.WaitWorkerState(1, true, absl::Seconds(20)).ok());
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  WaitForProgress(whole, 5);
   stop = true;
   for (std::thread& t : load) t.join();
   std::printf("%s (restarted workers: since their restart)\n",

@@ -10,6 +10,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,12 +33,12 @@ constexpr double kMarginMiB = 64;
 // Rows split evenly over the 16 experts of layer 0, as one RunExperts call.
 grpc::ByteBuffer Call(int64_t rows, int64_t dim) {
   auto data = std::make_shared<std::vector<float>>(rows * dim, 0.25f);
-  proto::RunExpertsRequestWriter writer(moe::v1::FLOAT32, dim);
+  proto::RunExpertsRequestWriter writer(common::DType::kFloat32, dim);
   writer.AddFloatRows(data->data(), rows, data);
   for (int e = 0; e < 16; ++e) {
     writer.AddSegment({0, e}, rows * (e + 1) / 16 - rows * e / 16);
   }
-  return writer.Finish(moe::v1::FLOAT32);
+  return writer.Finish(common::DType::kFloat32);
 }
 
 grpc::Status Send(const std::string& address, grpc::ByteBuffer request) {
@@ -60,6 +61,36 @@ grpc::Status Send(const std::string& address, grpc::ByteBuffer request) {
   return status;
 }
 
+// The worker's resident size once it settled: the first of two readings
+// 100 ms apart that differ by less than 1 MiB (within 5 s).
+double SettledRss(testing::Process& worker) {
+  double last = worker.StatusMiB("VmRSS");
+  const absl::Time until = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const double now = worker.StatusMiB("VmRSS");
+    if (std::abs(now - last) < 1) return now;
+    last = now;
+  }
+  return last;
+}
+
+// The worker's resident size once it is at most `bound`, or after 10 s
+// (memory handed back on free may take a moment to show).
+double RssWithin(testing::Process& worker, double bound) {
+#ifdef MOE_SANITIZED
+  // AddressSanitizer's quarantine keeps freed memory: it never comes back.
+  return worker.StatusMiB("VmRSS");
+#endif
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  double rss = worker.StatusMiB("VmRSS");
+  while (rss > bound && absl::Now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    rss = worker.StatusMiB("VmRSS");
+  }
+  return rss;
+}
+
 TEST(MemoryTest, AMaximumSizeCallLeavesTheWorkerNearItsIdleSize) {
   const std::string path = testing::TempDir() + "/readme.safetensors";
   ASSERT_TRUE(common::WriteDemoCheckpoint(path, common::DefaultDemoConfig(), 1,
@@ -67,11 +98,13 @@ TEST(MemoryTest, AMaximumSizeCallLeavesTheWorkerNearItsIdleSize) {
                   .ok());
   const int64_t dim = common::DefaultDemoConfig().dim;
   const std::string port_file = testing::TempDir() + "/memory-worker.port";
-  testing::Process worker(
+  auto process = testing::StartProcess(
       {testing::BinaryPath("moe-expert"), "--checkpoint=" + path,
        "--host=127.0.0.1", "--port=0", "--port_file=" + port_file,
        "--metrics_port=-1", absl::StrCat("--max_tokens_per_call=", kMaxRows)},
       port_file + ".log");
+  ASSERT_NE(process, nullptr);
+  testing::Process& worker = *process;
   auto port = testing::WaitForPortFile(port_file, absl::Seconds(60), &worker);
   ASSERT_TRUE(port.ok()) << port.status();
   const std::string address = absl::StrCat("127.0.0.1:", *port);
@@ -79,13 +112,11 @@ TEST(MemoryTest, AMaximumSizeCallLeavesTheWorkerNearItsIdleSize) {
 
   // Idle: after a small call, so that lazily created state exists.
   ASSERT_TRUE(Send(address, Call(64, dim)).ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  const double idle = worker.StatusMiB("VmRSS");
+  const double idle = SettledRss(worker);
 
   grpc::Status big = Send(address, Call(kMaxRows, dim));
   ASSERT_TRUE(big.ok()) << big.error_message();
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  const double after = worker.StatusMiB("VmRSS");
+  const double after = RssWithin(worker, idle + kMarginMiB);
   const double peak = worker.StatusMiB("VmHWM");
   std::printf(
       "worker RSS: idle %.1f MiB, peak %.1f MiB during a %lld-row "
@@ -107,8 +138,7 @@ TEST(MemoryTest, AMaximumSizeCallLeavesTheWorkerNearItsIdleSize) {
   if (check_rss) EXPECT_LE(after, idle + kMarginMiB);
   // A second one keeps nothing more: nothing accumulates.
   ASSERT_TRUE(Send(address, Call(kMaxRows, dim)).ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  const double again = worker.StatusMiB("VmRSS");
+  const double again = RssWithin(worker, after + 8);
   std::printf("after a second maximum-size call %.1f MiB\n", again);
   if (check_rss) EXPECT_LE(again, after + 8);
 
@@ -118,9 +148,8 @@ TEST(MemoryTest, AMaximumSizeCallLeavesTheWorkerNearItsIdleSize) {
   EXPECT_TRUE(over.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
               over.error_code() == grpc::StatusCode::INVALID_ARGUMENT)
       << over.error_code() << " " << over.error_message();
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
   if (check_rss) {
-    EXPECT_LE(worker.StatusMiB("VmRSS"), idle + kMarginMiB);
+    EXPECT_LE(RssWithin(worker, idle + kMarginMiB), idle + kMarginMiB);
   }
   EXPECT_TRUE(Send(address, Call(64, dim)).ok());
   EXPECT_TRUE(worker.running());

@@ -71,11 +71,13 @@ TEST(OperationsTest, ABusyPortIsAnErrorNamingIt) {
         "--checkpoint=" + testing::GoldenPath(kModel), "--host=127.0.0.1",
         "--port=" + port, "--metrics_port=-1"};
     if (binary == "moe-router") argv.push_back("--workers=127.0.0.1:" + port);
-    Process second(argv, testing::TempDir() + "/busy-" + binary + ".log");
-    EXPECT_NE(second.Wait(absl::Seconds(60)), 0) << binary;
-    EXPECT_THAT(second.Log(), HasSubstr("cannot listen on 127.0.0.1:" + port))
+    auto second = testing::StartProcess(
+        argv, testing::TempDir() + "/busy-" + binary + ".log");
+    ASSERT_NE(second, nullptr);
+    EXPECT_NE(second->Wait(absl::Seconds(60)), 0) << binary;
+    EXPECT_THAT(second->Log(), HasSubstr("cannot listen on 127.0.0.1:" + port))
         << binary;
-    EXPECT_THAT(second.Log(), HasSubstr("already in use")) << binary;
+    EXPECT_THAT(second->Log(), HasSubstr("already in use")) << binary;
   }
   EXPECT_TRUE(d.worker(0).running());
 }
@@ -83,13 +85,15 @@ TEST(OperationsTest, ABusyPortIsAnErrorNamingIt) {
 TEST(OperationsTest, ARouterWithoutWorkersIsNotReadyAndSaysWhy) {
   const std::string port_file = testing::TempDir() + "/lonely.port";
   // Port 1 on loopback: nothing listens there.
-  Process router(
+  auto router = testing::StartProcess(
       {testing::BinaryPath("moe-router"),
        "--checkpoint=" + testing::GoldenPath(kModel), "--host=127.0.0.1",
        "--port=0", "--port_file=" + port_file, "--metrics_port=-1",
        "--workers=127.0.0.1:1", "--probe_interval_ms=100"},
       port_file + ".log");
-  auto port = testing::WaitForPortFile(port_file, absl::Seconds(60), &router);
+  ASSERT_NE(router, nullptr);
+  auto port =
+      testing::WaitForPortFile(port_file, absl::Seconds(60), router.get());
   ASSERT_TRUE(port.ok()) << port.status();
   const std::string address = "127.0.0.1:" + std::to_string(*port);
   auto health = client::CheckHealth(address, absl::Seconds(5), "moe.v1.Router");
@@ -132,8 +136,18 @@ TEST(OperationsTest, AWorkerOfAnotherDimIsRefusedWithItsReasonOnce) {
   }
   EXPECT_EQ(refused.state(), "wrong_model");
   EXPECT_THAT(refused.reason(), HasSubstr("dim 8; the router's is 16"));
-  // Probes every 100 ms for a while: still one line about it.
-  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  // Probed again and again (every 100 ms): still one line about it. The
+  // worker counts the probes it answered.
+  auto probes = [&] {
+    return Metric(d.worker_metrics_address(1), "moe_grpc_server_handled_total",
+                  {{"method", "/moe.v1.ExpertWorker/GetShardInfo"}});
+  };
+  const double seen = probes();
+  const absl::Time until = absl::Now() + absl::Seconds(20);
+  while (probes() < seen + 5 && absl::Now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_GE(probes(), seen + 5) << "the router stopped probing the worker";
   EXPECT_EQ(Occurrences(d.router().Log(), "dim 8; the router's is 16"), 1)
       << d.router().Log();
   // It never answers for the model.

@@ -47,10 +47,13 @@ TEST_P(MoeUpParityTest, DistributedEqualsInProcessAndGolden) {
   const std::string path = testing::GoldenPath(c.name);
   const std::string port_file =
       testing::TempDir() + "/" + c.name + std::to_string(c.workers) + ".port";
-  Process up({testing::BinaryPath("moe-up"), "--checkpoint=" + path,
-              "--workers=" + std::to_string(c.workers), "--port=0",
-              "--port_file=" + port_file},
-             port_file + ".log");
+  auto process = testing::StartProcess(
+      {testing::BinaryPath("moe-up"), "--checkpoint=" + path,
+       "--workers=" + std::to_string(c.workers), "--port=0",
+       "--port_file=" + port_file},
+      port_file + ".log");
+  ASSERT_NE(process, nullptr);
+  Process& up = *process;
   auto port = testing::WaitForPortFile(port_file, absl::Seconds(90), &up);
   ASSERT_TRUE(port.ok()) << port.status() << up.Log();
 

@@ -1,5 +1,6 @@
 #include "testing/deployment.h"
 
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,112 +22,28 @@
 
 namespace moe::testing {
 
-Process::Process(std::vector<std::string> argv, std::string log_path)
-    : log_path_(std::move(log_path)) {
-  pid_ = ::fork();
-  if (pid_ == 0) {
-    FILE* f = std::fopen(log_path_.c_str(), "w");
-    if (f != nullptr) {
-      ::dup2(fileno(f), STDOUT_FILENO);
-      ::dup2(fileno(f), STDERR_FILENO);
-    }
-    sigset_t set;
-    sigemptyset(&set);
-    pthread_sigmask(SIG_SETMASK, &set, nullptr);
-    std::vector<char*> args;
-    for (const std::string& a : argv)
-      args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execv(args[0], args.data());
-    std::_Exit(127);
-  }
-}
-
-Process::~Process() {
-  if (running()) {
-    ::kill(pid_, SIGCONT);
-    ::kill(pid_, SIGKILL);
-    Wait(absl::Seconds(10));
-  }
-}
-
-bool Process::running() {
-  if (exit_code_ >= 0 || pid_ <= 0) return false;
-  int status = 0;
-  if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-    exit_code_ =
-        WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    return false;
-  }
-  return true;
-}
-
-void Process::Signal(int sig) {
-  if (running()) ::kill(pid_, sig);
-}
-
-int Process::Wait(absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (running()) {
-    if (absl::Now() > deadline) return -1;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return exit_code_;
-}
-
-double Process::StatusMiB(const std::string& field) const {
-  std::ifstream in(absl::StrCat("/proc/", pid_, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field + ":", 0) != 0) continue;
-    absl::string_view v = absl::StripAsciiWhitespace(absl::StripSuffix(
-        absl::string_view(line).substr(field.size() + 1), "kB"));
-    double kb = 0;
-    if (absl::SimpleAtod(v, &kb)) return kb / 1024;
-  }
-  return -1;
-}
-
-std::string Process::Log() const {
-  std::ifstream in(log_path_);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+std::unique_ptr<Process> StartProcess(std::vector<std::string> argv,
+                                      std::string log_path) {
+  server::ChildOptions options;
+  options.argv = std::move(argv);
+  options.log_path = std::move(log_path);
+  absl::StatusOr<std::unique_ptr<Process>> p =
+      server::ChildProcess::Start(std::move(options));
+  EXPECT_TRUE(p.ok()) << p.status();
+  return p.ok() ? std::move(*p) : nullptr;
 }
 
 absl::StatusOr<int> WaitForPortFile(const std::string& path,
                                     absl::Duration timeout, Process* process) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    std::ifstream in(path);
-    std::string text;
-    int port = 0;
-    if ((in >> text) && absl::SimpleAtoi(text, &port)) return port;
-    if (process != nullptr && !process->running()) {
-      return absl::UnavailableError(absl::StrCat(
-          "process exited before writing ", path, ":\n", process->Log()));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return absl::DeadlineExceededError(absl::StrCat("no port file ", path));
+  return server::WaitForPortFile(path, absl::Now() + timeout, *process);
 }
 
 absl::Status WaitServing(const std::string& address, absl::Duration timeout,
                          const client::ClientOptions& options) {
-  const absl::Time deadline = absl::Now() + timeout;
-  for (;;) {
-    auto health =
-        client::CheckHealth(address, absl::Milliseconds(500), "", options);
-    if (health.ok() &&
-        *health == grpc::health::v1::HealthCheckResponse::SERVING) {
-      return absl::OkStatus();
-    }
-    if (absl::Now() > deadline) {
-      return absl::DeadlineExceededError(
-          absl::StrCat(address, " not SERVING in time"));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  server::HealthProbe probe;
+  probe.credentials = options.credentials;
+  probe.tls_server_name = options.tls_server_name;
+  return server::WaitServing(address, absl::Now() + timeout, nullptr, probe);
 }
 
 Deployment::Deployment(std::string checkpoint,
@@ -167,8 +84,7 @@ absl::Status Deployment::StartWorker(int i, int port) {
       "--metrics_port_file=" + port_file + ".metrics",
       "--grace_seconds=5"};
   argv.insert(argv.end(), worker_flags_.begin(), worker_flags_.end());
-  workers_[i] = std::make_unique<Process>(
-      argv, absl::StrCat(dir_, "/worker-", i, ".log"));
+  workers_[i] = StartProcess(argv, absl::StrCat(dir_, "/worker-", i, ".log"));
   absl::StatusOr<int> p =
       WaitForPortFile(port_file, absl::Seconds(60), workers_[i].get());
   if (!p.ok()) return p.status();
@@ -199,7 +115,7 @@ absl::Status Deployment::StartRouter() {
       "--metrics_port_file=" + port_file + ".metrics",
       "--grace_seconds=10"};
   argv.insert(argv.end(), router_flags_.begin(), router_flags_.end());
-  router_ = std::make_unique<Process>(argv, dir_ + "/router.log");
+  router_ = StartProcess(argv, dir_ + "/router.log");
   absl::StatusOr<int> p =
       WaitForPortFile(port_file, absl::Seconds(60), router_.get());
   if (!p.ok()) return p.status();

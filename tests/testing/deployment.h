@@ -1,5 +1,6 @@
 // Integration-test helpers: real moe-expert / moe-router / moe-up processes
-// on 127.0.0.1, ports from port files, readiness from health checks.
+// on 127.0.0.1, ports from port files, readiness from health checks, all
+// through the supervisor moe-up uses (server/supervisor.h).
 #pragma once
 
 #include <sys/types.h>
@@ -12,33 +13,21 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "client/router_client.h"
+#include "server/supervisor.h"
 
 namespace moe::testing {
 
-// A child process; killed (SIGKILL) when destroyed if still running.
-class Process {
- public:
-  Process(std::vector<std::string> argv, std::string log_path);
-  ~Process();
-  pid_t pid() const { return pid_; }
-  bool running();
-  void Signal(int sig);
-  // Waits for exit; returns the exit code (128 + signal when killed), or -1
-  // on timeout.
-  int Wait(absl::Duration timeout);
-  const std::string& log_path() const { return log_path_; }
-  std::string Log() const;
-  // A memory field of /proc/PID/status in MiB ("VmRSS", "VmHWM": peak);
-  // -1 once the process is gone.
-  double StatusMiB(const std::string& field) const;
+// A child process of a test: the supervisor's (server/supervisor.h), the
+// same code moe-up runs its children with; killed (SIGKILL) when destroyed
+// if still running.
+using Process = server::ChildProcess;
 
- private:
-  pid_t pid_ = -1;
-  std::string log_path_;
-  int exit_code_ = -1;
-};
+// Starts `argv` with stdout and stderr in `log_path`.
+std::unique_ptr<Process> StartProcess(std::vector<std::string> argv,
+                                      std::string log_path);
 
-// Reads an integer port from `path` once it exists; waits up to `timeout`.
+// Reads an integer port from `path` once it exists; waits up to `timeout`,
+// failing early (with its log) when `process` exits.
 absl::StatusOr<int> WaitForPortFile(const std::string& path,
                                     absl::Duration timeout, Process* process);
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -16,7 +17,9 @@ absl::Status ScalingShard::RunChecked(
     const experts::TokenRows& tokens,
     absl::Span<const common::ExpertSegment> segments, float* out,
     experts::RunStats* /*stats*/) const {
-  const float* in = static_cast<const float*>(tokens.data);
+  std::vector<float> in(static_cast<size_t>(tokens.rows * dim_));
+  common::ConvertToFloat32(tokens.dtype, tokens.data,
+                           static_cast<int64_t>(in.size()), in.data());
   for (const common::ExpertSegment& s : segments) {
     const float scale = ExpertScale(s.key);
     for (int64_t i = s.offset * dim_; i < (s.offset + s.count) * dim_; ++i) {
@@ -131,7 +134,8 @@ grpc::ByteBuffer FakeWorker::Outputs(const grpc::ByteBuffer& request) const {
   if (!view.ok()) return grpc::ByteBuffer();
   std::string scratch;
   const float* in = static_cast<const float*>(view->TokenData(&scratch));
-  proto::RunExpertsResponseWriter out(moe::v1::FLOAT32, view->rows(), dim_);
+  proto::RunExpertsResponseWriter out(common::DType::kFloat32, view->rows(),
+                                      dim_);
   ScalingShard shard(dim_);
   shard
       .Run({common::DType::kFloat32, in, view->rows()}, view->segments(),

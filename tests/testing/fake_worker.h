@@ -17,24 +17,30 @@
 #include "common/model_spec.h"
 #include "experts/expert_shard.h"
 #include "proto/expert_wire.h"
-#include "router/service/worker_transport.h"
+#include "router/remote/worker_transport.h"
 
 namespace moe::testing {
 
 // What a fake expert computes: row * (1 + expert + 100 * layer).
 float ExpertScale(common::ExpertKey key);
 
-// An ExpertShard of every expert that computes ExpertScale, for expected
-// results through a LocalExpertBackend.
+// An ExpertShard that computes ExpertScale, for expected results through a
+// LocalExpertBackend and for unit tests of the worker service. It hosts
+// `hosted`, or every expert when that is empty; any token dtype.
 class ScalingShard : public experts::ExpertShard {
  public:
-  explicit ScalingShard(int64_t dim) : dim_(dim) {}
-  bool Hosts(common::ExpertKey) const override { return true; }
-  std::vector<common::ExpertKey> keys() const override { return {}; }
+  explicit ScalingShard(int64_t dim, common::ExpertSet hosted = {})
+      : dim_(dim), hosted_(std::move(hosted)) {}
+  bool Hosts(common::ExpertKey key) const override {
+    return hosted_.empty() || hosted_.Contains(key);
+  }
+  common::ExpertSet experts() const override { return hosted_; }
   int64_t dim() const override { return dim_; }
   int64_t weight_bytes() const override { return 0; }
-  std::string device() const override { return "fake"; }
-  std::string compute_dtype() const override { return "float32"; }
+  experts::Device device() const override { return experts::Device::Cpu(); }
+  common::DType compute_dtype() const override {
+    return common::DType::kFloat32;
+  }
 
  protected:
   absl::Status RunChecked(const experts::TokenRows& tokens,
@@ -43,6 +49,7 @@ class ScalingShard : public experts::ExpertShard {
 
  private:
   int64_t dim_;
+  common::ExpertSet hosted_;
 };
 
 class FakeWorker : public router::WorkerTransport {

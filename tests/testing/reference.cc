@@ -9,9 +9,11 @@
 
 #include "common/checkpoint.h"
 #include "common/torch/checkpoint_weights.h"
+#include "common/torch/torch_convert.h"
 #include "experts/cpu_expert_shard.h"
+#include "proto/tensor_codec.h"
+#include "router/api/wire_tensors.h"
 #include "router/combine.h"
-#include "router/service/wire_tensors.h"
 
 namespace moe::testing {
 
@@ -80,7 +82,7 @@ router::ForwardResult Reference::Forward(const at::Tensor& x,
 moe::v1::Tensor WireTensor(const at::Tensor& t) {
   moe::v1::Tensor wire;
   const at::Tensor src = t.scalar_type() == at::kDouble ? t.to(at::kFloat) : t;
-  auto dtype = router::WireDTypeOf(src.scalar_type());
+  auto dtype = common::FromScalarType(src.scalar_type());
   EXPECT_TRUE(dtype.ok()) << dtype.status();
   EXPECT_TRUE(router::EncodeWireTensor(src, *dtype, &wire).ok());
   return wire;
@@ -90,7 +92,8 @@ moe::v1::ForwardRequest Request(const at::Tensor& x,
                                 const moe::v1::RoutingOptions& options,
                                 const std::string& layer) {
   moe::v1::ForwardRequest request;
-  EXPECT_TRUE(router::EncodeWireTensor(x.to(at::kFloat), moe::v1::FLOAT32,
+  EXPECT_TRUE(router::EncodeWireTensor(x.to(at::kFloat),
+                                       common::DType::kFloat32,
                                        request.mutable_x())
                   .ok());
   *request.mutable_options() = options;
@@ -99,7 +102,10 @@ moe::v1::ForwardRequest Request(const at::Tensor& x,
 }
 
 at::Tensor FromWire(const moe::v1::Tensor& t) {
-  auto view = router::ViewWireTensor(t, "tensor", int64_t{1} << 40);
+  auto checked = proto::CheckTensor(t, "tensor", int64_t{1} << 40);
+  EXPECT_TRUE(checked.ok()) << checked.status();
+  if (!checked.ok()) return at::Tensor();
+  auto view = router::ViewWireTensor(t, *checked);
   EXPECT_TRUE(view.ok()) << view.status();
   return view.ok() ? view->clone() : at::Tensor();
 }

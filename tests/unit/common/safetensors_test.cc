@@ -194,5 +194,62 @@ TEST(SafetensorsTest, MalformedHeaders) {
   }
 }
 
+// The one header parser (common/safetensors_header.h), strict JSON: what
+// nlohmann-json accepted before it, and nothing a JSON parser must refuse.
+TEST(SafetensorsHeaderTest, DecodesEveryJsonEscapeAndSkipsUnknownKeys) {
+  const std::string json =
+      R"({"__metadata__":{"config_json":"{\"dim\": 4, \"a\\b\": \"\u00e9\ud83d\ude00\t/\/\"}"},)"
+      R"( "w" : {"dtype":"F32", "shape":[2], "data_offsets":[0, 8],)"
+      R"( "extra": [true, false, null, -1.5e-3, {"x": [[]]}, "\n"]}})";
+  SafetensorsHeader header;
+  std::string error;
+  ASSERT_TRUE(ParseSafetensorsHeaderJson(json, 8, &header, &error)) << error;
+  EXPECT_EQ(header.metadata.at("config_json"),
+            "{\"dim\": 4, \"a\\b\": \"\xc3\xa9\xf0\x9f\x98\x80\t//\"}");
+  ASSERT_EQ(header.tensors.size(), 1u);
+  EXPECT_EQ(header.tensors[0].name, "w");
+  EXPECT_EQ(header.tensors[0].shape, (std::vector<int64_t>{2}));
+  EXPECT_EQ(header.tensors[0].end, 8u);
+}
+
+TEST(SafetensorsHeaderTest, RefusesWhatStrictJsonRefuses) {
+  const std::string w =
+      R"("w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]})";
+  const std::vector<std::string> cases = {
+      "{" + w + "," + w + "}",  // duplicate key
+      "{" + w + "} x",          // text after the object
+      "{" + w + ",}",           // trailing comma
+      R"({"w":{"dtype":"F32","shape":[01],"data_offsets":[0,4]}})",
+      "{\"a\x01\":1}",     // control character in a string
+      "{\"\xff\":1}",      // not UTF-8
+      "{\"\xc0\xaf\":1}",  // overlong UTF-8
+      R"({"\ud800":1})",   // lone surrogate
+      R"({"\x":1})",       // unknown escape
+      R"({"a":tru})",
+      R"({"a":"unterminated})",
+      std::string(100, '[') + std::string(100, ']'),  // nested too deeply
+      R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551616]}})",
+      R"({"":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+  };
+  for (const std::string& json : cases) {
+    SafetensorsHeader header;
+    std::string error;
+    EXPECT_FALSE(ParseSafetensorsHeaderJson(json, 64, &header, &error)) << json;
+    EXPECT_EQ(error.rfind("malformed safetensors file: ", 0), 0u) << error;
+  }
+}
+
+TEST(SafetensorsHeaderTest, FindsOverlapsBeyondTheNextTensor) {
+  // a spans b and c; c overlaps a but not b, its neighbour by offset.
+  const std::string json =
+      R"({"a":{"dtype":"U8","shape":[100],"data_offsets":[0,100]},)"
+      R"("b":{"dtype":"U8","shape":[10],"data_offsets":[10,20]},)"
+      R"("c":{"dtype":"U8","shape":[10],"data_offsets":[50,60]}})";
+  SafetensorsHeader header;
+  std::string error;
+  EXPECT_FALSE(ParseSafetensorsHeaderJson(json, 100, &header, &error));
+  EXPECT_NE(error.find("overlaps tensor \"a\""), std::string::npos) << error;
+}
+
 }  // namespace
 }  // namespace moe::common

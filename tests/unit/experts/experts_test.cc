@@ -124,7 +124,8 @@ TEST(ExpertShardTest, RunsEachSegmentThroughItsExpert) {
   const common::ExpertWeights e2 = experts[{0, 2}], e5 = experts[{1, 5}];
   auto shard = CpuExpertShard::Create(experts);
   ASSERT_TRUE(shard.ok()) << shard.status();
-  EXPECT_EQ((*shard)->keys(), (std::vector<common::ExpertKey>{{0, 2}, {1, 5}}));
+  EXPECT_EQ((*shard)->experts().keys(),
+            (std::vector<common::ExpertKey>{{0, 2}, {1, 5}}));
   EXPECT_EQ((*shard)->weight_bytes(), 4 * (6 * 4 + 6 + 3 + 4 * 3 + 4) +
                                           4 * (10 * 4 + 10 + 5 + 4 * 5 + 4));
   at::Tensor tokens = at::randn({5, 4});

@@ -29,7 +29,7 @@ TEST(ArenaLayoutTest, PiecesAreAlignedAndInOrder) {
 }
 
 TEST(WorkspaceLayoutTest, RegionsHoldTheirDataWithoutOverlap) {
-  const WorkspaceShape shape{1000, 512, 1365, Dtype::kBFloat16, 64};
+  const WorkspaceShape shape{1000, 512, 1365, common::DType::kBFloat16, 64};
   const WorkspaceLayout l = LayoutWorkspace(shape);
   const std::vector<std::pair<size_t, size_t>> regions = {
       {l.raw_tokens, 1000 * 512 * 4}, {l.tokens, 1000 * 512 * 2},
@@ -106,8 +106,8 @@ TEST(BuildPassLaunchTest, EqualShapesShareAGroupAndPointersFollowTheLayout) {
   WorkspaceAddresses addr{0x100000, 0x200000, 0x300000,
                           0x400000, 0x500000, 0x600000};
   std::vector<unsigned char> params(ParamsBytes(3));
-  const PassLaunch l =
-      BuildPassLaunch(pass, experts, addr, 8, Dtype::kBFloat16, params.data());
+  const PassLaunch l = BuildPassLaunch(pass, experts, addr, 8,
+                                       common::DType::kBFloat16, params.data());
   // Sorted by (hidden, rows): the two [3 rows, h 4] problems form a group.
   ASSERT_EQ(l.up.group_size, (std::vector<int>{2, 1}));
   EXPECT_EQ(l.up.m, (std::vector<int>{8, 12}));
@@ -139,13 +139,13 @@ TEST(BuildPassLaunchTest, EqualShapesShareAGroupAndPointersFollowTheLayout) {
 
 // --- The launch executed on the host --------------------------------------
 
-float Load(const void* base, int64_t i, Dtype d) {
-  if (d == Dtype::kFloat32) return static_cast<const float*>(base)[i];
+float Load(const void* base, int64_t i, common::DType d) {
+  if (d == common::DType::kFloat32) return static_cast<const float*>(base)[i];
   return common::BFloat16ToFloat(static_cast<const uint16_t*>(base)[i]);
 }
 
-void Store(void* base, int64_t i, Dtype d, float v) {
-  if (d == Dtype::kFloat32) {
+void Store(void* base, int64_t i, common::DType d, float v) {
+  if (d == common::DType::kFloat32) {
     static_cast<float*>(base)[i] = v;
   } else {
     static_cast<uint16_t*>(base)[i] = common::FloatToBFloat16(v);
@@ -154,7 +154,7 @@ void Store(void* base, int64_t i, Dtype d, float v) {
 
 // cuBLAS's C = op(A)·B column-major with op(A) = Aᵀ, as the backend asks.
 void HostGroupedGemm(const GroupedGemm& g, const unsigned char* params,
-                     uint64_t params_addr, Dtype d) {
+                     uint64_t params_addr, common::DType d) {
   auto array = [&](uint64_t at) {
     return reinterpret_cast<const uint64_t*>(params + (at - params_addr));
   };
@@ -179,7 +179,8 @@ void HostGroupedGemm(const GroupedGemm& g, const unsigned char* params,
 }
 
 void HostKernels(const PassLaunch& l, const unsigned char* params,
-                 uint64_t params_addr, int64_t dim, Dtype d, bool epilogue) {
+                 uint64_t params_addr, int64_t dim, common::DType d,
+                 bool epilogue) {
   if (!epilogue) {
     const auto* p =
         reinterpret_cast<const GegluProblem*>(params + (l.geglu - params_addr));
@@ -232,11 +233,11 @@ HostExpert RandomExpert(int64_t d, int64_t h, std::mt19937& rng) {
 std::vector<float> RunPlannedOnHost(const std::vector<HostExpert>& experts,
                                     const std::vector<float>& x, int64_t rows,
                                     const std::vector<PlanSegment>& segments,
-                                    Dtype d, int64_t max_problems) {
+                                    common::DType d, int64_t max_problems) {
   const int64_t dim = experts[0].dim;
   std::vector<std::vector<unsigned char>> storage;
   auto upload = [&](const std::vector<float>& v) {
-    storage.emplace_back(v.size() * DtypeBytes(d));
+    storage.emplace_back(v.size() * common::ElementSize(d));
     for (size_t i = 0; i < v.size(); ++i)
       Store(storage.back().data(), i, d, v[i]);
     return Addr(storage.back().data());
@@ -296,8 +297,8 @@ TEST(PlannedPassTest, HostExecutionMatchesTheReferenceExpert) {
                      want.data() + s.offset * 12);
   }
   for (int64_t max_problems : {64, 2}) {
-    const std::vector<float> got =
-        RunPlannedOnHost(experts, x, rows, segs, Dtype::kFloat32, max_problems);
+    const std::vector<float> got = RunPlannedOnHost(
+        experts, x, rows, segs, common::DType::kFloat32, max_problems);
     for (size_t i = 0; i < got.size(); ++i) {
       ASSERT_NEAR(got[i], want[i], 1e-5)
           << "element " << i << ", max_problems " << max_problems;
@@ -305,7 +306,7 @@ TEST(PlannedPassTest, HostExecutionMatchesTheReferenceExpert) {
   }
   // bfloat16 storage: the same plan with 2-byte elements.
   const std::vector<float> bf =
-      RunPlannedOnHost(experts, x, rows, segs, Dtype::kBFloat16, 64);
+      RunPlannedOnHost(experts, x, rows, segs, common::DType::kBFloat16, 64);
   double err2 = 0, ref2 = 0;
   for (size_t i = 0; i < bf.size(); ++i) {
     err2 += (bf[i] - want[i]) * double(bf[i] - want[i]);

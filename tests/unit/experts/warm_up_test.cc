@@ -18,11 +18,17 @@ class RecordingShard final : public ExpertShard {
     }
     return false;
   }
-  std::vector<common::ExpertKey> keys() const override { return keys_; }
+  common::ExpertSet experts() const override {
+    common::ExpertSet out;
+    for (const auto& k : keys_) out.Add(k);
+    return out;
+  }
   int64_t dim() const override { return 3; }
   int64_t weight_bytes() const override { return 0; }
-  std::string device() const override { return "cpu"; }
-  std::string compute_dtype() const override { return "float32"; }
+  Device device() const override { return Device::Cpu(); }
+  common::DType compute_dtype() const override {
+    return common::DType::kFloat32;
+  }
 
   mutable std::vector<std::vector<common::ExpertSegment>> calls;
   absl::Status fail;

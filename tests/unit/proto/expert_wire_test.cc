@@ -39,13 +39,13 @@ std::shared_ptr<std::vector<float>> Iota(int64_t n, float start) {
 
 TEST(ExpertWireTest, WrittenRequestParsesAsTheGeneratedMessage) {
   auto a = Iota(3 * 4, 0), b = Iota(5 * 4, 100);
-  RunExpertsRequestWriter writer(moe::v1::FLOAT32, 4);
+  RunExpertsRequestWriter writer(common::DType::kFloat32, 4);
   writer.AddFloatRows(a->data() + 4, 2, a);  // rows 1-2 of a
   writer.AddFloatRows(b->data(), 5, b);
   writer.AddSegment({0, 7}, 2);
   writer.AddSegment({3, 300}, 5);  // a two-byte varint, layer 3
   EXPECT_EQ(writer.rows(), 7);
-  const grpc::ByteBuffer buffer = writer.Finish(moe::v1::BFLOAT16);
+  const grpc::ByteBuffer buffer = writer.Finish(common::DType::kBFloat16);
 
   moe::v1::RunExpertsRequest request;
   ASSERT_TRUE(request.ParseFromString(Flatten(buffer)));
@@ -88,7 +88,7 @@ TEST(ExpertWireTest, RequestViewReadsGeneratedRequestsAcrossAnySlicing) {
     auto view = RunExpertsRequestView::Parse(Sliced(bytes, piece), 2, 10, 2);
     ASSERT_TRUE(view.ok()) << view.status();
     EXPECT_EQ(view->rows(), 3);
-    EXPECT_EQ(view->output_dtype(), moe::v1::FLOAT32);  // the tokens'
+    EXPECT_EQ(view->output_dtype(), common::DType::kFloat32);  // the tokens'
     ASSERT_EQ(view->segments().size(), 2u);
     EXPECT_EQ(view->segments()[1].key, (common::ExpertKey{1, 2}));
     EXPECT_EQ(view->segments()[1].offset, 1);
@@ -147,7 +147,7 @@ TEST(ExpertWireTest, BadRequestsAreNamedAndNeverOverflow) {
        "output_dtype: must be FLOAT32"},
       {"int64 tokens",
        [](auto& r) { r.mutable_tokens()->set_dtype(moe::v1::INT64); },
-       "tokens: dtype 4"},
+       "tokens: dtype INT64 is not one of FLOAT32"},
       {"no tokens", [](auto& r) { r.clear_tokens(); }, "tokens: missing"},
       {"short data",
        [](auto& r) { r.mutable_tokens()->mutable_data()->resize(8); },
@@ -173,7 +173,7 @@ TEST(ExpertWireTest, BadRequestsAreNamedAndNeverOverflow) {
 }
 
 TEST(ExpertWireTest, ResponseWriterParsesAsTheGeneratedMessage) {
-  RunExpertsResponseWriter writer(moe::v1::FLOAT32, 3, 2);
+  RunExpertsResponseWriter writer(common::DType::kFloat32, 3, 2);
   auto values = Iota(6, 0.5f);
   std::memcpy(writer.data(), values->data(), 24);
   moe::v1::RunExpertsResponse response;
@@ -208,15 +208,15 @@ TEST(ExpertWireTest, ResponseViewReadsRowsAcrossAnySlicing) {
 
 TEST(ExpertWireTest, HalfPrecisionRowsGoOutConvertedAndComeBackWidened) {
   auto a = Iota(2 * 4, 1);
-  RunExpertsRequestWriter writer(moe::v1::BFLOAT16, 4);
+  RunExpertsRequestWriter writer(common::DType::kBFloat16, 4);
   writer.AddFloatRows(a->data(), 2, a);
   writer.AddSegment({0, 0}, 2);
-  auto view =
-      RunExpertsRequestView::Parse(writer.Finish(moe::v1::FLOAT16), 4, 10, 1);
+  auto view = RunExpertsRequestView::Parse(
+      writer.Finish(common::DType::kFloat16), 4, 10, 1);
   ASSERT_TRUE(view.ok()) << view.status();
-  EXPECT_EQ(view->tokens_dtype(), moe::v1::BFLOAT16);
-  EXPECT_EQ(view->output_dtype(), moe::v1::FLOAT16);
-  RunExpertsResponseWriter out(moe::v1::BFLOAT16, 2, 4);
+  EXPECT_EQ(view->tokens_dtype(), common::DType::kBFloat16);
+  EXPECT_EQ(view->output_dtype(), common::DType::kFloat16);
+  RunExpertsResponseWriter out(common::DType::kBFloat16, 2, 4);
   std::string scratch;
   std::memcpy(out.data(), view->TokenData(&scratch), 16);  // echo
   auto back = RunExpertsResponseView::Parse(out.Finish(), 2, 4);
@@ -239,7 +239,7 @@ TEST(ExpertWireTest, UnknownFieldsAndUnpackedShapesAreAccepted) {
   ASSERT_EQ(parsed.outputs().shape_size(), 2);
   auto view = RunExpertsResponseView::Parse(Sliced(bytes, 3), 1, 2);
   ASSERT_TRUE(view.ok()) << view.status();
-  EXPECT_EQ(view->dtype(), moe::v1::BFLOAT16);
+  EXPECT_EQ(view->dtype(), common::DType::kBFloat16);
 }
 
 TEST(ExpertWireTest, MalformedResponsesAreErrorsNamingTheField) {

@@ -321,7 +321,7 @@ TEST(LayerEngineTest, BFloat16ComputeStaysCloseToFloat32) {
   bf16_options.threads = 1;
   auto bf16 = experts::CpuExpertShard::Create(keyed, bf16_options);
   ASSERT_TRUE(f32.ok() && bf16.ok());
-  EXPECT_EQ((*bf16)->compute_dtype(), "bfloat16");
+  EXPECT_EQ((*bf16)->compute_dtype(), common::DType::kBFloat16);
   EXPECT_EQ((*bf16)->weight_bytes() * 2, (*f32)->weight_bytes());
   auto engine = LayerEngine::Create(0, {"", config}, model->router);
   ASSERT_TRUE(engine.ok());

@@ -19,7 +19,7 @@ class AdmissionTest : public ::testing::Test {
   // Runs one forward of `tokens` that takes `d` alone.
   void Teach(AdmissionController& a, int64_t tokens, absl::Duration d) {
     AdmissionController::Ticket t;
-    std::string reason;
+    RejectReason reason;
     ASSERT_TRUE(a.Admit(tokens, absl::InfiniteFuture(), &t, &reason).ok());
     ASSERT_TRUE(a.Start(&t).ok());
     clock_.Advance(d);
@@ -32,12 +32,12 @@ class AdmissionTest : public ::testing::Test {
 TEST_F(AdmissionTest, QueuedTokensAreBounded) {
   AdmissionController a = Make(1000, absl::Seconds(2));
   AdmissionController::Ticket t1, t2, t3;
-  std::string reason;
+  RejectReason reason;
   EXPECT_TRUE(a.Admit(600, never_, &t1, &reason).ok());
   EXPECT_TRUE(a.Admit(400, never_, &t2, &reason).ok());
   absl::Status s = a.Admit(1, never_, &t3, &reason);
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_EQ(reason, "overloaded");
+  EXPECT_EQ(reason, RejectReason::kOverloaded);
   EXPECT_NE(s.message().find("--max_queued_tokens 1000"), std::string::npos);
   EXPECT_EQ(a.queued_tokens(), 1000);
   // A request larger than the bound is still taken when nothing queues:
@@ -53,7 +53,7 @@ TEST_F(AdmissionTest, QueuedTokensAreBounded) {
 TEST_F(AdmissionTest, TheExpectedQueueTimeIsBounded) {
   AdmissionController a = Make(1 << 30, absl::Seconds(2));
   Teach(a, 1000, absl::Milliseconds(100));  // 100 us per token
-  std::string reason;
+  RejectReason reason;
   std::vector<AdmissionController::Ticket> queued(30);
   int admitted = 0;
   for (auto& t : queued) {
@@ -62,14 +62,14 @@ TEST_F(AdmissionTest, TheExpectedQueueTimeIsBounded) {
   // 100 ms each, one at a time: 2 s of queue after 20 (and the 21st is
   // admitted at exactly 2 s), the rest refused.
   EXPECT_EQ(admitted, 21);
-  EXPECT_EQ(reason, "overloaded");
+  EXPECT_EQ(reason, RejectReason::kOverloaded);
   EXPECT_EQ(a.ExpectedWait(), absl::Milliseconds(2100));
 }
 
 TEST_F(AdmissionTest, ADeadlineTheQueueWouldMissIsRefusedAtOnce) {
   AdmissionController a = Make(1 << 30, absl::Seconds(10));
   Teach(a, 1000, absl::Milliseconds(100));
-  std::string reason;
+  RejectReason reason;
   AdmissionController::Ticket t;
   for (int i = 0; i < 5; ++i) {
     ASSERT_TRUE(a.Admit(1000, never_, &t, &reason).ok());  // 500 ms queued
@@ -78,7 +78,7 @@ TEST_F(AdmissionTest, ADeadlineTheQueueWouldMissIsRefusedAtOnce) {
   absl::Status s =
       a.Admit(1000, clock_.Now() + absl::Milliseconds(550), &late, &reason);
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_EQ(reason, "deadline");
+  EXPECT_EQ(reason, RejectReason::kDeadline);
   EXPECT_NE(s.message().find("deadline cannot be met"), std::string::npos);
   EXPECT_TRUE(
       a.Admit(1000, clock_.Now() + absl::Milliseconds(650), &late, &reason)
@@ -88,7 +88,7 @@ TEST_F(AdmissionTest, ADeadlineTheQueueWouldMissIsRefusedAtOnce) {
 TEST_F(AdmissionTest, AForwardThatWaitedTooLongIsRefusedWhenItStarts) {
   AdmissionController a = Make(1 << 30, absl::Seconds(1));
   AdmissionController::Ticket t;
-  std::string reason;
+  RejectReason reason;
   ASSERT_TRUE(a.Admit(10, never_, &t, &reason).ok());
   clock_.Advance(absl::Milliseconds(1500));
   absl::Status s = a.Start(&t);
@@ -102,7 +102,7 @@ TEST_F(AdmissionTest, ConcurrencySharesTheQueue) {
   AdmissionController a = Make(1 << 30, absl::Seconds(2));
   // Four forwards at once, each taking 400 ms for 1000 tokens.
   std::vector<AdmissionController::Ticket> t(4);
-  std::string reason;
+  RejectReason reason;
   for (auto& x : t) ASSERT_TRUE(a.Admit(1000, never_, &x, &reason).ok());
   for (auto& x : t) ASSERT_TRUE(a.Start(&x).ok());
   clock_.Advance(absl::Milliseconds(400));
@@ -118,7 +118,7 @@ TEST_F(AdmissionTest, ConcurrencySharesTheQueue) {
 
 TEST_F(AdmissionTest, NothingIsRefusedByEstimateBeforeAForwardFinished) {
   AdmissionController a = Make(1 << 30, absl::Milliseconds(1));
-  std::string reason;
+  RejectReason reason;
   for (int i = 0; i < 100; ++i) {
     AdmissionController::Ticket t;
     ASSERT_TRUE(a.Admit(1000, clock_.Now(), &t, &reason).ok());

@@ -1,0 +1,292 @@
+#include "router/remote/worker_batcher.h"
+
+#include <algorithm>
+#include <map>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+
+namespace moe::router {
+
+// One worker call, open (taking tickets) until it is sent. While open, its
+// tickets and rows change only under the batcher's mu_; once taken out of
+// open_ only the thread sending it touches them, until the call ends.
+class WorkerBatch {
+ public:
+  int worker = -1;
+  absl::Time close_at;
+  int64_t rows = 0;
+  std::vector<std::shared_ptr<BatchTicket>> tickets;  // cleared when done
+  std::atomic<int> live{0};                           // tickets not abandoned
+  // The call's final status and, when OK, the checked response: written
+  // once by Finish() before the tickets are marked done.
+  absl::Status status;
+  std::optional<proto::RunExpertsResponseView> response;
+
+  absl::Mutex mu;
+  bool cancelled ABSL_GUARDED_BY(mu) = false;
+  std::shared_ptr<WorkerCall> call ABSL_GUARDED_BY(mu);
+};
+
+absl::Time BatchTicket::sent_at() const {
+  const int64_t nanos = sent_nanos_.load();
+  return nanos == std::numeric_limits<int64_t>::min()
+             ? absl::InfinitePast()
+             : absl::FromUnixNanos(nanos);
+}
+
+const absl::Status& BatchTicket::call_status() const { return batch_->status; }
+
+const float* BatchTicket::OutputRows(size_t segment, int64_t first,
+                                     int64_t count,
+                                     std::vector<float>* scratch) const {
+  return batch_->response->FloatRows(rows_in_batch_[segment] + first, count,
+                                     scratch);
+}
+
+WorkerBatcher::Gating::Gating(WorkerBatcher* batcher) : batcher_(batcher) {
+  if (batcher_ != nullptr) batcher_->GatingDelta(1);
+}
+
+void WorkerBatcher::Gating::Done() {
+  if (batcher_ != nullptr) batcher_->GatingDelta(-1);
+  batcher_ = nullptr;
+}
+
+WorkerBatcher::WorkerBatcher(WorkerPool* pool, const BatcherOptions& options)
+    : pool_(pool), options_(options) {
+  if (options_.window > absl::ZeroDuration()) {
+    flusher_ = std::thread([this] { FlushLoop(); });
+  }
+}
+
+WorkerBatcher::~WorkerBatcher() {
+  std::vector<std::shared_ptr<WorkerBatch>> left;
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+    WakeFlusherLocked();
+    for (auto& [worker, batch] : open_) left.push_back(batch);
+    open_.clear();
+  }
+  if (flusher_.joinable()) flusher_.join();
+  for (const auto& batch : left) Send(batch);
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](int* inflight) { return *inflight == 0; }, &inflight_));
+}
+
+void WorkerBatcher::GatingDelta(int delta) {
+  absl::MutexLock lock(&mu_);
+  gating_ += delta;
+  if (gating_ == 0) WakeFlusherLocked();
+}
+
+bool WorkerBatcher::DueLocked(const WorkerBatch& batch, absl::Time now) const {
+  return stop_ || options_.window <= absl::ZeroDuration() ||
+         batch.close_at <= now ||
+         (gating_ == 0 && pool_->inflight(batch.worker) == 0);
+}
+
+int WorkerBatcher::WaitingForwards(int worker) const {
+  absl::MutexLock lock(&mu_);
+  auto it = open_.find(worker);
+  return it == open_.end() ? 0 : static_cast<int>(it->second->tickets.size());
+}
+
+std::shared_ptr<const BatchTicket> WorkerBatcher::Submit(
+    WorkerRequest request) {
+  int64_t rows = 0;
+  for (const common::ExpertSegment& s : request.segments) rows += s.count;
+  std::shared_ptr<BatchTicket> ticket(new BatchTicket(std::move(request)));
+  const int worker = ticket->worker();
+  std::vector<std::shared_ptr<WorkerBatch>> due;
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = options_.clock->Now();
+    std::shared_ptr<WorkerBatch>& open = open_[worker];
+    if (open != nullptr && open->rows + rows > options_.max_rows) {
+      due.push_back(std::move(open));
+      open = nullptr;
+    }
+    if (open == nullptr) {
+      open = std::make_shared<WorkerBatch>();
+      open->worker = worker;
+      open->close_at = now + options_.window;
+    }
+    open->tickets.push_back(ticket);
+    open->rows += rows;
+    open->live.fetch_add(1);
+    ticket->batch_ = open;
+    if (DueLocked(*open, now)) {
+      due.push_back(std::move(open));
+      open_.erase(worker);
+    } else {
+      WakeFlusherLocked();  // a new close time, or a fuller batch
+    }
+  }
+  for (const auto& batch : due) Send(batch);
+  return ticket;
+}
+
+void WorkerBatcher::Abandon(const BatchTicket& ticket) {
+  const std::shared_ptr<WorkerBatch> batch = ticket.batch_;
+  if (batch == nullptr) return;
+  if (batch->live.fetch_sub(1) != 1) return;
+  // Nobody waits for this call any more: cancel it, now or when it starts.
+  std::shared_ptr<WorkerCall> call;
+  {
+    absl::MutexLock lock(&batch->mu);
+    batch->cancelled = true;
+    call = batch->call;
+  }
+  if (call != nullptr) call->Cancel();
+}
+
+void WorkerBatcher::FlushLoop() {
+  absl::MutexLock lock(&mu_);
+  while (!stop_) {
+    const absl::Time now = options_.clock->Now();
+    absl::Time next = absl::InfiniteFuture();
+    std::vector<std::shared_ptr<WorkerBatch>> due;
+    for (auto it = open_.begin(); it != open_.end();) {
+      if (DueLocked(*it->second, now)) {
+        due.push_back(std::move(it->second));
+        it = open_.erase(it);
+      } else {
+        next = std::min(next, it->second->close_at);
+        ++it;
+      }
+    }
+    if (!due.empty()) {
+      mu_.Unlock();
+      for (const auto& batch : due) Send(batch);
+      mu_.Lock();
+      continue;
+    }
+    const uint64_t seen = epoch_;
+    auto changed = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return epoch_ != seen;
+    };
+    options_.clock->AwaitWithDeadline(&mu_, absl::Condition(&changed), next);
+  }
+}
+
+grpc::ByteBuffer WorkerBatcher::Encode(WorkerBatch& batch) const {
+  // Rows grouped by expert (layer, then id), each expert's rows from every
+  // ticket in turn.
+  std::map<common::ExpertKey, std::vector<std::pair<BatchTicket*, size_t>>>
+      by_expert;
+  int64_t dim = 0;
+  for (const auto& t : batch.tickets) {
+    dim = t->request_.dim;
+    t->rows_in_batch_.assign(t->request_.segments.size(), 0);
+    for (size_t i = 0; i < t->request_.segments.size(); ++i) {
+      by_expert[t->request_.segments[i].key].emplace_back(t.get(), i);
+    }
+  }
+  proto::RunExpertsRequestWriter writer(options_.wire_dtype, dim);
+  int64_t cursor = 0;
+  for (const auto& [key, parts] : by_expert) {
+    int64_t count = 0;
+    for (const auto& [ticket, i] : parts) {
+      const WorkerRequest& r = ticket->request_;
+      const common::ExpertSegment& s = r.segments[i];
+      writer.AddFloatRows(r.rows + s.offset * dim, s.count, r.owner);
+      ticket->rows_in_batch_[i] = cursor;
+      cursor += s.count;
+      count += s.count;
+    }
+    writer.AddSegment(key, count);
+  }
+  return writer.Finish(options_.wire_dtype);
+}
+
+void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
+  {
+    absl::MutexLock lock(&mu_);
+    ++inflight_;
+  }
+  const absl::Time start = options_.clock->Now();
+  if (batch->live.load() == 0) {
+    Finish(batch, absl::CancelledError("every forward in the batch gave up"),
+           grpc::ByteBuffer(), absl::ZeroDuration());
+    return;
+  }
+  // The call ends at the latest of its tickets' deadlines.
+  absl::Time deadline = absl::InfinitePast();
+  bool timeout_binds = false;
+  for (const auto& t : batch->tickets) {
+    if (t->request_.deadline > deadline) {
+      deadline = t->request_.deadline;
+      timeout_binds = t->request_.timeout_binds;
+    }
+  }
+  grpc::ByteBuffer request = Encode(*batch);
+  const absl::Time sent = options_.clock->Now();
+  for (const auto& t : batch->tickets) {
+    t->sent_nanos_.store(absl::ToUnixNanos(sent));
+  }
+  const int worker = batch->worker;
+  bool started = false;
+  {
+    absl::MutexLock call_lock(&batch->mu);
+    if (!batch->cancelled) {
+      pool_->CallStarted(worker);
+      batch->call = pool_->transport(worker).StartRunExperts(
+          std::move(request), deadline,
+          [this, batch, sent, timeout_binds](absl::Status s,
+                                             grpc::ByteBuffer response) {
+            pool_->CallFinished(batch->worker, s, timeout_binds);
+            Finish(batch, std::move(s), std::move(response),
+                   options_.clock->Now() - sent);
+          });
+      started = true;
+    }
+  }
+  if (!started) {
+    Finish(batch, absl::CancelledError("every forward in the batch gave up"),
+           grpc::ByteBuffer(), absl::ZeroDuration());
+    return;
+  }
+  // Encoding counts until the call started.
+  if (options_.on_encode) options_.on_encode(options_.clock->Now() - start);
+}
+
+void WorkerBatcher::Finish(const std::shared_ptr<WorkerBatch>& batch,
+                           absl::Status status, grpc::ByteBuffer response,
+                           absl::Duration elapsed) {
+  if (status.ok()) {
+    const int64_t dim =
+        batch->tickets.empty() ? 0 : batch->tickets[0]->request_.dim;
+    absl::StatusOr<proto::RunExpertsResponseView> view =
+        proto::RunExpertsResponseView::Parse(response, batch->rows, dim);
+    if (view.ok()) {
+      batch->response = std::move(*view);
+    } else {
+      status = absl::InternalError(
+          absl::StrCat("worker ", pool_->address(batch->worker),
+                       " sent a bad response: ", view.status().message()));
+    }
+  }
+  batch->status = std::move(status);
+  std::vector<std::shared_ptr<BatchTicket>> tickets;
+  tickets.swap(batch->tickets);
+  if (options_.on_rpc && elapsed > absl::ZeroDuration()) {
+    options_.on_rpc(batch->worker, elapsed, static_cast<int>(tickets.size()),
+                    batch->rows);
+  }
+  for (const auto& t : tickets) {
+    t->request_.waiter->MarkDone(t->request_.waiter_index);
+  }
+  tickets.clear();
+  absl::MutexLock lock(&mu_);
+  --inflight_;
+  // The worker may be idle now: its open batch can go.
+  if (open_.count(batch->worker) > 0) WakeFlusherLocked();
+}
+
+}  // namespace moe::router

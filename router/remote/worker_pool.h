@@ -1,0 +1,154 @@
+// WorkerPool: the router's view of its expert workers. It keeps one
+// transport per worker, learns each worker's model and experts with
+// GetShardInfo (at start and again whenever a worker comes back), probes
+// every worker periodically, and picks, for an expert of a layer, a healthy
+// worker hosting it (the least loaded one when replicas exist).
+//
+// A worker serving another model (another fingerprint), another dim or
+// nothing this model needs is refused: its experts count as having no
+// worker, and the reason is logged once when first seen and kept for
+// GetModelInfo.
+//
+// Worker health is decided here and only here: by the probes, and by the
+// outcome of every call the batcher reports (CallFinished).
+//
+// Readiness: the pool becomes ready the first time every expert of every
+// layer has a healthy worker, and stays so (later losses fall under the
+// failure policy).
+//
+// Thread-safety: all methods may be called concurrently.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "common/expert_segment.h"
+#include "common/expert_set.h"
+#include "common/model_spec.h"
+#include "router/remote/worker_transport.h"
+
+namespace moe::router {
+
+enum class WorkerState {
+  kConnecting,     // not probed successfully yet
+  kUp,             // serving this model; its experts are used
+  kUnreachable,    // its probe fails
+  kWrongModel,     // another fingerprint, dim or layer layout
+  kNothingUseful,  // this model, but none of its experts
+  kDown,           // a call failed; out until a probe passes
+};
+
+// "connecting", "up", "unreachable", "wrong_model", "nothing_useful", "down".
+const char* WorkerStateName(WorkerState state);
+
+struct WorkerPoolOptions {
+  absl::Duration probe_interval = absl::Seconds(1);
+  absl::Duration probe_timeout = absl::Seconds(2);
+  common::Clock* clock = common::Clock::Real();
+};
+
+struct WorkerSnapshot {
+  std::string address;
+  WorkerState state = WorkerState::kConnecting;
+  std::string reason;  // why it is not up
+  std::string fingerprint;
+  std::string model_name;
+  std::string device;
+  std::string compute_dtype;
+  common::ExpertSet experts;
+  int64_t inflight = 0;
+};
+
+class WorkerPool {
+ public:
+  // `spec` and `fingerprint` are the router's model.
+  WorkerPool(std::vector<std::unique_ptr<WorkerTransport>> transports,
+             const common::ModelSpec& spec, std::string fingerprint,
+             const WorkerPoolOptions& options);
+  ~WorkerPool();
+
+  // Called whenever a worker's state is decided (from the probing thread or
+  // a failing call). Set before Start().
+  void SetStateObserver(std::function<void(int worker, WorkerState)> observer) {
+    observer_ = std::move(observer);
+  }
+
+  // Starts the probing thread: every worker at once, then every
+  // probe_interval.
+  void Start();
+  // One probe of every worker, synchronously (what the thread does).
+  void ProbeAll();
+
+  int size() const { return static_cast<int>(workers_.size()); }
+  const std::string& address(int worker) const;
+  WorkerTransport& transport(int worker) const;
+
+  // A healthy worker hosting `key`, not in `exclude`, with the fewest
+  // in-flight calls; -1 if none.
+  int Choose(common::ExpertKey key, const std::set<int>& exclude) const;
+
+  // Experts that no healthy worker hosts.
+  common::ExpertSet Uncovered() const;
+  // "layer \"a\" experts [0-1]; layer \"b\" experts [3]".
+  std::string DescribeUncovered() const;
+  bool ready() const { return ready_.load(); }
+
+  // A call to `worker` starts, and ends with `status`. A worker that was
+  // unreachable, broken (INTERNAL, UNKNOWN), or slower than the worker
+  // timeout (DEADLINE_EXCEEDED with `timeout_binds`: the call's deadline
+  // was the worker timeout, not the client's) is down until a probe passes.
+  void CallStarted(int worker);
+  void CallFinished(int worker, const absl::Status& status, bool timeout_binds);
+  // Calls to `worker` in flight.
+  int64_t inflight(int worker) const;
+
+  std::vector<WorkerSnapshot> Snapshot() const;
+
+ private:
+  struct Worker {
+    std::unique_ptr<WorkerTransport> transport;
+    std::atomic<int64_t> inflight{0};
+  };
+  struct View {
+    WorkerState state = WorkerState::kConnecting;
+    std::string reason;
+    std::string fingerprint;
+    std::string model_name;
+    std::string device;
+    std::string compute_dtype;
+    common::ExpertSet experts;
+  };
+
+  void ProbeLoop();
+  void Probe(int worker);
+  // The state a successful GetShardInfo puts a worker in, and why.
+  WorkerState Judge(const moe::v1::ShardInfo& info, std::string* reason) const;
+  void SetState(int worker, View view) ABSL_LOCKS_EXCLUDED(mu_);
+  void MarkDown(int worker, const absl::Status& why) ABSL_LOCKS_EXCLUDED(mu_);
+  common::ExpertSet UncoveredLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const common::ModelSpec spec_;
+  const std::string fingerprint_;
+  const WorkerPoolOptions options_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  mutable absl::Mutex mu_;
+  std::vector<View> views_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> ready_{false};
+  absl::Notification stop_;
+  std::thread prober_;
+  std::function<void(int, WorkerState)> observer_;
+};
+
+}  // namespace moe::router

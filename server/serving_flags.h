@@ -1,0 +1,51 @@
+// The flags every server shares (moe-router, moe-expert), defined once:
+//   --host, --port_file                 where it listens (--port is each
+//                                       server's own: its default differs)
+//   --grace_seconds, --drain_seconds    graceful shutdown
+//   --reflection                        gRPC server reflection
+//   --warmup                            a warm-up before SERVING
+//   --max_queued                        calls that may wait
+//   --metrics_host, --metrics_port_file the /metrics endpoint (--metrics_port
+//                                       is each server's own)
+//   --tls_cert_file, --tls_key_file     serve TLS with this certificate
+//   --tls_client_ca_file                require client certificates of this CA
+//   --tls_refresh_seconds               how often the files are re-read
+//   --health_port, --health_port_file   plaintext grpc.health.v1 for probes
+#pragma once
+
+#include <prometheus/registry.h>
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "server/metrics_http.h"
+#include "server/server_runner.h"
+
+namespace moe::server {
+
+// Fills *options from the shared flags: host, port_file, grace, drain,
+// reflection, TLS credentials and the health listener; `port` and
+// `health_services` are the server's. InvalidArgument naming the flag (and
+// file) on a bad value, certificate or key. Certificates are read here,
+// so call it before slow work (loading weights).
+absl::Status ServerOptionsFromFlags(int port,
+                                    std::vector<std::string> health_services,
+                                    ServerOptions* options);
+
+// /metrics on --metrics_host (default: `host`), `port` (the server's
+// --metrics_port: -1 none, 0 a free one), its port written to
+// --metrics_port_file. Null when `port` is -1.
+absl::StatusOr<std::unique_ptr<MetricsHttpServer>> StartMetricsFromFlags(
+    const std::string& host, int port,
+    std::shared_ptr<prometheus::Registry> registry);
+
+bool WarmupFromFlags();
+size_t MaxQueuedFromFlags();
+// --tls_refresh_seconds, for the credentials a server makes as a client.
+int TlsRefreshSecondsFromFlags();
+
+}  // namespace moe::server

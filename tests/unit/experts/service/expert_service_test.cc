@@ -1,0 +1,239 @@
+// ExpertService in one process: the real service behind an in-process gRPC
+// channel, its shard a fake that computes testing::ExpertScale, its metrics
+// a real registry. The requests are the router's own bytes
+// (proto::RunExpertsRequestWriter).
+#include "experts/service/expert_service.h"
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "proto/expert_wire.h"
+#include "testing/fake_worker.h"
+
+namespace moe::experts {
+namespace {
+
+constexpr int64_t kDim = 4;
+
+common::ModelSpec Spec() {
+  common::ModelSpec spec;
+  spec.name = "fake";
+  spec.dim = kDim;
+  common::LayerConfig c;
+  c.dim = kDim;
+  c.num_experts = 4;
+  spec.layers = {{"layer0", c}, {"layer1", c}};
+  return spec;
+}
+
+// A shard whose Run blocks until released (to fill the queue).
+class BlockingShard final : public testing::ScalingShard {
+ public:
+  using ScalingShard::ScalingShard;
+  absl::Notification entered, release;
+
+ protected:
+  absl::Status RunChecked(const TokenRows& tokens,
+                          absl::Span<const common::ExpertSegment> segments,
+                          float* out, RunStats* stats) const override {
+    auto& e = const_cast<absl::Notification&>(entered);
+    if (!e.HasBeenNotified()) e.Notify();  // one compute thread: no race
+    const_cast<absl::Notification&>(release).WaitForNotification();
+    return ScalingShard::RunChecked(tokens, segments, out, stats);
+  }
+};
+
+// Rows 1, 2, ... of `segments` (layer, expert, count) as one call.
+struct Call {
+  Call(std::vector<common::ExpertSegment> segments,
+       common::DType wire = common::DType::kFloat32,
+       common::DType out = common::DType::kFloat32)
+      : segments(std::move(segments)) {
+    int64_t rows = 0;
+    for (const auto& s : this->segments) rows += s.count;
+    tokens = std::make_shared<std::vector<float>>(rows * kDim);
+    for (size_t i = 0; i < tokens->size(); ++i) (*tokens)[i] = 1.0f + i;
+    proto::RunExpertsRequestWriter writer(wire, kDim);
+    writer.AddFloatRows(tokens->data(), rows, tokens);
+    for (const auto& s : this->segments) writer.AddSegment(s.key, s.count);
+    bytes = writer.Finish(out);
+  }
+  std::vector<common::ExpertSegment> segments;
+  std::shared_ptr<std::vector<float>> tokens;
+  grpc::ByteBuffer bytes;
+};
+
+class ExpertServiceTest : public ::testing::Test {
+ protected:
+  void Start(const ExpertShard* shard, ExpertServiceOptions options = {}) {
+    metrics_ =
+        std::make_unique<ExpertMetrics>(registry_, Spec(), shard->experts());
+    auto service = ExpertService::Create(shard, {Spec(), "sha256:fake"},
+                                         options, metrics_.get());
+    ASSERT_TRUE(service.ok()) << service.status();
+    service_ = std::move(*service);
+    grpc::ServerBuilder builder;
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    channel_ = server_->InProcessChannel(grpc::ChannelArguments());
+    generic_ = std::make_unique<grpc::GenericStub>(channel_);
+  }
+  void TearDown() override {
+    if (server_ != nullptr) server_->Shutdown();
+    if (service_ != nullptr) service_->Drain();
+  }
+
+  // Starts RunExperts; `done` notifies with the status and response.
+  struct Pending {
+    grpc::ClientContext context;
+    grpc::ByteBuffer request, response;
+    grpc::Status status;
+    absl::Notification done;
+  };
+  std::unique_ptr<Pending> Start(grpc::ByteBuffer request) {
+    auto p = std::make_unique<Pending>();
+    p->request = std::move(request);
+    Pending* raw = p.get();
+    generic_->UnaryCall(&raw->context, "/moe.v1.ExpertWorker/RunExperts",
+                        grpc::StubOptions(), &raw->request, &raw->response,
+                        [raw](grpc::Status s) {
+                          raw->status = std::move(s);
+                          raw->done.Notify();
+                        });
+    return p;
+  }
+  grpc::Status Run(const Call& call, grpc::ByteBuffer* response) {
+    auto p = Start(call.bytes);
+    p->done.WaitForNotification();
+    *response = std::move(p->response);
+    return p->status;
+  }
+
+  double Counter(const std::string& name, const std::string& expert) {
+    double sum = 0;
+    for (const auto& family : registry_.Collect()) {
+      if (family.name != name) continue;
+      for (const auto& m : family.metric) {
+        for (const auto& l : m.label) {
+          if (l.name == "expert" && l.value == expert) sum += m.counter.value;
+        }
+      }
+    }
+    return sum;
+  }
+
+  prometheus::Registry registry_;
+  std::unique_ptr<ExpertMetrics> metrics_;
+  std::unique_ptr<ExpertService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<grpc::GenericStub> generic_;
+};
+
+TEST_F(ExpertServiceTest, RunsEachSegmentThroughItsExpertInEveryDtype) {
+  testing::ScalingShard shard(kDim, common::ExpertSet({{1, 2}, {0}}));
+  Start(&shard);
+  for (common::DType out :
+       {common::DType::kFloat32, common::DType::kBFloat16}) {
+    const Call call({{{0, 1}, 0, 2}, {{0, 2}, 2, 1}, {{1, 0}, 3, 3}},
+                    common::DType::kFloat32, out);
+    grpc::ByteBuffer bytes;
+    ASSERT_TRUE(Run(call, &bytes).ok());
+    auto view = proto::RunExpertsResponseView::Parse(bytes, 6, kDim);
+    ASSERT_TRUE(view.ok()) << view.status();
+    EXPECT_EQ(view->dtype(), out);
+    std::vector<float> scratch;
+    for (const auto& s : call.segments) {
+      const float* rows = view->FloatRows(s.offset, s.count, &scratch);
+      for (int64_t i = 0; i < s.count * kDim; ++i) {
+        const float want =
+            (*call.tokens)[s.offset * kDim + i] * testing::ExpertScale(s.key);
+        if (out == common::DType::kFloat32) {
+          EXPECT_EQ(rows[i], want);
+        } else {
+          EXPECT_NEAR(rows[i], want, std::abs(want) / 128);
+        }
+      }
+    }
+  }
+  EXPECT_EQ(Counter("moe_expert_tokens_total", "1"), 4);  // 2 rows, twice
+}
+
+TEST_F(ExpertServiceTest, ShardInfoListsTheHostedExperts) {
+  testing::ScalingShard shard(kDim, common::ExpertSet({{1, 2}, {0}}));
+  Start(&shard);
+  const moe::v1::ShardInfo& info = service_->shard_info();
+  EXPECT_EQ(info.fingerprint(), "sha256:fake");
+  EXPECT_EQ(info.dim(), kDim);
+  ASSERT_EQ(info.layers_size(), 2);
+  EXPECT_EQ(info.layers(0).expert_ids_size(), 2);
+  EXPECT_EQ(info.layers(1).expert_ids(0), 0);
+  EXPECT_EQ(info.device(), "cpu");
+  EXPECT_EQ(info.compute_dtype(), "float32");
+}
+
+TEST_F(ExpertServiceTest, BadCallsAreNamedAndTheWorkerGoesOn) {
+  testing::ScalingShard shard(kDim, common::ExpertSet({{0, 1}}));
+  ExpertServiceOptions options;
+  options.max_tokens_per_call = 8;
+  Start(&shard, options);
+  grpc::ByteBuffer response;
+  grpc::Status s = Run(Call({{{0, 3}, 0, 2}}), &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("expert 3 of layer 0 is not hosted"),
+            std::string::npos)
+      << s.error_message();
+  s = Run(Call({{{0, 1}, 0, 9}}), &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  s = Run(Call({{{5, 1}, 0, 2}}), &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("layer 5 is outside"), std::string::npos);
+  EXPECT_TRUE(Run(Call({{{0, 1}, 0, 8}}), &response).ok());
+}
+
+TEST_F(ExpertServiceTest, AFullQueueIsResourceExhausted) {
+  BlockingShard shard(kDim);
+  ExpertServiceOptions options;
+  options.compute_threads = 1;
+  options.max_queued = 1;
+  Start(&shard, options);
+  const Call call({{{0, 1}, 0, 1}});
+  auto running = Start(call.bytes);
+  shard.entered.WaitForNotification();  // the one thread is busy
+  auto queued = Start(call.bytes);      // waits in the queue
+  auto refused = Start(call.bytes);     // finds it full
+  refused->done.WaitForNotification();
+  EXPECT_EQ(refused->status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(refused->status.error_message().find("overloaded"),
+            std::string::npos);
+  shard.release.Notify();
+  running->done.WaitForNotification();
+  queued->done.WaitForNotification();
+  EXPECT_TRUE(running->status.ok());
+  EXPECT_TRUE(queued->status.ok());
+}
+
+TEST(ExpertServiceCreateTest, RefusesOptionsAndShardsThatCannotWork) {
+  prometheus::Registry registry;
+  testing::ScalingShard shard(kDim, common::ExpertSet({{0}}));
+  ExpertMetrics metrics(registry, Spec(), shard.experts());
+  ExpertServiceOptions options;
+  options.compute_threads = 0;
+  auto s = ExpertService::Create(&shard, {Spec(), "f"}, options, &metrics);
+  EXPECT_NE(s.status().message().find("--compute_threads"), std::string::npos);
+  testing::ScalingShard wide(kDim + 1, common::ExpertSet({{0}}));
+  s = ExpertService::Create(&wide, {Spec(), "f"}, {}, &metrics);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.status().message().find("dim 5"), std::string::npos);
+  testing::ScalingShard deep(kDim, common::ExpertSet({{0}, {0}, {0}}));
+  s = ExpertService::Create(&deep, {Spec(), "f"}, {}, &metrics);
+  EXPECT_NE(s.status().message().find("layer 2"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace moe::experts

@@ -1,0 +1,468 @@
+// The router's remote path without processes: WorkerPool, WorkerBatcher and
+// RemoteExpertBackend against FakeWorkers, with a FakeClock for every
+// deadline and window. Nothing sleeps: the tests wait on notifications and
+// move fake time.
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "router/engine/expert_backend.h"
+#include "router/remote/remote_expert_backend.h"
+#include "router/remote/worker_batcher.h"
+#include "router/remote/worker_pool.h"
+#include "testing/fake_clock.h"
+#include "testing/fake_worker.h"
+
+namespace moe::router {
+namespace {
+
+constexpr int64_t kDim = 4;
+const char kFingerprint[] = "sha256:model";
+
+// Two layers of 4 experts, dim 4.
+common::ModelSpec Spec() {
+  common::ModelSpec spec;
+  spec.name = "fake";
+  spec.dim = kDim;
+  common::LayerConfig c;
+  c.dim = kDim;
+  c.num_experts = 4;
+  spec.layers = {{"layer0", c}, {"layer1", c}};
+  return spec;
+}
+
+// A pool of fake workers hosting `hosted[w]` (by layer).
+struct Pool {
+  explicit Pool(std::vector<std::vector<std::vector<int64_t>>> hosted,
+                testing::FakeClock* clock) {
+    std::vector<std::unique_ptr<WorkerTransport>> transports;
+    for (size_t w = 0; w < hosted.size(); ++w) {
+      auto worker = std::make_unique<testing::FakeWorker>(
+          "worker" + std::to_string(w), kDim,
+          testing::MakeShardInfo(Spec(), kFingerprint, hosted[w]));
+      workers.push_back(worker.get());
+      transports.push_back(std::move(worker));
+    }
+    WorkerPoolOptions options;
+    options.clock = clock;
+    pool = std::make_unique<WorkerPool>(std::move(transports), Spec(),
+                                        kFingerprint, options);
+    pool->ProbeAll();
+  }
+  std::vector<testing::FakeWorker*> workers;
+  std::unique_ptr<WorkerPool> pool;
+};
+
+// One forward's expert work: `rows` token rows (values 1, 2, ...) of the
+// given segments, combined with weight 0.5 into distinct rows of y.
+struct Work {
+  Work(std::vector<common::ExpertSegment> s) : segments(std::move(s)) {
+    int64_t rows = 0;
+    for (const auto& seg : segments) rows += seg.count;
+    tokens = std::make_shared<std::vector<float>>(rows * kDim);
+    for (size_t i = 0; i < tokens->size(); ++i) (*tokens)[i] = 1.0f + i;
+    for (int64_t r = 0; r < rows; ++r) {
+      targets.push_back(r);
+      weights.push_back(0.5f);
+    }
+    y.assign(rows * kDim, 0.0f);
+    work.tokens = tokens->data();
+    work.tokens_owner = tokens;
+    work.rows = rows;
+    work.dim = kDim;
+    work.segments = segments;
+    work.targets = targets;
+    work.weights = weights;
+    work.y = y.data();
+  }
+  // y as the experts in `lost` left it out.
+  std::vector<float> Expected(std::set<int64_t> lost = {}) const {
+    std::vector<float> out(y.size(), 0.0f);
+    for (const auto& s : segments) {
+      if (lost.count(s.key.expert)) continue;
+      for (int64_t i = s.offset * kDim; i < (s.offset + s.count) * kDim; ++i) {
+        out[i] = 0.5f * (*tokens)[i] * testing::ExpertScale(s.key);
+      }
+    }
+    return out;
+  }
+  std::vector<common::ExpertSegment> segments;
+  std::shared_ptr<std::vector<float>> tokens;
+  std::vector<int64_t> targets;
+  std::vector<float> weights;
+  std::vector<float> y;
+  ExpertWork work;
+};
+
+// Experts 0-1 of layer 0 on worker 0, 2-3 on worker 1.
+std::vector<common::ExpertSegment> TwoWorkerSegments() {
+  return {{{0, 0}, 0, 2}, {{0, 1}, 2, 1}, {{0, 2}, 3, 2}, {{0, 3}, 5, 1}};
+}
+
+// Runs `backend` on `work` on its own thread; done notifies.
+struct Running {
+  Running(RemoteExpertBackend* backend, ExpertWork work) {
+    thread = std::thread([this, backend, work] {
+      status = backend->Run(work, &report);
+      done.Notify();
+    });
+  }
+  ~Running() { thread.join(); }
+  absl::Status status;
+  BackendReport report;
+  absl::Notification done;
+  std::thread thread;
+};
+
+TEST(WorkerPoolTest, JudgesWorkersAndLatchesReadiness) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1}, {0, 1}}, {{2, 3}, {2, 3}}}, &clock);
+  EXPECT_TRUE(p.pool->ready());
+  EXPECT_EQ(p.pool->Choose({1, 3}, {}), 1);
+  EXPECT_EQ(p.pool->Choose({0, 0}, {0}), -1);  // excluded, no replica
+  // Another model behind the same address: refused, both fingerprints said.
+  p.workers[1]->SetShardInfo(
+      testing::MakeShardInfo(Spec(), "sha256:other", {{2, 3}, {2, 3}}));
+  p.pool->ProbeAll();
+  std::vector<WorkerSnapshot> s = p.pool->Snapshot();
+  EXPECT_EQ(s[1].state, WorkerState::kWrongModel);
+  EXPECT_NE(s[1].reason.find("sha256:other"), std::string::npos);
+  EXPECT_NE(s[1].reason.find(kFingerprint), std::string::npos);
+  EXPECT_EQ(p.pool->Choose({0, 2}, {}), -1);
+  EXPECT_EQ(p.pool->Uncovered().ids(0), (std::vector<int64_t>{2, 3}));
+  EXPECT_NE(p.pool->DescribeUncovered().find("layer \"layer0\" experts [2-3]"),
+            std::string::npos)
+      << p.pool->DescribeUncovered();
+  EXPECT_TRUE(p.pool->ready());  // readiness, once reached, stays
+  // Unreachable, then back.
+  p.workers[1]->SetProbeError(absl::UnavailableError("connection refused"));
+  p.pool->ProbeAll();
+  EXPECT_EQ(p.pool->Snapshot()[1].state, WorkerState::kUnreachable);
+  p.workers[1]->SetShardInfo(
+      testing::MakeShardInfo(Spec(), kFingerprint, {{2, 3}, {2, 3}}));
+  p.pool->ProbeAll();
+  EXPECT_EQ(p.pool->Choose({0, 2}, {}), 1);
+  // A failing call takes a worker out until the next probe.
+  p.pool->CallStarted(1);
+  p.pool->CallFinished(1, absl::UnavailableError("call failed"), false);
+  EXPECT_EQ(p.pool->Snapshot()[1].state, WorkerState::kDown);
+  EXPECT_EQ(p.pool->Snapshot()[1].experts.ids(0), (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(p.pool->Choose({0, 2}, {}), -1);
+  // A worker of this model that hosts nothing.
+  p.workers[1]->SetShardInfo(testing::MakeShardInfo(Spec(), kFingerprint, {}));
+  p.pool->ProbeAll();
+  EXPECT_EQ(p.pool->Snapshot()[1].state, WorkerState::kNothingUseful);
+}
+
+TEST(WorkerPoolTest, NotReadyUntilEveryLayerIsCovered) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1, 2, 3}, {0, 1}}}, &clock);
+  EXPECT_FALSE(p.pool->ready());
+  EXPECT_EQ(p.pool->Uncovered().ids(1), (std::vector<int64_t>{2, 3}));
+}
+
+TEST(WorkerPoolTest, ChoosesTheLeastLoadedReplica) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1, 2, 3}, {}}, {{0, 1, 2, 3}, {}}}, &clock);
+  p.pool->CallStarted(0);
+  p.pool->CallStarted(0);
+  EXPECT_EQ(p.pool->Choose({0, 1}, {}), 1);
+  for (int i = 0; i < 3; ++i) p.pool->CallStarted(1);
+  EXPECT_EQ(p.pool->Choose({0, 1}, {}), 0);
+  EXPECT_EQ(p.pool->inflight(1), 3);
+}
+
+// The pool alone decides which call outcomes take a worker down: a worker
+// that is unreachable, broken or slower than the worker timeout; not one
+// that refused a call (bad input, overload, cancellation) nor one that
+// missed the client's own deadline.
+TEST(WorkerPoolTest, DecidesWhichFailedCallsTakeAWorkerDown) {
+  struct Case {
+    absl::Status status;
+    bool timeout_binds;
+    bool down;
+  };
+  const Case cases[] = {
+      {absl::UnavailableError("connection refused"), false, true},
+      {absl::InternalError("bad response"), false, true},
+      {absl::UnknownError("?"), false, true},
+      {absl::DeadlineExceededError("worker timeout"), true, true},
+      {absl::DeadlineExceededError("client deadline"), false, false},
+      {absl::InvalidArgumentError("bad segment"), false, false},
+      {absl::ResourceExhaustedError("queue full"), false, false},
+      {absl::CancelledError("gave up"), false, false},
+      {absl::OkStatus(), false, false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.status.ToString());
+    testing::FakeClock clock;
+    Pool p({{{0, 1, 2, 3}, {}}}, &clock);
+    p.pool->CallStarted(0);
+    p.pool->CallFinished(0, c.status, c.timeout_binds);
+    EXPECT_EQ(p.pool->inflight(0), 0);
+    EXPECT_EQ(p.pool->Snapshot()[0].state,
+              c.down ? WorkerState::kDown : WorkerState::kUp);
+  }
+}
+
+// A remote backend over `p`'s workers (its own batcher and waiter), on the
+// fake clock; `options` gets the clock.
+struct Remote {
+  Remote(const Pool& p, testing::FakeClock* clock,
+         RemoteCallOptions options = {})
+      : batcher(p.pool.get(), Batching(clock)),
+        waiter(std::make_shared<ForwardWaiter>(clock)),
+        backend(p.pool.get(), &batcher, waiter, WithClock(options, clock)) {}
+  static BatcherOptions Batching(testing::FakeClock* clock) {
+    BatcherOptions batching;
+    batching.clock = clock;
+    return batching;
+  }
+  static RemoteCallOptions WithClock(RemoteCallOptions o,
+                                     testing::FakeClock* clock) {
+    o.clock = clock;
+    return o;
+  }
+  WorkerBatcher batcher;
+  std::shared_ptr<ForwardWaiter> waiter;
+  RemoteExpertBackend backend;
+};
+
+TEST(RemoteExpertBackendTest, OneCallPerWorkerCombinedAsTheyArrive) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1}, {}}, {{2, 3}, {}}}, &clock);
+  Remote r(p, &clock);
+  Work w(TwoWorkerSegments());
+  Running run(&r.backend, w.work);
+  ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
+  ASSERT_TRUE(p.workers[1]->WaitForCalls(1));
+  EXPECT_EQ(p.workers[0]->Segments(0).size(), 2u);
+  EXPECT_EQ(p.workers[1]->Segments(0)[0].key, (common::ExpertKey{0, 2}));
+  p.workers[1]->Reply(0);
+  p.workers[0]->Reply(0);
+  ASSERT_TRUE(run.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(run.status.ok()) << run.status;
+  EXPECT_TRUE(run.report.lost.empty());
+  EXPECT_EQ(w.y, w.Expected());
+  EXPECT_EQ(p.workers[0]->calls(), 1);
+}
+
+// Large answers arrive as many slices; the combine reads rows in place
+// where they lie in one slice and copies the rest in small chunks (several
+// per segment here: 4096 rows of dim 4 per chunk). Every row must land
+// where it belongs, bit for bit.
+TEST(RemoteExpertBackendTest, CombinesAnswersSplitIntoOddSlices) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1}, {}}, {{2, 3}, {}}}, &clock);
+  for (testing::FakeWorker* worker : p.workers) {
+    worker->SetAutoReply(true);
+    worker->SetReplySliceBytes(1001);
+  }
+  Remote r(p, &clock);
+  Work w({{{0, 0}, 0, 9000},
+          {{0, 1}, 9000, 3},
+          {{0, 2}, 9003, 4097},
+          {{0, 3}, 13100, 1}});
+  BackendReport report;
+  ASSERT_TRUE(r.backend.Run(w.work, &report).ok());
+  EXPECT_TRUE(report.lost.empty());
+  EXPECT_EQ(w.y, w.Expected());
+}
+
+TEST(RemoteExpertBackendTest, AFailedCallIsRetriedOnAReplica) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1, 2, 3}, {}}, {{0, 1, 2, 3}, {}}}, &clock);
+  Remote r(p, &clock);
+  Work w(TwoWorkerSegments());
+  Running run(&r.backend, w.work);
+  ASSERT_TRUE(p.workers[0]->WaitForCalls(1));  // the least loaded: worker 0
+  p.workers[0]->Fail(0, absl::UnavailableError("connection reset"));
+  ASSERT_TRUE(p.workers[1]->WaitForCalls(1));
+  EXPECT_EQ(p.workers[1]->Segments(0).size(), 4u);  // everything moved
+  p.workers[1]->Reply(0);
+  ASSERT_TRUE(run.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(run.status.ok()) << run.status;
+  EXPECT_TRUE(run.report.lost.empty());
+  EXPECT_EQ(w.y, w.Expected());
+  EXPECT_EQ(p.pool->Snapshot()[0].state, WorkerState::kDown);
+}
+
+TEST(RemoteExpertBackendTest, WithoutAReplicaTheFailurePolicyDecides) {
+  for (ExpertFailurePolicy policy :
+       {ExpertFailurePolicy::kDrop, ExpertFailurePolicy::kFail}) {
+    SCOPED_TRACE(ExpertFailurePolicyName(policy));
+    testing::FakeClock clock;
+    Pool p({{{0, 1}, {}}, {{2, 3}, {}}}, &clock);
+    RemoteCallOptions options;
+    options.on_failure = policy;
+    Remote r(p, &clock, options);
+    Work w(TwoWorkerSegments());
+    Running run(&r.backend, w.work);
+    ASSERT_TRUE(p.workers[1]->WaitForCalls(1));
+    p.workers[1]->Fail(0, absl::UnavailableError("connection reset"));
+    ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
+    p.workers[0]->Reply(0);
+    ASSERT_TRUE(run.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    if (policy == ExpertFailurePolicy::kFail) {
+      EXPECT_EQ(run.status.code(), absl::StatusCode::kUnavailable);
+      EXPECT_NE(run.status.message().find("expert 2 (worker1: connection "
+                                          "reset)"),
+                std::string::npos)
+          << run.status;
+      continue;
+    }
+    ASSERT_TRUE(run.status.ok()) << run.status;
+    ASSERT_EQ(run.report.lost.size(), 2u);
+    EXPECT_EQ(run.report.lost[0].key, (common::ExpertKey{0, 2}));
+    EXPECT_EQ(run.report.lost[0].reason, DropReason::kExpertUnavailable);
+    EXPECT_EQ(w.y, w.Expected({2, 3}));
+  }
+}
+
+TEST(RemoteExpertBackendTest, AMissedDeadlineDropsAndCancelsTheCall) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1}, {}}, {{2, 3}, {}}}, &clock);
+  RemoteCallOptions options;
+  options.deadline = clock.Now() + absl::Seconds(2);
+  Remote r(p, &clock, options);
+  Work w(TwoWorkerSegments());
+  Running run(&r.backend, w.work);
+  ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
+  ASSERT_TRUE(p.workers[1]->WaitForCalls(1));
+  p.workers[0]->Reply(0);  // worker 1 never answers
+  ASSERT_TRUE(clock.WaitForWaiters(1));
+  clock.Advance(absl::Seconds(2));
+  ASSERT_TRUE(run.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(run.status.ok()) << run.status;
+  ASSERT_EQ(run.report.lost.size(), 2u);
+  EXPECT_EQ(run.report.lost[1].reason, DropReason::kDeadline);
+  EXPECT_TRUE(p.workers[1]->cancelled(0));  // nobody waits for it any more
+  EXPECT_EQ(w.y, w.Expected({2, 3}));
+  // The call's own deadline is the request's, less the router's reserve.
+  EXPECT_LT(p.workers[1]->calls(), 2);
+}
+
+TEST(RemoteExpertBackendTest, ClientCancellationEndsTheWait) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1, 2, 3}, {}}}, &clock);
+  Remote r(p, &clock);
+  Work w(TwoWorkerSegments());
+  Running run(&r.backend, w.work);
+  ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
+  r.waiter->Cancel();
+  ASSERT_TRUE(run.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(run.status.code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(p.workers[0]->cancelled(0));
+}
+
+// A request of `w`'s segments for worker 0, waited on by its own waiter.
+struct Submitted {
+  Submitted(WorkerBatcher& batcher, const Work& w, testing::FakeClock* clock)
+      : waiter(std::make_shared<ForwardWaiter>(clock)) {
+    WorkerRequest r;
+    r.worker = 0;
+    r.rows = w.tokens->data();
+    r.owner = w.tokens;
+    r.dim = kDim;
+    r.segments = w.segments;
+    r.waiter = waiter;
+    r.waiter_index = index = waiter->AddTicket();
+    ticket = batcher.Submit(std::move(r));
+  }
+  bool Done() {
+    return waiter->WaitForDone({index}, absl::InfiniteFuture()).size() == 1;
+  }
+  std::shared_ptr<ForwardWaiter> waiter;
+  int index = -1;
+  std::shared_ptr<const BatchTicket> ticket;
+};
+
+TEST(WorkerBatcherTest, ForwardsArrivingWhileTheWorkerIsBusyShareOneCall) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1, 2, 3}, {0, 1, 2, 3}}}, &clock);
+  BatcherOptions batching;
+  batching.clock = &clock;
+  batching.window = absl::Seconds(1);
+  WorkerBatcher batcher(p.pool.get(), batching);
+  // A lone forward never waits: the worker is idle and nobody is gating.
+  Work first({{{0, 1}, 0, 2}});
+  Submitted t0(batcher, first, &clock);
+  ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
+  // While that call is out, two forwards (one of layer 1) gather.
+  Work a({{{0, 1}, 0, 1}, {{0, 3}, 1, 2}});
+  Work b({{{1, 0}, 0, 1}, {{0, 1}, 1, 1}});
+  Submitted ta(batcher, a, &clock), tb(batcher, b, &clock);
+  EXPECT_EQ(p.workers[0]->calls(), 1);
+  p.workers[0]->Reply(0);  // the worker is idle again: the batch goes
+  ASSERT_TRUE(p.workers[0]->WaitForCalls(2));
+  // Grouped by expert, layer first: (0,1) from a then b, (0,3), (1,0).
+  const std::vector<common::ExpertSegment> s = p.workers[0]->Segments(1);
+  ASSERT_EQ(s.size(), 3u);
+  EXPECT_EQ(s[0].key, (common::ExpertKey{0, 1}));
+  EXPECT_EQ(s[0].count, 2);
+  EXPECT_EQ(s[1].key, (common::ExpertKey{0, 3}));
+  EXPECT_EQ(s[2].key, (common::ExpertKey{1, 0}));
+  p.workers[0]->Reply(1);
+  ASSERT_TRUE(ta.Done());
+  ASSERT_TRUE(tb.Done());
+  ASSERT_TRUE(ta.ticket->call_status().ok());
+  ASSERT_TRUE(tb.ticket->call_status().ok());
+  EXPECT_EQ(p.workers[0]->calls(), 2);  // one call carried both
+  // Each forward reads its own rows back, each scaled by its expert.
+  std::vector<float> scratch;
+  for (const auto& [work, sent] :
+       {std::make_pair(&a, &ta), std::make_pair(&b, &tb)}) {
+    for (size_t j = 0; j < work->segments.size(); ++j) {
+      const common::ExpertSegment& seg = work->segments[j];
+      const float* rows = sent->ticket->OutputRows(j, 0, seg.count, &scratch);
+      for (int64_t i = 0; i < seg.count * kDim; ++i) {
+        EXPECT_EQ(rows[i], (*work->tokens)[seg.offset * kDim + i] *
+                               testing::ExpertScale(seg.key));
+      }
+    }
+  }
+}
+
+TEST(WorkerBatcherTest, AnOpenBatchLeavesWhenItsWindowEnds) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1, 2, 3}, {}}}, &clock);
+  BatcherOptions batching;
+  batching.clock = &clock;
+  batching.window = absl::Milliseconds(20);
+  WorkerBatcher batcher(p.pool.get(), batching);
+  // Another forward still gating keeps the batch open.
+  WorkerBatcher::Gating other(&batcher);
+  Work w({{{0, 2}, 0, 3}});
+  Submitted t(batcher, w, &clock);
+  ASSERT_TRUE(clock.WaitForWaiters(1));  // the flusher, on the window
+  EXPECT_EQ(p.workers[0]->calls(), 0);
+  clock.Advance(absl::Milliseconds(20));
+  ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
+  p.workers[0]->Reply(0);
+}
+
+TEST(WorkerBatcherTest, ABatchIsCancelledOnlyWhenEveryForwardGaveUp) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1, 2, 3}, {}}}, &clock);
+  BatcherOptions batching;
+  batching.clock = &clock;
+  batching.window = absl::Seconds(1);
+  WorkerBatcher batcher(p.pool.get(), batching);
+  Work busy({{{0, 0}, 0, 1}});
+  Submitted t0(batcher, busy, &clock);
+  ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
+  Work a({{{0, 1}, 0, 1}}), b({{{0, 2}, 0, 1}});
+  Submitted ta(batcher, a, &clock), tb(batcher, b, &clock);
+  p.workers[0]->Reply(0);
+  ASSERT_TRUE(p.workers[0]->WaitForCalls(2));
+  WorkerBatcher::Abandon(*ta.ticket);
+  EXPECT_FALSE(p.workers[0]->cancelled(1));  // b still waits for it
+  WorkerBatcher::Abandon(*tb.ticket);
+  EXPECT_TRUE(p.workers[0]->cancelled(1));
+}
+
+}  // namespace
+}  // namespace moe::router

@@ -1,0 +1,300 @@
+// RouterService in one process: the real service behind an in-process gRPC
+// channel (no socket), its model from a golden file, its workers fakes that
+// compute testing::ExpertScale (tests/testing/fake_worker.h), its metrics a
+// recorder of this file. The integration tests run the same with processes.
+#include "router/service/router_service.h"
+
+#include <ATen/ATen.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "common/token_set.h"
+#include "router/api/forward_runner.h"
+#include "testing/fake_clock.h"
+#include "testing/fake_worker.h"
+#include "testing/golden.h"
+#include "testing/reference.h"
+
+namespace moe::router {
+namespace {
+
+const char kModel[] = "A_moe_eval_nodrop";  // dim 16, 4 experts, x [2, 12, 16]
+
+// Counts what the service records.
+class RecordingMetrics final : public RouterMetrics {
+ public:
+  void RecordForward(int, const ForwardResult&) override { Add("forward"); }
+  void RecordRequest(absl::StatusCode code, absl::Duration) override {
+    Add(absl::StrCat("request ", absl::StatusCodeToString(code)));
+  }
+  void RecordRejected(RejectReason reason) override {
+    Add(absl::StrCat("rejected ", RejectReasonLabel(reason)));
+  }
+  void AddInflight(int delta) override {
+    absl::MutexLock lock(&mu_);
+    inflight_ += delta;
+  }
+  void RecordWorkerRpc(int, absl::Duration, int, int64_t) override {
+    Add("worker rpc");
+  }
+  void RecordStages(const ForwardTimings&) override { Add("stages"); }
+  void RecordStage(RouterStage stage, absl::Duration) override {
+    Add(absl::StrCat("stage ", RouterStageLabel(stage)));
+  }
+  void RecordForwardCpu(absl::Duration) override { Add("cpu"); }
+  void SetWorkerState(int, WorkerState) override {}
+
+  int count(const std::string& what) const {
+    absl::MutexLock lock(&mu_);
+    auto it = counts_.find(what);
+    return it == counts_.end() ? 0 : it->second;
+  }
+  int inflight() const {
+    absl::MutexLock lock(&mu_);
+    return inflight_;
+  }
+
+ private:
+  void Add(const std::string& what) {
+    absl::MutexLock lock(&mu_);
+    ++counts_[what];
+  }
+  mutable absl::Mutex mu_;
+  std::map<std::string, int> counts_ ABSL_GUARDED_BY(mu_);
+  int inflight_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// The service over two fake workers (experts 0-1 and 2-3), in process.
+class RouterServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto model = ModelEngine::Load(testing::GoldenPath(kModel));
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(*model);
+    runner_ = std::make_unique<ForwardRunner>(model_.get(), ForwardLimits{64});
+  }
+
+  // Starts the service; `covered` workers of the two answer their probe.
+  void Start(RouterServiceOptions options = {}, int covered = 2) {
+    std::vector<std::unique_ptr<WorkerTransport>> transports;
+    const std::vector<std::vector<int64_t>> hosted[2] = {{{0, 1}}, {{2, 3}}};
+    for (int w = 0; w < 2; ++w) {
+      auto worker = std::make_unique<testing::FakeWorker>(
+          absl::StrCat("worker", w), 16,
+          testing::MakeShardInfo(model_->spec(), model_->fingerprint(),
+                                 hosted[w]));
+      worker->SetAutoReply(true);
+      if (w >= covered) {
+        worker->SetProbeError(absl::UnavailableError("connection refused"));
+      }
+      workers_.push_back(worker.get());
+      transports.push_back(std::move(worker));
+    }
+    pool_ = std::make_unique<WorkerPool>(std::move(transports), model_->spec(),
+                                         model_->fingerprint(),
+                                         WorkerPoolOptions());
+    pool_->ProbeAll();
+    auto service =
+        RouterService::Create(runner_.get(), pool_.get(), options, &metrics_);
+    ASSERT_TRUE(service.ok()) << service.status();
+    service_ = std::move(*service);
+    grpc::ServerBuilder builder;
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    stub_ = moe::v1::Router::NewStub(
+        server_->InProcessChannel(grpc::ChannelArguments()));
+  }
+
+  void TearDown() override {
+    if (server_ != nullptr) server_->Shutdown();
+    if (service_ != nullptr) service_->Drain();
+  }
+
+  grpc::Status Forward(const moe::v1::ForwardRequest& request,
+                       moe::v1::ForwardResponse* response,
+                       const std::string& token = "") {
+    grpc::ClientContext context;
+    if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+    return stub_->Forward(&context, request, response);
+  }
+
+  moe::v1::ForwardRequest GoldenRequest() {
+    moe::v1::RoutingOptions options;
+    options.set_policy(moe::v1::ALL);
+    return testing::Request(
+        testing::ReadAllTensors(testing::GoldenPath(kModel)).at("input.x"),
+        options);
+  }
+
+  std::unique_ptr<ModelEngine> model_;
+  std::unique_ptr<ForwardRunner> runner_;
+  std::vector<testing::FakeWorker*> workers_;
+  std::unique_ptr<WorkerPool> pool_;
+  RecordingMetrics metrics_;
+  std::unique_ptr<RouterService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<moe::v1::Router::Stub> stub_;
+};
+
+TEST_F(RouterServiceTest, AnswersAsTheRunnerDoesInProcess) {
+  Start();
+  const moe::v1::ForwardRequest request = GoldenRequest();
+  moe::v1::ForwardResponse remote;
+  ASSERT_TRUE(Forward(request, &remote).ok());
+  // The same request through the same runner, the same experts local.
+  testing::ScalingShard shard(16);
+  LocalExpertBackend local(&shard);
+  auto admitted = runner_->Admit(request);
+  ASSERT_TRUE(admitted.ok()) << admitted.status();
+  moe::v1::ForwardResponse in_process;
+  ASSERT_TRUE(runner_->Run(*admitted, local, &in_process).ok());
+  EXPECT_EQ(remote.y().data(), in_process.y().data());  // bit for bit
+  EXPECT_EQ(remote.stats().kept_per_expert_size(), 4);
+  EXPECT_FALSE(remote.degraded());
+  EXPECT_EQ(workers_[0]->calls(), 1);  // one call per worker per forward
+  EXPECT_EQ(workers_[1]->calls(), 1);
+  EXPECT_EQ(metrics_.count("request OK"), 1);
+  EXPECT_EQ(metrics_.count("forward"), 1);
+  EXPECT_EQ(metrics_.count("stage encode"), 2);
+  EXPECT_EQ(metrics_.inflight(), 0);
+}
+
+TEST_F(RouterServiceTest, EveryRefusalIsCountedByItsReason) {
+  Start();
+  moe::v1::ForwardResponse response;
+  moe::v1::ForwardRequest request = GoldenRequest();
+  // Over the limit of 64 tokens per request: [2, 12] is 24, [8, 12] is 96.
+  moe::v1::ForwardRequest big =
+      testing::Request(at::randn({8, 12, 16}), moe::v1::RoutingOptions());
+  grpc::Status s = Forward(big, &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(metrics_.count("rejected too_many_tokens"), 1);
+  request.set_layer("blocks.0.ff");
+  s = Forward(request, &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  request = testing::Request(at::randn({2, 12, 15}), moe::v1::RoutingOptions());
+  s = Forward(request, &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("x: last dimension is 15"),
+            std::string::npos)
+      << s.error_message();
+  // Refused at admission: nothing reached a worker.
+  EXPECT_EQ(workers_[0]->calls() + workers_[1]->calls(), 0);
+  EXPECT_EQ(metrics_.count("request RESOURCE_EXHAUSTED"), 1);
+  EXPECT_EQ(metrics_.count("request NOT_FOUND"), 1);
+  EXPECT_EQ(metrics_.count("request INVALID_ARGUMENT"), 1);
+  EXPECT_EQ(metrics_.inflight(), 0);
+}
+
+TEST_F(RouterServiceTest, NotReadyUntilEveryExpertHasAWorker) {
+  Start({}, /*covered=*/1);
+  moe::v1::ForwardResponse response;
+  const grpc::Status s = Forward(GoldenRequest(), &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(s.error_message().find("no worker yet for experts [2-3]"),
+            std::string::npos)
+      << s.error_message();
+  EXPECT_EQ(metrics_.count("rejected not_ready"), 1);
+  // AwaitReady gives up when asked to.
+  int asked = 0;
+  const absl::Status waited =
+      service_->AwaitReady(absl::Seconds(1), [&asked] { return ++asked > 3; });
+  EXPECT_TRUE(absl::IsCancelled(waited)) << waited;
+  EXPECT_EQ(asked, 4);
+  // Ready once the worker comes back.
+  workers_[1]->SetShardInfo(
+      testing::MakeShardInfo(model_->spec(), model_->fingerprint(), {{2, 3}}));
+  pool_->ProbeAll();
+  EXPECT_TRUE(service_->AwaitReady(absl::Seconds(1), [] { return true; }).ok());
+  EXPECT_TRUE(Forward(GoldenRequest(), &response).ok());
+}
+
+TEST_F(RouterServiceTest, AwaitReadyTimesOutNamingTheMissingExperts) {
+  RouterServiceOptions options;
+  testing::FakeClock clock;
+  options.clock = &clock;
+  Start(options, /*covered=*/1);
+  const absl::Status waited = service_->AwaitReady(absl::Seconds(1), [&] {
+    clock.Advance(absl::Milliseconds(300));
+    return false;
+  });
+  EXPECT_EQ(waited.code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(waited.message().find("experts [2-3]"), std::string::npos)
+      << waited;
+}
+
+TEST_F(RouterServiceTest, TokensAreRequiredWhenConfigured) {
+  const std::string file = testing::TempDir() + "/tokens";
+  std::ofstream(file) << "s3cret\n";
+  auto tokens = common::TokenSet::FromFile(file);
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  RouterServiceOptions options;
+  options.tokens = tokens->get();
+  Start(options);
+  moe::v1::ForwardResponse response;
+  EXPECT_EQ(Forward(GoldenRequest(), &response).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Forward(GoldenRequest(), &response, "wrong").error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_TRUE(Forward(GoldenRequest(), &response, "s3cret").ok());
+  EXPECT_EQ(metrics_.count("rejected unauthenticated"), 2);
+  // Without a token, the model but not the workers' addresses.
+  grpc::ClientContext context;
+  moe::v1::ModelInfo info;
+  ASSERT_TRUE(
+      stub_->GetModelInfo(&context, moe::v1::GetModelInfoRequest(), &info)
+          .ok());
+  EXPECT_TRUE(info.workers_hidden());
+  EXPECT_EQ(info.workers_size(), 0);
+  EXPECT_EQ(info.dim(), 16);
+}
+
+TEST_F(RouterServiceTest, MalformedBytesAreInvalidArgument) {
+  Start();
+  grpc::GenericStub generic(
+      server_->InProcessChannel(grpc::ChannelArguments()));
+  grpc::ClientContext context;
+  const std::string junk = "\xff\xff\xff\xff";
+  grpc::Slice slice(junk);
+  grpc::ByteBuffer request(&slice, 1), response;
+  grpc::Status status;
+  absl::Notification done;
+  generic.UnaryCall(&context, "/moe.v1.Router/Forward", grpc::StubOptions(),
+                    &request, &response, [&](grpc::Status s) {
+                      status = std::move(s);
+                      done.Notify();
+                    });
+  done.WaitForNotification();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("malformed protobuf"),
+            std::string::npos);
+}
+
+TEST(RouterServiceOptionsTest, ValidateNamesTheFlag) {
+  RouterServiceOptions o;
+  EXPECT_TRUE(o.Validate().ok());
+  o.threads = 0;
+  EXPECT_NE(o.Validate().message().find("--threads"), std::string::npos);
+  o = RouterServiceOptions();
+  o.batch_window = absl::Seconds(61);
+  EXPECT_NE(o.Validate().message().find("--batch_window_us"),
+            std::string::npos);
+  o = RouterServiceOptions();
+  o.wire_dtype = common::DType::kInt64;
+  EXPECT_NE(o.Validate().message().find("--wire_dtype"), std::string::npos);
+  o = RouterServiceOptions();
+  o.max_queue_time = absl::ZeroDuration();
+  EXPECT_NE(o.Validate().message().find("--max_queue_ms"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace moe::router
