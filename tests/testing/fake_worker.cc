@@ -13,6 +13,17 @@ float ExpertScale(common::ExpertKey key) {
   return 1.0f + static_cast<float>(key.expert) + 100.0f * key.layer;
 }
 
+common::ModelSpec TwoLayerSpec(int64_t dim) {
+  common::ModelSpec spec;
+  spec.name = "fake";
+  spec.dim = dim;
+  common::LayerConfig c;
+  c.dim = dim;
+  c.num_experts = 4;
+  spec.layers = {{"layer0", c}, {"layer1", c}};
+  return spec;
+}
+
 absl::Status ScalingShard::RunChecked(
     const experts::TokenRows& tokens,
     absl::Span<const common::ExpertSegment> segments, float* out,

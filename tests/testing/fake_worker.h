@@ -24,6 +24,10 @@ namespace moe::testing {
 // What a fake expert computes: row * (1 + expert + 100 * layer).
 float ExpertScale(common::ExpertKey key);
 
+// A model of two layers ("layer0", "layer1") of 4 experts of `dim`, for
+// fakes that need no weights.
+common::ModelSpec TwoLayerSpec(int64_t dim);
+
 // An ExpertShard that computes ExpertScale, for expected results through a
 // LocalExpertBackend and for unit tests of the worker service. It hosts
 // `hosted`, or every expert when that is empty; any token dtype.

@@ -20,16 +20,7 @@ namespace {
 
 constexpr int64_t kDim = 4;
 
-common::ModelSpec Spec() {
-  common::ModelSpec spec;
-  spec.name = "fake";
-  spec.dim = kDim;
-  common::LayerConfig c;
-  c.dim = kDim;
-  c.num_experts = 4;
-  spec.layers = {{"layer0", c}, {"layer1", c}};
-  return spec;
-}
+common::ModelSpec Spec() { return testing::TwoLayerSpec(kDim); }
 
 // A shard whose Run blocks until released (to fill the queue).
 class BlockingShard final : public testing::ScalingShard {

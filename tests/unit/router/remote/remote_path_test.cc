@@ -23,16 +23,7 @@ constexpr int64_t kDim = 4;
 const char kFingerprint[] = "sha256:model";
 
 // Two layers of 4 experts, dim 4.
-common::ModelSpec Spec() {
-  common::ModelSpec spec;
-  spec.name = "fake";
-  spec.dim = kDim;
-  common::LayerConfig c;
-  c.dim = kDim;
-  c.num_experts = 4;
-  spec.layers = {{"layer0", c}, {"layer1", c}};
-  return spec;
-}
+common::ModelSpec Spec() { return testing::TwoLayerSpec(kDim); }
 
 // A pool of fake workers hosting `hosted[w]` (by layer).
 struct Pool {
