@@ -182,8 +182,8 @@ absl::Status LocalDeployment::StartChild(std::string name,
 
 // Its port file, then its health; a dead child or a signal ends the wait.
 absl::Status LocalDeployment::WaitReady(Child& c) {
-  absl::StatusOr<int> port = WaitForPortFile(c.port_file, deadline_, *c.process,
-                                             options_.probe.interrupted);
+  absl::StatusOr<int> port = WaitForPortFile(
+      c.port_file, deadline_, c.process.get(), options_.probe.interrupted);
   absl::Status status = port.status();
   if (port.ok()) {
     c.port = *port;

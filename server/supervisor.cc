@@ -147,17 +147,17 @@ bool Pause(const std::function<bool()>& interrupted) {
 }  // namespace
 
 absl::StatusOr<int> WaitForPortFile(const std::string& path,
-                                    absl::Time deadline, ChildProcess& child,
+                                    absl::Time deadline, ChildProcess* child,
                                     const std::function<bool()>& interrupted) {
   for (;;) {
     std::ifstream in(path);
     std::string text;
     int port = 0;
     if ((in >> text) && absl::SimpleAtoi(text, &port)) return port;
-    if (!child.running()) {
+    if (child != nullptr && !child->running()) {
       return absl::UnavailableError(
-          absl::StrCat("it ", child.DescribeExit(), " before writing ", path,
-                       child.log_path().empty() ? "" : ":\n", child.Log()));
+          absl::StrCat("it ", child->DescribeExit(), " before writing ", path,
+                       child->log_path().empty() ? "" : ":\n", child->Log()));
     }
     if (absl::Now() > deadline) {
       return absl::DeadlineExceededError(absl::StrCat("no port file ", path));

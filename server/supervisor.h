@@ -7,7 +7,8 @@
 //   ChildOptions o;
 //   o.argv = {"build/bin/moe-expert", "--port=0", "--port_file=" + file};
 //   MOE_ASSIGN_OR_RETURN(auto child, ChildProcess::Start(std::move(o)));
-//   MOE_ASSIGN_OR_RETURN(int port, WaitForPortFile(file, deadline, *child));
+//   MOE_ASSIGN_OR_RETURN(int port, WaitForPortFile(file, deadline,
+//                                                  child.get()));
 //   MOE_RETURN_IF_ERROR(WaitServing(absl::StrCat("127.0.0.1:", port),
 //                                   deadline, *child));
 //
@@ -83,13 +84,13 @@ class ChildProcess {
   int exit_code_ = -1;
 };
 
-// Reads the port `child` writes to `path` once it listens; waits until
-// `deadline`. UNAVAILABLE (with its log) when the child exits first,
-// DEADLINE_EXCEEDED when the file never appears, CANCELLED when
-// `interrupted` (if set; asked between looks, which it may wait in, ~50 ms)
-// returns true.
+// Reads the port `child` (may be null: any writer) writes to `path` once it
+// listens; waits until `deadline`. UNAVAILABLE (with its log) when the
+// child exits first, DEADLINE_EXCEEDED when the file never appears,
+// CANCELLED when `interrupted` (if set; asked between looks, which it may
+// wait in, ~50 ms) returns true.
 absl::StatusOr<int> WaitForPortFile(
-    const std::string& path, absl::Time deadline, ChildProcess& child,
+    const std::string& path, absl::Time deadline, ChildProcess* child,
     const std::function<bool()>& interrupted = nullptr);
 
 // How WaitServing reaches a server.

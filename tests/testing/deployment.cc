@@ -35,7 +35,7 @@ std::unique_ptr<Process> StartProcess(std::vector<std::string> argv,
 
 absl::StatusOr<int> WaitForPortFile(const std::string& path,
                                     absl::Duration timeout, Process* process) {
-  return server::WaitForPortFile(path, absl::Now() + timeout, *process);
+  return server::WaitForPortFile(path, absl::Now() + timeout, process);
 }
 
 absl::Status WaitServing(const std::string& address, absl::Duration timeout,

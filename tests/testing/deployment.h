@@ -27,7 +27,7 @@ std::unique_ptr<Process> StartProcess(std::vector<std::string> argv,
                                       std::string log_path);
 
 // Reads an integer port from `path` once it exists; waits up to `timeout`,
-// failing early (with its log) when `process` exits.
+// failing early (with its log) when `process` (may be null) exits.
 absl::StatusOr<int> WaitForPortFile(const std::string& path,
                                     absl::Duration timeout, Process* process);
 
