@@ -155,7 +155,11 @@ absl::Status ValidateCapacityFactor(absl::string_view what,
 absl::StatusOr<LayerConfig> ParseLayerConfig(absl::string_view json) {
   Json root = Json::parse(json.begin(), json.end(), nullptr,
                           /*allow_exceptions=*/false);
-  if (root.is_discarded() || !root.is_object()) {
+  if (root.is_discarded()) {
+    return absl::InvalidArgumentError(
+        "layer config: not valid JSON (NaN and Infinity are not JSON)");
+  }
+  if (!root.is_object()) {
     return absl::InvalidArgumentError("layer config: not a JSON object");
   }
   LayerConfig c;

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <mutex>
 
 #include "absl/time/clock.h"
@@ -52,7 +53,20 @@ void WriteLogLine(LogLevel level, const std::string& message) {
   line += ' ';
   line += name;
   line += ": ";
-  line += message;
+  // No byte of the message can start a line of its own.
+  for (const char c : message) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '\n') {
+      line += "\n    ";
+    } else if (u < 0x20 && c != '\t') {
+      static const char kHex[] = "0123456789abcdef";
+      line += "\\x";
+      line += kHex[u >> 4];
+      line += kHex[u & 15];
+    } else {
+      line += c;
+    }
+  }
   line += '\n';
   // One write per line keeps lines from concurrent threads whole.
   size_t done = 0;
@@ -61,6 +75,56 @@ void WriteLogLine(LogLevel level, const std::string& message) {
     if (n <= 0) break;
     done += static_cast<size_t>(n);
   }
+}
+
+std::string QuoteForLog(absl::string_view text, size_t max_bytes) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string out = "\"";
+  const size_t shown = std::min(text.size(), max_bytes);
+  for (size_t i = 0; i < shown; ++i) {
+    const auto u = static_cast<unsigned char>(text[i]);
+    if (text[i] == '"' || text[i] == '\\') {
+      out += '\\';
+      out += text[i];
+    } else if (text[i] == '\n') {
+      out += "\\n";
+    } else if (u < 0x20 || u >= 0x7f) {
+      out += "\\x";
+      out += kHex[u >> 4];
+      out += kHex[u & 15];
+    } else {
+      out += text[i];
+    }
+  }
+  if (shown < text.size()) {
+    out += "...\" (" + std::to_string(text.size()) + " bytes)";
+  } else {
+    out += '"';
+  }
+  return out;
+}
+
+bool LogRateLimiter::Allow(int64_t* suppressed) {
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  if (now - window_start_ >= absl::Seconds(1)) {
+    window_start_ = now;
+    in_window_ = 0;
+  }
+  if (in_window_ >= per_second_) {
+    ++suppressed_;
+    return false;
+  }
+  ++in_window_;
+  *suppressed = suppressed_;
+  suppressed_ = 0;
+  return true;
+}
+
+std::string SuppressedNote(int64_t suppressed) {
+  return suppressed == 0
+             ? std::string()
+             : " (" + std::to_string(suppressed) + " more like it not logged)";
 }
 
 }  // namespace moe::common

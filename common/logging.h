@@ -6,10 +6,19 @@
 //
 // Named MOE_LOG so that it never collides with the LOG macro that LibTorch's
 // headers define. Thread-safe: each message is written with one write(2).
+// A message cannot forge a line: its line breaks start indented
+// continuation lines, and other control bytes are written escaped (\xNN).
+// Strings that come from clients go in through QuoteForLog (bounded).
 #pragma once
 
+#include <cstdint>
 #include <sstream>
 #include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace moe::common {
 
@@ -20,6 +29,39 @@ void SetLogProgramName(const std::string& name);
 
 // Writes one formatted line to stderr.
 void WriteLogLine(LogLevel level, const std::string& message);
+
+// `text` as it may appear in a log line or an error message: quoted, control
+// and non-ASCII bytes escaped (\n, \xNN), at most `max_bytes` of it shown
+// ("...\" (1048576 bytes)" after a cut).
+std::string QuoteForLog(absl::string_view text, size_t max_bytes = 64);
+
+// At most `per_second` lines a second for one kind of event (a refusal,
+// say); the first line after a quiet spell says how many were left out.
+//
+// Example:
+//   static LogRateLimiter refusals(10);
+//   if (int64_t skipped; refusals.Allow(&skipped)) {
+//     MOE_LOG(WARNING) << line << SuppressedNote(skipped);
+//   }
+//
+// Thread-safe.
+class LogRateLimiter {
+ public:
+  explicit LogRateLimiter(int per_second) : per_second_(per_second) {}
+  // Whether to log now; *suppressed receives how many were not logged
+  // since the last line that was.
+  bool Allow(int64_t* suppressed);
+
+ private:
+  const int per_second_;
+  absl::Mutex mu_;
+  absl::Time window_start_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  int in_window_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t suppressed_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// " (N more like it not logged)", or "" when N is 0.
+std::string SuppressedNote(int64_t suppressed);
 
 class LogMessage {
  public:

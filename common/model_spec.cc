@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 
 namespace moe::common {
@@ -13,7 +14,10 @@ namespace {
 using Json = nlohmann::json;
 
 bool ValidLayerName(absl::string_view name) {
-  if (name.empty() || name.front() == '.' || name.back() == '.') return false;
+  if (name.empty() || name.size() > kMaxLayerNameBytes || name.front() == '.' ||
+      name.back() == '.') {
+    return false;
+  }
   for (char c : name) {
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
                     (c >= '0' && c <= '9') || c == '_' || c == '.' ||
@@ -31,6 +35,12 @@ absl::StatusOr<int> ModelSpec::FindLayer(absl::string_view layer) const {
     return absl::InvalidArgumentError(
         absl::StrCat("layer: required, this model has ", layers.size(),
                      " layers: ", LayerNames()));
+  }
+  if (!ValidLayerName(layer)) {
+    // From a client, perhaps: bounded and escaped before it is echoed.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer ", QuoteForLog(layer), " is not a layer name (at most ",
+        kMaxLayerNameBytes, " letters, digits, '_', '.', '/', '-')"));
   }
   for (size_t i = 0; i < layers.size(); ++i) {
     if (layers[i].name == layer) return static_cast<int>(i);
@@ -111,7 +121,12 @@ absl::StatusOr<ModelSpec> ParseModelSpec(absl::string_view config_json,
                                          absl::string_view default_name) {
   Json root = Json::parse(config_json.begin(), config_json.end(), nullptr,
                           /*allow_exceptions=*/false);
-  if (root.is_discarded() || !root.is_object()) {
+  if (root.is_discarded()) {
+    return absl::InvalidArgumentError(
+        "model config: config_json is not valid JSON (NaN and Infinity are "
+        "not JSON)");
+  }
+  if (!root.is_object()) {
     return absl::InvalidArgumentError(
         "model config: config_json is not a JSON object");
   }

@@ -21,6 +21,10 @@
 
 namespace moe::common {
 
+// The longest layer name (a tensor-name prefix) a model or a request may
+// carry.
+inline constexpr size_t kMaxLayerNameBytes = 256;
+
 struct LayerSpec {
   std::string name;  // "" only for the single layer of a one-layer file
   LayerConfig config;
@@ -35,8 +39,10 @@ struct ModelSpec {
 
   // The index of layer `layer`. An empty name selects the only layer of a
   // one-layer model. InvalidArgument when the name is empty and there are
-  // several layers; NotFound for an unknown name. Both messages list a few
-  // valid names.
+  // several layers, or when it cannot be a layer name (longer than
+  // kMaxLayerNameBytes, or a byte outside letters, digits, '_', '.', '/',
+  // '-': quoted and cut in the message); NotFound for an unknown name. The
+  // messages list a few valid names.
   absl::StatusOr<int> FindLayer(absl::string_view layer) const;
 
   // Up to `limit` layer names, quoted and comma-separated, "(and N more)".

@@ -55,12 +55,16 @@ absl::StatusOr<TensorView> CheckTensorHeader(
     absl::string_view field, int64_t max_elements, bool floats_only) {
   TensorView view;
   absl::StatusOr<common::DType> common_dtype = FromWireDType(dtype, field);
-  if (!common_dtype.ok()) return common_dtype.status();
-  if (floats_only && !common::IsFloatingPoint(*common_dtype)) {
+  if (floats_only &&
+      (!common_dtype.ok() || !common::IsFloatingPoint(*common_dtype))) {
     return absl::InvalidArgumentError(
-        absl::StrCat(field, ": dtype ", moe::v1::DType_Name(dtype),
-                     " is not one of FLOAT32, BFLOAT16, FLOAT16"));
+        absl::StrCat(field, ": dtype ",
+                     moe::v1::DType_IsValid(dtype) ? moe::v1::DType_Name(dtype)
+                                                   : std::string("?"),
+                     " (", static_cast<int>(dtype),
+                     ") is not one of FLOAT32, BFLOAT16, FLOAT16"));
   }
+  if (!common_dtype.ok()) return common_dtype.status();
   view.dtype = *common_dtype;
   view.shape = std::move(shape);
   for (int64_t d : view.shape) {
@@ -92,11 +96,12 @@ absl::StatusOr<TensorView> CheckTensorHeader(
 
 absl::StatusOr<TensorView> CheckTensor(const moe::v1::Tensor& wire,
                                        absl::string_view field,
-                                       int64_t max_elements) {
+                                       int64_t max_elements, bool floats_only) {
   return CheckTensorHeader(
       wire.dtype(),
       std::vector<int64_t>(wire.shape().begin(), wire.shape().end()),
-      static_cast<int64_t>(wire.data().size()), field, max_elements);
+      static_cast<int64_t>(wire.data().size()), field, max_elements,
+      floats_only);
 }
 
 absl::StatusOr<common::HostTensor> DecodeTensor(const moe::v1::Tensor& wire,

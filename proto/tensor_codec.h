@@ -53,7 +53,8 @@ absl::StatusOr<TensorView> CheckTensorHeader(
 // CheckTensorHeader of a parsed tensor; its bytes are wire.data().
 absl::StatusOr<TensorView> CheckTensor(const moe::v1::Tensor& wire,
                                        absl::string_view field,
-                                       int64_t max_elements);
+                                       int64_t max_elements,
+                                       bool floats_only = false);
 
 // CheckTensor, then a copy.
 absl::StatusOr<common::HostTensor> DecodeTensor(const moe::v1::Tensor& wire,

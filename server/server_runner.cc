@@ -1,7 +1,10 @@
 #include "server/server_runner.h"
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -13,6 +16,75 @@
 #include "server/metrics_http.h"
 
 namespace moe::server {
+namespace {
+
+// Takes gRPC's reflection plugin off a server being built: linking the
+// reflection library registers it for every ServerBuilder of the process.
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>*
+                         plugins) override {
+    plugins->erase(
+        std::remove_if(plugins->begin(), plugins->end(),
+                       [](const std::unique_ptr<grpc::ServerBuilderPlugin>& p) {
+                         return p->name() == "proto_server_reflection";
+                       }),
+        plugins->end());
+  }
+};
+
+// Everything on the health-only port but grpc.health.v1: UNIMPLEMENTED,
+// saying so. (It also gives that server the callback queue gRPC needs to
+// serve its default health service without any other service.)
+class HealthOnly final : public grpc::CallbackGenericService {
+ public:
+  grpc::ServerGenericBidiReactor* CreateReactor(
+      grpc::GenericCallbackServerContext* context) override {
+    class Refusal final : public grpc::ServerGenericBidiReactor {
+     public:
+      explicit Refusal(const std::string& method) {
+        Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                            "this port serves grpc.health.v1 only, not " +
+                                method.substr(0, 128)));
+      }
+      void OnDone() override { delete this; }
+    };
+    return new Refusal(context->method());
+  }
+};
+
+int Millis(absl::Duration d) {
+  return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(d),
+                                            std::numeric_limits<int>::max()));
+}
+
+// Listening, message sizes, connection limits; reflection only if asked.
+void Configure(grpc::ServerBuilder& builder, bool reflection,
+               const ConnectionLimits& limits) {
+  // gRPC would otherwise share a busy port with its owner (SO_REUSEPORT)
+  // and split the traffic between the two processes.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  if (!reflection) builder.SetOption(std::make_unique<WithoutReflection>());
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                             Millis(limits.max_idle));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                             Millis(limits.max_age));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                             Millis(limits.age_grace));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             limits.max_concurrent_streams);
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+                             Millis(limits.handshake_timeout));
+  // Keepalive pings: a client may ping every 10 s while calls are open, not
+  // more often and not while none are (two strikes close the connection).
+  builder.AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
+}
+
+}  // namespace
 
 void BlockShutdownSignals() {
   sigset_t set;
@@ -46,6 +118,7 @@ absl::StatusOr<std::unique_ptr<ServerRunner>> ServerRunner::Start(
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   }
   grpc::ServerBuilder builder;
+  Configure(builder, options.reflection, options.limits);
   int port = 0;
   const std::string address = absl::StrCat(options.host, ":", options.port);
   builder.AddListeningPort(address,
@@ -53,9 +126,6 @@ absl::StatusOr<std::unique_ptr<ServerRunner>> ServerRunner::Start(
                                ? options.credentials
                                : grpc::InsecureServerCredentials(),
                            &port);
-  // gRPC would otherwise share a busy port with its owner (SO_REUSEPORT)
-  // and split the traffic between the two processes.
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   constexpr int64_t kMaxGrpcBytes = std::numeric_limits<int>::max();
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(std::min(options.max_receive_bytes, kMaxGrpcBytes)));
@@ -101,10 +171,12 @@ absl::Status ServerRunner::StartHealthListener() {
       absl::StrCat(options_.host, ":", options_.health_port);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(),
                            &health_port_);
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Health, and nothing else: never reflection.
+  Configure(builder, /*reflection=*/false, options_.limits);
+  health_only_ = std::make_unique<HealthOnly>();
+  builder.RegisterCallbackGenericService(health_only_.get());
   // Health requests are a few bytes.
   builder.SetMaxReceiveMessageSize(4096);
-  // No services: the default health service is the only one it carries.
   health_server_ = builder.BuildAndStart();
   if (health_server_ == nullptr || health_port_ == 0) {
     return absl::UnavailableError(absl::StrCat(

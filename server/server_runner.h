@@ -28,6 +28,23 @@
 
 namespace moe::server {
 
+// What a server allows a connection, so that idle, stuck or abusive ones do
+// not stay open (docs/security.md, "Connections").
+struct ConnectionLimits {
+  // A connection without calls is closed (GOAWAY) after this long.
+  absl::Duration max_idle = absl::Minutes(5);
+  // A connection is asked to close after this long (clients reconnect, which
+  // also spreads them over new replicas), and calls still open then get
+  // `age_grace` to finish.
+  absl::Duration max_age = absl::Minutes(30);
+  absl::Duration age_grace = absl::Minutes(1);
+  // Calls open at once on one connection.
+  int max_concurrent_streams = 256;
+  // A connection that has not finished its handshake (TLS, HTTP/2
+  // settings) by then is closed.
+  absl::Duration handshake_timeout = absl::Seconds(10);
+};
+
 struct ServerOptions {
   std::string host = "0.0.0.0";
   int port = 0;
@@ -39,7 +56,10 @@ struct ServerOptions {
   // After the signal: NOT_SERVING but still serving for this long, so that
   // load balancers (a Kubernetes Service's endpoints) stop sending first.
   absl::Duration drain = absl::ZeroDuration();
+  // gRPC server reflection; without it no reflection is served (linking
+  // gRPC's reflection library registers it for every server otherwise).
   bool reflection = false;
+  ConnectionLimits limits;
   // Health names besides "" (the process): "moe.v1.Router", ...
   std::vector<std::string> health_services;
   // TLS or mutual TLS; plaintext (with a warning) when null.
@@ -92,6 +112,7 @@ class ServerRunner {
   ServerOptions options_;
   std::unique_ptr<grpc::Server> server_;
   int port_;
+  std::unique_ptr<grpc::CallbackGenericService> health_only_;
   std::unique_ptr<grpc::Server> health_server_;  // plaintext, health only
   int health_port_ = 0;
   bool shut_down_ = false;

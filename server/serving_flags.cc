@@ -25,6 +25,17 @@ ABSL_FLAG(bool, warmup, true,
 ABSL_FLAG(int, max_queued, 64,
           "Calls that may wait for a thread; more are refused with "
           "RESOURCE_EXHAUSTED.");
+ABSL_FLAG(double, max_connection_idle_seconds, 300,
+          "Close a connection that has had no call for this long (clients "
+          "reconnect when they call again).");
+ABSL_FLAG(double, max_connection_age_seconds, 1800,
+          "Ask a connection to close after this long (clients reconnect, "
+          "spreading over new replicas); calls still open get "
+          "--max_connection_age_grace_seconds.");
+ABSL_FLAG(double, max_connection_age_grace_seconds, 60,
+          "Time the calls of a connection past its age get to finish.");
+ABSL_FLAG(int, max_concurrent_streams, 256,
+          "Calls one connection may have open at once.");
 ABSL_FLAG(std::string, metrics_host, "",
           "Address /metrics listens on (default: --host).");
 ABSL_FLAG(std::string, metrics_port_file, "",
@@ -77,6 +88,23 @@ absl::Status ServerOptionsFromFlags(int port,
   options->drain = absl::Seconds(absl::GetFlag(FLAGS_drain_seconds));
   options->reflection = absl::GetFlag(FLAGS_reflection);
   options->health_services = std::move(health_services);
+  ConnectionLimits& limits = options->limits;
+  limits.max_idle =
+      absl::Seconds(absl::GetFlag(FLAGS_max_connection_idle_seconds));
+  limits.max_age =
+      absl::Seconds(absl::GetFlag(FLAGS_max_connection_age_seconds));
+  limits.age_grace =
+      absl::Seconds(absl::GetFlag(FLAGS_max_connection_age_grace_seconds));
+  limits.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  if (limits.max_idle <= absl::ZeroDuration() ||
+      limits.max_age <= absl::ZeroDuration() ||
+      limits.age_grace < absl::ZeroDuration() ||
+      limits.max_concurrent_streams < 1) {
+    return absl::InvalidArgumentError(
+        "--max_connection_idle_seconds and --max_connection_age_seconds must "
+        "be > 0, --max_connection_age_grace_seconds >= 0, "
+        "--max_concurrent_streams >= 1");
+  }
   if (absl::GetFlag(FLAGS_tls_refresh_seconds) < 1) {
     return absl::InvalidArgumentError("--tls_refresh_seconds must be >= 1");
   }

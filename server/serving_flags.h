@@ -5,6 +5,9 @@
 //   --reflection                        gRPC server reflection
 //   --warmup                            a warm-up before SERVING
 //   --max_queued                        calls that may wait
+//   --max_connection_idle_seconds, --max_connection_age_seconds,
+//   --max_connection_age_grace_seconds, --max_concurrent_streams
+//                                       connection limits
 //   --metrics_host, --metrics_port_file the /metrics endpoint (--metrics_port
 //                                       is each server's own)
 //   --tls_cert_file, --tls_key_file     serve TLS with this certificate

@@ -13,6 +13,10 @@
 namespace moe::experts {
 namespace {
 
+// Failed and refused calls come in floods under overload: their log lines
+// are rate-limited, with a count of what was left out.
+constexpr int kFailureLogsPerSecond = 10;
+
 moe::v1::ShardInfo MakeShardInfo(const ExpertShard& shard,
                                  const ServedModel& model,
                                  const ExpertServiceOptions& options) {
@@ -136,15 +140,22 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
         } else {
           status = Run(*request, response);
         }
-        if (!status.ok() && !absl::IsCancelled(status)) {
+        static common::LogRateLimiter failures(kFailureLogsPerSecond);
+        int64_t suppressed = 0;
+        if (!status.ok() && !absl::IsCancelled(status) &&
+            failures.Allow(&suppressed)) {
           MOE_LOG(WARNING) << "RunExperts from " << context->peer() << ": "
-                           << status;
+                           << status << common::SuppressedNote(suppressed);
         }
         finish(status);
       });
-  if (!queued) {
+  static common::LogRateLimiter refusals(kFailureLogsPerSecond);
+  if (int64_t suppressed = 0; !queued && refusals.Allow(&suppressed)) {
     MOE_LOG(WARNING) << "RunExperts refused: queue full ("
-                     << options_.max_queued << " waiting)";
+                     << options_.max_queued << " waiting)"
+                     << common::SuppressedNote(suppressed);
+  }
+  if (!queued) {
     finish(absl::ResourceExhaustedError(
         absl::StrCat("expert worker overloaded: ", options_.max_queued,
                      " calls already queued")));

@@ -46,7 +46,8 @@ absl::StatusOr<AdmittedForward> ForwardRunner::Admit(
         "smaller requests"));
   }
   MOE_ASSIGN_OR_RETURN(admitted.x,
-                       proto::CheckTensor(x, "x", limit * model_->spec().dim));
+                       proto::CheckTensor(x, "x", limit * model_->spec().dim,
+                                          /*floats_only=*/true));
   MOE_RETURN_IF_ERROR(admitted.layer->ValidateInputShape(admitted.x.shape));
   return admitted;
 }

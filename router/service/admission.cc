@@ -31,6 +31,12 @@ void AdmissionController::Accumulate(absl::Time now) {
   integral_at_ = now;
 }
 
+absl::Duration AdmissionController::ExpectedServiceLocked(
+    int64_t tokens, int64_t beside) const {
+  return absl::Seconds(tokens * drain_seconds_per_token_ *
+                       std::max<int64_t>(1, beside));
+}
+
 absl::Duration AdmissionController::ExpectedWait() const {
   absl::ReaderMutexLock lock(&mu_);
   return ExpectedWaitLocked();
@@ -61,8 +67,7 @@ absl::Status AdmissionController::Admit(int64_t tokens, absl::Time deadline,
         " in the queue (--max_queue_ms ", Ms(options_.max_queue_time),
         "); retry later, with backoff, or on another replica"));
   }
-  const absl::Duration service = absl::Seconds(
-      tokens * drain_seconds_per_token_ * std::max<int64_t>(1, running_));
+  const absl::Duration service = ExpectedServiceLocked(tokens, running_);
   if (now + wait + service > deadline) {
     *reason = RejectReason::kDeadline;
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -73,23 +78,38 @@ absl::Status AdmissionController::Admit(int64_t tokens, absl::Time deadline,
   }
   queued_tokens_ += tokens;
   ticket->tokens = tokens;
+  ticket->deadline = deadline;
   ticket->admitted = now;
   ticket->started = absl::InfinitePast();
   ticket->finished = false;
   return absl::OkStatus();
 }
 
-absl::Status AdmissionController::Start(Ticket* ticket) {
+absl::Status AdmissionController::Start(Ticket* ticket, RejectReason* reason) {
   const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
   queued_tokens_ -= ticket->tokens;
   const absl::Duration waited = now - ticket->admitted;
   if (waited > options_.max_queue_time) {
     ticket->finished = true;
+    *reason = RejectReason::kOverloaded;
     return absl::ResourceExhaustedError(absl::StrCat(
         "router overloaded: the request waited ", Ms(waited),
         " in the queue (--max_queue_ms ", Ms(options_.max_queue_time),
         "); retry later, with backoff, or on another replica"));
+  }
+  // Beside the forwards running now, itself included.
+  const absl::Duration service =
+      ExpectedServiceLocked(ticket->tokens, running_ + 1);
+  if (now + service > ticket->deadline) {
+    ticket->finished = true;
+    *reason = RejectReason::kDeadline;
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the deadline can no longer be met: about ", Ms(service),
+                     " of work for ", ticket->tokens, " tokens after ",
+                     Ms(waited), " in the queue, ",
+                     Ms(std::max(absl::ZeroDuration(), ticket->deadline - now)),
+                     " left; send a longer deadline or fewer tokens"));
   }
   Accumulate(now);
   ticket->started = now;

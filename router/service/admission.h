@@ -5,9 +5,10 @@
 //   - the expected queue time exceeds max_queue_time ("overloaded"), or
 //   - its deadline cannot be met: expected queue time plus its own expected
 //     service time end after it ("deadline");
-// and a forward that still waited longer than max_queue_time when a thread
-// picks it up is refused then ("overloaded"). Nothing is accepted only to
-// be dropped by its deadline later.
+// and when a thread picks a forward up, it is refused then if it still
+// waited longer than max_queue_time ("overloaded") or if its own expected
+// service time, beside the forwards running now, would end after its
+// deadline ("deadline"). Nothing is started only to miss its deadline.
 //
 // The estimates come from the forwards that finished: each gives its
 // drain time per token, its service time divided by its tokens and by the
@@ -43,6 +44,7 @@ class AdmissionController {
   // One admitted forward, from Admit() to Finish().
   struct Ticket {
     int64_t tokens = 0;
+    absl::Time deadline = absl::InfiniteFuture();
     absl::Time admitted;
     absl::Time started;  // InfinitePast until Start()
     double running_integral_at_start = 0;
@@ -54,8 +56,9 @@ class AdmissionController {
   absl::Status Admit(int64_t tokens, absl::Time deadline, Ticket* ticket,
                      RejectReason* reason);
   // The forward leaves the queue and runs; ResourceExhausted (and the
-  // ticket is finished) when it waited longer than max_queue_time.
-  absl::Status Start(Ticket* ticket);
+  // ticket is finished) when it waited longer than max_queue_time
+  // (*reason kOverloaded) or would now end after its deadline (kDeadline).
+  absl::Status Start(Ticket* ticket, RejectReason* reason);
   // The forward ended (after Start, or instead of it); `ok` forwards teach
   // the estimate.
   void Finish(Ticket* ticket, bool ok);
@@ -66,6 +69,10 @@ class AdmissionController {
 
  private:
   absl::Duration ExpectedWaitLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // A forward's own expected service time with `beside` forwards running
+  // (itself included).
+  absl::Duration ExpectedServiceLocked(int64_t tokens, int64_t beside) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Brings the integral of running_ over time up to `now`.
   void Accumulate(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

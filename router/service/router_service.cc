@@ -41,6 +41,8 @@ class RouterService::ForwardCall : public grpc::ServerUnaryReactor {
 
 namespace {
 
+constexpr int kRefusalLogsPerSecond = 10;
+
 AdmissionOptions AdmissionFor(const RouterServiceOptions& o) {
   AdmissionOptions a;
   a.max_queued_tokens = o.max_queued_tokens;
@@ -49,13 +51,27 @@ AdmissionOptions AdmissionFor(const RouterServiceOptions& o) {
   return a;
 }
 
-// "x [4, 1024, 512] float32" of a request, without touching its data.
+// "x [4, 1024, 512] FLOAT32" of a request, without touching its data; "no
+// x" when it has none (not sent, or not parsed).
 std::string DescribeInput(const moe::v1::ForwardRequest& r) {
+  if (!r.has_x()) return "no x";
   std::string shape;
-  for (int i = 0; i < r.x().shape_size(); ++i) {
+  for (int i = 0; i < r.x().shape_size() && i < 8; ++i) {
     absl::StrAppend(&shape, i ? ", " : "", r.x().shape(i));
   }
-  return absl::StrCat("x [", shape, "] ", moe::v1::DType_Name(r.x().dtype()));
+  if (r.x().shape_size() > 8) absl::StrAppend(&shape, ", ...");
+  return absl::StrCat("x [", shape, "] ",
+                      moe::v1::DType_IsValid(r.x().dtype())
+                          ? moe::v1::DType_Name(r.x().dtype())
+                          : absl::StrCat("dtype ", r.x().dtype()));
+}
+
+// Refusals (overload, tokens, readiness) come in floods: their log lines
+// are rate-limited, with a count of what was left out.
+bool IsRefusal(absl::StatusCode code) {
+  return code == absl::StatusCode::kResourceExhausted ||
+         code == absl::StatusCode::kUnauthenticated ||
+         code == absl::StatusCode::kUnavailable;
 }
 
 absl::Status Parse(const grpc::ByteBuffer& bytes,
@@ -268,19 +284,27 @@ void RouterService::Finish(ForwardCall* call, absl::Status status,
   }
   admission_.Finish(&call->ticket, status.ok());
   const absl::Duration took = options_.clock->Now() - call->start;
-  // Never the tensors, never a token: the shape, the layer, the outcome.
+  // Never the tensors, never a token: the shape, the layer (quoted and
+  // cut: a client sent it), the outcome.
   if (!status.ok() || options_.log_requests) {
-    const std::string line = absl::StrCat(
-        "Forward from ", call->peer, " layer \"", call->request.layer(), "\" ",
-        DescribeInput(call->request), ": ",
-        absl::StatusCodeToString(status.code()), " in ",
-        absl::FormatDuration(absl::Trunc(took, absl::Microseconds(100))),
-        status.ok() ? "" : absl::StrCat(": ", status.message()),
-        status.ok() && call->response.degraded() ? " (degraded)" : "");
-    if (status.ok()) {
-      MOE_LOG(INFO) << line;
-    } else {
-      MOE_LOG(WARNING) << line;
+    int64_t suppressed = 0;
+    static common::LogRateLimiter refusals(kRefusalLogsPerSecond);
+    if (status.ok() || !IsRefusal(status.code()) ||
+        refusals.Allow(&suppressed)) {
+      const std::string line = absl::StrCat(
+          "Forward from ", call->peer, " layer ",
+          common::QuoteForLog(call->request.layer()), " ",
+          DescribeInput(call->request), ": ",
+          absl::StatusCodeToString(status.code()), " in ",
+          absl::FormatDuration(absl::Trunc(took, absl::Microseconds(100))),
+          status.ok() ? "" : absl::StrCat(": ", status.message()),
+          status.ok() && call->response.degraded() ? " (degraded)" : "",
+          common::SuppressedNote(suppressed));
+      if (status.ok()) {
+        MOE_LOG(INFO) << line;
+      } else {
+        MOE_LOG(WARNING) << line;
+      }
     }
   }
   --inflight_;
@@ -308,9 +332,10 @@ grpc::ServerUnaryReactor* RouterService::Forward(
     return call;
   }
   const bool queued = queue_->TrySubmit([this, call, response] {
-    absl::Status status = admission_.Start(&call->ticket);
+    RejectReason reason;
+    absl::Status status = admission_.Start(&call->ticket, &reason);
     if (!status.ok()) {
-      metrics_.RecordRejected(RejectReason::kOverloaded);
+      metrics_.RecordRejected(reason);
     } else if (call->context->IsCancelled()) {
       status = absl::CancelledError("cancelled before it ran");
     } else if (options_.clock->Now() >= call->deadline) {

@@ -147,7 +147,7 @@ TEST(ExpertWireTest, BadRequestsAreNamedAndNeverOverflow) {
        "output_dtype: must be FLOAT32"},
       {"int64 tokens",
        [](auto& r) { r.mutable_tokens()->set_dtype(moe::v1::INT64); },
-       "tokens: dtype INT64 is not one of FLOAT32"},
+       "tokens: dtype INT64 (4) is not one of FLOAT32"},
       {"no tokens", [](auto& r) { r.clear_tokens(); }, "tokens: missing"},
       {"short data",
        [](auto& r) { r.mutable_tokens()->mutable_data()->resize(8); },

@@ -21,7 +21,7 @@ class AdmissionTest : public ::testing::Test {
     AdmissionController::Ticket t;
     RejectReason reason;
     ASSERT_TRUE(a.Admit(tokens, absl::InfiniteFuture(), &t, &reason).ok());
-    ASSERT_TRUE(a.Start(&t).ok());
+    ASSERT_TRUE(a.Start(&t, &reason).ok());
     clock_.Advance(d);
     a.Finish(&t, true);
   }
@@ -42,9 +42,9 @@ TEST_F(AdmissionTest, QueuedTokensAreBounded) {
   EXPECT_EQ(a.queued_tokens(), 1000);
   // A request larger than the bound is still taken when nothing queues:
   // --max_tokens_per_request bounds one request.
-  ASSERT_TRUE(a.Start(&t1).ok());
+  ASSERT_TRUE(a.Start(&t1, &reason).ok());
   a.Finish(&t1, true);
-  ASSERT_TRUE(a.Start(&t2).ok());
+  ASSERT_TRUE(a.Start(&t2, &reason).ok());
   a.Finish(&t2, true);
   EXPECT_EQ(a.queued_tokens(), 0);
   EXPECT_TRUE(a.Admit(5000, never_, &t3, &reason).ok());
@@ -91,10 +91,41 @@ TEST_F(AdmissionTest, AForwardThatWaitedTooLongIsRefusedWhenItStarts) {
   RejectReason reason;
   ASSERT_TRUE(a.Admit(10, never_, &t, &reason).ok());
   clock_.Advance(absl::Milliseconds(1500));
-  absl::Status s = a.Start(&t);
+  absl::Status s = a.Start(&t, &reason);
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(reason, RejectReason::kOverloaded);
   EXPECT_NE(s.message().find("waited 1500 ms"), std::string::npos);
   a.Finish(&t, false);  // a no-op: Start() ended it
+  EXPECT_EQ(a.queued_tokens(), 0);
+}
+
+// Admitted with time to spare, the forward then waited in the queue and
+// other forwards started beside it: when a thread picks it up, its own work
+// would end after its deadline, so it is refused then rather than started.
+TEST_F(AdmissionTest, AForwardThatWouldMissItsDeadlineIsRefusedWhenItStarts) {
+  AdmissionController a = Make(1 << 30, absl::Seconds(10));
+  Teach(a, 1000, absl::Milliseconds(100));  // 100 us per token
+  RejectReason reason;
+  AdmissionController::Ticket running, late, fine;
+  ASSERT_TRUE(a.Admit(1000, never_, &running, &reason).ok());
+  // 1000 queued tokens (100 ms) + its own 100 ms: fits in 300 ms.
+  ASSERT_TRUE(
+      a.Admit(1000, clock_.Now() + absl::Milliseconds(300), &late, &reason)
+          .ok());
+  ASSERT_TRUE(
+      a.Admit(1000, clock_.Now() + absl::Milliseconds(500), &fine, &reason)
+          .ok());
+  ASSERT_TRUE(a.Start(&running, &reason).ok());
+  clock_.Advance(absl::Milliseconds(150));
+  // Beside the one running, its 1000 tokens take about 200 ms: 350 > 300.
+  absl::Status s = a.Start(&late, &reason);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(reason, RejectReason::kDeadline);
+  EXPECT_NE(s.message().find("can no longer be met"), std::string::npos) << s;
+  a.Finish(&late, false);
+  EXPECT_TRUE(a.Start(&fine, &reason).ok());  // 350 <= 500
+  a.Finish(&fine, true);
+  a.Finish(&running, true);
   EXPECT_EQ(a.queued_tokens(), 0);
 }
 
@@ -104,7 +135,7 @@ TEST_F(AdmissionTest, ConcurrencySharesTheQueue) {
   std::vector<AdmissionController::Ticket> t(4);
   RejectReason reason;
   for (auto& x : t) ASSERT_TRUE(a.Admit(1000, never_, &x, &reason).ok());
-  for (auto& x : t) ASSERT_TRUE(a.Start(&x).ok());
+  for (auto& x : t) ASSERT_TRUE(a.Start(&x, &reason).ok());
   clock_.Advance(absl::Milliseconds(400));
   for (auto& x : t) a.Finish(&x, true);
   // Each ran beside three others: the queue drains 1000 tokens per 100 ms,
