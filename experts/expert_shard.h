@@ -37,8 +37,9 @@ struct RunStats {
   std::vector<double> segment_seconds;
   // The whole call's compute seconds (on a GPU: its kernels and GEMMs).
   double compute_seconds = 0;
-  // Host <-> device copies (GPU shards only).
-  double copy_seconds = 0;
+  // Host -> device and device -> host copies (GPU shards only).
+  double copy_in_seconds = 0;
+  double copy_out_seconds = 0;
 };
 
 class ExpertShard {

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "common/torch/checkpoint_weights.h"
 #ifdef MOE_HAVE_CUDA
 #include "experts/cuda/cuda_expert_shard.h"
 #endif
@@ -43,77 +44,76 @@ absl::StatusOr<experts::CpuShardOptions> CpuShardOptionsFromFlags() {
   return options;
 }
 
-absl::StatusOr<DeviceChoice> ParseDevice(absl::string_view flag) {
-  DeviceChoice choice;
-  if (flag == "auto") return choice;
-  if (flag == "cpu") {
-    choice.kind = DeviceChoice::Kind::kCpu;
-    return choice;
-  }
-  if (flag == "cuda") {
-    choice.kind = DeviceChoice::Kind::kCuda;
-    return choice;
-  }
-  if (absl::StartsWith(flag, "cuda:") &&
-      absl::SimpleAtoi(flag.substr(5), &choice.ordinal) &&
-      choice.ordinal >= 0) {
-    choice.kind = DeviceChoice::Kind::kCuda;
-    return choice;
-  }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "--device: \"", flag, "\" is not auto, cpu, cuda or cuda:N"));
-}
-
 bool CudaBuilt() { return kCudaBuilt; }
 
-absl::StatusOr<std::unique_ptr<experts::ExpertShard>> MakeExpertShard(
-    absl::string_view device,
-    std::map<common::ExpertKey, common::ExpertWeights> weights,
-    int64_t max_rows, int gpu_streams) {
-  MOE_ASSIGN_OR_RETURN(DeviceChoice choice, ParseDevice(device));
+namespace {
+
+absl::StatusOr<std::unique_ptr<experts::ExpertShard>> CpuShard(
+    const common::Checkpoint& ckpt, const common::ExpertSet& experts) {
   MOE_ASSIGN_OR_RETURN(experts::CpuShardOptions cpu,
                        CpuShardOptionsFromFlags());
-  if (choice.kind == DeviceChoice::Kind::kCuda && !CudaBuilt()) {
+  std::map<common::ExpertKey, common::ExpertWeights> weights;
+  for (const common::ExpertKey& key : experts.keys()) {
+    MOE_ASSIGN_OR_RETURN(weights[key], common::LoadExpertWeights(ckpt, key));
+  }
+  MOE_ASSIGN_OR_RETURN(
+      auto shard, experts::CpuExpertShard::Create(std::move(weights), cpu));
+  return std::unique_ptr<experts::ExpertShard>(std::move(shard));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<experts::ExpertShard>> MakeExpertShard(
+    const common::Checkpoint& ckpt, const common::ExpertSet& experts,
+    const ShardRequest& request) {
+  const std::string& flag = request.device_flag;
+  DeviceChoice choice = request.device;
+  if (!choice.automatic && choice.device.kind == experts::Device::Kind::kHost) {
+    return absl::InvalidArgumentError(
+        "--device=host: the reference experts are moe-expert-gpu's; "
+        "moe-expert runs cpu (LibTorch) or cuda");
+  }
+  if (!choice.automatic && choice.device.is_gpu() && !CudaBuilt()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "--device=", device,
+        "--device=", flag,
         ": this binary was built without the CUDA backend (configure with "
         "the CUDA toolkit installed; -DMOE_CUDA=on makes its absence an "
         "error)"));
   }
 #ifdef MOE_HAVE_CUDA
-  if (choice.kind == DeviceChoice::Kind::kAuto) {
+  if (choice.automatic) {
     std::string why;
     if (experts::gpu::VisibleDevices(&why) > 0) {
-      choice.kind = DeviceChoice::Kind::kCuda;
+      choice.device = experts::Device::Cuda(0);
       MOE_LOG(INFO) << "--device=auto: a CUDA device is visible; using cuda:0";
     } else {
+      choice.device = experts::Device::Cpu();
       MOE_LOG(INFO) << "--device=auto: " << why << "; using the CPU";
     }
   }
-  if (choice.kind == DeviceChoice::Kind::kCuda) {
+  if (choice.device.is_gpu()) {
+    MOE_ASSIGN_OR_RETURN(experts::CpuShardOptions cpu,
+                         CpuShardOptionsFromFlags());
     experts::gpu::GpuOptions options;
-    options.device = choice.ordinal;
+    options.device = choice.device.ordinal;
     options.compute = cpu.compute;
-    options.streams = gpu_streams;
-    options.max_rows = max_rows;
-    absl::StatusOr<std::unique_ptr<experts::CudaExpertShard>> shard =
-        experts::CudaExpertShard::Create(weights, options);
+    options.streams = request.gpu_streams;
+    options.max_rows = request.max_rows;
+    auto shard = experts::CudaExpertShard::Load(ckpt, experts, options);
     if (!shard.ok()) {
       return absl::Status(
           shard.status().code(),
-          absl::StrCat("--device=", device, ": ", shard.status().message()));
+          absl::StrCat("--device=", flag, ": ", shard.status().message()));
     }
     return std::unique_ptr<experts::ExpertShard>(std::move(*shard));
   }
 #else
-  if (choice.kind == DeviceChoice::Kind::kAuto) {
+  if (choice.automatic) {
     MOE_LOG(INFO) << "--device=auto: built without the CUDA backend; using "
                      "the CPU";
   }
 #endif
-  MOE_ASSIGN_OR_RETURN(
-      auto shard, experts::CpuExpertShard::Create(std::move(weights), cpu));
-  return std::unique_ptr<experts::ExpertShard>(std::move(shard));
+  return CpuShard(ckpt, experts);
 }
 
 }  // namespace moe::server

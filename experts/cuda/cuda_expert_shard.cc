@@ -1,21 +1,9 @@
 #include "experts/cuda/cuda_expert_shard.h"
 
-#include <ATen/ATen.h>
-
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "common/torch/torch_convert.h"
 
 namespace moe::experts {
-namespace {
-
-std::vector<float> HostCopy(const at::Tensor& t) {
-  const at::Tensor c = t.to(at::kFloat).contiguous();
-  const float* p = c.data_ptr<float>();
-  return std::vector<float>(p, p + c.numel());
-}
-
-}  // namespace
 
 absl::Status FromGpuStatus(const gpu::Status& status) {
   switch (status.code()) {
@@ -34,34 +22,31 @@ absl::Status FromGpuStatus(const gpu::Status& status) {
 }
 
 absl::StatusOr<std::unique_ptr<CudaExpertShard>> CudaExpertShard::Create(
-    const std::map<common::ExpertKey, common::ExpertWeights>& experts,
-    const gpu::GpuOptions& options) {
+    const HostExpertMap& experts, const gpu::GpuOptions& options) {
   if (experts.empty()) {
     return absl::InvalidArgumentError("a GPU shard needs at least one expert");
   }
   std::vector<gpu::HostExpert> host;
   std::map<common::ExpertKey, int32_t> index;
   std::vector<int64_t> hidden;
-  MOE_RETURN_IF_ERROR(common::TorchCall("copying experts for the GPU", [&] {
-    for (const auto& [key, w] : experts) {
-      gpu::HostExpert e;
-      e.dim = w.w1.size(1);
-      e.hidden = w.w1.size(0) / 2;
-      e.w1 = HostCopy(w.w1);
-      e.b1 = HostCopy(w.b1);
-      e.mult_bias = HostCopy(w.mult_bias);
-      e.w2 = HostCopy(w.w2);
-      e.b2 = HostCopy(w.b2);
-      index[key] = static_cast<int32_t>(host.size());
-      hidden.push_back(e.hidden);
-      host.push_back(std::move(e));
-    }
-  }));
+  for (const auto& [key, e] : experts) {
+    index[key] = static_cast<int32_t>(host.size());
+    hidden.push_back(e.hidden);
+    host.push_back(e);
+  }
   std::unique_ptr<gpu::GpuExperts> g;
   MOE_RETURN_IF_ERROR(
       FromGpuStatus(gpu::GpuExperts::Create(host, options, &g)));
   return std::unique_ptr<CudaExpertShard>(
       new CudaExpertShard(std::move(index), std::move(hidden), std::move(g)));
+}
+
+absl::StatusOr<std::unique_ptr<CudaExpertShard>> CudaExpertShard::Load(
+    const common::Checkpoint& checkpoint, const common::ExpertSet& experts,
+    const gpu::GpuOptions& options) {
+  MOE_ASSIGN_OR_RETURN(HostExpertMap host,
+                       LoadHostExperts(checkpoint, experts));
+  return Create(host, options);
 }
 
 common::ExpertSet CudaExpertShard::experts() const {
@@ -91,7 +76,8 @@ absl::Status CudaExpertShard::RunChecked(
       gpu_->Run(tokens.dtype, tokens.data, tokens.rows, plan, out, &timing)));
   if (stats != nullptr) {
     stats->compute_seconds = timing.compute_seconds;
-    stats->copy_seconds = timing.copy_in_seconds + timing.copy_out_seconds;
+    stats->copy_in_seconds = timing.copy_in_seconds;
+    stats->copy_out_seconds = timing.copy_out_seconds;
     double work = 0;
     for (const gpu::PlanSegment& s : plan) {
       work += static_cast<double>(s.count) * hidden_[s.expert];

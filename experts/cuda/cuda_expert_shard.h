@@ -6,8 +6,10 @@
 // of the call's multiply-adds.
 //
 // Example:
-//   MOE_ASSIGN_OR_RETURN(auto shard, CudaExpertShard::Create(std::move(w),
-//                                                            options));
+//   MOE_ASSIGN_OR_RETURN(HostExpertMap w, LoadHostExperts(ckpt, selection));
+//   MOE_ASSIGN_OR_RETURN(auto shard, CudaExpertShard::Create(w, options));
+//
+// No LibTorch: moe-expert-gpu links it without.
 #pragma once
 
 #include <map>
@@ -17,9 +19,9 @@
 
 #include "absl/status/statusor.h"
 #include "common/expert_segment.h"
-#include "common/torch/model_weights.h"
 #include "experts/cuda/gpu_experts.h"
 #include "experts/expert_shard.h"
+#include "experts/host_experts.h"
 
 namespace moe::experts {
 
@@ -29,7 +31,10 @@ class CudaExpertShard final : public ExpertShard {
   // device (or not that one) is visible; ResourceExhausted when they do not
   // fit; InvalidArgument for an empty map or dims that disagree.
   static absl::StatusOr<std::unique_ptr<CudaExpertShard>> Create(
-      const std::map<common::ExpertKey, common::ExpertWeights>& experts,
+      const HostExpertMap& experts, const gpu::GpuOptions& options);
+  // Create() of `experts` read from `checkpoint` (LoadHostExperts).
+  static absl::StatusOr<std::unique_ptr<CudaExpertShard>> Load(
+      const common::Checkpoint& checkpoint, const common::ExpertSet& experts,
       const gpu::GpuOptions& options);
 
   bool Hosts(common::ExpertKey key) const override {

@@ -41,6 +41,16 @@ ExpertMetrics::ExpertMetrics(prometheus::Registry& registry,
   call_compute_ =
       &call.Add({{"stage", "compute"}}, common::LatencyBucketsSeconds());
   call_copy_ = &call.Add({{"stage", "copy"}}, common::LatencyBucketsSeconds());
+  auto& stages = prometheus::BuildCounter()
+                     .Name("moe_expert_stage_seconds_total")
+                     .Help(
+                         "Where RunExperts calls spend their time: parse, "
+                         "copy_in (host to device), compute, copy_out "
+                         "(device to host), serialize.")
+                     .Register(registry);
+  const char* const names[5] = {"parse", "copy_in", "compute", "copy_out",
+                                "serialize"};
+  for (int i = 0; i < 5; ++i) stage_[i] = &stages.Add({{"stage", names[i]}});
   auto& tokens = prometheus::BuildCounter()
                      .Name("moe_expert_tokens_total")
                      .Help("Token rows each expert processed.")
@@ -62,10 +72,12 @@ void ExpertMetrics::RecordBatch(int64_t tokens) {
   batch_.Observe(static_cast<double>(tokens));
 }
 
-void ExpertMetrics::RecordCall(double compute_seconds, double copy_seconds,
-                               bool gpu) {
-  call_compute_->Observe(compute_seconds);
-  if (gpu) call_copy_->Observe(copy_seconds);
+void ExpertMetrics::RecordCall(const CallStages& s, bool gpu) {
+  call_compute_->Observe(s.compute);
+  if (gpu) call_copy_->Observe(s.copy_in + s.copy_out);
+  const double seconds[5] = {s.parse, s.copy_in, s.compute, s.copy_out,
+                             s.serialize};
+  for (int i = 0; i < 5; ++i) stage_[i]->Increment(seconds[i]);
 }
 
 void ExpertMetrics::SetDeviceMemory(int64_t bytes) {

@@ -5,6 +5,10 @@
 //   moe_expert_call_duration_seconds{stage}            (histogram, per call:
 //       stage "compute" = the call's compute, on a GPU its kernels and
 //       GEMMs; "copy" = its host <-> device copies, GPU workers only)
+//   moe_expert_stage_seconds_total{stage}              where calls spend
+//       their time: parse (the request read and checked), copy_in (host to
+//       device, GPU workers), compute, copy_out (device to host), serialize
+//       (outputs converted to the wire dtype, the response built)
 //   moe_expert_device_memory_bytes                     (GPU arena; 0 on CPU)
 //   moe_expert_inflight_requests, moe_expert_ready
 // Series exist for every hosted expert from the start; their number is
@@ -36,8 +40,11 @@ class ExpertMetrics {
                 const common::ExpertSet& hosted);
 
   void RecordBatch(int64_t tokens);
-  // One call's compute and (GPU) copy time.
-  void RecordCall(double compute_seconds, double copy_seconds, bool gpu);
+  // One call's stages, in seconds (copies: GPU workers only).
+  struct CallStages {
+    double parse = 0, copy_in = 0, compute = 0, copy_out = 0, serialize = 0;
+  };
+  void RecordCall(const CallStages& stages, bool gpu);
   void SetDeviceMemory(int64_t bytes);
   void RecordSegment(common::ExpertKey key, int64_t tokens, double seconds);
   void AddInflight(int delta);
@@ -52,6 +59,8 @@ class ExpertMetrics {
   prometheus::Histogram& batch_;
   prometheus::Histogram* call_compute_;
   prometheus::Histogram* call_copy_;
+  prometheus::Counter* stage_[5];  // parse, copy_in, compute, copy_out,
+                                   // serialize
   prometheus::Gauge& device_memory_;
   prometheus::Gauge& inflight_;
   prometheus::Gauge& ready_;

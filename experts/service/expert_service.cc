@@ -1,5 +1,6 @@
 #include "experts/service/expert_service.h"
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -90,6 +91,8 @@ ExpertService::~ExpertService() { queue_.reset(); }
 
 absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
                                 grpc::ByteBuffer* response) const {
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point start = Clock::now();
   MOE_ASSIGN_OR_RETURN(proto::RunExpertsRequestView call,
                        proto::RunExpertsRequestView::Parse(
                            request, shard_->dim(), options_.max_tokens_per_call,
@@ -107,19 +110,31 @@ absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
     wide.resize(static_cast<size_t>(call.rows() * shard_->dim()));
     dst = wide.data();
   }
+  const Clock::time_point parsed = Clock::now();
   RunStats stats;
   MOE_RETURN_IF_ERROR(shard_->Run(tokens, call.segments(), dst, &stats));
+  const Clock::time_point ran = Clock::now();
   if (!wide.empty()) {
     common::ConvertFromFloat32(wide.data(), static_cast<int64_t>(wide.size()),
                                call.output_dtype(), out.data());
   }
+  *response = out.Finish();
+  auto seconds = [](Clock::duration d) {
+    return std::chrono::duration<double>(d).count();
+  };
+  ExpertMetrics::CallStages stages;
+  stages.parse = seconds(parsed - start);
+  stages.copy_in = stats.copy_in_seconds;
+  stages.copy_out = stats.copy_out_seconds;
+  // On the host the whole run is compute; on a GPU its measured share.
+  stages.compute = on_gpu_ ? stats.compute_seconds : seconds(ran - parsed);
+  stages.serialize = seconds(Clock::now() - ran);
   metrics_.RecordBatch(call.rows());
-  metrics_.RecordCall(stats.compute_seconds, stats.copy_seconds, on_gpu_);
+  metrics_.RecordCall(stages, on_gpu_);
   for (size_t i = 0; i < call.segments().size(); ++i) {
     metrics_.RecordSegment(call.segments()[i].key, call.segments()[i].count,
                            stats.segment_seconds[i]);
   }
-  *response = out.Finish();
   return absl::OkStatus();
 }
 

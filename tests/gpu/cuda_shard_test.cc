@@ -34,6 +34,29 @@ std::map<common::ExpertKey, common::ExpertWeights> GoldenExperts(
   return experts;
 }
 
+std::vector<float> Floats(const at::Tensor& t) {
+  const at::Tensor c = t.to(at::kFloat).contiguous();
+  return std::vector<float>(c.data_ptr<float>(),
+                            c.data_ptr<float>() + c.numel());
+}
+
+// The same experts as plain arrays, as the LibTorch-free loader gives them.
+HostExpertMap ToHost(
+    const std::map<common::ExpertKey, common::ExpertWeights>& experts) {
+  HostExpertMap out;
+  for (const auto& [key, w] : experts) {
+    gpu::HostExpert& e = out[key];
+    e.dim = w.w1.size(1);
+    e.hidden = w.w1.size(0) / 2;
+    e.w1 = Floats(w.w1);
+    e.b1 = Floats(w.b1);
+    e.mult_bias = Floats(w.mult_bias);
+    e.w2 = Floats(w.w2);
+    e.b2 = Floats(w.b2);
+  }
+  return out;
+}
+
 std::vector<common::ExpertSegment> Segments(int64_t rows, int64_t experts) {
   std::vector<common::ExpertSegment> s;
   for (int64_t e = 0; e < experts; ++e) {
@@ -62,7 +85,7 @@ TEST(CudaExpertShardTest, MatchesTheCpuShardOnEveryGoldenCase) {
     ASSERT_TRUE(cpu.ok()) << cpu.status();
     gpu::GpuOptions options;
     options.max_rows = 256;
-    auto cuda = CudaExpertShard::Create(experts, options);
+    auto cuda = CudaExpertShard::Create(ToHost(experts), options);
     ASSERT_TRUE(cuda.ok()) << cuda.status();
     at::manual_seed(1);
     const at::Tensor x = at::randn({200, (*cpu)->dim()});
@@ -89,7 +112,7 @@ TEST(CudaExpertShardTest, BFloat16StaysWithinItsBoundAndCallsRunConcurrently) {
   options.compute = common::DType::kBFloat16;
   options.max_rows = 1024;
   options.streams = 2;
-  auto cuda = CudaExpertShard::Create(experts, options);
+  auto cuda = CudaExpertShard::Create(ToHost(experts), options);
   ASSERT_TRUE(cuda.ok()) << cuda.status();
   EXPECT_EQ((*cuda)->compute_dtype(), common::DType::kBFloat16);
   EXPECT_GT((*cuda)->device_memory_bytes(), (*cuda)->weight_bytes());

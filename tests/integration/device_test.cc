@@ -35,6 +35,16 @@ TEST(DeviceTest, AutoServesOnTheCpuAndSaysWhy) {
   EXPECT_THAT(log, HasSubstr(" on cpu ("));
 }
 
+TEST(DeviceTest, TheGpuWorkerFallsBackToTheReferenceExpertsSayingSo) {
+  testing::Deployment d(testing::GoldenPath("A_moe_eval_nodrop"), {"0-3"});
+  d.SetWorkerBinary("moe-expert-gpu");
+  d.SetWorkerFlags({"--device=auto"});
+  ASSERT_TRUE(d.StartWorker(0).ok()) << d.worker(0).Log();
+  const std::string log = d.worker(0).Log();
+  EXPECT_THAT(log, HasSubstr("reference experts, which are exact but slow"));
+  EXPECT_THAT(log, HasSubstr(" on host ("));
+}
+
 TEST(DeviceTest, CudaWithoutADeviceStopsTheWorkerSayingSo) {
   for (const std::string device : {"cuda", "cuda:1"}) {
     std::string out;
@@ -49,8 +59,9 @@ TEST(DeviceTest, CudaWithoutADeviceStopsTheWorkerSayingSo) {
 TEST(DeviceTest, AnUnknownDeviceNamesTheFlag) {
   std::string out;
   EXPECT_NE(RunWorker("tpu", &out), 0);
-  EXPECT_THAT(out, HasSubstr("--device: \"tpu\" is not auto, cpu, cuda or "
-                             "cuda:N"));
+  EXPECT_THAT(out,
+              HasSubstr("--device: \"tpu\" is not auto, cpu, host, cuda or "
+                        "cuda:N"));
   EXPECT_NE(RunWorker("cuda:-1", &out), 0);
   EXPECT_THAT(out, HasSubstr("\"cuda:-1\" is not"));
 }

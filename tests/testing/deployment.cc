@@ -74,7 +74,7 @@ absl::Status Deployment::StartWorker(int i, int port) {
   const std::string port_file = absl::StrCat(dir_, "/worker-", i, ".port");
   std::filesystem::remove(port_file);
   std::vector<std::string> argv = {
-      BinaryPath("moe-expert"),
+      BinaryPath(worker_binary_),
       "--checkpoint=" + worker_checkpoints_[i],
       "--experts=" + worker_experts_[i],
       "--host=127.0.0.1",

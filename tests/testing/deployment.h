@@ -50,6 +50,8 @@ class Deployment {
   void SetWorkerFlags(std::vector<std::string> flags) {
     worker_flags_ = std::move(flags);
   }
+  // The worker binary started afterwards (default "moe-expert").
+  void SetWorkerBinary(std::string name) { worker_binary_ = std::move(name); }
   // How the deployment's own health checks reach the processes (TLS).
   void SetProbeOptions(client::ClientOptions worker,
                        client::ClientOptions router) {
@@ -79,6 +81,7 @@ class Deployment {
   std::vector<std::string> router_flags_;
   std::vector<std::string> worker_checkpoints_;
   std::vector<std::string> worker_flags_;
+  std::string worker_binary_ = "moe-expert";
   client::ClientOptions worker_probe_, router_probe_;
   std::vector<std::unique_ptr<Process>> workers_;
   std::vector<int> worker_ports_;
