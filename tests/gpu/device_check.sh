@@ -1,18 +1,37 @@
 #!/bin/bash
-# The one script to run on a GPU machine (docs/gpu.md): moe-gpu-check's
-# parity checks and throughput table, in under 5 minutes, written to OUT.
-#   tests/gpu/device_check.sh OUT
-# It uses build/bin/moe-gpu-check as built and carried from a development
-# machine; should that not start there (other system libraries), it builds
-# moe-gpu-check from experts/cuda/ with CMake and nvcc alone. Nothing is
-# installed. With compute-sanitizer present, a memcheck of the parity
-# checks runs too.
+# The one script to run on a GPU machine (docs/gpu.md), in under 6 minutes,
+# everything written to OUT:
+#   1. moe-gpu-check: parity on every golden file (float32 and bfloat16) and
+#      the kernels' throughput table;
+#   2. the served path: moe-expert-gpu --device=cuda answering RunExperts
+#      over loopback, checked against torch and timed, with the machine's
+#      limits measured in the same run (serve_check.py).
+# Run it from a bundle (./moe gpu-bundle DIR; then DIR/tests/gpu/
+# device_check.sh OUT), whose binaries run on the bundle's own libraries, or
+# from a source tree with build/bin (then, should the carried moe-gpu-check
+# not start, it is built from experts/cuda/ with CMake and nvcc alone).
+# Nothing is installed. With compute-sanitizer present and time left, a
+# memcheck of the parity checks runs too.
 set -uo pipefail
 OUT="${1:?usage: tests/gpu/device_check.sh OUT}"
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
 log() { echo "device_check: $*" | tee -a "$OUT/device_check.log"; }
 start=$(date +%s)
+elapsed() { echo $(( $(date +%s) - start )); }
+
+if [ -x "$ROOT/bin/moe-gpu-check" ]; then
+  BUNDLE="$ROOT"
+  CHECK="$ROOT/bin/moe-gpu-check"
+  GOLDEN=("$ROOT"/golden/*.safetensors)
+  export LD_LIBRARY_PATH="$ROOT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  log "running from the bundle $ROOT"
+else
+  BUNDLE=""
+  CHECK="$ROOT/build/bin/moe-gpu-check"
+  GOLDEN=("$ROOT"/tests/golden/data/*.safetensors)
+fi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm \
   --format=csv > "$OUT/nvidia-smi.csv" 2>&1 || log "nvidia-smi failed"
@@ -25,9 +44,8 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/lib \
   [ -e "$d/libcublas.so.13" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
 
-CHECK="$ROOT/build/bin/moe-gpu-check"
 probe=$("$CHECK" --probe 2>&1); rc=$?
-if [ $rc -ne 0 ] && [ $rc -ne 2 ] || [ ! -x "$CHECK" ]; then
+if [ -z "$BUNDLE" ] && { [ $rc -ne 0 ] && [ $rc -ne 2 ] || [ ! -x "$CHECK" ]; }; then
   log "the carried moe-gpu-check does not start here (exit $rc: $probe); building it with nvcc"
   cmake -S "$ROOT/experts/cuda" -B /tmp/moe-gpu-build -DCMAKE_BUILD_TYPE=Release \
     > "$OUT/build.log" 2>&1 &&
@@ -39,16 +57,25 @@ fi
 log "device: $probe (exit $rc)"
 [ $rc -eq 0 ] || exit 2
 
-GOLDEN=("$ROOT"/tests/golden/data/*.safetensors)
-timeout 200 "$CHECK" --out "$OUT" "${GOLDEN[@]}"
+timeout 150 "$CHECK" --out "$OUT" "${GOLDEN[@]}"
 status=$?
-log "moe-gpu-check exit $status after $(( $(date +%s) - start )) s"
+log "moe-gpu-check exit $status after $(elapsed) s"
 
-if command -v compute-sanitizer >/dev/null && [ $(( $(date +%s) - start )) -lt 200 ]; then
-  timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 \
+if [ -n "$BUNDLE" ]; then
+  timeout 180 python3 "$ROOT/tests/gpu/serve_check.py" --bundle "$BUNDLE" \
+    --out "$OUT" --device cuda 2>&1 | tee "$OUT/serve_check.txt"
+  serve=${PIPESTATUS[0]}
+  log "serve_check exit $serve after $(elapsed) s"
+  [ $serve -eq 0 ] || status=$serve
+else
+  log "the served path needs the bundle (./moe gpu-bundle DIR): not run"
+fi
+
+if command -v compute-sanitizer >/dev/null && [ "$(elapsed)" -lt 300 ]; then
+  timeout 50 compute-sanitizer --tool memcheck --error-exitcode 9 \
     "$CHECK" --no_throughput "${GOLDEN[0]}" > "$OUT/memcheck.txt" 2>&1
   log "compute-sanitizer memcheck exit $? (9: errors found; see memcheck.txt)"
   tail -5 "$OUT/memcheck.txt"
 fi
-log "done in $(( $(date +%s) - start )) s"
+log "done in $(elapsed) s"
 exit $status
