@@ -3,13 +3,16 @@
 tls) renders with kubectl kustomize, every object validates against the
 Kubernetes, prometheus-operator and cert-manager schemas with unknown
 fields rejected, yamllint is clean,
-and the monitoring copies match deploy/prometheus and deploy/grafana.
+the monitoring copies match deploy/prometheus and deploy/grafana, and every
+container's command is a built moe-serve binary that accepts every flag its
+args pass.
 
-Usage: manifests_test.py REPO_ROOT
+Usage: manifests_test.py REPO_ROOT BIN_DIR
 """
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -18,6 +21,7 @@ import unittest
 import yaml
 
 ROOT = sys.argv.pop(1)
+BIN = sys.argv.pop(1)
 DEPLOY = os.path.join(ROOT, "deploy")
 VALIDATE = os.path.join(ROOT, "tests", "deploy", "validate", "validate.mjs")
 EXPECTED_KINDS = {
@@ -112,7 +116,35 @@ class ManifestsTest(unittest.TestCase):
         container = find(gpu, "StatefulSet", "moe-expert")["spec"]["template"]["spec"]["containers"][0]
         self.assertEqual(container["resources"]["limits"]["nvidia.com/gpu"], "1")
         self.assertEqual(find(gpu, "ConfigMap", "moe-config")["data"]["MOE_DEVICE"], "cuda")
-        self.assertTrue(container["image"].endswith("-cuda"))
+        # The workers run the LibTorch-free worker from the GPU image; the
+        # router keeps the CPU image.
+        self.assertEqual(container["command"], ["/usr/local/bin/moe-expert-gpu"])
+        self.assertEqual(container["image"], "ghcr.io/moe-serve/moe-serve-gpu:0.1.0")
+        router = find(gpu, "Deployment", "moe-router")["spec"]["template"]["spec"]["containers"][0]
+        self.assertEqual(router["image"], "ghcr.io/moe-serve/moe-serve:0.1.0")
+
+    def test_every_flag_is_one_the_binary_takes(self):
+        known = {}
+        checked = 0
+        for overlay in ("cpu", "gpu", "tls"):
+            for o in objects(render(overlay)):
+                if o["kind"] not in ("Deployment", "StatefulSet"):
+                    continue
+                for c in o["spec"]["template"]["spec"]["containers"]:
+                    name = os.path.basename(c["command"][0])
+                    if name not in known:
+                        result = subprocess.run([os.path.join(BIN, name), "--help"],
+                                                capture_output=True, text=True)
+                        self.assertEqual(result.returncode, 0, name + result.stderr)
+                        known[name] = set(re.findall(r"^\s+--(\w+)", result.stdout, re.M))
+                        self.assertIn("port", known[name], name)
+                    for arg in c["args"]:
+                        flag = re.match(r"--(\w+)", arg)
+                        self.assertIsNotNone(flag, (overlay, name, arg))
+                        self.assertIn(flag.group(1), known[name], (overlay, name, arg))
+                        checked += 1
+        self.assertEqual(set(known), {"moe-router", "moe-expert", "moe-expert-gpu"})
+        self.assertGreater(checked, 30)
 
     def test_tls_overlay_secures_both_hops(self):
         tls = objects(render("tls"))
