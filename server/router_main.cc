@@ -65,9 +65,11 @@ ABSL_FLAG(int64_t, max_queued_tokens, 262144,
           "Tokens that may wait for a forward thread; a request that would "
           "pass this is refused at once (RESOURCE_EXHAUSTED).");
 ABSL_FLAG(int, max_queue_ms, 2000,
-          "Longest expected (and actual) queue time of a request; longer is "
-          "refused with RESOURCE_EXHAUSTED. A request whose deadline the "
-          "queue and its own work would miss is refused at once too.");
+          "Longest expected wait of a request: the time to finish the work "
+          "the router already holds, queued and running, before its own. "
+          "Longer is refused with RESOURCE_EXHAUSTED, as is a request still "
+          "queued after this long. A request whose deadline the work ahead "
+          "and its own would miss is refused at once too.");
 ABSL_FLAG(bool, log_requests, false,
           "Log one line per request (layer, shape, code, duration; never "
           "tensors or tokens). Failed requests are always logged.");

@@ -19,8 +19,12 @@ std::string Ms(absl::Duration d) {
 AdmissionController::AdmissionController(const AdmissionOptions& options)
     : options_(options) {}
 
+absl::Duration AdmissionController::WorkLocked(int64_t tokens) const {
+  return absl::Seconds(tokens * drain_seconds_per_token_);
+}
+
 absl::Duration AdmissionController::ExpectedWaitLocked() const {
-  return absl::Seconds(queued_tokens_ * drain_seconds_per_token_);
+  return WorkLocked(queued_tokens_ + running_tokens_);
 }
 
 void AdmissionController::Accumulate(absl::Time now) {
@@ -29,12 +33,6 @@ void AdmissionController::Accumulate(absl::Time now) {
         running_ * std::max(0.0, absl::ToDoubleSeconds(now - integral_at_));
   }
   integral_at_ = now;
-}
-
-absl::Duration AdmissionController::ExpectedServiceLocked(
-    int64_t tokens, int64_t beside) const {
-  return absl::Seconds(tokens * drain_seconds_per_token_ *
-                       std::max<int64_t>(1, beside));
 }
 
 absl::Duration AdmissionController::ExpectedWait() const {
@@ -62,16 +60,17 @@ absl::Status AdmissionController::Admit(int64_t tokens, absl::Time deadline,
   const absl::Duration wait = ExpectedWaitLocked();
   if (wait > options_.max_queue_time) {
     *reason = RejectReason::kOverloaded;
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "router overloaded: a request would wait about ", Ms(wait),
-        " in the queue (--max_queue_ms ", Ms(options_.max_queue_time),
-        "); retry later, with backoff, or on another replica"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("router overloaded: a request would wait about ", Ms(wait),
+                     " for the work ahead of it (--max_queue_ms ",
+                     Ms(options_.max_queue_time),
+                     "); retry later, with backoff, or on another replica"));
   }
-  const absl::Duration service = ExpectedServiceLocked(tokens, running_);
+  const absl::Duration service = WorkLocked(tokens);
   if (now + wait + service > deadline) {
     *reason = RejectReason::kDeadline;
     return absl::ResourceExhaustedError(absl::StrCat(
-        "the deadline cannot be met: about ", Ms(wait), " of queue and ",
+        "the deadline cannot be met: about ", Ms(wait), " of work ahead and ",
         Ms(service), " of work for ", tokens, " tokens, ",
         Ms(std::max(absl::ZeroDuration(), deadline - now)),
         " left; send a longer deadline or fewer tokens"));
@@ -98,16 +97,17 @@ absl::Status AdmissionController::Start(Ticket* ticket, RejectReason* reason) {
         " in the queue (--max_queue_ms ", Ms(options_.max_queue_time),
         "); retry later, with backoff, or on another replica"));
   }
-  // Beside the forwards running now, itself included.
-  const absl::Duration service =
-      ExpectedServiceLocked(ticket->tokens, running_ + 1);
+  // The forwards running now share the workers with it: it ends, by the
+  // estimate, once their work and its own are done.
+  const absl::Duration service = WorkLocked(running_tokens_ + ticket->tokens);
   if (now + service > ticket->deadline) {
     ticket->finished = true;
     *reason = RejectReason::kDeadline;
     return absl::ResourceExhaustedError(
         absl::StrCat("the deadline can no longer be met: about ", Ms(service),
-                     " of work for ", ticket->tokens, " tokens after ",
-                     Ms(waited), " in the queue, ",
+                     " of work for its ", ticket->tokens,
+                     " tokens and the running forwards' after ", Ms(waited),
+                     " in the queue, ",
                      Ms(std::max(absl::ZeroDuration(), ticket->deadline - now)),
                      " left; send a longer deadline or fewer tokens"));
   }
@@ -115,6 +115,7 @@ absl::Status AdmissionController::Start(Ticket* ticket, RejectReason* reason) {
   ticket->started = now;
   ticket->running_integral_at_start = running_integral_;
   ++running_;
+  running_tokens_ += ticket->tokens;
   return absl::OkStatus();
 }
 
@@ -129,6 +130,7 @@ void AdmissionController::Finish(Ticket* ticket, bool ok) {
   }
   Accumulate(now);
   --running_;
+  running_tokens_ -= ticket->tokens;
   const double seconds = absl::ToDoubleSeconds(now - ticket->started);
   if (!ok || ticket->tokens <= 0 || seconds <= 0) return;
   // The forwards that ran beside this one, on average (itself included).

@@ -2,21 +2,29 @@
 // RESOURCE_EXHAUSTED and a message saying what to do, when
 //   - the tokens already queued plus its own exceed max_queued_tokens
 //     (reason "overloaded"),
-//   - the expected queue time exceeds max_queue_time ("overloaded"), or
-//   - its deadline cannot be met: expected queue time plus its own expected
+//   - the expected wait exceeds max_queue_time ("overloaded"): the time the
+//     router needs to finish the work it already holds, queued and running,
+//     before this request's own, or
+//   - its deadline cannot be met: expected wait plus its own expected
 //     service time end after it ("deadline");
 // and when a thread picks a forward up, it is refused then if it still
-// waited longer than max_queue_time ("overloaded") or if its own expected
-// service time, beside the forwards running now, would end after its
-// deadline ("deadline"). Nothing is started only to miss its deadline.
+// waited longer than max_queue_time ("overloaded") or if the forwards
+// running now and its own work would end after its deadline ("deadline").
+// Nothing is started only to miss its deadline.
+//
+// The wait counts the running forwards' tokens as well as the queued ones:
+// forwards that run beside each other share the workers and the CPU, so a
+// request admitted behind a full set of running forwards finishes only
+// after their work too. Counting the queue alone let accepted requests take
+// 4x --max_queue_ms at 64 clients.
 //
 // The estimates come from the forwards that finished: each gives its
 // drain time per token, its service time divided by its tokens and by the
 // forwards that ran beside it on average (so that sharing the workers is
-// counted once), averaged exponentially. The queue then drains in
-// queued tokens x drain time; a request's own work takes its tokens x drain
-// time x the forwards running now. Before any forward finished nothing is
-// refused by estimate.
+// counted once), averaged exponentially: the inverse of the router's
+// throughput in tokens. The work held then drains in (queued + running
+// tokens) x drain time. Before any forward finished nothing is refused by
+// estimate.
 //
 // Thread-safe.
 #pragma once
@@ -63,15 +71,15 @@ class AdmissionController {
   // the estimate.
   void Finish(Ticket* ticket, bool ok);
 
-  // What a forward admitted now would wait, by the estimate.
+  // What a forward admitted now would wait, by the estimate: the queued and
+  // running work.
   absl::Duration ExpectedWait() const;
   int64_t queued_tokens() const;
 
  private:
   absl::Duration ExpectedWaitLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  // A forward's own expected service time with `beside` forwards running
-  // (itself included).
-  absl::Duration ExpectedServiceLocked(int64_t tokens, int64_t beside) const
+  // The time `tokens` of work take at the router's throughput.
+  absl::Duration WorkLocked(int64_t tokens) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Brings the integral of running_ over time up to `now`.
   void Accumulate(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -80,6 +88,7 @@ class AdmissionController {
   mutable absl::Mutex mu_;
   int64_t queued_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t running_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t running_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   // Drain seconds per token, averaged over finished forwards.
   double drain_seconds_per_token_ ABSL_GUARDED_BY(mu_) = 0;
   // The integral of running_ over time (forward-seconds), and when it was

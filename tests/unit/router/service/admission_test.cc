@@ -147,6 +147,40 @@ TEST_F(AdmissionTest, ConcurrencySharesTheQueue) {
   EXPECT_NEAR(absl::ToDoubleSeconds(a.ExpectedWait()), 1.0, 1e-6);
 }
 
+// Forwards that run share the workers: a request admitted behind them ends
+// only after their work too, so it counts in the wait. (Counting the queue
+// alone let accepted requests take 4x --max_queue_ms at 64 clients.)
+TEST_F(AdmissionTest, RunningWorkCountsInTheWait) {
+  AdmissionController a = Make(1 << 30, absl::Seconds(1));
+  Teach(a, 1000, absl::Milliseconds(100));  // 100 us per token
+  RejectReason reason;
+  std::vector<AdmissionController::Ticket> running(4);
+  for (auto& t : running) {
+    ASSERT_TRUE(a.Admit(1000, never_, &t, &reason).ok());
+    ASSERT_TRUE(a.Start(&t, &reason).ok());
+  }
+  EXPECT_EQ(a.ExpectedWait(), absl::Milliseconds(400));
+  EXPECT_EQ(a.queued_tokens(), 0);
+  std::vector<AdmissionController::Ticket> queued(10);
+  int admitted = 0;
+  for (auto& t : queued) {
+    if (a.Admit(1000, never_, &t, &reason).ok()) ++admitted;
+  }
+  // 400 ms running + 100 ms per queued forward: the 7th is admitted at
+  // exactly 1 s ahead of it, the rest refused.
+  EXPECT_EQ(admitted, 7);
+  EXPECT_EQ(reason, RejectReason::kOverloaded);
+  EXPECT_EQ(a.ExpectedWait(), absl::Milliseconds(1100));
+  // Once the running forwards ended, 700 ms of queued work remain ahead:
+  // with its own 100 ms, a deadline 750 ms away cannot be met.
+  for (auto& t : running) a.Finish(&t, true);
+  AdmissionController::Ticket t;
+  EXPECT_EQ(a.ExpectedWait(), absl::Milliseconds(700));
+  absl::Status s =
+      a.Admit(1000, clock_.Now() + absl::Milliseconds(750), &t, &reason);
+  EXPECT_EQ(reason, RejectReason::kDeadline) << s;
+}
+
 TEST_F(AdmissionTest, NothingIsRefusedByEstimateBeforeAForwardFinished) {
   AdmissionController a = Make(1 << 30, absl::Milliseconds(1));
   RejectReason reason;
