@@ -39,10 +39,12 @@ ABSL_FLAG(int, layers, 1, "demo-checkpoint: number of MoE layers.");
 ABSL_FLAG(int, dim, 512, "demo-checkpoint: model dim.");
 ABSL_FLAG(int, num_experts, 16, "demo-checkpoint: experts per layer.");
 ABSL_FLAG(int, num_experts_inner, 0,
-          "demo-checkpoint: inner experts (makes a two-level MoE).");
+          "demo-checkpoint: inner experts per outer expert; > 0 makes a "
+          "two-level MoE (--kind=hierarchical_moe without it: 4).");
 ABSL_FLAG(double, hidden_mult, 4, "demo-checkpoint: expert hidden_mult.");
 ABSL_FLAG(std::string, kind, "moe",
-          "demo-checkpoint: moe, sparse_moe_block or hierarchical_moe.");
+          "demo-checkpoint: moe, sparse_moe_block or hierarchical_moe "
+          "(--num_experts outer experts of --num_experts_inner each).");
 
 ABSL_DECLARE_FLAG(std::string, output);
 
@@ -94,10 +96,20 @@ absl::Status RunDemoCheckpoint() {
   }
   common::LayerConfig config = common::DefaultDemoConfig();
   const std::string kind = absl::GetFlag(FLAGS_kind);
-  if (kind == "sparse_moe_block") {
-    config.kind = common::LayerKind::kSparseMoeBlock;
-  } else if (kind == "hierarchical_moe") {
+  int inner = absl::GetFlag(FLAGS_num_experts_inner);
+  if (inner < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--num_experts_inner: ", inner, " is negative"));
+  }
+  if (kind == "hierarchical_moe" || (kind == "moe" && inner > 0)) {
     config.kind = common::LayerKind::kHierarchicalMoe;
+    if (inner == 0) inner = 4;
+  } else if (inner > 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--num_experts_inner makes a two-level MoE; --kind=", kind,
+                     " has one level"));
+  } else if (kind == "sparse_moe_block") {
+    config.kind = common::LayerKind::kSparseMoeBlock;
   } else if (kind != "moe") {
     return absl::InvalidArgumentError(
         absl::StrCat("--kind: \"", kind,
@@ -105,7 +117,7 @@ absl::Status RunDemoCheckpoint() {
   }
   config.dim = absl::GetFlag(FLAGS_dim);
   config.num_experts = absl::GetFlag(FLAGS_num_experts);
-  config.num_experts_inner = absl::GetFlag(FLAGS_num_experts_inner);
+  config.num_experts_inner = inner;
   config.hidden_mult = absl::GetFlag(FLAGS_hidden_mult);
   MOE_ASSIGN_OR_RETURN(std::optional<uint64_t> seed, cli::SeedFromFlags());
   MOE_RETURN_IF_ERROR(common::WriteDemoCheckpoint(
@@ -123,7 +135,8 @@ constexpr char kUsage[] =
     "  moe-run forward --checkpoint=F --random_input=4x1024\n"
     "      the same on a seeded random input, printing the routing summary\n"
     "  moe-run demo-checkpoint --output=F [--layers=1] [--seed=0] "
-    "[--dim=512] [--num_experts=16]\n"
+    "[--dim=512] [--num_experts=16] [--kind=moe|sparse_moe_block|"
+    "hierarchical_moe] [--num_experts_inner=N]\n"
     "      write a seeded random model (the st-moe-pytorch README "
     "configuration by default)";
 

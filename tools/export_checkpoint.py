@@ -368,6 +368,32 @@ def export_checkpoint(model, output, dtype="f32", layer_config=None,
             "left_out_by_prefix": _left_out_summary(left_out)}
 
 
+def read_layer_config(value):
+    """--layer-config: inline JSON (it starts with '{') or a JSON file; None
+    when not given. ExportError names the flag and what is wrong."""
+    if not value:
+        return None
+    if value.lstrip().startswith("{"):
+        text, where = value, "--layer-config"
+    else:
+        where = f"--layer-config {value}"
+        try:
+            with open(value) as f:
+                text = f.read()
+        except OSError as e:
+            raise ExportError(f"{where}: cannot read it ({e.strerror}); give "
+                              "the JSON inline or a file that exists")
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        raise ExportError(f"{where} is not valid JSON: {e}")
+    if not isinstance(config, dict) or not all(
+            isinstance(v, dict) for v in config.values()):
+        raise ExportError(f"{where} must be a JSON object of layer name -> "
+                          "{setting: value}")
+    return config
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Export the MoE layers of a PyTorch model to a moe-serve "
@@ -376,8 +402,9 @@ def main(argv=None):
                         help="file written by torch.save (a state_dict, a dict "
                              "holding one under state_dict/model, or a module)")
     parser.add_argument("--output", required=True, help="output .safetensors")
-    parser.add_argument("--layer-config", metavar="JSON",
-                        help="per-layer settings: {\"layer\": {\"key\": value}}")
+    parser.add_argument("--layer-config", metavar="JSON|FILE",
+                        help="per-layer settings, inline or in a file: "
+                             "{\"layer\": {\"key\": value}}")
     parser.add_argument("--model-name", help="default: the output file's name")
     parser.add_argument("--hidden-mult", type=float)
     parser.add_argument("--threshold-train", type=float)
@@ -393,14 +420,11 @@ def main(argv=None):
         given["hidden_mult"] = int(given["hidden_mult"])
     given = {k: v for k, v in given.items() if v is not None}
     try:
-        layer_config = None
-        if args.layer_config:
-            with open(args.layer_config) as f:
-                layer_config = json.load(f)
-            if not isinstance(layer_config, dict) or not all(
-                    isinstance(v, dict) for v in layer_config.values()):
-                raise ExportError("--layer-config must be a JSON object of "
-                                  "layer name -> {setting: value}")
+        layer_config = read_layer_config(args.layer_config)
+    except ExportError as e:
+        print(f"export_checkpoint: {e}", file=sys.stderr)
+        return 1
+    try:
         obj = torch.load(args.state_dict, map_location="cpu")
         summary = export_checkpoint(obj, args.output, dtype=args.dtype,
                                     layer_config=layer_config,

@@ -38,6 +38,7 @@ Exit code 0 when the two runs agree.
 import argparse
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -313,13 +314,14 @@ class MoeUp:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=60)
         self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin-dir", help="start moe-up from here on the exported model")
     ap.add_argument("--target", help="instead: a running router serving --export's file")
-    ap.add_argument("--export", help="where the checkpoint goes (default: a temporary file)")
+    ap.add_argument("--export", help="where the checkpoint goes (default: a temporary file, removed at exit)")
     ap.add_argument("--workers", type=int, default=2, help="moe-up workers")
     ap.add_argument("--vocab", type=int, default=256)
     ap.add_argument("--dim", type=int, default=128)
@@ -340,8 +342,17 @@ def main():
     torch.set_grad_enabled(False)
 
     sd = build_state_dict(args)
-    export = args.export or os.path.join(tempfile.mkdtemp(prefix="moe-transformer-"),
-                                         "model.safetensors")
+    # Without --export the checkpoint lives in a temporary folder removed
+    # at exit.
+    scratch = None if args.export else tempfile.mkdtemp(prefix="moe-transformer-")
+    try:
+        return run(args, sd, args.export or os.path.join(scratch, "model.safetensors"))
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run(args, sd, export):
     summary = export_checkpoint(sd, export, model_name="toy-transformer",
                                 threshold_train=args.threshold,
                                 threshold_eval=args.threshold,

@@ -137,6 +137,45 @@ TEST(CliTest, DemoCheckpointRoundTripsThroughForward) {
   EXPECT_NE(log.find("moved to moe-run"), std::string::npos) << log;
 }
 
+// A two-level demo model: --kind=hierarchical_moe alone (4 inner experts),
+// or --num_experts_inner alone, as --help says; a one-level kind with inner
+// experts is refused naming both flags.
+TEST(CliTest, DemoCheckpointMakesATwoLevelMoeEitherWay) {
+  const std::string ckpt = testing::TempDir() + "/two_level.safetensors";
+  for (const std::vector<std::string>& flags :
+       std::vector<std::vector<std::string>>{
+           {"--kind=hierarchical_moe"},
+           {"--num_experts_inner=4"},
+           {"--kind=hierarchical_moe", "--num_experts_inner=4"}}) {
+    std::vector<std::string> argv = {testing::BinaryPath("moe-run"),
+                                     "demo-checkpoint", "--output=" + ckpt,
+                                     "--dim=16", "--num_experts=2"};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    std::string log;
+    ASSERT_EQ(testing::RunProcess(argv, &log), 0) << flags[0] << log;
+    EXPECT_NE(log.find("\"kind\":\"hierarchical_moe\""), std::string::npos)
+        << log;
+    EXPECT_NE(log.find("\"num_experts\":[2,4]"), std::string::npos) << log;
+    ASSERT_EQ(
+        testing::RunProcess({testing::BinaryPath("moe-run"), "forward",
+                             "--checkpoint=" + ckpt, "--random_input=1x8"},
+                            &log),
+        0)
+        << log;
+  }
+  std::string log;
+  EXPECT_EQ(
+      testing::RunProcess({testing::BinaryPath("moe-run"), "demo-checkpoint",
+                           "--output=" + ckpt, "--kind=sparse_moe_block",
+                           "--num_experts_inner=2"},
+                          &log),
+      1);
+  EXPECT_NE(log.find("--num_experts_inner makes a two-level MoE; "
+                     "--kind=sparse_moe_block has one level"),
+            std::string::npos)
+      << log;
+}
+
 TEST(CliTest, HelpListsEachBinarysOwnFlagsAndVersionSaysWhatWasBuilt) {
   struct Binary {
     const char* name;

@@ -258,6 +258,10 @@ TEST_F(SecurityTest, ThePlaintextHealthPortCarriesHealthOnly) {
                      ->Forward(GoldenRequest());
   EXPECT_EQ(forward.status().code(), absl::StatusCode::kUnimplemented)
       << forward.status();
+  // Saying why (it was an empty message once).
+  EXPECT_THAT(std::string(forward.status().message()),
+              ::testing::HasSubstr("this port serves grpc.health.v1 only, not "
+                                   "/moe.v1.Router/Forward"));
 }
 
 // Changes the live files; every test runs in a process (and deployment)

@@ -225,6 +225,24 @@ class ExportCheckpointTest(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertIn("the layers disagree on dim: 'a' 16, 'b' 8", result.stderr)
 
+    def test_layer_config_inline_or_a_file_and_its_errors_name_it(self):
+        tensors, _ = golden("A_moe_eval_nodrop")
+        sd = prefixed(params_of(tensors), "layers.5.ff.")
+        result, out = self.export_cli(
+            sd, "--layer-config", '{"layers.5.ff": {"capacity_factor_eval": 4.0}}')
+        self.assertEqual(result.returncode, 0, result.stderr)
+        _, meta = read_safetensors(out)
+        layer = json.loads(meta["config_json"])["layers"][0]
+        self.assertEqual(layer["capacity_factor_eval"], 4.0)
+        for arg, message in [
+                ('{"layers.5.ff": ', "--layer-config is not valid JSON"),
+                ('{"layers.5.ff": 4}', "--layer-config must be a JSON object"),
+                (self.path("missing.json"), "missing.json: cannot read it")]:
+            result, _ = self.export_cli(sd, "--layer-config", arg)
+            self.assertEqual(result.returncode, 1, arg)
+            self.assertIn(message, result.stderr)
+            self.assertNotIn("sd.pt", result.stderr)  # not the state dict
+
     def test_whole_model_every_layer_through_moe_up(self):
         """A toy transformer's state_dict: plain MoE layers in both gate
         spellings, a SparseMoEBlock and a two-level MoE among dense tensors;

@@ -63,7 +63,8 @@ def encode_tensor(x: np.ndarray, dtype: str = "float32") -> tensor_pb2.Tensor:
 
 
 def decode_tensor(t: tensor_pb2.Tensor) -> np.ndarray:
-    """A moe.v1.Tensor as numpy (bfloat16 comes back as float32)."""
+    """A moe.v1.Tensor as a writable numpy array of its own (bfloat16 comes
+    back as float32), ready for torch.from_numpy."""
     shape = tuple(t.shape)
     if t.dtype == tensor_pb2.FLOAT32:
         a = np.frombuffer(t.data, dtype="<f4")
@@ -75,6 +76,8 @@ def decode_tensor(t: tensor_pb2.Tensor) -> np.ndarray:
         a = np.frombuffer(t.data, dtype="<i8")
     else:
         raise ValueError("unknown tensor dtype %d" % t.dtype)
+    if not a.flags.writeable:  # a view of the message's bytes
+        a = a.copy()
     return a.reshape(shape)
 
 
