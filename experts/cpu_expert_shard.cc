@@ -22,6 +22,9 @@ namespace {
 // (Blocks above glibc's mmap threshold, common/allocator.h, go back to the
 // kernel when freed.)
 constexpr int64_t kMaxKeptScratchBytes = int64_t{32} << 20;
+// The GEGLU hidden block of one Run() ([rows, 2h]) stays within this, so
+// that with the 16-bit token and output buffers it is kept.
+constexpr int64_t kPartHiddenBytes = int64_t{24} << 20;
 
 int64_t RoundUpToPowerOfTwo(int64_t n) {
   int64_t p = 1;
@@ -33,12 +36,14 @@ int64_t RoundUpToPowerOfTwo(int64_t n) {
 
 CpuExpertShard::CpuExpertShard(
     std::map<common::ExpertKey, common::ExpertWeights> experts, int64_t dim,
-    int64_t weight_bytes, common::DType compute, int threads)
+    int64_t weight_bytes, common::DType compute, int threads,
+    int64_t max_rows_per_run)
     : experts_(std::move(experts)),
       dim_(dim),
       weight_bytes_(weight_bytes),
       compute_(compute),
-      threads_(threads) {}
+      threads_(threads),
+      max_rows_per_run_(max_rows_per_run) {}
 
 absl::StatusOr<std::unique_ptr<CpuExpertShard>> CpuExpertShard::Create(
     std::map<common::ExpertKey, common::ExpertWeights> experts,
@@ -76,8 +81,10 @@ absl::StatusOr<std::unique_ptr<CpuExpertShard>> CpuExpertShard::Create(
     // common::UseIntraOpThreads).
     at::set_num_threads(threads);
   }));
+  int64_t widest = 1;  // the largest hidden size
   for (const auto& [key, w] : experts) {
     const int64_t h = w.mult_bias.numel();
+    widest = std::max(widest, h);
     if (w.w1.dim() != 2 || w.w1.size(0) != 2 * h || w.w1.size(1) != dim ||
         w.b1.numel() != 2 * h || w.w2.dim() != 2 || w.w2.size(0) != dim ||
         w.w2.size(1) != h || w.b2.numel() != dim) {
@@ -86,8 +93,12 @@ absl::StatusOr<std::unique_ptr<CpuExpertShard>> CpuExpertShard::Create(
           " has shapes inconsistent with dim ", dim, " and hidden ", h));
     }
   }
+  // A power of two rows (the scratch grows in powers of two), at least 256.
+  const int64_t element = options.compute == common::DType::kBFloat16 ? 2 : 4;
+  int64_t part = 256;
+  while (part * 2 * 2 * widest * element <= kPartHiddenBytes) part *= 2;
   return std::unique_ptr<CpuExpertShard>(new CpuExpertShard(
-      std::move(experts), dim, bytes, options.compute, threads));
+      std::move(experts), dim, bytes, options.compute, threads, part));
 }
 
 common::ExpertSet CpuExpertShard::experts() const {

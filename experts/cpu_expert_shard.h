@@ -52,6 +52,10 @@ class CpuExpertShard final : public ExpertShard {
   int64_t weight_bytes() const override { return weight_bytes_; }
   Device device() const override { return Device::Cpu(); }
   common::DType compute_dtype() const override { return compute_; }
+  // As many rows as keep the GEGLU scratch of one Run() within what the
+  // shard keeps between calls (about 24 MiB): 2048 for the README
+  // configuration in float32.
+  int64_t max_rows_per_run() const override { return max_rows_per_run_; }
 
  protected:
   absl::Status RunChecked(const TokenRows& tokens,
@@ -61,7 +65,7 @@ class CpuExpertShard final : public ExpertShard {
  private:
   CpuExpertShard(std::map<common::ExpertKey, common::ExpertWeights> experts,
                  int64_t dim, int64_t weight_bytes, common::DType compute,
-                 int threads);
+                 int threads, int64_t max_rows_per_run);
 
   // GEGLU scratch buffers between calls (for bfloat16 also the bfloat16
   // outputs), one per concurrent caller.
@@ -78,6 +82,7 @@ class CpuExpertShard final : public ExpertShard {
   const int64_t weight_bytes_;
   const common::DType compute_;
   const int threads_;  // LibTorch intra-op threads in the calling thread
+  const int64_t max_rows_per_run_;
   mutable absl::Mutex scratch_mu_;
   mutable std::vector<Scratch> scratch_ ABSL_GUARDED_BY(scratch_mu_);
 };

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -57,6 +58,17 @@ class ExpertShard {
   virtual common::DType compute_dtype() const = 0;
   // Device memory held (GPU shards: their arena), 0 on the CPU.
   virtual int64_t device_memory_bytes() const { return 0; }
+  // The most rows one Run() should be given: callers split bigger blocks
+  // (ExpertService does), so that a call's working memory is bounded by
+  // this many rows, not by the call. Any number by default.
+  virtual int64_t max_rows_per_run() const {
+    return std::numeric_limits<int64_t>::max();
+  }
+
+  // OK when every segment names a hosted expert and lies within `rows`
+  // rows; else InvalidArgument naming segments[i]. Run() checks this.
+  absl::Status CheckSegments(
+      int64_t rows, absl::Span<const common::ExpertSegment> segments) const;
 
   // Runs rows [s.offset, s.offset + s.count) of `tokens` through expert
   // s.key for every segment and writes the float32 results to the same rows

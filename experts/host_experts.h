@@ -44,6 +44,8 @@ class ReferenceExpertShard final : public ExpertShard {
   int64_t dim() const override { return dim_; }
   int64_t weight_bytes() const override { return weight_bytes_; }
   Device device() const override { return Device::Host(); }
+  // Its per-call buffers grow with the rows of one Run().
+  int64_t max_rows_per_run() const override { return 4096; }
   common::DType compute_dtype() const override {
     return common::DType::kFloat32;
   }

@@ -410,16 +410,21 @@ absl::StatusOr<RunExpertsRequestView> RunExpertsRequestView::Parse(
   return view;
 }
 
-const void* RunExpertsRequestView::TokenData(std::string* scratch) const {
-  const int64_t bytes = tokens_.view.byte_size();
-  const void* direct = message_.Contiguous(tokens_.data_offset, bytes);
+const void* RunExpertsRequestView::TokenRowData(int64_t first, int64_t count,
+                                                std::string* scratch) const {
+  const int64_t row_bytes =
+      tokens_.view.shape[1] *
+      static_cast<int64_t>(common::ElementSize(tokens_.view.dtype));
+  const int64_t bytes = count * row_bytes;
+  const int64_t from = tokens_.data_offset + first * row_bytes;
+  const void* direct = message_.Contiguous(from, bytes);
   if (direct != nullptr && reinterpret_cast<uintptr_t>(direct) %
                                    common::ElementSize(tokens_.view.dtype) ==
                                0) {
     return direct;
   }
   scratch->resize(static_cast<size_t>(bytes));
-  message_.Copy(tokens_.data_offset, bytes, scratch->data());
+  message_.Copy(from, bytes, scratch->data());
   return scratch->data();
 }
 

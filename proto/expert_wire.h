@@ -109,7 +109,13 @@ class RunExpertsRequestView {
   // The token rows, contiguous: in place when they lie aligned in one
   // received slice, else copied into *scratch. Valid while this view and
   // *scratch live.
-  const void* TokenData(std::string* scratch) const;
+  const void* TokenData(std::string* scratch) const {
+    return TokenRowData(0, rows(), scratch);
+  }
+  // The same for rows [first, first + count) (within [0, rows())): what a
+  // call processed in parts copies, at most, is one part.
+  const void* TokenRowData(int64_t first, int64_t count,
+                           std::string* scratch) const;
   const std::vector<common::ExpertSegment>& segments() const {
     return segments_;
   }

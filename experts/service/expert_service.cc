@@ -97,27 +97,15 @@ absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
                        proto::RunExpertsRequestView::Parse(
                            request, shard_->dim(), options_.max_tokens_per_call,
                            static_cast<int>(model_.spec.layers.size())));
-  std::string token_scratch;
-  const TokenRows tokens{call.tokens_dtype(), call.TokenData(&token_scratch),
-                         call.rows()};
+  MOE_RETURN_IF_ERROR(shard_->CheckSegments(call.rows(), call.segments()));
   // float32 outputs are written by the experts straight into the response's
   // bytes; 16-bit ones are converted from a float32 buffer.
   proto::RunExpertsResponseWriter out(call.output_dtype(), call.rows(),
                                       shard_->dim());
-  std::vector<float> wide;
-  float* dst = static_cast<float*>(out.data());
-  if (call.output_dtype() != common::DType::kFloat32) {
-    wide.resize(static_cast<size_t>(call.rows() * shard_->dim()));
-    dst = wide.data();
-  }
   const Clock::time_point parsed = Clock::now();
   RunStats stats;
-  MOE_RETURN_IF_ERROR(shard_->Run(tokens, call.segments(), dst, &stats));
+  MOE_RETURN_IF_ERROR(RunInParts(call, out.data(), &stats));
   const Clock::time_point ran = Clock::now();
-  if (!wide.empty()) {
-    common::ConvertFromFloat32(wide.data(), static_cast<int64_t>(wide.size()),
-                               call.output_dtype(), out.data());
-  }
   *response = out.Finish();
   auto seconds = [](Clock::duration d) {
     return std::chrono::duration<double>(d).count();
@@ -134,6 +122,64 @@ absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
   for (size_t i = 0; i < call.segments().size(); ++i) {
     metrics_.RecordSegment(call.segments()[i].key, call.segments()[i].count,
                            stats.segment_seconds[i]);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ExpertService::RunInParts(const proto::RunExpertsRequestView& call,
+                                       void* out, RunStats* stats) const {
+  const int64_t dim = shard_->dim();
+  const int64_t part = std::max<int64_t>(1, shard_->max_rows_per_run());
+  const std::vector<common::ExpertSegment>& segments = call.segments();
+  const bool wide_out = call.output_dtype() == common::DType::kFloat32;
+  const size_t out_element = common::ElementSize(call.output_dtype());
+  stats->segment_seconds.assign(segments.size(), 0);
+  // Reused by every part: a part's rows when they straddle received
+  // slices, its float32 results for a 16-bit answer, its segments.
+  std::string rows_scratch;
+  std::vector<float> wide;
+  std::vector<common::ExpertSegment> pieces;
+  std::vector<size_t> owner;
+  size_t next = 0;  // the first segment not wholly before this part
+  for (int64_t first = 0; first < call.rows(); first += part) {
+    const int64_t count = std::min(part, call.rows() - first);
+    pieces.clear();
+    owner.clear();
+    while (next < segments.size() &&
+           segments[next].offset + segments[next].count <= first) {
+      ++next;
+    }
+    for (size_t i = next; i < segments.size(); ++i) {
+      const common::ExpertSegment& s = segments[i];
+      if (s.offset >= first + count) break;
+      const int64_t lo = std::max(s.offset, first);
+      const int64_t hi = std::min(s.offset + s.count, first + count);
+      if (lo >= hi) continue;
+      pieces.push_back({s.key, lo - first, hi - lo});
+      owner.push_back(i);
+    }
+    if (pieces.empty()) continue;
+    const TokenRows tokens{call.tokens_dtype(),
+                           call.TokenRowData(first, count, &rows_scratch),
+                           count};
+    float* dst = static_cast<float*>(out) + first * dim;
+    if (!wide_out) {
+      wide.resize(static_cast<size_t>(count * dim));
+      dst = wide.data();
+    }
+    RunStats measured;
+    MOE_RETURN_IF_ERROR(shard_->Run(tokens, pieces, dst, &measured));
+    if (!wide_out) {
+      common::ConvertFromFloat32(
+          wide.data(), count * dim, call.output_dtype(),
+          static_cast<char*>(out) + first * dim * out_element);
+    }
+    stats->compute_seconds += measured.compute_seconds;
+    stats->copy_in_seconds += measured.copy_in_seconds;
+    stats->copy_out_seconds += measured.copy_out_seconds;
+    for (size_t j = 0; j < pieces.size(); ++j) {
+      stats->segment_seconds[owner[j]] += measured.segment_seconds[j];
+    }
   }
   return absl::OkStatus();
 }

@@ -17,6 +17,7 @@
 #include "experts/expert_shard.h"
 #include "experts/service/expert_metrics.h"
 #include "moe/v1/expert.grpc.pb.h"
+#include "proto/expert_wire.h"
 
 namespace moe::experts {
 
@@ -71,6 +72,12 @@ class ExpertService final
                 const ExpertServiceOptions& options, ExpertMetrics* metrics);
   absl::Status Run(const grpc::ByteBuffer& request,
                    grpc::ByteBuffer* response) const;
+  // The call's rows through the shard in parts of at most
+  // shard_->max_rows_per_run() rows, the results written to `out` (the
+  // response's [rows, dim] of its output dtype): a call's working memory
+  // beyond its request and response is one part's.
+  absl::Status RunInParts(const proto::RunExpertsRequestView& call, void* out,
+                          RunStats* stats) const;
 
   const ExpertShard* shard_;
   const bool on_gpu_;  // the shard copies to and from a device

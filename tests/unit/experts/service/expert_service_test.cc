@@ -8,6 +8,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <memory>
 #include <vector>
 
@@ -35,6 +36,23 @@ class BlockingShard final : public testing::ScalingShard {
     auto& e = const_cast<absl::Notification&>(entered);
     if (!e.HasBeenNotified()) e.Notify();  // one compute thread: no race
     const_cast<absl::Notification&>(release).WaitForNotification();
+    return ScalingShard::RunChecked(tokens, segments, out, stats);
+  }
+};
+
+// A shard that takes at most 2 rows per Run() and counts its runs.
+class TwoRowShard final : public testing::ScalingShard {
+ public:
+  using ScalingShard::ScalingShard;
+  int64_t max_rows_per_run() const override { return 2; }
+  mutable std::atomic<int> runs{0};
+
+ protected:
+  absl::Status RunChecked(const TokenRows& tokens,
+                          absl::Span<const common::ExpertSegment> segments,
+                          float* out, RunStats* stats) const override {
+    ++runs;
+    if (tokens.rows > 2) return absl::InternalError("more than 2 rows");
     return ScalingShard::RunChecked(tokens, segments, out, stats);
   }
 };
@@ -153,6 +171,47 @@ TEST_F(ExpertServiceTest, RunsEachSegmentThroughItsExpertInEveryDtype) {
     }
   }
   EXPECT_EQ(Counter("moe_expert_tokens_total", "1"), 4);  // 2 rows, twice
+}
+
+// A call bigger than the shard takes at once runs in parts (segments cut
+// at part boundaries): the same answer in every dtype, and the per-expert
+// counts whole.
+TEST_F(ExpertServiceTest, ACallRunsInPartsOfWhatTheShardTakes) {
+  TwoRowShard shard(kDim, common::ExpertSet({{1, 2}, {0}}));
+  Start(&shard);
+  for (common::DType out :
+       {common::DType::kFloat32, common::DType::kBFloat16}) {
+    // 7 rows: parts [0,2) [2,4) [4,6) [6,7); two segments straddle parts.
+    const Call call({{{0, 1}, 0, 3}, {{0, 2}, 3, 1}, {{1, 0}, 4, 3}},
+                    common::DType::kFloat32, out);
+    shard.runs = 0;
+    grpc::ByteBuffer bytes;
+    ASSERT_TRUE(Run(call, &bytes).ok());
+    EXPECT_EQ(shard.runs.load(), 4);
+    auto view = proto::RunExpertsResponseView::Parse(bytes, 7, kDim);
+    ASSERT_TRUE(view.ok()) << view.status();
+    std::vector<float> scratch;
+    for (const auto& s : call.segments) {
+      const float* rows = view->FloatRows(s.offset, s.count, &scratch);
+      for (int64_t i = 0; i < s.count * kDim; ++i) {
+        const float want =
+            (*call.tokens)[s.offset * kDim + i] * testing::ExpertScale(s.key);
+        EXPECT_NEAR(rows[i], want,
+                    out == common::DType::kFloat32 ? 0 : std::abs(want) / 128)
+            << "row " << s.offset + i / kDim;
+      }
+    }
+  }
+  EXPECT_EQ(Counter("moe_expert_tokens_total", "1"), 6);  // 3 rows, twice
+  // A segment naming an expert not hosted is named by its index in the
+  // call, not in a part.
+  const Call bad({{{0, 1}, 0, 3}, {{0, 5}, 3, 1}});
+  grpc::ByteBuffer bytes;
+  grpc::Status status = Run(bad, &bytes);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("segments[1]: expert 5 of layer 0"),
+            std::string::npos)
+      << status.error_message();
 }
 
 TEST_F(ExpertServiceTest, ShardInfoListsTheHostedExperts) {
