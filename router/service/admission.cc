@@ -8,7 +8,11 @@
 namespace moe::router {
 namespace {
 
-constexpr double kWeight = 0.2;  // of the newest sample in the averages
+// Weights of the newest sample in the drain-time average: it rises fast
+// and falls slowly, so that the promise to accepted requests holds while
+// the machine slows down (a flood of refused requests costs CPU too).
+constexpr double kRisingWeight = 0.5;
+constexpr double kFallingWeight = 0.1;
 
 std::string Ms(absl::Duration d) {
   return absl::StrCat(absl::ToInt64Milliseconds(d), " ms");
@@ -89,17 +93,26 @@ absl::Status AdmissionController::Start(Ticket* ticket, RejectReason* reason) {
   absl::MutexLock lock(&mu_);
   queued_tokens_ -= ticket->tokens;
   const absl::Duration waited = now - ticket->admitted;
-  if (waited > options_.max_queue_time) {
-    ticket->finished = true;
-    *reason = RejectReason::kOverloaded;
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "router overloaded: the request waited ", Ms(waited),
-        " in the queue (--max_queue_ms ", Ms(options_.max_queue_time),
-        "); retry later, with backoff, or on another replica"));
-  }
   // The forwards running now share the workers with it: it ends, by the
   // estimate, once their work and its own are done.
   const absl::Duration service = WorkLocked(running_tokens_ + ticket->tokens);
+  // The promise to an accepted request: it ends within --max_queue_ms plus
+  // about 1.5x its own work. One that waited past the queue time, or whose
+  // wait and service would now pass --max_queue_ms plus its own work (the
+  // other half is the estimate's margin), is refused rather than started
+  // late.
+  const absl::Duration promise =
+      options_.max_queue_time + WorkLocked(ticket->tokens);
+  if (waited > options_.max_queue_time || waited + service > promise) {
+    ticket->finished = true;
+    *reason = RejectReason::kOverloaded;
+    return absl::ResourceExhaustedError(
+        absl::StrCat("router overloaded: the request waited ", Ms(waited),
+                     " in the queue and would take about ", Ms(service),
+                     " beside the running forwards (--max_queue_ms ",
+                     Ms(options_.max_queue_time),
+                     "); retry later, with backoff, or on another replica"));
+  }
   if (now + service > ticket->deadline) {
     ticket->finished = true;
     *reason = RejectReason::kDeadline;
@@ -140,8 +153,10 @@ void AdmissionController::Finish(Ticket* ticket, bool ok) {
   drain_seconds_per_token_ =
       drain_seconds_per_token_ == 0
           ? drain
-          : drain_seconds_per_token_ +
-                kWeight * (drain - drain_seconds_per_token_);
+          : drain_seconds_per_token_ + (drain > drain_seconds_per_token_
+                                            ? kRisingWeight
+                                            : kFallingWeight) *
+                                           (drain - drain_seconds_per_token_);
 }
 
 }  // namespace moe::router

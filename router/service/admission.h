@@ -7,10 +7,13 @@
 //     before this request's own, or
 //   - its deadline cannot be met: expected wait plus its own expected
 //     service time end after it ("deadline");
-// and when a thread picks a forward up, it is refused then if it still
-// waited longer than max_queue_time ("overloaded") or if the forwards
-// running now and its own work would end after its deadline ("deadline").
-// Nothing is started only to miss its deadline.
+// and when a thread picks a forward up, it is refused then if it waited
+// longer than max_queue_time, or if its wait and the work of the forwards
+// running now and its own would pass max_queue_time plus its own work
+// ("overloaded": the aim is that an accepted request ends within
+// max_queue_time plus about 1.5x its own work), or if that work would end
+// after its deadline ("deadline"). Nothing is started only to miss its
+// deadline.
 //
 // The wait counts the running forwards' tokens as well as the queued ones:
 // forwards that run beside each other share the workers and the CPU, so a
@@ -21,10 +24,10 @@
 // The estimates come from the forwards that finished: each gives its
 // drain time per token, its service time divided by its tokens and by the
 // forwards that ran beside it on average (so that sharing the workers is
-// counted once), averaged exponentially: the inverse of the router's
-// throughput in tokens. The work held then drains in (queued + running
-// tokens) x drain time. Before any forward finished nothing is refused by
-// estimate.
+// counted once), averaged so that it rises fast and falls slowly: the
+// inverse of the router's throughput in tokens. The work held then drains in
+// (queued + running tokens) x drain time. Before any forward finished nothing
+// is refused by estimate.
 //
 // Thread-safe.
 #pragma once

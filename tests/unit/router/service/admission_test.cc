@@ -181,6 +181,52 @@ TEST_F(AdmissionTest, RunningWorkCountsInTheWait) {
   EXPECT_EQ(reason, RejectReason::kDeadline) << s;
 }
 
+// An accepted request ends within --max_queue_ms plus about 1.5x its own
+// work: when it starts, its wait and the work beside it are checked against
+// --max_queue_ms plus its own work (half of it the estimate's margin).
+TEST_F(AdmissionTest, AForwardThatWouldBreakThePromiseIsRefusedWhenItStarts) {
+  AdmissionController a = Make(1 << 30, absl::Seconds(1));
+  Teach(a, 1000, absl::Milliseconds(100));  // 100 us per token
+  RejectReason reason;
+  AdmissionController::Ticket running, late, fine;
+  ASSERT_TRUE(a.Admit(5000, never_, &running, &reason).ok());
+  ASSERT_TRUE(a.Start(&running, &reason).ok());
+  ASSERT_TRUE(a.Admit(1000, never_, &late, &reason).ok());  // 500 ms ahead
+  clock_.Advance(absl::Milliseconds(600));
+  // 600 ms waited + 600 ms of work with the running forward: past
+  // 1000 + 100 ms.
+  absl::Status s = a.Start(&late, &reason);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(reason, RejectReason::kOverloaded);
+  EXPECT_NE(s.message().find("waited 600 ms in the queue and would take "
+                             "about 600 ms"),
+            std::string::npos)
+      << s;
+  a.Finish(&late, false);
+  a.Finish(&running, false);  // taught nothing
+  ASSERT_TRUE(a.Admit(1000, never_, &fine, &reason).ok());
+  clock_.Advance(absl::Milliseconds(900));
+  EXPECT_TRUE(a.Start(&fine, &reason).ok());  // 900 + 100 <= 1100
+  a.Finish(&fine, false);
+}
+
+// The drain time rises fast and falls slowly: the promise holds while the
+// machine slows down.
+TEST_F(AdmissionTest, TheEstimateRisesFastAndFallsSlowly) {
+  AdmissionController a = Make(1 << 30, absl::Seconds(10));
+  Teach(a, 1000, absl::Milliseconds(100));  // 100 us per token
+  AdmissionController::Ticket q;
+  RejectReason reason;
+  ASSERT_TRUE(a.Admit(1000, never_, &q, &reason).ok());
+  EXPECT_EQ(a.ExpectedWait(), absl::Milliseconds(100));
+  Teach(a, 1000, absl::Milliseconds(300));  // halfway to 300 us
+  EXPECT_EQ(a.ExpectedWait(), absl::Milliseconds(200));
+  Teach(a, 1000, absl::Milliseconds(100));  // a tenth of the way back
+  EXPECT_EQ(a.ExpectedWait(), absl::Milliseconds(190));
+  ASSERT_TRUE(a.Start(&q, &reason).ok());
+  a.Finish(&q, false);
+}
+
 TEST_F(AdmissionTest, NothingIsRefusedByEstimateBeforeAForwardFinished) {
   AdmissionController a = Make(1 << 30, absl::Milliseconds(1));
   RejectReason reason;
