@@ -23,12 +23,37 @@ std::string Ms(absl::Duration d) {
 AdmissionController::AdmissionController(const AdmissionOptions& options)
     : options_(options) {}
 
+int AdmissionController::SizeClass(int64_t tokens) {
+  int c = 0;
+  while (c + 1 < kSizeClasses && tokens >= (int64_t{4} << (2 * c))) ++c;
+  return c;
+}
+
+double AdmissionController::DrainLocked(int c) const {
+  for (int k = c; k < kSizeClasses; ++k) {
+    if (drain_by_class_[k] > 0) return drain_by_class_[k];
+  }
+  return 0;
+}
+
 absl::Duration AdmissionController::WorkLocked(int64_t tokens) const {
-  return absl::Seconds(tokens * drain_seconds_per_token_);
+  return absl::Seconds(tokens * DrainLocked(SizeClass(tokens)));
+}
+
+absl::Duration AdmissionController::RunningWorkLocked() const {
+  double seconds = 0;
+  for (int c = 0; c < kSizeClasses; ++c) {
+    seconds += running_by_class_[c] * DrainLocked(c);
+  }
+  return absl::Seconds(seconds);
 }
 
 absl::Duration AdmissionController::ExpectedWaitLocked() const {
-  return WorkLocked(queued_tokens_ + running_tokens_);
+  double seconds = 0;
+  for (int c = 0; c < kSizeClasses; ++c) {
+    seconds += (queued_by_class_[c] + running_by_class_[c]) * DrainLocked(c);
+  }
+  return absl::Seconds(seconds);
 }
 
 void AdmissionController::Accumulate(absl::Time now) {
@@ -80,6 +105,7 @@ absl::Status AdmissionController::Admit(int64_t tokens, absl::Time deadline,
         " left; send a longer deadline or fewer tokens"));
   }
   queued_tokens_ += tokens;
+  queued_by_class_[SizeClass(tokens)] += tokens;
   ticket->tokens = tokens;
   ticket->deadline = deadline;
   ticket->admitted = now;
@@ -92,10 +118,12 @@ absl::Status AdmissionController::Start(Ticket* ticket, RejectReason* reason) {
   const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
   queued_tokens_ -= ticket->tokens;
+  queued_by_class_[SizeClass(ticket->tokens)] -= ticket->tokens;
   const absl::Duration waited = now - ticket->admitted;
   // The forwards running now share the workers with it: it ends, by the
   // estimate, once their work and its own are done.
-  const absl::Duration service = WorkLocked(running_tokens_ + ticket->tokens);
+  const absl::Duration service =
+      RunningWorkLocked() + WorkLocked(ticket->tokens);
   // The promise to an accepted request: it ends within --max_queue_ms plus
   // about 1.5x its own work. One that waited past the queue time, or whose
   // wait and service would now pass --max_queue_ms plus its own work (the
@@ -128,7 +156,7 @@ absl::Status AdmissionController::Start(Ticket* ticket, RejectReason* reason) {
   ticket->started = now;
   ticket->running_integral_at_start = running_integral_;
   ++running_;
-  running_tokens_ += ticket->tokens;
+  running_by_class_[SizeClass(ticket->tokens)] += ticket->tokens;
   return absl::OkStatus();
 }
 
@@ -139,24 +167,24 @@ void AdmissionController::Finish(Ticket* ticket, bool ok) {
   absl::MutexLock lock(&mu_);
   if (ticket->started == absl::InfinitePast()) {  // never started
     queued_tokens_ -= ticket->tokens;
+    queued_by_class_[SizeClass(ticket->tokens)] -= ticket->tokens;
     return;
   }
   Accumulate(now);
   --running_;
-  running_tokens_ -= ticket->tokens;
+  const int c = SizeClass(ticket->tokens);
+  running_by_class_[c] -= ticket->tokens;
   const double seconds = absl::ToDoubleSeconds(now - ticket->started);
   if (!ok || ticket->tokens <= 0 || seconds <= 0) return;
   // The forwards that ran beside this one, on average (itself included).
   const double beside = std::max(
       1.0, (running_integral_ - ticket->running_integral_at_start) / seconds);
   const double drain = seconds / (ticket->tokens * beside);
-  drain_seconds_per_token_ =
-      drain_seconds_per_token_ == 0
-          ? drain
-          : drain_seconds_per_token_ + (drain > drain_seconds_per_token_
-                                            ? kRisingWeight
-                                            : kFallingWeight) *
-                                           (drain - drain_seconds_per_token_);
+  double& average = drain_by_class_[c];
+  average = average == 0
+                ? drain
+                : average + (drain > average ? kRisingWeight : kFallingWeight) *
+                                (drain - average);
 }
 
 }  // namespace moe::router

@@ -26,8 +26,17 @@
 // forwards that ran beside it on average (so that sharing the workers is
 // counted once), averaged so that it rises fast and falls slowly: the
 // inverse of the router's throughput in tokens. The work held then drains in
-// (queued + running tokens) x drain time. Before any forward finished nothing
-// is refused by estimate.
+// (queued + running tokens) x drain time.
+//
+// A forward has a fixed cost as well as one per token, so the drain time per
+// token of a decode step (a few tokens) is many times that of a prefill
+// (thousands): one number learned from the first would refuse the second as
+// unable to meet any deadline, and refuse every decode step while a prefill
+// runs. The estimate is therefore kept per size class (powers of 4 of the
+// tokens). A class no forward of which finished yet borrows the estimate of
+// the nearest larger class that has one, a lower bound; with none, its work
+// counts as nothing: nothing is refused on a guess, as before any forward
+// finished at all.
 //
 // Thread-safe.
 #pragma once
@@ -79,11 +88,20 @@ class AdmissionController {
   absl::Duration ExpectedWait() const;
   int64_t queued_tokens() const;
 
+  // Size classes: class c holds forwards of [4^c, 4^(c+1)) tokens, the last
+  // one everything larger.
+  static constexpr int kSizeClasses = 12;
+  static int SizeClass(int64_t tokens);
+
  private:
   absl::Duration ExpectedWaitLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // The time `tokens` of work take at the router's throughput.
   absl::Duration WorkLocked(int64_t tokens) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The running forwards' work.
+  absl::Duration RunningWorkLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Drain seconds per token for forwards of class c (see above).
+  double DrainLocked(int c) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Brings the integral of running_ over time up to `now`.
   void Accumulate(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -91,9 +109,11 @@ class AdmissionController {
   mutable absl::Mutex mu_;
   int64_t queued_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t running_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t running_tokens_ ABSL_GUARDED_BY(mu_) = 0;
-  // Drain seconds per token, averaged over finished forwards.
-  double drain_seconds_per_token_ ABSL_GUARDED_BY(mu_) = 0;
+  // Per size class: queued and running tokens, and the drain seconds per
+  // token averaged over its finished forwards (0 until one finished).
+  int64_t queued_by_class_[kSizeClasses] ABSL_GUARDED_BY(mu_) = {};
+  int64_t running_by_class_[kSizeClasses] ABSL_GUARDED_BY(mu_) = {};
+  double drain_by_class_[kSizeClasses] ABSL_GUARDED_BY(mu_) = {};
   // The integral of running_ over time (forward-seconds), and when it was
   // last brought up to date.
   double running_integral_ ABSL_GUARDED_BY(mu_) = 0;

@@ -187,6 +187,7 @@ TEST_F(AdmissionTest, RunningWorkCountsInTheWait) {
 TEST_F(AdmissionTest, AForwardThatWouldBreakThePromiseIsRefusedWhenItStarts) {
   AdmissionController a = Make(1 << 30, absl::Seconds(1));
   Teach(a, 1000, absl::Milliseconds(100));  // 100 us per token
+  Teach(a, 5000, absl::Milliseconds(500));  // and for the larger class
   RejectReason reason;
   AdmissionController::Ticket running, late, fine;
   ASSERT_TRUE(a.Admit(5000, never_, &running, &reason).ok());
@@ -225,6 +226,49 @@ TEST_F(AdmissionTest, TheEstimateRisesFastAndFallsSlowly) {
   EXPECT_EQ(a.ExpectedWait(), absl::Milliseconds(190));
   ASSERT_TRUE(a.Start(&q, &reason).ok());
   a.Finish(&q, false);
+}
+
+// A forward's fixed cost weighs on a decode step's few tokens, not on a
+// prefill's thousands: each size class has its own estimate, so decode
+// steps do not make a prefill look 10x longer than it is.
+TEST_F(AdmissionTest, EachSizeHasItsOwnEstimate) {
+  AdmissionController a = Make(1 << 30, absl::Seconds(10));
+  Teach(a, 32, absl::Microseconds(3200));  // 100 us per token
+  RejectReason reason;
+  // No forward as large finished yet: its work is not guessed from the
+  // small ones' (that would be 6.5 s), so a 1 s deadline is not refused.
+  AdmissionController::Ticket first;
+  ASSERT_TRUE(
+      a.Admit(65536, clock_.Now() + absl::Seconds(1), &first, &reason).ok());
+  ASSERT_TRUE(a.Start(&first, &reason).ok());
+  clock_.Advance(absl::Microseconds(655360));  // 10 us per token
+  a.Finish(&first, true);
+  AdmissionController::Ticket large, middle, small;
+  ASSERT_TRUE(
+      a.Admit(65536, clock_.Now() + absl::Seconds(1), &large, &reason).ok());
+  EXPECT_EQ(a.ExpectedWait(), absl::Microseconds(655360));
+  // 4096 tokens: no forward of its class finished; it borrows the larger
+  // class's 10 us per token (a lower bound), not the smaller's 100.
+  ASSERT_TRUE(a.Admit(4096, never_, &middle, &reason).ok());
+  EXPECT_EQ(a.ExpectedWait(), absl::Microseconds(655360 + 40960));
+  ASSERT_TRUE(a.Admit(32, never_, &small, &reason).ok());
+  EXPECT_EQ(a.ExpectedWait(), absl::Microseconds(655360 + 40960 + 3200));
+  for (auto* t : {&large, &middle, &small}) {
+    ASSERT_TRUE(a.Start(t, &reason).ok());
+    a.Finish(t, false);
+  }
+  EXPECT_EQ(a.ExpectedWait(), absl::ZeroDuration());
+}
+
+TEST_F(AdmissionTest, SizeClassesArePowersOfFour) {
+  EXPECT_EQ(AdmissionController::SizeClass(0), 0);
+  EXPECT_EQ(AdmissionController::SizeClass(3), 0);
+  EXPECT_EQ(AdmissionController::SizeClass(4), 1);
+  EXPECT_EQ(AdmissionController::SizeClass(63), 2);
+  EXPECT_EQ(AdmissionController::SizeClass(64), 3);
+  EXPECT_EQ(AdmissionController::SizeClass(65536), 8);
+  EXPECT_EQ(AdmissionController::SizeClass(int64_t{1} << 40),
+            AdmissionController::kSizeClasses - 1);
 }
 
 TEST_F(AdmissionTest, NothingIsRefusedByEstimateBeforeAForwardFinished) {
