@@ -14,10 +14,16 @@ distributed path, measured in one run on this machine, as a table and JSON.
       against one layer's call alone
   (j) bf16 compute (--compute_dtype=bfloat16) in-process and through
       moe-up: throughput and accuracy against fp32
+  (l) decode latency: a tiny model (dim 64, 8 experts: the experts' work is
+      negligible) through moe-up, 1 x 32 at concurrency 1 and 4, against
+      gRPC's bare unary round trip (grpc.health.v1 Check) on the same
+      channel; the same from the Python client
 
 Usage: bench/run_bench.py BIN_DIR [--quick] [--json]
+       bench/run_bench.py BIN_DIR --decode [--quick] [--json]
        bench/run_bench.py BIN_DIR --soak SECONDS [--json]
 --json saves the results under bench/results/ with the machine's description.
+--decode runs row (l) alone (under a minute).
 --soak runs moe-up under 1 x 256-token requests at concurrency 16 for
 SECONDS (after a 30 s warm-up) and reports each process's resident memory
 over time: a leak shows as growth.
@@ -192,6 +198,57 @@ def client_bench(bin_dir, target, shape, concurrency, duration, tmp, flags=()):
         return json.load(f)
 
 
+def layer_roundtrip(bin_dir, tmp, quick):
+    """Row (l): the fixed cost of one layer's round trip. A forward crosses
+    two unary hops (client -> router, router -> workers), so the floor is
+    twice gRPC's bare round trip."""
+    tiny = os.path.join(tmp, "tiny.safetensors")
+    run([os.path.join(bin_dir, "moe-run"), "demo-checkpoint", "--output=" + tiny,
+         "--dim=64", "--num_experts=8"])
+    up = MoeUp(bin_dir, tmp, "tiny", ["--checkpoint=" + tiny])
+    seconds = 3 if quick else 8
+    try:
+        target = up.endpoints["router"]
+        client_bench(bin_dir, target, "1x32", 1, 1, tmp)  # warm-up
+        bare = client_bench(bin_dir, target, "1x32", 1, seconds, tmp, ["--rpc=health"])
+        c1 = client_bench(bin_dir, target, "1x32", 1, seconds, tmp)
+        c4 = client_bench(bin_dir, target, "1x32", 4, seconds, tmp)
+        py = json.loads(run(["/usr/bin/python3", os.path.join(HERE, "python_roundtrip.py"),
+                             target, "--seconds=%g" % (seconds / 2), "--json"]).stdout)
+    finally:
+        up.stop()
+    out = {
+        "grpc_roundtrip_p50_us": bare["p50_ms"] * 1e3,
+        "grpc_roundtrip_p99_us": bare["p99_ms"] * 1e3,
+        "layer_roundtrip_tiny_p50_us": c1["p50_ms"] * 1e3,
+        "layer_roundtrip_tiny_p99_us": c1["p99_ms"] * 1e3,
+        "layer_roundtrip_tiny_c4_p50_us": c4["p50_ms"] * 1e3,
+        "layer_roundtrip_tiny_c4_p99_us": c4["p99_ms"] * 1e3,
+        "layer_roundtrip_tiny_c4_requests_per_s": c4["requests_per_s"],
+        "python_grpc_roundtrip_p50_us": py["health"]["p50_us"],
+        "python_layer_roundtrip_tiny_request_p50_us": py["request"]["p50_us"],
+        "python_layer_roundtrip_tiny_p50_us": py["forward"]["p50_us"],
+        "python_layer_roundtrip_tiny_p99_us": py["forward"]["p99_us"],
+    }
+    floor = 2 * out["grpc_roundtrip_p50_us"]
+    out["layer_roundtrip_over_transport"] = out["layer_roundtrip_tiny_p50_us"] / floor
+    out["layer_roundtrip_p99_over_transport"] = out["layer_roundtrip_tiny_p99_us"] / floor
+    out["python_over_cpp_us"] = (out["python_layer_roundtrip_tiny_p50_us"]
+                                 - out["layer_roundtrip_tiny_p50_us"])
+    return out
+
+
+def decode_only(args):
+    r = {"machine": machine(), "quick": args.quick,
+         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    with tempfile.TemporaryDirectory(prefix="moe-bench-") as tmp:
+        r.update(layer_roundtrip(args.bin_dir, tmp, args.quick))
+    for k, v in r.items():
+        if k != "machine":
+            print("%-45s %s" % (k, "%.2f" % v if isinstance(v, float) else v))
+    save(r, args, "decode")
+
+
 def rss_mb(pid):
     return status_mb(pid, "VmRSS")
 
@@ -260,9 +317,12 @@ def main():
     ap.add_argument("--json", action="store_true", help="save JSON under bench/results/")
     ap.add_argument("--soak", type=int, metavar="SECONDS",
                     help="memory over a long run at concurrency 16 instead")
+    ap.add_argument("--decode", action="store_true", help="row (l) alone")
     args = ap.parse_args()
     if args.soak:
         return soak(args)
+    if args.decode:
+        return decode_only(args)
     q = args.quick
     r = {"machine": machine(), "quick": q,
          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -438,6 +498,10 @@ def main():
                             "single_layer_p50_ms": one["p50_ms"]}
         r["decode_step_over_layers_x_single"] = step["p50_ms"] / (step["layers_per_step"] * one["p50_ms"])
 
+        print("(l) decode latency: a tiny model's round trip against gRPC's own",
+              file=sys.stderr, flush=True)
+        r.update(layer_roundtrip(args.bin_dir, tmp, q))
+
     rows = [
         ("(a) GEMM at expert shapes", "%.1f GFLOP/s" % r["gemm_gflops"]),
         ("(b) in-process [4,1024,512]", "%.0f tokens/s, %.1f ms, %.1f useful GFLOP/s = %.0f%% of (a)" % (
@@ -488,6 +552,15 @@ def main():
              r["decode_step"]["steps_per_s"], r["decode_step"]["step_p50_ms"],
              r["decode_step"]["step_p99_ms"], r["decode_step"]["layer_trip_p50_ms"],
              r["decode_step"]["single_layer_p50_ms"], r["decode_step_over_layers_x_single"])),
+        ("(l) decode latency, tiny model", "gRPC round trip p50 %.0f us; 1x32 c=1 p50 %.0f / p99 %.0f us "
+         "= %.2f / %.2f x two round trips; c=4 p50 %.0f us (%.0f req/s); Python: round trip "
+         "%.0f us, forward p50 %.0f us (call alone %.0f), %+.0f us over C++" % (
+             r["grpc_roundtrip_p50_us"], r["layer_roundtrip_tiny_p50_us"],
+             r["layer_roundtrip_tiny_p99_us"], r["layer_roundtrip_over_transport"],
+             r["layer_roundtrip_p99_over_transport"], r["layer_roundtrip_tiny_c4_p50_us"],
+             r["layer_roundtrip_tiny_c4_requests_per_s"], r["python_grpc_roundtrip_p50_us"],
+             r["python_layer_roundtrip_tiny_p50_us"],
+             r["python_layer_roundtrip_tiny_request_p50_us"], r["python_over_cpp_us"])),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

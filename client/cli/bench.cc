@@ -13,6 +13,11 @@
 // compute dtype; the step's figure sums the layers' largest. Divided by a
 // core's memory read rate (bench/run_bench.py) it is the step's
 // weight-streaming bound.
+//
+// --rpc=health sends grpc.health.v1 Check calls instead, over the same
+// channel: the bare unary round trip of gRPC on this connection, the floor
+// under a forward's (which crosses two such hops: client -> router ->
+// workers).
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -29,6 +34,7 @@
 #include "common/dtype.h"
 #include "common/random_input.h"
 #include "common/status_macros.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "proto/cli/forward_flags.h"
 #include "proto/tensor_codec.h"
 
@@ -41,6 +47,10 @@ ABSL_FLAG(int, distinct_inputs, 16,
           "bench: distinct seeded inputs the requests cycle through.");
 ABSL_FLAG(bool, all_layers, false,
           "bench: a step is one forward through every layer, in order.");
+ABSL_FLAG(std::string, rpc, "forward",
+          "bench: forward (moe.v1.Router/Forward) or health (grpc.health.v1 "
+          "Check, empty message: gRPC's own unary round trip, for "
+          "comparison).");
 ABSL_FLAG(std::string, json_out, "",
           "bench: also write the results as JSON to this file.");
 
@@ -64,6 +74,7 @@ struct BenchPlan {
   int concurrency = 1;
   absl::Duration duration;
   int64_t max_steps = 0;  // 0: until `duration`
+  bool health = false;    // --rpc=health: Check calls instead of forwards
   // Per layer name: expert id -> (worker index, weight bytes), from the
   // router's worker list (empty when the router hides it).
   std::map<std::string, std::map<int64_t, std::pair<int, int64_t>>> expert_home;
@@ -115,6 +126,16 @@ int64_t SlowestWorkerBytes(
 
 absl::StatusOr<BenchPlan> PlanFromFlags(const moe::v1::ModelInfo& info) {
   BenchPlan plan;
+  const std::string rpc = absl::GetFlag(FLAGS_rpc);
+  if (rpc != "forward" && rpc != "health") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--rpc must be forward or health, not \"", rpc, "\""));
+  }
+  plan.health = rpc == "health";
+  plan.concurrency = std::max(1, absl::GetFlag(FLAGS_concurrency));
+  plan.duration = absl::Seconds(absl::GetFlag(FLAGS_duration));
+  plan.max_steps = absl::GetFlag(FLAGS_requests);
+  if (plan.health) return plan;
   MOE_ASSIGN_OR_RETURN(auto bn,
                        ParseBxN(absl::GetFlag(FLAGS_shape), "--shape"));
   plan.batch = bn.first;
@@ -139,9 +160,6 @@ absl::StatusOr<BenchPlan> PlanFromFlags(const moe::v1::ModelInfo& info) {
         plan.requests[i].mutable_x()));
     *plan.requests[i].mutable_options() = routing;
   }
-  plan.concurrency = std::max(1, absl::GetFlag(FLAGS_concurrency));
-  plan.duration = absl::Seconds(absl::GetFlag(FLAGS_duration));
-  plan.max_steps = absl::GetFlag(FLAGS_requests);
   for (const moe::v1::LayerInfo& l : info.layers()) {
     plan.expert_home[l.name()] = ExpertHomes(info, l.name());
   }
@@ -243,6 +261,31 @@ void LoadThread(const BenchPlan& plan, client::RouterClient& client, int t,
   tally.Merge(steps, trips, touched);
 }
 
+// --rpc=health: Check calls back to back on the client's channel.
+void HealthLoadThread(const BenchPlan& plan, client::RouterClient& client,
+                      absl::Time end, Tally& tally) {
+  auto stub = grpc::health::v1::Health::NewStub(client.channel());
+  grpc::health::v1::HealthCheckRequest request;
+  std::vector<double> steps;
+  while (absl::Now() < end &&
+         (plan.max_steps <= 0 || tally.started.fetch_add(1) < plan.max_steps)) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    grpc::health::v1::HealthCheckResponse response;
+    const absl::Time t0 = absl::Now();
+    const grpc::Status status = stub->Check(&context, request, &response);
+    if (!status.ok()) {
+      tally.Error(
+          absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                       status.error_message()));
+      continue;
+    }
+    steps.push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
+    ++tally.done;
+  }
+  tally.Merge(steps, {}, {});
+}
+
 // Progress once a second on stderr until `end` or until the step budget is
 // spent (checked every 20 ms, so that a short run's time is its own).
 void ShowProgress(const BenchPlan& plan, absl::Time start, absl::Time end,
@@ -325,20 +368,34 @@ absl::Status RunBench() {
   MOE_ASSIGN_OR_RETURN(moe::v1::ModelInfo info, client->GetModelInfo());
   MOE_ASSIGN_OR_RETURN(BenchPlan plan, PlanFromFlags(info));
   plan.target = target;
-  std::printf(
-      "bench: %s, x [%lld, %lld, %lld], %zu layer(s) per step, "
-      "concurrency %d, %s\n",
-      target.c_str(), static_cast<long long>(plan.batch),
-      static_cast<long long>(plan.tokens), static_cast<long long>(plan.dim),
-      plan.layers.size(), plan.concurrency,
-      plan.max_steps > 0 ? absl::StrCat(plan.max_steps, " steps").c_str()
-                         : absl::FormatDuration(plan.duration).c_str());
+  const std::string length = plan.max_steps > 0
+                                 ? absl::StrCat(plan.max_steps, " steps")
+                                 : absl::FormatDuration(plan.duration);
+  if (plan.health) {
+    std::printf(
+        "bench: %s, grpc.health.v1 Check (gRPC's unary round trip), "
+        "concurrency %d, %s\n",
+        target.c_str(), plan.concurrency, length.c_str());
+  } else {
+    std::printf(
+        "bench: %s, x [%lld, %lld, %lld], %zu layer(s) per step, "
+        "concurrency %d, %s\n",
+        target.c_str(), static_cast<long long>(plan.batch),
+        static_cast<long long>(plan.tokens), static_cast<long long>(plan.dim),
+        plan.layers.size(), plan.concurrency, length.c_str());
+  }
   Tally tally;
   const absl::Time start = absl::Now();
   const absl::Time end = start + plan.duration;
   std::vector<std::thread> threads;
   for (int t = 0; t < plan.concurrency; ++t) {
-    threads.emplace_back([&, t] { LoadThread(plan, *client, t, end, tally); });
+    threads.emplace_back([&, t] {
+      if (plan.health) {
+        HealthLoadThread(plan, *client, end, tally);
+      } else {
+        LoadThread(plan, *client, t, end, tally);
+      }
+    });
   }
   ShowProgress(plan, start, end, tally);
   for (std::thread& t : threads) t.join();
