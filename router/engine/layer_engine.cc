@@ -150,6 +150,19 @@ absl::StatusOr<ForwardResult> LayerEngine::Forward(
   }
 }
 
+namespace {
+
+// The generator's seed of a request that sent none. Drawn from a per-thread
+// engine seeded once from std::random_device: opening a random_device per
+// forward cost about 30 us (4% of the router's CPU on 1 x 32 forwards).
+uint64_t UnseededDraw() {
+  thread_local std::mt19937_64 engine((uint64_t{std::random_device{}()} << 32) ^
+                                      std::random_device{}());
+  return engine();
+}
+
+}  // namespace
+
 GateParams LayerEngine::GateParamsFor(const RoutingOptions& o) const {
   const common::LayerConfig& c = config();
   const bool train = o.mode == Mode::kTrain;
@@ -168,7 +181,7 @@ absl::Status LayerEngine::Route(const at::Tensor& h, int64_t batch, int64_t seq,
                                 ForwardResult* r) const {
   const GateParams params = GateParamsFor(o);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(
-      o.seed.has_value() ? *o.seed : std::random_device{}());
+      o.seed.has_value() ? *o.seed : UnseededDraw());
   // Gate (outer gate of a two-level MoE).
   r->logits = at::matmul(h, weights_.gate.t()).contiguous();
   r->probs = at::softmax(r->logits, -1).contiguous();
