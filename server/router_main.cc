@@ -70,6 +70,11 @@ ABSL_FLAG(int, max_queue_ms, 2000,
           "Longer is refused with RESOURCE_EXHAUSTED, as is a request still "
           "queued after this long. A request whose deadline the work ahead "
           "and its own would miss is refused at once too.");
+ABSL_FLAG(int64_t, inline_max_tokens, 256,
+          "A forward of at most this many tokens that arrives while no "
+          "forward is queued or running runs on the gRPC thread that "
+          "received it (one at a time), without a hand-off to a forward "
+          "thread: decode steps' latency. 0: never.");
 ABSL_FLAG(bool, log_requests, false,
           "Log one line per request (layer, shape, code, duration; never "
           "tensors or tokens). Failed requests are always logged.");
@@ -121,6 +126,7 @@ absl::StatusOr<router::RouterServiceOptions> ServiceOptionsFromFlags() {
   o.max_queued_tokens = absl::GetFlag(FLAGS_max_queued_tokens);
   o.max_queue_time = absl::Milliseconds(absl::GetFlag(FLAGS_max_queue_ms));
   o.log_requests = absl::GetFlag(FLAGS_log_requests);
+  o.inline_max_tokens = absl::GetFlag(FLAGS_inline_max_tokens);
   return o;
 }
 

@@ -238,6 +238,12 @@ PrometheusRouterMetrics::PrometheusRouterMetrics(
                         "ran them: the stages' work without waiting or "
                         "preemption (gRPC's own threads not included).")
               .Add({})),
+      inline_forwards_(
+          CounterFamily(registry, "moe_router_inline_forwards_total",
+                        "Forwards that ran on the gRPC thread that received "
+                        "them (small, with the router idle: "
+                        "--inline_max_tokens).")
+              .Add({})),
       batch_forwards_(
           HistogramFamily(registry, "moe_router_worker_batch_forwards",
                           "Forwards that shared one RunExperts call (dynamic "
@@ -372,6 +378,10 @@ void PrometheusRouterMetrics::RecordStage(RouterStage stage,
 
 void PrometheusRouterMetrics::RecordForwardCpu(absl::Duration cpu) {
   forward_cpu_.Increment(absl::ToDoubleSeconds(cpu));
+}
+
+void PrometheusRouterMetrics::RecordInlineForward() {
+  inline_forwards_.Increment();
 }
 
 void PrometheusRouterMetrics::RecordStages(const ForwardTimings& t) {

@@ -21,6 +21,7 @@
 //   moe_router_worker_state{worker,state}      (1 for the current state)
 //   moe_router_worker_batch_forwards, moe_router_worker_batch_rows
 //   moe_router_stage_seconds_total{stage}, moe_router_forward_cpu_seconds_total
+//   moe_router_inline_forwards_total
 //   moe_router_inflight_requests, moe_router_rejected_requests_total{reason}
 //
 // For a two-level layer, assignments and their drops are counted at the
@@ -64,6 +65,7 @@ class PrometheusRouterMetrics final : public RouterMetrics {
   void RecordStages(const ForwardTimings& timings) override;
   void RecordStage(RouterStage stage, absl::Duration elapsed) override;
   void RecordForwardCpu(absl::Duration cpu) override;
+  void RecordInlineForward() override;
   void SetWorkerState(int worker, WorkerState state) override;
 
   // The series of one layer and of one worker (defined in the .cc).
@@ -79,6 +81,7 @@ class PrometheusRouterMetrics final : public RouterMetrics {
   std::vector<prometheus::Counter*> rejected_;  // by RejectReason
   std::vector<prometheus::Counter*> stages_;    // by RouterStage
   prometheus::Counter& forward_cpu_;
+  prometheus::Counter& inline_forwards_;
   prometheus::Histogram& batch_forwards_;
   prometheus::Histogram& batch_rows_;
   const absl::Duration window_;

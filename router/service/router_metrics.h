@@ -57,6 +57,8 @@ class RouterMetrics {
   virtual void RecordStage(RouterStage stage, absl::Duration elapsed) = 0;
   // CPU time of the thread that ran one forward, while it ran it.
   virtual void RecordForwardCpu(absl::Duration cpu) = 0;
+  // A forward that ran on the gRPC thread that received it.
+  virtual void RecordInlineForward() = 0;
   virtual void SetWorkerState(int worker, WorkerState state) = 0;
 };
 
@@ -71,6 +73,7 @@ class NoRouterMetrics final : public RouterMetrics {
   void RecordStages(const ForwardTimings&) override {}
   void RecordStage(RouterStage, absl::Duration) override {}
   void RecordForwardCpu(absl::Duration) override {}
+  void RecordInlineForward() override {}
   void SetWorkerState(int, WorkerState) override {}
 };
 

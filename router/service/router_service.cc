@@ -121,6 +121,9 @@ absl::Status RouterServiceOptions::Validate() const {
   if (batch_max_rows < 1) {
     return absl::InvalidArgumentError("--batch_max_tokens must be >= 1");
   }
+  if (inline_max_tokens < 0) {
+    return absl::InvalidArgumentError("--inline_max_tokens must be >= 0");
+  }
   if (max_queued_tokens < 1 || max_queue_time < absl::Milliseconds(1)) {
     return absl::InvalidArgumentError(
         "--max_queued_tokens and --max_queue_ms must be >= 1");
@@ -144,6 +147,9 @@ std::string RouterServiceOptions::Describe() const {
           ? absl::StrCat("batch window ", absl::FormatDuration(batch_window))
           : std::string("no batching"),
       ", ", threads, " forward threads",
+      inline_max_tokens > 0
+          ? absl::StrCat(", inline up to ", inline_max_tokens, " tokens")
+          : std::string(", never inline"),
       tokens != nullptr ? ", tokens required" : "");
 }
 
@@ -331,7 +337,7 @@ grpc::ServerUnaryReactor* RouterService::Forward(
     Finish(call, admitted, response);
     return call;
   }
-  const bool queued = queue_->TrySubmit([this, call, response] {
+  auto run = [this, call, response] {
     RejectReason reason;
     absl::Status status = admission_.Start(&call->ticket, &reason);
     if (!status.ok()) {
@@ -344,8 +350,14 @@ grpc::ServerUnaryReactor* RouterService::Forward(
       status = RunForward(call);
     }
     Finish(call, status, response);
-  });
-  if (!queued) {
+  };
+  if (RunInline(call->admitted.tokens())) {
+    metrics_.RecordInlineForward();
+    run();
+    inline_running_.store(false);
+    return call;
+  }
+  if (!queue_->TrySubmit(std::move(run))) {
     metrics_.RecordRejected(RejectReason::kQueueFull);
     Finish(call,
            absl::ResourceExhaustedError(
@@ -354,6 +366,14 @@ grpc::ServerUnaryReactor* RouterService::Forward(
            response);
   }
   return call;
+}
+
+bool RouterService::RunInline(int64_t tokens) {
+  // One at a time: the forward waits for its workers on this gRPC thread,
+  // and their answers need another one (gRPC's callback threads are few:
+  // 2 on a 2-core machine).
+  return tokens <= options_.inline_max_tokens && queue_->load() == 0 &&
+         !inline_running_.exchange(true);
 }
 
 std::string RouterService::Describe() const {

@@ -59,6 +59,11 @@ struct RouterServiceOptions {
   absl::Duration max_queue_time = absl::Seconds(2);
   // One log line per request (failed ones are always logged).
   bool log_requests = false;
+  // A forward of at most this many tokens that arrives while no forward is
+  // queued or running runs on the gRPC thread that received it, one at a
+  // time, instead of being handed to a forward thread (0: never). Saves a
+  // hand-off and about 130 us of router CPU on a decode step.
+  int64_t inline_max_tokens = 256;
 
   // InvalidArgument naming the option as its flag spells it.
   absl::Status Validate() const;
@@ -121,6 +126,9 @@ class RouterService final
   // the runner's checks, readiness, the admission controller.
   absl::Status Admit(ForwardCall* call) const;
   absl::Status RunForward(ForwardCall* call) const;
+  // Whether a forward of `tokens` runs on the calling gRPC thread (see
+  // inline_max_tokens); if so the caller clears inline_running_ after it.
+  bool RunInline(int64_t tokens);
   // Answers the call with `status` (or its response), once.
   void Finish(ForwardCall* call, absl::Status status,
               grpc::ByteBuffer* response);
@@ -134,6 +142,7 @@ class RouterService final
   RouterMetrics& metrics_;
   std::atomic<int64_t> inflight_{0};
   std::atomic<int> metrics_port_{0};
+  std::atomic<bool> inline_running_{false};
   mutable AdmissionController admission_;
   std::unique_ptr<WorkerBatcher> batcher_;
   std::unique_ptr<common::WorkQueue> queue_;

@@ -51,6 +51,7 @@ class RecordingMetrics final : public RouterMetrics {
     Add(absl::StrCat("stage ", RouterStageLabel(stage)));
   }
   void RecordForwardCpu(absl::Duration) override { Add("cpu"); }
+  void RecordInlineForward() override { Add("inline"); }
   void SetWorkerState(int, WorkerState) override {}
 
   int count(const std::string& what) const {
@@ -145,19 +146,28 @@ class RouterServiceTest : public ::testing::Test {
   std::unique_ptr<moe::v1::Router::Stub> stub_;
 };
 
+// The same request through the same runner, the same experts local.
+moe::v1::ForwardResponse InProcess(const ForwardRunner& runner,
+                                   const moe::v1::ForwardRequest& request) {
+  testing::ScalingShard shard(16);
+  LocalExpertBackend local(&shard);
+  auto admitted = runner.Admit(request);
+  EXPECT_TRUE(admitted.ok()) << admitted.status();
+  moe::v1::ForwardResponse in_process;
+  EXPECT_TRUE(runner.Run(*admitted, local, &in_process).ok());
+  return in_process;
+}
+
+// By default a small forward to an idle router runs on the gRPC thread
+// that received it (inline_max_tokens).
 TEST_F(RouterServiceTest, AnswersAsTheRunnerDoesInProcess) {
   Start();
   const moe::v1::ForwardRequest request = GoldenRequest();
   moe::v1::ForwardResponse remote;
   ASSERT_TRUE(Forward(request, &remote).ok());
-  // The same request through the same runner, the same experts local.
-  testing::ScalingShard shard(16);
-  LocalExpertBackend local(&shard);
-  auto admitted = runner_->Admit(request);
-  ASSERT_TRUE(admitted.ok()) << admitted.status();
-  moe::v1::ForwardResponse in_process;
-  ASSERT_TRUE(runner_->Run(*admitted, local, &in_process).ok());
+  const moe::v1::ForwardResponse in_process = InProcess(*runner_, request);
   EXPECT_EQ(remote.y().data(), in_process.y().data());  // bit for bit
+  EXPECT_EQ(metrics_.count("inline"), 1);
   EXPECT_EQ(remote.stats().kept_per_expert_size(), 4);
   EXPECT_FALSE(remote.degraded());
   EXPECT_EQ(workers_[0]->calls(), 1);  // one call per worker per forward
@@ -165,6 +175,21 @@ TEST_F(RouterServiceTest, AnswersAsTheRunnerDoesInProcess) {
   EXPECT_EQ(metrics_.count("request OK"), 1);
   EXPECT_EQ(metrics_.count("forward"), 1);
   EXPECT_EQ(metrics_.count("stage encode"), 2);
+  EXPECT_EQ(metrics_.inflight(), 0);
+}
+
+// Through a forward thread (a forward above inline_max_tokens, or with
+// inlining off) the answer is the same bits as inline.
+TEST_F(RouterServiceTest, AQueuedForwardGivesTheSameBitsAsAnInlineOne) {
+  RouterServiceOptions options;
+  options.inline_max_tokens = 23;  // the golden request has 2 x 12 tokens
+  Start(options);
+  const moe::v1::ForwardRequest request = GoldenRequest();
+  moe::v1::ForwardResponse remote;
+  ASSERT_TRUE(Forward(request, &remote).ok());
+  EXPECT_EQ(metrics_.count("inline"), 0);
+  EXPECT_EQ(remote.y().data(), InProcess(*runner_, request).y().data());
+  EXPECT_EQ(metrics_.count("request OK"), 1);
   EXPECT_EQ(metrics_.inflight(), 0);
 }
 
@@ -284,6 +309,10 @@ TEST(RouterServiceOptionsTest, ValidateNamesTheFlag) {
   EXPECT_TRUE(o.Validate().ok());
   o.threads = 0;
   EXPECT_NE(o.Validate().message().find("--threads"), std::string::npos);
+  o = RouterServiceOptions();
+  o.inline_max_tokens = -1;
+  EXPECT_NE(o.Validate().message().find("--inline_max_tokens"),
+            std::string::npos);
   o = RouterServiceOptions();
   o.batch_window = absl::Seconds(61);
   EXPECT_NE(o.Validate().message().find("--batch_window_us"),
