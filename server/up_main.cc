@@ -45,6 +45,10 @@ ABSL_FLAG(std::string, compute_dtype, "float32",
           "relative RMS error about 4e-3; docs/numerics.md).");
 ABSL_FLAG(int, batch_window_us, 20000,
           "Passed to moe-router: dynamic batching window (0: off).");
+ABSL_FLAG(int64_t, inline_max_tokens, 256,
+          "Passed to moe-router: forwards up to this many tokens run on the "
+          "gRPC thread that received them while the router is idle (0: "
+          "never).");
 ABSL_FLAG(int64_t, max_tokens_per_request, 65536,
           "Passed to moe-router; the workers get twice as many rows per call "
           "(--max_tokens_per_call).");
@@ -116,7 +120,9 @@ absl::StatusOr<server::LocalDeploymentOptions> OptionsFromFlags() {
   o.router_flags = {
       "--on_expert_failure=" + absl::GetFlag(FLAGS_on_expert_failure),
       "--wire_dtype=" + absl::GetFlag(FLAGS_wire_dtype),
-      absl::StrCat("--batch_window_us=", absl::GetFlag(FLAGS_batch_window_us))};
+      absl::StrCat("--batch_window_us=", absl::GetFlag(FLAGS_batch_window_us)),
+      absl::StrCat("--inline_max_tokens=",
+                   absl::GetFlag(FLAGS_inline_max_tokens))};
   const std::string cert = absl::GetFlag(FLAGS_tls_cert_file);
   const std::string key = absl::GetFlag(FLAGS_tls_key_file);
   const std::string client_ca = absl::GetFlag(FLAGS_tls_client_ca_file);
