@@ -20,6 +20,7 @@
 #include "proto/expert_wire.h"
 #include "proto/tls.h"
 #include "router/engine/model_engine.h"
+#include "router/service/inference_service.h"
 #include "router/service/prometheus_router_metrics.h"
 #include "router/service/router_service.h"
 #include "server/main_helpers.h"
@@ -177,7 +178,8 @@ absl::Status Run() {
   }
   server::ServerOptions server_options;
   MOE_RETURN_IF_ERROR(server::ServerOptionsFromFlags(
-      absl::GetFlag(FLAGS_port), {"moe.v1.Router"}, &server_options));
+      absl::GetFlag(FLAGS_port),
+      {"moe.v1.Router", "inference.GRPCInferenceService"}, &server_options));
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<router::ModelEngine> model,
                        router::ModelEngine::Load(path));
   const common::ModelSpec& spec = model->spec();
@@ -218,8 +220,11 @@ absl::Status Run() {
   server_options.rpc_metrics = &rpc_metrics;
   server_options.max_receive_bytes = runner.MaxRequestBytes();
   server_options.max_send_bytes = runner.MaxRequestBytes() * 2;
-  MOE_ASSIGN_OR_RETURN(auto server, server::ServerRunner::Start(
-                                        server_options, {service.get()}));
+  // The Open Inference Protocol beside moe.v1.Router, on the same port.
+  router::InferenceService inference(service.get());
+  MOE_ASSIGN_OR_RETURN(
+      auto server,
+      server::ServerRunner::Start(server_options, {service.get(), &inference}));
   MOE_LOG(INFO) << "listening on " << server->address()
                 << " (NOT_SERVING until every expert has a worker)";
   pool.Start();

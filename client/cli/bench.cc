@@ -17,7 +17,9 @@
 // --rpc=health sends grpc.health.v1 Check calls instead, over the same
 // channel: the bare unary round trip of gRPC on this connection, the floor
 // under a forward's (which crosses two such hops: client -> router ->
-// workers).
+// workers). --rpc=infer sends the same inputs as Open Inference Protocol
+// ModelInfer calls (raw FP32 x, outputs as raw bytes): the other protocol's
+// round trip on the same router.
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -35,6 +37,7 @@
 #include "common/random_input.h"
 #include "common/status_macros.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "inference/open_inference_grpc.grpc.pb.h"
 #include "proto/cli/forward_flags.h"
 #include "proto/tensor_codec.h"
 
@@ -48,7 +51,8 @@ ABSL_FLAG(int, distinct_inputs, 16,
 ABSL_FLAG(bool, all_layers, false,
           "bench: a step is one forward through every layer, in order.");
 ABSL_FLAG(std::string, rpc, "forward",
-          "bench: forward (moe.v1.Router/Forward) or health (grpc.health.v1 "
+          "bench: forward (moe.v1.Router/Forward), infer (the Open Inference "
+          "Protocol's ModelInfer, same inputs) or health (grpc.health.v1 "
           "Check, empty message: gRPC's own unary round trip, for "
           "comparison).");
 ABSL_FLAG(std::string, json_out, "",
@@ -75,6 +79,10 @@ struct BenchPlan {
   absl::Duration duration;
   int64_t max_steps = 0;  // 0: until `duration`
   bool health = false;    // --rpc=health: Check calls instead of forwards
+  bool infer = false;     // --rpc=infer: ModelInfer calls instead
+  std::string token;      // for --rpc=infer's own stub
+  // --rpc=infer: the model of each layer of `layers`.
+  std::vector<std::string> models;
   // Per layer name: expert id -> (worker index, weight bytes), from the
   // router's worker list (empty when the router hides it).
   std::map<std::string, std::map<int64_t, std::pair<int, int64_t>>> expert_home;
@@ -127,11 +135,12 @@ int64_t SlowestWorkerBytes(
 absl::StatusOr<BenchPlan> PlanFromFlags(const moe::v1::ModelInfo& info) {
   BenchPlan plan;
   const std::string rpc = absl::GetFlag(FLAGS_rpc);
-  if (rpc != "forward" && rpc != "health") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--rpc must be forward or health, not \"", rpc, "\""));
+  if (rpc != "forward" && rpc != "health" && rpc != "infer") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--rpc must be forward, infer or health, not \"", rpc, "\""));
   }
   plan.health = rpc == "health";
+  plan.infer = rpc == "infer";
   plan.concurrency = std::max(1, absl::GetFlag(FLAGS_concurrency));
   plan.duration = absl::Seconds(absl::GetFlag(FLAGS_duration));
   plan.max_steps = absl::GetFlag(FLAGS_requests);
@@ -162,6 +171,10 @@ absl::StatusOr<BenchPlan> PlanFromFlags(const moe::v1::ModelInfo& info) {
   }
   for (const moe::v1::LayerInfo& l : info.layers()) {
     plan.expert_home[l.name()] = ExpertHomes(info, l.name());
+  }
+  for (const std::string& layer : plan.layers) {
+    // The Open Inference Protocol names an unnamed layer by the model.
+    plan.models.push_back(layer.empty() ? info.model_name() : layer);
   }
   return plan;
 }
@@ -259,6 +272,70 @@ void LoadThread(const BenchPlan& plan, client::RouterClient& client, int t,
     }
   }
   tally.Merge(steps, trips, touched);
+}
+
+// The ModelInfer request of `forward` for `model`: x as raw bytes, the
+// routing options as parameters.
+inference::ModelInferRequest InferRequest(
+    const moe::v1::ForwardRequest& forward, const std::string& model) {
+  inference::ModelInferRequest r;
+  r.set_model_name(model);
+  auto* x = r.add_inputs();
+  x->set_name("x");
+  x->set_datatype("FP32");
+  *x->mutable_shape() = forward.x().shape();
+  r.add_raw_input_contents(forward.x().data());
+  const moe::v1::RoutingOptions& o = forward.options();
+  if (o.mode() == moe::v1::TRAIN) {
+    (*r.mutable_parameters())["mode"].set_string_param("train");
+  }
+  if (o.has_seed())
+    (*r.mutable_parameters())["seed"].set_uint64_param(o.seed());
+  return r;
+}
+
+// --rpc=infer: ModelInfer calls back to back on the client's channel, one
+// per layer of a step.
+void InferLoadThread(const BenchPlan& plan, client::RouterClient& client, int t,
+                     absl::Time end, Tally& tally) {
+  auto stub = inference::GRPCInferenceService::NewStub(client.channel());
+  std::vector<std::vector<inference::ModelInferRequest>> requests;
+  for (const moe::v1::ForwardRequest& f : plan.requests) {
+    requests.emplace_back();
+    for (const std::string& model : plan.models) {
+      requests.back().push_back(InferRequest(f, model));
+    }
+  }
+  std::vector<double> steps, trips;
+  for (int64_t i = t;
+       absl::Now() < end &&
+       (plan.max_steps <= 0 || tally.started.fetch_add(1) < plan.max_steps);
+       i += plan.concurrency) {
+    const absl::Time t0 = absl::Now();
+    grpc::Status status;
+    for (const inference::ModelInferRequest& r :
+         requests[i % requests.size()]) {
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+      if (!plan.token.empty()) {
+        context.AddMetadata("authorization", "Bearer " + plan.token);
+      }
+      inference::ModelInferResponse response;
+      const absl::Time r0 = absl::Now();
+      status = stub->ModelInfer(&context, r, &response);
+      if (!status.ok()) break;
+      trips.push_back(absl::ToDoubleMilliseconds(absl::Now() - r0));
+    }
+    if (!status.ok()) {
+      tally.Error(
+          absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                       status.error_message()));
+      continue;
+    }
+    steps.push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
+    ++tally.done;
+  }
+  tally.Merge(steps, trips, {});
 }
 
 // --rpc=health: Check calls back to back on the client's channel.
@@ -368,6 +445,7 @@ absl::Status RunBench() {
   MOE_ASSIGN_OR_RETURN(moe::v1::ModelInfo info, client->GetModelInfo());
   MOE_ASSIGN_OR_RETURN(BenchPlan plan, PlanFromFlags(info));
   plan.target = target;
+  plan.token = options.token;
   const std::string length = plan.max_steps > 0
                                  ? absl::StrCat(plan.max_steps, " steps")
                                  : absl::FormatDuration(plan.duration);
@@ -378,11 +456,12 @@ absl::Status RunBench() {
         target.c_str(), plan.concurrency, length.c_str());
   } else {
     std::printf(
-        "bench: %s, x [%lld, %lld, %lld], %zu layer(s) per step, "
+        "bench: %s, %s x [%lld, %lld, %lld], %zu layer(s) per step, "
         "concurrency %d, %s\n",
-        target.c_str(), static_cast<long long>(plan.batch),
-        static_cast<long long>(plan.tokens), static_cast<long long>(plan.dim),
-        plan.layers.size(), plan.concurrency, length.c_str());
+        target.c_str(), plan.infer ? "ModelInfer" : "Forward",
+        static_cast<long long>(plan.batch), static_cast<long long>(plan.tokens),
+        static_cast<long long>(plan.dim), plan.layers.size(), plan.concurrency,
+        length.c_str());
   }
   Tally tally;
   const absl::Time start = absl::Now();
@@ -392,6 +471,8 @@ absl::Status RunBench() {
     threads.emplace_back([&, t] {
       if (plan.health) {
         HealthLoadThread(plan, *client, end, tally);
+      } else if (plan.infer) {
+        InferLoadThread(plan, *client, t, end, tally);
       } else {
         LoadThread(plan, *client, t, end, tally);
       }

@@ -15,28 +15,42 @@
 
 namespace moe::router {
 
-// One Forward call: its request and response, and what its forward waits
-// on. Finishes once; on client cancellation cancels the worker calls.
+RouterService::Job::Job(grpc::CallbackServerContext* context, absl::Time start,
+                        const char* method,
+                        std::function<absl::Status()> answer,
+                        std::function<void(absl::Status)> done)
+    : context_(context),
+      waiter_(std::make_shared<ForwardWaiter>()),
+      start_(start),
+      deadline_(absl::FromChrono(context->deadline())),
+      peer_(context->peer()),
+      method_(method),
+      answer_(std::move(answer)),
+      done_(std::move(done)) {}
+
+// One moe.v1 Forward call: its job, answered as serialized bytes. Finishes
+// once; on client cancellation cancels the worker calls.
 class RouterService::ForwardCall : public grpc::ServerUnaryReactor {
  public:
-  ForwardCall(grpc::CallbackServerContext* context, absl::Time start)
-      : context(context),
-        waiter(std::make_shared<ForwardWaiter>()),
-        start(start),
-        deadline(absl::FromChrono(context->deadline())),
-        peer(context->peer()) {}
-  void OnCancel() override { waiter->Cancel(); }
+  ForwardCall(grpc::CallbackServerContext* context, absl::Time start,
+              grpc::ByteBuffer* response_bytes)
+      : job(
+            context, start, "Forward",
+            [this, response_bytes] {
+              bool own = false;
+              return proto::FromGrpcStatus(
+                  grpc::SerializationTraits<
+                      moe::v1::ForwardResponse>::Serialize(job.response,
+                                                           response_bytes,
+                                                           &own));
+            },
+            [this](absl::Status status) {
+              Finish(proto::ToGrpcStatus(status));
+            }) {}
+  void OnCancel() override { job.Cancel(); }
   void OnDone() override { delete this; }
 
-  grpc::CallbackServerContext* const context;  // until Finish()
-  const std::shared_ptr<ForwardWaiter> waiter;
-  const absl::Time start;
-  const absl::Time deadline;
-  const std::string peer;
-  moe::v1::ForwardRequest request;
-  moe::v1::ForwardResponse response;
-  AdmittedForward admitted;  // once Admit() passed
-  AdmissionController::Ticket ticket;
+  Job job;
 };
 
 namespace {
@@ -226,15 +240,15 @@ absl::Status RouterService::AwaitReady(
   return absl::OkStatus();
 }
 
-absl::Status RouterService::Admit(ForwardCall* call) const {
-  absl::StatusOr<AdmittedForward> admitted = runner_->Admit(call->request);
+absl::Status RouterService::Admit(Job* job) const {
+  absl::StatusOr<AdmittedForward> admitted = runner_->Admit(job->request);
   if (!admitted.ok()) {
     if (absl::IsResourceExhausted(admitted.status())) {
       metrics_.RecordRejected(RejectReason::kTooManyTokens);
     }
     return admitted.status();
   }
-  call->admitted = *admitted;
+  job->admitted_ = *admitted;
   if (!pool_->ready()) {
     metrics_.RecordRejected(RejectReason::kNotReady);
     return absl::UnavailableError(
@@ -243,31 +257,41 @@ absl::Status RouterService::Admit(ForwardCall* call) const {
   }
   RejectReason reason;
   absl::Status status = admission_.Admit(
-      call->admitted.tokens(), call->deadline, &call->ticket, &reason);
+      job->admitted_.tokens(), job->deadline_, &job->ticket_, &reason);
   if (!status.ok()) metrics_.RecordRejected(reason);
   return status;
 }
 
-absl::Status RouterService::RunForward(ForwardCall* call) const {
+absl::Status RouterService::RunForward(Job* job) const {
   // Open worker batches may wait for this forward until it dispatches.
   WorkerBatcher::Gating gating(batcher_.get());
   RemoteCallOptions remote;
-  remote.deadline = call->deadline;
+  remote.deadline = job->deadline_;
   remote.worker_timeout = options_.worker_timeout;
   remote.clock = options_.clock;
   MOE_ASSIGN_OR_RETURN(
       remote.on_failure,
-      FailurePolicy(call->request.on_expert_failure(), options_.on_failure));
-  RemoteExpertBackend backend(pool_, batcher_.get(), call->waiter, remote,
+      FailurePolicy(job->request.on_expert_failure(), options_.on_failure));
+  RemoteExpertBackend backend(pool_, batcher_.get(), job->waiter_, remote,
                               &gating);
   ForwardResult result;
   const absl::Duration cpu_start = common::ThreadCpuTime();
   MOE_RETURN_IF_ERROR(
-      runner_->Run(call->admitted, backend, &call->response, &result));
-  metrics_.RecordForward(call->admitted.layer->index(), result);
+      runner_->Run(job->admitted_, backend, &job->response, &result));
+  metrics_.RecordForward(job->admitted_.layer->index(), result);
   metrics_.RecordStages(result.timings);
   metrics_.RecordForwardCpu(common::ThreadCpuTime() - cpu_start);
   return absl::OkStatus();
+}
+
+absl::Status RouterService::Authorize(
+    const grpc::CallbackServerContext& context) const {
+  const common::TokenSet::Verdict verdict = Authenticate(context);
+  if (verdict == common::TokenSet::Verdict::kAccepted) {
+    return absl::OkStatus();
+  }
+  metrics_.RecordRejected(RejectReason::kUnauthenticated);
+  return Unauthenticated(verdict);
 }
 
 common::TokenSet::Verdict RouterService::Authenticate(
@@ -280,16 +304,10 @@ common::TokenSet::Verdict RouterService::Authenticate(
       absl::string_view(it->second.data(), it->second.size()));
 }
 
-void RouterService::Finish(ForwardCall* call, absl::Status status,
-                           grpc::ByteBuffer* response) {
-  if (status.ok()) {
-    bool own = false;
-    status = proto::FromGrpcStatus(
-        grpc::SerializationTraits<moe::v1::ForwardResponse>::Serialize(
-            call->response, response, &own));
-  }
-  admission_.Finish(&call->ticket, status.ok());
-  const absl::Duration took = options_.clock->Now() - call->start;
+void RouterService::Finish(Job* job, absl::Status status) {
+  if (status.ok()) status = job->answer_();
+  admission_.Finish(&job->ticket_, status.ok());
+  const absl::Duration took = options_.clock->Now() - job->start_;
   // Never the tensors, never a token: the shape, the layer (quoted and
   // cut: a client sent it), the outcome.
   if (!status.ok() || options_.log_requests) {
@@ -298,13 +316,13 @@ void RouterService::Finish(ForwardCall* call, absl::Status status,
     if (status.ok() || !IsRefusal(status.code()) ||
         refusals.Allow(&suppressed)) {
       const std::string line = absl::StrCat(
-          "Forward from ", call->peer, " layer ",
-          common::QuoteForLog(call->request.layer()), " ",
-          DescribeInput(call->request), ": ",
+          job->method_, " from ", job->peer_, " layer ",
+          common::QuoteForLog(job->request.layer()), " ",
+          DescribeInput(job->request), ": ",
           absl::StatusCodeToString(status.code()), " in ",
           absl::FormatDuration(absl::Trunc(took, absl::Microseconds(100))),
           status.ok() ? "" : absl::StrCat(": ", status.message()),
-          status.ok() && call->response.degraded() ? " (degraded)" : "",
+          status.ok() && job->response.degraded() ? " (degraded)" : "",
           common::SuppressedNote(suppressed));
       if (status.ok()) {
         MOE_LOG(INFO) << line;
@@ -316,56 +334,55 @@ void RouterService::Finish(ForwardCall* call, absl::Status status,
   --inflight_;
   metrics_.AddInflight(-1);
   metrics_.RecordRequest(status.code(), took);
-  call->Finish(proto::ToGrpcStatus(status));
+  job->done_(std::move(status));
 }
 
 grpc::ServerUnaryReactor* RouterService::Forward(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  auto* call = new ForwardCall(context, options_.clock->Now());
+  auto* call = new ForwardCall(context, options_.clock->Now(), response);
+  // The token before the bytes: nothing of an unauthenticated caller is
+  // parsed.
+  absl::Status status = Authorize(*context);
+  if (status.ok()) status = Parse(*request, &call->job.request);
+  Serve(&call->job, std::move(status));
+  return call;
+}
+
+void RouterService::Serve(Job* job, absl::Status edge_status) {
   ++inflight_;
   metrics_.AddInflight(1);
-  if (const auto verdict = Authenticate(*context);
-      verdict != common::TokenSet::Verdict::kAccepted) {
-    metrics_.RecordRejected(RejectReason::kUnauthenticated);
-    Finish(call, Unauthenticated(verdict), response);
-    return call;
+  if (edge_status.ok()) edge_status = Admit(job);
+  if (!edge_status.ok()) {
+    Finish(job, std::move(edge_status));
+    return;
   }
-  absl::Status admitted = Parse(*request, &call->request);
-  if (admitted.ok()) admitted = Admit(call);
-  if (!admitted.ok()) {
-    Finish(call, admitted, response);
-    return call;
-  }
-  auto run = [this, call, response] {
+  auto run = [this, job] {
     RejectReason reason;
-    absl::Status status = admission_.Start(&call->ticket, &reason);
+    absl::Status status = admission_.Start(&job->ticket_, &reason);
     if (!status.ok()) {
       metrics_.RecordRejected(reason);
-    } else if (call->context->IsCancelled()) {
+    } else if (job->context_->IsCancelled()) {
       status = absl::CancelledError("cancelled before it ran");
-    } else if (options_.clock->Now() >= call->deadline) {
+    } else if (options_.clock->Now() >= job->deadline_) {
       status = absl::DeadlineExceededError("deadline passed while queued");
     } else {
-      status = RunForward(call);
+      status = RunForward(job);
     }
-    Finish(call, status, response);
+    Finish(job, std::move(status));
   };
-  if (RunInline(call->admitted.tokens())) {
+  if (RunInline(job->admitted_.tokens())) {
     metrics_.RecordInlineForward();
     run();
     inline_running_.store(false);
-    return call;
+    return;
   }
   if (!queue_->TrySubmit(std::move(run))) {
     metrics_.RecordRejected(RejectReason::kQueueFull);
-    Finish(call,
-           absl::ResourceExhaustedError(
-               absl::StrCat("router overloaded: ", options_.max_queued,
-                            " requests already queued; retry later")),
-           response);
+    Finish(job, absl::ResourceExhaustedError(
+                    absl::StrCat("router overloaded: ", options_.max_queued,
+                                 " requests already queued; retry later")));
   }
-  return call;
 }
 
 bool RouterService::RunInline(int64_t tokens) {

@@ -15,6 +15,11 @@
 // Each request is admitted once, in this order: token, parse, the runner's
 // checks (ForwardRunner::Admit), readiness, the admission controller, the
 // queue. Every refusal is counted by reason in the metrics.
+//
+// Serve() is that path for any edge: moe.v1 Forward here, the Open
+// Inference Protocol's ModelInfer (router/service/inference_service.h)
+// translates its request into a ForwardRequest and its answer back, and
+// runs the same admission, queue, forward, logs and metrics.
 #pragma once
 
 #include <atomic>
@@ -94,6 +99,49 @@ class RouterService final
       const moe::v1::GetModelInfoRequest* request,
       moe::v1::ModelInfo* response) override;
 
+  // One forward from an edge of the service: its request and response, and
+  // where its outcome goes. The edge owns it until done runs.
+  class Job {
+   public:
+    // `method` names the RPC in logs ("Forward", "ModelInfer"). Once the
+    // forward ran, `answer` puts `response` into the edge's own answer (its
+    // error becomes the call's, counted and logged); then `done` is called,
+    // once, with the call's status (also for a refusal).
+    Job(grpc::CallbackServerContext* context, absl::Time start,
+        const char* method, std::function<absl::Status()> answer,
+        std::function<void(absl::Status)> done);
+    // The client went away: the forward stops waiting for its workers.
+    void Cancel() { waiter_->Cancel(); }
+
+    moe::v1::ForwardRequest request;
+    moe::v1::ForwardResponse response;
+
+   private:
+    friend class RouterService;
+    grpc::CallbackServerContext* const context_;  // until done
+    const std::shared_ptr<ForwardWaiter> waiter_;
+    const absl::Time start_;
+    const absl::Time deadline_;
+    const std::string peer_;
+    const char* const method_;
+    const std::function<absl::Status()> answer_;
+    const std::function<void(absl::Status)> done_;
+    AdmittedForward admitted_;  // once Admit() passed
+    AdmissionController::Ticket ticket_;
+  };
+
+  // OK when the caller may use Forward, ModelInfer and the metadata calls;
+  // UNAUTHENTICATED (counted) without a token this router accepts.
+  absl::Status Authorize(const grpc::CallbackServerContext& context) const;
+  // Serves `job`: refused at once with `edge_status` when that is not OK
+  // (the edge's own checks), else admitted, run inline or on a forward
+  // thread, logged and counted; job's done runs once, on some thread.
+  void Serve(Job* job, absl::Status edge_status = absl::OkStatus());
+
+  const ForwardRunner& runner() const { return *runner_; }
+  common::Clock* clock() const { return options_.clock; }
+  const WorkerPool& pool() const { return *pool_; }
+
   // Waits until every expert of every layer has a healthy worker (the
   // pool's probes run meanwhile), logging what is missing every 5 s. OK
   // once ready; UNAVAILABLE naming the experts without a worker after
@@ -124,14 +172,13 @@ class RouterService final
                 const RouterServiceOptions& options, RouterMetrics* metrics);
   // Everything that can refuse a parsed request before it is queued:
   // the runner's checks, readiness, the admission controller.
-  absl::Status Admit(ForwardCall* call) const;
-  absl::Status RunForward(ForwardCall* call) const;
+  absl::Status Admit(Job* job) const;
+  absl::Status RunForward(Job* job) const;
   // Whether a forward of `tokens` runs on the calling gRPC thread (see
   // inline_max_tokens); if so the caller clears inline_running_ after it.
   bool RunInline(int64_t tokens);
-  // Answers the call with `status` (or its response), once.
-  void Finish(ForwardCall* call, absl::Status status,
-              grpc::ByteBuffer* response);
+  // Ends the job with `status`: admission, log, metrics, then its done.
+  void Finish(Job* job, absl::Status status);
   // kAccepted when the service needs no token.
   common::TokenSet::Verdict Authenticate(
       const grpc::CallbackServerContext& context) const;

@@ -19,6 +19,7 @@
 #include "absl/synchronization/notification.h"
 #include "common/token_set.h"
 #include "router/api/forward_runner.h"
+#include "router/service/inference_service.h"
 #include "testing/fake_clock.h"
 #include "testing/fake_worker.h"
 #include "testing/golden.h"
@@ -108,10 +109,14 @@ class RouterServiceTest : public ::testing::Test {
         RouterService::Create(runner_.get(), pool_.get(), options, &metrics_);
     ASSERT_TRUE(service.ok()) << service.status();
     service_ = std::move(*service);
+    inference_ = std::make_unique<InferenceService>(service_.get());
     grpc::ServerBuilder builder;
     builder.RegisterService(service_.get());
+    builder.RegisterService(inference_.get());
     server_ = builder.BuildAndStart();
     stub_ = moe::v1::Router::NewStub(
+        server_->InProcessChannel(grpc::ChannelArguments()));
+    oip_ = inference::GRPCInferenceService::NewStub(
         server_->InProcessChannel(grpc::ChannelArguments()));
   }
 
@@ -142,8 +147,10 @@ class RouterServiceTest : public ::testing::Test {
   std::unique_ptr<WorkerPool> pool_;
   RecordingMetrics metrics_;
   std::unique_ptr<RouterService> service_;
+  std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<moe::v1::Router::Stub> stub_;
+  std::unique_ptr<inference::GRPCInferenceService::Stub> oip_;
 };
 
 // The same request through the same runner, the same experts local.
@@ -302,6 +309,178 @@ TEST_F(RouterServiceTest, MalformedBytesAreInvalidArgument) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(status.error_message().find("malformed protobuf"),
             std::string::npos);
+}
+
+// The Open Inference Protocol's ModelInfer on the same service: the golden
+// request as raw and as typed contents gives Forward's y bit for bit.
+class OpenInferenceTest : public RouterServiceTest {
+ protected:
+  inference::ModelInferRequest Infer(bool raw) {
+    const moe::v1::ForwardRequest forward = GoldenRequest();
+    inference::ModelInferRequest r;
+    r.set_model_name(model_->spec().name);
+    r.set_id("request-7");
+    (*r.mutable_parameters())["policy"].set_string_param("all");
+    auto* x = r.add_inputs();
+    x->set_name("x");
+    x->set_datatype("FP32");
+    *x->mutable_shape() = forward.x().shape();
+    if (raw) {
+      r.add_raw_input_contents(forward.x().data());
+    } else {
+      const std::string& bytes = forward.x().data();
+      const float* v = reinterpret_cast<const float*>(bytes.data());
+      x->mutable_contents()->mutable_fp32_contents()->Add(
+          v, v + bytes.size() / sizeof(float));
+    }
+    return r;
+  }
+  grpc::Status Call(const inference::ModelInferRequest& request,
+                    inference::ModelInferResponse* response,
+                    const std::string& token = "") {
+    grpc::ClientContext context;
+    if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+    return oip_->ModelInfer(&context, request, response);
+  }
+};
+
+TEST_F(OpenInferenceTest, ModelInferGivesForwardsBitsRawAndTyped) {
+  Start();
+  moe::v1::ForwardResponse forward;
+  ASSERT_TRUE(Forward(GoldenRequest(), &forward).ok());
+  for (bool raw : {true, false}) {
+    SCOPED_TRACE(raw ? "raw" : "typed");
+    inference::ModelInferResponse r;
+    const grpc::Status s = Call(Infer(raw), &r);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(r.model_name(), model_->spec().name);
+    EXPECT_EQ(r.model_version(), model_->fingerprint());
+    EXPECT_EQ(r.id(), "request-7");
+    ASSERT_EQ(r.outputs_size(), r.raw_output_contents_size());
+    ASSERT_GE(r.outputs_size(), 6);
+    EXPECT_EQ(r.outputs(0).name(), "y");
+    EXPECT_EQ(r.outputs(0).datatype(), "FP32");
+    EXPECT_EQ(r.raw_output_contents(0), forward.y().data());  // bit for bit
+    EXPECT_FALSE(r.parameters().at("degraded").bool_param());
+  }
+  EXPECT_EQ(metrics_.count("request OK"), 3);
+  // Only the outputs asked for, in the order asked.
+  inference::ModelInferRequest some = Infer(true);
+  some.add_outputs()->set_name("kept_per_expert");
+  some.add_outputs()->set_name("y");
+  inference::ModelInferResponse r;
+  ASSERT_TRUE(Call(some, &r).ok());
+  ASSERT_EQ(r.outputs_size(), 2);
+  EXPECT_EQ(r.outputs(0).name(), "kept_per_expert");
+  EXPECT_EQ(r.outputs(0).datatype(), "INT64");
+  EXPECT_EQ(r.outputs(0).shape(0), 4);
+  EXPECT_EQ(r.raw_output_contents(1), forward.y().data());
+}
+
+TEST_F(OpenInferenceTest, BadRequestsAreRefusedNamingTheProblem) {
+  Start();
+  struct Case {
+    std::string what;
+    std::function<void(inference::ModelInferRequest&)> change;
+    grpc::StatusCode code;
+    std::string says;
+  };
+  const Case cases[] = {
+      {"unknown model", [](auto& r) { r.set_model_name("nope"); },
+       grpc::StatusCode::NOT_FOUND, "unknown model \"nope\""},
+      {"other version", [](auto& r) { r.set_model_version("7"); },
+       grpc::StatusCode::NOT_FOUND, "has no version \"7\""},
+      {"wrong datatype",
+       [](auto& r) { r.mutable_inputs(0)->set_datatype("INT32"); },
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "input \"x\": datatype \"INT32\" is not one of FP32, BF16, FP16"},
+      {"short data",
+       [](auto& r) { r.mutable_raw_input_contents(0)->pop_back(); },
+       grpc::StatusCode::INVALID_ARGUMENT, "raw_input_contents has"},
+      {"wrong dim",
+       [](auto& r) {
+         r.mutable_inputs(0)->set_shape(2, 8);
+         r.mutable_inputs(0)->set_shape(1, 24);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "16"},
+      {"unknown input", [](auto& r) { r.mutable_inputs(0)->set_name("h"); },
+       grpc::StatusCode::INVALID_ARGUMENT, "input \"h\" is not an input"},
+      {"bad parameter",
+       [](auto& r) { (*r.mutable_parameters())["mode"].set_bool_param(true); },
+       grpc::StatusCode::INVALID_ARGUMENT, "parameter \"mode\" must be"},
+      {"unknown parameter",
+       [](auto& r) { (*r.mutable_parameters())["color"].set_int64_param(1); },
+       grpc::StatusCode::INVALID_ARGUMENT, "unknown parameter \"color\""},
+      {"unknown output", [](auto& r) { r.add_outputs()->set_name("z"); },
+       grpc::StatusCode::INVALID_ARGUMENT, "output \"z\" is not an output"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    inference::ModelInferRequest request = Infer(true);
+    c.change(request);
+    inference::ModelInferResponse r;
+    const grpc::Status s = Call(request, &r);
+    EXPECT_EQ(s.error_code(), c.code) << s.error_message();
+    EXPECT_NE(s.error_message().find(c.says), std::string::npos)
+        << s.error_message();
+  }
+  EXPECT_EQ(metrics_.inflight(), 0);
+  // Still serving.
+  inference::ModelInferResponse r;
+  EXPECT_TRUE(Call(Infer(true), &r).ok());
+}
+
+TEST_F(OpenInferenceTest, HealthAndMetadataFollowReadinessAndTokens) {
+  const std::string file = testing::TempDir() + "/oip-tokens";
+  std::ofstream(file) << "s3cret\n";
+  auto tokens = common::TokenSet::FromFile(file);
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  RouterServiceOptions options;
+  options.tokens = tokens->get();
+  Start(options, /*covered=*/1);
+  auto ready = [&](const std::string& name) {
+    grpc::ClientContext context;
+    inference::ModelReadyRequest request;
+    request.set_name(name);
+    inference::ModelReadyResponse response;
+    const grpc::Status s = oip_->ModelReady(&context, request, &response);
+    return s.ok() ? std::string(response.ready() ? "ready" : "not ready")
+                  : s.error_message();
+  };
+  // No token needed for health; not ready until worker 1 answers.
+  EXPECT_EQ(ready(model_->spec().name), "not ready");
+  EXPECT_NE(ready("nope").find("unknown model"), std::string::npos);
+  {
+    grpc::ClientContext context;
+    inference::ServerLiveResponse live;
+    ASSERT_TRUE(
+        oip_->ServerLive(&context, inference::ServerLiveRequest(), &live).ok());
+    EXPECT_TRUE(live.live());
+  }
+  workers_[1]->SetProbeError(absl::OkStatus());
+  pool_->ProbeAll();
+  EXPECT_EQ(ready(model_->spec().name), "ready");
+  // Metadata and inference need the token.
+  inference::ModelMetadataRequest request;
+  request.set_name(model_->spec().name);
+  inference::ModelMetadataResponse metadata;
+  {
+    grpc::ClientContext context;
+    EXPECT_EQ(oip_->ModelMetadata(&context, request, &metadata).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  inference::ModelInferResponse r;
+  EXPECT_EQ(Call(Infer(true), &r).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", "Bearer s3cret");
+  ASSERT_TRUE(oip_->ModelMetadata(&context, request, &metadata).ok());
+  EXPECT_EQ(metadata.platform(), "moe-serve");
+  EXPECT_EQ(metadata.versions(0), model_->fingerprint());
+  EXPECT_EQ(metadata.inputs(0).name(), "x");
+  EXPECT_EQ(metadata.inputs(0).shape(2), 16);
+  EXPECT_EQ(metadata.outputs(0).name(), "y");
+  EXPECT_TRUE(Call(Infer(true), &r, "s3cret").ok());
 }
 
 TEST(RouterServiceOptionsTest, ValidateNamesTheFlag) {

@@ -1,0 +1,68 @@
+// The Open Inference Protocol v2 at the router's edge: its requests turned
+// into moe.v1 ones and the answers back, so that ModelInfer runs exactly
+// the path of Forward (docs/open_inference.md).
+//
+// Models: every MoE layer is one, named by its layer name; the layer of a
+// one-layer model whose layer is unnamed ("") is named by the model's name.
+// A model's only version is the model's fingerprint.
+//
+// ModelInfer inputs: `x` (FP32, BF16 or FP16, [B, n, dim]) and optionally
+// `second_choice_uniforms` (FP32, [B, n] or [2, B, n]), as raw_input_contents
+// or typed contents (FP32 only). Parameters, named as in moe.v1
+// RoutingOptions: mode ("eval"/"train"), policy ("random", "all", "none",
+// "threshold"), threshold, capacity_factor, seed, return_trace,
+// on_expert_failure ("drop"/"fail"); and allow_degraded. Outputs: y (x's
+// dtype), balance_loss, router_z_loss, total_aux_loss (FP32 [1]),
+// kept_per_expert (INT64 [E]), dropped_tokens (INT64 [1]), and the routing
+// trace's tensors when return_trace; all as raw_output_contents, or those
+// the request names. The response's parameters carry `degraded`.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/model_spec.h"
+#include "inference/open_inference_grpc.pb.h"
+#include "moe/v1/router.pb.h"
+
+namespace moe::router {
+
+// The model name of layer `layer` of `spec`.
+std::string OipModelName(const common::ModelSpec& spec, int layer);
+
+// The layer index of model `name` (version `version`: empty or
+// `fingerprint`). NotFound naming a few models, or the version served.
+absl::StatusOr<int> FindOipModel(const common::ModelSpec& spec,
+                                 const std::string& fingerprint,
+                                 absl::string_view name,
+                                 absl::string_view version);
+
+// ModelMetadata of layer `layer`.
+inference::ModelMetadataResponse OipModelMetadata(
+    const common::ModelSpec& spec, const std::string& fingerprint, int layer);
+
+// What a ModelInfer asks beyond the ForwardRequest.
+struct OipInferRequest {
+  moe::v1::ForwardRequest forward;
+  bool allow_degraded = false;
+  std::vector<std::string> outputs;  // empty: all
+};
+
+// The ForwardRequest of `request` for layer `layer`; InvalidArgument naming
+// the input or parameter and what is wrong.
+absl::StatusOr<OipInferRequest> FromModelInfer(
+    const inference::ModelInferRequest& request, const common::ModelSpec& spec,
+    int layer);
+
+// The ModelInferResponse of `response`; UNAVAILABLE naming the failed
+// experts for a degraded answer unless allowed; InvalidArgument for an
+// output the model does not have.
+absl::StatusOr<inference::ModelInferResponse> ToModelInfer(
+    const moe::v1::ForwardResponse& response, const OipInferRequest& asked,
+    const std::string& model_name, const std::string& version,
+    const std::string& id);
+
+}  // namespace moe::router

@@ -1,0 +1,131 @@
+#include "router/service/inference_service.h"
+
+#include <string>
+#include <utility>
+
+#include "common/status_macros.h"
+#include "moe_version.h"
+#include "proto/grpc_status.h"
+#include "router/api/open_inference.h"
+
+namespace moe::router {
+namespace {
+
+grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
+                                 const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(proto::ToGrpcStatus(status));
+  return reactor;
+}
+
+}  // namespace
+
+// One ModelInfer call: the translated forward, answered in OIP terms.
+class InferenceService::InferCall : public grpc::ServerUnaryReactor {
+ public:
+  InferCall(grpc::CallbackServerContext* context, absl::Time start,
+            const inference::ModelInferRequest* request,
+            inference::ModelInferResponse* response)
+      : job(
+            context, start, "ModelInfer",
+            [this, request, response]() -> absl::Status {
+              MOE_ASSIGN_OR_RETURN(*response,
+                                   ToModelInfer(job.response, asked, model_name,
+                                                version, request->id()));
+              return absl::OkStatus();
+            },
+            [this](absl::Status status) {
+              Finish(proto::ToGrpcStatus(status));
+            }) {}
+  void OnCancel() override { job.Cancel(); }
+  void OnDone() override { delete this; }
+
+  RouterService::Job job;
+  OipInferRequest asked;
+  std::string model_name;
+  std::string version;
+};
+
+grpc::ServerUnaryReactor* InferenceService::ServerLive(
+    grpc::CallbackServerContext* context,
+    const inference::ServerLiveRequest* /*request*/,
+    inference::ServerLiveResponse* response) {
+  response->set_live(true);
+  return Answer(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceService::ServerReady(
+    grpc::CallbackServerContext* context,
+    const inference::ServerReadyRequest* /*request*/,
+    inference::ServerReadyResponse* response) {
+  response->set_ready(router_->pool().ready());
+  return Answer(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceService::ModelReady(
+    grpc::CallbackServerContext* context,
+    const inference::ModelReadyRequest* request,
+    inference::ModelReadyResponse* response) {
+  const ModelEngine& model = router_->runner().model();
+  absl::StatusOr<int> layer = FindOipModel(model.spec(), model.fingerprint(),
+                                           request->name(), request->version());
+  if (!layer.ok()) return Answer(context, layer.status());
+  response->set_ready(router_->pool().ready() &&
+                      router_->pool().Uncovered().ids(*layer).empty());
+  return Answer(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceService::ServerMetadata(
+    grpc::CallbackServerContext* context,
+    const inference::ServerMetadataRequest* /*request*/,
+    inference::ServerMetadataResponse* response) {
+  absl::Status status = router_->Authorize(*context);
+  if (status.ok()) {
+    response->set_name("moe-serve");
+    response->set_version(kVersion);
+  }
+  return Answer(context, status);
+}
+
+grpc::ServerUnaryReactor* InferenceService::ModelMetadata(
+    grpc::CallbackServerContext* context,
+    const inference::ModelMetadataRequest* request,
+    inference::ModelMetadataResponse* response) {
+  absl::Status status = router_->Authorize(*context);
+  if (!status.ok()) return Answer(context, status);
+  const ModelEngine& model = router_->runner().model();
+  absl::StatusOr<int> layer = FindOipModel(model.spec(), model.fingerprint(),
+                                           request->name(), request->version());
+  if (!layer.ok()) return Answer(context, layer.status());
+  *response = OipModelMetadata(model.spec(), model.fingerprint(), *layer);
+  return Answer(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceService::ModelInfer(
+    grpc::CallbackServerContext* context,
+    const inference::ModelInferRequest* request,
+    inference::ModelInferResponse* response) {
+  auto* call =
+      new InferCall(context, router_->clock()->Now(), request, response);
+  const ModelEngine& model = router_->runner().model();
+  absl::Status status = router_->Authorize(*context);
+  if (status.ok()) {
+    absl::StatusOr<int> layer =
+        FindOipModel(model.spec(), model.fingerprint(), request->model_name(),
+                     request->model_version());
+    absl::StatusOr<OipInferRequest> asked =
+        layer.ok() ? FromModelInfer(*request, model.spec(), *layer)
+                   : absl::StatusOr<OipInferRequest>(layer.status());
+    if (asked.ok()) {
+      call->asked = std::move(*asked);
+      call->job.request = std::move(call->asked.forward);
+      call->model_name = OipModelName(model.spec(), *layer);
+      call->version = model.fingerprint();
+    }
+    status = asked.status();
+  }
+  router_->Serve(&call->job, std::move(status));
+  return call;
+}
+
+}  // namespace moe::router

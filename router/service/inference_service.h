@@ -1,0 +1,55 @@
+// The Open Inference Protocol v2 (inference.GRPCInferenceService) on the
+// router's port, beside moe.v1.Router: every MoE layer is a model
+// (router/api/open_inference.h has the mapping). ModelInfer is translated
+// into a moe.v1 ForwardRequest and served by RouterService::Serve: the same
+// token check, admission, queue, forward, logs and metrics as Forward, and
+// the same bits of y. ServerLive, ServerReady and ModelReady need no token
+// (like grpc.health.v1); ServerMetadata, ModelMetadata and ModelInfer need
+// one when the router has tokens. Errors: unknown model or version
+// NOT_FOUND, bad input INVALID_ARGUMENT naming the tensor, overload
+// RESOURCE_EXHAUSTED, not ready UNAVAILABLE.
+#pragma once
+
+#include "inference/open_inference_grpc.grpc.pb.h"
+#include "router/service/router_service.h"
+
+namespace moe::router {
+
+class InferenceService final
+    : public inference::GRPCInferenceService::CallbackService {
+ public:
+  // `router` must outlive the service.
+  explicit InferenceService(RouterService* router) : router_(router) {}
+
+  grpc::ServerUnaryReactor* ServerLive(
+      grpc::CallbackServerContext* context,
+      const inference::ServerLiveRequest* request,
+      inference::ServerLiveResponse* response) override;
+  grpc::ServerUnaryReactor* ServerReady(
+      grpc::CallbackServerContext* context,
+      const inference::ServerReadyRequest* request,
+      inference::ServerReadyResponse* response) override;
+  grpc::ServerUnaryReactor* ModelReady(
+      grpc::CallbackServerContext* context,
+      const inference::ModelReadyRequest* request,
+      inference::ModelReadyResponse* response) override;
+  grpc::ServerUnaryReactor* ServerMetadata(
+      grpc::CallbackServerContext* context,
+      const inference::ServerMetadataRequest* request,
+      inference::ServerMetadataResponse* response) override;
+  grpc::ServerUnaryReactor* ModelMetadata(
+      grpc::CallbackServerContext* context,
+      const inference::ModelMetadataRequest* request,
+      inference::ModelMetadataResponse* response) override;
+  grpc::ServerUnaryReactor* ModelInfer(
+      grpc::CallbackServerContext* context,
+      const inference::ModelInferRequest* request,
+      inference::ModelInferResponse* response) override;
+
+ private:
+  class InferCall;
+
+  RouterService* const router_;
+};
+
+}  // namespace moe::router

@@ -1,0 +1,191 @@
+// The Open Inference Protocol v2 with real processes: moe-up on a two-layer
+// model with tokens, a client built from the project's
+// proto/inference/open_inference_grpc.proto calling every RPC, ModelInfer's
+// y against Forward's bit for bit, and the refusals.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "client/router_client.h"
+#include "common/random_input.h"
+#include "common/torch/demo_model.h"
+#include "inference/open_inference_grpc.grpc.pb.h"
+#include "proto/tensor_codec.h"
+#include "testing/deployment.h"
+#include "testing/golden.h"
+
+namespace moe {
+namespace {
+
+constexpr char kToken[] = "oip-s3cret";
+
+class OpenInferenceIntegrationTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    common::LayerConfig config = common::DefaultDemoConfig();
+    config.dim = 64;
+    config.num_experts = 8;
+    const std::string dir = testing::TempDir();
+    const std::string checkpoint = dir + "/oip-two-layers.safetensors";
+    ASSERT_TRUE(
+        common::WriteDemoCheckpoint(checkpoint, config, 2, /*seed=*/3).ok());
+    const std::string tokens = dir + "/oip-tokens";
+    std::ofstream(tokens) << kToken << "\n";
+    const std::string port_file = dir + "/oip-up.port";
+    up_ = testing::StartProcess(
+              {testing::BinaryPath("moe-up"), "--checkpoint=" + checkpoint,
+               "--workers=2", "--port=0", "--port_file=" + port_file,
+               "--auth_tokens_file=" + tokens},
+              port_file + ".log")
+              .release();
+    ASSERT_NE(up_, nullptr);
+    auto port = testing::WaitForPortFile(port_file, absl::Seconds(90), up_);
+    ASSERT_TRUE(port.ok()) << port.status() << up_->Log();
+    target_ = new std::string(absl::StrCat("127.0.0.1:", *port));
+  }
+  static void TearDownTestSuite() {
+    delete up_;
+    delete target_;
+  }
+
+  void SetUp() override {
+    ASSERT_NE(target_, nullptr);
+    stub_ = inference::GRPCInferenceService::NewStub(
+        grpc::CreateChannel(*target_, grpc::InsecureChannelCredentials()));
+  }
+
+  static void WithToken(grpc::ClientContext* context) {
+    context->AddMetadata("authorization", absl::StrCat("Bearer ", kToken));
+  }
+
+  // x [2, 3, 64] of seed 11, as raw FP32.
+  static common::HostTensor X() {
+    return common::RandomNormalTensor({2, 3, 64}, 11);
+  }
+  static inference::ModelInferRequest Infer(const std::string& model) {
+    const common::HostTensor x = X();
+    inference::ModelInferRequest r;
+    r.set_model_name(model);
+    (*r.mutable_parameters())["seed"].set_int64_param(5);
+    auto* in = r.add_inputs();
+    in->set_name("x");
+    in->set_datatype("FP32");
+    for (int64_t d : x.shape) in->add_shape(d);
+    r.add_raw_input_contents(x.data);
+    return r;
+  }
+  grpc::Status Call(const inference::ModelInferRequest& request,
+                    inference::ModelInferResponse* response,
+                    bool token = true) {
+    grpc::ClientContext context;
+    if (token) WithToken(&context);
+    return stub_->ModelInfer(&context, request, response);
+  }
+
+  static testing::Process* up_;
+  static std::string* target_;
+  std::unique_ptr<inference::GRPCInferenceService::Stub> stub_;
+};
+
+testing::Process* OpenInferenceIntegrationTest::up_ = nullptr;
+std::string* OpenInferenceIntegrationTest::target_ = nullptr;
+
+TEST_F(OpenInferenceIntegrationTest,
+       EveryRpcAnswersAndInferIsForwardBitForBit) {
+  {
+    grpc::ClientContext context;
+    inference::ServerLiveResponse live;
+    ASSERT_TRUE(
+        stub_->ServerLive(&context, inference::ServerLiveRequest(), &live)
+            .ok());
+    EXPECT_TRUE(live.live());
+  }
+  {
+    grpc::ClientContext context;
+    inference::ServerReadyResponse ready;
+    ASSERT_TRUE(
+        stub_->ServerReady(&context, inference::ServerReadyRequest(), &ready)
+            .ok());
+    EXPECT_TRUE(ready.ready());
+  }
+  {
+    grpc::ClientContext context;
+    WithToken(&context);
+    inference::ServerMetadataResponse metadata;
+    ASSERT_TRUE(stub_
+                    ->ServerMetadata(
+                        &context, inference::ServerMetadataRequest(), &metadata)
+                    .ok());
+    EXPECT_EQ(metadata.name(), "moe-serve");
+  }
+  for (const char* model : {"layers.0.ff", "layers.1.ff"}) {
+    SCOPED_TRACE(model);
+    grpc::ClientContext ready_context;
+    inference::ModelReadyRequest ready_request;
+    ready_request.set_name(model);
+    inference::ModelReadyResponse ready;
+    ASSERT_TRUE(stub_->ModelReady(&ready_context, ready_request, &ready).ok());
+    EXPECT_TRUE(ready.ready());
+    grpc::ClientContext context;
+    WithToken(&context);
+    inference::ModelMetadataRequest request;
+    request.set_name(model);
+    inference::ModelMetadataResponse metadata;
+    ASSERT_TRUE(stub_->ModelMetadata(&context, request, &metadata).ok());
+    EXPECT_EQ(metadata.name(), model);
+    EXPECT_EQ(metadata.inputs(0).shape(2), 64);
+
+    // ModelInfer, raw and typed, against Forward with the same seed.
+    client::ClientOptions options;
+    options.token = kToken;
+    auto router = client::RouterClient::Create(*target_, options);
+    moe::v1::ForwardRequest forward;
+    forward.set_layer(model);
+    forward.mutable_options()->set_seed(5);
+    ASSERT_TRUE(proto::EncodeTensor(X(), forward.mutable_x()).ok());
+    auto expected = router->Forward(forward);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    inference::ModelInferRequest raw = Infer(model);
+    inference::ModelInferRequest typed = raw;
+    typed.clear_raw_input_contents();
+    const std::string& bytes = raw.raw_input_contents(0);
+    const float* v = reinterpret_cast<const float*>(bytes.data());
+    typed.mutable_inputs(0)->mutable_contents()->mutable_fp32_contents()->Add(
+        v, v + bytes.size() / sizeof(float));
+    for (const auto* request : {&raw, &typed}) {
+      inference::ModelInferResponse response;
+      const grpc::Status s = Call(*request, &response);
+      ASSERT_TRUE(s.ok()) << s.error_message();
+      ASSERT_GE(response.raw_output_contents_size(), 1);
+      EXPECT_EQ(response.outputs(0).name(), "y");
+      EXPECT_EQ(response.raw_output_contents(0), expected->y().data());
+    }
+  }
+}
+
+TEST_F(OpenInferenceIntegrationTest, RefusalsCarryTheRightCodes) {
+  inference::ModelInferResponse response;
+  inference::ModelInferRequest unknown = Infer("layers.9.ff");
+  EXPECT_EQ(Call(unknown, &response).error_code(), grpc::StatusCode::NOT_FOUND);
+  inference::ModelInferRequest shape = Infer("layers.0.ff");
+  shape.mutable_inputs(0)->set_shape(2, 32);
+  shape.mutable_inputs(0)->set_shape(1, 6);
+  const grpc::Status bad_shape = Call(shape, &response);
+  EXPECT_EQ(bad_shape.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(bad_shape.error_message().find("64"), std::string::npos)
+      << bad_shape.error_message();
+  inference::ModelInferRequest dtype = Infer("layers.0.ff");
+  dtype.mutable_inputs(0)->set_datatype("FP64");
+  EXPECT_EQ(Call(dtype, &response).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Call(Infer("layers.0.ff"), &response, /*token=*/false).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  // And it still serves.
+  EXPECT_TRUE(Call(Infer("layers.0.ff"), &response).ok());
+}
+
+}  // namespace
+}  // namespace moe

@@ -1,0 +1,165 @@
+// proto/inference/open_inference_grpc.proto against the Open Inference
+// Protocol's specification (kserve/open-inference-protocol,
+// specification/protocol/open_inference_grpc.proto): a stock client
+// (tritonclient, KServe) depends on every name, number and type below, so
+// they are transcribed from the specification and compared with the
+// compiled descriptors, nothing more and nothing less.
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/descriptor.pb.h>
+#include <gtest/gtest.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "inference/open_inference_grpc.pb.h"
+
+namespace moe {
+namespace {
+
+using google::protobuf::Descriptor;
+using google::protobuf::DescriptorPool;
+using google::protobuf::FieldDescriptor;
+
+// "3 shape repeated int64", "4 parameters map<string,
+// inference.InferParameter>", "1 bool_param oneof parameter_choice bool".
+std::string Describe(const FieldDescriptor& f) {
+  std::string type;
+  if (f.is_map()) {
+    const Descriptor* entry = f.message_type();
+    return absl::StrCat(f.number(), " ", f.name(), " map<",
+                        entry->field(0)->type_name(), ", ",
+                        entry->field(1)->message_type()->full_name(), ">");
+  }
+  type = f.type() == FieldDescriptor::TYPE_MESSAGE
+             ? f.message_type()->full_name()
+             : f.type_name();
+  std::string prefix;
+  if (f.is_repeated()) prefix = "repeated ";
+  if (f.real_containing_oneof() != nullptr) {
+    prefix = absl::StrCat("oneof ", f.real_containing_oneof()->name(), " ");
+  }
+  return absl::StrCat(f.number(), " ", f.name(), " ", prefix, type);
+}
+
+const std::map<std::string, std::vector<std::string>>& Specification() {
+  static const auto* spec = new std::map<std::string, std::vector<std::string>>{
+      {"ServerLiveRequest", {}},
+      {"ServerLiveResponse", {"1 live bool"}},
+      {"ServerReadyRequest", {}},
+      {"ServerReadyResponse", {"1 ready bool"}},
+      {"ModelReadyRequest", {"1 name string", "2 version string"}},
+      {"ModelReadyResponse", {"1 ready bool"}},
+      {"ServerMetadataRequest", {}},
+      {"ServerMetadataResponse",
+       {"1 name string", "2 version string", "3 extensions repeated string"}},
+      {"ModelMetadataRequest", {"1 name string", "2 version string"}},
+      {"ModelMetadataResponse",
+       {"1 name string", "2 versions repeated string", "3 platform string",
+        "4 inputs repeated inference.ModelMetadataResponse.TensorMetadata",
+        "5 outputs repeated inference.ModelMetadataResponse.TensorMetadata"}},
+      {"ModelMetadataResponse.TensorMetadata",
+       {"1 name string", "2 datatype string", "3 shape repeated int64"}},
+      {"ModelInferRequest",
+       {"1 model_name string", "2 model_version string", "3 id string",
+        "4 parameters map<string, inference.InferParameter>",
+        "5 inputs repeated inference.ModelInferRequest.InferInputTensor",
+        "6 outputs repeated "
+        "inference.ModelInferRequest.InferRequestedOutputTensor",
+        "7 raw_input_contents repeated bytes"}},
+      {"ModelInferRequest.InferInputTensor",
+       {"1 name string", "2 datatype string", "3 shape repeated int64",
+        "4 parameters map<string, inference.InferParameter>",
+        "5 contents inference.InferTensorContents"}},
+      {"ModelInferRequest.InferRequestedOutputTensor",
+       {"1 name string", "2 parameters map<string, inference.InferParameter>"}},
+      {"ModelInferResponse",
+       {"1 model_name string", "2 model_version string", "3 id string",
+        "4 parameters map<string, inference.InferParameter>",
+        "5 outputs repeated inference.ModelInferResponse.InferOutputTensor",
+        "6 raw_output_contents repeated bytes"}},
+      {"ModelInferResponse.InferOutputTensor",
+       {"1 name string", "2 datatype string", "3 shape repeated int64",
+        "4 parameters map<string, inference.InferParameter>",
+        "5 contents inference.InferTensorContents"}},
+      {"InferParameter",
+       {"1 bool_param oneof parameter_choice bool",
+        "2 int64_param oneof parameter_choice int64",
+        "3 string_param oneof parameter_choice string",
+        "4 double_param oneof parameter_choice double",
+        "5 uint64_param oneof parameter_choice uint64"}},
+      {"InferTensorContents",
+       {"1 bool_contents repeated bool", "2 int_contents repeated int32",
+        "3 int64_contents repeated int64", "4 uint_contents repeated uint32",
+        "5 uint64_contents repeated uint64", "6 fp32_contents repeated float",
+        "7 fp64_contents repeated double", "8 bytes_contents repeated bytes"}},
+  };
+  return *spec;
+}
+
+TEST(OpenInferenceProtoTest, MessagesAreTheSpecificationsFieldForField) {
+  const DescriptorPool* pool = DescriptorPool::generated_pool();
+  // Linked in: the generated file registers its descriptors.
+  ASSERT_NE(inference::ModelInferRequest::descriptor(), nullptr);
+  for (const auto& [name, fields] : Specification()) {
+    SCOPED_TRACE(name);
+    const Descriptor* m = pool->FindMessageTypeByName("inference." + name);
+    ASSERT_NE(m, nullptr);
+    std::vector<std::string> got;
+    for (int i = 0; i < m->field_count(); ++i) {
+      got.push_back(Describe(*m->field(i)));
+    }
+    EXPECT_EQ(got, fields);
+  }
+  // And no message the specification does not have (map entries aside).
+  const google::protobuf::FileDescriptor* file =
+      inference::ModelInferRequest::descriptor()->file();
+  EXPECT_EQ(file->package(), "inference");
+  int messages = 0;
+  std::vector<const Descriptor*> todo;
+  for (int i = 0; i < file->message_type_count(); ++i) {
+    todo.push_back(file->message_type(i));
+  }
+  while (!todo.empty()) {
+    const Descriptor* m = todo.back();
+    todo.pop_back();
+    if (m->options().map_entry()) continue;
+    ++messages;
+    EXPECT_EQ(Specification().count(m->full_name().substr(10)), 1u)
+        << m->full_name();
+    for (int i = 0; i < m->nested_type_count(); ++i) {
+      todo.push_back(m->nested_type(i));
+    }
+  }
+  EXPECT_EQ(messages, static_cast<int>(Specification().size()));
+}
+
+TEST(OpenInferenceProtoTest, TheServiceIsTheSpecifications) {
+  const google::protobuf::ServiceDescriptor* s =
+      DescriptorPool::generated_pool()->FindServiceByName(
+          "inference.GRPCInferenceService");
+  ASSERT_NE(s, nullptr);
+  const std::vector<std::string> expected = {
+      "ServerLive(inference.ServerLiveRequest) -> inference.ServerLiveResponse",
+      "ServerReady(inference.ServerReadyRequest) -> "
+      "inference.ServerReadyResponse",
+      "ModelReady(inference.ModelReadyRequest) -> inference.ModelReadyResponse",
+      "ServerMetadata(inference.ServerMetadataRequest) -> "
+      "inference.ServerMetadataResponse",
+      "ModelMetadata(inference.ModelMetadataRequest) -> "
+      "inference.ModelMetadataResponse",
+      "ModelInfer(inference.ModelInferRequest) -> inference.ModelInferResponse",
+  };
+  std::vector<std::string> got;
+  for (int i = 0; i < s->method_count(); ++i) {
+    const auto* m = s->method(i);
+    EXPECT_FALSE(m->client_streaming() || m->server_streaming()) << m->name();
+    got.push_back(absl::StrCat(m->name(), "(", m->input_type()->full_name(),
+                               ") -> ", m->output_type()->full_name()));
+  }
+  EXPECT_EQ(got, expected);
+}
+
+}  // namespace
+}  // namespace moe

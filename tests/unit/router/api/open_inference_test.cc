@@ -1,0 +1,197 @@
+// The Open Inference Protocol's mapping onto moe.v1 (router/api/
+// open_inference.h), message to message; the service tests run it end to
+// end (router_service_test, open_inference_integration_test).
+#include "router/api/open_inference.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace moe::router {
+namespace {
+
+common::ModelSpec TwoLayers() {
+  common::ModelSpec spec;
+  spec.name = "tiny";
+  spec.dim = 4;
+  common::LayerConfig c;
+  c.num_experts = 8;
+  spec.layers = {{"layers.0.ff", c}, {"layers.1.ff", c}};
+  return spec;
+}
+
+std::string Floats(std::vector<float> v) {
+  return std::string(reinterpret_cast<const char*>(v.data()),
+                     v.size() * sizeof(float));
+}
+
+inference::ModelInferRequest Request(const std::string& datatype,
+                                     std::vector<int64_t> shape,
+                                     std::string raw) {
+  inference::ModelInferRequest r;
+  r.set_model_name("layers.1.ff");
+  auto* x = r.add_inputs();
+  x->set_name("x");
+  x->set_datatype(datatype);
+  for (int64_t d : shape) x->add_shape(d);
+  r.add_raw_input_contents(std::move(raw));
+  return r;
+}
+
+TEST(OpenInferenceTest, EveryLayerIsAModelAndTheFingerprintItsVersion) {
+  const common::ModelSpec spec = TwoLayers();
+  EXPECT_EQ(FindOipModel(spec, "sha256:ab", "layers.1.ff", "").value(), 1);
+  EXPECT_EQ(FindOipModel(spec, "sha256:ab", "layers.0.ff", "sha256:ab").value(),
+            0);
+  absl::StatusOr<int> other =
+      FindOipModel(spec, "sha256:ab", "layers.0.ff", "2");
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(other.status().message().find("serves version sha256:ab"),
+            std::string::npos);
+  absl::StatusOr<int> unknown = FindOipModel(spec, "sha256:ab", "tiny", "");
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(unknown.status().message().find("\"layers.0.ff\""),
+            std::string::npos);
+  // A one-layer model's unnamed layer is named by the model.
+  common::ModelSpec one = spec;
+  one.layers = {{"", spec.layers[0].config}};
+  EXPECT_EQ(OipModelName(one, 0), "tiny");
+  EXPECT_EQ(FindOipModel(one, "f", "tiny", "").value(), 0);
+  EXPECT_FALSE(FindOipModel(one, "f", "", "").ok());
+  const inference::ModelMetadataResponse m = OipModelMetadata(spec, "f", 1);
+  EXPECT_EQ(m.name(), "layers.1.ff");
+  EXPECT_EQ(m.outputs(4).name(), "kept_per_expert");
+  EXPECT_EQ(m.outputs(4).shape(0), 8);
+}
+
+TEST(OpenInferenceTest, InputsAndParametersBecomeTheForwardRequest) {
+  const common::ModelSpec spec = TwoLayers();
+  inference::ModelInferRequest r =
+      Request("BF16", {1, 2, 4}, std::string(16, '\x01'));
+  (*r.mutable_parameters())["mode"].set_string_param("train");
+  (*r.mutable_parameters())["policy"].set_string_param("threshold");
+  (*r.mutable_parameters())["threshold"].set_double_param(0.25);
+  (*r.mutable_parameters())["capacity_factor"].set_int64_param(3);
+  (*r.mutable_parameters())["seed"].set_uint64_param(42);
+  (*r.mutable_parameters())["return_trace"].set_bool_param(true);
+  (*r.mutable_parameters())["on_expert_failure"].set_string_param("fail");
+  (*r.mutable_parameters())["allow_degraded"].set_bool_param(true);
+  auto* u = r.add_inputs();
+  u->set_name("second_choice_uniforms");
+  u->set_datatype("FP32");
+  u->add_shape(1);
+  u->add_shape(2);
+  r.add_raw_input_contents(Floats({0.5f, 0.25f}));
+  r.add_outputs()->set_name("y");
+  absl::StatusOr<OipInferRequest> got = FromModelInfer(r, spec, 1);
+  ASSERT_TRUE(got.ok()) << got.status();
+  const moe::v1::ForwardRequest& f = got->forward;
+  EXPECT_EQ(f.layer(), "layers.1.ff");
+  EXPECT_EQ(f.x().dtype(), moe::v1::BFLOAT16);
+  EXPECT_EQ(f.x().data(), std::string(16, '\x01'));
+  EXPECT_EQ(f.options().mode(), moe::v1::TRAIN);
+  EXPECT_EQ(f.options().policy(), moe::v1::THRESHOLD);
+  EXPECT_FLOAT_EQ(f.options().threshold(), 0.25f);
+  EXPECT_EQ(f.options().capacity_factor(), 3.0);
+  EXPECT_EQ(f.options().seed(), 42u);
+  EXPECT_TRUE(f.options().return_trace());
+  EXPECT_EQ(f.options().second_choice_uniforms().data(), Floats({0.5f, 0.25f}));
+  EXPECT_EQ(f.on_expert_failure(), moe::v1::ON_FAILURE_FAIL);
+  EXPECT_TRUE(got->allow_degraded);
+  EXPECT_EQ(got->outputs, std::vector<std::string>{"y"});
+}
+
+TEST(OpenInferenceTest, MalformedInputsAreRefusedNamingTheTensor) {
+  const common::ModelSpec spec = TwoLayers();
+  auto refused = [&](const inference::ModelInferRequest& r) {
+    absl::StatusOr<OipInferRequest> got = FromModelInfer(r, spec, 0);
+    EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument);
+    return std::string(got.status().message());
+  };
+  // BF16 as typed contents: the protocol has no field for it.
+  inference::ModelInferRequest typed = Request("BF16", {1, 1, 4}, "");
+  typed.clear_raw_input_contents();
+  EXPECT_NE(refused(typed).find("only as raw_input_contents"),
+            std::string::npos);
+  // Typed FP32 with too few values.
+  inference::ModelInferRequest few = Request("FP32", {1, 1, 4}, "");
+  few.clear_raw_input_contents();
+  few.mutable_inputs(0)->mutable_contents()->add_fp32_contents(1.f);
+  EXPECT_NE(refused(few).find("has 1 values"), std::string::npos);
+  // Raw and typed at once.
+  inference::ModelInferRequest both =
+      Request("FP32", {1, 1, 4}, Floats({1, 2, 3, 4}));
+  both.mutable_inputs(0)->mutable_contents()->add_fp32_contents(1.f);
+  EXPECT_NE(refused(both).find("must not be set"), std::string::npos);
+  // A raw entry missing, a huge shape, a negative one, no x, x twice.
+  inference::ModelInferRequest missing =
+      Request("FP32", {1, 1, 4}, Floats({1, 2, 3, 4}));
+  missing.add_inputs()->set_name("second_choice_uniforms");
+  EXPECT_NE(refused(missing).find("one per input"), std::string::npos);
+  EXPECT_NE(refused(Request("FP32", {1 << 30, 1 << 30, 1 << 30}, ""))
+                .find("too large"),
+            std::string::npos);
+  EXPECT_NE(refused(Request("FP32", {1, -1, 4}, "")).find("negative"),
+            std::string::npos);
+  inference::ModelInferRequest none;
+  EXPECT_NE(refused(none).find("\"x\" is missing"), std::string::npos);
+  inference::ModelInferRequest twice =
+      Request("FP32", {1, 1, 4}, Floats({1, 2, 3, 4}));
+  *twice.add_inputs() = twice.inputs(0);
+  twice.add_raw_input_contents(Floats({1, 2, 3, 4}));
+  EXPECT_NE(refused(twice).find("given twice"), std::string::npos);
+  inference::ModelInferRequest seed =
+      Request("FP32", {1, 1, 4}, Floats({1, 2, 3, 4}));
+  (*seed.mutable_parameters())["seed"].set_int64_param(-1);
+  EXPECT_NE(refused(seed).find("non-negative"), std::string::npos);
+}
+
+TEST(OpenInferenceTest, TheAnswerCarriesEveryOutputOrTheOnesAsked) {
+  moe::v1::ForwardResponse f;
+  f.mutable_y()->set_dtype(moe::v1::FLOAT32);
+  for (int64_t d : {1, 1, 4}) f.mutable_y()->add_shape(d);
+  f.mutable_y()->set_data(Floats({1, 2, 3, 4}));
+  f.mutable_losses()->set_balance_loss(0.5);
+  f.mutable_stats()->add_kept_per_expert(3);
+  f.mutable_stats()->add_kept_per_expert(1);
+  f.mutable_stats()->mutable_routing()->set_dropped_tokens(2);
+  auto* trace = f.add_trace();
+  trace->set_name("gate_indices");
+  trace->mutable_tensor()->set_dtype(moe::v1::INT64);
+  trace->mutable_tensor()->add_shape(1);
+  trace->mutable_tensor()->set_data(std::string(8, '\0'));
+  OipInferRequest asked;
+  absl::StatusOr<inference::ModelInferResponse> r =
+      ToModelInfer(f, asked, "m", "v", "id-1");
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<std::string> names;
+  for (const auto& o : r->outputs()) names.push_back(o.name());
+  EXPECT_EQ(names, (std::vector<std::string>{
+                       "y", "balance_loss", "router_z_loss", "total_aux_loss",
+                       "kept_per_expert", "dropped_tokens", "gate_indices"}));
+  EXPECT_EQ(r->raw_output_contents(0), Floats({1, 2, 3, 4}));
+  EXPECT_EQ(r->raw_output_contents(1), Floats({0.5f}));
+  int64_t dropped = 0;
+  std::memcpy(&dropped, r->raw_output_contents(5).data(), 8);
+  EXPECT_EQ(dropped, 2);
+  EXPECT_EQ(r->outputs(4).shape(0), 2);
+  EXPECT_EQ(r->id(), "id-1");
+  // A degraded answer is an error unless the request allows it.
+  f.set_degraded(true);
+  f.add_failed_experts(5);
+  absl::StatusOr<inference::ModelInferResponse> degraded =
+      ToModelInfer(f, asked, "m", "v", "");
+  EXPECT_EQ(degraded.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(degraded.status().message().find("experts [5]"), std::string::npos);
+  asked.allow_degraded = true;
+  asked.outputs = {"dropped_tokens"};
+  r = ToModelInfer(f, asked, "m", "v", "");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->outputs_size(), 1);
+  EXPECT_TRUE(r->parameters().at("degraded").bool_param());
+}
+
+}  // namespace
+}  // namespace moe::router
