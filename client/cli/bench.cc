@@ -39,6 +39,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "inference/open_inference_grpc.grpc.pb.h"
 #include "proto/cli/forward_flags.h"
+#include "proto/grpc_status.h"
 #include "proto/tensor_codec.h"
 
 ABSL_FLAG(int, concurrency, 1, "bench: requests in flight at once.");
@@ -229,17 +230,20 @@ class Tally {
   std::string last_error_ ABSL_GUARDED_BY(mu_);
 };
 
+// Whether a load thread takes another step: before `end` and within the
+// step budget.
+bool MoreSteps(const BenchPlan& plan, absl::Time end, Tally& tally) {
+  return absl::Now() < end &&
+         (plan.max_steps <= 0 || tally.started.fetch_add(1) < plan.max_steps);
+}
+
 // One closed-loop client thread: steps back to back until `end` (or the
 // step budget); backs off while the router is UNAVAILABLE.
 void LoadThread(const BenchPlan& plan, client::RouterClient& client, int t,
                 absl::Time end, Tally& tally) {
   std::vector<double> steps, trips, touched;
   absl::Duration backoff = absl::Milliseconds(100);
-  auto more = [&] {
-    return absl::Now() < end &&
-           (plan.max_steps <= 0 || tally.started.fetch_add(1) < plan.max_steps);
-  };
-  for (int64_t i = t; more(); i += plan.concurrency) {
+  for (int64_t i = t; MoreSteps(plan, end, tally); i += plan.concurrency) {
     moe::v1::ForwardRequest request = plan.requests[i % plan.requests.size()];
     const absl::Time t0 = absl::Now();
     absl::Status status;
@@ -307,10 +311,7 @@ void InferLoadThread(const BenchPlan& plan, client::RouterClient& client, int t,
     }
   }
   std::vector<double> steps, trips;
-  for (int64_t i = t;
-       absl::Now() < end &&
-       (plan.max_steps <= 0 || tally.started.fetch_add(1) < plan.max_steps);
-       i += plan.concurrency) {
+  for (int64_t i = t; MoreSteps(plan, end, tally); i += plan.concurrency) {
     const absl::Time t0 = absl::Now();
     grpc::Status status;
     for (const inference::ModelInferRequest& r :
@@ -327,9 +328,7 @@ void InferLoadThread(const BenchPlan& plan, client::RouterClient& client, int t,
       trips.push_back(absl::ToDoubleMilliseconds(absl::Now() - r0));
     }
     if (!status.ok()) {
-      tally.Error(
-          absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                       status.error_message()));
+      tally.Error(proto::FromGrpcStatus(status));
       continue;
     }
     steps.push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
@@ -344,17 +343,14 @@ void HealthLoadThread(const BenchPlan& plan, client::RouterClient& client,
   auto stub = grpc::health::v1::Health::NewStub(client.channel());
   grpc::health::v1::HealthCheckRequest request;
   std::vector<double> steps;
-  while (absl::Now() < end &&
-         (plan.max_steps <= 0 || tally.started.fetch_add(1) < plan.max_steps)) {
+  while (MoreSteps(plan, end, tally)) {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
     grpc::health::v1::HealthCheckResponse response;
     const absl::Time t0 = absl::Now();
     const grpc::Status status = stub->Check(&context, request, &response);
     if (!status.ok()) {
-      tally.Error(
-          absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                       status.error_message()));
+      tally.Error(proto::FromGrpcStatus(status));
       continue;
     }
     steps.push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
