@@ -147,6 +147,10 @@ absl::Status LocalDeployment::StartRouter() {
       absl::StrCat("--port=", options_.router_port),
       absl::StrCat("--max_tokens_per_request=",
                    options_.max_tokens_per_request)};
+  if (options_.router_http_port >= 0) {
+    argv.push_back(absl::StrCat("--http_port=", options_.router_http_port));
+    argv.push_back("--http_port_file=" + HttpPortFile());
+  }
   argv.insert(argv.end(), options_.router_flags.begin(),
               options_.router_flags.end());
   MOE_RETURN_IF_ERROR(
@@ -233,6 +237,10 @@ void LocalDeployment::StopAll() {
   for (Child& c : children_) stop(c);
 }
 
+std::string LocalDeployment::HttpPortFile() const {
+  return options_.work_dir + "/router.http.port";
+}
+
 std::string LocalDeployment::router_address() const {
   return absl::StrCat(options_.host, ":", router_port());
 }
@@ -250,6 +258,13 @@ std::string LocalDeployment::Endpoints() const {
     in >> metrics_port;
     absl::StrAppend(&endpoints, name, " ", options_.host, ":", c.port, "\n",
                     name, "_metrics ", options_.host, ":", metrics_port, "\n");
+  }
+  if (options_.router_http_port >= 0) {
+    std::ifstream in(HttpPortFile());
+    std::string http_port;
+    in >> http_port;
+    absl::StrAppend(&endpoints, "router_http ", options_.host, ":", http_port,
+                    "\n");
   }
   return endpoints;
 }

@@ -42,6 +42,9 @@ struct LocalDeploymentOptions {
   // The router's --max_tokens_per_request; the workers take twice as many
   // rows per call.
   int64_t max_tokens_per_request = 65536;
+  // The router's --http_port (the Open Inference Protocol's REST form; 0: a
+  // free one; -1: off), reported as "router_http" by Endpoints().
+  int router_http_port = -1;
   // Extra flags: to every child, to each worker, to the router.
   std::vector<std::string> common_flags;
   std::vector<std::string> worker_flags;
@@ -77,6 +80,8 @@ class LocalDeployment {
   absl::Status Prepare();
   absl::Status StartWorkers();
   absl::Status StartRouter();
+  // Where the router reports its --http_port.
+  std::string HttpPortFile() const;
   absl::Status StartChild(std::string name, const std::string& file,
                           std::vector<std::string> argv, int blas_threads);
   absl::Status WaitReady(Child& c);

@@ -20,6 +20,7 @@
 #include "proto/expert_wire.h"
 #include "proto/tls.h"
 #include "router/engine/model_engine.h"
+#include "router/service/inference_http.h"
 #include "router/service/inference_service.h"
 #include "router/service/prometheus_router_metrics.h"
 #include "router/service/router_service.h"
@@ -79,6 +80,12 @@ ABSL_FLAG(int64_t, inline_max_tokens, 256,
 ABSL_FLAG(bool, log_requests, false,
           "Log one line per request (layer, shape, code, duration; never "
           "tensors or tokens). Failed requests are always logged.");
+ABSL_FLAG(int, http_port, -1,
+          "Serve the Open Inference Protocol's REST form (HTTP/1.1, JSON: "
+          "/v2/...) on this port; 0 picks a free one; -1 (default) off. "
+          "Plaintext: refused together with --tls_cert_file.");
+ABSL_FLAG(std::string, http_port_file, "",
+          "Write the --http_port in use here once it listens.");
 ABSL_FLAG(int, probe_interval_ms, 1000, "Worker health probe interval.");
 ABSL_FLAG(double, start_timeout_seconds, 0,
           "Give up when experts stay without a worker this long at start "
@@ -227,6 +234,27 @@ absl::Status Run() {
       server::ServerRunner::Start(server_options, {service.get(), &inference}));
   MOE_LOG(INFO) << "listening on " << server->address()
                 << " (NOT_SERVING until every expert has a worker)";
+  std::unique_ptr<router::InferenceHttpServer> http;
+  if (const int http_port = absl::GetFlag(FLAGS_http_port); http_port >= 0) {
+    if (server_options.credentials != nullptr) {
+      return absl::InvalidArgumentError(
+          "--http_port serves plaintext HTTP and this router serves TLS "
+          "(--tls_cert_file): use the Open Inference Protocol over gRPC on "
+          "--port, or put the REST port behind a TLS proxy without "
+          "--tls_cert_file");
+    }
+    // JSON spends up to about 16 bytes on each float the wire sends in 4.
+    MOE_ASSIGN_OR_RETURN(http,
+                         router::InferenceHttpServer::Start(
+                             server_options.host, http_port, service.get(),
+                             runner.MaxRequestBytes() * 5 + (1 << 20)));
+    MOE_LOG(INFO) << "Open Inference Protocol REST on " << server_options.host
+                  << ":" << http->port() << " (plaintext)";
+    if (!absl::GetFlag(FLAGS_http_port_file).empty()) {
+      MOE_RETURN_IF_ERROR(server::WritePortFile(
+          absl::GetFlag(FLAGS_http_port_file), http->port()));
+    }
+  }
   pool.Start();
   const absl::Status ready = service->AwaitReady(
       absl::Seconds(absl::GetFlag(FLAGS_start_timeout_seconds)),
@@ -242,6 +270,7 @@ absl::Status Run() {
   }
   // gRPC may return from Shutdown with handlers still running on our queue;
   // they finish their calls while the server object still exists.
+  http.reset();  // its requests in progress finish first
   service->Drain();
   return absl::IsCancelled(ready) ? absl::OkStatus() : ready;
 }

@@ -45,6 +45,10 @@ ABSL_FLAG(std::string, compute_dtype, "float32",
           "relative RMS error about 4e-3; docs/numerics.md).");
 ABSL_FLAG(int, batch_window_us, 20000,
           "Passed to moe-router: dynamic batching window (0: off).");
+ABSL_FLAG(int, http_port, -1,
+          "Passed to moe-router: the Open Inference Protocol's REST form on "
+          "this port (0: a free one, written as \"router_http HOST:PORT\" to "
+          "--endpoints_file; -1: off).");
 ABSL_FLAG(int64_t, inline_max_tokens, 256,
           "Passed to moe-router: forwards up to this many tokens run on the "
           "gRPC thread that received them while the router is idle (0: "
@@ -112,6 +116,7 @@ absl::StatusOr<server::LocalDeploymentOptions> OptionsFromFlags() {
   o.router_port = absl::GetFlag(FLAGS_port);
   o.start_timeout = absl::Seconds(absl::GetFlag(FLAGS_start_timeout_seconds));
   o.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
+  o.router_http_port = absl::GetFlag(FLAGS_http_port);
   MOE_ASSIGN_OR_RETURN(o.probe, ProbeFromFlags());
   o.common_flags = {
       absl::StrCat("--reflection=", absl::GetFlag(FLAGS_reflection)),

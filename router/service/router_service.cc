@@ -19,11 +19,20 @@ RouterService::Job::Job(grpc::CallbackServerContext* context, absl::Time start,
                         const char* method,
                         std::function<absl::Status()> answer,
                         std::function<void(absl::Status)> done)
-    : context_(context),
+    : Job(
+          start, absl::FromChrono(context->deadline()), context->peer(), method,
+          [context] { return context->IsCancelled(); }, std::move(answer),
+          std::move(done)) {}
+
+RouterService::Job::Job(absl::Time start, absl::Time deadline, std::string peer,
+                        const char* method, std::function<bool()> cancelled,
+                        std::function<absl::Status()> answer,
+                        std::function<void(absl::Status)> done)
+    : cancelled_(std::move(cancelled)),
       waiter_(std::make_shared<ForwardWaiter>()),
       start_(start),
-      deadline_(absl::FromChrono(context->deadline())),
-      peer_(context->peer()),
+      deadline_(deadline),
+      peer_(std::move(peer)),
       method_(method),
       answer_(std::move(answer)),
       done_(std::move(done)) {}
@@ -286,7 +295,16 @@ absl::Status RouterService::RunForward(Job* job) const {
 
 absl::Status RouterService::Authorize(
     const grpc::CallbackServerContext& context) const {
-  const common::TokenSet::Verdict verdict = Authenticate(context);
+  return Refused(Authenticate(context));
+}
+
+absl::Status RouterService::Authorize(absl::string_view authorization) const {
+  if (options_.tokens == nullptr) return absl::OkStatus();
+  return Refused(authorization.empty() ? common::TokenSet::Verdict::kMissing
+                                       : options_.tokens->Check(authorization));
+}
+
+absl::Status RouterService::Refused(common::TokenSet::Verdict verdict) const {
   if (verdict == common::TokenSet::Verdict::kAccepted) {
     return absl::OkStatus();
   }
@@ -362,7 +380,7 @@ void RouterService::Serve(Job* job, absl::Status edge_status) {
     absl::Status status = admission_.Start(&job->ticket_, &reason);
     if (!status.ok()) {
       metrics_.RecordRejected(reason);
-    } else if (job->context_->IsCancelled()) {
+    } else if (job->cancelled_()) {
       status = absl::CancelledError("cancelled before it ran");
     } else if (options_.clock->Now() >= job->deadline_) {
       status = absl::DeadlineExceededError("deadline passed while queued");

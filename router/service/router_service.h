@@ -110,6 +110,12 @@ class RouterService final
     Job(grpc::CallbackServerContext* context, absl::Time start,
         const char* method, std::function<absl::Status()> answer,
         std::function<void(absl::Status)> done);
+    // The same for an edge without a gRPC call (HTTP): its deadline, its
+    // peer for the logs, and whether its client went away.
+    Job(absl::Time start, absl::Time deadline, std::string peer,
+        const char* method, std::function<bool()> cancelled,
+        std::function<absl::Status()> answer,
+        std::function<void(absl::Status)> done);
     // The client went away: the forward stops waiting for its workers.
     void Cancel() { waiter_->Cancel(); }
 
@@ -118,7 +124,7 @@ class RouterService final
 
    private:
     friend class RouterService;
-    grpc::CallbackServerContext* const context_;  // until done
+    const std::function<bool()> cancelled_;
     const std::shared_ptr<ForwardWaiter> waiter_;
     const absl::Time start_;
     const absl::Time deadline_;
@@ -133,6 +139,8 @@ class RouterService final
   // OK when the caller may use Forward, ModelInfer and the metadata calls;
   // UNAUTHENTICATED (counted) without a token this router accepts.
   absl::Status Authorize(const grpc::CallbackServerContext& context) const;
+  // The same for the value of an "authorization" header (empty: none).
+  absl::Status Authorize(absl::string_view authorization) const;
   // Serves `job`: refused at once with `edge_status` when that is not OK
   // (the edge's own checks), else admitted, run inline or on a forward
   // thread, logged and counted; job's done runs once, on some thread.
@@ -182,6 +190,8 @@ class RouterService final
   // kAccepted when the service needs no token.
   common::TokenSet::Verdict Authenticate(
       const grpc::CallbackServerContext& context) const;
+  // OK for kAccepted, else UNAUTHENTICATED (counted).
+  absl::Status Refused(common::TokenSet::Verdict verdict) const;
 
   const ForwardRunner* runner_;
   WorkerPool* pool_;

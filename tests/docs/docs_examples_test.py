@@ -10,7 +10,8 @@ rendered:
                                     tools/, client/, deploy/ and examples/,
                                     with 127.0.0.1:50051 meaning a real
                                     moe-up on the demo model that this test
-                                    starts (sh: bash -e; python: python3
+                                    starts, and 127.0.0.1:8000 its router's
+                                    REST port (sh: bash -e; python: python3
                                     with client/python on the path)
   <!-- docs-test: flags -->         a synopsis with placeholders: every line
                                     that runs a moe-serve program must name
@@ -42,6 +43,7 @@ ROOT = os.path.abspath(sys.argv.pop(1))
 BIN = os.path.abspath(sys.argv.pop(1))
 MARKER = re.compile(r"^<!-- docs-test: (run|flags|skip)\b\s*(.*?)\s*-->$")
 ADDRESS = "127.0.0.1:50051"
+REST_ADDRESS = "127.0.0.1:8000"
 LINKED = ["tests", "tools", "client", "deploy", "examples"]
 
 
@@ -143,10 +145,12 @@ class MoeUp:
 
     def __init__(self, folder):
         port_file = os.path.join(folder, "port")
+        endpoints = os.path.join(folder, "endpoints")
         self.log_path = os.path.join(folder, "moe-up.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [os.path.join(BIN, "moe-up"), "--port=0", "--port_file=" + port_file],
+            [os.path.join(BIN, "moe-up"), "--port=0", "--port_file=" + port_file,
+             "--http_port=0", "--endpoints_file=" + endpoints],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 180
         while not read(port_file):
@@ -155,6 +159,7 @@ class MoeUp:
                 raise AssertionError("moe-up did not start:\n" + read(self.log_path))
             time.sleep(0.1)
         self.target = "127.0.0.1:" + read(port_file)
+        self.rest = dict(line.split() for line in read(endpoints).splitlines())["router_http"]
 
     def stop(self):
         if self.proc.poll() is None:
@@ -227,7 +232,7 @@ class DocsExamplesTest(unittest.TestCase):
             env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "client", "python"))
             for f, line, language, _, _, text in runnable:
                 with self.subTest(block="%s:%d" % (f, line)):
-                    code = text.replace(ADDRESS, up.target)
+                    code = text.replace(ADDRESS, up.target).replace(REST_ADDRESS, up.rest)
                     argv = (["bash", "-e", "-o", "pipefail", "-c", code]
                             if language == "sh" else ["/usr/bin/python3", "-c", code])
                     result = subprocess.run(argv, cwd=scratch, env=env,

@@ -1,11 +1,14 @@
 // The Open Inference Protocol v2 with real processes: moe-up on a two-layer
 // model with tokens, a client built from the project's
-// proto/inference/open_inference_grpc.proto calling every RPC, ModelInfer's
-// y against Forward's bit for bit, and the refusals.
+// proto/inference/open_inference_grpc.proto calling every RPC, the REST
+// form over HTTP, ModelInfer's and REST infer's y against Forward's bit for
+// bit, and the refusals.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <httplib.h>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -35,16 +38,25 @@ class OpenInferenceIntegrationTest : public ::testing::Test {
     const std::string tokens = dir + "/oip-tokens";
     std::ofstream(tokens) << kToken << "\n";
     const std::string port_file = dir + "/oip-up.port";
+    const std::string endpoints = dir + "/oip-up.endpoints";
     up_ = testing::StartProcess(
               {testing::BinaryPath("moe-up"), "--checkpoint=" + checkpoint,
                "--workers=2", "--port=0", "--port_file=" + port_file,
-               "--auth_tokens_file=" + tokens},
+               "--auth_tokens_file=" + tokens, "--http_port=0",
+               "--endpoints_file=" + endpoints},
               port_file + ".log")
               .release();
     ASSERT_NE(up_, nullptr);
     auto port = testing::WaitForPortFile(port_file, absl::Seconds(90), up_);
     ASSERT_TRUE(port.ok()) << port.status() << up_->Log();
     target_ = new std::string(absl::StrCat("127.0.0.1:", *port));
+    // "router_http 127.0.0.1:PORT" among the endpoints.
+    std::ifstream in(endpoints);
+    std::string name, address;
+    while (in >> name >> address) {
+      if (name == "router_http") http_port_ = std::stoi(address.substr(10));
+    }
+    ASSERT_GT(http_port_, 0) << up_->Log();
   }
   static void TearDownTestSuite() {
     delete up_;
@@ -87,11 +99,13 @@ class OpenInferenceIntegrationTest : public ::testing::Test {
 
   static testing::Process* up_;
   static std::string* target_;
+  static int http_port_;
   std::unique_ptr<inference::GRPCInferenceService::Stub> stub_;
 };
 
 testing::Process* OpenInferenceIntegrationTest::up_ = nullptr;
 std::string* OpenInferenceIntegrationTest::target_ = nullptr;
+int OpenInferenceIntegrationTest::http_port_ = 0;
 
 TEST_F(OpenInferenceIntegrationTest,
        EveryRpcAnswersAndInferIsForwardBitForBit) {
@@ -185,6 +199,73 @@ TEST_F(OpenInferenceIntegrationTest, RefusalsCarryTheRightCodes) {
             grpc::StatusCode::UNAUTHENTICATED);
   // And it still serves.
   EXPECT_TRUE(Call(Infer("layers.0.ff"), &response).ok());
+}
+
+// The REST form: health without a token, metadata and infer with one, y
+// (JSON numbers) bit for bit Forward's, errors as {"error": ...} with the
+// protocol's HTTP codes.
+TEST_F(OpenInferenceIntegrationTest, RestServesTheSameModelsAndBits) {
+  httplib::Client http("127.0.0.1", http_port_);
+  const httplib::Headers token = {
+      {"Authorization", absl::StrCat("Bearer ", kToken)}};
+  auto live = http.Get("/v2/health/live");
+  ASSERT_TRUE(live);
+  EXPECT_EQ(live->status, 200);
+  EXPECT_EQ(http.Get("/v2/health/ready")->status, 200);
+  EXPECT_EQ(http.Get("/v2/models/layers.1.ff/ready")->status, 200);
+  EXPECT_EQ(http.Get("/v2/models/layers.7.ff/ready")->status, 404);
+  EXPECT_EQ(http.Get("/v2/models/layers.1.ff")->status, 401);
+  auto metadata = http.Get("/v2/models/layers.1.ff", token);
+  ASSERT_EQ(metadata->status, 200) << metadata->body;
+  const nlohmann::json m = nlohmann::json::parse(metadata->body);
+  EXPECT_EQ(m["name"], "layers.1.ff");
+  EXPECT_EQ(m["inputs"][0]["shape"][2], 64);
+
+  const common::HostTensor x = X();
+  const float* v = reinterpret_cast<const float*>(x.data.data());
+  nlohmann::json body = {
+      {"id", "rest-1"},
+      {"parameters", {{"seed", 5}}},
+      {"inputs",
+       {{{"name", "x"},
+         {"shape", x.shape},
+         {"datatype", "FP32"},
+         {"data", std::vector<float>(v, v + x.data.size() / 4)}}}},
+      {"outputs", {{{"name", "y"}}}}};
+  auto infer = http.Post("/v2/models/layers.1.ff/infer", token, body.dump(),
+                         "application/json");
+  ASSERT_TRUE(infer);
+  ASSERT_EQ(infer->status, 200) << infer->body;
+  const nlohmann::json r = nlohmann::json::parse(infer->body);
+  EXPECT_EQ(r["id"], "rest-1");
+  ASSERT_EQ(r["outputs"].size(), 1u);
+  std::vector<float> y = r["outputs"][0]["data"].get<std::vector<float>>();
+  client::ClientOptions options;
+  options.token = kToken;
+  moe::v1::ForwardRequest forward;
+  forward.set_layer("layers.1.ff");
+  forward.mutable_options()->set_seed(5);
+  ASSERT_TRUE(proto::EncodeTensor(x, forward.mutable_x()).ok());
+  auto expected =
+      client::RouterClient::Create(*target_, options)->Forward(forward);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(y.data()), y.size() * 4),
+            expected->y().data());
+
+  // Refusals: no token, bad JSON, unknown model, wrong shape.
+  auto refused = [&](const std::string& path, const std::string& text,
+                     const httplib::Headers& headers) {
+    auto res = http.Post(path, headers, text, "application/json");
+    EXPECT_TRUE(nlohmann::json::parse(res->body).contains("error"))
+        << res->body;
+    return res->status;
+  };
+  EXPECT_EQ(refused("/v2/models/layers.1.ff/infer", body.dump(), {}), 401);
+  EXPECT_EQ(refused("/v2/models/layers.1.ff/infer", "{\"inputs\": [", token),
+            400);
+  EXPECT_EQ(refused("/v2/models/nope/infer", body.dump(), token), 404);
+  body["inputs"][0]["shape"] = {2, 6, 32};
+  EXPECT_EQ(refused("/v2/models/layers.1.ff/infer", body.dump(), token), 400);
 }
 
 }  // namespace

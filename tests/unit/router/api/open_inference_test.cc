@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "router/api/open_inference_json.h"
+
 namespace moe::router {
 namespace {
 
@@ -191,6 +193,85 @@ TEST(OpenInferenceTest, TheAnswerCarriesEveryOutputOrTheOnesAsked) {
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->outputs_size(), 1);
   EXPECT_TRUE(r->parameters().at("degraded").bool_param());
+}
+
+// REST bodies: JSON into the gRPC message, nested data flattened, every
+// malformed body a clear InvalidArgument.
+TEST(OpenInferenceJsonTest, BodiesBecomeModelInferRequests) {
+  absl::StatusOr<inference::ModelInferRequest> r = ModelInferFromJson(
+      R"({"id": "j1", "parameters": {"policy": "all", "seed": 3,
+          "threshold": 0.5, "return_trace": true},
+          "inputs": [{"name": "x", "shape": [1, 2, 2], "datatype": "FP32",
+                      "data": [[[1, 2], [3, 4.5]]]}],
+          "outputs": [{"name": "y"}]})",
+      "layers.0.ff", "");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->id(), "j1");
+  EXPECT_EQ(r->model_name(), "layers.0.ff");
+  EXPECT_EQ(r->parameters().at("policy").string_param(), "all");
+  EXPECT_EQ(r->parameters().at("seed").uint64_param(), 3u);
+  EXPECT_EQ(r->parameters().at("threshold").double_param(), 0.5);
+  EXPECT_TRUE(r->parameters().at("return_trace").bool_param());
+  ASSERT_EQ(r->inputs_size(), 1);
+  EXPECT_EQ(r->inputs(0).contents().fp32_contents_size(), 4);
+  EXPECT_EQ(r->inputs(0).contents().fp32_contents(3), 4.5f);
+  EXPECT_EQ(r->outputs(0).name(), "y");
+  const std::pair<const char*, const char*> bad[] = {
+      {"{", "not valid JSON"},
+      {"[1]", "must be a JSON object"},
+      {R"({"inputs": 3})", "\"inputs\" must be an array"},
+      {R"({"inputs": [{"shape": [1], "datatype": "FP32", "data": [1]}]})",
+       "no \"name\""},
+      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "BF16",
+           "data": [1]}]})",
+       "send FP32"},
+      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
+           "data": ["a"]}]})",
+       "not a number"},
+      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
+           "data": [1e300]}]})",
+       "outside float32's range"},
+      {R"({"inputs": [{"name": "x", "shape": [1.5], "datatype": "FP32",
+           "data": [1]}]})",
+       "must hold integers"},
+      {R"({"inputs": [], "parameters": {"seed": [1]}})",
+       "must be a bool, a number or a string"},
+      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
+           "data": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}]})",
+       "nested too deeply"},
+  };
+  for (const auto& [body, says] : bad) {
+    absl::StatusOr<inference::ModelInferRequest> got =
+        ModelInferFromJson(body, "m", "");
+    EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument) << body;
+    EXPECT_NE(got.status().message().find(says), std::string::npos)
+        << got.status();
+  }
+}
+
+TEST(OpenInferenceJsonTest, AnswersAreWrittenAsNumbers) {
+  inference::ModelInferResponse r;
+  r.set_model_name("m");
+  r.set_id("q");
+  (*r.mutable_parameters())["degraded"].set_bool_param(false);
+  auto* y = r.add_outputs();
+  y->set_name("y");
+  y->set_datatype("FP32");
+  y->add_shape(2);
+  r.add_raw_output_contents(Floats({0.5f, -2.0f}));
+  auto* k = r.add_outputs();
+  k->set_name("kept_per_expert");
+  k->set_datatype("INT64");
+  k->add_shape(1);
+  const int64_t seven = 7;
+  r.add_raw_output_contents(
+      std::string(reinterpret_cast<const char*>(&seven), 8));
+  const std::string json = ModelInferToJson(r);
+  EXPECT_NE(json.find(R"("data":[0.5,-2.0])"), std::string::npos) << json;
+  EXPECT_NE(json.find(R"("data":[7])"), std::string::npos) << json;
+  EXPECT_NE(json.find(R"("degraded":false)"), std::string::npos) << json;
+  EXPECT_NE(json.find(R"("id":"q")"), std::string::npos) << json;
+  EXPECT_EQ(ErrorJson("bad \"x\""), R"({"error":"bad \"x\""})");
 }
 
 }  // namespace

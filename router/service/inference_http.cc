@@ -1,0 +1,205 @@
+#include "router/service/inference_http.h"
+
+#include <httplib.h>
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "moe_version.h"
+#include "router/api/open_inference.h"
+#include "router/api/open_inference_json.h"
+
+namespace moe::router {
+namespace {
+
+constexpr char kJson[] = "application/json";
+// The path of a model, and of its version when given.
+constexpr char kModel[] = R"(/v2/models/([^/]+)(?:/versions/([^/]+))?)";
+
+int HttpCode(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kOk:
+      return 200;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kOutOfRange:
+      return 400;
+    case absl::StatusCode::kUnauthenticated:
+      return 401;
+    case absl::StatusCode::kPermissionDenied:
+      return 403;
+    case absl::StatusCode::kNotFound:
+      return 404;
+    case absl::StatusCode::kResourceExhausted:
+      return 429;
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kCancelled:
+      return 503;
+    case absl::StatusCode::kDeadlineExceeded:
+      return 504;
+    default:
+      return 500;
+  }
+}
+
+void Reply(httplib::Response& res, const absl::Status& status) {
+  res.status = HttpCode(status.code());
+  res.set_content(ErrorJson(status.message()), kJson);
+}
+
+std::string Version(const httplib::Request& req) {
+  return req.matches.size() > 2 ? std::string(req.matches[2]) : std::string();
+}
+
+// The layer of the request's model, or the error that answers it.
+absl::StatusOr<int> Model(const RouterService& router,
+                          const httplib::Request& req) {
+  const ModelEngine& model = router.runner().model();
+  return FindOipModel(model.spec(), model.fingerprint(),
+                      std::string(req.matches[1]), Version(req));
+}
+
+absl::Status Authorize(const RouterService& router,
+                       const httplib::Request& req) {
+  return router.Authorize(req.get_header_value("Authorization"));
+}
+
+bool LayerReady(const RouterService& router, int layer) {
+  return router.pool().ready() && router.pool().Uncovered().ids(layer).empty();
+}
+
+// POST .../infer: the body as a ModelInferRequest, served and answered.
+void Infer(RouterService& router, const httplib::Request& req,
+           httplib::Response& res) {
+  const ModelEngine& model = router.runner().model();
+  OipInferRequest asked;
+  std::string model_name;
+  inference::ModelInferResponse answer;
+  std::string id;
+  absl::Status status = Authorize(router, req);
+  if (status.ok()) {
+    absl::StatusOr<int> layer = Model(router, req);
+    absl::StatusOr<inference::ModelInferRequest> request =
+        layer.ok()
+            ? ModelInferFromJson(req.body, std::string(req.matches[1]),
+                                 Version(req))
+            : absl::StatusOr<inference::ModelInferRequest>(layer.status());
+    absl::StatusOr<OipInferRequest> translated =
+        request.ok() ? FromModelInfer(*request, model.spec(), *layer)
+                     : absl::StatusOr<OipInferRequest>(request.status());
+    if (translated.ok()) {
+      asked = std::move(*translated);
+      model_name = OipModelName(model.spec(), *layer);
+      id = request->id();
+    }
+    status = translated.status();
+  }
+  absl::Notification done;
+  absl::Status outcome;
+  RouterService::Job job(
+      router.clock()->Now(), absl::InfiniteFuture(),
+      absl::StrCat("http:", req.remote_addr, ":", req.remote_port),
+      "REST infer", [] { return false; },
+      [&]() -> absl::Status {
+        absl::StatusOr<inference::ModelInferResponse> r = ToModelInfer(
+            job.response, asked, model_name, model.fingerprint(), id);
+        if (!r.ok()) return r.status();
+        answer = std::move(*r);
+        return absl::OkStatus();
+      },
+      [&](absl::Status s) {
+        outcome = std::move(s);
+        done.Notify();
+      });
+  job.request = std::move(asked.forward);
+  router.Serve(&job, std::move(status));
+  done.WaitForNotification();
+  if (!outcome.ok()) return Reply(res, outcome);
+  res.set_content(ModelInferToJson(answer), kJson);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
+    const std::string& host, int port, RouterService* router,
+    int64_t max_body_bytes) {
+  auto server = std::unique_ptr<InferenceHttpServer>(new InferenceHttpServer());
+  server->http_ = std::make_unique<httplib::Server>();
+  httplib::Server& http = *server->http_;
+  http.set_payload_max_length(static_cast<size_t>(max_body_bytes));
+  http.set_read_timeout(60, 0);
+  http.set_write_timeout(60, 0);
+  http.set_keep_alive_timeout(60);
+  // Headers and body leave in separate writes: without this, Nagle and
+  // the client's delayed ACK hold each answer about 40 ms.
+  http.set_tcp_nodelay(true);
+  http.Get("/v2/health/live",
+           [](const httplib::Request&, httplib::Response& res) {
+             res.set_content("{}", kJson);
+           });
+  http.Get("/v2/health/ready",
+           [router](const httplib::Request&, httplib::Response& res) {
+             res.status = router->pool().ready() ? 200 : 400;
+             res.set_content("{}", kJson);
+           });
+  http.Get("/v2",
+           [router](const httplib::Request& req, httplib::Response& res) {
+             absl::Status status = Authorize(*router, req);
+             if (!status.ok()) return Reply(res, status);
+             inference::ServerMetadataResponse m;
+             m.set_name("moe-serve");
+             m.set_version(kVersion);
+             res.set_content(ServerMetadataToJson(m), kJson);
+           });
+  http.Get(std::string(kModel) + "/ready",
+           [router](const httplib::Request& req, httplib::Response& res) {
+             absl::StatusOr<int> layer = Model(*router, req);
+             if (!layer.ok()) return Reply(res, layer.status());
+             res.status = LayerReady(*router, *layer) ? 200 : 400;
+             res.set_content("{}", kJson);
+           });
+  http.Get(
+      kModel, [router](const httplib::Request& req, httplib::Response& res) {
+        absl::Status status = Authorize(*router, req);
+        absl::StatusOr<int> layer =
+            status.ok() ? Model(*router, req) : absl::StatusOr<int>(status);
+        if (!layer.ok()) return Reply(res, layer.status());
+        const ModelEngine& model = router->runner().model();
+        res.set_content(ModelMetadataToJson(OipModelMetadata(
+                            model.spec(), model.fingerprint(), *layer)),
+                        kJson);
+      });
+  http.Post(std::string(kModel) + "/infer",
+            [router](const httplib::Request& req, httplib::Response& res) {
+              Infer(*router, req, res);
+            });
+  http.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    const std::string message =
+        res.status == 413   ? "the body is larger than this router takes"
+        : res.status == 404 ? "no such path; the Open Inference Protocol's "
+                              "paths start with /v2"
+                            : "bad request";
+    res.set_content(ErrorJson(message), kJson);
+  });
+  if (port == 0) {
+    server->port_ = http.bind_to_any_port(host);
+  } else if (http.bind_to_port(host, port)) {
+    server->port_ = port;
+  }
+  if (server->port_ <= 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen for REST on ", host, ":", port,
+                     " (--http_port): address in use?"));
+  }
+  server->thread_ = std::thread([&http] { http.listen_after_bind(); });
+  return server;
+}
+
+InferenceHttpServer::~InferenceHttpServer() {
+  if (http_) http_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace moe::router

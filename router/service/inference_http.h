@@ -1,0 +1,49 @@
+// The Open Inference Protocol's REST form (HTTP/1.1, JSON) on its own port:
+//   GET  /v2                                    server metadata
+//   GET  /v2/health/live, /v2/health/ready      200, or 400 when not ready
+//   GET  /v2/models/{m}[/versions/{v}]          model metadata
+//   GET  /v2/models/{m}[/versions/{v}]/ready    200, or 400 when not ready
+//   POST /v2/models/{m}[/versions/{v}]/infer    inference
+// Bodies are parsed into the gRPC messages (router/api/open_inference_json.h)
+// and served like ModelInfer, through RouterService::Serve: the same token
+// ("Authorization: Bearer ..."; the health paths need none), admission,
+// logs and metrics, and the same bits of y. Errors are {"error": "..."}
+// with 400 (bad request), 401 (token), 404 (model or version), 429
+// (overload), 503 (not ready, degraded), 504 (deadline), 500 (other). A body
+// over `max_body_bytes` is refused with 413 before it is parsed.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "router/service/router_service.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace moe::router {
+
+class InferenceHttpServer {
+ public:
+  // Listens on host:port (0 picks a free one). `router` must outlive it.
+  static absl::StatusOr<std::unique_ptr<InferenceHttpServer>> Start(
+      const std::string& host, int port, RouterService* router,
+      int64_t max_body_bytes);
+  // Stops listening and waits for the requests in progress.
+  ~InferenceHttpServer();
+
+  int port() const { return port_; }
+
+ private:
+  InferenceHttpServer() = default;
+
+  std::unique_ptr<httplib::Server> http_;
+  std::thread thread_;
+  int port_ = 0;
+};
+
+}  // namespace moe::router
