@@ -100,7 +100,7 @@ void Infer(RouterService& router, const httplib::Request& req,
   RouterService::Job job(
       router.clock()->Now(), absl::InfiniteFuture(),
       absl::StrCat("http:", req.remote_addr, ":", req.remote_port),
-      "REST infer", [] { return false; },
+      "REST infer", Protocol::kOipRest, [] { return false; },
       [&]() -> absl::Status {
         absl::StatusOr<inference::ModelInferResponse> r = ToModelInfer(
             job.response, asked, model_name, model.fingerprint(), id);

@@ -27,7 +27,7 @@ class InferenceService::InferCall : public grpc::ServerUnaryReactor {
             const inference::ModelInferRequest* request,
             inference::ModelInferResponse* response)
       : job(
-            context, start, "ModelInfer",
+            context, start, "ModelInfer", Protocol::kOipGrpc,
             [this, request, response]() -> absl::Status {
               MOE_ASSIGN_OR_RETURN(*response,
                                    ToModelInfer(job.response, asked, model_name,

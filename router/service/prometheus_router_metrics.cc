@@ -34,6 +34,18 @@ const char* RouterStageLabel(RouterStage stage) {
   return "unknown";
 }
 
+const char* ProtocolLabel(Protocol protocol) {
+  switch (protocol) {
+    case Protocol::kMoeV1:
+      return "moe.v1";
+    case Protocol::kOipGrpc:
+      return "oip_grpc";
+    case Protocol::kOipRest:
+      return "oip_rest";
+  }
+  return "unknown";
+}
+
 namespace {
 
 using prometheus::Counter;
@@ -224,7 +236,9 @@ PrometheusRouterMetrics::PrometheusRouterMetrics(
     prometheus::Registry& registry, const common::ModelSpec& spec,
     const std::vector<std::string>& workers, absl::Duration balance_window)
     : requests_(CounterFamily(registry, "moe_router_requests_total",
-                              "Forward requests, by final gRPC code.")),
+                              "Forward requests (moe.v1 Forward and the Open "
+                              "Inference Protocol's infer), by protocol and "
+                              "final gRPC code.")),
       request_seconds_(HistogramFamily(registry,
                                        "moe_router_request_duration_seconds",
                                        "Forward latency at the router.")
@@ -293,7 +307,11 @@ PrometheusRouterMetrics::PrometheusRouterMetrics(
   for (RejectReason reason : kAllRejectReasons) {
     rejected_.push_back(&rejected.Add({{"reason", RejectReasonLabel(reason)}}));
   }
-  for (const char* code : kCodes) requests_.Add({{"code", code}});
+  for (Protocol protocol : kAllProtocols) {
+    for (const char* code : kCodes) {
+      requests_.Add({{"protocol", ProtocolLabel(protocol)}, {"code", code}});
+    }
+  }
 }
 
 PrometheusRouterMetrics::~PrometheusRouterMetrics() = default;
@@ -364,9 +382,13 @@ void PrometheusRouterMetrics::RecordForward(int layer_index,
   layer.AddToWindow(per_expert, window_);
 }
 
-void PrometheusRouterMetrics::RecordRequest(absl::StatusCode code,
+void PrometheusRouterMetrics::RecordRequest(Protocol protocol,
+                                            absl::StatusCode code,
                                             absl::Duration elapsed) {
-  requests_.Add({{"code", absl::StatusCodeToString(code)}}).Increment();
+  requests_
+      .Add({{"protocol", ProtocolLabel(protocol)},
+            {"code", absl::StatusCodeToString(code)}})
+      .Increment();
   request_seconds_.Observe(absl::ToDoubleSeconds(elapsed));
 }
 

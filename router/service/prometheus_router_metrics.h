@@ -57,7 +57,8 @@ class PrometheusRouterMetrics final : public RouterMetrics {
   ~PrometheusRouterMetrics() override;
 
   void RecordForward(int layer, const ForwardResult& result) override;
-  void RecordRequest(absl::StatusCode code, absl::Duration elapsed) override;
+  void RecordRequest(Protocol protocol, absl::StatusCode code,
+                     absl::Duration elapsed) override;
   void RecordRejected(RejectReason reason) override;
   void AddInflight(int delta) override;
   void RecordWorkerRpc(int worker, absl::Duration elapsed, int forwards,

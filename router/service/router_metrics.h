@@ -30,6 +30,17 @@ enum class RouterStage {
   kCombine,    // adding outputs into y, residual, feed-forward after
 };
 
+// How a request reached the router (moe_router_requests_total{protocol}).
+enum class Protocol {
+  kMoeV1,    // moe.v1.Router/Forward
+  kOipGrpc,  // the Open Inference Protocol's ModelInfer
+  kOipRest,  // its REST infer
+};
+inline constexpr Protocol kAllProtocols[] = {
+    Protocol::kMoeV1, Protocol::kOipGrpc, Protocol::kOipRest};
+// "moe.v1", "oip_grpc", "oip_rest".
+const char* ProtocolLabel(Protocol protocol);
+
 inline constexpr RouterStage kAllRouterStages[] = {
     RouterStage::kPre,    RouterStage::kGate,      RouterStage::kPlan,
     RouterStage::kEncode, RouterStage::kBatchWait, RouterStage::kRpcWait,
@@ -44,8 +55,9 @@ class RouterMetrics {
 
   // A completed forward of layer `layer` (its index in the model).
   virtual void RecordForward(int layer, const ForwardResult& result) = 0;
-  // Every Forward call, by final code.
-  virtual void RecordRequest(absl::StatusCode code, absl::Duration elapsed) = 0;
+  // Every forward request, by protocol and final code.
+  virtual void RecordRequest(Protocol protocol, absl::StatusCode code,
+                             absl::Duration elapsed) = 0;
   virtual void RecordRejected(RejectReason reason) = 0;
   virtual void AddInflight(int delta) = 0;
   // One finished worker call, shared by `forwards` forwards, `rows` rows.
@@ -66,7 +78,7 @@ class RouterMetrics {
 class NoRouterMetrics final : public RouterMetrics {
  public:
   void RecordForward(int, const ForwardResult&) override {}
-  void RecordRequest(absl::StatusCode, absl::Duration) override {}
+  void RecordRequest(Protocol, absl::StatusCode, absl::Duration) override {}
   void RecordRejected(RejectReason) override {}
   void AddInflight(int) override {}
   void RecordWorkerRpc(int, absl::Duration, int, int64_t) override {}

@@ -16,16 +16,17 @@
 namespace moe::router {
 
 RouterService::Job::Job(grpc::CallbackServerContext* context, absl::Time start,
-                        const char* method,
+                        const char* method, Protocol protocol,
                         std::function<absl::Status()> answer,
                         std::function<void(absl::Status)> done)
     : Job(
           start, absl::FromChrono(context->deadline()), context->peer(), method,
-          [context] { return context->IsCancelled(); }, std::move(answer),
-          std::move(done)) {}
+          protocol, [context] { return context->IsCancelled(); },
+          std::move(answer), std::move(done)) {}
 
 RouterService::Job::Job(absl::Time start, absl::Time deadline, std::string peer,
-                        const char* method, std::function<bool()> cancelled,
+                        const char* method, Protocol protocol,
+                        std::function<bool()> cancelled,
                         std::function<absl::Status()> answer,
                         std::function<void(absl::Status)> done)
     : cancelled_(std::move(cancelled)),
@@ -34,6 +35,7 @@ RouterService::Job::Job(absl::Time start, absl::Time deadline, std::string peer,
       deadline_(deadline),
       peer_(std::move(peer)),
       method_(method),
+      protocol_(protocol),
       answer_(std::move(answer)),
       done_(std::move(done)) {}
 
@@ -44,7 +46,7 @@ class RouterService::ForwardCall : public grpc::ServerUnaryReactor {
   ForwardCall(grpc::CallbackServerContext* context, absl::Time start,
               grpc::ByteBuffer* response_bytes)
       : job(
-            context, start, "Forward",
+            context, start, "Forward", Protocol::kMoeV1,
             [this, response_bytes] {
               bool own = false;
               return proto::FromGrpcStatus(
@@ -351,7 +353,7 @@ void RouterService::Finish(Job* job, absl::Status status) {
   }
   --inflight_;
   metrics_.AddInflight(-1);
-  metrics_.RecordRequest(status.code(), took);
+  metrics_.RecordRequest(job->protocol_, status.code(), took);
   job->done_(std::move(status));
 }
 

@@ -108,12 +108,13 @@ class RouterService final
     // error becomes the call's, counted and logged); then `done` is called,
     // once, with the call's status (also for a refusal).
     Job(grpc::CallbackServerContext* context, absl::Time start,
-        const char* method, std::function<absl::Status()> answer,
+        const char* method, Protocol protocol,
+        std::function<absl::Status()> answer,
         std::function<void(absl::Status)> done);
     // The same for an edge without a gRPC call (HTTP): its deadline, its
     // peer for the logs, and whether its client went away.
     Job(absl::Time start, absl::Time deadline, std::string peer,
-        const char* method, std::function<bool()> cancelled,
+        const char* method, Protocol protocol, std::function<bool()> cancelled,
         std::function<absl::Status()> answer,
         std::function<void(absl::Status)> done);
     // The client went away: the forward stops waiting for its workers.
@@ -130,6 +131,7 @@ class RouterService final
     const absl::Time deadline_;
     const std::string peer_;
     const char* const method_;
+    const Protocol protocol_;
     const std::function<absl::Status()> answer_;
     const std::function<void(absl::Status)> done_;
     AdmittedForward admitted_;  // once Admit() passed

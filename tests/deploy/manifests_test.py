@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Offline checks of the Kubernetes deployment: every overlay (cpu, gpu,
-tls) renders with kubectl kustomize, every object validates against the
+tls, rest) renders with kubectl kustomize, every object validates against the
 Kubernetes, prometheus-operator and cert-manager schemas with unknown
 fields rejected, yamllint is clean,
 the monitoring copies match deploy/prometheus and deploy/grafana, and every
@@ -58,7 +58,7 @@ def find(objs, kind, name):
 
 class ManifestsTest(unittest.TestCase):
     def test_overlays_render_and_validate(self):
-        for overlay in ("cpu", "gpu", "tls"):
+        for overlay in ("cpu", "gpu", "tls", "rest"):
             text = render(overlay)
             objs = objects(text)
             kinds = EXPECTED_KINDS | ({"Issuer", "Certificate"} if overlay == "tls" else set())
@@ -75,6 +75,16 @@ class ManifestsTest(unittest.TestCase):
             self.assertEqual(result.returncode, 0,
                              overlay + "\n" + result.stdout + result.stderr)
             self.assertIn("%d objects checked, 0 problems" % len(objs), result.stdout)
+
+    def test_rest_overlay_exposes_the_http_port(self):
+        objs = objects(render("rest"))
+        router = find(objs, "Deployment", "moe-router")["spec"]["template"]["spec"]
+        container = router["containers"][0]
+        self.assertIn("--http_port=8000", container["args"])
+        self.assertIn({"name": "http", "containerPort": 8000}, container["ports"])
+        ports = {p["name"]: p for p in find(objs, "Service", "moe-router")["spec"]["ports"]}
+        self.assertEqual(ports["http"]["port"], 8000)
+        self.assertEqual(ports["http"]["targetPort"], "http")
 
     def test_validator_rejects_misspelled_fields(self):
         text = render("cpu").replace("readinessProbe:", "readinesProbe:", 1)
@@ -126,7 +136,7 @@ class ManifestsTest(unittest.TestCase):
     def test_every_flag_is_one_the_binary_takes(self):
         known = {}
         checked = 0
-        for overlay in ("cpu", "gpu", "tls"):
+        for overlay in ("cpu", "gpu", "tls", "rest"):
             for o in objects(render(overlay)):
                 if o["kind"] not in ("Deployment", "StatefulSet"):
                     continue

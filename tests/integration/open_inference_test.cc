@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -55,6 +56,9 @@ class OpenInferenceIntegrationTest : public ::testing::Test {
     std::string name, address;
     while (in >> name >> address) {
       if (name == "router_http") http_port_ = std::stoi(address.substr(10));
+      if (name == "router_metrics") {
+        metrics_port_ = std::stoi(address.substr(10));
+      }
     }
     ASSERT_GT(http_port_, 0) << up_->Log();
   }
@@ -100,12 +104,14 @@ class OpenInferenceIntegrationTest : public ::testing::Test {
   static testing::Process* up_;
   static std::string* target_;
   static int http_port_;
+  static int metrics_port_;
   std::unique_ptr<inference::GRPCInferenceService::Stub> stub_;
 };
 
 testing::Process* OpenInferenceIntegrationTest::up_ = nullptr;
 std::string* OpenInferenceIntegrationTest::target_ = nullptr;
 int OpenInferenceIntegrationTest::http_port_ = 0;
+int OpenInferenceIntegrationTest::metrics_port_ = 0;
 
 TEST_F(OpenInferenceIntegrationTest,
        EveryRpcAnswersAndInferIsForwardBitForBit) {
@@ -266,6 +272,21 @@ TEST_F(OpenInferenceIntegrationTest, RestServesTheSameModelsAndBits) {
   EXPECT_EQ(refused("/v2/models/nope/infer", body.dump(), token), 404);
   body["inputs"][0]["shape"] = {2, 6, 32};
   EXPECT_EQ(refused("/v2/models/layers.1.ff/infer", body.dump(), token), 400);
+
+  // Counted by protocol beside Forward's.
+  httplib::Client metrics("127.0.0.1", metrics_port_);
+  auto text = metrics.Get("/metrics");
+  ASSERT_TRUE(text);
+  for (
+      const char* series :
+      {R"(moe_router_requests_total{code="OK",protocol="oip_rest"} )",
+       R"(moe_router_requests_total{code="INVALID_ARGUMENT",protocol="oip_rest"} )",
+       R"(moe_router_requests_total{code="OK",protocol="moe.v1"} )"}) {
+    const size_t at = text->body.find(series);
+    ASSERT_NE(at, std::string::npos) << series;
+    EXPECT_GE(std::stod(text->body.substr(at + std::strlen(series))), 1)
+        << series;
+  }
 }
 
 }  // namespace

@@ -34,8 +34,11 @@ const char kModel[] = "A_moe_eval_nodrop";  // dim 16, 4 experts, x [2, 12, 16]
 class RecordingMetrics final : public RouterMetrics {
  public:
   void RecordForward(int, const ForwardResult&) override { Add("forward"); }
-  void RecordRequest(absl::StatusCode code, absl::Duration) override {
+  void RecordRequest(Protocol protocol, absl::StatusCode code,
+                     absl::Duration) override {
     Add(absl::StrCat("request ", absl::StatusCodeToString(code)));
+    Add(absl::StrCat("request ", ProtocolLabel(protocol), " ",
+                     absl::StatusCodeToString(code)));
   }
   void RecordRejected(RejectReason reason) override {
     Add(absl::StrCat("rejected ", RejectReasonLabel(reason)));
@@ -364,6 +367,8 @@ TEST_F(OpenInferenceTest, ModelInferGivesForwardsBitsRawAndTyped) {
     EXPECT_FALSE(r.parameters().at("degraded").bool_param());
   }
   EXPECT_EQ(metrics_.count("request OK"), 3);
+  EXPECT_EQ(metrics_.count("request oip_grpc OK"), 2);
+  EXPECT_EQ(metrics_.count("request moe.v1 OK"), 1);
   // Only the outputs asked for, in the order asked.
   inference::ModelInferRequest some = Infer(true);
   some.add_outputs()->set_name("kept_per_expert");
