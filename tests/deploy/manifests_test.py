@@ -189,10 +189,30 @@ class ManifestsTest(unittest.TestCase):
         self.assertEqual(read(os.path.join(DEPLOY, "k8s", "base", "moe-serve-dashboard.json")),
                          read(os.path.join(DEPLOY, "grafana", "moe-serve-dashboard.json")))
 
+    def test_kserve_runtime_runs_the_router_with_flags_it_takes(self):
+        # No KServe schema offline: the shape and the flags, not the CRD.
+        runtime = objects(read(os.path.join(DEPLOY, "kserve", "servingruntime.yaml")))[0]
+        self.assertEqual((runtime["apiVersion"], runtime["kind"]),
+                         ("serving.kserve.io/v1alpha1", "ServingRuntime"))
+        container = runtime["spec"]["containers"][0]
+        self.assertEqual(container["command"], ["/usr/local/bin/moe-router"])
+        help_text = subprocess.run([os.path.join(BIN, "moe-router"), "--help"],
+                                   capture_output=True, text=True).stdout
+        known = set(re.findall(r"^\s+--(\w+)", help_text, re.M))
+        for arg in container["args"]:
+            self.assertIn(arg[2:].split("=", 1)[0], known, arg)
+        self.assertIn("--http_port=8080", container["args"])
+        service = objects(read(os.path.join(DEPLOY, "kserve", "inferenceservice.yaml")))[0]
+        predictor = service["spec"]["predictor"]["model"]
+        self.assertEqual(predictor["runtime"], runtime["metadata"]["name"])
+        self.assertEqual(predictor["modelFormat"]["name"],
+                         runtime["spec"]["supportedModelFormats"][0]["name"])
+
     def test_yamllint(self):
         result = subprocess.run(
             ["yamllint", "-c", os.path.join(ROOT, ".yamllint"),
-             os.path.join(DEPLOY, "k8s"), os.path.join(DEPLOY, "prometheus")],
+             os.path.join(DEPLOY, "k8s"), os.path.join(DEPLOY, "kserve"),
+             os.path.join(DEPLOY, "prometheus")],
             capture_output=True, text=True)
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
 
