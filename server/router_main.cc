@@ -20,11 +20,11 @@
 #include "proto/expert_wire.h"
 #include "proto/tls.h"
 #include "router/engine/model_engine.h"
-#include "router/service/inference_http.h"
 #include "router/service/inference_service.h"
 #include "router/service/prometheus_router_metrics.h"
 #include "router/service/router_service.h"
 #include "server/main_helpers.h"
+#include "server/router_flags.h"
 #include "server/rpc_metrics.h"
 #include "server/serving_flags.h"
 
@@ -39,53 +39,9 @@ ABSL_FLAG(std::string, worker_template, "",
           "re-resolved by gRPC; workers may start after the router.");
 ABSL_FLAG(int, num_workers, 0, "Number of workers of --worker_template.");
 ABSL_FLAG(int, port, 50051, "Port to listen on; 0 picks a free one.");
-ABSL_FLAG(std::string, on_expert_failure, "drop",
-          "When an expert's workers fail: drop (its assignments are dropped "
-          "and the response is marked degraded) or fail (UNAVAILABLE). A "
-          "request may choose its own.");
 ABSL_FLAG(int64_t, max_tokens_per_request, 65536,
           "Largest batch x tokens of one request (RESOURCE_EXHAUSTED above); "
           "the message size limits follow from it.");
-ABSL_FLAG(int, worker_timeout_ms, 30000,
-          "Deadline of one worker call when the client sets none shorter.");
-ABSL_FLAG(std::string, wire_dtype, "float32",
-          "Token dtype on the router-to-worker hop: float32, bfloat16, "
-          "float16.");
-ABSL_FLAG(int, threads, 8,
-          "Forwards in progress at once (each waits for its workers on a "
-          "thread; the router's own work is a small share).");
-ABSL_FLAG(int, batch_window_us, 20000,
-          "Dynamic batching: concurrent forwards share one RunExperts call "
-          "per worker (each forward is still routed on its own, capacity per "
-          "request). A worker's batch is sent as soon as the worker has no "
-          "call of ours in flight and no other forward is still gating, else "
-          "after at most this many microseconds. A lone request never waits. "
-          "0 turns batching off.");
-ABSL_FLAG(int64_t, batch_max_tokens, 16384,
-          "Token rows above which a worker batch takes no more forwards.");
-ABSL_FLAG(int64_t, max_queued_tokens, 262144,
-          "Tokens that may wait for a forward thread; a request that would "
-          "pass this is refused at once (RESOURCE_EXHAUSTED).");
-ABSL_FLAG(int, max_queue_ms, 2000,
-          "Longest expected wait of a request: the time to finish the work "
-          "the router already holds, queued and running, before its own. "
-          "Longer is refused with RESOURCE_EXHAUSTED, as is a request still "
-          "queued after this long. A request whose deadline the work ahead "
-          "and its own would miss is refused at once too.");
-ABSL_FLAG(int64_t, inline_max_tokens, 256,
-          "A forward of at most this many tokens that arrives while no "
-          "forward is queued or running runs on the gRPC thread that "
-          "received it (one at a time), without a hand-off to a forward "
-          "thread: decode steps' latency. 0: never.");
-ABSL_FLAG(bool, log_requests, false,
-          "Log one line per request (layer, shape, code, duration; never "
-          "tensors or tokens). Failed requests are always logged.");
-ABSL_FLAG(int, http_port, -1,
-          "Serve the Open Inference Protocol's REST form (HTTP/1.1, JSON: "
-          "/v2/...) on this port; 0 picks a free one; -1 (default) off. "
-          "Plaintext: refused together with --tls_cert_file.");
-ABSL_FLAG(std::string, http_port_file, "",
-          "Write the --http_port in use here once it listens.");
 ABSL_FLAG(int, probe_interval_ms, 1000, "Worker health probe interval.");
 ABSL_FLAG(double, start_timeout_seconds, 0,
           "Give up when experts stay without a worker this long at start "
@@ -112,31 +68,6 @@ ABSL_FLAG(std::string, auth_tokens_file, "",
 
 namespace moe {
 namespace {
-
-// The service's options as the flags give them (RouterService::Create
-// validates them).
-absl::StatusOr<router::RouterServiceOptions> ServiceOptionsFromFlags() {
-  router::RouterServiceOptions o;
-  MOE_ASSIGN_OR_RETURN(
-      o.on_failure,
-      server::ForFlag("--on_expert_failure",
-                      router::ParseExpertFailurePolicy(
-                          absl::GetFlag(FLAGS_on_expert_failure))));
-  MOE_ASSIGN_OR_RETURN(
-      o.wire_dtype,
-      server::ForFlag("--wire_dtype",
-                      server::ParseWireDType(absl::GetFlag(FLAGS_wire_dtype))));
-  o.worker_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_worker_timeout_ms));
-  o.threads = absl::GetFlag(FLAGS_threads);
-  o.max_queued = server::MaxQueuedFromFlags();
-  o.batch_window = absl::Microseconds(absl::GetFlag(FLAGS_batch_window_us));
-  o.batch_max_rows = absl::GetFlag(FLAGS_batch_max_tokens);
-  o.max_queued_tokens = absl::GetFlag(FLAGS_max_queued_tokens);
-  o.max_queue_time = absl::Milliseconds(absl::GetFlag(FLAGS_max_queue_ms));
-  o.log_requests = absl::GetFlag(FLAGS_log_requests);
-  o.inline_max_tokens = absl::GetFlag(FLAGS_inline_max_tokens);
-  return o;
-}
 
 // One transport per worker address, TLS when --worker_tls_* say so. A
 // worker call carries one forward's rows (up to two per token) or a batch
@@ -170,7 +101,7 @@ absl::Status Run() {
                               absl::GetFlag(FLAGS_worker_template),
                               absl::GetFlag(FLAGS_num_workers)));
   MOE_ASSIGN_OR_RETURN(router::RouterServiceOptions options,
-                       ServiceOptionsFromFlags());
+                       server::ServiceOptionsFromFlags());
   MOE_RETURN_IF_ERROR(options.Validate());
   std::unique_ptr<common::TokenSet> tokens;
   if (const std::string file = absl::GetFlag(FLAGS_auth_tokens_file);
@@ -234,27 +165,11 @@ absl::Status Run() {
       server::ServerRunner::Start(server_options, {service.get(), &inference}));
   MOE_LOG(INFO) << "listening on " << server->address()
                 << " (NOT_SERVING until every expert has a worker)";
-  std::unique_ptr<router::InferenceHttpServer> http;
-  if (const int http_port = absl::GetFlag(FLAGS_http_port); http_port >= 0) {
-    if (server_options.credentials != nullptr) {
-      return absl::InvalidArgumentError(
-          "--http_port serves plaintext HTTP and this router serves TLS "
-          "(--tls_cert_file): use the Open Inference Protocol over gRPC on "
-          "--port, or put the REST port behind a TLS proxy without "
-          "--tls_cert_file");
-    }
-    // JSON spends up to about 16 bytes on each float the wire sends in 4.
-    MOE_ASSIGN_OR_RETURN(http,
-                         router::InferenceHttpServer::Start(
-                             server_options.host, http_port, service.get(),
-                             runner.MaxRequestBytes() * 5 + (1 << 20)));
-    MOE_LOG(INFO) << "Open Inference Protocol REST on " << server_options.host
-                  << ":" << http->port() << " (plaintext)";
-    if (!absl::GetFlag(FLAGS_http_port_file).empty()) {
-      MOE_RETURN_IF_ERROR(server::WritePortFile(
-          absl::GetFlag(FLAGS_http_port_file), http->port()));
-    }
-  }
+  // JSON spends up to about 16 bytes on each float the wire sends in 4.
+  MOE_ASSIGN_OR_RETURN(
+      std::unique_ptr<router::InferenceHttpServer> http,
+      server::StartRestFromFlags(server_options, service.get(),
+                                 runner.MaxRequestBytes() * 5 + (1 << 20)));
   pool.Start();
   const absl::Status ready = service->AwaitReady(
       absl::Seconds(absl::GetFlag(FLAGS_start_timeout_seconds)),

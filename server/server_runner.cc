@@ -92,6 +92,10 @@ void BlockShutdownSignals() {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  // A peer that closes its connection while an HTTP answer is written
+  // (/metrics, the REST port: cpp-httplib writes without MSG_NOSIGNAL, and
+  // through OpenSSL for HTTPS) must cost an EPIPE, not the process.
+  signal(SIGPIPE, SIG_IGN);
 }
 
 bool ShutdownRequested(absl::Duration wait) {

@@ -64,6 +64,9 @@ struct ServerOptions {
   std::vector<std::string> health_services;
   // TLS or mutual TLS; plaintext (with a warning) when null.
   std::shared_ptr<grpc::ServerCredentials> credentials;
+  // The files `credentials` were made of (empty: plaintext), for other
+  // listeners of the same process (the router's REST port).
+  std::string tls_cert_file, tls_key_file, tls_client_ca_file;
   // A second, plaintext listener carrying only grpc.health.v1 (for probes
   // that cannot speak TLS): -1 none, 0 a free port. Its port goes to
   // health_port_file when set.
@@ -73,8 +76,9 @@ struct ServerOptions {
 };
 
 // Blocks SIGTERM and SIGINT in the calling thread and every thread it starts
-// later, so that WaitForShutdownSignal() can take them with sigwait. Call
-// first thing in main().
+// later, so that WaitForShutdownSignal() can take them with sigwait, and
+// ignores SIGPIPE (a peer gone while an HTTP answer is written). Call first
+// thing in main().
 void BlockShutdownSignals();
 
 // Waits up to `wait` for SIGTERM or SIGINT (blocked, see above) and says

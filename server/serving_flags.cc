@@ -121,6 +121,9 @@ absl::Status ServerOptionsFromFlags(int port,
   }
   MOE_ASSIGN_OR_RETURN(options->credentials,
                        proto::MakeServerCredentials(files));
+  options->tls_cert_file = files.cert_file;
+  options->tls_key_file = files.key_file;
+  options->tls_client_ca_file = files.ca_file;
   if (options->credentials != nullptr) {
     MOE_LOG(INFO) << "TLS with " << files.cert_file
                   << (files.ca_file.empty()

@@ -123,9 +123,24 @@ void Infer(RouterService& router, const httplib::Request& req,
 
 absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
     const std::string& host, int port, RouterService* router,
-    int64_t max_body_bytes) {
+    int64_t max_body_bytes, const Tls& tls) {
   auto server = std::unique_ptr<InferenceHttpServer>(new InferenceHttpServer());
-  server->http_ = std::make_unique<httplib::Server>();
+  if (tls.cert_file.empty()) {
+    server->http_ = std::make_unique<httplib::Server>();
+  } else {
+    auto https = std::make_unique<httplib::SSLServer>(
+        tls.cert_file.c_str(), tls.key_file.c_str(),
+        tls.client_ca_file.empty() ? nullptr : tls.client_ca_file.c_str());
+    if (!https->is_valid()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("REST (--http_port): cannot use the certificate ",
+                       tls.cert_file, " and key ", tls.key_file,
+                       tls.client_ca_file.empty()
+                           ? ""
+                           : " with client CA " + tls.client_ca_file));
+    }
+    server->http_ = std::move(https);
+  }
   httplib::Server& http = *server->http_;
   http.set_payload_max_length(static_cast<size_t>(max_body_bytes));
   http.set_read_timeout(60, 0);

@@ -10,7 +10,9 @@
 // logs and metrics, and the same bits of y. Errors are {"error": "..."}
 // with 400 (bad request), 401 (token), 404 (model or version), 429
 // (overload), 503 (not ready, degraded), 504 (deadline), 500 (other). A body
-// over `max_body_bytes` is refused with 413 before it is parsed.
+// over `max_body_bytes` is refused with 413 before it is parsed. With TLS
+// files it serves HTTPS (and requires client certificates when given a CA),
+// as the gRPC port does.
 #pragma once
 
 #include <cstdint>
@@ -29,10 +31,17 @@ namespace moe::router {
 
 class InferenceHttpServer {
  public:
+  // HTTPS with this certificate and key, client certificates of
+  // `client_ca_file` required when it is set; plaintext when `cert_file` is
+  // empty. Read once, at start.
+  struct Tls {
+    std::string cert_file, key_file, client_ca_file;
+  };
+
   // Listens on host:port (0 picks a free one). `router` must outlive it.
   static absl::StatusOr<std::unique_ptr<InferenceHttpServer>> Start(
       const std::string& host, int port, RouterService* router,
-      int64_t max_body_bytes);
+      int64_t max_body_bytes, const Tls& tls = {});
   // Stops listening and waits for the requests in progress.
   ~InferenceHttpServer();
 

@@ -3,14 +3,20 @@
 // proto/inference/open_inference_grpc.proto calling every RPC, the REST
 // form over HTTP, ModelInfer's and REST infer's y against Forward's bit for
 // bit, and the refusals.
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "client/router_client.h"
@@ -287,6 +293,55 @@ TEST_F(OpenInferenceIntegrationTest, RestServesTheSameModelsAndBits) {
     EXPECT_GE(std::stod(text->body.substr(at + std::strlen(series))), 1)
         << series;
   }
+}
+
+// Clients that send an infer and close the connection before reading the
+// answer (about 2.5 MB of JSON): the router's writes fail with EPIPE (the
+// servers ignore SIGPIPE: server::BlockShutdownSignals) and it keeps
+// serving.
+TEST_F(OpenInferenceIntegrationTest, ClientsThatHangUpMidAnswerCostNothing) {
+  const common::HostTensor x = common::RandomNormalTensor({1, 2048, 64}, 3);
+  const float* v = reinterpret_cast<const float*>(x.data.data());
+  const std::string body =
+      nlohmann::json{
+          {"inputs",
+           {{{"name", "x"},
+             {"shape", x.shape},
+             {"datatype", "FP32"},
+             {"data", std::vector<float>(v, v + x.data.size() / 4)}}}}}
+          .dump();
+  const std::string request = absl::StrCat(
+      "POST /v2/models/layers.0.ff/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+      "Authorization: Bearer ",
+      kToken,
+      "\r\nContent-Type: application/json\r\nContent-Length: ", body.size(),
+      "\r\n\r\n", body);
+  for (int i = 0; i < 20; ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(http_port_));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    size_t sent = 0;
+    while (sent < request.size()) {
+      const ssize_t n =
+          send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+      ASSERT_GT(n, 0);
+      sent += static_cast<size_t>(n);
+    }
+    // Closed before the answer: the router's first write of it draws a
+    // reset, and its next write fails.
+    close(fd);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  httplib::Client http("127.0.0.1", http_port_);
+  auto live = http.Get("/v2/health/live");
+  ASSERT_TRUE(live) << up_->Log();
+  EXPECT_EQ(live->status, 200);
+  inference::ModelInferResponse response;
+  EXPECT_TRUE(Call(Infer("layers.0.ff"), &response).ok());
 }
 
 }  // namespace

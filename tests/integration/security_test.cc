@@ -14,6 +14,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <signal.h>
 
 #include <atomic>
 #include <filesystem>
@@ -116,6 +117,8 @@ double Rejected(const Deployment& d, const std::string& reason) {
 class SecurityTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
+    // The HTTPS clients below write to connections the router refuses.
+    signal(SIGPIPE, SIG_IGN);
     live_ = testing::TempDir() + "/live";
     std::filesystem::create_directories(live_);
     Copy(PkiFile("server.crt"), live_ + "/server.crt");
@@ -134,7 +137,9 @@ class SecurityTest : public ::testing::Test {
           "--worker_tls_key_file=" + PkiFile("router_client.key"),
           "--auth_tokens_file=" + live_ + "/tokens",
           std::string("--health_port=0"),
-          "--health_port_file=" + live_ + "/health.port"}) {
+          "--health_port_file=" + live_ + "/health.port",
+          std::string("--http_port=0"),
+          "--http_port_file=" + live_ + "/http.port"}) {
       router_flags.push_back(f);
     }
     deployment_ = new Deployment(testing::GoldenPath(kModel), {"0-1", "2-3"},
@@ -176,6 +181,40 @@ class SecurityTest : public ::testing::Test {
 
 std::string SecurityTest::live_;
 Deployment* SecurityTest::deployment_ = nullptr;
+
+// The Open Inference Protocol's REST port takes the gRPC port's TLS: HTTPS
+// with a client certificate of `ca` and the token; plaintext, no client
+// certificate, or no token are refused.
+TEST_F(SecurityTest, TheRestPortIsHttpsWithTheSameCredentials) {
+  std::ifstream in(live_ + "/http.port");
+  int port = 0;
+  in >> port;
+  ASSERT_GT(port, 0);
+  httplib::SSLClient good("127.0.0.1", port, PkiFile("client.crt"),
+                          PkiFile("client.key"));
+  good.set_ca_cert_path(PkiFile("ca.crt"));
+  good.enable_server_certificate_verification(true);
+  auto ready = good.Get("/v2/health/ready");
+  ASSERT_TRUE(ready) << httplib::to_string(ready.error());
+  EXPECT_EQ(ready->status, 200);
+  auto no_token = good.Get("/v2");
+  ASSERT_TRUE(no_token);
+  EXPECT_EQ(no_token->status, 401);
+  auto metadata = good.Get("/v2", {{"Authorization", "Bearer t0-first-token"}});
+  ASSERT_TRUE(metadata);
+  EXPECT_EQ(metadata->status, 200) << metadata->body;
+  // No client certificate: the handshake fails.
+  httplib::SSLClient anonymous("127.0.0.1", port);
+  anonymous.set_ca_cert_path(PkiFile("ca.crt"));
+  anonymous.enable_server_certificate_verification(true);
+  EXPECT_FALSE(anonymous.Get("/v2/health/live"));
+  // Plaintext: no HTTP answer.
+  httplib::Client plain("127.0.0.1", port);
+  plain.set_connection_timeout(5);
+  plain.set_read_timeout(5);
+  auto res = plain.Get("/v2/health/live");
+  EXPECT_TRUE(!res || res->status != 200);
+}
 
 TEST_F(SecurityTest, TheRightCredentialsGetGoldenParity) {
   auto r = Forward(Options(Credentials("ca", "client"), "t0-first-token"));
