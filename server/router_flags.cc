@@ -40,11 +40,12 @@ ABSL_FLAG(int, max_queue_ms, 2000,
           "Longer is refused with RESOURCE_EXHAUSTED, as is a request still "
           "queued after this long. A request whose deadline the work ahead "
           "and its own would miss is refused at once too.");
-ABSL_FLAG(int64_t, inline_max_tokens, 256,
-          "A forward of at most this many tokens that arrives while no "
-          "forward is queued or running runs on the gRPC thread that "
-          "received it (one at a time), without a hand-off to a forward "
-          "thread: decode steps' latency. 0: never.");
+ABSL_FLAG(int64_t, inline_max_tokens, 0,
+          "Experimental: a forward of at most this many tokens that arrives "
+          "while no forward is queued or running runs on the gRPC thread "
+          "that received it (one at a time), without a hand-off to a "
+          "forward thread: about 0.1 ms less per decode step. 0 (default): "
+          "never.");
 ABSL_FLAG(bool, log_requests, false,
           "Log one line per request (layer, shape, code, duration; never "
           "tensors or tokens). Failed requests are always logged.");

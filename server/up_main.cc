@@ -49,10 +49,10 @@ ABSL_FLAG(int, http_port, -1,
           "Passed to moe-router: the Open Inference Protocol's REST form on "
           "this port (0: a free one, written as \"router_http HOST:PORT\" to "
           "--endpoints_file; -1: off).");
-ABSL_FLAG(int64_t, inline_max_tokens, 256,
-          "Passed to moe-router: forwards up to this many tokens run on the "
-          "gRPC thread that received them while the router is idle (0: "
-          "never).");
+ABSL_FLAG(int64_t, inline_max_tokens, 0,
+          "Passed to moe-router (experimental): forwards up to this many "
+          "tokens run on the gRPC thread that received them while the router "
+          "is idle (0, the default: never).");
 ABSL_FLAG(int64_t, max_tokens_per_request, 65536,
           "Passed to moe-router; the workers get twice as many rows per call "
           "(--max_tokens_per_call).");

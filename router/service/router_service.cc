@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "common/clock.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -222,7 +223,9 @@ RouterService::RouterService(const ForwardRunner* runner, WorkerPool* pool,
 RouterService::~RouterService() { Drain(); }
 
 void RouterService::Drain() {
-  queue_.reset();    // every forward has finished
+  queue_.reset();  // every queued forward has finished
+  // A forward running inline on a gRPC thread finishes too.
+  while (inline_running_.load()) absl::SleepFor(absl::Milliseconds(1));
   batcher_.reset();  // and every worker call
 }
 

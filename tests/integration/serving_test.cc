@@ -576,7 +576,13 @@ TEST(GracefulShutdownTest, InFlightCompletesAndNewCallsAreRefused) {
     if (!refused.ok()) break;
   }
   EXPECT_FALSE(refused.ok());
-  EXPECT_FALSE(done.HasBeenNotified());
+  EXPECT_FALSE(done.HasBeenNotified())
+      << "the in-flight forward ended before the worker woke: "
+      << (in_flight.ok() ? (in_flight->degraded() ? std::string("degraded")
+                                                  : std::string("OK"))
+                         : in_flight.status().ToString())
+      << "\n"
+      << d.router().Log();
 
   d.worker(0).Signal(SIGCONT);
   ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));

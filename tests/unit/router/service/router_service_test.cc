@@ -168,10 +168,12 @@ moe::v1::ForwardResponse InProcess(const ForwardRunner& runner,
   return in_process;
 }
 
-// By default a small forward to an idle router runs on the gRPC thread
-// that received it (inline_max_tokens).
+// With inline_max_tokens, a small forward to an idle router runs on the
+// gRPC thread that received it.
 TEST_F(RouterServiceTest, AnswersAsTheRunnerDoesInProcess) {
-  Start();
+  RouterServiceOptions options;
+  options.inline_max_tokens = 256;
+  Start(options);
   const moe::v1::ForwardRequest request = GoldenRequest();
   moe::v1::ForwardResponse remote;
   ASSERT_TRUE(Forward(request, &remote).ok());
