@@ -1,6 +1,8 @@
 #include "router/api/open_inference.h"
 
+#include <algorithm>
 #include <cstring>
+#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -249,16 +251,16 @@ Output Int64s(const char* name, const std::vector<int64_t>& values) {
                       values.size() * sizeof(int64_t))};
 }
 
-absl::StatusOr<Output> FromTensor(const std::string& name,
-                                  const moe::v1::Tensor& t) {
-  const WireType* type = ByDType(t.dtype());
+// Takes t's bytes.
+absl::StatusOr<Output> FromTensor(const std::string& name, moe::v1::Tensor* t) {
+  const WireType* type = ByDType(t->dtype());
   if (type == nullptr) {
     return absl::InternalError(
-        absl::StrCat("output ", name, " has dtype ", t.dtype()));
+        absl::StrCat("output ", name, " has dtype ", t->dtype()));
   }
   return Output{name, type->name,
-                std::vector<int64_t>(t.shape().begin(), t.shape().end()),
-                t.data()};
+                std::vector<int64_t>(t->shape().begin(), t->shape().end()),
+                std::move(*t->mutable_data())};
 }
 
 }  // namespace
@@ -365,9 +367,10 @@ absl::StatusOr<OipInferRequest> FromModelInfer(
 }
 
 absl::StatusOr<inference::ModelInferResponse> ToModelInfer(
-    const moe::v1::ForwardResponse& response, const OipInferRequest& asked,
+    moe::v1::ForwardResponse* forward, const OipInferRequest& asked,
     const std::string& model_name, const std::string& version,
     const std::string& id) {
+  const moe::v1::ForwardResponse& response = *forward;
   if (response.degraded() && !asked.allow_degraded) {
     return absl::UnavailableError(absl::StrCat(
         "degraded answer: experts [",
@@ -378,7 +381,7 @@ absl::StatusOr<inference::ModelInferResponse> ToModelInfer(
         "it"));
   }
   std::vector<Output> outputs;
-  MOE_ASSIGN_OR_RETURN(Output y, FromTensor("y", response.y()));
+  MOE_ASSIGN_OR_RETURN(Output y, FromTensor("y", forward->mutable_y()));
   outputs.push_back(std::move(y));
   outputs.push_back(Scalar("balance_loss", response.losses().balance_loss()));
   outputs.push_back(Scalar("router_z_loss", response.losses().router_z_loss()));
@@ -390,8 +393,8 @@ absl::StatusOr<inference::ModelInferResponse> ToModelInfer(
                                   response.stats().kept_per_expert().end())));
   outputs.push_back(
       Int64s("dropped_tokens", {response.stats().routing().dropped_tokens()}));
-  for (const moe::v1::NamedTensor& t : response.trace()) {
-    MOE_ASSIGN_OR_RETURN(Output o, FromTensor(t.name(), t.tensor()));
+  for (moe::v1::NamedTensor& t : *forward->mutable_trace()) {
+    MOE_ASSIGN_OR_RETURN(Output o, FromTensor(t.name(), t.mutable_tensor()));
     outputs.push_back(std::move(o));
   }
   inference::ModelInferResponse out;
@@ -410,7 +413,12 @@ absl::StatusOr<inference::ModelInferResponse> ToModelInfer(
     for (Output& o : outputs) add(o);
     return out;
   }
+  std::set<std::string> given;
   for (const std::string& name : asked.outputs) {
+    if (!given.insert(name).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "output ", common::QuoteForLog(name), " is asked for twice"));
+    }
     auto it = std::find_if(outputs.begin(), outputs.end(),
                            [&](const Output& o) { return o.name == name; });
     if (it == outputs.end()) {

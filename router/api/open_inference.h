@@ -57,11 +57,12 @@ absl::StatusOr<OipInferRequest> FromModelInfer(
     const inference::ModelInferRequest& request, const common::ModelSpec& spec,
     int layer);
 
-// The ModelInferResponse of `response`; UNAVAILABLE naming the failed
-// experts for a degraded answer unless allowed; InvalidArgument for an
-// output the model does not have.
+// The ModelInferResponse of `*response`, whose tensors' bytes it takes (y
+// is not copied; the rest of *response stays); UNAVAILABLE naming the
+// failed experts for a degraded answer unless allowed; InvalidArgument for
+// an output the model does not have or one asked twice.
 absl::StatusOr<inference::ModelInferResponse> ToModelInfer(
-    const moe::v1::ForwardResponse& response, const OipInferRequest& asked,
+    moe::v1::ForwardResponse* response, const OipInferRequest& asked,
     const std::string& model_name, const std::string& version,
     const std::string& id);
 

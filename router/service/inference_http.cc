@@ -103,7 +103,7 @@ void Infer(RouterService& router, const httplib::Request& req,
       "REST infer", Protocol::kOipRest, [] { return false; },
       [&]() -> absl::Status {
         absl::StatusOr<inference::ModelInferResponse> r = ToModelInfer(
-            job.response, asked, model_name, model.fingerprint(), id);
+            &job.response, asked, model_name, model.fingerprint(), id);
         if (!r.ok()) return r.status();
         answer = std::move(*r);
         return absl::OkStatus();

@@ -29,9 +29,9 @@ class InferenceService::InferCall : public grpc::ServerUnaryReactor {
       : job(
             context, start, "ModelInfer", Protocol::kOipGrpc,
             [this, request, response]() -> absl::Status {
-              MOE_ASSIGN_OR_RETURN(*response,
-                                   ToModelInfer(job.response, asked, model_name,
-                                                version, request->id()));
+              MOE_ASSIGN_OR_RETURN(
+                  *response, ToModelInfer(&job.response, asked, model_name,
+                                          version, request->id()));
               return absl::OkStatus();
             },
             [this](absl::Status status) {

@@ -21,6 +21,7 @@
 #include "proto/expert_wire.h"
 #include "testing/deployment.h"
 #include "testing/golden.h"
+#include "testing/raw_call.h"
 #include "testing/reference.h"
 
 namespace moe {
@@ -87,20 +88,8 @@ INSTANTIATE_TEST_SUITE_P(AllGoldenCases, GpuWorkerParityTest,
 
 // The status of one RunExperts call of `bytes` to `address`.
 grpc::Status RunExperts(const std::string& address, const std::string& bytes) {
-  grpc::GenericStub stub(
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext context;
-  grpc::Slice slice(bytes);
-  grpc::ByteBuffer request(&slice, 1), response;
-  grpc::Status status;
-  absl::Notification done;
-  stub.UnaryCall(&context, "/moe.v1.ExpertWorker/RunExperts",
-                 grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
-                   status = std::move(s);
-                   done.Notify();
-                 });
-  done.WaitForNotification();
-  return status;
+  return testing::RawCall(address, "/moe.v1.ExpertWorker/RunExperts", bytes,
+                          absl::Seconds(60));
 }
 
 // `rows` rows of dim 16 for `expert` of layer `layer`, serialized.

@@ -25,6 +25,7 @@
 #include "proto/expert_wire.h"
 #include "testing/deployment.h"
 #include "testing/golden.h"
+#include "testing/raw_call.h"
 
 namespace moe {
 namespace {
@@ -47,23 +48,8 @@ grpc::ByteBuffer Call(int64_t rows, int64_t dim) {
 }
 
 grpc::Status Send(const std::string& address, grpc::ByteBuffer request) {
-  grpc::ChannelArguments args;
-  args.SetMaxSendMessageSize(1 << 30);
-  args.SetMaxReceiveMessageSize(1 << 30);
-  grpc::GenericStub stub(grpc::CreateCustomChannel(
-      address, grpc::InsecureChannelCredentials(), args));
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
-  grpc::ByteBuffer response;
-  absl::Notification done;
-  grpc::Status status;
-  stub.UnaryCall(&context, "/moe.v1.ExpertWorker/RunExperts",
-                 grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
-                   status = std::move(s);
-                   done.Notify();
-                 });
-  done.WaitForNotification();
-  return status;
+  return testing::RawCall(address, "/moe.v1.ExpertWorker/RunExperts",
+                          std::move(request), absl::Seconds(120));
 }
 
 // The worker's resident size once it settled: the first of two readings

@@ -16,6 +16,7 @@
 #include "common/torch/torch_convert.h"
 #include "testing/deployment.h"
 #include "testing/golden.h"
+#include "testing/raw_call.h"
 #include "testing/reference.h"
 
 namespace moe {
@@ -506,20 +507,9 @@ TEST_F(BadInputTest, EachMalformedFieldIsNamed) {
   }
   // Bytes that are not a ForwardRequest at all.
   {
-    grpc::GenericStub stub(grpc::CreateChannel(
-        deployment_->router_address(), grpc::InsecureChannelCredentials()));
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
-    grpc::Slice junk(std::string("\xff\xff\xff\x0f garbage"));
-    grpc::ByteBuffer request(&junk, 1), response;
-    absl::Notification done;
-    grpc::Status status;
-    stub.UnaryCall(&context, "/moe.v1.Router/Forward", grpc::StubOptions(),
-                   &request, &response, [&](grpc::Status s) {
-                     status = std::move(s);
-                     done.Notify();
-                   });
-    ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    const grpc::Status status = testing::RawCall(
+        deployment_->router_address(), "/moe.v1.Router/Forward",
+        std::string("\xff\xff\xff\x0f garbage"), absl::Seconds(10));
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_NE(status.error_message().find("could not be parsed as a "
                                           "moe.v1.ForwardRequest"),

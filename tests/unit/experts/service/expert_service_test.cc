@@ -144,6 +144,27 @@ class ExpertServiceTest : public ::testing::Test {
   std::unique_ptr<grpc::GenericStub> generic_;
 };
 
+// The answer of `call` (`rows` rows, in `out`): every row its token times
+// its expert's scale (testing::ScalingShard), exact in float32, within
+// bfloat16's rounding otherwise.
+void ExpectScaledRows(const Call& call, const grpc::ByteBuffer& bytes,
+                      int64_t rows, common::DType out) {
+  auto view = proto::RunExpertsResponseView::Parse(bytes, rows, kDim);
+  ASSERT_TRUE(view.ok()) << view.status();
+  EXPECT_EQ(view->dtype(), out);
+  std::vector<float> scratch;
+  for (const auto& s : call.segments) {
+    const float* got = view->FloatRows(s.offset, s.count, &scratch);
+    for (int64_t i = 0; i < s.count * kDim; ++i) {
+      const float want =
+          (*call.tokens)[s.offset * kDim + i] * testing::ExpertScale(s.key);
+      EXPECT_NEAR(got[i], want,
+                  out == common::DType::kFloat32 ? 0 : std::abs(want) / 128)
+          << "row " << s.offset + i / kDim;
+    }
+  }
+}
+
 TEST_F(ExpertServiceTest, RunsEachSegmentThroughItsExpertInEveryDtype) {
   testing::ScalingShard shard(kDim, common::ExpertSet({{1, 2}, {0}}));
   Start(&shard);
@@ -153,22 +174,7 @@ TEST_F(ExpertServiceTest, RunsEachSegmentThroughItsExpertInEveryDtype) {
                     common::DType::kFloat32, out);
     grpc::ByteBuffer bytes;
     ASSERT_TRUE(Run(call, &bytes).ok());
-    auto view = proto::RunExpertsResponseView::Parse(bytes, 6, kDim);
-    ASSERT_TRUE(view.ok()) << view.status();
-    EXPECT_EQ(view->dtype(), out);
-    std::vector<float> scratch;
-    for (const auto& s : call.segments) {
-      const float* rows = view->FloatRows(s.offset, s.count, &scratch);
-      for (int64_t i = 0; i < s.count * kDim; ++i) {
-        const float want =
-            (*call.tokens)[s.offset * kDim + i] * testing::ExpertScale(s.key);
-        if (out == common::DType::kFloat32) {
-          EXPECT_EQ(rows[i], want);
-        } else {
-          EXPECT_NEAR(rows[i], want, std::abs(want) / 128);
-        }
-      }
-    }
+    ExpectScaledRows(call, bytes, 6, out);
   }
   EXPECT_EQ(Counter("moe_expert_tokens_total", "1"), 4);  // 2 rows, twice
 }
@@ -188,19 +194,7 @@ TEST_F(ExpertServiceTest, ACallRunsInPartsOfWhatTheShardTakes) {
     grpc::ByteBuffer bytes;
     ASSERT_TRUE(Run(call, &bytes).ok());
     EXPECT_EQ(shard.runs.load(), 4);
-    auto view = proto::RunExpertsResponseView::Parse(bytes, 7, kDim);
-    ASSERT_TRUE(view.ok()) << view.status();
-    std::vector<float> scratch;
-    for (const auto& s : call.segments) {
-      const float* rows = view->FloatRows(s.offset, s.count, &scratch);
-      for (int64_t i = 0; i < s.count * kDim; ++i) {
-        const float want =
-            (*call.tokens)[s.offset * kDim + i] * testing::ExpertScale(s.key);
-        EXPECT_NEAR(rows[i], want,
-                    out == common::DType::kFloat32 ? 0 : std::abs(want) / 128)
-            << "row " << s.offset + i / kDim;
-      }
-    }
+    ExpectScaledRows(call, bytes, 7, out);
   }
   EXPECT_EQ(Counter("moe_expert_tokens_total", "1"), 6);  // 3 rows, twice
   // A segment naming an expert not hosted is named by its index in the

@@ -166,7 +166,7 @@ TEST(OpenInferenceTest, TheAnswerCarriesEveryOutputOrTheOnesAsked) {
   trace->mutable_tensor()->set_data(std::string(8, '\0'));
   OipInferRequest asked;
   absl::StatusOr<inference::ModelInferResponse> r =
-      ToModelInfer(f, asked, "m", "v", "id-1");
+      ToModelInfer(&f, asked, "m", "v", "id-1");
   ASSERT_TRUE(r.ok()) << r.status();
   std::vector<std::string> names;
   for (const auto& o : r->outputs()) names.push_back(o.name());
@@ -174,6 +174,8 @@ TEST(OpenInferenceTest, TheAnswerCarriesEveryOutputOrTheOnesAsked) {
                        "y", "balance_loss", "router_z_loss", "total_aux_loss",
                        "kept_per_expert", "dropped_tokens", "gate_indices"}));
   EXPECT_EQ(r->raw_output_contents(0), Floats({1, 2, 3, 4}));
+  EXPECT_TRUE(f.y().data().empty());  // taken, not copied
+  f.mutable_y()->set_data(Floats({1, 2, 3, 4}));
   EXPECT_EQ(r->raw_output_contents(1), Floats({0.5f}));
   int64_t dropped = 0;
   std::memcpy(&dropped, r->raw_output_contents(5).data(), 8);
@@ -184,14 +186,20 @@ TEST(OpenInferenceTest, TheAnswerCarriesEveryOutputOrTheOnesAsked) {
   f.set_degraded(true);
   f.add_failed_experts(5);
   absl::StatusOr<inference::ModelInferResponse> degraded =
-      ToModelInfer(f, asked, "m", "v", "");
+      ToModelInfer(&f, asked, "m", "v", "");
   EXPECT_EQ(degraded.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_NE(degraded.status().message().find("experts [5]"), std::string::npos);
   asked.allow_degraded = true;
   asked.outputs = {"dropped_tokens"};
-  r = ToModelInfer(f, asked, "m", "v", "");
+  r = ToModelInfer(&f, asked, "m", "v", "");
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->outputs_size(), 1);
+  asked.outputs = {"y", "y"};
+  EXPECT_NE(ToModelInfer(&f, asked, "m", "v", "")
+                .status()
+                .message()
+                .find("asked for twice"),
+            std::string::npos);
   EXPECT_TRUE(r->parameters().at("degraded").bool_param());
 }
 
