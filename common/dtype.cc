@@ -72,6 +72,9 @@ bool IsFloatingPoint(DType dtype) {
 }
 
 void ConvertToFloat32(DType dtype, const void* src, int64_t n, float* dst) {
+  // Nothing to convert; the pointers of empty buffers may be null, which
+  // memcpy must not see even for 0 bytes.
+  if (n <= 0) return;
   const auto* bytes = static_cast<const unsigned char*>(src);
   switch (dtype) {
     case DType::kFloat32:
@@ -100,6 +103,7 @@ void ConvertToFloat32(DType dtype, const void* src, int64_t n, float* dst) {
 }
 
 void ConvertFromFloat32(const float* src, int64_t n, DType dtype, void* dst) {
+  if (n <= 0) return;  // as above
   auto* bytes = static_cast<unsigned char*>(dst);
   switch (dtype) {
     case DType::kFloat32:

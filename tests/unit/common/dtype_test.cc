@@ -75,5 +75,18 @@ TEST(DTypeTest, BufferConversionsRoundTrip) {
   EXPECT_EQ(out[1], -8.0f);
 }
 
+// Zero elements with the null pointers of empty buffers: nothing happens
+// (memcpy must not see them; UBSan checks it in the sanitizer build, and the
+// oip_json fuzzer found it through an empty JSON tensor).
+TEST(DTypeTest, ConvertingNothingTouchesNothing) {
+  for (DType dtype :
+       {DType::kFloat32, DType::kBFloat16, DType::kFloat16, DType::kFloat64}) {
+    ConvertToFloat32(dtype, nullptr, 0, nullptr);
+  }
+  for (DType dtype : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
+    ConvertFromFloat32(nullptr, 0, dtype, nullptr);
+  }
+}
+
 }  // namespace
 }  // namespace moe::common
