@@ -10,7 +10,7 @@ absl::Status ExpertShard::CheckSegments(
   for (size_t i = 0; i < segments.size(); ++i) {
     const common::ExpertSegment& s = segments[i];
     if (!Hosts(s.key)) {
-      return absl::InvalidArgumentError(
+      return absl::FailedPreconditionError(
           absl::StrCat("segments[", i, "]: expert ", s.key.expert, " of layer ",
                        s.key.layer, " is not hosted here"));
     }

@@ -66,7 +66,9 @@ class ExpertShard {
   }
 
   // OK when every segment names a hosted expert and lies within `rows`
-  // rows; else InvalidArgument naming segments[i]. Run() checks this.
+  // rows; else FailedPrecondition (an expert not hosted: a router asks a
+  // replica) or InvalidArgument (rows), naming segments[i]. Run() checks
+  // this.
   absl::Status CheckSegments(
       int64_t rows, absl::Span<const common::ExpertSegment> segments) const;
 
@@ -74,9 +76,10 @@ class ExpertShard {
   // s.key for every segment and writes the float32 results to the same rows
   // of `out` ([tokens.rows, dim()]); rows no segment covers are left as
   // they are. With `stats`, it receives what the call measured.
-  // InvalidArgument (naming the segment) for an expert not hosted, a
-  // negative count or offset, or rows outside the block (checked without
-  // overflow); Internal for a failure of the library underneath.
+  // FailedPrecondition (naming the segment) for an expert not hosted,
+  // InvalidArgument for a negative count or offset, or rows outside the block
+  // (checked without overflow); Internal for a failure of the library
+  // underneath.
   absl::Status Run(const TokenRows& tokens,
                    absl::Span<const common::ExpertSegment> segments, float* out,
                    RunStats* stats = nullptr) const;

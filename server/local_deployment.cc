@@ -69,6 +69,7 @@ absl::StatusOr<std::unique_ptr<LocalDeployment>> LocalDeployment::Start(
   MOE_RETURN_IF_ERROR(d->Prepare());
   MOE_RETURN_IF_ERROR(d->StartWorkers());
   MOE_RETURN_IF_ERROR(d->StartRouter());
+  if (d->options_.balance) MOE_RETURN_IF_ERROR(d->StartBalancer());
   return d;
 }
 
@@ -106,6 +107,60 @@ absl::Status LocalDeployment::Prepare() {
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<common::Checkpoint> ckpt,
                        common::Checkpoint::Open(options_.checkpoint));
   spec_ = ckpt->spec();
+  if (options_.balance) {
+    // A fresh token per deployment, readable by this user only.
+    std::ifstream random("/dev/urandom", std::ios::binary);
+    unsigned char bytes[24];
+    random.read(reinterpret_cast<char*>(bytes), sizeof(bytes));
+    if (!random) return absl::InternalError("cannot read /dev/urandom");
+    std::string token;
+    for (unsigned char b : bytes)
+      absl::StrAppend(&token, absl::Hex(b, absl::kZeroPad2));
+    {
+      std::ofstream out(AdminTokenFile());
+      out << token << "\n";
+    }
+    std::filesystem::permissions(AdminTokenFile(),
+                                 std::filesystem::perms::owner_read |
+                                     std::filesystem::perms::owner_write);
+    // Every worker takes placement changes; moe-up stops them all at once,
+    // so none waits for its experts to move (--leave_timeout=0).
+    options_.worker_flags.push_back("--admin_token_file=" + AdminTokenFile());
+    options_.worker_flags.push_back("--leave_timeout=0s");
+  }
+  reported_dead_.assign(options_.workers, false);
+  return absl::OkStatus();
+}
+
+std::string LocalDeployment::AdminTokenFile() const {
+  return options_.work_dir + "/admin-token";
+}
+
+absl::Status LocalDeployment::StartBalancer() {
+  std::vector<std::string> workers;
+  for (size_t i = 0; i + 1 < children_.size(); ++i) {
+    workers.push_back(absl::StrCat(options_.host, ":", children_[i].port));
+  }
+  const std::string port_file = options_.work_dir + "/balancer.metrics.port";
+  std::filesystem::remove(port_file);
+  std::vector<std::string> argv = {options_.bin_dir + "/moe-balancer",
+                                   "--checkpoint=" + options_.checkpoint,
+                                   "--workers=" + absl::StrJoin(workers, ","),
+                                   "--admin_token_file=" + AdminTokenFile(),
+                                   "--metrics_host=" + options_.host,
+                                   "--metrics_port=0",
+                                   "--metrics_port_file=" + port_file};
+  argv.insert(argv.end(), options_.balancer_flags.begin(),
+              options_.balancer_flags.end());
+  MOE_ASSIGN_OR_RETURN(balancer_, ChildProcess::Start(ChildFor(
+                                      std::move(argv), /*blas_threads=*/1)));
+  absl::StatusOr<int> port = WaitForPortFile(
+      port_file, deadline_, balancer_.get(), options_.probe.interrupted);
+  if (!port.ok()) {
+    return absl::Status(port.status().code(),
+                        absl::StrCat("balancer: ", port.status().message()));
+  }
+  balancer_metrics_port_ = *port;
   return absl::OkStatus();
 }
 
@@ -212,10 +267,25 @@ absl::Status LocalDeployment::WaitReady(Child& c) {
 }
 
 std::string LocalDeployment::DeadChild() {
-  for (Child& c : children_) {
-    if (c.process != nullptr && !c.process->running()) {
-      return absl::StrCat(c.name, " ", c.process->DescribeExit());
+  for (size_t i = 0; i < children_.size(); ++i) {
+    Child& c = children_[i];
+    if (c.process == nullptr || c.process->running()) continue;
+    const std::string dead =
+        absl::StrCat(c.name, " ", c.process->DescribeExit());
+    // Under the balancer a lost worker is healed, not a reason to stop.
+    if (options_.balance && c.name != "router" && i < reported_dead_.size()) {
+      if (!reported_dead_[i]) {
+        reported_dead_[i] = true;
+        MOE_LOG(WARNING) << dead
+                         << "; serving on: the balancer places its experts "
+                            "on the other workers";
+      }
+      continue;
     }
+    return dead;
+  }
+  if (balancer_ != nullptr && !balancer_->running()) {
+    return absl::StrCat("balancer ", balancer_->DescribeExit());
   }
   return "";
 }
@@ -226,8 +296,12 @@ void LocalDeployment::StopAll() {
       MOE_LOG(WARNING) << c.name << " did not stop in time; killed it";
     }
   };
-  // The router first, so that its in-flight requests can still reach the
-  // workers; then the workers together.
+  // The balancer first (no placement change while stopping), then the
+  // router, so that its in-flight requests can still reach the workers;
+  // then the workers together.
+  if (balancer_ != nullptr && !balancer_->Stop(absl::Seconds(15))) {
+    MOE_LOG(WARNING) << "the balancer did not stop in time; killed it";
+  }
   if (!children_.empty() && children_.back().name == "router") {
     stop(children_.back());
   }
@@ -258,6 +332,10 @@ std::string LocalDeployment::Endpoints() const {
     in >> metrics_port;
     absl::StrAppend(&endpoints, name, " ", options_.host, ":", c.port, "\n",
                     name, "_metrics ", options_.host, ":", metrics_port, "\n");
+  }
+  if (balancer_ != nullptr) {
+    absl::StrAppend(&endpoints, "balancer_metrics ", options_.host, ":",
+                    balancer_metrics_port_, "\n");
   }
   if (options_.router_http_port >= 0) {
     std::ifstream in(HttpPortFile());

@@ -51,6 +51,11 @@ struct LocalDeploymentOptions {
   std::vector<std::string> router_flags;
   // How the deployment reaches the children's health (their TLS).
   HealthProbe probe;
+  // Runs moe-balancer (docs/placement.md) with these flags: the workers
+  // take placement changes (an admin token made here), and a worker that
+  // dies is not a reason to stop: its experts are healed onto the others.
+  bool balance = false;
+  std::vector<std::string> balancer_flags;
 };
 
 class LocalDeployment {
@@ -67,7 +72,8 @@ class LocalDeployment {
   std::string router_address() const;
   int router_port() const;
   // One per line: "router HOST:PORT", "router_metrics HOST:PORT",
-  // "worker<i> HOST:PORT", "worker<i>_metrics HOST:PORT".
+  // "worker<i> HOST:PORT", "worker<i>_metrics HOST:PORT", and with the
+  // balancer "balancer_metrics HOST:PORT".
   std::string Endpoints() const;
 
   // Serves until SIGTERM/SIGINT (OK) or until a child dies (UNAVAILABLE
@@ -80,6 +86,11 @@ class LocalDeployment {
   absl::Status Prepare();
   absl::Status StartWorkers();
   absl::Status StartRouter();
+  // The balancer, once the router serves; its /metrics port is its sign of
+  // life (it serves no gRPC).
+  absl::Status StartBalancer();
+  // The admin token file of the workers and the balancer (made here).
+  std::string AdminTokenFile() const;
   // Where the router reports its --http_port.
   std::string HttpPortFile() const;
   absl::Status StartChild(std::string name, const std::string& file,
@@ -94,6 +105,9 @@ class LocalDeployment {
   absl::Time deadline_;
   common::ModelSpec spec_;
   std::vector<Child> children_;
+  std::unique_ptr<ChildProcess> balancer_;
+  int balancer_metrics_port_ = 0;
+  std::vector<bool> reported_dead_;  // workers whose death was logged
 };
 
 }  // namespace moe::server

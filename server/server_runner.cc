@@ -218,6 +218,11 @@ int ServerRunner::WaitForShutdownSignal() {
   int sig = 0;
   while (sigwait(&set, &sig) != 0) {
   }
+  DrainAndShutdown(sig);
+  return sig;
+}
+
+void ServerRunner::DrainAndShutdown(int sig) {
   MOE_LOG(INFO) << "received " << (sig == SIGTERM ? "SIGTERM" : "SIGINT")
                 << ": draining (health NOT_SERVING; serving "
                 << absl::FormatDuration(options_.drain) << " more, then up to "
@@ -229,7 +234,6 @@ int ServerRunner::WaitForShutdownSignal() {
     MOE_LOG(INFO) << "drain time over: no longer taking calls";
   }
   Shutdown();
-  return sig;
 }
 
 void ServerRunner::Shutdown() {

@@ -104,6 +104,8 @@ class ServerRunner {
   // Waits for SIGTERM or SIGINT, then drains and shuts down gracefully.
   // Returns the signal number.
   int WaitForShutdownSignal();
+  // What WaitForShutdownSignal() does once signal `sig` came.
+  void DrainAndShutdown(int sig);
 
   // NOT_SERVING, then stop accepting calls and give in-flight ones `grace`.
   void Shutdown();

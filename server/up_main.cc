@@ -13,7 +13,9 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/cli/command_line.h"
 #include "common/expert_set.h"
 #include "common/logging.h"
@@ -76,6 +78,16 @@ ABSL_FLAG(std::string, tls_client_ca_file, "",
           "workers (mutual TLS).");
 ABSL_FLAG(std::string, auth_tokens_file, "",
           "Passed to moe-router: bearer tokens Forward requires.");
+ABSL_FLAG(bool, balance, false,
+          "Run moe-balancer beside them (docs/placement.md): hot experts get "
+          "copies on other workers, and a worker that dies is not restarted "
+          "nor a reason to stop: its experts are placed on the others.");
+ABSL_FLAG(std::string, balance_flags,
+          "--interval=1s,--rebalance_every=5s,--load_half_life=5s,"
+          "--settle=2500ms,--dead_after=3s",
+          "With --balance: moe-balancer's flags, comma-separated (these "
+          "defaults act within about 20 s of a sustained skew; the "
+          "balancer's own defaults are slower).");
 ABSL_FLAG(std::string, work_dir, "",
           "Where port files and the demo model go (default: a temporary "
           "directory, removed on exit).");
@@ -118,6 +130,11 @@ absl::StatusOr<server::LocalDeploymentOptions> OptionsFromFlags() {
   o.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
   o.router_http_port = absl::GetFlag(FLAGS_http_port);
   MOE_ASSIGN_OR_RETURN(o.probe, ProbeFromFlags());
+  o.balance = absl::GetFlag(FLAGS_balance);
+  for (absl::string_view flag : absl::StrSplit(
+           absl::GetFlag(FLAGS_balance_flags), ',', absl::SkipEmpty())) {
+    o.balancer_flags.emplace_back(flag);
+  }
   o.common_flags = {
       absl::StrCat("--reflection=", absl::GetFlag(FLAGS_reflection)),
       absl::StrCat("--warmup=", absl::GetFlag(FLAGS_warmup))};
@@ -149,6 +166,12 @@ absl::StatusOr<server::LocalDeploymentOptions> OptionsFromFlags() {
   if (!absl::GetFlag(FLAGS_auth_tokens_file).empty()) {
     o.router_flags.push_back("--auth_tokens_file=" +
                              absl::GetFlag(FLAGS_auth_tokens_file));
+  }
+  // The balancer reaches the workers as the router does.
+  for (const std::string& flag : o.router_flags) {
+    if (absl::StartsWith(flag, "--worker_tls_")) {
+      o.balancer_flags.push_back(flag);
+    }
   }
   return o;
 }

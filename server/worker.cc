@@ -1,5 +1,6 @@
 #include "server/worker.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <string>
@@ -10,7 +11,9 @@
 #include "common/cli/command_line.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "common/token_set.h"
 #include "experts/service/expert_service.h"
+#include "experts/service/placement.h"
 #include "experts/warm_up.h"
 #include "proto/expert_wire.h"
 #include "server/main_helpers.h"
@@ -19,8 +22,24 @@
 
 ABSL_FLAG(std::string, checkpoint, "", "Checkpoint (safetensors) to serve.");
 ABSL_FLAG(std::string, experts, "all",
-          "Experts of this worker: all, ranges for every layer (0-3,8), or "
-          "LAYER:RANGES;LAYER:RANGES for named layers.");
+          "Experts of this worker: all, ranges for every layer (0-3,8), "
+          "LAYER:RANGES;LAYER:RANGES for named layers, or none (a worker "
+          "that waits for the balancer to give it experts; needs "
+          "--admin_token_file).");
+ABSL_FLAG(std::string, admin_token_file, "",
+          "Bearer tokens (one per line) of the placement writer "
+          "(moe-balancer): with it, SetExperts may change the experts this "
+          "worker hosts at run time; without it, they are fixed. Read again "
+          "when the file changes.");
+ABSL_FLAG(int64_t, expert_memory_mb, 0,
+          "Most MiB of expert weights this worker may hold (reported to the "
+          "balancer, which places within it; a SetExperts past it is "
+          "refused whole). 0: no limit.");
+ABSL_FLAG(absl::Duration, leave_timeout, absl::Seconds(20),
+          "With --admin_token_file: on SIGTERM the worker reports that it is "
+          "leaving and keeps serving until the balancer has moved its "
+          "experts away (it then hosts none) or this long has passed, then "
+          "drains as usual. 0: drain at once.");
 ABSL_FLAG(std::string, shard, "",
           "Instead of --experts: this worker's shard index, or \"auto\" to "
           "take it from the hostname's ordinal (StatefulSet pod moe-expert-3 "
@@ -55,6 +74,14 @@ namespace {
 absl::StatusOr<common::ExpertSet> Selection(const common::ModelSpec& spec) {
   const std::string shard = absl::GetFlag(FLAGS_shard);
   const std::string experts = absl::GetFlag(FLAGS_experts);
+  if (shard.empty() && experts == "none") {
+    if (absl::GetFlag(FLAGS_admin_token_file).empty()) {
+      return absl::InvalidArgumentError(
+          "--experts=none needs --admin_token_file: without it nothing could "
+          "ever give this worker experts");
+    }
+    return common::ExpertSet(spec.layers.size());
+  }
   if (shard.empty()) {
     return ForFlag("--experts", common::ExpertSet::Parse(experts, spec));
   }
@@ -75,13 +102,7 @@ absl::StatusOr<common::ExpertSet> Selection(const common::ModelSpec& spec) {
       common::ExpertSet::Shard(index, absl::GetFlag(FLAGS_num_shards), spec));
 }
 
-absl::StatusOr<std::unique_ptr<experts::ExpertShard>> LoadShard(
-    const common::Checkpoint& ckpt, const common::ExpertSet& selection,
-    const ShardFactory& make_shard) {
-  if (selection.empty()) {
-    return absl::InvalidArgumentError(
-        "this worker would host no expert (--experts / --shard select none)");
-  }
+absl::StatusOr<ShardRequest> ShardRequestFromFlags() {
   ShardRequest request;
   request.device_flag = absl::GetFlag(FLAGS_device);
   MOE_ASSIGN_OR_RETURN(request.device, ParseDevice(request.device_flag));
@@ -90,7 +111,7 @@ absl::StatusOr<std::unique_ptr<experts::ExpertShard>> LoadShard(
   if (request.gpu_streams < 1) {
     return absl::InvalidArgumentError("--gpu_streams must be >= 1");
   }
-  return make_shard(ckpt, selection, request);
+  return request;
 }
 
 absl::Status WarmUp(const experts::ExpertShard& shard, int64_t max_rows) {
@@ -102,6 +123,37 @@ absl::Status WarmUp(const experts::ExpertShard& shard, int64_t max_rows) {
                 << absl::FormatDuration(
                        absl::Trunc(warm.elapsed, absl::Milliseconds(1)));
   return absl::OkStatus();
+}
+
+// On SIGTERM, a worker whose experts can move reports that it is leaving
+// and waits (up to --leave_timeout, or a second signal) until it hosts
+// none: the balancer placed them elsewhere first, so no forward finds them
+// missing. Then it drains.
+void WaitToLeave(ServerRunner& runner, experts::ExpertService& service,
+                 const experts::ExpertPlacement& placement) {
+  const absl::Duration timeout = absl::GetFlag(FLAGS_leave_timeout);
+  if (!placement.changeable() || timeout <= absl::ZeroDuration()) {
+    runner.WaitForShutdownSignal();
+    return;
+  }
+  while (!ShutdownRequested(absl::Hours(1))) {
+  }
+  service.SetLeaving();
+  const absl::Time until = absl::Now() + timeout;
+  MOE_LOG(INFO) << "received a stop signal: leaving (waiting up to "
+                << absl::FormatDuration(timeout)
+                << " for the balancer to move this worker's experts; a second "
+                   "signal stops at once)";
+  bool again = false;
+  while (!placement.Current().shard->experts().empty() && absl::Now() < until) {
+    if ((again = ShutdownRequested(absl::Milliseconds(100)))) break;
+  }
+  MOE_LOG(INFO) << (again ? "second signal"
+                    : placement.Current().shard->experts().empty()
+                        ? "every expert moved away"
+                        : "--leave_timeout passed with experts still here")
+                << ": stopping";
+  runner.DrainAndShutdown(SIGTERM);
 }
 
 absl::Status Run(const ShardFactory& make_shard) {
@@ -123,18 +175,53 @@ absl::Status Run(const ShardFactory& make_shard) {
                        common::Checkpoint::Open(path));
   const common::ModelSpec& spec = ckpt->spec();
   MOE_ASSIGN_OR_RETURN(common::ExpertSet selection, Selection(spec));
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<experts::ExpertShard> shard,
-                       LoadShard(*ckpt, selection, make_shard));
-  MOE_RETURN_IF_ERROR(WarmUp(*shard, options.max_tokens_per_call));
+  MOE_ASSIGN_OR_RETURN(const ShardRequest request, ShardRequestFromFlags());
+  std::unique_ptr<common::TokenSet> admin_tokens;
+  if (const std::string file = absl::GetFlag(FLAGS_admin_token_file);
+      !file.empty()) {
+    MOE_ASSIGN_OR_RETURN(admin_tokens, common::TokenSet::FromFile(file));
+    options.admin_tokens = admin_tokens.get();
+  }
+  const int64_t max_rows = options.max_tokens_per_call;
+  // What SetExperts loads: a new part from the checkpoint opened here,
+  // warmed up like the experts started with.
+  experts::ExpertLoader loader;
+  if (admin_tokens != nullptr) {
+    loader = [&ckpt, make_shard, request,
+              max_rows](const common::ExpertSet& experts)
+        -> absl::StatusOr<std::unique_ptr<experts::ExpertShard>> {
+      MOE_ASSIGN_OR_RETURN(std::unique_ptr<experts::ExpertShard> part,
+                           make_shard(*ckpt, experts, request));
+      MOE_RETURN_IF_ERROR(WarmUp(*part, max_rows));
+      return part;
+    };
+  }
+  if (selection.empty() && admin_tokens == nullptr) {
+    return absl::InvalidArgumentError(
+        "this worker would host no expert (--experts / --shard select none)");
+  }
+  std::unique_ptr<experts::ExpertShard> initial;
+  if (!selection.empty()) {
+    MOE_ASSIGN_OR_RETURN(initial, make_shard(*ckpt, selection, request));
+    MOE_RETURN_IF_ERROR(WarmUp(*initial, max_rows));
+  }
+  MOE_ASSIGN_OR_RETURN(
+      std::unique_ptr<experts::ExpertPlacement> placement,
+      ForFlag("--expert_memory_mb",
+              experts::ExpertPlacement::Create(
+                  spec, std::move(initial), std::move(loader),
+                  absl::GetFlag(FLAGS_expert_memory_mb) << 20)));
+  const experts::ExpertShard& shard = *placement->Current().shard;
   auto registry = std::make_shared<prometheus::Registry>();
-  AddBuildInfo(*registry, shard->device().ToString());
+  AddBuildInfo(*registry, shard.device().ToString());
   RpcMetrics rpc_metrics(*registry);
-  experts::ExpertMetrics metrics(*registry, spec, shard->experts());
-  metrics.SetDeviceMemory(shard->device_memory_bytes());
+  experts::ExpertMetrics metrics(*registry, spec, shard.experts());
+  metrics.SetDeviceMemory(shard.device_memory_bytes());
+  metrics.SetPlacement(0, shard.weight_bytes());
   MOE_ASSIGN_OR_RETURN(
       std::unique_ptr<experts::ExpertService> service,
-      experts::ExpertService::Create(shard.get(), {spec, ckpt->fingerprint()},
-                                     options, &metrics));
+      experts::ExpertService::Create(
+          placement.get(), {spec, ckpt->fingerprint()}, options, &metrics));
   MOE_ASSIGN_OR_RETURN(
       std::unique_ptr<MetricsHttpServer> metrics_http,
       StartMetricsFromFlags(server_options.host,
@@ -151,16 +238,19 @@ absl::Status Run(const ShardFactory& make_shard) {
                 << spec.name << "\" " << ckpt->fingerprint() << ", "
                 << spec.layers.size() << " layer(s), dim " << spec.dim
                 << ", experts " << selection.Describe(spec) << " on "
-                << shard->device().ToString() << " ("
-                << shard->weight_bytes() / (1 << 20) << " MiB of weights, "
+                << shard.device().ToString() << " ("
+                << shard.weight_bytes() / (1 << 20) << " MiB of weights, "
                 << "ready in "
                 << absl::FormatDuration(
                        absl::Trunc(absl::Now() - start, absl::Milliseconds(1)))
                 << ")"
                 << (metrics_http ? absl::StrCat(", /metrics on port ",
                                                 metrics_http->port())
-                                 : "");
-  runner->WaitForShutdownSignal();
+                                 : "")
+                << (admin_tokens != nullptr
+                        ? "; placement changes accepted (--admin_token_file)"
+                        : "");
+  WaitToLeave(*runner, *service, *placement);
   // gRPC may return from Shutdown with handlers still running on our queue;
   // they finish their calls while the server object still exists.
   service->Drain();

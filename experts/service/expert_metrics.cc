@@ -8,7 +8,8 @@ namespace moe::experts {
 ExpertMetrics::ExpertMetrics(prometheus::Registry& registry,
                              const common::ModelSpec& spec,
                              const common::ExpertSet& hosted)
-    : batch_(prometheus::BuildHistogram()
+    : spec_(spec),
+      batch_(prometheus::BuildHistogram()
                  .Name("moe_expert_batch_tokens")
                  .Help("Token rows per RunExperts call.")
                  .Register(registry)
@@ -59,13 +60,39 @@ ExpertMetrics::ExpertMetrics(prometheus::Registry& registry,
                       .Name("moe_expert_forward_duration_seconds")
                       .Help("Compute time of one expert on one call's rows.")
                       .Register(registry);
+  tokens_family_ = &tokens;
+  seconds_family_ = &seconds;
+  Host(hosted);
+  generation_ = &prometheus::BuildGauge()
+                     .Name("moe_expert_placement_generation")
+                     .Help(
+                         "Generation of the last placement change "
+                         "(SetExperts); 0 for the experts started with.")
+                     .Register(registry)
+                     .Add({});
+  weight_bytes_ = &prometheus::BuildGauge()
+                       .Name("moe_expert_weight_bytes")
+                       .Help("Bytes of expert weights this worker holds.")
+                       .Register(registry)
+                       .Add({});
+}
+
+void ExpertMetrics::Host(const common::ExpertSet& hosted) {
+  absl::MutexLock lock(&mu_);
   for (const common::ExpertKey& key : hosted.keys()) {
+    if (experts_.count(key) != 0) continue;
     const std::map<std::string, std::string> labels = {
-        {"layer", spec.layers[key.layer].name},
+        {"layer", spec_.layers[key.layer].name},
         {"expert", absl::StrCat(key.expert)}};
-    experts_[key] = {&tokens.Add(labels),
-                     &seconds.Add(labels, common::LatencyBucketsSeconds())};
+    experts_[key] = {
+        &tokens_family_->Add(labels),
+        &seconds_family_->Add(labels, common::LatencyBucketsSeconds())};
   }
+}
+
+void ExpertMetrics::SetPlacement(int64_t generation, int64_t weight_bytes) {
+  generation_->Set(static_cast<double>(generation));
+  weight_bytes_->Set(static_cast<double>(weight_bytes));
 }
 
 void ExpertMetrics::RecordBatch(int64_t tokens) {
@@ -86,10 +113,15 @@ void ExpertMetrics::SetDeviceMemory(int64_t bytes) {
 
 void ExpertMetrics::RecordSegment(common::ExpertKey key, int64_t tokens,
                                   double seconds) {
-  auto it = experts_.find(key);
-  if (it == experts_.end()) return;
-  it->second.tokens->Increment(static_cast<double>(tokens));
-  it->second.seconds->Observe(seconds);
+  PerExpert series;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = experts_.find(key);
+    if (it == experts_.end()) return;
+    series = it->second;
+  }
+  series.tokens->Increment(static_cast<double>(tokens));
+  series.seconds->Observe(seconds);
 }
 
 void ExpertMetrics::AddInflight(int delta) { inflight_.Increment(delta); }

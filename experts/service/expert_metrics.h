@@ -11,7 +11,10 @@
 //       (outputs converted to the wire dtype, the response built)
 //   moe_expert_device_memory_bytes                     (GPU arena; 0 on CPU)
 //   moe_expert_inflight_requests, moe_expert_ready
-// Series exist for every hosted expert from the start; their number is
+//   moe_expert_placement_generation, moe_expert_weight_bytes (placement:
+//       the last SetExperts' generation, the weights held)
+// Series exist for every hosted expert from the start (and for every expert
+// hosted since, after a placement change); their number is
 // (hosted experts) x 18 (a counter and a 15-bucket histogram), see
 // docs/operations.md, "Cardinality".
 //
@@ -27,6 +30,8 @@
 #include <map>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "common/expert_segment.h"
 #include "common/expert_set.h"
 #include "common/model_spec.h"
@@ -46,6 +51,9 @@ class ExpertMetrics {
   };
   void RecordCall(const CallStages& stages, bool gpu);
   void SetDeviceMemory(int64_t bytes);
+  // Series for the experts of `hosted` that have none yet.
+  void Host(const common::ExpertSet& hosted);
+  void SetPlacement(int64_t generation, int64_t weight_bytes);
   void RecordSegment(common::ExpertKey key, int64_t tokens, double seconds);
   void AddInflight(int delta);
   void SetReady(bool ready);
@@ -55,7 +63,11 @@ class ExpertMetrics {
     prometheus::Counter* tokens;
     prometheus::Histogram* seconds;
   };
-  std::map<common::ExpertKey, PerExpert> experts_;
+  const common::ModelSpec spec_;
+  prometheus::Family<prometheus::Counter>* tokens_family_;
+  prometheus::Family<prometheus::Histogram>* seconds_family_;
+  absl::Mutex mu_;
+  std::map<common::ExpertKey, PerExpert> experts_ ABSL_GUARDED_BY(mu_);
   prometheus::Histogram& batch_;
   prometheus::Histogram* call_compute_;
   prometheus::Histogram* call_copy_;
@@ -64,6 +76,8 @@ class ExpertMetrics {
   prometheus::Gauge& device_memory_;
   prometheus::Gauge& inflight_;
   prometheus::Gauge& ready_;
+  prometheus::Gauge* generation_;
+  prometheus::Gauge* weight_bytes_;
 };
 
 }  // namespace moe::experts

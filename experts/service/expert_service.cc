@@ -18,31 +18,20 @@ namespace {
 // are rate-limited, with a count of what was left out.
 constexpr int kFailureLogsPerSecond = 10;
 
-moe::v1::ShardInfo MakeShardInfo(const ExpertShard& shard,
-                                 const ServedModel& model,
-                                 const ExpertServiceOptions& options) {
-  moe::v1::ShardInfo info;
-  info.set_model_name(model.spec.name);
-  info.set_fingerprint(model.fingerprint);
-  info.set_dim(model.spec.dim);
-  for (const common::LayerSpec& layer : model.spec.layers) {
-    moe::v1::LayerShard* l = info.add_layers();
-    l->set_name(layer.name);
-    l->set_kind(common::LayerKindName(layer.config.kind));
-    l->set_total_experts(layer.config.total_experts());
-    l->set_expert_hidden(layer.config.expert_hidden());
-  }
-  const common::ExpertSet hosted = shard.experts();
-  for (size_t l = 0; l < hosted.layers(); ++l) {
-    for (int64_t e : hosted.ids(l)) {
-      info.mutable_layers(static_cast<int>(l))->add_expert_ids(e);
+// "peer ipv4:127.0.0.1:5 (certificate CN=moe-balancer)": who asked.
+std::string DescribeCaller(const grpc::CallbackServerContext& context) {
+  std::string who = absl::StrCat("peer ", context.peer());
+  const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (auth != nullptr && auth->IsPeerAuthenticated()) {
+    for (const grpc::string_ref& name : auth->GetPeerIdentity()) {
+      absl::StrAppend(
+          &who, " (certificate ",
+          common::QuoteForLog(absl::string_view(name.data(), name.size())),
+          ")");
+      break;
     }
   }
-  info.set_device(shard.device().ToString());
-  info.set_weight_bytes(shard.weight_bytes());
-  info.set_max_tokens_per_call(options.max_tokens_per_call);
-  info.set_compute_dtype(common::DTypeName(shard.compute_dtype()));
-  return info;
+  return who;
 }
 
 }  // namespace
@@ -58,53 +47,134 @@ absl::Status ExpertServiceOptions::Validate() const {
 }
 
 absl::StatusOr<std::unique_ptr<ExpertService>> ExpertService::Create(
-    const ExpertShard* shard, ServedModel model,
+    ExpertPlacement* placement, ServedModel model,
     const ExpertServiceOptions& options, ExpertMetrics* metrics) {
   MOE_RETURN_IF_ERROR(options.Validate());
-  if (shard->dim() != model.spec.dim) {
+  const ExpertPlacement::Snapshot now = placement->Current();
+  if (now.shard->dim() != model.spec.dim) {
     return absl::InvalidArgumentError(
-        absl::StrCat("the shard's experts have dim ", shard->dim(),
+        absl::StrCat("the shard's experts have dim ", now.shard->dim(),
                      " but the model's is ", model.spec.dim));
   }
-  if (shard->experts().layers() > model.spec.layers.size()) {
+  if (now.shard->experts().layers() > model.spec.layers.size()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "the shard hosts experts of layer ", shard->experts().layers() - 1,
+        "the shard hosts experts of layer ", now.shard->experts().layers() - 1,
         " but the model has ", model.spec.layers.size(), " layers"));
   }
-  return std::unique_ptr<ExpertService>(
-      new ExpertService(shard, std::move(model), options, metrics));
+  return std::unique_ptr<ExpertService>(new ExpertService(
+      placement, nullptr, std::move(model), options, metrics));
 }
 
-ExpertService::ExpertService(const ExpertShard* shard, ServedModel model,
+absl::StatusOr<std::unique_ptr<ExpertService>> ExpertService::Create(
+    const ExpertShard* shard, ServedModel model,
+    const ExpertServiceOptions& options, ExpertMetrics* metrics) {
+  std::unique_ptr<ExpertPlacement> fixed =
+      ExpertPlacement::Fixed(model.spec, shard);
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<ExpertService> service,
+                       Create(fixed.get(), std::move(model), options, metrics));
+  service->owned_placement_ = std::move(fixed);
+  return service;
+}
+
+ExpertService::ExpertService(ExpertPlacement* placement,
+                             std::unique_ptr<ExpertPlacement> owned,
+                             ServedModel model,
                              const ExpertServiceOptions& options,
                              ExpertMetrics* metrics)
-    : shard_(shard),
-      on_gpu_(shard->device().is_gpu()),
+    : owned_placement_(std::move(owned)),
+      placement_(placement),
       model_(std::move(model)),
       options_(options),
       metrics_(*metrics),
-      info_(MakeShardInfo(*shard, model_, options)),
       queue_(std::make_unique<common::WorkQueue>(
-          options.compute_threads, options.max_queued, "moe-expert")) {}
+          options.compute_threads, options.max_queued, "moe-expert")),
+      admin_queue_(std::make_unique<common::WorkQueue>(1, 4, "moe-placement")) {
+  int64_t total = 0;
+  for (const common::LayerSpec& layer : model_.spec.layers) {
+    layer_offsets_.push_back(total);
+    total += layer.config.total_experts();
+  }
+  load_ = std::make_unique<std::atomic<int64_t>[]>(static_cast<size_t>(total));
+  for (int64_t i = 0; i < total; ++i) load_[i].store(0);
+}
 
-ExpertService::~ExpertService() { queue_.reset(); }
+ExpertService::~ExpertService() { Drain(); }
+
+moe::v1::ShardInfo ExpertService::shard_info(bool include_load) const {
+  const ExpertPlacement::Snapshot now = placement_->Current();
+  const ExpertShard& shard = *now.shard;
+  moe::v1::ShardInfo info;
+  info.set_model_name(model_.spec.name);
+  info.set_fingerprint(model_.fingerprint);
+  info.set_dim(model_.spec.dim);
+  for (size_t l = 0; l < model_.spec.layers.size(); ++l) {
+    const common::LayerSpec& layer = model_.spec.layers[l];
+    moe::v1::LayerShard* out = info.add_layers();
+    out->set_name(layer.name);
+    out->set_kind(common::LayerKindName(layer.config.kind));
+    out->set_total_experts(layer.config.total_experts());
+    out->set_expert_hidden(layer.config.expert_hidden());
+    if (!include_load) continue;
+    for (int64_t e = 0; e < layer.config.total_experts(); ++e) {
+      const int64_t tokens =
+          load_[LoadIndex({static_cast<int32_t>(l), e})].load();
+      if (tokens == 0) continue;
+      moe::v1::ExpertLoad* load = out->add_load();
+      load->set_expert_id(e);
+      load->set_tokens(tokens);
+    }
+  }
+  const common::ExpertSet hosted = shard.experts();
+  for (size_t l = 0; l < hosted.layers(); ++l) {
+    for (int64_t e : hosted.ids(l)) {
+      info.mutable_layers(static_cast<int>(l))->add_expert_ids(e);
+    }
+  }
+  // A worker holding nothing yet has no device of its own to name.
+  info.set_device(hosted.empty() && placement_->changeable()
+                      ? "none"
+                      : shard.device().ToString());
+  info.set_weight_bytes(shard.weight_bytes());
+  info.set_max_tokens_per_call(options_.max_tokens_per_call);
+  info.set_compute_dtype(common::DTypeName(shard.compute_dtype()));
+  info.set_generation(now.generation);
+  info.set_expert_memory_limit_bytes(placement_->memory_limit_bytes());
+  info.set_leaving(leaving_.load());
+  info.set_placement_writable(placement_->changeable() &&
+                              options_.admin_tokens != nullptr);
+  return info;
+}
 
 absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
                                 grpc::ByteBuffer* response) const {
   using Clock = std::chrono::steady_clock;
   const Clock::time_point start = Clock::now();
-  MOE_ASSIGN_OR_RETURN(proto::RunExpertsRequestView call,
-                       proto::RunExpertsRequestView::Parse(
-                           request, shard_->dim(), options_.max_tokens_per_call,
-                           static_cast<int>(model_.spec.layers.size())));
-  MOE_RETURN_IF_ERROR(shard_->CheckSegments(call.rows(), call.segments()));
+  // The experts as they are now: a change made while this call runs frees
+  // what it gives up after the call.
+  const ExpertPlacement::Snapshot placement = placement_->Current();
+  const ExpertShard& shard = *placement.shard;
+  MOE_ASSIGN_OR_RETURN(
+      proto::RunExpertsRequestView call,
+      proto::RunExpertsRequestView::Parse(
+          request, model_.spec.dim, options_.max_tokens_per_call,
+          static_cast<int>(model_.spec.layers.size())));
+  if (absl::Status hosted = shard.CheckSegments(call.rows(), call.segments());
+      !hosted.ok()) {
+    if (absl::IsFailedPrecondition(hosted)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(hosted.message(), " (placement generation ",
+                       placement.generation, ")"));
+    }
+    return hosted;
+  }
+  const bool on_gpu = shard.device().is_gpu();
   // float32 outputs are written by the experts straight into the response's
   // bytes; 16-bit ones are converted from a float32 buffer.
   proto::RunExpertsResponseWriter out(call.output_dtype(), call.rows(),
-                                      shard_->dim());
+                                      model_.spec.dim);
   const Clock::time_point parsed = Clock::now();
   RunStats stats;
-  MOE_RETURN_IF_ERROR(RunInParts(call, out.data(), &stats));
+  MOE_RETURN_IF_ERROR(RunInParts(shard, call, out.data(), &stats));
   const Clock::time_point ran = Clock::now();
   *response = out.Finish();
   auto seconds = [](Clock::duration d) {
@@ -115,21 +185,23 @@ absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
   stages.copy_in = stats.copy_in_seconds;
   stages.copy_out = stats.copy_out_seconds;
   // On the host the whole run is compute; on a GPU its measured share.
-  stages.compute = on_gpu_ ? stats.compute_seconds : seconds(ran - parsed);
+  stages.compute = on_gpu ? stats.compute_seconds : seconds(ran - parsed);
   stages.serialize = seconds(Clock::now() - ran);
   metrics_.RecordBatch(call.rows());
-  metrics_.RecordCall(stages, on_gpu_);
+  metrics_.RecordCall(stages, on_gpu);
   for (size_t i = 0; i < call.segments().size(); ++i) {
-    metrics_.RecordSegment(call.segments()[i].key, call.segments()[i].count,
-                           stats.segment_seconds[i]);
+    const common::ExpertSegment& s = call.segments()[i];
+    metrics_.RecordSegment(s.key, s.count, stats.segment_seconds[i]);
+    load_[LoadIndex(s.key)].fetch_add(s.count, std::memory_order_relaxed);
   }
   return absl::OkStatus();
 }
 
-absl::Status ExpertService::RunInParts(const proto::RunExpertsRequestView& call,
+absl::Status ExpertService::RunInParts(const ExpertShard& shard,
+                                       const proto::RunExpertsRequestView& call,
                                        void* out, RunStats* stats) const {
-  const int64_t dim = shard_->dim();
-  const int64_t part = std::max<int64_t>(1, shard_->max_rows_per_run());
+  const int64_t dim = shard.dim();
+  const int64_t part = std::max<int64_t>(1, shard.max_rows_per_run());
   const std::vector<common::ExpertSegment>& segments = call.segments();
   const bool wide_out = call.output_dtype() == common::DType::kFloat32;
   const size_t out_element = common::ElementSize(call.output_dtype());
@@ -168,7 +240,7 @@ absl::Status ExpertService::RunInParts(const proto::RunExpertsRequestView& call,
       dst = wide.data();
     }
     RunStats measured;
-    MOE_RETURN_IF_ERROR(shard_->Run(tokens, pieces, dst, &measured));
+    MOE_RETURN_IF_ERROR(shard.Run(tokens, pieces, dst, &measured));
     if (!wide_out) {
       common::ConvertFromFloat32(
           wide.data(), count * dim, call.output_dtype(),
@@ -226,12 +298,97 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
 
 grpc::ServerUnaryReactor* ExpertService::GetShardInfo(
     grpc::CallbackServerContext* context,
-    const moe::v1::GetShardInfoRequest* /*request*/,
-    moe::v1::ShardInfo* response) {
-  *response = info_;
+    const moe::v1::GetShardInfoRequest* request, moe::v1::ShardInfo* response) {
+  *response = shard_info(request->include_load());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
+}
+
+grpc::ServerUnaryReactor* ExpertService::SetExperts(
+    grpc::CallbackServerContext* context,
+    const moe::v1::SetExpertsRequest* request, moe::v1::ShardInfo* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const std::string who = DescribeCaller(*context);
+  auto refuse = [&](absl::Status status) {
+    MOE_LOG(WARNING) << "SetExperts from " << who << " refused: " << status;
+    reactor->Finish(proto::ToGrpcStatus(status));
+    return reactor;
+  };
+  if (options_.admin_tokens == nullptr || !placement_->changeable()) {
+    return refuse(absl::PermissionDeniedError(
+        "this worker's experts cannot be changed: it was started without "
+        "--admin_token_file"));
+  }
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find("authorization");
+  const common::TokenSet::Verdict verdict =
+      it == metadata.end() ? common::TokenSet::Verdict::kMissing
+                           : options_.admin_tokens->Check(absl::string_view(
+                                 it->second.data(), it->second.size()));
+  if (verdict != common::TokenSet::Verdict::kAccepted) {
+    return refuse(absl::UnauthenticatedError(
+        verdict == common::TokenSet::Verdict::kMissing
+            ? "SetExperts needs the worker's admin token: send "
+              "\"authorization: Bearer <token>\""
+            : "SetExperts: the admin token is not known to this worker"));
+  }
+  // Loading takes seconds: it runs on the placement's own thread.
+  const bool queued =
+      admin_queue_->TrySubmit([this, reactor, request, response, who] {
+        absl::Status status = ChangeExperts(*request, who);
+        if (status.ok()) *response = shard_info();
+        reactor->Finish(proto::ToGrpcStatus(status));
+      });
+  if (!queued) {
+    return refuse(absl::ResourceExhaustedError(
+        "placement changes already queued: try again"));
+  }
+  return reactor;
+}
+
+absl::Status ExpertService::ChangeExperts(
+    const moe::v1::SetExpertsRequest& request, const std::string& who) {
+  const common::ModelSpec& spec = model_.spec;
+  std::vector<std::vector<int64_t>> ids(spec.layers.size());
+  for (const moe::v1::LayerExperts& l : request.layers()) {
+    if (l.layer() < 0 || l.layer() >= static_cast<int>(spec.layers.size())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("SetExperts: layer ", l.layer(), " is not one of the ",
+                       spec.layers.size(), " layers of the model"));
+    }
+    const int64_t total = spec.layers[l.layer()].config.total_experts();
+    for (int64_t e : l.expert_ids()) {
+      if (e < 0 || e >= total) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("SetExperts: layer ", l.layer(), " has experts [0, ",
+                         total, "); ", e, " is not one"));
+      }
+      ids[l.layer()].push_back(e);
+    }
+  }
+  if (request.generation() < 0) {
+    return absl::InvalidArgumentError("SetExperts: generation must be >= 0");
+  }
+  const common::ExpertSet wanted(std::move(ids));
+  const absl::Time start = absl::Now();
+  MOE_ASSIGN_OR_RETURN(ExpertPlacement::Change change,
+                       placement_->Set(wanted, request.generation()));
+  if (change.unchanged) return absl::OkStatus();
+  const ExpertPlacement::Snapshot now = placement_->Current();
+  metrics_.Host(now.shard->experts());
+  metrics_.SetPlacement(now.generation, now.shard->weight_bytes());
+  metrics_.SetDeviceMemory(now.shard->device_memory_bytes());
+  MOE_LOG(INFO) << "placement generation " << request.generation() << " from "
+                << who << " (" << common::QuoteForLog(request.reason())
+                << "): now " << now.shard->experts().Describe(spec)
+                << "; added " << change.added.Describe(spec) << ", removed "
+                << change.removed.Describe(spec) << ", "
+                << now.shard->weight_bytes() / (1 << 20)
+                << " MiB of weights, in "
+                << absl::FormatDuration(
+                       absl::Trunc(absl::Now() - start, absl::Milliseconds(1)));
+  return absl::OkStatus();
 }
 
 }  // namespace moe::experts

@@ -5,17 +5,27 @@
 // (proto/expert_wire.h): tokens in place, outputs written straight into the
 // response, and a message that is not a RunExpertsRequest is an
 // INVALID_ARGUMENT saying so.
+//
+// The experts served are an ExpertPlacement's (experts/service/placement.h):
+// SetExperts changes them at run time for the holder of the admin token
+// (loading runs on a thread of its own, never on gRPC's); a call for an
+// expert the worker does not host is FAILED_PRECONDITION, which the router
+// takes as "ask a replica", not as the worker failing.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/model_spec.h"
+#include "common/token_set.h"
 #include "common/work_queue.h"
 #include "experts/expert_shard.h"
 #include "experts/service/expert_metrics.h"
+#include "experts/service/placement.h"
 #include "moe/v1/expert.grpc.pb.h"
 #include "proto/expert_wire.h"
 
@@ -25,6 +35,9 @@ struct ExpertServiceOptions {
   int compute_threads = 1;  // OpenBLAS already parallelises GEMMs.
   size_t max_queued = 64;   // calls waiting beyond the running ones
   int64_t max_tokens_per_call = 1 << 17;  // token rows of one call
+  // Bearer tokens SetExperts requires (--admin_token_file); none: every
+  // SetExperts is refused. Not owned.
+  common::TokenSet* admin_tokens = nullptr;
 
   // InvalidArgument naming the option (as the flag spells it) when
   // compute_threads or max_tokens_per_call is below 1.
@@ -40,11 +53,17 @@ struct ServedModel {
 class ExpertService final
     : public moe::v1::ExpertWorker::WithRawCallbackMethod_RunExperts<
           moe::v1::ExpertWorker::WithCallbackMethod_GetShardInfo<
-              moe::v1::ExpertWorker::Service>> {
+              moe::v1::ExpertWorker::WithCallbackMethod_SetExperts<
+                  moe::v1::ExpertWorker::Service>>> {
  public:
-  // `shard` and `metrics` must outlive the service. InvalidArgument for
-  // options that fail Validate(), or a shard that does not fit the model
-  // (another dim, a layer the model does not have).
+  // Serves `placement`'s experts. `placement` and `metrics` must outlive
+  // the service. InvalidArgument for options that fail Validate(), or
+  // experts that do not fit the model (another dim, a layer the model does
+  // not have).
+  static absl::StatusOr<std::unique_ptr<ExpertService>> Create(
+      ExpertPlacement* placement, ServedModel model,
+      const ExpertServiceOptions& options, ExpertMetrics* metrics);
+  // Serves `shard`'s experts, fixed (SetExperts refused).
   static absl::StatusOr<std::unique_ptr<ExpertService>> Create(
       const ExpertShard* shard, ServedModel model,
       const ExpertServiceOptions& options, ExpertMetrics* metrics);
@@ -53,7 +72,14 @@ class ExpertService final
   // Waits for the calls already accepted to finish. Call after the server
   // stopped taking calls and before it is destroyed; the destructor does it
   // too.
-  void Drain() { queue_.reset(); }
+  void Drain() {
+    queue_.reset();
+    admin_queue_.reset();
+  }
+
+  // The worker was asked to stop and waits for its experts to move
+  // (ShardInfo.leaving).
+  void SetLeaving() { leaving_.store(true); }
 
   grpc::ServerUnaryReactor* RunExperts(grpc::CallbackServerContext* context,
                                        const grpc::ByteBuffer* request,
@@ -64,28 +90,45 @@ class ExpertService final
       const moe::v1::GetShardInfoRequest* request,
       moe::v1::ShardInfo* response) override;
 
-  // The reply of GetShardInfo.
-  const moe::v1::ShardInfo& shard_info() const { return info_; }
+  grpc::ServerUnaryReactor* SetExperts(
+      grpc::CallbackServerContext* context,
+      const moe::v1::SetExpertsRequest* request,
+      moe::v1::ShardInfo* response) override;
+
+  // The reply of GetShardInfo (with the experts' load when asked).
+  moe::v1::ShardInfo shard_info(bool include_load = false) const;
 
  private:
-  ExpertService(const ExpertShard* shard, ServedModel model,
+  ExpertService(ExpertPlacement* placement,
+                std::unique_ptr<ExpertPlacement> owned, ServedModel model,
                 const ExpertServiceOptions& options, ExpertMetrics* metrics);
   absl::Status Run(const grpc::ByteBuffer& request,
                    grpc::ByteBuffer* response) const;
+  // SetExperts after its token was accepted; `who` names the caller.
+  absl::Status ChangeExperts(const moe::v1::SetExpertsRequest& request,
+                             const std::string& who);
+  // Tokens expert `key` ran here (load_ index).
+  size_t LoadIndex(common::ExpertKey key) const {
+    return static_cast<size_t>(layer_offsets_[key.layer] + key.expert);
+  }
   // The call's rows through the shard in parts of at most
   // shard_->max_rows_per_run() rows, the results written to `out` (the
   // response's [rows, dim] of its output dtype): a call's working memory
   // beyond its request and response is one part's.
-  absl::Status RunInParts(const proto::RunExpertsRequestView& call, void* out,
+  absl::Status RunInParts(const ExpertShard& shard,
+                          const proto::RunExpertsRequestView& call, void* out,
                           RunStats* stats) const;
 
-  const ExpertShard* shard_;
-  const bool on_gpu_;  // the shard copies to and from a device
+  std::unique_ptr<ExpertPlacement> owned_placement_;  // Create(shard, ...)
+  ExpertPlacement* const placement_;
   const ServedModel model_;
   const ExpertServiceOptions options_;
   ExpertMetrics& metrics_;
-  moe::v1::ShardInfo info_;
+  std::vector<int64_t> layer_offsets_;  // into load_, by layer
+  std::unique_ptr<std::atomic<int64_t>[]> load_;
+  std::atomic<bool> leaving_{false};
   std::unique_ptr<common::WorkQueue> queue_;
+  std::unique_ptr<common::WorkQueue> admin_queue_;  // SetExperts' loading
 };
 
 }  // namespace moe::experts

@@ -36,9 +36,17 @@ void CombineSegment(const BatchTicket& ticket, size_t j,
   }
 }
 
+// A segment of an expert with replicas is split among them when each part
+// gets at least this many rows (smaller ones go whole to the least loaded).
+constexpr int64_t kMinRowsPerReplica = 16;
+// A segment refused as not hosted is assigned again this many times before
+// the worker counts as tried for it.
+constexpr int kMaxMovedRetries = 3;
+
 // One Run(): where every segment of the work stands, and the calls out.
-// Segments are indices into work.segments; each is pending (to be
-// assigned), out (in a call), combined, or failed.
+// Segments are indices into segments_ (work.segments, and the parts of
+// those split among replicas); each is pending (to be assigned), out (in a
+// call), combined, or failed.
 class FanOut {
  public:
   FanOut(const ExpertWork& work, WorkerPool* pool, WorkerBatcher* batcher,
@@ -53,8 +61,9 @@ class FanOut {
         worker_deadline_(worker_deadline),
         gating_(gating),
         report_(report),
+        segments_(work.segments.begin(), work.segments.end()),
         attempts_(work.segments.size()) {
-    for (size_t i = 0; i < work.segments.size(); ++i) pending_.push_back(i);
+    for (size_t i = 0; i < segments_.size(); ++i) pending_.push_back(i);
   }
 
   absl::Status Run() {
@@ -82,6 +91,7 @@ class FanOut {
     std::set<int> tried;  // workers that failed it
     absl::Status last_error;
     bool deadline = false;  // the last failure was a missed deadline
+    int moved = 0;          // refusals as not hosted (placement changes)
   };
   struct Call {
     WorkerRequest request;                      // until Submit()
@@ -101,17 +111,43 @@ class FanOut {
     failed_.push_back(i);
   }
 
-  // Every pending segment to a worker (one call per worker); the ones no
-  // worker can take fail.
+  // Every pending segment to a worker (one call per worker; a large one of
+  // a replicated expert split among its replicas); the ones no worker can
+  // take fail.
   void Assign() {
     std::map<int, std::vector<size_t>> by_worker;
+    const uint64_t turn = pool_->NextTurn();
     for (size_t i : pending_) {
-      const int w = pool_->Choose(work_.segments[i].key, attempts_[i].tried);
-      if (w < 0) {
+      const common::ExpertSegment s = segments_[i];
+      const int64_t most = s.count / kMinRowsPerReplica;
+      std::vector<int> replicas;
+      if (most >= 2) {
+        replicas = pool_->Replicas(s.key, attempts_[i].tried, turn);
+        if (static_cast<int64_t>(replicas.size()) > most) replicas.resize(most);
+      } else if (const int w = pool_->Choose(s.key, attempts_[i].tried, turn);
+                 w >= 0) {
+        replicas.push_back(w);
+      }
+      if (replicas.empty()) {
         Fail(i, absl::UnavailableError("no healthy worker hosts it"),
              attempts_[i].deadline, /*keep_earlier=*/true);
-      } else {
-        by_worker[w].push_back(i);
+        continue;
+      }
+      // Part k of n: rows [count * k / n, count * (k + 1) / n); part 0
+      // stays segment i, the others become segments of their own with the
+      // same attempts so far.
+      const int64_t n = static_cast<int64_t>(replicas.size());
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t lo = s.count * k / n, hi = s.count * (k + 1) / n;
+        size_t index = i;
+        if (k > 0) {
+          index = segments_.size();
+          segments_.push_back({s.key, s.offset + lo, hi - lo});
+          attempts_.push_back(attempts_[i]);
+        } else {
+          segments_[i].count = hi - lo;
+        }
+        by_worker[replicas[k]].push_back(index);
       }
     }
     pending_.clear();
@@ -122,9 +158,7 @@ class FanOut {
       call.request.rows = work_.tokens;
       call.request.owner = work_.tokens_owner;
       call.request.dim = work_.dim;
-      for (size_t i : segments) {
-        call.request.segments.push_back(work_.segments[i]);
-      }
+      for (size_t i : segments) call.request.segments.push_back(segments_[i]);
       call.segments = std::move(segments);
       calls_.push_back(std::move(call));
     }
@@ -155,10 +189,20 @@ class FanOut {
       return;
     }
     const std::string& address = pool_->address(ticket.worker());
-    MOE_LOG(WARNING) << "worker " << address << ": " << ticket.call_status();
+    // An expert not hosted there (any more): the placement moved, not a
+    // failure. The worker is asked what it hosts now and the segments are
+    // assigned again (the ones it still hosts may go back to it), a few
+    // times at most.
+    const bool moved = absl::IsFailedPrecondition(ticket.call_status());
+    if (moved) {
+      pool_->Reprobe(ticket.worker());
+    } else {
+      MOE_LOG(WARNING) << "worker " << address << ": " << ticket.call_status();
+    }
     for (size_t i : call.segments) {
       Attempt& a = attempts_[i];
-      a.tried.insert(ticket.worker());
+      if (!moved || ++a.moved > kMaxMovedRetries)
+        a.tried.insert(ticket.worker());
       a.last_error = absl::Status(
           ticket.call_status().code(),
           absl::StrCat(address, ": ", ticket.call_status().message()));
@@ -233,9 +277,8 @@ class FanOut {
     std::sort(failed_.begin(), failed_.end());
     std::vector<std::string> reasons;
     for (size_t i : failed_) {
-      reasons.push_back(absl::StrCat("expert ", work_.segments[i].key.expert,
-                                     " (", attempts_[i].last_error.message(),
-                                     ")"));
+      reasons.push_back(absl::StrCat("expert ", segments_[i].key.expert, " (",
+                                     attempts_[i].last_error.message(), ")"));
     }
     if (options_.on_failure == ExpertFailurePolicy::kFail) {
       return absl::UnavailableError(
@@ -244,7 +287,7 @@ class FanOut {
     MOE_LOG(WARNING) << "dropping the assignments of "
                      << absl::StrJoin(reasons, "; ");
     for (size_t i : failed_) {
-      report_->lost.push_back({work_.segments[i].key,
+      report_->lost.push_back({segments_[i].key,
                                attempts_[i].deadline
                                    ? DropReason::kDeadline
                                    : DropReason::kExpertUnavailable,
@@ -262,6 +305,7 @@ class FanOut {
   WorkerBatcher::Gating* const gating_;
   BackendReport* const report_;
 
+  std::vector<common::ExpertSegment> segments_;
   std::vector<Attempt> attempts_;  // by segment
   std::vector<size_t> pending_;    // to assign
   std::vector<size_t> failed_;     // for the failure policy

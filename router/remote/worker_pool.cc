@@ -1,6 +1,7 @@
 #include "router/remote/worker_pool.h"
 
 #include <algorithm>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
@@ -111,7 +112,8 @@ WorkerState WorkerPool::Judge(const moe::v1::ShardInfo& info,
     }
   }
   if (!any) {
-    *reason = "hosts no expert";
+    *reason = info.leaving() ? "hosts no expert: it is leaving"
+                             : "hosts no expert (yet)";
     return WorkerState::kNothingUseful;
   }
   reason->clear();
@@ -133,6 +135,8 @@ void WorkerPool::Probe(int i) {
     view.model_name = info->model_name();
     view.device = info->device();
     view.compute_dtype = info->compute_dtype();
+    view.generation = info->generation();
+    view.leaving = info->leaving();
     if (view.state == WorkerState::kUp) {
       std::vector<std::vector<int64_t>> ids;
       for (const moe::v1::LayerShard& l : info->layers()) {
@@ -152,10 +156,17 @@ void WorkerPool::SetState(int i, View view) {
     View& old = views_[i];
     // Logged once per change of state or reason, not per probe.
     if (old.state != view.state || old.reason != view.reason ||
-        (view.state == WorkerState::kUp && old.experts != view.experts)) {
+        old.leaving != view.leaving ||
+        (view.state == WorkerState::kUp &&
+         (old.experts != view.experts || old.generation != view.generation))) {
       if (view.state == WorkerState::kUp) {
         MOE_LOG(INFO) << "worker " << address(i) << " up: experts "
-                      << view.experts.Describe(spec_) << " on " << view.device;
+                      << view.experts.Describe(spec_) << " on " << view.device
+                      << " (placement generation " << view.generation << ")"
+                      << (view.leaving ? ", leaving" : "");
+      } else if (view.state == WorkerState::kNothingUseful) {
+        // A normal state under a balancer: a new worker, or one that left.
+        MOE_LOG(INFO) << "worker " << address(i) << ": " << view.reason;
       } else {
         MOE_LOG(WARNING) << "worker " << address(i) << " "
                          << WorkerStateName(view.state) << ": " << view.reason;
@@ -189,22 +200,64 @@ common::ExpertSet WorkerPool::UncoveredLocked() const {
   return missing;
 }
 
-int WorkerPool::Choose(common::ExpertKey key,
-                       const std::set<int>& exclude) const {
+int WorkerPool::Choose(common::ExpertKey key, const std::set<int>& exclude,
+                       uint64_t turn) const {
   absl::MutexLock lock(&mu_);
   int best = -1;
   int64_t best_load = 0;
-  for (int i = 0; i < size(); ++i) {
+  bool best_leaving = false;
+  const int n = size();
+  // Equals: the first from worker `turn` on.
+  const int first = n == 0 ? 0 : static_cast<int>(turn % n);
+  for (int k = 0; k < n; ++k) {
+    const int i = (first + k) % n;
     const View& v = views_[i];
     if (v.state != WorkerState::kUp || exclude.count(i) != 0) continue;
     if (!v.experts.Contains(key)) continue;
     const int64_t load = workers_[i]->inflight.load();
-    if (best < 0 || load < best_load) {
+    if (best < 0 || (best_leaving && !v.leaving) ||
+        (best_leaving == v.leaving && load < best_load)) {
       best = i;
       best_load = load;
+      best_leaving = v.leaving;
     }
   }
   return best;
+}
+
+std::vector<int> WorkerPool::Replicas(common::ExpertKey key,
+                                      const std::set<int>& exclude,
+                                      uint64_t turn) const {
+  struct Candidate {
+    bool leaving;
+    int64_t load;
+    int order;
+    int worker;
+  };
+  std::vector<Candidate> found;
+  {
+    absl::MutexLock lock(&mu_);
+    const int n = size();
+    const int first = n == 0 ? 0 : static_cast<int>(turn % n);
+    for (int k = 0; k < n; ++k) {
+      const int i = (first + k) % n;
+      const View& v = views_[i];
+      if (v.state != WorkerState::kUp || exclude.count(i) != 0) continue;
+      if (!v.experts.Contains(key)) continue;
+      found.push_back({v.leaving, workers_[i]->inflight.load(), k, i});
+    }
+  }
+  std::sort(found.begin(), found.end(),
+            [](const Candidate& a, const Candidate& b) {
+              return std::tie(a.leaving, a.load, a.order) <
+                     std::tie(b.leaving, b.load, b.order);
+            });
+  std::vector<int> out;
+  for (const Candidate& c : found) {
+    if (c.leaving && !out.empty()) break;
+    out.push_back(c.worker);
+  }
+  return out;
 }
 
 common::ExpertSet WorkerPool::Uncovered() const {
@@ -253,7 +306,7 @@ std::vector<WorkerSnapshot> WorkerPool::Snapshot() const {
     const View& v = views_[i];
     out.push_back({address(i), v.state, v.reason, v.fingerprint, v.model_name,
                    v.device, v.compute_dtype, v.experts,
-                   workers_[i]->inflight.load()});
+                   workers_[i]->inflight.load(), v.generation, v.leaving});
   }
   return out;
 }

@@ -2,7 +2,13 @@
 // transport per worker, learns each worker's model and experts with
 // GetShardInfo (at start and again whenever a worker comes back), probes
 // every worker periodically, and picks, for an expert of a layer, a healthy
-// worker hosting it (the least loaded one when replicas exist).
+// worker hosting it (the least loaded one when replicas exist, equals taken
+// in turn; a worker that is leaving only when no other hosts it).
+//
+// Placement changes at run time (docs/placement.md): every probe takes the
+// worker's current experts and generation; a call refused because the
+// worker no longer hosts an expert (FAILED_PRECONDITION) probes it at once
+// (Reprobe) before its work is assigned again.
 //
 // A worker serving another model (another fingerprint), another dim or
 // nothing this model needs is refused: its experts count as having no
@@ -46,7 +52,8 @@ enum class WorkerState {
   kUp,             // serving this model; its experts are used
   kUnreachable,    // its probe fails
   kWrongModel,     // another fingerprint, dim or layer layout
-  kNothingUseful,  // this model, but none of its experts
+  kNothingUseful,  // this model, but none of its experts (yet: a new
+                   // worker waiting for the balancer)
   kDown,           // a call failed; out until a probe passes
 };
 
@@ -69,6 +76,8 @@ struct WorkerSnapshot {
   std::string compute_dtype;
   common::ExpertSet experts;
   int64_t inflight = 0;
+  int64_t generation = 0;  // of its placement
+  bool leaving = false;    // stopping once its experts moved away
 };
 
 class WorkerPool {
@@ -95,9 +104,25 @@ class WorkerPool {
   const std::string& address(int worker) const;
   WorkerTransport& transport(int worker) const;
 
+  // A turn for Choose() and Replicas(): one per forward's assignment, so
+  // that equals are taken in turn from one forward to the next while one
+  // forward's experts stay together (fewer calls).
+  uint64_t NextTurn() const { return turn_++; }
   // A healthy worker hosting `key`, not in `exclude`, with the fewest
-  // in-flight calls; -1 if none.
-  int Choose(common::ExpertKey key, const std::set<int>& exclude) const;
+  // in-flight calls (equals: the first from worker `turn` % size() on;
+  // leaving workers last); -1 if none.
+  int Choose(common::ExpertKey key, const std::set<int>& exclude,
+             uint64_t turn = 0) const;
+  // Every healthy worker hosting `key`, not in `exclude`, fewest in-flight
+  // calls first (equals as Choose(); leaving workers only when there is no
+  // other).
+  std::vector<int> Replicas(common::ExpertKey key, const std::set<int>& exclude,
+                            uint64_t turn = 0) const;
+
+  // Probes `worker` now, in the calling thread: after it refused a call
+  // for an expert it no longer hosts (FAILED_PRECONDITION), its experts
+  // are learned before the work is assigned again.
+  void Reprobe(int worker) { Probe(worker); }
 
   // Experts that no healthy worker hosts.
   common::ExpertSet Uncovered() const;
@@ -129,6 +154,8 @@ class WorkerPool {
     std::string device;
     std::string compute_dtype;
     common::ExpertSet experts;
+    int64_t generation = 0;
+    bool leaving = false;
   };
 
   void ProbeLoop();
@@ -146,6 +173,7 @@ class WorkerPool {
   mutable absl::Mutex mu_;
   std::vector<View> views_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> ready_{false};
+  mutable std::atomic<uint64_t> turn_{0};  // equals taken in turn
   absl::Notification stop_;
   std::thread prober_;
   std::function<void(int, WorkerState)> observer_;

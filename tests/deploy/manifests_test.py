@@ -58,7 +58,7 @@ def find(objs, kind, name):
 
 class ManifestsTest(unittest.TestCase):
     def test_overlays_render_and_validate(self):
-        for overlay in ("cpu", "gpu", "tls", "rest"):
+        for overlay in ("cpu", "gpu", "tls", "rest", "balance"):
             text = render(overlay)
             objs = objects(text)
             kinds = EXPECTED_KINDS | ({"Issuer", "Certificate"} if overlay == "tls" else set())
@@ -85,6 +85,22 @@ class ManifestsTest(unittest.TestCase):
         ports = {p["name"]: p for p in find(objs, "Service", "moe-router")["spec"]["ports"]}
         self.assertEqual(ports["http"]["port"], 8000)
         self.assertEqual(ports["http"]["targetPort"], "http")
+
+    def test_balance_overlay_gives_the_workers_and_one_balancer_the_token(self):
+        objs = objects(render("balance"))
+        balancer = find(objs, "Deployment", "moe-balancer")
+        self.assertEqual(balancer["spec"]["replicas"], 1)
+        self.assertEqual(balancer["spec"]["strategy"]["type"], "Recreate")
+        experts = find(objs, "StatefulSet", "moe-expert")
+        for pod in (balancer, experts):
+            spec = pod["spec"]["template"]["spec"]
+            args = spec["containers"][0]["args"]
+            self.assertIn("--admin_token_file=/etc/moe-admin/token", args)
+            secrets = [v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v]
+            self.assertEqual(secrets, ["moe-admin-token"])
+        policy = find(objs, "NetworkPolicy", "moe-expert-from-balancer")
+        peer = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+        self.assertEqual(peer["app.kubernetes.io/component"], "balancer")
 
     def test_validator_rejects_misspelled_fields(self):
         text = render("cpu").replace("readinessProbe:", "readinesProbe:", 1)
@@ -136,7 +152,7 @@ class ManifestsTest(unittest.TestCase):
     def test_every_flag_is_one_the_binary_takes(self):
         known = {}
         checked = 0
-        for overlay in ("cpu", "gpu", "tls", "rest"):
+        for overlay in ("cpu", "gpu", "tls", "rest", "balance"):
             for o in objects(render(overlay)):
                 if o["kind"] not in ("Deployment", "StatefulSet"):
                     continue
@@ -147,13 +163,14 @@ class ManifestsTest(unittest.TestCase):
                                                 capture_output=True, text=True)
                         self.assertEqual(result.returncode, 0, name + result.stderr)
                         known[name] = set(re.findall(r"^\s+--(\w+)", result.stdout, re.M))
-                        self.assertIn("port", known[name], name)
+                        self.assertIn("metrics_port", known[name], name)
                     for arg in c["args"]:
                         flag = re.match(r"--(\w+)", arg)
                         self.assertIsNotNone(flag, (overlay, name, arg))
                         self.assertIn(flag.group(1), known[name], (overlay, name, arg))
                         checked += 1
-        self.assertEqual(set(known), {"moe-router", "moe-expert", "moe-expert-gpu"})
+        self.assertEqual(set(known), {"moe-router", "moe-expert", "moe-expert-gpu",
+                                      "moe-balancer"})
         self.assertGreater(checked, 30)
 
     def test_tls_overlay_secures_both_hops(self):

@@ -109,7 +109,9 @@ class Deployment:
             [os.path.join(BIN_DIR, "moe-up"),
              "--checkpoint=" + os.path.join(GOLDEN_DIR, case + ".safetensors"),
              "--workers=2", "--port=0", "--port_file=" + self.port_file,
-             "--endpoints_file=" + self.endpoints_file],
+             "--endpoints_file=" + self.endpoints_file,
+             # moe-balancer too: its metrics are scraped and its rules read.
+             "--balance"],
             stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(lambda: True if os.path.exists(self.port_file) else
                  (_ for _ in ()).throw(AssertionError("moe-up exited"))
@@ -145,7 +147,7 @@ class RulesTest(unittest.TestCase):
     def test_alerts_carry_for_severity_summary_runbook(self):
         text = read(RULES)
         alerts = re.split(r"\n\s*- alert: ", text)[1:]
-        self.assertEqual(len(alerts), 7)
+        self.assertEqual(len(alerts), 10)
         for alert in alerts:
             for key in ("for:", "severity:", "summary:", "runbook_url:"):
                 self.assertIn(key, alert, alert.splitlines()[0])
@@ -243,7 +245,7 @@ class LiveTest(unittest.TestCase):
         try:
             # Every target scraped once before the traffic, counters at 0.
             wait_for(lambda: True if (r := query("sum(up)")) and
-                     float(r[0]["value"][1]) == 3 else None, 60, "3 targets up")
+                     float(r[0]["value"][1]) == 4 else None, 60, "4 targets up")
             forwards = 5
             for i in range(forwards):
                 self.deployment.forward(CASE, os.path.join(self.tmp, "y%d" % i))

@@ -1,7 +1,10 @@
 #include "testing/deployment.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -95,6 +98,28 @@ absl::Status Deployment::StartWorker(int i, int port) {
   worker_metrics_ports_[i] = *m;
   return WaitServing(absl::StrCat("127.0.0.1:", *p), absl::Seconds(60),
                      worker_probe_);
+}
+
+absl::StatusOr<int> Deployment::ReserveWorkerPort(int i) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return absl::InternalError("socket() failed");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    ::close(fd);
+    return absl::InternalError("no free loopback port");
+  }
+  ::close(fd);
+  worker_ports_[i] = ntohs(addr.sin_port);
+  return worker_ports_[i];
+}
+
+std::string Deployment::worker_address(int i) const {
+  return absl::StrCat("127.0.0.1:", worker_ports_[i]);
 }
 
 absl::Status Deployment::StartRouter() {

@@ -60,6 +60,14 @@ class Deployment {
   }
   // Starts worker i on port `port` (0: a free one, recorded).
   absl::Status StartWorker(int i, int port = 0);
+  // Picks a free port for worker i now, so that the router (and a
+  // balancer) can list a worker that starts later (StartWorker(i,
+  // worker_port(i))). Returns it.
+  absl::StatusOr<int> ReserveWorkerPort(int i);
+  // "127.0.0.1:PORT" of worker i.
+  std::string worker_address(int i) const;
+  // The folder of the deployment's files (logs, port files).
+  const std::string& dir() const { return dir_; }
   absl::Status StartRouter();
   // Waits until the router reports worker i up (or down).
   absl::Status WaitWorkerState(int i, bool up, absl::Duration timeout);

@@ -164,8 +164,9 @@ TEST(ExpertShardTest, RejectsUnknownExpertsAndRowsOutsideTheBlock) {
     return (*shard)->Run({common::DType::kFloat32, tokens.data_ptr(), 10},
                          segments, out.data());
   };
+  // Not hosted: FAILED_PRECONDITION, what a router takes as "ask a replica".
   absl::Status s = run({{{0, 1}, 0, 2}});
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(s.message().find("expert 1 of layer 0 is not hosted"),
             std::string::npos)
       << s;

@@ -7,12 +7,16 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/synchronization/notification.h"
+#include "moe/v1/expert.grpc.pb.h"
 #include "proto/expert_wire.h"
 #include "testing/fake_worker.h"
 
@@ -202,7 +206,7 @@ TEST_F(ExpertServiceTest, ACallRunsInPartsOfWhatTheShardTakes) {
   const Call bad({{{0, 1}, 0, 3}, {{0, 5}, 3, 1}});
   grpc::ByteBuffer bytes;
   grpc::Status status = Run(bad, &bytes);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_NE(status.error_message().find("segments[1]: expert 5 of layer 0"),
             std::string::npos)
       << status.error_message();
@@ -211,7 +215,7 @@ TEST_F(ExpertServiceTest, ACallRunsInPartsOfWhatTheShardTakes) {
 TEST_F(ExpertServiceTest, ShardInfoListsTheHostedExperts) {
   testing::ScalingShard shard(kDim, common::ExpertSet({{1, 2}, {0}}));
   Start(&shard);
-  const moe::v1::ShardInfo& info = service_->shard_info();
+  const moe::v1::ShardInfo info = service_->shard_info();
   EXPECT_EQ(info.fingerprint(), "sha256:fake");
   EXPECT_EQ(info.dim(), kDim);
   ASSERT_EQ(info.layers_size(), 2);
@@ -228,7 +232,7 @@ TEST_F(ExpertServiceTest, BadCallsAreNamedAndTheWorkerGoesOn) {
   Start(&shard, options);
   grpc::ByteBuffer response;
   grpc::Status s = Run(Call({{{0, 3}, 0, 2}}), &response);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_NE(s.error_message().find("expert 3 of layer 0 is not hosted"),
             std::string::npos)
       << s.error_message();
@@ -260,6 +264,173 @@ TEST_F(ExpertServiceTest, AFullQueueIsResourceExhausted) {
   queued->done.WaitForNotification();
   EXPECT_TRUE(running->status.ok());
   EXPECT_TRUE(queued->status.ok());
+}
+
+// A loader of ScalingShards that records what it was asked to load.
+struct RecordingLoader {
+  std::vector<common::ExpertSet> loaded;
+  ExpertLoader loader() {
+    return [this](const common::ExpertSet& experts)
+               -> absl::StatusOr<std::unique_ptr<ExpertShard>> {
+      loaded.push_back(experts);
+      return std::make_unique<testing::ScalingShard>(kDim, experts);
+    };
+  }
+};
+
+common::ExpertSet Set(std::vector<std::vector<int64_t>> ids) {
+  return common::ExpertSet(std::move(ids));
+}
+
+TEST(ExpertPlacementTest, LoadsOnlyWhatAChangeAddsAndKeepsWholeParts) {
+  RecordingLoader rec;
+  auto placement =
+      ExpertPlacement::Create(Spec(), nullptr, rec.loader(), /*limit=*/0);
+  ASSERT_TRUE(placement.ok()) << placement.status();
+  ExpertPlacement& p = **placement;
+  EXPECT_TRUE(p.Current().shard->experts().empty());
+  ASSERT_TRUE(p.Set(Set({{0, 1}, {2}}), 1).ok());
+  ASSERT_TRUE(p.Set(Set({{0, 1}, {2}, {}}), 1).ok());  // again: unchanged
+  ASSERT_EQ(rec.loaded.size(), 1u);
+  // A call that started before the next change keeps its experts.
+  const ExpertPlacement::Snapshot before = p.Current();
+  // {0, 1} of layer 0 and {2} of layer 1 were one part: dropping expert 1
+  // reloads the part's remaining experts with the one added.
+  auto change = p.Set(Set({{0, 3}, {2}}), 2);
+  ASSERT_TRUE(change.ok()) << change.status();
+  EXPECT_EQ(change->added, Set({{3}, {}}));
+  EXPECT_EQ(change->removed, Set({{1}, {}}));
+  ASSERT_EQ(rec.loaded.size(), 2u);
+  EXPECT_EQ(rec.loaded[1], Set({{0, 3}, {2}}));
+  // Adding only: the part stays, the new expert is a part of its own.
+  ASSERT_TRUE(p.Set(Set({{0, 2, 3}, {2}}), 3).ok());
+  ASSERT_EQ(rec.loaded.size(), 3u);
+  EXPECT_EQ(rec.loaded[2], Set({{2}, {}}));
+  EXPECT_TRUE(before.shard->Hosts({0, 1}));
+  EXPECT_FALSE(p.Current().shard->Hosts({0, 1}));
+  EXPECT_EQ(p.Current().generation, 3);
+  // Stale writers are refused.
+  EXPECT_EQ(p.Set(Set({{0}}), 2).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(p.Set(Set({{0}}), 3).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(ExpertPlacementTest, APlanPastTheMemoryLimitIsRefusedWhole) {
+  RecordingLoader rec;
+  // An expert of dim 4, hidden 10 is 154 float32 parameters: 616 bytes.
+  auto placement = ExpertPlacement::Create(Spec(), nullptr, rec.loader(),
+                                           /*limit=*/1000);
+  ASSERT_TRUE(placement.ok());
+  absl::Status s = (*placement)->Set(Set({{0, 1}}), 1).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("1232 bytes"), std::string::npos) << s;
+  EXPECT_TRUE(rec.loaded.empty());
+  EXPECT_TRUE((*placement)->Set(Set({{0}}), 1).ok());
+  // A fixed placement cannot change.
+  testing::ScalingShard shard(kDim, Set({{0}}));
+  EXPECT_EQ(ExpertPlacement::Fixed(Spec(), &shard)
+                ->Set(Set({{1}}), 1)
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+// SetExperts over gRPC: only the admin token's holder, checked requests,
+// the calls after it on the new experts, the load reported.
+TEST_F(ExpertServiceTest, SetExpertsNeedsTheAdminTokenAndMovesTheExperts) {
+  const std::string token_file =
+      ::testing::TempDir() + "/admin_tokens_" + std::to_string(getpid());
+  {
+    std::FILE* f = std::fopen(token_file.c_str(), "w");
+    std::fputs("the-admin\n", f);
+    std::fclose(f);
+  }
+  auto tokens = common::TokenSet::FromFile(token_file);
+  ASSERT_TRUE(tokens.ok());
+  RecordingLoader rec;
+  auto placement = ExpertPlacement::Create(
+      Spec(), std::make_unique<testing::ScalingShard>(kDim, Set({{0, 1}})),
+      rec.loader(), 0);
+  ASSERT_TRUE(placement.ok());
+  ExpertServiceOptions options;
+  options.admin_tokens = tokens->get();
+  metrics_ = std::make_unique<ExpertMetrics>(registry_, Spec(), Set({{0, 1}}));
+  auto service = ExpertService::Create(placement->get(), {Spec(), "f"}, options,
+                                       metrics_.get());
+  ASSERT_TRUE(service.ok());
+  service_ = std::move(*service);
+  grpc::ServerBuilder builder;
+  builder.RegisterService(service_.get());
+  server_ = builder.BuildAndStart();
+  channel_ = server_->InProcessChannel(grpc::ChannelArguments());
+  generic_ = std::make_unique<grpc::GenericStub>(channel_);
+  auto stub = moe::v1::ExpertWorker::NewStub(channel_);
+  auto set = [&](const std::string& token, std::vector<int64_t> layer0,
+                 int64_t generation, int32_t layer = 0) {
+    grpc::ClientContext context;
+    if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+    moe::v1::SetExpertsRequest request;
+    moe::v1::LayerExperts* l = request.add_layers();
+    l->set_layer(layer);
+    for (int64_t e : layer0) l->add_expert_ids(e);
+    request.set_generation(generation);
+    moe::v1::ShardInfo info;
+    return stub->SetExperts(&context, request, &info);
+  };
+  EXPECT_EQ(set("", {2}, 1).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(set("guess", {2}, 1).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  grpc::Status s = set("the-admin", {9}, 1);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("9 is not one"), std::string::npos);
+  EXPECT_EQ(set("the-admin", {1}, 1, /*layer=*/7).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(service_->shard_info().generation(), 0);
+  // The load so far is reported when asked.
+  grpc::ByteBuffer bytes;
+  ASSERT_TRUE(Run(Call({{{0, 1}, 0, 3}}), &bytes).ok());
+  moe::v1::ShardInfo info = service_->shard_info(/*include_load=*/true);
+  ASSERT_EQ(info.layers(0).load_size(), 1);
+  EXPECT_EQ(info.layers(0).load(0).expert_id(), 1);
+  EXPECT_EQ(info.layers(0).load(0).tokens(), 3);
+  EXPECT_EQ(service_->shard_info().layers(0).load_size(), 0);
+  // Expert 1 moves away, expert 2 comes.
+  ASSERT_TRUE(set("the-admin", {0, 2}, 1).ok());
+  info = service_->shard_info();
+  EXPECT_EQ(info.generation(), 1);
+  EXPECT_EQ(std::vector<int64_t>(info.layers(0).expert_ids().begin(),
+                                 info.layers(0).expert_ids().end()),
+            (std::vector<int64_t>{0, 2}));
+  EXPECT_TRUE(info.placement_writable());
+  s = Run(Call({{{0, 1}, 0, 2}}), &bytes);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find("placement generation 1"), std::string::npos)
+      << s.error_message();
+  const Call call({{{0, 2}, 0, 2}});
+  ASSERT_TRUE(Run(call, &bytes).ok());
+  ExpectScaledRows(call, bytes, 2, common::DType::kFloat32);
+  EXPECT_EQ(Counter("moe_expert_tokens_total", "2"), 2);
+  // A stale generation is refused; nothing changes.
+  EXPECT_EQ(set("the-admin", {3}, 0).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(service_->shard_info().generation(), 1);
+  std::remove(token_file.c_str());
+}
+
+TEST_F(ExpertServiceTest, WithoutAnAdminTokenTheExpertsAreFixed) {
+  testing::ScalingShard shard(kDim, Set({{0}}));
+  Start(&shard);
+  auto stub = moe::v1::ExpertWorker::NewStub(channel_);
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", "Bearer anything");
+  moe::v1::SetExpertsRequest request;
+  request.set_generation(1);
+  moe::v1::ShardInfo info;
+  grpc::Status s = stub->SetExperts(&context, request, &info);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(s.error_message().find("--admin_token_file"), std::string::npos);
+  EXPECT_FALSE(service_->shard_info().placement_writable());
 }
 
 TEST(ExpertServiceCreateTest, RefusesOptionsAndShardsThatCannotWork) {

@@ -281,6 +281,65 @@ TEST(RemoteExpertBackendTest, AFailedCallIsRetriedOnAReplica) {
   EXPECT_EQ(p.pool->Snapshot()[0].state, WorkerState::kDown);
 }
 
+// 64 rows of one expert hosted twice go half to each copy; y as from one.
+TEST(RemoteExpertBackendTest, ALargeSegmentIsSplitAmongTheExpertsCopies) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1, 2, 3}, {}}, {{0, 1, 2, 3}, {}}}, &clock);
+  Remote r(p, &clock);
+  Work w({{{0, 2}, 0, 64}, {{0, 3}, 64, 3}});
+  Running run(&r.backend, w.work);
+  ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
+  ASSERT_TRUE(p.workers[1]->WaitForCalls(1));
+  int64_t rows[2] = {0, 0};
+  for (int k = 0; k < 2; ++k) {
+    for (const auto& s : p.workers[k]->Segments(0)) {
+      if (s.key.expert == 2) rows[k] += s.count;
+    }
+  }
+  EXPECT_EQ(rows[0], 32);
+  EXPECT_EQ(rows[1], 32);
+  p.workers[0]->Reply(0);
+  p.workers[1]->Reply(0);
+  ASSERT_TRUE(run.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(run.status.ok()) << run.status;
+  EXPECT_EQ(w.y, w.Expected());
+}
+
+// A worker that no longer hosts an expert (FAILED_PRECONDITION) is not
+// down: it is asked what it hosts and the rows go to the other copy.
+TEST(RemoteExpertBackendTest, AnExpertMovedAwayIsAskedOfItsOtherCopy) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1, 2, 3}, {}}, {{0, 1, 2, 3}, {}}}, &clock);
+  Remote r(p, &clock);
+  Work w(TwoWorkerSegments());
+  Running run(&r.backend, w.work);
+  ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
+  // Worker 0 gave up experts 0-1 after the router chose it.
+  p.workers[0]->SetShardInfo(
+      testing::MakeShardInfo(Spec(), kFingerprint, {{2, 3}, {}}));
+  p.workers[0]->Fail(0, absl::FailedPreconditionError(
+                            "segments[0]: expert 0 of layer 0 is not hosted "
+                            "here (placement generation 1)"));
+  // Experts 0-1 go to worker 1; 2-3 with them or back to worker 0.
+  ASSERT_TRUE(p.workers[1]->WaitForCalls(1));
+  std::set<int64_t> on_1;
+  for (const auto& s : p.workers[1]->Segments(0)) on_1.insert(s.key.expert);
+  EXPECT_TRUE(on_1.count(0) && on_1.count(1));
+  p.workers[1]->Reply(0);
+  if (on_1.size() < 4) {
+    ASSERT_TRUE(p.workers[0]->WaitForCalls(2));
+    for (const auto& s : p.workers[0]->Segments(1)) {
+      EXPECT_GE(s.key.expert, 2) << "worker 0 asked for a moved expert";
+    }
+    p.workers[0]->Reply(1);
+  }
+  ASSERT_TRUE(run.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(run.status.ok()) << run.status;
+  EXPECT_TRUE(run.report.lost.empty());
+  EXPECT_EQ(w.y, w.Expected());
+  EXPECT_EQ(p.pool->Snapshot()[0].state, WorkerState::kUp);
+}
+
 TEST(RemoteExpertBackendTest, WithoutAReplicaTheFailurePolicyDecides) {
   for (ExpertFailurePolicy policy :
        {ExpertFailurePolicy::kDrop, ExpertFailurePolicy::kFail}) {

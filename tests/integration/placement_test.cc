@@ -1,0 +1,479 @@
+// Elastic placement with real processes on 127.0.0.1 (docs/placement.md):
+// moe-expert workers whose experts change at run time, moe-router, and
+// moe-balancer, bounded in time and count:
+//   - a replicated expert's rows are split among its copies;
+//   - a rebalance under a skewed load: no failed, wrong or degraded answer,
+//     and the hot worker's experts get copies elsewhere;
+//   - a worker killed: its experts re-placed on the survivors, answers
+//     whole and exact again within 10 s with the killed worker still down;
+//   - a worker added at run time (empty) receives experts and load;
+//   - a worker stopped with SIGTERM: its experts move first, no answer is
+//     lost;
+//   - a worker of another model is left alone by the balancer.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "client/router_client.h"
+#include "common/checkpoint.h"
+#include "common/expert_set.h"
+#include "moe/v1/expert.grpc.pb.h"
+#include "testing/deployment.h"
+#include "testing/golden.h"
+#include "testing/reference.h"
+
+namespace moe {
+namespace {
+
+using testing::Deployment;
+using testing::Reference;
+using testing::Request;
+using testing::Y;
+
+const std::string kModel = "A_moe_eval_nodrop";  // 4 experts, dim 16
+const std::string kOtherModel = "C_moe_train";
+constexpr absl::Duration kLoadLimit = absl::Seconds(60);
+constexpr char kAdminToken[] = "placement-test-admin";
+
+// The admin token file every worker and the balancer get.
+std::string AdminTokenFile(const Deployment& d) {
+  const std::string path = d.dir() + "/admin.txt";
+  std::ofstream(path) << kAdminToken << "\n";
+  return path;
+}
+
+moe::v1::ShardInfo Info(const std::string& address) {
+  auto stub = moe::v1::ExpertWorker::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(5));
+  moe::v1::GetShardInfoRequest request;
+  request.set_include_load(true);
+  moe::v1::ShardInfo info;
+  grpc::Status s = stub->GetShardInfo(&context, request, &info);
+  EXPECT_TRUE(s.ok()) << address << ": " << s.error_message();
+  return info;
+}
+
+std::vector<int64_t> HostedIds(const moe::v1::ShardInfo& info) {
+  if (info.layers_size() == 0) return {};
+  return {info.layers(0).expert_ids().begin(),
+          info.layers(0).expert_ids().end()};
+}
+
+int64_t TokensRun(const moe::v1::ShardInfo& info, int64_t expert) {
+  for (const moe::v1::ExpertLoad& l : info.layers(0).load()) {
+    if (l.expert_id() == expert) return l.tokens();
+  }
+  return 0;
+}
+
+// Inputs whose tokens lie near the gate rows of `hot` experts (each token
+// picks one of them first), with their answers (policy all).
+struct Inputs {
+  std::vector<at::Tensor> x;
+  std::vector<router::ForwardResult> expected;
+  moe::v1::RoutingOptions wire;
+
+  Inputs(const std::string& path, Reference& reference,
+         std::vector<int64_t> hot, int64_t tokens = 16) {
+    wire.set_policy(moe::v1::ALL);
+    router::RoutingOptions local;
+    local.policy = router::SecondExpertPolicy::kAll;
+    auto ckpt = common::Checkpoint::Open(path);
+    EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+    const common::LayerParams& p = (*ckpt)->layer_params(0);
+    auto gate = (*ckpt)->ReadParameter(p.gate);
+    EXPECT_TRUE(gate.ok()) << gate.status();
+    at::Tensor g =
+        at::from_blob(gate->data.data(), gate->shape, at::kFloat).clone();
+    if (p.gate_transposed) g = g.t().contiguous();  // [E, d]
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(7);
+    for (int i = 0; i < 4; ++i) {
+      at::Tensor rows = at::empty({tokens, g.size(1)});
+      for (int64_t t = 0; t < tokens; ++t) {
+        const at::Tensor row = g[hot[(t + i) % hot.size()]];
+        rows[t] = row / row.norm() * 4;
+      }
+      x.push_back(
+          (rows + 0.3 * at::randn({tokens, g.size(1)}, gen)).unsqueeze(0));
+      expected.push_back(reference.Forward(x.back(), local));
+    }
+  }
+};
+
+// Clients sending `in` until stopped, counting every outcome.
+class Traffic {
+ public:
+  Traffic(const std::string& target, const Inputs& in, int threads) : in_(in) {
+    const absl::Time limit = absl::Now() + kLoadLimit;
+    for (int t = 0; t < threads; ++t) {
+      threads_.emplace_back([this, target, t, limit] {
+        client::ClientOptions o;
+        o.timeout = absl::Seconds(10);
+        o.max_attempts = 1;  // a failure is a failure, not hidden
+        auto client = client::RouterClient::Create(target, o);
+        for (int i = t; !stop_.load() && absl::Now() < limit; ++i) {
+          const size_t k = i % in_.x.size();
+          auto r = client->Forward(Request(in_.x[k], in_.wire));
+          std::lock_guard<std::mutex> lock(mu_);
+          if (!r.ok() || r->degraded()) {
+            ++bad;
+            if (first_problem.empty()) {
+              first_problem = r.ok() ? "degraded" : r.status().ToString();
+            }
+          } else if (testing::MaxAbsDiff(Y(*r), in_.expected[k].y) > 1e-5) {
+            ++wrong;
+          } else {
+            ++ok;
+          }
+        }
+      });
+    }
+  }
+  ~Traffic() { Stop(); }
+  void Stop() {
+    stop_ = true;
+    for (std::thread& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+  // Waits until `more` answers more came back whole (or the limit).
+  void WaitForAnswers(int more) {
+    const int from = ok.load();
+    const absl::Time until = absl::Now() + kLoadLimit;
+    while (ok.load() < from + more && absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+  }
+
+  std::atomic<int> ok{0}, bad{0}, wrong{0};
+  std::mutex mu_;
+  std::string first_problem;
+
+ private:
+  const Inputs& in_;
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> threads_;
+};
+
+std::unique_ptr<testing::Process> StartBalancer(
+    const Deployment& d, const std::vector<std::string>& workers,
+    std::vector<std::string> flags) {
+  std::vector<std::string> argv = {
+      testing::BinaryPath("moe-balancer"),
+      "--checkpoint=" + testing::GoldenPath(kModel),
+      "--workers=" + absl::StrJoin(workers, ","),
+      "--admin_token_file=" + d.dir() + "/admin.txt",
+      "--interval=200ms",
+      "--dead_after=1s",
+      "--settle=600ms",
+      "--metrics_port=-1"};
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  return testing::StartProcess(argv, d.dir() + "/balancer.log");
+}
+
+// Waits up to `timeout` for `done`; false when it never came.
+template <typename F>
+bool Eventually(F done, absl::Duration timeout) {
+  const absl::Time until = absl::Now() + timeout;
+  while (absl::Now() < until) {
+    if (done()) return true;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return done();
+}
+
+// Waits until the balancer has heard from every worker of `addresses`.
+void WaitUntilBalancerSees(testing::Process& balancer,
+                           const std::vector<std::string>& addresses) {
+  const bool seen = Eventually(
+      [&] {
+        const std::string log = balancer.Log();
+        for (const std::string& a : addresses) {
+          if (!absl::StrContains(log, "worker " + a + " answers")) return false;
+        }
+        return true;
+      },
+      absl::Seconds(30));
+  ASSERT_TRUE(seen) << balancer.Log();
+}
+
+std::vector<std::string> Addresses(const Deployment& d, int n) {
+  std::vector<std::string> out;
+  for (int i = 0; i < n; ++i) out.push_back(d.worker_address(i));
+  return out;
+}
+
+TEST(PlacementTest, AReplicatedExpertsRowsAreSplitAmongItsCopies) {
+  const std::string path = testing::GoldenPath(kModel);
+  Deployment d(path, {"all", "all"});
+  ASSERT_TRUE(d.StartWorker(0).ok());
+  ASSERT_TRUE(d.StartWorker(1).ok());
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  Reference reference(path);
+  const Inputs in(path, reference, {0}, /*tokens=*/256);
+  auto client = client::RouterClient::Create(d.router_address());
+  auto r = client->Forward(Request(in.x[0], in.wire));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->degraded());
+  EXPECT_LE(testing::MaxAbsDiff(Y(*r), in.expected[0].y), 1e-5);
+  // Every token's first choice is expert 0: 256 rows, split between the
+  // two workers that host it.
+  const int64_t a = TokensRun(Info(d.worker_address(0)), 0);
+  const int64_t b = TokensRun(Info(d.worker_address(1)), 0);
+  EXPECT_EQ(a + b, in.expected[0].plan.count(0));
+  EXPECT_GE(a, 64) << a << " + " << b;
+  EXPECT_GE(b, 64) << a << " + " << b;
+}
+
+TEST(PlacementTest, ARebalanceUnderASkewedLoadLosesNoAnswer) {
+  const std::string path = testing::GoldenPath(kModel);
+  Deployment d(path, {"0-1", "2-3"});
+  d.SetWorkerFlags({"--admin_token_file=" + AdminTokenFile(d)});
+  ASSERT_TRUE(d.StartWorker(0).ok());
+  ASSERT_TRUE(d.StartWorker(1).ok());
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  Reference reference(path);
+  const Inputs in(path, reference, {0, 1});  // worker 0's experts
+  auto balancer = StartBalancer(
+      d, Addresses(d, 2),
+      {"--rebalance_every=2s", "--load_half_life=2s", "--min_gain=0.1"});
+  Traffic traffic(d.router_address(), in, 3);
+  // The balancer gives the hot experts copies on worker 1.
+  const bool moved = Eventually(
+      [&] {
+        const std::vector<int64_t> ids = HostedIds(Info(d.worker_address(1)));
+        return std::count(ids.begin(), ids.end(), 0) +
+                   std::count(ids.begin(), ids.end(), 1) ==
+               2;
+      },
+      absl::Seconds(30));
+  // Answers after the change, some on the new copies (once the router's
+  // probe saw them).
+  auto hot_on_1 = [&] {
+    const moe::v1::ShardInfo info = Info(d.worker_address(1));
+    return TokensRun(info, 0) + TokensRun(info, 1);
+  };
+  const bool used =
+      Eventually([&] { return hot_on_1() > 0; }, absl::Seconds(10));
+  traffic.WaitForAnswers(30);
+  traffic.Stop();
+  const std::string log = balancer->Log();
+  std::printf("skewed load: %d OK, %d failed or degraded, %d wrong\n",
+              traffic.ok.load(), traffic.bad.load(), traffic.wrong.load());
+  EXPECT_TRUE(moved) << log;
+  EXPECT_NE(log.find("placement change load"), std::string::npos) << log;
+  EXPECT_EQ(traffic.bad.load(), 0) << traffic.first_problem;
+  EXPECT_EQ(traffic.wrong.load(), 0);
+  EXPECT_GT(traffic.ok.load(), 30);
+  EXPECT_TRUE(used) << "worker 1 never ran the hot experts";
+}
+
+TEST(PlacementTest, AKilledWorkersExpertsAreReplacedAndAnswersWholeAgain) {
+  const std::string path = testing::GoldenPath(kModel);
+  const std::string other = testing::GoldenPath(kOtherModel);
+  Deployment d(path, {"0-1", "2-3", "none", "all"},
+               {"--on_expert_failure=drop"});
+  d.SetWorkerFlags({"--admin_token_file=" + AdminTokenFile(d)});
+  d.SetWorkerCheckpoint(3, other);  // another model: left alone
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(d.StartWorker(i).ok());
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  Reference reference(path);
+  const Inputs in(path, reference, {0, 1, 2, 3});
+  // Only healing and leaving act (no load plan within the test).
+  auto balancer = StartBalancer(d, Addresses(d, 4), {"--rebalance_every=1h"});
+  WaitUntilBalancerSees(*balancer, Addresses(d, 4));
+  Traffic traffic(d.router_address(), in, 2);
+  traffic.WaitForAnswers(10);
+  EXPECT_EQ(traffic.bad.load(), 0) << traffic.first_problem;
+  d.worker(0).Signal(SIGKILL);
+  d.worker(0).Wait(absl::Seconds(10));
+  const absl::Time killed = absl::Now();
+  // Degraded answers now (drop policy), until experts 0-1 are re-placed.
+  const bool healed = Eventually(
+      [&] {
+        std::vector<int64_t> ids = HostedIds(Info(d.worker_address(1)));
+        const std::vector<int64_t> more = HostedIds(Info(d.worker_address(2)));
+        ids.insert(ids.end(), more.begin(), more.end());
+        return std::count(ids.begin(), ids.end(), 0) > 0 &&
+               std::count(ids.begin(), ids.end(), 1) > 0;
+      },
+      absl::Seconds(10));
+  ASSERT_TRUE(healed) << balancer->Log();
+  // Then whole, exact answers again, with worker 0 still down.
+  int bad_before;
+  {
+    std::lock_guard<std::mutex> lock(traffic.mu_);
+    bad_before = traffic.bad.load();
+  }
+  const bool whole = Eventually(
+      [&] {
+        auto client = client::RouterClient::Create(d.router_address());
+        auto r = client->Forward(Request(in.x[0], in.wire));
+        return r.ok() && !r->degraded() &&
+               testing::MaxAbsDiff(Y(*r), in.expected[0].y) <= 1e-5;
+      },
+      absl::Seconds(10) - (absl::Now() - killed));
+  const absl::Duration took = absl::Now() - killed;
+  EXPECT_TRUE(whole) << d.router().Log();
+  EXPECT_LE(took, absl::Seconds(10));
+  traffic.WaitForAnswers(10);
+  traffic.Stop();
+  EXPECT_FALSE(d.worker(0).running());
+  EXPECT_EQ(traffic.wrong.load(), 0);
+  std::printf(
+      "healed: whole answers %.1f s after the kill (%d degraded "
+      "before)\n",
+      absl::ToDoubleSeconds(took), bad_before);
+  const std::string log = balancer->Log();
+  EXPECT_NE(log.find("placement change heal"), std::string::npos) << log;
+  EXPECT_NE(log.find("left alone: serves another model"), std::string::npos)
+      << log;
+  EXPECT_FALSE(absl::StrContains(d.worker(3).Log(), "placement generation"));
+  EXPECT_EQ(Info(d.worker_address(3)).generation(), 0);
+}
+
+TEST(PlacementTest, AWorkerAddedAtRunTimeReceivesExpertsAndLoad) {
+  const std::string path = testing::GoldenPath(kModel);
+  Deployment d(path, {"0-1", "2-3", "none"});
+  d.SetWorkerFlags({"--admin_token_file=" + AdminTokenFile(d)});
+  ASSERT_TRUE(d.StartWorker(0).ok());
+  ASSERT_TRUE(d.StartWorker(1).ok());
+  ASSERT_TRUE(d.ReserveWorkerPort(2).ok());  // listed, not started
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  Reference reference(path);
+  const Inputs in(path, reference, {0, 1, 2, 3});
+  // Room for each expert once per worker... and twice in the pool.
+  auto balancer = StartBalancer(
+      d, Addresses(d, 3), {"--rebalance_every=1s", "--copies_per_expert=1.5"});
+  Traffic traffic(d.router_address(), in, 2);
+  traffic.WaitForAnswers(10);
+  ASSERT_TRUE(d.StartWorker(2, d.worker_port(2)).ok()) << d.worker(2).Log();
+  const bool received =
+      Eventually([&] { return !HostedIds(Info(d.worker_address(2))).empty(); },
+                 absl::Seconds(20));
+  EXPECT_TRUE(received) << balancer->Log();
+  const bool ran = Eventually(
+      [&] {
+        const moe::v1::ShardInfo info = Info(d.worker_address(2));
+        return info.layers_size() > 0 && info.layers(0).load_size() > 0;
+      },
+      absl::Seconds(10));
+  traffic.Stop();
+  EXPECT_TRUE(ran) << d.router().Log();
+  EXPECT_EQ(traffic.bad.load(), 0) << traffic.first_problem;
+  EXPECT_EQ(traffic.wrong.load(), 0);
+}
+
+TEST(PlacementTest, AWorkerStoppedWithSigtermMovesItsExpertsFirst) {
+  const std::string path = testing::GoldenPath(kModel);
+  Deployment d(path, {"0-1", "2-3", "none"});
+  d.SetWorkerFlags({"--admin_token_file=" + AdminTokenFile(d)});
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(d.StartWorker(i).ok());
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  Reference reference(path);
+  const Inputs in(path, reference, {0, 1, 2, 3});
+  auto balancer = StartBalancer(d, Addresses(d, 3), {"--rebalance_every=1h"});
+  WaitUntilBalancerSees(*balancer, Addresses(d, 3));
+  Traffic traffic(d.router_address(), in, 2);
+  traffic.WaitForAnswers(10);
+  d.worker(0).Signal(SIGTERM);
+  // It leaves once its experts are elsewhere (well before its 20 s
+  // --leave_timeout).
+  EXPECT_GE(d.worker(0).Wait(absl::Seconds(15)), 0) << d.worker(0).Log();
+  traffic.WaitForAnswers(20);
+  traffic.Stop();
+  const std::string log = d.worker(0).Log();
+  EXPECT_NE(log.find("every expert moved away"), std::string::npos) << log;
+  EXPECT_EQ(traffic.bad.load(), 0) << traffic.first_problem;
+  EXPECT_EQ(traffic.wrong.load(), 0);
+  EXPECT_NE(balancer->Log().find("placement change leave"), std::string::npos)
+      << balancer->Log();
+}
+
+// The pid of the moe-up child whose command line holds `needle`; -1 if none.
+pid_t FindProcess(const std::string& needle) {
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(entry.path() / "cmdline");
+    std::string cmdline((std::istreambuf_iterator<char>(in)),
+                        std::istreambuf_iterator<char>());
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    if (absl::StrContains(cmdline, needle)) return std::stoi(name);
+  }
+  return -1;
+}
+
+TEST(PlacementTest, MoeUpWithBalanceHealsADeadWorkerAndKeepsServing) {
+  const std::string path = testing::GoldenPath(kModel);
+  const std::string dir = testing::TempDir() + "/up-balance";
+  std::filesystem::create_directories(dir);
+  auto up = testing::StartProcess(
+      {testing::BinaryPath("moe-up"), "--checkpoint=" + path, "--workers=3",
+       "--port=0", "--port_file=" + dir + "/up.port", "--work_dir=" + dir,
+       "--endpoints_file=" + dir + "/endpoints", "--balance",
+       "--balance_flags=--interval=200ms,--rebalance_every=1h,--dead_after=1s,"
+       "--settle=1500ms"},
+      dir + "/moe-up.log");
+  auto port =
+      testing::WaitForPortFile(dir + "/up.port", absl::Seconds(90), up.get());
+  ASSERT_TRUE(port.ok()) << port.status() << up->Log();
+  std::ifstream endpoints(dir + "/endpoints");
+  const std::string listed((std::istreambuf_iterator<char>(endpoints)),
+                           std::istreambuf_iterator<char>());
+  EXPECT_TRUE(absl::StrContains(listed, "balancer_metrics 127.0.0.1:"))
+      << listed;
+  const std::string router = absl::StrCat("127.0.0.1:", *port);
+  Reference reference(path);
+  const Inputs in(path, reference, {0, 1, 2, 3});
+  auto client = client::RouterClient::Create(router);
+  auto whole = [&] {
+    auto r = client->Forward(Request(in.x[0], in.wire));
+    return r.ok() && !r->degraded() &&
+           testing::MaxAbsDiff(Y(*r), in.expected[0].y) <= 1e-5;
+  };
+  ASSERT_TRUE(Eventually(whole, absl::Seconds(10))) << up->Log();
+  // The balancer has seen every worker before one dies.
+  ASSERT_TRUE(Eventually(
+      [&] {
+        std::ifstream log(dir + "/moe-up.log");
+        const std::string text((std::istreambuf_iterator<char>(log)),
+                               std::istreambuf_iterator<char>());
+        return absl::StrContains(text, "balancing model");
+      },
+      absl::Seconds(10)));
+  absl::SleepFor(absl::Seconds(1));
+  const pid_t worker0 = FindProcess("--port_file=" + dir + "/worker-0.port");
+  ASSERT_GT(worker0, 0);
+  ::kill(worker0, SIGKILL);
+  const absl::Time killed = absl::Now();
+  // Degraded until healed, then whole and exact, moe-up still serving.
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_TRUE(Eventually(whole, absl::Seconds(10))) << up->Log();
+  const absl::Duration took = absl::Now() - killed;
+  EXPECT_LE(took, absl::Seconds(10));
+  EXPECT_TRUE(up->running()) << up->Log();
+  std::printf("moe-up --balance: whole again %.1f s after a worker's kill\n",
+              absl::ToDoubleSeconds(took));
+  up->Signal(SIGTERM);
+  EXPECT_EQ(up->Wait(absl::Seconds(60)), 0) << up->Log();
+  const std::string log = up->Log();
+  EXPECT_TRUE(absl::StrContains(log, "serving on: the balancer places")) << log;
+}
+
+}  // namespace
+}  // namespace moe
