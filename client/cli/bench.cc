@@ -2,10 +2,12 @@
 // each send requests back to back for `--duration` seconds (or until
 // `--requests`), with progress every second, then throughput and latency
 // percentiles. Inputs vary: each request takes one of `--distinct_inputs`
-// seeded tensors in turn. With --all_layers a step is one forward through
-// every layer in order (the attention side's decode step); the latency is
-// then per step, and per layer round trip beside it. When the router goes
-// away the threads back off (100 ms doubling to 2 s) instead of spinning.
+// seeded tensors in turn (or, with --input, one of the rows of its x:
+// [K, N, d] gives K requests of [1, N, d], the shape then the file's). With
+// --all_layers a step is one forward through every layer in order (the
+// attention side's decode step); the latency is then per step, and per layer
+// round trip beside it. When the router goes away the threads back off (100 ms
+// doubling to 2 s) instead of spinning.
 //
 // Each step also yields the expert weights it made the slowest worker read:
 // per layer, the bytes of the experts hosted by a worker that kept at least
@@ -27,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -39,8 +42,11 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "inference/open_inference_grpc.grpc.pb.h"
 #include "proto/cli/forward_flags.h"
+#include "proto/cli/forward_io.h"
 #include "proto/grpc_status.h"
 #include "proto/tensor_codec.h"
+
+ABSL_DECLARE_FLAG(std::string, input);
 
 ABSL_FLAG(int, concurrency, 1, "bench: requests in flight at once.");
 ABSL_FLAG(double, duration, 10, "bench: seconds to run.");
@@ -146,8 +152,23 @@ absl::StatusOr<BenchPlan> PlanFromFlags(const moe::v1::ModelInfo& info) {
   plan.duration = absl::Seconds(absl::GetFlag(FLAGS_duration));
   plan.max_steps = absl::GetFlag(FLAGS_requests);
   if (plan.health) return plan;
-  MOE_ASSIGN_OR_RETURN(auto bn,
-                       ParseBxN(absl::GetFlag(FLAGS_shape), "--shape"));
+  const std::string input = absl::GetFlag(FLAGS_input);
+  common::HostTensor from_file;
+  if (!input.empty()) {
+    MOE_ASSIGN_OR_RETURN(from_file, ReadInputTensor(input, "x"));
+    if (from_file.shape.size() != 3 || from_file.shape[2] != info.dim() ||
+        from_file.dtype != common::DType::kFloat32) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--input: x must be float32 [K, N, ", info.dim(),
+                       "], not ", common::ShapeToString(from_file.shape)));
+    }
+  }
+  std::pair<int64_t, int64_t> bn;
+  if (input.empty()) {
+    MOE_ASSIGN_OR_RETURN(bn, ParseBxN(absl::GetFlag(FLAGS_shape), "--shape"));
+  } else {
+    bn = {1, from_file.shape[1]};
+  }
   plan.batch = bn.first;
   plan.tokens = bn.second;
   plan.dim = info.dim();
@@ -161,13 +182,22 @@ absl::StatusOr<BenchPlan> PlanFromFlags(const moe::v1::ModelInfo& info) {
   } else {
     plan.layers.push_back(LayerFromFlags());
   }
-  const int distinct = std::max(1, absl::GetFlag(FLAGS_distinct_inputs));
+  const int distinct = input.empty()
+                           ? std::max(1, absl::GetFlag(FLAGS_distinct_inputs))
+                           : static_cast<int>(from_file.shape[0]);
   plan.requests.resize(distinct);
+  const size_t row_bytes = from_file.data.size() / std::max(1, distinct);
   for (int i = 0; i < distinct; ++i) {
-    MOE_RETURN_IF_ERROR(proto::EncodeTensor(
-        common::RandomNormalTensor({plan.batch, plan.tokens, plan.dim},
-                                   InputSeedFromFlags() + i),
-        plan.requests[i].mutable_x()));
+    common::HostTensor x;
+    if (input.empty()) {
+      x = common::RandomNormalTensor({plan.batch, plan.tokens, plan.dim},
+                                     InputSeedFromFlags() + i);
+    } else {
+      x.dtype = common::DType::kFloat32;
+      x.shape = {1, plan.tokens, plan.dim};
+      x.data = from_file.data.substr(i * row_bytes, row_bytes);
+    }
+    MOE_RETURN_IF_ERROR(proto::EncodeTensor(x, plan.requests[i].mutable_x()));
     *plan.requests[i].mutable_options() = routing;
   }
   for (const moe::v1::LayerInfo& l : info.layers()) {

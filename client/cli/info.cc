@@ -2,6 +2,9 @@
 // their defaults), its limits and which worker hosts which experts, with
 // the reason of every worker that is not up.
 #include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -79,6 +82,28 @@ absl::Status RunInfo() {
                 hosted.empty() ? "none" : absl::StrJoin(hosted, " ").c_str(),
                 w.device().empty() ? "" : " on ", w.device().c_str(),
                 bf16 ? " (bfloat16 compute)" : "");
+  }
+  // Copies per expert over the workers that are up: replicas made by hand
+  // or by moe-balancer (docs/placement.md).
+  std::map<std::string, std::map<int64_t, int>> copies;
+  for (const moe::v1::WorkerInfo& w : info.workers()) {
+    if (w.state() != "up") continue;
+    for (const moe::v1::WorkerExperts& e : w.experts()) {
+      for (int64_t id : e.expert_ids()) ++copies[e.layer()][id];
+    }
+  }
+  for (const auto& [layer, by_expert] : copies) {
+    std::map<int, std::vector<int64_t>> by_count;
+    for (const auto& [id, n] : by_expert) by_count[n].push_back(id);
+    if (by_count.size() == 1 && by_count.begin()->first == 1) continue;
+    std::vector<std::string> parts;
+    for (const auto& [n, ids] : by_count) {
+      parts.push_back(absl::StrCat(n, n == 1 ? " copy [" : " copies [",
+                                   common::FoldIdRanges(ids), "]"));
+    }
+    std::printf("replicas%s: %s\n",
+                layer.empty() ? "" : absl::StrCat(" of ", layer).c_str(),
+                absl::StrJoin(parts, ", ").c_str());
   }
   return absl::OkStatus();
 }

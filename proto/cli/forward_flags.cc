@@ -15,7 +15,9 @@
 #include "proto/cli/forward_io.h"
 #include "proto/tensor_codec.h"
 
-ABSL_FLAG(std::string, input, "", "forward: safetensors file holding x.");
+ABSL_FLAG(std::string, input, "",
+          "forward: safetensors file holding x; bench: requests cycle "
+          "through the rows of its x [K, N, d], [1, N, d] each.");
 ABSL_FLAG(std::string, input_tensor, "x",
           "forward: name of the input tensor [B, n, d] in --input (\"x\" "
           "falls back to \"input.x\").");

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -237,6 +238,18 @@ TEST(PlacementTest, AReplicatedExpertsRowsAreSplitAmongItsCopies) {
   EXPECT_EQ(a + b, in.expected[0].plan.count(0));
   EXPECT_GE(a, 64) << a << " + " << b;
   EXPECT_GE(b, 64) << a << " + " << b;
+  // moe-client info counts the copies.
+  const std::string info_cmd = testing::BinaryPath("moe-client") +
+                               " info --target=" + d.router_address();
+  std::FILE* pipe = ::popen(info_cmd.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string info;
+  char buffer[4096];
+  while (size_t n = std::fread(buffer, 1, sizeof(buffer), pipe)) {
+    info.append(buffer, n);
+  }
+  EXPECT_EQ(::pclose(pipe), 0) << info;
+  EXPECT_TRUE(absl::StrContains(info, "replicas: 2 copies [0-3]")) << info;
 }
 
 TEST(PlacementTest, ARebalanceUnderASkewedLoadLosesNoAnswer) {
