@@ -205,6 +205,38 @@ std::string Render(const std::string& target, int metrics_port, double interval,
     absl::StrAppend(&out, " ", worker, up > 0 ? " up" : " DOWN", ";");
   }
   absl::StrAppend(&out, "\n");
+  // Each worker's share of the time the workers spent on this router's
+  // calls: where the load goes (moe-balancer evens it, docs/placement.md).
+  // Over the window; with no call in it, since the router started.
+  std::map<std::string, double> busy =
+      w.DeltaBy("moe_router_worker_rpc_duration_seconds_sum", "worker");
+  std::map<std::string, double> calls =
+      w.DeltaBy("moe_router_worker_rpc_duration_seconds_count", "worker");
+  double total = 0;
+  for (const auto& [worker, seconds] : busy) total += seconds;
+  const bool since_start = total <= 0;
+  if (since_start) {
+    busy = SumBy(cur, "moe_router_worker_rpc_duration_seconds_sum", "worker");
+    calls =
+        SumBy(cur, "moe_router_worker_rpc_duration_seconds_count", "worker");
+    total = 0;
+    for (const auto& [worker, seconds] : busy) total += seconds;
+  }
+  if (total > 0) {
+    absl::StrAppend(&out, "worker load",
+                    since_start ? " since start (share of call time, calls)"
+                                : " (share of call time, calls/s)",
+                    ":");
+    for (const auto& [worker, seconds] : busy) {
+      auto it = calls.find(worker);
+      const double n = it == calls.end() ? 0.0 : it->second;
+      absl::StrAppend(&out, absl::StrFormat(" %s %.0f%% %.1f%s;", worker,
+                                            100 * seconds / total,
+                                            since_start ? n : n / w.interval,
+                                            since_start ? "" : "/s"));
+    }
+    absl::StrAppend(&out, "\n");
+  }
   return out;
 }
 

@@ -101,6 +101,12 @@ class ManifestsTest(unittest.TestCase):
         policy = find(objs, "NetworkPolicy", "moe-expert-from-balancer")
         peer = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
         self.assertEqual(peer["app.kubernetes.io/component"], "balancer")
+        # The HPA scales the workers up to the names everyone lists.
+        hpa = find(objs, "HorizontalPodAutoscaler", "moe-expert")
+        self.assertEqual(hpa["spec"]["scaleTargetRef"]["kind"], "StatefulSet")
+        config = find(objs, "ConfigMap", "moe-config")
+        self.assertEqual(int(config["data"]["MOE_NUM_WORKERS"]), hpa["spec"]["maxReplicas"])
+        self.assertLessEqual(hpa["spec"]["minReplicas"], experts["spec"]["replicas"])
 
     def test_validator_rejects_misspelled_fields(self):
         text = render("cpu").replace("readinessProbe:", "readinesProbe:", 1)

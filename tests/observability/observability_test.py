@@ -211,6 +211,9 @@ class LiveTest(unittest.TestCase):
         self.assertIn("capacity", out)
         self.assertEqual(len(re.findall(r"^  expert +\d+ \|", out, re.M)), 4, out)
         self.assertEqual(out.count(" up;"), 2, out)
+        # The forward above touched the workers: their shares of call time.
+        self.assertRegex(out, r"worker load( since start)? \(share of call time, "
+                              r"calls(/s)?\):( \S+ \d+% [0-9.]+(/s)?;)+")
         # B2's expert capacity, in the layer's line.
         self.assertRegex(out, r"\(the only layer\) +\S+ +\S+ +12 ")
 
