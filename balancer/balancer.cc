@@ -457,6 +457,25 @@ void Balancer::Tick() {
       }
     }
   }
+  // Nothing the live workers can do (no room for what is missing): said
+  // once a minute, not acted on every pass.
+  bool changes = false;
+  for (size_t w = 0; w < states.size(); ++w) {
+    if (states[w].live && plan.target[w] != hosted[w] &&
+        !(states[w].leaving && plan.target[w].empty() && hosted[w].empty())) {
+      changes = true;
+    }
+  }
+  if (!changes) {
+    if (now - last_stuck_log_ >= absl::Minutes(1)) {
+      last_stuck_log_ = now;
+      MOE_LOG(ERROR) << "cannot " << reason << ": the live workers have no room"
+                     << (plan.unplaced.empty()
+                             ? ""
+                             : " for " + plan.unplaced.DescribeMissing(spec_));
+    }
+    return;
+  }
   MOE_LOG(INFO) << (options_.dry_run ? "plan (dry run, not applied) "
                                      : "placement change ")
                 << reason << ": worst imbalance "

@@ -112,7 +112,7 @@ class Balancer {
   ExpertLoad rate_;  // decayed tokens per second
   absl::Time last_poll_;
   absl::Time last_rebalance_;
-  absl::Time uncovered_since_ = absl::InfiniteFuture();
+  absl::Time last_stuck_log_ = absl::InfinitePast();
   int64_t generation_ = 0;  // the last one given
   // Bytes loaded by load plans in the last minute: (when, bytes).
   std::vector<std::pair<absl::Time, int64_t>> moved_;

@@ -23,30 +23,14 @@
 #include "server/metrics_http.h"
 #include "server/rpc_metrics.h"
 #include "server/server_runner.h"
+#include "server/worker_flags.h"
 
 ABSL_FLAG(std::string, checkpoint, "",
           "The model's checkpoint (its layers and fingerprint; workers of "
           "another model are left alone).");
-ABSL_FLAG(std::string, workers, "", "Expert workers, HOST:PORT,HOST:PORT,...");
-ABSL_FLAG(std::string, workers_file, "",
-          "File with one worker HOST:PORT per line.");
-ABSL_FLAG(std::string, worker_template, "",
-          "Workers by stable name, e.g. moe-expert-{i}.moe-expert:50052, "
-          "with --num_workers.");
-ABSL_FLAG(int, num_workers, 0, "Number of workers of --worker_template.");
 ABSL_FLAG(std::string, admin_token_file, "",
           "The workers' admin token (the first token line of the file): "
           "sent with every SetExperts. Required.");
-ABSL_FLAG(std::string, worker_tls_ca_file, "",
-          "Talk TLS to the workers, checking their certificates against this "
-          "CA (PEM).");
-ABSL_FLAG(std::string, worker_tls_cert_file, "",
-          "Client certificate for workers that require one (mutual TLS).");
-ABSL_FLAG(std::string, worker_tls_key_file, "",
-          "Private key of --worker_tls_cert_file.");
-ABSL_FLAG(std::string, worker_tls_server_name, "",
-          "Name the workers' certificates must carry, when it is not the "
-          "host of their addresses.");
 ABSL_FLAG(absl::Duration, interval, absl::Seconds(1),
           "How often every worker is asked what it hosts and has run.");
 ABSL_FLAG(absl::Duration, rebalance_every, absl::Seconds(30),
@@ -105,22 +89,15 @@ absl::Status Run() {
   if (path.empty()) {
     return absl::InvalidArgumentError("--checkpoint is required");
   }
-  MOE_ASSIGN_OR_RETURN(
-      std::vector<std::string> addresses,
-      server::WorkerAddresses(absl::GetFlag(FLAGS_workers),
-                              absl::GetFlag(FLAGS_workers_file),
-                              absl::GetFlag(FLAGS_worker_template),
-                              absl::GetFlag(FLAGS_num_workers)));
+  MOE_ASSIGN_OR_RETURN(std::vector<std::string> addresses,
+                       server::WorkerAddressesFromFlags());
   balancer::WorkerAdminOptions admin;
   MOE_ASSIGN_OR_RETURN(admin.admin_token,
                        ReadAdminToken(absl::GetFlag(FLAGS_admin_token_file)));
-  proto::TlsFiles tls;
-  tls.ca_file = absl::GetFlag(FLAGS_worker_tls_ca_file);
-  tls.cert_file = absl::GetFlag(FLAGS_worker_tls_cert_file);
-  tls.key_file = absl::GetFlag(FLAGS_worker_tls_key_file);
-  tls.flag_prefix = "--worker_tls";
-  MOE_ASSIGN_OR_RETURN(admin.credentials, proto::MakeChannelCredentials(tls));
-  admin.tls_server_name = absl::GetFlag(FLAGS_worker_tls_server_name);
+  MOE_ASSIGN_OR_RETURN(
+      admin.credentials,
+      proto::MakeChannelCredentials(server::WorkerTlsFilesFromFlags()));
+  admin.tls_server_name = server::WorkerTlsServerNameFromFlags();
   balancer::BalancerOptions options;
   options.interval = absl::GetFlag(FLAGS_interval);
   options.rebalance_every = absl::GetFlag(FLAGS_rebalance_every);

@@ -27,17 +27,9 @@
 #include "server/router_flags.h"
 #include "server/rpc_metrics.h"
 #include "server/serving_flags.h"
+#include "server/worker_flags.h"
 
 ABSL_FLAG(std::string, checkpoint, "", "Checkpoint (safetensors) to serve.");
-ABSL_FLAG(std::string, workers, "",
-          "Expert workers, HOST:PORT,HOST:PORT,... (or use --workers_file).");
-ABSL_FLAG(std::string, workers_file, "",
-          "File with one worker HOST:PORT per line.");
-ABSL_FLAG(std::string, worker_template, "",
-          "Workers by stable name, e.g. moe-expert-{i}.moe-expert:50052 "
-          "(a StatefulSet's pods), with --num_workers. Names are resolved and "
-          "re-resolved by gRPC; workers may start after the router.");
-ABSL_FLAG(int, num_workers, 0, "Number of workers of --worker_template.");
 ABSL_FLAG(int, port, 50051, "Port to listen on; 0 picks a free one.");
 ABSL_FLAG(int64_t, max_tokens_per_request, 65536,
           "Largest batch x tokens of one request (RESOURCE_EXHAUSTED above); "
@@ -51,16 +43,6 @@ ABSL_FLAG(int, metrics_port, 9464,
           "disables it.");
 ABSL_FLAG(double, balance_window_seconds, 60,
           "Window of moe_router_load_balancedness.");
-ABSL_FLAG(std::string, worker_tls_ca_file, "",
-          "Talk TLS to the workers, checking their certificates against this "
-          "CA (PEM).");
-ABSL_FLAG(std::string, worker_tls_cert_file, "",
-          "Client certificate for workers that require one (mutual TLS).");
-ABSL_FLAG(std::string, worker_tls_key_file, "",
-          "Private key of --worker_tls_cert_file.");
-ABSL_FLAG(std::string, worker_tls_server_name, "",
-          "Name the workers' certificates must carry, when it is not the "
-          "host of their addresses.");
 ABSL_FLAG(std::string, auth_tokens_file, "",
           "Require \"authorization: Bearer <token>\" on Forward and "
           "GetModelInfo, with the tokens of this file (one per line, re-read "
@@ -75,16 +57,12 @@ namespace {
 absl::StatusOr<std::vector<std::unique_ptr<router::WorkerTransport>>>
 WorkerTransports(const std::vector<std::string>& addresses, int64_t max_rows,
                  int64_t dim) {
-  proto::TlsFiles tls;
-  tls.ca_file = absl::GetFlag(FLAGS_worker_tls_ca_file);
-  tls.cert_file = absl::GetFlag(FLAGS_worker_tls_cert_file);
-  tls.key_file = absl::GetFlag(FLAGS_worker_tls_key_file);
+  proto::TlsFiles tls = server::WorkerTlsFilesFromFlags();
   tls.refresh_seconds = server::TlsRefreshSecondsFromFlags();
-  tls.flag_prefix = "--worker_tls";
   router::GrpcTransportOptions transport;
   MOE_ASSIGN_OR_RETURN(transport.credentials,
                        proto::MakeChannelCredentials(tls));
-  transport.tls_server_name = absl::GetFlag(FLAGS_worker_tls_server_name);
+  transport.tls_server_name = server::WorkerTlsServerNameFromFlags();
   transport.max_message_bytes = proto::MaxExpertMessageBytes(max_rows, dim);
   return router::MakeGrpcWorkerTransports(addresses, transport);
 }
@@ -94,12 +72,8 @@ absl::Status Run() {
   if (path.empty()) {
     return absl::InvalidArgumentError("--checkpoint is required");
   }
-  MOE_ASSIGN_OR_RETURN(
-      std::vector<std::string> addresses,
-      server::WorkerAddresses(absl::GetFlag(FLAGS_workers),
-                              absl::GetFlag(FLAGS_workers_file),
-                              absl::GetFlag(FLAGS_worker_template),
-                              absl::GetFlag(FLAGS_num_workers)));
+  MOE_ASSIGN_OR_RETURN(std::vector<std::string> addresses,
+                       server::WorkerAddressesFromFlags());
   MOE_ASSIGN_OR_RETURN(router::RouterServiceOptions options,
                        server::ServiceOptionsFromFlags());
   MOE_RETURN_IF_ERROR(options.Validate());
