@@ -109,6 +109,10 @@ struct Balancer::Metrics {
                                  {"expert", absl::StrCat(key.expert)}});
     }
   }
+  void AddWorker(const std::string& address) {
+    load_share.push_back(&share_family->Add({{"worker", address}}));
+  }
+  prometheus::Family<prometheus::Gauge>* share_family;
   prometheus::Family<prometheus::Counter>& rebalances;
   prometheus::Counter& bytes_moved;
   prometheus::Gauge& generation;
@@ -143,7 +147,34 @@ void Balancer::Run(absl::Notification* stop) {
   } while (!stop->WaitForNotificationWithTimeout(options_.interval));
 }
 
+void Balancer::DiscoverWorkers(
+    std::function<absl::StatusOr<std::vector<std::string>>()> resolve,
+    std::function<std::unique_ptr<WorkerAdmin>(const std::string&)> make,
+    absl::Duration refresh) {
+  resolve_ = std::move(resolve);
+  make_admin_ = std::move(make);
+  refresh_ = refresh;
+}
+
+void Balancer::Discover() {
+  const absl::Time now = absl::Now();
+  if (!resolve_ || now - last_resolve_ < refresh_) return;
+  last_resolve_ = now;
+  absl::StatusOr<std::vector<std::string>> found = resolve_();
+  if (!found.ok()) return;  // the workers known so far
+  for (const std::string& address : *found) {
+    bool known = false;
+    for (const auto& w : workers_) known |= w->address() == address;
+    if (known) continue;
+    MOE_LOG(INFO) << "worker discovery: new worker " << address;
+    workers_.push_back(make_admin_(address));
+    tracked_.emplace_back();
+    if (metrics_) metrics_->AddWorker(address);
+  }
+}
+
 void Balancer::Poll() {
+  Discover();
   const absl::Time now = absl::Now();
   ExpertLoad delta;
   for (size_t w = 0; w < workers_.size(); ++w) {

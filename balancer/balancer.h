@@ -27,12 +27,14 @@
 #include <prometheus/registry.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "balancer/plan.h"
@@ -72,6 +74,13 @@ class Balancer {
            prometheus::Registry* registry = nullptr);
   ~Balancer();
 
+  // Workers behind one name (--workers_dns): every `refresh`, the addresses
+  // `resolve` gives that are new join (through `make`). Call before Run().
+  void DiscoverWorkers(
+      std::function<absl::StatusOr<std::vector<std::string>>()> resolve,
+      std::function<std::unique_ptr<WorkerAdmin>(const std::string&)> make,
+      absl::Duration refresh);
+
   // Ticks every interval until `stop` is notified.
   void Run(absl::Notification* stop);
   // One pass: poll, then heal, leave or rebalance.
@@ -92,6 +101,7 @@ class Balancer {
   };
   struct Metrics;
 
+  void Discover();
   void Poll();
   // Workers as the plan sees them.
   std::vector<WorkerState> States() const;
@@ -106,7 +116,11 @@ class Balancer {
 
   const common::ModelSpec spec_;
   const std::string fingerprint_;
-  const std::vector<std::unique_ptr<WorkerAdmin>> workers_;
+  std::vector<std::unique_ptr<WorkerAdmin>> workers_;
+  std::function<absl::StatusOr<std::vector<std::string>>()> resolve_;
+  std::function<std::unique_ptr<WorkerAdmin>(const std::string&)> make_admin_;
+  absl::Duration refresh_;
+  absl::Time last_resolve_ = absl::InfinitePast();
   const BalancerOptions options_;
   std::vector<Tracked> tracked_;
   ExpertLoad rate_;  // decayed tokens per second

@@ -17,6 +17,7 @@
 #include "common/checkpoint.h"
 #include "common/cli/command_line.h"
 #include "common/logging.h"
+#include "common/resolve.h"
 #include "common/status_macros.h"
 #include "proto/tls.h"
 #include "server/main_helpers.h"
@@ -132,6 +133,14 @@ absl::Status Run() {
           absl::GetFlag(FLAGS_metrics_port_file), registry));
   balancer::Balancer balancer(ckpt->spec(), ckpt->fingerprint(),
                               std::move(workers), options, registry.get());
+  if (const std::string dns = server::WorkerDnsFromFlags(); !dns.empty()) {
+    balancer.DiscoverWorkers([dns] { return common::ResolveAll(dns); },
+                             [admin](const std::string& address) {
+                               return balancer::MakeGrpcWorkerAdmin(address,
+                                                                    admin);
+                             },
+                             server::DnsRefreshFromFlags());
+  }
   MOE_LOG(INFO) << "balancing model \"" << ckpt->spec().name << "\" "
                 << ckpt->fingerprint() << " over " << addresses.size()
                 << " worker(s)" << (options.dry_run ? " (dry run)" : "")

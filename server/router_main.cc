@@ -16,10 +16,12 @@
 #include "common/checkpoint.h"
 #include "common/cli/command_line.h"
 #include "common/logging.h"
+#include "common/resolve.h"
 #include "common/status_macros.h"
 #include "proto/expert_wire.h"
 #include "proto/tls.h"
 #include "router/engine/model_engine.h"
+#include "router/remote/worker_discovery.h"
 #include "router/service/inference_service.h"
 #include "router/service/prometheus_router_metrics.h"
 #include "router/service/router_service.h"
@@ -35,6 +37,12 @@ ABSL_FLAG(int64_t, max_tokens_per_request, 65536,
           "Largest batch x tokens of one request (RESOURCE_EXHAUSTED above); "
           "the message size limits follow from it.");
 ABSL_FLAG(int, probe_interval_ms, 1000, "Worker health probe interval.");
+ABSL_FLAG(int, max_workers, 256,
+          "With --workers_dns: the most workers the router keeps track of, "
+          "counting those that left.");
+ABSL_FLAG(absl::Duration, worker_gone_after, absl::Seconds(30),
+          "With --workers_dns: a worker whose address left the name is out "
+          "of use after this long (its experts should have moved by then).");
 ABSL_FLAG(double, start_timeout_seconds, 0,
           "Give up when experts stay without a worker this long at start "
           "(0: wait forever).");
@@ -51,12 +59,11 @@ ABSL_FLAG(std::string, auth_tokens_file, "",
 namespace moe {
 namespace {
 
-// One transport per worker address, TLS when --worker_tls_* say so. A
-// worker call carries one forward's rows (up to two per token) or a batch
-// of up to --batch_max_tokens rows.
-absl::StatusOr<std::vector<std::unique_ptr<router::WorkerTransport>>>
-WorkerTransports(const std::vector<std::string>& addresses, int64_t max_rows,
-                 int64_t dim) {
+// How the router reaches a worker: TLS when --worker_tls_* say so. A worker
+// call carries one forward's rows (up to two per token) or a batch of up to
+// --batch_max_tokens rows.
+absl::StatusOr<router::GrpcTransportOptions> TransportOptions(int64_t max_rows,
+                                                              int64_t dim) {
   proto::TlsFiles tls = server::WorkerTlsFilesFromFlags();
   tls.refresh_seconds = server::TlsRefreshSecondsFromFlags();
   router::GrpcTransportOptions transport;
@@ -64,7 +71,7 @@ WorkerTransports(const std::vector<std::string>& addresses, int64_t max_rows,
                        proto::MakeChannelCredentials(tls));
   transport.tls_server_name = server::WorkerTlsServerNameFromFlags();
   transport.max_message_bytes = proto::MaxExpertMessageBytes(max_rows, dim);
-  return router::MakeGrpcWorkerTransports(addresses, transport);
+  return transport;
 }
 
 absl::Status Run() {
@@ -100,9 +107,8 @@ absl::Status Run() {
   }
   router::ForwardRunner runner(model.get(), limits);
   MOE_ASSIGN_OR_RETURN(
-      auto transports,
-      WorkerTransports(addresses,
-                       std::max<int64_t>(limits.max_tokens_per_request * 2,
+      const router::GrpcTransportOptions transport,
+      TransportOptions(std::max<int64_t>(limits.max_tokens_per_request * 2,
                                          options.batch_max_rows),
                        spec.dim));
   // The metrics outlive the pool: its probing thread reports worker states
@@ -116,8 +122,11 @@ absl::Status Run() {
   router::WorkerPoolOptions pool_options;
   pool_options.probe_interval =
       absl::Milliseconds(absl::GetFlag(FLAGS_probe_interval_ms));
-  router::WorkerPool pool(std::move(transports), spec, model->fingerprint(),
-                          pool_options);
+  const std::string dns = server::WorkerDnsFromFlags();
+  if (!dns.empty()) pool_options.max_workers = absl::GetFlag(FLAGS_max_workers);
+  router::WorkerPool pool(
+      router::MakeGrpcWorkerTransports(addresses, transport), spec,
+      model->fingerprint(), pool_options);
   pool.SetStateObserver([&metrics](int worker, router::WorkerState state) {
     metrics.SetWorkerState(worker, state);
   });
@@ -145,6 +154,25 @@ absl::Status Run() {
       server::StartRestFromFlags(server_options, service.get(),
                                  runner.MaxRequestBytes() * 5 + (1 << 20)));
   pool.Start();
+  // Workers behind one name: re-resolved, joining and leaving.
+  std::unique_ptr<router::WorkerDiscovery> discovery;
+  if (!dns.empty()) {
+    router::WorkerDiscoveryOptions d;
+    d.refresh = server::DnsRefreshFromFlags();
+    d.gone_after = absl::GetFlag(FLAGS_worker_gone_after);
+    d.resolve = [dns] { return common::ResolveAll(dns); };
+    d.make_transport = [transport](const std::string& address) {
+      return router::MakeGrpcWorkerTransport(address, transport);
+    };
+    d.added = [&metrics](int worker, const std::string& address) {
+      metrics.AddWorker(worker, address);
+    };
+    discovery = std::make_unique<router::WorkerDiscovery>(&pool, std::move(d));
+    discovery->Start();
+    MOE_LOG(INFO) << "workers: every address of " << dns
+                  << ", re-resolved every "
+                  << absl::FormatDuration(server::DnsRefreshFromFlags());
+  }
   const absl::Status ready = service->AwaitReady(
       absl::Seconds(absl::GetFlag(FLAGS_start_timeout_seconds)),
       [] { return server::ShutdownRequested(absl::Milliseconds(50)); });

@@ -22,6 +22,8 @@ const char* WorkerStateName(WorkerState state) {
       return "nothing_useful";
     case WorkerState::kDown:
       return "down";
+    case WorkerState::kGone:
+      return "gone";
   }
   return "unknown";
 }
@@ -30,13 +32,49 @@ WorkerPool::WorkerPool(std::vector<std::unique_ptr<WorkerTransport>> transports,
                        const common::ModelSpec& spec, std::string fingerprint,
                        const WorkerPoolOptions& options)
     : spec_(spec), fingerprint_(std::move(fingerprint)), options_(options) {
+  capacity_ =
+      std::max(options.max_workers, static_cast<int>(transports.size()));
+  workers_ = std::make_unique<std::unique_ptr<Worker>[]>(capacity_);
+  int n = 0;
   for (auto& t : transports) {
     auto w = std::make_unique<Worker>();
     w->transport = std::move(t);
-    workers_.push_back(std::move(w));
+    workers_[n++] = std::move(w);
   }
+  size_.store(n, std::memory_order_release);
   absl::MutexLock lock(&mu_);
-  views_.resize(workers_.size());
+  views_.resize(capacity_);
+}
+
+absl::StatusOr<int> WorkerPool::AddWorker(
+    std::unique_ptr<WorkerTransport> transport) {
+  absl::MutexLock lock(&add_mu_);
+  const int n = size();
+  if (n >= capacity_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the pool holds at most ", capacity_,
+        " workers (--max_workers); not adding ", transport->address()));
+  }
+  auto w = std::make_unique<Worker>();
+  w->transport = std::move(transport);
+  workers_[n] = std::move(w);
+  size_.store(n + 1, std::memory_order_release);
+  return n;
+}
+
+void WorkerPool::Retire(int worker, const std::string& why) {
+  View view;
+  view.state = WorkerState::kGone;
+  view.reason = why;
+  SetState(worker, std::move(view));
+}
+
+void WorkerPool::Revive(int worker) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (views_[worker].state != WorkerState::kGone) return;
+  }
+  SetState(worker, View());  // connecting, until its probe
 }
 
 WorkerPool::~WorkerPool() {
@@ -63,7 +101,13 @@ void WorkerPool::ProbeLoop() {
 }
 
 void WorkerPool::ProbeAll() {
-  for (int i = 0; i < size(); ++i) Probe(i);
+  for (int i = 0; i < size(); ++i) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (views_[i].state == WorkerState::kGone) continue;
+    }
+    Probe(i);
+  }
 }
 
 WorkerState WorkerPool::Judge(const moe::v1::ShardInfo& info,
@@ -154,6 +198,12 @@ void WorkerPool::SetState(int i, View view) {
   {
     absl::MutexLock lock(&mu_);
     View& old = views_[i];
+    // A gone worker stays gone until revived (a probe that was in flight
+    // when it left changes nothing).
+    if (old.state == WorkerState::kGone && state != WorkerState::kGone &&
+        state != WorkerState::kConnecting) {
+      return;
+    }
     // Logged once per change of state or reason, not per probe.
     if (old.state != view.state || old.reason != view.reason ||
         old.leaving != view.leaving ||
@@ -190,8 +240,8 @@ void WorkerPool::SetState(int i, View view) {
 
 common::ExpertSet WorkerPool::UncoveredLocked() const {
   common::ExpertSet covered(spec_.layers.size());
-  for (const View& v : views_) {
-    if (v.state == WorkerState::kUp) covered.Merge(v.experts);
+  for (int i = 0; i < size(); ++i) {
+    if (views_[i].state == WorkerState::kUp) covered.Merge(views_[i].experts);
   }
   common::ExpertSet missing(spec_.layers.size());
   for (const common::ExpertKey& key : common::ExpertSet::All(spec_).keys()) {

@@ -36,6 +36,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
@@ -55,12 +56,17 @@ enum class WorkerState {
   kNothingUseful,  // this model, but none of its experts (yet: a new
                    // worker waiting for the balancer)
   kDown,           // a call failed; out until a probe passes
+  kGone,           // no longer among the addresses its name resolves to
 };
 
-// "connecting", "up", "unreachable", "wrong_model", "nothing_useful", "down".
+// "connecting", "up", "unreachable", "wrong_model", "nothing_useful", "down",
+// "gone".
 const char* WorkerStateName(WorkerState state);
 
 struct WorkerPoolOptions {
+  // Workers the pool can hold, counting those added later (AddWorker); 0:
+  // exactly the ones it starts with.
+  int max_workers = 0;
   absl::Duration probe_interval = absl::Seconds(1);
   absl::Duration probe_timeout = absl::Seconds(2);
   common::Clock* clock = common::Clock::Real();
@@ -100,7 +106,15 @@ class WorkerPool {
   // One probe of every worker, synchronously (what the thread does).
   void ProbeAll();
 
-  int size() const { return static_cast<int>(workers_.size()); }
+  // Workers so far (indices are never reused).
+  int size() const { return size_.load(std::memory_order_acquire); }
+  // A worker found after the start (WorkerDiscovery): its index, probed from
+  // the next round on. ResourceExhausted past max_workers.
+  absl::StatusOr<int> AddWorker(std::unique_ptr<WorkerTransport> transport);
+  // `worker` left the addresses of its name: out of use (kGone) until
+  // Revive().
+  void Retire(int worker, const std::string& why);
+  void Revive(int worker);
   const std::string& address(int worker) const;
   WorkerTransport& transport(int worker) const;
 
@@ -169,7 +183,12 @@ class WorkerPool {
   const common::ModelSpec spec_;
   const std::string fingerprint_;
   const WorkerPoolOptions options_;
-  std::vector<std::unique_ptr<Worker>> workers_;
+  // Fixed capacity: slots are filled once and never move, so readers index
+  // them without a lock below size_.
+  int capacity_ = 0;
+  std::unique_ptr<std::unique_ptr<Worker>[]> workers_;
+  std::atomic<int> size_{0};
+  absl::Mutex add_mu_;  // one AddWorker at a time
   mutable absl::Mutex mu_;
   std::vector<View> views_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> ready_{false};

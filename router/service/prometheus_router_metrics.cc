@@ -58,7 +58,8 @@ constexpr const char* kChoices[2] = {"first", "second"};
 constexpr WorkerState kStates[] = {
     WorkerState::kConnecting,    WorkerState::kUp,
     WorkerState::kUnreachable,   WorkerState::kWrongModel,
-    WorkerState::kNothingUseful, WorkerState::kDown};
+    WorkerState::kNothingUseful, WorkerState::kDown,
+    WorkerState::kGone};
 // Codes whose series exist from the start (others appear when first seen).
 constexpr const char* kCodes[] = {
     "OK",          "INVALID_ARGUMENT",  "NOT_FOUND",      "RESOURCE_EXHAUSTED",
@@ -283,17 +284,13 @@ PrometheusRouterMetrics::PrometheusRouterMetrics(
   auto& state = GaugeFamily(
       registry, "moe_router_worker_state",
       "1 for the worker's current state: connecting, up, unreachable, "
-      "wrong_model (another fingerprint), nothing_useful, down.");
-  for (const std::string& w : workers) {
-    Worker worker{&rpc.Add({{"worker", w}}, common::LatencyBucketsSeconds()),
-                  &up.Add({{"worker", w}}),
-                  {}};
-    for (WorkerState s : kStates) {
-      worker.state.push_back(
-          &state.Add({{"worker", w}, {"state", WorkerStateName(s)}}));
-    }
-    worker.state[0]->Set(1);  // connecting
-    workers_.push_back(std::move(worker));
+      "wrong_model (another fingerprint), nothing_useful, down, gone (left "
+      "the addresses of its name).");
+  worker_rpc_ = &rpc;
+  worker_up_ = &up;
+  worker_state_ = &state;
+  for (size_t i = 0; i < workers.size(); ++i) {
+    AddWorker(static_cast<int>(i), workers[i]);
   }
   auto& stages = CounterFamily(
       registry, "moe_router_stage_seconds_total",
@@ -425,19 +422,42 @@ void PrometheusRouterMetrics::AddInflight(int delta) {
   inflight_.Increment(delta);
 }
 
+void PrometheusRouterMetrics::AddWorker(int worker,
+                                        const std::string& address) {
+  Worker w{
+      &worker_rpc_->Add({{"worker", address}}, common::LatencyBucketsSeconds()),
+      &worker_up_->Add({{"worker", address}}),
+      {}};
+  for (WorkerState s : kStates) {
+    w.state.push_back(&worker_state_->Add(
+        {{"worker", address}, {"state", WorkerStateName(s)}}));
+  }
+  w.state[0]->Set(1);  // connecting
+  absl::MutexLock lock(&workers_mu_);
+  // The pool numbers its workers in the order they come.
+  if (worker != static_cast<int>(workers_.size())) return;
+  workers_.push_back(std::move(w));
+}
+
 void PrometheusRouterMetrics::RecordWorkerRpc(int worker,
                                               absl::Duration elapsed,
                                               int forwards, int64_t rows) {
-  if (worker >= 0 && worker < static_cast<int>(workers_.size())) {
-    workers_[worker].rpc->Observe(absl::ToDoubleSeconds(elapsed));
+  prometheus::Histogram* rpc = nullptr;
+  {
+    absl::ReaderMutexLock lock(&workers_mu_);
+    if (worker >= 0 && worker < static_cast<int>(workers_.size())) {
+      rpc = workers_[worker].rpc;
+    }
   }
+  if (rpc != nullptr) rpc->Observe(absl::ToDoubleSeconds(elapsed));
   batch_forwards_.Observe(forwards);
   batch_rows_.Observe(static_cast<double>(rows));
 }
 
 void PrometheusRouterMetrics::SetWorkerState(int worker, WorkerState state) {
+  absl::ReaderMutexLock lock(&workers_mu_);
   if (worker < 0 || worker >= static_cast<int>(workers_.size())) return;
-  Worker& w = workers_[worker];
+  const Worker& w = workers_[worker];
   w.up->Set(state == WorkerState::kUp ? 1 : 0);
   for (size_t s = 0; s < std::size(kStates); ++s) {
     w.state[s]->Set(kStates[s] == state ? 1 : 0);

@@ -41,6 +41,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "common/model_spec.h"
 #include "router/service/router_metrics.h"
 
@@ -68,6 +70,7 @@ class PrometheusRouterMetrics final : public RouterMetrics {
   void RecordForwardCpu(absl::Duration cpu) override;
   void RecordInlineForward() override;
   void SetWorkerState(int worker, WorkerState state) override;
+  void AddWorker(int worker, const std::string& address) override;
 
   // The series of one layer and of one worker (defined in the .cc).
   struct Layer;
@@ -75,7 +78,12 @@ class PrometheusRouterMetrics final : public RouterMetrics {
 
  private:
   std::vector<std::unique_ptr<Layer>> layers_;
-  std::vector<Worker> workers_;
+  // Grows when workers are found later (AddWorker): read under the lock.
+  mutable absl::Mutex workers_mu_;
+  std::vector<Worker> workers_ ABSL_GUARDED_BY(workers_mu_);
+  prometheus::Family<prometheus::Histogram>* worker_rpc_;
+  prometheus::Family<prometheus::Gauge>* worker_up_;
+  prometheus::Family<prometheus::Gauge>* worker_state_;
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Histogram& request_seconds_;
   prometheus::Gauge& inflight_;

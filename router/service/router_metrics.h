@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -72,6 +73,9 @@ class RouterMetrics {
   // A forward that ran on the gRPC thread that received it.
   virtual void RecordInlineForward() = 0;
   virtual void SetWorkerState(int worker, WorkerState state) = 0;
+  // A worker found after the start (WorkerDiscovery), with the index the
+  // pool gave it (the next one).
+  virtual void AddWorker(int /*worker*/, const std::string& /*address*/) {}
 };
 
 // Records nothing.

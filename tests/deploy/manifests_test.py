@@ -101,12 +101,18 @@ class ManifestsTest(unittest.TestCase):
         policy = find(objs, "NetworkPolicy", "moe-expert-from-balancer")
         peer = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
         self.assertEqual(peer["app.kubernetes.io/component"], "balancer")
-        # The HPA scales the workers up to the names everyone lists.
+        # The HPA scales the workers; every pod it may run has a shard, and
+        # routers and balancer find the pods by the headless Service.
         hpa = find(objs, "HorizontalPodAutoscaler", "moe-expert")
         self.assertEqual(hpa["spec"]["scaleTargetRef"]["kind"], "StatefulSet")
         config = find(objs, "ConfigMap", "moe-config")
         self.assertEqual(int(config["data"]["MOE_NUM_WORKERS"]), hpa["spec"]["maxReplicas"])
         self.assertLessEqual(hpa["spec"]["minReplicas"], experts["spec"]["replicas"])
+        router = find(objs, "Deployment", "moe-router")
+        for pod in (router, balancer):
+            args = pod["spec"]["template"]["spec"]["containers"][0]["args"]
+            self.assertIn("--workers_dns=moe-expert:50052", args)
+            self.assertFalse([a for a in args if a.startswith(("--worker_template", "--num_workers"))])
 
     def test_validator_rejects_misspelled_fields(self):
         text = render("cpu").replace("readinessProbe:", "readinesProbe:", 1)

@@ -417,6 +417,124 @@ TEST(PlacementTest, AWorkerStoppedWithSigtermMovesItsExpertsFirst) {
       << balancer->Log();
 }
 
+// Starts `argv` in a mount namespace of its own whose /etc/hosts is
+// `hosts`, the file the test edits in place (a bind mount follows the
+// inode): names resolve there as DNS would answer a headless Service.
+std::unique_ptr<testing::Process> StartWithHosts(
+    const std::string& hosts, const std::vector<std::string>& argv,
+    const std::string& log) {
+  std::string command = "mount --bind '" + hosts + "' /etc/hosts && exec";
+  for (const std::string& a : argv) absl::StrAppend(&command, " '", a, "'");
+  return testing::StartProcess(
+      {"/usr/bin/unshare", "-m", "/bin/sh", "-c", command}, log);
+}
+
+void WriteInPlace(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::trunc);  // the same inode
+  out << text;
+}
+
+// Workers found by a name with an address per worker: a worker whose
+// address joins receives experts and load; one that dies and leaves the
+// name is retired, its experts healed onto the others.
+TEST(PlacementTest, WorkersBehindOneNameJoinAndLeave) {
+  const std::string path = testing::GoldenPath(kModel);
+  Deployment d(path, {});
+  const std::string admin = AdminTokenFile(d);
+  const std::string hosts = d.dir() + "/hosts";
+  const std::string name = "moe-workers.test";
+  WriteInPlace(hosts, "127.0.0.1 localhost\n127.0.0.2 " + name +
+                          "\n127.0.0.3 " + name + "\n");
+  auto reserved = Deployment(path, {"x"}).ReserveWorkerPort(0);
+  ASSERT_TRUE(reserved.ok());
+  const std::string port = absl::StrCat(*reserved);
+  std::vector<std::unique_ptr<testing::Process>> workers;
+  const std::vector<std::string> experts = {"0-1", "2-3", "none"};
+  for (int i = 0; i < 3; ++i) {
+    const std::string host = absl::StrCat("127.0.0.", i + 2);
+    const std::string port_file = absl::StrCat(d.dir(), "/w", i, ".port");
+    workers.push_back(testing::StartProcess(
+        {testing::BinaryPath("moe-expert"), "--checkpoint=" + path,
+         "--experts=" + experts[i], "--host=" + host, "--port=" + port,
+         "--port_file=" + port_file, "--metrics_port=-1",
+         "--admin_token_file=" + admin, "--leave_timeout=0s"},
+        absl::StrCat(d.dir(), "/w", i, ".log")));
+    ASSERT_TRUE(testing::WaitForPortFile(port_file, absl::Seconds(60),
+                                         workers.back().get())
+                    .ok())
+        << workers.back()->Log();
+    ASSERT_TRUE(
+        testing::WaitServing(host + ":" + port, absl::Seconds(60)).ok());
+  }
+  const std::string dns = "--workers_dns=" + name + ":" + port;
+  auto router = StartWithHosts(
+      hosts,
+      {testing::BinaryPath("moe-router"), "--checkpoint=" + path, dns,
+       "--dns_refresh=300ms", "--worker_gone_after=1s",
+       "--probe_interval_ms=100", "--host=127.0.0.1", "--port=0",
+       "--port_file=" + d.dir() + "/router.port", "--metrics_port=-1"},
+      d.dir() + "/router.log");
+  auto router_port = testing::WaitForPortFile(d.dir() + "/router.port",
+                                              absl::Seconds(60), router.get());
+  ASSERT_TRUE(router_port.ok()) << router->Log();
+  const std::string target = absl::StrCat("127.0.0.1:", *router_port);
+  ASSERT_TRUE(testing::WaitServing(target, absl::Seconds(60)).ok())
+      << router->Log();
+  auto balancer = StartWithHosts(
+      hosts,
+      {testing::BinaryPath("moe-balancer"), "--checkpoint=" + path, dns,
+       "--dns_refresh=300ms", "--admin_token_file=" + admin, "--interval=200ms",
+       "--dead_after=1s", "--settle=600ms", "--rebalance_every=1s",
+       "--copies_per_expert=1.5", "--metrics_port=-1"},
+      d.dir() + "/balancer.log");
+  Reference reference(path);
+  const Inputs in(path, reference, {0, 1, 2, 3});
+  Traffic traffic(target, in, 2);
+  traffic.WaitForAnswers(10);
+  // 127.0.0.4 joins the name: it receives experts, then load.
+  const std::string third = "127.0.0.4:" + port;
+  WriteInPlace(hosts, "127.0.0.1 localhost\n127.0.0.2 " + name +
+                          "\n127.0.0.3 " + name + "\n127.0.0.4 " + name + "\n");
+  EXPECT_TRUE(Eventually(
+      [&] {
+        const moe::v1::ShardInfo info = Info(third);
+        return info.layers_size() > 0 && info.layers(0).load_size() > 0;
+      },
+      absl::Seconds(20)))
+      << balancer->Log() << router->Log();
+  // 127.0.0.2 dies and leaves the name: retired, its experts healed.
+  workers[0]->Signal(SIGKILL);
+  workers[0]->Wait(absl::Seconds(10));
+  WriteInPlace(hosts, "127.0.0.1 localhost\n127.0.0.3 " + name +
+                          "\n127.0.0.4 " + name + "\n");
+  auto client = client::RouterClient::Create(target);
+  EXPECT_TRUE(Eventually(
+      [&] {
+        auto info = client->GetModelInfo();
+        if (!info.ok()) return false;
+        for (const auto& w : info->workers()) {
+          if (w.address() == "127.0.0.2:" + port) return w.state() == "gone";
+        }
+        return false;
+      },
+      absl::Seconds(15)))
+      << router->Log();
+  EXPECT_TRUE(Eventually(
+      [&] {
+        auto r = client->Forward(Request(in.x[0], in.wire));
+        return r.ok() && !r->degraded() &&
+               testing::MaxAbsDiff(Y(*r), in.expected[0].y) <= 1e-5;
+      },
+      absl::Seconds(10)))
+      << balancer->Log();
+  traffic.WaitForAnswers(10);
+  traffic.Stop();
+  EXPECT_EQ(traffic.wrong.load(), 0);
+  EXPECT_TRUE(
+      absl::StrContains(router->Log(), "worker discovery: new worker " + third))
+      << router->Log();
+}
+
 // The pid of the moe-up child whose command line holds `needle`; -1 if none.
 pid_t FindProcess(const std::string& needle) {
   for (const auto& entry : std::filesystem::directory_iterator("/proc")) {

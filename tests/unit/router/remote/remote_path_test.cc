@@ -12,6 +12,7 @@
 #include "router/engine/expert_backend.h"
 #include "router/remote/remote_expert_backend.h"
 #include "router/remote/worker_batcher.h"
+#include "router/remote/worker_discovery.h"
 #include "router/remote/worker_pool.h"
 #include "testing/fake_clock.h"
 #include "testing/fake_worker.h"
@@ -338,6 +339,62 @@ TEST(RemoteExpertBackendTest, AnExpertMovedAwayIsAskedOfItsOtherCopy) {
   EXPECT_TRUE(run.report.lost.empty());
   EXPECT_EQ(w.y, w.Expected());
   EXPECT_EQ(p.pool->Snapshot()[0].state, WorkerState::kUp);
+}
+
+// Workers behind one name: new addresses join the pool, an address gone
+// for gone_after is retired (out of use) and revived when it returns.
+TEST(WorkerDiscoveryTest, AddressesJoinLeaveAndComeBack) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1, 2, 3}, {}}}, &clock);  // worker0, found at the start
+  std::vector<std::string> addresses = {"worker0"};
+  std::vector<std::string> added;
+  WorkerDiscoveryOptions o;
+  o.gone_after = absl::ZeroDuration();
+  o.resolve = [&] { return addresses; };
+  o.make_transport = [](const std::string& address) {
+    return std::make_unique<testing::FakeWorker>(
+        address, kDim,
+        testing::MakeShardInfo(Spec(), kFingerprint, {{0, 1, 2, 3}, {}}));
+  };
+  o.added = [&](int worker, const std::string& address) {
+    EXPECT_EQ(worker, static_cast<int>(added.size()) + 1);
+    added.push_back(address);
+  };
+  // The pool holds at most what it was made with: growing needs room.
+  WorkerDiscovery full(p.pool.get(), o);
+  addresses = {"worker0", "worker1"};
+  full.Refresh();
+  EXPECT_EQ(p.pool->size(), 1);
+  EXPECT_TRUE(added.empty());
+
+  WorkerPoolOptions options;
+  options.clock = &clock;
+  options.max_workers = 4;
+  std::vector<std::unique_ptr<WorkerTransport>> first;
+  first.push_back(o.make_transport("worker0"));
+  WorkerPool pool(std::move(first), Spec(), kFingerprint, options);
+  WorkerDiscovery discovery(&pool, o);
+  discovery.Refresh();
+  ASSERT_EQ(pool.size(), 2);
+  EXPECT_EQ(added, std::vector<std::string>{"worker1"});
+  EXPECT_EQ(pool.address(1), "worker1");
+  pool.ProbeAll();
+  EXPECT_EQ(pool.Snapshot()[1].state, WorkerState::kUp);
+  // worker0 leaves the name: missing once, then retired.
+  addresses = {"worker1"};
+  discovery.Refresh();
+  EXPECT_EQ(pool.Snapshot()[0].state, WorkerState::kUp);
+  discovery.Refresh();
+  EXPECT_EQ(pool.Snapshot()[0].state, WorkerState::kGone);
+  pool.ProbeAll();  // a gone worker is not probed back up
+  EXPECT_EQ(pool.Snapshot()[0].state, WorkerState::kGone);
+  EXPECT_EQ(pool.Choose({0, 0}, {}), 1);
+  // It comes back: probed again, up again, under the same index.
+  addresses = {"worker0", "worker1"};
+  discovery.Refresh();
+  pool.ProbeAll();
+  EXPECT_EQ(pool.Snapshot()[0].state, WorkerState::kUp);
+  EXPECT_EQ(pool.size(), 2);
 }
 
 TEST(RemoteExpertBackendTest, WithoutAReplicaTheFailurePolicyDecides) {
