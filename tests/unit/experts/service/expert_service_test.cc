@@ -253,17 +253,30 @@ TEST_F(ExpertServiceTest, AFullQueueIsResourceExhausted) {
   const Call call({{{0, 1}, 0, 1}});
   auto running = Start(call.bytes);
   shard.entered.WaitForNotification();  // the one thread is busy
-  auto queued = Start(call.bytes);      // waits in the queue
-  auto refused = Start(call.bytes);     // finds it full
-  refused->done.WaitForNotification();
-  EXPECT_EQ(refused->status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_NE(refused->status.error_message().find("overloaded"),
-            std::string::npos);
-  shard.release.Notify();
+  // Two more: one waits in the queue, the other finds it full. Handlers of
+  // calls in flight may run in any order, so either may be the refused one.
+  auto first = Start(call.bytes);
+  auto second = Start(call.bytes);
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (!first->done.HasBeenNotified() && !second->done.HasBeenNotified() &&
+         absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  const bool first_refused = first->done.HasBeenNotified();
+  const bool one_answered = first_refused || second->done.HasBeenNotified();
+  Pending& refused = first_refused ? *first : *second;
+  Pending& queued = first_refused ? *second : *first;
+  shard.release.Notify();  // before any check: a failed one must not hang
+  EXPECT_TRUE(one_answered) << "neither call was refused while the queue was "
+                               "full";
   running->done.WaitForNotification();
-  queued->done.WaitForNotification();
+  first->done.WaitForNotification();
+  second->done.WaitForNotification();
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(refused.status.error_message().find("overloaded"),
+            std::string::npos);
   EXPECT_TRUE(running->status.ok());
-  EXPECT_TRUE(queued->status.ok());
+  EXPECT_TRUE(queued.status.ok());
 }
 
 // A loader of ScalingShards that records what it was asked to load.
