@@ -97,9 +97,8 @@ struct Balancer::Metrics {
                           "Each worker's share of all layers' load, as "
                           "placed now.")
                       .Register(r);
-    for (const auto& w : workers) {
-      load_share.push_back(&share.Add({{"worker", w->address()}}));
-    }
+    share_family = &share;
+    for (const auto& w : workers) AddWorker(w->address());
     auto& reps = prometheus::BuildGauge()
                      .Name("moe_balancer_expert_replicas")
                      .Help("Live copies of each expert.")
@@ -112,7 +111,7 @@ struct Balancer::Metrics {
   void AddWorker(const std::string& address) {
     load_share.push_back(&share_family->Add({{"worker", address}}));
   }
-  prometheus::Family<prometheus::Gauge>* share_family;
+  prometheus::Family<prometheus::Gauge>* share_family = nullptr;
   prometheus::Family<prometheus::Counter>& rebalances;
   prometheus::Counter& bytes_moved;
   prometheus::Gauge& generation;
