@@ -248,7 +248,6 @@ void Balancer::Poll() {
 }
 
 std::vector<WorkerState> Balancer::States() const {
-  const absl::Time now = absl::Now();
   std::vector<WorkerState> out(workers_.size());
   int usable = 0;
   for (size_t w = 0; w < workers_.size(); ++w) {
@@ -258,7 +257,6 @@ std::vector<WorkerState> Balancer::States() const {
     out[w].leaving = t.leaving;
     out[w].hosted = out[w].live ? t.hosted : common::ExpertSet();
     if (out[w].live && !t.leaving) ++usable;
-    (void)now;
   }
   const int64_t model_bytes = Bytes(spec_, common::ExpertSet::All(spec_));
   for (size_t w = 0; w < workers_.size(); ++w) {
@@ -278,7 +276,7 @@ std::vector<common::ExpertSet> Balancer::Hosted() const {
   return out;
 }
 
-std::string Balancer::Urgent(absl::Time now) const {
+std::string Balancer::Urgent() const {
   const std::vector<WorkerState> states = States();
   std::vector<common::ExpertSet> staying;
   for (const WorkerState& s : states) {
@@ -296,7 +294,6 @@ std::string Balancer::Urgent(absl::Time now) const {
   for (const WorkerState& s : states) {
     if (s.live && s.leaving && !s.hosted.empty()) return "leave";
   }
-  (void)now;
   return "";
 }
 
@@ -443,7 +440,7 @@ void Balancer::Tick() {
   int usable = 0;
   for (const WorkerState& s : states) usable += s.live && !s.leaving ? 1 : 0;
   if (usable == 0) return;
-  std::string reason = Urgent(now);
+  std::string reason = Urgent();
   const Plan plan = MakePlan(spec_, rate_, states, options_.plan);
   std::vector<bool> counted;
   std::vector<common::ExpertSet> hosted;

@@ -107,7 +107,7 @@ class Balancer {
   std::vector<WorkerState> States() const;
   std::vector<common::ExpertSet> Hosted() const;
   // Why something must change now ("" if nothing must).
-  std::string Urgent(absl::Time now) const;
+  std::string Urgent() const;
   // Applies `plan` make-before-break; bytes loaded.
   int64_t Apply(const Plan& plan, const std::string& reason);
   absl::Status Set(int w, const common::ExpertSet& experts,

@@ -35,9 +35,7 @@ ExpertLoad Shares(const common::ModelSpec& spec, const ExpertLoad& load) {
 }  // namespace
 
 int64_t ExpertBytes(const common::LayerSpec& layer) {
-  const int64_t h = layer.config.expert_hidden();
-  const int64_t d = layer.config.dim;
-  return 4 * (3 * h * d + 3 * h + d);
+  return 4 * layer.config.expert_parameters();
 }
 
 Plan MakePlan(const common::ModelSpec& spec, const ExpertLoad& load,

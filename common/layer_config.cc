@@ -57,6 +57,11 @@ int64_t LayerConfig::expert_hidden() const {
                               3.0);
 }
 
+int64_t LayerConfig::expert_parameters() const {
+  const int64_t h = expert_hidden();
+  return 3 * h * dim + 3 * h + dim;
+}
+
 int64_t LayerConfig::feed_forward_hidden() const {
   return static_cast<int64_t>(static_cast<double>(dim) * 4.0 * 2.0 / 3.0);
 }

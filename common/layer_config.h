@@ -59,6 +59,9 @@ struct LayerConfig {
   int64_t total_experts() const {
     return hierarchical() ? num_experts * num_experts_inner : num_experts;
   }
+  // Parameters of one GEGLU expert: 3 h d + 3 h + d (its two linears, their
+  // biases and the multiplicative bias), h = expert_hidden().
+  int64_t expert_parameters() const;
   // Hidden size of the MoE experts: int(dim * hidden_mult * 2 / 3).
   int64_t expert_hidden() const;
   // Hidden size of the block feed-forwards (always hidden_mult 4).

@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/status_macros.h"
 
 namespace moe::common {
 namespace {
@@ -30,28 +31,44 @@ std::string Stamp(const std::string& path) {
                       st.st_size, "/", st.st_ino);
 }
 
-absl::StatusOr<std::vector<std::string>> ReadDigests(const std::string& path) {
+// The tokens of a file: one per line, blank lines and '#' lines skipped.
+absl::StatusOr<std::vector<std::string>> ReadTokens(const std::string& path,
+                                                    absl::string_view flag) {
   std::ifstream in(path);
   if (!in) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--auth_tokens_file: cannot read ", path));
+        absl::StrCat(flag, ": cannot read ", path));
   }
-  std::vector<std::string> digests;
+  std::vector<std::string> tokens;
   std::string line;
   while (std::getline(in, line)) {
     absl::string_view token = absl::StripAsciiWhitespace(line);
     if (token.empty() || token[0] == '#') continue;
-    digests.push_back(Digest(token));
+    tokens.emplace_back(token);
   }
-  if (digests.empty()) {
+  if (tokens.empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--auth_tokens_file: ", path,
+        absl::StrCat(flag, ": ", path,
                      " holds no token (one per line; '#' starts a comment)"));
   }
+  return tokens;
+}
+
+absl::StatusOr<std::vector<std::string>> ReadDigests(const std::string& path) {
+  MOE_ASSIGN_OR_RETURN(std::vector<std::string> tokens,
+                       ReadTokens(path, "--auth_tokens_file"));
+  std::vector<std::string> digests;
+  for (const std::string& token : tokens) digests.push_back(Digest(token));
   return digests;
 }
 
 }  // namespace
+
+absl::StatusOr<std::string> ReadFirstToken(const std::string& path,
+                                           absl::string_view flag) {
+  MOE_ASSIGN_OR_RETURN(std::vector<std::string> tokens, ReadTokens(path, flag));
+  return tokens.front();
+}
 
 TokenSet::TokenSet(std::string path, absl::Duration recheck, Clock* clock)
     : path_(std::move(path)), recheck_(recheck), clock_(clock) {}

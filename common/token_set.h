@@ -20,6 +20,12 @@
 
 namespace moe::common {
 
+// The first token of a token file in TokenSet's format: what a caller sends
+// (moe-balancer's admin token). InvalidArgument naming `flag` when the file
+// cannot be read or holds no token.
+absl::StatusOr<std::string> ReadFirstToken(const std::string& path,
+                                           absl::string_view flag);
+
 class TokenSet {
  public:
   enum class Verdict { kAccepted, kMissing, kUnknown };

@@ -5,13 +5,11 @@
 //
 //   moe-balancer --checkpoint=model.safetensors
 //       --workers=10.0.0.2:50052,10.0.0.3:50052 --admin_token_file=admin.txt
-#include <fstream>
 #include <string>
 #include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
 #include "balancer/balancer.h"
 #include "common/checkpoint.h"
@@ -19,6 +17,7 @@
 #include "common/logging.h"
 #include "common/resolve.h"
 #include "common/status_macros.h"
+#include "common/token_set.h"
 #include "proto/tls.h"
 #include "server/main_helpers.h"
 #include "server/metrics_http.h"
@@ -64,27 +63,6 @@ ABSL_FLAG(std::string, metrics_port_file, "",
 namespace moe {
 namespace {
 
-absl::StatusOr<std::string> ReadAdminToken(const std::string& path) {
-  if (path.empty()) {
-    return absl::InvalidArgumentError(
-        "--admin_token_file is required: workers refuse placement changes "
-        "without their admin token");
-  }
-  std::ifstream in(path);
-  if (!in) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--admin_token_file: cannot read ", path));
-  }
-  std::string line;
-  while (std::getline(in, line)) {
-    absl::string_view token = absl::StripAsciiWhitespace(line);
-    if (token.empty() || token[0] == '#') continue;
-    return std::string(token);
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("--admin_token_file: ", path, " holds no token"));
-}
-
 absl::Status Run() {
   const std::string path = absl::GetFlag(FLAGS_checkpoint);
   if (path.empty()) {
@@ -93,8 +71,15 @@ absl::Status Run() {
   MOE_ASSIGN_OR_RETURN(std::vector<std::string> addresses,
                        server::WorkerAddressesFromFlags());
   balancer::WorkerAdminOptions admin;
-  MOE_ASSIGN_OR_RETURN(admin.admin_token,
-                       ReadAdminToken(absl::GetFlag(FLAGS_admin_token_file)));
+  const std::string token_file = absl::GetFlag(FLAGS_admin_token_file);
+  if (token_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--admin_token_file is required: workers refuse placement changes "
+        "without their admin token");
+  }
+  MOE_ASSIGN_OR_RETURN(
+      admin.admin_token,
+      common::ReadFirstToken(token_file, "--admin_token_file"));
   MOE_ASSIGN_OR_RETURN(
       admin.credentials,
       proto::MakeChannelCredentials(server::WorkerTlsFilesFromFlags()));

@@ -27,12 +27,6 @@ bool Subset(const common::ExpertSet& a, const common::ExpertSet& b) {
 
 }  // namespace
 
-int64_t ExpertParameters(const common::LayerSpec& layer) {
-  const int64_t h = layer.config.expert_hidden();
-  const int64_t d = layer.config.dim;
-  return 3 * h * d + 3 * h + d;
-}
-
 std::unique_ptr<ExpertPlacement> ExpertPlacement::Fixed(
     const common::ModelSpec& spec, const ExpertShard* shard) {
   std::unique_ptr<ExpertPlacement> p(new ExpertPlacement(spec, nullptr, 0));
@@ -79,7 +73,7 @@ int64_t ExpertPlacement::EstimateBytes(const common::ExpertSet& experts) const {
   const Snapshot now = Current();
   int64_t loaded_params = 0;
   for (const common::ExpertKey& key : now.shard->experts().keys()) {
-    loaded_params += ExpertParameters(spec_.layers[key.layer]);
+    loaded_params += spec_.layers[key.layer].config.expert_parameters();
   }
   const double per_param =
       loaded_params > 0
@@ -87,7 +81,7 @@ int64_t ExpertPlacement::EstimateBytes(const common::ExpertSet& experts) const {
           : 4.0;
   int64_t params = 0;
   for (const common::ExpertKey& key : experts.keys()) {
-    params += ExpertParameters(spec_.layers[key.layer]);
+    params += spec_.layers[key.layer].config.expert_parameters();
   }
   return static_cast<int64_t>(params * per_param + 0.5);
 }

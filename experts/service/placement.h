@@ -38,10 +38,6 @@ namespace moe::experts {
 using ExpertLoader = std::function<absl::StatusOr<std::unique_ptr<ExpertShard>>(
     const common::ExpertSet& experts)>;
 
-// Parameters of one expert of `layer`: 3 h d + 3 h + d (the GEGLU's two
-// linears, their biases and the multiplicative bias).
-int64_t ExpertParameters(const common::LayerSpec& layer);
-
 class ExpertPlacement {
  public:
   struct Snapshot {

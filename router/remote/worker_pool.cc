@@ -250,12 +250,10 @@ common::ExpertSet WorkerPool::UncoveredLocked() const {
   return missing;
 }
 
-int WorkerPool::Choose(common::ExpertKey key, const std::set<int>& exclude,
-                       uint64_t turn) const {
+void WorkerPool::ForEachHost(common::ExpertKey key,
+                             const std::set<int>& exclude, uint64_t turn,
+                             absl::FunctionRef<void(const Host&)> visit) const {
   absl::MutexLock lock(&mu_);
-  int best = -1;
-  int64_t best_load = 0;
-  bool best_leaving = false;
   const int n = size();
   // Equals: the first from worker `turn` on.
   const int first = n == 0 ? 0 : static_cast<int>(turn % n);
@@ -264,48 +262,30 @@ int WorkerPool::Choose(common::ExpertKey key, const std::set<int>& exclude,
     const View& v = views_[i];
     if (v.state != WorkerState::kUp || exclude.count(i) != 0) continue;
     if (!v.experts.Contains(key)) continue;
-    const int64_t load = workers_[i]->inflight.load();
-    if (best < 0 || (best_leaving && !v.leaving) ||
-        (best_leaving == v.leaving && load < best_load)) {
-      best = i;
-      best_load = load;
-      best_leaving = v.leaving;
-    }
+    visit({v.leaving, workers_[i]->inflight.load(), k, i});
   }
-  return best;
+}
+
+int WorkerPool::Choose(common::ExpertKey key, const std::set<int>& exclude,
+                       uint64_t turn) const {
+  Host best{false, 0, 0, -1};
+  ForEachHost(key, exclude, turn, [&](const Host& h) {
+    if (best.worker < 0 || h.Before(best)) best = h;
+  });
+  return best.worker;
 }
 
 std::vector<int> WorkerPool::Replicas(common::ExpertKey key,
                                       const std::set<int>& exclude,
                                       uint64_t turn) const {
-  struct Candidate {
-    bool leaving;
-    int64_t load;
-    int order;
-    int worker;
-  };
-  std::vector<Candidate> found;
-  {
-    absl::MutexLock lock(&mu_);
-    const int n = size();
-    const int first = n == 0 ? 0 : static_cast<int>(turn % n);
-    for (int k = 0; k < n; ++k) {
-      const int i = (first + k) % n;
-      const View& v = views_[i];
-      if (v.state != WorkerState::kUp || exclude.count(i) != 0) continue;
-      if (!v.experts.Contains(key)) continue;
-      found.push_back({v.leaving, workers_[i]->inflight.load(), k, i});
-    }
-  }
+  std::vector<Host> found;
+  ForEachHost(key, exclude, turn, [&](const Host& h) { found.push_back(h); });
   std::sort(found.begin(), found.end(),
-            [](const Candidate& a, const Candidate& b) {
-              return std::tie(a.leaving, a.load, a.order) <
-                     std::tie(b.leaving, b.load, b.order);
-            });
+            [](const Host& a, const Host& b) { return a.Before(b); });
   std::vector<int> out;
-  for (const Candidate& c : found) {
-    if (c.leaving && !out.empty()) break;
-    out.push_back(c.worker);
+  for (const Host& h : found) {
+    if (h.leaving && !out.empty()) break;
+    out.push_back(h.worker);
   }
   return out;
 }

@@ -32,9 +32,11 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -171,6 +173,25 @@ class WorkerPool {
     int64_t generation = 0;
     bool leaving = false;
   };
+
+  // A healthy worker hosting an expert, as Choose() and Replicas() rank it:
+  // staying before leaving, then fewer calls in flight, then scan order.
+  struct Host {
+    bool leaving;
+    int64_t load;
+    int order;  // from worker `turn` on
+    int worker;
+    bool Before(const Host& o) const {
+      return std::tie(leaving, load, order) <
+             std::tie(o.leaving, o.load, o.order);
+    }
+  };
+  // Every healthy worker hosting `key`, not in `exclude`, scanned from
+  // worker `turn` % size() on.
+  void ForEachHost(common::ExpertKey key, const std::set<int>& exclude,
+                   uint64_t turn,
+                   absl::FunctionRef<void(const Host&)> visit) const
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   void ProbeLoop();
   void Probe(int worker);

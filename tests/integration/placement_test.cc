@@ -445,7 +445,7 @@ TEST(PlacementTest, WorkersBehindOneNameJoinAndLeave) {
   const std::string name = "moe-workers.test";
   WriteInPlace(hosts, "127.0.0.1 localhost\n127.0.0.2 " + name +
                           "\n127.0.0.3 " + name + "\n");
-  auto reserved = Deployment(path, {"x"}).ReserveWorkerPort(0);
+  auto reserved = testing::FreeLoopbackPort();
   ASSERT_TRUE(reserved.ok());
   const std::string port = absl::StrCat(*reserved);
   std::vector<std::unique_ptr<testing::Process>> workers;

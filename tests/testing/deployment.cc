@@ -101,6 +101,12 @@ absl::Status Deployment::StartWorker(int i, int port) {
 }
 
 absl::StatusOr<int> Deployment::ReserveWorkerPort(int i) {
+  absl::StatusOr<int> port = FreeLoopbackPort();
+  if (port.ok()) worker_ports_[i] = *port;
+  return port;
+}
+
+absl::StatusOr<int> FreeLoopbackPort() {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return absl::InternalError("socket() failed");
   sockaddr_in addr{};
@@ -114,8 +120,7 @@ absl::StatusOr<int> Deployment::ReserveWorkerPort(int i) {
     return absl::InternalError("no free loopback port");
   }
   ::close(fd);
-  worker_ports_[i] = ntohs(addr.sin_port);
-  return worker_ports_[i];
+  return static_cast<int>(ntohs(addr.sin_port));
 }
 
 std::string Deployment::worker_address(int i) const {

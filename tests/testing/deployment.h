@@ -31,6 +31,9 @@ std::unique_ptr<Process> StartProcess(std::vector<std::string> argv,
 absl::StatusOr<int> WaitForPortFile(const std::string& path,
                                     absl::Duration timeout, Process* process);
 
+// A loopback port free now (bound and released).
+absl::StatusOr<int> FreeLoopbackPort();
+
 // Waits until `address` answers health SERVING (through `options`' TLS).
 absl::Status WaitServing(const std::string& address, absl::Duration timeout,
                          const client::ClientOptions& options = {});

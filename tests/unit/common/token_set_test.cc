@@ -59,6 +59,22 @@ TEST(TokenSetTest, ReloadsWhenTheFileChangesAndKeepsTokensOfABadFile) {
   EXPECT_EQ((*tokens)->Check("Bearer new"), Verdict::kAccepted);
 }
 
+// What a caller sends (moe-balancer's admin token): the file's first token,
+// in the same format the servers read.
+TEST(TokenSetTest, ReadFirstTokenSkipsCommentsAndBlankLines) {
+  const std::string path = testing::TempDir() + "/tokens-first";
+  Write(path, "# the admin token\n\n  first  \nsecond\n");
+  auto token = ReadFirstToken(path, "--admin_token_file");
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_EQ(*token, "first");
+  Write(path, "# nothing\n\n");
+  EXPECT_NE(ReadFirstToken(path, "--admin_token_file")
+                .status()
+                .message()
+                .find("--admin_token_file: " + path + " holds no token"),
+            std::string::npos);
+}
+
 TEST(TokenSetTest, AnUnreadableOrEmptyFileIsAnErrorAtStart) {
   EXPECT_EQ(TokenSet::FromFile(testing::TempDir() + "/nope").status().code(),
             absl::StatusCode::kInvalidArgument);
