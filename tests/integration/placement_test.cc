@@ -29,6 +29,8 @@
 #include "client/router_client.h"
 #include "common/checkpoint.h"
 #include "common/expert_set.h"
+#include "common/safetensors.h"
+#include "common/torch/torch_convert.h"
 #include "moe/v1/expert.grpc.pb.h"
 #include "testing/deployment.h"
 #include "testing/golden.h"
@@ -250,6 +252,31 @@ TEST(PlacementTest, AReplicatedExpertsRowsAreSplitAmongItsCopies) {
   }
   EXPECT_EQ(::pclose(pipe), 0) << info;
   EXPECT_TRUE(absl::StrContains(info, "replicas: 2 copies [0-3]")) << info;
+  // moe-client bench --input sends the file's rows (here x[0], 4 times):
+  // expert 0 runs exactly 4 x its assignments of x[0] more.
+  const std::string x_path = testing::TempDir() + "/bench-x.safetensors";
+  common::SafetensorsWriter writer;
+  auto x = common::FromTorch(in.x[0].contiguous());
+  ASSERT_TRUE(x.ok());
+  ASSERT_TRUE(writer.Add("x", *x).ok());
+  ASSERT_TRUE(writer.WriteFile(x_path).ok());
+  const std::string json = testing::TempDir() + "/bench.json";
+  std::string out;
+  ASSERT_EQ(testing::RunProcess(
+                {testing::BinaryPath("moe-client"), "bench",
+                 "--target=" + d.router_address(), "--input=" + x_path,
+                 "--requests=4", "--policy=all", "--json_out=" + json},
+                &out),
+            0)
+      << out;
+  std::ifstream bench_json(json);
+  const std::string report((std::istreambuf_iterator<char>(bench_json)),
+                           std::istreambuf_iterator<char>());
+  EXPECT_TRUE(absl::StrContains(report, "\"shape\": [1, 256, 16]")) << report;
+  EXPECT_TRUE(absl::StrContains(report, "\"errors\": 0")) << report;
+  EXPECT_EQ(TokensRun(Info(d.worker_address(0)), 0) +
+                TokensRun(Info(d.worker_address(1)), 0),
+            5 * in.expected[0].plan.count(0));
 }
 
 TEST(PlacementTest, ARebalanceUnderASkewedLoadLosesNoAnswer) {
