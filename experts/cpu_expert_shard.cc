@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/dtype.h"
 #include "common/status_macros.h"
 #include "common/torch/torch_convert.h"
 #include "experts/geglu.h"
@@ -43,7 +44,11 @@ CpuExpertShard::CpuExpertShard(
       weight_bytes_(weight_bytes),
       compute_(compute),
       threads_(threads),
-      max_rows_per_run_(max_rows_per_run) {}
+      max_rows_per_run_(max_rows_per_run) {
+  if (compute_ == common::DType::kFloat32) {
+    for (const auto& [key, w] : experts_) skinny_[key] = SkinnyWeights(w);
+  }
+}
 
 absl::StatusOr<std::unique_ptr<CpuExpertShard>> CpuExpertShard::Create(
     std::map<common::ExpertKey, common::ExpertWeights> experts,
@@ -125,10 +130,58 @@ void CpuExpertShard::ReturnScratch(Scratch s) const {
   scratch_.push_back(std::move(s));
 }
 
+bool CpuExpertShard::RunsSkinny(
+    absl::Span<const common::ExpertSegment> segments) const {
+  if (skinny_.empty() || !SkinnyLinearAvailable()) return false;
+  for (const common::ExpertSegment& s : segments) {
+    if (s.count > kSkinnyMaxRows) return false;
+  }
+  return true;
+}
+
+void CpuExpertShard::RunSkinny(const TokenRows& tokens,
+                               absl::Span<const common::ExpertSegment> segments,
+                               float* out, RunStats* stats) const {
+  // Kept per thread between calls (small: at most kSkinnyMaxRows rows of
+  // [2h] per segment; tokens converted only when they arrive in 16 bits).
+  thread_local std::vector<float> converted, hidden;
+  const float* x = static_cast<const float*>(tokens.data);
+  if (tokens.dtype != common::DType::kFloat32) {
+    converted.resize(static_cast<size_t>(tokens.rows * dim_));
+    common::ConvertToFloat32(tokens.dtype, tokens.data, tokens.rows * dim_,
+                             converted.data());
+    x = converted.data();
+  }
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const common::ExpertSegment& s = segments[i];
+    if (s.count == 0) continue;
+    const auto start = std::chrono::steady_clock::now();
+    const SkinnyExpert& e = skinny_.at(s.key);
+    hidden.resize(
+        std::max(hidden.size(), static_cast<size_t>(s.count * 2 * e.hidden)));
+    SkinnyGeglu(e, x + s.offset * dim_, s.count, hidden.data(),
+                out + s.offset * dim_);
+    if (stats != nullptr) {
+      const double seconds = std::chrono::duration<double>(
+                                 std::chrono::steady_clock::now() - start)
+                                 .count();
+      stats->segment_seconds[i] = seconds;
+      stats->compute_seconds += seconds;
+    }
+  }
+  if (converted.capacity() > (size_t{1} << 20)) {
+    std::vector<float>().swap(converted);  // not kept past 4 MiB
+  }
+}
+
 absl::Status CpuExpertShard::RunChecked(
     const TokenRows& tokens, absl::Span<const common::ExpertSegment> segments,
     float* out, RunStats* stats) const {
   if (tokens.rows == 0) return absl::OkStatus();
+  if (RunsSkinny(segments)) {
+    RunSkinny(tokens, segments, out, stats);
+    return absl::OkStatus();
+  }
   return common::TorchCall("expert forward", [&] {
     c10::InferenceMode guard;
     common::UseIntraOpThreads(threads_);

@@ -23,6 +23,7 @@
 #include "common/expert_segment.h"
 #include "common/torch/model_weights.h"
 #include "experts/expert_shard.h"
+#include "experts/skinny_linear.h"
 
 namespace moe::experts {
 
@@ -77,7 +78,18 @@ class CpuExpertShard final : public ExpertShard {
   Scratch TakeScratch() const;
   void ReturnScratch(Scratch s) const;
 
+  // float32 compute, every segment at most kSkinnyMaxRows rows, on a CPU
+  // with the skinny kernel: the whole call without LibTorch (SkinnyGeglu on
+  // the weights' raw arrays): a decode-sized call's LibTorch operators cost
+  // several times its arithmetic.
+  bool RunsSkinny(absl::Span<const common::ExpertSegment> segments) const;
+  void RunSkinny(const TokenRows& tokens,
+                 absl::Span<const common::ExpertSegment> segments, float* out,
+                 RunStats* stats) const;
+
   const std::map<common::ExpertKey, common::ExpertWeights> experts_;
+  // float32 compute: the same weights as raw arrays (empty for bfloat16).
+  std::map<common::ExpertKey, SkinnyExpert> skinny_;
   const int64_t dim_;
   const int64_t weight_bytes_;
   const common::DType compute_;

@@ -15,7 +15,8 @@ bool UseSkinny(const common::ExpertWeights& w, const at::Tensor& x,
     return false;
   }
   if (!SkinnyLinearAvailable()) return false;
-  for (const at::Tensor* t : {&x, &out, &w.w1, &w.b1, &w.w2, &w.b2}) {
+  for (const at::Tensor* t :
+       {&x, &out, &w.w1, &w.b1, &w.mult_bias, &w.w2, &w.b2}) {
     if (t->scalar_type() != at::kFloat || !t->is_contiguous() ||
         !t->device().is_cpu()) {
       return false;
@@ -25,6 +26,18 @@ bool UseSkinny(const common::ExpertWeights& w, const at::Tensor& x,
 }
 
 }  // namespace
+
+SkinnyExpert SkinnyWeights(const common::ExpertWeights& w) {
+  SkinnyExpert e;
+  e.w1 = w.w1.data_ptr<float>();
+  e.b1 = w.b1.data_ptr<float>();
+  e.mult = w.mult_bias.data_ptr<float>();
+  e.w2 = w.w2.data_ptr<float>();
+  e.b2 = w.b2.data_ptr<float>();
+  e.dim = w.w1.size(1);
+  e.hidden = w.mult_bias.numel();
+  return e;
+}
 
 void GegluForwardInto(const common::ExpertWeights& w, const at::Tensor& x,
                       at::Tensor& hidden, at::Tensor out, GegluPath path) {
@@ -38,6 +51,11 @@ void GegluForwardInto(const common::ExpertWeights& w, const at::Tensor& x,
     while (rows < tokens) rows *= 2;
     hidden = at::empty({rows * two_h}, x.options());
   }
+  if (UseSkinny(w, x, out, path)) {
+    SkinnyGeglu(SkinnyWeights(w), x.data_ptr<float>(), tokens,
+                hidden.data_ptr<float>(), out.data_ptr<float>());
+    return;
+  }
   // The value and the gate halves of u = x·W1ᵀ + b1 as two contiguous
   // [T, h] blocks (two GEMMs), not the two column halves of one [T, 2h]:
   // LibTorch's vectorised GELU and products need contiguous operands (on a
@@ -45,30 +63,12 @@ void GegluForwardInto(const common::ExpertWeights& w, const at::Tensor& x,
   // fastest path. Each element is the same dot product either way.
   at::Tensor value = hidden.narrow(0, 0, tokens * h).view({tokens, h});
   at::Tensor gate = hidden.narrow(0, tokens * h, tokens * h).view({tokens, h});
-  const bool skinny = UseSkinny(w, x, out, path);
-  const int64_t d = x.size(1);
-  if (skinny) {
-    // W1's value rows then its gate rows: one pass over W1 in memory order.
-    const float* w1 = w.w1.data_ptr<float>();
-    const float* b1 = w.b1.data_ptr<float>();
-    SkinnyLinear(x.data_ptr<float>(), tokens, d, w1, b1, h,
-                 value.data_ptr<float>(), h);
-    SkinnyLinear(x.data_ptr<float>(), tokens, d, w1 + h * d, b1 + h, h,
-                 gate.data_ptr<float>(), h);
-  } else {
-    at::addmm_out(value, w.b1.narrow(0, 0, h), x, w.w1.narrow(0, 0, h).t());
-    at::addmm_out(gate, w.b1.narrow(0, h, h), x, w.w1.narrow(0, h, h).t());
-  }
+  at::addmm_out(value, w.b1.narrow(0, 0, h), x, w.w1.narrow(0, 0, h).t());
+  at::addmm_out(gate, w.b1.narrow(0, h, h), x, w.w1.narrow(0, h, h).t());
   // Same order as the reference: (gelu(gate) * value) * mult_bias, in place
   // in the gate block (no temporary).
   at::Tensor v = at::gelu_(gate).mul_(value).mul_(w.mult_bias);
-  if (skinny) {
-    SkinnyLinear(v.data_ptr<float>(), tokens, h, w.w2.data_ptr<float>(),
-                 w.b2.data_ptr<float>(), w.w2.size(0), out.data_ptr<float>(),
-                 w.w2.size(0));
-  } else {
-    at::addmm_out(out, w.b2, v, w.w2.t());
-  }
+  at::addmm_out(out, w.b2, v, w.w2.t());
 }
 
 at::Tensor GegluForward(const common::ExpertWeights& w, const at::Tensor& x) {

@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "common/torch/model_weights.h"
+#include "experts/skinny_linear.h"
 
 namespace moe::experts {
 
@@ -25,11 +26,16 @@ enum class GegluPath { kAuto, kGemm, kSkinny };
 // for bfloat16 compute). Writes [T, d] into `out`, which must be a
 // contiguous [T, d] tensor of that dtype (it may be a row slice of a larger
 // buffer). `hidden` is scratch of at least [T, 2h] elements; it is
-// resized when smaller. GELU and the products run through LibTorch on
-// either path, so the paths differ only in the order of the GEMMs' sums.
+// resized when smaller. The skinny path runs wholly without LibTorch
+// (SkinnyGeglu: its own GELU, experts/skinny_linear.h); the GEMM path runs
+// GELU and the products through LibTorch. The two agree to float32
+// rounding (the order of the sums, and GELU's erf within 1.5e-7).
 void GegluForwardInto(const common::ExpertWeights& w, const at::Tensor& x,
                       at::Tensor& hidden, at::Tensor out,
                       GegluPath path = GegluPath::kAuto);
+
+// The raw arrays of float32, contiguous, CPU weights (for SkinnyGeglu).
+SkinnyExpert SkinnyWeights(const common::ExpertWeights& w);
 
 // Convenience form that allocates.
 at::Tensor GegluForward(const common::ExpertWeights& w, const at::Tensor& x);

@@ -99,6 +99,77 @@ void TokenBlocks(const float* x, int64_t rows, int64_t k, const float* w,
   }
 }
 
+// exp(x) for x <= 0 (clamped below at -100, where it is 0 in float32):
+// x = n ln2 + r with |r| <= ln2 / 2, e^r by Cephes' expf polynomial, then
+// scaled by 2^n.
+__attribute__((target("avx512f"))) __m512 ExpNonPositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-100.0f));
+  const __m512 n = _mm512_roundscale_ps(
+      _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 r2 = _mm512_mul_ps(r, r);
+  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// (gelu(g) * v) * m, lane by lane.
+__attribute__((target("avx512f"))) __m512 GegluLanes(__m512 g, __m512 v,
+                                                     __m512 m) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 z = _mm512_mul_ps(g, _mm512_set1_ps(0.70710678118654752f));
+  const __m512 a = _mm512_abs_ps(z);
+  const __m512 t =
+      _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), a, one));
+  __m512 poly = _mm512_set1_ps(1.061405429f);
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-1.453152027f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(1.421413741f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-0.284496736f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.254829592f));
+  const __m512 e =
+      ExpNonPositive(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(z, z)));
+  // erf(|z|) = 1 - poly * t * e^(-z^2), then z's sign.
+  const __m512 erf_abs = _mm512_fnmadd_ps(_mm512_mul_ps(poly, t), e, one);
+  const __m512 erf = _mm512_castsi512_ps(_mm512_or_si512(
+      _mm512_castps_si512(erf_abs),
+      _mm512_and_si512(_mm512_castps_si512(z),
+                       _mm512_set1_epi32(static_cast<int>(0x80000000u)))));
+  const __m512 gelu = _mm512_mul_ps(_mm512_mul_ps(g, _mm512_set1_ps(0.5f)),
+                                    _mm512_add_ps(one, erf));
+  return _mm512_mul_ps(_mm512_mul_ps(gelu, v), m);
+}
+
+__attribute__((target("avx512f"))) void GegluActivateAvx512(const float* value,
+                                                            float* gate,
+                                                            const float* mult,
+                                                            int64_t rows,
+                                                            int64_t h) {
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* v = value + t * h;
+    float* g = gate + t * h;
+    int64_t j = 0;
+    for (; j + 16 <= h; j += 16) {
+      _mm512_storeu_ps(
+          g + j, GegluLanes(_mm512_loadu_ps(g + j), _mm512_loadu_ps(v + j),
+                            _mm512_loadu_ps(mult + j)));
+    }
+    if (j < h) {
+      const __mmask16 m = static_cast<__mmask16>((1u << (h - j)) - 1);
+      _mm512_mask_storeu_ps(g + j, m,
+                            GegluLanes(_mm512_maskz_loadu_ps(m, g + j),
+                                       _mm512_maskz_loadu_ps(m, v + j),
+                                       _mm512_maskz_loadu_ps(m, mult + j)));
+    }
+  }
+}
+
 }  // namespace
 
 int BlasThreads() {
@@ -138,6 +209,26 @@ void SkinnyLinear(const float* x, int64_t rows, int64_t k, const float* w,
                      bias == nullptr ? nullptr : bias + j, yc + j, ld_y);
     }
   }
+}
+
+void GegluActivate(const float* value, float* gate, const float* mult,
+                   int64_t rows, int64_t h) {
+  if (rows <= 0 || h <= 0) return;
+  GegluActivateAvx512(value, gate, mult, rows, h);
+}
+
+void SkinnyGeglu(const SkinnyExpert& e, const float* x, int64_t rows,
+                 float* scratch, float* out) {
+  if (rows <= 0) return;
+  const int64_t h = e.hidden, d = e.dim;
+  // The value and the gate halves as two contiguous [rows, h] blocks; W1's
+  // value rows then its gate rows: one pass over W1 in memory order.
+  float* value = scratch;
+  float* gate = scratch + rows * h;
+  SkinnyLinear(x, rows, d, e.w1, e.b1, h, value, h);
+  SkinnyLinear(x, rows, d, e.w1 + h * d, e.b1 + h, h, gate, h);
+  GegluActivate(value, gate, e.mult, rows, h);
+  SkinnyLinear(gate, rows, h, e.w2, e.b2, d, out, d);
 }
 
 }  // namespace moe::experts

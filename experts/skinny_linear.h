@@ -51,4 +51,34 @@ bool SkinnyLinearAvailable();
 void SkinnyLinear(const float* x, int64_t rows, int64_t k, const float* w,
                   const float* bias, int64_t n, float* y, int64_t ld_y);
 
+// For t < rows, j < h: gate[t * h + j] = (gelu(gate[t * h + j]) *
+// value[t * h + j]) * mult[j], the GEGLU activation in the reference's order
+// (docs/numerics.md §9.1). gelu is the exact, erf-based one: x * 0.5 * (1 +
+// erf(x / sqrt(2))), with erf from Abramowitz and Stegun 7.1.26 (absolute
+// error <= 1.5e-7, the formula LibTorch's vectorised CPU erf uses) and exp
+// by range reduction and a degree-6 polynomial (within 2 ulp).
+// REQUIRES: SkinnyLinearAvailable().
+void GegluActivate(const float* value, float* gate, const float* mult,
+                   int64_t rows, int64_t h);
+
+// One GEGLU expert's float32 weights as raw arrays (row-major, as in the
+// checkpoint): w1 [2h, dim] (the value rows, then the gate rows), b1 [2h],
+// mult [h], w2 [dim, h], b2 [dim].
+struct SkinnyExpert {
+  const float* w1 = nullptr;
+  const float* b1 = nullptr;
+  const float* mult = nullptr;
+  const float* w2 = nullptr;
+  const float* b2 = nullptr;
+  int64_t dim = 0;
+  int64_t hidden = 0;
+};
+
+// The whole expert on `rows` rows of x ([rows, dim]) into out ([rows, dim]),
+// without LibTorch: the two halves of x·W1ᵀ + b1 into `scratch` (at least
+// rows * 2 * hidden floats), GegluActivate, then ·W2ᵀ + b2.
+// REQUIRES: SkinnyLinearAvailable(); out does not overlap x or scratch.
+void SkinnyGeglu(const SkinnyExpert& e, const float* x, int64_t rows,
+                 float* scratch, float* out);
+
 }  // namespace moe::experts

@@ -153,6 +153,37 @@ TEST(ExpertShardTest, RunsEachSegmentThroughItsExpert) {
                    GegluForward(e2, half.to(at::kFloat).narrow(0, 0, 2))));
 }
 
+// A call whose segments all have at most kSkinnyMaxRows rows runs without
+// LibTorch (the skinny kernel and its own GELU); it agrees with LibTorch's
+// GEMMs and GELU to float32 rounding, and a small segment gives the same
+// bits whether its call runs that way or through LibTorch because another
+// segment is large.
+TEST(ExpertShardTest, SmallCallsWithoutLibTorchAgreeWithTheGemmPath) {
+  std::map<common::ExpertKey, common::ExpertWeights> experts;
+  experts[{0, 0}] = RandomExpert(64, 256, 11);
+  experts[{0, 1}] = RandomExpert(64, 256, 12);
+  const common::ExpertWeights e0 = experts[{0, 0}];
+  auto shard = CpuExpertShard::Create(experts);
+  ASSERT_TRUE(shard.ok()) << shard.status();
+  at::Tensor tokens = at::randn({45, 64});
+  at::Tensor small = at::zeros({45, 64}), mixed = at::zeros({45, 64});
+  ASSERT_TRUE((*shard)
+                  ->Run({common::DType::kFloat32, tokens.data_ptr(), 45},
+                        {{{0, 0}, 0, 5}}, small.data_ptr<float>())
+                  .ok());
+  ASSERT_TRUE((*shard)
+                  ->Run({common::DType::kFloat32, tokens.data_ptr(), 45},
+                        {{{0, 0}, 0, 5}, {{0, 1}, 5, 40}},
+                        mixed.data_ptr<float>())
+                  .ok());
+  at::Tensor gemm = at::empty({5, 64}), hidden;
+  GegluForwardInto(e0, tokens.narrow(0, 0, 5), hidden, gemm, GegluPath::kGemm);
+  const double scale = std::max(1.0, gemm.abs().max().item<double>());
+  EXPECT_LE((small.narrow(0, 0, 5) - gemm).abs().max().item<double>(),
+            1e-5 * scale);
+  EXPECT_TRUE(at::equal(small.narrow(0, 0, 5), mixed.narrow(0, 0, 5)));
+}
+
 TEST(ExpertShardTest, RejectsUnknownExpertsAndRowsOutsideTheBlock) {
   std::map<common::ExpertKey, common::ExpertWeights> experts;
   experts[{0, 0}] = RandomExpert(4, 3, 5);
