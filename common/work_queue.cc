@@ -43,6 +43,27 @@ bool WorkQueue::TrySubmit(std::function<void()> task) {
   return true;
 }
 
+bool WorkQueue::TryRunHere(absl::FunctionRef<void()> task) {
+  Idle* borrowed = nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_ || !tasks_.empty() || idle_.empty()) return false;
+    // Taken off the stack without waking it: it stays in its Await.
+    borrowed = idle_.back();
+    idle_.pop_back();
+    ++running_;
+  }
+  task();
+  absl::MutexLock lock(&mu_);
+  --running_;
+  if (stopping_ || !tasks_.empty()) {
+    borrowed->woken = true;  // runs what arrived meanwhile, or exits
+  } else {
+    idle_.push_back(borrowed);
+  }
+  return true;
+}
+
 size_t WorkQueue::load() const {
   absl::MutexLock lock(&mu_);
   return tasks_.size() + running_;

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/synchronization/mutex.h"
 
 namespace moe::common {
@@ -35,6 +36,13 @@ class WorkQueue {
   // Queues `task`; false (and the task is dropped) when the queue is full or
   // stopping.
   bool TrySubmit(std::function<void()> task);
+
+  // Runs `task` on the calling thread, now, when nothing waits and a thread
+  // of the pool is parked: that thread stays parked until the task ends
+  // (it is counted as running), so no more than `threads` tasks ever run at
+  // once and none that waited is overtaken. False, and nothing run,
+  // otherwise. For work too small to be worth a hand-off between threads.
+  bool TryRunHere(absl::FunctionRef<void()> task);
 
   // Tasks waiting plus tasks running.
   size_t load() const;

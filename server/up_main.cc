@@ -55,6 +55,11 @@ ABSL_FLAG(int64_t, inline_max_tokens, 0,
           "Passed to moe-router (experimental): forwards up to this many "
           "tokens run on the gRPC thread that received them while the router "
           "is idle (0, the default: never).");
+ABSL_FLAG(int64_t, worker_inline_max_request_kib, -1,
+          "Passed to the workers as --inline_max_request_kib when >= 0: "
+          "calls up to this many KiB run on the gRPC thread that received "
+          "them while the worker is idle (0: never; -1, the default: the "
+          "workers' own default, 64).");
 ABSL_FLAG(int64_t, max_tokens_per_request, 65536,
           "Passed to moe-router; the workers get twice as many rows per call "
           "(--max_tokens_per_call).");
@@ -139,6 +144,11 @@ absl::StatusOr<server::LocalDeploymentOptions> OptionsFromFlags() {
       absl::StrCat("--reflection=", absl::GetFlag(FLAGS_reflection)),
       absl::StrCat("--warmup=", absl::GetFlag(FLAGS_warmup))};
   o.worker_flags = {"--compute_dtype=" + absl::GetFlag(FLAGS_compute_dtype)};
+  if (absl::GetFlag(FLAGS_worker_inline_max_request_kib) >= 0) {
+    o.worker_flags.push_back(
+        absl::StrCat("--inline_max_request_kib=",
+                     absl::GetFlag(FLAGS_worker_inline_max_request_kib)));
+  }
   o.router_flags = {
       "--on_expert_failure=" + absl::GetFlag(FLAGS_on_expert_failure),
       "--wire_dtype=" + absl::GetFlag(FLAGS_wire_dtype),

@@ -59,6 +59,12 @@ ABSL_FLAG(int, gpu_streams, 2,
           "its own workspace for --max_tokens_per_call rows.");
 ABSL_FLAG(int, compute_threads, 1,
           "Threads running expert calls (each GEMM is already parallel).");
+ABSL_FLAG(int64_t, inline_max_request_kib, 64,
+          "A call of at most this many KiB (a decode step's: 1 x 32 tokens "
+          "of dim 512 in float32 send each worker about 32 KiB) runs on the "
+          "gRPC thread that received it when the compute threads are idle, "
+          "one such call at a time: no hand-off to a compute thread and "
+          "back. 0: every call is handed off.");
 ABSL_FLAG(int64_t, max_tokens_per_call, 131072,
           "Largest token rows of one call; the message size limit follows "
           "from it (moe-up passes 2 x the router's max_tokens_per_request).");
@@ -165,6 +171,8 @@ absl::Status Run(const ShardFactory& make_shard) {
   options.compute_threads = absl::GetFlag(FLAGS_compute_threads);
   options.max_queued = MaxQueuedFromFlags();
   options.max_tokens_per_call = absl::GetFlag(FLAGS_max_tokens_per_call);
+  options.inline_max_request_bytes =
+      absl::GetFlag(FLAGS_inline_max_request_kib) * 1024;
   MOE_RETURN_IF_ERROR(options.Validate());
   // Certificates are checked before the (slow) weights are loaded.
   ServerOptions server_options;

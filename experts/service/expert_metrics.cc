@@ -75,6 +75,14 @@ ExpertMetrics::ExpertMetrics(prometheus::Registry& registry,
                        .Help("Bytes of expert weights this worker holds.")
                        .Register(registry)
                        .Add({});
+  inline_ = &prometheus::BuildCounter()
+                 .Name("moe_expert_inline_calls_total")
+                 .Help(
+                     "RunExperts calls that ran on the gRPC thread that "
+                     "received them (at most --inline_max_request_kib, "
+                     "arriving while the compute threads were idle).")
+                 .Register(registry)
+                 .Add({});
 }
 
 void ExpertMetrics::Host(const common::ExpertSet& hosted) {

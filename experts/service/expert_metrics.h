@@ -57,6 +57,8 @@ class ExpertMetrics {
   void RecordSegment(common::ExpertKey key, int64_t tokens, double seconds);
   void AddInflight(int delta);
   void SetReady(bool ready);
+  // A call ran on the gRPC thread that received it (--inline_max_request_kib).
+  void RecordInline() { inline_->Increment(); }
 
  private:
   struct PerExpert {
@@ -78,6 +80,7 @@ class ExpertMetrics {
   prometheus::Gauge& ready_;
   prometheus::Gauge* generation_;
   prometheus::Gauge* weight_bytes_;
+  prometheus::Counter* inline_;
 };
 
 }  // namespace moe::experts

@@ -43,6 +43,9 @@ absl::Status ExpertServiceOptions::Validate() const {
   if (max_tokens_per_call < 1) {
     return absl::InvalidArgumentError("--max_tokens_per_call must be >= 1");
   }
+  if (inline_max_request_bytes < 0) {
+    return absl::InvalidArgumentError("--inline_max_request_kib must be >= 0");
+  }
   return absl::OkStatus();
 }
 
@@ -265,23 +268,33 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
     metrics_.AddInflight(-1);
     reactor->Finish(proto::ToGrpcStatus(status));
   };
-  const bool queued =
-      queue_->TrySubmit([this, context, request, response, finish] {
-        absl::Status status;
-        if (context->IsCancelled()) {
-          status = absl::CancelledError("cancelled before it ran");
-        } else {
-          status = Run(*request, response);
-        }
-        static common::LogRateLimiter failures(kFailureLogsPerSecond);
-        int64_t suppressed = 0;
-        if (!status.ok() && !absl::IsCancelled(status) &&
-            failures.Allow(&suppressed)) {
-          MOE_LOG(WARNING) << "RunExperts from " << context->peer() << ": "
-                           << status << common::SuppressedNote(suppressed);
-        }
-        finish(status);
-      });
+  auto run = [this, context, request, response, finish] {
+    absl::Status status;
+    if (context->IsCancelled()) {
+      status = absl::CancelledError("cancelled before it ran");
+    } else {
+      status = Run(*request, response);
+    }
+    static common::LogRateLimiter failures(kFailureLogsPerSecond);
+    int64_t suppressed = 0;
+    if (!status.ok() && !absl::IsCancelled(status) &&
+        failures.Allow(&suppressed)) {
+      MOE_LOG(WARNING) << "RunExperts from " << context->peer() << ": "
+                       << status << common::SuppressedNote(suppressed);
+    }
+    finish(status);
+  };
+  if (static_cast<int64_t>(request->Length()) <=
+          options_.inline_max_request_bytes &&
+      !inline_running_.exchange(true)) {
+    const bool ran = queue_->TryRunHere(run);
+    inline_running_.store(false);
+    if (ran) {
+      metrics_.RecordInline();
+      return reactor;
+    }
+  }
+  const bool queued = queue_->TrySubmit(std::move(run));
   static common::LogRateLimiter refusals(kFailureLogsPerSecond);
   if (int64_t suppressed = 0; !queued && refusals.Allow(&suppressed)) {
     MOE_LOG(WARNING) << "RunExperts refused: queue full ("

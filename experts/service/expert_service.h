@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/clock.h"
 #include "common/model_spec.h"
 #include "common/token_set.h"
 #include "common/work_queue.h"
@@ -35,6 +36,11 @@ struct ExpertServiceOptions {
   int compute_threads = 1;  // OpenBLAS already parallelises GEMMs.
   size_t max_queued = 64;   // calls waiting beyond the running ones
   int64_t max_tokens_per_call = 1 << 17;  // token rows of one call
+  // A call whose request is at most this many bytes runs on the gRPC
+  // thread that received it when the compute threads are idle (one such
+  // call at a time): a decode-sized call saves the hand-off to a compute
+  // thread and back. 0: every call is handed off.
+  int64_t inline_max_request_bytes = 0;
   // Bearer tokens SetExperts requires (--admin_token_file); none: every
   // SetExperts is refused. Not owned.
   common::TokenSet* admin_tokens = nullptr;
@@ -73,6 +79,9 @@ class ExpertService final
   // stopped taking calls and before it is destroyed; the destructor does it
   // too.
   void Drain() {
+    // A call running on a gRPC thread ends first (it borrows a thread of
+    // queue_).
+    while (inline_running_.load()) absl::SleepFor(absl::Milliseconds(1));
     queue_.reset();
     admin_queue_.reset();
   }
@@ -127,6 +136,7 @@ class ExpertService final
   std::vector<int64_t> layer_offsets_;  // into load_, by layer
   std::unique_ptr<std::atomic<int64_t>[]> load_;
   std::atomic<bool> leaving_{false};
+  std::atomic<bool> inline_running_{false};  // a call on a gRPC thread
   std::unique_ptr<common::WorkQueue> queue_;
   std::unique_ptr<common::WorkQueue> admin_queue_;  // SetExperts' loading
 };

@@ -78,5 +78,59 @@ TEST(WorkQueueTest, RefusesBeyondCapacityAndDrainsOnDestruction) {
   EXPECT_EQ(ran.load(), 3);
 }
 
+// TryRunHere runs on the caller's thread only while nothing waits and a
+// pool thread is parked, and that thread stays out of use meanwhile: with
+// one thread, a task submitted during an inline run waits for it (never two
+// at once), then runs on the pool thread; with the pool busy it refuses.
+TEST(WorkQueueTest, TryRunHereBorrowsAParkedThread) {
+  std::atomic<int> running{0}, most{0};
+  auto count = [&] {
+    const int now = running.fetch_add(1) + 1;
+    int seen = most.load();
+    while (now > seen && !most.compare_exchange_weak(seen, now)) {
+    }
+  };
+  absl::Notification release, submitted_done;
+  WorkQueue queue(1, 8, "test");
+  const std::thread::id caller = std::this_thread::get_id();
+  std::thread::id submitted_on;
+  bool ran = queue.TryRunHere([&] {
+    count();
+    EXPECT_EQ(std::this_thread::get_id(), caller);
+    EXPECT_EQ(queue.load(), 1u);
+    EXPECT_TRUE(queue.TrySubmit([&] {
+      count();
+      submitted_on = std::this_thread::get_id();
+      running.fetch_sub(1);
+      submitted_done.Notify();
+    }));
+    // The submitted task does not start beside this one.
+    absl::SleepFor(absl::Milliseconds(50));
+    EXPECT_FALSE(submitted_done.HasBeenNotified());
+    // Something waits: no second inline run.
+    EXPECT_FALSE(queue.TryRunHere([] { ADD_FAILURE() << "ran inline"; }));
+    running.fetch_sub(1);
+  });
+  EXPECT_TRUE(ran);
+  submitted_done.WaitForNotification();
+  EXPECT_NE(submitted_on, caller);
+  EXPECT_EQ(most.load(), 1);
+  // The pool thread busy: refused.
+  absl::Notification started;
+  ASSERT_TRUE(queue.TrySubmit([&] {
+    started.Notify();
+    release.WaitForNotification();
+  }));
+  started.WaitForNotification();
+  EXPECT_FALSE(queue.TryRunHere([] { ADD_FAILURE() << "ran inline"; }));
+  release.Notify();
+  while (queue.load() != 0) absl::SleepFor(absl::Microseconds(50));
+  // Idle again: runs here, and the queue still works after.
+  EXPECT_TRUE(queue.TryRunHere([] {}));
+  absl::Notification last;
+  ASSERT_TRUE(queue.TrySubmit([&] { last.Notify(); }));
+  last.WaitForNotification();
+}
+
 }  // namespace
 }  // namespace moe::common

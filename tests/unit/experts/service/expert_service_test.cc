@@ -7,6 +7,7 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -277,6 +278,62 @@ TEST_F(ExpertServiceTest, AFullQueueIsResourceExhausted) {
             std::string::npos);
   EXPECT_TRUE(running->status.ok());
   EXPECT_TRUE(queued.status.ok());
+}
+
+// A shard that records the name of the thread that ran it last.
+class ThreadNamingShard final : public testing::ScalingShard {
+ public:
+  using ScalingShard::ScalingShard;
+  std::string last_thread() const {
+    absl::MutexLock lock(&mu_);
+    return last_thread_;
+  }
+
+ protected:
+  absl::Status RunChecked(const TokenRows& tokens,
+                          absl::Span<const common::ExpertSegment> segments,
+                          float* out, RunStats* stats) const override {
+    char name[16] = {};
+    pthread_getname_np(pthread_self(), name, sizeof(name));
+    {
+      absl::MutexLock lock(&mu_);
+      last_thread_ = name;
+    }
+    return ScalingShard::RunChecked(tokens, segments, out, stats);
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  mutable std::string last_thread_ ABSL_GUARDED_BY(mu_);
+};
+
+// With --inline_max_request_kib, a call no larger runs on the gRPC thread
+// that received it (not a compute thread, "moe-expert"), gives the same
+// answer and is counted; a larger one is handed to a compute thread.
+TEST_F(ExpertServiceTest, SmallCallsRunOnTheReceivingThread) {
+  ThreadNamingShard shard(kDim, common::ExpertSet({{1, 2}, {0}}));
+  const Call small({{{0, 1}, 0, 2}});
+  const Call large({{{0, 2}, 0, 40}, {{1, 0}, 40, 9}});
+  ASSERT_LT(small.bytes.Length(), large.bytes.Length());
+  ExpertServiceOptions options;
+  options.inline_max_request_bytes = static_cast<int64_t>(small.bytes.Length());
+  Start(&shard, options);
+  grpc::ByteBuffer bytes;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(Run(small, &bytes).ok());
+    ExpectScaledRows(small, bytes, 2, common::DType::kFloat32);
+    EXPECT_NE(shard.last_thread(), "moe-expert");
+  }
+  ASSERT_TRUE(Run(large, &bytes).ok());
+  ExpectScaledRows(large, bytes, 49, common::DType::kFloat32);
+  EXPECT_EQ(shard.last_thread(), "moe-expert");
+  double inline_calls = -1;
+  for (const auto& family : registry_.Collect()) {
+    if (family.name == "moe_expert_inline_calls_total") {
+      inline_calls = family.metric.at(0).counter.value;
+    }
+  }
+  EXPECT_EQ(inline_calls, 3);
 }
 
 // A loader of ScalingShards that records what it was asked to load.
