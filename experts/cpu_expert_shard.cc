@@ -33,6 +33,17 @@ int64_t RoundUpToPowerOfTwo(int64_t n) {
   return p;
 }
 
+// Segment i's time since `start`, into `stats` (if any).
+void RecordSegment(std::chrono::steady_clock::time_point start, size_t i,
+                   RunStats* stats) {
+  if (stats == nullptr) return;
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
+  stats->segment_seconds[i] = seconds;
+  stats->compute_seconds += seconds;
+}
+
 }  // namespace
 
 CpuExpertShard::CpuExpertShard(
@@ -161,13 +172,7 @@ void CpuExpertShard::RunSkinny(const TokenRows& tokens,
         std::max(hidden.size(), static_cast<size_t>(s.count * 2 * e.hidden)));
     SkinnyGeglu(e, x + s.offset * dim_, s.count, hidden.data(),
                 out + s.offset * dim_);
-    if (stats != nullptr) {
-      const double seconds = std::chrono::duration<double>(
-                                 std::chrono::steady_clock::now() - start)
-                                 .count();
-      stats->segment_seconds[i] = seconds;
-      stats->compute_seconds += seconds;
-    }
+    RecordSegment(start, i, stats);
   }
   if (converted.capacity() > (size_t{1} << 20)) {
     std::vector<float>().swap(converted);  // not kept past 4 MiB
@@ -229,13 +234,7 @@ absl::Status CpuExpertShard::RunChecked(
                          scratch.hidden, result);
         rows.copy_(result);
       }
-      if (stats != nullptr) {
-        const double seconds = std::chrono::duration<double>(
-                                   std::chrono::steady_clock::now() - start)
-                                   .count();
-        stats->segment_seconds[i] = seconds;
-        stats->compute_seconds += seconds;
-      }
+      RecordSegment(start, i, stats);
     }
   });
 }
