@@ -66,6 +66,41 @@ __attribute__((target("avx512f"))) void Block(const float* w, int64_t k,
         acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
     }
   }
+  if constexpr (R * T == 16) {
+    // The 16 sums at once: a tree of shuffles and adds folds the 16
+    // accumulators into one vector (when k is small, e.g. 64, one
+    // horizontal reduction per accumulator cost more than the products).
+    // Lane L of the result holds the sum of accumulator kLane[L].
+    const __m512* v = &acc[0][0];
+    __m512 w[8], x[4], yv[2];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {  // 512 -> 256 bits: v[i] | v[i + 8]
+      w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[i], v[i + 8], 0x44),
+                           _mm512_shuffle_f32x4(v[i], v[i + 8], 0xEE));
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {  // 256 -> 128 bits
+      x[i] = _mm512_add_ps(_mm512_shuffle_f32x4(w[i], w[i + 4], 0x88),
+                           _mm512_shuffle_f32x4(w[i], w[i + 4], 0xDD));
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; ++i) {  // 128 -> 64 bits
+      yv[i] = _mm512_add_ps(_mm512_shuffle_ps(x[i], x[i + 2], 0x44),
+                            _mm512_shuffle_ps(x[i], x[i + 2], 0xEE));
+    }
+    const __m512 z = _mm512_add_ps(_mm512_shuffle_ps(yv[0], yv[1], 0x88),
+                                   _mm512_shuffle_ps(yv[0], yv[1], 0xDD));
+    static constexpr int kLane[16] = {0, 2, 1, 3, 8,  10, 9,  11,
+                                      4, 6, 5, 7, 12, 14, 13, 15};
+    alignas(64) float sums[16];
+    _mm512_store_ps(sums, z);
+#pragma GCC unroll 16
+    for (int l = 0; l < 16; ++l) {
+      const int r = kLane[l] / T, t = kLane[l] % T;
+      y[t * ld_y + r] = (bias == nullptr ? 0.0f : bias[r]) + sums[l];
+    }
+    return;
+  }
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
     const float b = bias == nullptr ? 0.0f : bias[r];
