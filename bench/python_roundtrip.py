@@ -3,13 +3,16 @@
 
   bench/python_roundtrip.py HOST:PORT [--shape 1x32] [--seconds 5] [--json]
 
-Measures, one after the other on one RouterClient (one channel):
+Measures, on one RouterClient (one channel):
   health   grpc.health.v1 Check: grpcio's own unary round trip
   request  forward_request() of a ready-made ForwardRequest (the call alone)
   forward  forward(x): encode x, the call, decode y (what a model calls)
 and prints p50/p99 of each in microseconds (JSON with --json), so that the
 Python client's own cost per call is forward - request, and grpcio's above
-gRPC's C++ floor is health against `moe-client bench --rpc=health`.
+gRPC's C++ floor is health against `moe-client bench --rpc=health`. The
+three take turns in rounds of 50 calls each, so that all three see the
+same moments of a shared machine (measured one after the other, the same
+binaries gave forward - request from +40 to +200 us).
 """
 
 import argparse
@@ -26,16 +29,23 @@ import numpy as np  # noqa: E402
 from moe_client import RouterClient  # noqa: E402
 
 
-def timed(fn, seconds, min_calls=50):
-    """Calls fn back to back for `seconds` (at least min_calls times, at
-    most 200,000); the sorted latencies in microseconds."""
-    out = []
+def timed_in_turns(fns, seconds, per_turn=50, max_calls=200000):
+    """Calls each of fns (name -> function) per_turn times in turn, for
+    `seconds` in all (at least one turn each, at most max_calls calls of
+    each); the sorted latencies in microseconds per name."""
+    out = {name: [] for name in fns}
     end = time.monotonic() + seconds
-    while (time.monotonic() < end or len(out) < min_calls) and len(out) < 200000:
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e6)
-    out.sort()
+    while True:
+        for name, fn in fns.items():
+            us = out[name]
+            for _ in range(per_turn):
+                t0 = time.perf_counter()
+                fn()
+                us.append((time.perf_counter() - t0) * 1e6)
+        if time.monotonic() >= end or len(us) >= max_calls:
+            break
+    for us in out.values():
+        us.sort()
     return out
 
 
@@ -48,7 +58,8 @@ def main():
     ap.add_argument("target")
     ap.add_argument("--shape", default="1x32", help="BxN of x (default 1x32)")
     ap.add_argument("--layer", default="", help="layer name (default: the only one)")
-    ap.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    ap.add_argument("--seconds", type=float, default=5.0,
+                    help="per measurement (they take turns over 3 x this)")
     ap.add_argument("--json", action="store_true", help="print JSON instead")
     args = ap.parse_args()
     try:
@@ -61,12 +72,13 @@ def main():
         request = client.make_request(x, layer=args.layer)
         for _ in range(50):  # warm-up: the channel, the router's estimates
             client.forward(x, layer=args.layer)
-        results = {}
-        for name, fn in (("health", lambda: client.health("")),
-                         ("request", lambda: client.forward_request(request)),
-                         ("forward", lambda: client.forward(x, layer=args.layer))):
-            us = timed(fn, args.seconds)
-            results[name] = {"calls": len(us), "p50_us": pct(us, 0.5), "p99_us": pct(us, 0.99)}
+        measured = timed_in_turns(
+            {"health": lambda: client.health(""),
+             "request": lambda: client.forward_request(request),
+             "forward": lambda: client.forward(x, layer=args.layer)},
+            3 * args.seconds)
+        results = {name: {"calls": len(us), "p50_us": pct(us, 0.5), "p99_us": pct(us, 0.99)}
+                   for name, us in measured.items()}
     results["shape"] = [b, n, dim]
     if args.json:
         print(json.dumps(results))
