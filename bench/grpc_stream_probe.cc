@@ -133,7 +133,17 @@ int Client(const std::string& target, int bytes, int n,
       if (i >= kWarmUp) us.push_back(Since(start));
     }
     Report("stream", us);
-    context.TryCancel();
+    int closed = 0, finished = 0;
+    stream->WritesDone(&closed);
+    Await(cq, &closed);
+    grpc::Status status;
+    stream->Finish(&status, &finished);
+    Await(cq, &finished);
+  }
+  cq.Shutdown();
+  void* tag = nullptr;
+  bool ok = false;
+  while (cq.Next(&tag, &ok)) {
   }
   return 0;
 }

@@ -168,8 +168,8 @@ void CpuExpertShard::RunSkinny(const TokenRows& tokens,
     if (s.count == 0) continue;
     const auto start = std::chrono::steady_clock::now();
     const SkinnyExpert& e = skinny_.at(s.key);
-    hidden.resize(
-        std::max(hidden.size(), static_cast<size_t>(s.count * 2 * e.hidden)));
+    const size_t need = static_cast<size_t>(s.count * 2 * e.hidden);
+    if (hidden.size() < need) hidden.resize(need);
     SkinnyGeglu(e, x + s.offset * dim_, s.count, hidden.data(),
                 out + s.offset * dim_);
     RecordSegment(start, i, stats);
