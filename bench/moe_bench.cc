@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common/allocator.h"
+#include "common/blas_kernels.h"
 #include "common/torch/demo_model.h"
 #include "experts/cpu_expert_shard.h"
 #include "experts/geglu.h"
@@ -268,6 +269,7 @@ BENCHMARK(BM_EngineForward)
 }  // namespace moe
 
 int main(int argc, char** argv) {
+  moe::common::UseOpenBlasKernelsForThisCpu(argv);
   moe::common::TuneAllocatorForReuse();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

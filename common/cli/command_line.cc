@@ -12,6 +12,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/synchronization/mutex.h"
 #include "common/allocator.h"
+#include "common/blas_kernels.h"
 #include "common/logging.h"
 #include "moe_version.h"
 
@@ -87,9 +88,10 @@ void TuneMutexForServing() {
 std::vector<std::string> ParseCommandLine(int argc, char** argv,
                                           const char* program,
                                           const char* usage) {
+  common::SetLogProgramName(program);
+  common::UseOpenBlasKernelsForThisCpu(argv);
   common::TuneAllocatorForReuse();
   TuneMutexForServing();
-  common::SetLogProgramName(program);
   absl::SetProgramUsageMessage(usage);
   std::vector<std::string> args = NormalizeFlagDashes(argc, argv);
   for (size_t i = 1; i < args.size(); ++i) {

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <string>
 
 #include "testing/golden.h"
@@ -174,6 +175,42 @@ TEST(CliTest, DemoCheckpointMakesATwoLevelMoeEitherWay) {
                      "--kind=sparse_moe_block has one level"),
             std::string::npos)
       << log;
+}
+
+// OpenBLAS 0.3.21 takes CPUs newer than itself for a Prescott (SSE3
+// kernels); the binaries that load it restart with the kernels the CPU
+// runs (common/blas_kernels.h). OPENBLAS_VERBOSE=2 makes OpenBLAS print
+// the core it loads for, each time it loads.
+TEST(CliTest, BinariesWithOpenBlasRunTheKernelsTheCpuSupports) {
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) {
+    GTEST_SKIP() << "no AVX2: OpenBLAS has nothing better than SSE3 here";
+  }
+  const char* user_choice = std::getenv("OPENBLAS_CORETYPE");
+  const std::string saved = user_choice != nullptr ? user_choice : "";
+  ::unsetenv("OPENBLAS_CORETYPE");
+  ::setenv("OPENBLAS_VERBOSE", "2", 1);
+  for (const char* name : {"moe-router", "moe-expert", "moe-run"}) {
+    SCOPED_TRACE(name);
+    std::string log;
+    ASSERT_EQ(
+        testing::RunProcess({testing::BinaryPath(name), "--version"}, &log), 0)
+        << log;
+    const size_t last = log.rfind("Core: ");
+    ASSERT_NE(last, std::string::npos) << log;
+    const std::string core =
+        log.substr(last + 6, log.find('\n', last) - last - 6);
+    EXPECT_NE(core, "Prescott") << log;
+    EXPECT_NE(log.find(std::string(name) + " 0.1.0 (git "), std::string::npos)
+        << log;
+    // Restarted only where OpenBLAS fell back, and then said so.
+    EXPECT_EQ(
+        log.find("Core: Prescott") != std::string::npos,
+        log.find("restarted with OPENBLAS_CORETYPE=") != std::string::npos)
+        << log;
+  }
+  ::unsetenv("OPENBLAS_VERBOSE");
+  if (user_choice != nullptr) ::setenv("OPENBLAS_CORETYPE", saved.c_str(), 1);
 }
 
 TEST(CliTest, HelpListsEachBinarysOwnFlagsAndVersionSaysWhatWasBuilt) {

@@ -1,0 +1,69 @@
+#include "common/blas_kernels.h"
+
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/match.h"
+#include "common/logging.h"
+
+namespace moe::common {
+namespace {
+
+// Set in the restarted process's environment: the core OpenBLAS chose
+// before, so that the restarted process can say what happened.
+constexpr char kRestartedFrom[] = "MOE_OPENBLAS_RESTARTED_FROM";
+
+}  // namespace
+
+std::string BetterOpenBlasCore(absl::string_view chosen, bool avx512,
+                               bool avx2_fma) {
+  if (!absl::EqualsIgnoreCase(chosen, "Prescott")) return "";
+  if (avx512) return "SkylakeX";
+  if (avx2_fma) return "Haswell";
+  return "";
+}
+
+void UseOpenBlasKernelsForThisCpu(char** argv) {
+  if (const char* before = std::getenv(kRestartedFrom); before != nullptr) {
+    const char* now = std::getenv("OPENBLAS_CORETYPE");
+    MOE_LOG(INFO) << "OpenBLAS took this CPU for a " << before
+                  << " (SSE3 kernels); restarted with OPENBLAS_CORETYPE="
+                  << (now != nullptr ? now : "")
+                  << " (set OPENBLAS_CORETYPE to choose)";
+    ::unsetenv(kRestartedFrom);
+    return;
+  }
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return;
+  using CoreName = char* (*)();
+  auto core_name =
+      reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  if (core_name == nullptr) return;  // no OpenBLAS in this process
+  const char* chosen = core_name();
+  if (chosen == nullptr) return;
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f") &&
+                      __builtin_cpu_supports("avx512cd") &&
+                      __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("avx512vl");
+  const bool avx2_fma =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const std::string better = BetterOpenBlasCore(chosen, avx512, avx2_fma);
+  if (better.empty()) return;
+  ::setenv("OPENBLAS_CORETYPE", better.c_str(), 1);
+  ::setenv(kRestartedFrom, chosen, 1);
+  ::execv("/proc/self/exe", argv);
+  // Still here: run on the kernels OpenBLAS chose.
+  const int error = errno;
+  ::unsetenv("OPENBLAS_CORETYPE");
+  ::unsetenv(kRestartedFrom);
+  MOE_LOG(WARNING) << "OpenBLAS took this CPU for a " << chosen
+                   << " (SSE3 kernels) and restarting with OPENBLAS_CORETYPE="
+                   << better << " failed: " << std::strerror(error);
+}
+
+}  // namespace moe::common
