@@ -38,6 +38,10 @@ void UseOpenBlasKernelsForThisCpu(char** argv) {
     return;
   }
   if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return;
+  if (const char* off = std::getenv("MOE_NO_OPENBLAS_RESTART");
+      off != nullptr && std::string(off) == "1") {
+    return;
+  }
   using CoreName = char* (*)();
   auto core_name =
       reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
@@ -45,18 +49,23 @@ void UseOpenBlasKernelsForThisCpu(char** argv) {
   const char* chosen = core_name();
   if (chosen == nullptr) return;
   __builtin_cpu_init();
-  const bool avx512 = __builtin_cpu_supports("avx512f") &&
-                      __builtin_cpu_supports("avx512cd") &&
-                      __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512dq") &&
-                      __builtin_cpu_supports("avx512vl");
+  const bool avx512 =
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
+      __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
   const bool avx2_fma =
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const std::string better = BetterOpenBlasCore(chosen, avx512, avx2_fma);
   if (better.empty()) return;
   ::setenv("OPENBLAS_CORETYPE", better.c_str(), 1);
   ::setenv(kRestartedFrom, chosen, 1);
-  ::execv("/proc/self/exe", argv);
+  // The binary's own path, so that the process keeps its name (ps, pgrep,
+  // the kernel's comm); /proc/self/exe where it cannot be read.
+  char path[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", path, sizeof(path) - 1);
+  const bool named = n > 0 && n < static_cast<ssize_t>(sizeof(path)) - 1;
+  if (named) path[n] = '\0';
+  ::execv(named && ::access(path, X_OK) == 0 ? path : "/proc/self/exe", argv);
   // Still here: run on the kernels OpenBLAS chose.
   const int error = errno;
   ::unsetenv("OPENBLAS_CORETYPE");

@@ -24,8 +24,9 @@ std::string BetterOpenBlasCore(absl::string_view chosen, bool avx512,
 // Prescott, restarts the process (the same arguments, /proc/self/exe) with
 // OPENBLAS_CORETYPE set to the better core, and logs it once restarted.
 // Does nothing when OPENBLAS_CORETYPE is already set (the user's choice
-// wins) or when the process has no OpenBLAS. Returns when it did not
-// restart. Call first thing in main(), before any thread starts.
+// wins), when MOE_NO_OPENBLAS_RESTART=1 (to measure it) or when the process
+// has no OpenBLAS. Returns when it did not restart. Call first thing in
+// main(), before any thread starts.
 void UseOpenBlasKernelsForThisCpu(char** argv);
 
 }  // namespace moe::common

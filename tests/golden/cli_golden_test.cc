@@ -3,8 +3,13 @@
 // every binary (--help, --version, errors).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <string>
 
 #include "testing/golden.h"
@@ -210,6 +215,36 @@ TEST(CliTest, BinariesWithOpenBlasRunTheKernelsTheCpuSupports) {
         << log;
   }
   ::unsetenv("OPENBLAS_VERBOSE");
+
+  // A restarted server keeps its name (ps, pgrep, the kernel's comm): a
+  // router waiting for a worker that is not there stays up to be looked at.
+  const std::string log_path = testing::TempDir() + "/named-router.log";
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    FILE* f = std::fopen(log_path.c_str(), "w");
+    if (f != nullptr) ::dup2(fileno(f), STDERR_FILENO);
+    const std::string binary = testing::BinaryPath("moe-router");
+    const std::string checkpoint =
+        "--checkpoint=" + testing::GoldenPath("A_moe_eval_nodrop");
+    ::execl(binary.c_str(), binary.c_str(), checkpoint.c_str(),
+            "--workers=127.0.0.1:1", "--port=0", "--metrics_port=-1",
+            static_cast<char*>(nullptr));
+    std::_Exit(127);
+  }
+  ASSERT_GT(pid, 0);
+  std::string log;
+  for (int i = 0; i < 300 && log.find("warm-up") == std::string::npos; ++i) {
+    ::usleep(100 * 1000);
+    std::ifstream in(log_path);
+    log.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  std::ifstream comm_file("/proc/" + std::to_string(pid) + "/comm");
+  std::string comm;
+  std::getline(comm_file, comm);
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  EXPECT_NE(log.find("warm-up"), std::string::npos) << log;
+  EXPECT_EQ(comm, "moe-router") << log;
   if (user_choice != nullptr) ::setenv("OPENBLAS_CORETYPE", saved.c_str(), 1);
 }
 
