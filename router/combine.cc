@@ -15,7 +15,8 @@ namespace moe::router {
 __attribute__((target_clones("avx512f", "default")))
 #endif
 void CombineRows(const float* out, int64_t count, const int64_t* targets,
-                 const float* weights, int64_t dim, float* y) {
+                 const float* weights, int64_t dim, float* y,
+                 uint8_t* written) {
 #ifdef __clang__
 #pragma clang fp contract(off)
 #endif
@@ -23,7 +24,13 @@ void CombineRows(const float* out, int64_t count, const int64_t* targets,
     const float w = weights[j];
     const float* src = out + j * dim;
     float* dst = y + targets[j] * dim;
-    for (int64_t k = 0; k < dim; ++k) dst[k] += w * src[k];
+    if (written != nullptr && written[targets[j]] == 0) {
+      // 0 + p, not p: a product of -0 gives +0, as on a zeroed row.
+      for (int64_t k = 0; k < dim; ++k) dst[k] = 0.0f + w * src[k];
+      written[targets[j]] = 1;
+    } else {
+      for (int64_t k = 0; k < dim; ++k) dst[k] += w * src[k];
+    }
   }
 }
 

@@ -21,7 +21,7 @@ absl::Status LocalExpertBackend::Run(const ExpertWork& work,
   if (!status.ok()) return status;
   const absl::Time start = absl::Now();
   CombineRows(out.get(), work.rows, work.targets.data(), work.weights.data(),
-              work.dim, work.y);
+              work.dim, work.y, work.y_written);
   report->combine += absl::Now() - start;
   return absl::OkStatus();
 }

@@ -34,6 +34,9 @@ struct ExpertWork {
   absl::Span<const int64_t> targets;
   absl::Span<const float> weights;
   float* y = nullptr;  // [T, dim] float32
+  // [T] flags of the rows of y written so far (CombineRows' `written`): y
+  // starts uninitialised and the engine zeroes the rows left unwritten.
+  uint8_t* y_written = nullptr;
 };
 
 // An expert whose outputs are missing from y (the drop policy), and why.

@@ -32,7 +32,8 @@ void CombineSegment(const BatchTicket& ticket, size_t j,
     const int64_t n = std::min(chunk, s.count - done);
     const float* rows = ticket.OutputRows(j, done, n, scratch);
     CombineRows(rows, n, work.targets.data() + s.offset + done,
-                work.weights.data() + s.offset + done, work.dim, work.y);
+                work.weights.data() + s.offset + done, work.dim, work.y,
+                work.y_written);
   }
 }
 

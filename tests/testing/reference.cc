@@ -39,7 +39,8 @@ class Reference::LosingBackend : public router::ExpertBackend {
     for (const common::ExpertSegment& s : kept) {
       router::CombineRows(out.data() + s.offset * work.dim, s.count,
                           work.targets.data() + s.offset,
-                          work.weights.data() + s.offset, work.dim, work.y);
+                          work.weights.data() + s.offset, work.dim, work.y,
+                          work.y_written);
     }
     return absl::OkStatus();
   }

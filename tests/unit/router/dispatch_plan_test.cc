@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -105,10 +106,14 @@ TEST(CombineRowsTest, TheOrderOfTheWorkersAnswersDoesNotChangeY) {
     targets[t] = t;
   }
   std::vector<float> a(tokens * dim, 0.0f), b(tokens * dim, 0.0f);
-  CombineRows(first.data(), tokens, targets.data(), w1.data(), dim, a.data());
-  CombineRows(second.data(), tokens, targets.data(), w2.data(), dim, a.data());
-  CombineRows(second.data(), tokens, targets.data(), w2.data(), dim, b.data());
-  CombineRows(first.data(), tokens, targets.data(), w1.data(), dim, b.data());
+  CombineRows(first.data(), tokens, targets.data(), w1.data(), dim, a.data(),
+              nullptr);
+  CombineRows(second.data(), tokens, targets.data(), w2.data(), dim, a.data(),
+              nullptr);
+  CombineRows(second.data(), tokens, targets.data(), w2.data(), dim, b.data(),
+              nullptr);
+  CombineRows(first.data(), tokens, targets.data(), w1.data(), dim, b.data(),
+              nullptr);
   EXPECT_EQ(a, b);
   // And each product is rounded on its own before the add, whichever
   // version of the loop this CPU runs (the AVX-512 one here, on AVX-512
@@ -123,6 +128,65 @@ TEST(CombineRowsTest, TheOrderOfTheWorkersAnswersDoesNotChangeY) {
     }
   }
   EXPECT_EQ(a, expected);
+}
+
+// y may start uninitialised (the engine's combine): the first write to a
+// row gives the bits adding to a zeroed row gives, -0 products included,
+// whichever answer comes first; rows nobody writes keep their flag clear.
+TEST(CombineRowsTest, AnUninitialisedYGetsTheBitsOfAZeroedOne) {
+  const int64_t tokens = 40, dim = 33;  // not a multiple of 16: the tail too
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal;
+  std::vector<float> first(tokens * dim), second(tokens * dim);
+  std::vector<float> w1(tokens), w2(tokens);
+  for (float& v : first) v = normal(rng);
+  for (float& v : second) v = normal(rng);
+  for (int64_t t = 0; t < tokens; ++t) {
+    w1[t] = std::abs(normal(rng));
+    w2[t] = std::abs(normal(rng));
+  }
+  // Negative zeros among the products, and weights of zero.
+  for (int64_t k = 0; k < dim; k += 3) first[k] = -0.0f;
+  w2[5] = 0.0f;
+  second[5 * dim + 1] = -1.0f;
+  // Tokens 0..29 get a first answer, 10..34 a second; 35..39 none.
+  std::vector<int64_t> t1(30), t2(25);
+  for (int64_t j = 0; j < 30; ++j) t1[j] = j;
+  for (int64_t j = 0; j < 25; ++j) t2[j] = 10 + j;
+  for (const bool first_arrives_first : {true, false}) {
+    SCOPED_TRACE(first_arrives_first);
+    std::vector<float> zeroed(tokens * dim, 0.0f);
+    std::vector<float> lazy(tokens * dim, std::nanf(""));
+    std::vector<uint8_t> written(tokens, 0);
+    auto add_first = [&](float* y, uint8_t* flags) {
+      CombineRows(first.data(), 30, t1.data(), w1.data(), dim, y, flags);
+    };
+    auto add_second = [&](float* y, uint8_t* flags) {
+      CombineRows(second.data() + 10 * dim, 25, t2.data(), w2.data() + 10, dim,
+                  y, flags);
+    };
+    if (first_arrives_first) {
+      add_first(zeroed.data(), nullptr);
+      add_second(zeroed.data(), nullptr);
+      add_first(lazy.data(), written.data());
+      add_second(lazy.data(), written.data());
+    } else {
+      add_second(zeroed.data(), nullptr);
+      add_first(zeroed.data(), nullptr);
+      add_second(lazy.data(), written.data());
+      add_first(lazy.data(), written.data());
+    }
+    for (int64_t t = 0; t < tokens; ++t) {
+      EXPECT_EQ(written[t], t < 35 ? 1 : 0) << t;
+      if (t >= 35) continue;
+      for (int64_t k = 0; k < dim; ++k) {
+        const float a = zeroed[t * dim + k], b = lazy[t * dim + k];
+        ASSERT_EQ(std::memcmp(&a, &b, sizeof(float)), 0)
+            << "token " << t << " lane " << k << ": " << a << " vs " << b;
+      }
+    }
+    EXPECT_FALSE(std::signbit(lazy[0])) << "a -0 product must give +0";
+  }
 }
 
 }  // namespace
