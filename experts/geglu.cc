@@ -11,7 +11,7 @@ bool UseSkinny(const common::ExpertWeights& w, const at::Tensor& x,
                const at::Tensor& out, GegluPath path) {
   if (path == GegluPath::kGemm) return false;
   if (path == GegluPath::kAuto && x.size(0) > kSkinnyMaxRows &&
-      BlasThreads() != 1) {
+      (BlasThreads() != 1 || BlasGemmIsAvx512())) {
     return false;
   }
   if (!SkinnyLinearAvailable()) return false;
