@@ -26,6 +26,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
 from moe_client import MoeError, RouterClient, decode_tensor, encode_tensor  # noqa: E402
+from moe_client._generated.moe.v1 import router_pb2  # noqa: E402
 
 
 def read_safetensors(path):
@@ -134,6 +135,32 @@ class PythonClientTest(unittest.TestCase):
             r = self.client.forward(x, dtype=dtype, policy="all")
             self.assertEqual(r.response.y.dtype, encode_tensor(x, dtype).dtype)
             self.assertLess(float(np.abs(r.y.astype(np.float32) - full).max()), tol, dtype)
+
+    def test_request_bytes_are_make_requests_message(self):
+        # forward() sends bytes made from cached parts; they must parse to
+        # the message make_request builds, whatever the arguments.
+        x = np.random.default_rng(6).standard_normal((2, 5, 16)).astype(np.float32)
+        u = np.random.default_rng(7).random((2, 5)).astype(np.float32)
+        cases = [{}, {"dtype": "float16"}, {"dtype": "bfloat16", "seed": 3},
+                 {"policy": "threshold", "threshold": 0.25, "mode": "train"},
+                 {"capacity_factor": 2.5, "trace": True, "on_expert_failure": "fail"},
+                 {"second_choice_uniforms": u, "layer": "ff"}]
+        for options in cases + cases:  # the second time from the caches
+            with self.subTest(options=options):
+                made = self.client.make_request(x, **options)
+                sent = router_pb2.ForwardRequest.FromString(
+                    self.client.request_bytes(x, **options))
+                self.assertEqual(sent, made)
+        with self.assertRaises(ValueError):
+            self.client.request_bytes(x, policy="sometimes")
+        # And forward() answers what a ready-made request gets, bit for bit.
+        a = self.client.forward(x, seed=5, trace=True)
+        b = self.client.forward_request(self.client.make_request(x, seed=5, trace=True))
+        np.testing.assert_array_equal(a.y, decode_tensor(b.y))
+        self.assertEqual(a.response, b)
+        self.assertEqual(a.losses["balance_loss"], b.losses.balance_loss)
+        self.assertEqual(a.kept_per_expert, list(b.stats.kept_per_expert))
+        self.assertIn("ForwardResult(y=<2x5x16 float32>", repr(a))
 
     def test_tensor_codec_round_trips(self):
         x = np.arange(12, dtype=np.float32).reshape(3, 4) / 7

@@ -1,6 +1,6 @@
 """RouterClient: Forward, GetModelInfo and health checks against moe-router."""
 
-import dataclasses
+import functools
 import time
 from typing import Dict, List, Optional
 
@@ -146,16 +146,68 @@ class _ForwardFuture:
         return self._convert(response)
 
 
-@dataclasses.dataclass
 class ForwardResult:
-    y: np.ndarray                     # [batch, tokens, dim]
-    losses: Dict[str, float]          # raw, weighted and total
-    degraded: bool                    # some experts were unavailable
-    failed_experts: List[int]
-    kept_per_expert: List[int]
-    stats: router_pb2.RoutingStats    # per-level kept/dropped counts
-    trace: Dict[str, np.ndarray]      # with trace=True
-    response: router_pb2.ForwardResponse
+    """One forward's answer.
+
+    y: [batch, tokens, dim] float32; degraded: some experts were
+    unavailable; losses: raw, weighted and total; failed_experts;
+    kept_per_expert; stats: per-level kept/dropped counts
+    (router_pb2.RoutingStats); trace: the routing tensors (trace=True);
+    response: the ForwardResponse itself. y and degraded are read at once,
+    the others from the response when first asked for (a decode step reads
+    only y: each field read from a message costs a Python object).
+    """
+
+    def __init__(self, response: router_pb2.ForwardResponse):
+        self.response = response
+        self.y = decode_tensor(response.y)
+        self.degraded = response.degraded
+
+    @functools.cached_property
+    def losses(self) -> Dict[str, float]:
+        l = self.response.losses
+        return {"balance_loss": l.balance_loss, "router_z_loss": l.router_z_loss,
+                "weighted_balance_loss": l.weighted_balance_loss,
+                "weighted_router_z_loss": l.weighted_router_z_loss,
+                "total_aux_loss": l.total_aux_loss}
+
+    @functools.cached_property
+    def failed_experts(self) -> List[int]:
+        return list(self.response.failed_experts)
+
+    @functools.cached_property
+    def kept_per_expert(self) -> List[int]:
+        return list(self.response.stats.kept_per_expert)
+
+    @property
+    def stats(self) -> router_pb2.RoutingStats:
+        return self.response.stats
+
+    @functools.cached_property
+    def trace(self) -> Dict[str, np.ndarray]:
+        return {t.name: decode_tensor(t.tensor) for t in self.response.trace}
+
+    def __repr__(self):
+        return "ForwardResult(y=<%s %s>, degraded=%s, layer=%r)" % (
+            "x".join(map(str, self.y.shape)), self.y.dtype, self.degraded,
+            self.response.layer)
+
+
+def _field_tag(message, name: str) -> bytes:
+    """The tag of length-delimited field `name` of `message`'s type."""
+    return _varint(message.DESCRIPTOR.fields_by_name[name].number << 3 | 2)
+
+
+_X_TAG = _field_tag(router_pb2.ForwardRequest, "x")
+_DATA_TAG = _field_tag(tensor_pb2.Tensor, "data")
+_TENSOR_DTYPES = {"float32": (tensor_pb2.FLOAT32, "<f4"),
+                  "float16": (tensor_pb2.FLOAT16, "<f2"),
+                  "bfloat16": (tensor_pb2.BFLOAT16, None)}
+# Serialized requests without x, by their arguments, and Tensor headers
+# (dtype and shape) by dtype and shape: forward() appends x's bytes to them
+# (protobuf reads concatenated fields as one message) instead of building a
+# message per call. Bounded: cleared when full.
+_PREFIX_CACHE_SIZE = 256
 
 
 class RouterClient:
@@ -199,6 +251,12 @@ class RouterClient:
         else:
             self._channel = grpc.insecure_channel(target, options=options)
         self._router = router_pb2_grpc.RouterStub(self._channel)
+        # Forward with the request's bytes made here (forward()).
+        self._forward_bytes = self._channel.unary_unary(
+            "/moe.v1.Router/Forward",
+            response_deserializer=router_pb2.ForwardResponse.FromString)
+        self._prefixes = {}
+        self._tensor_heads = {}
         # grpc.health.v1.Health/Check, with its two one-field messages
         # encoded here (a generated "grpc" package would shadow grpcio's).
         self._health_check = self._channel.unary_unary(
@@ -253,6 +311,18 @@ class RouterClient:
                      on_expert_failure: Optional[str] = None
                      ) -> router_pb2.ForwardRequest:
         """The ForwardRequest of forward()'s arguments."""
+        request = self._request_without_x(
+            layer=layer, mode=mode, policy=policy, threshold=threshold,
+            capacity_factor=capacity_factor, seed=seed,
+            second_choice_uniforms=second_choice_uniforms, trace=trace,
+            on_expert_failure=on_expert_failure)
+        request.x.CopyFrom(encode_tensor(x, dtype))
+        return request
+
+    @staticmethod
+    def _request_without_x(*, layer, mode, policy, threshold, capacity_factor,
+                           seed, second_choice_uniforms, trace,
+                           on_expert_failure) -> router_pb2.ForwardRequest:
         if mode not in _MODES:
             raise ValueError("mode must be one of %s" % sorted(_MODES))
         if policy not in _POLICIES:
@@ -260,7 +330,6 @@ class RouterClient:
         if on_expert_failure not in _ON_FAILURE:
             raise ValueError("on_expert_failure must be drop, fail or None")
         request = router_pb2.ForwardRequest()
-        request.x.CopyFrom(encode_tensor(x, dtype))
         request.layer = layer
         request.on_expert_failure = _ON_FAILURE[on_expert_failure]
         o = request.options
@@ -277,6 +346,53 @@ class RouterClient:
         o.return_trace = trace
         return request
 
+    def request_bytes(self, x, *, layer: str = "", dtype: str = "float32",
+                      mode: str = "eval", policy: str = "random",
+                      threshold: Optional[float] = None,
+                      capacity_factor: Optional[float] = None,
+                      seed: Optional[int] = None, second_choice_uniforms=None,
+                      trace: bool = False,
+                      on_expert_failure: Optional[str] = None) -> bytes:
+        """The serialized ForwardRequest of forward()'s arguments (the bytes
+        make_request(...).SerializeToString() would give, possibly with its
+        fields in another order), from cached parts."""
+        if dtype not in _TENSOR_DTYPES:
+            return self.make_request(
+                x, layer=layer, dtype=dtype, mode=mode, policy=policy,
+                threshold=threshold, capacity_factor=capacity_factor, seed=seed,
+                second_choice_uniforms=second_choice_uniforms, trace=trace,
+                on_expert_failure=on_expert_failure).SerializeToString()
+        options = dict(layer=layer, mode=mode, policy=policy, threshold=threshold,
+                       capacity_factor=capacity_factor, seed=seed,
+                       second_choice_uniforms=second_choice_uniforms, trace=trace,
+                       on_expert_failure=on_expert_failure)
+        if second_choice_uniforms is None:
+            key = (layer, mode, policy, threshold, capacity_factor, seed, trace,
+                   on_expert_failure)
+            prefix = self._prefixes.get(key)
+            if prefix is None:
+                prefix = self._request_without_x(**options).SerializeToString()
+                if len(self._prefixes) >= _PREFIX_CACHE_SIZE:
+                    self._prefixes.clear()
+                self._prefixes[key] = prefix
+        else:
+            prefix = self._request_without_x(**options).SerializeToString()
+        x = np.asarray(x)
+        code, wire = _TENSOR_DTYPES[dtype]
+        head = self._tensor_heads.get((dtype, x.shape))
+        if head is None:
+            t = tensor_pb2.Tensor(dtype=code, shape=[int(d) for d in x.shape])
+            head = t.SerializeToString()
+            if len(self._tensor_heads) >= _PREFIX_CACHE_SIZE:
+                self._tensor_heads.clear()
+            self._tensor_heads[(dtype, x.shape)] = head
+        if wire is None:
+            data = _bf16_bits(x.astype(np.float32)).astype("<u2").tobytes()
+        else:
+            data = np.ascontiguousarray(x, dtype=wire).tobytes()
+        tensor = b"".join((head, _DATA_TAG, _varint(len(data)), data))
+        return b"".join((prefix, _X_TAG, _varint(len(tensor)), tensor))
+
     @staticmethod
     def _result(r: router_pb2.ForwardResponse, allow_degraded: bool) -> ForwardResult:
         if r.degraded and not allow_degraded:
@@ -286,19 +402,7 @@ class RouterClient:
                 "(%d assignments dropped); pass allow_degraded=True to accept it"
                 % (list(r.failed_experts), r.layer,
                    r.stats.dropped_expert_unavailable))
-        l = r.losses
-        return ForwardResult(
-            y=decode_tensor(r.y),
-            losses={"balance_loss": l.balance_loss, "router_z_loss": l.router_z_loss,
-                    "weighted_balance_loss": l.weighted_balance_loss,
-                    "weighted_router_z_loss": l.weighted_router_z_loss,
-                    "total_aux_loss": l.total_aux_loss},
-            degraded=r.degraded,
-            failed_experts=list(r.failed_experts),
-            kept_per_expert=list(r.stats.kept_per_expert),
-            stats=r.stats,
-            trace={t.name: decode_tensor(t.tensor) for t in r.trace},
-            response=r)
+        return ForwardResult(r)
 
     def forward(self, x, *, layer: str = "", allow_degraded: bool = False,
                 timeout: Optional[float] = None, **options) -> ForwardResult:
@@ -315,8 +419,9 @@ class RouterClient:
         router's). An answer missing some experts' outputs raises MoeError
         (UNAVAILABLE) unless allow_degraded.
         """
-        request = self.make_request(x, layer=layer, **options)
-        return self._result(self.forward_request(request, timeout), allow_degraded)
+        request = self.request_bytes(x, layer=layer, **options)
+        return self._result(self._call(self._forward_bytes, request, timeout),
+                            allow_degraded)
 
     def forward_async(self, x, *, layer: str = "", allow_degraded: bool = False,
                       timeout: Optional[float] = None, **options):
