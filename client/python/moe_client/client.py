@@ -311,18 +311,6 @@ class RouterClient:
                      on_expert_failure: Optional[str] = None
                      ) -> router_pb2.ForwardRequest:
         """The ForwardRequest of forward()'s arguments."""
-        request = self._request_without_x(
-            layer=layer, mode=mode, policy=policy, threshold=threshold,
-            capacity_factor=capacity_factor, seed=seed,
-            second_choice_uniforms=second_choice_uniforms, trace=trace,
-            on_expert_failure=on_expert_failure)
-        request.x.CopyFrom(encode_tensor(x, dtype))
-        return request
-
-    @staticmethod
-    def _request_without_x(*, layer, mode, policy, threshold, capacity_factor,
-                           seed, second_choice_uniforms, trace,
-                           on_expert_failure) -> router_pb2.ForwardRequest:
         if mode not in _MODES:
             raise ValueError("mode must be one of %s" % sorted(_MODES))
         if policy not in _POLICIES:
@@ -330,6 +318,7 @@ class RouterClient:
         if on_expert_failure not in _ON_FAILURE:
             raise ValueError("on_expert_failure must be drop, fail or None")
         request = router_pb2.ForwardRequest()
+        request.x.CopyFrom(encode_tensor(x, dtype))
         request.layer = layer
         request.on_expert_failure = _ON_FAILURE[on_expert_failure]
         o = request.options
@@ -346,43 +335,35 @@ class RouterClient:
         o.return_trace = trace
         return request
 
-    def request_bytes(self, x, *, layer: str = "", dtype: str = "float32",
-                      mode: str = "eval", policy: str = "random",
-                      threshold: Optional[float] = None,
-                      capacity_factor: Optional[float] = None,
-                      seed: Optional[int] = None, second_choice_uniforms=None,
-                      trace: bool = False,
-                      on_expert_failure: Optional[str] = None) -> bytes:
-        """The serialized ForwardRequest of forward()'s arguments (the bytes
-        make_request(...).SerializeToString() would give, possibly with its
-        fields in another order), from cached parts."""
+    def request_bytes(self, x, *, dtype: str = "float32", **options) -> bytes:
+        """The serialized ForwardRequest of forward()'s arguments (options:
+        make_request's), the message make_request(...).SerializeToString()
+        gives, possibly with its fields in another order, from cached parts:
+        the request without x per set of options, the Tensor header per
+        dtype and shape."""
         if dtype not in _TENSOR_DTYPES:
-            return self.make_request(
-                x, layer=layer, dtype=dtype, mode=mode, policy=policy,
-                threshold=threshold, capacity_factor=capacity_factor, seed=seed,
-                second_choice_uniforms=second_choice_uniforms, trace=trace,
-                on_expert_failure=on_expert_failure).SerializeToString()
-        options = dict(layer=layer, mode=mode, policy=policy, threshold=threshold,
-                       capacity_factor=capacity_factor, seed=seed,
-                       second_choice_uniforms=second_choice_uniforms, trace=trace,
-                       on_expert_failure=on_expert_failure)
-        if second_choice_uniforms is None:
-            key = (layer, mode, policy, threshold, capacity_factor, seed, trace,
-                   on_expert_failure)
-            prefix = self._prefixes.get(key)
-            if prefix is None:
-                prefix = self._request_without_x(**options).SerializeToString()
+            return self.make_request(x, dtype=dtype, **options).SerializeToString()
+        x = np.asarray(x)
+        key, prefix = None, None
+        if options.get("second_choice_uniforms") is None:
+            try:
+                key = tuple(sorted(options.items()))
+                prefix = self._prefixes.get(key)
+            except TypeError:  # an unhashable value: not cached
+                key = None
+        if prefix is None:
+            request = self.make_request(x, dtype=dtype, **options)  # checks them
+            request.ClearField("x")
+            prefix = request.SerializeToString()
+            if key is not None:
                 if len(self._prefixes) >= _PREFIX_CACHE_SIZE:
                     self._prefixes.clear()
                 self._prefixes[key] = prefix
-        else:
-            prefix = self._request_without_x(**options).SerializeToString()
-        x = np.asarray(x)
         code, wire = _TENSOR_DTYPES[dtype]
         head = self._tensor_heads.get((dtype, x.shape))
         if head is None:
-            t = tensor_pb2.Tensor(dtype=code, shape=[int(d) for d in x.shape])
-            head = t.SerializeToString()
+            head = tensor_pb2.Tensor(
+                dtype=code, shape=[int(d) for d in x.shape]).SerializeToString()
             if len(self._tensor_heads) >= _PREFIX_CACHE_SIZE:
                 self._tensor_heads.clear()
             self._tensor_heads[(dtype, x.shape)] = head
