@@ -16,8 +16,10 @@
 ABSL_FLAG(std::string, compute_dtype, "float32",
           "Expert compute: float32 (exact to docs/numerics.md) or bfloat16 "
           "(weights held in bfloat16, GEMMs through oneDNN with float32 "
-          "accumulation, about 1.6x faster where the CPU has AVX512_BF16; "
-          "relative RMS error of y about 5e-3). Gating is float32 always.");
+          "accumulation; relative RMS error of y about 5e-3). Measured "
+          "1.6-2.8x faster than float32 on CPUs with AVX512_BF16 where "
+          "OpenBLAS runs AVX2 kernels, 0.7x where it runs its AVX-512 ones "
+          "(BENCHMARKS.md). Gating is float32 always.");
 ABSL_FLAG(int, compute_threads_bf16, 0,
           "With --compute_dtype=bfloat16: LibTorch threads for its GEMMs "
           "(0: one per core).");

@@ -89,9 +89,6 @@ std::vector<std::string> ParseCommandLine(int argc, char** argv,
                                           const char* program,
                                           const char* usage) {
   common::SetLogProgramName(program);
-  common::UseOpenBlasKernelsForThisCpu(argv);
-  common::TuneAllocatorForReuse();
-  TuneMutexForServing();
   absl::SetProgramUsageMessage(usage);
   std::vector<std::string> args = NormalizeFlagDashes(argc, argv);
   for (size_t i = 1; i < args.size(); ++i) {
@@ -106,6 +103,11 @@ std::vector<std::string> ParseCommandLine(int argc, char** argv,
       std::exit(0);
     }
   }
+  // Past --help and --version, which compute nothing: a program that runs
+  // may restart here with the BLAS kernels this CPU supports.
+  common::UseOpenBlasKernelsForThisCpu(argv);
+  common::TuneAllocatorForReuse();
+  TuneMutexForServing();
   std::vector<char*> ptrs;
   for (std::string& a : args) ptrs.push_back(a.data());
   ptrs.push_back(nullptr);
