@@ -271,8 +271,23 @@ TEST_F(RouterMemoryTest, ClientsThatNeverReadTheirAnswersLeaveNothingBehind) {
   }
   stalled.clear();
   ExpectBack("20 clients that never read");
-  // And it serves on.
-  EXPECT_TRUE(client_->Forward(Forward(1, 64)).ok());
+  // And it serves on. Right after the cancellations a router still busy
+  // with them (a sanitizer build on two loaded cores: one fresh-clone run)
+  // may refuse for load, which a caller retries; it must serve within 30 s.
+  absl::StatusOr<moe::v1::ForwardResponse> after =
+      client_->Forward(Forward(1, 64));
+  for (const absl::Time give_up = absl::Now() + absl::Seconds(30);
+       !after.ok() && absl::Now() < give_up;) {
+    std::printf("a forward after the cancellations: %s\n",
+                after.status().ToString().c_str());
+    EXPECT_TRUE(absl::IsResourceExhausted(after.status()) ||
+                absl::IsUnavailable(after.status()) ||
+                absl::IsDeadlineExceeded(after.status()))
+        << after.status();
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    after = client_->Forward(Forward(1, 64));
+  }
+  EXPECT_TRUE(after.ok()) << after.status();
 }
 
 }  // namespace
