@@ -19,6 +19,25 @@ constexpr char kRestartedFrom[] = "MOE_OPENBLAS_RESTARTED_FROM";
 
 }  // namespace
 
+const char* OpenBlasCoreName() {
+  using CoreName = char* (*)();
+  static const CoreName core_name =
+      reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  return core_name == nullptr ? nullptr : core_name();
+}
+
+bool OpenBlasRunsAvx512Kernels() {
+  static const bool avx512 = [] {
+    const char* core = OpenBlasCoreName();
+    if (core == nullptr) return false;
+    for (const char* name : {"SkylakeX", "Cooperlake", "SapphireRapids"}) {
+      if (absl::EqualsIgnoreCase(core, name)) return true;
+    }
+    return false;
+  }();
+  return avx512;
+}
+
 std::string BetterOpenBlasCore(absl::string_view chosen, bool avx512,
                                bool avx2_fma) {
   if (!absl::EqualsIgnoreCase(chosen, "Prescott")) return "";
@@ -42,12 +61,8 @@ void UseOpenBlasKernelsForThisCpu(char** argv) {
       off != nullptr && std::string(off) == "1") {
     return;
   }
-  using CoreName = char* (*)();
-  auto core_name =
-      reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
-  if (core_name == nullptr) return;  // no OpenBLAS in this process
-  const char* chosen = core_name();
-  if (chosen == nullptr) return;
+  const char* chosen = OpenBlasCoreName();
+  if (chosen == nullptr) return;  // no OpenBLAS in this process
   __builtin_cpu_init();
   const bool avx512 =
       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&

@@ -14,6 +14,15 @@ namespace moe::common {
 // reads OPENBLAS_CORETYPE only when it loads, so the choice is made by
 // restarting the process.
 
+// The core OpenBLAS runs kernels for (openblas_get_corename, found at run
+// time: "Prescott", "SkylakeX", ...); null where the process has no
+// OpenBLAS.
+const char* OpenBlasCoreName();
+
+// Whether OpenBLAS runs its AVX-512 kernels (the SkylakeX core and later).
+// Decided once per process.
+bool OpenBlasRunsAvx512Kernels();
+
 // The core to ask OpenBLAS for when it chose `chosen` on a CPU with these
 // features: "SkylakeX" (AVX-512 F/CD/BW/DQ/VL) or "Haswell" (AVX2 and FMA)
 // where it fell back to Prescott; empty where its choice stands.

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include "common/blas_kernels.h"
 #include "experts/skinny_linear.h"
 
 namespace moe::experts {
@@ -11,7 +12,7 @@ bool UseSkinny(const common::ExpertWeights& w, const at::Tensor& x,
                const at::Tensor& out, GegluPath path) {
   if (path == GegluPath::kGemm) return false;
   if (path == GegluPath::kAuto && x.size(0) > kSkinnyMaxRows &&
-      (BlasThreads() != 1 || BlasGemmIsAvx512())) {
+      (BlasThreads() != 1 || common::OpenBlasRunsAvx512Kernels())) {
     return false;
   }
   if (!SkinnyLinearAvailable()) return false;

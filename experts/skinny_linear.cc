@@ -2,7 +2,6 @@
 
 #include <dlfcn.h>
 #include <immintrin.h>
-#include <strings.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -213,21 +212,6 @@ int BlasThreads() {
   static const Getter get =
       reinterpret_cast<Getter>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
   return get == nullptr ? 0 : get();
-}
-
-bool BlasGemmIsAvx512() {
-  static const bool avx512 = [] {
-    using Getter = char* (*)();
-    const Getter get =
-        reinterpret_cast<Getter>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
-    const char* core = get == nullptr ? nullptr : get();
-    if (core == nullptr) return false;
-    for (const char* name : {"SkylakeX", "Cooperlake", "SapphireRapids"}) {
-      if (strcasecmp(core, name) == 0) return true;
-    }
-    return false;
-  }();
-  return avx512;
 }
 
 bool SkinnyLinearAvailable() {

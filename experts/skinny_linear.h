@@ -35,13 +35,10 @@ inline constexpr int64_t kSkinnyMaxRows = 31;
 // openblas_get_num_threads, found at run time); 0 when unknown. With one
 // thread the kernel beats OpenBLAS's AVX2 GEMM at every size measured (1 to
 // 2048 rows: x1.3 at 512 and 2048 rows), so callers use it for every block
-// then, unless BlasGemmIsAvx512().
+// then, unless OpenBLAS runs its AVX-512 kernels
+// (common::OpenBlasRunsAvx512Kernels): those beat the kernel on one thread
+// from 64-128 rows (x1.6 at 512 and 2048 rows; BENCHMARKS.md).
 int BlasThreads();
-
-// Whether OpenBLAS runs its AVX-512 GEMM kernels (the SkylakeX core and
-// later: openblas_get_corename, found at run time). They beat the kernel on
-// one thread from 64-128 rows (x1.6 at 512 and 2048 rows; BENCHMARKS.md).
-bool BlasGemmIsAvx512();
 
 // Whether this CPU runs the kernel (AVX-512F), decided once per process;
 // MOE_NO_SKINNY=1 in the environment turns it off (every block then goes
