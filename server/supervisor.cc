@@ -7,7 +7,9 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -94,6 +96,37 @@ std::string ChildProcess::DescribeExit() {
 
 void ChildProcess::Signal(int sig) {
   if (running()) ::kill(pid_, sig);
+}
+
+bool ChildProcess::Frozen() const {
+  std::error_code error;
+  std::filesystem::directory_iterator tasks(
+      absl::StrCat("/proc/", pid_, "/task"), error);
+  if (error) return false;
+  int threads = 0;
+  for (const auto& task : tasks) {
+    std::ifstream in(task.path() / "stat");
+    std::string stat((std::istreambuf_iterator<char>(in)),
+                     std::istreambuf_iterator<char>());
+    // "TID (comm) STATE ...": comm may hold spaces and parentheses.
+    const size_t close = stat.rfind(')');
+    if (close == std::string::npos || close + 2 >= stat.size()) continue;
+    const char state = stat[close + 2];
+    if (state != 'T' && state != 't') return false;
+    ++threads;
+  }
+  return threads > 0;
+}
+
+bool ChildProcess::Freeze(absl::Duration timeout) {
+  if (!running()) return false;
+  ::kill(pid_, SIGSTOP);
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!Frozen()) {
+    if (absl::Now() > deadline || !running()) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return true;
 }
 
 int ChildProcess::Wait(absl::Duration timeout) {

@@ -64,6 +64,15 @@ class ChildProcess {
   int exit_code() const { return exit_code_; }
 
   void Signal(int sig);
+  // SIGSTOP, then waits up to `timeout` until every thread of the child is
+  // stopped. kill() only wakes one thread, which stops the others once it
+  // runs: on a loaded machine the others may still take calls for a while
+  // after kill() returned. False when a thread still runs after `timeout`
+  // or the child is gone.
+  bool Freeze(absl::Duration timeout = absl::Seconds(10));
+  // Whether every thread of the child is stopped (state T in
+  // /proc/PID/task/*/stat).
+  bool Frozen() const;
   // Waits up to `timeout` for it to end: its exit code, or -1.
   int Wait(absl::Duration timeout);
   // SIGTERM, then SIGKILL when it has not ended after `grace`. Returns

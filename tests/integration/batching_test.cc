@@ -153,8 +153,8 @@ TEST(BatchingTest, ConcurrentForwardsShareCallsAndKeepTheirOwnResults) {
   // Both workers frozen: the first forward's calls go out at once (the
   // workers look idle) and stay in flight, so the other five gather behind
   // them, one batch per worker, until the workers resume.
-  d.worker(0).Signal(SIGSTOP);
-  d.worker(1).Signal(SIGSTOP);
+  ASSERT_TRUE(d.worker(0).Freeze());
+  ASSERT_TRUE(d.worker(1).Freeze());
   std::vector<absl::StatusOr<moe::v1::ForwardResponse>> responses(
       cases.size(), absl::UnknownError("not run"));
   std::vector<std::thread> threads;
@@ -237,8 +237,8 @@ TEST(BatchingTest, ForwardsOfDifferentLayersShareOneCall) {
     expected.push_back(reference.Forward(xs.back(), local, {}, layer));
   }
   // As above: the first forward's calls held in flight, the others gather.
-  d.worker(0).Signal(SIGSTOP);
-  d.worker(1).Signal(SIGSTOP);
+  ASSERT_TRUE(d.worker(0).Freeze());
+  ASSERT_TRUE(d.worker(1).Freeze());
   std::vector<absl::StatusOr<moe::v1::ForwardResponse>> responses(
       layers.size(), absl::UnknownError("not run"));
   std::vector<std::thread> threads;
@@ -311,7 +311,7 @@ TEST(BatchingTest, AForwardThatGivesUpLeavesItsBatchToTheOthers) {
   // (1 s deadline) and 2 (30 s) share the next batch for it. Forward 1 gives
   // up at its deadline; the batch still runs for forward 2 once the worker
   // resumes.
-  d.worker(1).Signal(SIGSTOP);
+  ASSERT_TRUE(d.worker(1).Freeze());
   std::vector<absl::StatusOr<moe::v1::ForwardResponse>> responses(
       cases.size(), absl::UnknownError("not run"));
   std::vector<absl::Duration> took(cases.size());

@@ -258,7 +258,7 @@ TEST(WorkerFailureTest, FrozenWorkerEndsByTheDeadline) {
   options.timeout = absl::Seconds(2);
   options.max_attempts = 1;
   auto client = client::RouterClient::Create(d.router_address(), options);
-  d.worker(1).Signal(SIGSTOP);
+  ASSERT_TRUE(d.worker(1).Freeze());
   const absl::Time start = absl::Now();
   auto r = client->Forward(Request(Input(), AllPolicy()));
   const absl::Duration took = absl::Now() - start;
@@ -538,7 +538,7 @@ TEST(GracefulShutdownTest, InFlightCompletesAndNewCallsAreRefused) {
       Reference(testing::GoldenPath(kModel)).Forward(x, LocalAll()).y;
 
   // Freeze the worker so the request stays in flight, then stop the router.
-  d.worker(0).Signal(SIGSTOP);
+  ASSERT_TRUE(d.worker(0).Freeze());
   absl::Notification done;
   absl::StatusOr<moe::v1::ForwardResponse> in_flight;
   client->ForwardAsync(Request(x, AllPolicy()),
