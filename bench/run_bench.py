@@ -225,11 +225,13 @@ def layer_roundtrip(bin_dir, tmp, quick):
             py = json.loads(run(["/usr/bin/python3",
                                  os.path.join(HERE, "python_roundtrip.py"), target,
                                  "--seconds=%g" % (seconds / rounds), "--json"]).stdout)
-            paired.append((py["forward"]["p50_us"] - cpp["p50_ms"] * 1e3, py))
+            paired.append((py["forward"]["p50_us"] - cpp["p50_ms"] * 1e3, py,
+                           py["forward_grpcio"]["p50_us"] - cpp["p50_ms"] * 1e3))
     finally:
         up.stop()
+    grpcio_over_cpp = sorted(d for _, _, d in paired)[len(paired) // 2]
     paired.sort(key=lambda d: d[0])
-    python_over_cpp, py = paired[len(paired) // 2]
+    python_over_cpp, py, _ = paired[len(paired) // 2]
     out = {
         "grpc_roundtrip_p50_us": bare["p50_ms"] * 1e3,
         "grpc_roundtrip_p99_us": bare["p99_ms"] * 1e3,
@@ -242,12 +244,17 @@ def layer_roundtrip(bin_dir, tmp, quick):
         "python_layer_roundtrip_tiny_request_p50_us": py["request"]["p50_us"],
         "python_layer_roundtrip_tiny_p50_us": py["forward"]["p50_us"],
         "python_layer_roundtrip_tiny_p99_us": py["forward"]["p99_us"],
+        # forward()'s transport (native: gRPC's C++ library; grpcio), and
+        # the same calls through grpcio in the same turns.
+        "python_transport": py["transport"],
+        "python_grpcio_layer_roundtrip_tiny_p50_us": py["forward_grpcio"]["p50_us"],
     }
     floor = 2 * out["grpc_roundtrip_p50_us"]
     out["layer_roundtrip_over_transport"] = out["layer_roundtrip_tiny_p50_us"] / floor
     out["layer_roundtrip_p99_over_transport"] = out["layer_roundtrip_tiny_p99_us"] / floor
     out["python_over_cpp_us"] = python_over_cpp
-    out["python_over_cpp_rounds_us"] = [d for d, _ in paired]
+    out["python_over_cpp_rounds_us"] = [d for d, _, _ in paired]
+    out["python_grpcio_over_cpp_us"] = grpcio_over_cpp
     return out
 
 
@@ -568,14 +575,16 @@ def main():
         ("(l) decode latency, tiny model", "gRPC round trip p50 %.0f us; 1x32 c=1 p50 %.0f / p99 %.0f us "
          "= %.2f / %.2f x two round trips; c=4 p50 %.0f us (%.0f req/s); Python: round trip "
          "%.0f us, forward p50 %.0f us (call alone %.0f), %+.0f us over C++ "
-         "(median of %d rounds in turns with it)" % (
+         "(median of %d rounds in turns with it; transport %s; through grpcio "
+         "%+.0f us)" % (
              r["grpc_roundtrip_p50_us"], r["layer_roundtrip_tiny_p50_us"],
              r["layer_roundtrip_tiny_p99_us"], r["layer_roundtrip_over_transport"],
              r["layer_roundtrip_p99_over_transport"], r["layer_roundtrip_tiny_c4_p50_us"],
              r["layer_roundtrip_tiny_c4_requests_per_s"], r["python_grpc_roundtrip_p50_us"],
              r["python_layer_roundtrip_tiny_p50_us"],
              r["python_layer_roundtrip_tiny_request_p50_us"], r["python_over_cpp_us"],
-             len(r["python_over_cpp_rounds_us"]))),
+             len(r["python_over_cpp_rounds_us"]), r["python_transport"],
+             r["python_grpcio_over_cpp_us"])),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

@@ -76,7 +76,9 @@ def main():
             shutil.copyfile(os.path.join(golden, f), os.path.join(out, "golden", f))
     shutil.copytree(os.path.join(source, "client", "python", "moe_client"),
                     os.path.join(out, "python", "moe_client"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
+                    # The native transport is built for this machine's
+                    # Python; the client falls back to grpcio without it.
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     shutil.copyfile(os.path.join(source, "tools", "export_checkpoint.py"),
                     os.path.join(out, "tools", "export_checkpoint.py"))
     gpu_tests = os.path.join(source, "tests", "gpu")

@@ -3,21 +3,31 @@
 127.0.0.1: golden parity, routing replay, dtypes, traces, model info, health
 and clear errors for bad input.
 
-Usage: python_client_test.py BIN_DIR GOLDEN_DIR
+Each test runs through both of forward()'s transports: gRPC's C++ library
+(the native module, where the build made it) and grpcio.
+
+Usage: python_client_test.py BIN_DIR GOLDEN_DIR [NATIVE]
+NATIVE: "built" (the default: the native transport must load) or
+"not-built" (a build without it: only grpcio is tested).
 """
 
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
 BIN_DIR, GOLDEN_DIR = sys.argv[1:3]
 del sys.argv[1:3]
+NATIVE_BUILT = True
+if len(sys.argv) > 1 and sys.argv[1] in ("built", "not-built"):
+    NATIVE_BUILT = sys.argv.pop(1) == "built"
 HERE = os.path.dirname(os.path.abspath(__file__))
 # client/python alone: the generated modules live inside the package.
 sys.path[:0] = [os.path.join(HERE, "..", "..", "client", "python")]
@@ -25,7 +35,8 @@ sys.path[:0] = [os.path.join(HERE, "..", "..", "client", "python")]
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
-from moe_client import MoeError, RouterClient, decode_tensor, encode_tensor  # noqa: E402
+from moe_client import (MoeError, RouterClient, decode_tensor,  # noqa: E402
+                        encode_tensor, native_transport_available)
 from moe_client._generated.moe.v1 import router_pb2  # noqa: E402
 
 
@@ -84,11 +95,18 @@ def golden(name):
     return read_safetensors(os.path.join(GOLDEN_DIR, name + ".safetensors"))
 
 
+# The transport the test classes below use; the *GrpcioTest subclasses
+# run them again through grpcio.
+DEFAULT_TRANSPORT = "native" if NATIVE_BUILT else "grpcio"
+
+
 class PythonClientTest(unittest.TestCase):
+    TRANSPORT = DEFAULT_TRANSPORT
+
     @classmethod
     def setUpClass(cls):
         cls.up = MoeUp(os.path.join(GOLDEN_DIR, "B2_moe_eval_drop_cap12.safetensors"))
-        cls.client = RouterClient(cls.up.target, timeout=30)
+        cls.client = RouterClient(cls.up.target, timeout=30, transport=cls.TRANSPORT)
 
     @classmethod
     def tearDownClass(cls):
@@ -221,17 +239,91 @@ class PythonClientTest(unittest.TestCase):
             np.testing.assert_allclose(f.result(timeout=30).y, sync, atol=1e-6)
 
     def test_unreachable_router_raises_unavailable_after_retries(self):
-        with RouterClient("127.0.0.1:1", timeout=5, max_attempts=2) as c:
-            start = time.time()
-            with self.assertRaises(MoeError) as caught:
-                c.model_info()
-            self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE)
-            self.assertLess(time.time() - start, 5)
+        with RouterClient("127.0.0.1:1", timeout=5, max_attempts=2,
+                          transport=self.TRANSPORT) as c:
+            for call in (c.model_info,
+                         lambda: c.forward(np.zeros((1, 4, 16), np.float32))):
+                start = time.time()
+                with self.assertRaises(MoeError) as caught:
+                    call()
+                self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE)
+                self.assertLess(time.time() - start, 5)
+
+    def test_ctrl_c_ends_a_waiting_call(self):
+        # A listener that never speaks HTTP/2: the call waits. A signal
+        # handler that raises (Python's SIGINT handler raises
+        # KeyboardInterrupt) ends it long before its deadline.
+        class Interrupted(Exception):
+            pass
+
+        def interrupt(signum, frame):
+            raise Interrupted()
+
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            with RouterClient("127.0.0.1:%d" % silent.getsockname()[1], timeout=20,
+                              max_attempts=1, transport=self.TRANSPORT) as c:
+                start = time.time()
+                signal.setitimer(signal.ITIMER_REAL, 0.5)
+                with self.assertRaises(Interrupted):
+                    c.forward(np.zeros((1, 4, 16), np.float32))
+                self.assertLess(time.time() - start, 3)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            silent.close()
+
+    def test_the_transport_is_the_one_asked_for(self):
+        self.assertEqual(self.client.transport, self.TRANSPORT)
+        if NATIVE_BUILT:
+            self.assertTrue(native_transport_available())
+        with self.assertRaises(ValueError):
+            RouterClient(self.up.target, transport="carrier pigeon")
+
+    def test_both_transports_give_the_same_bits(self):
+        x = np.random.default_rng(8).standard_normal((2, 9, 16)).astype(np.float32)
+        other = "grpcio" if self.TRANSPORT == "native" else "native"
+        if other == "native" and not NATIVE_BUILT:
+            other = "grpcio"
+        with RouterClient(self.up.target, timeout=30, transport=other) as c:
+            a = self.client.forward(x, seed=9, trace=True)
+            b = c.forward(x, seed=9, trace=True)
+        np.testing.assert_array_equal(a.y, b.y)
+        self.assertEqual(a.response, b.response)
+
+    def test_forwards_from_threads_share_one_client(self):
+        # The native transport releases the GIL while it waits: calls from
+        # several threads overlap on one channel.
+        xs = [np.random.default_rng(20 + i).standard_normal((1, 6, 16)).astype(np.float32)
+              for i in range(4)]
+        alone = [self.client.forward(x, policy="all").y for x in xs]
+        results = [[] for _ in xs]
+
+        def run(i):
+            for _ in range(10):
+                results[i].append(self.client.forward(xs[i], policy="all").y)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        for i, ys in enumerate(results):
+            self.assertEqual(len(ys), 10, "thread %d did not finish" % i)
+            for y in ys:
+                # Concurrent forwards may share worker calls (dynamic
+                # batching), whose GEMMs round differently in the last bits.
+                np.testing.assert_allclose(y, alone[i], atol=1e-6)
 
 
 class PythonClientTlsTest(unittest.TestCase):
     """moe-up with mutual TLS on both hops and a token (certificates from
     tests/testing/make_test_pki.sh); the client with and without them."""
+
+    TRANSPORT = DEFAULT_TRANSPORT
 
     @classmethod
     def setUpClass(cls):
@@ -271,7 +363,8 @@ class PythonClientTlsTest(unittest.TestCase):
             return f.read()
 
     def client(self, **kw):
-        return RouterClient(self.up.target, timeout=10, max_attempts=1, **kw)
+        return RouterClient(self.up.target, timeout=10, max_attempts=1,
+                            transport=self.TRANSPORT, **kw)
 
     def test_with_certificates_and_token_it_answers(self):
         g = golden("B2_moe_eval_drop_cap12")
@@ -300,6 +393,14 @@ class PythonClientTlsTest(unittest.TestCase):
                 with self.assertRaises(MoeError) as e:
                     c.forward(g["input.x"])
                 self.assertEqual(e.exception.code, grpc.StatusCode.UNAVAILABLE, kw)
+
+
+if NATIVE_BUILT:
+    class PythonClientGrpcioTest(PythonClientTest):
+        TRANSPORT = "grpcio"
+
+    class PythonClientTlsGrpcioTest(PythonClientTlsTest):
+        TRANSPORT = "grpcio"
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ Uses Debian's python3-grpcio, python3-protobuf and python3-numpy.
 """
 
 from moe_client.client import (ForwardResult, MoeError, RouterClient,
-                               decode_tensor, encode_tensor)
+                               decode_tensor, encode_tensor,
+                               native_transport_available)
 
 __all__ = ["RouterClient", "ForwardResult", "MoeError", "encode_tensor",
-           "decode_tensor"]
+           "decode_tensor", "native_transport_available"]
