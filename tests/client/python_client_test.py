@@ -35,8 +35,8 @@ sys.path[:0] = [os.path.join(HERE, "..", "..", "client", "python")]
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
-from moe_client import (MoeError, RouterClient, decode_tensor,  # noqa: E402
-                        encode_tensor, native_transport_available)
+from moe_client import (ForwardResult, MoeError, RouterClient,  # noqa: E402
+                        decode_tensor, encode_tensor, native_transport_available)
 from moe_client._generated.moe.v1 import router_pb2  # noqa: E402
 
 
@@ -248,6 +248,51 @@ class PythonClientTest(unittest.TestCase):
                     call()
                 self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE)
                 self.assertLess(time.time() - start, 5)
+
+    def test_results_read_from_bytes_equal_the_parsed_message(self):
+        # forward() reads y and degraded straight from the response's bytes
+        # (the native module's reader) and parses the message only when
+        # another field is asked for: the same values either way.
+        x = np.random.default_rng(10).standard_normal((2, 7, 16)).astype(np.float32)
+        for options in ({}, {"dtype": "float16"}, {"dtype": "bfloat16"},
+                        {"trace": True, "seed": 4}):
+            with self.subTest(options=options):
+                raw = self.client.request_bytes(x, **options)
+                response = self.client._call(self.client._forward_bytes, raw, None)
+                self.assertIsInstance(response, bytes)
+                fast = ForwardResult.from_bytes(response)
+                slow = ForwardResult(router_pb2.ForwardResponse.FromString(response))
+                self.assertEqual(fast.y.dtype, slow.y.dtype)
+                np.testing.assert_array_equal(fast.y, slow.y)
+                self.assertTrue(fast.y.flags.writeable)
+                self.assertEqual(fast.degraded, slow.degraded)
+                self.assertEqual(fast.response, slow.response)
+                self.assertEqual(fast.losses, slow.losses)
+                self.assertEqual(fast.kept_per_expert, slow.kept_per_expert)
+                self.assertEqual(repr(fast), repr(slow))
+        if not NATIVE_BUILT:
+            return
+        from moe_client._generated import _transport
+        y = encode_tensor(np.ones((1, 2, 3), np.float32)).SerializeToString()
+        cases = {
+            # degraded, unknown fields of every wire type, shape unpacked
+            b"\x28\x01" + b"\x0a" + bytes([len(y)]) + y + b"\x98\x06\x07"
+            b"\xa1\x06" + b"\0" * 8 + b"\xad\x06" + b"\0" * 4:
+                (1, (1, 2, 3), True),
+            b"\x0a\x0a\x08\x01\x10\x02\x10\x03\x1a\x02ab":
+                (1, (2, 3), False),
+            b"": (0, (), False),
+        }
+        for raw, (dtype, shape, degraded) in cases.items():
+            fields = _transport.forward_fields(raw)
+            self.assertIsNotNone(fields, raw)
+            self.assertEqual((fields[0], fields[1], fields[3]), (dtype, shape, degraded))
+        # Bytes only protobuf should read: None, never an exception.
+        for raw in (b"\x0a\x05\x08", b"\x0a\x00\x0a\x00", b"\x2b", b"\x28",
+                    b"\x0a\x03\x12\x05\x01", b"\xff" * 11):
+            self.assertIsNone(_transport.forward_fields(raw), raw)
+        self.assertEqual(len(_transport.forward_fields(b"\x0a" + bytes([len(y)]) + y)[2]),
+                         24)
 
     def test_ctrl_c_ends_a_waiting_call(self):
         # A listener that never speaks HTTP/2: the call waits. A signal

@@ -67,23 +67,29 @@ def encode_tensor(x: np.ndarray, dtype: str = "float32") -> tensor_pb2.Tensor:
     return t
 
 
+_NUMPY_DTYPES = {tensor_pb2.FLOAT32: "<f4", tensor_pb2.FLOAT16: "<f2",
+                 tensor_pb2.INT64: "<i8"}
+
+
+def _array(dtype: int, shape, data) -> np.ndarray:
+    """A tensor's dtype code, shape and bytes as a numpy array, a view of
+    `data` (writable when `data` is a bytearray); bfloat16 as float32."""
+    if dtype == tensor_pb2.BFLOAT16:
+        a = (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    elif dtype in _NUMPY_DTYPES:
+        a = np.frombuffer(data, dtype=_NUMPY_DTYPES[dtype])
+    else:
+        raise ValueError("unknown tensor dtype %d" % dtype)
+    return a.reshape(shape)
+
+
 def decode_tensor(t: tensor_pb2.Tensor) -> np.ndarray:
     """A moe.v1.Tensor as a writable numpy array of its own (bfloat16 comes
     back as float32), ready for torch.from_numpy."""
-    shape = tuple(t.shape)
-    if t.dtype == tensor_pb2.FLOAT32:
-        a = np.frombuffer(t.data, dtype="<f4")
-    elif t.dtype == tensor_pb2.FLOAT16:
-        a = np.frombuffer(t.data, dtype="<f2")
-    elif t.dtype == tensor_pb2.BFLOAT16:
-        a = (np.frombuffer(t.data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-    elif t.dtype == tensor_pb2.INT64:
-        a = np.frombuffer(t.data, dtype="<i8")
-    else:
-        raise ValueError("unknown tensor dtype %d" % t.dtype)
+    a = _array(t.dtype, tuple(t.shape), t.data)
     if not a.flags.writeable:  # a view of the message's bytes
         a = a.copy()
-    return a.reshape(shape)
+    return a
 
 
 _HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING",
@@ -194,13 +200,36 @@ class ForwardResult:
     (router_pb2.RoutingStats); trace: the routing tensors (trace=True);
     response: the ForwardResponse itself. y and degraded are read at once,
     the others from the response when first asked for (a decode step reads
-    only y: each field read from a message costs a Python object).
+    only y: each field read from a message costs a Python object); made
+    from the response's bytes (from_bytes), the message itself is parsed
+    only then.
     """
 
     def __init__(self, response: router_pb2.ForwardResponse):
         self.response = response
         self.y = decode_tensor(response.y)
         self.degraded = response.degraded
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "ForwardResult":
+        """The result of a serialized ForwardResponse: y and degraded read
+        straight from the bytes (the native module's reader), the message
+        parsed when another field is asked for."""
+        fields = _transport.forward_fields(raw) if _transport is not None else None
+        if fields is None:  # no reader, or bytes only protobuf should read
+            return cls(router_pb2.ForwardResponse.FromString(raw))
+        result = cls.__new__(cls)
+        result._raw = raw
+        dtype, shape, data, result.degraded = fields
+        result.y = _array(dtype, shape, data)
+        return result
+
+    def __getattr__(self, name):
+        # Only for attributes not set: `response` of a result made from bytes.
+        if name == "response" and "_raw" in self.__dict__:
+            self.response = router_pb2.ForwardResponse.FromString(self._raw)
+            return self.response
+        raise AttributeError(name)
 
     @functools.cached_property
     def losses(self) -> Dict[str, float]:
@@ -309,7 +338,8 @@ class RouterClient:
         else:
             self._channel = grpc.insecure_channel(target, options=options)
         self._router = router_pb2_grpc.RouterStub(self._channel)
-        # Forward with the request's bytes made here (forward()).
+        # Forward, bytes in and out (forward() makes the request and reads
+        # the response itself).
         self._native = None
         if transport != "grpcio" and _transport is not None:
             self._native = _transport.Channel(
@@ -318,12 +348,9 @@ class RouterClient:
                 tls_server_name=tls_server_name,
                 max_message_bytes=max_message_bytes)
             self._forward_bytes = _native_unary(
-                self._native, "/moe.v1.Router/Forward",
-                router_pb2.ForwardResponse.FromString)
+                self._native, "/moe.v1.Router/Forward", lambda raw: raw)
         else:
-            self._forward_bytes = self._channel.unary_unary(
-                "/moe.v1.Router/Forward",
-                response_deserializer=router_pb2.ForwardResponse.FromString)
+            self._forward_bytes = self._channel.unary_unary("/moe.v1.Router/Forward")
         self.transport = "native" if self._native is not None else "grpcio"
         self._prefixes = {}
         self._tensor_heads = {}
@@ -373,7 +400,8 @@ class RouterClient:
                         timeout: Optional[float] = None) -> router_pb2.ForwardResponse:
         """Sends a ready-made ForwardRequest; returns the raw response."""
         if self._native is not None:
-            return self._call(self._forward_bytes, request.SerializeToString(), timeout)
+            return router_pb2.ForwardResponse.FromString(
+                self._call(self._forward_bytes, request.SerializeToString(), timeout))
         return self._call(self._router.Forward, request, timeout)
 
     def make_request(self, x, *, layer: str = "", dtype: str = "float32",
@@ -449,15 +477,16 @@ class RouterClient:
         return b"".join((prefix, _X_TAG, _varint(len(tensor)), tensor))
 
     @staticmethod
-    def _result(r: router_pb2.ForwardResponse, allow_degraded: bool) -> ForwardResult:
-        if r.degraded and not allow_degraded:
+    def _checked(result: ForwardResult, allow_degraded: bool) -> ForwardResult:
+        if result.degraded and not allow_degraded:
+            r = result.response
             raise MoeError(
                 grpc.StatusCode.UNAVAILABLE,
                 "degraded answer: experts %s of layer %r were unavailable "
                 "(%d assignments dropped); pass allow_degraded=True to accept it"
                 % (list(r.failed_experts), r.layer,
                    r.stats.dropped_expert_unavailable))
-        return ForwardResult(r)
+        return result
 
     def forward(self, x, *, layer: str = "", allow_degraded: bool = False,
                 timeout: Optional[float] = None, **options) -> ForwardResult:
@@ -475,8 +504,8 @@ class RouterClient:
         (UNAVAILABLE) unless allow_degraded.
         """
         request = self.request_bytes(x, layer=layer, **options)
-        return self._result(self._call(self._forward_bytes, request, timeout),
-                            allow_degraded)
+        raw = self._call(self._forward_bytes, request, timeout)
+        return self._checked(ForwardResult.from_bytes(raw), allow_degraded)
 
     def forward_async(self, x, *, layer: str = "", allow_degraded: bool = False,
                       timeout: Optional[float] = None, **options):
@@ -486,7 +515,8 @@ class RouterClient:
         call = self._router.Forward.future(
             request, timeout=self.timeout if timeout is None else timeout,
             metadata=self._metadata)
-        return _ForwardFuture(call, lambda r: self._result(r, allow_degraded))
+        return _ForwardFuture(
+            call, lambda r: self._checked(ForwardResult(r), allow_degraded))
 
     def model_info(self, timeout: Optional[float] = None) -> router_pb2.ModelInfo:
         """The served model, limits and workers (GetModelInfo)."""

@@ -20,6 +20,7 @@
 #include <Python.h>
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -64,9 +65,12 @@ bool OptionalBytes(PyObject* o, const char* name, std::string* out) {
 }
 
 int ChannelInit(ChannelObject* self, PyObject* args, PyObject* kwargs) {
-  static const char* kwlist[] = {"target",          "root_certificates",
-                                 "private_key",     "certificate_chain",
-                                 "tls_server_name", "max_message_bytes",
+  static const char* kwlist[] = {"target",
+                                 "root_certificates",
+                                 "private_key",
+                                 "certificate_chain",
+                                 "tls_server_name",
+                                 "max_message_bytes",
                                  nullptr};
   const char* target = nullptr;
   PyObject* root = nullptr;
@@ -136,8 +140,8 @@ PyObject* ToBytes(const grpc::ByteBuffer& buffer) {
   if (!buffer.Dump(&slices).ok()) {
     return RaiseRpcError(13, "unreadable response buffer");
   }
-  PyObject* out =
-      PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(buffer.Length()));
+  PyObject* out = PyBytes_FromStringAndSize(
+      nullptr, static_cast<Py_ssize_t>(buffer.Length()));
   if (out == nullptr) return nullptr;
   char* at = PyBytes_AS_STRING(out);
   for (const grpc::Slice& s : slices) {
@@ -236,6 +240,144 @@ PyObject* ChannelClose(ChannelObject* self, PyObject*) {
   Py_RETURN_NONE;
 }
 
+// --- Reading y and degraded from a ForwardResponse's bytes ---------------
+// (proto/moe/v1/router.proto: ForwardResponse.y = 1, degraded = 5;
+// tensor.proto: Tensor.dtype = 1, shape = 2, data = 3), so that a decode
+// step does not build a protobuf message; the rest of the response is
+// parsed only when asked for.
+
+bool ReadVarint(const uint8_t*& p, const uint8_t* end, uint64_t* v) {
+  *v = 0;
+  for (int shift = 0; shift < 64 && p < end; shift += 7) {
+    const uint8_t b = *p++;
+    *v |= static_cast<uint64_t>(b & 0x7F) << shift;
+    if (b < 0x80) return true;
+  }
+  return false;
+}
+
+// Steps over a field of wire type `type` whose tag was read; false when
+// malformed or a group (not in proto3).
+bool SkipField(int type, const uint8_t*& p, const uint8_t* end) {
+  uint64_t v = 0;
+  switch (type) {
+    case 0:
+      return ReadVarint(p, end, &v);
+    case 1:
+      if (end - p < 8) return false;
+      p += 8;
+      return true;
+    case 2:
+      if (!ReadVarint(p, end, &v) || v > static_cast<uint64_t>(end - p)) {
+        return false;
+      }
+      p += v;
+      return true;
+    case 5:
+      if (end - p < 4) return false;
+      p += 4;
+      return true;
+    default:
+      return false;
+  }
+}
+
+// A length-delimited field's payload: [*begin, *end).
+bool ReadBytes(const uint8_t*& p, const uint8_t* end, const uint8_t** begin,
+               const uint8_t** stop) {
+  uint64_t n = 0;
+  if (!ReadVarint(p, end, &n) || n > static_cast<uint64_t>(end - p)) {
+    return false;
+  }
+  *begin = p;
+  *stop = p + n;
+  p += n;
+  return true;
+}
+
+PyObject* ForwardFields(PyObject*, PyObject* args) {
+  Py_buffer raw;
+  if (!PyArg_ParseTuple(args, "y*", &raw)) return nullptr;
+  struct Release {
+    Py_buffer* b;
+    ~Release() { PyBuffer_Release(b); }
+  } release{&raw};
+  const auto* p = static_cast<const uint8_t*>(raw.buf);
+  const uint8_t* end = p + raw.len;
+  const uint8_t* y = nullptr;
+  const uint8_t* y_end = nullptr;
+  bool degraded = false;
+  while (p < end) {
+    uint64_t tag = 0;
+    if (!ReadVarint(p, end, &tag)) Py_RETURN_NONE;
+    const int number = static_cast<int>(tag >> 3);
+    const int type = static_cast<int>(tag & 7);
+    if (number == 1 && type == 2) {
+      // A second y would merge into the first: left to protobuf.
+      if (y != nullptr || !ReadBytes(p, end, &y, &y_end)) Py_RETURN_NONE;
+    } else if (number == 5 && type == 0) {
+      uint64_t v = 0;
+      if (!ReadVarint(p, end, &v)) Py_RETURN_NONE;
+      degraded = v != 0;
+    } else if (!SkipField(type, p, end)) {
+      Py_RETURN_NONE;
+    }
+  }
+  uint64_t dtype = 0;
+  std::vector<uint64_t> shape;
+  const uint8_t* data = nullptr;
+  const uint8_t* data_end = nullptr;
+  for (p = y; p != nullptr && p < y_end;) {
+    uint64_t tag = 0;
+    if (!ReadVarint(p, y_end, &tag)) Py_RETURN_NONE;
+    const int number = static_cast<int>(tag >> 3);
+    const int type = static_cast<int>(tag & 7);
+    uint64_t v = 0;
+    if (number == 1 && type == 0) {
+      if (!ReadVarint(p, y_end, &dtype)) Py_RETURN_NONE;
+    } else if (number == 2 && type == 0) {
+      if (!ReadVarint(p, y_end, &v)) Py_RETURN_NONE;
+      shape.push_back(v);
+    } else if (number == 2 && type == 2) {
+      const uint8_t* packed = nullptr;
+      const uint8_t* packed_end = nullptr;
+      if (!ReadBytes(p, y_end, &packed, &packed_end)) Py_RETURN_NONE;
+      while (packed < packed_end) {
+        if (!ReadVarint(packed, packed_end, &v)) Py_RETURN_NONE;
+        shape.push_back(v);
+      }
+    } else if (number == 3 && type == 2) {
+      if (!ReadBytes(p, y_end, &data, &data_end)) Py_RETURN_NONE;
+    } else if (!SkipField(type, p, y_end)) {
+      Py_RETURN_NONE;
+    }
+  }
+  PyObject* dims = PyTuple_New(static_cast<Py_ssize_t>(shape.size()));
+  if (dims == nullptr) return nullptr;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    PyTuple_SET_ITEM(dims, static_cast<Py_ssize_t>(i),
+                     PyLong_FromUnsignedLongLong(shape[i]));
+  }
+  // A bytearray: numpy views it writable, with no further copy.
+  PyObject* bytes = PyByteArray_FromStringAndSize(
+      reinterpret_cast<const char*>(data),
+      data == nullptr ? 0 : static_cast<Py_ssize_t>(data_end - data));
+  if (bytes == nullptr) {
+    Py_DECREF(dims);
+    return nullptr;
+  }
+  return Py_BuildValue("(KNNO)", static_cast<unsigned long long>(dtype), dims,
+                       bytes, degraded ? Py_True : Py_False);
+}
+
+PyMethodDef kModuleMethods[] = {
+    {"forward_fields", ForwardFields, METH_VARARGS,
+     "forward_fields(response: bytes) -> (y_dtype, y_shape, y_data: "
+     "bytearray, degraded) of a serialized ForwardResponse, or None when "
+     "the bytes hold something only protobuf should read (a repeated y, "
+     "malformed fields)."},
+    {nullptr, nullptr, 0, nullptr}};
+
 PyMethodDef kChannelMethods[] = {
     {"unary", reinterpret_cast<PyCFunction>(ChannelUnary), METH_VARARGS,
      "unary(method, request: bytes, timeout: float | None = None, "
@@ -267,7 +409,7 @@ PyModuleDef kModule = {PyModuleDef_HEAD_INIT,
                        "Unary gRPC calls of request bytes through gRPC's C++ "
                        "library (moe_client's forward path).",
                        -1,
-                       nullptr,
+                       kModuleMethods,
                        nullptr,
                        nullptr,
                        nullptr,
