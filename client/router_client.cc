@@ -5,6 +5,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "proto/grpc_status.h"
@@ -71,7 +72,21 @@ RouterClient::RouterClient(std::string target,
     : target_(std::move(target)),
       channel_(std::move(channel)),
       stub_(moe::v1::Router::NewStub(channel_)),
-      options_(options) {}
+      options_(options),
+      token_status_(CheckToken(options.token)) {}
+
+absl::Status CheckToken(absl::string_view token) {
+  for (size_t i = 0; i < token.size(); ++i) {
+    const auto c = static_cast<unsigned char>(token[i]);
+    if (c < 0x20 || c > 0x7e) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "the bearer token holds byte 0x%02x at offset %d: a gRPC header "
+          "carries printable ASCII only (a line end read with the token?)",
+          c, i));
+    }
+  }
+  return absl::OkStatus();
+}
 
 std::unique_ptr<RouterClient> RouterClient::Create(
     const std::string& target, const ClientOptions& options) {
@@ -79,12 +94,14 @@ std::unique_ptr<RouterClient> RouterClient::Create(
       new RouterClient(target, MakeChannel(target, options), options));
 }
 
-void RouterClient::Prepare(grpc::ClientContext* context,
-                           absl::Time deadline) const {
+absl::Status RouterClient::Prepare(grpc::ClientContext* context,
+                                   absl::Time deadline) const {
+  MOE_RETURN_IF_ERROR(token_status_);
   context->set_deadline(absl::ToChronoTime(deadline));
   if (!options_.token.empty()) {
     context->AddMetadata("authorization", "Bearer " + options_.token);
   }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<moe::v1::ForwardResponse> RouterClient::Forward(
@@ -93,7 +110,7 @@ absl::StatusOr<moe::v1::ForwardResponse> RouterClient::Forward(
   absl::Duration backoff = absl::Milliseconds(100);
   for (int attempt = 1;; ++attempt) {
     grpc::ClientContext context;
-    Prepare(&context, deadline);
+    MOE_RETURN_IF_ERROR(Prepare(&context, deadline));
     moe::v1::ForwardResponse response;
     grpc::Status status = stub_->Forward(&context, request, &response);
     if (status.ok()) return response;
@@ -144,10 +161,14 @@ void RouterClient::ForwardAsync(
     moe::v1::ForwardResponse response;
     std::function<void(absl::StatusOr<moe::v1::ForwardResponse>)> done;
   };
+  if (!token_status_.ok()) {
+    done(token_status_);
+    return;
+  }
   auto* call = new Call;
   call->request = request;
   call->done = std::move(done);
-  Prepare(&call->context, absl::Now() + options_.timeout);
+  (void)Prepare(&call->context, absl::Now() + options_.timeout);  // OK
   stub_->async()->Forward(
       &call->context, &call->request, &call->response,
       [call, tls = options_.credentials != nullptr](grpc::Status status) {
@@ -162,7 +183,7 @@ void RouterClient::ForwardAsync(
 
 absl::StatusOr<moe::v1::ModelInfo> RouterClient::GetModelInfo() const {
   grpc::ClientContext context;
-  Prepare(&context, absl::Now() + options_.timeout);
+  MOE_RETURN_IF_ERROR(Prepare(&context, absl::Now() + options_.timeout));
   moe::v1::ModelInfo info;
   grpc::Status status =
       stub_->GetModelInfo(&context, moe::v1::GetModelInfoRequest(), &info);

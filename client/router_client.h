@@ -24,7 +24,9 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/host_tensor.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -42,7 +44,9 @@ struct ClientOptions {
   // The name the router's certificate must carry, when it is not the host
   // of the target (empty: the host).
   std::string tls_server_name;
-  // Sent as "authorization: Bearer <token>" when not empty.
+  // Sent as "authorization: Bearer <token>" when not empty. Printable
+  // ASCII only (CheckToken): with any other byte every call fails with
+  // INVALID_ARGUMENT (gRPC itself would abort the process).
   std::string token;
 };
 
@@ -90,13 +94,19 @@ class RouterClient {
  private:
   RouterClient(std::string target, std::shared_ptr<grpc::Channel> channel,
                const ClientOptions& options);
-  void Prepare(grpc::ClientContext* context, absl::Time deadline) const;
+  // The deadline and the token; the token's error (CheckToken), if any.
+  absl::Status Prepare(grpc::ClientContext* context, absl::Time deadline) const;
 
   std::string target_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<moe::v1::Router::Stub> stub_;
   ClientOptions options_;
+  absl::Status token_status_;  // CheckToken(options_.token)
 };
+
+// OK when `token` can travel in a gRPC header (printable ASCII, 0x20-0x7e);
+// INVALID_ARGUMENT naming the first byte that cannot.
+absl::Status CheckToken(absl::string_view token);
 
 // The error of a degraded answer: UNAVAILABLE naming the failed experts.
 absl::Status DegradedError(const moe::v1::ForwardResponse& response);

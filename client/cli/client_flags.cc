@@ -68,6 +68,11 @@ absl::StatusOr<client::ClientOptions> ClientOptionsFromFlags() {
       return absl::InvalidArgumentError(absl::StrCat(
           "--token_file: ", token_file, " starts with a blank line"));
     }
+    const absl::Status valid = client::CheckToken(options.token);
+    if (!valid.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--token_file: ", token_file, ": ", valid.message()));
+    }
   }
   return options;
 }

@@ -421,6 +421,25 @@ class PythonClientTlsTest(unittest.TestCase):
             self.assertLessEqual(float(np.abs(r.y - g["output.y"]).max()), 1e-5)
             self.assertEqual(len(c.model_info().workers), 2)
 
+    def test_a_token_a_header_cannot_carry_is_refused_at_once(self):
+        # gRPC's C++ library would abort the process on such a header.
+        for token in ("py-token\n", "py-t\u00f6ken", "a\tb"):
+            with self.assertRaises(ValueError) as caught:
+                self.client(token=token)
+            self.assertIn("printable ASCII", str(caught.exception))
+        if NATIVE_BUILT:
+            from moe_client._generated import _transport
+            channel = _transport.Channel(self.up.target)
+            for metadata in ((("authorization", "Bearer x\n"),), (("Upper", "x"),),
+                             (("", "x"),)):
+                with self.assertRaises(ValueError, msg=metadata):
+                    channel.unary("/moe.v1.Router/Forward", b"", 1.0, metadata)
+            # Binary values carry any bytes.
+            with self.assertRaises(_transport.RpcError):
+                channel.unary("/moe.v1.Router/Forward", b"", 1.0,
+                              (("x-bin", "\n\u00f6"),))
+            channel.close()
+
     def test_without_a_token_unauthenticated(self):
         g = golden("B2_moe_eval_drop_cap12")
         with self.client(root_certificates=self.read("ca.crt"),

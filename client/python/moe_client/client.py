@@ -320,6 +320,13 @@ class RouterClient:
                 "transport=\"native\": moe_client._generated._transport is not "
                 "built (it needs Python's headers, python3-dev, when the project "
                 "is built); use transport=\"grpcio\"")
+        bad = next((i for i, ch in enumerate(token or "")
+                    if not " " <= ch <= "~"), None)
+        if bad is not None:
+            raise ValueError(
+                "token: character %r at offset %d; a gRPC header carries "
+                "printable ASCII only (a line end read with the token?)"
+                % (token[bad], bad))
         self.target = target
         self.timeout = timeout
         self.max_attempts = max(1, max_attempts)

@@ -118,6 +118,26 @@ void ChannelDealloc(ChannelObject* self) {
   Py_DECREF(type);  // a heap type: each instance holds a reference
 }
 
+// Whether gRPC takes (key, value) as metadata; gRPC's C++ library aborts
+// the process on metadata it refuses, grpcio raises ValueError (as here).
+bool ValidMetadata(const std::string& key, const std::string& value) {
+  if (key.empty()) return false;
+  for (const char c : key) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+          c == '_' || c == '.')) {
+      return false;
+    }
+  }
+  if (key.size() >= 4 && key.compare(key.size() - 4, 4, "-bin") == 0) {
+    return true;  // binary values: any bytes
+  }
+  for (const char c : value) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u > 0x7e) return false;
+  }
+  return true;
+}
+
 PyObject* RaiseRpcError(int code, const std::string& details) {
   PyObject* value = Py_BuildValue("(is#)", code, details.data(),
                                   static_cast<Py_ssize_t>(details.size()));
@@ -185,6 +205,13 @@ PyObject* ChannelUnary(ChannelObject* self, PyObject* args) {
       const char* k = nullptr;
       const char* v = nullptr;
       if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(items, i), "ss", &k, &v)) {
+        Py_DECREF(items);
+        return nullptr;
+      }
+      if (!ValidMetadata(k, v)) {
+        PyErr_Format(PyExc_ValueError, "metadata was invalid: (%R, %R)",
+                     PyTuple_GET_ITEM(PySequence_Fast_GET_ITEM(items, i), 0),
+                     PyTuple_GET_ITEM(PySequence_Fast_GET_ITEM(items, i), 1));
         Py_DECREF(items);
         return nullptr;
       }

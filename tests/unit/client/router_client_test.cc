@@ -1,0 +1,47 @@
+#include "client/router_client.h"
+
+#include <string>
+
+#include "absl/synchronization/notification.h"
+#include "gtest/gtest.h"
+
+namespace moe::client {
+namespace {
+
+TEST(CheckTokenTest, PrintableAsciiOnly) {
+  EXPECT_TRUE(CheckToken("").ok());
+  EXPECT_TRUE(CheckToken("abc-DEF_123.~ !").ok());
+  for (const std::string& bad :
+       {std::string("tok\n"), std::string("a\tb"), std::string("t\xc3\xb6ken"),
+        std::string("a\0b", 3), std::string("\x7f")}) {
+    const absl::Status s = CheckToken(bad);
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+    EXPECT_NE(s.message().find("printable ASCII"), std::string::npos) << s;
+  }
+  EXPECT_NE(CheckToken("tok\n").message().find("byte 0x0a at offset 3"),
+            std::string::npos);
+}
+
+// gRPC aborts the process on a header value it refuses: with such a token
+// every call fails with INVALID_ARGUMENT before it is made.
+TEST(CheckTokenTest, CallsWithATokenAHeaderCannotCarryFailAndNothingAborts) {
+  ClientOptions options;
+  options.token = "tok\n";
+  auto client = RouterClient::Create("127.0.0.1:1", options);
+  auto forward = client->Forward(moe::v1::ForwardRequest());
+  EXPECT_TRUE(absl::IsInvalidArgument(forward.status())) << forward.status();
+  auto info = client->GetModelInfo();
+  EXPECT_TRUE(absl::IsInvalidArgument(info.status())) << info.status();
+  absl::Notification done;
+  absl::Status async_status;
+  client->ForwardAsync(moe::v1::ForwardRequest(),
+                       [&](absl::StatusOr<moe::v1::ForwardResponse> r) {
+                         async_status = r.status();
+                         done.Notify();
+                       });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_TRUE(absl::IsInvalidArgument(async_status)) << async_status;
+}
+
+}  // namespace
+}  // namespace moe::client
