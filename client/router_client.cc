@@ -5,9 +5,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "common/token_set.h"
 #include "proto/grpc_status.h"
 #include "proto/health_check.h"
 #include "proto/tensor_codec.h"
@@ -73,20 +73,7 @@ RouterClient::RouterClient(std::string target,
       channel_(std::move(channel)),
       stub_(moe::v1::Router::NewStub(channel_)),
       options_(options),
-      token_status_(CheckToken(options.token)) {}
-
-absl::Status CheckToken(absl::string_view token) {
-  for (size_t i = 0; i < token.size(); ++i) {
-    const auto c = static_cast<unsigned char>(token[i]);
-    if (c < 0x20 || c > 0x7e) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "the bearer token holds byte 0x%02x at offset %d: a gRPC header "
-          "carries printable ASCII only (a line end read with the token?)",
-          c, i));
-    }
-  }
-  return absl::OkStatus();
-}
+      token_status_(common::CheckSendableToken(options.token)) {}
 
 std::unique_ptr<RouterClient> RouterClient::Create(
     const std::string& target, const ClientOptions& options) {

@@ -26,7 +26,6 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/host_tensor.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -45,8 +44,8 @@ struct ClientOptions {
   // of the target (empty: the host).
   std::string tls_server_name;
   // Sent as "authorization: Bearer <token>" when not empty. Printable
-  // ASCII only (CheckToken): with any other byte every call fails with
-  // INVALID_ARGUMENT (gRPC itself would abort the process).
+  // ASCII only (common::CheckSendableToken): with any other byte every call
+  // fails with INVALID_ARGUMENT (gRPC itself would abort the process).
   std::string token;
 };
 
@@ -101,12 +100,8 @@ class RouterClient {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<moe::v1::Router::Stub> stub_;
   ClientOptions options_;
-  absl::Status token_status_;  // CheckToken(options_.token)
+  absl::Status token_status_;  // common::CheckSendableToken(options_.token)
 };
-
-// OK when `token` can travel in a gRPC header (printable ASCII, 0x20-0x7e);
-// INVALID_ARGUMENT naming the first byte that cannot.
-absl::Status CheckToken(absl::string_view token);
 
 // The error of a degraded answer: UNAVAILABLE naming the failed experts.
 absl::Status DegradedError(const moe::v1::ForwardResponse& response);

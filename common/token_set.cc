@@ -9,6 +9,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 
@@ -64,9 +65,27 @@ absl::StatusOr<std::vector<std::string>> ReadDigests(const std::string& path) {
 
 }  // namespace
 
+absl::Status CheckSendableToken(absl::string_view token) {
+  for (size_t i = 0; i < token.size(); ++i) {
+    const auto c = static_cast<unsigned char>(token[i]);
+    if (c < 0x20 || c > 0x7e) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "the bearer token holds byte 0x%02x at offset %d: a gRPC header "
+          "carries printable ASCII only (a line end read with the token?)",
+          c, i));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> ReadFirstToken(const std::string& path,
                                            absl::string_view flag) {
   MOE_ASSIGN_OR_RETURN(std::vector<std::string> tokens, ReadTokens(path, flag));
+  const absl::Status sendable = CheckSendableToken(tokens.front());
+  if (!sendable.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": ", path, ": ", sendable.message()));
+  }
   return tokens.front();
 }
 

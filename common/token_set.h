@@ -20,9 +20,16 @@
 
 namespace moe::common {
 
+// OK when `token` can travel in a gRPC header ("authorization: Bearer
+// <token>"): printable ASCII, 0x20-0x7e. InvalidArgument naming the first
+// byte that cannot (gRPC's C++ library aborts the process on a header value
+// it refuses, so every sender checks first).
+absl::Status CheckSendableToken(absl::string_view token);
+
 // The first token of a token file in TokenSet's format: what a caller sends
 // (moe-balancer's admin token). InvalidArgument naming `flag` when the file
-// cannot be read or holds no token.
+// cannot be read, holds no token, or its first token cannot be sent
+// (CheckSendableToken).
 absl::StatusOr<std::string> ReadFirstToken(const std::string& path,
                                            absl::string_view flag);
 

@@ -6,6 +6,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "common/token_set.h"
 #include "proto/tls.h"
 
 ABSL_FLAG(std::string, target, "",
@@ -68,7 +69,7 @@ absl::StatusOr<client::ClientOptions> ClientOptionsFromFlags() {
       return absl::InvalidArgumentError(absl::StrCat(
           "--token_file: ", token_file, " starts with a blank line"));
     }
-    const absl::Status valid = client::CheckToken(options.token);
+    const absl::Status valid = common::CheckSendableToken(options.token);
     if (!valid.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("--token_file: ", token_file, ": ", valid.message()));

@@ -75,6 +75,30 @@ TEST(TokenSetTest, ReadFirstTokenSkipsCommentsAndBlankLines) {
             std::string::npos);
 }
 
+// gRPC's C++ library aborts the process on a header value it refuses:
+// every sender checks its token first.
+TEST(TokenSetTest, OnlyPrintableAsciiTokensCanBeSent) {
+  EXPECT_TRUE(CheckSendableToken("").ok());
+  EXPECT_TRUE(CheckSendableToken("abc-DEF_123.~ !").ok());
+  for (const std::string& bad :
+       {std::string("tok\n"), std::string("a\tb"), std::string("t\xc3\xb6ken"),
+        std::string("a\0b", 3), std::string("\x7f")}) {
+    const absl::Status s = CheckSendableToken(bad);
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+    EXPECT_NE(s.message().find("printable ASCII"), std::string::npos) << s;
+  }
+  EXPECT_NE(CheckSendableToken("tok\n").message().find("byte 0x0a at offset 3"),
+            std::string::npos);
+  const std::string path = testing::TempDir() + "/tokens-unsendable";
+  Write(path, "t\x01ken\n");
+  const absl::Status read = ReadFirstToken(path, "--admin_token_file").status();
+  EXPECT_TRUE(absl::IsInvalidArgument(read)) << read;
+  EXPECT_NE(read.message().find("--admin_token_file: " + path +
+                                ": the bearer token holds byte 0x01"),
+            std::string::npos)
+      << read;
+}
+
 TEST(TokenSetTest, AnUnreadableOrEmptyFileIsAnErrorAtStart) {
   EXPECT_EQ(TokenSet::FromFile(testing::TempDir() + "/nope").status().code(),
             absl::StatusCode::kInvalidArgument);
