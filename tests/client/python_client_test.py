@@ -438,7 +438,13 @@ class PythonClientTlsTest(unittest.TestCase):
             with self.assertRaises(_transport.RpcError):
                 channel.unary("/moe.v1.Router/Forward", b"", 1.0,
                               (("x-bin", "\n\u00f6"),))
+            # Any timeout: none, zero, negative, unbounded.
+            for timeout in (None, 0.0, -1.0, float("inf"), float("nan")):
+                with self.assertRaises(_transport.RpcError, msg=timeout):
+                    channel.unary("/moe.v1.Router/Forward", b"", timeout)
             channel.close()
+            with self.assertRaises(ValueError):
+                channel.unary("/moe.v1.Router/Forward", b"")
 
     def test_without_a_token_unauthenticated(self):
         g = golden("B2_moe_eval_drop_cap12")

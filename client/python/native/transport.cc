@@ -193,10 +193,13 @@ PyObject* ChannelUnary(ChannelObject* self, PyObject* args) {
   if (timeout != nullptr && timeout != Py_None) {
     const double seconds = PyFloat_AsDouble(timeout);
     if (seconds == -1.0 && PyErr_Occurred()) return nullptr;
-    context.set_deadline(
-        std::chrono::system_clock::now() +
-        std::chrono::duration_cast<std::chrono::system_clock::duration>(
-            std::chrono::duration<double>(seconds > 0 ? seconds : 0)));
+    // Past a century (inf included) no deadline, as timeout=None.
+    if (!(seconds > 3.2e9)) {
+      context.set_deadline(
+          std::chrono::system_clock::now() +
+          std::chrono::duration_cast<std::chrono::system_clock::duration>(
+              std::chrono::duration<double>(seconds > 0 ? seconds : 0)));
+    }
   }
   if (metadata != nullptr && metadata != Py_None) {
     PyObject* items = PySequence_Fast(metadata, "metadata must be a sequence");
