@@ -157,11 +157,12 @@ class _NativeRpcError(grpc.RpcError):
         return self._details
 
 
-def _native_unary(channel, method: str, deserialize):
-    """A unary method of a native channel, called as grpcio's are."""
+def _native_unary(channel, method: str):
+    """A unary method of a native channel, bytes in and out, called as
+    grpcio's are."""
     def call(request: bytes, timeout=None, metadata=None):
         try:
-            return deserialize(channel.unary(method, request, timeout, metadata))
+            return channel.unary(method, request, timeout, metadata)
         except _transport.RpcError as e:
             raise _NativeRpcError(*e.args) from None
     return call
@@ -354,8 +355,7 @@ class RouterClient:
                 private_key=private_key, certificate_chain=certificate_chain,
                 tls_server_name=tls_server_name,
                 max_message_bytes=max_message_bytes)
-            self._forward_bytes = _native_unary(
-                self._native, "/moe.v1.Router/Forward", lambda raw: raw)
+            self._forward_bytes = _native_unary(self._native, "/moe.v1.Router/Forward")
         else:
             self._forward_bytes = self._channel.unary_unary("/moe.v1.Router/Forward")
         self.transport = "native" if self._native is not None else "grpcio"

@@ -51,6 +51,12 @@ struct ChannelObject {
   PyObject_HEAD std::shared_ptr<Connection>* connection;  // null once closed
 };
 
+// Releases a Py_buffer taken with "y*" when it goes out of scope.
+struct BufferRelease {
+  Py_buffer* buffer;
+  ~BufferRelease() { PyBuffer_Release(buffer); }
+};
+
 // Bytes or None -> std::string; false with a TypeError otherwise.
 bool OptionalBytes(PyObject* o, const char* name, std::string* out) {
   if (o == nullptr || o == Py_None) return true;
@@ -180,10 +186,7 @@ PyObject* ChannelUnary(ChannelObject* self, PyObject* args) {
                         &metadata)) {
     return nullptr;
   }
-  struct Release {
-    Py_buffer* b;
-    ~Release() { PyBuffer_Release(b); }
-  } release{&request};
+  const BufferRelease release{&request};
   if (self->connection == nullptr) {
     PyErr_SetString(PyExc_ValueError, "the channel is closed");
     return nullptr;
@@ -286,32 +289,6 @@ bool ReadVarint(const uint8_t*& p, const uint8_t* end, uint64_t* v) {
   return false;
 }
 
-// Steps over a field of wire type `type` whose tag was read; false when
-// malformed or a group (not in proto3).
-bool SkipField(int type, const uint8_t*& p, const uint8_t* end) {
-  uint64_t v = 0;
-  switch (type) {
-    case 0:
-      return ReadVarint(p, end, &v);
-    case 1:
-      if (end - p < 8) return false;
-      p += 8;
-      return true;
-    case 2:
-      if (!ReadVarint(p, end, &v) || v > static_cast<uint64_t>(end - p)) {
-        return false;
-      }
-      p += v;
-      return true;
-    case 5:
-      if (end - p < 4) return false;
-      p += 4;
-      return true;
-    default:
-      return false;
-  }
-}
-
 // A length-delimited field's payload: [*begin, *end).
 bool ReadBytes(const uint8_t*& p, const uint8_t* end, const uint8_t** begin,
                const uint8_t** stop) {
@@ -325,13 +302,35 @@ bool ReadBytes(const uint8_t*& p, const uint8_t* end, const uint8_t** begin,
   return true;
 }
 
+// Steps over a field of wire type `type` whose tag was read; false when
+// malformed or a group (not in proto3).
+bool SkipField(int type, const uint8_t*& p, const uint8_t* end) {
+  uint64_t v = 0;
+  switch (type) {
+    case 0:
+      return ReadVarint(p, end, &v);
+    case 1:
+      if (end - p < 8) return false;
+      p += 8;
+      return true;
+    case 2: {
+      const uint8_t* payload = nullptr;
+      const uint8_t* payload_end = nullptr;
+      return ReadBytes(p, end, &payload, &payload_end);
+    }
+    case 5:
+      if (end - p < 4) return false;
+      p += 4;
+      return true;
+    default:
+      return false;
+  }
+}
+
 PyObject* ForwardFields(PyObject*, PyObject* args) {
   Py_buffer raw;
   if (!PyArg_ParseTuple(args, "y*", &raw)) return nullptr;
-  struct Release {
-    Py_buffer* b;
-    ~Release() { PyBuffer_Release(b); }
-  } release{&raw};
+  const BufferRelease release{&raw};
   const auto* p = static_cast<const uint8_t*>(raw.buf);
   const uint8_t* end = p + raw.len;
   const uint8_t* y = nullptr;
