@@ -53,6 +53,11 @@ ABSL_FLAG(int, http_port, -1,
           "Serve the Open Inference Protocol's REST form (HTTP/1.1, JSON: "
           "/v2/...) on this port; 0 picks a free one; -1 (default) off. "
           "HTTPS with the --tls_* files (read at start) when they are given.");
+ABSL_FLAG(int, http_threads, 64,
+          "REST connections served at once (--http_port): each open "
+          "connection holds one thread while it is open, an idle one for at "
+          "most 5 s; a connection beyond them waits for one. Each may hold "
+          "a request body, so this also bounds REST's memory.");
 ABSL_FLAG(std::string, http_port_file, "",
           "Write the --http_port in use here once it listens.");
 
@@ -89,16 +94,18 @@ absl::StatusOr<std::unique_ptr<router::InferenceHttpServer>> StartRestFromFlags(
   if (port > 65535) {
     return absl::InvalidArgumentError("--http_port must be -1 or a port");
   }
-  const router::InferenceHttpServer::Tls tls = {
-      server_options.tls_cert_file, server_options.tls_key_file,
-      server_options.tls_client_ca_file};
-  MOE_ASSIGN_OR_RETURN(
-      std::unique_ptr<router::InferenceHttpServer> http,
-      router::InferenceHttpServer::Start(server_options.host, port, service,
-                                         max_body_bytes, tls));
+  router::InferenceHttpServer::Options options;
+  options.max_body_bytes = max_body_bytes;
+  options.threads = absl::GetFlag(FLAGS_http_threads);
+  options.tls = {server_options.tls_cert_file, server_options.tls_key_file,
+                 server_options.tls_client_ca_file};
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<router::InferenceHttpServer> http,
+                       router::InferenceHttpServer::Start(
+                           server_options.host, port, service, options));
   MOE_LOG(INFO) << "Open Inference Protocol REST on " << server_options.host
                 << ":" << http->port()
-                << (tls.cert_file.empty() ? " (plaintext)" : " (HTTPS)");
+                << (options.tls.cert_file.empty() ? " (plaintext)" : " (HTTPS)")
+                << ", " << options.threads << " connections at once";
   const std::string port_file = absl::GetFlag(FLAGS_http_port_file);
   if (!port_file.empty()) {
     MOE_RETURN_IF_ERROR(WritePortFile(port_file, http->port()));

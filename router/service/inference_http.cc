@@ -2,6 +2,8 @@
 
 #include <httplib.h>
 
+#include <algorithm>
+#include <ctime>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -123,7 +125,17 @@ void Infer(RouterService& router, const httplib::Request& req,
 
 absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
     const std::string& host, int port, RouterService* router,
-    int64_t max_body_bytes, const Tls& tls) {
+    const Options& options) {
+  if (options.threads < 1 || options.threads > kMaxThreads) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("REST: threads (--http_threads) must be 1 to ",
+                     kMaxThreads, ", not ", options.threads));
+  }
+  if (options.keep_alive < absl::Seconds(1) || options.max_body_bytes < 1) {
+    return absl::InvalidArgumentError(
+        "REST: keep-alive must be at least 1 s and the body limit positive");
+  }
+  const Tls& tls = options.tls;
   auto server = std::unique_ptr<InferenceHttpServer>(new InferenceHttpServer());
   if (tls.cert_file.empty()) {
     server->http_ = std::make_unique<httplib::Server>();
@@ -142,10 +154,16 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
     server->http_ = std::move(https);
   }
   httplib::Server& http = *server->http_;
-  http.set_payload_max_length(static_cast<size_t>(max_body_bytes));
+  // httplib serves a connection on one thread from its first request to
+  // its close; its default pool (8 threads on a small machine) let eight
+  // idle keep-alive clients hold every other client off for a minute.
+  const size_t threads = static_cast<size_t>(options.threads);
+  http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  http.set_payload_max_length(static_cast<size_t>(options.max_body_bytes));
   http.set_read_timeout(60, 0);
   http.set_write_timeout(60, 0);
-  http.set_keep_alive_timeout(60);
+  http.set_keep_alive_timeout(
+      std::max<time_t>(1, absl::ToInt64Seconds(options.keep_alive)));
   // Headers and body leave in separate writes: without this, Nagle and
   // the client's delayed ACK hold each answer about 40 ms.
   http.set_tcp_nodelay(true);

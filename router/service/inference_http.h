@@ -10,7 +10,8 @@
 // logs and metrics, and the same bits of y. Errors are {"error": "..."}
 // with 400 (bad request), 401 (token), 404 (model or version), 429
 // (overload), 503 (not ready, degraded), 504 (deadline), 500 (other). A body
-// over `max_body_bytes` is refused with 413 before it is parsed. With TLS
+// over `max_body_bytes` is refused with 413 before it is parsed. One thread
+// per open connection, from a pool of `Options::threads`. With TLS
 // files it serves HTTPS (and requires client certificates when given a CA),
 // as the gRPC port does.
 #pragma once
@@ -21,6 +22,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "router/service/router_service.h"
 
 namespace httplib {
@@ -38,10 +40,26 @@ class InferenceHttpServer {
     std::string cert_file, key_file, client_ca_file;
   };
 
+  static constexpr int kMaxThreads = 4096;
+
+  struct Options {
+    // A body over this many bytes is refused (413) before it is read.
+    int64_t max_body_bytes = 64 << 20;
+    // Connections served at once. Each open connection holds one of these
+    // threads while it is open, an idle keep-alive one for at most
+    // `keep_alive`; a connection beyond them waits (in the accept queue)
+    // for one. Every thread may hold a body of up to `max_body_bytes`.
+    int threads = 64;
+    // How long a connection may sit idle, before its first request or
+    // between two, before the router closes it.
+    absl::Duration keep_alive = absl::Seconds(5);
+    Tls tls;
+  };
+
   // Listens on host:port (0 picks a free one). `router` must outlive it.
   static absl::StatusOr<std::unique_ptr<InferenceHttpServer>> Start(
       const std::string& host, int port, RouterService* router,
-      int64_t max_body_bytes, const Tls& tls = {});
+      const Options& options);
   // Stops listening and waits for the requests in progress.
   ~InferenceHttpServer();
 

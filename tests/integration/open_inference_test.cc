@@ -9,6 +9,7 @@
 #include <httplib.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -17,8 +18,12 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/router_client.h"
 #include "common/random_input.h"
 #include "common/torch/demo_model.h"
@@ -71,6 +76,35 @@ class OpenInferenceIntegrationTest : public ::testing::Test {
   static void TearDownTestSuite() {
     delete up_;
     delete target_;
+  }
+
+  // A TCP connection to the REST port (-1 when refused), with 30 s send
+  // and receive timeouts so that no test waits forever.
+  static int ConnectToRest() {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    const timeval limit{30, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(http_port_));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+      close(fd);
+      return -1;
+    }
+    return fd;
+  }
+  static bool SendAll(int fd, const std::string& bytes) {
+    size_t sent = 0;
+    while (sent < bytes.size()) {
+      const ssize_t n =
+          send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      sent += static_cast<size_t>(n);
+    }
+    return true;
   }
 
   void SetUp() override {
@@ -317,31 +351,84 @@ TEST_F(OpenInferenceIntegrationTest, ClientsThatHangUpMidAnswerCostNothing) {
       "\r\nContent-Type: application/json\r\nContent-Length: ", body.size(),
       "\r\n\r\n", body);
   for (int i = 0; i < 20; ++i) {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    const int fd = ConnectToRest();
     ASSERT_GE(fd, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(http_port_));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-    size_t sent = 0;
-    while (sent < request.size()) {
-      const ssize_t n =
-          send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
-      ASSERT_GT(n, 0);
-      sent += static_cast<size_t>(n);
-    }
+    ASSERT_TRUE(SendAll(fd, request));
     // Closed before the answer: the router's first write of it draws a
     // reset, and its next write fails.
     close(fd);
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  // The abandoned infers are still being served (each on its own
+  // connection thread); a new client gets a thread of its own.
   httplib::Client http("127.0.0.1", http_port_);
   auto live = http.Get("/v2/health/live");
   ASSERT_TRUE(live) << up_->Log();
   EXPECT_EQ(live->status, 200);
   inference::ModelInferResponse response;
   EXPECT_TRUE(Call(Infer("layers.0.ff"), &response).ok());
+}
+
+// cpp-httplib serves a connection on one thread from its first request to
+// its close, and its default pool is 8 threads on a small machine: eight
+// idle keep-alive clients (a connection pool, say) held every other REST
+// client off for the minute of the keep-alive. Now the pool is
+// --http_threads (64) and an idle connection is closed after 5 s.
+TEST_F(OpenInferenceIntegrationTest, IdleConnectionsHoldNoOtherClientOff) {
+  const std::string get =
+      "GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+  std::vector<int> idle;
+  for (int i = 0; i < 16; ++i) {
+    const int fd = ConnectToRest();
+    ASSERT_GE(fd, 0);
+    idle.push_back(fd);
+    ASSERT_TRUE(SendAll(fd, get));
+    // Headers and body may come in two segments: read up to the body, {}.
+    std::string answer;
+    char chunk[1024];
+    while (!absl::EndsWith(answer, "\r\n\r\n{}")) {
+      const ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
+      ASSERT_GT(n, 0) << "connection " << i << " after: " << answer;
+      answer.append(chunk, static_cast<size_t>(n));
+    }
+  }
+  const absl::Time answered = absl::Now();
+  httplib::Client http("127.0.0.1", http_port_);
+  // Under the keep-alive (5 s), so a client held off until an idle
+  // connection ends fails.
+  http.set_connection_timeout(3, 0);
+  http.set_read_timeout(3, 0);
+  auto live = http.Get("/v2/health/live");
+  ASSERT_TRUE(live) << "a client beside 16 idle ones waited 3 s";
+  EXPECT_EQ(live->status, 200);
+  // Each idle connection ends from the router's side (EOF, not our 30 s
+  // receive timeout), and not before its keep-alive.
+  for (int fd : idle) {
+    char byte;
+    EXPECT_EQ(recv(fd, &byte, 1, 0), 0);
+    close(fd);
+  }
+  const absl::Duration held = absl::Now() - answered;
+  EXPECT_GE(held, absl::Seconds(4));
+  EXPECT_LT(held, absl::Seconds(30));
+}
+
+TEST(OpenInferenceFlagsTest, AThreadCountOutOfRangeIsAnErrorNamingTheFlag) {
+  for (const char* threads : {"0", "4097"}) {
+    std::string out;
+    EXPECT_NE(testing::RunProcess(
+                  {testing::BinaryPath("moe-router"),
+                   "--checkpoint=" + testing::GoldenPath("A_moe_eval_nodrop"),
+                   "--workers=127.0.0.1:1", "--host=127.0.0.1", "--port=0",
+                   "--metrics_port=-1", "--http_port=0",
+                   std::string("--http_threads=") + threads},
+                  &out),
+              0);
+    EXPECT_NE(out.find("--http_threads) must be 1 to 4096, not " +
+                       std::string(threads)),
+              std::string::npos)
+        << out;
+  }
 }
 
 }  // namespace
