@@ -56,8 +56,13 @@ ABSL_FLAG(int, http_port, -1,
 ABSL_FLAG(int, http_threads, 64,
           "REST connections served at once (--http_port): each open "
           "connection holds one thread while it is open, an idle one for at "
-          "most 5 s; a connection beyond them waits for one. Each may hold "
-          "a request body, so this also bounds REST's memory.");
+          "most 5 s; a connection beyond them waits for one.");
+ABSL_FLAG(int64_t, http_max_bytes_in_flight, 0,
+          "The bytes of REST infer bodies the router holds at once, from "
+          "before a body is read until its answer is written; a body that "
+          "does not fit beside those held is refused with 429 (and read and "
+          "dropped). 0 (default): twice the REST body limit (five times the "
+          "gRPC message limit). Also caps the body limit.");
 ABSL_FLAG(std::string, http_port_file, "",
           "Write the --http_port in use here once it listens.");
 
@@ -97,6 +102,7 @@ absl::StatusOr<std::unique_ptr<router::InferenceHttpServer>> StartRestFromFlags(
   router::InferenceHttpServer::Options options;
   options.max_body_bytes = max_body_bytes;
   options.threads = absl::GetFlag(FLAGS_http_threads);
+  options.max_bytes_in_flight = absl::GetFlag(FLAGS_http_max_bytes_in_flight);
   options.tls = {server_options.tls_cert_file, server_options.tls_key_file,
                  server_options.tls_client_ca_file};
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<router::InferenceHttpServer> http,

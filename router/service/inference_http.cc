@@ -4,9 +4,13 @@
 
 #include <algorithm>
 #include <ctime>
+#include <memory>
+#include <optional>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "moe_version.h"
 #include "router/api/open_inference.h"
@@ -71,20 +75,66 @@ bool LayerReady(const RouterService& router, int layer) {
   return router.pool().ready() && router.pool().Uncovered().ids(layer).empty();
 }
 
+// The bytes of the infer bodies held at once, from before a body is read
+// until its answer is written: with the threads' count alone, 64 bodies
+// of up to the body limit each could be held.
+class BodyBudget {
+ public:
+  explicit BodyBudget(int64_t limit) : limit_(limit) {}
+
+  // `bytes` held from Take (which makes it) until the hold ends.
+  class Hold {
+   public:
+    Hold(BodyBudget* budget, int64_t bytes) : budget_(budget), bytes_(bytes) {}
+    Hold(const Hold&) = delete;
+    Hold& operator=(const Hold&) = delete;
+    ~Hold() {
+      absl::MutexLock lock(&budget_->mu_);
+      budget_->held_ -= bytes_;
+    }
+
+   private:
+    BodyBudget* const budget_;
+    const int64_t bytes_;
+  };
+
+  // Holds `bytes` in `*hold`; RESOURCE_EXHAUSTED (and nothing held) when
+  // they do not fit beside the bodies held now.
+  absl::Status Take(int64_t bytes, std::optional<Hold>* hold) {
+    absl::MutexLock lock(&mu_);
+    if (held_ + bytes > limit_) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("REST bodies held now: ", held_, " bytes; this one's ",
+                       bytes, " would pass the limit of ", limit_,
+                       " (--http_max_bytes_in_flight); retry later"));
+    }
+    held_ += bytes;
+    hold->emplace(this, bytes);
+    return absl::OkStatus();
+  }
+
+ private:
+  const int64_t limit_;
+  absl::Mutex mu_;
+  int64_t held_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 // POST .../infer: the body as a ModelInferRequest, served and answered.
+// `status` is the edge's verdict so far (token, budget); when it is not OK
+// the body was not kept and the call is refused (and counted) with it.
 void Infer(RouterService& router, const httplib::Request& req,
+           const std::string& body, absl::Status status,
            httplib::Response& res) {
   const ModelEngine& model = router.runner().model();
   OipInferRequest asked;
   std::string model_name;
   inference::ModelInferResponse answer;
   std::string id;
-  absl::Status status = Authorize(router, req);
   if (status.ok()) {
     absl::StatusOr<int> layer = Model(router, req);
     absl::StatusOr<inference::ModelInferRequest> request =
         layer.ok()
-            ? ModelInferFromJson(req.body, std::string(req.matches[1]),
+            ? ModelInferFromJson(body, std::string(req.matches[1]),
                                  Version(req))
             : absl::StatusOr<inference::ModelInferRequest>(layer.status());
     absl::StatusOr<OipInferRequest> translated =
@@ -131,9 +181,11 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
         absl::StrCat("REST: threads (--http_threads) must be 1 to ",
                      kMaxThreads, ", not ", options.threads));
   }
-  if (options.keep_alive < absl::Seconds(1) || options.max_body_bytes < 1) {
+  if (options.keep_alive < absl::Seconds(1) || options.max_body_bytes < 1 ||
+      options.max_bytes_in_flight < 0) {
     return absl::InvalidArgumentError(
-        "REST: keep-alive must be at least 1 s and the body limit positive");
+        "REST: keep-alive must be at least 1 s, the body limit positive and "
+        "the bytes in flight (--http_max_bytes_in_flight) 0 or more");
   }
   const Tls& tls = options.tls;
   auto server = std::unique_ptr<InferenceHttpServer>(new InferenceHttpServer());
@@ -159,7 +211,13 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
   // idle keep-alive clients hold every other client off for a minute.
   const size_t threads = static_cast<size_t>(options.threads);
   http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  http.set_payload_max_length(static_cast<size_t>(options.max_body_bytes));
+  const int64_t bytes_in_flight = options.max_bytes_in_flight > 0
+                                      ? options.max_bytes_in_flight
+                                      : 2 * options.max_body_bytes;
+  // A body the budget could never hold is too large, not a reason to
+  // retry.
+  const int64_t max_body = std::min(options.max_body_bytes, bytes_in_flight);
+  http.set_payload_max_length(static_cast<size_t>(max_body));
   http.set_read_timeout(60, 0);
   http.set_write_timeout(60, 0);
   http.set_keep_alive_timeout(
@@ -203,9 +261,38 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
                             model.spec(), model.fingerprint(), *layer)),
                         kJson);
       });
+  // The body is read here, not by httplib before the handler: the token
+  // and the budget are checked first, and a refused body is read and
+  // dropped (keeping the connection usable) rather than held.
+  auto budget = std::make_shared<BodyBudget>(bytes_in_flight);
   http.Post(std::string(kModel) + "/infer",
-            [router](const httplib::Request& req, httplib::Response& res) {
-              Infer(*router, req, res);
+            [router, budget, max_body](const httplib::Request& req,
+                                       httplib::Response& res,
+                                       const httplib::ContentReader& read) {
+              // Without a length (chunked), as much as the limit allows.
+              const int64_t declared =
+                  req.has_header("Content-Length")
+                      ? static_cast<int64_t>(
+                            req.get_header_value<uint64_t>("Content-Length"))
+                      : max_body;
+              absl::Status status = Authorize(*router, req);
+              std::optional<BodyBudget::Hold> hold;
+              if (status.ok() && declared <= max_body) {
+                status = budget->Take(declared, &hold);
+              }
+              std::string body;
+              const bool keep = status.ok();
+              if (keep && declared < max_body) {
+                body.reserve(static_cast<size_t>(declared));
+              }
+              // httplib answers a body over the limit with 413 itself.
+              if (!read([&](const char* data, size_t length) {
+                    if (keep) body.append(data, length);
+                    return true;
+                  })) {
+                return;
+              }
+              Infer(*router, req, body, std::move(status), res);
             });
   http.set_error_handler([](const httplib::Request&, httplib::Response& res) {
     if (!res.body.empty()) return;

@@ -45,10 +45,14 @@ class InferenceHttpServer {
   struct Options {
     // A body over this many bytes is refused (413) before it is read.
     int64_t max_body_bytes = 64 << 20;
+    // The bytes of infer bodies held at once (read or being served); one
+    // that does not fit beside them is refused (429) and its bytes dropped
+    // as they arrive. 0: twice `max_body_bytes`. Also caps the body limit.
+    int64_t max_bytes_in_flight = 0;
     // Connections served at once. Each open connection holds one of these
     // threads while it is open, an idle keep-alive one for at most
     // `keep_alive`; a connection beyond them waits (in the accept queue)
-    // for one. Every thread may hold a body of up to `max_body_bytes`.
+    // for one.
     int threads = 64;
     // How long a connection may sit idle, before its first request or
     // between two, before the router closes it.

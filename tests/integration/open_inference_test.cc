@@ -20,8 +20,10 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/router_client.h"
@@ -36,6 +38,60 @@ namespace moe {
 namespace {
 
 constexpr char kToken[] = "oip-s3cret";
+
+// A TCP connection to 127.0.0.1:port (-1 when refused), with 30 s send and
+// receive timeouts so that no test waits forever.
+int ConnectLoopback(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  const timeval limit{30, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+bool SendAll(int fd, absl::string_view bytes) {
+  size_t sent = 0;
+  while (sent < bytes.size()) {
+    const ssize_t n =
+        send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    sent += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// One HTTP answer with a Content-Length: its status and body; -1 when the
+// connection ended first.
+int ReadAnswer(int fd, std::string* body) {
+  std::string in;
+  char chunk[4096];
+  size_t end = std::string::npos;
+  while ((end = in.find("\r\n\r\n")) == std::string::npos) {
+    const ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
+    if (n <= 0) return -1;
+    in.append(chunk, static_cast<size_t>(n));
+  }
+  const std::string head = absl::AsciiStrToLower(in.substr(0, end));
+  const size_t at = head.find("content-length: ");
+  if (at == std::string::npos) return -1;
+  const size_t length = std::stoul(head.substr(at + 16));
+  *body = in.substr(end + 4);
+  while (body->size() < length) {
+    const ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
+    if (n <= 0) return -1;
+    body->append(chunk, static_cast<size_t>(n));
+  }
+  return std::stoi(head.substr(9, 3));
+}
 
 class OpenInferenceIntegrationTest : public ::testing::Test {
  protected:
@@ -76,35 +132,6 @@ class OpenInferenceIntegrationTest : public ::testing::Test {
   static void TearDownTestSuite() {
     delete up_;
     delete target_;
-  }
-
-  // A TCP connection to the REST port (-1 when refused), with 30 s send
-  // and receive timeouts so that no test waits forever.
-  static int ConnectToRest() {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return -1;
-    const timeval limit{30, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(http_port_));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-      close(fd);
-      return -1;
-    }
-    return fd;
-  }
-  static bool SendAll(int fd, const std::string& bytes) {
-    size_t sent = 0;
-    while (sent < bytes.size()) {
-      const ssize_t n =
-          send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
-      if (n <= 0) return false;
-      sent += static_cast<size_t>(n);
-    }
-    return true;
   }
 
   void SetUp() override {
@@ -351,7 +378,7 @@ TEST_F(OpenInferenceIntegrationTest, ClientsThatHangUpMidAnswerCostNothing) {
       "\r\nContent-Type: application/json\r\nContent-Length: ", body.size(),
       "\r\n\r\n", body);
   for (int i = 0; i < 20; ++i) {
-    const int fd = ConnectToRest();
+    const int fd = ConnectLoopback(http_port_);
     ASSERT_GE(fd, 0);
     ASSERT_TRUE(SendAll(fd, request));
     // Closed before the answer: the router's first write of it draws a
@@ -379,7 +406,7 @@ TEST_F(OpenInferenceIntegrationTest, IdleConnectionsHoldNoOtherClientOff) {
       "GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
   std::vector<int> idle;
   for (int i = 0; i < 16; ++i) {
-    const int fd = ConnectToRest();
+    const int fd = ConnectLoopback(http_port_);
     ASSERT_GE(fd, 0);
     idle.push_back(fd);
     ASSERT_TRUE(SendAll(fd, get));
@@ -411,6 +438,97 @@ TEST_F(OpenInferenceIntegrationTest, IdleConnectionsHoldNoOtherClientOff) {
   const absl::Duration held = absl::Now() - answered;
   EXPECT_GE(held, absl::Seconds(4));
   EXPECT_LT(held, absl::Seconds(30));
+}
+
+// The router holds at most --http_max_bytes_in_flight bytes of REST bodies:
+// a body that does not fit beside those held is answered 429 after its
+// bytes are read and dropped (the connection stays usable), and served once
+// the others are done; a body larger than the whole budget is 413.
+TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
+  common::LayerConfig config = common::DefaultDemoConfig();
+  config.dim = 64;
+  config.num_experts = 8;
+  const std::string checkpoint = testing::TempDir() + "/oip-budget.safetensors";
+  ASSERT_TRUE(
+      common::WriteDemoCheckpoint(checkpoint, config, 1, /*seed=*/5).ok());
+  const std::string port_file = testing::TempDir() + "/oip-budget.http.port";
+  testing::Deployment d(checkpoint, {"0-7"},
+                        {"--http_port=0", "--http_port_file=" + port_file,
+                         "--http_max_bytes_in_flight=300000"});
+  ASSERT_TRUE(d.StartWorker(0).ok()) << d.worker(0).Log();
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  const absl::StatusOr<int> port =
+      testing::WaitForPortFile(port_file, absl::Seconds(60), &d.router());
+  ASSERT_TRUE(port.ok()) << port.status();
+
+  // 1 x 128 x 64 floats as JSON (about 160 KB), padded with spaces to
+  // `size` bytes.
+  const common::HostTensor x = common::RandomNormalTensor({1, 128, 64}, 7);
+  const float* v = reinterpret_cast<const float*>(x.data.data());
+  const std::string json =
+      nlohmann::json{
+          {"inputs",
+           {{{"name", "x"},
+             {"shape", x.shape},
+             {"datatype", "FP32"},
+             {"data", std::vector<float>(v, v + x.data.size() / 4)}}}}}
+          .dump();
+  ASSERT_LT(json.size(), 200000u);
+  auto post = [&](size_t size, bool expect_continue) {
+    return absl::StrCat(
+        "POST /v2/models/oip-budget/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        expect_continue ? "Expect: 100-continue\r\n" : "",
+        "Content-Type: application/json\r\nContent-Length: ", size, "\r\n\r\n",
+        json, std::string(size - json.size(), ' '));
+  };
+  const std::string held = post(200000, /*expect_continue=*/true);
+  const size_t head = held.find("\r\n\r\n") + 4;
+
+  // A's body is held from its headers on: send them and a little, wait for
+  // "100 Continue" (written just before the handler takes the bytes) and
+  // leave the rest for later.
+  const int a = ConnectLoopback(*port);
+  ASSERT_GE(a, 0);
+  ASSERT_TRUE(SendAll(a, absl::string_view(held).substr(0, head + 1000)));
+  char line[64];
+  const ssize_t n = recv(a, line, sizeof(line), 0);
+  ASSERT_GT(n, 0);
+  ASSERT_TRUE(absl::StartsWith(absl::string_view(line, n), "HTTP/1.1 100"))
+      << absl::string_view(line, n);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+
+  // B's does not fit beside A's: 429, and its connection serves on.
+  const int b = ConnectLoopback(*port);
+  ASSERT_GE(b, 0);
+  std::string body;
+  ASSERT_TRUE(SendAll(b, post(200000, false)));
+  EXPECT_EQ(ReadAnswer(b, &body), 429);
+  EXPECT_NE(body.find("--http_max_bytes_in_flight"), std::string::npos)
+      << body.substr(0, 300);
+  ASSERT_TRUE(
+      SendAll(b, "GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"));
+  EXPECT_EQ(ReadAnswer(b, &body), 200);
+
+  // A finishes and is served; then B's body fits.
+  ASSERT_TRUE(SendAll(a, absl::string_view(held).substr(head + 1000)));
+  EXPECT_EQ(ReadAnswer(a, &body), 200) << body.substr(0, 300);
+  EXPECT_NE(body.find("\"outputs\""), std::string::npos) << body.substr(0, 300);
+  ASSERT_TRUE(SendAll(b, post(200000, false)));
+  EXPECT_EQ(ReadAnswer(b, &body), 200) << body.substr(0, 300);
+
+  // Larger than the whole budget: 413, not a 429 worth retrying.
+  ASSERT_TRUE(SendAll(b, post(300001, false)));
+  EXPECT_EQ(ReadAnswer(b, &body), 413) << body.substr(0, 300);
+  close(a);
+  close(b);
+
+  httplib::Client metrics(d.router_metrics_address());
+  auto text = metrics.Get("/metrics");
+  ASSERT_TRUE(text);
+  EXPECT_NE(
+      text->body.find(
+          R"(moe_router_requests_total{code="RESOURCE_EXHAUSTED",protocol="oip_rest"} 1)"),
+      std::string::npos);
 }
 
 TEST(OpenInferenceFlagsTest, AThreadCountOutOfRangeIsAnErrorNamingTheFlag) {
