@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -265,35 +266,54 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
   // and the budget are checked first, and a refused body is read and
   // dropped (keeping the connection usable) rather than held.
   auto budget = std::make_shared<BodyBudget>(bytes_in_flight);
-  http.Post(std::string(kModel) + "/infer",
-            [router, budget, max_body](const httplib::Request& req,
-                                       httplib::Response& res,
-                                       const httplib::ContentReader& read) {
-              // Without a length (chunked), as much as the limit allows.
-              const int64_t declared =
-                  req.has_header("Content-Length")
-                      ? static_cast<int64_t>(
-                            req.get_header_value<uint64_t>("Content-Length"))
-                      : max_body;
-              absl::Status status = Authorize(*router, req);
-              std::optional<BodyBudget::Hold> hold;
-              if (status.ok() && declared <= max_body) {
-                status = budget->Take(declared, &hold);
-              }
-              std::string body;
-              const bool keep = status.ok();
-              if (keep && declared < max_body) {
-                body.reserve(static_cast<size_t>(declared));
-              }
-              // httplib answers a body over the limit with 413 itself.
-              if (!read([&](const char* data, size_t length) {
-                    if (keep) body.append(data, length);
-                    return true;
-                  })) {
-                return;
-              }
-              Infer(*router, req, body, std::move(status), res);
-            });
+  http.Post(
+      std::string(kModel) + "/infer",
+      [router, budget, max_body](const httplib::Request& req,
+                                 httplib::Response& res,
+                                 const httplib::ContentReader& read) {
+        // The bytes to hold: the declared length, or without one
+        // (chunked) as many as the limit allows. A length that is no
+        // number, or over the limit, is answered at once, its body
+        // unread, with "Connection: close" (httplib would read and drop
+        // all of it first, up to 2^64 bytes for a length of -1).
+        int64_t declared = max_body;
+        if (req.has_header("Content-Length")) {
+          uint64_t length = 0;
+          if (!absl::SimpleAtoi(req.get_header_value("Content-Length"),
+                                &length)) {
+            res.set_header("Connection", "close");
+            return Reply(
+                res, absl::InvalidArgumentError("Content-Length: not a size"));
+          }
+          if (length > static_cast<uint64_t>(max_body)) {
+            res.set_header("Connection", "close");
+            res.status = 413;
+            res.set_content(ErrorJson(absl::StrCat(
+                                "the body (", length,
+                                " bytes) is larger than this router takes (",
+                                max_body, ")")),
+                            kJson);
+            return;
+          }
+          declared = static_cast<int64_t>(length);
+        }
+        absl::Status status = Authorize(*router, req);
+        std::optional<BodyBudget::Hold> hold;
+        if (status.ok()) status = budget->Take(declared, &hold);
+        std::string body;
+        const bool keep = hold.has_value();
+        if (keep && req.has_header("Content-Length")) {
+          body.reserve(static_cast<size_t>(declared));
+        }
+        // httplib answers a chunked body over the limit with 413.
+        if (!read([&](const char* data, size_t length) {
+              if (keep) body.append(data, length);
+              return true;
+            })) {
+          return;
+        }
+        Infer(*router, req, body, std::move(status), res);
+      });
   http.set_error_handler([](const httplib::Request&, httplib::Response& res) {
     if (!res.body.empty()) return;
     const std::string message =

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -516,9 +517,37 @@ TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
   ASSERT_TRUE(SendAll(b, post(200000, false)));
   EXPECT_EQ(ReadAnswer(b, &body), 200) << body.substr(0, 300);
 
-  // Larger than the whole budget: 413, not a 429 worth retrying.
-  ASSERT_TRUE(SendAll(b, post(300001, false)));
-  EXPECT_EQ(ReadAnswer(b, &body), 413) << body.substr(0, 300);
+  // Lengths larger than the whole budget (413, not a 429 worth retrying)
+  // or that are no size (400): answered from the headers alone, before
+  // any of the body is read, nothing held.
+  const std::pair<const char*, int> lengths[] = {{"300001", 413},
+                                                 {"18446744073709551615", 413},
+                                                 {"-1", 400},
+                                                 {"1e3", 400},
+                                                 {"x", 400}};
+  for (const auto& [length, code] : lengths) {
+    const int c = ConnectLoopback(*port);
+    ASSERT_GE(c, 0);
+    ASSERT_TRUE(
+        SendAll(c, absl::StrCat("POST /v2/models/oip-budget/infer HTTP/1.1\r\n"
+                                "Host: 127.0.0.1\r\nContent-Length: ",
+                                length, "\r\n\r\n")));
+    EXPECT_EQ(ReadAnswer(c, &body), code) << length << ": " << body;
+    close(c);
+  }
+  // Chunked: held as the whole limit, served.
+  {
+    const int c = ConnectLoopback(*port);
+    ASSERT_GE(c, 0);
+    ASSERT_TRUE(SendAll(
+        c,
+        absl::StrCat("POST /v2/models/oip-budget/infer HTTP/1.1\r\n"
+                     "Host: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                     "\r\n",
+                     absl::Hex(json.size()), "\r\n", json, "\r\n0\r\n\r\n")));
+    EXPECT_EQ(ReadAnswer(c, &body), 200) << body.substr(0, 300);
+    close(c);
+  }
   close(a);
   close(b);
 
