@@ -70,6 +70,18 @@ bool SendAll(int fd, absl::string_view bytes) {
   return true;
 }
 
+// A REST infer body of the float32 tensor `x`.
+std::string InferJson(const common::HostTensor& x) {
+  const float* v = reinterpret_cast<const float*>(x.data.data());
+  return nlohmann::json{
+      {"inputs",
+       {{{"name", "x"},
+         {"shape", x.shape},
+         {"datatype", "FP32"},
+         {"data", std::vector<float>(v, v + x.data.size() / 4)}}}}}
+      .dump();
+}
+
 // One HTTP answer with a Content-Length: its status and body; -1 when the
 // connection ended first.
 int ReadAnswer(int fd, std::string* body) {
@@ -362,16 +374,8 @@ TEST_F(OpenInferenceIntegrationTest, RestServesTheSameModelsAndBits) {
 // servers ignore SIGPIPE: server::BlockShutdownSignals) and it keeps
 // serving.
 TEST_F(OpenInferenceIntegrationTest, ClientsThatHangUpMidAnswerCostNothing) {
-  const common::HostTensor x = common::RandomNormalTensor({1, 2048, 64}, 3);
-  const float* v = reinterpret_cast<const float*>(x.data.data());
   const std::string body =
-      nlohmann::json{
-          {"inputs",
-           {{{"name", "x"},
-             {"shape", x.shape},
-             {"datatype", "FP32"},
-             {"data", std::vector<float>(v, v + x.data.size() / 4)}}}}}
-          .dump();
+      InferJson(common::RandomNormalTensor({1, 2048, 64}, 3));
   const std::string request = absl::StrCat(
       "POST /v2/models/layers.0.ff/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
       "Authorization: Bearer ",
@@ -464,16 +468,8 @@ TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
 
   // 1 x 128 x 64 floats as JSON (about 160 KB), padded with spaces to
   // `size` bytes.
-  const common::HostTensor x = common::RandomNormalTensor({1, 128, 64}, 7);
-  const float* v = reinterpret_cast<const float*>(x.data.data());
   const std::string json =
-      nlohmann::json{
-          {"inputs",
-           {{{"name", "x"},
-             {"shape", x.shape},
-             {"datatype", "FP32"},
-             {"data", std::vector<float>(v, v + x.data.size() / 4)}}}}}
-          .dump();
+      InferJson(common::RandomNormalTensor({1, 128, 64}, 7));
   ASSERT_LT(json.size(), 200000u);
   auto post = [&](size_t size, bool expect_continue) {
     return absl::StrCat(
