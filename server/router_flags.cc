@@ -93,7 +93,7 @@ absl::StatusOr<router::RouterServiceOptions> ServiceOptionsFromFlags() {
 
 absl::StatusOr<std::unique_ptr<router::InferenceHttpServer>> StartRestFromFlags(
     const ServerOptions& server_options, router::RouterService* service,
-    int64_t max_body_bytes) {
+    int64_t max_body_bytes, router::RouterMetrics* metrics) {
   const int port = absl::GetFlag(FLAGS_http_port);
   if (port < 0) return std::unique_ptr<router::InferenceHttpServer>();
   if (port > 65535) {
@@ -103,6 +103,7 @@ absl::StatusOr<std::unique_ptr<router::InferenceHttpServer>> StartRestFromFlags(
   options.max_body_bytes = max_body_bytes;
   options.threads = absl::GetFlag(FLAGS_http_threads);
   options.max_bytes_in_flight = absl::GetFlag(FLAGS_http_max_bytes_in_flight);
+  options.metrics = metrics;
   options.tls = {server_options.tls_cert_file, server_options.tls_key_file,
                  server_options.tls_client_ca_file};
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<router::InferenceHttpServer> http,

@@ -21,9 +21,10 @@ namespace moe::server {
 // validates them).
 absl::StatusOr<router::RouterServiceOptions> ServiceOptionsFromFlags();
 
-// Null when --http_port is -1. `max_body_bytes` bounds a request body.
+// Null when --http_port is -1. `max_body_bytes` bounds a request body;
+// `metrics` (which must outlive the server) gets the REST port's gauges.
 absl::StatusOr<std::unique_ptr<router::InferenceHttpServer>> StartRestFromFlags(
     const ServerOptions& server_options, router::RouterService* service,
-    int64_t max_body_bytes);
+    int64_t max_body_bytes, router::RouterMetrics* metrics);
 
 }  // namespace moe::server

@@ -149,10 +149,10 @@ absl::Status Run() {
   MOE_LOG(INFO) << "listening on " << server->address()
                 << " (NOT_SERVING until every expert has a worker)";
   // JSON spends up to about 16 bytes on each float the wire sends in 4.
-  MOE_ASSIGN_OR_RETURN(
-      std::unique_ptr<router::InferenceHttpServer> http,
-      server::StartRestFromFlags(server_options, service.get(),
-                                 runner.MaxRequestBytes() * 5 + (1 << 20)));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<router::InferenceHttpServer> http,
+                       server::StartRestFromFlags(
+                           server_options, service.get(),
+                           runner.MaxRequestBytes() * 5 + (1 << 20), &metrics));
   pool.Start();
   // Workers behind one name: re-resolved, joining and leaving.
   std::unique_ptr<router::WorkerDiscovery> discovery;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <ctime>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <utility>
@@ -81,7 +82,8 @@ bool LayerReady(const RouterService& router, int layer) {
 // of up to the body limit each could be held.
 class BodyBudget {
  public:
-  explicit BodyBudget(int64_t limit) : limit_(limit) {}
+  BodyBudget(int64_t limit, RouterMetrics* metrics)
+      : limit_(limit), metrics_(metrics) {}
 
   // `bytes` held from Take (which makes it) until the hold ends.
   class Hold {
@@ -90,8 +92,11 @@ class BodyBudget {
     Hold(const Hold&) = delete;
     Hold& operator=(const Hold&) = delete;
     ~Hold() {
-      absl::MutexLock lock(&budget_->mu_);
-      budget_->held_ -= bytes_;
+      {
+        absl::MutexLock lock(&budget_->mu_);
+        budget_->held_ -= bytes_;
+      }
+      budget_->metrics_->AddRestBodyBytes(-bytes_);
     }
 
    private:
@@ -111,13 +116,38 @@ class BodyBudget {
     }
     held_ += bytes;
     hold->emplace(this, bytes);
+    metrics_->AddRestBodyBytes(bytes);
     return absl::OkStatus();
   }
 
  private:
   const int64_t limit_;
+  RouterMetrics* const metrics_;
   absl::Mutex mu_;
   int64_t held_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// httplib's thread pool, counting the connections it serves and those
+// waiting for one of its threads.
+class CountedThreadPool final : public httplib::TaskQueue {
+ public:
+  CountedThreadPool(size_t threads, RouterMetrics* metrics)
+      : pool_(threads), metrics_(metrics) {}
+
+  void enqueue(std::function<void()> connection) override {
+    metrics_->AddRestConnections(0, 1);
+    pool_.enqueue([this, connection = std::move(connection)] {
+      metrics_->AddRestConnections(1, -1);
+      connection();
+      metrics_->AddRestConnections(-1, 0);
+    });
+  }
+  // Serves the connections still waiting, then joins the threads.
+  void shutdown() override { pool_.shutdown(); }
+
+ private:
+  httplib::ThreadPool pool_;
+  RouterMetrics* const metrics_;
 };
 
 // POST .../infer: the body as a ModelInferRequest, served and answered.
@@ -210,8 +240,13 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
   // httplib serves a connection on one thread from its first request to
   // its close; its default pool (8 threads on a small machine) let eight
   // idle keep-alive clients hold every other client off for a minute.
+  static NoRouterMetrics no_metrics;
+  RouterMetrics* metrics =
+      options.metrics != nullptr ? options.metrics : &no_metrics;
   const size_t threads = static_cast<size_t>(options.threads);
-  http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  http.new_task_queue = [threads, metrics] {
+    return new CountedThreadPool(threads, metrics);
+  };
   const int64_t bytes_in_flight = options.max_bytes_in_flight > 0
                                       ? options.max_bytes_in_flight
                                       : 2 * options.max_body_bytes;
@@ -265,7 +300,7 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
   // The body is read here, not by httplib before the handler: the token
   // and the budget are checked first, and a refused body is read and
   // dropped (keeping the connection usable) rather than held.
-  auto budget = std::make_shared<BodyBudget>(bytes_in_flight);
+  auto budget = std::make_shared<BodyBudget>(bytes_in_flight, metrics);
   http.Post(
       std::string(kModel) + "/infer",
       [router, budget, max_body](const httplib::Request& req,

@@ -23,6 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "router/service/router_metrics.h"
 #include "router/service/router_service.h"
 
 namespace httplib {
@@ -58,6 +59,9 @@ class InferenceHttpServer {
     // between two, before the router closes it.
     absl::Duration keep_alive = absl::Seconds(5);
     Tls tls;
+    // Body bytes held and connections served or waiting are reported here
+    // (none when null); it must outlive the server.
+    RouterMetrics* metrics = nullptr;
   };
 
   // Listens on host:port (0 picks a free one). `router` must outlive it.

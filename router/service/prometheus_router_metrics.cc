@@ -247,6 +247,18 @@ PrometheusRouterMetrics::PrometheusRouterMetrics(
       inflight_(GaugeFamily(registry, "moe_router_inflight_requests",
                             "Forward requests queued or running.")
                     .Add({})),
+      rest_body_bytes_(
+          GaugeFamily(registry, "moe_router_rest_body_bytes",
+                      "Bytes of REST infer bodies held now, from before a "
+                      "body is read until its answer is written (bounded by "
+                      "--http_max_bytes_in_flight).")
+              .Add({})),
+      rest_connections_(
+          GaugeFamily(registry, "moe_router_rest_connections",
+                      "REST connections open now: served (holding one of the "
+                      "--http_threads threads) or waiting for a thread.")),
+      rest_served_(rest_connections_.Add({{"state", "served"}})),
+      rest_waiting_(rest_connections_.Add({{"state", "waiting"}})),
       forward_cpu_(
           CounterFamily(registry, "moe_router_forward_cpu_seconds_total",
                         "CPU time of the threads running forwards, while they "
@@ -416,6 +428,15 @@ void PrometheusRouterMetrics::RecordStages(const ForwardTimings& t) {
 
 void PrometheusRouterMetrics::RecordRejected(RejectReason reason) {
   rejected_[static_cast<size_t>(reason)]->Increment();
+}
+
+void PrometheusRouterMetrics::AddRestBodyBytes(int64_t delta) {
+  rest_body_bytes_.Increment(static_cast<double>(delta));
+}
+
+void PrometheusRouterMetrics::AddRestConnections(int served, int waiting) {
+  rest_served_.Increment(served);
+  rest_waiting_.Increment(waiting);
 }
 
 void PrometheusRouterMetrics::AddInflight(int delta) {

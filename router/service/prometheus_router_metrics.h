@@ -23,6 +23,7 @@
 //   moe_router_stage_seconds_total{stage}, moe_router_forward_cpu_seconds_total
 //   moe_router_inline_forwards_total
 //   moe_router_inflight_requests, moe_router_rejected_requests_total{reason}
+//   moe_router_rest_body_bytes, moe_router_rest_connections{state}
 //
 // For a two-level layer, assignments and their drops are counted at the
 // inner level with expert = o * Ei + i; outer-level capacity drops with
@@ -71,6 +72,8 @@ class PrometheusRouterMetrics final : public RouterMetrics {
   void RecordInlineForward() override;
   void SetWorkerState(int worker, WorkerState state) override;
   void AddWorker(int worker, const std::string& address) override;
+  void AddRestBodyBytes(int64_t delta) override;
+  void AddRestConnections(int served, int waiting) override;
 
   // The series of one layer and of one worker (defined in the .cc).
   struct Layer;
@@ -87,6 +90,10 @@ class PrometheusRouterMetrics final : public RouterMetrics {
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Histogram& request_seconds_;
   prometheus::Gauge& inflight_;
+  prometheus::Gauge& rest_body_bytes_;
+  prometheus::Family<prometheus::Gauge>& rest_connections_;
+  prometheus::Gauge& rest_served_;
+  prometheus::Gauge& rest_waiting_;
   std::vector<prometheus::Counter*> rejected_;  // by RejectReason
   std::vector<prometheus::Counter*> stages_;    // by RouterStage
   prometheus::Counter& forward_cpu_;

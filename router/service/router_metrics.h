@@ -76,6 +76,10 @@ class RouterMetrics {
   // A worker found after the start (WorkerDiscovery), with the index the
   // pool gave it (the next one).
   virtual void AddWorker(int /*worker*/, const std::string& /*address*/) {}
+  // The REST port (InferenceHttpServer): infer body bytes held, and
+  // connections served by a thread of its pool or waiting for one.
+  virtual void AddRestBodyBytes(int64_t /*delta*/) {}
+  virtual void AddRestConnections(int /*served*/, int /*waiting*/) {}
 };
 
 // Records nothing.

@@ -481,9 +481,21 @@ TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
   const std::string held = post(200000, /*expect_continue=*/true);
   const size_t head = held.find("\r\n\r\n") + 4;
 
-  // A's body is held from its headers on: send them and a little, wait for
-  // "100 Continue" (written just before the handler takes the bytes) and
-  // leave the rest for later.
+  // The value of an unlabelled series, or of one with its labels
+  // ("name{a=\"b\"}"), on the router's /metrics; -1 when absent.
+  httplib::Client metrics(d.router_metrics_address());
+  auto gauge = [&](const std::string& series) {
+    auto text = metrics.Get("/metrics");
+    if (!text) return -1.0;
+    const size_t at = text->body.find("\n" + series + " ");
+    return at == std::string::npos
+               ? -1.0
+               : std::stod(text->body.substr(at + series.size() + 2));
+  };
+  EXPECT_EQ(gauge("moe_router_rest_body_bytes"), 0);
+
+  // A's body is held from its headers on: send them and a little, and wait
+  // until the router holds its bytes; leave the rest for later.
   const int a = ConnectLoopback(*port);
   ASSERT_GE(a, 0);
   ASSERT_TRUE(SendAll(a, absl::string_view(held).substr(0, head + 1000)));
@@ -492,7 +504,12 @@ TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
   ASSERT_GT(n, 0);
   ASSERT_TRUE(absl::StartsWith(absl::string_view(line, n), "HTTP/1.1 100"))
       << absl::string_view(line, n);
-  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const absl::Time until = absl::Now() + absl::Seconds(30);
+  while (gauge("moe_router_rest_body_bytes") != 200000 && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_EQ(gauge("moe_router_rest_body_bytes"), 200000);
+  EXPECT_GE(gauge(R"(moe_router_rest_connections{state="served"})"), 1);
 
   // B's does not fit beside A's: 429, and its connection serves on.
   const int b = ConnectLoopback(*port);
@@ -547,7 +564,8 @@ TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
   close(a);
   close(b);
 
-  httplib::Client metrics(d.router_metrics_address());
+  // Every hold ended with its answer.
+  EXPECT_EQ(gauge("moe_router_rest_body_bytes"), 0);
   auto text = metrics.Get("/metrics");
   ASSERT_TRUE(text);
   EXPECT_NE(
