@@ -238,6 +238,31 @@ class PythonClientTest(unittest.TestCase):
             # whose GEMMs round differently in the last bits.
             np.testing.assert_allclose(f.result(timeout=30).y, sync, atol=1e-6)
 
+    def test_forward_async_errors_and_waits_are_reported_alike(self):
+        # A refused call raises MoeError from result(); a call still running
+        # raises TimeoutError (both transports), and its deadline ends it.
+        with self.assertRaises(MoeError) as caught:
+            self.client.forward_async(np.zeros((1, 4, 16), np.float32),
+                                      layer="blocks.1.ff").result(timeout=30)
+        self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND)
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        try:
+            with RouterClient("127.0.0.1:%d" % silent.getsockname()[1], timeout=1,
+                              max_attempts=1, transport=self.TRANSPORT) as c:
+                future = c.forward_async(np.zeros((1, 4, 16), np.float32))
+                with self.assertRaises(TimeoutError):
+                    future.result(timeout=0.2)
+                self.assertFalse(future.done())
+                with self.assertRaises(MoeError) as caught:
+                    future.result(timeout=30)
+                self.assertEqual(caught.exception.code,
+                                 grpc.StatusCode.DEADLINE_EXCEEDED)
+                self.assertTrue(future.done())
+        finally:
+            silent.close()
+
     def test_unreachable_router_raises_unavailable_after_retries(self):
         with RouterClient("127.0.0.1:1", timeout=5, max_attempts=2,
                           transport=self.TRANSPORT) as c:

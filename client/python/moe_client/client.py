@@ -1,6 +1,8 @@
 """RouterClient: Forward, GetModelInfo and health checks against moe-router."""
 
+import concurrent.futures
 import functools
+import threading
 import time
 from typing import Dict, List, Optional
 
@@ -175,7 +177,8 @@ def native_transport_available() -> bool:
 
 
 class _ForwardFuture:
-    """The result of forward_async()."""
+    """The result of forward_async(): a grpcio call's future, or a
+    concurrent.futures.Future of a native call."""
 
     def __init__(self, call, convert):
         self._call = call
@@ -185,10 +188,14 @@ class _ForwardFuture:
         return self._call.done()
 
     def result(self, timeout: Optional[float] = None) -> "ForwardResult":
+        """The ForwardResult; raises MoeError when the call failed and
+        TimeoutError when it is still running after `timeout` seconds."""
         try:
             response = self._call.result(timeout=timeout)
         except grpc.RpcError as e:
             raise MoeError(e.code(), e.details() or "") from None
+        except grpc.FutureTimeoutError:
+            raise TimeoutError("the forward is still running") from None
         return self._convert(response)
 
 
@@ -300,7 +307,8 @@ class RouterClient:
     per decode-sized forward than grpcio on a 2-core machine
     (BENCHMARKS.md); "grpcio": grpcio's channel; "auto" (default): native
     where it is built, else grpcio. forward() and forward_request() take
-    the transport; forward_async, model_info and health go through grpcio.
+    the transport (forward_async on the client's own threads); model_info
+    and health go through grpcio.
     Like grpcio's, the native channel does not survive fork(): make
     clients in the process that uses them.
     """
@@ -359,6 +367,8 @@ class RouterClient:
         else:
             self._forward_bytes = self._channel.unary_unary("/moe.v1.Router/Forward")
         self.transport = "native" if self._native is not None else "grpcio"
+        self._async = None
+        self._async_lock = threading.Lock()
         self._prefixes = {}
         self._tensor_heads = {}
         # grpc.health.v1.Health/Check, with its two one-field messages
@@ -368,7 +378,23 @@ class RouterClient:
             request_serializer=_health_request,
             response_deserializer=_health_status)
 
+    # Native forward_async calls run on these threads, each waiting for its
+    # call with the GIL released; more calls at once wait for one.
+    _ASYNC_THREADS = 16
+
+    def _async_calls(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._async_lock:
+            if self._async is None:
+                self._async = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self._ASYNC_THREADS,
+                    thread_name_prefix="moe-forward-async")
+            return self._async
+
     def close(self):
+        with self._async_lock:
+            calls, self._async = self._async, None
+        if calls is not None:
+            calls.shutdown(wait=False, cancel_futures=True)
         if self._native is not None:
             self._native.close()
         self._channel.close()
@@ -517,7 +543,18 @@ class RouterClient:
     def forward_async(self, x, *, layer: str = "", allow_degraded: bool = False,
                       timeout: Optional[float] = None, **options):
         """forward() without waiting: returns a future whose result() is the
-        ForwardResult (or raises MoeError). No retries."""
+        ForwardResult (or raises MoeError). No retries. On the native
+        transport the call waits on one of 16 threads of the client (with
+        the GIL released); more calls at once wait for a thread."""
+        if self._native is not None:
+            request = self.request_bytes(x, layer=layer, **options)
+            call = self._async_calls().submit(
+                self._forward_bytes, request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata)
+            return _ForwardFuture(
+                call, lambda raw: self._checked(ForwardResult.from_bytes(raw),
+                                                allow_degraded))
         request = self.make_request(x, layer=layer, **options)
         call = self._router.Forward.future(
             request, timeout=self.timeout if timeout is None else timeout,
