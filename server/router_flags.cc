@@ -59,7 +59,7 @@ ABSL_FLAG(int, http_threads, 64,
           "most 5 s; a connection beyond them waits for one.");
 ABSL_FLAG(int64_t, http_max_bytes_in_flight, 0,
           "The bytes of REST infer bodies the router holds at once, from "
-          "before a body is read until its answer is written; a body that "
+          "before a body is read until its answer is made; a body that "
           "does not fit beside those held is refused with 429 (and read and "
           "dropped). 0 (default): twice the REST body limit (five times the "
           "gRPC message limit). Also caps the body limit.");

@@ -78,7 +78,7 @@ bool LayerReady(const RouterService& router, int layer) {
 }
 
 // The bytes of the infer bodies held at once, from before a body is read
-// until its answer is written: with the threads' count alone, 64 bodies
+// until its answer is made: with the threads' count alone, 64 bodies
 // of up to the body limit each could be held.
 class BodyBudget {
  public:

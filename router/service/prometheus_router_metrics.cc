@@ -250,7 +250,7 @@ PrometheusRouterMetrics::PrometheusRouterMetrics(
       rest_body_bytes_(
           GaugeFamily(registry, "moe_router_rest_body_bytes",
                       "Bytes of REST infer bodies held now, from before a "
-                      "body is read until its answer is written (bounded by "
+                      "body is read until its answer is made (bounded by "
                       "--http_max_bytes_in_flight).")
               .Add({})),
       rest_connections_(
