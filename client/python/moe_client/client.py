@@ -391,6 +391,8 @@ class RouterClient:
             return self._async
 
     def close(self):
+        """Ends the client: calls still running on it end CANCELLED (on
+        either transport, as closing a grpcio channel does)."""
         with self._async_lock:
             calls, self._async = self._async, None
         if calls is not None:
