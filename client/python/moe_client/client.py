@@ -547,7 +547,9 @@ class RouterClient:
         """forward() without waiting: returns a future whose result() is the
         ForwardResult (or raises MoeError). No retries. On the native
         transport the call waits on one of 16 threads of the client (with
-        the GIL released); more calls at once wait for a thread."""
+        the GIL released); more calls at once wait for a thread, and a call
+        still running when the interpreter exits holds the exit until it
+        ends (close() the client to end it at once)."""
         if self._native is not None:
             request = self.request_bytes(x, layer=layer, **options)
             call = self._async_calls().submit(
