@@ -257,7 +257,7 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
   http.set_read_timeout(60, 0);
   http.set_write_timeout(60, 0);
   http.set_keep_alive_timeout(
-      std::max<time_t>(1, absl::ToInt64Seconds(options.keep_alive)));
+      static_cast<time_t>(absl::ToInt64Seconds(options.keep_alive)));
   // Headers and body leave in separate writes: without this, Nagle and
   // the client's delayed ACK hold each answer about 40 ms.
   http.set_tcp_nodelay(true);

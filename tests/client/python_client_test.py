@@ -262,15 +262,19 @@ class PythonClientTest(unittest.TestCase):
                 self.assertTrue(future.done())
             # Closing the client ends the calls still running on it, as
             # closing a grpcio channel does.
+            # 20 calls: on the native transport 16 wait on the client's
+            # threads and 4 for a thread.
             c = RouterClient("127.0.0.1:%d" % silent.getsockname()[1], timeout=30,
                              max_attempts=1, transport=self.TRANSPORT)
-            future = c.forward_async(np.zeros((1, 4, 16), np.float32))
+            futures = [c.forward_async(np.zeros((1, 4, 16), np.float32))
+                       for _ in range(20)]
             time.sleep(0.3)
             start = time.time()
             c.close()
-            with self.assertRaises(MoeError) as caught:
-                future.result(timeout=10)
-            self.assertEqual(caught.exception.code, grpc.StatusCode.CANCELLED)
+            for future in futures:
+                with self.assertRaises(MoeError) as caught:
+                    future.result(timeout=10)
+                self.assertEqual(caught.exception.code, grpc.StatusCode.CANCELLED)
             self.assertLess(time.time() - start, 3)
         finally:
             silent.close()

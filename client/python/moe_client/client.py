@@ -196,6 +196,10 @@ class _ForwardFuture:
             raise MoeError(e.code(), e.details() or "") from None
         except grpc.FutureTimeoutError:
             raise TimeoutError("the forward is still running") from None
+        except (grpc.FutureCancelledError, concurrent.futures.CancelledError):
+            # A native call still waiting for a thread when close() ran.
+            raise MoeError(grpc.StatusCode.CANCELLED,
+                           "the client was closed before the call ran") from None
         return self._convert(response)
 
 
