@@ -25,6 +25,7 @@
 #include "router/service/inference_service.h"
 #include "router/service/prometheus_router_metrics.h"
 #include "router/service/router_service.h"
+#include "router/service/token_gate.h"
 #include "server/main_helpers.h"
 #include "server/router_flags.h"
 #include "server/rpc_metrics.h"
@@ -141,6 +142,17 @@ absl::Status Run() {
   server_options.rpc_metrics = &rpc_metrics;
   server_options.max_receive_bytes = runner.MaxRequestBytes();
   server_options.max_send_bytes = runner.MaxRequestBytes() * 2;
+  // Over TLS, callers without a token are refused at their headers, before
+  // gRPC reads their messages (router/service/token_gate.h).
+  if (tokens != nullptr && server_options.credentials != nullptr) {
+    server_options.credentials->SetAuthMetadataProcessor(
+        std::make_shared<router::TokenGate>(service.get()));
+  } else if (tokens != nullptr) {
+    MOE_LOG(WARNING)
+        << "tokens over plaintext: they can be read on the wire, and a call "
+           "without one is refused only after its whole message was "
+           "received; give --tls_cert_file and --tls_key_file";
+  }
   // The Open Inference Protocol beside moe.v1.Router, on the same port.
   router::InferenceService inference(service.get());
   MOE_ASSIGN_OR_RETURN(

@@ -100,6 +100,12 @@ bool IsRefusal(absl::StatusCode code) {
          code == absl::StatusCode::kUnavailable;
 }
 
+common::LogRateLimiter& RefusalLogs() {
+  static common::LogRateLimiter* limiter =
+      new common::LogRateLimiter(kRefusalLogsPerSecond);
+  return *limiter;
+}
+
 absl::Status Parse(const grpc::ByteBuffer& bytes,
                    moe::v1::ForwardRequest* request) {
   grpc::ByteBuffer copy(bytes);
@@ -309,6 +315,31 @@ absl::Status RouterService::Authorize(absl::string_view authorization) const {
                                        : options_.tokens->Check(authorization));
 }
 
+absl::Status RouterService::AuthorizeHeaders(
+    absl::string_view path, absl::string_view authorization) const {
+  const char* method;
+  Protocol protocol;
+  if (path == "/moe.v1.Router/Forward") {
+    method = "Forward";
+    protocol = Protocol::kMoeV1;
+  } else if (path == "/inference.GRPCInferenceService/ModelInfer") {
+    method = "ModelInfer";
+    protocol = Protocol::kOipGrpc;
+  } else {
+    return absl::OkStatus();  // small messages: the handler decides
+  }
+  absl::Status status = Authorize(authorization);
+  if (status.ok()) return status;
+  int64_t suppressed = 0;
+  if (RefusalLogs().Allow(&suppressed)) {
+    MOE_LOG(WARNING) << method << " refused at its headers, message unread: "
+                     << absl::StatusCodeToString(status.code()) << ": "
+                     << status.message() << common::SuppressedNote(suppressed);
+  }
+  metrics_.RecordRequest(protocol, status.code(), absl::ZeroDuration());
+  return status;
+}
+
 absl::Status RouterService::Refused(common::TokenSet::Verdict verdict) const {
   if (verdict == common::TokenSet::Verdict::kAccepted) {
     return absl::OkStatus();
@@ -335,9 +366,8 @@ void RouterService::Finish(Job* job, absl::Status status) {
   // cut: a client sent it), the outcome.
   if (!status.ok() || options_.log_requests) {
     int64_t suppressed = 0;
-    static common::LogRateLimiter refusals(kRefusalLogsPerSecond);
     if (status.ok() || !IsRefusal(status.code()) ||
-        refusals.Allow(&suppressed)) {
+        RefusalLogs().Allow(&suppressed)) {
       const std::string line = absl::StrCat(
           job->method_, " from ", job->peer_, " layer ",
           common::QuoteForLog(job->request.layer()), " ",

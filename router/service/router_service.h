@@ -146,6 +146,13 @@ class RouterService final
   absl::Status Authorize(const grpc::CallbackServerContext& context) const;
   // The same for the value of an "authorization" header (empty: none).
   absl::Status Authorize(absl::string_view authorization) const;
+  // The token check of a call from its headers alone, before gRPC reads
+  // its message (TokenGate): for Forward and ModelInfer at `path`, the
+  // calls whose messages are large, UNAUTHENTICATED without a token this
+  // router accepts, counted and logged as their handlers count a refusal;
+  // OK for any other path (its handler decides).
+  absl::Status AuthorizeHeaders(absl::string_view path,
+                                absl::string_view authorization) const;
   // Serves `job`: refused at once with `edge_status` when that is not OK
   // (the edge's own checks), else admitted, run inline or on a forward
   // thread, logged and counted; job's done runs once, on some thread.

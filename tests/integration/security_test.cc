@@ -7,11 +7,14 @@
 // workers require client certificates of `router_ca`, which only the router
 // holds. Shown: golden parity with the right credentials; plaintext, TLS
 // without a client certificate and a certificate of another CA refused; a
-// missing and a wrong token UNAUTHENTICATED (and counted); a worker refusing
+// missing and a wrong token UNAUTHENTICATED (and counted), from the
+// headers alone, before the message is read; a worker refusing
 // a client that is not a router; the plaintext health port; certificates and
 // tokens rotated under load without a failed call.
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <signal.h>
@@ -112,6 +115,46 @@ double Rejected(const Deployment& d, const std::string& reason) {
   return cli::SumSamples(cli::ParseMetricsText(res->body),
                          "moe_router_rejected_requests_total",
                          {{"reason", reason}});
+}
+
+double Requests(const Deployment& d, const std::string& protocol,
+                const std::string& code) {
+  std::vector<std::string> hp = absl::StrSplit(d.router_metrics_address(), ':');
+  httplib::Client http(hp[0], std::stoi(hp[1]));
+  auto res = http.Get("/metrics");
+  if (!res) return -1;
+  return cli::SumSamples(cli::ParseMetricsText(res->body),
+                         "moe_router_requests_total",
+                         {{"protocol", protocol}, {"code", code}});
+}
+
+// A call that sends its headers and never its message: the status the
+// server answers it with within `timeout` (DEADLINE_EXCEEDED when the
+// server waits for the message, as a unary handler must).
+grpc::Status CallWithoutMessage(const std::string& address,
+                                std::shared_ptr<grpc::ChannelCredentials> creds,
+                                const std::string& method,
+                                const std::string& token,
+                                absl::Duration timeout) {
+  grpc::GenericStub stub(grpc::CreateChannel(address, creds));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+  grpc::CompletionQueue queue;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call =
+      stub.PrepareCall(&context, method, &queue);
+  void* tag = nullptr;
+  bool ok = false;
+  call->StartCall(reinterpret_cast<void*>(1));
+  queue.Next(&tag, &ok);
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(2));
+  while (queue.Next(&tag, &ok) && tag != reinterpret_cast<void*>(2)) {
+  }
+  queue.Shutdown();
+  while (queue.Next(&tag, &ok)) {
+  }
+  return status;
 }
 
 class SecurityTest : public ::testing::Test {
@@ -251,6 +294,52 @@ TEST_F(SecurityTest, AMissingOrWrongTokenIsUnauthenticatedAndCounted) {
   EXPECT_EQ(Rejected(*deployment_, "unauthenticated"), before + 2);
   // The token never reaches the log.
   EXPECT_FALSE(absl::StrContains(deployment_->router().Log(), "t0-first"));
+}
+
+// gRPC reads a unary call's whole message before its handler runs: a
+// Forward or ModelInfer without a token is refused from its headers alone
+// (router/service/token_gate.h), so a caller who is not one costs the
+// router no message. Shown with calls that never send one: refused at
+// once, where an accepted caller's call waits for its message.
+TEST_F(SecurityTest, ACallWithoutATokenIsRefusedBeforeItsMessageIsRead) {
+  const std::string address = deployment_->router_address();
+  const auto creds = Credentials("ca", "client");
+  const double rejected = Rejected(*deployment_, "unauthenticated");
+  const double forwards = Requests(*deployment_, "moe.v1", "UNAUTHENTICATED");
+  const double infers = Requests(*deployment_, "oip_grpc", "UNAUTHENTICATED");
+  const absl::Time start = absl::Now();
+  grpc::Status missing = CallWithoutMessage(
+      address, creds, "/moe.v1.Router/Forward", "", absl::Seconds(20));
+  EXPECT_EQ(missing.error_code(), grpc::StatusCode::UNAUTHENTICATED)
+      << missing.error_message();
+  EXPECT_THAT(missing.error_message(),
+              ::testing::HasSubstr("this router requires a token"));
+  grpc::Status wrong = CallWithoutMessage(
+      address, creds, "/inference.GRPCInferenceService/ModelInfer",
+      "t0-first-tokem", absl::Seconds(20));
+  EXPECT_EQ(wrong.error_code(), grpc::StatusCode::UNAUTHENTICATED)
+      << wrong.error_message();
+  EXPECT_THAT(wrong.error_message(),
+              ::testing::HasSubstr("not one this router accepts"));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  // Counted as the handlers count a refusal.
+  EXPECT_EQ(Rejected(*deployment_, "unauthenticated"), rejected + 2);
+  EXPECT_EQ(Requests(*deployment_, "moe.v1", "UNAUTHENTICATED"), forwards + 1);
+  EXPECT_EQ(Requests(*deployment_, "oip_grpc", "UNAUTHENTICATED"), infers + 1);
+  EXPECT_THAT(deployment_->router().Log(),
+              ::testing::HasSubstr("Forward refused at its headers"));
+  // With the token the router waits for the message.
+  grpc::Status member =
+      CallWithoutMessage(address, creds, "/moe.v1.Router/Forward",
+                         "t0-first-token", absl::Seconds(1));
+  EXPECT_EQ(member.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << member.error_message();
+  // GetModelInfo answers callers without a token (the model, not the
+  // workers): the gate lets it through to its handler.
+  grpc::Status info = CallWithoutMessage(
+      address, creds, "/moe.v1.Router/GetModelInfo", "", absl::Seconds(1));
+  EXPECT_EQ(info.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << info.error_message();
 }
 
 TEST_F(SecurityTest, WorkerAddressesOnlyForCallersWithAToken) {
