@@ -23,9 +23,8 @@ grpc::Status TokenGate::Process(const InputMetadata& auth_metadata,
                                 OutputMetadata* /*consumed_auth_metadata*/,
                                 OutputMetadata* /*response_metadata*/) {
   // The header stays for the handler, which checks it again.
-  return proto::ToGrpcStatus(
-      service_->AuthorizeHeaders(Header(auth_metadata, ":path"),
-                                 Header(auth_metadata, "authorization")));
+  return proto::ToGrpcStatus(service_->AuthorizeHeaders(
+      Header(auth_metadata, ":path"), Header(auth_metadata, "authorization")));
 }
 
 }  // namespace moe::router
