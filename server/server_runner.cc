@@ -5,6 +5,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/impl/server_builder_option.h>
 #include <grpcpp/impl/server_builder_plugin.h>
+#include <grpcpp/resource_quota.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -121,8 +122,24 @@ absl::StatusOr<std::unique_ptr<ServerRunner>> ServerRunner::Start(
   if (options.reflection) {
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   }
+  const int64_t quota_bytes =
+      options.memory_quota_bytes > 0
+          ? options.memory_quota_bytes
+          : kMemoryQuotaMessages * options.max_receive_bytes;
+  if (quota_bytes < 2 * options.max_receive_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--grpc_memory_bytes=", quota_bytes,
+                     " is less than two messages of the receive limit (2 x ",
+                     options.max_receive_bytes,
+                     " bytes): the largest calls could not be "
+                     "received"));
+  }
   grpc::ServerBuilder builder;
   Configure(builder, options.reflection, options.limits);
+  // Named after the port: gRPC's own logs tell the servers apart.
+  grpc::ResourceQuota quota(absl::StrCat("moe-server-", options.port));
+  quota.Resize(static_cast<size_t>(quota_bytes));
+  builder.SetResourceQuota(quota);
   int port = 0;
   const std::string address = absl::StrCat(options.host, ":", options.port);
   builder.AddListeningPort(address,
@@ -155,6 +172,9 @@ absl::StatusOr<std::unique_ptr<ServerRunner>> ServerRunner::Start(
                      << " in plaintext (no --tls_cert_file): anyone who can "
                         "reach it can call it";
   }
+  MOE_LOG(INFO) << "gRPC holds at most " << (quota_bytes >> 20)
+                << " MiB of incoming messages (--grpc_memory_bytes); past "
+                   "it, calls are cancelled RESOURCE_EXHAUSTED";
   auto runner = std::unique_ptr<ServerRunner>(
       new ServerRunner(options, std::move(server), port));
   if (options.health_port >= 0) {

@@ -45,6 +45,9 @@ struct ConnectionLimits {
   absl::Duration handshake_timeout = absl::Seconds(10);
 };
 
+// The default memory quota, in messages of the receive limit.
+inline constexpr int64_t kMemoryQuotaMessages = 8;
+
 struct ServerOptions {
   std::string host = "0.0.0.0";
   int port = 0;
@@ -52,6 +55,14 @@ struct ServerOptions {
   // Message size limits (gRPC takes at most INT_MAX; larger is capped).
   int64_t max_receive_bytes = 64 << 20;
   int64_t max_send_bytes = 64 << 20;
+  // The most memory the server's connections may hold, all together, for
+  // what they read: messages being received, and those handed to handlers
+  // until their calls end (a gRPC ResourceQuota). Past it gRPC cancels
+  // streams (RST_STREAM ENHANCE_YOUR_CALM: the caller sees
+  // RESOURCE_EXHAUSTED "Received RST_STREAM with error code 11") instead of
+  // the process growing until it is killed. 0: kMemoryQuotaMessages times
+  // max_receive_bytes. At least two messages of max_receive_bytes.
+  int64_t memory_quota_bytes = 0;
   absl::Duration grace = absl::Seconds(10);
   // After the signal: NOT_SERVING but still serving for this long, so that
   // load balancers (a Kubernetes Service's endpoints) stop sending first.

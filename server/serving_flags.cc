@@ -36,6 +36,12 @@ ABSL_FLAG(double, max_connection_age_grace_seconds, 60,
           "Time the calls of a connection past its age get to finish.");
 ABSL_FLAG(int, max_concurrent_streams, 256,
           "Calls one connection may have open at once.");
+ABSL_FLAG(int64_t, grpc_memory_bytes, 0,
+          "The most memory gRPC may hold for incoming messages, all "
+          "connections together (messages being received and those being "
+          "served); past it gRPC cancels calls RESOURCE_EXHAUSTED instead of "
+          "the process growing. 0: 8 times the receive message limit. At "
+          "least two messages of that limit.");
 ABSL_FLAG(std::string, metrics_host, "",
           "Address /metrics listens on (default: --host).");
 ABSL_FLAG(std::string, metrics_port_file, "",
@@ -96,6 +102,12 @@ absl::Status ServerOptionsFromFlags(int port,
   limits.age_grace =
       absl::Seconds(absl::GetFlag(FLAGS_max_connection_age_grace_seconds));
   limits.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  options->memory_quota_bytes = absl::GetFlag(FLAGS_grpc_memory_bytes);
+  if (options->memory_quota_bytes < 0) {
+    return absl::InvalidArgumentError(
+        "--grpc_memory_bytes must be >= 0 (0: 8 times the receive message "
+        "limit)");
+  }
   if (limits.max_idle <= absl::ZeroDuration() ||
       limits.max_age <= absl::ZeroDuration() ||
       limits.age_grace < absl::ZeroDuration() ||

@@ -8,6 +8,8 @@
 //   --max_connection_idle_seconds, --max_connection_age_seconds,
 //   --max_connection_age_grace_seconds, --max_concurrent_streams
 //                                       connection limits
+//   --grpc_memory_bytes                 memory gRPC may hold for incoming
+//                                       messages (a ResourceQuota)
 //   --metrics_host, --metrics_port_file the /metrics endpoint (--metrics_port
 //                                       is each server's own)
 //   --tls_cert_file, --tls_key_file     serve TLS with this certificate
