@@ -22,6 +22,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -107,25 +108,26 @@ std::string ServedSubject(int port, const std::string& client = "client") {
   return out;
 }
 
-double Rejected(const Deployment& d, const std::string& reason) {
+// The sum of the router's samples of `metric` with `labels`; -1 when
+// /metrics cannot be read.
+double RouterCount(const Deployment& d, const std::string& metric,
+                   const std::map<std::string, std::string>& labels) {
   std::vector<std::string> hp = absl::StrSplit(d.router_metrics_address(), ':');
   httplib::Client http(hp[0], std::stoi(hp[1]));
   auto res = http.Get("/metrics");
   if (!res) return -1;
-  return cli::SumSamples(cli::ParseMetricsText(res->body),
-                         "moe_router_rejected_requests_total",
-                         {{"reason", reason}});
+  return cli::SumSamples(cli::ParseMetricsText(res->body), metric, labels);
+}
+
+double Rejected(const Deployment& d, const std::string& reason) {
+  return RouterCount(d, "moe_router_rejected_requests_total",
+                     {{"reason", reason}});
 }
 
 double Requests(const Deployment& d, const std::string& protocol,
                 const std::string& code) {
-  std::vector<std::string> hp = absl::StrSplit(d.router_metrics_address(), ':');
-  httplib::Client http(hp[0], std::stoi(hp[1]));
-  auto res = http.Get("/metrics");
-  if (!res) return -1;
-  return cli::SumSamples(cli::ParseMetricsText(res->body),
-                         "moe_router_requests_total",
-                         {{"protocol", protocol}, {"code", code}});
+  return RouterCount(d, "moe_router_requests_total",
+                     {{"protocol", protocol}, {"code", code}});
 }
 
 // A call that sends its headers and never its message: the status the
