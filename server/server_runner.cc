@@ -136,8 +136,7 @@ absl::StatusOr<std::unique_ptr<ServerRunner>> ServerRunner::Start(
   }
   grpc::ServerBuilder builder;
   Configure(builder, options.reflection, options.limits);
-  // Named after the port: gRPC's own logs tell the servers apart.
-  grpc::ResourceQuota quota(absl::StrCat("moe-server-", options.port));
+  grpc::ResourceQuota quota("moe-server");
   quota.Resize(static_cast<size_t>(quota_bytes));
   builder.SetResourceQuota(quota);
   int port = 0;

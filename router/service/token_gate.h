@@ -27,8 +27,8 @@ class TokenGate final : public grpc::AuthMetadataProcessor {
   // `service` must outlive the server the gate is attached to.
   explicit TokenGate(const RouterService* service) : service_(service) {}
 
-  // A digest and a constant-time compare: cheap enough for gRPC's own
-  // thread.
+  // A digest and a constant-time compare (and, at most once a second, a
+  // stat of the token file): cheap enough for gRPC's own thread.
   bool IsBlocking() const override { return false; }
 
   grpc::Status Process(const InputMetadata& auth_metadata,
