@@ -63,11 +63,15 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
         absl::StrCat("fork failed for ", options.argv[0]));
   }
   if (pid == 0) ExecChild(options);
-  return std::unique_ptr<ChildProcess>(
-      new ChildProcess(pid, std::move(options.log_path)));
+  return std::unique_ptr<ChildProcess>(new ChildProcess(
+      pid, std::move(options.log_path), options.destroy_grace));
 }
 
 ChildProcess::~ChildProcess() {
+  if (destroy_grace_ > absl::ZeroDuration() && running() && !Frozen()) {
+    ::kill(pid_, SIGTERM);
+    Wait(destroy_grace_);
+  }
   if (running()) {
     ::kill(pid_, SIGCONT);  // a stopped child takes SIGKILL too, but say so
     ::kill(pid_, SIGKILL);

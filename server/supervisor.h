@@ -41,6 +41,10 @@ struct ChildOptions {
   bool own_process_group = false;
   // The child gets SIGTERM when the parent dies without stopping it.
   bool die_with_parent = false;
+  // Destroyed while it runs, the child gets SIGTERM and this long to end
+  // before SIGKILL (0: SIGKILL at once). moe-up removes its temporary
+  // folder only when it ends on a signal it handles.
+  absl::Duration destroy_grace = absl::ZeroDuration();
 };
 
 class ChildProcess {
@@ -49,7 +53,8 @@ class ChildProcess {
   // INTERNAL when fork fails. A failed exec shows as exit code 127.
   static absl::StatusOr<std::unique_ptr<ChildProcess>> Start(
       ChildOptions options);
-  // Kills (SIGKILL) and reaps a child still running.
+  // Stops (SIGTERM for options.destroy_grace, then SIGKILL) and reaps a
+  // child still running.
   ~ChildProcess();
   ChildProcess(const ChildProcess&) = delete;
   ChildProcess& operator=(const ChildProcess&) = delete;
@@ -86,10 +91,13 @@ class ChildProcess {
   std::string Log() const;
 
  private:
-  ChildProcess(pid_t pid, std::string log_path)
-      : pid_(pid), log_path_(std::move(log_path)) {}
+  ChildProcess(pid_t pid, std::string log_path, absl::Duration destroy_grace)
+      : pid_(pid),
+        log_path_(std::move(log_path)),
+        destroy_grace_(destroy_grace) {}
   pid_t pid_;
   std::string log_path_;
+  absl::Duration destroy_grace_;
   int exit_code_ = -1;
 };
 

@@ -30,6 +30,7 @@ Usage: grpc_memory_test.py BIN_DIR GOLDEN_DIR [SANITIZERS]
 
 import os
 import select
+import shutil
 import socket
 import struct
 import subprocess
@@ -97,6 +98,7 @@ class Router:
         self.proc.terminate()
         self.proc.wait(timeout=30)
         self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class Http2:

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -28,6 +29,9 @@ namespace moe::testing {
 std::unique_ptr<Process> StartProcess(std::vector<std::string> argv,
                                       std::string log_path) {
   server::ChildOptions options;
+  if (!argv.empty() && absl::EndsWith(argv[0], "/moe-up")) {
+    options.destroy_grace = absl::Seconds(30);
+  }
   options.argv = std::move(argv);
   options.log_path = std::move(log_path);
   absl::StatusOr<std::unique_ptr<Process>> p =

@@ -22,7 +22,9 @@ namespace moe::testing {
 // if still running.
 using Process = server::ChildProcess;
 
-// Starts `argv` with stdout and stderr in `log_path`.
+// Starts `argv` with stdout and stderr in `log_path`. A moe-up is stopped
+// with SIGTERM when destroyed (SIGKILL after 30 s), so that it removes its
+// temporary folder even when a test ends early.
 std::unique_ptr<Process> StartProcess(std::vector<std::string> argv,
                                       std::string log_path);
 
