@@ -6,6 +6,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/logging.h"
+#include "common/request_id.h"
 #include "common/status_macros.h"
 #include "common/token_set.h"
 #include "proto/grpc_status.h"
@@ -66,6 +68,11 @@ absl::Status Explain(absl::Status status, bool tls) {
 
 }  // namespace
 
+absl::Status WithRequestId(const absl::Status& status, absl::string_view id) {
+  return absl::Status(status.code(),
+                      absl::StrCat(status.message(), " [request ", id, "]"));
+}
+
 RouterClient::RouterClient(std::string target,
                            std::shared_ptr<grpc::Channel> channel,
                            const ClientOptions& options)
@@ -92,12 +99,22 @@ absl::Status RouterClient::Prepare(grpc::ClientContext* context,
 }
 
 absl::StatusOr<moe::v1::ForwardResponse> RouterClient::Forward(
-    const moe::v1::ForwardRequest& request) const {
+    const moe::v1::ForwardRequest& request,
+    const std::string& request_id) const {
+  const std::string id =
+      request_id.empty() ? common::NewRequestId() : request_id;
+  if (!common::UsableRequestId(id)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("request ID ", common::QuoteForLog(id), ": at most ",
+                     common::kMaxRequestIdBytes,
+                     " bytes of letters, digits and . _ - : / + ="));
+  }
   const absl::Time deadline = absl::Now() + options_.timeout;
   absl::Duration backoff = absl::Milliseconds(100);
   for (int attempt = 1;; ++attempt) {
     grpc::ClientContext context;
     MOE_RETURN_IF_ERROR(Prepare(&context, deadline));
+    context.AddMetadata("x-request-id", id);
     moe::v1::ForwardResponse response;
     grpc::Status status = stub_->Forward(&context, request, &response);
     if (status.ok()) return response;
@@ -105,7 +122,7 @@ absl::StatusOr<moe::v1::ForwardResponse> RouterClient::Forward(
         Explain(proto::FromGrpcStatus(status), options_.credentials != nullptr);
     if (!absl::IsUnavailable(error) || attempt >= options_.max_attempts ||
         absl::Now() + backoff >= deadline) {
-      return error;
+      return WithRequestId(error, id);
     }
     std::this_thread::sleep_for(absl::ToChronoMilliseconds(backoff));
     backoff *= 2;
@@ -129,9 +146,11 @@ absl::StatusOr<ForwardOutput> RouterClient::Forward(
   request.set_layer(options.layer);
   request.set_on_expert_failure(options.on_expert_failure);
   ForwardOutput out;
-  MOE_ASSIGN_OR_RETURN(out.response, Forward(request));
+  out.request_id =
+      options.request_id.empty() ? common::NewRequestId() : options.request_id;
+  MOE_ASSIGN_OR_RETURN(out.response, Forward(request, out.request_id));
   if (out.response.degraded() && !options.allow_degraded) {
-    return DegradedError(out.response);
+    return WithRequestId(DegradedError(out.response), out.request_id);
   }
   MOE_ASSIGN_OR_RETURN(
       out.y, proto::DecodeTensor(out.response.y(), "y",
@@ -146,6 +165,7 @@ void RouterClient::ForwardAsync(
     grpc::ClientContext context;
     moe::v1::ForwardRequest request;
     moe::v1::ForwardResponse response;
+    std::string request_id;
     std::function<void(absl::StatusOr<moe::v1::ForwardResponse>)> done;
   };
   if (!token_status_.ok()) {
@@ -156,13 +176,16 @@ void RouterClient::ForwardAsync(
   call->request = request;
   call->done = std::move(done);
   (void)Prepare(&call->context, absl::Now() + options_.timeout);  // OK
+  call->request_id = common::NewRequestId();
+  call->context.AddMetadata("x-request-id", call->request_id);
   stub_->async()->Forward(
       &call->context, &call->request, &call->response,
       [call, tls = options_.credentials != nullptr](grpc::Status status) {
         if (status.ok()) {
           call->done(std::move(call->response));
         } else {
-          call->done(Explain(proto::FromGrpcStatus(status), tls));
+          call->done(WithRequestId(Explain(proto::FromGrpcStatus(status), tls),
+                                   call->request_id));
         }
         delete call;
       });

@@ -15,6 +15,9 @@
 // has not started; this client never cancels its own) counts as
 // UNAVAILABLE. An answer that lacks some experts' outputs (`degraded`, under
 // the router's drop policy) is an error unless the caller allows it.
+// Every Forward carries a request ID ("x-request-id", the same on each
+// attempt), which the router logs the call under; a failed call's message
+// ends with it ("[request 5f0c...]").
 // Thread-safe.
 #pragma once
 
@@ -57,11 +60,17 @@ struct ForwardOptions {
   // Accept an answer missing some experts' outputs (degraded) instead of
   // failing with UNAVAILABLE.
   bool allow_degraded = false;
+  // Sent as "x-request-id" with every attempt, so that the router's logs
+  // name the call by it; empty: one made here (common/request_id.h). At
+  // most 128 bytes of letters, digits and . _ - : / + = (else the call
+  // fails with INVALID_ARGUMENT, unsent).
+  std::string request_id;
 };
 
 struct ForwardOutput {
   common::HostTensor y;  // decoded from response.y
   moe::v1::ForwardResponse response;
+  std::string request_id;  // the call's "x-request-id"
 };
 
 class RouterClient {
@@ -71,9 +80,12 @@ class RouterClient {
 
   const std::string& target() const { return target_; }
 
-  // The raw call (a degraded answer is returned as it is).
+  // The raw call (a degraded answer is returned as it is), under
+  // `request_id` (ForwardOptions::request_id says what it may be; empty:
+  // a new one).
   absl::StatusOr<moe::v1::ForwardResponse> Forward(
-      const moe::v1::ForwardRequest& request) const;
+      const moe::v1::ForwardRequest& request,
+      const std::string& request_id = "") const;
 
   // Encodes x (float32, bfloat16 or float16 [B, n, d]) and decodes y.
   // UNAVAILABLE for a degraded answer unless options.allow_degraded.
@@ -105,6 +117,10 @@ class RouterClient {
 
 // The error of a degraded answer: UNAVAILABLE naming the failed experts.
 absl::Status DegradedError(const moe::v1::ForwardResponse& response);
+
+// A failed call's status, its message ending with the call's request ID
+// ("... [request 5f0c...]"): the name the router's logs give it.
+absl::Status WithRequestId(const absl::Status& status, absl::string_view id);
 
 // The grpc.health.v1 status of `service` ("" = the whole process) at
 // `target`; UNAVAILABLE when it cannot be reached within `timeout`,

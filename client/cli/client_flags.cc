@@ -5,6 +5,8 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/request_id.h"
 #include "common/status_macros.h"
 #include "common/token_set.h"
 #include "proto/tls.h"
@@ -27,6 +29,10 @@ ABSL_FLAG(std::string, tls_server_name, "",
 ABSL_FLAG(std::string, token_file, "",
           "Send the bearer token of this file (its first line) to a router "
           "that requires tokens.");
+ABSL_FLAG(std::string, request_id, "",
+          "forward: the request ID to send (x-request-id), which the "
+          "router's logs name the call by; default: a new one, printed "
+          "with the answer and in an error.");
 ABSL_FLAG(std::string, on_expert_failure, "",
           "Per-request failure policy: drop or fail (default: the "
           "router's).");
@@ -81,6 +87,14 @@ absl::StatusOr<client::ClientOptions> ClientOptionsFromFlags() {
 absl::StatusOr<client::ForwardOptions> ForwardOptionsFromFlags() {
   client::ForwardOptions options;
   options.allow_degraded = absl::GetFlag(FLAGS_allow_degraded);
+  options.request_id = absl::GetFlag(FLAGS_request_id);
+  if (!options.request_id.empty() &&
+      !common::UsableRequestId(options.request_id)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--request_id: ", common::QuoteForLog(options.request_id),
+                     " is not 1 to ", common::kMaxRequestIdBytes,
+                     " bytes of letters, digits and . _ - : / + ="));
+  }
   const std::string policy = absl::GetFlag(FLAGS_on_expert_failure);
   if (policy == "drop") {
     options.on_expert_failure = moe::v1::ON_FAILURE_DROP;

@@ -3,6 +3,7 @@
 #include "absl/time/clock.h"
 #include "client/cli/client_flags.h"
 #include "client/cli/commands.h"
+#include "common/request_id.h"
 #include "common/status_macros.h"
 #include "proto/cli/forward_flags.h"
 
@@ -22,14 +23,16 @@ absl::Status RunForward() {
   MOE_ASSIGN_OR_RETURN(moe::v1::ForwardRequest request,
                        ForwardRequestFromFlags(dim));
   request.set_on_expert_failure(forward.on_expert_failure);
+  const std::string request_id =
+      forward.request_id.empty() ? common::NewRequestId() : forward.request_id;
   const absl::Time start = absl::Now();
   MOE_ASSIGN_OR_RETURN(moe::v1::ForwardResponse response,
-                       client->Forward(request));
+                       client->Forward(request, request_id));
   const absl::Duration latency = absl::Now() - start;
   if (response.degraded() && !forward.allow_degraded) {
-    return client::DegradedError(response);
+    return client::WithRequestId(client::DegradedError(response), request_id);
   }
-  return FinishForward(target, request, response, latency);
+  return FinishForward(target, request, response, latency, request_id);
 }
 
 }  // namespace moe::cli

@@ -89,17 +89,18 @@ void PrintLevel(const char* name, const moe::v1::LevelStats& k) {
       static_cast<long long>(k.dropped_tokens()));
 }
 
-void PrintSummary(const std::string& where,
+void PrintSummary(const std::string& where, const std::string& request_id,
                   const moe::v1::ForwardRequest& request,
                   const moe::v1::ForwardResponse& r, absl::Duration latency) {
   const moe::v1::RoutingStats& s = r.stats();
   std::vector<int64_t> shape(request.x().shape().begin(),
                              request.x().shape().end());
   std::printf(
-      "forward (%s): layer %s, x %s, mode %s, policy %s\n", where.c_str(),
+      "forward (%s): layer %s, x %s, mode %s, policy %s%s\n", where.c_str(),
       r.layer().empty() ? "(the only one)" : r.layer().c_str(),
       common::ShapeToString(shape).c_str(), ModeName(request.options().mode()),
-      PolicyName(request.options().policy()));
+      PolicyName(request.options().policy()),
+      request_id.empty() ? "" : (", request " + request_id).c_str());
   std::printf("  tokens %lld\n", static_cast<long long>(s.routing().tokens()));
   PrintLevel(s.has_inner() ? "outer" : "routing", s.routing());
   if (s.has_inner()) PrintLevel("inner", s.inner());
@@ -239,19 +240,21 @@ absl::StatusOr<moe::v1::ForwardRequest> ForwardRequestFromFlags(int64_t dim) {
 absl::Status FinishForward(const std::string& where,
                            const moe::v1::ForwardRequest& request,
                            const moe::v1::ForwardResponse& response,
-                           absl::Duration latency) {
+                           absl::Duration latency,
+                           const std::string& request_id) {
   if (absl::GetFlag(FLAGS_summary)) {
-    PrintSummary(where, request, response, latency);
+    PrintSummary(where, request_id, request, response, latency);
   }
   const std::string output = absl::GetFlag(FLAGS_output);
   if (output.empty()) return absl::OkStatus();
-  MOE_RETURN_IF_ERROR(WriteForwardOutputs(
-      output, response,
-      {{"source", where},
-       {"layer", response.layer()},
-       {"mode", ModeName(request.options().mode())},
-       {"policy", PolicyName(request.options().policy())},
-       {"degraded", response.degraded() ? "true" : "false"}}));
+  std::vector<std::pair<std::string, std::string>> metadata = {
+      {"source", where},
+      {"layer", response.layer()},
+      {"mode", ModeName(request.options().mode())},
+      {"policy", PolicyName(request.options().policy())},
+      {"degraded", response.degraded() ? "true" : "false"}};
+  if (!request_id.empty()) metadata.emplace_back("request_id", request_id);
+  MOE_RETURN_IF_ERROR(WriteForwardOutputs(output, response, metadata));
   MOE_LOG(INFO) << "wrote " << output;
   return absl::OkStatus();
 }

@@ -40,10 +40,13 @@ absl::StatusOr<moe::v1::RoutingOptions> RoutingOptionsFromFlags();
 absl::StatusOr<moe::v1::ForwardRequest> ForwardRequestFromFlags(int64_t dim);
 
 // Prints the routing summary (unless --summary=false) and writes --output
-// when given. `where` is "in-process" or the router's address.
+// when given. `where` is "in-process" or the router's address; a call
+// through a router names its `request_id` (in the summary's first line and
+// the output's metadata).
 absl::Status FinishForward(const std::string& where,
                            const moe::v1::ForwardRequest& request,
                            const moe::v1::ForwardResponse& response,
-                           absl::Duration latency);
+                           absl::Duration latency,
+                           const std::string& request_id = "");
 
 }  // namespace moe::cli

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "common/request_id.h"
 #include "moe_version.h"
 #include "router/api/open_inference.h"
 #include "router/api/open_inference_json.h"
@@ -151,10 +152,11 @@ class CountedThreadPool final : public httplib::TaskQueue {
 };
 
 // POST .../infer: the body as a ModelInferRequest, served and answered.
-// `status` is the edge's verdict so far (token, budget); when it is not OK
-// the body was not kept and the call is refused (and counted) with it.
+// `request_id` names it in the logs. `status` is the edge's verdict so far
+// (token, budget); when it is not OK the body was not kept and the call is
+// refused (and counted) with it.
 void Infer(RouterService& router, const httplib::Request& req,
-           const std::string& body, absl::Status status,
+           const std::string& body, std::string request_id, absl::Status status,
            httplib::Response& res) {
   const ModelEngine& model = router.runner().model();
   OipInferRequest asked;
@@ -183,7 +185,8 @@ void Infer(RouterService& router, const httplib::Request& req,
   RouterService::Job job(
       router.clock()->Now(), absl::InfiniteFuture(),
       absl::StrCat("http:", req.remote_addr, ":", req.remote_port),
-      "REST infer", Protocol::kOipRest, [] { return false; },
+      std::move(request_id), "REST infer", Protocol::kOipRest,
+      [] { return false; },
       [&]() -> absl::Status {
         absl::StatusOr<inference::ModelInferResponse> r = ToModelInfer(
             &job.response, asked, model_name, model.fingerprint(), id);
@@ -311,6 +314,11 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
         // number, or over the limit, is answered at once, its body
         // unread, with "Connection: close" (httplib would read and drop
         // all of it first, up to 2^64 bytes for a length of -1).
+        // The caller's request ID when usable, else a new one: in the
+        // answer's headers whatever it says, and in the logs.
+        std::string request_id =
+            common::RequestIdOrNew(req.get_header_value("X-Request-Id"));
+        res.set_header("X-Request-Id", request_id);
         int64_t declared = max_body;
         if (req.has_header("Content-Length")) {
           uint64_t length = 0;
@@ -347,7 +355,8 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
             })) {
           return;
         }
-        Infer(*router, req, body, std::move(status), res);
+        Infer(*router, req, body, std::move(request_id), std::move(status),
+              res);
       });
   http.set_error_handler([](const httplib::Request&, httplib::Response& res) {
     if (!res.body.empty()) return;

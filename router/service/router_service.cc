@@ -11,23 +11,41 @@
 #include "absl/time/clock.h"
 #include "common/clock.h"
 #include "common/logging.h"
+#include "common/request_id.h"
 #include "common/status_macros.h"
 #include "proto/grpc_status.h"
 
 namespace moe::router {
+
+namespace {
+
+constexpr char kRequestIdKey[] = "x-request-id";
+
+// The caller's "x-request-id" (empty: none).
+absl::string_view CallerRequestId(const grpc::CallbackServerContext& context) {
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find(kRequestIdKey);
+  if (it == metadata.end()) return {};
+  return absl::string_view(it->second.data(), it->second.size());
+}
+
+}  // namespace
 
 RouterService::Job::Job(grpc::CallbackServerContext* context, absl::Time start,
                         const char* method, Protocol protocol,
                         std::function<absl::Status()> answer,
                         std::function<void(absl::Status)> done)
     : Job(
-          start, absl::FromChrono(context->deadline()), context->peer(), method,
-          protocol, [context] { return context->IsCancelled(); },
-          std::move(answer), std::move(done)) {}
+          start, absl::FromChrono(context->deadline()), context->peer(),
+          common::RequestIdOrNew(CallerRequestId(*context)), method, protocol,
+          [context] { return context->IsCancelled(); }, std::move(answer),
+          std::move(done)) {
+  context->AddInitialMetadata(kRequestIdKey, request_id_);
+}
 
 RouterService::Job::Job(absl::Time start, absl::Time deadline, std::string peer,
-                        const char* method, Protocol protocol,
-                        std::function<bool()> cancelled,
+                        std::string request_id, const char* method,
+                        Protocol protocol, std::function<bool()> cancelled,
                         std::function<absl::Status()> answer,
                         std::function<void(absl::Status)> done)
     : cancelled_(std::move(cancelled)),
@@ -35,6 +53,7 @@ RouterService::Job::Job(absl::Time start, absl::Time deadline, std::string peer,
       start_(start),
       deadline_(deadline),
       peer_(std::move(peer)),
+      request_id_(std::move(request_id)),
       method_(method),
       protocol_(protocol),
       answer_(std::move(answer)),
@@ -369,7 +388,7 @@ void RouterService::Finish(Job* job, absl::Status status) {
     if (status.ok() || !IsRefusal(status.code()) ||
         RefusalLogs().Allow(&suppressed)) {
       const std::string line = absl::StrCat(
-          job->method_, " from ", job->peer_, " layer ",
+          job->method_, " ", job->request_id_, " from ", job->peer_, " layer ",
           common::QuoteForLog(job->request.layer()), " ",
           DescribeInput(job->request), ": ",
           absl::StatusCodeToString(status.code()), " in ",

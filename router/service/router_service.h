@@ -109,19 +109,24 @@ class RouterService final
     // `method` names the RPC in logs ("Forward", "ModelInfer"). Once the
     // forward ran, `answer` puts `response` into the edge's own answer (its
     // error becomes the call's, counted and logged); then `done` is called,
-    // once, with the call's status (also for a refusal).
+    // once, with the call's status (also for a refusal). The request ID is
+    // the call's "x-request-id" when usable (common/request_id.h), else a
+    // new one; the answer carries it in its own "x-request-id" (initial
+    // metadata, added here).
     Job(grpc::CallbackServerContext* context, absl::Time start,
         const char* method, Protocol protocol,
         std::function<absl::Status()> answer,
         std::function<void(absl::Status)> done);
     // The same for an edge without a gRPC call (HTTP): its deadline, its
-    // peer for the logs, and whether its client went away.
+    // peer for the logs, its request ID (the edge answers with it), and
+    // whether its client went away.
     Job(absl::Time start, absl::Time deadline, std::string peer,
-        const char* method, Protocol protocol, std::function<bool()> cancelled,
-        std::function<absl::Status()> answer,
+        std::string request_id, const char* method, Protocol protocol,
+        std::function<bool()> cancelled, std::function<absl::Status()> answer,
         std::function<void(absl::Status)> done);
     // The client went away: the forward stops waiting for its workers.
     void Cancel() { waiter_->Cancel(); }
+    const std::string& request_id() const { return request_id_; }
 
     moe::v1::ForwardRequest request;
     moe::v1::ForwardResponse response;
@@ -133,6 +138,7 @@ class RouterService final
     const absl::Time start_;
     const absl::Time deadline_;
     const std::string peer_;
+    const std::string request_id_;
     const char* const method_;
     const Protocol protocol_;
     const std::function<absl::Status()> answer_;

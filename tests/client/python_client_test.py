@@ -229,6 +229,31 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual(self.client.forward(np.zeros((1, 4, 16), np.float32)).y.shape,
                          (1, 4, 16))
 
+    def test_a_forward_goes_by_its_request_id(self):
+        x = np.zeros((1, 4, 16), np.float32)
+        self.assertEqual(self.client.forward(x, request_id="py-ok.1").request_id,
+                         "py-ok.1")
+        made = self.client.forward(x).request_id
+        self.assertRegex(made, r"\A[0-9a-f]{16}\Z")
+        self.assertNotEqual(self.client.forward(x).request_id, made)
+        for call in (self.client.forward,
+                     lambda x, **kw: self.client.forward_async(x, **kw).result(30)):
+            with self.assertRaises(MoeError) as caught:
+                call(x, layer="blocks.1.ff", request_id="py-bad.%s" % self.TRANSPORT)
+            e = caught.exception
+            self.assertEqual(e.request_id, "py-bad.%s" % self.TRANSPORT)
+            self.assertTrue(str(e).endswith("[request py-bad.%s]" % self.TRANSPORT),
+                            str(e))
+        # The router's log names the refused call by the same ID.
+        deadline = time.time() + 10
+        while ("Forward py-bad.%s from" % self.TRANSPORT not in self.up.logs()
+               and time.time() < deadline):
+            time.sleep(0.1)
+        self.assertIn("Forward py-bad.%s from" % self.TRANSPORT, self.up.logs())
+        for bad in ("", "two words", "x" * 129, "caf\u00e9", 7):
+            with self.assertRaises(ValueError, msg=repr(bad)):
+                self.client.forward(x, request_id=bad)
+
     def test_forward_async_gives_the_same_answer(self):
         x = np.random.default_rng(6).standard_normal((1, 8, 16)).astype(np.float32)
         futures = [self.client.forward_async(x, policy="all") for _ in range(3)]

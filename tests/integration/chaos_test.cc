@@ -283,7 +283,11 @@ TEST(ChaosTest, SigtermUnderLoadCompletesEveryAcceptedRequest) {
   // The router's own account: every request it took ended OK.
   int logged = 0, logged_ok = 0;
   for (absl::string_view line : absl::StrSplit(d.router().Log(), '\n')) {
-    if (!absl::StrContains(line, "Forward from ")) continue;
+    // "moe-router: Forward REQUEST_ID from PEER ...: CODE in ..."
+    if (!absl::StrContains(line, "moe-router: Forward ") ||
+        !absl::StrContains(line, " from ")) {
+      continue;
+    }
     ++logged;
     if (absl::StrContains(line, ": OK in ")) ++logged_ok;
   }

@@ -180,6 +180,67 @@ TEST(OperationsTest, HealthNamesItsServiceAndTheClientKnowsAWorker) {
                              "a router"));
 }
 
+// A forward goes by one request ID: the caller's x-request-id (C++ and
+// REST clients alike) or, when it sends none or an unusable one, one the
+// router makes; the answer carries it, the router's log line names the
+// call by it, and the client's error ends with it.
+TEST(OperationsTest, EveryForwardGoesByItsRequestIdInAnswersLogsAndErrors) {
+  auto http_port = testing::FreeLoopbackPort();
+  ASSERT_TRUE(http_port.ok());
+  Deployment d(testing::GoldenPath(kModel), {"0-3"},
+               {"--log_requests", absl::StrCat("--http_port=", *http_port)});
+  ASSERT_TRUE(d.StartWorker(0).ok());
+  ASSERT_TRUE(d.StartRouter().ok());
+  auto client = client::RouterClient::Create(d.router_address(), Once());
+  moe::v1::ForwardRequest request = Request(Input(), {});
+  auto ok = client->Forward(request, "trace-42");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  request.set_layer("no.such.layer");
+  auto chosen = client->Forward(request, "trace-43");
+  ASSERT_EQ(chosen.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(absl::EndsWith(chosen.status().message(), " [request trace-43]"))
+      << chosen.status();
+  auto made = client->Forward(request);
+  ASSERT_FALSE(made.ok());
+  const std::string message(made.status().message());
+  const size_t at = message.rfind(" [request ");
+  ASSERT_NE(at, std::string::npos) << message;
+  const std::string made_id = message.substr(at + 10, 16);
+  EXPECT_EQ(message.size(), at + 10 + 16 + 1) << message;
+  auto unsent = client->Forward(request, "two words");
+  EXPECT_EQ(unsent.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(unsent.status().message(), HasSubstr("request ID"));
+
+  // A caller's ID the router cannot use is replaced, and the answer says by
+  // what.
+  auto stub = moe::v1::Router::NewStub(grpc::CreateChannel(
+      d.router_address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.AddMetadata("x-request-id", "semi;colon");
+  moe::v1::ForwardResponse response;
+  ASSERT_TRUE(stub->Forward(&context, Request(Input(), {}), &response).ok());
+  auto echoed = context.GetServerInitialMetadata().find("x-request-id");
+  ASSERT_NE(echoed, context.GetServerInitialMetadata().end());
+  const std::string replaced(echoed->second.data(), echoed->second.size());
+  EXPECT_EQ(replaced.size(), 16u) << replaced;
+
+  httplib::Client http("127.0.0.1", *http_port);
+  auto rest = http.Post("/v2/models/" + kModel + "/infer",
+                        {{"X-Request-Id", "rest-7"}}, "{}", "application/json");
+  ASSERT_TRUE(rest);
+  EXPECT_EQ(rest->status, 400);
+  EXPECT_EQ(rest->get_header_value("X-Request-Id"), "rest-7");
+
+  const std::string log = d.router().Log();
+  EXPECT_THAT(log, HasSubstr("Forward trace-42 from "));
+  EXPECT_THAT(log, HasSubstr("Forward trace-43 from "));
+  EXPECT_THAT(log, HasSubstr("Forward " + made_id + " from "));
+  EXPECT_THAT(log, HasSubstr("Forward " + replaced + " from "));
+  EXPECT_THAT(log, HasSubstr("REST infer rest-7 from "));
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("semi;colon")));
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("two words")));
+}
+
 // Many clients with a short deadline against small queue bounds: what
 // cannot be served in time is refused at once and counted; every accepted
 // request is whole (no deadline drops) and within the queue bound plus its

@@ -2,6 +2,9 @@
 
 import concurrent.futures
 import functools
+import itertools
+import os
+import re
 import threading
 import time
 from typing import Dict, List, Optional
@@ -26,12 +29,30 @@ _ON_FAILURE = {None: router_pb2.ON_FAILURE_UNSPECIFIED,
 
 class MoeError(Exception):
     """A failed call: `code` is the grpc.StatusCode, `details` the server's
-    message (it names the field for bad input)."""
+    message (it names the field for bad input), `request_id` the forward's
+    request ID (the name the router's logs give it; None for other
+    calls)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str):
-        super().__init__("%s: %s" % (code.name, details))
+    def __init__(self, code: grpc.StatusCode, details: str,
+                 request_id: Optional[str] = None):
+        super().__init__("%s: %s%s" % (code.name, details,
+                                       " [request %s]" % request_id
+                                       if request_id else ""))
         self.code = code
         self.details = details
+        self.request_id = request_id
+
+
+# A request ID a caller may choose: what the router takes from x-request-id.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-:/+=]{1,128}\Z")
+
+
+def _checked_request_id(request_id: str) -> str:
+    if not isinstance(request_id, str) or not _REQUEST_ID.match(request_id):
+        raise ValueError(
+            "request_id %r: 1 to 128 characters of letters, digits and "
+            ". _ - : / + =" % (request_id,))
+    return request_id
 
 
 def _bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -180,9 +201,10 @@ class _ForwardFuture:
     """The result of forward_async(): a grpcio call's future, or a
     concurrent.futures.Future of a native call."""
 
-    def __init__(self, call, convert):
+    def __init__(self, call, convert, request_id):
         self._call = call
         self._convert = convert
+        self.request_id = request_id
 
     def done(self) -> bool:
         return self._call.done()
@@ -193,13 +215,14 @@ class _ForwardFuture:
         try:
             response = self._call.result(timeout=timeout)
         except grpc.RpcError as e:
-            raise MoeError(e.code(), e.details() or "") from None
+            raise MoeError(e.code(), e.details() or "", self.request_id) from None
         except grpc.FutureTimeoutError:
             raise TimeoutError("the forward is still running") from None
         except (grpc.FutureCancelledError, concurrent.futures.CancelledError):
             # A native call still waiting for a thread when close() ran.
             raise MoeError(grpc.StatusCode.CANCELLED,
-                           "the client was closed before the call ran") from None
+                           "the client was closed before the call ran",
+                           self.request_id) from None
         return self._convert(response)
 
 
@@ -216,6 +239,8 @@ class ForwardResult:
     from the response's bytes (from_bytes), the message itself is parsed
     only then.
     """
+
+    request_id = None  # the call's x-request-id, set by the client
 
     def __init__(self, response: router_pb2.ForwardResponse):
         self.response = response
@@ -343,7 +368,10 @@ class RouterClient:
         self.target = target
         self.timeout = timeout
         self.max_attempts = max(1, max_attempts)
-        self._metadata = (("authorization", "Bearer " + token),) if token else None
+        self._metadata = (("authorization", "Bearer " + token),) if token else ()
+        # Request IDs of this client: a random prefix, then a counter.
+        self._request_ids = itertools.count()
+        self._request_id_prefix = os.urandom(4).hex()
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -411,15 +439,27 @@ class RouterClient:
     def __exit__(self, *exc):
         self.close()
 
-    def _call(self, method, request, timeout: Optional[float]):
+    def _new_request_id(self, request_id: Optional[str]) -> str:
+        if request_id is not None:
+            return _checked_request_id(request_id)
+        return "%s%08x" % (self._request_id_prefix,
+                           next(self._request_ids) & 0xFFFFFFFF)
+
+    def _call(self, method, request, timeout: Optional[float],
+              request_id: Optional[str] = None):
+        """One call with retries; `request_id` (a forward's) goes with every
+        attempt as x-request-id and ends a MoeError's message."""
+        metadata = self._metadata
+        if request_id is not None:
+            metadata = metadata + (("x-request-id", request_id),)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         for attempt in range(self.max_attempts):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise MoeError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                               "no time left for another attempt")
+                               "no time left for another attempt", request_id)
             try:
-                return method(request, timeout=left, metadata=self._metadata)
+                return method(request, timeout=left, metadata=metadata)
             except grpc.RpcError as e:
                 code, details = e.code(), e.details() or ""
                 if code == grpc.StatusCode.CANCELLED:
@@ -432,16 +472,20 @@ class RouterClient:
                 if code == grpc.StatusCode.UNAVAILABLE and attempt + 1 < self.max_attempts:
                     time.sleep(min(0.1 * 2 ** attempt, max(0.0, deadline - time.monotonic())))
                     continue
-                raise MoeError(code, details) from None
+                raise MoeError(code, details, request_id) from None
         raise AssertionError("unreachable")
 
     def forward_request(self, request: router_pb2.ForwardRequest,
-                        timeout: Optional[float] = None) -> router_pb2.ForwardResponse:
-        """Sends a ready-made ForwardRequest; returns the raw response."""
+                        timeout: Optional[float] = None,
+                        request_id: Optional[str] = None) -> router_pb2.ForwardResponse:
+        """Sends a ready-made ForwardRequest; returns the raw response.
+        request_id: as forward()'s."""
+        request_id = self._new_request_id(request_id)
         if self._native is not None:
             return router_pb2.ForwardResponse.FromString(
-                self._call(self._forward_bytes, request.SerializeToString(), timeout))
-        return self._call(self._router.Forward, request, timeout)
+                self._call(self._forward_bytes, request.SerializeToString(),
+                           timeout, request_id))
+        return self._call(self._router.Forward, request, timeout, request_id)
 
     def make_request(self, x, *, layer: str = "", dtype: str = "float32",
                      mode: str = "eval", policy: str = "random",
@@ -516,7 +560,9 @@ class RouterClient:
         return b"".join((prefix, _X_TAG, _varint(len(tensor)), tensor))
 
     @staticmethod
-    def _checked(result: ForwardResult, allow_degraded: bool) -> ForwardResult:
+    def _checked(result: ForwardResult, allow_degraded: bool,
+                 request_id: str) -> ForwardResult:
+        result.request_id = request_id
         if result.degraded and not allow_degraded:
             r = result.response
             raise MoeError(
@@ -524,11 +570,12 @@ class RouterClient:
                 "degraded answer: experts %s of layer %r were unavailable "
                 "(%d assignments dropped); pass allow_degraded=True to accept it"
                 % (list(r.failed_experts), r.layer,
-                   r.stats.dropped_expert_unavailable))
+                   r.stats.dropped_expert_unavailable), request_id)
         return result
 
     def forward(self, x, *, layer: str = "", allow_degraded: bool = False,
-                timeout: Optional[float] = None, **options) -> ForwardResult:
+                timeout: Optional[float] = None,
+                request_id: Optional[str] = None, **options) -> ForwardResult:
         """One forward of x ([batch, tokens, dim]) through `layer` (may be
         empty for a one-layer model).
 
@@ -541,34 +588,47 @@ class RouterClient:
         routing tensors), on_expert_failure (drop | fail, overriding the
         router's). An answer missing some experts' outputs raises MoeError
         (UNAVAILABLE) unless allow_degraded.
+
+        request_id: sent as x-request-id (every attempt), the name the
+        router's logs give the call; default: a new one. It is the
+        result's request_id and ends a MoeError's message.
         """
+        request_id = self._new_request_id(request_id)
         request = self.request_bytes(x, layer=layer, **options)
-        raw = self._call(self._forward_bytes, request, timeout)
-        return self._checked(ForwardResult.from_bytes(raw), allow_degraded)
+        raw = self._call(self._forward_bytes, request, timeout, request_id)
+        return self._checked(ForwardResult.from_bytes(raw), allow_degraded,
+                             request_id)
 
     def forward_async(self, x, *, layer: str = "", allow_degraded: bool = False,
-                      timeout: Optional[float] = None, **options):
+                      timeout: Optional[float] = None,
+                      request_id: Optional[str] = None, **options):
         """forward() without waiting: returns a future whose result() is the
         ForwardResult (or raises MoeError). No retries. On the native
         transport the call waits on one of 16 threads of the client (with
         the GIL released); more calls at once wait for a thread, and a call
         still running when the interpreter exits holds the exit until it
-        ends (close() the client to end it at once)."""
+        ends (close() the client to end it at once). request_id: as
+        forward()'s."""
+        request_id = self._new_request_id(request_id)
+        metadata = self._metadata + (("x-request-id", request_id),)
         if self._native is not None:
             request = self.request_bytes(x, layer=layer, **options)
             call = self._async_calls().submit(
                 self._forward_bytes, request,
                 timeout=self.timeout if timeout is None else timeout,
-                metadata=self._metadata)
+                metadata=metadata)
             return _ForwardFuture(
                 call, lambda raw: self._checked(ForwardResult.from_bytes(raw),
-                                                allow_degraded))
+                                                allow_degraded, request_id),
+                request_id)
         request = self.make_request(x, layer=layer, **options)
         call = self._router.Forward.future(
             request, timeout=self.timeout if timeout is None else timeout,
-            metadata=self._metadata)
+            metadata=metadata)
         return _ForwardFuture(
-            call, lambda r: self._checked(ForwardResult(r), allow_degraded))
+            call, lambda r: self._checked(ForwardResult(r), allow_degraded,
+                                          request_id),
+            request_id)
 
     def model_info(self, timeout: Optional[float] = None) -> router_pb2.ModelInfo:
         """The served model, limits and workers (GetModelInfo)."""

@@ -1,0 +1,31 @@
+// Request IDs: the name a request goes by in logs, from the caller's
+// "x-request-id" (gRPC metadata, HTTP header) when it is usable, else one
+// made here, and given back in the answer's own "x-request-id".
+//
+// Example (an edge of the router):
+//   const std::string id = common::RequestIdOrNew(header_value);
+//   ... log "Forward " << id << " from ...", answer with x-request-id: id
+#pragma once
+
+#include <string>
+
+#include "absl/strings/string_view.h"
+
+namespace moe::common {
+
+// The longest request ID taken from a caller.
+inline constexpr size_t kMaxRequestIdBytes = 128;
+
+// Whether `id` can be a request ID: 1 to kMaxRequestIdBytes bytes of
+// letters, digits and . _ - : / + = (what tracing systems put there: UUIDs,
+// hex, base64), so that it can stand in a log line unquoted.
+bool UsableRequestId(absl::string_view id);
+
+// A fresh ID: 16 lowercase hex digits, distinct within the process (a
+// counter from a random start, its bits mixed). Thread-safe.
+std::string NewRequestId();
+
+// `from_caller` when usable, else NewRequestId().
+std::string RequestIdOrNew(absl::string_view from_caller);
+
+}  // namespace moe::common

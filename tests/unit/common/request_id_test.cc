@@ -1,0 +1,60 @@
+#include "common/request_id.h"
+
+#include <gtest/gtest.h>
+
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+
+namespace moe::common {
+namespace {
+
+TEST(RequestIdTest, TakesWhatTracingSystemsSendAndNothingElse) {
+  for (const char* id :
+       {"a", "5f0c2a1e9b7d4c3a", "0af7651916cd43dd8448eb211c80319c",
+        "123e4567-e89b-12d3-a456-426614174000", "trace:span/1+x=="}) {
+    EXPECT_TRUE(UsableRequestId(id)) << id;
+    EXPECT_EQ(RequestIdOrNew(id), id);
+  }
+  const std::string longest(kMaxRequestIdBytes, 'x');
+  EXPECT_TRUE(UsableRequestId(longest));
+  for (const std::string& id :
+       {std::string(), longest + "x", std::string("two words"),
+        std::string("line\nbreak"), std::string("quote\""),
+        std::string("nul\0byte", 8), std::string("caf\xc3\xa9"),
+        std::string("semi;colon")}) {
+    EXPECT_FALSE(UsableRequestId(id)) << id;
+    const std::string made = RequestIdOrNew(id);
+    EXPECT_NE(made, id);
+    EXPECT_TRUE(UsableRequestId(made));
+  }
+}
+
+TEST(RequestIdTest, NewOnesAreSixteenHexDigitsAndDistinctAcrossThreads) {
+  constexpr int kThreads = 4, kEach = 5000;
+  std::vector<std::vector<std::string>> made(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&made, t] {
+      for (int i = 0; i < kEach; ++i) made[t].push_back(NewRequestId());
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  std::set<std::string> all;
+  for (const auto& ids : made) {
+    for (const std::string& id : ids) {
+      ASSERT_EQ(id.size(), 16u) << id;
+      for (char c : id) {
+        ASSERT_TRUE(absl::ascii_isdigit(c) || (c >= 'a' && c <= 'f')) << id;
+      }
+      all.insert(id);
+    }
+  }
+  EXPECT_EQ(all.size(), size_t{kThreads * kEach});
+}
+
+}  // namespace
+}  // namespace moe::common
