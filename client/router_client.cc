@@ -6,7 +6,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "common/logging.h"
 #include "common/request_id.h"
 #include "common/status_macros.h"
 #include "common/token_set.h"
@@ -103,12 +102,7 @@ absl::StatusOr<moe::v1::ForwardResponse> RouterClient::Forward(
     const std::string& request_id) const {
   const std::string id =
       request_id.empty() ? common::NewRequestId() : request_id;
-  if (!common::UsableRequestId(id)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("request ID ", common::QuoteForLog(id), ": at most ",
-                     common::kMaxRequestIdBytes,
-                     " bytes of letters, digits and . _ - : / + ="));
-  }
+  MOE_RETURN_IF_ERROR(common::CheckRequestId(id));
   const absl::Time deadline = absl::Now() + options_.timeout;
   absl::Duration backoff = absl::Milliseconds(100);
   for (int attempt = 1;; ++attempt) {

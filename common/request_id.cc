@@ -5,7 +5,9 @@
 #include <random>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/logging.h"
 
 namespace moe::common {
 namespace {
@@ -43,6 +45,13 @@ bool UsableRequestId(absl::string_view id) {
     }
   }
   return true;
+}
+
+absl::Status CheckRequestId(absl::string_view id) {
+  if (UsableRequestId(id)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "request ID ", QuoteForLog(id), " is not 1 to ", kMaxRequestIdBytes,
+      " bytes of letters, digits and . _ - : / + ="));
 }
 
 std::string NewRequestId() {

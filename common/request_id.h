@@ -9,6 +9,7 @@
 
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 
 namespace moe::common {
@@ -20,6 +21,10 @@ inline constexpr size_t kMaxRequestIdBytes = 128;
 // letters, digits and . _ - : / + = (what tracing systems put there: UUIDs,
 // hex, base64), so that it can stand in a log line unquoted.
 bool UsableRequestId(absl::string_view id);
+
+// OK when UsableRequestId(id), else INVALID_ARGUMENT saying what an ID may
+// be (for an ID a caller chose, checked before it is sent).
+absl::Status CheckRequestId(absl::string_view id);
 
 // A fresh ID: 16 lowercase hex digits, distinct within the process (a
 // counter from a random start, its bits mixed). Thread-safe.

@@ -68,9 +68,9 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
 }
 
 ChildProcess::~ChildProcess() {
+  // A frozen child cannot take SIGTERM: it goes straight to SIGKILL.
   if (destroy_grace_ > absl::ZeroDuration() && running() && !Frozen()) {
-    ::kill(pid_, SIGTERM);
-    Wait(destroy_grace_);
+    Stop(destroy_grace_);
   }
   if (running()) {
     ::kill(pid_, SIGCONT);  // a stopped child takes SIGKILL too, but say so

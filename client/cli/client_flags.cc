@@ -5,7 +5,6 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "common/logging.h"
 #include "common/request_id.h"
 #include "common/status_macros.h"
 #include "common/token_set.h"
@@ -88,12 +87,12 @@ absl::StatusOr<client::ForwardOptions> ForwardOptionsFromFlags() {
   client::ForwardOptions options;
   options.allow_degraded = absl::GetFlag(FLAGS_allow_degraded);
   options.request_id = absl::GetFlag(FLAGS_request_id);
-  if (!options.request_id.empty() &&
-      !common::UsableRequestId(options.request_id)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--request_id: ", common::QuoteForLog(options.request_id),
-                     " is not 1 to ", common::kMaxRequestIdBytes,
-                     " bytes of letters, digits and . _ - : / + ="));
+  if (!options.request_id.empty()) {
+    const absl::Status usable = common::CheckRequestId(options.request_id);
+    if (!usable.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--request_id: ", usable.message()));
+    }
   }
   const std::string policy = absl::GetFlag(FLAGS_on_expert_failure);
   if (policy == "drop") {

@@ -445,13 +445,16 @@ class RouterClient:
         return "%s%08x" % (self._request_id_prefix,
                            next(self._request_ids) & 0xFFFFFFFF)
 
+    def _metadata_with(self, request_id: Optional[str]):
+        if request_id is None:
+            return self._metadata
+        return self._metadata + (("x-request-id", request_id),)
+
     def _call(self, method, request, timeout: Optional[float],
               request_id: Optional[str] = None):
         """One call with retries; `request_id` (a forward's) goes with every
         attempt as x-request-id and ends a MoeError's message."""
-        metadata = self._metadata
-        if request_id is not None:
-            metadata = metadata + (("x-request-id", request_id),)
+        metadata = self._metadata_with(request_id)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         for attempt in range(self.max_attempts):
             left = deadline - time.monotonic()
@@ -610,7 +613,7 @@ class RouterClient:
         ends (close() the client to end it at once). request_id: as
         forward()'s."""
         request_id = self._new_request_id(request_id)
-        metadata = self._metadata + (("x-request-id", request_id),)
+        metadata = self._metadata_with(request_id)
         if self._native is not None:
             request = self.request_bytes(x, layer=layer, **options)
             call = self._async_calls().submit(

@@ -17,6 +17,7 @@ TEST(RequestIdTest, TakesWhatTracingSystemsSendAndNothingElse) {
        {"a", "5f0c2a1e9b7d4c3a", "0af7651916cd43dd8448eb211c80319c",
         "123e4567-e89b-12d3-a456-426614174000", "trace:span/1+x=="}) {
     EXPECT_TRUE(UsableRequestId(id)) << id;
+    EXPECT_TRUE(CheckRequestId(id).ok()) << id;
     EXPECT_EQ(RequestIdOrNew(id), id);
   }
   const std::string longest(kMaxRequestIdBytes, 'x');
@@ -27,6 +28,11 @@ TEST(RequestIdTest, TakesWhatTracingSystemsSendAndNothingElse) {
         std::string("nul\0byte", 8), std::string("caf\xc3\xa9"),
         std::string("semi;colon")}) {
     EXPECT_FALSE(UsableRequestId(id)) << id;
+    const absl::Status refused = CheckRequestId(id);
+    EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << id;
+    EXPECT_NE(refused.message().find("bytes of letters, digits"),
+              absl::string_view::npos)
+        << refused;
     const std::string made = RequestIdOrNew(id);
     EXPECT_NE(made, id);
     EXPECT_TRUE(UsableRequestId(made));
