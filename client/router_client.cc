@@ -108,7 +108,7 @@ absl::StatusOr<moe::v1::ForwardResponse> RouterClient::Forward(
   for (int attempt = 1;; ++attempt) {
     grpc::ClientContext context;
     MOE_RETURN_IF_ERROR(Prepare(&context, deadline));
-    context.AddMetadata("x-request-id", id);
+    context.AddMetadata(common::kRequestIdKey, id);
     moe::v1::ForwardResponse response;
     grpc::Status status = stub_->Forward(&context, request, &response);
     if (status.ok()) return response;
@@ -171,7 +171,7 @@ void RouterClient::ForwardAsync(
   call->done = std::move(done);
   (void)Prepare(&call->context, absl::Now() + options_.timeout);  // OK
   call->request_id = common::NewRequestId();
-  call->context.AddMetadata("x-request-id", call->request_id);
+  call->context.AddMetadata(common::kRequestIdKey, call->request_id);
   stub_->async()->Forward(
       &call->context, &call->request, &call->response,
       [call, tls = options_.credentials != nullptr](grpc::Status status) {

@@ -14,8 +14,16 @@
 
 namespace moe::common {
 
+// The gRPC metadata key (and, any case, HTTP header) a request ID travels
+// in.
+inline constexpr char kRequestIdKey[] = "x-request-id";
+
 // The longest request ID taken from a caller.
 inline constexpr size_t kMaxRequestIdBytes = 128;
+
+// The most request IDs one router-to-worker call carries (its forwards'
+// first ones, each once: the metadata stays within gRPC's default 8 KiB).
+inline constexpr size_t kMaxRequestIdsPerWorkerCall = 16;
 
 // Whether `id` can be a request ID: 1 to kMaxRequestIdBytes bytes of
 // letters, digits and . _ - : / + = (what tracing systems put there: UUIDs,

@@ -68,6 +68,10 @@ ABSL_FLAG(int64_t, inline_max_request_kib, 64,
 ABSL_FLAG(int64_t, max_tokens_per_call, 131072,
           "Largest token rows of one call; the message size limit follows "
           "from it (moe-up passes 2 x the router's max_tokens_per_request).");
+ABSL_FLAG(bool, log_requests, false,
+          "Log every RunExperts call: the router's address, the request IDs "
+          "of the forwards it serves, its time and bytes. Failed calls are "
+          "logged without it (at most 10 a second).");
 ABSL_FLAG(int, metrics_port, 9465,
           "Port of the Prometheus /metrics endpoint; 0 picks a free one, -1 "
           "disables it.");
@@ -173,6 +177,7 @@ absl::Status Run(const ShardFactory& make_shard) {
   options.max_tokens_per_call = absl::GetFlag(FLAGS_max_tokens_per_call);
   options.inline_max_request_bytes =
       absl::GetFlag(FLAGS_inline_max_request_kib) * 1024;
+  options.log_requests = absl::GetFlag(FLAGS_log_requests);
   MOE_RETURN_IF_ERROR(options.Validate());
   // Certificates are checked before the (slow) weights are loaded.
   ServerOptions server_options;

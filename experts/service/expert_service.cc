@@ -5,7 +5,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/logging.h"
+#include "common/request_id.h"
 #include "common/status_macros.h"
 #include "proto/expert_wire.h"
 #include "proto/grpc_status.h"
@@ -259,6 +261,28 @@ absl::Status ExpertService::RunInParts(const ExpertShard& shard,
   return absl::OkStatus();
 }
 
+namespace {
+
+// " for requests A, B" from the call's x-request-id values (the router sends
+// the IDs of the forwards the call serves); "" when it has none. Values
+// that are no usable ID, and any past the router's limit, are left out: the
+// line stays safe to log.
+std::string ForRequests(const grpc::CallbackServerContext& context) {
+  std::vector<absl::string_view> ids;
+  auto [begin, end] = context.client_metadata().equal_range(
+      grpc::string_ref(common::kRequestIdKey));
+  for (auto it = begin;
+       it != end && ids.size() < common::kMaxRequestIdsPerWorkerCall; ++it) {
+    const absl::string_view id(it->second.data(), it->second.size());
+    if (common::UsableRequestId(id)) ids.push_back(id);
+  }
+  if (ids.empty()) return "";
+  return absl::StrCat(ids.size() == 1 ? " for request " : " for requests ",
+                      absl::StrJoin(ids, ", "));
+}
+
+}  // namespace
+
 grpc::ServerUnaryReactor* ExpertService::RunExperts(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
@@ -268,7 +292,8 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
     metrics_.AddInflight(-1);
     reactor->Finish(proto::ToGrpcStatus(status));
   };
-  auto run = [this, context, request, response, finish] {
+  const absl::Time received = absl::Now();
+  auto run = [this, context, request, response, finish, received] {
     absl::Status status;
     if (context->IsCancelled()) {
       status = absl::CancelledError("cancelled before it ran");
@@ -279,8 +304,16 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
     int64_t suppressed = 0;
     if (!status.ok() && !absl::IsCancelled(status) &&
         failures.Allow(&suppressed)) {
-      MOE_LOG(WARNING) << "RunExperts from " << context->peer() << ": "
-                       << status << common::SuppressedNote(suppressed);
+      MOE_LOG(WARNING) << "RunExperts from " << context->peer()
+                       << ForRequests(*context) << ": " << status
+                       << common::SuppressedNote(suppressed);
+    } else if (status.ok() && options_.log_requests) {
+      MOE_LOG(INFO) << "RunExperts from " << context->peer()
+                    << ForRequests(*context) << ": OK in "
+                    << absl::FormatDuration(absl::Trunc(
+                           absl::Now() - received, absl::Microseconds(100)))
+                    << ", " << request->Length() << " bytes in, "
+                    << response->Length() << " out";
     }
     finish(status);
   };
@@ -297,7 +330,8 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
   const bool queued = queue_->TrySubmit(std::move(run));
   static common::LogRateLimiter refusals(kFailureLogsPerSecond);
   if (int64_t suppressed = 0; !queued && refusals.Allow(&suppressed)) {
-    MOE_LOG(WARNING) << "RunExperts refused: queue full ("
+    MOE_LOG(WARNING) << "RunExperts from " << context->peer()
+                     << ForRequests(*context) << " refused: queue full ("
                      << options_.max_queued << " waiting)"
                      << common::SuppressedNote(suppressed);
   }

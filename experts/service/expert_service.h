@@ -44,6 +44,9 @@ struct ExpertServiceOptions {
   // Bearer tokens SetExperts requires (--admin_token_file); none: every
   // SetExperts is refused. Not owned.
   common::TokenSet* admin_tokens = nullptr;
+  // Log every RunExperts call (peer, the forwards' request IDs, time,
+  // bytes); failures are logged whatever this says (at most 10 a second).
+  bool log_requests = false;
 
   // InvalidArgument naming the option (as the flag spells it) when
   // compute_threads or max_tokens_per_call is below 1.

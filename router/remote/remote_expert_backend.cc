@@ -173,6 +173,7 @@ class FanOut {
       c.request.deadline = std::min(timeout, worker_deadline_);
       c.request.waiter = waiter_;
       c.request.waiter_index = waiter_->AddTicket();
+      c.request.request_id = options_.request_id;
     }
     if (gating_ != nullptr) gating_->Done();
     for (Call& c : calls_) c.ticket = batcher_->Submit(std::move(c.request));

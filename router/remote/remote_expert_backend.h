@@ -41,6 +41,8 @@ struct RemoteCallOptions {
   absl::Duration worker_timeout = absl::Seconds(30);
   ExpertFailurePolicy on_failure = ExpertFailurePolicy::kDrop;
   common::Clock* clock = common::Clock::Real();
+  // The forward's request ID: its worker calls carry it (x-request-id).
+  std::string request_id;
 };
 
 class RemoteExpertBackend : public ExpertBackend {

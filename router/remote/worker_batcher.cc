@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <map>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/request_id.h"
 
 namespace moe::router {
 
@@ -30,6 +32,22 @@ class WorkerBatch {
   bool cancelled ABSL_GUARDED_BY(mu) = false;
   std::shared_ptr<WorkerCall> call ABSL_GUARDED_BY(mu);
 };
+
+namespace {
+
+std::vector<std::string> RequestIds(const WorkerBatch& batch) {
+  std::vector<std::string> ids;
+  for (const auto& t : batch.tickets) {
+    const std::string& id = t->request().request_id;
+    if (ids.size() == common::kMaxRequestIdsPerWorkerCall) break;
+    if (!id.empty() && std::find(ids.begin(), ids.end(), id) == ids.end()) {
+      ids.push_back(id);
+    }
+  }
+  return ids;
+}
+
+}  // namespace
 
 absl::Time BatchTicket::sent_at() const {
   const int64_t nanos = sent_nanos_.load();
@@ -226,6 +244,7 @@ void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
     }
   }
   grpc::ByteBuffer request = Encode(*batch);
+  const std::vector<std::string> request_ids = RequestIds(*batch);
   const absl::Time sent = options_.clock->Now();
   for (const auto& t : batch->tickets) {
     t->sent_nanos_.store(absl::ToUnixNanos(sent));
@@ -237,7 +256,7 @@ void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
     if (!batch->cancelled) {
       pool_->CallStarted(worker);
       batch->call = pool_->transport(worker).StartRunExperts(
-          std::move(request), deadline,
+          std::move(request), deadline, request_ids,
           [this, batch, sent, timeout_binds](absl::Status s,
                                              grpc::ByteBuffer response) {
             pool_->CallFinished(batch->worker, s, timeout_binds);

@@ -30,6 +30,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -81,6 +82,9 @@ struct WorkerRequest {
   // (ForwardWaiter::AddTicket).
   std::shared_ptr<ForwardWaiter> waiter;
   int waiter_index = -1;
+  // The forward's request ID ("" for none): the call carrying the request
+  // sends it to the worker (WorkerTransport::StartRunExperts).
+  std::string request_id;
 };
 
 class WorkerBatch;

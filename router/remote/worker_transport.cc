@@ -3,6 +3,7 @@
 #include <grpcpp/generic/generic_stub.h>
 
 #include "common/logging.h"
+#include "common/request_id.h"
 #include "moe/v1/expert.grpc.pb.h"
 #include "proto/grpc_status.h"
 
@@ -46,12 +47,15 @@ class GrpcWorkerTransport : public WorkerTransport {
 
   const std::string& address() const override { return address_; }
 
-  std::shared_ptr<WorkerCall> StartRunExperts(grpc::ByteBuffer request,
-                                              absl::Time deadline,
-                                              Done done) override {
+  std::shared_ptr<WorkerCall> StartRunExperts(
+      grpc::ByteBuffer request, absl::Time deadline,
+      const std::vector<std::string>& request_ids, Done done) override {
     auto call = std::make_shared<GrpcWorkerCall>();
     call->request = std::move(request);
     call->context.set_deadline(absl::ToChronoTime(deadline));
+    for (const std::string& id : request_ids) {
+      call->context.AddMetadata(common::kRequestIdKey, id);
+    }
     // The completion holds the call until it ran.
     generic_->UnaryCall(
         &call->context, kRunExperts, grpc::StubOptions(), &call->request,

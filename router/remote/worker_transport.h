@@ -35,10 +35,12 @@ class WorkerTransport {
   virtual ~WorkerTransport() = default;
   virtual const std::string& address() const = 0;
 
-  // Starts RunExperts with the serialized `request`, ending by `deadline`.
-  virtual std::shared_ptr<WorkerCall> StartRunExperts(grpc::ByteBuffer request,
-                                                      absl::Time deadline,
-                                                      Done done) = 0;
+  // Starts RunExperts with the serialized `request`, ending by `deadline`,
+  // on behalf of the forwards `request_ids` names (sent as x-request-id
+  // metadata, one value each, for the worker's logs).
+  virtual std::shared_ptr<WorkerCall> StartRunExperts(
+      grpc::ByteBuffer request, absl::Time deadline,
+      const std::vector<std::string>& request_ids, Done done) = 0;
 
   // GetShardInfo, blocking until it answers or `deadline`.
   virtual absl::StatusOr<moe::v1::ShardInfo> GetShardInfo(

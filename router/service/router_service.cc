@@ -19,12 +19,10 @@ namespace moe::router {
 
 namespace {
 
-constexpr char kRequestIdKey[] = "x-request-id";
-
 // The caller's "x-request-id" (empty: none).
 absl::string_view CallerRequestId(const grpc::CallbackServerContext& context) {
   const auto& metadata = context.client_metadata();
-  auto it = metadata.find(kRequestIdKey);
+  auto it = metadata.find(common::kRequestIdKey);
   if (it == metadata.end()) return {};
   return absl::string_view(it->second.data(), it->second.size());
 }
@@ -40,7 +38,7 @@ RouterService::Job::Job(grpc::CallbackServerContext* context, absl::Time start,
           common::RequestIdOrNew(CallerRequestId(*context)), method, protocol,
           [context] { return context->IsCancelled(); }, std::move(answer),
           std::move(done)) {
-  context->AddInitialMetadata(kRequestIdKey, request_id_);
+  context->AddInitialMetadata(common::kRequestIdKey, request_id_);
 }
 
 RouterService::Job::Job(absl::Time start, absl::Time deadline, std::string peer,
@@ -308,6 +306,7 @@ absl::Status RouterService::RunForward(Job* job) const {
   remote.deadline = job->deadline_;
   remote.worker_timeout = options_.worker_timeout;
   remote.clock = options_.clock;
+  remote.request_id = job->request_id_;
   MOE_ASSIGN_OR_RETURN(
       remote.on_failure,
       FailurePolicy(job->request.on_expert_failure(), options_.on_failure));

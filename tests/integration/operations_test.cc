@@ -205,12 +205,14 @@ TEST(OperationsTest, HealthNamesItsServiceAndTheClientKnowsAWorker) {
 // A forward goes by one request ID: the caller's x-request-id (C++ and
 // REST clients alike) or, when it sends none or an unusable one, one the
 // router makes; the answer carries it, the router's log line names the
-// call by it, and the client's error ends with it.
+// call by it, so do the lines of the workers its worker calls reach, and the
+// client's error ends with it.
 TEST(OperationsTest, EveryForwardGoesByItsRequestIdInAnswersLogsAndErrors) {
   auto http_port = testing::FreeLoopbackPort();
   ASSERT_TRUE(http_port.ok());
   Deployment d(testing::GoldenPath(kModel), {"0-3"},
                {"--log_requests", absl::StrCat("--http_port=", *http_port)});
+  d.SetWorkerFlags({"--log_requests"});
   ASSERT_TRUE(d.StartWorker(0).ok());
   ASSERT_TRUE(d.StartRouter().ok());
   auto client = client::RouterClient::Create(d.router_address(), Once());
@@ -261,6 +263,11 @@ TEST(OperationsTest, EveryForwardGoesByItsRequestIdInAnswersLogsAndErrors) {
   EXPECT_THAT(log, HasSubstr("REST infer rest-7 from "));
   EXPECT_THAT(log, ::testing::Not(HasSubstr("semi;colon")));
   EXPECT_THAT(log, ::testing::Not(HasSubstr("two words")));
+  // The worker's lines: the forwards that reached it, by the same IDs.
+  const std::string worker_log = d.worker(0).Log();
+  EXPECT_THAT(worker_log, HasSubstr(" for request trace-42: OK in "));
+  EXPECT_THAT(worker_log, HasSubstr(" for request " + replaced + ": OK in "));
+  EXPECT_THAT(worker_log, ::testing::Not(HasSubstr("trace-43")));
 }
 
 // Many clients with a short deadline against small queue bounds: what

@@ -68,13 +68,15 @@ FakeWorker::FakeWorker(std::string address, int64_t dim,
 }
 
 std::shared_ptr<router::WorkerCall> FakeWorker::StartRunExperts(
-    grpc::ByteBuffer request, absl::Time deadline, Done done) {
+    grpc::ByteBuffer request, absl::Time deadline,
+    const std::vector<std::string>& request_ids, Done done) {
   int index;
   bool reply;
   {
     absl::MutexLock lock(&mu_);
     auto call = std::make_shared<Call>();
     call->deadline = deadline;
+    call->request_ids = request_ids;
     call->request = std::move(request);
     call->done = std::move(done);
     calls_.push_back(call);
@@ -138,6 +140,11 @@ std::vector<common::ExpertSegment> FakeWorker::Segments(int i) const {
 bool FakeWorker::cancelled(int i) const {
   absl::MutexLock lock(&mu_);
   return calls_[i]->cancelled;
+}
+
+std::vector<std::string> FakeWorker::RequestIds(int i) const {
+  absl::MutexLock lock(&mu_);
+  return calls_[i]->request_ids;
 }
 
 grpc::ByteBuffer FakeWorker::Outputs(const grpc::ByteBuffer& request) const {

@@ -60,6 +60,7 @@ class FakeWorker : public router::WorkerTransport {
  public:
   struct Call {
     absl::Time deadline;
+    std::vector<std::string> request_ids;
     grpc::ByteBuffer request;
     Done done;
     bool cancelled = false;
@@ -69,9 +70,9 @@ class FakeWorker : public router::WorkerTransport {
   FakeWorker(std::string address, int64_t dim, moe::v1::ShardInfo info);
 
   const std::string& address() const override { return address_; }
-  std::shared_ptr<router::WorkerCall> StartRunExperts(grpc::ByteBuffer request,
-                                                      absl::Time deadline,
-                                                      Done done) override;
+  std::shared_ptr<router::WorkerCall> StartRunExperts(
+      grpc::ByteBuffer request, absl::Time deadline,
+      const std::vector<std::string>& request_ids, Done done) override;
   absl::StatusOr<moe::v1::ShardInfo> GetShardInfo(absl::Time deadline) override;
 
   void SetShardInfo(moe::v1::ShardInfo info);
@@ -89,6 +90,8 @@ class FakeWorker : public router::WorkerTransport {
   // The segments of call i, parsed.
   std::vector<common::ExpertSegment> Segments(int i) const;
   bool cancelled(int i) const;
+  // The request IDs call i was sent for.
+  std::vector<std::string> RequestIds(int i) const;
   // Finishes call i: OK with the outputs of ExpertScale, or `error`.
   void Reply(int i);
   void Fail(int i, absl::Status error);

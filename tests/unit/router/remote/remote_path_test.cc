@@ -5,10 +5,13 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "common/request_id.h"
 #include "router/engine/expert_backend.h"
 #include "router/remote/remote_expert_backend.h"
 #include "router/remote/worker_batcher.h"
@@ -226,11 +229,16 @@ struct Remote {
 TEST(RemoteExpertBackendTest, OneCallPerWorkerCombinedAsTheyArrive) {
   testing::FakeClock clock;
   Pool p({{{0, 1}, {}}, {{2, 3}, {}}}, &clock);
-  Remote r(p, &clock);
+  RemoteCallOptions options;
+  options.request_id = "trace-9";
+  Remote r(p, &clock, options);
   Work w(TwoWorkerSegments());
   Running run(&r.backend, w.work);
   ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
   ASSERT_TRUE(p.workers[1]->WaitForCalls(1));
+  // Each call names the forward it serves.
+  EXPECT_EQ(p.workers[0]->RequestIds(0), std::vector<std::string>{"trace-9"});
+  EXPECT_EQ(p.workers[1]->RequestIds(0), std::vector<std::string>{"trace-9"});
   EXPECT_EQ(p.workers[0]->Segments(0).size(), 2u);
   EXPECT_EQ(p.workers[1]->Segments(0)[0].key, (common::ExpertKey{0, 2}));
   p.workers[1]->Reply(0);
@@ -467,9 +475,11 @@ TEST(RemoteExpertBackendTest, ClientCancellationEndsTheWait) {
 
 // A request of `w`'s segments for worker 0, waited on by its own waiter.
 struct Submitted {
-  Submitted(WorkerBatcher& batcher, const Work& w, testing::FakeClock* clock)
+  Submitted(WorkerBatcher& batcher, const Work& w, testing::FakeClock* clock,
+            std::string request_id = "")
       : waiter(std::make_shared<ForwardWaiter>(clock)) {
     WorkerRequest r;
+    r.request_id = std::move(request_id);
     r.worker = 0;
     r.rows = w.tokens->data();
     r.owner = w.tokens;
@@ -496,15 +506,19 @@ TEST(WorkerBatcherTest, ForwardsArrivingWhileTheWorkerIsBusyShareOneCall) {
   WorkerBatcher batcher(p.pool.get(), batching);
   // A lone forward never waits: the worker is idle and nobody is gating.
   Work first({{{0, 1}, 0, 2}});
-  Submitted t0(batcher, first, &clock);
+  Submitted t0(batcher, first, &clock, "first");
   ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
   // While that call is out, two forwards (one of layer 1) gather.
   Work a({{{0, 1}, 0, 1}, {{0, 3}, 1, 2}});
   Work b({{{1, 0}, 0, 1}, {{0, 1}, 1, 1}});
-  Submitted ta(batcher, a, &clock), tb(batcher, b, &clock);
+  Submitted ta(batcher, a, &clock, "fwd-a"), tb(batcher, b, &clock, "fwd-b");
   EXPECT_EQ(p.workers[0]->calls(), 1);
   p.workers[0]->Reply(0);  // the worker is idle again: the batch goes
   ASSERT_TRUE(p.workers[0]->WaitForCalls(2));
+  // The call names both forwards it serves.
+  EXPECT_EQ(p.workers[0]->RequestIds(0), std::vector<std::string>{"first"});
+  EXPECT_EQ(p.workers[0]->RequestIds(1),
+            (std::vector<std::string>{"fwd-a", "fwd-b"}));
   // Grouped by expert, layer first: (0,1) from a then b, (0,3), (1,0).
   const std::vector<common::ExpertSegment> s = p.workers[0]->Segments(1);
   ASSERT_EQ(s.size(), 3u);
@@ -531,6 +545,41 @@ TEST(WorkerBatcherTest, ForwardsArrivingWhileTheWorkerIsBusyShareOneCall) {
       }
     }
   }
+}
+
+// A call serving many forwards names each once, the first
+// kMaxRequestIdsPerWorkerCall of them; forwards without an ID add none.
+TEST(WorkerBatcherTest, ACallNamesItsForwardsEachOnceUpToTheLimit) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1, 2, 3}, {}}}, &clock);
+  BatcherOptions batching;
+  batching.clock = &clock;
+  batching.window = absl::Seconds(1);
+  WorkerBatcher batcher(p.pool.get(), batching);
+  Work first({{{0, 1}, 0, 2}});
+  Submitted t0(batcher, first, &clock);
+  ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
+  EXPECT_TRUE(p.workers[0]->RequestIds(0).empty());
+  Work one({{{0, 1}, 0, 1}});
+  std::vector<std::unique_ptr<Submitted>> gathered;
+  std::vector<std::string> expected;
+  for (int i = 0; i < 20; ++i) {
+    // Forward 3 comes twice (one forward may send two requests to a
+    // worker); forward 5 has no ID.
+    const std::string id = i == 5 ? "" : absl::StrCat("fwd-", i == 4 ? 3 : i);
+    gathered.push_back(std::make_unique<Submitted>(batcher, one, &clock, id));
+    if (!id.empty() && i != 4 &&
+        expected.size() < common::kMaxRequestIdsPerWorkerCall) {
+      expected.push_back(id);
+    }
+  }
+  p.workers[0]->Reply(0);
+  ASSERT_TRUE(p.workers[0]->WaitForCalls(2));
+  EXPECT_EQ(p.workers[0]->RequestIds(1), expected);
+  EXPECT_EQ(expected.size(), common::kMaxRequestIdsPerWorkerCall);
+  EXPECT_EQ(expected.back(), "fwd-17");
+  p.workers[0]->Reply(1);
+  for (auto& s : gathered) ASSERT_TRUE(s->Done());
 }
 
 TEST(WorkerBatcherTest, AnOpenBatchLeavesWhenItsWindowEnds) {
