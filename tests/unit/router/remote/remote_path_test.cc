@@ -497,13 +497,18 @@ struct Submitted {
   std::shared_ptr<const BatchTicket> ticket;
 };
 
+// Batching on `clock` with a window of 1 s.
+BatcherOptions OneSecondWindow(testing::FakeClock* clock) {
+  BatcherOptions batching;
+  batching.clock = clock;
+  batching.window = absl::Seconds(1);
+  return batching;
+}
+
 TEST(WorkerBatcherTest, ForwardsArrivingWhileTheWorkerIsBusyShareOneCall) {
   testing::FakeClock clock;
   Pool p({{{0, 1, 2, 3}, {0, 1, 2, 3}}}, &clock);
-  BatcherOptions batching;
-  batching.clock = &clock;
-  batching.window = absl::Seconds(1);
-  WorkerBatcher batcher(p.pool.get(), batching);
+  WorkerBatcher batcher(p.pool.get(), OneSecondWindow(&clock));
   // A lone forward never waits: the worker is idle and nobody is gating.
   Work first({{{0, 1}, 0, 2}});
   Submitted t0(batcher, first, &clock, "first");
@@ -552,10 +557,7 @@ TEST(WorkerBatcherTest, ForwardsArrivingWhileTheWorkerIsBusyShareOneCall) {
 TEST(WorkerBatcherTest, ACallNamesItsForwardsEachOnceUpToTheLimit) {
   testing::FakeClock clock;
   Pool p({{{0, 1, 2, 3}, {}}}, &clock);
-  BatcherOptions batching;
-  batching.clock = &clock;
-  batching.window = absl::Seconds(1);
-  WorkerBatcher batcher(p.pool.get(), batching);
+  WorkerBatcher batcher(p.pool.get(), OneSecondWindow(&clock));
   Work first({{{0, 1}, 0, 2}});
   Submitted t0(batcher, first, &clock);
   ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
@@ -603,10 +605,7 @@ TEST(WorkerBatcherTest, AnOpenBatchLeavesWhenItsWindowEnds) {
 TEST(WorkerBatcherTest, ABatchIsCancelledOnlyWhenEveryForwardGaveUp) {
   testing::FakeClock clock;
   Pool p({{{0, 1, 2, 3}, {}}}, &clock);
-  BatcherOptions batching;
-  batching.clock = &clock;
-  batching.window = absl::Seconds(1);
-  WorkerBatcher batcher(p.pool.get(), batching);
+  WorkerBatcher batcher(p.pool.get(), OneSecondWindow(&clock));
   Work busy({{{0, 0}, 0, 1}});
   Submitted t0(batcher, busy, &clock);
   ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
