@@ -334,7 +334,8 @@ absl::Status RouterService::Authorize(absl::string_view authorization) const {
 }
 
 absl::Status RouterService::AuthorizeHeaders(
-    absl::string_view path, absl::string_view authorization) const {
+    absl::string_view path, absl::string_view authorization,
+    absl::string_view request_id) const {
   const char* method;
   Protocol protocol;
   if (path == "/moe.v1.Router/Forward") {
@@ -350,7 +351,8 @@ absl::Status RouterService::AuthorizeHeaders(
   if (status.ok()) return status;
   int64_t suppressed = 0;
   if (RefusalLogs().Allow(&suppressed)) {
-    MOE_LOG(WARNING) << method << " refused at its headers, message unread: "
+    MOE_LOG(WARNING) << method << " " << common::RequestIdOrNew(request_id)
+                     << " refused at its headers, message unread: "
                      << absl::StatusCodeToString(status.code()) << ": "
                      << status.message() << common::SuppressedNote(suppressed);
   }

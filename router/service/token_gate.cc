@@ -3,6 +3,7 @@
 #include <string>
 
 #include "absl/strings/string_view.h"
+#include "common/request_id.h"
 #include "proto/grpc_status.h"
 
 namespace moe::router {
@@ -24,7 +25,8 @@ grpc::Status TokenGate::Process(const InputMetadata& auth_metadata,
                                 OutputMetadata* /*response_metadata*/) {
   // The header stays for the handler, which checks it again.
   return proto::ToGrpcStatus(service_->AuthorizeHeaders(
-      Header(auth_metadata, ":path"), Header(auth_metadata, "authorization")));
+      Header(auth_metadata, ":path"), Header(auth_metadata, "authorization"),
+      Header(auth_metadata, common::kRequestIdKey)));
 }
 
 }  // namespace moe::router

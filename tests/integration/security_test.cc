@@ -137,11 +137,13 @@ grpc::Status CallWithoutMessage(const std::string& address,
                                 std::shared_ptr<grpc::ChannelCredentials> creds,
                                 const std::string& method,
                                 const std::string& token,
-                                absl::Duration timeout) {
+                                absl::Duration timeout,
+                                const std::string& request_id = "") {
   grpc::GenericStub stub(grpc::CreateChannel(address, creds));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+  if (!request_id.empty()) context.AddMetadata("x-request-id", request_id);
   grpc::CompletionQueue queue;
   std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call =
       stub.PrepareCall(&context, method, &queue);
@@ -310,8 +312,9 @@ TEST_F(SecurityTest, ACallWithoutATokenIsRefusedBeforeItsMessageIsRead) {
   const double forwards = Requests(*deployment_, "moe.v1", "UNAUTHENTICATED");
   const double infers = Requests(*deployment_, "oip_grpc", "UNAUTHENTICATED");
   const absl::Time start = absl::Now();
-  grpc::Status missing = CallWithoutMessage(
-      address, creds, "/moe.v1.Router/Forward", "", absl::Seconds(20));
+  grpc::Status missing =
+      CallWithoutMessage(address, creds, "/moe.v1.Router/Forward", "",
+                         absl::Seconds(20), "gate-trace-5");
   EXPECT_EQ(missing.error_code(), grpc::StatusCode::UNAUTHENTICATED)
       << missing.error_message();
   EXPECT_THAT(missing.error_message(),
@@ -328,8 +331,10 @@ TEST_F(SecurityTest, ACallWithoutATokenIsRefusedBeforeItsMessageIsRead) {
   EXPECT_EQ(Rejected(*deployment_, "unauthenticated"), rejected + 2);
   EXPECT_EQ(Requests(*deployment_, "moe.v1", "UNAUTHENTICATED"), forwards + 1);
   EXPECT_EQ(Requests(*deployment_, "oip_grpc", "UNAUTHENTICATED"), infers + 1);
-  EXPECT_THAT(deployment_->router().Log(),
-              ::testing::HasSubstr("Forward refused at its headers"));
+  // Logged by the caller's request ID.
+  EXPECT_THAT(
+      deployment_->router().Log(),
+      ::testing::HasSubstr("Forward gate-trace-5 refused at its headers"));
   // With the token the router waits for the message.
   grpc::Status member =
       CallWithoutMessage(address, creds, "/moe.v1.Router/Forward",
