@@ -62,8 +62,14 @@ std::string NewRequestId() {
 }
 
 std::string RequestIdOrNew(absl::string_view from_caller) {
-  return UsableRequestId(from_caller) ? std::string(from_caller)
-                                      : NewRequestId();
+  return RequestIdOrNew(from_caller, {});
+}
+
+std::string RequestIdOrNew(absl::string_view from_caller,
+                           absl::string_view from_body) {
+  if (UsableRequestId(from_caller)) return std::string(from_caller);
+  if (UsableRequestId(from_body)) return std::string(from_body);
+  return NewRequestId();
 }
 
 }  // namespace moe::common

@@ -40,5 +40,10 @@ std::string NewRequestId();
 
 // `from_caller` when usable, else NewRequestId().
 std::string RequestIdOrNew(absl::string_view from_caller);
+// `from_caller` when usable, else `from_body` (a protocol's own request ID
+// field: the Open Inference Protocol's `id`, Triton's request ID) when
+// usable, else NewRequestId().
+std::string RequestIdOrNew(absl::string_view from_caller,
+                           absl::string_view from_body);
 
 }  // namespace moe::common

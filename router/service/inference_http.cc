@@ -22,6 +22,9 @@
 namespace moe::router {
 namespace {
 
+// The request ID's header (common::kRequestIdKey, as HTTP spells it).
+constexpr char kRequestIdHeader[] = "X-Request-Id";
+
 constexpr char kJson[] = "application/json";
 // The path of a model, and of its version when given.
 constexpr char kModel[] = R"(/v2/models/([^/]+)(?:/versions/([^/]+))?)";
@@ -177,6 +180,14 @@ void Infer(RouterService& router, const httplib::Request& req,
       asked = std::move(*translated);
       model_name = OipModelName(model.spec(), *layer);
       id = request->id();
+      // Without a usable X-Request-Id the body's own `id` names the call
+      // when it can (as Triton's request ID does).
+      if (!common::UsableRequestId(req.get_header_value(kRequestIdHeader)) &&
+          common::UsableRequestId(id)) {
+        request_id = id;
+        res.headers.erase(kRequestIdHeader);
+        res.set_header(kRequestIdHeader, request_id);
+      }
     }
     status = translated.status();
   }
@@ -317,8 +328,8 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
         // The caller's request ID when usable, else a new one: in the
         // answer's headers whatever it says, and in the logs.
         std::string request_id =
-            common::RequestIdOrNew(req.get_header_value("X-Request-Id"));
-        res.set_header("X-Request-Id", request_id);
+            common::RequestIdOrNew(req.get_header_value(kRequestIdHeader));
+        res.set_header(kRequestIdHeader, request_id);
         int64_t declared = max_body;
         if (req.has_header("Content-Length")) {
           uint64_t length = 0;

@@ -36,7 +36,8 @@ class InferenceService::InferCall : public grpc::ServerUnaryReactor {
             },
             [this](absl::Status status) {
               Finish(proto::ToGrpcStatus(status));
-            }) {}
+            },
+            request->id()) {}
   void OnCancel() override { job.Cancel(); }
   void OnDone() override { delete this; }
 

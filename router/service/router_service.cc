@@ -32,12 +32,13 @@ absl::string_view CallerRequestId(const grpc::CallbackServerContext& context) {
 RouterService::Job::Job(grpc::CallbackServerContext* context, absl::Time start,
                         const char* method, Protocol protocol,
                         std::function<absl::Status()> answer,
-                        std::function<void(absl::Status)> done)
+                        std::function<void(absl::Status)> done,
+                        absl::string_view body_id)
     : Job(
           start, absl::FromChrono(context->deadline()), context->peer(),
-          common::RequestIdOrNew(CallerRequestId(*context)), method, protocol,
-          [context] { return context->IsCancelled(); }, std::move(answer),
-          std::move(done)) {
+          common::RequestIdOrNew(CallerRequestId(*context), body_id), method,
+          protocol, [context] { return context->IsCancelled(); },
+          std::move(answer), std::move(done)) {
   context->AddInitialMetadata(common::kRequestIdKey, request_id_);
 }
 

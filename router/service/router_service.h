@@ -110,13 +110,14 @@ class RouterService final
     // forward ran, `answer` puts `response` into the edge's own answer (its
     // error becomes the call's, counted and logged); then `done` is called,
     // once, with the call's status (also for a refusal). The request ID is
-    // the call's "x-request-id" when usable (common/request_id.h), else a
+    // the call's "x-request-id" when usable (common/request_id.h), else
+    // `body_id` (the request's own ID field, OIP's `id`) when usable, else a
     // new one; the answer carries it in its own "x-request-id" (initial
     // metadata, added here).
     Job(grpc::CallbackServerContext* context, absl::Time start,
         const char* method, Protocol protocol,
         std::function<absl::Status()> answer,
-        std::function<void(absl::Status)> done);
+        std::function<void(absl::Status)> done, absl::string_view body_id = {});
     // The same for an edge without a gRPC call (HTTP): its deadline, its
     // peer for the logs, its request ID (the edge answers with it), and
     // whether its client went away.

@@ -264,6 +264,23 @@ TEST_F(OpenInferenceIntegrationTest,
       EXPECT_EQ(response.raw_output_contents(0), expected->y().data());
     }
   }
+  // ModelInfer goes by the caller's x-request-id, and without one by the
+  // request's own `id` (Triton's request ID); the answer says which.
+  inference::ModelInferRequest named = Infer("layers.0.ff");
+  named.set_id("oip-body-7");
+  for (const std::string header : {"", "oip-header-8"}) {
+    grpc::ClientContext context;
+    WithToken(&context);
+    if (!header.empty()) context.AddMetadata("x-request-id", header);
+    inference::ModelInferResponse response;
+    const grpc::Status s = stub_->ModelInfer(&context, named, &response);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(response.id(), "oip-body-7");
+    auto echoed = context.GetServerInitialMetadata().find("x-request-id");
+    ASSERT_NE(echoed, context.GetServerInitialMetadata().end());
+    EXPECT_EQ(std::string(echoed->second.data(), echoed->second.size()),
+              header.empty() ? "oip-body-7" : header);
+  }
 }
 
 TEST_F(OpenInferenceIntegrationTest, RefusalsCarryTheRightCodes) {
@@ -324,6 +341,17 @@ TEST_F(OpenInferenceIntegrationTest, RestServesTheSameModelsAndBits) {
   ASSERT_EQ(infer->status, 200) << infer->body;
   const nlohmann::json r = nlohmann::json::parse(infer->body);
   EXPECT_EQ(r["id"], "rest-1");
+  // Without an X-Request-Id header, the body's `id` names the call; with
+  // one, the header does.
+  EXPECT_EQ(infer->get_header_value("X-Request-Id"), "rest-1");
+  httplib::Headers named = token;
+  named.emplace("X-Request-Id", "rest-header-2");
+  auto by_header = http.Post("/v2/models/layers.1.ff/infer", named, body.dump(),
+                             "application/json");
+  ASSERT_TRUE(by_header);
+  ASSERT_EQ(by_header->status, 200) << by_header->body;
+  EXPECT_EQ(by_header->get_header_value("X-Request-Id"), "rest-header-2");
+  EXPECT_EQ(nlohmann::json::parse(by_header->body)["id"], "rest-1");
   ASSERT_EQ(r["outputs"].size(), 1u);
   std::vector<float> y = r["outputs"][0]["data"].get<std::vector<float>>();
   client::ClientOptions options;

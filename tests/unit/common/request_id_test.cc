@@ -36,7 +36,14 @@ TEST(RequestIdTest, TakesWhatTracingSystemsSendAndNothingElse) {
     const std::string made = RequestIdOrNew(id);
     EXPECT_NE(made, id);
     EXPECT_TRUE(UsableRequestId(made));
+    // A protocol's own ID field stands in for an unusable caller's ID,
+    // when it is usable itself.
+    EXPECT_EQ(RequestIdOrNew(id, "body-1"), "body-1");
+    const std::string neither = RequestIdOrNew(id, id);
+    EXPECT_NE(neither, id);
+    EXPECT_EQ(neither.size(), 16u);
   }
+  EXPECT_EQ(RequestIdOrNew("header-1", "body-1"), "header-1");
 }
 
 TEST(RequestIdTest, NewOnesAreSixteenHexDigitsAndDistinctAcrossThreads) {
