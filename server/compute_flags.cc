@@ -100,6 +100,7 @@ absl::StatusOr<std::unique_ptr<experts::ExpertShard>> MakeExpertShard(
     options.device = choice.device.ordinal;
     options.compute = cpu.compute;
     options.streams = request.gpu_streams;
+    options.small_rows = request.gpu_small_rows;
     options.max_rows = request.max_rows;
     auto shard = experts::CudaExpertShard::Load(ckpt, experts, options);
     if (!shard.ok()) {

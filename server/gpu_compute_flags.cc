@@ -58,6 +58,7 @@ absl::StatusOr<std::unique_ptr<experts::ExpertShard>> CudaShard(
   options.device = device.ordinal;
   options.compute = compute;
   options.streams = request.gpu_streams;
+  options.small_rows = request.gpu_small_rows;
   options.max_rows = request.max_rows;
   MOE_ASSIGN_OR_RETURN(auto shard,
                        experts::CudaExpertShard::Load(ckpt, experts, options));

@@ -35,6 +35,7 @@ struct ShardRequest {
   std::string device_flag;  // as given, for messages ("--device=cuda:1: ...")
   int64_t max_rows = 0;     // --max_tokens_per_call: rows of one call
   int gpu_streams = 1;      // --gpu_streams
+  int gpu_small_rows = 8;   // --gpu_small_rows (GpuOptions::small_rows)
 };
 
 // The shard of `experts` (at least one) of `checkpoint`. Its errors stop

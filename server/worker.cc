@@ -57,6 +57,12 @@ ABSL_FLAG(std::string, device, "auto",
 ABSL_FLAG(int, gpu_streams, 2,
           "With a CUDA device: calls run at once, each on a CUDA stream with "
           "its own workspace for --max_tokens_per_call rows.");
+ABSL_FLAG(int, gpu_small_rows, 8,
+          "With a CUDA device: a call whose experts get at most this many "
+          "token rows each (a decode step's) runs on moe-serve's small-rows "
+          "kernels, which read each weight once for all of an expert's rows, "
+          "instead of cuBLAS's GEMMs (docs/gpu.md). 0: always the GEMMs; at "
+          "most 8.");
 ABSL_FLAG(int, compute_threads, 1,
           "Threads running expert calls (each GEMM is already parallel).");
 ABSL_FLAG(int64_t, inline_max_request_kib, 64,
@@ -120,6 +126,11 @@ absl::StatusOr<ShardRequest> ShardRequestFromFlags() {
   request.gpu_streams = absl::GetFlag(FLAGS_gpu_streams);
   if (request.gpu_streams < 1) {
     return absl::InvalidArgumentError("--gpu_streams must be >= 1");
+  }
+  request.gpu_small_rows = absl::GetFlag(FLAGS_gpu_small_rows);
+  if (request.gpu_small_rows < 0 || request.gpu_small_rows > 8) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--gpu_small_rows must be in [0, 8], got ", request.gpu_small_rows));
   }
   return request;
 }

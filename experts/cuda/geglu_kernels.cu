@@ -38,8 +38,14 @@ __global__ void ConvertKernel(const In* __restrict__ in, Out* __restrict__ out,
   }
 }
 
-// One problem per blockIdx.y. The same order of operations as the CPU
-// experts: (gelu(gate) * value) * mult_bias, GELU by erf, in float32.
+// The same order of operations as the CPU experts: (gelu(gate) * value) *
+// mult_bias, GELU by erf, in float32.
+__device__ __forceinline__ float Geglu(float value, float gate, float mult) {
+  const float gelu = 0.5f * gate * (1.0f + erff(gate * 0.70710678118654752f));
+  return gelu * value * mult;
+}
+
+// One problem per blockIdx.y.
 template <typename T>
 __global__ void GegluKernel(const GegluProblem* __restrict__ problems) {
   const GegluProblem p = problems[blockIdx.y];
@@ -53,11 +59,150 @@ __global__ void GegluKernel(const GegluProblem* __restrict__ problems) {
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t r = i / h;
     const int64_t j = i - r * h;
-    const T* row = u + r * 2 * h;
-    const float value = ToFloat(row[j]) + ToFloat(b1[j]);
-    const float gate = ToFloat(row[h + j]) + ToFloat(b1[h + j]);
-    const float gelu = 0.5f * gate * (1.0f + erff(gate * 0.70710678118654752f));
-    v[i] = FromFloat<T>(gelu * value * ToFloat(mult[j]));
+    const T* row = u + r * 2 * p.stride;
+    v[r * p.stride + j] = FromFloat<T>(
+        Geglu(ToFloat(row[j]) + ToFloat(b1[j]),
+              ToFloat(row[h + j]) + ToFloat(b1[h + j]), ToFloat(mult[j])));
+  }
+}
+
+// --- The small-rows path ---------------------------------------------------
+
+// Warps per block of the small-rows kernels, one output column each.
+constexpr int kWarps = 8;
+
+// 16 bytes of T, loaded at once.
+template <typename T>
+struct alignas(16) Pack {
+  static constexpr int kN = 16 / sizeof(T);
+  T v[kN];
+};
+
+// One 16-byte load through the read-only cache (the weights and
+// activations do not change during a launch).
+template <typename T>
+__device__ __forceinline__ Pack<T> LoadPack(const T* p) {
+  const uint4 bits = __ldg(reinterpret_cast<const uint4*>(p));
+  Pack<T> out;
+  memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+// For every weight row w[q] (q < Q) and every activation row r < rows (rows
+// `lda` elements apart from a): acc[q][r] = sum over k < n of w[q][k] *
+// a[r * lda + k], in float32, summed over the warp (every lane ends with
+// the totals). The lanes split k into 16-byte packs, so a warp reads 512
+// contiguous bytes of each weight row per step; the activations (a few
+// rows, read by every warp) come from the cache. REQUIRES: the w rows and
+// the a rows start on 16 bytes.
+template <typename T, int Q>
+__device__ __forceinline__ void WarpDot(const T* const (&w)[Q],
+                                        const T* __restrict__ a, int64_t lda,
+                                        int64_t n, int rows,
+                                        float (&acc)[Q][kMaxSmallRows]) {
+  constexpr int kN = Pack<T>::kN;
+  const int lane = threadIdx.x & 31;
+  const int64_t packed = n / kN * kN;
+  for (int64_t k = int64_t{lane} * kN; k < packed; k += 32 * kN) {
+    Pack<T> wp[Q];
+#pragma unroll
+    for (int q = 0; q < Q; ++q) {
+      wp[q] = LoadPack(w[q] + k);
+    }
+#pragma unroll
+    for (int r = 0; r < kMaxSmallRows; ++r) {
+      if (r >= rows) break;
+      const Pack<T> ap = LoadPack(a + r * lda + k);
+#pragma unroll
+      for (int i = 0; i < kN; ++i) {
+        const float x = ToFloat(ap.v[i]);
+#pragma unroll
+        for (int q = 0; q < Q; ++q) acc[q][r] += ToFloat(wp[q].v[i]) * x;
+      }
+    }
+  }
+  for (int64_t k = packed + lane; k < n; k += 32) {
+#pragma unroll
+    for (int r = 0; r < kMaxSmallRows; ++r) {
+      if (r >= rows) break;
+      const float x = ToFloat(a[r * lda + k]);
+#pragma unroll
+      for (int q = 0; q < Q; ++q) acc[q][r] += ToFloat(w[q][k]) * x;
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < Q; ++q) {
+#pragma unroll
+    for (int r = 0; r < kMaxSmallRows; ++r) {
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) {
+        acc[q][r] += __shfl_xor_sync(0xffffffffu, acc[q][r], offset);
+      }
+    }
+  }
+}
+
+// Rounds a GEMM's float32 sum to T as cuBLAS stores it.
+template <typename T>
+__device__ __forceinline__ float Stored(float x) {
+  return ToFloat(FromFloat<T>(x));
+}
+
+// One problem per blockIdx.y, one hidden column j per warp: the value and
+// gate rows of W1 (j and h + j) against every token row, then the GEGLU.
+template <typename T>
+__global__ void __launch_bounds__(kWarps * 32)
+    SmallRowsUpKernel(const uint64_t* __restrict__ w1s,
+                      const uint64_t* __restrict__ xs,
+                      const GegluProblem* __restrict__ problems, int64_t dim) {
+  const GegluProblem p = problems[blockIdx.y];
+  const int64_t j = int64_t{blockIdx.x} * kWarps + threadIdx.x / 32;
+  if (j >= p.hidden) return;  // the whole warp: no block-wide sync follows
+  const T* w1 = reinterpret_cast<const T*>(w1s[blockIdx.y]);
+  const T* x = reinterpret_cast<const T*>(xs[blockIdx.y]);
+  const T* b1 = reinterpret_cast<const T*>(p.b1);
+  const T* mult = reinterpret_cast<const T*>(p.mult_bias);
+  T* v = reinterpret_cast<T*>(p.v);
+  const int rows = static_cast<int>(p.rows);
+  const T* const w[2] = {w1 + j * dim, w1 + (p.hidden + j) * dim};
+  float acc[2][kMaxSmallRows] = {};
+  WarpDot<T, 2>(w, x, dim, dim, rows, acc);
+  const int lane = threadIdx.x & 31;
+  const float bv = ToFloat(b1[j]), bg = ToFloat(b1[p.hidden + j]);
+  const float m = ToFloat(mult[j]);
+#pragma unroll
+  for (int r = 0; r < kMaxSmallRows; ++r) {
+    if (r < rows && lane == r) {
+      v[r * p.stride + j] = FromFloat<T>(
+          Geglu(Stored<T>(acc[0][r]) + bv, Stored<T>(acc[1][r]) + bg, m));
+    }
+  }
+}
+
+// One problem per blockIdx.y, one output column c per warp: row c of W2
+// against every row of v, then the epilogue.
+template <typename T>
+__global__ void __launch_bounds__(kWarps * 32)
+    SmallRowsDownKernel(const uint64_t* __restrict__ w2s,
+                        const GegluProblem* __restrict__ geglu,
+                        const EpilogueProblem* __restrict__ epilogue,
+                        int64_t dim) {
+  const int64_t c = int64_t{blockIdx.x} * kWarps + threadIdx.x / 32;
+  if (c >= dim) return;
+  const GegluProblem g = geglu[blockIdx.y];
+  const EpilogueProblem e = epilogue[blockIdx.y];
+  const T* const w[1] = {reinterpret_cast<const T*>(w2s[blockIdx.y]) +
+                         c * g.stride};
+  const int rows = static_cast<int>(g.rows);
+  float acc[1][kMaxSmallRows] = {};
+  WarpDot<T, 1>(w, reinterpret_cast<const T*>(g.v), g.stride, g.hidden, rows,
+                acc);
+  const int lane = threadIdx.x & 31;
+  const float b = ToFloat(reinterpret_cast<const T*>(e.b2)[c]);
+  float* out = reinterpret_cast<float*>(e.out);
+#pragma unroll
+  for (int r = 0; r < kMaxSmallRows; ++r) {
+    if (r < rows && lane == r) out[r * dim + c] = Stored<T>(acc[0][r]) + b;
   }
 }
 
@@ -137,6 +282,40 @@ cudaError_t LaunchEpilogue(const EpilogueProblem* problems, int count,
     EpilogueKernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(problems, dim);
   } else {
     EpilogueKernel<float><<<grid, kThreads, 0, stream>>>(problems, dim);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchSmallRowsUp(const uint64_t* w1s, const uint64_t* xs,
+                              const GegluProblem* geglu, int count, int64_t dim,
+                              int64_t max_hidden, common::DType compute,
+                              cudaStream_t stream) {
+  if (count == 0 || max_hidden == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>((max_hidden + kWarps - 1) / kWarps),
+                  static_cast<unsigned>(count));
+  if (compute == common::DType::kBFloat16) {
+    SmallRowsUpKernel<__nv_bfloat16>
+        <<<grid, kWarps * 32, 0, stream>>>(w1s, xs, geglu, dim);
+  } else {
+    SmallRowsUpKernel<float>
+        <<<grid, kWarps * 32, 0, stream>>>(w1s, xs, geglu, dim);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchSmallRowsDown(const uint64_t* w2s, const GegluProblem* geglu,
+                                const EpilogueProblem* epilogue, int count,
+                                int64_t dim, common::DType compute,
+                                cudaStream_t stream) {
+  if (count == 0 || dim == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>((dim + kWarps - 1) / kWarps),
+                  static_cast<unsigned>(count));
+  if (compute == common::DType::kBFloat16) {
+    SmallRowsDownKernel<__nv_bfloat16>
+        <<<grid, kWarps * 32, 0, stream>>>(w2s, geglu, epilogue, dim);
+  } else {
+    SmallRowsDownKernel<float>
+        <<<grid, kWarps * 32, 0, stream>>>(w2s, geglu, epilogue, dim);
   }
   return cudaGetLastError();
 }

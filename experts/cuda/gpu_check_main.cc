@@ -49,8 +49,10 @@ const char kUsage[] =
     "  GEGLU expert (float32: max abs error <= 1e-5, TF32 off; bfloat16:\n"
     "  relative RMS <= 1e-2) on every expert of the given golden files and\n"
     "  on random shapes, then prints its throughput for the README\n"
-    "  configuration (dim 512, 16 experts, hidden 1365) at 256 to 65,536\n"
-    "  tokens per call. --out DIR also writes gpu_check.txt and\n"
+    "  configuration (dim 512, 16 experts, hidden 1365) at 32 to 65,536\n"
+    "  tokens per call on each path (small-rows kernels, grouped GEMM, one\n"
+    "  GEMM per expert), as shares of the bf16 matrix rate and of the copy\n"
+    "  bandwidth it measures. --out DIR also writes gpu_check.txt and\n"
     "  gpu_check.json there. Exit 0: all checks passed; 1: a check failed;\n"
     "  2: no CUDA device, or the backend could not start.\n"
     "  --probe only says whether (and which) device is visible: exit 0 or 2.\n";
@@ -109,7 +111,7 @@ class Report {
 
 std::string Format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 std::string Format(const char* fmt, ...) {
-  char buf[512];
+  char buf[1024];
   va_list ap;
   va_start(ap, fmt);
   std::vsnprintf(buf, sizeof(buf), fmt, ap);
@@ -142,14 +144,15 @@ std::vector<float> RandomRows(int64_t rows, int64_t dim, std::mt19937& rng) {
   return x;
 }
 
-// Segments over `rows` rows: expert i % E, uneven counts, some empty.
-std::vector<PlanSegment> Segments(int64_t rows, int experts,
+// Segments over `rows` rows: expert i % E, uneven counts of at most
+// max_count, some empty.
+std::vector<PlanSegment> Segments(int64_t rows, int experts, int max_count,
                                   std::mt19937& rng) {
   std::vector<PlanSegment> segs;
   int64_t at = 0;
   for (int i = 0; at < rows; ++i) {
     const int64_t count =
-        std::min<int64_t>(rows - at, (i % 5 == 3) ? 0 : 1 + rng() % 23);
+        std::min<int64_t>(rows - at, (i % 5 == 3) ? 0 : 1 + rng() % max_count);
     segs.push_back({static_cast<int32_t>(i % experts), at, count});
     at += count;
   }
@@ -198,12 +201,17 @@ std::vector<uint16_t> ToBFloat16(const std::vector<float>& x,
   return b;
 }
 
+// Segments of at most this many rows: passes that take the small-rows path
+// (GpuOptions::small_rows) where the dim allows it.
+constexpr int kDecodeSegments = kMaxSmallRows;
+
 // One parity case: `experts` on the GPU in `compute`, tokens sent as
-// `tokens` dtype, against the reference. Returns false on failure.
+// `tokens` dtype, against the reference, segments of at most max_count
+// rows. Returns false on failure.
 bool ParityCase(const std::string& name, const std::vector<HostExpert>& experts,
                 int64_t rows, common::DType compute, common::DType tokens,
                 const GpuOptions& base, std::mt19937& rng, Report* report,
-                bool overlap = false) {
+                bool overlap = false, int max_count = 23) {
   GpuOptions options = base;
   options.compute = compute;
   options.max_rows = std::max<int64_t>(rows, 1);
@@ -216,7 +224,7 @@ bool ParityCase(const std::string& name, const std::vector<HostExpert>& experts,
   const int64_t dim = experts[0].dim;
   std::vector<float> x = RandomRows(rows, dim, rng);
   std::vector<PlanSegment> segs =
-      Segments(rows, static_cast<int>(experts.size()), rng);
+      Segments(rows, static_cast<int>(experts.size()), max_count, rng);
   if (overlap && rows > 4) {
     // A later segment over rows an earlier one wrote: it must win.
     segs.push_back({static_cast<int32_t>(experts.size() - 1), 1, rows / 2});
@@ -277,6 +285,9 @@ bool Parity(const Args& args, const GpuOptions& base, Report* report) {
          {common::DType::kFloat32, common::DType::kBFloat16}) {
       ok &= ParityCase(base_name, experts, 48, compute, common::DType::kFloat32,
                        base, rng, report);
+      ok &= ParityCase(base_name + ", <= 8 rows per expert", experts, 24,
+                       compute, common::DType::kFloat32, base, rng, report,
+                       false, kDecodeSegments);
     }
   }
   struct Shape {
@@ -322,6 +333,39 @@ bool Parity(const Args& args, const GpuOptions& base, Report* report) {
   ok &= ParityCase("one cublasGemmEx per expert", experts, 150,
                    common::DType::kFloat32, common::DType::kFloat32, loop, rng,
                    report);
+  // Decode-sized calls (<= 8 rows per expert): the small-rows kernels, and
+  // the GEMM path with them turned off; hidden sizes that are not multiples
+  // of 8 (padded rows of v and W2, the kernels' tails); a dim that is not a
+  // multiple of 8 (the GEMM path whatever the option).
+  GpuOptions gemm = base;
+  gemm.small_rows = 0;
+  std::vector<HostExpert> readme;
+  for (int i = 0; i < 16; ++i) readme.push_back(RandomExpert(512, 1365, rng));
+  std::vector<HostExpert> mixed;
+  for (int64_t h : {33, 256, 100, 8}) mixed.push_back(RandomExpert(96, h, rng));
+  std::vector<HostExpert> odd;
+  for (int i = 0; i < 3; ++i) odd.push_back(RandomExpert(36, 20, rng));
+  for (common::DType compute :
+       {common::DType::kFloat32, common::DType::kBFloat16}) {
+    for (const GpuOptions* o : {&base, static_cast<const GpuOptions*>(&gemm)}) {
+      const std::string path = o == &base ? ", small-rows" : ", GEMMs";
+      ok &= ParityCase("README x16, decode (<= 8 rows/expert)" + path, readme,
+                       64, compute, common::DType::kFloat32, *o, rng, report,
+                       false, kDecodeSegments);
+      ok &= ParityCase("d=96 hidden 33/256/100/8, <= 8 rows" + path, mixed, 40,
+                       compute, common::DType::kFloat32, *o, rng, report, false,
+                       kDecodeSegments);
+    }
+    ok &= ParityCase("d=36 (GEMM path), <= 8 rows", odd, 20, compute,
+                     common::DType::kFloat32, base, rng, report, false,
+                     kDecodeSegments);
+  }
+  ok &= ParityCase("small-rows, bfloat16 tokens, overlapping", mixed, 40,
+                   common::DType::kBFloat16, common::DType::kBFloat16, base,
+                   rng, report, true, kDecodeSegments);
+  ok &= ParityCase("small-rows, overlapping segments", mixed, 40,
+                   common::DType::kFloat32, common::DType::kFloat32, base, rng,
+                   report, true, kDecodeSegments);
   return ok;
 }
 
@@ -368,10 +412,71 @@ double MeasureBf16Peak(int device) {
   return ms > 0 ? 10 * 2.0 * n * double(n) * n / (ms / 1e3) / 1e12 : 0;
 }
 
+// The device's copy bandwidth: a 1 GiB device-to-device cudaMemcpy, the
+// mean of ten after two warm-ups, counting the bytes read and written (as
+// the weights a call streams are counted against it).
+double MeasureCopyBandwidth(int device) {
+  (void)device;
+  const size_t bytes = size_t{1} << 30;
+  void *a = nullptr, *b = nullptr;
+  if (cudaMalloc(&a, bytes) != cudaSuccess ||
+      cudaMalloc(&b, bytes) != cudaSuccess) {
+    cudaFree(a);
+    return 0;
+  }
+  cudaMemset(a, 1, bytes);
+  for (int i = 0; i < 2; ++i) cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  cudaEventRecord(start);
+  for (int i = 0; i < 10; ++i) {
+    cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice);
+  }
+  cudaEventRecord(stop);
+  cudaEventSynchronize(stop);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, start, stop);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  cudaFree(a);
+  cudaFree(b);
+  return ms > 0 ? 10 * 2.0 * bytes / (ms / 1e3) / 1e9 : 0;
+}
+
+// How a throughput row runs its passes.
+enum class Path { kSmallRows, kGrouped, kPerExpert };
+
+const char* PathName(Path p) {
+  return p == Path::kSmallRows ? "small-rows"
+         : p == Path::kGrouped ? "grouped"
+                               : "per-expert";
+}
+
+// Whether the table has a row for this path, dtype and call size: the
+// small-rows kernels where every expert gets at most kMaxSmallRows rows,
+// one GEMM per expert (bfloat16) at a decode size and two large ones, the
+// grouped GEMM everywhere.
+bool HasRow(Path path, common::DType compute, int64_t tokens, int experts) {
+  switch (path) {
+    case Path::kSmallRows:
+      return tokens <= int64_t{kMaxSmallRows} * experts;
+    case Path::kPerExpert:
+      return compute == common::DType::kBFloat16 &&
+             (tokens == 64 || tokens == 4096 || tokens == 65536);
+    case Path::kGrouped:
+      return true;
+  }
+  return false;
+}
+
 // README configuration, one worker hosting all 16 experts of a layer,
-// tokens spread evenly over them.
+// tokens spread evenly over them: from decode calls (32 to 128 rows, 2 to
+// 8 per expert, bound by reading the weights: the weights' GB/s and their
+// share of the copy bandwidth) to 65,536 rows (bound by the GEMMs: TFLOP/s
+// and their share of the bf16 matrix rate).
 void Throughput(const Args& args, const GpuOptions& base, double peak,
-                Report* report) {
+                double copy_gb_s, Report* report) {
   const int64_t dim = 512, hidden = 1365;
   const int experts_n = 16;
   std::mt19937 rng(7);
@@ -379,24 +484,30 @@ void Throughput(const Args& args, const GpuOptions& base, double peak,
   for (int i = 0; i < experts_n; ++i) {
     experts.push_back(RandomExpert(dim, hidden, rng));
   }
-  std::vector<int64_t> sizes = {256, 1024, 4096, 16384, 65536};
-  if (args.quick) sizes = {256, 4096, 65536};
+  std::vector<int64_t> sizes = {32, 64, 128, 256, 1024, 4096, 16384, 65536};
+  if (args.quick) sizes = {32, 128, 256, 4096, 65536};
   const double flops_per_token = 2.0 * (dim * 2 * hidden + hidden * dim);
+  const double params_per_expert =
+      double(2 * hidden * dim + 2 * hidden + hidden + dim * hidden + dim);
   report->Line(Format(
       "throughput: README configuration (dim %lld, %d experts, hidden %lld), "
-      "bf16 peak %.0f TFLOP/s measured",
+      "bf16 peak %.0f TFLOP/s, copy %.0f GB/s (read + written) measured",
       static_cast<long long>(dim), experts_n, static_cast<long long>(hidden),
-      peak));
+      peak, copy_gb_s));
   report->Line(
-      "  compute   gemm     tokens/call   tokens/s      call ms   copy-in ms  "
-      "compute ms  copy-out ms  TFLOP/s  of bf16 peak");
+      "  compute   path        tokens/call   tokens/s      call ms   copy-in "
+      "ms  compute ms  copy-out ms  TFLOP/s  of bf16 peak  weights GB/s  "
+      "of copy");
   for (common::DType compute :
        {common::DType::kFloat32, common::DType::kBFloat16}) {
-    for (bool grouped : {true, false}) {
-      if (!grouped && compute == common::DType::kFloat32) continue;
+    for (Path path : {Path::kSmallRows, Path::kGrouped, Path::kPerExpert}) {
+      if (path == Path::kPerExpert && compute == common::DType::kFloat32) {
+        continue;
+      }
       GpuOptions options = base;
       options.compute = compute;
-      options.grouped = grouped;
+      options.grouped = path != Path::kPerExpert;
+      options.small_rows = path == Path::kSmallRows ? kMaxSmallRows : 0;
       options.streams = 1;
       options.max_rows = sizes.back();
       std::unique_ptr<GpuExperts> gpu;
@@ -407,8 +518,10 @@ void Throughput(const Args& args, const GpuOptions& base, double peak,
       }
       const std::vector<float> x = RandomRows(sizes.back(), dim, rng);
       std::vector<float> y(x.size());
+      const double weight_bytes =
+          experts_n * params_per_expert * double(common::ElementSize(compute));
       for (int64_t tokens : sizes) {
-        if (!grouped && tokens != 4096 && tokens != 65536) continue;
+        if (!HasRow(path, compute, tokens, experts_n)) continue;
         std::vector<PlanSegment> segs;
         for (int e = 0; e < experts_n; ++e) {
           segs.push_back(
@@ -435,24 +548,27 @@ void Throughput(const Args& args, const GpuOptions& base, double peak,
                             timed;
         const double compute_s = sum.compute_seconds / timed;
         const double tflops = flops_per_token * tokens / compute_s / 1e12;
+        const double weights_gb_s = weight_bytes / compute_s / 1e9;
         report->Line(Format(
-            "  %-9s %-8s %11lld  %10.0f  %10.3f  %10.3f  %10.3f  %11.3f  "
-            "%7.1f  %5.1f%%",
-            common::DTypeName(compute), grouped ? "grouped" : "per-expert",
+            "  %-9s %-10s %11lld  %10.0f  %10.3f  %10.3f  %10.3f  %11.3f  "
+            "%7.1f  %11.1f%%  %12.0f  %6.1f%%",
+            common::DTypeName(compute), PathName(path),
             static_cast<long long>(tokens), tokens / wall, wall * 1e3,
             sum.copy_in_seconds / timed * 1e3, compute_s * 1e3,
             sum.copy_out_seconds / timed * 1e3, tflops,
-            peak > 0 ? 100 * tflops / peak : 0));
+            peak > 0 ? 100 * tflops / peak : 0, weights_gb_s,
+            copy_gb_s > 0 ? 100 * weights_gb_s / copy_gb_s : 0));
         report->Json(Format(
             "{\"check\": \"throughput\", \"compute\": \"%s\", \"gemm\": "
             "\"%s\", \"tokens_per_call\": %lld, \"tokens_per_s\": %.1f, "
             "\"call_ms\": %.4f, \"copy_in_ms\": %.4f, \"compute_ms\": %.4f, "
             "\"copy_out_ms\": %.4f, \"tflops\": %.2f, \"bf16_peak_tflops\": "
-            "%.1f}",
-            common::DTypeName(compute), grouped ? "grouped" : "per-expert",
+            "%.1f, \"weights_gb_s\": %.1f, \"copy_gb_s\": %.1f}",
+            common::DTypeName(compute), PathName(path),
             static_cast<long long>(tokens), tokens / wall, wall * 1e3,
             sum.copy_in_seconds / timed * 1e3, compute_s * 1e3,
-            sum.copy_out_seconds / timed * 1e3, tflops, peak));
+            sum.copy_out_seconds / timed * 1e3, tflops, peak, weights_gb_s,
+            copy_gb_s));
       }
     }
   }
@@ -483,11 +599,13 @@ int Main(int argc, char** argv) {
   const bool ok = Parity(args, base, &report);
   report.Line(ok ? "parity: all passed" : "parity: FAILED");
   const double peak = args.throughput ? MeasureBf16Peak(args.device) : 0;
-  if (args.throughput) Throughput(args, base, peak, &report);
+  const double copy = args.throughput ? MeasureCopyBandwidth(args.device) : 0;
+  if (args.throughput) Throughput(args, base, peak, copy, &report);
   report.Json(
       Format("{\"check\": \"summary\", \"device\": \"%s\", "
-             "\"parity_ok\": %s, \"bf16_peak_tflops\": %.1f}",
-             info.name.c_str(), ok ? "true" : "false", peak));
+             "\"parity_ok\": %s, \"bf16_peak_tflops\": %.1f, "
+             "\"copy_gb_s\": %.1f}",
+             info.name.c_str(), ok ? "true" : "false", peak, copy));
   report.Write(args.out_dir);
   return ok ? 0 : 1;
 }

@@ -165,10 +165,12 @@ Status CheckCreate(const std::vector<HostExpert>& experts,
                   "GPU compute dtype must be float32 or bfloat16");
   }
   if (options.streams < 1 || options.max_rows < 1 || options.max_problems < 1 ||
-      options.max_problems > 65535) {
+      options.max_problems > 65535 || options.small_rows < 0 ||
+      options.small_rows > kMaxSmallRows) {
     return Status(Code::kInvalidArgument,
                   "GPU options: streams and max_rows must be >= 1, "
-                  "max_problems in [1, 65535]");
+                  "max_problems in [1, 65535], small_rows in [0, " +
+                      std::to_string(kMaxSmallRows) + "]");
   }
   return Status();
 }
@@ -211,7 +213,8 @@ Status GpuExperts::PlaceWeights(const std::vector<HostExpert>& experts,
   for (const HostExpert& e : experts) {
     offsets.push_back(
         {arena.Reserve(e.w1.size() * c), arena.Reserve(e.b1.size() * c),
-         arena.Reserve(e.mult_bias.size() * c), arena.Reserve(e.w2.size() * c),
+         arena.Reserve(e.mult_bias.size() * c),
+         arena.Reserve(static_cast<size_t>(e.dim * HiddenStride(e.hidden)) * c),
          arena.Reserve(e.b2.size() * c)});
   }
   weight_bytes_ = arena.size();
@@ -299,9 +302,11 @@ Status GpuExperts::Upload(const std::vector<HostExpert>& experts) {
   for (size_t i = 0; i < experts.size(); ++i) {
     const HostExpert& e = experts[i];
     const ExpertDevicePtrs& p = experts_[i];
+    const std::vector<float> w2 =
+        PadRows(e.w2, e.dim, e.hidden, HiddenStride(e.hidden));
     for (auto [dst, src] : {std::pair{p.w1, &e.w1}, std::pair{p.b1, &e.b1},
                             std::pair{p.mult_bias, &e.mult_bias},
-                            std::pair{p.w2, &e.w2}, std::pair{p.b2, &e.b2}}) {
+                            std::pair{p.w2, &w2}, std::pair{p.b2, &e.b2}}) {
       const std::vector<unsigned char> bytes =
           Converted(*src, options_.compute);
       MOE_CUDA_RETURN(dev, "uploading expert weights",
@@ -392,6 +397,10 @@ Status RunGemm(int dev, cublasHandle_t h, const GroupedGemm& g,
 
 }  // namespace
 
+bool GpuExperts::UsesSmallRows(const PassLaunch& launch) const {
+  return launch.max_rows <= options_.small_rows && dim_ % 8 == 0;
+}
+
 Status GpuExperts::RunOn(Stream& s, common::DType dtype, const void* tokens,
                          int64_t rows, const std::vector<PlanSegment>& segments,
                          float* out, CallTiming* timing) const {
@@ -442,23 +451,38 @@ Status GpuExperts::RunOn(Stream& s, common::DType dtype, const void* tokens,
                     cudaMemcpyAsync(reinterpret_cast<void*>(addr.params),
                                     host_params, ParamsBytes(launch.problems),
                                     cudaMemcpyHostToDevice, s.stream));
+    const auto* geglu = reinterpret_cast<const GegluProblem*>(launch.geglu);
+    const auto* epilogue =
+        reinterpret_cast<const EpilogueProblem*>(launch.epilogue);
+    if (UsesSmallRows(launch)) {
+      MOE_CUDA_RETURN(
+          dev, "small-rows up kernel",
+          LaunchSmallRowsUp(reinterpret_cast<const uint64_t*>(launch.up.a),
+                            reinterpret_cast<const uint64_t*>(launch.up.b),
+                            geglu, launch.problems, dim_, launch.max_hidden,
+                            options_.compute, s.stream));
+      MOE_CUDA_RETURN(
+          dev, "small-rows down kernel",
+          LaunchSmallRowsDown(reinterpret_cast<const uint64_t*>(launch.down.a),
+                              geglu, epilogue, launch.problems, dim_,
+                              options_.compute, s.stream));
+      written.insert(written.end(), pass.out_runs.begin(), pass.out_runs.end());
+      continue;
+    }
     MOE_GPU_RETURN_IF_ERROR(RunGemm(dev, s.cublas, launch.up, options_.compute,
                                     options_.grouped, host_params,
                                     addr.params));
     MOE_CUDA_RETURN(
         dev, "GEGLU kernel",
-        LaunchGeglu(reinterpret_cast<const GegluProblem*>(launch.geglu),
-                    launch.problems, launch.max_geglu_elements,
+        LaunchGeglu(geglu, launch.problems, launch.max_geglu_elements,
                     options_.compute, s.stream));
     MOE_GPU_RETURN_IF_ERROR(RunGemm(dev, s.cublas, launch.down,
                                     options_.compute, options_.grouped,
                                     host_params, addr.params));
-    MOE_CUDA_RETURN(
-        dev, "epilogue kernel",
-        LaunchEpilogue(
-            reinterpret_cast<const EpilogueProblem*>(launch.epilogue),
-            launch.problems, dim_, launch.max_epilogue_elements,
-            options_.compute, s.stream));
+    MOE_CUDA_RETURN(dev, "epilogue kernel",
+                    LaunchEpilogue(epilogue, launch.problems, dim_,
+                                   launch.max_epilogue_elements,
+                                   options_.compute, s.stream));
     written.insert(written.end(), pass.out_runs.begin(), pass.out_runs.end());
   }
   MOE_CUDA_RETURN(dev, "cudaEventRecord",

@@ -6,7 +6,9 @@
 // token rows in through the stream's pinned staging, runs its segments as
 // passes (gpu_plan.h: one grouped GEMM for all experts' up projections, the
 // fused GEGLU kernel, one grouped GEMM for the down projections, the
-// epilogue) and copies the float32 rows it wrote back out.
+// epilogue; a decode-sized pass, whose experts get at most
+// GpuOptions::small_rows rows each, runs on the two small-rows kernels of
+// geglu_kernels.h instead) and copies the float32 rows it wrote back out.
 //
 // float32 compute is exact float32 (TF32 off: CUBLAS_COMPUTE_32F, default
 // math), so it agrees with the CPU experts to 1e-5; bfloat16 compute holds
@@ -45,6 +47,12 @@ struct GpuOptions {
   // false: one cublasGemmEx per expert instead of the grouped GEMM (for
   // comparison in moe-gpu-check).
   bool grouped = true;
+  // A pass whose problems have at most this many rows each (and whose dim
+  // is a multiple of 8) takes the small-rows path: two kernels of ours
+  // that stream each weight row once for all of a problem's rows, instead
+  // of two GEMMs and two kernels (geglu_kernels.h). 0 turns it off; at
+  // most kMaxSmallRows.
+  int small_rows = kMaxSmallRows;
 };
 
 struct DeviceInfo {
@@ -118,6 +126,8 @@ class GpuExperts {
   Status RunOn(Stream& s, common::DType dtype, const void* tokens, int64_t rows,
                const std::vector<PlanSegment>& segments, float* out,
                CallTiming* timing) const;
+  // Whether a pass runs on the small-rows kernels (GpuOptions::small_rows).
+  bool UsesSmallRows(const PassLaunch& launch) const;
   Stream* Acquire() const;
   void Release(Stream* s) const;
 

@@ -5,6 +5,7 @@
 #include <iterator>
 #include <map>
 #include <numeric>
+#include <optional>
 
 namespace moe::experts::gpu {
 namespace {
@@ -36,27 +37,35 @@ ParamsLayout LayoutParams(int64_t problems) {
   return l;
 }
 
+// One GEMM problem's shape and leading dimensions.
+struct GemmShape {
+  int m, n, k, lda, ldb, ldc;
+  bool operator==(const GemmShape& o) const {
+    return m == o.m && n == o.n && k == o.k && lda == o.lda && ldb == o.ldb &&
+           ldc == o.ldc;
+  }
+};
+
 // Cuts the sorted problem order into groups of one shape.
-void AddGroups(const std::vector<int>& m, const std::vector<int>& n,
-               const std::vector<int>& k, int lda, int ldb, int ldc_of_m,
-               GroupedGemm* g) {
-  for (size_t i = 0; i < m.size(); ++i) {
-    if (!g->m.empty() && g->m.back() == m[i] && g->n.back() == n[i] &&
-        g->k.back() == k[i]) {
+void AddGroups(const std::vector<GemmShape>& shapes, GroupedGemm* g) {
+  std::optional<GemmShape> last;
+  for (const GemmShape& s : shapes) {
+    if (last == s) {
       ++g->group_size.back();
       continue;
     }
-    g->m.push_back(m[i]);
-    g->n.push_back(n[i]);
-    g->k.push_back(k[i]);
-    g->lda.push_back(lda > 0 ? lda : k[i]);
-    g->ldb.push_back(ldb > 0 ? ldb : k[i]);
-    g->ldc.push_back(ldc_of_m > 0 ? ldc_of_m : m[i]);
+    last = s;
+    g->m.push_back(s.m);
+    g->n.push_back(s.n);
+    g->k.push_back(s.k);
+    g->lda.push_back(s.lda);
+    g->ldb.push_back(s.ldb);
+    g->ldc.push_back(s.ldc);
     g->alpha.push_back(1.0f);
     g->beta.push_back(0.0f);
     g->group_size.push_back(1);
   }
-  g->problems = static_cast<int>(m.size());
+  g->problems = static_cast<int>(shapes.size());
 }
 
 }  // namespace
@@ -70,7 +79,7 @@ size_t ArenaLayout::Reserve(size_t bytes) {
 WorkspaceLayout LayoutWorkspace(const WorkspaceShape& s) {
   const size_t rows = static_cast<size_t>(s.max_rows);
   const size_t dim = static_cast<size_t>(s.dim);
-  const size_t h = static_cast<size_t>(s.max_hidden);
+  const size_t h = static_cast<size_t>(HiddenStride(s.max_hidden));
   const size_t c = common::ElementSize(s.compute);
   WorkspaceLayout l;
   ArenaLayout arena;
@@ -88,6 +97,15 @@ WorkspaceLayout LayoutWorkspace(const WorkspaceShape& s) {
 }
 
 size_t ParamsBytes(int64_t problems) { return LayoutParams(problems).total; }
+
+std::vector<float> PadRows(const std::vector<float>& m, int64_t rows,
+                           int64_t cols, int64_t stride) {
+  std::vector<float> out(static_cast<size_t>(rows * stride), 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy_n(m.begin() + r * cols, cols, out.begin() + r * stride);
+  }
+  return out;
+}
 
 std::vector<Pass> PlanPasses(const std::vector<PlanSegment>& segments,
                              const std::vector<int64_t>& hidden,
@@ -122,8 +140,8 @@ std::vector<Pass> PlanPasses(const std::vector<PlanSegment>& segments,
     p.u_elem = u_elem;
     p.v_elem = v_elem;
     p.z_row = z_row;
-    u_elem += s.count * 2 * h;
-    v_elem += s.count * h;
+    u_elem += s.count * 2 * HiddenStride(h);
+    v_elem += s.count * HiddenStride(h);
     z_row += s.count;
     taken[s.offset] = end;
     passes.back().problems.push_back(p);
@@ -181,7 +199,7 @@ PassLaunch BuildPassLaunch(const Pass& pass,
 
   PassLaunch launch;
   launch.problems = static_cast<int>(count);
-  std::vector<int> up_m, up_n, up_k, down_m, down_n, down_k;
+  std::vector<GemmShape> up, down;
   for (size_t j = 0; j < order.size(); ++j) {
     const Problem& p = pass.problems[order[j]];
     const ExpertDevicePtrs& e = experts[static_cast<size_t>(p.expert)];
@@ -194,27 +212,29 @@ PassLaunch BuildPassLaunch(const Pass& pass,
     arrays[3][j] = e.w2;
     arrays[4][j] = v;
     arrays[5][j] = z;
-    geglu[j] = GegluProblem{u, v, e.b1, e.mult_bias, p.rows, p.hidden};
+    const int64_t stride = HiddenStride(p.hidden);
+    geglu[j] = GegluProblem{u, v, e.b1, e.mult_bias, p.rows, p.hidden, stride};
     epilogue[j] = EpilogueProblem{
         z, addr.out + static_cast<uint64_t>(p.row_offset * dim) * 4, e.b2,
         p.rows};
-    up_m.push_back(static_cast<int>(2 * p.hidden));
-    up_n.push_back(static_cast<int>(p.rows));
-    up_k.push_back(static_cast<int>(dim));
-    down_m.push_back(static_cast<int>(dim));
-    down_n.push_back(static_cast<int>(p.rows));
-    down_k.push_back(static_cast<int>(p.hidden));
+    // W1 is [2h, d] row-major: column-major [d, 2h], so op(A) = Aᵀ, lda =
+    // d; x rows are column-major [d, rows], ldb = d; u is column-major [2h,
+    // rows] with columns 2 * stride apart. Down: W2 [d, h] with rows
+    // stride apart is column-major [h, d] (lda = stride), op(A) = Aᵀ; v
+    // is [h, rows] (ldb = stride); z is [d, rows], ldc = d.
+    const int rows = static_cast<int>(p.rows), h = static_cast<int>(p.hidden);
+    const int d = static_cast<int>(dim), st = static_cast<int>(stride);
+    up.push_back({2 * h, rows, d, d, d, 2 * st});
+    down.push_back({d, rows, h, st, st, d});
+    launch.max_rows = std::max(launch.max_rows, p.rows);
+    launch.max_hidden = std::max(launch.max_hidden, p.hidden);
     launch.max_geglu_elements =
         std::max(launch.max_geglu_elements, p.rows * p.hidden);
     launch.max_epilogue_elements =
         std::max(launch.max_epilogue_elements, p.rows * dim);
   }
-  // W1 is [2h, d] row-major: column-major [d, 2h], so op(A) = Aᵀ, lda = d;
-  // x rows are column-major [d, rows], ldb = d; u is column-major [2h,
-  // rows], ldc = 2h. The same for the down projection with k = h.
-  AddGroups(up_m, up_n, up_k, static_cast<int>(dim), static_cast<int>(dim), 0,
-            &launch.up);
-  AddGroups(down_m, down_n, down_k, 0, 0, static_cast<int>(dim), &launch.down);
+  AddGroups(up, &launch.up);
+  AddGroups(down, &launch.down);
   launch.up.a = addr.params + layout.pointers[0];
   launch.up.b = addr.params + layout.pointers[1];
   launch.up.c = addr.params + layout.pointers[2];

@@ -54,12 +54,12 @@ struct WorkspaceShape {
 struct WorkspaceLayout {
   size_t raw_tokens = 0;  // [max_rows, dim] as sent (up to float32)
   size_t tokens = 0;      // [max_rows, dim] in the compute dtype
-  size_t u = 0;           // up to max_rows * 2 * max_hidden, compute dtype
-  size_t v = 0;           // up to max_rows * max_hidden, compute dtype
-  size_t z = 0;           // [max_rows, dim], compute dtype
-  size_t out = 0;         // [max_rows, dim] float32, by token row
-  size_t params = 0;      // ParamsBytes(max_problems)
-  size_t cublas = 0;      // kCublasWorkspaceBytes
+  size_t u = 0;       // max_rows * 2 * HiddenStride(max_hidden), compute dtype
+  size_t v = 0;       // max_rows * HiddenStride(max_hidden), compute dtype
+  size_t z = 0;       // [max_rows, dim], compute dtype
+  size_t out = 0;     // [max_rows, dim] float32, by token row
+  size_t params = 0;  // ParamsBytes(max_problems)
+  size_t cublas = 0;  // kCublasWorkspaceBytes
   size_t total = 0;
 };
 
@@ -67,6 +67,12 @@ WorkspaceLayout LayoutWorkspace(const WorkspaceShape& shape);
 
 // Bytes of a pass's pointer arrays and kernel descriptors for `problems`.
 size_t ParamsBytes(int64_t problems);
+
+// The row-major [rows, cols] matrix `m` with rows `stride` (>= cols)
+// elements apart, zeros between: W2 as the device holds it
+// (HiddenStride).
+std::vector<float> PadRows(const std::vector<float>& m, int64_t rows,
+                           int64_t cols, int64_t stride);
 
 // A segment of a call: rows [offset, offset + count) through expert
 // `expert` (an index into the backend's expert table).
@@ -83,8 +89,8 @@ struct Problem {
   int64_t row_offset = 0;
   int64_t rows = 0;
   int64_t hidden = 0;
-  int64_t u_elem = 0;  // first element of its [rows, 2h] block of u
-  int64_t v_elem = 0;  // first element of its [rows, h] block of v
+  int64_t u_elem = 0;  // first element of its block of u (rows 2 * stride)
+  int64_t v_elem = 0;  // first element of its block of v (rows stride)
   int64_t z_row = 0;   // first row of its [rows, dim] block of z
 };
 
@@ -131,11 +137,14 @@ struct GroupedGemm {
 struct PassLaunch {
   GroupedGemm up;  // u = x·W1ᵀ: m = 2h, n = rows, k = dim, A = W1 transposed
   GroupedGemm down;  // z = v·W2ᵀ: m = dim, n = rows, k = h, A = W2 transposed
+  // (the leading dimensions of [*, h] arrays are HiddenStride(h))
   uint64_t geglu = 0;     // GegluProblem[problems]
   uint64_t epilogue = 0;  // EpilogueProblem[problems]
   int problems = 0;
   int64_t max_geglu_elements = 0;     // max rows * h over the problems
   int64_t max_epilogue_elements = 0;  // max rows * dim
+  int64_t max_rows = 0;               // of one problem
+  int64_t max_hidden = 0;
 };
 
 // Writes the pass's pointer arrays and descriptors into `host_params` (at

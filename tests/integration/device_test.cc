@@ -14,13 +14,18 @@ namespace {
 
 using ::testing::HasSubstr;
 
-int RunWorker(const std::string& device, std::string* out) {
-  return testing::RunProcess(
-      {testing::BinaryPath("moe-expert"),
-       "--checkpoint=" + testing::GoldenPath("A_moe_eval_nodrop"),
-       "--device=" + device, "--host=127.0.0.1", "--port=0",
-       "--metrics_port=-1"},
-      out);
+int RunWorker(const std::string& device, std::string* out,
+              const std::string& binary = "moe-expert",
+              const std::string& flag = "") {
+  std::vector<std::string> args = {
+      testing::BinaryPath(binary),
+      "--checkpoint=" + testing::GoldenPath("A_moe_eval_nodrop"),
+      "--device=" + device,
+      "--host=127.0.0.1",
+      "--port=0",
+      "--metrics_port=-1"};
+  if (!flag.empty()) args.push_back(flag);
+  return testing::RunProcess(args, out);
 }
 
 TEST(DeviceTest, AutoServesOnTheCpuAndSaysWhy) {
@@ -64,6 +69,17 @@ TEST(DeviceTest, AnUnknownDeviceNamesTheFlag) {
                         "cuda:N"));
   EXPECT_NE(RunWorker("cuda:-1", &out), 0);
   EXPECT_THAT(out, HasSubstr("\"cuda:-1\" is not"));
+}
+
+TEST(DeviceTest, GpuFlagsOutOfRangeStopTheWorkerNamingThem) {
+  for (const std::string binary : {"moe-expert", "moe-expert-gpu"}) {
+    std::string out;
+    EXPECT_NE(RunWorker("auto", &out, binary, "--gpu_small_rows=9"), 0);
+    EXPECT_THAT(out, HasSubstr("--gpu_small_rows must be in [0, 8], got 9"))
+        << binary;
+    EXPECT_NE(RunWorker("auto", &out, binary, "--gpu_streams=0"), 0);
+    EXPECT_THAT(out, HasSubstr("--gpu_streams must be >= 1")) << binary;
+  }
 }
 
 }  // namespace

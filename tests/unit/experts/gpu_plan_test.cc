@@ -33,7 +33,7 @@ TEST(WorkspaceLayoutTest, RegionsHoldTheirDataWithoutOverlap) {
   const WorkspaceLayout l = LayoutWorkspace(shape);
   const std::vector<std::pair<size_t, size_t>> regions = {
       {l.raw_tokens, 1000 * 512 * 4}, {l.tokens, 1000 * 512 * 2},
-      {l.u, 1000 * 2 * 1365 * 2},     {l.v, 1000 * 1365 * 2},
+      {l.u, 1000 * 2 * 1368 * 2},     {l.v, 1000 * 1368 * 2},
       {l.z, 1000 * 512 * 2},          {l.out, 1000 * 512 * 4},
       {l.params, ParamsBytes(64)},    {l.cublas, kCublasWorkspaceBytes}};
   for (size_t i = 0; i < regions.size(); ++i) {
@@ -56,9 +56,10 @@ TEST(PlanPassesTest, DisjointSegmentsAreOnePassWithPackedOffsets) {
   EXPECT_EQ(p[0].segment, 0);
   EXPECT_EQ(p[1].segment, 2);
   EXPECT_EQ(p[2].segment, 3);
-  EXPECT_EQ(p[1].u_elem, 4 * 2 * 3);
-  EXPECT_EQ(p[2].u_elem, 4 * 2 * 3 + 2 * 2 * 5);
-  EXPECT_EQ(p[2].v_elem, 4 * 3 + 2 * 5);
+  // Rows of u and v are HiddenStride(h) = 8 (twice that for u) apart.
+  EXPECT_EQ(p[1].u_elem, 4 * 2 * 8);
+  EXPECT_EQ(p[2].u_elem, 4 * 2 * 8 + 2 * 2 * 8);
+  EXPECT_EQ(p[2].v_elem, 4 * 8 + 2 * 8);
   EXPECT_EQ(p[2].z_row, 6);
   ASSERT_EQ(passes[0].out_runs.size(), 1u);
   EXPECT_EQ(passes[0].out_runs[0].offset, 0);
@@ -84,6 +85,18 @@ TEST(PlanPassesTest, ProblemLimitSplitsPasses) {
   ASSERT_EQ(passes.size(), 3u);
   EXPECT_EQ(passes[2].problems.size(), 1u);
   EXPECT_TRUE(PlanPasses({{0, 0, 0}}, {2}, 3).empty());
+}
+
+TEST(HiddenStrideTest, RowsOfHiddenSizeStartOnSixteenBytes) {
+  for (int64_t h : {1, 7, 8, 9, 1365, 1368, 2730}) {
+    const int64_t st = HiddenStride(h);
+    EXPECT_GE(st, h);
+    EXPECT_LT(st - h, 8);
+    EXPECT_EQ(st * 2 % 16, 0) << h;  // bfloat16 (float32 follows)
+  }
+  const std::vector<float> padded = PadRows({1, 2, 3, 4, 5, 6}, 2, 3, 8);
+  EXPECT_EQ(padded, (std::vector<float>{1, 2, 3, 0, 0, 0, 0, 0,  //
+                                        4, 5, 6, 0, 0, 0, 0, 0}));
 }
 
 TEST(MergeRunsTest, MergesAdjacentAndOverlappingRuns) {
@@ -114,11 +127,17 @@ TEST(BuildPassLaunchTest, EqualShapesShareAGroupAndPointersFollowTheLayout) {
   EXPECT_EQ(l.up.n, (std::vector<int>{3, 2}));
   EXPECT_EQ(l.up.k, (std::vector<int>{8, 8}));
   EXPECT_EQ(l.up.lda, (std::vector<int>{8, 8}));
-  EXPECT_EQ(l.up.ldc, (std::vector<int>{8, 12}));
+  EXPECT_EQ(l.up.ldb, (std::vector<int>{8, 8}));
+  // u's rows 2 * HiddenStride(h) apart: 16 elements, 32 bytes.
+  EXPECT_EQ(l.up.ldc, (std::vector<int>{16, 16}));
   EXPECT_EQ(l.down.m, (std::vector<int>{8, 8}));
   EXPECT_EQ(l.down.k, (std::vector<int>{4, 6}));
-  EXPECT_EQ(l.down.lda, (std::vector<int>{4, 6}));
+  // W2's and v's rows HiddenStride(h) = 8 apart, whatever h.
+  EXPECT_EQ(l.down.lda, (std::vector<int>{8, 8}));
+  EXPECT_EQ(l.down.ldb, (std::vector<int>{8, 8}));
   EXPECT_EQ(l.down.ldc, (std::vector<int>{8, 8}));
+  EXPECT_EQ(l.max_rows, 3);
+  EXPECT_EQ(l.max_hidden, 6);
   const auto* b =
       reinterpret_cast<const uint64_t*>(params.data() + (l.up.b - addr.params));
   const auto* a =
@@ -133,6 +152,12 @@ TEST(BuildPassLaunchTest, EqualShapesShareAGroupAndPointersFollowTheLayout) {
       params.data() + (l.epilogue - addr.params));
   EXPECT_EQ(e[1].out, addr.out + 5 * 8 * 4);  // float32 rows by token row
   EXPECT_EQ(e[2].b2, 0x15000u);
+  const auto* g = reinterpret_cast<const GegluProblem*>(
+      params.data() + (l.geglu - addr.params));
+  EXPECT_EQ(g[2].hidden, 6);
+  EXPECT_EQ(g[2].stride, 8);
+  // Segment 2's block of v follows segments 0's and 1's (plan order).
+  EXPECT_EQ(g[1].v, addr.v + (3 * 8 + 2 * 8) * 2);
   EXPECT_EQ(l.max_geglu_elements, 3 * 4);
   EXPECT_EQ(l.max_epilogue_elements, 3 * 8);
 }
@@ -150,6 +175,11 @@ void Store(void* base, int64_t i, common::DType d, float v) {
   } else {
     static_cast<uint16_t*>(base)[i] = common::FloatToBFloat16(v);
   }
+}
+
+float Geglu(float value, float gate, float mult) {
+  const float gelu = 0.5f * gate * (1.0f + std::erf(gate / std::sqrt(2.0f)));
+  return gelu * value * mult;
 }
 
 // cuBLAS's C = op(A)·B column-major with op(A) = Aᵀ, as the backend asks.
@@ -188,15 +218,13 @@ void HostKernels(const PassLaunch& l, const unsigned char* params,
       const void* u = reinterpret_cast<const void*>(p[i].u);
       const void* b1 = reinterpret_cast<const void*>(p[i].b1);
       const void* m = reinterpret_cast<const void*>(p[i].mult_bias);
-      const int64_t h = p[i].hidden;
+      const int64_t h = p[i].hidden, st = p[i].stride;
       for (int64_t e = 0; e < p[i].rows * h; ++e) {
         const int64_t r = e / h, j = e % h;
-        const float value = Load(u, r * 2 * h + j, d) + Load(b1, j, d);
-        const float gate = Load(u, r * 2 * h + h + j, d) + Load(b1, h + j, d);
-        const float gelu =
-            0.5f * gate * (1.0f + std::erf(gate / std::sqrt(2.0f)));
-        Store(reinterpret_cast<void*>(p[i].v), e, d,
-              gelu * value * Load(m, j, d));
+        const float value = Load(u, r * 2 * st + j, d) + Load(b1, j, d);
+        const float gate = Load(u, r * 2 * st + h + j, d) + Load(b1, h + j, d);
+        Store(reinterpret_cast<void*>(p[i].v), r * st + j, d,
+              Geglu(value, gate, Load(m, j, d)));
       }
     }
     return;
@@ -208,6 +236,57 @@ void HostKernels(const PassLaunch& l, const unsigned char* params,
       reinterpret_cast<float*>(p[i].out)[e] =
           Load(reinterpret_cast<const void*>(p[i].z), e, d) +
           Load(reinterpret_cast<const void*>(p[i].b2), e % dim, d);
+    }
+  }
+}
+
+// The small-rows kernels (geglu_kernels.h) on the host, reading what they
+// read: x and W1 from the up GEMM's B and A arrays, W2 from the down GEMM's
+// A array, the rest from the GEGLU and epilogue descriptors; each sum
+// rounded to the compute dtype as the GEMM path stores u and z.
+void HostSmallRows(const PassLaunch& l, const unsigned char* params,
+                   uint64_t params_addr, int64_t dim, common::DType d) {
+  auto at = [&](uint64_t addr) { return params + (addr - params_addr); };
+  const auto* w1s = reinterpret_cast<const uint64_t*>(at(l.up.a));
+  const auto* xs = reinterpret_cast<const uint64_t*>(at(l.up.b));
+  const auto* w2s = reinterpret_cast<const uint64_t*>(at(l.down.a));
+  const auto* g = reinterpret_cast<const GegluProblem*>(at(l.geglu));
+  const auto* e = reinterpret_cast<const EpilogueProblem*>(at(l.epilogue));
+  auto dot = [d](uint64_t w, uint64_t a, int64_t n) {
+    float acc = 0;
+    for (int64_t k = 0; k < n; ++k) {
+      acc += Load(reinterpret_cast<const void*>(w), k, d) *
+             Load(reinterpret_cast<const void*>(a), k, d);
+    }
+    std::vector<unsigned char> stored(4);
+    Store(stored.data(), 0, d, acc);
+    return Load(stored.data(), 0, d);
+  };
+  const uint64_t c = common::ElementSize(d);
+  for (int i = 0; i < l.problems; ++i) {
+    ASSERT_LE(g[i].rows, kMaxSmallRows);
+    const int64_t h = g[i].hidden, st = g[i].stride;
+    for (int64_t r = 0; r < g[i].rows; ++r) {
+      const uint64_t x = xs[i] + static_cast<uint64_t>(r * dim) * c;
+      for (int64_t j = 0; j < h; ++j) {
+        const float value =
+            dot(w1s[i] + static_cast<uint64_t>(j * dim) * c, x, dim) +
+            Load(reinterpret_cast<const void*>(g[i].b1), j, d);
+        const float gate =
+            dot(w1s[i] + static_cast<uint64_t>((h + j) * dim) * c, x, dim) +
+            Load(reinterpret_cast<const void*>(g[i].b1), h + j, d);
+        Store(reinterpret_cast<void*>(g[i].v), r * st + j, d,
+              Geglu(value, gate,
+                    Load(reinterpret_cast<const void*>(g[i].mult_bias), j, d)));
+      }
+    }
+    for (int64_t r = 0; r < g[i].rows; ++r) {
+      for (int64_t col = 0; col < dim; ++col) {
+        reinterpret_cast<float*>(e[i].out)[r * dim + col] =
+            dot(w2s[i] + static_cast<uint64_t>(col * st) * c,
+                g[i].v + static_cast<uint64_t>(r * st) * c, h) +
+            Load(reinterpret_cast<const void*>(e[i].b2), col, d);
+      }
     }
   }
 }
@@ -233,7 +312,8 @@ HostExpert RandomExpert(int64_t d, int64_t h, std::mt19937& rng) {
 std::vector<float> RunPlannedOnHost(const std::vector<HostExpert>& experts,
                                     const std::vector<float>& x, int64_t rows,
                                     const std::vector<PlanSegment>& segments,
-                                    common::DType d, int64_t max_problems) {
+                                    common::DType d, int64_t max_problems,
+                                    bool small_rows = false) {
   const int64_t dim = experts[0].dim;
   std::vector<std::vector<unsigned char>> storage;
   auto upload = [&](const std::vector<float>& v) {
@@ -246,8 +326,11 @@ std::vector<float> RunPlannedOnHost(const std::vector<HostExpert>& experts,
   std::vector<int64_t> hidden;
   int64_t max_hidden = 0;
   for (const HostExpert& e : experts) {
-    table.push_back({upload(e.w1), upload(e.b1), upload(e.mult_bias),
-                     upload(e.w2), upload(e.b2), e.hidden});
+    // W2 as GpuExperts uploads it: rows HiddenStride(h) apart.
+    table.push_back(
+        {upload(e.w1), upload(e.b1), upload(e.mult_bias),
+         upload(PadRows(e.w2, e.dim, e.hidden, HiddenStride(e.hidden))),
+         upload(e.b2), e.hidden});
     hidden.push_back(e.hidden);
     max_hidden = std::max(max_hidden, e.hidden);
   }
@@ -267,6 +350,10 @@ std::vector<float> RunPlannedOnHost(const std::vector<HostExpert>& experts,
         BuildPassLaunch(pass, table, addr, dim, d, params.data());
     std::memcpy(ws.data() + w.params, params.data(), params.size());
     const unsigned char* dev_params = ws.data() + w.params;
+    if (small_rows) {
+      HostSmallRows(l, dev_params, addr.params, dim, d);
+      continue;
+    }
     HostGroupedGemm(l.up, dev_params, addr.params, d);
     HostKernels(l, dev_params, addr.params, dim, d, false);
     HostGroupedGemm(l.down, dev_params, addr.params, d);
@@ -313,6 +400,43 @@ TEST(PlannedPassTest, HostExecutionMatchesTheReferenceExpert) {
     ref2 += want[i] * double(want[i]);
   }
   EXPECT_LT(std::sqrt(err2 / ref2), 2e-2);
+  EXPECT_EQ(bf.back(), -7.0f);
+}
+
+// The small-rows kernels' reading of a pass's launch (every problem of at
+// most kMaxSmallRows rows; hidden sizes that are not multiples of 8, so
+// rows of v and W2 have padding) gives the reference expert's outputs, as
+// the GEMM path does.
+TEST(PlannedPassTest, SmallRowsReadingOfTheLaunchMatchesTheReference) {
+  std::mt19937 rng(9);
+  const std::vector<HostExpert> experts = {RandomExpert(16, 7, rng),
+                                           RandomExpert(16, 13, rng)};
+  const int64_t rows = 20;
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  std::vector<float> x(rows * 16);
+  for (float& v : x) v = n(rng);
+  const std::vector<PlanSegment> segs = {{0, 0, 1},  {1, 1, 8},  {0, 9, 3},
+                                         {1, 12, 0}, {1, 12, 6}, {0, 4, 2}};
+  std::vector<float> want(x.size(), -7.0f);
+  for (const PlanSegment& s : segs) {
+    ReferenceForward(experts[s.expert], x.data() + s.offset * 16, s.count,
+                     want.data() + s.offset * 16);
+  }
+  const std::vector<float> got = RunPlannedOnHost(
+      experts, x, rows, segs, common::DType::kFloat32, 64, true);
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_NEAR(got[i], want[i], 1e-5) << "element " << i;
+  }
+  const std::vector<float> bf = RunPlannedOnHost(
+      experts, x, rows, segs, common::DType::kBFloat16, 64, true);
+  const std::vector<float> bf_gemm =
+      RunPlannedOnHost(experts, x, rows, segs, common::DType::kBFloat16, 64);
+  double err2 = 0, ref2 = 0;
+  for (size_t i = 0; i < bf.size(); ++i) {
+    err2 += (bf[i] - bf_gemm[i]) * double(bf[i] - bf_gemm[i]);
+    ref2 += bf_gemm[i] * double(bf_gemm[i]);
+  }
+  EXPECT_LT(std::sqrt(err2 / ref2), 1e-2);
   EXPECT_EQ(bf.back(), -7.0f);
 }
 
