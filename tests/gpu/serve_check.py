@@ -15,7 +15,8 @@ protobuf.
 
 For each model (the golden files, then the README configuration: dim 512,
 16 experts, written with tools/export_checkpoint.py from random weights):
-  1. parity: every expert on random rows, against torch on the same device
+  1. parity: every expert on random rows (24 per expert, and 4: a decode
+     step's, which the small-rows kernels serve), against torch on the same device
      (float32: |y - ref| <= 1e-5 * max(1, |ref|); bfloat16: relative RMS
      within docs/numerics.md's CPU bound, 1e-2);
   2. (README configuration) calls/s and tokens/s at 32, 256, 4096 and 65536
@@ -367,13 +368,19 @@ def main():
                 worker = Worker(args.bundle, path, args.device, compute, tmp,
                                 "%s-%s" % (name, compute))
                 try:
-                    p = parity(worker, experts, dim, compute, torch_device, 24, rng)
-                    p["model"] = name
-                    report["parity"].append(p)
-                    ok &= p["ok"]
-                    print("parity %-28s %-8s max rel err %.2e, rel RMS %.2e: %s"
-                          % (name, compute, p["max_rel_err"], p["rel_rms_err"],
-                             "ok" if p["ok"] else "FAIL"), flush=True)
+                    # 24 rows per expert: the GEMMs; 4: a decode step's, the
+                    # small-rows kernels (docs/gpu.md).
+                    for per_expert in (24, 4):
+                        p = parity(worker, experts, dim, compute, torch_device,
+                                   per_expert, rng)
+                        p["model"] = name
+                        report["parity"].append(p)
+                        ok &= p["ok"]
+                        print("parity %-28s %-8s %2d rows/expert: max rel err %.2e, "
+                              "rel RMS %.2e: %s"
+                              % (name, compute, per_expert, p["max_rel_err"],
+                                 p["rel_rms_err"], "ok" if p["ok"] else "FAIL"),
+                              flush=True)
                     if name != "readme" and not (args.quick and compute == "float32"):
                         continue
                     sizes = [32, 256] if args.quick else [32, 256, 4096, 65536]

@@ -5,6 +5,7 @@ links into the build: the served-path check works before it reaches a GPU.
 
     serve_check_test.py BUILD_DIR SOURCE_DIR
 """
+import json
 import os
 import subprocess
 import sys
@@ -30,11 +31,17 @@ def main():
         if r.returncode != 0:
             print("FAIL: serve_check.py exit %d" % r.returncode)
             sys.exit(1)
-        report = open(os.path.join(out, "serve_check.json")).read()
+        text = open(os.path.join(out, "serve_check.json")).read()
         for key in ['"parity"', '"timing"', '"stage_share"', '"compute"']:
-            if key not in report:
+            if key not in text:
                 print("FAIL: the report lacks " + key)
                 sys.exit(1)
+        report = json.loads(text)
+        per_expert = sorted(p["rows_per_expert"] for p in report["parity"])
+        if per_expert != [4, 24]:
+            print("FAIL: parity ran with %s rows per expert, not 4 (the "
+                  "small-rows kernels' size) and 24" % per_expert)
+            sys.exit(1)
     print("PASS")
 
 
