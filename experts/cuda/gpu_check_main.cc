@@ -369,6 +369,24 @@ bool Parity(const Args& args, const GpuOptions& base, Report* report) {
   return ok;
 }
 
+// Milliseconds that `times` runs of `work` (queued on the default stream)
+// take, from CUDA events.
+template <typename Work>
+float EventMs(Work work, int times) {
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  cudaEventRecord(start);
+  for (int i = 0; i < times; ++i) work();
+  cudaEventRecord(stop);
+  cudaEventSynchronize(stop);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, start, stop);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms;
+}
+
 // The bf16 matrix rate of this device: an 8192^3 cublasGemmEx, the mean of
 // ten after three warm-ups.
 double MeasureBf16Peak(int device) {
@@ -396,15 +414,7 @@ double MeasureBf16Peak(int device) {
                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   };
   for (int i = 0; i < 3; ++i) gemm();
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  cudaEventRecord(start);
-  for (int i = 0; i < 10; ++i) gemm();
-  cudaEventRecord(stop);
-  cudaEventSynchronize(stop);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, start, stop);
+  const float ms = EventMs(gemm, 10);
   cublasDestroy(h);
   cudaFree(a);
   cudaFree(b);
@@ -425,20 +435,9 @@ double MeasureCopyBandwidth(int device) {
     return 0;
   }
   cudaMemset(a, 1, bytes);
-  for (int i = 0; i < 2; ++i) cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  cudaEventRecord(start);
-  for (int i = 0; i < 10; ++i) {
-    cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice);
-  }
-  cudaEventRecord(stop);
-  cudaEventSynchronize(stop);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, start, stop);
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
+  auto copy = [&] { cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice); };
+  for (int i = 0; i < 2; ++i) copy();
+  const float ms = EventMs(copy, 10);
   cudaFree(a);
   cudaFree(b);
   return ms > 0 ? 10 * 2.0 * bytes / (ms / 1e3) / 1e9 : 0;

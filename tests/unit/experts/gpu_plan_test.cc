@@ -364,6 +364,36 @@ std::vector<float> RunPlannedOnHost(const std::vector<HostExpert>& experts,
   return out;
 }
 
+std::vector<float> RandomRows(int64_t rows, int64_t dim, std::mt19937& rng) {
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(rows * dim));
+  for (float& v : x) v = n(rng);
+  return x;
+}
+
+// Each segment through its expert, later ones winning; rows no segment
+// covers are -7, as RunPlannedOnHost leaves them.
+std::vector<float> ReferenceCall(const std::vector<HostExpert>& experts,
+                                 const std::vector<float>& x,
+                                 const std::vector<PlanSegment>& segs) {
+  const int64_t dim = experts[0].dim;
+  std::vector<float> want(x.size(), -7.0f);
+  for (const PlanSegment& s : segs) {
+    ReferenceForward(experts[s.expert], x.data() + s.offset * dim, s.count,
+                     want.data() + s.offset * dim);
+  }
+  return want;
+}
+
+double RelRms(const std::vector<float>& got, const std::vector<float>& want) {
+  double err2 = 0, ref2 = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    err2 += (got[i] - want[i]) * double(got[i] - want[i]);
+    ref2 += want[i] * double(want[i]);
+  }
+  return std::sqrt(err2 / ref2);
+}
+
 TEST(PlannedPassTest, HostExecutionMatchesTheReferenceExpert) {
   std::mt19937 rng(5);
   // Hidden sizes differ (experts of different layers share a worker).
@@ -371,18 +401,12 @@ TEST(PlannedPassTest, HostExecutionMatchesTheReferenceExpert) {
                                            RandomExpert(12, 16, rng),
                                            RandomExpert(12, 7, rng)};
   const int64_t rows = 40;
-  std::normal_distribution<float> n(0.0f, 1.0f);
-  std::vector<float> x(rows * 12);
-  for (float& v : x) v = n(rng);
+  const std::vector<float> x = RandomRows(rows, 12, rng);
   // Uneven, one empty, one over rows an earlier one wrote (must win), rows
   // 38..39 covered by none (left as they were: -7).
   const std::vector<PlanSegment> segs = {{0, 0, 5},  {1, 5, 11},  {2, 16, 0},
                                          {2, 16, 9}, {0, 25, 13}, {1, 3, 6}};
-  std::vector<float> want(x.size(), -7.0f);
-  for (const PlanSegment& s : segs) {
-    ReferenceForward(experts[s.expert], x.data() + s.offset * 12, s.count,
-                     want.data() + s.offset * 12);
-  }
+  const std::vector<float> want = ReferenceCall(experts, x, segs);
   for (int64_t max_problems : {64, 2}) {
     const std::vector<float> got = RunPlannedOnHost(
         experts, x, rows, segs, common::DType::kFloat32, max_problems);
@@ -394,12 +418,7 @@ TEST(PlannedPassTest, HostExecutionMatchesTheReferenceExpert) {
   // bfloat16 storage: the same plan with 2-byte elements.
   const std::vector<float> bf =
       RunPlannedOnHost(experts, x, rows, segs, common::DType::kBFloat16, 64);
-  double err2 = 0, ref2 = 0;
-  for (size_t i = 0; i < bf.size(); ++i) {
-    err2 += (bf[i] - want[i]) * double(bf[i] - want[i]);
-    ref2 += want[i] * double(want[i]);
-  }
-  EXPECT_LT(std::sqrt(err2 / ref2), 2e-2);
+  EXPECT_LT(RelRms(bf, want), 2e-2);
   EXPECT_EQ(bf.back(), -7.0f);
 }
 
@@ -412,16 +431,10 @@ TEST(PlannedPassTest, SmallRowsReadingOfTheLaunchMatchesTheReference) {
   const std::vector<HostExpert> experts = {RandomExpert(16, 7, rng),
                                            RandomExpert(16, 13, rng)};
   const int64_t rows = 20;
-  std::normal_distribution<float> n(0.0f, 1.0f);
-  std::vector<float> x(rows * 16);
-  for (float& v : x) v = n(rng);
+  const std::vector<float> x = RandomRows(rows, 16, rng);
   const std::vector<PlanSegment> segs = {{0, 0, 1},  {1, 1, 8},  {0, 9, 3},
                                          {1, 12, 0}, {1, 12, 6}, {0, 4, 2}};
-  std::vector<float> want(x.size(), -7.0f);
-  for (const PlanSegment& s : segs) {
-    ReferenceForward(experts[s.expert], x.data() + s.offset * 16, s.count,
-                     want.data() + s.offset * 16);
-  }
+  const std::vector<float> want = ReferenceCall(experts, x, segs);
   const std::vector<float> got = RunPlannedOnHost(
       experts, x, rows, segs, common::DType::kFloat32, 64, true);
   for (size_t i = 0; i < got.size(); ++i) {
@@ -431,12 +444,7 @@ TEST(PlannedPassTest, SmallRowsReadingOfTheLaunchMatchesTheReference) {
       experts, x, rows, segs, common::DType::kBFloat16, 64, true);
   const std::vector<float> bf_gemm =
       RunPlannedOnHost(experts, x, rows, segs, common::DType::kBFloat16, 64);
-  double err2 = 0, ref2 = 0;
-  for (size_t i = 0; i < bf.size(); ++i) {
-    err2 += (bf[i] - bf_gemm[i]) * double(bf[i] - bf_gemm[i]);
-    ref2 += bf_gemm[i] * double(bf_gemm[i]);
-  }
-  EXPECT_LT(std::sqrt(err2 / ref2), 1e-2);
+  EXPECT_LT(RelRms(bf, bf_gemm), 1e-2);
   EXPECT_EQ(bf.back(), -7.0f);
 }
 
