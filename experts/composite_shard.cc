@@ -86,9 +86,7 @@ absl::Status CompositeShard::RunChecked(
     RunStats measured;
     MOE_RETURN_IF_ERROR(part->Run(tokens, mine, out, &measured));
     if (stats == nullptr) continue;
-    stats->compute_seconds += measured.compute_seconds;
-    stats->copy_in_seconds += measured.copy_in_seconds;
-    stats->copy_out_seconds += measured.copy_out_seconds;
+    stats->AddTotals(measured);
     for (size_t j = 0; j < index.size(); ++j) {
       stats->segment_seconds[index[j]] = measured.segment_seconds[j];
     }

@@ -41,6 +41,19 @@ struct RunStats {
   // Host -> device and device -> host copies (GPU shards only).
   double copy_in_seconds = 0;
   double copy_out_seconds = 0;
+  // GPU shards: the call's passes that ran on the small-rows kernels and
+  // on the GEMMs (docs/gpu.md, "What a call does").
+  int64_t small_rows_passes = 0;
+  int64_t gemm_passes = 0;
+
+  // Adds `o`'s call-wide figures (all but segment_seconds) to these.
+  void AddTotals(const RunStats& o) {
+    compute_seconds += o.compute_seconds;
+    copy_in_seconds += o.copy_in_seconds;
+    copy_out_seconds += o.copy_out_seconds;
+    small_rows_passes += o.small_rows_passes;
+    gemm_passes += o.gemm_passes;
+  }
 };
 
 class ExpertShard {

@@ -78,6 +78,8 @@ absl::Status CudaExpertShard::RunChecked(
     stats->compute_seconds = timing.compute_seconds;
     stats->copy_in_seconds = timing.copy_in_seconds;
     stats->copy_out_seconds = timing.copy_out_seconds;
+    stats->small_rows_passes = timing.small_rows_passes;
+    stats->gemm_passes = timing.passes - timing.small_rows_passes;
     double work = 0;
     for (const gpu::PlanSegment& s : plan) {
       work += static_cast<double>(s.count) * hidden_[s.expert];

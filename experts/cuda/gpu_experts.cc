@@ -437,6 +437,7 @@ Status GpuExperts::RunOn(Stream& s, common::DType dtype, const void* tokens,
   }
 
   std::vector<RowRun> written;
+  int small_rows_passes = 0;
   auto* host_params = static_cast<unsigned char*>(s.pinned_params);
   for (size_t i = 0; i < passes.size(); ++i) {
     const Pass& pass = passes[i];
@@ -455,6 +456,7 @@ Status GpuExperts::RunOn(Stream& s, common::DType dtype, const void* tokens,
     const auto* epilogue =
         reinterpret_cast<const EpilogueProblem*>(launch.epilogue);
     if (UsesSmallRows(launch)) {
+      ++small_rows_passes;
       MOE_CUDA_RETURN(
           dev, "small-rows up kernel",
           LaunchSmallRowsUp(reinterpret_cast<const uint64_t*>(launch.up.a),
@@ -511,6 +513,7 @@ Status GpuExperts::RunOn(Stream& s, common::DType dtype, const void* tokens,
     timing->compute_seconds = Seconds(s.copied_in, s.computed);
     timing->copy_out_seconds = Seconds(s.computed, s.done);
     timing->passes = static_cast<int>(passes.size());
+    timing->small_rows_passes = small_rows_passes;
   }
   return Status();
 }

@@ -69,6 +69,7 @@ struct CallTiming {
   double compute_seconds = 0;   // conversion, GEMMs, kernels
   double copy_out_seconds = 0;  // device -> pinned staging
   int passes = 0;
+  int small_rows_passes = 0;  // of passes, on the small-rows kernels
 };
 
 // The number of CUDA devices this process sees; 0 with *why saying why

@@ -83,6 +83,16 @@ ExpertMetrics::ExpertMetrics(prometheus::Registry& registry,
                      "arriving while the compute threads were idle).")
                  .Register(registry)
                  .Add({});
+  auto& passes = prometheus::BuildCounter()
+                     .Name("moe_expert_gpu_passes_total")
+                     .Help(
+                         "Passes of GPU calls by the path they ran on: "
+                         "small_rows (decode-sized: at most --gpu_small_rows "
+                         "rows per expert, moe-serve's kernels) or gemm "
+                         "(cuBLAS); 0 on CPU workers.")
+                     .Register(registry);
+  small_rows_passes_ = &passes.Add({{"path", "small_rows"}});
+  gemm_passes_ = &passes.Add({{"path", "gemm"}});
 }
 
 void ExpertMetrics::Host(const common::ExpertSet& hosted) {
@@ -113,6 +123,13 @@ void ExpertMetrics::RecordCall(const CallStages& s, bool gpu) {
   const double seconds[5] = {s.parse, s.copy_in, s.compute, s.copy_out,
                              s.serialize};
   for (int i = 0; i < 5; ++i) stage_[i]->Increment(seconds[i]);
+}
+
+void ExpertMetrics::RecordGpuPasses(int64_t small_rows, int64_t gemm) {
+  if (small_rows > 0) {
+    small_rows_passes_->Increment(static_cast<double>(small_rows));
+  }
+  if (gemm > 0) gemm_passes_->Increment(static_cast<double>(gemm));
 }
 
 void ExpertMetrics::SetDeviceMemory(int64_t bytes) {

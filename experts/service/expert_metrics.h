@@ -10,6 +10,9 @@
 //       device, GPU workers), compute, copy_out (device to host), serialize
 //       (outputs converted to the wire dtype, the response built)
 //   moe_expert_device_memory_bytes                     (GPU arena; 0 on CPU)
+//   moe_expert_gpu_passes_total{path}                  passes of GPU calls by
+//       the path they ran on: "small_rows" (decode-sized, our kernels) or
+//       "gemm" (cuBLAS); 0 on CPU workers
 //   moe_expert_inflight_requests, moe_expert_ready
 //   moe_expert_placement_generation, moe_expert_weight_bytes (placement:
 //       the last SetExperts' generation, the weights held)
@@ -50,6 +53,8 @@ class ExpertMetrics {
     double parse = 0, copy_in = 0, compute = 0, copy_out = 0, serialize = 0;
   };
   void RecordCall(const CallStages& stages, bool gpu);
+  // A GPU call's passes by path (RunStats).
+  void RecordGpuPasses(int64_t small_rows, int64_t gemm);
   void SetDeviceMemory(int64_t bytes);
   // Series for the experts of `hosted` that have none yet.
   void Host(const common::ExpertSet& hosted);
@@ -81,6 +86,8 @@ class ExpertMetrics {
   prometheus::Gauge* generation_;
   prometheus::Gauge* weight_bytes_;
   prometheus::Counter* inline_;
+  prometheus::Counter* small_rows_passes_;
+  prometheus::Counter* gemm_passes_;
 };
 
 }  // namespace moe::experts

@@ -194,6 +194,7 @@ absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
   stages.serialize = seconds(Clock::now() - ran);
   metrics_.RecordBatch(call.rows());
   metrics_.RecordCall(stages, on_gpu);
+  metrics_.RecordGpuPasses(stats.small_rows_passes, stats.gemm_passes);
   for (size_t i = 0; i < call.segments().size(); ++i) {
     const common::ExpertSegment& s = call.segments()[i];
     metrics_.RecordSegment(s.key, s.count, stats.segment_seconds[i]);
@@ -251,9 +252,7 @@ absl::Status ExpertService::RunInParts(const ExpertShard& shard,
           wide.data(), count * dim, call.output_dtype(),
           static_cast<char*>(out) + first * dim * out_element);
     }
-    stats->compute_seconds += measured.compute_seconds;
-    stats->copy_in_seconds += measured.copy_in_seconds;
-    stats->copy_out_seconds += measured.copy_out_seconds;
+    stats->AddTotals(measured);
     for (size_t j = 0; j < pieces.size(); ++j) {
       stats->segment_seconds[owner[j]] += measured.segment_seconds[j];
     }

@@ -1,6 +1,7 @@
 // The CUDA shard against the CPU shard (needs a visible CUDA device; label
-// "gpu"): float32 to 1e-5 on every golden expert and the README shape,
-// bfloat16 within a relative RMS of 1e-2, concurrent calls on every stream.
+// "gpu"): float32 to 1e-5 on every golden expert and the README shape, on
+// the GEMMs and on the small-rows kernels, bfloat16 within a relative RMS of
+// 1e-2, concurrent calls on every stream.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -68,11 +69,12 @@ std::vector<common::ExpertSegment> Segments(int64_t rows, int64_t experts) {
 }
 
 at::Tensor RunShard(const ExpertShard& shard, const at::Tensor& x,
-                    const std::vector<common::ExpertSegment>& segs) {
+                    const std::vector<common::ExpertSegment>& segs,
+                    RunStats* stats = nullptr) {
   at::Tensor y = at::zeros_like(x);
   const absl::Status st =
       shard.Run({common::DType::kFloat32, x.data_ptr<float>(), x.size(0)}, segs,
-                y.data_ptr<float>());
+                y.data_ptr<float>(), stats);
   EXPECT_TRUE(st.ok()) << st;
   return y;
 }
@@ -94,6 +96,36 @@ TEST(CudaExpertShardTest, MatchesTheCpuShardOnEveryGoldenCase) {
                                   RunShard(**cpu, x, segs)),
               1e-5)
         << name;
+  }
+}
+
+// A decode-sized call (at most 8 rows per expert) runs on the small-rows
+// kernels, and with them turned off on the GEMMs: the CPU shard's outputs
+// either way, and RunStats says which path ran.
+TEST(CudaExpertShardTest, DecodeSizedCallsTakeTheSmallRowsKernels) {
+  for (const std::string& name : testing::GoldenCases()) {
+    auto experts = GoldenExperts(name);
+    auto cpu = CpuExpertShard::Create(experts);
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    const int64_t n = static_cast<int64_t>(experts.size());
+    at::manual_seed(3);
+    const at::Tensor x = at::randn({4 * n, (*cpu)->dim()});
+    const auto segs = Segments(4 * n, n);
+    const at::Tensor want = RunShard(**cpu, x, segs);
+    for (int small_rows : {8, 0}) {
+      gpu::GpuOptions options;
+      options.max_rows = 256;
+      options.small_rows = small_rows;
+      auto cuda = CudaExpertShard::Create(ToHost(experts), options);
+      ASSERT_TRUE(cuda.ok()) << cuda.status();
+      RunStats stats;
+      EXPECT_LE(testing::MaxAbsDiff(RunShard(**cuda, x, segs, &stats), want),
+                1e-5)
+          << name << ", small_rows " << small_rows;
+      const bool small = small_rows > 0 && (*cpu)->dim() % 8 == 0;
+      EXPECT_EQ(stats.small_rows_passes, small ? 1 : 0) << name;
+      EXPECT_EQ(stats.gemm_passes, small ? 0 : 1) << name;
+    }
   }
 }
 

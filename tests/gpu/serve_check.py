@@ -216,14 +216,22 @@ class Worker:
     def run(self, request, dim, timeout=120):
         return outputs_of(self.call(request, timeout=timeout), dim)
 
-    def stages(self):
-        """moe_expert_stage_seconds_total by stage, now."""
+    def counters(self, name, label):
+        """The series of counter `name` by the value of `label`, now."""
         out = {}
         for line in urllib.request.urlopen(self.metrics, timeout=10).read().decode().splitlines():
-            if line.startswith("moe_expert_stage_seconds_total{"):
-                stage = line.split('stage="')[1].split('"')[0]
-                out[stage] = float(line.split()[-1])
+            if line.startswith(name + "{"):
+                value = line.split(label + '="')[1].split('"')[0]
+                out[value] = float(line.split()[-1])
         return out
+
+    def stages(self):
+        """moe_expert_stage_seconds_total by stage, now."""
+        return self.counters("moe_expert_stage_seconds_total", "stage")
+
+    def passes(self):
+        """moe_expert_gpu_passes_total by path (small_rows, gemm), now."""
+        return self.counters("moe_expert_gpu_passes_total", "path")
 
     def stop(self):
         self.channel.close()
@@ -371,8 +379,18 @@ def main():
                     # 24 rows per expert: the GEMMs; 4: a decode step's, the
                     # small-rows kernels (docs/gpu.md).
                     for per_expert in (24, 4):
+                        before = worker.passes()
                         p = parity(worker, experts, dim, compute, torch_device,
                                    per_expert, rng)
+                        after = worker.passes()
+                        p["passes"] = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+                        if args.device == "cuda":
+                            # The worker's own count of the path its passes took.
+                            want = "small_rows" if per_expert <= 8 and dim % 8 == 0 else "gemm"
+                            if p["passes"].get(want, 0) < 1 or sum(p["passes"].values()) != p["passes"][want]:
+                                print("parity %s %s %d rows/expert ran on %s, not only %s"
+                                      % (name, compute, per_expert, p["passes"], want))
+                                p["ok"] = False
                         p["model"] = name
                         report["parity"].append(p)
                         ok &= p["ok"]

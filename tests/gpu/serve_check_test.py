@@ -42,6 +42,11 @@ def main():
             print("FAIL: parity ran with %s rows per expert, not 4 (the "
                   "small-rows kernels' size) and 24" % per_expert)
             sys.exit(1)
+        for p in report["parity"]:
+            if sorted(p.get("passes", {})) != ["gemm", "small_rows"]:
+                print("FAIL: parity did not read the worker's "
+                      "moe_expert_gpu_passes_total by path: %s" % p)
+                sys.exit(1)
     print("PASS")
 
 

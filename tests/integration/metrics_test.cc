@@ -135,6 +135,13 @@ TEST_P(MetricsAgreeTest, CountersEqualResponsesAndGoldenCounts) {
         Sum(wm, "moe_expert_call_duration_seconds_count", {{"stage", "copy"}}),
         0);
     EXPECT_EQ(Sum(wm, "moe_expert_device_memory_bytes"), 0);
+    // Nor GPU passes, though both series are there from the start.
+    for (const char* path : {"small_rows", "gemm"}) {
+      EXPECT_NE(text.find(std::string("moe_expert_gpu_passes_total{path=\"") +
+                          path + "\"} 0"),
+                std::string::npos)
+          << path;
+    }
     EXPECT_EQ(Sum(wm, "moe_build_info", {{"device", "cpu"}}), 1);
   }
   EXPECT_EQ(worker_tokens, kept);
