@@ -45,6 +45,25 @@ __device__ __forceinline__ float Geglu(float value, float gate, float mult) {
   return gelu * value * mult;
 }
 
+// Columns of one row a block of the row-wise kernels takes at a time.
+constexpr int64_t kBlockColumns = 4 * kThreads;
+
+// Calls f(r, j) for every row r < rows and column j < cols of a problem,
+// spread over the blocks of blockIdx.x: a block takes a piece of one row
+// (kBlockColumns columns) at a time, its threads the columns, so that no
+// thread divides per element (64-bit division is dozens of instructions).
+template <typename F>
+__device__ __forceinline__ void ForEachRowColumn(int64_t rows, int64_t cols,
+                                                 F f) {
+  const int64_t pieces = (cols + kBlockColumns - 1) / kBlockColumns;
+  for (int64_t b = blockIdx.x; b < rows * pieces; b += gridDim.x) {
+    const int64_t r = b / pieces;
+    const int64_t first = (b - r * pieces) * kBlockColumns;
+    const int64_t end = min(cols, first + kBlockColumns);
+    for (int64_t j = first + threadIdx.x; j < end; j += blockDim.x) f(r, j);
+  }
+}
+
 // One problem per blockIdx.y.
 template <typename T>
 __global__ void GegluKernel(const GegluProblem* __restrict__ problems) {
@@ -54,16 +73,12 @@ __global__ void GegluKernel(const GegluProblem* __restrict__ problems) {
   const T* b1 = reinterpret_cast<const T*>(p.b1);
   const T* mult = reinterpret_cast<const T*>(p.mult_bias);
   const int64_t h = p.hidden;
-  const int64_t n = p.rows * h;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t r = i / h;
-    const int64_t j = i - r * h;
+  ForEachRowColumn(p.rows, h, [&](int64_t r, int64_t j) {
     const T* row = u + r * 2 * p.stride;
     v[r * p.stride + j] = FromFloat<T>(
         Geglu(ToFloat(row[j]) + ToFloat(b1[j]),
               ToFloat(row[h + j]) + ToFloat(b1[h + j]), ToFloat(mult[j])));
-  }
+  });
 }
 
 // --- The small-rows path ---------------------------------------------------
@@ -213,17 +228,24 @@ __global__ void EpilogueKernel(const EpilogueProblem* __restrict__ problems,
   const T* z = reinterpret_cast<const T*>(p.z);
   const T* b2 = reinterpret_cast<const T*>(p.b2);
   float* out = reinterpret_cast<float*>(p.out);
-  const int64_t n = p.rows * dim;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    out[i] = ToFloat(z[i]) + ToFloat(b2[i % dim]);
-  }
+  ForEachRowColumn(p.rows, dim, [&](int64_t r, int64_t c) {
+    out[r * dim + c] = ToFloat(z[r * dim + c]) + ToFloat(b2[c]);
+  });
 }
 
 dim3 Grid(int64_t max_elements, int problems) {
   const int64_t blocks = std::min<int64_t>(
       kMaxBlocksX,
       std::max<int64_t>(1, (max_elements + kThreads - 1) / kThreads));
+  return dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(problems));
+}
+
+// The grid of a row-wise kernel (ForEachRowColumn) over `problems`
+// problems of at most max_rows rows of at most max_cols columns.
+dim3 RowGrid(int64_t max_rows, int64_t max_cols, int problems) {
+  const int64_t pieces = (max_cols + kBlockColumns - 1) / kBlockColumns;
+  const int64_t blocks =
+      std::min<int64_t>(kMaxBlocksX, std::max<int64_t>(1, max_rows * pieces));
   return dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(problems));
 }
 
@@ -261,10 +283,10 @@ cudaError_t LaunchConvert(const void* in, common::DType from, void* out,
 }
 
 cudaError_t LaunchGeglu(const GegluProblem* problems, int count,
-                        int64_t max_elements, common::DType compute,
-                        cudaStream_t stream) {
+                        int64_t max_rows, int64_t max_hidden,
+                        common::DType compute, cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
-  const dim3 grid = Grid(max_elements, count);
+  const dim3 grid = RowGrid(max_rows, max_hidden, count);
   if (compute == common::DType::kBFloat16) {
     GegluKernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(problems);
   } else {
@@ -274,10 +296,10 @@ cudaError_t LaunchGeglu(const GegluProblem* problems, int count,
 }
 
 cudaError_t LaunchEpilogue(const EpilogueProblem* problems, int count,
-                           int64_t dim, int64_t max_elements,
-                           common::DType compute, cudaStream_t stream) {
+                           int64_t dim, int64_t max_rows, common::DType compute,
+                           cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
-  const dim3 grid = Grid(max_elements, count);
+  const dim3 grid = RowGrid(max_rows, dim, count);
   if (compute == common::DType::kBFloat16) {
     EpilogueKernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(problems, dim);
   } else {

@@ -18,15 +18,17 @@ cudaError_t LaunchConvert(const void* in, common::DType from, void* out,
                           common::DType to, int64_t n, cudaStream_t stream);
 
 // The GEGLU of every problem (GegluProblem), `compute` being the dtype of
-// u, v and the parameters. max_elements: the largest rows * hidden.
+// u, v and the parameters; max_rows and max_hidden: the largest over the
+// problems.
 cudaError_t LaunchGeglu(const GegluProblem* problems, int count,
-                        int64_t max_elements, common::DType compute,
-                        cudaStream_t stream);
+                        int64_t max_rows, int64_t max_hidden,
+                        common::DType compute, cudaStream_t stream);
 
-// The epilogue of every problem (EpilogueProblem): out = z + b2, float32.
+// The epilogue of every problem (EpilogueProblem): out = z + b2, float32;
+// max_rows: the largest over the problems.
 cudaError_t LaunchEpilogue(const EpilogueProblem* problems, int count,
-                           int64_t dim, int64_t max_elements,
-                           common::DType compute, cudaStream_t stream);
+                           int64_t dim, int64_t max_rows, common::DType compute,
+                           cudaStream_t stream);
 
 // The small-rows path of a pass whose problems have at most kMaxSmallRows
 // rows each and whose dim is a multiple of 8: a decode call is bound by

@@ -474,17 +474,16 @@ Status GpuExperts::RunOn(Stream& s, common::DType dtype, const void* tokens,
     MOE_GPU_RETURN_IF_ERROR(RunGemm(dev, s.cublas, launch.up, options_.compute,
                                     options_.grouped, host_params,
                                     addr.params));
-    MOE_CUDA_RETURN(
-        dev, "GEGLU kernel",
-        LaunchGeglu(geglu, launch.problems, launch.max_geglu_elements,
-                    options_.compute, s.stream));
+    MOE_CUDA_RETURN(dev, "GEGLU kernel",
+                    LaunchGeglu(geglu, launch.problems, launch.max_rows,
+                                launch.max_hidden, options_.compute, s.stream));
     MOE_GPU_RETURN_IF_ERROR(RunGemm(dev, s.cublas, launch.down,
                                     options_.compute, options_.grouped,
                                     host_params, addr.params));
-    MOE_CUDA_RETURN(dev, "epilogue kernel",
-                    LaunchEpilogue(epilogue, launch.problems, dim_,
-                                   launch.max_epilogue_elements,
-                                   options_.compute, s.stream));
+    MOE_CUDA_RETURN(
+        dev, "epilogue kernel",
+        LaunchEpilogue(epilogue, launch.problems, dim_, launch.max_rows,
+                       options_.compute, s.stream));
     written.insert(written.end(), pass.out_runs.begin(), pass.out_runs.end());
   }
   MOE_CUDA_RETURN(dev, "cudaEventRecord",

@@ -228,10 +228,6 @@ PassLaunch BuildPassLaunch(const Pass& pass,
     down.push_back({d, rows, h, st, st, d});
     launch.max_rows = std::max(launch.max_rows, p.rows);
     launch.max_hidden = std::max(launch.max_hidden, p.hidden);
-    launch.max_geglu_elements =
-        std::max(launch.max_geglu_elements, p.rows * p.hidden);
-    launch.max_epilogue_elements =
-        std::max(launch.max_epilogue_elements, p.rows * dim);
   }
   AddGroups(up, &launch.up);
   AddGroups(down, &launch.down);

@@ -141,9 +141,7 @@ struct PassLaunch {
   uint64_t geglu = 0;     // GegluProblem[problems]
   uint64_t epilogue = 0;  // EpilogueProblem[problems]
   int problems = 0;
-  int64_t max_geglu_elements = 0;     // max rows * h over the problems
-  int64_t max_epilogue_elements = 0;  // max rows * dim
-  int64_t max_rows = 0;               // of one problem
+  int64_t max_rows = 0;  // of one problem
   int64_t max_hidden = 0;
 };
 
