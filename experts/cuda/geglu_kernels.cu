@@ -249,6 +249,18 @@ dim3 RowGrid(int64_t max_rows, int64_t max_cols, int problems) {
   return dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(problems));
 }
 
+// Calls launch(T{}), T being the element type of `compute` (bfloat16 or
+// float32), and returns the launch's error.
+template <typename Launch>
+cudaError_t LaunchFor(common::DType compute, Launch launch) {
+  if (compute == common::DType::kBFloat16) {
+    launch(__nv_bfloat16{});
+  } else {
+    launch(float{});
+  }
+  return cudaGetLastError();
+}
+
 template <typename In>
 cudaError_t ConvertFrom(const In* in, void* out, common::DType to, int64_t n,
                         cudaStream_t stream) {
@@ -287,12 +299,9 @@ cudaError_t LaunchGeglu(const GegluProblem* problems, int count,
                         common::DType compute, cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
   const dim3 grid = RowGrid(max_rows, max_hidden, count);
-  if (compute == common::DType::kBFloat16) {
-    GegluKernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(problems);
-  } else {
-    GegluKernel<float><<<grid, kThreads, 0, stream>>>(problems);
-  }
-  return cudaGetLastError();
+  return LaunchFor(compute, [&](auto t) {
+    GegluKernel<decltype(t)><<<grid, kThreads, 0, stream>>>(problems);
+  });
 }
 
 cudaError_t LaunchEpilogue(const EpilogueProblem* problems, int count,
@@ -300,12 +309,9 @@ cudaError_t LaunchEpilogue(const EpilogueProblem* problems, int count,
                            cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
   const dim3 grid = RowGrid(max_rows, dim, count);
-  if (compute == common::DType::kBFloat16) {
-    EpilogueKernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(problems, dim);
-  } else {
-    EpilogueKernel<float><<<grid, kThreads, 0, stream>>>(problems, dim);
-  }
-  return cudaGetLastError();
+  return LaunchFor(compute, [&](auto t) {
+    EpilogueKernel<decltype(t)><<<grid, kThreads, 0, stream>>>(problems, dim);
+  });
 }
 
 cudaError_t LaunchSmallRowsUp(const uint64_t* w1s, const uint64_t* xs,
@@ -315,14 +321,10 @@ cudaError_t LaunchSmallRowsUp(const uint64_t* w1s, const uint64_t* xs,
   if (count == 0 || max_hidden == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>((max_hidden + kWarps - 1) / kWarps),
                   static_cast<unsigned>(count));
-  if (compute == common::DType::kBFloat16) {
-    SmallRowsUpKernel<__nv_bfloat16>
+  return LaunchFor(compute, [&](auto t) {
+    SmallRowsUpKernel<decltype(t)>
         <<<grid, kWarps * 32, 0, stream>>>(w1s, xs, geglu, dim);
-  } else {
-    SmallRowsUpKernel<float>
-        <<<grid, kWarps * 32, 0, stream>>>(w1s, xs, geglu, dim);
-  }
-  return cudaGetLastError();
+  });
 }
 
 cudaError_t LaunchSmallRowsDown(const uint64_t* w2s, const GegluProblem* geglu,
@@ -332,14 +334,10 @@ cudaError_t LaunchSmallRowsDown(const uint64_t* w2s, const GegluProblem* geglu,
   if (count == 0 || dim == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>((dim + kWarps - 1) / kWarps),
                   static_cast<unsigned>(count));
-  if (compute == common::DType::kBFloat16) {
-    SmallRowsDownKernel<__nv_bfloat16>
+  return LaunchFor(compute, [&](auto t) {
+    SmallRowsDownKernel<decltype(t)>
         <<<grid, kWarps * 32, 0, stream>>>(w2s, geglu, epilogue, dim);
-  } else {
-    SmallRowsDownKernel<float>
-        <<<grid, kWarps * 32, 0, stream>>>(w2s, geglu, epilogue, dim);
-  }
-  return cudaGetLastError();
+  });
 }
 
 }  // namespace moe::experts::gpu

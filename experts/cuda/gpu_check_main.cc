@@ -425,8 +425,7 @@ double MeasureBf16Peak(int device) {
 // The device's copy bandwidth: a 1 GiB device-to-device cudaMemcpy, the
 // mean of ten after two warm-ups, counting the bytes read and written (as
 // the weights a call streams are counted against it).
-double MeasureCopyBandwidth(int device) {
-  (void)device;
+double MeasureCopyBandwidth() {
   const size_t bytes = size_t{1} << 30;
   void *a = nullptr, *b = nullptr;
   if (cudaMalloc(&a, bytes) != cudaSuccess ||
@@ -598,7 +597,7 @@ int Main(int argc, char** argv) {
   const bool ok = Parity(args, base, &report);
   report.Line(ok ? "parity: all passed" : "parity: FAILED");
   const double peak = args.throughput ? MeasureBf16Peak(args.device) : 0;
-  const double copy = args.throughput ? MeasureCopyBandwidth(args.device) : 0;
+  const double copy = args.throughput ? MeasureCopyBandwidth() : 0;
   if (args.throughput) Throughput(args, base, peak, copy, &report);
   report.Json(
       Format("{\"check\": \"summary\", \"device\": \"%s\", "
