@@ -350,15 +350,19 @@ absl::Status RouterService::AuthorizeHeaders(
   }
   absl::Status status = Authorize(authorization);
   if (status.ok()) return status;
+  // gRPC sends no metadata with a refusal at this hook, so the request ID
+  // (the caller's, or the one made for the log) travels in the message.
+  const std::string id = common::RequestIdOrNew(request_id);
   int64_t suppressed = 0;
   if (RefusalLogs().Allow(&suppressed)) {
-    MOE_LOG(WARNING) << method << " " << common::RequestIdOrNew(request_id)
+    MOE_LOG(WARNING) << method << " " << id
                      << " refused at its headers, message unread: "
                      << absl::StatusCodeToString(status.code()) << ": "
                      << status.message() << common::SuppressedNote(suppressed);
   }
   metrics_.RecordRequest(protocol, status.code(), absl::ZeroDuration());
-  return status;
+  return absl::Status(status.code(),
+                      absl::StrCat(status.message(), " (request ", id, ")"));
 }
 
 absl::Status RouterService::Refused(common::TokenSet::Verdict verdict) const {

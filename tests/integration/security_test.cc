@@ -27,9 +27,11 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "client/cli/metrics_text.h"
 #include "client/router_client.h"
+#include "common/request_id.h"
 #include "proto/tls.h"
 #include "testing/deployment.h"
 #include "testing/golden.h"
@@ -327,6 +329,16 @@ TEST_F(SecurityTest, ACallWithoutATokenIsRefusedBeforeItsMessageIsRead) {
   EXPECT_THAT(wrong.error_message(),
               ::testing::HasSubstr("not one this router accepts"));
   EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  // The answer names the request as the log does: the caller's ID, or the
+  // one the router made (gRPC sends no metadata with such a refusal).
+  EXPECT_THAT(missing.error_message(),
+              ::testing::EndsWith(" (request gate-trace-5)"));
+  const std::string wrong_message = wrong.error_message();
+  const size_t at = wrong_message.rfind(" (request ");
+  ASSERT_NE(at, std::string::npos) << wrong_message;
+  const std::string made_id =
+      wrong_message.substr(at + 10, wrong_message.size() - at - 11);
+  EXPECT_TRUE(common::UsableRequestId(made_id)) << wrong_message;
   // Counted as the handlers count a refusal.
   EXPECT_EQ(Rejected(*deployment_, "unauthenticated"), rejected + 2);
   EXPECT_EQ(Requests(*deployment_, "moe.v1", "UNAUTHENTICATED"), forwards + 1);
@@ -335,6 +347,9 @@ TEST_F(SecurityTest, ACallWithoutATokenIsRefusedBeforeItsMessageIsRead) {
   EXPECT_THAT(
       deployment_->router().Log(),
       ::testing::HasSubstr("Forward gate-trace-5 refused at its headers"));
+  EXPECT_THAT(deployment_->router().Log(),
+              ::testing::HasSubstr(absl::StrCat("ModelInfer ", made_id,
+                                                " refused at its headers")));
   // With the token the router waits for the message.
   grpc::Status member =
       CallWithoutMessage(address, creds, "/moe.v1.Router/Forward",
