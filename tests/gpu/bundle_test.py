@@ -2,7 +2,9 @@
 """./moe gpu-bundle's folder works on its own: at most 50 MiB, and its
 worker, started with LD_LIBRARY_PATH=DIR/lib and an otherwise empty
 environment, serves a golden file (--device=host here) with every library
-it maps either from DIR/lib or one a GPU machine has (glibc's, CUDA's).
+it maps either from DIR/lib or one a GPU machine has (glibc's, CUDA's);
+and its device_check.sh, where no device is visible, finds every library
+of its binaries and stops at the probe with exit 2, saying why.
 
     bundle_test.py BUILD_DIR SOURCE_DIR
 """
@@ -41,6 +43,19 @@ def main():
                      "tools/export_checkpoint.py"]:
             if not os.path.exists(os.path.join(bundle, must)):
                 fail("the bundle lacks " + must)
+        check_out = os.path.join(tmp, "check")
+        r = subprocess.run(["bash", os.path.join(bundle, "tests", "gpu", "device_check.sh"),
+                            check_out], capture_output=True, text=True, timeout=120)
+        log = open(os.path.join(check_out, "device_check.log")).read()
+        print(log, end="")
+        if r.returncode != 2:
+            fail("device_check.sh without a device: exit %d, not 2:\n%s%s"
+                 % (r.returncode, r.stdout, r.stderr))
+        for must in ["running from the bundle", "no CUDA device visible", "(exit 2)"]:
+            if must not in log:
+                fail("device_check.log lacks %r" % must)
+        if "not found" in log:
+            fail("device_check.sh found libraries missing")
         port_file = os.path.join(tmp, "port")
         log = open(os.path.join(tmp, "worker.log"), "w")
         env = {"LD_LIBRARY_PATH": os.path.join(bundle, "lib")}

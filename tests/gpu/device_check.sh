@@ -25,12 +25,16 @@ if [ -x "$ROOT/bin/moe-gpu-check" ]; then
   BUNDLE="$ROOT"
   CHECK="$ROOT/bin/moe-gpu-check"
   GOLDEN=("$ROOT"/golden/*.safetensors)
-  export LD_LIBRARY_PATH="$ROOT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  BUNDLE_LIB="$ROOT/lib"
+  # The device tool copies the repository with the bundle inside it.
+  SOURCE="$ROOT/../experts/cuda"
   log "running from the bundle $ROOT"
 else
   BUNDLE=""
   CHECK="$ROOT/build/bin/moe-gpu-check"
   GOLDEN=("$ROOT"/tests/golden/data/*.safetensors)
+  BUNDLE_LIB=""
+  SOURCE="$ROOT/experts/cuda"
 fi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm \
@@ -38,32 +42,50 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm \
 cat "$OUT/nvidia-smi.csv"
 
 # cuBLAS where the loader may not look: the CUDA toolkit's or Python's.
+CUDA_LIBS=""
 for d in /usr/local/cuda/lib64 /usr/local/cuda/lib \
          /usr/local/cuda/targets/x86_64-linux/lib \
          $(python3 -c 'import nvidia.cublas, os; print(os.path.dirname(nvidia.cublas.__file__) + "/lib")' 2>/dev/null); do
-  [ -e "$d/libcublas.so.13" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  [ -e "$d/libcublas.so.13" ] || continue
+  d=$(readlink -f "$d")
+  case ":$CUDA_LIBS:" in *":$d:"*) ;; *) CUDA_LIBS="${CUDA_LIBS:+$CUDA_LIBS:}$d" ;; esac
 done
+# Only our binaries load the bundle's libraries (Debian's libstdc++,
+# OpenSSL, ...) and those folders: python3, torch and grpcio keep the
+# machine's own.
+BIN_PATH="$BUNDLE_LIB"
+for p in "$CUDA_LIBS" "${LD_LIBRARY_PATH:-}"; do
+  [ -n "$p" ] && BIN_PATH="${BIN_PATH:+$BIN_PATH:}$p"
+done
+check() { LD_LIBRARY_PATH="$BIN_PATH" "$CHECK" "$@"; }
+log "cuBLAS from: ${CUDA_LIBS:-the default search path}"
+if [ -n "$BUNDLE" ]; then
+  missing=$(LD_LIBRARY_PATH="$BIN_PATH" ldd "$ROOT/bin/moe-expert-gpu" "$CHECK" 2>&1 | grep "not found")
+  [ -z "$missing" ] || log "libraries not found: $missing"
+fi
 
-probe=$("$CHECK" --probe 2>&1); rc=$?
-if [ -z "$BUNDLE" ] && { [ $rc -ne 0 ] && [ $rc -ne 2 ] || [ ! -x "$CHECK" ]; }; then
-  log "the carried moe-gpu-check does not start here (exit $rc: $probe); building it with nvcc"
-  cmake -S "$ROOT/experts/cuda" -B /tmp/moe-gpu-build -DCMAKE_BUILD_TYPE=Release \
-    > "$OUT/build.log" 2>&1 &&
-    cmake --build /tmp/moe-gpu-build --parallel "$(nproc)" >> "$OUT/build.log" 2>&1 ||
-    { log "build failed (see build.log)"; tail -20 "$OUT/build.log"; exit 1; }
-  CHECK=/tmp/moe-gpu-build/moe-gpu-check
-  probe=$("$CHECK" --probe 2>&1); rc=$?
+probe=$(check --probe 2>&1); rc=$?
+if { [ $rc -ne 0 ] && [ $rc -ne 2 ]; } || [ ! -x "$CHECK" ]; then
+  if [ -d "$SOURCE" ]; then
+    log "the carried moe-gpu-check does not start here (exit $rc: $probe); building it with nvcc"
+    cmake -S "$SOURCE" -B /tmp/moe-gpu-build -DCMAKE_BUILD_TYPE=Release \
+      > "$OUT/build.log" 2>&1 &&
+      cmake --build /tmp/moe-gpu-build --parallel "$(nproc)" >> "$OUT/build.log" 2>&1 ||
+      { log "build failed (see build.log)"; tail -20 "$OUT/build.log"; exit 1; }
+    CHECK=/tmp/moe-gpu-build/moe-gpu-check
+    probe=$(check --probe 2>&1); rc=$?
+  fi
 fi
 log "device: $probe (exit $rc)"
 [ $rc -eq 0 ] || exit 2
 
-timeout 150 "$CHECK" --out "$OUT" "${GOLDEN[@]}"
+timeout 150 env LD_LIBRARY_PATH="$BIN_PATH" "$CHECK" --out "$OUT" "${GOLDEN[@]}"
 status=$?
 log "moe-gpu-check exit $status after $(elapsed) s"
 
 if [ -n "$BUNDLE" ]; then
   timeout 180 python3 "$ROOT/tests/gpu/serve_check.py" --bundle "$BUNDLE" \
-    --out "$OUT" --device cuda 2>&1 | tee "$OUT/serve_check.txt"
+    --out "$OUT" --device cuda --library_path "$CUDA_LIBS" 2>&1 | tee "$OUT/serve_check.txt"
   serve=${PIPESTATUS[0]}
   log "serve_check exit $serve after $(elapsed) s"
   [ $serve -eq 0 ] || status=$serve
@@ -72,8 +94,9 @@ else
 fi
 
 if command -v compute-sanitizer >/dev/null && [ "$(elapsed)" -lt 300 ]; then
+  # The tool follows env's exec into the check; it keeps its own libraries.
   timeout 50 compute-sanitizer --tool memcheck --error-exitcode 9 \
-    "$CHECK" --no_throughput "${GOLDEN[0]}" > "$OUT/memcheck.txt" 2>&1
+    env LD_LIBRARY_PATH="$BIN_PATH" "$CHECK" --no_throughput "${GOLDEN[0]}" > "$OUT/memcheck.txt" 2>&1
   log "compute-sanitizer memcheck exit $? (9: errors found; see memcheck.txt)"
   tail -5 "$OUT/memcheck.txt"
 fi

@@ -186,13 +186,17 @@ def write_readme_model(tools_dir, path):
 # --- the worker --------------------------------------------------------------
 
 class Worker:
-    def __init__(self, bundle, checkpoint, device, compute, tmp, name):
+    def __init__(self, bundle, checkpoint, device, compute, tmp, name, library_path=""):
         self.port_file = os.path.join(tmp, name + ".port")
         self.metrics_file = os.path.join(tmp, name + ".metrics.port")
         self.log = open(os.path.join(tmp, name + ".log"), "w")
+        # Only the worker loads the bundle's libraries (and the folders
+        # where cuBLAS was found): this interpreter, torch and grpcio keep
+        # the machine's own.
         env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.path.join(bundle, "lib") + (
-            ":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+        env["LD_LIBRARY_PATH"] = ":".join(
+            p for p in [os.path.join(bundle, "lib"), library_path,
+                        env.get("LD_LIBRARY_PATH", "")] if p)
         self.proc = subprocess.Popen(
             [os.path.join(bundle, "bin", "moe-expert-gpu"), "--checkpoint=" + checkpoint,
              "--device=" + device, "--compute_dtype=" + compute, "--host=127.0.0.1",
@@ -351,6 +355,9 @@ def main():
     ap.add_argument("--device", default="cuda", choices=["cuda", "host"])
     ap.add_argument("--quick", action="store_true",
                     help="one golden file, small calls, short timings")
+    ap.add_argument("--library_path", default="",
+                    help="folders (':'-separated) the worker's loader searches "
+                         "after the bundle's lib/, e.g. where cuBLAS is")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch_device = "cuda" if args.device == "cuda" else "cpu"
@@ -374,7 +381,7 @@ def main():
             dim = config.get("dim") or config["layers"][0]["dim"]
             for compute in computes:
                 worker = Worker(args.bundle, path, args.device, compute, tmp,
-                                "%s-%s" % (name, compute))
+                                "%s-%s" % (name, compute), args.library_path)
                 try:
                     # 24 rows per expert: the GEMMs; 4: a decode step's, the
                     # small-rows kernels (docs/gpu.md).
