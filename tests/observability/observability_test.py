@@ -281,6 +281,21 @@ class LiveTest(unittest.TestCase):
             total = sum(rates.values())
             for expert, rate in rates.items():
                 self.assertAlmostEqual(rate / total, 0.25, places=6, msg=expert)
+            # Every panel's expression parses and evaluates in Prometheus
+            # (the layer variable at "all").
+            for panel in json.loads(read(DASHBOARD))["panels"]:
+                for target in panel["targets"]:
+                    expr = target["expr"].replace("$layer", ".*")
+                    self.assertIsNotNone(query(expr), "%s: %s does not evaluate"
+                                         % (panel["title"], expr))
+            # The workers' stage shares add up to 1 (CPU workers: no copies).
+            shares = {r["metric"]["stage"]: float(r["value"][1]) for r in wait_for(
+                lambda: recorded("sum by (stage) (rate(moe_expert_stage_seconds_total[5m]))"
+                                 " / scalar(sum(rate(moe_expert_stage_seconds_total[5m])))"),
+                30, "the workers' stage shares")}
+            self.assertAlmostEqual(sum(shares.values()), 1.0, places=6)
+            self.assertGreater(shares["compute"], 0)
+            self.assertEqual(shares.get("copy_in", 0), 0)
         finally:
             prometheus.send_signal(signal.SIGTERM)
             prometheus.wait(timeout=30)
