@@ -68,8 +68,10 @@ absl::Status Explain(absl::Status status, bool tls) {
 }  // namespace
 
 absl::Status WithRequestId(const absl::Status& status, absl::string_view id) {
-  return absl::Status(status.code(),
-                      absl::StrCat(status.message(), " [request ", id, "]"));
+  const std::string suffix = absl::StrCat(" [request ", id, "]");
+  // The router's token gate names the request itself.
+  if (absl::EndsWith(status.message(), suffix)) return status;
+  return absl::Status(status.code(), absl::StrCat(status.message(), suffix));
 }
 
 RouterClient::RouterClient(std::string target,

@@ -351,7 +351,8 @@ absl::Status RouterService::AuthorizeHeaders(
   absl::Status status = Authorize(authorization);
   if (status.ok()) return status;
   // gRPC sends no metadata with a refusal at this hook, so the request ID
-  // (the caller's, or the one made for the log) travels in the message.
+  // (the caller's, or the one made for the log) travels in the message, as
+  // the clients write it into their errors (they then add nothing).
   const std::string id = common::RequestIdOrNew(request_id);
   int64_t suppressed = 0;
   if (RefusalLogs().Allow(&suppressed)) {
@@ -362,7 +363,7 @@ absl::Status RouterService::AuthorizeHeaders(
   }
   metrics_.RecordRequest(protocol, status.code(), absl::ZeroDuration());
   return absl::Status(status.code(),
-                      absl::StrCat(status.message(), " (request ", id, ")"));
+                      absl::StrCat(status.message(), " [request ", id, "]"));
 }
 
 absl::Status RouterService::Refused(common::TokenSet::Verdict verdict) const {

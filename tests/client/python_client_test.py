@@ -518,8 +518,14 @@ class PythonClientTlsTest(unittest.TestCase):
                          private_key=self.read("client.key"),
                          certificate_chain=self.read("client.crt")) as c:
             with self.assertRaises(MoeError) as e:
-                c.forward(g["input.x"])
+                c.forward(g["input.x"], request_id="py-no-token")
             self.assertEqual(e.exception.code, grpc.StatusCode.UNAUTHENTICATED)
+            # Refused at its headers (TLS): the router names the request
+            # in the message, and the error says it once.
+            self.assertEqual(e.exception.request_id, "py-no-token")
+            self.assertTrue(str(e.exception).endswith(" [request py-no-token]"),
+                            str(e.exception))
+            self.assertEqual(str(e.exception).count("[request "), 1, str(e.exception))
             self.assertTrue(c.model_info().workers_hidden)
 
     def test_without_a_client_certificate_or_in_plaintext_refused(self):

@@ -293,6 +293,10 @@ TEST_F(SecurityTest, AMissingOrWrongTokenIsUnauthenticatedAndCounted) {
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kUnauthenticated);
   EXPECT_THAT(std::string(missing.status().message()),
               ::testing::HasSubstr("requires a token"));
+  // Refused at its headers: the router names the request, the client's
+  // error says it once.
+  const std::string message(missing.status().message());
+  EXPECT_EQ(message.find("[request "), message.rfind("[request ")) << message;
   auto wrong = Forward(Options(Credentials("ca", "client"), "t0-first-tokem"));
   EXPECT_EQ(wrong.status().code(), absl::StatusCode::kUnauthenticated);
   EXPECT_THAT(std::string(wrong.status().message()),
@@ -332,9 +336,9 @@ TEST_F(SecurityTest, ACallWithoutATokenIsRefusedBeforeItsMessageIsRead) {
   // The answer names the request as the log does: the caller's ID, or the
   // one the router made (gRPC sends no metadata with such a refusal).
   EXPECT_THAT(missing.error_message(),
-              ::testing::EndsWith(" (request gate-trace-5)"));
+              ::testing::EndsWith(" [request gate-trace-5]"));
   const std::string wrong_message = wrong.error_message();
-  const size_t at = wrong_message.rfind(" (request ");
+  const size_t at = wrong_message.rfind(" [request ");
   ASSERT_NE(at, std::string::npos) << wrong_message;
   const std::string made_id =
       wrong_message.substr(at + 10, wrong_message.size() - at - 11);

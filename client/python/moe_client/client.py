@@ -35,9 +35,11 @@ class MoeError(Exception):
 
     def __init__(self, code: grpc.StatusCode, details: str,
                  request_id: Optional[str] = None):
-        super().__init__("%s: %s%s" % (code.name, details,
-                                       " [request %s]" % request_id
-                                       if request_id else ""))
+        suffix = " [request %s]" % request_id if request_id else ""
+        # The router's token gate names the request itself.
+        if suffix and details.endswith(suffix):
+            suffix = ""
+        super().__init__("%s: %s%s" % (code.name, details, suffix))
         self.code = code
         self.details = details
         self.request_id = request_id
