@@ -39,6 +39,7 @@ struct Args {
   bool quick = false;
   bool probe = false;
   bool throughput = true;
+  int64_t profile_tokens = 0;  // --profile N
   std::vector<std::string> golden;
 };
 
@@ -55,7 +56,10 @@ const char kUsage[] =
     "  bandwidth it measures. --out DIR also writes gpu_check.txt and\n"
     "  gpu_check.json there. Exit 0: all checks passed; 1: a check failed;\n"
     "  2: no CUDA device, or the backend could not start.\n"
-    "  --probe only says whether (and which) device is visible: exit 0 or 2.\n";
+    "  --probe only says whether (and which) device is visible: exit 0 or 2.\n"
+    "  --profile N runs only a few calls of N tokens of the README\n"
+    "  configuration in bfloat16, on the small-rows kernels (N <= 128) and\n"
+    "  the grouped GEMM: a short program for a profiler (ncu) to watch.\n";
 
 bool ParseArgs(int argc, char** argv, Args* a) {
   for (int i = 1; i < argc; ++i) {
@@ -73,6 +77,15 @@ bool ParseArgs(int argc, char** argv, Args* a) {
       a->probe = true;
     } else if (s == "--no_throughput") {
       a->throughput = false;
+    } else if (s == "--profile" && i + 1 < argc) {
+      a->profile_tokens = std::atoll(argv[++i]);
+      if (a->profile_tokens < 1 || a->profile_tokens > 65536) {
+        std::fprintf(stderr,
+                     "moe-gpu-check: --profile takes 1 to 65536 "
+                     "tokens, not %s\n",
+                     argv[i]);
+        return false;
+      }
     } else if (!s.empty() && s[0] == '-') {
       std::fprintf(stderr, "moe-gpu-check: unknown option %s\n%s", s.c_str(),
                    kUsage);
@@ -499,6 +512,29 @@ bool HasRow(Path path, common::DType compute, int64_t tokens, int experts) {
   return false;
 }
 
+// The README configuration (dim 512, hidden 1365), one worker hosting all
+// 16 experts of a layer, with random weights.
+constexpr int64_t kReadmeDim = 512, kReadmeHidden = 1365;
+constexpr int kReadmeExperts = 16;
+
+std::vector<HostExpert> ReadmeExperts(std::mt19937& rng) {
+  std::vector<HostExpert> experts;
+  for (int i = 0; i < kReadmeExperts; ++i) {
+    experts.push_back(RandomExpert(kReadmeDim, kReadmeHidden, rng));
+  }
+  return experts;
+}
+
+// `tokens` rows spread evenly over `experts` experts, in order.
+std::vector<PlanSegment> EvenSegments(int64_t tokens, int experts) {
+  std::vector<PlanSegment> segs;
+  for (int e = 0; e < experts; ++e) {
+    segs.push_back({e, tokens * e / experts,
+                    tokens * (e + 1) / experts - tokens * e / experts});
+  }
+  return segs;
+}
+
 // README configuration, one worker hosting all 16 experts of a layer,
 // tokens spread evenly over them: from decode calls (32 to 128 rows, 2 to
 // 8 per expert, bound by reading the weights: the weights' GB/s and their
@@ -506,13 +542,10 @@ bool HasRow(Path path, common::DType compute, int64_t tokens, int experts) {
 // and their share of the bf16 matrix rate).
 void Throughput(const Args& args, const GpuOptions& base, double peak,
                 double copy_gb_s, Report* report) {
-  const int64_t dim = 512, hidden = 1365;
-  const int experts_n = 16;
+  const int64_t dim = kReadmeDim, hidden = kReadmeHidden;
+  const int experts_n = kReadmeExperts;
   std::mt19937 rng(7);
-  std::vector<HostExpert> experts;
-  for (int i = 0; i < experts_n; ++i) {
-    experts.push_back(RandomExpert(dim, hidden, rng));
-  }
+  const std::vector<HostExpert> experts = ReadmeExperts(rng);
   std::vector<int64_t> sizes = {32, 64, 128, 256, 1024, 4096, 16384, 65536};
   if (args.quick) sizes = {32, 128, 256, 4096, 65536};
   const double flops_per_token = 2.0 * (dim * 2 * hidden + hidden * dim);
@@ -555,12 +588,7 @@ void Throughput(const Args& args, const GpuOptions& base, double peak,
           experts_n * params_per_expert * double(common::ElementSize(compute));
       for (int64_t tokens : sizes) {
         if (!HasRow(path, compute, tokens, experts_n)) continue;
-        std::vector<PlanSegment> segs;
-        for (int e = 0; e < experts_n; ++e) {
-          segs.push_back(
-              {e, tokens * e / experts_n,
-               tokens * (e + 1) / experts_n - tokens * e / experts_n});
-        }
+        const std::vector<PlanSegment> segs = EvenSegments(tokens, experts_n);
         CallTiming sum, t;
         const int warm = 3, timed = tokens >= 16384 ? 10 : 30;
         for (int i = 0; i < warm; ++i) {
@@ -610,6 +638,49 @@ void Throughput(const Args& args, const GpuOptions& base, double peak,
   }
 }
 
+// --profile N: three calls of N tokens of the README configuration in
+// bfloat16 on each path that serves them (the small-rows kernels where
+// every expert gets at most kMaxSmallRows rows, the grouped GEMM), and
+// nothing else, for a profiler to watch. false when a path failed.
+bool Profile(const Args& args, const GpuOptions& base, Report* report) {
+  const int64_t tokens = args.profile_tokens;
+  std::mt19937 rng(7);
+  const std::vector<HostExpert> experts = ReadmeExperts(rng);
+  const std::vector<float> x = RandomRows(tokens, kReadmeDim, rng);
+  std::vector<float> y(x.size());
+  const std::vector<PlanSegment> segs = EvenSegments(tokens, kReadmeExperts);
+  bool ok = true;
+  for (Path path : {Path::kSmallRows, Path::kGrouped}) {
+    if (!HasRow(path, common::DType::kBFloat16, tokens, kReadmeExperts)) {
+      continue;
+    }
+    GpuOptions options = base;
+    options.compute = common::DType::kBFloat16;
+    options.small_rows = path == Path::kSmallRows ? kMaxSmallRows : 0;
+    options.streams = 1;
+    options.max_rows = tokens;
+    std::unique_ptr<GpuExperts> gpu;
+    Status st = GpuExperts::Create(experts, options, &gpu);
+    CallTiming t;
+    for (int i = 0; st.ok() && i < 3; ++i) {
+      st = gpu->Run(common::DType::kFloat32, x.data(), tokens, segs, y.data(),
+                    &t);
+    }
+    if (!st.ok()) {
+      report->Line(
+          Format("profile %s: %s", PathName(path), st.message().c_str()));
+      ok = false;
+      continue;
+    }
+    report->Line(
+        Format("profile: bfloat16 %s, %lld tokens: last call compute %.3f ms, "
+               "%d of %d passes on the small-rows kernels",
+               PathName(path), static_cast<long long>(tokens),
+               t.compute_seconds * 1e3, t.small_rows_passes, t.passes));
+  }
+  return ok;
+}
+
 int Main(int argc, char** argv) {
   Args args;
   if (!ParseArgs(argc, argv, &args)) return 2;
@@ -632,6 +703,7 @@ int Main(int argc, char** argv) {
              info.free_bytes / 1073741824.0));
   GpuOptions base;
   base.device = args.device;
+  if (args.profile_tokens > 0) return Profile(args, base, &report) ? 0 : 1;
   const bool ok = Parity(args, base, &report);
   report.Line(ok ? "parity: all passed" : "parity: FAILED");
   const double peak = args.throughput ? MeasureBf16Peak(args.device) : 0;

@@ -54,7 +54,7 @@ def main():
         for must in ["running from the bundle", "no CUDA device visible", "(exit 2)"]:
             if must not in log:
                 fail("device_check.log lacks %r" % must)
-        if "not found" in log:
+        if "libraries not found" in log:
             fail("device_check.sh found libraries missing")
         port_file = os.path.join(tmp, "port")
         log = open(os.path.join(tmp, "worker.log"), "w")

@@ -8,10 +8,13 @@
 #      limits measured in the same run (serve_check.py).
 # Run it from a bundle (./moe gpu-bundle DIR; then DIR/tests/gpu/
 # device_check.sh OUT), whose binaries run on the bundle's own libraries, or
-# from a source tree with build/bin (then, should the carried moe-gpu-check
-# not start, it is built from experts/cuda/ with CMake and nvcc alone).
+# from a source tree with build/bin. Should the carried moe-gpu-check not
+# start, it is built from experts/cuda/ (the tree's, or that of the
+# repository the bundle sits in) with CMake and nvcc alone.
 # Nothing is installed. With compute-sanitizer present and time left, a
-# memcheck of the parity checks runs too.
+# memcheck of the parity checks runs too, and with ncu, the kernels of a
+# decode call and of the largest one are profiled (ncu.txt). At most 8
+# files are written to OUT.
 set -uo pipefail
 OUT="${1:?usage: tests/gpu/device_check.sh OUT}"
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -37,9 +40,8 @@ else
   SOURCE="$ROOT/experts/cuda"
 fi
 
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm \
-  --format=csv > "$OUT/nvidia-smi.csv" 2>&1 || log "nvidia-smi failed"
-cat "$OUT/nvidia-smi.csv"
+log "nvidia-smi: $(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm \
+  --format=csv,noheader 2>&1)"
 
 # cuBLAS where the loader may not look: the CUDA toolkit's or Python's.
 CUDA_LIBS=""
@@ -99,6 +101,20 @@ if command -v compute-sanitizer >/dev/null && [ "$(elapsed)" -lt 300 ]; then
     env LD_LIBRARY_PATH="$BIN_PATH" "$CHECK" --no_throughput "${GOLDEN[0]}" > "$OUT/memcheck.txt" 2>&1
   log "compute-sanitizer memcheck exit $? (9: errors found; see memcheck.txt)"
   tail -5 "$OUT/memcheck.txt"
+fi
+# Where the decode and the largest calls' kernels stand against the
+# hardware's limits (Speed Of Light: memory and compute throughput as shares
+# of peak), where ncu can read the counters (not under gVisor).
+if command -v ncu >/dev/null && [ "$(elapsed)" -lt 320 ]; then
+  for n in 32 65536; do
+    echo "=== moe-gpu-check --profile $n"
+    timeout 40 ncu --clock-control none --target-processes all \
+      --section SpeedOfLight --print-summary none \
+      env LD_LIBRARY_PATH="$BIN_PATH" "$CHECK" --profile "$n" 2>&1
+    echo "=== exit $?"
+  done > "$OUT/ncu.txt"
+  log "ncu: $(grep -c "Section: GPU Speed Of Light" "$OUT/ncu.txt") kernels profiled (ncu.txt)"
+  grep -E "^=== exit|==ERROR==" "$OUT/ncu.txt" | head -6
 fi
 log "done in $(elapsed) s"
 exit $status
