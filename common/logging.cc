@@ -3,8 +3,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
+#include <nlohmann/json.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
@@ -19,6 +22,23 @@ std::mutex& NameMutex() {
 std::string& ProgramName() {
   static std::string name = "moe";
   return name;
+}
+
+std::atomic<LogFormat>& Format() {
+  static std::atomic<LogFormat> format{LogFormat::kText};
+  return format;
+}
+
+const char* LevelName(LogLevel level) {
+  switch (level) {
+    case LogLevel::kInfo:
+      return "INFO";
+    case LogLevel::kWarning:
+      return "WARNING";
+    case LogLevel::kError:
+      return "ERROR";
+  }
+  return "?";
 }
 
 char LevelLetter(LogLevel level) {
@@ -40,18 +60,33 @@ void SetLogProgramName(const std::string& name) {
   ProgramName() = name;
 }
 
-void WriteLogLine(LogLevel level, const std::string& message) {
-  std::string name;
-  {
-    std::lock_guard<std::mutex> lock(NameMutex());
-    name = ProgramName();
+absl::StatusOr<LogFormat> ParseLogFormat(absl::string_view name) {
+  if (name == "text") return LogFormat::kText;
+  if (name == "json") return LogFormat::kJson;
+  return absl::InvalidArgumentError(
+      absl::StrCat("log format must be text or json, not ", QuoteForLog(name)));
+}
+
+void SetLogFormat(LogFormat format) { Format().store(format); }
+
+std::string FormatLogLine(LogFormat format, LogLevel level,
+                          absl::string_view program, absl::Time time,
+                          absl::string_view message) {
+  const std::string stamp =
+      absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", time, absl::UTCTimeZone());
+  if (format == LogFormat::kJson) {
+    nlohmann::ordered_json line = {{"time", stamp},
+                                   {"level", LevelName(level)},
+                                   {"program", std::string(program)},
+                                   {"message", std::string(message)}};
+    return line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) +
+           "\n";
   }
-  std::string line = absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(),
-                                      absl::UTCTimeZone());
+  std::string line = stamp;
   line += ' ';
   line += LevelLetter(level);
   line += ' ';
-  line += name;
+  line.append(program.data(), program.size());
   line += ": ";
   // No byte of the message can start a line of its own.
   for (const char c : message) {
@@ -68,6 +103,17 @@ void WriteLogLine(LogLevel level, const std::string& message) {
     }
   }
   line += '\n';
+  return line;
+}
+
+void WriteLogLine(LogLevel level, const std::string& message) {
+  std::string name;
+  {
+    std::lock_guard<std::mutex> lock(NameMutex());
+    name = ProgramName();
+  }
+  const std::string line =
+      FormatLogLine(Format().load(), level, name, absl::Now(), message);
   // One write per line keeps lines from concurrent threads whole.
   size_t done = 0;
   while (done < line.size()) {

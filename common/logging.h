@@ -1,5 +1,9 @@
 // Minimal leveled logging to stderr, one line per message:
 //   2026-11-29T07:46:20.123Z I moe-router: listening on 127.0.0.1:50051
+// or, as JSON (SetLogFormat; --log_format=json), one object per line for
+// log pipelines (Loki, Elasticsearch, Cloud Logging):
+//   {"time":"2026-11-29T07:46:20.123Z","level":"INFO","program":"moe-router","message":"listening
+//   on 127.0.0.1:50051"}
 //
 // Example:
 //   MOE_LOG(INFO) << "loaded " << path << " (" << n << " experts)";
@@ -16,6 +20,7 @@
 #include <string>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -24,8 +29,24 @@ namespace moe::common {
 
 enum class LogLevel { kInfo, kWarning, kError };
 
+enum class LogFormat { kText, kJson };
+
+// "text" or "json"; InvalidArgument naming both otherwise.
+absl::StatusOr<LogFormat> ParseLogFormat(absl::string_view name);
+
 // Sets the program name printed on every line (default: "moe").
 void SetLogProgramName(const std::string& name);
+
+// Sets how every line is written from now on (default: text).
+void SetLogFormat(LogFormat format);
+
+// One line as WriteLogLine writes it, '\n' included. Text: a line break in
+// the message starts an indented continuation line and other control bytes
+// are escaped (\xNN). JSON: one line whatever the message holds (JSON's own
+// escapes; bytes that are not UTF-8 become U+FFFD).
+std::string FormatLogLine(LogFormat format, LogLevel level,
+                          absl::string_view program, absl::Time time,
+                          absl::string_view message);
 
 // Writes one formatted line to stderr.
 void WriteLogLine(LogLevel level, const std::string& message);

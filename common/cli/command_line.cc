@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
@@ -15,6 +16,13 @@
 #include "common/blas_kernels.h"
 #include "common/logging.h"
 #include "moe_version.h"
+
+ABSL_FLAG(std::string, log_format, "",
+          "How log lines are written: text (\"2026-12-06T04:02:20.123Z I "
+          "moe-router: ...\") or json (one object per line: time, level, "
+          "program, message; for log pipelines such as Loki or "
+          "Elasticsearch). Empty: $MOE_LOG_FORMAT, else text. Passed on to "
+          "the programs this one starts (moe-up's router and workers).");
 
 namespace moe::cli {
 
@@ -83,6 +91,37 @@ void TuneMutexForServing() {
 #endif
 }
 
+// The log format from --log_format (read here, before the flags are
+// parsed, so that every line is written alike), else $MOE_LOG_FORMAT, else
+// text; exported as $MOE_LOG_FORMAT for the programs this one starts. Exits
+// 1 naming the flag for a format that is neither.
+void SetUpLogFormat(const char* program, const std::vector<std::string>& args) {
+  std::string format;
+  bool given = false;
+  for (size_t i = 1; i < args.size() && args[i] != "--"; ++i) {
+    if (absl::StartsWith(args[i], "--log_format=")) {
+      format = args[i].substr(13);
+      given = true;
+    } else if (args[i] == "--log_format" && i + 1 < args.size()) {
+      format = args[i + 1];
+      given = true;
+    }
+  }
+  if (!given || format.empty()) {
+    const char* env = std::getenv("MOE_LOG_FORMAT");
+    format = env != nullptr && *env != '\0' ? env : "text";
+  }
+  const absl::StatusOr<common::LogFormat> parsed =
+      common::ParseLogFormat(format);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "%s: --log_format (or $MOE_LOG_FORMAT): %s\n", program,
+                 std::string(parsed.status().message()).c_str());
+    std::exit(1);
+  }
+  common::SetLogFormat(*parsed);
+  ::setenv("MOE_LOG_FORMAT", format.c_str(), /*overwrite=*/1);
+}
+
 }  // namespace
 
 std::vector<std::string> ParseCommandLine(int argc, char** argv,
@@ -103,6 +142,7 @@ std::vector<std::string> ParseCommandLine(int argc, char** argv,
       std::exit(0);
     }
   }
+  SetUpLogFormat(program, args);
   // Past --help and --version, which compute nothing: a program that runs
   // may restart here with the BLAS kernels this CPU supports.
   common::UseOpenBlasKernelsForThisCpu(argv);

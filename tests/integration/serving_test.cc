@@ -7,9 +7,11 @@
 #include <httplib.h>
 #include <signal.h>
 
+#include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
 
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "client/cli/metrics_text.h"
 #include "client/router_client.h"
@@ -124,6 +126,67 @@ INSTANTIATE_TEST_SUITE_P(AllGoldenCases, MoeUpParityTest,
                                   std::to_string(info.param.workers) +
                                   "workers";
                          });
+
+// ---------------------------------------------------------------------------
+// --log_format=json: every line moe-up, its router and its workers write is
+// one JSON object (time, level, program, message), from start to shutdown.
+
+TEST(LogFormatTest, JsonLinesFromMoeUpAndEveryProcessItStarts) {
+  const std::string port_file = testing::TempDir() + "/json-logs.port";
+  auto process = testing::StartProcess(
+      {testing::BinaryPath("moe-up"),
+       "--checkpoint=" + testing::GoldenPath("A_moe_eval_nodrop"),
+       "--workers=2", "--port=0", "--port_file=" + port_file,
+       "--log_format=json"},
+      port_file + ".log");
+  ASSERT_NE(process, nullptr);
+  auto port =
+      testing::WaitForPortFile(port_file, absl::Seconds(90), process.get());
+  ASSERT_TRUE(port.ok()) << port.status() << process->Log();
+  auto client =
+      client::RouterClient::Create("127.0.0.1:" + std::to_string(*port));
+  auto response = client->Forward(
+      Request(testing::ReadAllTensors(testing::GoldenPath("A_moe_eval_nodrop"))
+                  .at("input.x"),
+              moe::v1::RoutingOptions()),
+      "json-log-1");
+  ASSERT_TRUE(response.ok()) << response.status();
+  ASSERT_TRUE(process->Stop(absl::Seconds(30))) << process->Log();
+  const std::string log = process->Log();
+  std::set<std::string> programs;
+  int lines = 0;
+  for (absl::string_view line : absl::StrSplit(log, '\n', absl::SkipEmpty())) {
+    // moe-up's stdout (the same file here): the router's address, for
+    // scripts, not a log line.
+    if (line == "127.0.0.1:" + std::to_string(*port)) continue;
+    ++lines;
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << "not a JSON object: " << line;
+    for (const char* key : {"time", "level", "program", "message"}) {
+      ASSERT_TRUE(j.contains(key) && j[key].is_string()) << key << ": " << line;
+    }
+    programs.insert(j["program"].get<std::string>());
+  }
+  EXPECT_GT(lines, 5) << log;
+  for (const char* program : {"moe-up", "moe-router", "moe-expert"}) {
+    EXPECT_EQ(programs.count(program), 1u) << program << " wrote no line:\n"
+                                           << log;
+  }
+}
+
+TEST(LogFormatTest, AFormatThatIsNeitherStopsTheProgramNamingTheFlag) {
+  for (const std::vector<std::string>& argv :
+       std::vector<std::vector<std::string>>{
+           {testing::BinaryPath("moe-router"), "--log_format=xml"},
+           {testing::BinaryPath("moe-expert"), "--log-format", "JSON"}}) {
+    std::string log;
+    EXPECT_EQ(testing::RunProcess(argv, &log), 1) << log;
+    EXPECT_NE(log.find("--log_format (or $MOE_LOG_FORMAT): log format must be "
+                       "text or json, not \""),
+              std::string::npos)
+        << log;
+  }
+}
 
 // ---------------------------------------------------------------------------
 // Worker failures.
