@@ -41,18 +41,6 @@ const char* LevelName(LogLevel level) {
   return "?";
 }
 
-char LevelLetter(LogLevel level) {
-  switch (level) {
-    case LogLevel::kInfo:
-      return 'I';
-    case LogLevel::kWarning:
-      return 'W';
-    case LogLevel::kError:
-      return 'E';
-  }
-  return '?';
-}
-
 }  // namespace
 
 void SetLogProgramName(const std::string& name) {
@@ -84,7 +72,7 @@ std::string FormatLogLine(LogFormat format, LogLevel level,
   }
   std::string line = stamp;
   line += ' ';
-  line += LevelLetter(level);
+  line += LevelName(level)[0];  // I, W, E
   line += ' ';
   line.append(program.data(), program.size());
   line += ": ";
