@@ -59,14 +59,16 @@ void SetLogFormat(LogFormat format) { Format().store(format); }
 
 std::string FormatLogLine(LogFormat format, LogLevel level,
                           absl::string_view program, absl::Time time,
-                          absl::string_view message) {
+                          absl::string_view message,
+                          const std::vector<LogField>& fields) {
   const std::string stamp =
       absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", time, absl::UTCTimeZone());
   if (format == LogFormat::kJson) {
     nlohmann::ordered_json line = {{"time", stamp},
                                    {"level", LevelName(level)},
-                                   {"program", std::string(program)},
-                                   {"message", std::string(message)}};
+                                   {"program", std::string(program)}};
+    for (const auto& [key, value] : fields) line[key] = value;
+    line["message"] = std::string(message);
     return line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) +
            "\n";
   }
@@ -94,14 +96,15 @@ std::string FormatLogLine(LogFormat format, LogLevel level,
   return line;
 }
 
-void WriteLogLine(LogLevel level, const std::string& message) {
+void WriteLogLine(LogLevel level, const std::string& message,
+                  const std::vector<LogField>& fields) {
   std::string name;
   {
     std::lock_guard<std::mutex> lock(NameMutex());
     name = ProgramName();
   }
   const std::string line =
-      FormatLogLine(Format().load(), level, name, absl::Now(), message);
+      FormatLogLine(Format().load(), level, name, absl::Now(), message, fields);
   // One write per line keeps lines from concurrent threads whole.
   size_t done = 0;
   while (done < line.size()) {

@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -40,16 +42,24 @@ void SetLogProgramName(const std::string& name);
 // Sets how every line is written from now on (default: text).
 void SetLogFormat(LogFormat format);
 
+// A named value a line carries besides its message ("request_id"): a
+// field of its own in JSON lines, for pipelines to filter on; text lines
+// show only the message (which names it too).
+using LogField = std::pair<std::string, std::string>;
+
 // One line as WriteLogLine writes it, '\n' included. Text: a line break in
 // the message starts an indented continuation line and other control bytes
 // are escaped (\xNN). JSON: one line whatever the message holds (JSON's own
-// escapes; bytes that are not UTF-8 become U+FFFD).
+// escapes; bytes that are not UTF-8 become U+FFFD), `fields` between
+// "program" and "message".
 std::string FormatLogLine(LogFormat format, LogLevel level,
                           absl::string_view program, absl::Time time,
-                          absl::string_view message);
+                          absl::string_view message,
+                          const std::vector<LogField>& fields = {});
 
 // Writes one formatted line to stderr.
-void WriteLogLine(LogLevel level, const std::string& message);
+void WriteLogLine(LogLevel level, const std::string& message,
+                  const std::vector<LogField>& fields = {});
 
 // `text` as it may appear in a log line or an error message: quoted, control
 // and non-ASCII bytes escaped (\n, \xNN), at most `max_bytes` of it shown
@@ -87,13 +97,19 @@ std::string SuppressedNote(int64_t suppressed);
 class LogMessage {
  public:
   explicit LogMessage(LogLevel level) : level_(level) {}
-  ~LogMessage() { WriteLogLine(level_, stream_.str()); }
+  ~LogMessage() { WriteLogLine(level_, stream_.str(), fields_); }
   LogMessage(const LogMessage&) = delete;
   LogMessage& operator=(const LogMessage&) = delete;
+  // Adds a field (LogField); an empty value adds nothing.
+  LogMessage& Field(absl::string_view key, absl::string_view value) {
+    if (!value.empty()) fields_.emplace_back(key, value);
+    return *this;
+  }
   std::ostream& stream() { return stream_; }
 
  private:
   LogLevel level_;
+  std::vector<LogField> fields_;
   std::ostringstream stream_;
 };
 
@@ -103,3 +119,7 @@ class LogMessage {
 #define MOE_LOG_LEVEL_WARNING ::moe::common::LogLevel::kWarning
 #define MOE_LOG_LEVEL_ERROR ::moe::common::LogLevel::kError
 #define MOE_LOG(level) ::moe::common::LogMessage(MOE_LOG_LEVEL_##level).stream()
+// MOE_LOG with one field (LogField), e.g.
+//   MOE_LOG_WITH(WARNING, "request_id", id) << "Forward " << id << " ...";
+#define MOE_LOG_WITH(level, key, value) \
+  ::moe::common::LogMessage(MOE_LOG_LEVEL_##level).Field(key, value).stream()

@@ -262,11 +262,11 @@ absl::Status ExpertService::RunInParts(const ExpertShard& shard,
 
 namespace {
 
-// " for requests A, B" from the call's x-request-id values (the router sends
-// the IDs of the forwards the call serves); "" when it has none. Values
-// that are no usable ID, and any past the router's limit, are left out: the
-// line stays safe to log.
-std::string ForRequests(const grpc::CallbackServerContext& context) {
+// The call's x-request-id values (the router sends the IDs of the forwards
+// the call serves). Values that are no usable ID, and any past the
+// router's limit, are left out: they stay safe to log.
+std::vector<absl::string_view> RequestIdsOf(
+    const grpc::CallbackServerContext& context) {
   std::vector<absl::string_view> ids;
   auto [begin, end] = context.client_metadata().equal_range(
       grpc::string_ref(common::kRequestIdKey));
@@ -275,10 +275,22 @@ std::string ForRequests(const grpc::CallbackServerContext& context) {
     const absl::string_view id(it->second.data(), it->second.size());
     if (common::UsableRequestId(id)) ids.push_back(id);
   }
-  if (ids.empty()) return "";
-  return absl::StrCat(ids.size() == 1 ? " for request " : " for requests ",
-                      absl::StrJoin(ids, ", "));
+  return ids;
 }
+
+// " for requests A, B" ("" for none), and the same IDs as the log line's
+// "request_ids" field ("A,B").
+struct ForRequests {
+  explicit ForRequests(const grpc::CallbackServerContext& context)
+      : ids(RequestIdsOf(context)) {}
+  std::string Text() const {
+    if (ids.empty()) return "";
+    return absl::StrCat(ids.size() == 1 ? " for request " : " for requests ",
+                        absl::StrJoin(ids, ", "));
+  }
+  std::string Field() const { return absl::StrJoin(ids, ","); }
+  std::vector<absl::string_view> ids;
+};
 
 }  // namespace
 
@@ -303,16 +315,19 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
     int64_t suppressed = 0;
     if (!status.ok() && !absl::IsCancelled(status) &&
         failures.Allow(&suppressed)) {
-      MOE_LOG(WARNING) << "RunExperts from " << context->peer()
-                       << ForRequests(*context) << ": " << status
-                       << common::SuppressedNote(suppressed);
+      const ForRequests requests(*context);
+      MOE_LOG_WITH(WARNING, "request_ids", requests.Field())
+          << "RunExperts from " << context->peer() << requests.Text() << ": "
+          << status << common::SuppressedNote(suppressed);
     } else if (status.ok() && options_.log_requests) {
-      MOE_LOG(INFO) << "RunExperts from " << context->peer()
-                    << ForRequests(*context) << ": OK in "
-                    << absl::FormatDuration(absl::Trunc(
-                           absl::Now() - received, absl::Microseconds(100)))
-                    << ", " << request->Length() << " bytes in, "
-                    << response->Length() << " out";
+      const ForRequests requests(*context);
+      MOE_LOG_WITH(INFO, "request_ids", requests.Field())
+          << "RunExperts from " << context->peer() << requests.Text()
+          << ": OK in "
+          << absl::FormatDuration(
+                 absl::Trunc(absl::Now() - received, absl::Microseconds(100)))
+          << ", " << request->Length() << " bytes in, " << response->Length()
+          << " out";
     }
     finish(status);
   };
@@ -329,10 +344,11 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
   const bool queued = queue_->TrySubmit(std::move(run));
   static common::LogRateLimiter refusals(kFailureLogsPerSecond);
   if (int64_t suppressed = 0; !queued && refusals.Allow(&suppressed)) {
-    MOE_LOG(WARNING) << "RunExperts from " << context->peer()
-                     << ForRequests(*context) << " refused: queue full ("
-                     << options_.max_queued << " waiting)"
-                     << common::SuppressedNote(suppressed);
+    const ForRequests requests(*context);
+    MOE_LOG_WITH(WARNING, "request_ids", requests.Field())
+        << "RunExperts from " << context->peer() << requests.Text()
+        << " refused: queue full (" << options_.max_queued << " waiting)"
+        << common::SuppressedNote(suppressed);
   }
   if (!queued) {
     finish(absl::ResourceExhaustedError(

@@ -356,10 +356,10 @@ absl::Status RouterService::AuthorizeHeaders(
   const std::string id = common::RequestIdOrNew(request_id);
   int64_t suppressed = 0;
   if (RefusalLogs().Allow(&suppressed)) {
-    MOE_LOG(WARNING) << method << " " << id
-                     << " refused at its headers, message unread: "
-                     << absl::StatusCodeToString(status.code()) << ": "
-                     << status.message() << common::SuppressedNote(suppressed);
+    MOE_LOG_WITH(WARNING, "request_id", id)
+        << method << " " << id << " refused at its headers, message unread: "
+        << absl::StatusCodeToString(status.code()) << ": " << status.message()
+        << common::SuppressedNote(suppressed);
   }
   metrics_.RecordRequest(protocol, status.code(), absl::ZeroDuration());
   return absl::Status(status.code(),
@@ -404,9 +404,9 @@ void RouterService::Finish(Job* job, absl::Status status) {
           status.ok() && job->response.degraded() ? " (degraded)" : "",
           common::SuppressedNote(suppressed));
       if (status.ok()) {
-        MOE_LOG(INFO) << line;
+        MOE_LOG_WITH(INFO, "request_id", job->request_id_) << line;
       } else {
-        MOE_LOG(WARNING) << line;
+        MOE_LOG_WITH(WARNING, "request_id", job->request_id_) << line;
       }
     }
   }

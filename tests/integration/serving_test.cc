@@ -11,6 +11,7 @@
 #include <set>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "client/cli/metrics_text.h"
@@ -172,6 +173,61 @@ TEST(LogFormatTest, JsonLinesFromMoeUpAndEveryProcessItStarts) {
     EXPECT_EQ(programs.count(program), 1u) << program << " wrote no line:\n"
                                            << log;
   }
+}
+
+// The JSON lines of `log` that carry `key` with a value containing `id`.
+std::vector<nlohmann::json> LinesWith(const std::string& log,
+                                      const std::string& key,
+                                      const std::string& id) {
+  std::vector<nlohmann::json> out;
+  for (absl::string_view line : absl::StrSplit(log, '\n', absl::SkipEmpty())) {
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_object() && j.contains(key) && j[key].is_string() &&
+        absl::StrContains(j[key].get<std::string>(), id)) {
+      out.push_back(j);
+    }
+  }
+  return out;
+}
+
+// A request's log lines carry its ID as a field of their own, for a log
+// pipeline to filter on: "request_id" on the router's, "request_ids" (the
+// forwards a call serves) on the worker's.
+TEST(LogFormatTest, RequestLinesCarryTheRequestIdsAsFields) {
+  Deployment d(testing::GoldenPath("A_moe_eval_nodrop"), {"0-3"},
+               {"--log_requests", "--log_format=json"});
+  d.SetWorkerFlags({"--log_requests", "--log_format=json"});
+  ASSERT_TRUE(d.StartWorker(0).ok()) << d.worker(0).Log();
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  auto client = client::RouterClient::Create(d.router_address());
+  const at::Tensor x =
+      testing::ReadAllTensors(testing::GoldenPath("A_moe_eval_nodrop"))
+          .at("input.x");
+  ASSERT_TRUE(
+      client->Forward(Request(x, moe::v1::RoutingOptions()), "json-field-1")
+          .ok());
+  moe::v1::ForwardRequest bad = Request(x, moe::v1::RoutingOptions());
+  bad.set_layer("no-such-layer");
+  EXPECT_FALSE(client->Forward(bad, "json-field-2").ok());
+
+  const std::vector<nlohmann::json> ok =
+      LinesWith(d.router().Log(), "request_id", "json-field-1");
+  ASSERT_EQ(ok.size(), 1u) << d.router().Log();
+  EXPECT_EQ(ok[0]["request_id"], "json-field-1");
+  EXPECT_EQ(ok[0]["level"], "INFO");
+  EXPECT_TRUE(absl::StartsWith(ok[0]["message"].get<std::string>(),
+                               "Forward json-field-1 from "))
+      << ok[0];
+  const std::vector<nlohmann::json> failed =
+      LinesWith(d.router().Log(), "request_id", "json-field-2");
+  ASSERT_EQ(failed.size(), 1u) << d.router().Log();
+  EXPECT_EQ(failed[0]["level"], "WARNING");
+  const std::vector<nlohmann::json> worker =
+      LinesWith(d.worker(0).Log(), "request_ids", "json-field-1");
+  ASSERT_EQ(worker.size(), 1u) << d.worker(0).Log();
+  EXPECT_TRUE(absl::StrContains(worker[0]["message"].get<std::string>(),
+                                "for request json-field-1"))
+      << worker[0];
 }
 
 TEST(LogFormatTest, AFormatThatIsNeitherStopsTheProgramNamingTheFlag) {

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "absl/time/time.h"
 
@@ -45,6 +46,18 @@ TEST(LogFormatTest, JsonIsOneObjectPerLineWhateverTheMessageHolds) {
   EXPECT_EQ(nlohmann::json::parse(FormatLogLine(
                 LogFormat::kJson, LogLevel::kInfo, "moe", kWhen, ""))["level"],
             "INFO");
+}
+
+TEST(LogFormatTest, FieldsStandBeforeTheMessageInJsonAndOnlyThere) {
+  const std::vector<LogField> fields = {{"request_id", "abc-1"}};
+  EXPECT_EQ(FormatLogLine(LogFormat::kJson, LogLevel::kInfo, "moe-router",
+                          kWhen, "Forward abc-1: OK", fields),
+            "{\"time\":\"2026-12-06T04:02:20.123Z\",\"level\":\"INFO\","
+            "\"program\":\"moe-router\",\"request_id\":\"abc-1\","
+            "\"message\":\"Forward abc-1: OK\"}\n");
+  EXPECT_EQ(FormatLogLine(LogFormat::kText, LogLevel::kInfo, "moe-router",
+                          kWhen, "Forward abc-1: OK", fields),
+            "2026-12-06T04:02:20.123Z I moe-router: Forward abc-1: OK\n");
 }
 
 TEST(LogFormatTest, ParsesTextAndJsonOnly) {
