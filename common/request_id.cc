@@ -1,5 +1,6 @@
 #include "common/request_id.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <random>
@@ -61,14 +62,40 @@ std::string NewRequestId() {
       "%016x", Mix(start + next.fetch_add(1, std::memory_order_relaxed)));
 }
 
-std::string RequestIdOrNew(absl::string_view from_caller) {
-  return RequestIdOrNew(from_caller, {});
+absl::string_view TraceIdOf(absl::string_view traceparent) {
+  // version "-" trace-id "-" parent-id "-" flags: 2, 32, 16 and 2 lowercase
+  // hex digits; a version past 00 may append "-..." fields.
+  auto hex = [](absl::string_view s) {
+    return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+      return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+    });
+  };
+  auto zero = [](absl::string_view s) {
+    return s.find_first_not_of('0') == absl::string_view::npos;
+  };
+  if (traceparent.size() < 55) return {};
+  const absl::string_view version = traceparent.substr(0, 2);
+  const absl::string_view trace = traceparent.substr(3, 32);
+  const absl::string_view parent = traceparent.substr(36, 16);
+  const absl::string_view flags = traceparent.substr(53, 2);
+  if (!hex(version) || version == "ff" || traceparent[2] != '-' ||
+      traceparent[35] != '-' || traceparent[52] != '-' || !hex(trace) ||
+      !hex(parent) || !hex(flags) || zero(trace) || zero(parent)) {
+    return {};
+  }
+  if (traceparent.size() > 55 && (version == "00" || traceparent[55] != '-')) {
+    return {};
+  }
+  return trace;
 }
 
 std::string RequestIdOrNew(absl::string_view from_caller,
-                           absl::string_view from_body) {
+                           absl::string_view from_body,
+                           absl::string_view traceparent) {
   if (UsableRequestId(from_caller)) return std::string(from_caller);
   if (UsableRequestId(from_body)) return std::string(from_body);
+  const absl::string_view trace = TraceIdOf(traceparent);
+  if (!trace.empty()) return std::string(trace);
   return NewRequestId();
 }
 

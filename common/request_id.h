@@ -38,12 +38,22 @@ absl::Status CheckRequestId(absl::string_view id);
 // counter from a random start, its bits mixed). Thread-safe.
 std::string NewRequestId();
 
-// `from_caller` when usable, else NewRequestId().
-std::string RequestIdOrNew(absl::string_view from_caller);
+// The W3C Trace Context header ("traceparent", gRPC metadata or HTTP).
+inline constexpr char kTraceparentKey[] = "traceparent";
+
+// The trace ID of a W3C `traceparent` value
+// ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01": its 32
+// lowercase hex digits), or "" when the value is not one (another version's
+// value is read as far as version 00's fields go, as the spec asks; an
+// all-zero trace or parent ID is invalid).
+absl::string_view TraceIdOf(absl::string_view traceparent);
+
 // `from_caller` when usable, else `from_body` (a protocol's own request ID
 // field: the Open Inference Protocol's `id`, Triton's request ID) when
-// usable, else NewRequestId().
+// usable, else the trace ID of `traceparent` (so that a traced caller's
+// request goes by its trace in the logs), else NewRequestId().
 std::string RequestIdOrNew(absl::string_view from_caller,
-                           absl::string_view from_body);
+                           absl::string_view from_body = {},
+                           absl::string_view traceparent = {});
 
 }  // namespace moe::common

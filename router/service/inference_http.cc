@@ -325,10 +325,13 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
         // number, or over the limit, is answered at once, its body
         // unread, with "Connection: close" (httplib would read and drop
         // all of it first, up to 2^64 bytes for a length of -1).
-        // The caller's request ID when usable, else a new one: in the
-        // answer's headers whatever it says, and in the logs.
-        std::string request_id =
-            common::RequestIdOrNew(req.get_header_value(kRequestIdHeader));
+        // The caller's request ID when usable, else its traceparent's
+        // trace ID, else a new one (the body's `id`, once read, comes
+        // before the trace): in the answer's headers whatever it says, and
+        // in the logs.
+        std::string request_id = common::RequestIdOrNew(
+            req.get_header_value(kRequestIdHeader), {},
+            req.get_header_value(common::kTraceparentKey));
         res.set_header(kRequestIdHeader, request_id);
         int64_t declared = max_body;
         if (req.has_header("Content-Length")) {

@@ -19,10 +19,11 @@ namespace moe::router {
 
 namespace {
 
-// The caller's "x-request-id" (empty: none).
-absl::string_view CallerRequestId(const grpc::CallbackServerContext& context) {
+// The caller's metadata `key` ("x-request-id", "traceparent"; empty: none).
+absl::string_view CallerMetadata(const grpc::CallbackServerContext& context,
+                                 const char* key) {
   const auto& metadata = context.client_metadata();
-  auto it = metadata.find(common::kRequestIdKey);
+  auto it = metadata.find(key);
   if (it == metadata.end()) return {};
   return absl::string_view(it->second.data(), it->second.size());
 }
@@ -36,8 +37,10 @@ RouterService::Job::Job(grpc::CallbackServerContext* context, absl::Time start,
                         absl::string_view body_id)
     : Job(
           start, absl::FromChrono(context->deadline()), context->peer(),
-          common::RequestIdOrNew(CallerRequestId(*context), body_id), method,
-          protocol, [context] { return context->IsCancelled(); },
+          common::RequestIdOrNew(
+              CallerMetadata(*context, common::kRequestIdKey), body_id,
+              CallerMetadata(*context, common::kTraceparentKey)),
+          method, protocol, [context] { return context->IsCancelled(); },
           std::move(answer), std::move(done)) {
   context->AddInitialMetadata(common::kRequestIdKey, request_id_);
 }
@@ -336,7 +339,7 @@ absl::Status RouterService::Authorize(absl::string_view authorization) const {
 
 absl::Status RouterService::AuthorizeHeaders(
     absl::string_view path, absl::string_view authorization,
-    absl::string_view request_id) const {
+    absl::string_view request_id, absl::string_view traceparent) const {
   const char* method;
   Protocol protocol;
   if (path == "/moe.v1.Router/Forward") {
@@ -353,7 +356,7 @@ absl::Status RouterService::AuthorizeHeaders(
   // gRPC sends no metadata with a refusal at this hook, so the request ID
   // (the caller's, or the one made for the log) travels in the message, as
   // the clients write it into their errors (they then add nothing).
-  const std::string id = common::RequestIdOrNew(request_id);
+  const std::string id = common::RequestIdOrNew(request_id, {}, traceparent);
   int64_t suppressed = 0;
   if (RefusalLogs().Allow(&suppressed)) {
     MOE_LOG_WITH(WARNING, "request_id", id)

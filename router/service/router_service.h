@@ -157,11 +157,13 @@ class RouterService final
   // its message (TokenGate): for Forward and ModelInfer at `path`, the
   // calls whose messages are large, UNAUTHENTICATED without a token this
   // router accepts, counted and logged as their handlers count a refusal;
-  // OK for any other path (its handler decides). The log line names the
-  // call by its "x-request-id" header when usable (else a new ID).
+  // OK for any other path (its handler decides). The log line and the
+  // refusal name the call by its "x-request-id" header when usable, else
+  // its "traceparent"'s trace ID, else a new ID.
   absl::Status AuthorizeHeaders(absl::string_view path,
                                 absl::string_view authorization,
-                                absl::string_view request_id = {}) const;
+                                absl::string_view request_id = {},
+                                absl::string_view traceparent = {}) const;
   // Serves `job`: refused at once with `edge_status` when that is not OK
   // (the edge's own checks), else admitted, run inline or on a forward
   // thread, logged and counted; job's done runs once, on some thread.

@@ -26,7 +26,8 @@ grpc::Status TokenGate::Process(const InputMetadata& auth_metadata,
   // The header stays for the handler, which checks it again.
   return proto::ToGrpcStatus(service_->AuthorizeHeaders(
       Header(auth_metadata, ":path"), Header(auth_metadata, "authorization"),
-      Header(auth_metadata, common::kRequestIdKey)));
+      Header(auth_metadata, common::kRequestIdKey),
+      Header(auth_metadata, common::kTraceparentKey)));
 }
 
 }  // namespace moe::router

@@ -264,22 +264,36 @@ TEST_F(OpenInferenceIntegrationTest,
       EXPECT_EQ(response.raw_output_contents(0), expected->y().data());
     }
   }
-  // ModelInfer goes by the caller's x-request-id, and without one by the
-  // request's own `id` (Triton's request ID); the answer says which.
-  inference::ModelInferRequest named = Infer("layers.0.ff");
-  named.set_id("oip-body-7");
-  for (const std::string header : {"", "oip-header-8"}) {
+  // ModelInfer goes by the caller's x-request-id, without one by the
+  // request's own `id` (Triton's request ID), without that by the trace ID
+  // of a W3C traceparent; the answer says which.
+  const std::string trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+  const std::string traceparent = "00-" + trace + "-00f067aa0ba902b7-01";
+  struct Case {
+    std::string header, traceparent, body_id, expected;
+  };
+  for (const Case& c :
+       {Case{"", "", "oip-body-7", "oip-body-7"},
+        Case{"oip-header-8", traceparent, "oip-body-7", "oip-header-8"},
+        Case{"", traceparent, "oip-body-7", "oip-body-7"},
+        Case{"", traceparent, "", trace}}) {
+    SCOPED_TRACE(c.header + " " + c.traceparent + " " + c.body_id);
+    inference::ModelInferRequest named = Infer("layers.0.ff");
+    named.set_id(c.body_id);
     grpc::ClientContext context;
     WithToken(&context);
-    if (!header.empty()) context.AddMetadata("x-request-id", header);
+    if (!c.header.empty()) context.AddMetadata("x-request-id", c.header);
+    if (!c.traceparent.empty()) {
+      context.AddMetadata("traceparent", c.traceparent);
+    }
     inference::ModelInferResponse response;
     const grpc::Status s = stub_->ModelInfer(&context, named, &response);
     ASSERT_TRUE(s.ok()) << s.error_message();
-    EXPECT_EQ(response.id(), "oip-body-7");
+    EXPECT_EQ(response.id(), c.body_id);
     auto echoed = context.GetServerInitialMetadata().find("x-request-id");
     ASSERT_NE(echoed, context.GetServerInitialMetadata().end());
     EXPECT_EQ(std::string(echoed->second.data(), echoed->second.size()),
-              header.empty() ? "oip-body-7" : header);
+              c.expected);
   }
 }
 
@@ -352,6 +366,21 @@ TEST_F(OpenInferenceIntegrationTest, RestServesTheSameModelsAndBits) {
   ASSERT_EQ(by_header->status, 200) << by_header->body;
   EXPECT_EQ(by_header->get_header_value("X-Request-Id"), "rest-header-2");
   EXPECT_EQ(nlohmann::json::parse(by_header->body)["id"], "rest-1");
+  // Without either, a W3C traceparent's trace ID names it (the body's `id`
+  // still comes first).
+  httplib::Headers traced = token;
+  traced.emplace("traceparent",
+                 "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+  nlohmann::json anonymous = body;
+  anonymous.erase("id");
+  for (const nlohmann::json* b : {&body, &anonymous}) {
+    auto by_trace = http.Post("/v2/models/layers.1.ff/infer", traced, b->dump(),
+                              "application/json");
+    ASSERT_TRUE(by_trace);
+    ASSERT_EQ(by_trace->status, 200) << by_trace->body;
+    EXPECT_EQ(by_trace->get_header_value("X-Request-Id"),
+              b == &body ? "rest-1" : "0af7651916cd43dd8448eb211c80319c");
+  }
   ASSERT_EQ(r["outputs"].size(), 1u);
   std::vector<float> y = r["outputs"][0]["data"].get<std::vector<float>>();
   client::ClientOptions options;

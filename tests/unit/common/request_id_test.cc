@@ -69,5 +69,39 @@ TEST(RequestIdTest, NewOnesAreSixteenHexDigitsAndDistinctAcrossThreads) {
   EXPECT_EQ(all.size(), size_t{kThreads * kEach});
 }
 
+TEST(RequestIdTest, TraceIdOfAW3cTraceparent) {
+  EXPECT_EQ(
+      TraceIdOf("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+      "0af7651916cd43dd8448eb211c80319c");
+  // A later version may add fields; version 00 may not.
+  EXPECT_EQ(
+      TraceIdOf("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00-x"),
+      "0af7651916cd43dd8448eb211c80319c");
+  for (const char* bad :
+       {"", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+        "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c8031g9-b7ad6b7169203331-01",
+        "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01x"}) {
+    EXPECT_EQ(TraceIdOf(bad), "") << bad;
+  }
+}
+
+TEST(RequestIdTest, TheCallersIdThenTheBodysThenTheTraceThenANewOne) {
+  const std::string traceparent =
+      "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+  EXPECT_EQ(RequestIdOrNew("caller", "body", traceparent), "caller");
+  EXPECT_EQ(RequestIdOrNew("bad id", "body", traceparent), "body");
+  EXPECT_EQ(RequestIdOrNew("", "", traceparent),
+            "0af7651916cd43dd8448eb211c80319c");
+  const std::string made = RequestIdOrNew("", "", "00-not-a-trace");
+  EXPECT_EQ(made.size(), 16u);
+  EXPECT_TRUE(UsableRequestId(made));
+}
+
 }  // namespace
 }  // namespace moe::common
