@@ -18,6 +18,7 @@
 #include "common/resolve.h"
 #include "common/status_macros.h"
 #include "common/token_set.h"
+#include "proto/grpc_logging.h"
 #include "proto/tls.h"
 #include "server/main_helpers.h"
 #include "server/metrics_http.h"
@@ -153,5 +154,6 @@ int main(int argc, char** argv) {
       "replicates hot experts, heals lost ones, moves the experts of leaving "
       "workers (docs/placement.md).\n\n  moe-balancer --checkpoint=F "
       "--workers=HOST:PORT,... --admin_token_file=F");
+  moe::proto::RouteGrpcLogs();
   return moe::cli::ExitCode(moe::Run());
 }

@@ -19,6 +19,7 @@
 #include "common/resolve.h"
 #include "common/status_macros.h"
 #include "proto/expert_wire.h"
+#include "proto/grpc_logging.h"
 #include "proto/tls.h"
 #include "router/engine/model_engine.h"
 #include "router/remote/worker_discovery.h"
@@ -214,5 +215,6 @@ int main(int argc, char** argv) {
       "serves every MoE layer of a model over gRPC (moe.v1.Router), with the "
       "experts on moe-expert workers.\n\n  moe-router --checkpoint=F "
       "--workers=HOST:PORT,... --port=50051");
+  moe::proto::RouteGrpcLogs();
   return moe::cli::ExitCode(moe::Run());
 }

@@ -20,6 +20,7 @@
 #include "common/expert_set.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "proto/grpc_logging.h"
 #include "proto/tls.h"
 #include "server/local_deployment.h"
 #include "server/metrics_http.h"
@@ -234,5 +235,6 @@ int main(int argc, char** argv) {
       argc, argv, "moe-up",
       "starts a router and N expert workers on one host and stops them all "
       "on Ctrl-C.\n\n  moe-up [--checkpoint=F] [--workers=2] [--port=50051]");
+  moe::proto::RouteGrpcLogs();
   return moe::cli::ExitCode(moe::Run());
 }

@@ -16,6 +16,7 @@
 #include "experts/service/placement.h"
 #include "experts/warm_up.h"
 #include "proto/expert_wire.h"
+#include "proto/grpc_logging.h"
 #include "server/main_helpers.h"
 #include "server/rpc_metrics.h"
 #include "server/serving_flags.h"
@@ -288,6 +289,7 @@ int RunWorker(int argc, char** argv, const char* program, const char* usage,
               const ShardFactory& make_shard) {
   BlockShutdownSignals();
   cli::ParseCommandLine(argc, argv, program, usage);
+  proto::RouteGrpcLogs();
   return cli::ExitCode(Run(make_shard));
 }
 

@@ -175,6 +175,34 @@ TEST(LogFormatTest, JsonLinesFromMoeUpAndEveryProcessItStarts) {
   }
 }
 
+// gRPC's own lines (GRPC_VERBOSITY=debug prints some at its start) go
+// through the program's log and take its format too.
+TEST(LogFormatTest, GrpcsOwnLinesTakeTheFormat) {
+  const std::string port_file = testing::TempDir() + "/grpc-json.port";
+  ::setenv("GRPC_VERBOSITY", "DEBUG", 1);
+  auto worker = testing::StartProcess(
+      {testing::BinaryPath("moe-expert"),
+       "--checkpoint=" + testing::GoldenPath("A_moe_eval_nodrop"), "--port=0",
+       "--port_file=" + port_file, "--metrics_port=-1", "--log_format=json"},
+      port_file + ".log");
+  ::unsetenv("GRPC_VERBOSITY");
+  ASSERT_NE(worker, nullptr);
+  auto port =
+      testing::WaitForPortFile(port_file, absl::Seconds(60), worker.get());
+  ASSERT_TRUE(port.ok()) << port.status() << worker->Log();
+  ASSERT_TRUE(worker->Stop(absl::Seconds(30))) << worker->Log();
+  int grpc_lines = 0;
+  for (absl::string_view line :
+       absl::StrSplit(worker->Log(), '\n', absl::SkipEmpty())) {
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << "not a JSON object: " << line;
+    if (absl::StartsWith(j["message"].get<std::string>(), "grpc ")) {
+      ++grpc_lines;
+    }
+  }
+  EXPECT_GT(grpc_lines, 0) << worker->Log();
+}
+
 // The JSON lines of `log` that carry `key` with a value containing `id`.
 std::vector<nlohmann::json> LinesWith(const std::string& log,
                                       const std::string& key,
