@@ -14,14 +14,16 @@
 namespace moe::common {
 namespace {
 
+// Never destroyed: gRPC's threads may still log (proto/grpc_logging.h)
+// while the process exits.
 std::mutex& NameMutex() {
-  static std::mutex mu;
-  return mu;
+  static std::mutex* mu = new std::mutex;
+  return *mu;
 }
 
 std::string& ProgramName() {
-  static std::string name = "moe";
-  return name;
+  static std::string* name = new std::string("moe");
+  return *name;
 }
 
 std::atomic<LogFormat>& Format() {

@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "common/allocator.h"
 #include "common/blas_kernels.h"
@@ -99,10 +100,13 @@ void SetUpLogFormat(const char* program, const std::vector<std::string>& args) {
   std::string format;
   bool given = false;
   for (size_t i = 1; i < args.size() && args[i] != "--"; ++i) {
-    if (absl::StartsWith(args[i], "--log_format=")) {
-      format = args[i].substr(13);
+    // abseil takes -log_format as well as --log_format.
+    absl::string_view arg = args[i];
+    if (!absl::ConsumePrefix(&arg, "--")) absl::ConsumePrefix(&arg, "-");
+    if (absl::ConsumePrefix(&arg, "log_format=")) {
+      format = std::string(arg);
       given = true;
-    } else if (args[i] == "--log_format" && i + 1 < args.size()) {
+    } else if (arg == "log_format" && i + 1 < args.size()) {
       format = args[i + 1];
       given = true;
     }

@@ -262,6 +262,7 @@ TEST(LogFormatTest, AFormatThatIsNeitherStopsTheProgramNamingTheFlag) {
   for (const std::vector<std::string>& argv :
        std::vector<std::vector<std::string>>{
            {testing::BinaryPath("moe-router"), "--log_format=xml"},
+           {testing::BinaryPath("moe-router"), "-log_format=xml"},
            {testing::BinaryPath("moe-expert"), "--log-format", "JSON"}}) {
     std::string log;
     EXPECT_EQ(testing::RunProcess(argv, &log), 1) << log;
