@@ -68,7 +68,7 @@ absl::Status Explain(absl::Status status, bool tls) {
 }  // namespace
 
 absl::Status WithRequestId(const absl::Status& status, absl::string_view id) {
-  const std::string suffix = absl::StrCat(" [request ", id, "]");
+  const std::string suffix = common::RequestIdNote(id);
   // The router's token gate names the request itself.
   if (absl::EndsWith(status.message(), suffix)) return status;
   return absl::Status(status.code(), absl::StrCat(status.message(), suffix));

@@ -2,8 +2,9 @@
 //   2026-11-29T07:46:20.123Z I moe-router: listening on 127.0.0.1:50051
 // or, as JSON (SetLogFormat; --log_format=json), one object per line for
 // log pipelines (Loki, Elasticsearch, Cloud Logging):
-//   {"time":"2026-11-29T07:46:20.123Z","level":"INFO","program":"moe-router","message":"listening
-//   on 127.0.0.1:50051"}
+//   {"time":"2026-11-29T07:46:20.123Z","level":"INFO",
+//    "program":"moe-router","message":"listening on 127.0.0.1:50051"}
+// (one line; broken here to fit).
 //
 // Example:
 //   MOE_LOG(INFO) << "loaded " << path << " (" << n << " experts)";

@@ -62,6 +62,10 @@ std::string NewRequestId() {
       "%016x", Mix(start + next.fetch_add(1, std::memory_order_relaxed)));
 }
 
+std::string RequestIdNote(absl::string_view id) {
+  return absl::StrCat(" [request ", id, "]");
+}
+
 absl::string_view TraceIdOf(absl::string_view traceparent) {
   // version "-" trace-id "-" parent-id "-" flags: 2, 32, 16 and 2 lowercase
   // hex digits; a version past 00 may append "-..." fields.

@@ -38,6 +38,10 @@ absl::Status CheckRequestId(absl::string_view id);
 // counter from a random start, its bits mixed). Thread-safe.
 std::string NewRequestId();
 
+// " [request ID]": how an error names its request, at the end of its
+// message (the router's token gate, the clients' errors).
+std::string RequestIdNote(absl::string_view id);
+
 // The W3C Trace Context header ("traceparent", gRPC metadata or HTTP).
 inline constexpr char kTraceparentKey[] = "traceparent";
 

@@ -512,6 +512,19 @@ bool HasRow(Path path, common::DType compute, int64_t tokens, int experts) {
   return false;
 }
 
+// The backend's options for a throughput or profile run on `path`: one
+// stream, calls of at most `max_rows` rows.
+GpuOptions PathOptions(const GpuOptions& base, Path path, common::DType compute,
+                       int64_t max_rows) {
+  GpuOptions options = base;
+  options.compute = compute;
+  options.grouped = path != Path::kPerExpert;
+  options.small_rows = path == Path::kSmallRows ? kMaxSmallRows : 0;
+  options.streams = 1;
+  options.max_rows = max_rows;
+  return options;
+}
+
 // The README configuration (dim 512, hidden 1365), one worker hosting all
 // 16 experts of a layer, with random weights.
 constexpr int64_t kReadmeDim = 512, kReadmeHidden = 1365;
@@ -570,12 +583,7 @@ void Throughput(const Args& args, const GpuOptions& base, double peak,
       if (path == Path::kPerExpert && compute == common::DType::kFloat32) {
         continue;
       }
-      GpuOptions options = base;
-      options.compute = compute;
-      options.grouped = path != Path::kPerExpert;
-      options.small_rows = path == Path::kSmallRows ? kMaxSmallRows : 0;
-      options.streams = 1;
-      options.max_rows = sizes.back();
+      const GpuOptions options = PathOptions(base, path, compute, sizes.back());
       std::unique_ptr<GpuExperts> gpu;
       const Status st = GpuExperts::Create(experts, options, &gpu);
       if (!st.ok()) {
@@ -654,11 +662,8 @@ bool Profile(const Args& args, const GpuOptions& base, Report* report) {
     if (!HasRow(path, common::DType::kBFloat16, tokens, kReadmeExperts)) {
       continue;
     }
-    GpuOptions options = base;
-    options.compute = common::DType::kBFloat16;
-    options.small_rows = path == Path::kSmallRows ? kMaxSmallRows : 0;
-    options.streams = 1;
-    options.max_rows = tokens;
+    const GpuOptions options =
+        PathOptions(base, path, common::DType::kBFloat16, tokens);
     std::unique_ptr<GpuExperts> gpu;
     Status st = GpuExperts::Create(experts, options, &gpu);
     CallTiming t;

@@ -365,8 +365,8 @@ absl::Status RouterService::AuthorizeHeaders(
         << common::SuppressedNote(suppressed);
   }
   metrics_.RecordRequest(protocol, status.code(), absl::ZeroDuration());
-  return absl::Status(status.code(),
-                      absl::StrCat(status.message(), " [request ", id, "]"));
+  return absl::Status(
+      status.code(), absl::StrCat(status.message(), common::RequestIdNote(id)));
 }
 
 absl::Status RouterService::Refused(common::TokenSet::Verdict verdict) const {
