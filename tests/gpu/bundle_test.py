@@ -4,7 +4,8 @@ worker, started with LD_LIBRARY_PATH=DIR/lib and an otherwise empty
 environment, serves a golden file (--device=host here) with every library
 it maps either from DIR/lib or one a GPU machine has (glibc's, CUDA's);
 and its device_check.sh, where no device is visible, finds every library
-of its binaries and stops at the probe with exit 2, saying why.
+of its binaries (cuBLAS in Python's NVIDIA packages too) and stops at the
+probe with exit 2, saying why.
 
     bundle_test.py BUILD_DIR SOURCE_DIR
 """
@@ -44,8 +45,18 @@ def main():
             if not os.path.exists(os.path.join(bundle, must)):
                 fail("the bundle lacks " + must)
         check_out = os.path.join(tmp, "check")
+        # cuBLAS as CUDA 13's wheels lay it out (nvidia/cu13/lib, in a
+        # namespace package with no nvidia/cublas): the script must find it.
+        wheel_lib = os.path.join(tmp, "site", "nvidia", "cu13", "lib")
+        os.makedirs(wheel_lib)
+        real_cublas = "/usr/local/cuda/lib64/libcublas.so.13"
+        if os.path.exists(real_cublas):
+            os.symlink(real_cublas, os.path.join(wheel_lib, "libcublas.so.13"))
+        else:
+            open(os.path.join(wheel_lib, "libcublas.so.13"), "w").close()
+        env = dict(os.environ, PYTHONPATH=os.path.join(tmp, "site"))
         r = subprocess.run(["bash", os.path.join(bundle, "tests", "gpu", "device_check.sh"),
-                            check_out], capture_output=True, text=True, timeout=120)
+                            check_out], capture_output=True, text=True, timeout=120, env=env)
         log = open(os.path.join(check_out, "device_check.log")).read()
         print(log, end="")
         if r.returncode != 2:
@@ -54,6 +65,10 @@ def main():
         for must in ["running from the bundle", "no CUDA device visible", "(exit 2)"]:
             if must not in log:
                 fail("device_check.log lacks %r" % must)
+        cublas_line = [l for l in log.splitlines() if "cuBLAS from:" in l]
+        if not cublas_line or os.path.realpath(wheel_lib) not in cublas_line[0]:
+            fail("device_check.sh did not find cuBLAS in Python's nvidia/cu13/lib: %s"
+                 % cublas_line)
         if "libraries not found" in log:
             fail("device_check.sh found libraries missing")
         port_file = os.path.join(tmp, "port")

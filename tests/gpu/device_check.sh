@@ -43,12 +43,33 @@ fi
 log "nvidia-smi: $(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm \
   --format=csv,noheader 2>&1)"
 
-# cuBLAS where the loader may not look: the CUDA toolkit's or Python's.
+# cuBLAS where the loader may not look: the CUDA toolkit's, Python's NVIDIA
+# packages' (nvidia/cublas/lib in CUDA 12's wheels, nvidia/cu13/lib in
+# 13's: every folder of the namespace is searched) or, when neither has it,
+# wherever a bounded search finds it.
+cublas_dirs() {
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/lib \
+           /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -e "$d/libcublas.so.13" ] && echo "$d"
+  done
+  python3 - <<'PY' 2>/dev/null
+import glob, os
+try:
+    import nvidia
+except ImportError:
+    raise SystemExit
+for base in nvidia.__path__:
+    for p in sorted(glob.glob(os.path.join(base, "**", "libcublas.so.13"), recursive=True)):
+        print(os.path.dirname(p))
+PY
+}
+found=$(cublas_dirs)
+if [ -z "$found" ] && ! ldconfig -p 2>/dev/null | grep -q "libcublas.so.13 "; then
+  found=$(timeout 30 find /usr/local /opt /usr/lib /usr/lib64 -maxdepth 9 \
+    -name libcublas.so.13 -printf '%h\n' 2>/dev/null)
+fi
 CUDA_LIBS=""
-for d in /usr/local/cuda/lib64 /usr/local/cuda/lib \
-         /usr/local/cuda/targets/x86_64-linux/lib \
-         $(python3 -c 'import nvidia.cublas, os; print(os.path.dirname(nvidia.cublas.__file__) + "/lib")' 2>/dev/null); do
-  [ -e "$d/libcublas.so.13" ] || continue
+for d in $found; do
   d=$(readlink -f "$d")
   case ":$CUDA_LIBS:" in *":$d:"*) ;; *) CUDA_LIBS="${CUDA_LIBS:+$CUDA_LIBS:}$d" ;; esac
 done
@@ -70,6 +91,11 @@ probe=$(check --probe 2>&1); rc=$?
 if { [ $rc -ne 0 ] && [ $rc -ne 2 ]; } || [ ! -x "$CHECK" ]; then
   if [ -d "$SOURCE" ]; then
     log "the carried moe-gpu-check does not start here (exit $rc: $probe); building it with nvcc"
+    if ! command -v nvcc >/dev/null && [ -z "${CUDACXX:-}" ]; then
+      for c in /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc; do
+        [ -x "$c" ] && { export CUDACXX="$c"; break; }
+      done
+    fi
     cmake -S "$SOURCE" -B /tmp/moe-gpu-build -DCMAKE_BUILD_TYPE=Release \
       > "$OUT/build.log" 2>&1 &&
       cmake --build /tmp/moe-gpu-build --parallel "$(nproc)" >> "$OUT/build.log" 2>&1 ||
