@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """The Python client (client/python/moe_client) against a real moe-up on
 127.0.0.1: golden parity, routing replay, dtypes, traces, model info, health
-and clear errors for bad input.
+and clear errors for bad input; and its wheels (./moe python-wheel),
+installed with pip into virtual environments, serving from there.
 
 Each test runs through both of forward()'s transports: gRPC's C++ library
 (the native module, where the build made it) and grpcio.
@@ -13,6 +14,7 @@ NATIVE: "built" (the default: the native transport must load) or
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +24,7 @@ import tempfile
 import threading
 import time
 import unittest
+import zipfile
 
 BIN_DIR, GOLDEN_DIR = sys.argv[1:3]
 del sys.argv[1:3]
@@ -535,6 +538,112 @@ class PythonClientTlsTest(unittest.TestCase):
                 with self.assertRaises(MoeError) as e:
                     c.forward(g["input.x"])
                 self.assertEqual(e.exception.code, grpc.StatusCode.UNAVAILABLE, kw)
+
+
+# What WheelTest runs with a virtual environment's python, outside the
+# source tree: it forwards the .npy it is given and says where moe_client
+# came from.
+_WHEEL_PROBE = """
+import json, sys
+import numpy as np
+import moe_client
+from moe_client import RouterClient, native_transport_available
+with RouterClient(sys.argv[1], timeout=30) as client:
+    np.save(sys.argv[3], client.forward(np.load(sys.argv[2]), policy="all").y)
+print(json.dumps({"file": moe_client.__file__, "version": moe_client.__version__,
+                  "native": native_transport_available()}))
+"""
+
+
+class WheelTest(unittest.TestCase):
+    """./moe python-wheel's wheels (tools/python_wheel.py) install with pip
+    into virtual environments, from files alone, and serve from there."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.source = os.path.abspath(os.path.join(HERE, "..", ".."))
+        with open(os.path.join(cls.source, "CMakeLists.txt")) as f:
+            cls.version = re.search(r"project\(moe_serve VERSION (\S+)", f.read()).group(1)
+        cls.tmp = tempfile.mkdtemp(prefix="moe-wheel-test-")
+        cls.wheels = os.path.join(cls.tmp, "wheels")
+        r = subprocess.run(["/usr/bin/python3",
+                            os.path.join(cls.source, "tools", "python_wheel.py"),
+                            cls.source, cls.wheels],
+                           capture_output=True, text=True, timeout=240)
+        if r.returncode != 0:
+            raise RuntimeError("python_wheel.py failed:\n" + r.stdout + r.stderr)
+        cls.pure = "moe_serve_client-%s-py3-none-any.whl" % cls.version
+        tag = "cp%d%d" % sys.version_info[:2]
+        cls.native = "moe_serve_client-%s-%s-%s-linux_x86_64.whl" % (cls.version, tag, tag)
+        cls.up = MoeUp(os.path.join(GOLDEN_DIR, "B2_moe_eval_drop_cap12.safetensors"))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.up.stop()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_the_wheels_hold_the_package_and_its_requirements(self):
+        made = sorted(os.listdir(self.wheels))
+        self.assertEqual(made, sorted([self.pure] + ([self.native] if NATIVE_BUILT else [])))
+        for wheel in made:
+            with zipfile.ZipFile(os.path.join(self.wheels, wheel)) as z:
+                names = z.namelist()
+                for must in ["moe_client/__init__.py", "moe_client/client.py",
+                             "moe_client/_generated/version.py",
+                             "moe_client/_generated/moe/v1/router_pb2.py",
+                             "moe_client/_generated/moe/v1/router_pb2_grpc.py",
+                             "moe_client/_generated/moe/v1/tensor_pb2.py"]:
+                    self.assertIn(must, names, wheel)
+                modules = [n for n in names if n.endswith(".so")]
+                self.assertEqual(len(modules), 1 if wheel == self.native else 0,
+                                 (wheel, modules))
+                self.assertFalse([n for n in names if "__pycache__" in n or n.endswith(".cc")])
+                metadata = z.read("moe_serve_client-%s.dist-info/METADATA"
+                                  % self.version).decode()
+                # "grpcio>=1.51" or, from older setuptools, "grpcio (>=1.51)".
+                for name, least in [("grpcio", "1.51"), ("protobuf", "3.20"),
+                                    ("numpy", "1.21")]:
+                    self.assertRegex(metadata, r"Requires-Dist: %s ?\(?>=%s\b"
+                                     % (name, re.escape(least)))
+
+    def install_and_forward(self, name, *pip_args):
+        """A virtual environment (Debian's grpcio, protobuf and numpy from
+        the system's site-packages) with the client installed by `pip
+        install pip_args`, no network, then _WHEEL_PROBE run from it
+        against moe-up on the golden input: (what it said, max |y - golden|)."""
+        venv = os.path.join(self.tmp, name)
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", venv],
+                       check=True, timeout=120)
+        python = os.path.join(venv, "bin", "python")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+        r = subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-index"]
+                           + list(pip_args), capture_output=True, text=True, env=env,
+                           timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        g = golden("B2_moe_eval_drop_cap12")
+        x_path, y_path = os.path.join(venv, "x.npy"), os.path.join(venv, "y.npy")
+        np.save(x_path, g["input.x"])
+        r = subprocess.run([python, "-c", _WHEEL_PROBE, self.up.target, x_path, y_path],
+                           capture_output=True, text=True, env=env, cwd=venv, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        said = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertTrue(os.path.realpath(said["file"]).startswith(os.path.realpath(venv)),
+                        said)
+        self.assertEqual(said["version"], self.version)
+        return said, float(np.abs(np.load(y_path) - g["output.y"]).max())
+
+    def test_find_links_installs_the_best_wheel_and_serves_the_golden_forward(self):
+        said, err = self.install_and_forward("venv-links", "--find-links", self.wheels,
+                                             "moe-serve-client")
+        self.assertEqual(said["native"], NATIVE_BUILT)
+        self.assertLessEqual(err, 1e-5)
+
+    def test_the_pure_wheel_serves_through_grpcio(self):
+        said, err = self.install_and_forward("venv-pure",
+                                             os.path.join(self.wheels, self.pure))
+        self.assertFalse(said["native"])
+        self.assertLessEqual(err, 1e-5)
 
 
 if NATIVE_BUILT:

@@ -7,13 +7,15 @@
 
 The generated moe.v1 protobuf modules come from the build: `./moe build`
 writes them into moe_client/_generated, so PYTHONPATH=client/python is all
-it takes.
-Uses Debian's python3-grpcio, python3-protobuf and python3-numpy.
+it takes; `./moe python-wheel DIR` makes wheels of it for pip.
+Uses grpcio, protobuf and numpy (Debian's python3-grpcio, python3-protobuf
+and python3-numpy).
 """
 
+from moe_client._generated.version import __version__
 from moe_client.client import (ForwardResult, MoeError, RouterClient,
                                decode_tensor, encode_tensor,
                                native_transport_available)
 
 __all__ = ["RouterClient", "ForwardResult", "MoeError", "encode_tensor",
-           "decode_tensor", "native_transport_available"]
+           "decode_tensor", "native_transport_available", "__version__"]
