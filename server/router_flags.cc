@@ -104,8 +104,7 @@ absl::StatusOr<std::unique_ptr<router::InferenceHttpServer>> StartRestFromFlags(
   options.threads = absl::GetFlag(FLAGS_http_threads);
   options.max_bytes_in_flight = absl::GetFlag(FLAGS_http_max_bytes_in_flight);
   options.metrics = metrics;
-  options.tls = {server_options.tls_cert_file, server_options.tls_key_file,
-                 server_options.tls_client_ca_file};
+  options.tls = server_options.tls_files;
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<router::InferenceHttpServer> http,
                        router::InferenceHttpServer::Start(
                            server_options.host, port, service, options));

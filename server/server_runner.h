@@ -24,6 +24,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "proto/tls.h"
 #include "server/rpc_metrics.h"
 
 namespace moe::server {
@@ -77,7 +78,7 @@ struct ServerOptions {
   std::shared_ptr<grpc::ServerCredentials> credentials;
   // The files `credentials` were made of (empty: plaintext), for other
   // listeners of the same process (the router's REST port).
-  std::string tls_cert_file, tls_key_file, tls_client_ca_file;
+  proto::TlsFiles tls_files;
   // A second, plaintext listener carrying only grpc.health.v1 (for probes
   // that cannot speak TLS): -1 none, 0 a free port. Its port goes to
   // health_port_file when set.

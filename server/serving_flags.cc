@@ -126,6 +126,7 @@ absl::Status ServerOptionsFromFlags(int port,
   files.ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
   files.refresh_seconds = absl::GetFlag(FLAGS_tls_refresh_seconds);
   files.flag_prefix = "--tls";
+  files.ca_flag = "--tls_client_ca_file";
   if (files.cert_file.empty() && !files.ca_file.empty()) {
     return absl::InvalidArgumentError(
         "--tls_client_ca_file needs --tls_cert_file and --tls_key_file: "
@@ -133,9 +134,7 @@ absl::Status ServerOptionsFromFlags(int port,
   }
   MOE_ASSIGN_OR_RETURN(options->credentials,
                        proto::MakeServerCredentials(files));
-  options->tls_cert_file = files.cert_file;
-  options->tls_key_file = files.key_file;
-  options->tls_client_ca_file = files.ca_file;
+  options->tls_files = files;
   if (options->credentials != nullptr) {
     MOE_LOG(INFO) << "TLS with " << files.cert_file
                   << (files.ca_file.empty()

@@ -232,21 +232,25 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
         "REST: keep-alive must be at least 1 s, the body limit positive and "
         "the bytes in flight (--http_max_bytes_in_flight) 0 or more");
   }
-  const Tls& tls = options.tls;
+  const proto::TlsFiles& tls = options.tls;
   auto server = std::unique_ptr<InferenceHttpServer>(new InferenceHttpServer());
   if (tls.cert_file.empty()) {
     server->http_ = std::make_unique<httplib::Server>();
   } else {
-    auto https = std::make_unique<httplib::SSLServer>(
-        tls.cert_file.c_str(), tls.key_file.c_str(),
-        tls.client_ca_file.empty() ? nullptr : tls.client_ca_file.c_str());
-    if (!https->is_valid()) {
+    absl::StatusOr<std::unique_ptr<proto::ServerTlsReloader>> reloader =
+        proto::ServerTlsReloader::Create(tls);
+    if (!reloader.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("REST (--http_port): cannot use the certificate ",
-                       tls.cert_file, " and key ", tls.key_file,
-                       tls.client_ca_file.empty()
-                           ? ""
-                           : " with client CA " + tls.client_ca_file));
+          absl::StrCat("REST (--http_port): ", reloader.status().message()));
+    }
+    server->tls_ = *std::move(reloader);
+    proto::ServerTlsReloader* files = server->tls_.get();
+    auto https = std::make_unique<httplib::SSLServer>(
+        [files](SSL_CTX& ctx) { return files->Install(&ctx); });
+    if (!https->is_valid()) {
+      return absl::InternalError(absl::StrCat(
+          "REST (--http_port): OpenSSL did not take the certificate ",
+          tls.cert_file, " and key ", tls.key_file));
     }
     server->http_ = std::move(https);
   }

@@ -13,7 +13,7 @@
 // over `max_body_bytes` is refused with 413 before it is parsed. One thread
 // per open connection, from a pool of `Options::threads`. With TLS
 // files it serves HTTPS (and requires client certificates when given a CA),
-// as the gRPC port does.
+// as the gRPC port does, and takes changed files without a restart.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "proto/tls.h"
 #include "router/service/router_metrics.h"
 #include "router/service/router_service.h"
 
@@ -34,13 +35,6 @@ namespace moe::router {
 
 class InferenceHttpServer {
  public:
-  // HTTPS with this certificate and key, client certificates of
-  // `client_ca_file` required when it is set; plaintext when `cert_file` is
-  // empty. Read once, at start.
-  struct Tls {
-    std::string cert_file, key_file, client_ca_file;
-  };
-
   static constexpr int kMaxThreads = 4096;
 
   struct Options {
@@ -58,7 +52,11 @@ class InferenceHttpServer {
     // How long a connection may sit idle, before its first request or
     // between two, before the router closes it.
     absl::Duration keep_alive = absl::Seconds(5);
-    Tls tls;
+    // HTTPS with this certificate and key, client certificates of its CA
+    // required when one is set; plaintext when no certificate is given.
+    // The files are re-read when they change (every `refresh_seconds` at
+    // most), as the gRPC port's are.
+    proto::TlsFiles tls;
     // Body bytes held and connections served or waiting are reported here
     // (none when null); it must outlive the server.
     RouterMetrics* metrics = nullptr;
@@ -76,6 +74,8 @@ class InferenceHttpServer {
  private:
   InferenceHttpServer() = default;
 
+  // Before http_: its TLS contexts call into it until they are freed.
+  std::unique_ptr<proto::ServerTlsReloader> tls_;
   std::unique_ptr<httplib::Server> http_;
   std::thread thread_;
   int port_ = 0;

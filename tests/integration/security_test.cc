@@ -10,7 +10,8 @@
 // missing and a wrong token UNAUTHENTICATED (and counted), from the
 // headers alone, before the message is read; a worker refusing
 // a client that is not a router; the plaintext health port; certificates and
-// tokens rotated under load without a failed call.
+// tokens rotated under load without a failed call, on the REST port too,
+// which keeps its certificate while changed files do not load.
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
 #include <grpcpp/generic/generic_stub.h>
@@ -108,6 +109,27 @@ std::string ServedSubject(int port, const std::string& client = "client") {
            " 2>/dev/null | openssl x509 -noout -subject"},
       &out);
   return out;
+}
+
+// The router's REST port (--http_port_file in the fixture's folder).
+int RestPort(const std::string& live) {
+  std::ifstream in(live + "/http.port");
+  int port = 0;
+  in >> port;
+  return port;
+}
+
+// An HTTPS client of the REST port with `client`'s certificate, checking
+// the router's against `ca`.
+std::unique_ptr<httplib::SSLClient> RestClient(int port,
+                                               const std::string& client) {
+  auto c = std::make_unique<httplib::SSLClient>(
+      "127.0.0.1", port, PkiFile(client + ".crt"), PkiFile(client + ".key"));
+  c->set_ca_cert_path(PkiFile("ca.crt"));
+  c->enable_server_certificate_verification(true);
+  c->set_connection_timeout(10);
+  c->set_read_timeout(10);
+  return c;
 }
 
 // The sum of the router's samples of `metric` with `labels`; -1 when
@@ -235,21 +257,17 @@ Deployment* SecurityTest::deployment_ = nullptr;
 // with a client certificate of `ca` and the token; plaintext, no client
 // certificate, or no token are refused.
 TEST_F(SecurityTest, TheRestPortIsHttpsWithTheSameCredentials) {
-  std::ifstream in(live_ + "/http.port");
-  int port = 0;
-  in >> port;
+  const int port = RestPort(live_);
   ASSERT_GT(port, 0);
-  httplib::SSLClient good("127.0.0.1", port, PkiFile("client.crt"),
-                          PkiFile("client.key"));
-  good.set_ca_cert_path(PkiFile("ca.crt"));
-  good.enable_server_certificate_verification(true);
-  auto ready = good.Get("/v2/health/ready");
+  std::unique_ptr<httplib::SSLClient> good = RestClient(port, "client");
+  auto ready = good->Get("/v2/health/ready");
   ASSERT_TRUE(ready) << httplib::to_string(ready.error());
   EXPECT_EQ(ready->status, 200);
-  auto no_token = good.Get("/v2");
+  auto no_token = good->Get("/v2");
   ASSERT_TRUE(no_token);
   EXPECT_EQ(no_token->status, 401);
-  auto metadata = good.Get("/v2", {{"Authorization", "Bearer t0-first-token"}});
+  auto metadata =
+      good->Get("/v2", {{"Authorization", "Bearer t0-first-token"}});
   ASSERT_TRUE(metadata);
   EXPECT_EQ(metadata->status, 200) << metadata->body;
   // No client certificate: the handshake fails.
@@ -257,6 +275,8 @@ TEST_F(SecurityTest, TheRestPortIsHttpsWithTheSameCredentials) {
   anonymous.set_ca_cert_path(PkiFile("ca.crt"));
   anonymous.enable_server_certificate_verification(true);
   EXPECT_FALSE(anonymous.Get("/v2/health/live"));
+  // A client certificate of another CA (the routers' toward the workers).
+  EXPECT_FALSE(RestClient(port, "router_client")->Get("/v2/health/live"));
   // Plaintext: no HTTP answer.
   httplib::Client plain("127.0.0.1", port);
   plain.set_connection_timeout(5);
@@ -423,13 +443,37 @@ TEST_F(SecurityTest, ThePlaintextHealthPortCarriesHealthOnly) {
 TEST_F(SecurityTest, CertificatesAndTokensRotateUnderLoadWithoutAFailedCall) {
   const std::string address = deployment_->router_address();
   const int router_port = std::stoi(address.substr(address.find(':') + 1));
+  const int rest_port = RestPort(live_);
   ASSERT_THAT(ServedSubject(router_port), ::testing::HasSubstr("server-1"));
+  ASSERT_THAT(ServedSubject(rest_port), ::testing::HasSubstr("server-1"));
   std::atomic<bool> stop{false};
-  std::atomic<int> ok{0}, failed{0};
+  std::atomic<int> ok{0}, failed{0}, rest_ok{0};
   std::string first_error;
   std::mutex mu;
   std::vector<std::thread> load;
   const absl::Time limit = absl::Now() + absl::Seconds(30);
+  // The REST port under load too: a fresh HTTPS client every few requests.
+  load.emplace_back([&] {
+    while (!stop.load() && absl::Now() < limit) {
+      std::unique_ptr<httplib::SSLClient> rest =
+          RestClient(rest_port, "client");
+      for (int i = 0; i < 5 && !stop.load(); ++i) {
+        auto r = rest->Get("/v2/models/" + kModel + "/ready",
+                           {{"Authorization", "Bearer t0-first-token"}});
+        if (r && r->status == 200) {
+          ++rest_ok;
+          continue;
+        }
+        ++failed;
+        std::lock_guard<std::mutex> lock(mu);
+        if (first_error.empty()) {
+          first_error =
+              "REST: " + (r ? std::to_string(r->status) + " " + r->body
+                            : httplib::to_string(r.error()));
+        }
+      }
+    }
+  });
   for (int t = 0; t < 2; ++t) {
     load.emplace_back([&] {
       // A fresh client (a fresh handshake) every few calls, so that new
@@ -467,14 +511,25 @@ TEST_F(SecurityTest, CertificatesAndTokensRotateUnderLoadWithoutAFailedCall) {
     rotated = absl::StrContains(ServedSubject(router_port), "server-2");
   }
   EXPECT_TRUE(rotated) << "the router still serves the old certificate";
-  const int before = ok.load();
-  while (ok.load() < before + 20 && absl::Now() < limit) {
+  bool rest_rotated = false;
+  while (!rest_rotated && absl::Now() < limit) {
+    rest_rotated = absl::StrContains(ServedSubject(rest_port), "server-2");
+    if (!rest_rotated)
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_TRUE(rest_rotated) << "the REST port still serves the old certificate";
+  const int before = ok.load(), rest_before = rest_ok.load();
+  while ((ok.load() < before + 20 || rest_ok.load() < rest_before + 20) &&
+         absl::Now() < limit) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   stop = true;
   for (std::thread& t : load) t.join();
   EXPECT_EQ(failed.load(), 0) << first_error;
   EXPECT_GE(ok.load(), before + 20);
+  EXPECT_GE(rest_ok.load(), rest_before + 20);
+  EXPECT_THAT(deployment_->router().Log(),
+              ::testing::HasSubstr("the changed files are in use"));
   // The new token works; the workers serve the new certificate too. Each
   // process checks its files on its own clock (--tls_refresh_seconds): a
   // worker may take the new one after the router did (a sanitizer build's
@@ -490,6 +545,94 @@ TEST_F(SecurityTest, CertificatesAndTokensRotateUnderLoadWithoutAFailedCall) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   EXPECT_THAT(worker_subject, ::testing::HasSubstr("server-2"));
+}
+
+// TLS files that cannot serve stop a server at start, with exit 1 and a
+// line naming the flag and the file.
+TEST(TlsFilesTest, FilesThatCannotServeStopTheServerNamingTheFlagAndFile) {
+  const std::string junk = testing::TempDir() + "/junk.pem";
+  Write(junk, "not a certificate\n");
+  const std::string cert = PkiFile("server.crt"), key = PkiFile("server.key");
+  const std::string model = testing::GoldenPath(kModel);
+  struct Case {
+    std::string binary;
+    std::vector<std::string> flags;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {"moe-router",
+       {"--tls_cert_file=" + cert, "--tls_key_file=" + PkiFile("server2.key")},
+       "--tls_key_file: " + PkiFile("server2.key") +
+           " is not the key of --tls_cert_file " + cert},
+      {"moe-router",
+       {"--tls_cert_file=" + cert, "--tls_key_file=" + key,
+        "--tls_client_ca_file=" + junk},
+       "--tls_client_ca_file: " + junk + " holds no PEM certificate"},
+      {"moe-router",
+       {"--tls_cert_file=/nonexistent.crt", "--tls_key_file=" + key},
+       "--tls_cert_file: cannot read /nonexistent.crt"},
+      {"moe-router",
+       {"--tls_cert_file=" + cert},
+       "--tls_cert_file and --tls_key_file go together"},
+      {"moe-router",
+       {"--worker_tls_ca_file=" + junk},
+       "--worker_tls_ca_file: " + junk + " holds no PEM certificate"},
+      {"moe-expert",
+       {"--tls_cert_file=" + junk, "--tls_key_file=" + key},
+       "--tls_cert_file: " + junk + " holds no PEM certificate"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> argv = {testing::BinaryPath(c.binary),
+                                     "--checkpoint=" + model, "--port=0",
+                                     "--metrics_port=-1"};
+    if (c.binary == "moe-router") argv.push_back("--workers=127.0.0.1:1");
+    argv.insert(argv.end(), c.flags.begin(), c.flags.end());
+    std::string log;
+    EXPECT_EQ(testing::RunProcess(argv, &log), 1) << c.says << "\n" << log;
+    EXPECT_THAT(log, ::testing::HasSubstr(c.says)) << log;
+  }
+}
+
+// A rotation that leaves the files unusable for a while (the key written,
+// the certificate not yet): the REST port keeps the certificate it has,
+// serving, says why once, and takes the files when they make a pair again.
+TEST_F(SecurityTest, TheRestPortKeepsItsCertificateWhileTheNewFilesDoNotLoad) {
+  const int port = RestPort(live_);
+  ASSERT_GT(port, 0);
+  ASSERT_THAT(ServedSubject(port), ::testing::HasSubstr("server-1"));
+  Copy(PkiFile("server2.key"), live_ + "/server.key");
+  // Past several refreshes (--tls_refresh_seconds=1), each handshake a look.
+  for (const absl::Time until = absl::Now() + absl::Seconds(4);
+       absl::Now() < until;) {
+    auto r = RestClient(port, "client")->Get("/v2/health/live");
+    ASSERT_TRUE(r) << httplib::to_string(r.error());
+    EXPECT_EQ(r->status, 200);
+    EXPECT_THAT(ServedSubject(port), ::testing::HasSubstr("server-1"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  const std::string log = deployment_->router().Log();
+  const std::string refusal =
+      "keeping the previous certificate: --tls_key_file: " + live_ +
+      "/server.key is not the key of --tls_cert_file";
+  EXPECT_THAT(log, ::testing::HasSubstr(refusal));
+  int said = 0;
+  for (size_t at = log.find(refusal); at != std::string::npos;
+       at = log.find(refusal, at + 1)) {
+    ++said;
+  }
+  EXPECT_EQ(said, 1) << log;
+  Copy(PkiFile("server2.crt"), live_ + "/server.crt");
+  std::string subject;
+  for (const absl::Time until = absl::Now() + absl::Seconds(30);
+       absl::Now() < until;) {
+    subject = ServedSubject(port);
+    if (absl::StrContains(subject, "server-2")) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_THAT(subject, ::testing::HasSubstr("server-2"));
+  auto r = RestClient(port, "client")->Get("/v2/health/live");
+  ASSERT_TRUE(r) << httplib::to_string(r.error());
+  EXPECT_EQ(r->status, 200);
 }
 
 }  // namespace
