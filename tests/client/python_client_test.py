@@ -135,6 +135,36 @@ class PythonClientTest(unittest.TestCase):
                                r.losses["weighted_balance_loss"] +
                                r.losses["weighted_router_z_loss"], places=6)
 
+    def test_torch_tensors_travel_in_their_dtype_and_come_back_as_torch(self):
+        import torch
+        g = golden("B2_moe_eval_drop_cap12")
+        x = torch.from_numpy(g["input.x"].copy())
+        numpy_y = self.client.forward(g["input.x"], policy="all").y
+        r = self.client.forward(x, policy="all")
+        self.assertIsInstance(r.y, torch.Tensor)
+        self.assertEqual(r.y.dtype, torch.float32)
+        self.assertTrue(np.array_equal(r.y.numpy(), numpy_y))
+        for dtype, name in [(torch.bfloat16, "bfloat16"), (torch.float16, "float16")]:
+            xd = x.to(dtype)
+            # On the wire: x's own bits, as the numpy path sends its values.
+            self.assertEqual(self.client.request_bytes(xd, dtype=name, policy="all"),
+                             self.client.request_bytes(xd.float().numpy(), dtype=name,
+                                                       policy="all"), name)
+            rd = self.client.forward(xd, policy="all")  # dtype from x
+            self.assertEqual(rd.y.dtype, dtype)
+            ref = self.client.forward(xd.float().numpy(), dtype=name, policy="all").y
+            self.assertTrue(torch.equal(rd.y, torch.from_numpy(ref).to(dtype)), name)
+            self.assertTrue(torch.equal(
+                self.client.forward_async(xd, policy="all").result().y, rd.y), name)
+        # Explicit uniforms as a torch tensor; another dtype asked for.
+        u = torch.from_numpy(np.random.default_rng(5).random(x.shape[:2]).astype(np.float32))
+        a = self.client.forward(x.to(torch.bfloat16), dtype="float32",
+                                second_choice_uniforms=u)
+        b = self.client.forward(x.to(torch.bfloat16).float().numpy(),
+                                second_choice_uniforms=u.numpy())
+        self.assertEqual(a.y.dtype, torch.bfloat16)
+        self.assertTrue(torch.equal(a.y, torch.from_numpy(b.y).to(torch.bfloat16)))
+
     def test_explicit_uniforms_replay_the_random_policy(self):
         x = np.random.default_rng(3).standard_normal((2, 24, 16)).astype(np.float32)
         u = np.random.default_rng(4).random((2, 24)).astype(np.float32)

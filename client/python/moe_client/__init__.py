@@ -2,7 +2,7 @@
 
     from moe_client import RouterClient
     with RouterClient("127.0.0.1:50051") as client:
-        result = client.forward(x, layer="blocks.3.ff")  # x: numpy [B, n, dim]
+        result = client.forward(x, layer="blocks.3.ff")  # x: numpy or torch [B, n, dim]
         print(result.y.shape, result.losses["balance_loss"], result.degraded)
 
 The generated moe.v1 protobuf modules come from the build: `./moe build`

@@ -68,28 +68,84 @@ def _bf16_bits(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def encode_tensor(x: np.ndarray, dtype: str = "float32") -> tensor_pb2.Tensor:
-    """A numpy array as a moe.v1.Tensor of `dtype` (float32, float16,
-    bfloat16; int64 for integer arrays)."""
-    x = np.asarray(x)
-    t = tensor_pb2.Tensor()
-    t.shape.extend(int(d) for d in x.shape)
-    if dtype == "float32":
-        t.dtype = tensor_pb2.FLOAT32
-        t.data = np.ascontiguousarray(x, dtype="<f4").tobytes()
-    elif dtype == "float16":
-        t.dtype = tensor_pb2.FLOAT16
-        t.data = np.ascontiguousarray(x, dtype="<f2").tobytes()
-    elif dtype == "bfloat16":
-        t.dtype = tensor_pb2.BFLOAT16
-        t.data = _bf16_bits(x.astype(np.float32)).astype("<u2").tobytes()
-    elif dtype == "int64":
-        t.dtype = tensor_pb2.INT64
-        t.data = np.ascontiguousarray(x, dtype="<i8").tobytes()
+def _torch_of(x):
+    """torch, when x is one of its tensors, else None (torch is imported
+    only for callers that pass one)."""
+    if type(x).__module__.partition(".")[0] != "torch":
+        return None
+    import torch
+    return torch if isinstance(x, torch.Tensor) else None
+
+
+# Wire dtype name: (moe.v1 code, little-endian numpy dtype; None: bfloat16).
+_WIRE_DTYPES = {"float32": (tensor_pb2.FLOAT32, "<f4"),
+                "float16": (tensor_pb2.FLOAT16, "<f2"),
+                "bfloat16": (tensor_pb2.BFLOAT16, None),
+                "int64": (tensor_pb2.INT64, "<i8")}
+
+
+def _wire_dtype_of(torch, x) -> str:
+    """The wire dtype a torch tensor travels as by default: its own
+    (float32, bfloat16, float16), float32 for any other."""
+    return {torch.bfloat16: "bfloat16",
+            torch.float16: "float16"}.get(x.dtype, "float32")
+
+
+def _tensor_bytes(x, dtype: str):
+    """(shape, bytes) of x as a moe.v1.Tensor of `dtype` carries it. x: a
+    numpy array (or anything np.asarray takes) or a torch tensor on any
+    device; a bfloat16 tensor sent as bfloat16 goes bit for bit."""
+    torch = _torch_of(x)
+    if torch is not None:
+        x = x.detach()
+        if x.device.type != "cpu":
+            x = x.cpu()
+        if x.dtype == torch.bfloat16:
+            if dtype == "bfloat16":
+                bits = x.contiguous().view(torch.int16).numpy()
+                return tuple(x.shape), bits.astype("<i2", copy=False).tobytes()
+            x = x.float()  # numpy has no bfloat16; exact
+        x = x.numpy()
     else:
+        x = np.asarray(x)
+    wire = _WIRE_DTYPES[dtype][1]
+    if wire is None:
+        return x.shape, _bf16_bits(x.astype(np.float32)).astype("<u2").tobytes()
+    return x.shape, np.ascontiguousarray(x, dtype=wire).tobytes()
+
+
+def encode_tensor(x, dtype: str = "float32") -> tensor_pb2.Tensor:
+    """A numpy array (or torch tensor) as a moe.v1.Tensor of `dtype`
+    (float32, float16, bfloat16; int64 for integer arrays)."""
+    if dtype not in _WIRE_DTYPES:
         raise ValueError("dtype must be float32, float16, bfloat16 or int64, "
                          "not %r" % dtype)
+    shape, data = _tensor_bytes(x, dtype)
+    t = tensor_pb2.Tensor(dtype=_WIRE_DTYPES[dtype][0], data=data)
+    t.shape.extend(int(d) for d in shape)
     return t
+
+
+def _torch_options(x, options):
+    """torch when x is a torch tensor (then options' dtype defaults to
+    x's: _wire_dtype_of), else None."""
+    torch = _torch_of(x)
+    if torch is not None and "dtype" not in options:
+        options["dtype"] = _wire_dtype_of(torch, x)
+    return torch
+
+
+def _like_x(torch, x, result):
+    """result, its y a torch tensor of x's dtype (float32 when x's is not a
+    floating one) on x's device when x is a torch tensor (torch not None)."""
+    if torch is None:
+        return result
+    y = torch.from_numpy(result.y if result.y.flags.writeable else result.y.copy())
+    dtype = x.dtype if x.dtype.is_floating_point else torch.float32
+    if y.dtype != dtype or x.device.type != "cpu":
+        y = y.to(device=x.device, dtype=dtype)
+    result.y = y
+    return result
 
 
 _NUMPY_DTYPES = {tensor_pb2.FLOAT32: "<f4", tensor_pb2.FLOAT16: "<f2",
@@ -231,7 +287,8 @@ class _ForwardFuture:
 class ForwardResult:
     """One forward's answer.
 
-    y: [batch, tokens, dim] float32; degraded: some experts were
+    y: [batch, tokens, dim] float32 (numpy; for a torch x, a torch tensor
+    of x's dtype on x's device); degraded: some experts were
     unavailable; losses: raw, weighted and total; failed_experts;
     kept_per_expert; stats: per-level kept/dropped counts
     (router_pb2.RoutingStats); trace: the routing tensors (trace=True);
@@ -307,9 +364,8 @@ def _field_tag(message, name: str) -> bytes:
 
 _X_TAG = _field_tag(router_pb2.ForwardRequest, "x")
 _DATA_TAG = _field_tag(tensor_pb2.Tensor, "data")
-_TENSOR_DTYPES = {"float32": (tensor_pb2.FLOAT32, "<f4"),
-                  "float16": (tensor_pb2.FLOAT16, "<f2"),
-                  "bfloat16": (tensor_pb2.BFLOAT16, None)}
+# The dtypes x may travel as.
+_TENSOR_DTYPES = ("float32", "float16", "bfloat16")
 # Serialized requests without x, by their arguments, and Tensor headers
 # (dtype and shape) by dtype and shape: forward() appends x's bytes to them
 # (protobuf reads concatenated fields as one message) instead of building a
@@ -533,7 +589,6 @@ class RouterClient:
         dtype and shape."""
         if dtype not in _TENSOR_DTYPES:
             return self.make_request(x, dtype=dtype, **options).SerializeToString()
-        x = np.asarray(x)
         key, prefix = None, None
         if options.get("second_choice_uniforms") is None:
             try:
@@ -549,18 +604,15 @@ class RouterClient:
                 if len(self._prefixes) >= _PREFIX_CACHE_SIZE:
                     self._prefixes.clear()
                 self._prefixes[key] = prefix
-        code, wire = _TENSOR_DTYPES[dtype]
-        head = self._tensor_heads.get((dtype, x.shape))
+        shape, data = _tensor_bytes(x, dtype)
+        head = self._tensor_heads.get((dtype, shape))
         if head is None:
             head = tensor_pb2.Tensor(
-                dtype=code, shape=[int(d) for d in x.shape]).SerializeToString()
+                dtype=_WIRE_DTYPES[dtype][0],
+                shape=[int(d) for d in shape]).SerializeToString()
             if len(self._tensor_heads) >= _PREFIX_CACHE_SIZE:
                 self._tensor_heads.clear()
-            self._tensor_heads[(dtype, x.shape)] = head
-        if wire is None:
-            data = _bf16_bits(x.astype(np.float32)).astype("<u2").tobytes()
-        else:
-            data = np.ascontiguousarray(x, dtype=wire).tobytes()
+            self._tensor_heads[(dtype, shape)] = head
         tensor = b"".join((head, _DATA_TAG, _varint(len(data)), data))
         return b"".join((prefix, _X_TAG, _varint(len(tensor)), tensor))
 
@@ -582,7 +634,11 @@ class RouterClient:
                 timeout: Optional[float] = None,
                 request_id: Optional[str] = None, **options) -> ForwardResult:
         """One forward of x ([batch, tokens, dim]) through `layer` (may be
-        empty for a one-layer model).
+        empty for a one-layer model). x: a numpy array, or a torch tensor
+        on any device: then it travels in its own dtype (bfloat16 bit for
+        bit, float16, float32; other dtypes as float32) unless `dtype` says
+        otherwise, and the result's y is a torch tensor of x's dtype on x's
+        device.
 
         options: dtype (how x travels: float32, float16, bfloat16),
         mode (eval | train: the thresholds and capacity factors of that mode),
@@ -599,10 +655,11 @@ class RouterClient:
         result's request_id and ends a MoeError's message.
         """
         request_id = self._new_request_id(request_id)
+        torch = _torch_options(x, options)
         request = self.request_bytes(x, layer=layer, **options)
         raw = self._call(self._forward_bytes, request, timeout, request_id)
-        return self._checked(ForwardResult.from_bytes(raw), allow_degraded,
-                             request_id)
+        return _like_x(torch, x, self._checked(ForwardResult.from_bytes(raw),
+                                               allow_degraded, request_id))
 
     def forward_async(self, x, *, layer: str = "", allow_degraded: bool = False,
                       timeout: Optional[float] = None,
@@ -616,6 +673,7 @@ class RouterClient:
         forward()'s."""
         request_id = self._new_request_id(request_id)
         metadata = self._metadata_with(request_id)
+        torch = _torch_options(x, options)
         if self._native is not None:
             request = self.request_bytes(x, layer=layer, **options)
             call = self._async_calls().submit(
@@ -623,16 +681,16 @@ class RouterClient:
                 timeout=self.timeout if timeout is None else timeout,
                 metadata=metadata)
             return _ForwardFuture(
-                call, lambda raw: self._checked(ForwardResult.from_bytes(raw),
-                                                allow_degraded, request_id),
+                call, lambda raw: _like_x(torch, x, self._checked(
+                    ForwardResult.from_bytes(raw), allow_degraded, request_id)),
                 request_id)
         request = self.make_request(x, layer=layer, **options)
         call = self._router.Forward.future(
             request, timeout=self.timeout if timeout is None else timeout,
             metadata=metadata)
         return _ForwardFuture(
-            call, lambda r: self._checked(ForwardResult(r), allow_degraded,
-                                          request_id),
+            call, lambda r: _like_x(torch, x, self._checked(
+                ForwardResult(r), allow_degraded, request_id)),
             request_id)
 
     def model_info(self, timeout: Optional[float] = None) -> router_pb2.ModelInfo:
