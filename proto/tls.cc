@@ -247,10 +247,12 @@ absl::StatusOr<std::unique_ptr<ServerTlsReloader>> ServerTlsReloader::Create(
   MOE_RETURN_IF_ERROR(ParseIdentity(files, *id));
   auto reloader =
       std::unique_ptr<ServerTlsReloader>(new ServerTlsReloader(files));
-  absl::MutexLock lock(&reloader->mu_);
-  reloader->current_ = std::move(id);
-  reloader->next_look_ =
-      absl::Now() + absl::Seconds(std::max(1, files.refresh_seconds));
+  {
+    absl::MutexLock lock(&reloader->mu_);
+    reloader->current_ = std::move(id);
+    reloader->next_look_ =
+        absl::Now() + absl::Seconds(std::max(1, files.refresh_seconds));
+  }
   return reloader;
 }
 
