@@ -165,6 +165,31 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual(a.y.dtype, torch.bfloat16)
         self.assertTrue(torch.equal(a.y, torch.from_numpy(b.y).to(torch.bfloat16)))
 
+    def test_forward_aio_awaits_the_call_without_holding_the_loop(self):
+        import asyncio
+        g = golden("B2_moe_eval_drop_cap12")
+
+        async def main():
+            task = asyncio.ensure_future(self.client.forward_aio(g["input.x"], policy="all"))
+            await asyncio.sleep(0)  # the task has started its call and waits
+            self.assertFalse(task.done())
+            results = [await task] + list(await asyncio.gather(*[
+                self.client.forward_aio(g["input.x"], policy="all") for _ in range(4)]))
+            with self.assertRaises(MoeError) as e:
+                await self.client.forward_aio(g["input.x"][..., :3])
+            self.assertEqual(e.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+            # A cancelled wait ends at once; the client serves on.
+            cancelled = asyncio.ensure_future(self.client.forward_aio(g["input.x"]))
+            await asyncio.sleep(0)
+            cancelled.cancel()
+            with self.assertRaises(asyncio.CancelledError):
+                await cancelled
+            results.append(await self.client.forward_aio(g["input.x"], policy="all"))
+            return results
+
+        for r in asyncio.run(main()):
+            self.assertLessEqual(float(np.abs(r.y - g["output.y"]).max()), 1e-5)
+
     def test_explicit_uniforms_replay_the_random_policy(self):
         x = np.random.default_rng(3).standard_normal((2, 24, 16)).astype(np.float32)
         u = np.random.default_rng(4).random((2, 24)).astype(np.float32)

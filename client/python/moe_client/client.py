@@ -1,5 +1,6 @@
 """RouterClient: Forward, GetModelInfo and health checks against moe-router."""
 
+import asyncio
 import concurrent.futures
 import functools
 import itertools
@@ -266,6 +267,16 @@ class _ForwardFuture:
 
     def done(self) -> bool:
         return self._call.done()
+
+    def cancel(self) -> bool:
+        """Cancels the call (a grpcio one at any time, a native one while
+        it waits for a thread); True when it was."""
+        return self._call.cancel()
+
+    def add_done_callback(self, fn):
+        """fn(self) once the call ends, on the thread that ends it (at
+        once when it has ended)."""
+        self._call.add_done_callback(lambda _: fn(self))
 
     def result(self, timeout: Optional[float] = None) -> "ForwardResult":
         """The ForwardResult; raises MoeError when the call failed and
@@ -692,6 +703,38 @@ class RouterClient:
             call, lambda r: _like_x(torch, x, self._checked(
                 ForwardResult(r), allow_degraded, request_id)),
             request_id)
+
+    async def forward_aio(self, x, **kwargs) -> ForwardResult:
+        """forward() for asyncio: the call runs as forward_async's does and
+        the coroutine awaits it without holding the event loop; the
+        arguments are forward()'s, and so is the result or the MoeError
+        raised (no retries, as forward_async). Cancelling the awaiting task
+        cancels a grpcio call; a native call already running ends on its
+        own and its answer is dropped."""
+        loop = asyncio.get_running_loop()
+        call = self.forward_async(x, **kwargs)
+        waiter = loop.create_future()
+
+        def settle():
+            if waiter.cancelled():
+                return
+            try:
+                waiter.set_result(call.result())
+            except Exception as e:  # MoeError, TimeoutError
+                waiter.set_exception(e)
+
+        def ended(_):
+            try:
+                loop.call_soon_threadsafe(settle)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+
+        call.add_done_callback(ended)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
 
     def model_info(self, timeout: Optional[float] = None) -> router_pb2.ModelInfo:
         """The served model, limits and workers (GetModelInfo)."""
