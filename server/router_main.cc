@@ -92,6 +92,10 @@ absl::Status Run() {
     MOE_ASSIGN_OR_RETURN(tokens, common::TokenSet::FromFile(file));
   }
   options.tokens = tokens.get();
+  // Before the service: it ends its spans until it is gone.
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<server::Tracing> tracing,
+                       server::TracingFromFlags("moe-router"));
+  if (tracing) options.tracer = tracing->tracer.get();
   router::ForwardLimits limits;
   limits.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
   if (limits.max_tokens_per_request < 1) {

@@ -196,8 +196,8 @@ void Infer(RouterService& router, const httplib::Request& req,
   RouterService::Job job(
       router.clock()->Now(), absl::InfiniteFuture(),
       absl::StrCat("http:", req.remote_addr, ":", req.remote_port),
-      std::move(request_id), "REST infer", Protocol::kOipRest,
-      [] { return false; },
+      std::move(request_id), req.get_header_value(common::kTraceparentKey),
+      "REST infer", Protocol::kOipRest, [] { return false; },
       [&]() -> absl::Status {
         absl::StatusOr<inference::ModelInferResponse> r = ToModelInfer(
             &job.response, asked, model_name, model.fingerprint(), id);

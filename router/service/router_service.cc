@@ -40,14 +40,16 @@ RouterService::Job::Job(grpc::CallbackServerContext* context, absl::Time start,
           common::RequestIdOrNew(
               CallerMetadata(*context, common::kRequestIdKey), body_id,
               CallerMetadata(*context, common::kTraceparentKey)),
+          std::string(CallerMetadata(*context, common::kTraceparentKey)),
           method, protocol, [context] { return context->IsCancelled(); },
           std::move(answer), std::move(done)) {
   context->AddInitialMetadata(common::kRequestIdKey, request_id_);
 }
 
 RouterService::Job::Job(absl::Time start, absl::Time deadline, std::string peer,
-                        std::string request_id, const char* method,
-                        Protocol protocol, std::function<bool()> cancelled,
+                        std::string request_id, std::string traceparent,
+                        const char* method, Protocol protocol,
+                        std::function<bool()> cancelled,
                         std::function<absl::Status()> answer,
                         std::function<void(absl::Status)> done)
     : cancelled_(std::move(cancelled)),
@@ -56,6 +58,7 @@ RouterService::Job::Job(absl::Time start, absl::Time deadline, std::string peer,
       deadline_(deadline),
       peer_(std::move(peer)),
       request_id_(std::move(request_id)),
+      traceparent_(std::move(traceparent)),
       method_(method),
       protocol_(protocol),
       answer_(std::move(answer)),
@@ -413,10 +416,45 @@ void RouterService::Finish(Job* job, absl::Status status) {
       }
     }
   }
+  if (job->span_) EndSpan(job, status);
   --inflight_;
   metrics_.AddInflight(-1);
   metrics_.RecordRequest(job->protocol_, status.code(), took);
   job->done_(std::move(status));
+}
+
+void RouterService::EndSpan(Job* job, const absl::Status& status) {
+  common::Span& span = *job->span_;
+  span.end = options_.clock->Now();
+  auto add = [&span](const char* key, common::SpanAttribute value) {
+    span.attributes.emplace_back(key, std::move(value));
+  };
+  if (job->protocol_ == Protocol::kOipRest) {
+    add("http.request.method", std::string("POST"));
+    add("http.route", std::string("/v2/models/{model_name}/infer"));
+  } else {
+    add("rpc.system", std::string("grpc"));
+    add("rpc.grpc.status_code", static_cast<int64_t>(status.code()));
+  }
+  add("client.address", job->peer_);
+  add("moe.request_id", job->request_id_);
+  add("moe.layer", job->request.layer());
+  const auto& shape = job->request.x().shape();
+  int64_t tokens = shape.empty() ? 0 : 1;
+  for (int i = 0; i + 1 < shape.size(); ++i) tokens *= shape[i];
+  add("moe.tokens", tokens);
+  if (status.ok()) {
+    int64_t kept = 0;
+    for (int64_t k : job->response.stats().kept_per_expert()) kept += k;
+    add("moe.kept_assignments", kept);
+    add("moe.degraded", job->response.degraded());
+  } else {
+    span.error = true;
+    span.status_message = absl::StrCat(absl::StatusCodeToString(status.code()),
+                                       ": ", status.message());
+  }
+  options_.tracer->End(*std::move(job->span_));
+  job->span_.reset();
 }
 
 grpc::ServerUnaryReactor* RouterService::Forward(
@@ -431,7 +469,29 @@ grpc::ServerUnaryReactor* RouterService::Forward(
   return call;
 }
 
+namespace {
+
+// The span name of a protocol's forward (OpenTelemetry's conventions:
+// "service/method" for gRPC, "METHOD route" for HTTP).
+const char* SpanName(Protocol protocol) {
+  switch (protocol) {
+    case Protocol::kMoeV1:
+      return "moe.v1.Router/Forward";
+    case Protocol::kOipGrpc:
+      return "inference.GRPCInferenceService/ModelInfer";
+    case Protocol::kOipRest:
+      return "POST /v2/models/{model_name}/infer";
+  }
+  return "forward";
+}
+
+}  // namespace
+
 void RouterService::Serve(Job* job, absl::Status edge_status) {
+  if (options_.tracer != nullptr) {
+    job->span_ = options_.tracer->Start(SpanName(job->protocol_),
+                                        job->traceparent_, job->start_);
+  }
   ++inflight_;
   metrics_.AddInflight(1);
   if (edge_status.ok()) edge_status = Admit(job);

@@ -34,6 +34,7 @@
 #include "common/clock.h"
 #include "common/dtype.h"
 #include "common/token_set.h"
+#include "common/tracing.h"
 #include "common/work_queue.h"
 #include "moe/v1/router.grpc.pb.h"
 #include "router/api/forward_runner.h"
@@ -72,6 +73,10 @@ struct RouterServiceOptions {
   // compute, which gRPC advises against; off until its behaviour at
   // shutdown is understood (docs/operations.md).
   int64_t inline_max_tokens = 0;
+  // Spans of the forwards it serves (Forward, ModelInfer, REST infer), as
+  // the tracer samples them (common/tracing.h); none when null. Must
+  // outlive the service.
+  const common::Tracer* tracer = nullptr;
 
   // InvalidArgument naming the option as its flag spells it.
   absl::Status Validate() const;
@@ -119,11 +124,13 @@ class RouterService final
         std::function<absl::Status()> answer,
         std::function<void(absl::Status)> done, absl::string_view body_id = {});
     // The same for an edge without a gRPC call (HTTP): its deadline, its
-    // peer for the logs, its request ID (the edge answers with it), and
-    // whether its client went away.
+    // peer for the logs, its request ID (the edge answers with it), the
+    // caller's traceparent header (may be empty), and whether its client
+    // went away.
     Job(absl::Time start, absl::Time deadline, std::string peer,
-        std::string request_id, const char* method, Protocol protocol,
-        std::function<bool()> cancelled, std::function<absl::Status()> answer,
+        std::string request_id, std::string traceparent, const char* method,
+        Protocol protocol, std::function<bool()> cancelled,
+        std::function<absl::Status()> answer,
         std::function<void(absl::Status)> done);
     // The client went away: the forward stops waiting for its workers.
     void Cancel() { waiter_->Cancel(); }
@@ -140,12 +147,14 @@ class RouterService final
     const absl::Time deadline_;
     const std::string peer_;
     const std::string request_id_;
+    const std::string traceparent_;
     const char* const method_;
     const Protocol protocol_;
     const std::function<absl::Status()> answer_;
     const std::function<void(absl::Status)> done_;
     AdmittedForward admitted_;  // once Admit() passed
     AdmissionController::Ticket ticket_;
+    std::optional<common::Span> span_;  // when the tracer records it
   };
 
   // OK when the caller may use Forward, ModelInfer and the metadata calls;
@@ -210,6 +219,8 @@ class RouterService final
   bool RunInline(int64_t tokens);
   // Ends the job with `status`: admission, log, metrics, then its done.
   void Finish(Job* job, absl::Status status);
+  // Ends job's span with the call's outcome and hands it to the tracer.
+  void EndSpan(Job* job, const absl::Status& status);
   // kAccepted when the service needs no token.
   common::TokenSet::Verdict Authenticate(
       const grpc::CallbackServerContext& context) const;
