@@ -595,6 +595,78 @@ class PythonClientTlsTest(unittest.TestCase):
                 self.assertEqual(e.exception.code, grpc.StatusCode.UNAVAILABLE, kw)
 
 
+class PythonClientTracingTest(unittest.TestCase):
+    """traceparent= puts a forward in the caller's trace: moe-up's router
+    sends its spans to an OTLP/HTTP receiver in this test."""
+
+    @classmethod
+    def setUpClass(cls):
+        import http.server
+        cls.bodies = []
+        bodies = cls.bodies
+
+        class Receiver(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        cls.receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+        threading.Thread(target=cls.receiver.serve_forever, daemon=True).start()
+        cls.up = MoeUp(os.path.join(GOLDEN_DIR, "B2_moe_eval_drop_cap12.safetensors"),
+                       flags=["--otlp_traces_endpoint=http://127.0.0.1:%d/v1/traces"
+                              % cls.receiver.server_address[1]])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.up.stop()
+        cls.receiver.shutdown()
+
+    def span(self, request_id):
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            for body in list(self.bodies):
+                for rs in body["resourceSpans"]:
+                    for ss in rs["scopeSpans"]:
+                        for span in ss["spans"]:
+                            for a in span["attributes"]:
+                                if a["key"] == "moe.request_id" and \
+                                        a["value"]["stringValue"] == request_id:
+                                    return span
+            time.sleep(0.1)
+        return None
+
+    def test_a_sampled_traceparent_puts_the_forward_in_the_callers_trace(self):
+        g = golden("B2_moe_eval_drop_cap12")
+        trace = "%032x" % 0x4bf92f3577b34da6a3ce929d0e0e4736
+        for transport in (["native"] if NATIVE_BUILT else []) + ["grpcio"]:
+            with RouterClient(self.up.target, timeout=30, transport=transport) as c:
+                caller = "%016x" % (0x00f067aa0ba902b7 + len(transport))
+                c.forward(g["input.x"], request_id="py-" + transport,
+                          traceparent="00-%s-%s-01" % (trace, caller))
+                c.forward_async(g["input.x"], request_id="py-async-" + transport,
+                                traceparent="00-%s-%s-01" % (trace, caller)).result()
+                c.forward(g["input.x"], request_id="py-unsampled-" + transport,
+                          traceparent="00-%s-%s-00" % (trace, caller))
+                with self.assertRaises(ValueError):
+                    c.forward(g["input.x"], traceparent="00-\n")
+                for rid in ("py-" + transport, "py-async-" + transport):
+                    span = self.span(rid)
+                    self.assertIsNotNone(span, rid)
+                    self.assertEqual(span["traceId"], trace)
+                    self.assertEqual(span["parentSpanId"], caller)
+                    self.assertEqual(span["name"], "moe.v1.Router/Forward")
+        time.sleep(2.5)  # past the router's export interval
+        for transport in ("native", "grpcio"):
+            for body in self.bodies:
+                self.assertNotIn('"py-unsampled-%s"' % transport, json.dumps(body))
+
+
 # What WheelTest runs with a virtual environment's python, outside the
 # source tree: it forwards the .npy it is given and says where moe_client
 # came from.

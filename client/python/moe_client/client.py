@@ -514,16 +514,26 @@ class RouterClient:
         return "%s%08x" % (self._request_id_prefix,
                            next(self._request_ids) & 0xFFFFFFFF)
 
-    def _metadata_with(self, request_id: Optional[str]):
-        if request_id is None:
-            return self._metadata
-        return self._metadata + (("x-request-id", request_id),)
+    def _metadata_with(self, request_id: Optional[str],
+                       traceparent: Optional[str] = None):
+        metadata = self._metadata
+        if request_id is not None:
+            metadata = metadata + (("x-request-id", request_id),)
+        if traceparent:
+            if not isinstance(traceparent, str) or not traceparent.isascii() \
+                    or not traceparent.isprintable():
+                raise ValueError("traceparent %r: a W3C traceparent value "
+                                 "(00-TRACE-SPAN-FLAGS)" % (traceparent,))
+            metadata = metadata + (("traceparent", traceparent),)
+        return metadata
 
     def _call(self, method, request, timeout: Optional[float],
-              request_id: Optional[str] = None):
+              request_id: Optional[str] = None,
+              traceparent: Optional[str] = None):
         """One call with retries; `request_id` (a forward's) goes with every
-        attempt as x-request-id and ends a MoeError's message."""
-        metadata = self._metadata_with(request_id)
+        attempt as x-request-id and ends a MoeError's message; `traceparent`
+        goes with every attempt."""
+        metadata = self._metadata_with(request_id, traceparent)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         for attempt in range(self.max_attempts):
             left = deadline - time.monotonic()
@@ -643,7 +653,8 @@ class RouterClient:
 
     def forward(self, x, *, layer: str = "", allow_degraded: bool = False,
                 timeout: Optional[float] = None,
-                request_id: Optional[str] = None, **options) -> ForwardResult:
+                request_id: Optional[str] = None,
+                traceparent: Optional[str] = None, **options) -> ForwardResult:
         """One forward of x ([batch, tokens, dim]) through `layer` (may be
         empty for a one-layer model). x: a numpy array, or a torch tensor
         on any device: then it travels in its own dtype (bfloat16 bit for
@@ -664,26 +675,33 @@ class RouterClient:
         request_id: sent as x-request-id (every attempt), the name the
         router's logs give the call; default: a new one. It is the
         result's request_id and ends a MoeError's message.
+
+        traceparent: the caller's W3C trace context ("00-TRACE-SPAN-01"),
+        sent as is: a router that traces records the call in that trace
+        when it is sampled (docs/operations.md, "Traces"); with
+        OpenTelemetry's API, propagate.inject(carrier) gives it.
         """
         request_id = self._new_request_id(request_id)
         torch = _torch_options(x, options)
         request = self.request_bytes(x, layer=layer, **options)
-        raw = self._call(self._forward_bytes, request, timeout, request_id)
+        raw = self._call(self._forward_bytes, request, timeout, request_id,
+                         traceparent)
         return _like_x(torch, x, self._checked(ForwardResult.from_bytes(raw),
                                                allow_degraded, request_id))
 
     def forward_async(self, x, *, layer: str = "", allow_degraded: bool = False,
                       timeout: Optional[float] = None,
-                      request_id: Optional[str] = None, **options):
+                      request_id: Optional[str] = None,
+                      traceparent: Optional[str] = None, **options):
         """forward() without waiting: returns a future whose result() is the
         ForwardResult (or raises MoeError). No retries. On the native
         transport the call waits on one of 16 threads of the client (with
         the GIL released); more calls at once wait for a thread, and a call
         still running when the interpreter exits holds the exit until it
-        ends (close() the client to end it at once). request_id: as
-        forward()'s."""
+        ends (close() the client to end it at once). request_id and
+        traceparent: as forward()'s."""
         request_id = self._new_request_id(request_id)
-        metadata = self._metadata_with(request_id)
+        metadata = self._metadata_with(request_id, traceparent)
         torch = _torch_options(x, options)
         if self._native is not None:
             request = self.request_bytes(x, layer=layer, **options)
