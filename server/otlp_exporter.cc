@@ -142,6 +142,13 @@ void OtlpExporter::Loop() {
       const bool ok = Send(batch);
       absl::MutexLock lock(&mu_);
       (ok ? exported_ : dropped_) += static_cast<int64_t>(batch.size());
+      // Stopping, a collector that failed once gets no more tries: the
+      // process's exit waits for no more timeouts.
+      if (!ok && stopping_) {
+        dropped_ += static_cast<int64_t>(queue_.size());
+        queue_.clear();
+        last = true;
+      }
     }
     if (last) return;
   }

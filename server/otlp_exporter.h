@@ -1,6 +1,7 @@
 // OtlpExporter: spans (common/tracing.h) to an OpenTelemetry collector, over
 // OTLP/HTTP with JSON bodies: POST to the endpoint (for example
-// http://otel-collector:4318/v1/traces; https too), in batches sent from a
+// http://otel-collector:4318/v1/traces; an https:// one goes through
+// cpp-httplib's TLS client, not tried by the tests), in batches sent from a
 // thread of its own at most every `interval`, or as soon as `max_batch`
 // spans wait. Export() never blocks the call it records: past `max_queued`
 // waiting spans it drops the new one. A POST that fails (no answer, or not
@@ -39,7 +40,9 @@ class OtlpExporter {
   // INVALID_ARGUMENT naming the endpoint when it is not http(s)://host...
   static absl::StatusOr<std::unique_ptr<OtlpExporter>> Create(
       const Options& options);
-  // Sends what still waits (one last POST) and stops.
+  // Sends what still waits and stops; once a POST fails while stopping,
+  // the rest is dropped (an unreachable collector delays the exit by one
+  // timeout at most).
   ~OtlpExporter();
 
   void Export(common::Span span);

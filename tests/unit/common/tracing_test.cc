@@ -40,7 +40,7 @@ TEST(TracingTest, TraceparentGivesTraceCallerAndSampledFlag) {
   p = common::ParseTraceparent("01-" + kTrace + "-" + kParent + "-03-x");
   ASSERT_TRUE(p.has_value());
   EXPECT_TRUE(p->sampled);
-  for (const std::string bad :
+  for (const std::string& bad :
        {std::string(), "00-" + kTrace + "-" + kParent,
         "00-" + std::string(32, '0') + "-" + kParent + "-01",
         "00-" + kTrace + "-" + kParent + "-0g"}) {
@@ -139,6 +139,40 @@ TEST(OtlpJsonTest, SpansBecomeAnExportTraceServiceRequest) {
   EXPECT_FALSE(b.contains("parentSpanId"));
   EXPECT_EQ(b["status"]["code"], 2);
   EXPECT_EQ(b["status"]["message"], "NOT_FOUND: no layer \"x\"");
+}
+
+// Nothing listens on port 1 of 127.0.0.1: a collector that refuses.
+TEST(OtlpExporterTest, AFullQueueDropsAndARefusingCollectorHoldsNoExit) {
+  server::OtlpExporter::Options o;
+  o.endpoint = "http://127.0.0.1:1/v1/traces";
+  o.service_name = "test";
+  o.interval = absl::Hours(1);
+  o.max_batch = 1000;
+  o.max_queued = 4;
+  auto exporter = server::OtlpExporter::Create(o);
+  ASSERT_TRUE(exporter.ok()) << exporter.status();
+  Tracer tracer(1, [&](Span s) { (*exporter)->Export(std::move(s)); });
+  for (int i = 0; i < 10; ++i) {
+    auto span = tracer.Start("f", "", absl::Now());
+    span->end = absl::Now();
+    tracer.End(*std::move(span));
+  }
+  EXPECT_EQ((*exporter)->dropped(), 6);  // past the 4 that may wait
+  EXPECT_EQ((*exporter)->exported(), 0);
+  const absl::Time start = absl::Now();
+  exporter->reset();  // one refused POST, then nothing more to wait for
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+}
+
+TEST(OtlpExporterTest, EndpointsThatAreNotHttpUrlsAreRefused) {
+  for (const char* bad :
+       {"", "collector:4318", "grpc://collector:4317", "http://"}) {
+    server::OtlpExporter::Options o;
+    o.endpoint = bad;
+    auto exporter = server::OtlpExporter::Create(o);
+    EXPECT_EQ(exporter.status().code(), absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
 }
 
 }  // namespace
