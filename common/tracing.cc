@@ -2,6 +2,7 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/request_id.h"
 
@@ -31,13 +32,18 @@ std::optional<TraceParent> ParseTraceparent(absl::string_view value) {
                      (flags & 1) != 0};
 }
 
+std::string TraceparentOf(const Span& span) {
+  return absl::StrCat("00-", span.trace_id, "-", span.span_id, "-01");
+}
+
 Tracer::Tracer(double root_ratio, std::function<void(Span)> sink)
     : root_ratio_(root_ratio), sink_(std::move(sink)) {}
 
 std::optional<Span> Tracer::Start(absl::string_view name,
                                   absl::string_view traceparent,
-                                  absl::Time start) const {
+                                  absl::Time start, SpanKind kind) const {
   Span span;
+  span.kind = kind;
   if (std::optional<TraceParent> parent = ParseTraceparent(traceparent)) {
     if (!parent->sampled) return std::nullopt;
     span.trace_id = std::move(parent->trace_id);

@@ -17,6 +17,12 @@
 //   if (span) { span->end = Now(); span->attributes.push_back(...);
 //               tracer.End(*std::move(span)); }
 //
+// Across processes: a recorded span's context travels on as a traceparent
+// (TraceparentOf) in the calls it makes, so the callee's span is its child:
+// the router sends each worker call's span to the worker. A call made on
+// behalf of several traced calls (a batched worker call) is the child of
+// one of them and links the others (Span::links).
+//
 // Thread-safety: a Tracer may be used from any thread; its sink is called on
 // the thread that ends a span and must not block.
 #pragma once
@@ -45,17 +51,41 @@ std::optional<TraceParent> ParseTraceparent(absl::string_view value);
 
 using SpanAttribute = std::variant<std::string, int64_t, bool>;
 
+// OpenTelemetry's span kinds that moe-serve makes.
+enum class SpanKind {
+  kServer,  // a call served
+  kClient,  // a call made (the router's worker calls)
+};
+
+// Another span a span relates to without being its child.
+struct SpanLink {
+  std::string trace_id;
+  std::string span_id;
+};
+
 struct Span {
   std::string name;
   std::string trace_id;        // 32 lowercase hex digits
   std::string span_id;         // 16 lowercase hex digits
   std::string parent_span_id;  // the caller's span; empty: a trace's root
+  SpanKind kind = SpanKind::kServer;
   absl::Time start;
   absl::Time end;
   std::vector<std::pair<std::string, SpanAttribute>> attributes;
+  std::vector<SpanLink> links;
   bool error = false;
   std::string status_message;  // why, when error
 };
+
+// The gRPC metadata key of the other spans a call's span links, one
+// traceparent value each (the router's batched worker calls), and the most
+// a call's span keeps.
+inline constexpr char kTraceLinkKey[] = "moe-trace-link";
+inline constexpr size_t kMaxSpanLinks = 16;
+
+// The W3C traceparent that makes a callee's span a child of `span`
+// (sampled: `span` is recorded).
+std::string TraceparentOf(const Span& span);
 
 class Tracer {
  public:
@@ -67,8 +97,8 @@ class Tracer {
   // caller's `traceparent` (may be empty), or nullopt when the call is not
   // recorded.
   std::optional<Span> Start(absl::string_view name,
-                            absl::string_view traceparent,
-                            absl::Time start) const;
+                            absl::string_view traceparent, absl::Time start,
+                            SpanKind kind = SpanKind::kServer) const;
   // Hands a finished span to the sink.
   void End(Span span) const { sink_(std::move(span)); }
 

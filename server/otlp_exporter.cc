@@ -30,16 +30,28 @@ nlohmann::json Attribute(const std::string& key,
   return {{"key", key}, {"value", v}};
 }
 
+// OTLP's SpanKind values.
+int Kind(common::SpanKind kind) {
+  switch (kind) {
+    case common::SpanKind::kServer:
+      return 2;  // SPAN_KIND_SERVER
+    case common::SpanKind::kClient:
+      return 3;  // SPAN_KIND_CLIENT
+  }
+  return 0;  // SPAN_KIND_UNSPECIFIED
+}
+
 }  // namespace
 
 std::string OtlpTracesJson(const std::vector<common::Span>& spans,
-                           const std::string& service_name) {
+                           const std::string& service_name,
+                           const KeyValues& resource_attributes) {
   nlohmann::json out_spans = nlohmann::json::array();
   for (const common::Span& s : spans) {
     nlohmann::json span = {{"traceId", s.trace_id},
                            {"spanId", s.span_id},
                            {"name", s.name},
-                           {"kind", 2},  // SPAN_KIND_SERVER
+                           {"kind", Kind(s.kind)},
                            {"startTimeUnixNano", UnixNanos(s.start)},
                            {"endTimeUnixNano", UnixNanos(s.end)}};
     if (!s.parent_span_id.empty()) span["parentSpanId"] = s.parent_span_id;
@@ -48,17 +60,27 @@ std::string OtlpTracesJson(const std::vector<common::Span>& spans,
       attributes.push_back(Attribute(key, value));
     }
     span["attributes"] = std::move(attributes);
+    if (!s.links.empty()) {
+      nlohmann::json links = nlohmann::json::array();
+      for (const common::SpanLink& l : s.links) {
+        links.push_back({{"traceId", l.trace_id}, {"spanId", l.span_id}});
+      }
+      span["links"] = std::move(links);
+    }
     if (s.error) {
       span["status"] = {{"code", 2}, {"message", s.status_message}};
     }
     out_spans.push_back(std::move(span));
   }
+  nlohmann::json resource = {
+      Attribute("service.name", service_name),
+      Attribute("service.version", std::string(kVersion))};
+  for (const auto& [key, value] : resource_attributes) {
+    resource.push_back(Attribute(key, value));
+  }
   nlohmann::json body = {
       {"resourceSpans",
-       {{{"resource",
-          {{"attributes",
-            {Attribute("service.name", service_name),
-             Attribute("service.version", std::string(kVersion))}}}},
+       {{{"resource", {{"attributes", std::move(resource)}}},
          {"scopeSpans",
           {{{"scope", {{"name", "moe-serve"}, {"version", kVersion}}},
             {"spans", std::move(out_spans)}}}}}}}};
@@ -74,7 +96,7 @@ absl::StatusOr<std::unique_ptr<OtlpExporter>> OtlpExporter::Create(
                                                           : std::string::npos;
   if (scheme == std::string::npos || e.size() == scheme) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--otlp_traces_endpoint \"", e,
+        absl::StrCat("\"", e,
                      "\": not an http:// or https:// URL (e.g. "
                      "http://otel-collector:4318/v1/traces)"));
   }
@@ -160,8 +182,14 @@ bool OtlpExporter::Send(const std::vector<common::Span>& batch) {
   client.set_connection_timeout(ms / 1000, (ms % 1000) * 1000);
   client.set_read_timeout(ms / 1000, (ms % 1000) * 1000);
   client.set_write_timeout(ms / 1000, (ms % 1000) * 1000);
-  httplib::Result res = client.Post(
-      path_, OtlpTracesJson(batch, options_.service_name), "application/json");
+  if (!options_.ca_file.empty()) client.set_ca_cert_path(options_.ca_file);
+  client.enable_server_certificate_verification(true);
+  httplib::Headers headers(options_.headers.begin(), options_.headers.end());
+  httplib::Result res =
+      client.Post(path_, headers,
+                  OtlpTracesJson(batch, options_.service_name,
+                                 options_.resource_attributes),
+                  "application/json");
   if (res && res->status >= 200 && res->status < 300) return true;
   const absl::Time now = absl::Now();
   if (now - last_complaint_ >= absl::Minutes(1)) {

@@ -66,16 +66,6 @@ ABSL_FLAG(int64_t, http_max_bytes_in_flight, 0,
           "gRPC message limit). Also caps the body limit.");
 ABSL_FLAG(std::string, http_port_file, "",
           "Write the --http_port in use here once it listens.");
-ABSL_FLAG(std::string, otlp_traces_endpoint, "",
-          "Send a span of every recorded forward (Forward, ModelInfer, REST "
-          "infer) to this OpenTelemetry collector, over OTLP/HTTP with JSON "
-          "bodies (e.g. http://otel-collector:4318/v1/traces); empty: no "
-          "tracing. A call is recorded when its caller's W3C traceparent is "
-          "sampled, as a child of the caller's span.");
-ABSL_FLAG(double, trace_sample_ratio, 0.0,
-          "With --otlp_traces_endpoint: the share (0 to 1) of calls without "
-          "a usable traceparent that start a trace of their own.");
-
 namespace moe::server {
 
 // The service's options as the flags give them (RouterService::Create
@@ -99,30 +89,6 @@ absl::StatusOr<router::RouterServiceOptions> ServiceOptionsFromFlags() {
   o.log_requests = absl::GetFlag(FLAGS_log_requests);
   o.inline_max_tokens = absl::GetFlag(FLAGS_inline_max_tokens);
   return o;
-}
-
-absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
-    const std::string& service_name) {
-  const std::string endpoint = absl::GetFlag(FLAGS_otlp_traces_endpoint);
-  const double ratio = absl::GetFlag(FLAGS_trace_sample_ratio);
-  if (!(ratio >= 0 && ratio <= 1)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--trace_sample_ratio must be 0 to 1, not ", ratio));
-  }
-  if (endpoint.empty()) return std::unique_ptr<Tracing>();
-  OtlpExporter::Options o;
-  o.endpoint = endpoint;
-  o.service_name = service_name;
-  auto tracing = std::make_unique<Tracing>();
-  MOE_ASSIGN_OR_RETURN(tracing->exporter, OtlpExporter::Create(o));
-  OtlpExporter* exporter = tracing->exporter.get();
-  tracing->tracer = std::make_unique<common::Tracer>(
-      ratio,
-      [exporter](common::Span span) { exporter->Export(std::move(span)); });
-  MOE_LOG(INFO) << "tracing: spans to " << endpoint
-                << " (callers' sampled traces; " << ratio
-                << " of the calls without one)";
-  return tracing;
 }
 
 absl::StatusOr<std::unique_ptr<router::InferenceHttpServer>> StartRestFromFlags(

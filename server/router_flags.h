@@ -6,19 +6,13 @@
 //   --http_port        -1 off (default), 0 a free port
 //   --http_port_file   where the port in use is written
 // HTTPS with the gRPC port's TLS files (ServerOptions) when it has them.
-// And tracing (docs/operations.md, "Traces"):
-//   --otlp_traces_endpoint   an OTLP/HTTP collector's traces URL; "" off
-//   --trace_sample_ratio     the share of calls without a sampled caller
-//                            context that start a trace (0 to 1)
 #pragma once
 
 #include <cstdint>
 #include <memory>
 
 #include "absl/status/statusor.h"
-#include "common/tracing.h"
 #include "router/service/inference_http.h"
-#include "server/otlp_exporter.h"
 #include "server/server_runner.h"
 
 namespace moe::server {
@@ -26,16 +20,6 @@ namespace moe::server {
 // The service's options as the flags give them (RouterService::Create
 // validates them).
 absl::StatusOr<router::RouterServiceOptions> ServiceOptionsFromFlags();
-
-// The tracer of --otlp_traces_endpoint and the exporter its spans go to.
-struct Tracing {
-  std::unique_ptr<OtlpExporter> exporter;
-  std::unique_ptr<common::Tracer> tracer;
-};
-// Null when --otlp_traces_endpoint is empty; spans name the service
-// `service_name`.
-absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
-    const std::string& service_name);
 
 // Null when --http_port is -1. `max_body_bytes` bounds a request body;
 // `metrics` (which must outlive the server) gets the REST port's gauges.

@@ -1,12 +1,17 @@
 #include "server/serving_flags.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <optional>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "proto/tls.h"
+#include "server/main_helpers.h"
+#include "server/otel_environment.h"
 
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(std::string, port_file, "",
@@ -62,6 +67,27 @@ ABSL_FLAG(int, health_port, -1,
           "port, for probes that cannot speak TLS; -1: no, 0: a free port.");
 ABSL_FLAG(std::string, health_port_file, "",
           "Write the --health_port here once listening.");
+
+ABSL_FLAG(std::string, otlp_traces_endpoint, "",
+          "Send a span of every recorded call to this OpenTelemetry "
+          "collector, over OTLP/HTTP with JSON bodies (e.g. "
+          "http://otel-collector:4318/v1/traces). A call is recorded when "
+          "its caller's W3C traceparent is sampled, as a child of the "
+          "caller's span. The router records forwards (Forward, ModelInfer, "
+          "REST infer) and its calls to the workers; a worker records the "
+          "RunExperts calls of recorded forwards. Empty (default): "
+          "OpenTelemetry's OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or "
+          "OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces, when set; else no "
+          "tracing. OTEL_EXPORTER_OTLP_HEADERS, "
+          "OTEL_EXPORTER_OTLP_CERTIFICATE, OTEL_SERVICE_NAME and "
+          "OTEL_RESOURCE_ATTRIBUTES are followed (docs/operations.md, "
+          "\"Traces\").");
+ABSL_FLAG(std::optional<double>, trace_sample_ratio, std::nullopt,
+          "When tracing: the share (0 to 1) of calls without a usable "
+          "traceparent that start a trace of their own. Not given: "
+          "OpenTelemetry's OTEL_TRACES_SAMPLER (parentbased_always_on 1, "
+          "parentbased_always_off 0, parentbased_traceidratio "
+          "OTEL_TRACES_SAMPLER_ARG) when set, else 0.");
 
 namespace moe::server {
 
@@ -149,6 +175,63 @@ absl::Status ServerOptionsFromFlags(int port,
     return absl::InvalidArgumentError("--health_port must be -1 or a port");
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
+    const std::string& service_name) {
+  MOE_ASSIGN_OR_RETURN(
+      const OtelEnvironment env,
+      ReadOtelEnvironment([](const char* name) { return std::getenv(name); }));
+  std::string endpoint = absl::GetFlag(FLAGS_otlp_traces_endpoint);
+  std::string from = "--otlp_traces_endpoint";
+  const std::optional<double> given = absl::GetFlag(FLAGS_trace_sample_ratio);
+  if (given.has_value() && !(*given >= 0 && *given <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--trace_sample_ratio must be 0 to 1, not ", *given));
+  }
+  if (endpoint.empty() && !env.traces_endpoint.empty()) {
+    if (!env.protocol.empty() && env.protocol != "http/json") {
+      MOE_LOG(WARNING)
+          << "tracing off: " << env.endpoint_variable
+          << " is set, but the OTLP protocol asked for is \"" << env.protocol
+          << "\"; moe-serve sends OTLP over HTTP with JSON bodies only: set "
+             "OTEL_EXPORTER_OTLP_PROTOCOL=http/json with the collector's "
+             "OTLP/HTTP receiver (port 4318), or pass --otlp_traces_endpoint";
+      return std::unique_ptr<Tracing>();
+    }
+    endpoint = env.traces_endpoint;
+    from = env.endpoint_variable;
+  }
+  if (endpoint.empty()) return std::unique_ptr<Tracing>();
+  for (const std::string& w : env.warnings)
+    MOE_LOG(WARNING) << "tracing: " << w;
+  const double ratio = given.value_or(env.sample_ratio.value_or(0.0));
+  OtlpExporter::Options o;
+  o.endpoint = endpoint;
+  o.service_name = env.service_name.empty() ? service_name : env.service_name;
+  o.resource_attributes = env.resource_attributes;
+  o.headers = env.headers;
+  o.ca_file = env.certificate;
+  if (!o.ca_file.empty() && !std::ifstream(o.ca_file).good()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        env.certificate_variable, " \"", o.ca_file, "\": cannot be read"));
+  }
+  auto tracing = std::make_unique<Tracing>();
+  MOE_ASSIGN_OR_RETURN(tracing->exporter,
+                       ForFlag(from, OtlpExporter::Create(o)));
+  OtlpExporter* exporter = tracing->exporter.get();
+  tracing->tracer = std::make_unique<common::Tracer>(
+      ratio,
+      [exporter](common::Span span) { exporter->Export(std::move(span)); });
+  // Never the headers' values: they hold API keys.
+  MOE_LOG(INFO) << "tracing: spans of service " << o.service_name << " to "
+                << endpoint << " (" << from << "; callers' sampled traces, "
+                << ratio << " of the calls without one"
+                << (o.headers.empty()
+                        ? ""
+                        : absl::StrCat("; ", o.headers.size(), " header(s)"))
+                << (o.ca_file.empty() ? "" : "; CA " + o.ca_file) << ")";
+  return tracing;
 }
 
 }  // namespace moe::server

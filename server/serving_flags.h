@@ -16,6 +16,10 @@
 //   --tls_client_ca_file                require client certificates of this CA
 //   --tls_refresh_seconds               how often the files are re-read
 //   --health_port, --health_port_file   plaintext grpc.health.v1 for probes
+//   --otlp_traces_endpoint              an OTLP/HTTP collector's traces URL
+//                                       ("" off; docs/operations.md, "Traces")
+//   --trace_sample_ratio                the share of calls without a sampled
+//                                       caller context that start a trace
 #pragma once
 
 #include <prometheus/registry.h>
@@ -27,7 +31,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/tracing.h"
 #include "server/metrics_http.h"
+#include "server/otlp_exporter.h"
 #include "server/server_runner.h"
 
 namespace moe::server {
@@ -52,5 +58,15 @@ bool WarmupFromFlags();
 size_t MaxQueuedFromFlags();
 // --tls_refresh_seconds, for the credentials a server makes as a client.
 int TlsRefreshSecondsFromFlags();
+
+// The tracer of --otlp_traces_endpoint and the exporter its spans go to.
+struct Tracing {
+  std::unique_ptr<OtlpExporter> exporter;
+  std::unique_ptr<common::Tracer> tracer;
+};
+// Null when --otlp_traces_endpoint is empty; spans name the service
+// `service_name`.
+absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
+    const std::string& service_name);
 
 }  // namespace moe::server

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -43,9 +44,11 @@ ABSL_FLAG(int, port, 50051, "Router port; 0 picks a free one.");
 ABSL_FLAG(std::string, port_file, "", "Write the router port here when ready.");
 ABSL_FLAG(std::string, on_expert_failure, "drop", "Passed to moe-router.");
 ABSL_FLAG(std::string, otlp_traces_endpoint, "",
-          "Passed to moe-router: its spans go to this OpenTelemetry "
-          "collector (OTLP/HTTP, e.g. http://127.0.0.1:4318/v1/traces).");
-ABSL_FLAG(double, trace_sample_ratio, 0.0, "Passed to moe-router.");
+          "Passed to moe-router and the workers: their spans go to this "
+          "OpenTelemetry collector (OTLP/HTTP, e.g. "
+          "http://127.0.0.1:4318/v1/traces).");
+ABSL_FLAG(std::optional<double>, trace_sample_ratio, std::nullopt,
+          "Passed to moe-router when given.");
 ABSL_FLAG(std::string, wire_dtype, "float32", "Passed to moe-router.");
 ABSL_FLAG(std::string, compute_dtype, "float32",
           "Passed to the workers: float32 (exact) or bfloat16 (faster, "
@@ -147,7 +150,8 @@ absl::StatusOr<server::LocalDeploymentOptions> OptionsFromFlags() {
   }
   o.common_flags = {
       absl::StrCat("--reflection=", absl::GetFlag(FLAGS_reflection)),
-      absl::StrCat("--warmup=", absl::GetFlag(FLAGS_warmup))};
+      absl::StrCat("--warmup=", absl::GetFlag(FLAGS_warmup)),
+      "--otlp_traces_endpoint=" + absl::GetFlag(FLAGS_otlp_traces_endpoint)};
   o.worker_flags = {"--compute_dtype=" + absl::GetFlag(FLAGS_compute_dtype)};
   if (absl::GetFlag(FLAGS_worker_inline_max_request_kib) >= 0) {
     o.worker_flags.push_back(
@@ -159,10 +163,11 @@ absl::StatusOr<server::LocalDeploymentOptions> OptionsFromFlags() {
       "--wire_dtype=" + absl::GetFlag(FLAGS_wire_dtype),
       absl::StrCat("--batch_window_us=", absl::GetFlag(FLAGS_batch_window_us)),
       absl::StrCat("--inline_max_tokens=",
-                   absl::GetFlag(FLAGS_inline_max_tokens)),
-      "--otlp_traces_endpoint=" + absl::GetFlag(FLAGS_otlp_traces_endpoint),
-      absl::StrCat("--trace_sample_ratio=",
-                   absl::GetFlag(FLAGS_trace_sample_ratio))};
+                   absl::GetFlag(FLAGS_inline_max_tokens))};
+  if (const std::optional<double> ratio =
+          absl::GetFlag(FLAGS_trace_sample_ratio)) {
+    o.router_flags.push_back(absl::StrCat("--trace_sample_ratio=", *ratio));
+  }
   const std::string cert = absl::GetFlag(FLAGS_tls_cert_file);
   const std::string key = absl::GetFlag(FLAGS_tls_key_file);
   const std::string client_ca = absl::GetFlag(FLAGS_tls_client_ca_file);

@@ -178,7 +178,8 @@ void WaitToLeave(ServerRunner& runner, experts::ExpertService& service,
   runner.DrainAndShutdown(SIGTERM);
 }
 
-absl::Status Run(const ShardFactory& make_shard) {
+// `program` names the service in spans.
+absl::Status Run(const ShardFactory& make_shard, const char* program) {
   const std::string path = absl::GetFlag(FLAGS_checkpoint);
   if (path.empty()) {
     return absl::InvalidArgumentError("--checkpoint is required");
@@ -191,6 +192,10 @@ absl::Status Run(const ShardFactory& make_shard) {
       absl::GetFlag(FLAGS_inline_max_request_kib) * 1024;
   options.log_requests = absl::GetFlag(FLAGS_log_requests);
   MOE_RETURN_IF_ERROR(options.Validate());
+  // Before the service: it ends its spans until it is gone.
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Tracing> tracing,
+                       TracingFromFlags(program));
+  if (tracing) options.tracer = tracing->tracer.get();
   // Certificates are checked before the (slow) weights are loaded.
   ServerOptions server_options;
   MOE_RETURN_IF_ERROR(ServerOptionsFromFlags(
@@ -290,7 +295,7 @@ int RunWorker(int argc, char** argv, const char* program, const char* usage,
   BlockShutdownSignals();
   cli::ParseCommandLine(argc, argv, program, usage);
   proto::RouteGrpcLogs();
-  return cli::ExitCode(Run(make_shard));
+  return cli::ExitCode(Run(make_shard, program));
 }
 
 }  // namespace moe::server

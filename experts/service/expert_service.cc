@@ -151,7 +151,8 @@ moe::v1::ShardInfo ExpertService::shard_info(bool include_load) const {
 }
 
 absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
-                                grpc::ByteBuffer* response) const {
+                                grpc::ByteBuffer* response,
+                                CallFacts* facts) const {
   using Clock = std::chrono::steady_clock;
   const Clock::time_point start = Clock::now();
   // The experts as they are now: a change made while this call runs frees
@@ -192,6 +193,9 @@ absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
   // On the host the whole run is compute; on a GPU its measured share.
   stages.compute = on_gpu ? stats.compute_seconds : seconds(ran - parsed);
   stages.serialize = seconds(Clock::now() - ran);
+  facts->rows = call.rows();
+  facts->segments = static_cast<int64_t>(call.segments().size());
+  facts->stages = stages;
   metrics_.RecordBatch(call.rows());
   metrics_.RecordCall(stages, on_gpu);
   metrics_.RecordGpuPasses(stats.small_rows_passes, stats.gemm_passes);
@@ -292,24 +296,92 @@ struct ForRequests {
   std::vector<absl::string_view> ids;
 };
 
+// The first value of metadata `key` ("" when none).
+absl::string_view FirstValue(const grpc::CallbackServerContext& context,
+                             const char* key) {
+  auto it = context.client_metadata().find(grpc::string_ref(key));
+  if (it == context.client_metadata().end()) return {};
+  return absl::string_view(it->second.data(), it->second.size());
+}
+
 }  // namespace
+
+void ExpertService::EndSpan(common::Span span,
+                            const grpc::CallbackServerContext& context,
+                            const absl::Status& status, const CallFacts& facts,
+                            absl::Time started, bool ran_inline) const {
+  span.end = absl::Now();
+  auto [begin, end] = context.client_metadata().equal_range(
+      grpc::string_ref(common::kTraceLinkKey));
+  for (auto it = begin; it != end && span.links.size() < common::kMaxSpanLinks;
+       ++it) {
+    if (auto link = common::ParseTraceparent(
+            absl::string_view(it->second.data(), it->second.size()))) {
+      span.links.push_back(
+          {std::move(link->trace_id), std::move(link->span_id)});
+    }
+  }
+  auto add = [&span](const char* key, common::SpanAttribute value) {
+    span.attributes.emplace_back(key, std::move(value));
+  };
+  auto micros = [](double seconds) {
+    return static_cast<int64_t>(seconds * 1e6);
+  };
+  add("rpc.system", std::string("grpc"));
+  add("rpc.grpc.status_code", static_cast<int64_t>(status.code()));
+  add("client.address", context.peer());
+  add("moe.request_ids", ForRequests(context).Field());
+  // Waiting for a compute thread, then the call's stages.
+  add("moe.queued_us", absl::ToInt64Microseconds(started - span.start));
+  add("moe.inline", ran_inline);
+  if (status.ok()) {
+    add("moe.rows", facts.rows);
+    add("moe.segments", facts.segments);
+    add("moe.parse_us", micros(facts.stages.parse));
+    add("moe.copy_in_us", micros(facts.stages.copy_in));
+    add("moe.compute_us", micros(facts.stages.compute));
+    add("moe.copy_out_us", micros(facts.stages.copy_out));
+    add("moe.serialize_us", micros(facts.stages.serialize));
+  } else {
+    span.error = true;
+    span.status_message = absl::StrCat(absl::StatusCodeToString(status.code()),
+                                       ": ", status.message());
+  }
+  options_.tracer->End(std::move(span));
+}
 
 grpc::ServerUnaryReactor* ExpertService::RunExperts(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   metrics_.AddInflight(1);
-  auto finish = [this, reactor](const absl::Status& status) {
+  const absl::Time received = absl::Now();
+  // Shared by the paths that finish the call (run, a full queue).
+  auto span = std::make_shared<std::optional<common::Span>>();
+  if (options_.tracer != nullptr) {
+    *span = options_.tracer->Start(
+        "moe.v1.ExpertWorker/RunExperts",
+        FirstValue(*context, common::kTraceparentKey), received);
+  }
+  auto finish = [this, reactor, context, span](
+                    const absl::Status& status, const CallFacts& facts,
+                    absl::Time started, bool ran_inline) {
+    if (span->has_value()) {
+      EndSpan(*std::move(*span), *context, status, facts, started, ran_inline);
+    }
     metrics_.AddInflight(-1);
     reactor->Finish(proto::ToGrpcStatus(status));
   };
-  const absl::Time received = absl::Now();
-  auto run = [this, context, request, response, finish, received] {
+  // Whether the call runs on the gRPC thread that received it.
+  auto ran_inline = std::make_shared<std::atomic<bool>>(false);
+  auto run = [this, context, request, response, finish, received, ran_inline] {
+    const absl::Time started = absl::Now();
     absl::Status status;
+    CallFacts facts;
     if (context->IsCancelled()) {
       status = absl::CancelledError("cancelled before it ran");
     } else {
-      status = Run(*request, response);
+      status = Run(*request, response, &facts);
     }
     static common::LogRateLimiter failures(kFailureLogsPerSecond);
     int64_t suppressed = 0;
@@ -329,12 +401,14 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
           << ", " << request->Length() << " bytes in, " << response->Length()
           << " out";
     }
-    finish(status);
+    finish(status, facts, started, ran_inline->load());
   };
   if (static_cast<int64_t>(request->Length()) <=
           options_.inline_max_request_bytes &&
       !inline_running_.exchange(true)) {
+    ran_inline->store(true);
     const bool ran = queue_->TryRunHere(run);
+    ran_inline->store(false);
     inline_running_.store(false);
     if (ran) {
       metrics_.RecordInline();
@@ -352,8 +426,9 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
   }
   if (!queued) {
     finish(absl::ResourceExhaustedError(
-        absl::StrCat("expert worker overloaded: ", options_.max_queued,
-                     " calls already queued")));
+               absl::StrCat("expert worker overloaded: ", options_.max_queued,
+                            " calls already queued")),
+           CallFacts(), absl::Now(), false);
   }
   return reactor;
 }

@@ -23,6 +23,7 @@
 #include "absl/time/clock.h"
 #include "common/model_spec.h"
 #include "common/token_set.h"
+#include "common/tracing.h"
 #include "common/work_queue.h"
 #include "experts/expert_shard.h"
 #include "experts/service/expert_metrics.h"
@@ -47,6 +48,11 @@ struct ExpertServiceOptions {
   // Log every RunExperts call (peer, the forwards' request IDs, time,
   // bytes); failures are logged whatever this says (at most 10 a second).
   bool log_requests = false;
+  // Records the RunExperts calls of traced forwards (common/tracing.h):
+  // the router sends each call's span as its traceparent, and the other
+  // forwards a batched call serves as moe-trace-link values. None when
+  // null; must outlive the service.
+  const common::Tracer* tracer = nullptr;
 
   // InvalidArgument naming the option (as the flag spells it) when
   // compute_threads or max_tokens_per_call is below 1.
@@ -114,8 +120,18 @@ class ExpertService final
   ExpertService(ExpertPlacement* placement,
                 std::unique_ptr<ExpertPlacement> owned, ServedModel model,
                 const ExpertServiceOptions& options, ExpertMetrics* metrics);
-  absl::Status Run(const grpc::ByteBuffer& request,
-                   grpc::ByteBuffer* response) const;
+  // What a call was and where its time went, for its span.
+  struct CallFacts {
+    int64_t rows = 0;
+    int64_t segments = 0;
+    ExpertMetrics::CallStages stages;
+  };
+  absl::Status Run(const grpc::ByteBuffer& request, grpc::ByteBuffer* response,
+                   CallFacts* facts) const;
+  // Ends a RunExperts call's span with its outcome.
+  void EndSpan(common::Span span, const grpc::CallbackServerContext& context,
+               const absl::Status& status, const CallFacts& facts,
+               absl::Time started, bool ran_inline) const;
   // SetExperts after its token was accepted; `who` names the caller.
   absl::Status ChangeExperts(const moe::v1::SetExpertsRequest& request,
                              const std::string& who);

@@ -174,6 +174,7 @@ class FanOut {
       c.request.waiter = waiter_;
       c.request.waiter_index = waiter_->AddTicket();
       c.request.request_id = options_.request_id;
+      c.request.traceparent = options_.traceparent;
     }
     if (gating_ != nullptr) gating_->Done();
     for (Call& c : calls_) c.ticket = batcher_->Submit(std::move(c.request));

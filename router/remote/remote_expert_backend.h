@@ -43,6 +43,9 @@ struct RemoteCallOptions {
   common::Clock* clock = common::Clock::Real();
   // The forward's request ID: its worker calls carry it (x-request-id).
   std::string request_id;
+  // The forward's span as a traceparent when it is recorded (its worker
+  // calls get spans of their own, children of it); "" when not.
+  std::string traceparent;
 };
 
 class RemoteExpertBackend : public ExpertBackend {

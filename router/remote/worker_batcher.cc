@@ -27,6 +27,9 @@ class WorkerBatch {
   // once by Finish() before the tickets are marked done.
   absl::Status status;
   std::optional<proto::RunExpertsResponseView> response;
+  // The call's spans, one for each traced forward in it (BatcherOptions::
+  // tracer): made before the call starts, ended when it ended.
+  std::vector<common::Span> spans;
 
   absl::Mutex mu;
   bool cancelled ABSL_GUARDED_BY(mu) = false;
@@ -45,6 +48,47 @@ std::vector<std::string> RequestIds(const WorkerBatch& batch) {
     }
   }
   return ids;
+}
+
+// The ticket's rows in its call.
+int64_t RowsOf(const BatchTicket& ticket) {
+  int64_t rows = 0;
+  for (const common::ExpertSegment& s : ticket.request().segments) {
+    rows += s.count;
+  }
+  return rows;
+}
+
+// What the call carries: its forwards' request IDs and, when some of them
+// are traced, a span of the call for each (at most kMaxSpanLinks, in
+// batch->spans), the first as its traceparent and the others as links.
+router::WorkerCallMetadata CallMetadata(WorkerBatch* batch,
+                                        const common::Tracer* tracer,
+                                        const std::string& worker,
+                                        absl::Time sent) {
+  router::WorkerCallMetadata metadata;
+  metadata.request_ids = RequestIds(*batch);
+  if (tracer == nullptr) return metadata;
+  for (const auto& t : batch->tickets) {
+    if (t->request().traceparent.empty()) continue;
+    if (batch->spans.size() == common::kMaxSpanLinks) break;
+    std::optional<common::Span> span = tracer->Start(
+        "moe.v1.ExpertWorker/RunExperts", t->request().traceparent, sent,
+        common::SpanKind::kClient);
+    if (!span) continue;
+    span->attributes = {
+        {"rpc.system", std::string("grpc")},
+        {"server.address", worker},
+        {"moe.request_id", t->request().request_id},
+        {"moe.rows", RowsOf(*t)},
+        {"moe.call_rows", batch->rows},
+        {"moe.call_forwards", static_cast<int64_t>(batch->tickets.size())}};
+    (batch->spans.empty() ? metadata.traceparent
+                          : metadata.trace_links.emplace_back()) =
+        common::TraceparentOf(*span);
+    batch->spans.push_back(*std::move(span));
+  }
+  return metadata;
 }
 
 }  // namespace
@@ -244,8 +288,9 @@ void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
     }
   }
   grpc::ByteBuffer request = Encode(*batch);
-  const std::vector<std::string> request_ids = RequestIds(*batch);
   const absl::Time sent = options_.clock->Now();
+  const WorkerCallMetadata metadata = CallMetadata(
+      batch.get(), options_.tracer, pool_->address(batch->worker), sent);
   for (const auto& t : batch->tickets) {
     t->sent_nanos_.store(absl::ToUnixNanos(sent));
   }
@@ -256,10 +301,11 @@ void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
     if (!batch->cancelled) {
       pool_->CallStarted(worker);
       batch->call = pool_->transport(worker).StartRunExperts(
-          std::move(request), deadline, request_ids,
+          std::move(request), deadline, metadata,
           [this, batch, sent, timeout_binds](absl::Status s,
                                              grpc::ByteBuffer response) {
             pool_->CallFinished(batch->worker, s, timeout_binds);
+            EndSpans(batch.get(), s);
             Finish(batch, std::move(s), std::move(response),
                    options_.clock->Now() - sent);
           });
@@ -273,6 +319,23 @@ void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
   }
   // Encoding counts until the call started.
   if (options_.on_encode) options_.on_encode(options_.clock->Now() - start);
+}
+
+void WorkerBatcher::EndSpans(WorkerBatch* batch,
+                             const absl::Status& status) const {
+  const absl::Time end = options_.clock->Now();
+  for (common::Span& span : batch->spans) {
+    span.end = end;
+    span.attributes.emplace_back("rpc.grpc.status_code",
+                                 static_cast<int64_t>(status.code()));
+    if (!status.ok()) {
+      span.error = true;
+      span.status_message = absl::StrCat(
+          absl::StatusCodeToString(status.code()), ": ", status.message());
+    }
+    options_.tracer->End(std::move(span));
+  }
+  batch->spans.clear();
 }
 
 void WorkerBatcher::Finish(const std::shared_ptr<WorkerBatch>& batch,

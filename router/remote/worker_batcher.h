@@ -41,6 +41,7 @@
 #include "common/clock.h"
 #include "common/dtype.h"
 #include "common/expert_segment.h"
+#include "common/tracing.h"
 #include "proto/expert_wire.h"
 #include "router/remote/forward_waiter.h"
 #include "router/remote/worker_pool.h"
@@ -62,6 +63,10 @@ struct BatcherOptions {
   // its rows.
   std::function<void(int worker, absl::Duration, int forwards, int64_t rows)>
       on_rpc;
+  // Records a span of each call for every traced forward in it (a child of
+  // the forward's span; WorkerRequest::traceparent); none when null. Must
+  // outlive the batcher.
+  const common::Tracer* tracer = nullptr;
 };
 
 // What one forward asks of one worker: rows of its gathered block for some
@@ -85,6 +90,8 @@ struct WorkerRequest {
   // The forward's request ID ("" for none): the call carrying the request
   // sends it to the worker (WorkerTransport::StartRunExperts).
   std::string request_id;
+  // The forward's span as a traceparent, when it is recorded ("" when not).
+  std::string traceparent;
 };
 
 class WorkerBatch;
@@ -161,6 +168,8 @@ class WorkerBatcher {
       ABSL_LOCKS_EXCLUDED(mu_);
   // The batch's call, its rows grouped by expert; sets each ticket's rows.
   grpc::ByteBuffer Encode(WorkerBatch& batch) const;
+  // Ends the spans of the batch's call with its status.
+  void EndSpans(WorkerBatch* batch, const absl::Status& status) const;
   void GatingDelta(int delta);
   // Whether an open batch should go now.
   bool DueLocked(const WorkerBatch& batch, absl::Time now) const

@@ -4,6 +4,7 @@
 
 #include "common/logging.h"
 #include "common/request_id.h"
+#include "common/tracing.h"
 #include "moe/v1/expert.grpc.pb.h"
 #include "proto/grpc_status.h"
 
@@ -49,12 +50,18 @@ class GrpcWorkerTransport : public WorkerTransport {
 
   std::shared_ptr<WorkerCall> StartRunExperts(
       grpc::ByteBuffer request, absl::Time deadline,
-      const std::vector<std::string>& request_ids, Done done) override {
+      const WorkerCallMetadata& metadata, Done done) override {
     auto call = std::make_shared<GrpcWorkerCall>();
     call->request = std::move(request);
     call->context.set_deadline(absl::ToChronoTime(deadline));
-    for (const std::string& id : request_ids) {
+    for (const std::string& id : metadata.request_ids) {
       call->context.AddMetadata(common::kRequestIdKey, id);
+    }
+    if (!metadata.traceparent.empty()) {
+      call->context.AddMetadata(common::kTraceparentKey, metadata.traceparent);
+    }
+    for (const std::string& link : metadata.trace_links) {
+      call->context.AddMetadata(common::kTraceLinkKey, link);
     }
     // The completion holds the call until it ran.
     generic_->UnaryCall(

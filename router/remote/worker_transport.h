@@ -26,6 +26,20 @@ class WorkerCall {
   virtual void Cancel() = 0;
 };
 
+// What a RunExperts call carries besides its bytes, as gRPC metadata.
+struct WorkerCallMetadata {
+  // The request IDs of the forwards it serves (x-request-id, one value
+  // each, for the worker's logs).
+  std::vector<std::string> request_ids;
+  // The call's span as a W3C traceparent ("" when not traced): the
+  // worker's span of the call is its child.
+  std::string traceparent;
+  // The spans of the same call for other traced forwards it serves
+  // (common::kTraceLinkKey, one traceparent each): the worker's span links
+  // them.
+  std::vector<std::string> trace_links;
+};
+
 class WorkerTransport {
  public:
   // Runs once per call, on any thread, with the call's status and (when OK)
@@ -36,11 +50,10 @@ class WorkerTransport {
   virtual const std::string& address() const = 0;
 
   // Starts RunExperts with the serialized `request`, ending by `deadline`,
-  // on behalf of the forwards `request_ids` names (sent as x-request-id
-  // metadata, one value each, for the worker's logs).
+  // with `metadata`.
   virtual std::shared_ptr<WorkerCall> StartRunExperts(
       grpc::ByteBuffer request, absl::Time deadline,
-      const std::vector<std::string>& request_ids, Done done) = 0;
+      const WorkerCallMetadata& metadata, Done done) = 0;
 
   // GetShardInfo, blocking until it answers or `deadline`.
   virtual absl::StatusOr<moe::v1::ShardInfo> GetShardInfo(

@@ -240,6 +240,7 @@ RouterService::RouterService(const ForwardRunner* runner, WorkerPool* pool,
   batching.max_rows = options.batch_max_rows;
   batching.wire_dtype = options.wire_dtype;
   batching.clock = options.clock;
+  batching.tracer = options.tracer;
   batching.on_encode = [this](absl::Duration d) {
     metrics_.RecordStage(RouterStage::kEncode, d);
   };
@@ -306,6 +307,25 @@ absl::Status RouterService::Admit(Job* job) const {
   return status;
 }
 
+namespace {
+
+// The wall time of a forward's stages (ForwardTimings) as attributes of
+// its span, in microseconds.
+void AddStages(const ForwardTimings& t, common::Span* span) {
+  for (const auto& [key, d] :
+       {std::pair<const char*, absl::Duration>{"moe.pre_us", t.pre},
+        {"moe.gate_us", t.gate},
+        {"moe.plan_us", t.plan},
+        {"moe.experts_us", t.experts},
+        {"moe.batch_wait_us", t.batch_wait},
+        {"moe.rpc_wait_us", t.rpc_wait},
+        {"moe.combine_us", t.combine}}) {
+    span->attributes.emplace_back(key, absl::ToInt64Microseconds(d));
+  }
+}
+
+}  // namespace
+
 absl::Status RouterService::RunForward(Job* job) const {
   // Open worker batches may wait for this forward until it dispatches.
   WorkerBatcher::Gating gating(batcher_.get());
@@ -314,6 +334,7 @@ absl::Status RouterService::RunForward(Job* job) const {
   remote.worker_timeout = options_.worker_timeout;
   remote.clock = options_.clock;
   remote.request_id = job->request_id_;
+  if (job->span_) remote.traceparent = common::TraceparentOf(*job->span_);
   MOE_ASSIGN_OR_RETURN(
       remote.on_failure,
       FailurePolicy(job->request.on_expert_failure(), options_.on_failure));
@@ -326,6 +347,7 @@ absl::Status RouterService::RunForward(Job* job) const {
   metrics_.RecordForward(job->admitted_.layer->index(), result);
   metrics_.RecordStages(result.timings);
   metrics_.RecordForwardCpu(common::ThreadCpuTime() - cpu_start);
+  if (job->span_) AddStages(result.timings, &*job->span_);
   return absl::OkStatus();
 }
 

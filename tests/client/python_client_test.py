@@ -629,12 +629,16 @@ class PythonClientTracingTest(unittest.TestCase):
         cls.receiver.shutdown()
 
     def span(self, request_id):
+        """The router's span of the forward `request_id` (not its worker
+        calls' spans, which name the forward too)."""
         deadline = time.time() + 20
         while time.time() < deadline:
             for body in list(self.bodies):
                 for rs in body["resourceSpans"]:
                     for ss in rs["scopeSpans"]:
                         for span in ss["spans"]:
+                            if span["kind"] != 2:  # SPAN_KIND_SERVER
+                                continue
                             for a in span["attributes"]:
                                 if a["key"] == "moe.request_id" and \
                                         a["value"]["stringValue"] == request_id:

@@ -1,17 +1,24 @@
-// Tracing with real processes: moe-router and two workers on a two-layer
-// model, the router's --otlp_traces_endpoint pointing at an OTLP/HTTP
-// receiver in this test (an HTTP server that keeps what is POSTed to
-// /v1/traces), and the spans it gets checked: a call whose caller's W3C
-// traceparent is sampled gets a child span of the caller's (Forward,
-// ModelInfer and REST infer, a failed call with an error status), a caller's
-// unsampled context and a call without one get none (--trace_sample_ratio
-// 0), and with a ratio of 1 a call without a context starts a trace.
+// Tracing with real processes: moe-router and two workers (moe-expert and
+// moe-expert-gpu --device=host) on a two-layer model, every
+// --otlp_traces_endpoint pointing at an OTLP/HTTP receiver in this test (an
+// HTTP server that keeps what is POSTed to /v1/traces), and the spans it
+// gets checked: a call whose caller's W3C traceparent is sampled gets a
+// child span of the caller's (Forward, ModelInfer and REST infer, a failed
+// call with an error status), its worker calls a client span each on the
+// router and a server span on the worker, children in turn; a caller's
+// unsampled context and a call without one get none anywhere
+// (--trace_sample_ratio 0), and with a ratio of 1 a call without a context
+// starts a trace.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <filesystem>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,30 +40,47 @@ namespace {
 
 using nlohmann::json;
 
-// An OTLP/HTTP receiver on 127.0.0.1: keeps every body POSTed to /v1/traces.
+// An OTLP/HTTP receiver on 127.0.0.1: keeps every body POSTed to
+// /v1/traces, and its headers. Plain HTTP, or HTTPS with a certificate.
 class Collector {
  public:
-  Collector() {
-    server_.Post("/v1/traces",
-                 [this](const httplib::Request& req, httplib::Response& res) {
-                   absl::MutexLock lock(&mu_);
-                   bodies_.push_back(req.body);
-                   res.set_content("{}", "application/json");
-                 });
-    port_ = server_.bind_to_any_port("127.0.0.1");
-    thread_ = std::thread([this] { server_.listen_after_bind(); });
+  explicit Collector(const std::string& cert = "", const std::string& key = "")
+      : https_(!cert.empty()) {
+    if (https_) {
+      server_ = std::make_unique<httplib::SSLServer>(cert.c_str(), key.c_str());
+    } else {
+      server_ = std::make_unique<httplib::Server>();
+    }
+    server_->Post("/v1/traces",
+                  [this](const httplib::Request& req, httplib::Response& res) {
+                    absl::MutexLock lock(&mu_);
+                    bodies_.push_back(req.body);
+                    headers_.push_back(req.headers);
+                    res.set_content("{}", "application/json");
+                  });
+    port_ = server_->bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_->listen_after_bind(); });
   }
   ~Collector() {
-    server_.stop();
+    server_->stop();
     thread_.join();
   }
-  std::string endpoint() const {
-    return absl::StrCat("http://127.0.0.1:", port_, "/v1/traces");
+  // The base URL, as OTEL_EXPORTER_OTLP_ENDPOINT gives it.
+  std::string base() const {
+    return absl::StrCat(https_ ? "https" : "http", "://127.0.0.1:", port_);
+  }
+  std::string endpoint() const { return base() + "/v1/traces"; }
+  // The headers of each POST so far.
+  std::vector<httplib::Headers> headers() {
+    absl::MutexLock lock(&mu_);
+    return headers_;
   }
 
   // Every span received, each with its resource's service.name added as
-  // "service", once at least `n` came (or after 20 s).
-  std::vector<json> Spans(size_t n) {
+  // "service" and its resource's attributes as "resource", once `done`
+  // says they are all there (or after 20 s).
+  std::vector<json> Spans(
+      const std::function<bool(const std::vector<json>&)>& done) {
     std::vector<json> spans;
     for (const absl::Time until = absl::Now() + absl::Seconds(20);;) {
       spans.clear();
@@ -66,30 +90,35 @@ class Collector {
           const json b = json::parse(body);
           for (const json& rs : b["resourceSpans"]) {
             std::string service;
+            json resource = json::object();
             for (const json& a : rs["resource"]["attributes"]) {
               if (a["key"] == "service.name")
                 service = a["value"]["stringValue"];
+              resource[a["key"].get<std::string>()] = a["value"];
             }
             for (const json& ss : rs["scopeSpans"]) {
               for (json span : ss["spans"]) {
                 span["service"] = service;
+                span["resource"] = resource;
                 spans.push_back(std::move(span));
               }
             }
           }
         }
       }
-      if (spans.size() >= n || absl::Now() >= until) return spans;
+      if (done(spans) || absl::Now() >= until) return spans;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   }
 
  private:
-  httplib::Server server_;
+  const bool https_;
+  std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
   int port_ = 0;
   absl::Mutex mu_;
   std::vector<std::string> bodies_ ABSL_GUARDED_BY(mu_);
+  std::vector<httplib::Headers> headers_ ABSL_GUARDED_BY(mu_);
 };
 
 // A span's attribute `key` as a JSON value ("stringValue", "intValue"
@@ -101,12 +130,54 @@ json Attribute(const json& span, const std::string& key) {
   return nullptr;
 }
 
-// The span whose moe.request_id is `id`; null when none.
-json SpanOf(const std::vector<json>& spans, const std::string& id) {
+// The router's spans of the calls it served (not its worker calls).
+std::vector<json> Served(const std::vector<json>& spans) {
+  std::vector<json> served;
   for (const json& s : spans) {
+    if (s["service"] == "moe-router" && s["kind"] == 2) served.push_back(s);
+  }
+  return served;
+}
+
+// The router's span of the call whose moe.request_id is `id`; null when
+// none.
+json SpanOf(const std::vector<json>& spans, const std::string& id) {
+  for (const json& s : Served(spans)) {
     if (Attribute(s, "moe.request_id") == id) return s;
   }
   return nullptr;
+}
+
+// Every span of any process that names request `id` (the router's
+// moe.request_id, a worker's moe.request_ids).
+std::vector<json> AllSpansOf(const std::vector<json>& spans,
+                             const std::string& id) {
+  std::vector<json> of;
+  for (const json& s : spans) {
+    const json ids = Attribute(s, "moe.request_ids");
+    if (Attribute(s, "moe.request_id") == id ||
+        (ids.is_string() &&
+         ids.get<std::string>().find(id) != std::string::npos)) {
+      of.push_back(s);
+    }
+  }
+  return of;
+}
+
+// Whether every router span of a worker call has the worker's span (the
+// router's spans name the service `router`).
+bool WorkerSpansCame(const std::vector<json>& spans,
+                     const std::string& router = "moe-router") {
+  for (const json& call : spans) {
+    if (call["service"] != router || call["kind"] != 3) continue;
+    bool found = false;
+    for (const json& s : spans) {
+      found |= s["service"] != router &&
+               s.value("parentSpanId", "") == call["spanId"];
+    }
+    if (!found) return false;
+  }
+  return true;
 }
 
 bool Hex(const json& v, size_t digits) {
@@ -117,17 +188,47 @@ bool Hex(const json& v, size_t digits) {
          s.find_first_not_of('0') != std::string::npos;
 }
 
+// A Forward of layer `layer` to the router at `address`, with these
+// request ID and traceparent.
+grpc::Status ForwardTo(const std::string& address, const std::string& layer,
+                       const std::string& request_id,
+                       const std::string& traceparent,
+                       std::vector<int64_t> shape = {2, 3, 64}) {
+  auto stub = moe::v1::Router::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(30));
+  context.AddMetadata("x-request-id", request_id);
+  if (!traceparent.empty()) context.AddMetadata("traceparent", traceparent);
+  moe::v1::ForwardRequest request;
+  request.set_layer(layer);
+  EXPECT_TRUE(proto::EncodeTensor(common::RandomNormalTensor(shape, 11),
+                                  request.mutable_x())
+                  .ok());
+  moe::v1::ForwardResponse response;
+  return stub->Forward(&context, request, &response);
+}
+
+// The two-layer model of these tests (dim 64, 8 experts).
+std::string Checkpoint() {
+  static const std::string path = [] {
+    common::LayerConfig config = common::DefaultDemoConfig();
+    config.dim = 64;
+    config.num_experts = 8;
+    const std::string p = testing::TempDir() + "/trace.safetensors";
+    EXPECT_TRUE(common::WriteDemoCheckpoint(p, config, 2, /*seed=*/3).ok());
+    return p;
+  }();
+  return path;
+}
+
 class TracingIntegrationTest : public ::testing::Test {
  protected:
   // A router recording sampled callers' calls, and with `root_ratio` of
   // the others.
   void Start(double root_ratio) {
-    common::LayerConfig config = common::DefaultDemoConfig();
-    config.dim = 64;
-    config.num_experts = 8;
-    const std::string checkpoint = testing::TempDir() + "/trace.safetensors";
-    ASSERT_TRUE(
-        common::WriteDemoCheckpoint(checkpoint, config, 2, /*seed=*/3).ok());
+    const std::string checkpoint = Checkpoint();
     http_port_file_ = testing::TempDir() + "/trace-http.port";
     deployment_ = std::make_unique<testing::Deployment>(
         checkpoint, std::vector<std::string>{"0-3", "4-7"},
@@ -135,26 +236,22 @@ class TracingIntegrationTest : public ::testing::Test {
             "--otlp_traces_endpoint=" + collector_.endpoint(),
             absl::StrCat("--trace_sample_ratio=", root_ratio), "--http_port=0",
             "--http_port_file=" + http_port_file_});
+    // Workers follow the router's decision: no ratio of their own.
+    deployment_->SetWorkerFlags(
+        {"--otlp_traces_endpoint=" + collector_.endpoint()});
     ASSERT_TRUE(deployment_->StartWorker(0).ok());
+    deployment_->SetWorkerBinary("moe-expert-gpu");
+    deployment_->SetWorkerFlags(
+        {"--otlp_traces_endpoint=" + collector_.endpoint(), "--device=host"});
     ASSERT_TRUE(deployment_->StartWorker(1).ok());
     ASSERT_TRUE(deployment_->StartRouter().ok()) << deployment_->router().Log();
   }
 
-  // A Forward of layer `layer` with these request ID and traceparent.
   grpc::Status Forward(const std::string& layer, const std::string& request_id,
-                       const std::string& traceparent) {
-    auto stub = moe::v1::Router::NewStub(grpc::CreateChannel(
-        deployment_->router_address(), grpc::InsecureChannelCredentials()));
-    grpc::ClientContext context;
-    context.AddMetadata("x-request-id", request_id);
-    if (!traceparent.empty()) context.AddMetadata("traceparent", traceparent);
-    moe::v1::ForwardRequest request;
-    request.set_layer(layer);
-    EXPECT_TRUE(proto::EncodeTensor(common::RandomNormalTensor({2, 3, 64}, 11),
-                                    request.mutable_x())
-                    .ok());
-    moe::v1::ForwardResponse response;
-    return stub->Forward(&context, request, &response);
+                       const std::string& traceparent,
+                       std::vector<int64_t> shape = {2, 3, 64}) {
+    return ForwardTo(deployment_->router_address(), layer, request_id,
+                     traceparent, std::move(shape));
   }
 
   Collector collector_;
@@ -210,14 +307,21 @@ TEST_F(TracingIntegrationTest, SampledCallersGetChildSpansAndTheOthersNone) {
   ASSERT_TRUE(rest);
   ASSERT_EQ(rest->status, 200) << rest->body;
 
-  std::vector<json> spans = collector_.Spans(4);
-  ASSERT_EQ(spans.size(), 4u) << json(spans).dump(1);
+  auto all_came = [](const std::vector<json>& spans) {
+    return Served(spans).size() >= 4 && WorkerSpansCame(spans);
+  };
+  std::vector<json> spans = collector_.Spans(all_came);
+  ASSERT_EQ(Served(spans).size(), 4u) << json(spans).dump(1);
   // Past another export interval: nothing more comes.
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));
-  spans = collector_.Spans(4);
-  EXPECT_EQ(spans.size(), 4u) << json(spans).dump(1);
-  EXPECT_TRUE(SpanOf(spans, "unsampled").is_null());
-  EXPECT_TRUE(SpanOf(spans, "no-context").is_null());
+  const size_t count = spans.size();
+  spans = collector_.Spans(all_came);
+  EXPECT_EQ(spans.size(), count) << json(spans).dump(1);
+  EXPECT_EQ(Served(spans).size(), 4u) << json(spans).dump(1);
+  // Nothing of the unsampled calls anywhere: router or workers.
+  EXPECT_TRUE(AllSpansOf(spans, "unsampled").empty()) << json(spans).dump(1);
+  EXPECT_TRUE(AllSpansOf(spans, "no-context").empty()) << json(spans).dump(1);
+  for (const json& s : spans) EXPECT_EQ(s["traceId"], kTrace) << s.dump(1);
 
   const json forward = SpanOf(spans, "traced-forward");
   ASSERT_FALSE(forward.is_null()) << json(spans).dump(1);
@@ -260,6 +364,71 @@ TEST_F(TracingIntegrationTest, SampledCallersGetChildSpansAndTheOthersNone) {
   EXPECT_EQ(Attribute(rest_span, "moe.tokens"), "2");
 }
 
+// One forward's trace across the processes: the router's span, a client
+// span of each worker call under it, and each worker's span of the call
+// under that, within it in time, saying what it ran and where its time
+// went.
+TEST_F(TracingIntegrationTest, AForwardsTraceFollowsItIntoEachWorker) {
+  Start(/*root_ratio=*/0);
+  // 64 tokens: both workers' experts are chosen.
+  ASSERT_TRUE(Forward("layers.0.ff", "followed",
+                      "00-" + kTrace + "-" + kCaller + "-01", {4, 16, 64})
+                  .ok());
+  const std::vector<json> spans =
+      collector_.Spans([](const std::vector<json>& spans) {
+        return Served(spans).size() == 1 && WorkerSpansCame(spans);
+      });
+  const json forward = SpanOf(spans, "followed");
+  ASSERT_FALSE(forward.is_null()) << json(spans).dump(1);
+  for (const char* stage :
+       {"moe.pre_us", "moe.gate_us", "moe.plan_us", "moe.experts_us",
+        "moe.batch_wait_us", "moe.rpc_wait_us", "moe.combine_us"}) {
+    EXPECT_TRUE(Attribute(forward, stage).is_string()) << stage;
+  }
+  std::vector<json> calls, served;
+  for (const json& s : spans) {
+    if (s["service"] == "moe-router" && s["kind"] == 3) calls.push_back(s);
+    if (s["service"] != "moe-router") served.push_back(s);
+  }
+  ASSERT_EQ(calls.size(), 2u) << json(spans).dump(1);
+  ASSERT_EQ(served.size(), 2u) << json(spans).dump(1);
+  const std::map<std::string, std::string> service_at = {
+      {deployment_->worker_address(0), "moe-expert"},
+      {deployment_->worker_address(1), "moe-expert-gpu"}};
+  std::set<std::string> reached;
+  for (const json& call : calls) {
+    EXPECT_EQ(call["name"], "moe.v1.ExpertWorker/RunExperts");
+    EXPECT_EQ(call["traceId"], kTrace);
+    EXPECT_EQ(call["parentSpanId"], forward["spanId"]);
+    EXPECT_EQ(Attribute(call, "moe.request_id"), "followed");
+    EXPECT_EQ(Attribute(call, "rpc.grpc.status_code"), "0");
+    const std::string address = Attribute(call, "server.address");
+    reached.insert(address);
+    json worker;
+    for (const json& s : served) {
+      if (s["parentSpanId"] == call["spanId"]) worker = s;
+    }
+    ASSERT_FALSE(worker.is_null()) << call.dump(1) << json(served).dump(1);
+    EXPECT_EQ(worker["service"], service_at.at(address)) << worker.dump(1);
+    EXPECT_EQ(worker["name"], "moe.v1.ExpertWorker/RunExperts");
+    EXPECT_EQ(worker["kind"], 2);
+    EXPECT_EQ(worker["traceId"], kTrace);
+    EXPECT_FALSE(worker.contains("links")) << worker.dump(1);
+    EXPECT_EQ(Attribute(worker, "moe.request_ids"), "followed");
+    EXPECT_EQ(Attribute(worker, "moe.rows"), Attribute(call, "moe.rows"));
+    EXPECT_EQ(Attribute(worker, "rpc.grpc.status_code"), "0");
+    EXPECT_TRUE(Attribute(worker, "moe.compute_us").is_string());
+    auto nanos = [](const json& s, const char* key) {
+      return std::stoll(s[key].get<std::string>());
+    };
+    // One machine's clock: the worker's span lies within the call's.
+    EXPECT_LE(nanos(call, "startTimeUnixNano"),
+              nanos(worker, "startTimeUnixNano"));
+    EXPECT_LE(nanos(worker, "endTimeUnixNano"), nanos(call, "endTimeUnixNano"));
+  }
+  EXPECT_EQ(reached.size(), 2u);
+}
+
 TEST_F(TracingIntegrationTest,
        WithARatioOfOneACallWithoutAContextStartsATrace) {
   Start(/*root_ratio=*/1);
@@ -269,10 +438,19 @@ TEST_F(TracingIntegrationTest,
   ASSERT_TRUE(Forward("layers.0.ff", "unsampled",
                       "00-" + kTrace + "-" + kCaller + "-00")
                   .ok());
-  std::vector<json> spans = collector_.Spans(2);
+  auto two = [](const std::vector<json>& spans) {
+    return Served(spans).size() >= 2 && WorkerSpansCame(spans);
+  };
+  std::vector<json> spans = collector_.Spans(two);
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));
-  spans = collector_.Spans(2);
-  ASSERT_EQ(spans.size(), 2u) << json(spans).dump(1);
+  spans = collector_.Spans(two);
+  ASSERT_EQ(Served(spans).size(), 2u) << json(spans).dump(1);
+  // The workers' spans are in the routers' traces: none starts its own.
+  for (const json& s : spans) {
+    EXPECT_TRUE(s.contains("parentSpanId") ||
+                (s["service"] == "moe-router" && s["kind"] == 2))
+        << s.dump(1);
+  }
   const json a = SpanOf(spans, "root-1"), b = SpanOf(spans, "root-2");
   ASSERT_FALSE(a.is_null());
   ASSERT_FALSE(b.is_null());
@@ -284,23 +462,224 @@ TEST_F(TracingIntegrationTest,
   EXPECT_NE(a["traceId"], b["traceId"]);
 }
 
-TEST(TracingFlagsTest, BadValuesStopTheRouterNamingTheFlag) {
+// The test PKI (tests/testing/make_test_pki.sh): ca signs server.crt (for
+// 127.0.0.1); other_ca signs nothing the collector shows.
+std::string PkiFile(const std::string& name) {
+  static const std::string dir = [] {
+    const std::string d = testing::TempDir() + "/trace-pki";
+    std::string out;
+    const int rc = testing::RunProcess(
+        {std::string(MOE_SOURCE_DIR) + "/tests/testing/make_test_pki.sh", d},
+        &out);
+    EXPECT_EQ(rc, 0) << out;
+    return d;
+  }();
+  return dir + "/" + name;
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// A moe-router with no worker (its forwards are refused as not ready, and
+// recorded all the same), `env` in its environment; its address once it
+// listens.
+struct LoneRouter {
+  explicit LoneRouter(
+      const std::vector<std::pair<std::string, std::string>>& env,
+      const std::string& name) {
+    const std::string port_file = testing::TempDir() + "/" + name + ".port";
+    std::filesystem::remove(port_file);
+    process = testing::StartProcess(
+        {testing::BinaryPath("moe-router"), "--checkpoint=" + Checkpoint(),
+         "--workers=127.0.0.1:1", "--host=127.0.0.1", "--port=0",
+         "--port_file=" + port_file, "--metrics_port=-1"},
+        testing::TempDir() + "/" + name + ".log", env);
+    auto port =
+        testing::WaitForPortFile(port_file, absl::Seconds(60), process.get());
+    EXPECT_TRUE(port.ok()) << port.status() << Log();
+    if (port.ok()) address = absl::StrCat("127.0.0.1:", *port);
+  }
+  std::string Log() const { return ReadAll(process->log_path()); }
+  std::unique_ptr<testing::Process> process;
+  std::string address;
+};
+
+// OpenTelemetry's standard variables alone, as the OpenTelemetry Operator
+// or a hosted backend's instructions set them: an https:// collector whose
+// certificate is checked against the CA given, headers on every POST, the
+// resource's name and attributes, the sampler; the headers' values in no
+// log.
+TEST(OtelEnvironmentIntegrationTest, StandardVariablesReachAnHttpsCollector) {
+  Collector collector(PkiFile("server.crt"), PkiFile("server.key"));
+  std::vector<std::pair<std::string, std::string>> env = {
+      {"OTEL_EXPORTER_OTLP_ENDPOINT", collector.base()},
+      {"OTEL_EXPORTER_OTLP_HEADERS",
+       "authorization=Bearer%20s3cret-key,x-tenant=moe"},
+      {"OTEL_EXPORTER_OTLP_CERTIFICATE", PkiFile("ca.crt")},
+      {"OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"},
+      {"OTEL_TRACES_SAMPLER", "parentbased_always_on"}};
+  testing::Deployment d(Checkpoint(), {"0-3", "4-7"});
+  d.SetEnv(env);
+  ASSERT_TRUE(d.StartWorker(0).ok());
+  ASSERT_TRUE(d.StartWorker(1).ok());
+  env.emplace_back("OTEL_SERVICE_NAME", "moe-router-canary");
+  d.SetEnv(env);
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  // No traceparent: the sampler starts a trace.
+  ASSERT_TRUE(
+      ForwardTo(d.router_address(), "layers.0.ff", "env-root", "", {4, 16, 64})
+          .ok());
+  const std::vector<json> spans =
+      collector.Spans([](const std::vector<json>& spans) {
+        int served = 0;
+        for (const json& s : spans) {
+          served += s["service"] == "moe-router-canary" && s["kind"] == 2;
+        }
+        return served == 1 && WorkerSpansCame(spans, "moe-router-canary");
+      });
+  json root;
+  int workers = 0;
+  for (const json& s : spans) {
+    EXPECT_EQ(s["resource"]["deployment.environment"]["stringValue"], "test")
+        << s.dump(1);
+    if (s["service"] == "moe-router-canary" && s["kind"] == 2) root = s;
+    if (s["service"] == "moe-expert") ++workers;
+  }
+  ASSERT_FALSE(root.is_null()) << json(spans).dump(1);
+  EXPECT_FALSE(root.contains("parentSpanId"));
+  EXPECT_EQ(Attribute(root, "moe.request_id"), "env-root");
+  EXPECT_EQ(workers, 2) << json(spans).dump(1);
+  const std::vector<httplib::Headers> posts = collector.headers();
+  ASSERT_FALSE(posts.empty());
+  for (const httplib::Headers& h : posts) {
+    auto value = [&h](const std::string& key) {
+      auto it = h.find(key);
+      return it == h.end() ? std::string("<none>") : it->second;
+    };
+    EXPECT_EQ(value("authorization"), "Bearer s3cret-key");
+    EXPECT_EQ(value("x-tenant"), "moe");
+  }
+  const std::string log = d.router().Log();
+  EXPECT_NE(log.find("tracing: spans of service moe-router-canary to " +
+                     collector.endpoint() + " (OTEL_EXPORTER_OTLP_ENDPOINT"),
+            std::string::npos)
+      << log;
+  for (const std::string& l : {log, d.worker(0).Log(), d.worker(1).Log()}) {
+    EXPECT_EQ(l.find("s3cret"), std::string::npos) << l;
+  }
+}
+
+// A collector whose certificate the CA given does not sign gets nothing
+// (and the router says why); a protocol moe-serve does not speak turns
+// tracing off with a warning, and the router serves on.
+TEST(OtelEnvironmentIntegrationTest,
+     UntrustedCollectorsAndOtherProtocolsGetNothing) {
+  Collector collector(PkiFile("server.crt"), PkiFile("server.key"));
+  const std::string sampled = "00-" + kTrace + "-" + kCaller + "-01";
+  {
+    LoneRouter router(
+        {{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", collector.endpoint()},
+         {"OTEL_EXPORTER_OTLP_CERTIFICATE", PkiFile("other_ca.crt")}},
+        "untrusting-router");
+    ASSERT_FALSE(router.address.empty());
+    EXPECT_EQ(ForwardTo(router.address, "layers.0.ff", "untrusted", sampled)
+                  .error_code(),
+              grpc::StatusCode::UNAVAILABLE);
+    const absl::Time until = absl::Now() + absl::Seconds(20);
+    while (router.Log().find("did not take") == std::string::npos &&
+           absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    EXPECT_NE(
+        router.Log().find("tracing: the collector at " + collector.endpoint() +
+                          " did not take 1 span(s): "
+                          "SSLServerVerification"),
+        std::string::npos)
+        << router.Log();
+  }
+  {
+    LoneRouter router({{"OTEL_EXPORTER_OTLP_ENDPOINT", collector.base()},
+                       {"OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"}},
+                      "grpc-protocol-router");
+    ASSERT_FALSE(router.address.empty());
+    EXPECT_EQ(
+        ForwardTo(router.address, "layers.0.ff", "other-protocol", sampled)
+            .error_code(),
+        grpc::StatusCode::UNAVAILABLE);
+    EXPECT_NE(router.Log().find("tracing off: OTEL_EXPORTER_OTLP_ENDPOINT is "
+                                "set, but the OTLP protocol asked for is "
+                                "\"grpc\""),
+              std::string::npos)
+        << router.Log();
+  }
+  absl::SleepFor(absl::Milliseconds(1500));  // past an export interval
+  EXPECT_TRUE(collector.headers().empty());
+}
+
+// Variables that cannot be followed stop the server at start, naming the
+// variable and never a header's value.
+TEST(OtelEnvironmentIntegrationTest, BadVariablesStopTheServerNamingThem) {
+  for (const auto& [env, says] :
+       std::vector<std::pair<std::vector<std::pair<std::string, std::string>>,
+                             std::string>>{
+           {{{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1"},
+             {"OTEL_EXPORTER_OTLP_HEADERS", "api-key-s3cret"}},
+            "OTEL_EXPORTER_OTLP_HEADERS: entry 1 is not key=value"},
+           {{{"OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:1"},
+             {"OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"}},
+            "OTEL_EXPORTER_OTLP_CERTIFICATE \"/nonexistent/ca.pem\": cannot "
+            "be read"},
+           {{{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4318"}},
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: \"collector:4318\": not an "
+            "http:// or https:// URL"},
+           {{{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1"},
+             {"OTEL_TRACES_SAMPLER", "parentbased_traceidratio"},
+             {"OTEL_TRACES_SAMPLER_ARG", "half"}},
+            "OTEL_TRACES_SAMPLER_ARG \"half\": must be a ratio"}}) {
+    for (const char* binary : {"moe-router", "moe-expert"}) {
+      std::vector<std::string> argv = {testing::BinaryPath(binary),
+                                       "--checkpoint=" + Checkpoint(),
+                                       "--port=0", "--metrics_port=-1"};
+      if (std::string(binary) == "moe-router") {
+        argv.push_back("--workers=127.0.0.1:1");
+      }
+      const std::string log_path = testing::TempDir() + "/bad-otel.log";
+      auto p = testing::StartProcess(argv, log_path, env);
+      const absl::Time until = absl::Now() + absl::Seconds(60);
+      while (p->running() && absl::Now() < until) {
+        absl::SleepFor(absl::Milliseconds(50));
+      }
+      const std::string log = ReadAll(log_path);
+      EXPECT_EQ(p->exit_code(), 1) << binary << log;
+      EXPECT_NE(log.find(says), std::string::npos) << binary << log;
+      EXPECT_EQ(log.find("s3cret"), std::string::npos) << binary << log;
+    }
+  }
+}
+
+TEST(TracingFlagsTest, BadValuesStopRouterAndWorkersNamingTheFlag) {
   const std::string checkpoint = testing::GoldenPath("A_moe_eval_nodrop");
+  const std::vector<std::vector<std::string>> servers = {
+      {testing::BinaryPath("moe-router"), "--checkpoint=" + checkpoint,
+       "--workers=127.0.0.1:1", "--port=0", "--metrics_port=-1"},
+      {testing::BinaryPath("moe-expert"), "--checkpoint=" + checkpoint,
+       "--port=0", "--metrics_port=-1"},
+      {testing::BinaryPath("moe-expert-gpu"), "--checkpoint=" + checkpoint,
+       "--device=host", "--port=0", "--metrics_port=-1"}};
   for (const auto& [flag, says] :
        std::vector<std::pair<std::string, std::string>>{
            {"--trace_sample_ratio=1.5", "--trace_sample_ratio must be 0 to 1"},
            {"--otlp_traces_endpoint=collector:4318",
-            "--otlp_traces_endpoint \"collector:4318\": not an http:// or "
-            "https:// URL"}}) {
-    std::string log;
-    EXPECT_EQ(
-        testing::RunProcess(
-            {testing::BinaryPath("moe-router"), "--checkpoint=" + checkpoint,
-             "--workers=127.0.0.1:1", "--port=0", "--metrics_port=-1", flag},
-            &log),
-        1)
-        << log;
-    EXPECT_NE(log.find(says), std::string::npos) << log;
+            "--otlp_traces_endpoint: \"collector:4318\": not an http:// "
+            "or https:// URL"}}) {
+    for (std::vector<std::string> argv : servers) {
+      argv.push_back(flag);
+      std::string log;
+      EXPECT_EQ(testing::RunProcess(argv, &log), 1) << argv[0] << log;
+      EXPECT_NE(log.find(says), std::string::npos) << argv[0] << log;
+    }
   }
 }
 

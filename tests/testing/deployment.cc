@@ -26,9 +26,11 @@
 
 namespace moe::testing {
 
-std::unique_ptr<Process> StartProcess(std::vector<std::string> argv,
-                                      std::string log_path) {
+std::unique_ptr<Process> StartProcess(
+    std::vector<std::string> argv, std::string log_path,
+    std::vector<std::pair<std::string, std::string>> env) {
   server::ChildOptions options;
+  options.env_defaults = std::move(env);
   if (!argv.empty() && absl::EndsWith(argv[0], "/moe-up")) {
     options.destroy_grace = absl::Seconds(30);
   }
@@ -91,7 +93,8 @@ absl::Status Deployment::StartWorker(int i, int port) {
       "--metrics_port_file=" + port_file + ".metrics",
       "--grace_seconds=5"};
   argv.insert(argv.end(), worker_flags_.begin(), worker_flags_.end());
-  workers_[i] = StartProcess(argv, absl::StrCat(dir_, "/worker-", i, ".log"));
+  workers_[i] =
+      StartProcess(argv, absl::StrCat(dir_, "/worker-", i, ".log"), env_);
   absl::StatusOr<int> p =
       WaitForPortFile(port_file, absl::Seconds(60), workers_[i].get());
   if (!p.ok()) return p.status();
@@ -149,7 +152,7 @@ absl::Status Deployment::StartRouter() {
       "--metrics_port_file=" + port_file + ".metrics",
       "--grace_seconds=10"};
   argv.insert(argv.end(), router_flags_.begin(), router_flags_.end());
-  router_ = StartProcess(argv, dir_ + "/router.log");
+  router_ = StartProcess(argv, dir_ + "/router.log", env_);
   absl::StatusOr<int> p =
       WaitForPortFile(port_file, absl::Seconds(60), router_.get());
   if (!p.ok()) return p.status();

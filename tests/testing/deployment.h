@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -25,8 +26,10 @@ using Process = server::ChildProcess;
 // Starts `argv` with stdout and stderr in `log_path`. A moe-up is stopped
 // with SIGTERM when destroyed (SIGKILL after 30 s), so that it removes its
 // temporary folder even when a test ends early.
-std::unique_ptr<Process> StartProcess(std::vector<std::string> argv,
-                                      std::string log_path);
+// `env`: variables set in its environment (unless this process has them).
+std::unique_ptr<Process> StartProcess(
+    std::vector<std::string> argv, std::string log_path,
+    std::vector<std::pair<std::string, std::string>> env = {});
 
 // Reads an integer port from `path` once it exists; waits up to `timeout`,
 // failing early (with its log) when `process` (may be null) exits.
@@ -54,6 +57,11 @@ class Deployment {
   // Flags every worker started afterwards gets (TLS, say).
   void SetWorkerFlags(std::vector<std::string> flags) {
     worker_flags_ = std::move(flags);
+  }
+  // Environment variables of the processes started afterwards (unless this
+  // process has them: they are defaults).
+  void SetEnv(std::vector<std::pair<std::string, std::string>> env) {
+    env_ = std::move(env);
   }
   // The worker binary started afterwards (default "moe-expert").
   void SetWorkerBinary(std::string name) { worker_binary_ = std::move(name); }
@@ -95,6 +103,7 @@ class Deployment {
   std::vector<std::string> worker_checkpoints_;
   std::vector<std::string> worker_flags_;
   std::string worker_binary_ = "moe-expert";
+  std::vector<std::pair<std::string, std::string>> env_;
   client::ClientOptions worker_probe_, router_probe_;
   std::vector<std::unique_ptr<Process>> workers_;
   std::vector<int> worker_ports_;

@@ -69,14 +69,14 @@ FakeWorker::FakeWorker(std::string address, int64_t dim,
 
 std::shared_ptr<router::WorkerCall> FakeWorker::StartRunExperts(
     grpc::ByteBuffer request, absl::Time deadline,
-    const std::vector<std::string>& request_ids, Done done) {
+    const router::WorkerCallMetadata& metadata, Done done) {
   int index;
   bool reply;
   {
     absl::MutexLock lock(&mu_);
     auto call = std::make_shared<Call>();
     call->deadline = deadline;
-    call->request_ids = request_ids;
+    call->metadata = metadata;
     call->request = std::move(request);
     call->done = std::move(done);
     calls_.push_back(call);
@@ -144,7 +144,12 @@ bool FakeWorker::cancelled(int i) const {
 
 std::vector<std::string> FakeWorker::RequestIds(int i) const {
   absl::MutexLock lock(&mu_);
-  return calls_[i]->request_ids;
+  return calls_[i]->metadata.request_ids;
+}
+
+router::WorkerCallMetadata FakeWorker::Metadata(int i) const {
+  absl::MutexLock lock(&mu_);
+  return calls_[i]->metadata;
 }
 
 grpc::ByteBuffer FakeWorker::Outputs(const grpc::ByteBuffer& request) const {

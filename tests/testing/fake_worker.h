@@ -60,7 +60,7 @@ class FakeWorker : public router::WorkerTransport {
  public:
   struct Call {
     absl::Time deadline;
-    std::vector<std::string> request_ids;
+    router::WorkerCallMetadata metadata;
     grpc::ByteBuffer request;
     Done done;
     bool cancelled = false;
@@ -72,7 +72,7 @@ class FakeWorker : public router::WorkerTransport {
   const std::string& address() const override { return address_; }
   std::shared_ptr<router::WorkerCall> StartRunExperts(
       grpc::ByteBuffer request, absl::Time deadline,
-      const std::vector<std::string>& request_ids, Done done) override;
+      const router::WorkerCallMetadata& metadata, Done done) override;
   absl::StatusOr<moe::v1::ShardInfo> GetShardInfo(absl::Time deadline) override;
 
   void SetShardInfo(moe::v1::ShardInfo info);
@@ -92,6 +92,8 @@ class FakeWorker : public router::WorkerTransport {
   bool cancelled(int i) const;
   // The request IDs call i was sent for.
   std::vector<std::string> RequestIds(int i) const;
+  // Everything call i carried besides its bytes.
+  router::WorkerCallMetadata Metadata(int i) const;
   // Finishes call i: OK with the outputs of ExpertScale, or `error`.
   void Reply(int i);
   void Fail(int i, absl::Status error);

@@ -4,12 +4,16 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/time/time.h"
+#include "server/otel_environment.h"
 #include "server/otlp_exporter.h"
 
 namespace moe {
@@ -65,6 +69,24 @@ TEST(TracingTest, SampledCallersGetChildSpansUnsampledOnesNone) {
   EXPECT_FALSE(tracer.Start("f", "not a traceparent", start));
 }
 
+TEST(TracingTest, ASpansTraceparentMakesItsCalleesChildren) {
+  Tracer tracer(/*root_ratio=*/0, [](Span) {});
+  const absl::Time start = absl::FromUnixSeconds(1700000000);
+  auto call = tracer.Start("moe.v1.ExpertWorker/RunExperts",
+                           "00-" + kTrace + "-" + kParent + "-01", start,
+                           common::SpanKind::kClient);
+  ASSERT_TRUE(call.has_value());
+  EXPECT_EQ(call->kind, common::SpanKind::kClient);
+  const std::string context = common::TraceparentOf(*call);
+  EXPECT_EQ(context, "00-" + kTrace + "-" + call->span_id + "-01");
+  auto served = tracer.Start("moe.v1.ExpertWorker/RunExperts", context, start);
+  ASSERT_TRUE(served.has_value());
+  EXPECT_EQ(served->kind, common::SpanKind::kServer);
+  EXPECT_EQ(served->trace_id, kTrace);
+  EXPECT_EQ(served->parent_span_id, call->span_id);
+  EXPECT_NE(served->span_id, call->span_id);
+}
+
 TEST(TracingTest, TheRootRatioStartsTracesForCallsWithoutAContext) {
   Tracer all(1, [](Span) {});
   std::set<std::string> traces, spans;
@@ -113,6 +135,8 @@ TEST(OtlpJsonTest, SpansBecomeAnExportTraceServiceRequest) {
                    {"moe.degraded", false}};
   Span failed = ok;
   failed.parent_span_id.clear();
+  failed.kind = common::SpanKind::kClient;
+  failed.links = {{kTrace, "1111111111111111"}, {kTrace, "2222222222222222"}};
   failed.error = true;
   failed.status_message = "NOT_FOUND: no layer \"x\"";
   const nlohmann::json body =
@@ -135,8 +159,14 @@ TEST(OtlpJsonTest, SpansBecomeAnExportTraceServiceRequest) {
   EXPECT_EQ(a["attributes"][1]["value"]["intValue"], "1099511627776");
   EXPECT_EQ(a["attributes"][2]["value"]["boolValue"], false);
   EXPECT_FALSE(a.contains("status"));
+  EXPECT_FALSE(a.contains("links"));
   const nlohmann::json& b = scope["spans"].at(1);
   EXPECT_FALSE(b.contains("parentSpanId"));
+  EXPECT_EQ(b["kind"], 3);  // SPAN_KIND_CLIENT
+  EXPECT_EQ(b["links"], nlohmann::json::parse(
+                            R"([{"traceId":")" + kTrace +
+                            R"(","spanId":"1111111111111111"},{"traceId":")" +
+                            kTrace + R"(","spanId":"2222222222222222"}])"));
   EXPECT_EQ(b["status"]["code"], 2);
   EXPECT_EQ(b["status"]["message"], "NOT_FOUND: no layer \"x\"");
 }
@@ -173,6 +203,143 @@ TEST(OtlpExporterTest, EndpointsThatAreNotHttpUrlsAreRefused) {
     EXPECT_EQ(exporter.status().code(), absl::StatusCode::kInvalidArgument)
         << bad;
   }
+}
+
+// An environment of its own for ReadOtelEnvironment.
+struct Env {
+  std::map<std::string, std::string> vars;
+  absl::StatusOr<server::OtelEnvironment> Read() const {
+    return server::ReadOtelEnvironment([this](const char* name) -> const char* {
+      auto it = vars.find(name);
+      return it == vars.end() ? nullptr : it->second.c_str();
+    });
+  }
+};
+
+TEST(OtelEnvironmentTest, NothingSetMeansNothingToDo) {
+  auto env = Env().Read();
+  ASSERT_TRUE(env.ok()) << env.status();
+  EXPECT_EQ(env->traces_endpoint, "");
+  EXPECT_TRUE(env->headers.empty());
+  EXPECT_FALSE(env->sample_ratio.has_value());
+  EXPECT_TRUE(env->warnings.empty());
+}
+
+TEST(OtelEnvironmentTest, EndpointsAsTheSpecBuildsThem) {
+  for (const auto& [base, want] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"http://c:4318", "http://c:4318/v1/traces"},
+           {"https://c:4318/", "https://c:4318/v1/traces"},
+           {"http://c:4318/otlp", "http://c:4318/otlp/v1/traces"}}) {
+    auto env = Env{{{"OTEL_EXPORTER_OTLP_ENDPOINT", base}}}.Read();
+    ASSERT_TRUE(env.ok());
+    EXPECT_EQ(env->traces_endpoint, want);
+    EXPECT_EQ(env->endpoint_variable, "OTEL_EXPORTER_OTLP_ENDPOINT");
+  }
+  // The signal's own variable is used as it is, and wins.
+  auto env = Env{{{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"},
+                  {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b:9/x"}}}
+                 .Read();
+  ASSERT_TRUE(env.ok());
+  EXPECT_EQ(env->traces_endpoint, "http://b:9/x");
+  EXPECT_EQ(env->endpoint_variable, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+  env = Env{{{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"},
+             {"OTEL_SDK_DISABLED", "TRUE"}}}
+            .Read();
+  ASSERT_TRUE(env.ok());
+  EXPECT_EQ(env->traces_endpoint, "");
+}
+
+TEST(OtelEnvironmentTest, HeadersAndResourceAttributesAreDecodedLists) {
+  auto env = Env{{{"OTEL_EXPORTER_OTLP_HEADERS",
+                   " authorization = Bearer%20abc%3D%3D , x-tenant=moe,,"},
+                  {"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/etc/ca.pem"},
+                  {"OTEL_EXPORTER_OTLP_CERTIFICATE", "/other.pem"},
+                  {"OTEL_RESOURCE_ATTRIBUTES",
+                   "service.name=from-attributes,k8s.pod.name=moe-router-0"}}}
+                 .Read();
+  ASSERT_TRUE(env.ok()) << env.status();
+  EXPECT_EQ(env->headers, (server::KeyValues{{"authorization", "Bearer abc=="},
+                                             {"x-tenant", "moe"}}));
+  EXPECT_EQ(env->certificate, "/etc/ca.pem");
+  EXPECT_EQ(env->certificate_variable, "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE");
+  EXPECT_EQ(env->service_name, "from-attributes");
+  EXPECT_EQ(env->resource_attributes,
+            (server::KeyValues{{"k8s.pod.name", "moe-router-0"}}));
+  // OTEL_SERVICE_NAME wins; the traces' own headers replace the general.
+  env = Env{{{"OTEL_RESOURCE_ATTRIBUTES", "service.name=a"},
+             {"OTEL_SERVICE_NAME", "b"},
+             {"OTEL_EXPORTER_OTLP_HEADERS", "x=1"},
+             {"OTEL_EXPORTER_OTLP_TRACES_HEADERS", "y=2"}}}
+            .Read();
+  ASSERT_TRUE(env.ok());
+  EXPECT_EQ(env->service_name, "b");
+  EXPECT_EQ(env->headers, (server::KeyValues{{"y", "2"}}));
+}
+
+TEST(OtelEnvironmentTest, BadListsAreRefusedNamingTheVariableNotTheSecret) {
+  for (const auto& [var, value, says] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"OTEL_EXPORTER_OTLP_HEADERS", "api-key-s3cret",
+            "OTEL_EXPORTER_OTLP_HEADERS: entry 1 is not key=value"},
+           {"OTEL_EXPORTER_OTLP_HEADERS", "ok=1,bad key=s3cret",
+            "entry 2 is not key=value"},
+           {"OTEL_EXPORTER_OTLP_TRACES_HEADERS", "k=s3cret%zz",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS: entry 1 (k): a % that"},
+           {"OTEL_EXPORTER_OTLP_HEADERS", "k=s3cret%0Aevil: 1",
+            "may not hold a line break"},
+           {"OTEL_RESOURCE_ATTRIBUTES", "=s3cret",
+            "OTEL_RESOURCE_ATTRIBUTES: entry 1 is not key=value"}}) {
+    auto env = Env{{{var, value}}}.Read();
+    ASSERT_FALSE(env.ok()) << value;
+    EXPECT_EQ(env.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(env.status().message().find(says), std::string::npos)
+        << env.status();
+    EXPECT_EQ(env.status().message().find("s3cret"), std::string::npos)
+        << env.status();
+  }
+}
+
+TEST(OtelEnvironmentTest, SamplersGiveTheRootRatio) {
+  for (const auto& [sampler, arg, ratio, warns] :
+       std::vector<std::tuple<std::string, std::string, double, bool>>{
+           {"parentbased_always_on", "", 1.0, false},
+           {"parentbased_always_off", "", 0.0, false},
+           {"parentbased_traceidratio", "0.25", 0.25, false},
+           {"parentbased_traceidratio", "", 1.0, false},
+           {"always_on", "", 1.0, true},
+           {"TraceIdRatio", "0.5", 0.5, true}}) {
+    Env e{{{"OTEL_TRACES_SAMPLER", sampler}}};
+    if (!arg.empty()) e.vars["OTEL_TRACES_SAMPLER_ARG"] = arg;
+    auto env = e.Read();
+    ASSERT_TRUE(env.ok()) << sampler << env.status();
+    ASSERT_TRUE(env->sample_ratio.has_value()) << sampler;
+    EXPECT_EQ(*env->sample_ratio, ratio) << sampler;
+    EXPECT_EQ(env->warnings.size(), warns ? 1u : 0u) << sampler;
+  }
+  auto env = Env{{{"OTEL_TRACES_SAMPLER", "jaeger_remote"}}}.Read();
+  ASSERT_TRUE(env.ok());
+  EXPECT_FALSE(env->sample_ratio.has_value());
+  ASSERT_EQ(env->warnings.size(), 1u);
+  EXPECT_NE(env->warnings[0].find("not one moe-serve knows"),
+            std::string::npos);
+  env = Env{{{"OTEL_TRACES_SAMPLER", "parentbased_traceidratio"},
+             {"OTEL_TRACES_SAMPLER_ARG", "1.5"}}}
+            .Read();
+  EXPECT_EQ(env.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(env.status().message().find("OTEL_TRACES_SAMPLER_ARG \"1.5\""),
+            std::string::npos);
+}
+
+TEST(OtlpJsonTest, TheResourceCarriesItsAttributes) {
+  const nlohmann::json body = nlohmann::json::parse(server::OtlpTracesJson(
+      {}, "moe-expert", {{"k8s.pod.name", "moe-expert-3"}}));
+  const nlohmann::json& attributes =
+      body["resourceSpans"][0]["resource"]["attributes"];
+  ASSERT_EQ(attributes.size(), 3u);
+  EXPECT_EQ(attributes[2],
+            nlohmann::json({{"key", "k8s.pod.name"},
+                            {"value", {{"stringValue", "moe-expert-3"}}}}));
 }
 
 }  // namespace

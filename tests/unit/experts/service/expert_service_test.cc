@@ -14,9 +14,12 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "common/tracing.h"
 #include "moe/v1/expert.grpc.pb.h"
 #include "proto/expert_wire.h"
 #include "testing/fake_worker.h"
@@ -109,9 +112,14 @@ class ExpertServiceTest : public ::testing::Test {
     grpc::Status status;
     absl::Notification done;
   };
-  std::unique_ptr<Pending> Start(grpc::ByteBuffer request) {
+  std::unique_ptr<Pending> Start(
+      grpc::ByteBuffer request,
+      const std::vector<std::pair<std::string, std::string>>& metadata = {}) {
     auto p = std::make_unique<Pending>();
     p->request = std::move(request);
+    for (const auto& [key, value] : metadata) {
+      p->context.AddMetadata(key, value);
+    }
     Pending* raw = p.get();
     generic_->UnaryCall(&raw->context, "/moe.v1.ExpertWorker/RunExperts",
                         grpc::StubOptions(), &raw->request, &raw->response,
@@ -121,8 +129,10 @@ class ExpertServiceTest : public ::testing::Test {
                         });
     return p;
   }
-  grpc::Status Run(const Call& call, grpc::ByteBuffer* response) {
-    auto p = Start(call.bytes);
+  grpc::Status Run(
+      const Call& call, grpc::ByteBuffer* response,
+      const std::vector<std::pair<std::string, std::string>>& metadata = {}) {
+    auto p = Start(call.bytes, metadata);
     p->done.WaitForNotification();
     *response = std::move(p->response);
     return p->status;
@@ -243,6 +253,80 @@ TEST_F(ExpertServiceTest, BadCallsAreNamedAndTheWorkerGoesOn) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(s.error_message().find("layer 5 is outside"), std::string::npos);
   EXPECT_TRUE(Run(Call({{{0, 1}, 0, 8}}), &response).ok());
+}
+
+// The attribute `key` of `span`; "<absent>" when it has none.
+common::SpanAttribute AttributeOf(const common::Span& span,
+                                  const std::string& key) {
+  for (const auto& [k, v] : span.attributes) {
+    if (k == key) return v;
+  }
+  return std::string("<absent>");
+}
+
+// A call whose traceparent is sampled gets a span, a child of the router's
+// span of the call, linking the other forwards' spans (moe-trace-link
+// values that parse), with the call's stages; an unsampled call or one
+// without a context gets none; a failed call's span says why.
+TEST_F(ExpertServiceTest, TracedCallsGetSpansWithTheirStages) {
+  testing::ScalingShard shard(kDim, common::ExpertSet({{1, 2}, {0}}));
+  absl::Mutex mu;
+  std::vector<common::Span> spans;
+  common::Tracer tracer(/*root_ratio=*/0, [&](common::Span s) {
+    absl::MutexLock lock(&mu);
+    spans.push_back(std::move(s));
+  });
+  ExpertServiceOptions options;
+  options.tracer = &tracer;
+  Start(&shard, options);
+  const std::string trace = "0af7651916cd43dd8448eb211c80319c";
+  const std::string call_span = "b7ad6b7169203331";
+  const std::string linked = "4bf92f3577b34da6a3ce929d0e0e4736";
+  const std::string sampled = "00-" + trace + "-" + call_span + "-01";
+  const Call call({{{0, 1}, 0, 2}, {{0, 2}, 2, 1}, {{1, 0}, 3, 3}});
+  grpc::ByteBuffer response;
+  ASSERT_TRUE(Run(call, &response,
+                  {{"traceparent", sampled},
+                   {"moe-trace-link", "00-" + linked + "-00f067aa0ba902b7-01"},
+                   {"moe-trace-link", "not a traceparent"},
+                   {"x-request-id", "fwd-a"},
+                   {"x-request-id", "fwd-b"}})
+                  .ok());
+  ASSERT_TRUE(Run(call, &response,
+                  {{"traceparent", "00-" + trace + "-" + call_span + "-00"}})
+                  .ok());
+  ASSERT_TRUE(Run(call, &response).ok());
+  EXPECT_EQ(Run(Call({{{5, 1}, 0, 2}}), &response, {{"traceparent", sampled}})
+                .error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  absl::MutexLock lock(&mu);
+  ASSERT_EQ(spans.size(), 2u);
+  const common::Span& ok = spans[0];
+  EXPECT_EQ(ok.name, "moe.v1.ExpertWorker/RunExperts");
+  EXPECT_EQ(ok.kind, common::SpanKind::kServer);
+  EXPECT_EQ(ok.trace_id, trace);
+  EXPECT_EQ(ok.parent_span_id, call_span);
+  ASSERT_EQ(ok.links.size(), 1u);
+  EXPECT_EQ(ok.links[0].trace_id, linked);
+  EXPECT_EQ(ok.links[0].span_id, "00f067aa0ba902b7");
+  EXPECT_FALSE(ok.error);
+  EXPECT_GE(ok.end, ok.start);
+  EXPECT_EQ(std::get<int64_t>(AttributeOf(ok, "rpc.grpc.status_code")), 0);
+  EXPECT_EQ(std::get<std::string>(AttributeOf(ok, "moe.request_ids")),
+            "fwd-a,fwd-b");
+  EXPECT_EQ(std::get<int64_t>(AttributeOf(ok, "moe.rows")), 6);
+  EXPECT_EQ(std::get<int64_t>(AttributeOf(ok, "moe.segments")), 3);
+  for (const char* stage :
+       {"moe.queued_us", "moe.parse_us", "moe.copy_in_us", "moe.compute_us",
+        "moe.copy_out_us", "moe.serialize_us"}) {
+    EXPECT_GE(std::get<int64_t>(AttributeOf(ok, stage)), 0) << stage;
+  }
+  const common::Span& failed = spans[1];
+  EXPECT_EQ(failed.parent_span_id, call_span);
+  EXPECT_TRUE(failed.error);
+  EXPECT_NE(failed.status_message.find("INVALID_ARGUMENT"), std::string::npos)
+      << failed.status_message;
+  EXPECT_EQ(std::get<std::string>(AttributeOf(failed, "moe.rows")), "<absent>");
 }
 
 TEST_F(ExpertServiceTest, AFullQueueIsResourceExhausted) {

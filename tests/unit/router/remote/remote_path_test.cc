@@ -10,8 +10,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/request_id.h"
+#include "common/tracing.h"
 #include "router/engine/expert_backend.h"
 #include "router/remote/remote_expert_backend.h"
 #include "router/remote/worker_batcher.h"
@@ -476,10 +478,11 @@ TEST(RemoteExpertBackendTest, ClientCancellationEndsTheWait) {
 // A request of `w`'s segments for worker 0, waited on by its own waiter.
 struct Submitted {
   Submitted(WorkerBatcher& batcher, const Work& w, testing::FakeClock* clock,
-            std::string request_id = "")
+            std::string request_id = "", std::string traceparent = "")
       : waiter(std::make_shared<ForwardWaiter>(clock)) {
     WorkerRequest r;
     r.request_id = std::move(request_id);
+    r.traceparent = std::move(traceparent);
     r.worker = 0;
     r.rows = w.tokens->data();
     r.owner = w.tokens;
@@ -582,6 +585,86 @@ TEST(WorkerBatcherTest, ACallNamesItsForwardsEachOnceUpToTheLimit) {
   EXPECT_EQ(expected.back(), "fwd-17");
   p.workers[0]->Reply(1);
   for (auto& s : gathered) ASSERT_TRUE(s->Done());
+}
+
+// The attribute `key` of `span`; "<absent>" when it has none.
+common::SpanAttribute AttributeOf(const common::Span& span,
+                                  const std::string& key) {
+  for (const auto& [k, v] : span.attributes) {
+    if (k == key) return v;
+  }
+  return std::string("<absent>");
+}
+
+// A call serving traced forwards: a client span for each (a child of the
+// forward's span), the first sent as the call's traceparent and the others
+// as links; untraced forwards add none; the spans end with the call's
+// status.
+TEST(WorkerBatcherTest, ACallOfTracedForwardsHasASpanInEachOfTheirTraces) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1, 2, 3}, {}}}, &clock);
+  absl::Mutex mu;
+  std::vector<common::Span> ended;
+  common::Tracer tracer(/*root_ratio=*/0, [&](common::Span s) {
+    absl::MutexLock lock(&mu);
+    ended.push_back(std::move(s));
+  });
+  BatcherOptions batching = OneSecondWindow(&clock);
+  batching.tracer = &tracer;
+  WorkerBatcher batcher(p.pool.get(), batching);
+  const std::string trace_a = "0af7651916cd43dd8448eb211c80319c";
+  const std::string trace_b = "4bf92f3577b34da6a3ce929d0e0e4736";
+  const std::string forward_a = "b7ad6b7169203331";
+  const std::string forward_b = "00f067aa0ba902b7";
+  Work busy({{{0, 0}, 0, 1}});
+  Submitted t0(batcher, busy, &clock, "untraced");
+  ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
+  EXPECT_TRUE(p.workers[0]->Metadata(0).traceparent.empty());
+  EXPECT_TRUE(p.workers[0]->Metadata(0).trace_links.empty());
+  // Three forwards gather: two traced (one sampled each), one not.
+  Work a({{{0, 1}, 0, 2}}), b({{{0, 2}, 0, 1}}), c({{{0, 3}, 0, 1}});
+  Submitted ta(batcher, a, &clock, "fwd-a",
+               "00-" + trace_a + "-" + forward_a + "-01");
+  Submitted tc(batcher, c, &clock, "fwd-c");
+  Submitted tb(batcher, b, &clock, "fwd-b",
+               "00-" + trace_b + "-" + forward_b + "-01");
+  p.workers[0]->Reply(0);
+  ASSERT_TRUE(p.workers[0]->WaitForCalls(2));
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_TRUE(ended.empty());  // the untraced call made none
+  }
+  const WorkerCallMetadata sent = p.workers[0]->Metadata(1);
+  p.workers[0]->Fail(1, absl::UnavailableError("worker went away"));
+  ASSERT_TRUE(ta.Done());
+  ASSERT_TRUE(tb.Done());
+  ASSERT_TRUE(tc.Done());
+  absl::MutexLock lock(&mu);
+  ASSERT_EQ(ended.size(), 2u);
+  const common::Span& sa = ended[0];
+  const common::Span& sb = ended[1];
+  EXPECT_EQ(sa.trace_id, trace_a);
+  EXPECT_EQ(sa.parent_span_id, forward_a);
+  EXPECT_EQ(sb.trace_id, trace_b);
+  EXPECT_EQ(sb.parent_span_id, forward_b);
+  EXPECT_EQ(sent.traceparent, common::TraceparentOf(sa));
+  EXPECT_EQ(sent.trace_links,
+            std::vector<std::string>{common::TraceparentOf(sb)});
+  for (const common::Span* s : {&sa, &sb}) {
+    EXPECT_EQ(s->name, "moe.v1.ExpertWorker/RunExperts");
+    EXPECT_EQ(s->kind, common::SpanKind::kClient);
+    EXPECT_TRUE(s->error);
+    EXPECT_EQ(s->status_message, "UNAVAILABLE: worker went away");
+    EXPECT_EQ(std::get<int64_t>(AttributeOf(*s, "rpc.grpc.status_code")),
+              static_cast<int64_t>(absl::StatusCode::kUnavailable));
+    EXPECT_EQ(std::get<std::string>(AttributeOf(*s, "server.address")),
+              p.pool->address(0));
+    EXPECT_EQ(std::get<int64_t>(AttributeOf(*s, "moe.call_rows")), 4);
+    EXPECT_EQ(std::get<int64_t>(AttributeOf(*s, "moe.call_forwards")), 3);
+  }
+  EXPECT_EQ(std::get<std::string>(AttributeOf(sa, "moe.request_id")), "fwd-a");
+  EXPECT_EQ(std::get<int64_t>(AttributeOf(sa, "moe.rows")), 2);
+  EXPECT_EQ(std::get<int64_t>(AttributeOf(sb, "moe.rows")), 1);
 }
 
 TEST(WorkerBatcherTest, AnOpenBatchLeavesWhenItsWindowEnds) {

@@ -1,0 +1,57 @@
+// What OpenTelemetry's standard environment variables say about sending
+// traces, for the settings moe-serve's flags leave unset: the variables the
+// OpenTelemetry Operator injects and hosted backends document, so that a
+// pod configured for OpenTelemetry traces without flags.
+//
+//   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT   the traces URL, as is
+//   OTEL_EXPORTER_OTLP_ENDPOINT          a base URL: traces go to
+//                                        BASE/v1/traces
+//   OTEL_EXPORTER_OTLP[_TRACES]_HEADERS  key=value,... sent with each POST
+//                                        (values percent-decoded; an API
+//                                        key, say: never logged)
+//   OTEL_EXPORTER_OTLP[_TRACES]_CERTIFICATE  the CA (PEM) an https://
+//                                        collector's certificate must chain to
+//   OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL only http/json is spoken
+//   OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES  the spans' resource
+//   OTEL_TRACES_SAMPLER[_ARG]            the parent-based samplers
+//   OTEL_SDK_DISABLED=true               the endpoint variables are not used
+// The _TRACES_ form of a setting wins over the general one.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace moe::server {
+
+using KeyValues = std::vector<std::pair<std::string, std::string>>;
+
+struct OtelEnvironment {
+  // "" when no endpoint variable is set, or OTEL_SDK_DISABLED is true.
+  std::string traces_endpoint;
+  // The variable it came from, for the logs.
+  std::string endpoint_variable;
+  KeyValues headers;
+  std::string certificate;  // a CA file; "" for the system's
+  std::string certificate_variable;
+  std::string protocol;           // as set; "" when not
+  std::string service_name;       // OTEL_SERVICE_NAME, else the attributes'
+  KeyValues resource_attributes;  // without service.name
+  // The root ratio of OTEL_TRACES_SAMPLER; nullopt when it is not set.
+  std::optional<double> sample_ratio;
+  // What was set and is not followed as written (said at start).
+  std::vector<std::string> warnings;
+};
+
+// Reads the variables through `getenv` (std::getenv in the servers).
+// INVALID_ARGUMENT naming the variable (never a header's value) for a
+// header or attribute list that is not key=value,..., a bad percent
+// escape, or a sampler argument that is not a ratio from 0 to 1.
+absl::StatusOr<OtelEnvironment> ReadOtelEnvironment(
+    const std::function<const char*(const char*)>& getenv);
+
+}  // namespace moe::server
