@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Offline checks of the Kubernetes deployment: every overlay (cpu, gpu,
-tls, rest) renders with kubectl kustomize, every object validates against the
+tls, rest, balance; and with the tracing component) renders with kubectl
+kustomize, every object validates against the
 Kubernetes, prometheus-operator and cert-manager schemas with unknown
 fields rejected, yamllint is clean,
 the monitoring copies match deploy/prometheus and deploy/grafana, and every
@@ -36,10 +37,30 @@ def read(path):
         return f.read()
 
 
+# Every overlay, and some with a component ("cpu+tracing": the cpu overlay
+# with deploy/k8s/components/tracing, as a user's kustomization adds it).
+OVERLAYS = ("cpu", "gpu", "tls", "rest", "balance", "cpu+tracing", "gpu+tracing",
+            "tls+tracing")
+
+
 def render(overlay):
-    result = subprocess.run(
-        ["kubectl", "kustomize", os.path.join(DEPLOY, "k8s", "overlays", overlay)],
-        capture_output=True, text=True)
+    k8s = os.path.join(DEPLOY, "k8s")
+    base, *components = overlay.split("+")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(k8s, "overlays", base)
+        if components:
+            # Kustomize takes only relative paths to other kustomizations.
+            rel = os.path.relpath(k8s, d)
+            with open(os.path.join(d, "kustomization.yaml"), "w") as f:
+                f.write("apiVersion: kustomize.config.k8s.io/v1beta1\n"
+                        "kind: Kustomization\n"
+                        "resources:\n  - %s/overlays/%s\n"
+                        "components:\n" % (rel, base))
+                for c in components:
+                    f.write("  - %s/components/%s\n" % (rel, c))
+            path = d
+        result = subprocess.run(["kubectl", "kustomize", path],
+                                capture_output=True, text=True)
     if result.returncode != 0:
         raise AssertionError("kustomize %s: %s" % (overlay, result.stderr))
     return result.stdout
@@ -58,10 +79,11 @@ def find(objs, kind, name):
 
 class ManifestsTest(unittest.TestCase):
     def test_overlays_render_and_validate(self):
-        for overlay in ("cpu", "gpu", "tls", "rest", "balance"):
+        for overlay in OVERLAYS:
             text = render(overlay)
             objs = objects(text)
-            kinds = EXPECTED_KINDS | ({"Issuer", "Certificate"} if overlay == "tls" else set())
+            tls = overlay.split("+")[0] == "tls"
+            kinds = EXPECTED_KINDS | ({"Issuer", "Certificate"} if tls else set())
             self.assertEqual({o["kind"] for o in objs}, kinds, overlay)
             for o in objs:
                 if o["kind"] != "Namespace":
@@ -114,6 +136,26 @@ class ManifestsTest(unittest.TestCase):
             self.assertIn("--workers_dns=moe-expert:50052", args)
             self.assertFalse([a for a in args if a.startswith(("--worker_template", "--num_workers"))])
 
+    def test_tracing_component_sends_every_servers_spans(self):
+        for overlay in ("cpu+tracing", "gpu+tracing", "tls+tracing"):
+            objs = objects(render(overlay))
+            config = find(objs, "ConfigMap", "moe-config")["data"]
+            self.assertTrue(config["MOE_OTLP_TRACES_ENDPOINT"].startswith("http://"))
+            self.assertEqual(config["MOE_TRACE_SAMPLE_RATIO"], "0")
+            # The overlay's own settings stay.
+            self.assertEqual(config["MOE_NUM_WORKERS"], "2")
+            router = find(objs, "Deployment", "moe-router")
+            args = router["spec"]["template"]["spec"]["containers"][0]["args"]
+            self.assertIn("--otlp_traces_endpoint=$(MOE_OTLP_TRACES_ENDPOINT)", args)
+            self.assertIn("--trace_sample_ratio=$(MOE_TRACE_SAMPLE_RATIO)", args)
+            self.assertIn("--checkpoint=$(MOE_CHECKPOINT)", args)
+            experts = find(objs, "StatefulSet", "moe-expert")
+            args = experts["spec"]["template"]["spec"]["containers"][0]["args"]
+            self.assertIn("--otlp_traces_endpoint=$(MOE_OTLP_TRACES_ENDPOINT)", args)
+            self.assertFalse([a for a in args if a.startswith("--trace_sample_ratio")])
+        # Without the component, nothing traces.
+        self.assertNotIn("otlp", render("cpu"))
+
     def test_validator_rejects_misspelled_fields(self):
         text = render("cpu").replace("readinessProbe:", "readinesProbe:", 1)
         with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
@@ -164,8 +206,10 @@ class ManifestsTest(unittest.TestCase):
     def test_every_flag_is_one_the_binary_takes(self):
         known = {}
         checked = 0
-        for overlay in ("cpu", "gpu", "tls", "rest", "balance"):
-            for o in objects(render(overlay)):
+        for overlay in OVERLAYS:
+            objs = objects(render(overlay))
+            config = find(objs, "ConfigMap", "moe-config")["data"]
+            for o in objs:
                 if o["kind"] not in ("Deployment", "StatefulSet"):
                     continue
                 for c in o["spec"]["template"]["spec"]["containers"]:
@@ -176,9 +220,16 @@ class ManifestsTest(unittest.TestCase):
                         self.assertEqual(result.returncode, 0, name + result.stderr)
                         known[name] = set(re.findall(r"^\s+--(\w+)", result.stdout, re.M))
                         self.assertIn("metrics_port", known[name], name)
+                    env = {e["name"] for e in c.get("env", [])}
+                    if any(r["configMapRef"]["name"] == "moe-config"
+                           for r in c.get("envFrom", []) if "configMapRef" in r):
+                        env |= set(config)
                     for arg in c["args"]:
                         flag = re.match(r"--(\w+)", arg)
                         self.assertIsNotNone(flag, (overlay, name, arg))
+                        # Kubernetes leaves a $(VAR) it cannot resolve as it is.
+                        for var in re.findall(r"\$\((\w+)\)", arg):
+                            self.assertIn(var, env, (overlay, name, arg))
                         self.assertIn(flag.group(1), known[name], (overlay, name, arg))
                         checked += 1
         self.assertEqual(set(known), {"moe-router", "moe-expert", "moe-expert-gpu",
