@@ -2,7 +2,8 @@
 """Elastic placement on a skewed workload: static placement, then after
 moe-balancer settles, in one run (BENCHMARKS.md, "Elastic placement").
 
-  bench/placement_bench.py BIN_DIR [--seconds 8] [--json FILE]
+  bench/placement_bench.py BIN_DIR [--seconds 8] [--json FILE] [--capacity-factor 8]
+                           [--up-flag=--FLAG=V ...]
 
 A demo model of one layer (dim 512 by default, the README configuration:
 16 experts of hidden 1365, so that the experts' work dominates) on
@@ -86,12 +87,15 @@ def imbalance(loads):
     return (max(loads) - mean) / mean if mean > 0 else 0.0
 
 
+CAPACITY_FACTOR = 8  # --capacity-factor
+
+
 def bench(bin_dir, router, x_path, concurrency, seconds, tmp, tag):
     out = os.path.join(tmp, tag + ".json")
     subprocess.run([os.path.join(bin_dir, "moe-client"), "bench", "--target=" + router,
                     "--input=" + x_path, "--concurrency=%d" % concurrency,
-                    "--duration=%g" % seconds, "--policy=all", "--capacity_factor=8",
-                    "--json_out=" + out],
+                    "--duration=%g" % seconds, "--policy=all",
+                    "--capacity_factor=%g" % CAPACITY_FACTOR, "--json_out=" + out],
                    check=True, capture_output=True, timeout=seconds + 120)
     with open(out) as f:
         return json.load(f)
@@ -108,12 +112,19 @@ def phase(bin_dir, router, endpoints, inputs, seconds, tmp, tag):
 
 
 def main():
+    global CAPACITY_FACTOR
     parser = argparse.ArgumentParser()
     parser.add_argument("bin_dir")
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--json")
+    parser.add_argument("--capacity-factor", type=float, default=8,
+                        help="the requests' capacity factor (8: the hot experts keep "
+                        "their tokens; 2, the default of the reference, drops most)")
+    parser.add_argument("--up-flag", action="append", default=[],
+                        help="a flag for moe-up (e.g. --join_open_batches=false); repeatable")
     args = parser.parse_args()
+    CAPACITY_FACTOR = args.capacity_factor
     tmp = tempfile.mkdtemp(prefix="moe-placement-bench-")
     up = None
     try:
@@ -137,7 +148,7 @@ def main():
              "--workers=%d" % WORKERS, "--port=0", "--endpoints_file=" + endpoints_file,
              "--work_dir=" + os.path.join(tmp, "up"), "--balance",
              "--balance_flags=--interval=1s,--rebalance_every=%ds,--load_half_life=5s,"
-             "--settle=2500ms,--dead_after=3s" % rebalance],
+             "--settle=2500ms,--dead_after=3s" % rebalance] + args.up_flag,
             stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while not os.path.exists(endpoints_file):
@@ -152,7 +163,8 @@ def main():
         keep = subprocess.Popen(
             [os.path.join(args.bin_dir, "moe-client"), "bench", "--target=" + router,
              "--input=" + inputs["256"], "--concurrency=4", "--duration=90",
-             "--policy=all", "--capacity_factor=8"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--policy=all", "--capacity_factor=%g" % CAPACITY_FACTOR],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         moved = None
         while time.time() < start + rebalance + 90:
             text = open(log_path).read()
@@ -166,7 +178,9 @@ def main():
         balanced = phase(args.bin_dir, router, endpoints, inputs, args.seconds, tmp, "balanced")
         text = open(log_path).read()
         plan = re.findall(r"placement change load: worst imbalance ([0-9.]+) -> ([0-9.]+)", text)
-        result = {"dim": args.dim, "static": static, "balanced": balanced,
+        result = {"dim": args.dim, "up_flags": args.up_flag,
+                  "capacity_factor": CAPACITY_FACTOR,
+                  "static": static, "balanced": balanced,
                   "load_plan_at_s": moved, "planned": plan,
                   "throughput_gain_1x256": balanced["1x256_c16"]["tokens_per_s"] /
                   static["1x256_c16"]["tokens_per_s"],

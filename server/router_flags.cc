@@ -47,6 +47,12 @@ ABSL_FLAG(int64_t, inline_max_tokens, 0,
           "that received it (one at a time), without a hand-off to a "
           "forward thread: about 0.1 ms less per decode step. 0 (default): "
           "never.");
+ABSL_FLAG(bool, join_open_batches, true,
+          "A replicated expert's few rows (a segment too small to split "
+          "among its copies) go to a copy whose open worker batch already "
+          "runs that expert, unless a copy is idle: one read of its weights "
+          "serves them all (decode with replicas). false: the least busy "
+          "copy each time.");
 ABSL_FLAG(bool, log_requests, false,
           "Log one line per request (layer, shape, code, duration; never "
           "tensors or tokens). Failed requests are always logged.");
@@ -88,6 +94,7 @@ absl::StatusOr<router::RouterServiceOptions> ServiceOptionsFromFlags() {
   o.max_queue_time = absl::Milliseconds(absl::GetFlag(FLAGS_max_queue_ms));
   o.log_requests = absl::GetFlag(FLAGS_log_requests);
   o.inline_max_tokens = absl::GetFlag(FLAGS_inline_max_tokens);
+  o.join_open_batches = absl::GetFlag(FLAGS_join_open_batches);
   return o;
 }
 

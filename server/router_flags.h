@@ -1,8 +1,8 @@
 // What moe-router takes from its flags for the service: the options of
 // RouterService (--on_expert_failure, --wire_dtype, --worker_timeout_ms,
 // --threads, --batch_window_us, --batch_max_tokens, --max_queued_tokens,
-// --max_queue_ms, --inline_max_tokens, --log_requests) and the Open
-// Inference Protocol's REST listener:
+// --max_queue_ms, --inline_max_tokens, --join_open_batches, --log_requests)
+// and the Open Inference Protocol's REST listener:
 //   --http_port        -1 off (default), 0 a free port
 //   --http_port_file   where the port in use is written
 // HTTPS with the gRPC port's TLS files (ServerOptions) when it has them.

@@ -63,6 +63,7 @@ ABSL_FLAG(int64_t, inline_max_tokens, 0,
           "Passed to moe-router (experimental): forwards up to this many "
           "tokens run on the gRPC thread that received them while the router "
           "is idle (0, the default: never).");
+ABSL_FLAG(bool, join_open_batches, true, "Passed to moe-router.");
 ABSL_FLAG(int64_t, worker_inline_max_request_kib, -1,
           "Passed to the workers as --inline_max_request_kib when >= 0: "
           "calls up to this many KiB run on the gRPC thread that received "
@@ -163,7 +164,9 @@ absl::StatusOr<server::LocalDeploymentOptions> OptionsFromFlags() {
       "--wire_dtype=" + absl::GetFlag(FLAGS_wire_dtype),
       absl::StrCat("--batch_window_us=", absl::GetFlag(FLAGS_batch_window_us)),
       absl::StrCat("--inline_max_tokens=",
-                   absl::GetFlag(FLAGS_inline_max_tokens))};
+                   absl::GetFlag(FLAGS_inline_max_tokens)),
+      absl::StrCat("--join_open_batches=",
+                   absl::GetFlag(FLAGS_join_open_batches))};
   if (const std::optional<double> ratio =
           absl::GetFlag(FLAGS_trace_sample_ratio)) {
     o.router_flags.push_back(absl::StrCat("--trace_sample_ratio=", *ratio));

@@ -118,6 +118,10 @@ class FanOut {
   void Assign() {
     std::map<int, std::vector<size_t>> by_worker;
     const uint64_t turn = pool_->NextTurn();
+    // What the open batches run, taken once (a small segment's copy).
+    std::vector<std::pair<common::ExpertKey, int>> open;
+    if (options_.join_open_batches) open = batcher_->OpenExperts();
+    std::vector<int> joining;
     for (size_t i : pending_) {
       const common::ExpertSegment s = segments_[i];
       const int64_t most = s.count / kMinRowsPerReplica;
@@ -125,9 +129,18 @@ class FanOut {
       if (most >= 2) {
         replicas = pool_->Replicas(s.key, attempts_[i].tried, turn);
         if (static_cast<int64_t>(replicas.size()) > most) replicas.resize(most);
-      } else if (const int w = pool_->Choose(s.key, attempts_[i].tried, turn);
-                 w >= 0) {
-        replicas.push_back(w);
+      } else {
+        joining.clear();
+        for (auto it = std::lower_bound(open.begin(), open.end(),
+                                        std::make_pair(s.key, -1));
+             it != open.end() && it->first == s.key; ++it) {
+          joining.push_back(it->second);
+        }
+        if (const int w =
+                pool_->Choose(s.key, attempts_[i].tried, turn, joining);
+            w >= 0) {
+          replicas.push_back(w);
+        }
       }
       if (replicas.empty()) {
         Fail(i, absl::UnavailableError("no healthy worker hosts it"),

@@ -43,6 +43,10 @@ struct RemoteCallOptions {
   common::Clock* clock = common::Clock::Real();
   // The forward's request ID: its worker calls carry it (x-request-id).
   std::string request_id;
+  // A replicated expert's small segment (too few rows to split) goes to a
+  // copy whose open batch already runs that expert, unless a copy is idle
+  // (WorkerPool::Choose); false: to the least busy copy.
+  bool join_open_batches = true;
   // The forward's span as a traceparent when it is recorded (its worker
   // calls get spans of their own, children of it); "" when not.
   std::string traceparent;

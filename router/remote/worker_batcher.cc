@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,7 +23,8 @@ class WorkerBatch {
   absl::Time close_at;
   int64_t rows = 0;
   std::vector<std::shared_ptr<BatchTicket>> tickets;  // cleared when done
-  std::atomic<int> live{0};                           // tickets not abandoned
+  std::set<common::ExpertKey> experts;  // of the tickets, while open
+  std::atomic<int> live{0};             // tickets not abandoned
   // The call's final status and, when OK, the checked response: written
   // once by Finish() before the tickets are marked done.
   absl::Status status;
@@ -159,6 +161,20 @@ int WorkerBatcher::WaitingForwards(int worker) const {
   return it == open_.end() ? 0 : static_cast<int>(it->second->tickets.size());
 }
 
+std::vector<std::pair<common::ExpertKey, int>> WorkerBatcher::OpenExperts()
+    const {
+  std::vector<std::pair<common::ExpertKey, int>> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [worker, batch] : open_) {
+    if (batch == nullptr) continue;
+    for (const common::ExpertKey& key : batch->experts) {
+      out.emplace_back(key, worker);
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 std::shared_ptr<const BatchTicket> WorkerBatcher::Submit(
     WorkerRequest request) {
   int64_t rows = 0;
@@ -180,6 +196,9 @@ std::shared_ptr<const BatchTicket> WorkerBatcher::Submit(
       open->close_at = now + options_.window;
     }
     open->tickets.push_back(ticket);
+    for (const common::ExpertSegment& s : ticket->request().segments) {
+      open->experts.insert(s.key);
+    }
     open->rows += rows;
     open->live.fetch_add(1);
     ticket->batch_ = open;

@@ -158,6 +158,11 @@ class WorkerBatcher {
 
   // Forwards in worker `worker`'s open batch (not sent yet).
   int WaitingForwards(int worker) const ABSL_LOCKS_EXCLUDED(mu_);
+  // The experts the open batches carry rows of, as (expert, worker) pairs
+  // in order: a replicated expert's few rows can join the batch that
+  // already runs that expert (RemoteCallOptions::join_open_batches).
+  std::vector<std::pair<common::ExpertKey, int>> OpenExperts() const
+      ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   void FlushLoop();

@@ -267,11 +267,19 @@ void WorkerPool::ForEachHost(common::ExpertKey key,
 }
 
 int WorkerPool::Choose(common::ExpertKey key, const std::set<int>& exclude,
-                       uint64_t turn) const {
-  Host best{false, 0, 0, -1};
+                       uint64_t turn, absl::Span<const int> joining) const {
+  Host best{false, 0, 0, -1}, best_joining{false, 0, 0, -1};
   ForEachHost(key, exclude, turn, [&](const Host& h) {
     if (best.worker < 0 || h.Before(best)) best = h;
+    if (!h.leaving &&
+        std::find(joining.begin(), joining.end(), h.worker) != joining.end() &&
+        (best_joining.worker < 0 || h.Before(best_joining))) {
+      best_joining = h;
+    }
   });
+  // An idle host answers soonest; otherwise the batch that already runs the
+  // expert saves reading its weights again.
+  if (best_joining.worker >= 0 && best.load > 0) return best_joining.worker;
   return best.worker;
 }
 

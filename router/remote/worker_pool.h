@@ -42,6 +42,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "common/clock.h"
 #include "common/expert_segment.h"
 #include "common/expert_set.h"
@@ -127,8 +128,11 @@ class WorkerPool {
   // A healthy worker hosting `key`, not in `exclude`, with the fewest
   // in-flight calls (equals: the first from worker `turn` % size() on;
   // leaving workers last); -1 if none.
+  // When a host in `joining` (the workers whose open batch already runs
+  // `key`) is eligible and no host is idle, the least busy of those: the
+  // expert's rows share one weight read there.
   int Choose(common::ExpertKey key, const std::set<int>& exclude,
-             uint64_t turn = 0) const;
+             uint64_t turn = 0, absl::Span<const int> joining = {}) const;
   // Every healthy worker hosting `key`, not in `exclude`, fewest in-flight
   // calls first (equals as Choose(); leaving workers only when there is no
   // other).

@@ -206,6 +206,7 @@ std::string RouterServiceOptions::Describe() const {
       inline_max_tokens > 0
           ? absl::StrCat(", inline up to ", inline_max_tokens, " tokens")
           : std::string(", never inline"),
+      join_open_batches ? "" : ", small segments to the least busy copy",
       tokens != nullptr ? ", tokens required" : "");
 }
 
@@ -334,6 +335,7 @@ absl::Status RouterService::RunForward(Job* job) const {
   remote.worker_timeout = options_.worker_timeout;
   remote.clock = options_.clock;
   remote.request_id = job->request_id_;
+  remote.join_open_batches = options_.join_open_batches;
   if (job->span_) remote.traceparent = common::TraceparentOf(*job->span_);
   MOE_ASSIGN_OR_RETURN(
       remote.on_failure,

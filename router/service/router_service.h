@@ -73,6 +73,10 @@ struct RouterServiceOptions {
   // compute, which gRPC advises against; off until its behaviour at
   // shutdown is understood (docs/operations.md).
   int64_t inline_max_tokens = 0;
+  // A replicated expert's few rows join a worker batch that already runs
+  // that expert rather than go to another copy, unless a copy is idle
+  // (RemoteCallOptions::join_open_batches).
+  bool join_open_batches = true;
   // Spans of the forwards it serves (Forward, ModelInfer, REST infer), as
   // the tracer samples them (common/tracing.h); none when null. Must
   // outlive the service.

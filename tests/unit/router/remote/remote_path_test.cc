@@ -172,6 +172,28 @@ TEST(WorkerPoolTest, ChoosesTheLeastLoadedReplica) {
   EXPECT_EQ(p.pool->inflight(1), 3);
 }
 
+// A small segment's copy: the busy worker whose open batch already runs
+// the expert, unless another copy is idle; excluded or leaving workers and
+// ones that do not host the expert are never joined.
+TEST(WorkerPoolTest,
+     ASmallSegmentJoinsTheBatchThatRunsItsExpertUnlessACopyIsIdle) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1, 2, 3}, {}}, {{0, 1, 2, 3}, {}}, {{2, 3}, {}}}, &clock);
+  const std::vector<int> joining = {0};
+  // Worker 1 idle: it answers soonest.
+  p.pool->CallStarted(0);
+  EXPECT_EQ(p.pool->Choose({0, 1}, {}, 0, joining), 1);
+  // Both busy, worker 0 more so: its open batch still gets the rows.
+  p.pool->CallStarted(0);
+  p.pool->CallStarted(1);
+  EXPECT_EQ(p.pool->Choose({0, 1}, {}), 1);
+  EXPECT_EQ(p.pool->Choose({0, 1}, {}, 0, joining), 0);
+  // Excluded (it failed this segment), or not hosting the expert: the
+  // least busy copy.
+  EXPECT_EQ(p.pool->Choose({0, 1}, {0}, 0, joining), 1);
+  EXPECT_EQ(p.pool->Choose({0, 1}, {}, 0, std::vector<int>{2}), 1);
+}
+
 // The pool alone decides which call outcomes take a worker down: a worker
 // that is unreachable, broken or slower than the worker timeout; not one
 // that refused a call (bad input, overload, cancellation) nor one that
@@ -665,6 +687,29 @@ TEST(WorkerBatcherTest, ACallOfTracedForwardsHasASpanInEachOfTheirTraces) {
   EXPECT_EQ(std::get<std::string>(AttributeOf(sa, "moe.request_id")), "fwd-a");
   EXPECT_EQ(std::get<int64_t>(AttributeOf(sa, "moe.rows")), 2);
   EXPECT_EQ(std::get<int64_t>(AttributeOf(sb, "moe.rows")), 1);
+}
+
+// The experts of the open batches, by worker: what a small segment may
+// join; a batch that left is no longer listed.
+TEST(WorkerBatcherTest, OpenBatchesListTheirExperts) {
+  testing::FakeClock clock;
+  Pool p({{{0, 1, 2, 3}, {0, 1}}}, &clock);
+  WorkerBatcher batcher(p.pool.get(), OneSecondWindow(&clock));
+  Work busy({{{0, 0}, 0, 1}});
+  Submitted t0(batcher, busy, &clock);
+  ASSERT_TRUE(p.workers[0]->WaitForCalls(1));
+  EXPECT_TRUE(batcher.OpenExperts().empty());  // the call left at once
+  Work a({{{0, 3}, 0, 1}, {{1, 1}, 1, 1}}), b({{{0, 3}, 0, 2}});
+  Submitted ta(batcher, a, &clock), tb(batcher, b, &clock);
+  EXPECT_EQ(batcher.OpenExperts(),
+            (std::vector<std::pair<common::ExpertKey, int>>{{{0, 3}, 0},
+                                                            {{1, 1}, 0}}));
+  p.workers[0]->Reply(0);
+  ASSERT_TRUE(p.workers[0]->WaitForCalls(2));
+  EXPECT_TRUE(batcher.OpenExperts().empty());
+  p.workers[0]->Reply(1);
+  ASSERT_TRUE(ta.Done());
+  ASSERT_TRUE(tb.Done());
 }
 
 TEST(WorkerBatcherTest, AnOpenBatchLeavesWhenItsWindowEnds) {
