@@ -47,20 +47,9 @@ using testing::Y;
 
 const std::string kModel = "A_moe_eval_nodrop";
 
-std::string Pki() {
-  static const std::string dir = [] {
-    const std::string d = testing::TempDir() + "/pki";
-    std::string out;
-    const int rc = testing::RunProcess(
-        {std::string(MOE_SOURCE_DIR) + "/tests/testing/make_test_pki.sh", d},
-        &out);
-    EXPECT_EQ(rc, 0) << out;
-    return d;
-  }();
-  return dir;
+std::string PkiFile(const std::string& name) {
+  return testing::TestPkiFile(name);
 }
-
-std::string PkiFile(const std::string& name) { return Pki() + "/" + name; }
 
 void Copy(const std::string& from, const std::string& to) {
   // Written beside and renamed: a reader never sees half a file.

@@ -465,16 +465,7 @@ TEST_F(TracingIntegrationTest,
 // The test PKI (tests/testing/make_test_pki.sh): ca signs server.crt (for
 // 127.0.0.1); other_ca signs nothing the collector shows.
 std::string PkiFile(const std::string& name) {
-  static const std::string dir = [] {
-    const std::string d = testing::TempDir() + "/trace-pki";
-    std::string out;
-    const int rc = testing::RunProcess(
-        {std::string(MOE_SOURCE_DIR) + "/tests/testing/make_test_pki.sh", d},
-        &out);
-    EXPECT_EQ(rc, 0) << out;
-    return d;
-  }();
-  return dir + "/" + name;
+  return testing::TestPkiFile(name);
 }
 
 std::string ReadAll(const std::string& path) {

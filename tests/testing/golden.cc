@@ -113,6 +113,21 @@ std::string BinaryPath(const std::string& name) {
   return std::string(MOE_BIN_DIR) + "/" + name;
 }
 
+std::string TestPkiFile(const std::string& name) {
+  static const std::string dir = [] {
+    const std::string d = TempDir() + "/pki";
+    std::string out;
+    if (RunProcess(
+            {std::string(MOE_SOURCE_DIR) + "/tests/testing/make_test_pki.sh",
+             d},
+            &out) != 0) {
+      Die("make_test_pki.sh failed: " + out);
+    }
+    return d;
+  }();
+  return dir + "/" + name;
+}
+
 double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
 }

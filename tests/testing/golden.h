@@ -36,6 +36,11 @@ std::string TempDir();
 // Path of a built binary in build/bin.
 std::string BinaryPath(const std::string& name);
 
+// A file of the test PKI (tests/testing/make_test_pki.sh: ca.crt,
+// server.crt, server.key, other_ca.crt, ...), made once per process with
+// openssl in TempDir().
+std::string TestPkiFile(const std::string& name);
+
 // Max |a - b| over all elements (both converted to float64).
 double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b);
 
