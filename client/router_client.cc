@@ -100,17 +100,25 @@ absl::Status RouterClient::Prepare(grpc::ClientContext* context,
 }
 
 absl::StatusOr<moe::v1::ForwardResponse> RouterClient::Forward(
-    const moe::v1::ForwardRequest& request,
-    const std::string& request_id) const {
+    const moe::v1::ForwardRequest& request, const std::string& request_id,
+    const std::string& traceparent) const {
   const std::string id =
       request_id.empty() ? common::NewRequestId() : request_id;
   MOE_RETURN_IF_ERROR(common::CheckRequestId(id));
+  if (!traceparent.empty() && common::TraceIdOf(traceparent).empty()) {
+    return absl::InvalidArgumentError(
+        "traceparent is not a W3C traceparent value "
+        "(00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>)");
+  }
   const absl::Time deadline = absl::Now() + options_.timeout;
   absl::Duration backoff = absl::Milliseconds(100);
   for (int attempt = 1;; ++attempt) {
     grpc::ClientContext context;
     MOE_RETURN_IF_ERROR(Prepare(&context, deadline));
     context.AddMetadata(common::kRequestIdKey, id);
+    if (!traceparent.empty()) {
+      context.AddMetadata(common::kTraceparentKey, traceparent);
+    }
     moe::v1::ForwardResponse response;
     grpc::Status status = stub_->Forward(&context, request, &response);
     if (status.ok()) return response;
@@ -144,7 +152,8 @@ absl::StatusOr<ForwardOutput> RouterClient::Forward(
   ForwardOutput out;
   out.request_id =
       options.request_id.empty() ? common::NewRequestId() : options.request_id;
-  MOE_ASSIGN_OR_RETURN(out.response, Forward(request, out.request_id));
+  MOE_ASSIGN_OR_RETURN(out.response,
+                       Forward(request, out.request_id, options.traceparent));
   if (out.response.degraded() && !options.allow_degraded) {
     return WithRequestId(DegradedError(out.response), out.request_id);
   }

@@ -65,6 +65,11 @@ struct ForwardOptions {
   // most 128 bytes of letters, digits and . _ - : / + = (else the call
   // fails with INVALID_ARGUMENT, unsent).
   std::string request_id;
+  // The caller's W3C trace context, sent as "traceparent": a sampled one
+  // puts the router's span of the call, and its worker calls', in the
+  // caller's trace (docs/operations.md, "Traces"). Empty: none. A value
+  // that is not a traceparent fails the call with INVALID_ARGUMENT, unsent.
+  std::string traceparent;
 };
 
 struct ForwardOutput {
@@ -82,10 +87,11 @@ class RouterClient {
 
   // The raw call (a degraded answer is returned as it is), under
   // `request_id` (ForwardOptions::request_id says what it may be; empty:
-  // a new one).
+  // a new one), in the trace of `traceparent` (ForwardOptions::traceparent).
   absl::StatusOr<moe::v1::ForwardResponse> Forward(
       const moe::v1::ForwardRequest& request,
-      const std::string& request_id = "") const;
+      const std::string& request_id = "",
+      const std::string& traceparent = "") const;
 
   // Encodes x (float32, bfloat16 or float16 [B, n, d]) and decodes y.
   // UNAVAILABLE for a degraded answer unless options.allow_degraded.

@@ -32,6 +32,11 @@ ABSL_FLAG(std::string, request_id, "",
           "forward: the request ID to send (x-request-id), which the "
           "router's logs name the call by; default: a new one, printed "
           "with the answer and in an error.");
+ABSL_FLAG(std::string, traceparent, "",
+          "forward: a W3C trace context to send (traceparent, e.g. "
+          "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01): a "
+          "sampled one puts the call's spans in that trace (a router with "
+          "--otlp_traces_endpoint).");
 ABSL_FLAG(std::string, on_expert_failure, "",
           "Per-request failure policy: drop or fail (default: the "
           "router's).");
@@ -93,6 +98,14 @@ absl::StatusOr<client::ForwardOptions> ForwardOptionsFromFlags() {
       return absl::InvalidArgumentError(
           absl::StrCat("--request_id: ", usable.message()));
     }
+  }
+  options.traceparent = absl::GetFlag(FLAGS_traceparent);
+  if (!options.traceparent.empty() &&
+      common::TraceIdOf(options.traceparent).empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--traceparent \"", options.traceparent,
+        "\": not a W3C traceparent (00-<32 hex trace id>-<16 hex parent "
+        "id>-<2 hex flags>)"));
   }
   const std::string policy = absl::GetFlag(FLAGS_on_expert_failure);
   if (policy == "drop") {

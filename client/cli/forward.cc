@@ -26,8 +26,9 @@ absl::Status RunForward() {
   const std::string request_id =
       forward.request_id.empty() ? common::NewRequestId() : forward.request_id;
   const absl::Time start = absl::Now();
-  MOE_ASSIGN_OR_RETURN(moe::v1::ForwardResponse response,
-                       client->Forward(request, request_id));
+  MOE_ASSIGN_OR_RETURN(
+      moe::v1::ForwardResponse response,
+      client->Forward(request, request_id, forward.traceparent));
   const absl::Duration latency = absl::Now() - start;
   if (response.degraded() && !forward.allow_degraded) {
     return client::WithRequestId(client::DegradedError(response), request_id);

@@ -27,6 +27,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "client/router_client.h"
 #include "common/random_input.h"
 #include "common/torch/demo_model.h"
 #include "inference/open_inference_grpc.grpc.pb.h"
@@ -427,6 +428,56 @@ TEST_F(TracingIntegrationTest, AForwardsTraceFollowsItIntoEachWorker) {
     EXPECT_LE(nanos(worker, "endTimeUnixNano"), nanos(call, "endTimeUnixNano"));
   }
   EXPECT_EQ(reached.size(), 2u);
+}
+
+// The C++ client and moe-client forward send a caller's context too: their
+// calls' spans are children of the caller's span; a value that is not a
+// traceparent is refused before anything is sent.
+TEST_F(TracingIntegrationTest, TheCppClientAndMoeClientSendTheCallersTrace) {
+  Start(/*root_ratio=*/0);
+  const std::string sampled = "00-" + kTrace + "-" + kCaller + "-01";
+  auto client = client::RouterClient::Create(deployment_->router_address());
+  client::ForwardOptions options;
+  options.layer = "layers.0.ff";
+  options.request_id = "cpp-client";
+  options.traceparent = sampled;
+  ASSERT_TRUE(
+      client->Forward(common::RandomNormalTensor({1, 4, 64}, 5), options).ok());
+  options.traceparent = "00-not-a-trace";
+  EXPECT_EQ(client->Forward(common::RandomNormalTensor({1, 4, 64}, 5), options)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  std::string out;
+  ASSERT_EQ(testing::RunProcess(
+                {testing::BinaryPath("moe-client"), "forward",
+                 "--target=" + deployment_->router_address(),
+                 "--layer=layers.1.ff", "--random_input=1x4",
+                 "--request_id=moe-client-cli", "--traceparent=" + sampled},
+                &out),
+            0)
+      << out;
+  EXPECT_EQ(testing::RunProcess({testing::BinaryPath("moe-client"), "forward",
+                                 "--target=" + deployment_->router_address(),
+                                 "--layer=layers.1.ff", "--random_input=1x4",
+                                 "--traceparent=00-zz"},
+                                &out),
+            1)
+      << out;
+  EXPECT_NE(out.find("--traceparent \"00-zz\": not a W3C traceparent"),
+            std::string::npos)
+      << out;
+  const std::vector<json> spans =
+      collector_.Spans([](const std::vector<json>& spans) {
+        return Served(spans).size() >= 2 && WorkerSpansCame(spans);
+      });
+  ASSERT_EQ(Served(spans).size(), 2u) << json(spans).dump(1);
+  for (const char* id : {"cpp-client", "moe-client-cli"}) {
+    const json s = SpanOf(spans, id);
+    ASSERT_FALSE(s.is_null()) << id << json(spans).dump(1);
+    EXPECT_EQ(s["traceId"], kTrace);
+    EXPECT_EQ(s["parentSpanId"], kCaller);
+  }
 }
 
 TEST_F(TracingIntegrationTest,
