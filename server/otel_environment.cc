@@ -106,12 +106,13 @@ absl::StatusOr<KeyValues> ParseKeyValues(const std::string& name,
 }  // namespace
 
 absl::StatusOr<OtelEnvironment> ReadOtelEnvironment(
-    const std::function<const char*(const char*)>& getenv) {
+    const std::function<const char*(const char*)>& getenv,
+    bool endpoint_given) {
   OtelEnvironment env;
-  const bool disabled =
-      absl::EqualsIgnoreCase(Get(getenv, "OTEL_SDK_DISABLED"), "true");
-  if (std::string e = Get(getenv, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
-      !e.empty()) {
+  if (absl::EqualsIgnoreCase(Get(getenv, "OTEL_SDK_DISABLED"), "true")) {
+    // The endpoint variables are not used.
+  } else if (std::string e = Get(getenv, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+             !e.empty()) {
     env.traces_endpoint = std::move(e);
     env.endpoint_variable = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
   } else if (std::string base = Get(getenv, "OTEL_EXPORTER_OTLP_ENDPOINT");
@@ -120,10 +121,8 @@ absl::StatusOr<OtelEnvironment> ReadOtelEnvironment(
         absl::StrCat(base, absl::EndsWith(base, "/") ? "" : "/", "v1/traces");
     env.endpoint_variable = "OTEL_EXPORTER_OTLP_ENDPOINT";
   }
-  if (disabled) {
-    env.traces_endpoint.clear();
-    env.endpoint_variable.clear();
-  }
+  // No tracing: the other variables are for other programs of the pod.
+  if (!endpoint_given && env.traces_endpoint.empty()) return env;
   std::string name;
   const std::string headers =
       TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_HEADERS",

@@ -1,5 +1,5 @@
 // What OpenTelemetry's standard environment variables say about sending
-// traces, for the settings moe-serve's flags leave unset: the variables the
+// traces (the flags' endpoint and ratio win over theirs): the variables the
 // OpenTelemetry Operator injects and hosted backends document, so that a
 // pod configured for OpenTelemetry traces without flags.
 //
@@ -47,11 +47,14 @@ struct OtelEnvironment {
   std::vector<std::string> warnings;
 };
 
-// Reads the variables through `getenv` (std::getenv in the servers).
-// INVALID_ARGUMENT naming the variable (never a header's value) for a
-// header or attribute list that is not key=value,..., a bad percent
-// escape, or a sampler argument that is not a ratio from 0 to 1.
+// Reads the variables through `getenv` (std::getenv in the servers);
+// `endpoint_given`: the flag names the endpoint. When it does not and no
+// endpoint variable is set, nothing else is read (no tracing: variables
+// meant for other programs cannot stop the server). INVALID_ARGUMENT
+// naming the variable (never a header's value) for a header or attribute
+// list that is not key=value,..., a bad percent escape, or a sampler
+// argument that is not a ratio from 0 to 1.
 absl::StatusOr<OtelEnvironment> ReadOtelEnvironment(
-    const std::function<const char*(const char*)>& getenv);
+    const std::function<const char*(const char*)>& getenv, bool endpoint_given);
 
 }  // namespace moe::server

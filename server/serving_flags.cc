@@ -179,10 +179,11 @@ absl::Status ServerOptionsFromFlags(int port,
 
 absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
     const std::string& service_name) {
+  std::string endpoint = absl::GetFlag(FLAGS_otlp_traces_endpoint);
   MOE_ASSIGN_OR_RETURN(
       const OtelEnvironment env,
-      ReadOtelEnvironment([](const char* name) { return std::getenv(name); }));
-  std::string endpoint = absl::GetFlag(FLAGS_otlp_traces_endpoint);
+      ReadOtelEnvironment([](const char* name) { return std::getenv(name); },
+                          /*endpoint_given=*/!endpoint.empty()));
   std::string from = "--otlp_traces_endpoint";
   const std::optional<double> given = absl::GetFlag(FLAGS_trace_sample_ratio);
   if (given.has_value() && !(*given >= 0 && *given <= 1)) {

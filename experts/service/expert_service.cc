@@ -356,25 +356,28 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   metrics_.AddInflight(1);
   const absl::Time received = absl::Now();
-  // Shared by the paths that finish the call (run, a full queue).
-  auto span = std::make_shared<std::optional<common::Span>>();
+  // The call's span when it is traced (null when not: no allocation), shared
+  // by the paths that finish the call (run, a full queue).
+  std::shared_ptr<common::Span> span;
   if (options_.tracer != nullptr) {
-    *span = options_.tracer->Start(
-        "moe.v1.ExpertWorker/RunExperts",
-        FirstValue(*context, common::kTraceparentKey), received);
+    if (std::optional<common::Span> started = options_.tracer->Start(
+            "moe.v1.ExpertWorker/RunExperts",
+            FirstValue(*context, common::kTraceparentKey), received)) {
+      span = std::make_shared<common::Span>(*std::move(started));
+    }
   }
   auto finish = [this, reactor, context, span](
                     const absl::Status& status, const CallFacts& facts,
                     absl::Time started, bool ran_inline) {
-    if (span->has_value()) {
-      EndSpan(*std::move(*span), *context, status, facts, started, ran_inline);
+    if (span != nullptr) {
+      EndSpan(std::move(*span), *context, status, facts, started, ran_inline);
     }
     metrics_.AddInflight(-1);
     reactor->Finish(proto::ToGrpcStatus(status));
   };
-  // Whether the call runs on the gRPC thread that received it.
-  auto ran_inline = std::make_shared<std::atomic<bool>>(false);
-  auto run = [this, context, request, response, finish, received, ran_inline] {
+  // `ran_inline`: on the gRPC thread that received the call.
+  auto run = [this, context, request, response, finish,
+              received](bool ran_inline) {
     const absl::Time started = absl::Now();
     absl::Status status;
     CallFacts facts;
@@ -401,21 +404,19 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
           << ", " << request->Length() << " bytes in, " << response->Length()
           << " out";
     }
-    finish(status, facts, started, ran_inline->load());
+    finish(status, facts, started, ran_inline);
   };
   if (static_cast<int64_t>(request->Length()) <=
           options_.inline_max_request_bytes &&
       !inline_running_.exchange(true)) {
-    ran_inline->store(true);
-    const bool ran = queue_->TryRunHere(run);
-    ran_inline->store(false);
+    const bool ran = queue_->TryRunHere([&run] { run(true); });
     inline_running_.store(false);
     if (ran) {
       metrics_.RecordInline();
       return reactor;
     }
   }
-  const bool queued = queue_->TrySubmit(std::move(run));
+  const bool queued = queue_->TrySubmit([run = std::move(run)] { run(false); });
   static common::LogRateLimiter refusals(kFailureLogsPerSecond);
   if (int64_t suppressed = 0; !queued && refusals.Allow(&suppressed)) {
     const ForRequests requests(*context);

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <map>
 #include <optional>
-#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -23,8 +22,9 @@ class WorkerBatch {
   absl::Time close_at;
   int64_t rows = 0;
   std::vector<std::shared_ptr<BatchTicket>> tickets;  // cleared when done
-  std::set<common::ExpertKey> experts;  // of the tickets, while open
-  std::atomic<int> live{0};             // tickets not abandoned
+  // The tickets' experts while open, repeats included (OpenExperts()).
+  std::vector<common::ExpertKey> experts;
+  std::atomic<int> live{0};  // tickets not abandoned
   // The call's final status and, when OK, the checked response: written
   // once by Finish() before the tickets are marked done.
   absl::Status status;
@@ -172,14 +172,14 @@ std::vector<std::pair<common::ExpertKey, int>> WorkerBatcher::OpenExperts()
     }
   }
   std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
   return out;
 }
 
 std::shared_ptr<const BatchTicket> WorkerBatcher::Submit(
     WorkerRequest request) {
-  int64_t rows = 0;
-  for (const common::ExpertSegment& s : request.segments) rows += s.count;
   std::shared_ptr<BatchTicket> ticket(new BatchTicket(std::move(request)));
+  const int64_t rows = RowsOf(*ticket);
   const int worker = ticket->worker();
   std::vector<std::shared_ptr<WorkerBatch>> due;
   {
@@ -197,7 +197,7 @@ std::shared_ptr<const BatchTicket> WorkerBatcher::Submit(
     }
     open->tickets.push_back(ticket);
     for (const common::ExpertSegment& s : ticket->request().segments) {
-      open->experts.insert(s.key);
+      open->experts.push_back(s.key);
     }
     open->rows += rows;
     open->live.fetch_add(1);

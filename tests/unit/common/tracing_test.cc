@@ -208,21 +208,41 @@ TEST(OtlpExporterTest, EndpointsThatAreNotHttpUrlsAreRefused) {
 // An environment of its own for ReadOtelEnvironment.
 struct Env {
   std::map<std::string, std::string> vars;
-  absl::StatusOr<server::OtelEnvironment> Read() const {
-    return server::ReadOtelEnvironment([this](const char* name) -> const char* {
-      auto it = vars.find(name);
-      return it == vars.end() ? nullptr : it->second.c_str();
-    });
+  // `endpoint_given`: as when --otlp_traces_endpoint is set.
+  absl::StatusOr<server::OtelEnvironment> Read(
+      bool endpoint_given = true) const {
+    return server::ReadOtelEnvironment(
+        [this](const char* name) -> const char* {
+          auto it = vars.find(name);
+          return it == vars.end() ? nullptr : it->second.c_str();
+        },
+        endpoint_given);
   }
 };
 
 TEST(OtelEnvironmentTest, NothingSetMeansNothingToDo) {
-  auto env = Env().Read();
+  auto env = Env().Read(/*endpoint_given=*/false);
   ASSERT_TRUE(env.ok()) << env.status();
   EXPECT_EQ(env->traces_endpoint, "");
   EXPECT_TRUE(env->headers.empty());
   EXPECT_FALSE(env->sample_ratio.has_value());
   EXPECT_TRUE(env->warnings.empty());
+}
+
+// Without an endpoint there is no tracing: variables meant for other
+// programs of the pod, even bad ones, are not read; with one they are.
+TEST(OtelEnvironmentTest, WithoutAnEndpointNothingElseIsRead) {
+  Env e{{{"OTEL_EXPORTER_OTLP_HEADERS", "not a list"},
+         {"OTEL_TRACES_SAMPLER", "parentbased_always_on"}}};
+  auto env = e.Read(/*endpoint_given=*/false);
+  ASSERT_TRUE(env.ok()) << env.status();
+  EXPECT_EQ(env->traces_endpoint, "");
+  EXPECT_FALSE(env->sample_ratio.has_value());
+  EXPECT_FALSE(e.Read(/*endpoint_given=*/true).ok());
+  e.vars["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://c:4318";
+  EXPECT_FALSE(e.Read(/*endpoint_given=*/false).ok());
+  e.vars["OTEL_SDK_DISABLED"] = "true";
+  EXPECT_TRUE(e.Read(/*endpoint_given=*/false).ok());
 }
 
 TEST(OtelEnvironmentTest, EndpointsAsTheSpecBuildsThem) {
