@@ -135,6 +135,7 @@ absl::StatusOr<OtelEnvironment> ReadOtelEnvironment(
   env.certificate_variable = name;
   env.protocol = TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
                                  "OTEL_EXPORTER_OTLP_PROTOCOL", &name);
+  env.protocol_variable = name;
   MOE_ASSIGN_OR_RETURN(KeyValues attributes,
                        ParseKeyValues("OTEL_RESOURCE_ATTRIBUTES",
                                       Get(getenv, "OTEL_RESOURCE_ATTRIBUTES"),

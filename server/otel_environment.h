@@ -5,13 +5,14 @@
 //
 //   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT   the traces URL, as is
 //   OTEL_EXPORTER_OTLP_ENDPOINT          a base URL: traces go to
-//                                        BASE/v1/traces
-//   OTEL_EXPORTER_OTLP[_TRACES]_HEADERS  key=value,... sent with each POST
+//                                        BASE/v1/traces (over gRPC, to its
+//                                        host and port)
+//   OTEL_EXPORTER_OTLP[_TRACES]_HEADERS  key=value,... sent with each export
 //                                        (values percent-decoded; an API
 //                                        key, say: never logged)
 //   OTEL_EXPORTER_OTLP[_TRACES]_CERTIFICATE  the CA (PEM) an https://
 //                                        collector's certificate must chain to
-//   OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL only http/json is spoken
+//   OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL http/json, http/protobuf or grpc
 //   OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES  the spans' resource
 //   OTEL_TRACES_SAMPLER[_ARG]            the parent-based samplers
 //   OTEL_SDK_DISABLED=true               the endpoint variables are not used
@@ -38,7 +39,8 @@ struct OtelEnvironment {
   KeyValues headers;
   std::string certificate;  // a CA file; "" for the system's
   std::string certificate_variable;
-  std::string protocol;           // as set; "" when not
+  std::string protocol;  // as set; "" when not
+  std::string protocol_variable;
   std::string service_name;       // OTEL_SERVICE_NAME, else the attributes'
   KeyValues resource_attributes;  // without service.name
   // The root ratio of OTEL_TRACES_SAMPLER; nullopt when it is not set.

@@ -1,113 +1,370 @@
 #include "server/otlp_exporter.h"
 
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
 #include <httplib.h>
 
 #include <algorithm>
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "moe_version.h"
+#include "otlp/trace_service.grpc.pb.h"
+#include "proto/grpc_status.h"
 
 namespace moe::server {
 namespace {
 
-std::string UnixNanos(absl::Time t) {
-  return std::to_string(absl::ToUnixNanos(t));
-}
+using TraceService = opentelemetry::proto::collector::trace::v1::TraceService;
 
-nlohmann::json Attribute(const std::string& key,
-                         const common::SpanAttribute& value) {
-  nlohmann::json v;
-  if (const auto* s = std::get_if<std::string>(&value)) {
-    v["stringValue"] = *s;
-  } else if (const auto* i = std::get_if<int64_t>(&value)) {
-    v["intValue"] = std::to_string(*i);  // int64 as a string, as proto3 JSON
-  } else {
-    v["boolValue"] = std::get<bool>(value);
+// `s` with each byte that is not part of a well-formed UTF-8 sequence
+// replaced by U+FFFD.
+std::string Utf8(absl::string_view s) {
+  if (std::all_of(s.begin(), s.end(), [](char c) {
+        return static_cast<unsigned char>(c) < 0x80;
+      })) {
+    return std::string(s);
   }
-  return {{"key", key}, {"value", v}};
+  std::string out;
+  out.reserve(s.size() + 8);
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char b = static_cast<unsigned char>(s[i]);
+    size_t n = 0;  // the sequence's length; 0: b starts none
+    unsigned char lo = 0x80, hi = 0xBF;  // its second byte's range
+    if (b < 0x80) {
+      n = 1;
+    } else if (b >= 0xC2 && b <= 0xDF) {
+      n = 2;
+    } else if (b >= 0xE0 && b <= 0xEF) {
+      n = 3;
+      if (b == 0xE0) lo = 0xA0;  // no overlong forms
+      if (b == 0xED) hi = 0x9F;  // no surrogates
+    } else if (b >= 0xF0 && b <= 0xF4) {
+      n = 4;
+      if (b == 0xF0) lo = 0x90;
+      if (b == 0xF4) hi = 0x8F;  // nothing past U+10FFFF
+    }
+    bool ok = n > 0 && i + n <= s.size();
+    for (size_t k = 1; ok && k < n; ++k) {
+      const unsigned char c = static_cast<unsigned char>(s[i + k]);
+      ok = k == 1 ? c >= lo && c <= hi : c >= 0x80 && c <= 0xBF;
+    }
+    if (ok) {
+      out.append(s.data() + i, n);
+      i += n;
+    } else {
+      out.append("\xEF\xBF\xBD");
+      ++i;
+    }
+  }
+  return out;
 }
 
-// OTLP's SpanKind values.
-int Kind(common::SpanKind kind) {
+void SetAttribute(const std::string& key, const common::SpanAttribute& value,
+                  otlp::KeyValue* out) {
+  out->set_key(Utf8(key));
+  otlp::AnyValue* v = out->mutable_value();
+  if (const auto* s = std::get_if<std::string>(&value)) {
+    v->set_string_value(Utf8(*s));
+  } else if (const auto* i = std::get_if<int64_t>(&value)) {
+    v->set_int_value(*i);
+  } else {
+    v->set_bool_value(std::get<bool>(value));
+  }
+}
+
+otlp::Span::SpanKind Kind(common::SpanKind kind) {
   switch (kind) {
     case common::SpanKind::kServer:
-      return 2;  // SPAN_KIND_SERVER
+      return otlp::Span::SPAN_KIND_SERVER;
     case common::SpanKind::kClient:
-      return 3;  // SPAN_KIND_CLIENT
+      return otlp::Span::SPAN_KIND_CLIENT;
   }
-  return 0;  // SPAN_KIND_UNSPECIFIED
+  return otlp::Span::SPAN_KIND_UNSPECIFIED;
+}
+
+uint64_t UnixNanos(absl::Time t) {
+  return static_cast<uint64_t>(absl::ToUnixNanos(t));
+}
+
+// OTLP/JSON's IDs are hex, where proto3's JSON writes bytes as base64.
+void IdsToHex(nlohmann::json& object) {
+  for (const char* key : {"traceId", "spanId", "parentSpanId"}) {
+    auto it = object.find(key);
+    if (it == object.end()) continue;
+    std::string bytes;
+    absl::Base64Unescape(it->get<std::string>(), &bytes);
+    *it = absl::BytesToHexString(bytes);
+  }
+}
+
+std::string JsonOf(const otlp::ExportTraceServiceRequest& request) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.always_print_enums_as_ints = true;
+  std::string text;
+  (void)google::protobuf::util::MessageToJsonString(request, &text, options);
+  nlohmann::json body = nlohmann::json::parse(text);
+  for (nlohmann::json& rs : body["resourceSpans"]) {
+    for (nlohmann::json& ss : rs["scopeSpans"]) {
+      for (nlohmann::json& span : ss["spans"]) {
+        IdsToHex(span);
+        if (span.contains("links")) {
+          for (nlohmann::json& link : span["links"]) IdsToHex(link);
+        }
+      }
+    }
+  }
+  return body.dump();
+}
+
+// "http(s)://host[:port][/path]" split; false when it is not one.
+bool SplitUrl(const std::string& url, bool* tls, std::string* host_port,
+              std::string* path) {
+  size_t scheme = 0;
+  if (absl::StartsWith(url, "http://")) {
+    scheme = 7;
+  } else if (absl::StartsWith(url, "https://")) {
+    scheme = 8;
+  } else {
+    return false;
+  }
+  const size_t slash = url.find('/', scheme);
+  *tls = scheme == 8;
+  *host_port = url.substr(scheme, slash - scheme);
+  *path = slash == std::string::npos ? "" : url.substr(slash);
+  return !host_port->empty();
+}
+
+std::string Printable(absl::string_view bytes) {
+  return absl::CHexEscape(bytes.substr(0, 200));
 }
 
 }  // namespace
 
+absl::StatusOr<OtlpProtocol> ParseOtlpProtocol(absl::string_view name) {
+  if (name == "http/json") return OtlpProtocol::kHttpJson;
+  if (name == "http/protobuf") return OtlpProtocol::kHttpProtobuf;
+  if (name == "grpc") return OtlpProtocol::kGrpc;
+  return absl::InvalidArgumentError(
+      absl::StrCat("\"", name,
+                   "\": not an OTLP protocol (http/json, http/protobuf or "
+                   "grpc)"));
+}
+
+absl::string_view OtlpProtocolName(OtlpProtocol protocol) {
+  switch (protocol) {
+    case OtlpProtocol::kHttpJson:
+      return "http/json";
+    case OtlpProtocol::kHttpProtobuf:
+      return "http/protobuf";
+    case OtlpProtocol::kGrpc:
+      return "grpc";
+  }
+  return "?";
+}
+
+otlp::ExportTraceServiceRequest OtlpTracesRequest(
+    const std::vector<common::Span>& spans, const std::string& service_name,
+    const KeyValues& resource_attributes) {
+  otlp::ExportTraceServiceRequest request;
+  otlp::ResourceSpans* rs = request.add_resource_spans();
+  otlp::Resource* resource = rs->mutable_resource();
+  SetAttribute("service.name", service_name, resource->add_attributes());
+  SetAttribute("service.version", std::string(kVersion),
+               resource->add_attributes());
+  for (const auto& [key, value] : resource_attributes) {
+    SetAttribute(key, value, resource->add_attributes());
+  }
+  otlp::ScopeSpans* ss = rs->add_scope_spans();
+  ss->mutable_scope()->set_name("moe-serve");
+  ss->mutable_scope()->set_version(kVersion);
+  for (const common::Span& s : spans) {
+    otlp::Span* span = ss->add_spans();
+    span->set_trace_id(absl::HexStringToBytes(s.trace_id));
+    span->set_span_id(absl::HexStringToBytes(s.span_id));
+    if (!s.parent_span_id.empty()) {
+      span->set_parent_span_id(absl::HexStringToBytes(s.parent_span_id));
+    }
+    span->set_name(Utf8(s.name));
+    span->set_kind(Kind(s.kind));
+    span->set_start_time_unix_nano(UnixNanos(s.start));
+    span->set_end_time_unix_nano(UnixNanos(s.end));
+    for (const auto& [key, value] : s.attributes) {
+      SetAttribute(key, value, span->add_attributes());
+    }
+    for (const common::SpanLink& l : s.links) {
+      otlp::Span::Link* link = span->add_links();
+      link->set_trace_id(absl::HexStringToBytes(l.trace_id));
+      link->set_span_id(absl::HexStringToBytes(l.span_id));
+    }
+    if (s.error) {
+      span->mutable_status()->set_code(otlp::Status::STATUS_CODE_ERROR);
+      span->mutable_status()->set_message(Utf8(s.status_message));
+    }
+  }
+  return request;
+}
+
 std::string OtlpTracesJson(const std::vector<common::Span>& spans,
                            const std::string& service_name,
                            const KeyValues& resource_attributes) {
-  nlohmann::json out_spans = nlohmann::json::array();
-  for (const common::Span& s : spans) {
-    nlohmann::json span = {{"traceId", s.trace_id},
-                           {"spanId", s.span_id},
-                           {"name", s.name},
-                           {"kind", Kind(s.kind)},
-                           {"startTimeUnixNano", UnixNanos(s.start)},
-                           {"endTimeUnixNano", UnixNanos(s.end)}};
-    if (!s.parent_span_id.empty()) span["parentSpanId"] = s.parent_span_id;
-    nlohmann::json attributes = nlohmann::json::array();
-    for (const auto& [key, value] : s.attributes) {
-      attributes.push_back(Attribute(key, value));
-    }
-    span["attributes"] = std::move(attributes);
-    if (!s.links.empty()) {
-      nlohmann::json links = nlohmann::json::array();
-      for (const common::SpanLink& l : s.links) {
-        links.push_back({{"traceId", l.trace_id}, {"spanId", l.span_id}});
-      }
-      span["links"] = std::move(links);
-    }
-    if (s.error) {
-      span["status"] = {{"code", 2}, {"message", s.status_message}};
-    }
-    out_spans.push_back(std::move(span));
-  }
-  nlohmann::json resource = {
-      Attribute("service.name", service_name),
-      Attribute("service.version", std::string(kVersion))};
-  for (const auto& [key, value] : resource_attributes) {
-    resource.push_back(Attribute(key, value));
-  }
-  nlohmann::json body = {
-      {"resourceSpans",
-       {{{"resource", {{"attributes", std::move(resource)}}},
-         {"scopeSpans",
-          {{{"scope", {{"name", "moe-serve"}, {"version", kVersion}}},
-            {"spans", std::move(out_spans)}}}}}}}};
-  // Bytes that are not UTF-8 (a layer name a client sent) become U+FFFD.
-  return body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return JsonOf(OtlpTracesRequest(spans, service_name, resource_attributes));
 }
+
+// One export of a request: the collector's partial success (rejected
+// spans, if any), or why it took none.
+class OtlpExporter::Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual absl::StatusOr<otlp::ExportTracePartialSuccess> Send(
+      const otlp::ExportTraceServiceRequest& request) = 0;
+};
+
+// OTLP/HTTP: a POST per export, on a connection of its own.
+class OtlpExporter::HttpTransport final : public OtlpExporter::Transport {
+ public:
+  HttpTransport(const Options& options, bool tls, const std::string& host_port,
+                const std::string& path)
+      : options_(options),
+        scheme_host_port_(
+            absl::StrCat(tls ? "https://" : "http://", host_port)),
+        path_(path.empty() ? "/v1/traces" : path),
+        json_(options.protocol == OtlpProtocol::kHttpJson) {}
+
+  absl::StatusOr<otlp::ExportTracePartialSuccess> Send(
+      const otlp::ExportTraceServiceRequest& request) override {
+    httplib::Client client(scheme_host_port_);
+    const int64_t ms = absl::ToInt64Milliseconds(options_.timeout);
+    client.set_connection_timeout(ms / 1000, (ms % 1000) * 1000);
+    client.set_read_timeout(ms / 1000, (ms % 1000) * 1000);
+    client.set_write_timeout(ms / 1000, (ms % 1000) * 1000);
+    if (!options_.ca_file.empty()) client.set_ca_cert_path(options_.ca_file);
+    client.enable_server_certificate_verification(true);
+    httplib::Headers headers(options_.headers.begin(), options_.headers.end());
+    httplib::Result res =
+        json_ ? client.Post(path_, headers, JsonOf(request), "application/json")
+              : client.Post(path_, headers, request.SerializeAsString(),
+                            "application/x-protobuf");
+    if (!res) return absl::UnavailableError(httplib::to_string(res.error()));
+    if (res->status < 200 || res->status >= 300) {
+      return absl::UnavailableError(
+          absl::StrCat("HTTP ", res->status, " ", Printable(res->body)));
+    }
+    otlp::ExportTraceServiceResponse response;
+    if (json_) {
+      const nlohmann::json body =
+          nlohmann::json::parse(res->body, nullptr, /*allow_exceptions=*/false);
+      if (body.is_object() && body.contains("partialSuccess")) {
+        const nlohmann::json& p = body["partialSuccess"];
+        (void)google::protobuf::util::JsonStringToMessage(
+            p.dump(), response.mutable_partial_success());
+      }
+    } else {
+      (void)response.ParseFromString(res->body);
+    }
+    return response.partial_success();
+  }
+
+ private:
+  const Options& options_;
+  const std::string scheme_host_port_, path_;
+  const bool json_;
+};
+
+// OTLP/gRPC: Export calls on one channel, kept for the exporter's life.
+class OtlpExporter::GrpcTransport final : public OtlpExporter::Transport {
+ public:
+  GrpcTransport(const Options& options,
+                std::shared_ptr<grpc::ChannelCredentials> credentials,
+                const std::string& target)
+      : options_(options),
+        stub_(TraceService::NewStub(
+            grpc::CreateChannel(target, std::move(credentials)))) {
+    for (const auto& [key, value] : options.headers) {
+      metadata_.emplace_back(absl::AsciiStrToLower(key), value);
+    }
+  }
+
+  absl::StatusOr<otlp::ExportTracePartialSuccess> Send(
+      const otlp::ExportTraceServiceRequest& request) override {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
+    for (const auto& [key, value] : metadata_) context.AddMetadata(key, value);
+    otlp::ExportTraceServiceResponse response;
+    const grpc::Status status = stub_->Export(&context, request, &response);
+    if (!status.ok()) {
+      const absl::Status s = proto::FromGrpcStatus(status);
+      return absl::Status(
+          s.code(), absl::StrCat("gRPC ", absl::StatusCodeToString(s.code()),
+                                 ": ", s.message()));
+    }
+    return response.partial_success();
+  }
+
+ private:
+  const Options& options_;
+  std::unique_ptr<TraceService::Stub> stub_;
+  KeyValues metadata_;
+};
 
 absl::StatusOr<std::unique_ptr<OtlpExporter>> OtlpExporter::Create(
     const Options& options) {
-  const std::string& e = options.endpoint;
-  const size_t scheme = absl::StartsWith(e, "http://")    ? 7
-                        : absl::StartsWith(e, "https://") ? 8
-                                                          : std::string::npos;
-  if (scheme == std::string::npos || e.size() == scheme) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("\"", e,
-                     "\": not an http:// or https:// URL (e.g. "
-                     "http://otel-collector:4318/v1/traces)"));
+  bool tls = false;
+  std::string host_port, path;
+  if (!SplitUrl(options.endpoint, &tls, &host_port, &path)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "\"", options.endpoint, "\": not an http:// or https:// URL (e.g. ",
+        options.protocol == OtlpProtocol::kGrpc
+            ? "http://otel-collector:4317"
+            : "http://otel-collector:4318/v1/traces",
+        ")"));
   }
   if (options.max_batch < 1 || options.max_queued < 1) {
     return absl::InvalidArgumentError(
         "OTLP: batch and queue sizes must be >= 1");
   }
   auto exporter = std::unique_ptr<OtlpExporter>(new OtlpExporter(options));
-  const size_t slash = e.find('/', scheme);
-  exporter->scheme_host_port_ = e.substr(0, slash);
-  exporter->path_ = slash == std::string::npos ? "/v1/traces" : e.substr(slash);
+  const Options& o = exporter->options_;
+  if (options.protocol == OtlpProtocol::kGrpc) {
+    // host:port, with OTLP/gRPC's port when the URL names none (a
+    // bracketed IPv6 address's colons are not a port's).
+    const size_t colon = host_port.rfind(':');
+    if (colon == std::string::npos ||
+        host_port.find(']', colon) != std::string::npos) {
+      host_port += ":4317";
+    }
+    std::shared_ptr<grpc::ChannelCredentials> credentials;
+    if (tls) {
+      grpc::SslCredentialsOptions ssl;
+      if (!options.ca_file.empty()) {
+        std::ifstream in(options.ca_file);
+        std::stringstream pem;
+        pem << in.rdbuf();
+        if (!in.good() || pem.str().empty()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "OTLP: the CA file \"", options.ca_file, "\" cannot be read"));
+        }
+        ssl.pem_root_certs = pem.str();
+      }
+      credentials = grpc::SslCredentials(ssl);
+    } else {
+      credentials = grpc::InsecureChannelCredentials();
+    }
+    exporter->destination_ = host_port;
+    exporter->transport_ =
+        std::make_unique<GrpcTransport>(o, std::move(credentials), host_port);
+  } else {
+    exporter->destination_ = options.endpoint;
+    exporter->transport_ =
+        std::make_unique<HttpTransport>(o, tls, host_port, path);
+  }
   OtlpExporter* self = exporter.get();
   exporter->thread_ = std::thread([self] { self->Loop(); });
   return exporter;
@@ -161,12 +418,14 @@ void OtlpExporter::Loop() {
       last = stopping_ && queue_.empty();
     }
     if (!batch.empty()) {
-      const bool ok = Send(batch);
+      const int64_t taken = Send(batch);
+      const int64_t size = static_cast<int64_t>(batch.size());
       absl::MutexLock lock(&mu_);
-      (ok ? exported_ : dropped_) += static_cast<int64_t>(batch.size());
+      exported_ += taken;
+      dropped_ += size - taken;
       // Stopping, a collector that failed once gets no more tries: the
       // process's exit waits for no more timeouts.
-      if (!ok && stopping_) {
+      if (taken == 0 && stopping_) {
         dropped_ += static_cast<int64_t>(queue_.size());
         queue_.clear();
         last = true;
@@ -176,32 +435,27 @@ void OtlpExporter::Loop() {
   }
 }
 
-bool OtlpExporter::Send(const std::vector<common::Span>& batch) {
-  httplib::Client client(scheme_host_port_);
-  const int64_t ms = absl::ToInt64Milliseconds(options_.timeout);
-  client.set_connection_timeout(ms / 1000, (ms % 1000) * 1000);
-  client.set_read_timeout(ms / 1000, (ms % 1000) * 1000);
-  client.set_write_timeout(ms / 1000, (ms % 1000) * 1000);
-  if (!options_.ca_file.empty()) client.set_ca_cert_path(options_.ca_file);
-  client.enable_server_certificate_verification(true);
-  httplib::Headers headers(options_.headers.begin(), options_.headers.end());
-  httplib::Result res =
-      client.Post(path_, headers,
-                  OtlpTracesJson(batch, options_.service_name,
-                                 options_.resource_attributes),
-                  "application/json");
-  if (res && res->status >= 200 && res->status < 300) return true;
+int64_t OtlpExporter::Send(const std::vector<common::Span>& batch) {
+  const int64_t size = static_cast<int64_t>(batch.size());
+  const absl::StatusOr<otlp::ExportTracePartialSuccess> result =
+      transport_->Send(OtlpTracesRequest(batch, options_.service_name,
+                                         options_.resource_attributes));
+  const int64_t rejected =
+      result.ok() ? std::clamp<int64_t>(result->rejected_spans(), 0, size)
+                  : size;
+  if (rejected == 0) return size;
   const absl::Time now = absl::Now();
   if (now - last_complaint_ >= absl::Minutes(1)) {
     last_complaint_ = now;
-    MOE_LOG(WARNING) << "tracing: the collector at " << options_.endpoint
-                     << " did not take " << batch.size() << " span(s): "
-                     << (res ? absl::StrCat("HTTP ", res->status, " ",
-                                            res->body.substr(0, 200))
-                             : httplib::to_string(res.error()))
+    MOE_LOG(WARNING) << "tracing: the collector at " << destination_
+                     << " did not take " << rejected
+                     << (result.ok() ? absl::StrCat(" of ", size) : "")
+                     << " span(s): "
+                     << (result.ok() ? Printable(result->error_message())
+                                     : std::string(result.status().message()))
                      << " (dropped; said once a minute at most)";
   }
-  return false;
+  return size - rejected;
 }
 
 }  // namespace moe::server

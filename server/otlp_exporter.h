@@ -1,13 +1,22 @@
-// OtlpExporter: spans (common/tracing.h) to an OpenTelemetry collector, over
-// OTLP/HTTP with JSON bodies: POST to the endpoint (for example
-// http://otel-collector:4318/v1/traces; an https:// one through
-// cpp-httplib's TLS client, the collector's certificate checked against
-// `ca_file` or the system's CAs), with `headers`, in batches sent from a
-// thread of its own at most every `interval`, or as soon as `max_batch`
-// spans wait. Export() never blocks the call it records: past `max_queued`
-// waiting spans it drops the new one. A POST that fails (no answer, or not
-// a 2xx) drops its batch and is logged, once a minute at most; the counts
-// are in exported() and dropped().
+// OtlpExporter: spans (common/tracing.h) to an OpenTelemetry collector in
+// one of OTLP's three forms (`protocol`):
+//   http/json      POST to the endpoint (e.g.
+//                  http://otel-collector:4318/v1/traces), JSON bodies;
+//   http/protobuf  the same POST with a protobuf body
+//                  (application/x-protobuf);
+//   grpc           TraceService/Export calls on one channel to the
+//                  endpoint's host and port (e.g. http://otel-collector:4317;
+//                  4317 when it names none; its path is not used).
+// An https:// endpoint is reached over TLS, the collector's certificate
+// checked against `ca_file` or the system's CAs; `headers` go with every
+// POST (as metadata, names in lower case, over gRPC). Spans leave in
+// batches sent from a thread of its own at most every `interval`, or as
+// soon as `max_batch` spans wait. Export() never blocks the call it
+// records: past `max_queued` waiting spans it drops the new one. A send
+// that fails (no answer, not a 2xx, a gRPC error) drops its batch, and
+// spans a collector rejects in a partial success are dropped; both are
+// logged, once a minute at most; the counts are in exported() and
+// dropped().
 //
 // Thread-safety: Export may be called from any thread.
 #pragma once
@@ -21,48 +30,66 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/tracing.h"
+#include "otlp/traces.pb.h"
 #include "server/otel_environment.h"
 
 namespace moe::server {
 
+// OTLP's transports, by the names OTEL_EXPORTER_OTLP_PROTOCOL gives them.
+enum class OtlpProtocol { kHttpJson, kHttpProtobuf, kGrpc };
+// INVALID_ARGUMENT listing the three for any other name.
+absl::StatusOr<OtlpProtocol> ParseOtlpProtocol(absl::string_view name);
+absl::string_view OtlpProtocolName(OtlpProtocol protocol);
+
 class OtlpExporter {
  public:
   struct Options {
-    std::string endpoint;           // http(s)://host:port/path
+    std::string endpoint;  // http(s)://host:port/path
+    OtlpProtocol protocol = OtlpProtocol::kHttpJson;
     std::string service_name;       // the resource's service.name
     KeyValues resource_attributes;  // and its other attributes
-    KeyValues headers;              // sent with every POST
+    KeyValues headers;              // sent with every export
     std::string ca_file;            // https: the CA file; "" the system's
     absl::Duration interval = absl::Seconds(1);
     int max_batch = 512;
     int max_queued = 4096;
-    absl::Duration timeout = absl::Seconds(5);  // per POST
+    absl::Duration timeout = absl::Seconds(5);  // per export
   };
 
-  // INVALID_ARGUMENT quoting the endpoint when it is not http(s)://host...
+  // INVALID_ARGUMENT quoting the endpoint when it is not http(s)://host...,
+  // or naming the CA file when it cannot be read (gRPC over TLS).
   static absl::StatusOr<std::unique_ptr<OtlpExporter>> Create(
       const Options& options);
-  // Sends what still waits and stops; once a POST fails while stopping,
-  // the rest is dropped (an unreachable collector delays the exit by one
-  // timeout at most).
+  // Sends what still waits and stops; once an export fails while
+  // stopping, the rest is dropped (an unreachable collector delays the exit
+  // by one timeout at most).
   ~OtlpExporter();
 
   void Export(common::Span span);
 
   int64_t exported() const;  // spans a collector accepted
-  int64_t dropped() const;   // spans dropped: queue full or POST failed
+  int64_t dropped() const;   // dropped: queue full, failed, or rejected
+
+  // Where exports go, for the logs: the URL, or for gRPC "host:port".
+  const std::string& destination() const { return destination_; }
 
  private:
+  class Transport;
+  class HttpTransport;
+  class GrpcTransport;
+
   explicit OtlpExporter(const Options& options);
   void Loop();
-  // POSTs `batch`; false when it was not accepted.
-  bool Send(const std::vector<common::Span>& batch);
+  // Sends `batch`; the spans the collector took.
+  int64_t Send(const std::vector<common::Span>& batch);
 
   const Options options_;
-  std::string scheme_host_port_, path_;
+  std::string destination_;
+  std::unique_ptr<Transport> transport_;
   mutable absl::Mutex mu_;
   std::deque<common::Span> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
@@ -72,11 +99,18 @@ class OtlpExporter {
   std::thread thread_;
 };
 
-// The OTLP/JSON body (ExportTraceServiceRequest) of `spans` of one
-// service: one resource (service.name, service.version and
-// `resource_attributes`), one scope ("moe-serve" and the version), IDs as
-// hex, times as Unix nanoseconds in strings, the span's kind and links,
-// status ERROR with its message where the span failed.
+// The ExportTraceServiceRequest of `spans` of one service: one resource
+// (service.name, service.version and `resource_attributes`), one scope
+// ("moe-serve" and the version), IDs as bytes, times as Unix nanoseconds,
+// the span's kind and links, status ERROR with its message where the span
+// failed. Text that is not UTF-8 (a layer name a client sent) has its bad
+// bytes replaced by U+FFFD: a receiver refuses a message with any.
+otlp::ExportTraceServiceRequest OtlpTracesRequest(
+    const std::vector<common::Span>& spans, const std::string& service_name,
+    const KeyValues& resource_attributes = {});
+
+// The same request in OTLP/JSON: proto3's JSON form with OTLP's two
+// exceptions (IDs as hex, not base64; enums as integers).
 std::string OtlpTracesJson(const std::vector<common::Span>& spans,
                            const std::string& service_name,
                            const KeyValues& resource_attributes = {});

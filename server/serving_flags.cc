@@ -70,18 +70,24 @@ ABSL_FLAG(std::string, health_port_file, "",
 
 ABSL_FLAG(std::string, otlp_traces_endpoint, "",
           "Send a span of every recorded call to this OpenTelemetry "
-          "collector, over OTLP/HTTP with JSON bodies (e.g. "
-          "http://otel-collector:4318/v1/traces). A call is recorded when "
-          "its caller's W3C traceparent is sampled, as a child of the "
-          "caller's span. The router records forwards (Forward, ModelInfer, "
-          "REST infer) and its calls to the workers; a worker records the "
-          "RunExperts calls of recorded forwards. Empty (default): "
-          "OpenTelemetry's OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or "
-          "OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces, when set; else no "
-          "tracing. OTEL_EXPORTER_OTLP_HEADERS, "
-          "OTEL_EXPORTER_OTLP_CERTIFICATE, OTEL_SERVICE_NAME and "
-          "OTEL_RESOURCE_ATTRIBUTES are followed (docs/operations.md, "
-          "\"Traces\").");
+          "collector (e.g. http://otel-collector:4318/v1/traces for "
+          "OTLP/HTTP, http://otel-collector:4317 for OTLP/gRPC; https:// "
+          "for TLS). A call is recorded when its caller's W3C traceparent "
+          "is sampled, as a child of the caller's span. The router records "
+          "forwards (Forward, ModelInfer, REST infer) and its calls to the "
+          "workers; a worker records the RunExperts calls of recorded "
+          "forwards. Empty (default): OpenTelemetry's "
+          "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or OTEL_EXPORTER_OTLP_ENDPOINT "
+          "(+ /v1/traces over HTTP), when set; else no tracing. "
+          "OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_CERTIFICATE, "
+          "OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are followed "
+          "(docs/operations.md, \"Traces\").");
+ABSL_FLAG(std::string, otlp_traces_protocol, "",
+          "How spans reach the collector: http/json (POSTs with JSON "
+          "bodies), http/protobuf (POSTs with protobuf bodies) or grpc "
+          "(OTLP/gRPC's TraceService/Export). Empty (default): "
+          "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL "
+          "when set, else http/json.");
 ABSL_FLAG(std::optional<double>, trace_sample_ratio, std::nullopt,
           "When tracing: the share (0 to 1) of calls without a usable "
           "traceparent that start a trace of their own. Not given: "
@@ -190,16 +196,14 @@ absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
     return absl::InvalidArgumentError(
         absl::StrCat("--trace_sample_ratio must be 0 to 1, not ", *given));
   }
+  // The flag is checked even when nothing is traced.
+  std::optional<OtlpProtocol> protocol_given;
+  if (const std::string p = absl::GetFlag(FLAGS_otlp_traces_protocol);
+      !p.empty()) {
+    MOE_ASSIGN_OR_RETURN(protocol_given, ForFlag("--otlp_traces_protocol",
+                                                 ParseOtlpProtocol(p)));
+  }
   if (endpoint.empty() && !env.traces_endpoint.empty()) {
-    if (!env.protocol.empty() && env.protocol != "http/json") {
-      MOE_LOG(WARNING)
-          << "tracing off: " << env.endpoint_variable
-          << " is set, but the OTLP protocol asked for is \"" << env.protocol
-          << "\"; moe-serve sends OTLP over HTTP with JSON bodies only: set "
-             "OTEL_EXPORTER_OTLP_PROTOCOL=http/json with the collector's "
-             "OTLP/HTTP receiver (port 4318), or pass --otlp_traces_endpoint";
-      return std::unique_ptr<Tracing>();
-    }
     endpoint = env.traces_endpoint;
     from = env.endpoint_variable;
   }
@@ -209,6 +213,12 @@ absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
   const double ratio = given.value_or(env.sample_ratio.value_or(0.0));
   OtlpExporter::Options o;
   o.endpoint = endpoint;
+  if (protocol_given.has_value()) {
+    o.protocol = *protocol_given;
+  } else if (!env.protocol.empty()) {
+    MOE_ASSIGN_OR_RETURN(o.protocol, ForFlag(env.protocol_variable,
+                                             ParseOtlpProtocol(env.protocol)));
+  }
   o.service_name = env.service_name.empty() ? service_name : env.service_name;
   o.resource_attributes = env.resource_attributes;
   o.headers = env.headers;
@@ -226,8 +236,10 @@ absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
       [exporter](common::Span span) { exporter->Export(std::move(span)); });
   // Never the headers' values: they hold API keys.
   MOE_LOG(INFO) << "tracing: spans of service " << o.service_name << " to "
-                << endpoint << " (" << from << "; callers' sampled traces, "
-                << ratio << " of the calls without one"
+                << tracing->exporter->destination() << " over OTLP "
+                << OtlpProtocolName(o.protocol) << " (" << from
+                << "; callers' sampled traces, " << ratio
+                << " of the calls without one"
                 << (o.headers.empty()
                         ? ""
                         : absl::StrCat("; ", o.headers.size(), " header(s)"))

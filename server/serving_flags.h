@@ -16,8 +16,9 @@
 //   --tls_client_ca_file                require client certificates of this CA
 //   --tls_refresh_seconds               how often the files are re-read
 //   --health_port, --health_port_file   plaintext grpc.health.v1 for probes
-//   --otlp_traces_endpoint              an OTLP/HTTP collector's traces URL
-//                                       ("" off; docs/operations.md, "Traces")
+//   --otlp_traces_endpoint              an OTLP collector's URL ("" off;
+//                                       docs/operations.md, "Traces")
+//   --otlp_traces_protocol              http/json, http/protobuf or grpc
 //   --trace_sample_ratio                the share of calls without a sampled
 //                                       caller context that start a trace
 #pragma once

@@ -45,8 +45,11 @@ ABSL_FLAG(std::string, port_file, "", "Write the router port here when ready.");
 ABSL_FLAG(std::string, on_expert_failure, "drop", "Passed to moe-router.");
 ABSL_FLAG(std::string, otlp_traces_endpoint, "",
           "Passed to moe-router and the workers: their spans go to this "
-          "OpenTelemetry collector (OTLP/HTTP, e.g. "
-          "http://127.0.0.1:4318/v1/traces).");
+          "OpenTelemetry collector (e.g. http://127.0.0.1:4318/v1/traces "
+          "over OTLP/HTTP, http://127.0.0.1:4317 over OTLP/gRPC).");
+ABSL_FLAG(std::string, otlp_traces_protocol, "",
+          "Passed to moe-router and the workers when given: http/json, "
+          "http/protobuf or grpc.");
 ABSL_FLAG(std::optional<double>, trace_sample_ratio, std::nullopt,
           "Passed to moe-router when given.");
 ABSL_FLAG(std::string, wire_dtype, "float32", "Passed to moe-router.");
@@ -153,6 +156,10 @@ absl::StatusOr<server::LocalDeploymentOptions> OptionsFromFlags() {
       absl::StrCat("--reflection=", absl::GetFlag(FLAGS_reflection)),
       absl::StrCat("--warmup=", absl::GetFlag(FLAGS_warmup)),
       "--otlp_traces_endpoint=" + absl::GetFlag(FLAGS_otlp_traces_endpoint)};
+  if (const std::string p = absl::GetFlag(FLAGS_otlp_traces_protocol);
+      !p.empty()) {
+    o.common_flags.push_back("--otlp_traces_protocol=" + p);
+  }
   o.worker_flags = {"--compute_dtype=" + absl::GetFlag(FLAGS_compute_dtype)};
   if (absl::GetFlag(FLAGS_worker_inline_max_request_kib) >= 0) {
     o.worker_flags.push_back(

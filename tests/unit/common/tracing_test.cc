@@ -1,7 +1,8 @@
 // Tracer (common/tracing.h): which calls it records and where their spans
-// hang; and the OTLP/JSON body of server/otlp_exporter.h.
+// hang; and the OTLP bodies and transports of server/otlp_exporter.h.
 #include "common/tracing.h"
 
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <map>
@@ -12,7 +13,11 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/escaping.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "otlp/trace_service.grpc.pb.h"
 #include "server/otel_environment.h"
 #include "server/otlp_exporter.h"
 
@@ -203,6 +208,236 @@ TEST(OtlpExporterTest, EndpointsThatAreNotHttpUrlsAreRefused) {
     EXPECT_EQ(exporter.status().code(), absl::StatusCode::kInvalidArgument)
         << bad;
   }
+}
+
+TEST(OtlpProtobufTest, TheRequestCarriesTheSpansAsOtlpBytes) {
+  Span s;
+  s.name = "moe.v1.Router/Forward";
+  s.trace_id = kTrace;
+  s.span_id = "00f067aa0ba902b7";
+  s.parent_span_id = kParent;
+  s.kind = common::SpanKind::kClient;
+  s.start = absl::FromUnixNanos(1700000000123456789);
+  s.end = s.start + absl::Microseconds(250);
+  s.attributes = {{"moe.tokens", int64_t{1} << 40}, {"moe.inline", true}};
+  s.links = {{kTrace, "1111111111111111"}};
+  s.error = true;
+  s.status_message = "UNAVAILABLE";
+  const otlp::ExportTraceServiceRequest sent = server::OtlpTracesRequest(
+      {s}, "moe-router", {{"k8s.pod.name", "router-0"}});
+  otlp::ExportTraceServiceRequest request;
+  ASSERT_TRUE(request.ParseFromString(sent.SerializeAsString()));
+  ASSERT_EQ(request.resource_spans_size(), 1);
+  const otlp::Resource& resource = request.resource_spans(0).resource();
+  ASSERT_EQ(resource.attributes_size(), 3);
+  EXPECT_EQ(resource.attributes(0).key(), "service.name");
+  EXPECT_EQ(resource.attributes(0).value().string_value(), "moe-router");
+  EXPECT_EQ(resource.attributes(2).value().string_value(), "router-0");
+  const otlp::ScopeSpans& scope = request.resource_spans(0).scope_spans(0);
+  EXPECT_EQ(scope.scope().name(), "moe-serve");
+  ASSERT_EQ(scope.spans_size(), 1);
+  const otlp::Span& span = scope.spans(0);
+  EXPECT_EQ(absl::BytesToHexString(span.trace_id()), kTrace);
+  EXPECT_EQ(span.trace_id().size(), 16u);
+  EXPECT_EQ(absl::BytesToHexString(span.span_id()), "00f067aa0ba902b7");
+  EXPECT_EQ(absl::BytesToHexString(span.parent_span_id()), kParent);
+  EXPECT_EQ(span.kind(), otlp::Span::SPAN_KIND_CLIENT);
+  EXPECT_EQ(span.start_time_unix_nano(), 1700000000123456789u);
+  EXPECT_EQ(span.end_time_unix_nano(), 1700000000123706789u);
+  ASSERT_EQ(span.attributes_size(), 2);
+  EXPECT_EQ(span.attributes(0).value().int_value(), int64_t{1} << 40);
+  EXPECT_TRUE(span.attributes(1).value().bool_value());
+  ASSERT_EQ(span.links_size(), 1);
+  EXPECT_EQ(absl::BytesToHexString(span.links(0).span_id()),
+            "1111111111111111");
+  EXPECT_EQ(span.status().code(), otlp::Status::STATUS_CODE_ERROR);
+  EXPECT_EQ(span.status().message(), "UNAVAILABLE");
+}
+
+// A receiver refuses a protobuf message with a string that is not UTF-8:
+// every bad byte becomes U+FFFD, well-formed text stays as it is.
+TEST(OtlpProtobufTest, TextThatIsNotUtf8HasItsBadBytesReplaced) {
+  const std::string fffd = "\xef\xbf\xbd";
+  for (const auto& [text, sent] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"layers.0.ff", "layers.0.ff"},
+           {"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80",
+            "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"},
+           {"x\xff", "x" + fffd},
+           {"\xe2\x82", fffd + fffd},                        // cut short
+           {"\xc0\xaf", fffd + fffd},                        // overlong '/'
+           {"\xed\xa0\x80", fffd + fffd + fffd},             // a surrogate
+           {"\xf4\x90\x80\x80", fffd + fffd + fffd + fffd},  // > U+10FFFF
+           {"\x80"
+            "a",
+            fffd + "a"}}) {
+    Span s;
+    s.name = text;
+    s.trace_id = kTrace;
+    s.span_id = kParent;
+    s.attributes = {{text, text}};
+    s.error = true;
+    s.status_message = text;
+    otlp::ExportTraceServiceRequest request;
+    ASSERT_TRUE(request.ParseFromString(
+        server::OtlpTracesRequest({s}, text).SerializeAsString()))
+        << absl::CHexEscape(text);
+    const otlp::Span& span = request.resource_spans(0).scope_spans(0).spans(0);
+    EXPECT_EQ(span.name(), sent) << absl::CHexEscape(text);
+    EXPECT_EQ(span.attributes(0).key(), sent);
+    EXPECT_EQ(span.attributes(0).value().string_value(), sent);
+    EXPECT_EQ(span.status().message(), sent);
+    EXPECT_EQ(request.resource_spans(0)
+                  .resource()
+                  .attributes(0)
+                  .value()
+                  .string_value(),
+              sent);
+  }
+}
+
+TEST(OtlpProtocolTest, TheThreeNamesOfTheSpecAndNoOther) {
+  for (const char* name : {"http/json", "http/protobuf", "grpc"}) {
+    auto p = server::ParseOtlpProtocol(name);
+    ASSERT_TRUE(p.ok()) << name;
+    EXPECT_EQ(server::OtlpProtocolName(*p), name);
+  }
+  for (const char* bad : {"", "http", "HTTP/JSON", "grpc/protobuf"}) {
+    auto p = server::ParseOtlpProtocol(bad);
+    EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(p.status().message().find("http/json, http/protobuf or grpc"),
+              std::string::npos);
+  }
+}
+
+// An OTLP/gRPC receiver in this process: keeps each Export's request and
+// metadata, and rejects `reject` spans of each in a partial success.
+class GrpcCollector final
+    : public opentelemetry::proto::collector::trace::v1::TraceService::Service {
+ public:
+  explicit GrpcCollector(int64_t reject) : reject_(reject) {
+    grpc::ServerBuilder builder;
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port_);
+    builder.RegisterService(this);
+    server_ = builder.BuildAndStart();
+  }
+  ~GrpcCollector() override { server_->Shutdown(); }
+  grpc::Status Export(grpc::ServerContext* context,
+                      const otlp::ExportTraceServiceRequest* request,
+                      otlp::ExportTraceServiceResponse* response) override {
+    absl::MutexLock lock(&mu_);
+    requests_.push_back(*request);
+    for (const auto& [key, value] : context->client_metadata()) {
+      metadata_.emplace(std::string(key.data(), key.size()),
+                        std::string(value.data(), value.size()));
+    }
+    if (reject_ > 0) {
+      response->mutable_partial_success()->set_rejected_spans(reject_);
+      response->mutable_partial_success()->set_error_message("too old");
+    }
+    return grpc::Status::OK;
+  }
+  int port() const { return port_; }
+  std::vector<otlp::ExportTraceServiceRequest> requests() {
+    absl::MutexLock lock(&mu_);
+    return requests_;
+  }
+  std::multimap<std::string, std::string> metadata() {
+    absl::MutexLock lock(&mu_);
+    return metadata_;
+  }
+
+ private:
+  const int64_t reject_;
+  int port_ = 0;
+  std::unique_ptr<grpc::Server> server_;
+  absl::Mutex mu_;
+  std::vector<otlp::ExportTraceServiceRequest> requests_ ABSL_GUARDED_BY(mu_);
+  std::multimap<std::string, std::string> metadata_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST(OtlpExporterTest, GrpcExportsCarryTheResourceAndTheHeaders) {
+  GrpcCollector collector(/*reject=*/0);
+  server::OtlpExporter::Options o;
+  o.endpoint = absl::StrCat("http://127.0.0.1:", collector.port());
+  o.protocol = server::OtlpProtocol::kGrpc;
+  o.service_name = "moe-expert";
+  o.headers = {{"Authorization", "Bearer k"}, {"x-tenant", "moe"}};
+  o.interval = absl::Hours(1);  // sent when stopping
+  auto exporter = server::OtlpExporter::Create(o);
+  ASSERT_TRUE(exporter.ok()) << exporter.status();
+  EXPECT_EQ((*exporter)->destination(),
+            absl::StrCat("127.0.0.1:", collector.port()));
+  Tracer tracer(1, [&](Span s) { (*exporter)->Export(std::move(s)); });
+  for (int i = 0; i < 3; ++i) {
+    auto span = tracer.Start("moe.v1.ExpertWorker/RunExperts", "", absl::Now());
+    span->end = absl::Now();
+    tracer.End(*std::move(span));
+  }
+  EXPECT_EQ((*exporter)->exported(), 0);
+  exporter->reset();  // stopping sends what waits, in one call
+  const auto requests = collector.requests();
+  ASSERT_EQ(requests.size(), 1u);
+  EXPECT_EQ(requests[0].resource_spans(0).scope_spans(0).spans_size(), 3);
+  EXPECT_EQ(requests[0]
+                .resource_spans(0)
+                .resource()
+                .attributes(0)
+                .value()
+                .string_value(),
+            "moe-expert");
+  const auto metadata = collector.metadata();
+  auto value = [&metadata](const std::string& key) {
+    auto it = metadata.find(key);
+    return it == metadata.end() ? std::string("<none>") : it->second;
+  };
+  EXPECT_EQ(value("authorization"), "Bearer k");  // names in lower case
+  EXPECT_EQ(value("x-tenant"), "moe");
+}
+
+TEST(OtlpExporterTest, PartialSuccessesCountAsDropped) {
+  GrpcCollector collector(/*reject=*/1);
+  server::OtlpExporter::Options o;
+  o.endpoint = absl::StrCat("http://127.0.0.1:", collector.port(), "/ignored");
+  o.protocol = server::OtlpProtocol::kGrpc;
+  o.service_name = "moe-router";
+  o.interval = absl::Milliseconds(10);
+  auto exporter = server::OtlpExporter::Create(o);
+  ASSERT_TRUE(exporter.ok()) << exporter.status();
+  Tracer tracer(1, [&](Span s) { (*exporter)->Export(std::move(s)); });
+  for (int i = 0; i < 2; ++i) {
+    auto span = tracer.Start("f", "", absl::Now());
+    span->end = absl::Now();
+    tracer.End(*std::move(span));
+  }
+  const absl::Time until = absl::Now() + absl::Seconds(20);
+  while ((*exporter)->exported() + (*exporter)->dropped() < 2 &&
+         absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  // One export of two spans, or two of one: a span rejected in each.
+  const size_t calls = collector.requests().size();
+  ASSERT_GE(calls, 1u);
+  EXPECT_EQ((*exporter)->dropped(), static_cast<int64_t>(calls));
+  EXPECT_EQ((*exporter)->exported(), 2 - static_cast<int64_t>(calls));
+}
+
+TEST(OtlpExporterTest, AGrpcCollectorThatIsNotThereHoldsNoExit) {
+  server::OtlpExporter::Options o;
+  o.endpoint = "http://127.0.0.1:1";
+  o.protocol = server::OtlpProtocol::kGrpc;
+  o.interval = absl::Hours(1);
+  auto exporter = server::OtlpExporter::Create(o);
+  ASSERT_TRUE(exporter.ok()) << exporter.status();
+  Tracer tracer(1, [&](Span s) { (*exporter)->Export(std::move(s)); });
+  auto span = tracer.Start("f", "", absl::Now());
+  span->end = absl::Now();
+  tracer.End(*std::move(span));
+  const absl::Time start = absl::Now();
+  exporter->reset();  // one refused call, then nothing more to wait for
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
 }
 
 // An environment of its own for ReadOtelEnvironment.
