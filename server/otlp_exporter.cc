@@ -370,7 +370,50 @@ absl::StatusOr<std::unique_ptr<OtlpExporter>> OtlpExporter::Create(
   return exporter;
 }
 
-OtlpExporter::OtlpExporter(const Options& options) : options_(options) {}
+OtlpExporter::Outcomes::Outcomes(prometheus::Registry* registry) {
+  if (registry == nullptr) return;
+  auto& family =
+      prometheus::BuildCounter()
+          .Name("moe_trace_spans_total")
+          .Help(
+              "Spans this process recorded, by what became of them: "
+              "exported (a collector took them), not_queued (more than "
+              "the exporter's queue waited, or it was stopping), failed "
+              "(their export failed: no answer, not 2xx, a gRPC error), "
+              "rejected (the collector refused them in a partial success)")
+          .Register(*registry);
+  exported_counter_ = &family.Add({{"outcome", "exported"}});
+  not_queued_counter_ = &family.Add({{"outcome", "not_queued"}});
+  failed_counter_ = &family.Add({{"outcome", "failed"}});
+  rejected_counter_ = &family.Add({{"outcome", "rejected"}});
+}
+
+void OtlpExporter::Outcomes::Add(int64_t exported, int64_t not_queued,
+                                 int64_t failed, int64_t rejected) {
+  {
+    absl::MutexLock lock(&mu_);
+    exported_ += exported;
+    dropped_ += not_queued + failed + rejected;
+  }
+  if (exported_counter_ == nullptr) return;
+  exported_counter_->Increment(static_cast<double>(exported));
+  not_queued_counter_->Increment(static_cast<double>(not_queued));
+  failed_counter_->Increment(static_cast<double>(failed));
+  rejected_counter_->Increment(static_cast<double>(rejected));
+}
+
+int64_t OtlpExporter::Outcomes::exported() const {
+  absl::MutexLock lock(&mu_);
+  return exported_;
+}
+
+int64_t OtlpExporter::Outcomes::dropped() const {
+  absl::MutexLock lock(&mu_);
+  return dropped_;
+}
+
+OtlpExporter::OtlpExporter(const Options& options)
+    : options_(options), outcomes_(options.registry) {}
 
 OtlpExporter::~OtlpExporter() {
   {
@@ -381,23 +424,19 @@ OtlpExporter::~OtlpExporter() {
 }
 
 void OtlpExporter::Export(common::Span span) {
-  absl::MutexLock lock(&mu_);
-  if (stopping_ || static_cast<int>(queue_.size()) >= options_.max_queued) {
-    ++dropped_;
-    return;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_ && static_cast<int>(queue_.size()) < options_.max_queued) {
+      queue_.push_back(std::move(span));
+      return;
+    }
   }
-  queue_.push_back(std::move(span));
+  outcomes_.Add(0, /*not_queued=*/1, 0, 0);
 }
 
-int64_t OtlpExporter::exported() const {
-  absl::MutexLock lock(&mu_);
-  return exported_;
-}
+int64_t OtlpExporter::exported() const { return outcomes_.exported(); }
 
-int64_t OtlpExporter::dropped() const {
-  absl::MutexLock lock(&mu_);
-  return dropped_;
-}
+int64_t OtlpExporter::dropped() const { return outcomes_.dropped(); }
 
 void OtlpExporter::Loop() {
   for (;;) {
@@ -417,25 +456,25 @@ void OtlpExporter::Loop() {
       queue_.erase(queue_.begin(), queue_.begin() + n);
       last = stopping_ && queue_.empty();
     }
-    if (!batch.empty()) {
-      const int64_t taken = Send(batch);
-      const int64_t size = static_cast<int64_t>(batch.size());
-      absl::MutexLock lock(&mu_);
-      exported_ += taken;
-      dropped_ += size - taken;
+    if (!batch.empty() && !Send(batch)) {
       // Stopping, a collector that failed once gets no more tries: the
       // process's exit waits for no more timeouts.
-      if (taken == 0 && stopping_) {
-        dropped_ += static_cast<int64_t>(queue_.size());
-        queue_.clear();
-        last = true;
+      int64_t given_up = 0;
+      {
+        absl::MutexLock lock(&mu_);
+        if (stopping_) {
+          given_up = static_cast<int64_t>(queue_.size());
+          queue_.clear();
+          last = true;
+        }
       }
+      outcomes_.Add(0, 0, /*failed=*/given_up, 0);
     }
     if (last) return;
   }
 }
 
-int64_t OtlpExporter::Send(const std::vector<common::Span>& batch) {
+bool OtlpExporter::Send(const std::vector<common::Span>& batch) {
   const int64_t size = static_cast<int64_t>(batch.size());
   const absl::StatusOr<otlp::ExportTracePartialSuccess> result =
       transport_->Send(OtlpTracesRequest(batch, options_.service_name,
@@ -443,7 +482,9 @@ int64_t OtlpExporter::Send(const std::vector<common::Span>& batch) {
   const int64_t rejected =
       result.ok() ? std::clamp<int64_t>(result->rejected_spans(), 0, size)
                   : size;
-  if (rejected == 0) return size;
+  outcomes_.Add(size - rejected, 0, result.ok() ? 0 : size,
+                result.ok() ? rejected : 0);
+  if (rejected == 0) return true;
   const absl::Time now = absl::Now();
   if (now - last_complaint_ >= absl::Minutes(1)) {
     last_complaint_ = now;
@@ -455,7 +496,7 @@ int64_t OtlpExporter::Send(const std::vector<common::Span>& batch) {
                                      : std::string(result.status().message()))
                      << " (dropped; said once a minute at most)";
   }
-  return size - rejected;
+  return rejected < size;
 }
 
 }  // namespace moe::server

@@ -16,10 +16,17 @@
 // that fails (no answer, not a 2xx, a gRPC error) drops its batch, and
 // spans a collector rejects in a partial success are dropped; both are
 // logged, once a minute at most; the counts are in exported() and
-// dropped().
+// dropped(), and, with a `registry`, in
+//   moe_trace_spans_total{outcome}   exported, not_queued (the queue was
+//                                    full, or the exporter stopping),
+//                                    failed (the export failed), rejected
+//                                    (refused in a partial success)
 //
 // Thread-safety: Export may be called from any thread.
 #pragma once
+
+#include <prometheus/counter.h>
+#include <prometheus/registry.h>
 
 #include <cstdint>
 #include <deque>
@@ -58,6 +65,9 @@ class OtlpExporter {
     int max_batch = 512;
     int max_queued = 4096;
     absl::Duration timeout = absl::Seconds(5);  // per export
+    // Where moe_trace_spans_total goes (none when null); it must outlive
+    // the exporter.
+    prometheus::Registry* registry = nullptr;
   };
 
   // INVALID_ARGUMENT quoting the endpoint when it is not http(s)://host...,
@@ -82,10 +92,31 @@ class OtlpExporter {
   class HttpTransport;
   class GrpcTransport;
 
+  // The spans of each outcome, kept here and in the metric.
+  class Outcomes {
+   public:
+    explicit Outcomes(prometheus::Registry* registry);
+    void Add(int64_t exported, int64_t not_queued, int64_t failed,
+             int64_t rejected);
+    int64_t exported() const;
+    int64_t dropped() const;
+
+   private:
+    mutable absl::Mutex mu_;
+    int64_t exported_ ABSL_GUARDED_BY(mu_) = 0;
+    int64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
+    // Null without a registry.
+    prometheus::Counter* exported_counter_ = nullptr;
+    prometheus::Counter* not_queued_counter_ = nullptr;
+    prometheus::Counter* failed_counter_ = nullptr;
+    prometheus::Counter* rejected_counter_ = nullptr;
+  };
+
   explicit OtlpExporter(const Options& options);
   void Loop();
-  // Sends `batch`; the spans the collector took.
-  int64_t Send(const std::vector<common::Span>& batch);
+  // Sends `batch` and counts what became of its spans; false when the
+  // collector took none.
+  bool Send(const std::vector<common::Span>& batch);
 
   const Options options_;
   std::string destination_;
@@ -93,8 +124,7 @@ class OtlpExporter {
   mutable absl::Mutex mu_;
   std::deque<common::Span> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  int64_t exported_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
+  Outcomes outcomes_;
   absl::Time last_complaint_ = absl::InfinitePast();  // Loop()'s thread only
   std::thread thread_;
 };

@@ -92,9 +92,13 @@ absl::Status Run() {
     MOE_ASSIGN_OR_RETURN(tokens, common::TokenSet::FromFile(file));
   }
   options.tokens = tokens.get();
+  // The metrics outlive the tracing (it counts its spans there) and the
+  // pool (its probing thread reports worker states to them until the
+  // pool's destructor joins it).
+  auto registry = std::make_shared<prometheus::Registry>();
   // Before the service: it ends its spans until it is gone.
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<server::Tracing> tracing,
-                       server::TracingFromFlags("moe-router"));
+                       server::TracingFromFlags("moe-router", registry.get()));
   if (tracing) options.tracer = tracing->tracer.get();
   router::ForwardLimits limits;
   limits.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
@@ -117,9 +121,6 @@ absl::Status Run() {
       TransportOptions(std::max<int64_t>(limits.max_tokens_per_request * 2,
                                          options.batch_max_rows),
                        spec.dim));
-  // The metrics outlive the pool: its probing thread reports worker states
-  // to them until the pool's destructor joins it.
-  auto registry = std::make_shared<prometheus::Registry>();
   server::AddBuildInfo(*registry, "cpu");
   server::RpcMetrics rpc_metrics(*registry);
   router::PrometheusRouterMetrics metrics(

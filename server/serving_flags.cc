@@ -184,7 +184,7 @@ absl::Status ServerOptionsFromFlags(int port,
 }
 
 absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
-    const std::string& service_name) {
+    const std::string& service_name, prometheus::Registry* registry) {
   std::string endpoint = absl::GetFlag(FLAGS_otlp_traces_endpoint);
   MOE_ASSIGN_OR_RETURN(
       const OtelEnvironment env,
@@ -223,6 +223,7 @@ absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
   o.resource_attributes = env.resource_attributes;
   o.headers = env.headers;
   o.ca_file = env.certificate;
+  o.registry = registry;
   if (!o.ca_file.empty() && !std::ifstream(o.ca_file).good()) {
     return absl::InvalidArgumentError(absl::StrCat(
         env.certificate_variable, " \"", o.ca_file, "\": cannot be read"));

@@ -66,8 +66,10 @@ struct Tracing {
   std::unique_ptr<common::Tracer> tracer;
 };
 // Null when --otlp_traces_endpoint is empty; spans name the service
-// `service_name`.
+// `service_name`; what becomes of them is counted in `registry`
+// (moe_trace_spans_total, server/otlp_exporter.h), which must outlive the
+// Tracing.
 absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
-    const std::string& service_name);
+    const std::string& service_name, prometheus::Registry* registry);
 
 }  // namespace moe::server

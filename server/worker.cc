@@ -192,9 +192,11 @@ absl::Status Run(const ShardFactory& make_shard, const char* program) {
       absl::GetFlag(FLAGS_inline_max_request_kib) * 1024;
   options.log_requests = absl::GetFlag(FLAGS_log_requests);
   MOE_RETURN_IF_ERROR(options.Validate());
+  // Before the tracing, which counts its spans there, and the service.
+  auto registry = std::make_shared<prometheus::Registry>();
   // Before the service: it ends its spans until it is gone.
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<Tracing> tracing,
-                       TracingFromFlags(program));
+                       TracingFromFlags(program, registry.get()));
   if (tracing) options.tracer = tracing->tracer.get();
   // Certificates are checked before the (slow) weights are loaded.
   ServerOptions server_options;
@@ -242,7 +244,6 @@ absl::Status Run(const ShardFactory& make_shard, const char* program) {
                   spec, std::move(initial), std::move(loader),
                   absl::GetFlag(FLAGS_expert_memory_mb) << 20)));
   const experts::ExpertShard& shard = *placement->Current().shard;
-  auto registry = std::make_shared<prometheus::Registry>();
   AddBuildInfo(*registry, shard.device().ToString());
   RpcMetrics rpc_metrics(*registry);
   experts::ExpertMetrics metrics(*registry, spec, shard.experts());

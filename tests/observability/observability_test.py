@@ -111,7 +111,11 @@ class Deployment:
              "--workers=2", "--port=0", "--port_file=" + self.port_file,
              "--endpoints_file=" + self.endpoints_file,
              # moe-balancer too: its metrics are scraped and its rules read.
-             "--balance"],
+             "--balance",
+             # Tracing on, so that moe_trace_spans_total is there for the
+             # rules that read it (nothing is sampled: no span is sent to
+             # this port, where nothing listens).
+             "--otlp_traces_endpoint=http://127.0.0.1:1/v1/traces"],
             stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(lambda: True if os.path.exists(self.port_file) else
                  (_ for _ in ()).throw(AssertionError("moe-up exited"))
@@ -147,7 +151,7 @@ class RulesTest(unittest.TestCase):
     def test_alerts_carry_for_severity_summary_runbook(self):
         text = read(RULES)
         alerts = re.split(r"\n\s*- alert: ", text)[1:]
-        self.assertEqual(len(alerts), 10)
+        self.assertEqual(len(alerts), 11)
         for alert in alerts:
             for key in ("for:", "severity:", "summary:", "runbook_url:"):
                 self.assertIn(key, alert, alert.splitlines()[0])

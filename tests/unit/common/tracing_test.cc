@@ -4,6 +4,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <prometheus/registry.h>
 
 #include <map>
 #include <nlohmann/json.hpp>
@@ -29,6 +30,19 @@ using common::Tracer;
 
 const std::string kTrace = "0af7651916cd43dd8448eb211c80319c";
 const std::string kParent = "b7ad6b7169203331";
+
+// moe_trace_spans_total{outcome} in `registry`; -1 when absent.
+double SpansOf(prometheus::Registry& registry, const std::string& outcome) {
+  for (const prometheus::MetricFamily& f : registry.Collect()) {
+    if (f.name != "moe_trace_spans_total") continue;
+    for (const prometheus::ClientMetric& m : f.metric) {
+      if (m.label.size() == 1 && m.label[0].value == outcome) {
+        return m.counter.value;
+      }
+    }
+  }
+  return -1;
+}
 
 bool Hex(const std::string& s, size_t digits) {
   return s.size() == digits &&
@@ -178,7 +192,9 @@ TEST(OtlpJsonTest, SpansBecomeAnExportTraceServiceRequest) {
 
 // Nothing listens on port 1 of 127.0.0.1: a collector that refuses.
 TEST(OtlpExporterTest, AFullQueueDropsAndARefusingCollectorHoldsNoExit) {
+  prometheus::Registry registry;
   server::OtlpExporter::Options o;
+  o.registry = &registry;
   o.endpoint = "http://127.0.0.1:1/v1/traces";
   o.service_name = "test";
   o.interval = absl::Hours(1);
@@ -194,9 +210,14 @@ TEST(OtlpExporterTest, AFullQueueDropsAndARefusingCollectorHoldsNoExit) {
   }
   EXPECT_EQ((*exporter)->dropped(), 6);  // past the 4 that may wait
   EXPECT_EQ((*exporter)->exported(), 0);
+  EXPECT_EQ(SpansOf(registry, "not_queued"), 6);
+  EXPECT_EQ(SpansOf(registry, "failed"), 0);
   const absl::Time start = absl::Now();
   exporter->reset();  // one refused POST, then nothing more to wait for
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_EQ(SpansOf(registry, "failed"), 4);
+  EXPECT_EQ(SpansOf(registry, "exported"), 0);
+  EXPECT_EQ(SpansOf(registry, "rejected"), 0);
 }
 
 TEST(OtlpExporterTest, EndpointsThatAreNotHttpUrlsAreRefused) {
@@ -399,7 +420,9 @@ TEST(OtlpExporterTest, GrpcExportsCarryTheResourceAndTheHeaders) {
 
 TEST(OtlpExporterTest, PartialSuccessesCountAsDropped) {
   GrpcCollector collector(/*reject=*/1);
+  prometheus::Registry registry;
   server::OtlpExporter::Options o;
+  o.registry = &registry;
   o.endpoint = absl::StrCat("http://127.0.0.1:", collector.port(), "/ignored");
   o.protocol = server::OtlpProtocol::kGrpc;
   o.service_name = "moe-router";
@@ -422,6 +445,9 @@ TEST(OtlpExporterTest, PartialSuccessesCountAsDropped) {
   ASSERT_GE(calls, 1u);
   EXPECT_EQ((*exporter)->dropped(), static_cast<int64_t>(calls));
   EXPECT_EQ((*exporter)->exported(), 2 - static_cast<int64_t>(calls));
+  EXPECT_EQ(SpansOf(registry, "rejected"), static_cast<double>(calls));
+  EXPECT_EQ(SpansOf(registry, "exported"), 2.0 - static_cast<double>(calls));
+  EXPECT_EQ(SpansOf(registry, "failed"), 0);
 }
 
 TEST(OtlpExporterTest, AGrpcCollectorThatIsNotThereHoldsNoExit) {
