@@ -53,8 +53,9 @@ using SpanAttribute = std::variant<std::string, int64_t, bool>;
 
 // OpenTelemetry's span kinds that moe-serve makes.
 enum class SpanKind {
-  kServer,  // a call served
-  kClient,  // a call made (the router's worker calls)
+  kServer,    // a call served
+  kClient,    // a call made (the router's worker calls)
+  kInternal,  // a part of a call's work (the router's stages of a forward)
 };
 
 // Another span a span relates to without being its child.

@@ -86,6 +86,8 @@ otlp::Span::SpanKind Kind(common::SpanKind kind) {
       return otlp::Span::SPAN_KIND_SERVER;
     case common::SpanKind::kClient:
       return otlp::Span::SPAN_KIND_CLIENT;
+    case common::SpanKind::kInternal:
+      return otlp::Span::SPAN_KIND_INTERNAL;
   }
   return otlp::Span::SPAN_KIND_UNSPECIFIED;
 }

@@ -222,6 +222,7 @@ absl::Status LayerEngine::RunExperts(const at::Tensor& h,
                                      ExpertBackend& backend, at::Tensor& y,
                                      ForwardResult* r) const {
   if (r->plan.size() == 0) {
+    r->timings.marks.experts = r->timings.marks.post = absl::Now();
     y.zero_();
     return absl::OkStatus();
   }
@@ -250,8 +251,10 @@ absl::Status LayerEngine::RunExperts(const at::Tensor& h,
   std::vector<uint8_t> written(static_cast<size_t>(y.size(0)), 0);
   work.y_written = written.data();
   const absl::Time start = absl::Now();
+  r->timings.marks.experts = start;
   BackendReport report;
   MOE_RETURN_IF_ERROR(backend.Run(work, &report));
+  r->timings.marks.post = absl::Now();
   for (size_t t = 0; t < written.size(); ++t) {
     if (written[t] == 0) std::fill_n(work.y + t * d, d, 0.0f);
   }
@@ -287,10 +290,13 @@ absl::StatusOr<ForwardResult> LayerEngine::ForwardImpl(
   h = h.reshape({batch * seq, d}).contiguous();
   absl::Time mark = absl::Now();
   r.timings.pre = mark - start;
+  r.timings.marks.pre = start;
+  r.timings.marks.gate = mark;
 
   MOE_RETURN_IF_ERROR(Route(h, batch, seq, o, &r));
   r.timings.gate = absl::Now() - mark;
   mark = absl::Now();
+  r.timings.marks.plan = mark;
 
   // Dispatch and combine: y[t] += G · Expert(x[t]) for every kept choice.
   at::Tensor y = at::empty({batch * seq, d}, at::kFloat);
@@ -308,8 +314,9 @@ absl::StatusOr<ForwardResult> LayerEngine::ForwardImpl(
     }
   }
   r.y = y;
-  r.timings.combine += absl::Now() - mark;
-  r.timings.total = absl::Now() - start;
+  r.timings.marks.end = absl::Now();
+  r.timings.combine += r.timings.marks.end - mark;
+  r.timings.total = r.timings.marks.end - start;
   return r;
 }
 

@@ -45,6 +45,14 @@ struct ForwardTimings {
   absl::Duration batch_wait;  // remote backend: a batch waiting to leave
   absl::Duration rpc_wait;    // remote backend: the workers
   absl::Duration total;
+  // When each phase began (absl::Now), one after the other: `pre`, `gate`,
+  // `plan` (the dispatch plan and gather), `experts` (the backend: the
+  // experts' work and combining their outputs as they come), `post` (rows
+  // nobody wrote, residual, feed-forward after); `end` when the forward was
+  // done. The durations above are these phases' shares of the stages.
+  struct Marks {
+    absl::Time pre, gate, plan, experts, post, end;
+  } marks;
 };
 
 struct ForwardResult {

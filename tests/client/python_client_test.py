@@ -639,7 +639,7 @@ class PythonClientTracingTest(unittest.TestCase):
                         for span in ss["spans"]:
                             if span["kind"] != 2:  # SPAN_KIND_SERVER
                                 continue
-                            for a in span["attributes"]:
+                            for a in span.get("attributes", []):
                                 if a["key"] == "moe.request_id" and \
                                         a["value"]["stringValue"] == request_id:
                                     return span

@@ -234,7 +234,7 @@ class Collector final
 // A span's attribute `key` as a JSON value ("stringValue", "intValue"
 // (a string) or "boolValue"), null when absent.
 json Attribute(const json& span, const std::string& key) {
-  for (const json& a : span["attributes"]) {
+  for (const json& a : span.value("attributes", json::array())) {
     if (a["key"] == key) return a["value"].begin().value();
   }
   return nullptr;
@@ -496,10 +496,20 @@ TEST_F(TracingIntegrationTest, AForwardsTraceFollowsItIntoEachWorker) {
     EXPECT_TRUE(Attribute(forward, stage).is_string()) << stage;
   }
   std::vector<json> calls, served;
+  std::vector<std::string> phases;
   for (const json& s : spans) {
     if (s["service"] == "moe-router" && s["kind"] == 3) calls.push_back(s);
     if (s["service"] != "moe-router") served.push_back(s);
+    if (s["kind"] == 1) {  // SPAN_KIND_INTERNAL: the forward's phases
+      EXPECT_EQ(s["service"], "moe-router");
+      EXPECT_EQ(s["parentSpanId"], forward["spanId"]) << s.dump(1);
+      phases.push_back(s["name"]);
+    }
   }
+  EXPECT_EQ(phases,
+            std::vector<std::string>({"moe.queue", "moe.pre", "moe.gate",
+                                      "moe.plan", "moe.experts", "moe.post"}))
+      << json(spans).dump(1);
   ASSERT_EQ(calls.size(), 2u) << json(spans).dump(1);
   ASSERT_EQ(served.size(), 2u) << json(spans).dump(1);
   const std::map<std::string, std::string> service_at = {

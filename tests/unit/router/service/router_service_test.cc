@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/token_set.h"
+#include "common/tracing.h"
 #include "router/api/forward_runner.h"
 #include "router/service/inference_service.h"
 #include "testing/fake_clock.h"
@@ -203,6 +204,56 @@ TEST_F(RouterServiceTest, AQueuedForwardGivesTheSameBitsAsAnInlineOne) {
   EXPECT_EQ(remote.y().data(), InProcess(*runner_, request).y().data());
   EXPECT_EQ(metrics_.count("request OK"), 1);
   EXPECT_EQ(metrics_.inflight(), 0);
+}
+
+// A traced forward's span has its phases as child spans, one after the
+// other from its arrival, within it; its worker calls' spans beside them.
+TEST_F(RouterServiceTest, ATracedForwardShowsItsPhasesAsChildSpans) {
+  absl::Mutex mu;
+  std::vector<common::Span> spans;
+  common::Tracer tracer(0, [&](common::Span s) {
+    absl::MutexLock lock(&mu);
+    spans.push_back(std::move(s));
+  });
+  RouterServiceOptions options;
+  options.tracer = &tracer;
+  Start(options);
+  const std::string trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+  grpc::ClientContext context;
+  context.AddMetadata("traceparent", "00-" + trace + "-00f067aa0ba902b7-01");
+  moe::v1::ForwardResponse response;
+  ASSERT_TRUE(stub_->Forward(&context, GoldenRequest(), &response).ok());
+  absl::MutexLock lock(&mu);
+  const common::Span* forward = nullptr;
+  std::vector<const common::Span*> phases;
+  int calls = 0;
+  for (const common::Span& s : spans) {
+    EXPECT_EQ(s.trace_id, trace);
+    if (s.kind == common::SpanKind::kServer) forward = &s;
+    if (s.kind == common::SpanKind::kInternal) phases.push_back(&s);
+    calls += s.kind == common::SpanKind::kClient;
+  }
+  ASSERT_NE(forward, nullptr);
+  EXPECT_EQ(calls, 2);  // one per worker
+  const std::vector<std::string> names = {"moe.queue",   "moe.pre",
+                                          "moe.gate",    "moe.plan",
+                                          "moe.experts", "moe.post"};
+  ASSERT_EQ(phases.size(), names.size());
+  absl::Time at = forward->start;
+  for (size_t i = 0; i < phases.size(); ++i) {
+    const common::Span& p = *phases[i];
+    EXPECT_EQ(p.name, names[i]);
+    EXPECT_EQ(p.parent_span_id, forward->span_id) << p.name;
+    EXPECT_NE(p.span_id, forward->span_id);
+    EXPECT_EQ(p.start, at) << p.name;  // each where the last ended
+    EXPECT_GE(p.end, p.start) << p.name;
+    at = p.end;
+  }
+  EXPECT_LE(at, forward->end);
+  const common::Span& experts = *phases[4];
+  ASSERT_EQ(experts.attributes.size(), 2u);
+  EXPECT_EQ(experts.attributes[0].first, "moe.batch_wait_us");
+  EXPECT_EQ(experts.attributes[1].first, "moe.rpc_wait_us");
 }
 
 TEST_F(RouterServiceTest, EveryRefusalIsCountedByItsReason) {
