@@ -1,7 +1,8 @@
 // OtlpExporter: spans (common/tracing.h) to an OpenTelemetry collector in
 // one of OTLP's three forms (`protocol`):
 //   http/json      POST to the endpoint (e.g.
-//                  http://otel-collector:4318/v1/traces), JSON bodies;
+//                  http://otel-collector:4318/v1/traces), JSON bodies, on
+//                  one kept-alive connection;
 //   http/protobuf  the same POST with a protobuf body
 //                  (application/x-protobuf);
 //   grpc           TraceService/Export calls on one channel to the

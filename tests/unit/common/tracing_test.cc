@@ -4,6 +4,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <prometheus/registry.h>
 
 #include <map>
@@ -448,6 +449,52 @@ TEST(OtlpExporterTest, PartialSuccessesCountAsDropped) {
   EXPECT_EQ(SpansOf(registry, "rejected"), static_cast<double>(calls));
   EXPECT_EQ(SpansOf(registry, "exported"), 2.0 - static_cast<double>(calls));
   EXPECT_EQ(SpansOf(registry, "failed"), 0);
+}
+
+// OTLP/HTTP exports share one connection (one TLS handshake for an
+// https:// collector, not one a second), in either body form.
+TEST(OtlpExporterTest, HttpExportsKeepTheirConnection) {
+  for (server::OtlpProtocol protocol :
+       {server::OtlpProtocol::kHttpJson, server::OtlpProtocol::kHttpProtobuf}) {
+    httplib::Server collector;
+    absl::Mutex mu;
+    std::vector<int> ports;
+    std::vector<std::string> types;
+    collector.Post("/v1/traces",
+                   [&](const httplib::Request& req, httplib::Response& res) {
+                     absl::MutexLock lock(&mu);
+                     ports.push_back(req.remote_port);
+                     types.push_back(req.get_header_value("Content-Type"));
+                     res.set_content("{}", "application/json");
+                   });
+    const int port = collector.bind_to_any_port("127.0.0.1");
+    std::thread serving([&] { collector.listen_after_bind(); });
+    server::OtlpExporter::Options o;
+    o.endpoint = absl::StrCat("http://127.0.0.1:", port, "/v1/traces");
+    o.protocol = protocol;
+    o.interval = absl::Milliseconds(10);
+    auto exporter = server::OtlpExporter::Create(o);
+    ASSERT_TRUE(exporter.ok()) << exporter.status();
+    Tracer tracer(1, [&](Span s) { (*exporter)->Export(std::move(s)); });
+    for (int i = 1; i <= 3; ++i) {
+      auto span = tracer.Start("f", "", absl::Now());
+      span->end = absl::Now();
+      tracer.End(*std::move(span));
+      const absl::Time until = absl::Now() + absl::Seconds(20);
+      while ((*exporter)->exported() < i && absl::Now() < until) {
+        absl::SleepFor(absl::Milliseconds(5));
+      }
+    }
+    exporter->reset();
+    collector.stop();
+    serving.join();
+    ASSERT_EQ(ports.size(), 3u);
+    EXPECT_EQ(ports[1], ports[0]);
+    EXPECT_EQ(ports[2], ports[0]);
+    EXPECT_EQ(types[0], protocol == server::OtlpProtocol::kHttpJson
+                            ? "application/json"
+                            : "application/x-protobuf");
+  }
 }
 
 TEST(OtlpExporterTest, AGrpcCollectorThatIsNotThereHoldsNoExit) {
