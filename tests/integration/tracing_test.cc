@@ -231,6 +231,12 @@ class Collector final
   std::vector<httplib::Headers> headers_ ABSL_GUARDED_BY(mu_);
 };
 
+// Header `key` of `h`, or "<none>".
+std::string HeaderOf(const httplib::Headers& h, const std::string& key) {
+  auto it = h.find(key);
+  return it == h.end() ? std::string("<none>") : it->second;
+}
+
 // A span's attribute `key` as a JSON value ("stringValue", "intValue"
 // (a string) or "boolValue"), null when absent.
 json Attribute(const json& span, const std::string& key) {
@@ -372,6 +378,19 @@ class TracingIntegrationTest : public ::testing::Test {
 const std::string kTrace = "4bf92f3577b34da6a3ce929d0e0e4736";
 const std::string kCaller = "00f067aa0ba902b7";
 
+// Every span of a sampled forward of 64 tokens ("followed": both workers'
+// experts are chosen) to the router at `address`, once the router's span
+// and each worker call's worker span have come to `collector`.
+std::vector<json> FollowedForwardsSpans(const std::string& address,
+                                        Collector& collector) {
+  EXPECT_TRUE(ForwardTo(address, "layers.0.ff", "followed",
+                        "00-" + kTrace + "-" + kCaller + "-01", {4, 16, 64})
+                  .ok());
+  return collector.Spans([](const std::vector<json>& spans) {
+    return Served(spans).size() == 1 && WorkerSpansCame(spans);
+  });
+}
+
 TEST_F(TracingIntegrationTest, SampledCallersGetChildSpansAndTheOthersNone) {
   Start(/*root_ratio=*/0);
   const std::string sampled = "00-" + kTrace + "-" + kCaller + "-01";
@@ -480,14 +499,8 @@ TEST_F(TracingIntegrationTest, SampledCallersGetChildSpansAndTheOthersNone) {
 // went.
 TEST_F(TracingIntegrationTest, AForwardsTraceFollowsItIntoEachWorker) {
   Start(/*root_ratio=*/0);
-  // 64 tokens: both workers' experts are chosen.
-  ASSERT_TRUE(Forward("layers.0.ff", "followed",
-                      "00-" + kTrace + "-" + kCaller + "-01", {4, 16, 64})
-                  .ok());
   const std::vector<json> spans =
-      collector_.Spans([](const std::vector<json>& spans) {
-        return Served(spans).size() == 1 && WorkerSpansCame(spans);
-      });
+      FollowedForwardsSpans(deployment_->router_address(), collector_);
   const json forward = SpanOf(spans, "followed");
   ASSERT_FALSE(forward.is_null()) << json(spans).dump(1);
   for (const char* stage :
@@ -711,12 +724,8 @@ TEST(OtelEnvironmentIntegrationTest, StandardVariablesReachAnHttpsCollector) {
   const std::vector<httplib::Headers> posts = collector.headers();
   ASSERT_FALSE(posts.empty());
   for (const httplib::Headers& h : posts) {
-    auto value = [&h](const std::string& key) {
-      auto it = h.find(key);
-      return it == h.end() ? std::string("<none>") : it->second;
-    };
-    EXPECT_EQ(value("authorization"), "Bearer s3cret-key");
-    EXPECT_EQ(value("x-tenant"), "moe");
+    EXPECT_EQ(HeaderOf(h, "authorization"), "Bearer s3cret-key");
+    EXPECT_EQ(HeaderOf(h, "x-tenant"), "moe");
   }
   const std::string log = d.router().Log();
   EXPECT_NE(log.find("tracing: spans of service moe-router-canary to " +
@@ -805,13 +814,8 @@ TEST(OtlpProtocolsIntegrationTest, ProtobufAndGrpcCarryAForwardsWholeTrace) {
     d.SetWorkerFlags(gpu_flags);
     ASSERT_TRUE(d.StartWorker(1).ok());
     ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
-    ASSERT_TRUE(ForwardTo(d.router_address(), "layers.0.ff", "followed",
-                          "00-" + kTrace + "-" + kCaller + "-01", {4, 16, 64})
-                    .ok());
     const std::vector<json> spans =
-        collector.Spans([](const std::vector<json>& spans) {
-          return Served(spans).size() == 1 && WorkerSpansCame(spans);
-        });
+        FollowedForwardsSpans(d.router_address(), collector);
     const json forward = SpanOf(spans, "followed");
     ASSERT_FALSE(forward.is_null()) << json(spans).dump(1);
     EXPECT_EQ(forward["parentSpanId"], kCaller);
@@ -837,15 +841,11 @@ TEST(OtlpProtocolsIntegrationTest, ProtobufAndGrpcCarryAForwardsWholeTrace) {
     const std::vector<httplib::Headers> exports = collector.headers();
     ASSERT_FALSE(exports.empty());
     for (const httplib::Headers& h : exports) {
-      auto value = [&h](const std::string& key) {
-        auto it = h.find(key);
-        return it == h.end() ? std::string("<none>") : it->second;
-      };
       if (grpc) {
-        EXPECT_EQ(value("authorization"), "Bearer s3cret-key");
-        EXPECT_EQ(value("x-tenant"), "moe");
+        EXPECT_EQ(HeaderOf(h, "authorization"), "Bearer s3cret-key");
+        EXPECT_EQ(HeaderOf(h, "x-tenant"), "moe");
       } else {
-        EXPECT_EQ(value("Content-Type"), "application/x-protobuf");
+        EXPECT_EQ(HeaderOf(h, "Content-Type"), "application/x-protobuf");
       }
     }
     const std::string says =

@@ -45,6 +45,30 @@ double SpansOf(prometheus::Registry& registry, const std::string& outcome) {
   return -1;
 }
 
+// Records `n` spans named `name` (root spans: a ratio of 1) into
+// `exporter`.
+void RecordSpans(server::OtlpExporter& exporter, int n,
+                 const std::string& name = "f") {
+  Tracer tracer(1, [&](Span s) { exporter.Export(std::move(s)); });
+  for (int i = 0; i < n; ++i) {
+    auto span = tracer.Start(name, "", absl::Now());
+    span->end = absl::Now();
+    tracer.End(*std::move(span));
+  }
+}
+
+// A router's Forward span of 250 us, child of kParent, with no attributes.
+Span AForwardSpan() {
+  Span s;
+  s.name = "moe.v1.Router/Forward";
+  s.trace_id = kTrace;
+  s.span_id = "00f067aa0ba902b7";
+  s.parent_span_id = kParent;
+  s.start = absl::FromUnixNanos(1700000000123456789);
+  s.end = s.start + absl::Microseconds(250);
+  return s;
+}
+
 bool Hex(const std::string& s, size_t digits) {
   return s.size() == digits &&
          s.find_first_not_of("0123456789abcdef") == std::string::npos &&
@@ -143,13 +167,7 @@ TEST(TracingTest, EndHandsTheSpanToTheSink) {
 }
 
 TEST(OtlpJsonTest, SpansBecomeAnExportTraceServiceRequest) {
-  Span ok;
-  ok.name = "moe.v1.Router/Forward";
-  ok.trace_id = kTrace;
-  ok.span_id = "00f067aa0ba902b7";
-  ok.parent_span_id = kParent;
-  ok.start = absl::FromUnixNanos(1700000000123456789);
-  ok.end = ok.start + absl::Microseconds(250);
+  Span ok = AForwardSpan();
   ok.attributes = {{"moe.layer", std::string("layers.0.ff\xff")},
                    {"moe.tokens", int64_t{1} << 40},
                    {"moe.degraded", false}};
@@ -203,12 +221,7 @@ TEST(OtlpExporterTest, AFullQueueDropsAndARefusingCollectorHoldsNoExit) {
   o.max_queued = 4;
   auto exporter = server::OtlpExporter::Create(o);
   ASSERT_TRUE(exporter.ok()) << exporter.status();
-  Tracer tracer(1, [&](Span s) { (*exporter)->Export(std::move(s)); });
-  for (int i = 0; i < 10; ++i) {
-    auto span = tracer.Start("f", "", absl::Now());
-    span->end = absl::Now();
-    tracer.End(*std::move(span));
-  }
+  RecordSpans(**exporter, 10);
   EXPECT_EQ((*exporter)->dropped(), 6);  // past the 4 that may wait
   EXPECT_EQ((*exporter)->exported(), 0);
   EXPECT_EQ(SpansOf(registry, "not_queued"), 6);
@@ -233,14 +246,8 @@ TEST(OtlpExporterTest, EndpointsThatAreNotHttpUrlsAreRefused) {
 }
 
 TEST(OtlpProtobufTest, TheRequestCarriesTheSpansAsOtlpBytes) {
-  Span s;
-  s.name = "moe.v1.Router/Forward";
-  s.trace_id = kTrace;
-  s.span_id = "00f067aa0ba902b7";
-  s.parent_span_id = kParent;
+  Span s = AForwardSpan();
   s.kind = common::SpanKind::kClient;
-  s.start = absl::FromUnixNanos(1700000000123456789);
-  s.end = s.start + absl::Microseconds(250);
   s.attributes = {{"moe.tokens", int64_t{1} << 40}, {"moe.inline", true}};
   s.links = {{kTrace, "1111111111111111"}};
   s.error = true;
@@ -392,12 +399,7 @@ TEST(OtlpExporterTest, GrpcExportsCarryTheResourceAndTheHeaders) {
   ASSERT_TRUE(exporter.ok()) << exporter.status();
   EXPECT_EQ((*exporter)->destination(),
             absl::StrCat("127.0.0.1:", collector.port()));
-  Tracer tracer(1, [&](Span s) { (*exporter)->Export(std::move(s)); });
-  for (int i = 0; i < 3; ++i) {
-    auto span = tracer.Start("moe.v1.ExpertWorker/RunExperts", "", absl::Now());
-    span->end = absl::Now();
-    tracer.End(*std::move(span));
-  }
+  RecordSpans(**exporter, 3, "moe.v1.ExpertWorker/RunExperts");
   EXPECT_EQ((*exporter)->exported(), 0);
   exporter->reset();  // stopping sends what waits, in one call
   const auto requests = collector.requests();
@@ -430,12 +432,7 @@ TEST(OtlpExporterTest, PartialSuccessesCountAsDropped) {
   o.interval = absl::Milliseconds(10);
   auto exporter = server::OtlpExporter::Create(o);
   ASSERT_TRUE(exporter.ok()) << exporter.status();
-  Tracer tracer(1, [&](Span s) { (*exporter)->Export(std::move(s)); });
-  for (int i = 0; i < 2; ++i) {
-    auto span = tracer.Start("f", "", absl::Now());
-    span->end = absl::Now();
-    tracer.End(*std::move(span));
-  }
+  RecordSpans(**exporter, 2);
   const absl::Time until = absl::Now() + absl::Seconds(20);
   while ((*exporter)->exported() + (*exporter)->dropped() < 2 &&
          absl::Now() < until) {
@@ -475,11 +472,8 @@ TEST(OtlpExporterTest, HttpExportsKeepTheirConnection) {
     o.interval = absl::Milliseconds(10);
     auto exporter = server::OtlpExporter::Create(o);
     ASSERT_TRUE(exporter.ok()) << exporter.status();
-    Tracer tracer(1, [&](Span s) { (*exporter)->Export(std::move(s)); });
     for (int i = 1; i <= 3; ++i) {
-      auto span = tracer.Start("f", "", absl::Now());
-      span->end = absl::Now();
-      tracer.End(*std::move(span));
+      RecordSpans(**exporter, 1);
       const absl::Time until = absl::Now() + absl::Seconds(20);
       while ((*exporter)->exported() < i && absl::Now() < until) {
         absl::SleepFor(absl::Milliseconds(5));
@@ -504,10 +498,7 @@ TEST(OtlpExporterTest, AGrpcCollectorThatIsNotThereHoldsNoExit) {
   o.interval = absl::Hours(1);
   auto exporter = server::OtlpExporter::Create(o);
   ASSERT_TRUE(exporter.ok()) << exporter.status();
-  Tracer tracer(1, [&](Span s) { (*exporter)->Export(std::move(s)); });
-  auto span = tracer.Start("f", "", absl::Now());
-  span->end = absl::Now();
-  tracer.End(*std::move(span));
+  RecordSpans(**exporter, 1);
   const absl::Time start = absl::Now();
   exporter->reset();  // one refused call, then nothing more to wait for
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
