@@ -1,5 +1,6 @@
 // Tracer (common/tracing.h): which calls it records and where their spans
-// hang; and the OTLP bodies and transports of server/otlp_exporter.h.
+// hang; the OTLP bodies of server/otlp_traces.h and the transports of
+// server/otlp_exporter.h.
 #include "common/tracing.h"
 
 #include <grpcpp/grpcpp.h>
@@ -22,6 +23,7 @@
 #include "otlp/trace_service.grpc.pb.h"
 #include "server/otel_environment.h"
 #include "server/otlp_exporter.h"
+#include "server/otlp_traces.h"
 
 namespace moe {
 namespace {
