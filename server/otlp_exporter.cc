@@ -156,7 +156,7 @@ class OtlpExporter::GrpcTransport final : public OtlpExporter::Transport {
       const absl::Status s = proto::FromGrpcStatus(status);
       return absl::Status(
           s.code(), absl::StrCat("gRPC ", absl::StatusCodeToString(s.code()),
-                                 ": ", s.message()));
+                                 ": ", Printable(s.message())));
     }
     return response.partial_success();
   }
