@@ -136,6 +136,10 @@ absl::StatusOr<OtelEnvironment> ReadOtelEnvironment(
   env.protocol = TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
                                  "OTEL_EXPORTER_OTLP_PROTOCOL", &name);
   env.protocol_variable = name;
+  env.compression =
+      TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+                      "OTEL_EXPORTER_OTLP_COMPRESSION", &name);
+  env.compression_variable = name;
   MOE_ASSIGN_OR_RETURN(KeyValues attributes,
                        ParseKeyValues("OTEL_RESOURCE_ATTRIBUTES",
                                       Get(getenv, "OTEL_RESOURCE_ATTRIBUTES"),

@@ -13,6 +13,7 @@
 //   OTEL_EXPORTER_OTLP[_TRACES]_CERTIFICATE  the CA (PEM) an https://
 //                                        collector's certificate must chain to
 //   OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL http/json, http/protobuf or grpc
+//   OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION  gzip or none
 //   OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES  the spans' resource
 //   OTEL_TRACES_SAMPLER[_ARG]            the parent-based samplers
 //   OTEL_SDK_DISABLED=true               the endpoint variables are not used
@@ -41,6 +42,8 @@ struct OtelEnvironment {
   std::string certificate_variable;
   std::string protocol;  // as set; "" when not
   std::string protocol_variable;
+  std::string compression;  // as set; "" when not
+  std::string compression_variable;
   std::string service_name;       // OTEL_SERVICE_NAME, else the attributes'
   KeyValues resource_attributes;  // without service.name
   // The root ratio of OTEL_TRACES_SAMPLER; nullopt when it is not set.

@@ -68,6 +68,13 @@ absl::string_view OtlpProtocolName(OtlpProtocol protocol) {
   return "?";
 }
 
+absl::StatusOr<bool> ParseOtlpGzip(absl::string_view compression) {
+  if (compression == "gzip") return true;
+  if (compression == "none") return false;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "\"", compression, "\": not an OTLP compression (gzip or none)"));
+}
+
 // One export of a request: the collector's partial success (rejected
 // spans, if any), or why it took none.
 class OtlpExporter::Transport {
@@ -93,6 +100,7 @@ class OtlpExporter::HttpTransport final : public OtlpExporter::Transport {
     client_.set_read_timeout(ms / 1000, (ms % 1000) * 1000);
     client_.set_write_timeout(ms / 1000, (ms % 1000) * 1000);
     client_.set_keep_alive(true);
+    client_.set_compress(options.gzip);
     if (!options.ca_file.empty()) client_.set_ca_cert_path(options.ca_file);
     client_.enable_server_certificate_verification(true);
   }
@@ -150,6 +158,7 @@ class OtlpExporter::GrpcTransport final : public OtlpExporter::Transport {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
     for (const auto& [key, value] : metadata_) context.AddMetadata(key, value);
+    if (options_.gzip) context.set_compression_algorithm(GRPC_COMPRESS_GZIP);
     otlp::ExportTraceServiceResponse response;
     const grpc::Status status = stub_->Export(&context, request, &response);
     if (!status.ok()) {

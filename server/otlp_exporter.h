@@ -10,7 +10,8 @@
 //                  4317 when it names none; its path is not used).
 // An https:// endpoint is reached over TLS, the collector's certificate
 // checked against `ca_file` or the system's CAs; `headers` go with every
-// POST (as metadata, names in lower case, over gRPC). Spans leave in
+// POST (as metadata, names in lower case, over gRPC); with `gzip` the
+// bodies are compressed. Spans leave in
 // batches sent from a thread of its own at most every `interval`, or as
 // soon as `max_batch` spans wait. Export() never blocks the call it
 // records: past `max_queued` waiting spans it drops the new one. A send
@@ -52,6 +53,9 @@ enum class OtlpProtocol { kHttpJson, kHttpProtobuf, kGrpc };
 // INVALID_ARGUMENT listing the three for any other name.
 absl::StatusOr<OtlpProtocol> ParseOtlpProtocol(absl::string_view name);
 absl::string_view OtlpProtocolName(OtlpProtocol protocol);
+// OTEL_EXPORTER_OTLP_COMPRESSION's values: true for gzip, false for none;
+// INVALID_ARGUMENT for any other.
+absl::StatusOr<bool> ParseOtlpGzip(absl::string_view compression);
 
 class OtlpExporter {
  public:
@@ -62,6 +66,8 @@ class OtlpExporter {
     KeyValues resource_attributes;  // and its other attributes
     KeyValues headers;              // sent with every export
     std::string ca_file;            // https: the CA file; "" the system's
+    bool gzip = false;  // bodies gzip-compressed (Content-Encoding, or
+                        // gRPC's message compression)
     absl::Duration interval = absl::Seconds(1);
     int max_batch = 512;
     int max_queued = 4096;

@@ -88,6 +88,10 @@ ABSL_FLAG(std::string, otlp_traces_protocol, "",
           "(OTLP/gRPC's TraceService/Export). Empty (default): "
           "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL "
           "when set, else http/json.");
+ABSL_FLAG(std::string, otlp_traces_compression, "",
+          "gzip or none: whether span exports are gzip-compressed. Empty "
+          "(default): OTEL_EXPORTER_OTLP_TRACES_COMPRESSION or "
+          "OTEL_EXPORTER_OTLP_COMPRESSION when set, else none.");
 ABSL_FLAG(std::optional<double>, trace_sample_ratio, std::nullopt,
           "When tracing: the share (0 to 1) of calls without a usable "
           "traceparent that start a trace of their own. Not given: "
@@ -203,6 +207,12 @@ absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
     MOE_ASSIGN_OR_RETURN(protocol_given, ForFlag("--otlp_traces_protocol",
                                                  ParseOtlpProtocol(p)));
   }
+  std::optional<bool> gzip_given;
+  if (const std::string c = absl::GetFlag(FLAGS_otlp_traces_compression);
+      !c.empty()) {
+    MOE_ASSIGN_OR_RETURN(
+        gzip_given, ForFlag("--otlp_traces_compression", ParseOtlpGzip(c)));
+  }
   if (endpoint.empty() && !env.traces_endpoint.empty()) {
     endpoint = env.traces_endpoint;
     from = env.endpoint_variable;
@@ -218,6 +228,12 @@ absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
   } else if (!env.protocol.empty()) {
     MOE_ASSIGN_OR_RETURN(o.protocol, ForFlag(env.protocol_variable,
                                              ParseOtlpProtocol(env.protocol)));
+  }
+  if (gzip_given.has_value()) {
+    o.gzip = *gzip_given;
+  } else if (!env.compression.empty()) {
+    MOE_ASSIGN_OR_RETURN(o.gzip, ForFlag(env.compression_variable,
+                                         ParseOtlpGzip(env.compression)));
   }
   o.service_name = env.service_name.empty() ? service_name : env.service_name;
   o.resource_attributes = env.resource_attributes;
@@ -244,7 +260,8 @@ absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
                 << (o.headers.empty()
                         ? ""
                         : absl::StrCat("; ", o.headers.size(), " header(s)"))
-                << (o.ca_file.empty() ? "" : "; CA " + o.ca_file) << ")";
+                << (o.ca_file.empty() ? "" : "; CA " + o.ca_file)
+                << (o.gzip ? "; gzip" : "") << ")";
   return tracing;
 }
 

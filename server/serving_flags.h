@@ -19,6 +19,7 @@
 //   --otlp_traces_endpoint              an OTLP collector's URL ("" off;
 //                                       docs/operations.md, "Traces")
 //   --otlp_traces_protocol              http/json, http/protobuf or grpc
+//   --otlp_traces_compression           gzip or none
 //   --trace_sample_ratio                the share of calls without a sampled
 //                                       caller context that start a trace
 #pragma once

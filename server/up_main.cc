@@ -50,6 +50,8 @@ ABSL_FLAG(std::string, otlp_traces_endpoint, "",
 ABSL_FLAG(std::string, otlp_traces_protocol, "",
           "Passed to moe-router and the workers when given: http/json, "
           "http/protobuf or grpc.");
+ABSL_FLAG(std::string, otlp_traces_compression, "",
+          "Passed to moe-router and the workers when given: gzip or none.");
 ABSL_FLAG(std::optional<double>, trace_sample_ratio, std::nullopt,
           "Passed to moe-router when given.");
 ABSL_FLAG(std::string, wire_dtype, "float32", "Passed to moe-router.");
@@ -159,6 +161,10 @@ absl::StatusOr<server::LocalDeploymentOptions> OptionsFromFlags() {
   if (const std::string p = absl::GetFlag(FLAGS_otlp_traces_protocol);
       !p.empty()) {
     o.common_flags.push_back("--otlp_traces_protocol=" + p);
+  }
+  if (const std::string c = absl::GetFlag(FLAGS_otlp_traces_compression);
+      !c.empty()) {
+    o.common_flags.push_back("--otlp_traces_compression=" + c);
   }
   o.worker_flags = {"--compute_dtype=" + absl::GetFlag(FLAGS_compute_dtype)};
   if (absl::GetFlag(FLAGS_worker_inline_max_request_kib) >= 0) {

@@ -782,7 +782,8 @@ TEST(OtelEnvironmentIntegrationTest, UntrustedCollectorsGetNothing) {
 // worker calls' and the workers' (moe-expert and moe-expert-gpu), from
 // flags (--otlp_traces_protocol, given to router and workers as moe-up
 // does) to a protobuf-reading OTLP/HTTP receiver, and from the standard
-// variables alone to an OTLP/gRPC one over TLS, headers as metadata.
+// variables alone to an OTLP/gRPC one over TLS, gzip-compressed, headers
+// as metadata.
 TEST(OtlpProtocolsIntegrationTest, ProtobufAndGrpcCarryAForwardsWholeTrace) {
   for (const std::string protocol : {"http/protobuf", "grpc"}) {
     SCOPED_TRACE(protocol);
@@ -795,6 +796,7 @@ TEST(OtlpProtocolsIntegrationTest, ProtobufAndGrpcCarryAForwardsWholeTrace) {
     if (grpc) {
       env = {{"OTEL_EXPORTER_OTLP_ENDPOINT", collector.base()},
              {"OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"},
+             {"OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"},
              {"OTEL_EXPORTER_OTLP_CERTIFICATE", PkiFile("ca.crt")},
              {"OTEL_EXPORTER_OTLP_HEADERS",
               "Authorization=Bearer%20s3cret-key,x-tenant=moe"}};
@@ -857,6 +859,7 @@ TEST(OtlpProtocolsIntegrationTest, ProtobufAndGrpcCarryAForwardsWholeTrace) {
          {d.router().Log(), d.worker(0).Log(), d.worker(1).Log()}) {
       EXPECT_NE(log.find(says), std::string::npos) << log;
       EXPECT_EQ(log.find("s3cret"), std::string::npos) << log;
+      EXPECT_EQ(log.find("; gzip)") != std::string::npos, grpc) << log;
     }
   }
 }
@@ -877,6 +880,10 @@ TEST(OtelEnvironmentIntegrationTest, BadVariablesStopTheServerNamingThem) {
            {{{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4318"}},
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: \"collector:4318\": not an "
             "http:// or https:// URL"},
+           {{{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1"},
+             {"OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"}},
+            "OTEL_EXPORTER_OTLP_COMPRESSION: \"zstd\": not an OTLP "
+            "compression (gzip or none)"},
            {{{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1"},
              {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/xml"}},
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: \"http/xml\": not an OTLP "
@@ -922,7 +929,9 @@ TEST(TracingFlagsTest, BadValuesStopRouterAndWorkersNamingTheFlag) {
             "--otlp_traces_endpoint: \"collector:4318\": not an http:// "
             "or https:// URL"},
            {"--otlp_traces_protocol=thrift",
-            "--otlp_traces_protocol: \"thrift\": not an OTLP protocol"}}) {
+            "--otlp_traces_protocol: \"thrift\": not an OTLP protocol"},
+           {"--otlp_traces_compression=br",
+            "--otlp_traces_compression: \"br\": not an OTLP compression"}}) {
     for (std::vector<std::string> argv : servers) {
       argv.push_back(flag);
       std::string log;

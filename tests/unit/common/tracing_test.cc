@@ -327,6 +327,16 @@ TEST(OtlpProtobufTest, TextThatIsNotUtf8HasItsBadBytesReplaced) {
   }
 }
 
+TEST(OtlpProtocolTest, CompressionIsGzipOrNone) {
+  EXPECT_EQ(server::ParseOtlpGzip("gzip").value_or(false), true);
+  EXPECT_EQ(server::ParseOtlpGzip("none").value_or(true), false);
+  for (const char* bad : {"", "GZIP", "zstd", "deflate"}) {
+    auto g = server::ParseOtlpGzip(bad);
+    EXPECT_EQ(g.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(g.status().message().find("gzip or none"), std::string::npos);
+  }
+}
+
 TEST(OtlpProtocolTest, TheThreeNamesOfTheSpecAndNoOther) {
   for (const char* name : {"http/json", "http/protobuf", "grpc"}) {
     auto p = server::ParseOtlpProtocol(name);
@@ -389,9 +399,11 @@ class GrpcCollector final
   std::multimap<std::string, std::string> metadata_ ABSL_GUARDED_BY(mu_);
 };
 
+// (gzip-compressed: the receiver inflates it.)
 TEST(OtlpExporterTest, GrpcExportsCarryTheResourceAndTheHeaders) {
   GrpcCollector collector(/*reject=*/0);
   server::OtlpExporter::Options o;
+  o.gzip = true;
   o.endpoint = absl::StrCat("http://127.0.0.1:", collector.port());
   o.protocol = server::OtlpProtocol::kGrpc;
   o.service_name = "moe-expert";
@@ -451,26 +463,43 @@ TEST(OtlpExporterTest, PartialSuccessesCountAsDropped) {
 }
 
 // OTLP/HTTP exports share one connection (one TLS handshake for an
-// https:// collector, not one a second), in either body form.
+// https:// collector, not one a second), in either body form, gzipped when
+// asked (the receiver reads the body it inflated).
 TEST(OtlpExporterTest, HttpExportsKeepTheirConnection) {
-  for (server::OtlpProtocol protocol :
-       {server::OtlpProtocol::kHttpJson, server::OtlpProtocol::kHttpProtobuf}) {
+  for (const auto& form : std::vector<std::pair<server::OtlpProtocol, bool>>{
+           {server::OtlpProtocol::kHttpJson, false},
+           {server::OtlpProtocol::kHttpProtobuf, false},
+           {server::OtlpProtocol::kHttpJson, true},
+           {server::OtlpProtocol::kHttpProtobuf, true}}) {
+    const server::OtlpProtocol protocol = form.first;
+    const bool gzip = form.second;
+    SCOPED_TRACE(
+        absl::StrCat(server::OtlpProtocolName(protocol), " gzip ", gzip));
     httplib::Server collector;
     absl::Mutex mu;
     std::vector<int> ports;
-    std::vector<std::string> types;
-    collector.Post("/v1/traces",
-                   [&](const httplib::Request& req, httplib::Response& res) {
-                     absl::MutexLock lock(&mu);
-                     ports.push_back(req.remote_port);
-                     types.push_back(req.get_header_value("Content-Type"));
-                     res.set_content("{}", "application/json");
-                   });
+    std::vector<std::string> types, encodings;
+    int parsed = 0;
+    collector.Post(
+        "/v1/traces", [&](const httplib::Request& req, httplib::Response& res) {
+          absl::MutexLock lock(&mu);
+          ports.push_back(req.remote_port);
+          types.push_back(req.get_header_value("Content-Type"));
+          encodings.push_back(req.get_header_value("Content-Encoding"));
+          otlp::ExportTraceServiceRequest request;
+          parsed += protocol == server::OtlpProtocol::kHttpJson
+                        ? nlohmann::json::parse(req.body, nullptr, false)
+                              .contains("resourceSpans")
+                        : request.ParseFromString(req.body) &&
+                              request.resource_spans_size() == 1;
+          res.set_content("{}", "application/json");
+        });
     const int port = collector.bind_to_any_port("127.0.0.1");
     std::thread serving([&] { collector.listen_after_bind(); });
     server::OtlpExporter::Options o;
     o.endpoint = absl::StrCat("http://127.0.0.1:", port, "/v1/traces");
     o.protocol = protocol;
+    o.gzip = gzip;
     o.interval = absl::Milliseconds(10);
     auto exporter = server::OtlpExporter::Create(o);
     ASSERT_TRUE(exporter.ok()) << exporter.status();
@@ -490,6 +519,8 @@ TEST(OtlpExporterTest, HttpExportsKeepTheirConnection) {
     EXPECT_EQ(types[0], protocol == server::OtlpProtocol::kHttpJson
                             ? "application/json"
                             : "application/x-protobuf");
+    EXPECT_EQ(encodings[0], gzip ? "gzip" : "");
+    EXPECT_EQ(parsed, 3);
   }
 }
 
@@ -520,6 +551,16 @@ struct Env {
         endpoint_given);
   }
 };
+
+TEST(OtelEnvironmentTest, TheTracesFormOfCompressionWins) {
+  Env e{{{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"},
+         {"OTEL_EXPORTER_OTLP_COMPRESSION", "none"},
+         {"OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"}}};
+  auto env = e.Read();
+  ASSERT_TRUE(env.ok()) << env.status();
+  EXPECT_EQ(env->compression, "gzip");  // the _TRACES_ form wins
+  EXPECT_EQ(env->compression_variable, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION");
+}
 
 TEST(OtelEnvironmentTest, NothingSetMeansNothingToDo) {
   auto env = Env().Read(/*endpoint_given=*/false);
