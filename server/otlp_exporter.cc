@@ -12,8 +12,10 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "otlp/rpc_status.pb.h"
 #include "otlp/trace_service.grpc.pb.h"
 #include "proto/grpc_status.h"
 
@@ -42,6 +44,39 @@ bool SplitUrl(const std::string& url, bool* tls, std::string* host_port,
 
 std::string Printable(absl::string_view bytes) {
   return absl::CHexEscape(bytes.substr(0, 200));
+}
+
+// Retry-After's value, as seconds or as an HTTP date (negative for a date
+// past); nullopt when it is neither.
+std::optional<absl::Duration> RetryAfter(const std::string& value,
+                                         absl::Time now) {
+  int64_t seconds = 0;
+  if (absl::SimpleAtoi(value, &seconds) && seconds >= 0) {
+    return absl::Seconds(seconds);
+  }
+  absl::Time when;
+  std::string error;
+  if (absl::ParseTime("%a, %d %b %Y %H:%M:%S GMT", value, absl::UTCTimeZone(),
+                      &when, &error)) {
+    return when - now;
+  }
+  return std::nullopt;
+}
+
+// The delay a gRPC error's details (google.rpc.Status) ask for in a
+// google.rpc.RetryInfo; nullopt when they ask for none.
+std::optional<absl::Duration> RetryInfoDelay(const std::string& details) {
+  otlp::RpcStatus status;
+  if (details.empty() || !status.ParseFromString(details)) return std::nullopt;
+  for (const otlp::RpcAny& detail : status.details()) {
+    otlp::RetryInfo info;
+    if (absl::EndsWith(detail.type_url(), "/google.rpc.RetryInfo") &&
+        info.ParseFromString(detail.value()) && info.has_retry_delay()) {
+      return absl::Seconds(info.retry_delay().seconds()) +
+             absl::Nanoseconds(info.retry_delay().nanos());
+    }
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -75,13 +110,21 @@ absl::StatusOr<bool> ParseOtlpGzip(absl::string_view compression) {
       "\"", compression, "\": not an OTLP compression (gzip or none)"));
 }
 
-// One export of a request: the collector's partial success (rejected
-// spans, if any), or why it took none.
+// One send of a request: the collector's answer (with its partial
+// success), or why it took none and whether sending again may help.
+struct OtlpExporter::Attempt {
+  absl::Status status;
+  otlp::ExportTracePartialSuccess partial_success;
+  bool retryable = false;  // failed in a way a collector recovers from
+  // When the collector asked to be sent the batch again (HTTP Retry-After,
+  // gRPC RetryInfo); nullopt when it did not say.
+  std::optional<absl::Duration> retry_after;
+};
+
 class OtlpExporter::Transport {
  public:
   virtual ~Transport() = default;
-  virtual absl::StatusOr<otlp::ExportTracePartialSuccess> Send(
-      const otlp::ExportTraceServiceRequest& request) = 0;
+  virtual Attempt Send(const otlp::ExportTraceServiceRequest& request) = 0;
 };
 
 // OTLP/HTTP: a POST per export, on one kept-alive connection (opened
@@ -105,17 +148,34 @@ class OtlpExporter::HttpTransport final : public OtlpExporter::Transport {
     client_.enable_server_certificate_verification(true);
   }
 
-  absl::StatusOr<otlp::ExportTracePartialSuccess> Send(
-      const otlp::ExportTraceServiceRequest& request) override {
+  Attempt Send(const otlp::ExportTraceServiceRequest& request) override {
     httplib::Result res =
         json_ ? client_.Post(path_, headers_, OtlpJson(request),
                              "application/json")
               : client_.Post(path_, headers_, request.SerializeAsString(),
                              "application/x-protobuf");
-    if (!res) return absl::UnavailableError(httplib::to_string(res.error()));
+    Attempt attempt;
+    if (!res) {
+      const httplib::Error error = res.error();
+      attempt.status = absl::UnavailableError(httplib::to_string(error));
+      // No connection or no answer: the collector may come back. A
+      // certificate it does not pass stays so.
+      attempt.retryable = error == httplib::Error::Connection ||
+                          error == httplib::Error::ConnectionTimeout ||
+                          error == httplib::Error::Read ||
+                          error == httplib::Error::Write;
+      return attempt;
+    }
     if (res->status < 200 || res->status >= 300) {
-      return absl::UnavailableError(
+      attempt.status = absl::UnavailableError(
           absl::StrCat("HTTP ", res->status, " ", Printable(res->body)));
+      attempt.retryable = res->status == 429 || res->status == 502 ||
+                          res->status == 503 || res->status == 504;
+      if (attempt.retryable && res->has_header("Retry-After")) {
+        attempt.retry_after =
+            RetryAfter(res->get_header_value("Retry-After"), absl::Now());
+      }
+      return attempt;
     }
     otlp::ExportTraceServiceResponse response;
     if (json_) {
@@ -129,7 +189,8 @@ class OtlpExporter::HttpTransport final : public OtlpExporter::Transport {
     } else {
       (void)response.ParseFromString(res->body);
     }
-    return response.partial_success();
+    attempt.partial_success = response.partial_success();
+    return attempt;
   }
 
  private:
@@ -153,21 +214,40 @@ class OtlpExporter::GrpcTransport final : public OtlpExporter::Transport {
     }
   }
 
-  absl::StatusOr<otlp::ExportTracePartialSuccess> Send(
-      const otlp::ExportTraceServiceRequest& request) override {
+  Attempt Send(const otlp::ExportTraceServiceRequest& request) override {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
     for (const auto& [key, value] : metadata_) context.AddMetadata(key, value);
     if (options_.gzip) context.set_compression_algorithm(GRPC_COMPRESS_GZIP);
     otlp::ExportTraceServiceResponse response;
     const grpc::Status status = stub_->Export(&context, request, &response);
+    Attempt attempt;
     if (!status.ok()) {
       const absl::Status s = proto::FromGrpcStatus(status);
-      return absl::Status(
+      attempt.status = absl::Status(
           s.code(), absl::StrCat("gRPC ", absl::StatusCodeToString(s.code()),
                                  ": ", Printable(s.message())));
+      attempt.retry_after = RetryInfoDelay(status.error_details());
+      switch (s.code()) {
+        case absl::StatusCode::kCancelled:
+        case absl::StatusCode::kDeadlineExceeded:
+        case absl::StatusCode::kAborted:
+        case absl::StatusCode::kOutOfRange:
+        case absl::StatusCode::kUnavailable:
+        case absl::StatusCode::kDataLoss:
+          attempt.retryable = true;
+          break;
+        case absl::StatusCode::kResourceExhausted:
+          // Only when the collector says it will recover (and when).
+          attempt.retryable = attempt.retry_after.has_value();
+          break;
+        default:
+          break;
+      }
+      return attempt;
     }
-    return response.partial_success();
+    attempt.partial_success = response.partial_success();
+    return attempt;
   }
 
  private:
@@ -191,6 +271,14 @@ absl::StatusOr<std::unique_ptr<OtlpExporter>> OtlpExporter::Create(
   if (options.max_batch < 1 || options.max_queued < 1) {
     return absl::InvalidArgumentError(
         "OTLP: batch and queue sizes must be >= 1");
+  }
+  if (options.max_attempts < 1 ||
+      options.initial_backoff < absl::ZeroDuration() ||
+      options.max_backoff < options.initial_backoff ||
+      options.max_retry_delay < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "OTLP: retries need max_attempts >= 1 and 0 <= initial_backoff <= "
+        "max_backoff, max_retry_delay >= 0");
   }
   auto exporter = std::unique_ptr<OtlpExporter>(new OtlpExporter(options));
   const Options& o = exporter->options_;
@@ -248,6 +336,19 @@ OtlpExporter::Outcomes::Outcomes(prometheus::Registry* registry) {
   not_queued_counter_ = &family.Add({{"outcome", "not_queued"}});
   failed_counter_ = &family.Add({{"outcome", "failed"}});
   rejected_counter_ = &family.Add({{"outcome", "rejected"}});
+  retries_counter_ =
+      &prometheus::BuildCounter()
+           .Name("moe_trace_export_retries_total")
+           .Help(
+               "Sends of a batch of spans after its first, when the export "
+               "failed in a way a collector recovers from (no answer, HTTP "
+               "429/502/503/504, gRPC UNAVAILABLE, ...)")
+           .Register(*registry)
+           .Add({});
+}
+
+void OtlpExporter::Outcomes::AddRetry() {
+  if (retries_counter_ != nullptr) retries_counter_->Increment();
 }
 
 void OtlpExporter::Outcomes::Add(int64_t exported, int64_t not_queued,
@@ -275,7 +376,9 @@ int64_t OtlpExporter::Outcomes::dropped() const {
 }
 
 OtlpExporter::OtlpExporter(const Options& options)
-    : options_(options), outcomes_(options.registry) {}
+    : options_(options),
+      outcomes_(options.registry),
+      jitter_(std::random_device{}()) {}
 
 OtlpExporter::~OtlpExporter() {
   {
@@ -336,28 +439,67 @@ void OtlpExporter::Loop() {
   }
 }
 
+bool OtlpExporter::stopping() const {
+  absl::MutexLock lock(&mu_);
+  return stopping_;
+}
+
+void OtlpExporter::Complain(const std::string& what) {
+  const absl::Time now = absl::Now();
+  if (now - last_complaint_ < absl::Minutes(1)) return;
+  last_complaint_ = now;
+  MOE_LOG(WARNING) << "tracing: the collector at " << destination_ << " "
+                   << what << " (said once a minute at most)";
+}
+
+std::optional<absl::Duration> OtlpExporter::RetryDelay(const Attempt& attempt,
+                                                       absl::Duration backoff) {
+  if (!attempt.retryable || stopping()) return std::nullopt;
+  if (attempt.retry_after.has_value()) {
+    if (*attempt.retry_after > options_.max_retry_delay) return std::nullopt;
+    return std::max(*attempt.retry_after, absl::ZeroDuration());
+  }
+  return backoff * std::uniform_real_distribution<double>(0.8, 1.2)(jitter_);
+}
+
 bool OtlpExporter::Send(const std::vector<common::Span>& batch) {
   const int64_t size = static_cast<int64_t>(batch.size());
-  const absl::StatusOr<otlp::ExportTracePartialSuccess> result =
-      transport_->Send(OtlpTracesRequest(batch, options_.service_name,
-                                         options_.resource_attributes));
-  const int64_t rejected =
-      result.ok() ? std::clamp<int64_t>(result->rejected_spans(), 0, size)
-                  : size;
-  outcomes_.Add(size - rejected, 0, result.ok() ? 0 : size,
-                result.ok() ? rejected : 0);
-  if (rejected == 0) return true;
-  const absl::Time now = absl::Now();
-  if (now - last_complaint_ >= absl::Minutes(1)) {
-    last_complaint_ = now;
-    MOE_LOG(WARNING) << "tracing: the collector at " << destination_
-                     << " did not take " << rejected
-                     << (result.ok() ? absl::StrCat(" of ", size) : "")
-                     << " span(s): "
-                     << (result.ok() ? Printable(result->error_message())
-                                     : std::string(result.status().message()))
-                     << " (dropped; said once a minute at most)";
+  const otlp::ExportTraceServiceRequest request = OtlpTracesRequest(
+      batch, options_.service_name, options_.resource_attributes);
+  Attempt attempt = transport_->Send(request);
+  absl::Duration backoff = options_.initial_backoff;
+  for (int sent = 1; !attempt.status.ok() && sent < options_.max_attempts;
+       ++sent) {
+    const std::optional<absl::Duration> delay = RetryDelay(attempt, backoff);
+    if (!delay.has_value()) break;
+    Complain(absl::StrCat(
+        "did not take ", size, " span(s): ", attempt.status.message(),
+        "; sending them again in ",
+        absl::FormatDuration(absl::Trunc(*delay, absl::Milliseconds(1))),
+        " (send ", sent + 1, " of ", options_.max_attempts, ")"));
+    {
+      // Stopping cuts the wait short: one more send, then no other.
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&stopping_), *delay);
+    }
+    backoff = std::min(backoff * 1.5, options_.max_backoff);
+    outcomes_.AddRetry();
+    attempt = transport_->Send(request);
   }
+  const int64_t rejected =
+      attempt.status.ok()
+          ? std::clamp<int64_t>(attempt.partial_success.rejected_spans(), 0,
+                                size)
+          : size;
+  outcomes_.Add(size - rejected, 0, attempt.status.ok() ? 0 : size,
+                attempt.status.ok() ? rejected : 0);
+  if (rejected == 0) return true;
+  Complain(absl::StrCat(
+      "did not take ", rejected,
+      attempt.status.ok() ? absl::StrCat(" of ", size) : "", " span(s): ",
+      attempt.status.ok() ? Printable(attempt.partial_success.error_message())
+                          : std::string(attempt.status.message()),
+      " (dropped)"));
   return rejected < size;
 }
 

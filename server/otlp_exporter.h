@@ -33,6 +33,8 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -71,19 +73,25 @@ class OtlpExporter {
     absl::Duration interval = absl::Seconds(1);
     int max_batch = 512;
     int max_queued = 4096;
-    absl::Duration timeout = absl::Seconds(5);  // per export
+    absl::Duration timeout = absl::Seconds(5);  // per send
+    // Sending again after a failure a collector recovers from (above).
+    int max_attempts = 5;
+    absl::Duration initial_backoff = absl::Seconds(1);
+    absl::Duration max_backoff = absl::Seconds(5);
+    absl::Duration max_retry_delay = absl::Seconds(30);
     // Where moe_trace_spans_total goes (none when null); it must outlive
     // the exporter.
     prometheus::Registry* registry = nullptr;
   };
 
   // INVALID_ARGUMENT quoting the endpoint when it is not http(s)://host...,
-  // or naming the CA file when it cannot be read (gRPC over TLS).
+  // naming the CA file when it cannot be read (gRPC over TLS), or saying
+  // which size or retry setting is out of range.
   static absl::StatusOr<std::unique_ptr<OtlpExporter>> Create(
       const Options& options);
-  // Sends what still waits and stops; once an export fails while
-  // stopping, the rest is dropped (an unreachable collector delays the exit
-  // by one timeout at most).
+  // Sends what still waits and stops; once a send fails while stopping,
+  // the rest is dropped and nothing is sent again (an unreachable collector
+  // delays the exit by one timeout at most).
   ~OtlpExporter();
 
   void Export(common::Span span);
@@ -95,6 +103,7 @@ class OtlpExporter {
   const std::string& destination() const { return destination_; }
 
  private:
+  struct Attempt;
   class Transport;
   class HttpTransport;
   class GrpcTransport;
@@ -105,6 +114,7 @@ class OtlpExporter {
     explicit Outcomes(prometheus::Registry* registry);
     void Add(int64_t exported, int64_t not_queued, int64_t failed,
              int64_t rejected);
+    void AddRetry();
     int64_t exported() const;
     int64_t dropped() const;
 
@@ -117,13 +127,21 @@ class OtlpExporter {
     prometheus::Counter* not_queued_counter_ = nullptr;
     prometheus::Counter* failed_counter_ = nullptr;
     prometheus::Counter* rejected_counter_ = nullptr;
+    prometheus::Counter* retries_counter_ = nullptr;
   };
 
   explicit OtlpExporter(const Options& options);
   void Loop();
-  // Sends `batch` and counts what became of its spans; false when the
-  // collector took none.
+  // Sends `batch`, again while it fails in a way worth retrying, and
+  // counts what became of its spans; false when the collector took none.
   bool Send(const std::vector<common::Span>& batch);
+  // How long to wait before sending again after `attempt` failed, the
+  // backoff of this try being `backoff`; nullopt when it is not worth it.
+  std::optional<absl::Duration> RetryDelay(const Attempt& attempt,
+                                           absl::Duration backoff);
+  // Logs `what`, unless something was logged less than a minute ago.
+  void Complain(const std::string& what);
+  bool stopping() const;
 
   const Options options_;
   std::string destination_;
@@ -133,6 +151,7 @@ class OtlpExporter {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   Outcomes outcomes_;
   absl::Time last_complaint_ = absl::InfinitePast();  // Loop()'s thread only
+  std::mt19937 jitter_;                               // Loop()'s thread only
   std::thread thread_;
 };
 

@@ -772,6 +772,12 @@ TEST(OtelEnvironmentIntegrationTest, UntrustedCollectorsGetNothing) {
                                   " did not take 1 span(s): " + why),
                 std::string::npos)
           << router.Log();
+      // A certificate the collector does not pass is no reason to send
+      // again over HTTP; gRPC's channel says only UNAVAILABLE, as for a
+      // collector that is down, so that batch is sent again.
+      EXPECT_EQ(router.Log().find("sending them again") != std::string::npos,
+                kind == Collector::Kind::kGrpc)
+          << router.Log();
     }
     absl::SleepFor(absl::Milliseconds(1500));  // past an export interval
     EXPECT_TRUE(collector.headers().empty()) << protocol;

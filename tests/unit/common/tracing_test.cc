@@ -8,6 +8,7 @@
 #include <httplib.h>
 #include <prometheus/registry.h>
 
+#include <deque>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -20,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "otlp/rpc_status.pb.h"
 #include "otlp/trace_service.grpc.pb.h"
 #include "server/otel_environment.h"
 #include "server/otlp_exporter.h"
@@ -374,6 +376,11 @@ class GrpcCollector final
       metadata_.emplace(std::string(key.data(), key.size()),
                         std::string(value.data(), value.size()));
     }
+    if (!failures_.empty()) {
+      grpc::Status failure = failures_.front();
+      failures_.pop_front();
+      return failure;
+    }
     if (reject_ > 0) {
       response->mutable_partial_success()->set_rejected_spans(reject_);
       response->mutable_partial_success()->set_error_message("too old");
@@ -381,6 +388,11 @@ class GrpcCollector final
     return grpc::Status::OK;
   }
   int port() const { return port_; }
+  // The next calls fail with `failures`, one each, in order.
+  void FailFirst(std::vector<grpc::Status> failures) {
+    absl::MutexLock lock(&mu_);
+    failures_.assign(failures.begin(), failures.end());
+  }
   std::vector<otlp::ExportTraceServiceRequest> requests() {
     absl::MutexLock lock(&mu_);
     return requests_;
@@ -397,6 +409,7 @@ class GrpcCollector final
   absl::Mutex mu_;
   std::vector<otlp::ExportTraceServiceRequest> requests_ ABSL_GUARDED_BY(mu_);
   std::multimap<std::string, std::string> metadata_ ABSL_GUARDED_BY(mu_);
+  std::deque<grpc::Status> failures_ ABSL_GUARDED_BY(mu_);
 };
 
 // (gzip-compressed: the receiver inflates it.)
@@ -535,6 +548,266 @@ TEST(OtlpExporterTest, AGrpcCollectorThatIsNotThereHoldsNoExit) {
   const absl::Time start = absl::Now();
   exporter->reset();  // one refused call, then nothing more to wait for
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+}
+
+// An OTLP/HTTP collector that answers its first POSTs as `script` says
+// (status and Retry-After, "" for none), then 200; it keeps when each POST
+// came.
+class ScriptedHttpCollector {
+ public:
+  explicit ScriptedHttpCollector(
+      std::vector<std::pair<int, std::string>> script)
+      : script_(script.begin(), script.end()) {
+    server_.Post("/v1/traces",
+                 [this](const httplib::Request&, httplib::Response& res) {
+                   absl::MutexLock lock(&mu_);
+                   posts_.push_back(absl::Now());
+                   if (script_.empty()) {
+                     res.set_content("{}", "application/json");
+                     return;
+                   }
+                   auto [status, retry_after] = script_.front();
+                   script_.pop_front();
+                   res.status = status;
+                   if (!retry_after.empty()) {
+                     res.set_header("Retry-After", retry_after);
+                   }
+                   res.set_content("not now", "text/plain");
+                 });
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+  }
+  ~ScriptedHttpCollector() {
+    server_.stop();
+    thread_.join();
+  }
+  std::string endpoint() const {
+    return absl::StrCat("http://127.0.0.1:", port_, "/v1/traces");
+  }
+  std::vector<absl::Time> posts() {
+    absl::MutexLock lock(&mu_);
+    return posts_;
+  }
+
+ private:
+  httplib::Server server_;
+  int port_ = 0;
+  std::thread thread_;
+  absl::Mutex mu_;
+  std::deque<std::pair<int, std::string>> script_ ABSL_GUARDED_BY(mu_);
+  std::vector<absl::Time> posts_ ABSL_GUARDED_BY(mu_);
+};
+
+// moe_trace_export_retries_total in `registry`; -1 when absent.
+double RetriesOf(prometheus::Registry& registry) {
+  for (const prometheus::MetricFamily& f : registry.Collect()) {
+    if (f.name == "moe_trace_export_retries_total" && f.metric.size() == 1) {
+      return f.metric[0].counter.value;
+    }
+  }
+  return -1;
+}
+
+// Options for one span's export to `endpoint`, counted in `registry`,
+// retried after 10 ms backoffs unless a test says otherwise.
+server::OtlpExporter::Options RetryOptions(const std::string& endpoint,
+                                           prometheus::Registry* registry) {
+  server::OtlpExporter::Options o;
+  o.endpoint = endpoint;
+  o.registry = registry;
+  o.interval = absl::Milliseconds(10);
+  o.initial_backoff = absl::Milliseconds(10);
+  o.max_backoff = absl::Milliseconds(20);
+  return o;
+}
+
+// Waits (20 s at most) until `exporter` has exported or dropped `n` spans.
+void AwaitOutcomes(const server::OtlpExporter& exporter, int64_t n) {
+  const absl::Time until = absl::Now() + absl::Seconds(20);
+  while (exporter.exported() + exporter.dropped() < n && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+}
+
+// HTTP 503, 502, 504 and 429 are a collector that will recover: the batch
+// is sent again, after the Retry-After it gave (a number of seconds or an
+// HTTP date) or else after the backoff.
+TEST(OtlpRetryTest, HttpCollectorsThatRecoverGetTheBatchAgain) {
+  ScriptedHttpCollector collector(
+      {{503, "0"},
+       {502, ""},
+       {504, ""},
+       {429, "Thu, 01 Jan 2015 00:00:00 GMT"}});  // a date past: now
+  prometheus::Registry registry;
+  auto exporter = server::OtlpExporter::Create(
+      RetryOptions(collector.endpoint(), &registry));
+  ASSERT_TRUE(exporter.ok()) << exporter.status();
+  RecordSpans(**exporter, 1);
+  AwaitOutcomes(**exporter, 1);
+  EXPECT_EQ((*exporter)->exported(), 1);
+  EXPECT_EQ((*exporter)->dropped(), 0);
+  EXPECT_EQ(collector.posts().size(), 5u);
+  EXPECT_EQ(RetriesOf(registry), 4);
+  EXPECT_EQ(SpansOf(registry, "failed"), 0);
+}
+
+// The collector's Retry-After is waited for, not the backoff: with a
+// backoff of an hour the batch still arrives a second after it was refused
+// ("1"), and at once after a date past.
+TEST(OtlpRetryTest, RetryAfterSetsTheDelay) {
+  ScriptedHttpCollector collector(
+      {{503, "1"}, {429, "Wed, 21 Oct 2015 07:28:00 GMT"}});
+  prometheus::Registry registry;
+  server::OtlpExporter::Options o =
+      RetryOptions(collector.endpoint(), &registry);
+  o.initial_backoff = o.max_backoff = absl::Hours(1);
+  auto exporter = server::OtlpExporter::Create(o);
+  ASSERT_TRUE(exporter.ok()) << exporter.status();
+  RecordSpans(**exporter, 1);
+  AwaitOutcomes(**exporter, 1);
+  EXPECT_EQ((*exporter)->exported(), 1);
+  const std::vector<absl::Time> posts = collector.posts();
+  ASSERT_EQ(posts.size(), 3u);
+  EXPECT_GE(posts[1] - posts[0], absl::Milliseconds(950));
+  EXPECT_LT(posts[2] - posts[0], absl::Seconds(10));
+}
+
+// Other refusals are for good: one send, the batch dropped as failed; so
+// is a batch the collector asks to hold longer than max_retry_delay, and
+// one refused max_attempts times.
+TEST(OtlpRetryTest, RefusalsForGoodAndEndlessOnesDropTheBatch) {
+  struct Case {
+    std::vector<std::pair<int, std::string>> script;
+    size_t posts;
+  };
+  for (const Case& c : std::vector<Case>{
+           {{{400, ""}}, 1},
+           {{{401, ""}}, 1},
+           {{{404, ""}}, 1},
+           {{{413, ""}}, 1},
+           {{{500, ""}}, 1},
+           {{{503, "120"}}, 1},  // past max_retry_delay (30 s)
+           {{{503, ""}, {503, ""}, {503, ""}, {503, ""}, {503, ""}}, 3}}) {
+    SCOPED_TRACE(c.script[0].first);
+    ScriptedHttpCollector collector(c.script);
+    prometheus::Registry registry;
+    server::OtlpExporter::Options o =
+        RetryOptions(collector.endpoint(), &registry);
+    o.max_attempts = 3;
+    auto exporter = server::OtlpExporter::Create(o);
+    ASSERT_TRUE(exporter.ok()) << exporter.status();
+    RecordSpans(**exporter, 1);
+    AwaitOutcomes(**exporter, 1);
+    EXPECT_EQ(SpansOf(registry, "failed"), 1);
+    EXPECT_EQ(SpansOf(registry, "exported"), 0);
+    EXPECT_EQ(RetriesOf(registry), static_cast<double>(c.posts - 1));
+    exporter->reset();
+    EXPECT_EQ(collector.posts().size(), c.posts);
+  }
+}
+
+// Stopping ends a backoff at once: one more send, then nothing waits.
+TEST(OtlpRetryTest, StoppingCutsABackoffShort) {
+  ScriptedHttpCollector collector({{503, ""}, {503, ""}, {503, ""}});
+  prometheus::Registry registry;
+  server::OtlpExporter::Options o =
+      RetryOptions(collector.endpoint(), &registry);
+  o.initial_backoff = o.max_backoff = absl::Hours(1);
+  auto exporter = server::OtlpExporter::Create(o);
+  ASSERT_TRUE(exporter.ok()) << exporter.status();
+  RecordSpans(**exporter, 1);
+  const absl::Time until = absl::Now() + absl::Seconds(20);
+  while (collector.posts().empty() && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  const absl::Time start = absl::Now();
+  exporter->reset();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_EQ(collector.posts().size(), 2u);
+  EXPECT_EQ(SpansOf(registry, "failed"), 1);
+}
+
+// A google.rpc.Status whose details hold a RetryInfo of `delay`.
+std::string RetryInfoDetails(absl::Duration delay) {
+  otlp::RetryInfo info;
+  info.mutable_retry_delay()->set_seconds(absl::ToInt64Seconds(delay));
+  info.mutable_retry_delay()->set_nanos(
+      static_cast<int32_t>(absl::ToInt64Nanoseconds(delay % absl::Seconds(1))));
+  otlp::RpcStatus status;
+  status.set_code(grpc::StatusCode::RESOURCE_EXHAUSTED);
+  otlp::RpcAny* any = status.add_details();
+  any->set_type_url("type.googleapis.com/google.rpc.RetryInfo");
+  any->set_value(info.SerializeAsString());
+  return status.SerializeAsString();
+}
+
+// Over gRPC the codes OTLP lists are sent again, RESOURCE_EXHAUSTED only
+// when the collector's RetryInfo says when (and then after that delay);
+// the others are refusals for good.
+TEST(OtlpRetryTest, GrpcRetriesTheCodesOtlpLists) {
+  struct Case {
+    std::vector<grpc::Status> failures;
+    size_t calls;
+    bool exported;
+  };
+  const grpc::Status exhausted_for_now(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                       "busy",
+                                       RetryInfoDetails(absl::Seconds(1)));
+  for (const Case& c : std::vector<Case>{
+           {{grpc::Status(grpc::StatusCode::UNAVAILABLE, "restarting"),
+             grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "slow"),
+             grpc::Status(grpc::StatusCode::ABORTED, "a"),
+             grpc::Status(grpc::StatusCode::CANCELLED, "c")},
+            5,
+            true},
+           {{exhausted_for_now}, 2, true},
+           {{grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "full")},
+            1,
+            false},
+           {{grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad")},
+            1,
+            false},
+           {{grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "who")}, 1, false},
+           {{grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no")}, 1, false}}) {
+    SCOPED_TRACE(c.failures[0].error_message());
+    GrpcCollector collector(/*reject=*/0);
+    collector.FailFirst(c.failures);
+    prometheus::Registry registry;
+    server::OtlpExporter::Options o = RetryOptions(
+        absl::StrCat("http://127.0.0.1:", collector.port()), &registry);
+    o.protocol = server::OtlpProtocol::kGrpc;
+    auto exporter = server::OtlpExporter::Create(o);
+    ASSERT_TRUE(exporter.ok()) << exporter.status();
+    const absl::Time start = absl::Now();
+    RecordSpans(**exporter, 1);
+    AwaitOutcomes(**exporter, 1);
+    EXPECT_EQ((*exporter)->exported(), c.exported ? 1 : 0);
+    EXPECT_EQ(SpansOf(registry, "failed"), c.exported ? 0 : 1);
+    EXPECT_EQ(collector.requests().size(), c.calls);
+    if (c.failures[0].error_details().size() > 0) {
+      EXPECT_GE(absl::Now() - start, absl::Milliseconds(950));  // RetryInfo's
+    }
+  }
+}
+
+TEST(OtlpRetryTest, RetrySettingsOutOfRangeAreRefused) {
+  for (auto set : std::vector<void (*)(server::OtlpExporter::Options*)>{
+           [](server::OtlpExporter::Options* o) { o->max_attempts = 0; },
+           [](server::OtlpExporter::Options* o) {
+             o->initial_backoff = absl::Seconds(-1);
+           },
+           [](server::OtlpExporter::Options* o) {
+             o->max_backoff = absl::Milliseconds(1);  // below initial
+           },
+           [](server::OtlpExporter::Options* o) {
+             o->max_retry_delay = absl::Seconds(-1);
+           }}) {
+    server::OtlpExporter::Options o;
+    o.endpoint = "http://127.0.0.1:1/v1/traces";
+    set(&o);
+    auto exporter = server::OtlpExporter::Create(o);
+    EXPECT_EQ(exporter.status().code(), absl::StatusCode::kInvalidArgument);
+  }
 }
 
 // An environment of its own for ReadOtelEnvironment.
