@@ -1,5 +1,7 @@
 #include "common/tracing.h"
 
+#include <algorithm>
+
 #include "absl/random/random.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -60,6 +62,19 @@ std::optional<Span> Tracer::Start(absl::string_view name,
   span.span_id = RandomHex(1);
   span.start = start;
   return span;
+}
+
+void EndPhaseSpans(const Tracer& tracer, const Span& parent,
+                   const std::vector<SpanPhase>& phases) {
+  const std::string traceparent = TraceparentOf(parent);
+  for (const SpanPhase& phase : phases) {
+    std::optional<Span> span =
+        tracer.Start(phase.name, traceparent, phase.start, SpanKind::kInternal);
+    if (!span) continue;
+    span->end = std::max(phase.start, phase.end);
+    span->attributes = phase.attributes;
+    tracer.End(*std::move(span));
+  }
 }
 
 }  // namespace moe::common

@@ -55,7 +55,7 @@ using SpanAttribute = std::variant<std::string, int64_t, bool>;
 enum class SpanKind {
   kServer,    // a call served
   kClient,    // a call made (the router's worker calls)
-  kInternal,  // a part of a call's work (the router's stages of a forward)
+  kInternal,  // a part of a call's work (a forward's or a worker call's phases)
 };
 
 // Another span a span relates to without being its child.
@@ -87,6 +87,20 @@ inline constexpr size_t kMaxSpanLinks = 16;
 // The W3C traceparent that makes a callee's span a child of `span`
 // (sampled: `span` is recorded).
 std::string TraceparentOf(const Span& span);
+
+class Tracer;
+
+// A part of a recorded span's work, from `start` to `end`.
+struct SpanPhase {
+  const char* name;
+  absl::Time start;
+  absl::Time end;
+  std::vector<std::pair<std::string, SpanAttribute>> attributes = {};
+};
+// Ends `phases` as INTERNAL spans, children of `parent` (a recorded span),
+// each from its start to its end (no earlier than its start).
+void EndPhaseSpans(const Tracer& tracer, const Span& parent,
+                   const std::vector<SpanPhase>& phases);
 
 class Tracer {
  public:

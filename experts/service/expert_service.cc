@@ -179,10 +179,13 @@ absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
   proto::RunExpertsResponseWriter out(call.output_dtype(), call.rows(),
                                       model_.spec.dim);
   const Clock::time_point parsed = Clock::now();
+  facts->parsed = absl::Now();
   RunStats stats;
   MOE_RETURN_IF_ERROR(RunInParts(shard, call, out.data(), &stats));
   const Clock::time_point ran = Clock::now();
+  facts->ran = absl::Now();
   *response = out.Finish();
+  facts->serialized = absl::Now();
   auto seconds = [](Clock::duration d) {
     return std::chrono::duration<double>(d).count();
   };
@@ -342,6 +345,18 @@ void ExpertService::EndSpan(common::Span span,
     add("moe.compute_us", micros(facts.stages.compute));
     add("moe.copy_out_us", micros(facts.stages.copy_out));
     add("moe.serialize_us", micros(facts.stages.serialize));
+    // And the same as children, one after the other from the arrival.
+    common::EndPhaseSpans(
+        *options_.tracer, span,
+        {{"moe.queue", span.start, started},
+         {"moe.parse", started, facts.parsed},
+         {"moe.run",
+          facts.parsed,
+          facts.ran,
+          {{"moe.copy_in_us", micros(facts.stages.copy_in)},
+           {"moe.compute_us", micros(facts.stages.compute)},
+           {"moe.copy_out_us", micros(facts.stages.copy_out)}}},
+         {"moe.serialize", facts.ran, facts.serialized}});
   } else {
     span.error = true;
     span.status_message = absl::StrCat(absl::StatusCodeToString(status.code()),

@@ -125,6 +125,9 @@ class ExpertService final
     int64_t rows = 0;
     int64_t segments = 0;
     ExpertMetrics::CallStages stages;
+    // When the request was parsed, the experts had run and the answer was
+    // written (a run that went through).
+    absl::Time parsed, ran, serialized;
   };
   absl::Status Run(const grpc::ByteBuffer& request, grpc::ByteBuffer* response,
                    CallFacts* facts) const;

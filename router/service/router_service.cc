@@ -334,32 +334,22 @@ void AddStages(const ForwardTimings& t, common::Span* span) {
 // calls, whose client spans overlap it, their waits as attributes, and
 // combining their answers as they come) and moe.post; none when the
 // forward did not run through.
-void EndPhaseSpans(const common::Tracer& tracer, const common::Span& parent,
-                   const ForwardTimings& t) {
+void EndForwardPhaseSpans(const common::Tracer& tracer,
+                          const common::Span& parent, const ForwardTimings& t) {
   const ForwardTimings::Marks& m = t.marks;
   if (!(m.pre >= parent.start && m.end >= m.pre)) return;
-  const std::string traceparent = common::TraceparentOf(parent);
-  struct Phase {
-    const char* name;
-    absl::Time start, end;
-  };
-  for (const Phase& p :
-       {Phase{"moe.queue", parent.start, m.pre},
-        Phase{"moe.pre", m.pre, m.gate}, Phase{"moe.gate", m.gate, m.plan},
-        Phase{"moe.plan", m.plan, m.experts},
-        Phase{"moe.experts", m.experts, m.post},
-        Phase{"moe.post", m.post, m.end}}) {
-    std::optional<common::Span> span =
-        tracer.Start(p.name, traceparent, p.start, common::SpanKind::kInternal);
-    if (!span) continue;
-    span->end = std::max(p.start, p.end);
-    if (absl::string_view(p.name) == "moe.experts") {
-      span->attributes = {
-          {"moe.batch_wait_us", absl::ToInt64Microseconds(t.batch_wait)},
-          {"moe.rpc_wait_us", absl::ToInt64Microseconds(t.rpc_wait)}};
-    }
-    tracer.End(*std::move(span));
-  }
+  common::EndPhaseSpans(
+      tracer, parent,
+      {{"moe.queue", parent.start, m.pre},
+       {"moe.pre", m.pre, m.gate},
+       {"moe.gate", m.gate, m.plan},
+       {"moe.plan", m.plan, m.experts},
+       {"moe.experts",
+        m.experts,
+        m.post,
+        {{"moe.batch_wait_us", absl::ToInt64Microseconds(t.batch_wait)},
+         {"moe.rpc_wait_us", absl::ToInt64Microseconds(t.rpc_wait)}}},
+       {"moe.post", m.post, m.end}});
 }
 
 }  // namespace
@@ -388,7 +378,7 @@ absl::Status RouterService::RunForward(Job* job) const {
   metrics_.RecordForwardCpu(common::ThreadCpuTime() - cpu_start);
   if (job->span_) {
     AddStages(result.timings, &*job->span_);
-    EndPhaseSpans(*options_.tracer, *job->span_, result.timings);
+    EndForwardPhaseSpans(*options_.tracer, *job->span_, result.timings);
   }
   return absl::OkStatus();
 }

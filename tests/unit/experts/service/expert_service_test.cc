@@ -266,8 +266,9 @@ common::SpanAttribute AttributeOf(const common::Span& span,
 
 // A call whose traceparent is sampled gets a span, a child of the router's
 // span of the call, linking the other forwards' spans (moe-trace-link
-// values that parse), with the call's stages; an unsampled call or one
-// without a context gets none; a failed call's span says why.
+// values that parse), with the call's stages (as attributes and as child
+// spans); an unsampled call or one without a context gets none; a failed
+// call's span says why.
 TEST_F(ExpertServiceTest, TracedCallsGetSpansWithTheirStages) {
   testing::ScalingShard shard(kDim, common::ExpertSet({{1, 2}, {0}}));
   absl::Mutex mu;
@@ -300,8 +301,12 @@ TEST_F(ExpertServiceTest, TracedCallsGetSpansWithTheirStages) {
                 .error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
   absl::MutexLock lock(&mu);
-  ASSERT_EQ(spans.size(), 2u);
-  const common::Span& ok = spans[0];
+  std::vector<const common::Span*> calls, phases;
+  for (const common::Span& s : spans) {
+    (s.kind == common::SpanKind::kInternal ? phases : calls).push_back(&s);
+  }
+  ASSERT_EQ(calls.size(), 2u);
+  const common::Span& ok = *calls[0];
   EXPECT_EQ(ok.name, "moe.v1.ExpertWorker/RunExperts");
   EXPECT_EQ(ok.kind, common::SpanKind::kServer);
   EXPECT_EQ(ok.trace_id, trace);
@@ -321,7 +326,24 @@ TEST_F(ExpertServiceTest, TracedCallsGetSpansWithTheirStages) {
         "moe.copy_out_us", "moe.serialize_us"}) {
     EXPECT_GE(std::get<int64_t>(AttributeOf(ok, stage)), 0) << stage;
   }
-  const common::Span& failed = spans[1];
+  // The stages again as children of the call that went through, one after
+  // the other from its arrival.
+  const std::vector<std::string> names = {"moe.queue", "moe.parse", "moe.run",
+                                          "moe.serialize"};
+  ASSERT_EQ(phases.size(), names.size());
+  absl::Time at = ok.start;
+  for (size_t i = 0; i < phases.size(); ++i) {
+    const common::Span& p = *phases[i];
+    EXPECT_EQ(p.name, names[i]);
+    EXPECT_EQ(p.trace_id, trace);
+    EXPECT_EQ(p.parent_span_id, ok.span_id) << p.name;
+    EXPECT_EQ(p.start, at) << p.name;
+    EXPECT_GE(p.end, p.start) << p.name;
+    at = p.end;
+  }
+  EXPECT_LE(at, ok.end);
+  EXPECT_GE(std::get<int64_t>(AttributeOf(*phases[2], "moe.compute_us")), 0);
+  const common::Span& failed = *calls[1];
   EXPECT_EQ(failed.parent_span_id, call_span);
   EXPECT_TRUE(failed.error);
   EXPECT_NE(failed.status_message.find("INVALID_ARGUMENT"), std::string::npos)
