@@ -103,6 +103,20 @@ absl::StatusOr<KeyValues> ParseKeyValues(const std::string& name,
   return out;
 }
 
+// Variable `name`'s whole number from `min` to `max`; nullopt when unset.
+absl::StatusOr<std::optional<int64_t>> WholeNumber(const std::string& name,
+                                                   const std::string& text,
+                                                   int64_t min, int64_t max) {
+  if (text.empty()) return std::nullopt;
+  int64_t n = 0;
+  if (!absl::SimpleAtoi(text, &n) || n < min || n > max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " \"", text, "\": must be a whole number from ", min,
+                     " to ", max));
+  }
+  return n;
+}
+
 }  // namespace
 
 absl::StatusOr<OtelEnvironment> ReadOtelEnvironment(
@@ -140,6 +154,43 @@ absl::StatusOr<OtelEnvironment> ReadOtelEnvironment(
       TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
                       "OTEL_EXPORTER_OTLP_COMPRESSION", &name);
   env.compression_variable = name;
+  env.client_certificate =
+      TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+                      "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &name);
+  env.client_certificate_variable = name;
+  env.client_key =
+      TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+                      "OTEL_EXPORTER_OTLP_CLIENT_KEY", &name);
+  env.client_key_variable = name;
+  if (env.client_certificate.empty() != env.client_key.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        env.client_certificate.empty() ? env.client_key_variable
+                                       : env.client_certificate_variable,
+        " is set but not ",
+        env.client_certificate.empty() ? "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"
+                                       : "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        " (or its _TRACES_ form): a client certificate needs its key"));
+  }
+  constexpr int64_t kTenMinutesMs = 600000;
+  constexpr int64_t kMaxSpans = 1000000;
+  const std::string timeout =
+      TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                      "OTEL_EXPORTER_OTLP_TIMEOUT", &name);
+  MOE_ASSIGN_OR_RETURN(env.timeout_ms,
+                       WholeNumber(name, timeout, 1, kTenMinutesMs));
+  MOE_ASSIGN_OR_RETURN(
+      env.schedule_delay_ms,
+      WholeNumber("OTEL_BSP_SCHEDULE_DELAY",
+                  Get(getenv, "OTEL_BSP_SCHEDULE_DELAY"), 1, kTenMinutesMs));
+  MOE_ASSIGN_OR_RETURN(
+      env.max_queue_size,
+      WholeNumber("OTEL_BSP_MAX_QUEUE_SIZE",
+                  Get(getenv, "OTEL_BSP_MAX_QUEUE_SIZE"), 1, kMaxSpans));
+  MOE_ASSIGN_OR_RETURN(
+      env.max_export_batch_size,
+      WholeNumber("OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                  Get(getenv, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"), 1,
+                  env.max_queue_size.value_or(kMaxSpans)));
   MOE_ASSIGN_OR_RETURN(KeyValues attributes,
                        ParseKeyValues("OTEL_RESOURCE_ATTRIBUTES",
                                       Get(getenv, "OTEL_RESOURCE_ATTRIBUTES"),

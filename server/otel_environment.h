@@ -12,14 +12,24 @@
 //                                        key, say: never logged)
 //   OTEL_EXPORTER_OTLP[_TRACES]_CERTIFICATE  the CA (PEM) an https://
 //                                        collector's certificate must chain to
+//   OTEL_EXPORTER_OTLP[_TRACES]_CLIENT_CERTIFICATE, ..._CLIENT_KEY
+//                                        the certificate and key (PEM) shown
+//                                        to a collector that asks for one
+//                                        (mutual TLS; both or neither)
+//   OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT  milliseconds one send may take
 //   OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL http/json, http/protobuf or grpc
 //   OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION  gzip or none
+//   OTEL_BSP_SCHEDULE_DELAY              milliseconds between exports
+//   OTEL_BSP_MAX_QUEUE_SIZE              spans that may wait to be sent
+//   OTEL_BSP_MAX_EXPORT_BATCH_SIZE       spans in one export (at most the
+//                                        queue's size)
 //   OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES  the spans' resource
 //   OTEL_TRACES_SAMPLER[_ARG]            the parent-based samplers
 //   OTEL_SDK_DISABLED=true               the endpoint variables are not used
 // The _TRACES_ form of a setting wins over the general one.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <string>
@@ -44,6 +54,16 @@ struct OtelEnvironment {
   std::string protocol_variable;
   std::string compression;  // as set; "" when not
   std::string compression_variable;
+  std::string client_certificate;  // a certificate file; "" when none
+  std::string client_certificate_variable;
+  std::string client_key;  // its key file; "" when none
+  std::string client_key_variable;
+  // The numbers of OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT and OTEL_BSP_*;
+  // nullopt when not set.
+  std::optional<int64_t> timeout_ms;
+  std::optional<int64_t> schedule_delay_ms;
+  std::optional<int64_t> max_queue_size;
+  std::optional<int64_t> max_export_batch_size;
   std::string service_name;       // OTEL_SERVICE_NAME, else the attributes'
   KeyValues resource_attributes;  // without service.name
   // The root ratio of OTEL_TRACES_SAMPLER; nullopt when it is not set.
@@ -57,8 +77,11 @@ struct OtelEnvironment {
 // endpoint variable is set, nothing else is read (no tracing: variables
 // meant for other programs cannot stop the server). INVALID_ARGUMENT
 // naming the variable (never a header's value) for a header or attribute
-// list that is not key=value,..., a bad percent escape, or a sampler
-// argument that is not a ratio from 0 to 1.
+// list that is not key=value,..., a bad percent escape, a sampler
+// argument that is not a ratio from 0 to 1, a client certificate without
+// its key (or a key without its certificate), or a number that is not a
+// whole number in its range (timeouts and delays 1 ms to 10 minutes, sizes
+// 1 to 1,000,000, a batch no larger than the queue).
 absl::StatusOr<OtelEnvironment> ReadOtelEnvironment(
     const std::function<const char*(const char*)>& getenv, bool endpoint_given);
 

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <tuple>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -134,7 +135,8 @@ class OtlpExporter::HttpTransport final : public OtlpExporter::Transport {
  public:
   HttpTransport(const Options& options, bool tls, const std::string& host_port,
                 const std::string& path)
-      : client_(absl::StrCat(tls ? "https://" : "http://", host_port)),
+      : client_(absl::StrCat(tls ? "https://" : "http://", host_port),
+                options.client_cert_file, options.client_key_file),
         headers_(options.headers.begin(), options.headers.end()),
         path_(path.empty() ? "/v1/traces" : path),
         json_(options.protocol == OtlpProtocol::kHttpJson) {
@@ -147,6 +149,9 @@ class OtlpExporter::HttpTransport final : public OtlpExporter::Transport {
     if (!options.ca_file.empty()) client_.set_ca_cert_path(options.ca_file);
     client_.enable_server_certificate_verification(true);
   }
+
+  // False when OpenSSL did not take the CA or the client certificate.
+  bool valid() const { return client_.is_valid(); }
 
   Attempt Send(const otlp::ExportTraceServiceRequest& request) override {
     httplib::Result res =
@@ -268,6 +273,10 @@ absl::StatusOr<std::unique_ptr<OtlpExporter>> OtlpExporter::Create(
             : "http://otel-collector:4318/v1/traces",
         ")"));
   }
+  if (options.client_cert_file.empty() != options.client_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "OTLP: a client certificate needs its key, and a key its certificate");
+  }
   if (options.max_batch < 1 || options.max_queued < 1) {
     return absl::InvalidArgumentError(
         "OTLP: batch and queue sizes must be >= 1");
@@ -293,15 +302,21 @@ absl::StatusOr<std::unique_ptr<OtlpExporter>> OtlpExporter::Create(
     std::shared_ptr<grpc::ChannelCredentials> credentials;
     if (tls) {
       grpc::SslCredentialsOptions ssl;
-      if (!options.ca_file.empty()) {
-        std::ifstream in(options.ca_file);
-        std::stringstream pem;
-        pem << in.rdbuf();
-        if (!in.good() || pem.str().empty()) {
+      for (const auto& [file, pem, what] :
+           {std::tuple(options.ca_file, &ssl.pem_root_certs, "CA file"),
+            std::tuple(options.client_cert_file, &ssl.pem_cert_chain,
+                       "client certificate"),
+            std::tuple(options.client_key_file, &ssl.pem_private_key,
+                       "client key")}) {
+        if (file.empty()) continue;
+        std::ifstream in(file);
+        std::stringstream text;
+        text << in.rdbuf();
+        if (!in.good() || text.str().empty()) {
           return absl::InvalidArgumentError(absl::StrCat(
-              "OTLP: the CA file \"", options.ca_file, "\" cannot be read"));
+              "OTLP: the ", what, " \"", file, "\" cannot be read"));
         }
-        ssl.pem_root_certs = pem.str();
+        *pem = text.str();
       }
       credentials = grpc::SslCredentials(ssl);
     } else {
@@ -312,8 +327,14 @@ absl::StatusOr<std::unique_ptr<OtlpExporter>> OtlpExporter::Create(
         std::make_unique<GrpcTransport>(o, std::move(credentials), host_port);
   } else {
     exporter->destination_ = options.endpoint;
-    exporter->transport_ =
-        std::make_unique<HttpTransport>(o, tls, host_port, path);
+    auto http = std::make_unique<HttpTransport>(o, tls, host_port, path);
+    if (!http->valid()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("OTLP: OpenSSL did not take the client certificate \"",
+                       options.client_cert_file, "\" and key \"",
+                       options.client_key_file, "\""));
+    }
+    exporter->transport_ = std::move(http);
   }
   OtlpExporter* self = exporter.get();
   exporter->thread_ = std::thread([self] { self->Loop(); });

@@ -9,7 +9,8 @@
 //                  endpoint's host and port (e.g. http://otel-collector:4317;
 //                  4317 when it names none; its path is not used).
 // An https:// endpoint is reached over TLS, the collector's certificate
-// checked against `ca_file` or the system's CAs; `headers` go with every
+// checked against `ca_file` or the system's CAs, showing it
+// `client_cert_file` when given; `headers` go with every
 // POST (as metadata, names in lower case, over gRPC); with `gzip` the
 // bodies are compressed. Spans leave in
 // batches sent from a thread of its own at most every `interval`, or as
@@ -68,6 +69,10 @@ class OtlpExporter {
     KeyValues resource_attributes;  // and its other attributes
     KeyValues headers;              // sent with every export
     std::string ca_file;            // https: the CA file; "" the system's
+    // https: the certificate and key shown to a collector that asks for
+    // one (mutual TLS); both or neither.
+    std::string client_cert_file;
+    std::string client_key_file;
     bool gzip = false;  // bodies gzip-compressed (Content-Encoding, or
                         // gRPC's message compression)
     absl::Duration interval = absl::Seconds(1);
@@ -85,8 +90,9 @@ class OtlpExporter {
   };
 
   // INVALID_ARGUMENT quoting the endpoint when it is not http(s)://host...,
-  // naming the CA file when it cannot be read (gRPC over TLS), or saying
-  // which size or retry setting is out of range.
+  // naming the CA or client certificate file when it cannot be read (gRPC
+  // over TLS), or saying which size or retry setting is out of range, or
+  // that a client certificate came without its key.
   static absl::StatusOr<std::unique_ptr<OtlpExporter>> Create(
       const Options& options);
   // Sends what still waits and stops; once a send fails while stopping,

@@ -239,10 +239,25 @@ absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
   o.resource_attributes = env.resource_attributes;
   o.headers = env.headers;
   o.ca_file = env.certificate;
+  o.client_cert_file = env.client_certificate;
+  o.client_key_file = env.client_key;
   o.registry = registry;
-  if (!o.ca_file.empty() && !std::ifstream(o.ca_file).good()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        env.certificate_variable, " \"", o.ca_file, "\": cannot be read"));
+  for (const auto& [file, variable] :
+       {std::pair(o.ca_file, env.certificate_variable),
+        std::pair(o.client_cert_file, env.client_certificate_variable),
+        std::pair(o.client_key_file, env.client_key_variable)}) {
+    if (!file.empty() && !std::ifstream(file).good()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(variable, " \"", file, "\": cannot be read"));
+    }
+  }
+  if (env.timeout_ms) o.timeout = absl::Milliseconds(*env.timeout_ms);
+  if (env.schedule_delay_ms) {
+    o.interval = absl::Milliseconds(*env.schedule_delay_ms);
+  }
+  if (env.max_queue_size) o.max_queued = static_cast<int>(*env.max_queue_size);
+  if (env.max_export_batch_size) {
+    o.max_batch = static_cast<int>(*env.max_export_batch_size);
   }
   auto tracing = std::make_unique<Tracing>();
   MOE_ASSIGN_OR_RETURN(tracing->exporter,
@@ -261,6 +276,9 @@ absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
                         ? ""
                         : absl::StrCat("; ", o.headers.size(), " header(s)"))
                 << (o.ca_file.empty() ? "" : "; CA " + o.ca_file)
+                << (o.client_cert_file.empty()
+                        ? ""
+                        : "; client certificate " + o.client_cert_file)
                 << (o.gzip ? "; gzip" : "") << ")";
   return tracing;
 }

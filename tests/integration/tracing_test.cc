@@ -112,8 +112,10 @@ class Collector final
     : public opentelemetry::proto::collector::trace::v1::TraceService::Service {
  public:
   enum class Kind { kHttp, kGrpc };
+  // `client_ca`: over TLS, a client certificate of this CA is required.
   explicit Collector(Kind kind = Kind::kHttp, const std::string& cert = "",
-                     const std::string& key = "")
+                     const std::string& key = "",
+                     const std::string& client_ca = "")
       : tls_(!cert.empty()) {
     if (kind == Kind::kGrpc) {
       std::shared_ptr<grpc::ServerCredentials> credentials =
@@ -121,6 +123,11 @@ class Collector final
       if (tls_) {
         grpc::SslServerCredentialsOptions ssl;
         ssl.pem_key_cert_pairs.push_back({ReadAll(key), ReadAll(cert)});
+        if (!client_ca.empty()) {
+          ssl.pem_root_certs = ReadAll(client_ca);
+          ssl.client_certificate_request =
+              GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+        }
         credentials = grpc::SslServerCredentials(ssl);
       }
       grpc::ServerBuilder builder;
@@ -131,7 +138,9 @@ class Collector final
       return;
     }
     if (tls_) {
-      http_ = std::make_unique<httplib::SSLServer>(cert.c_str(), key.c_str());
+      http_ = std::make_unique<httplib::SSLServer>(
+          cert.c_str(), key.c_str(),
+          client_ca.empty() ? nullptr : client_ca.c_str());
     } else {
       http_ = std::make_unique<httplib::Server>();
     }
@@ -801,6 +810,67 @@ TEST(OtelEnvironmentIntegrationTest, UntrustedCollectorsGetNothing) {
     }
     absl::SleepFor(absl::Milliseconds(1500));  // past an export interval
     EXPECT_TRUE(collector.headers().empty()) << protocol;
+  }
+}
+
+// A collector that asks for a client certificate (mutual TLS) gets the
+// one of OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and _CLIENT_KEY, over HTTP
+// and gRPC, and nothing from a router without one; OTEL_BSP_SCHEDULE_DELAY
+// and OTEL_EXPORTER_OTLP_TIMEOUT are taken too.
+TEST(OtelEnvironmentIntegrationTest, CollectorsThatAskGetAClientCertificate) {
+  const std::string sampled = "00-" + kTrace + "-" + kCaller + "-01";
+  for (const auto& [kind, protocol] :
+       std::vector<std::pair<Collector::Kind, std::string>>{
+           {Collector::Kind::kHttp, "http/protobuf"},
+           {Collector::Kind::kGrpc, "grpc"}}) {
+    SCOPED_TRACE(protocol);
+    Collector collector(kind, PkiFile("server.crt"), PkiFile("server.key"),
+                        PkiFile("ca.crt"));
+    const std::vector<std::pair<std::string, std::string>> env = {
+        {"OTEL_EXPORTER_OTLP_ENDPOINT", collector.base()},
+        {"OTEL_EXPORTER_OTLP_PROTOCOL", protocol},
+        {"OTEL_EXPORTER_OTLP_CERTIFICATE", PkiFile("ca.crt")},
+        {"OTEL_EXPORTER_OTLP_TIMEOUT", "3000"},
+        {"OTEL_BSP_SCHEDULE_DELAY", "100"}};
+    {
+      std::vector<std::pair<std::string, std::string>> with_certificate = env;
+      with_certificate.push_back(
+          {"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", PkiFile("client.crt")});
+      with_certificate.push_back(
+          {"OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", PkiFile("client.key")});
+      LoneRouter router(with_certificate, "mtls-router");
+      ASSERT_FALSE(router.address.empty());
+      EXPECT_EQ(ForwardTo(router.address, "layers.0.ff", "mtls", sampled)
+                    .error_code(),
+                grpc::StatusCode::UNAVAILABLE);  // no worker: still a span
+      const std::vector<json> spans =
+          collector.Spans([](const std::vector<json>& spans) {
+            return !SpanOf(spans, "mtls").is_null();
+          });
+      EXPECT_FALSE(SpanOf(spans, "mtls").is_null()) << router.Log();
+      EXPECT_NE(
+          router.Log().find("; client certificate " + PkiFile("client.crt")),
+          std::string::npos)
+          << router.Log();
+    }
+    const size_t exports = collector.headers().size();
+    EXPECT_GE(exports, 1u);
+    {
+      LoneRouter router(env, "no-certificate-router");
+      ASSERT_FALSE(router.address.empty());
+      EXPECT_EQ(
+          ForwardTo(router.address, "layers.0.ff", "no-certificate", sampled)
+              .error_code(),
+          grpc::StatusCode::UNAVAILABLE);
+      const absl::Time until = absl::Now() + absl::Seconds(20);
+      while (router.Log().find("did not take") == std::string::npos &&
+             absl::Now() < until) {
+        absl::SleepFor(absl::Milliseconds(100));
+      }
+      EXPECT_NE(router.Log().find("did not take 1 span(s)"), std::string::npos)
+          << router.Log();
+    }
+    EXPECT_EQ(collector.headers().size(), exports);
   }
 }
 

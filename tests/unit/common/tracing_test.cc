@@ -9,6 +9,7 @@
 #include <prometheus/registry.h>
 
 #include <deque>
+#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -790,6 +791,25 @@ TEST(OtlpRetryTest, GrpcRetriesTheCodesOtlpLists) {
   }
 }
 
+TEST(OtlpExporterTest, AClientCertificateNeedsItsKeyAndOpenSslsYes) {
+  server::OtlpExporter::Options o;
+  o.endpoint = "https://127.0.0.1:1/v1/traces";
+  o.client_cert_file = "/some.crt";
+  auto half = server::OtlpExporter::Create(o);
+  EXPECT_EQ(half.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(half.status().message().find("needs its key"), std::string::npos);
+  // Files that are not a certificate and key: refused at once, not at
+  // every export.
+  const std::string not_pem = ::testing::TempDir() + "/not_a_certificate";
+  std::ofstream(not_pem) << "not PEM";
+  o.client_cert_file = o.client_key_file = not_pem;
+  auto bad = server::OtlpExporter::Create(o);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("OpenSSL did not take"),
+            std::string::npos)
+      << bad.status();
+}
+
 TEST(OtlpRetryTest, RetrySettingsOutOfRangeAreRefused) {
   for (auto set : std::vector<void (*)(server::OtlpExporter::Options*)>{
            [](server::OtlpExporter::Options* o) { o->max_attempts = 0; },
@@ -933,6 +953,68 @@ TEST(OtelEnvironmentTest, BadListsAreRefusedNamingTheVariableNotTheSecret) {
     EXPECT_EQ(env.status().message().find("s3cret"), std::string::npos)
         << env.status();
   }
+}
+
+TEST(OtelEnvironmentTest, ClientCertificatesTimeoutsAndBatchSizesAreRead) {
+  Env e{{{"OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318"},
+         {"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/general.crt"},
+         {"OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "/traces.crt"},
+         {"OTEL_EXPORTER_OTLP_CLIENT_KEY", "/general.key"},
+         {"OTEL_EXPORTER_OTLP_TIMEOUT", "10000"},
+         {"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "2500"},
+         {"OTEL_BSP_SCHEDULE_DELAY", "5000"},
+         {"OTEL_BSP_MAX_QUEUE_SIZE", "2048"},
+         {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2048"}}};
+  auto env = e.Read();
+  ASSERT_TRUE(env.ok()) << env.status();
+  EXPECT_EQ(env->client_certificate, "/traces.crt");
+  EXPECT_EQ(env->client_certificate_variable,
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE");
+  EXPECT_EQ(env->client_key, "/general.key");
+  EXPECT_EQ(env->timeout_ms, 2500);
+  EXPECT_EQ(env->schedule_delay_ms, 5000);
+  EXPECT_EQ(env->max_queue_size, 2048);
+  EXPECT_EQ(env->max_export_batch_size, 2048);
+  auto unset = Env{{{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"}}}.Read();
+  ASSERT_TRUE(unset.ok());
+  EXPECT_FALSE(unset->timeout_ms.has_value());
+  EXPECT_FALSE(unset->schedule_delay_ms.has_value());
+  EXPECT_FALSE(unset->max_queue_size.has_value());
+  EXPECT_FALSE(unset->max_export_batch_size.has_value());
+}
+
+TEST(OtelEnvironmentTest, BadNumbersAndHalfAClientCertificateAreRefused) {
+  for (const auto& [name, value, says] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"OTEL_EXPORTER_OTLP_TIMEOUT", "10s",
+            "OTEL_EXPORTER_OTLP_TIMEOUT \"10s\": must be a whole number "
+            "from 1 to 600000"},
+           {"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0",
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT \"0\""},
+           {"OTEL_BSP_SCHEDULE_DELAY", "-5", "OTEL_BSP_SCHEDULE_DELAY \"-5\""},
+           {"OTEL_BSP_MAX_QUEUE_SIZE", "1e9", "OTEL_BSP_MAX_QUEUE_SIZE"},
+           {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1000001",
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"},
+           {"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/c.crt",
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE is set but not "
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY"},
+           {"OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "/c.key",
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY is set but not "
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"}}) {
+    Env e{{{"OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318"}, {name, value}}};
+    auto env = e.Read();
+    EXPECT_EQ(env.status().code(), absl::StatusCode::kInvalidArgument) << name;
+    EXPECT_NE(env.status().message().find(says), std::string::npos)
+        << env.status();
+  }
+  // A batch larger than the queue it comes from.
+  Env e{{{"OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318"},
+         {"OTEL_BSP_MAX_QUEUE_SIZE", "100"},
+         {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "101"}}};
+  EXPECT_NE(e.Read().status().message().find(
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE \"101\": must be a whole "
+                "number from 1 to 100"),
+            std::string::npos);
 }
 
 TEST(OtelEnvironmentTest, SamplersGiveTheRootRatio) {
