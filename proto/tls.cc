@@ -51,6 +51,14 @@ std::string CaFlag(const TlsFiles& f) {
   return f.ca_flag.empty() ? f.flag_prefix + "_ca_file" : f.ca_flag;
 }
 
+std::string CertFlag(const TlsFiles& f) {
+  return f.cert_flag.empty() ? f.flag_prefix + "_cert_file" : f.cert_flag;
+}
+
+std::string KeyFlag(const TlsFiles& f) {
+  return f.key_flag.empty() ? f.flag_prefix + "_key_file" : f.key_flag;
+}
+
 // The first certificate of PEM text read from `path` (`bio` is left after
 // it).
 absl::StatusOr<X509Ptr> FirstCertificateIn(const std::string& flag,
@@ -75,7 +83,7 @@ absl::StatusOr<X509Ptr> FirstCertificate(const std::string& flag,
 // key of `cert`.
 absl::StatusOr<KeyPtr> KeyOf(const TlsFiles& f, X509* cert,
                              const std::string& pem) {
-  const std::string key_flag = f.flag_prefix + "_key_file";
+  const std::string key_flag = KeyFlag(f);
   BioPtr bio = MemBio(pem);
   KeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr),
              &EVP_PKEY_free);
@@ -88,15 +96,15 @@ absl::StatusOr<KeyPtr> KeyOf(const TlsFiles& f, X509* cert,
     ERR_clear_error();
     return absl::InvalidArgumentError(
         absl::StrCat(key_flag, ": ", f.key_file, " is not the key of ",
-                     f.flag_prefix, "_cert_file ", f.cert_file));
+                     CertFlag(f), " ", f.cert_file));
   }
   return key;
 }
 
 // Cert and key files given together, both PEM, the key the certificate's.
 absl::Status CheckPair(const TlsFiles& f) {
-  const std::string cert_flag = f.flag_prefix + "_cert_file";
-  const std::string key_flag = f.flag_prefix + "_key_file";
+  const std::string cert_flag = CertFlag(f);
+  const std::string key_flag = KeyFlag(f);
   if (f.cert_file.empty() != f.key_file.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat(cert_flag, " and ", key_flag, " go together"));
@@ -125,6 +133,11 @@ std::shared_ptr<grpc::experimental::FileWatcherCertificateProvider> Provider(
 }
 
 }  // namespace
+
+absl::Status CheckTlsFiles(const TlsFiles& f) {
+  MOE_RETURN_IF_ERROR(CheckPair(f));
+  return CheckCa(f);
+}
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     const TlsFiles& f) {
@@ -197,10 +210,8 @@ namespace {
 absl::StatusOr<std::shared_ptr<ServerTlsReloader::Identity>> ReadIdentity(
     const TlsFiles& f) {
   auto id = std::make_shared<ServerTlsReloader::Identity>();
-  MOE_ASSIGN_OR_RETURN(id->cert_pem,
-                       ReadPem(f.flag_prefix + "_cert_file", f.cert_file));
-  MOE_ASSIGN_OR_RETURN(id->key_pem,
-                       ReadPem(f.flag_prefix + "_key_file", f.key_file));
+  MOE_ASSIGN_OR_RETURN(id->cert_pem, ReadPem(CertFlag(f), f.cert_file));
+  MOE_ASSIGN_OR_RETURN(id->key_pem, ReadPem(KeyFlag(f), f.key_file));
   if (!f.ca_file.empty()) {
     MOE_ASSIGN_OR_RETURN(id->ca_pem, ReadPem(CaFlag(f), f.ca_file));
   }
@@ -210,8 +221,8 @@ absl::StatusOr<std::shared_ptr<ServerTlsReloader::Identity>> ReadIdentity(
 // Parses what ReadIdentity read, with the checks of CheckPair and CheckCa.
 absl::Status ParseIdentity(const TlsFiles& f, ServerTlsReloader::Identity& id) {
   BioPtr bio = MemBio(id.cert_pem);
-  MOE_ASSIGN_OR_RETURN(id.cert, FirstCertificateIn(f.flag_prefix + "_cert_file",
-                                                   f.cert_file, bio.get()));
+  MOE_ASSIGN_OR_RETURN(id.cert,
+                       FirstCertificateIn(CertFlag(f), f.cert_file, bio.get()));
   id.chain.reset(sk_X509_new_null());
   while (X509* next = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) {
     sk_X509_push(id.chain.get(), next);

@@ -42,7 +42,17 @@ struct TlsFiles {
   // The CA's flag when it is not flag_prefix + "_ca_file" (a server's
   // client CA: "--tls_client_ca_file").
   std::string ca_flag;
+  // The certificate's and key's when not flag_prefix + "_cert_file" and
+  // "_key_file" (OpenTelemetry's variables, say).
+  std::string cert_flag;
+  std::string key_flag;
 };
+
+// That the files given are what TLS needs of them: readable PEM (a
+// certificate in the CA and certificate files, a private key in the key
+// file), certificate and key together, the key the certificate's.
+// INVALID_ARGUMENT naming the flag and file otherwise.
+absl::Status CheckTlsFiles(const TlsFiles& files);
 
 // Plaintext (null) when no file is given. A server needs cert and key.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(

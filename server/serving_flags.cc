@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <fstream>
 #include <optional>
 
 #include "absl/flags/flag.h"
@@ -242,15 +241,16 @@ absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
   o.client_cert_file = env.client_certificate;
   o.client_key_file = env.client_key;
   o.registry = registry;
-  for (const auto& [file, variable] :
-       {std::pair(o.ca_file, env.certificate_variable),
-        std::pair(o.client_cert_file, env.client_certificate_variable),
-        std::pair(o.client_key_file, env.client_key_variable)}) {
-    if (!file.empty() && !std::ifstream(file).good()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(variable, " \"", file, "\": cannot be read"));
-    }
-  }
+  // Readable PEM, the key the certificate's: a mistake stops the server
+  // naming the variable, not every export later.
+  proto::TlsFiles files;
+  files.ca_file = o.ca_file;
+  files.ca_flag = env.certificate_variable;
+  files.cert_file = o.client_cert_file;
+  files.cert_flag = env.client_certificate_variable;
+  files.key_file = o.client_key_file;
+  files.key_flag = env.client_key_variable;
+  MOE_RETURN_IF_ERROR(proto::CheckTlsFiles(files));
   if (env.timeout_ms) o.timeout = absl::Milliseconds(*env.timeout_ms);
   if (env.schedule_delay_ms) {
     o.interval = absl::Milliseconds(*env.schedule_delay_ms);

@@ -970,8 +970,16 @@ TEST(OtelEnvironmentIntegrationTest, BadVariablesStopTheServerNamingThem) {
             "OTEL_EXPORTER_OTLP_HEADERS: entry 1 is not key=value"},
            {{{"OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:1"},
              {"OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"}},
-            "OTEL_EXPORTER_OTLP_CERTIFICATE \"/nonexistent/ca.pem\": cannot "
-            "be read"},
+            "OTEL_EXPORTER_OTLP_CERTIFICATE: cannot read /nonexistent/ca.pem"},
+           {{{"OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:1"},
+             {"OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"},
+             {"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", PkiFile("client.crt")},
+             {"OTEL_EXPORTER_OTLP_CLIENT_KEY", PkiFile("server.key")}},
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY: " + PkiFile("server.key") +
+                " is not the key of OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"},
+           {{{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1"},
+             {"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "5s"}},
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT \"5s\": must be a whole number"},
            {{{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4318"}},
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: \"collector:4318\": not an "
             "http:// or https:// URL"},
