@@ -700,6 +700,13 @@ struct LoneRouter {
     if (port.ok()) address = absl::StrCat("127.0.0.1:", *port);
   }
   std::string Log() const { return ReadAll(process->log_path()); }
+  // Until the log says `text` (20 s at most).
+  void AwaitLog(const std::string& text) const {
+    const absl::Time until = absl::Now() + absl::Seconds(20);
+    while (Log().find(text) == std::string::npos && absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+  }
   std::unique_ptr<testing::Process> process;
   std::string address;
 };
@@ -792,11 +799,7 @@ TEST(OtelEnvironmentIntegrationTest, UntrustedCollectorsGetNothing) {
       EXPECT_EQ(ForwardTo(router.address, "layers.0.ff", "untrusted", sampled)
                     .error_code(),
                 grpc::StatusCode::UNAVAILABLE);
-      const absl::Time until = absl::Now() + absl::Seconds(20);
-      while (router.Log().find("did not take") == std::string::npos &&
-             absl::Now() < until) {
-        absl::SleepFor(absl::Milliseconds(100));
-      }
+      router.AwaitLog("did not take");
       EXPECT_NE(router.Log().find("tracing: the collector at " + destination +
                                   " did not take 1 span(s): " + why),
                 std::string::npos)
@@ -862,11 +865,7 @@ TEST(OtelEnvironmentIntegrationTest, CollectorsThatAskGetAClientCertificate) {
           ForwardTo(router.address, "layers.0.ff", "no-certificate", sampled)
               .error_code(),
           grpc::StatusCode::UNAVAILABLE);
-      const absl::Time until = absl::Now() + absl::Seconds(20);
-      while (router.Log().find("did not take") == std::string::npos &&
-             absl::Now() < until) {
-        absl::SleepFor(absl::Milliseconds(100));
-      }
+      router.AwaitLog("did not take");
       EXPECT_NE(router.Log().find("did not take 1 span(s)"), std::string::npos)
           << router.Log();
     }

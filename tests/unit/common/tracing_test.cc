@@ -610,15 +610,16 @@ double RetriesOf(prometheus::Registry& registry) {
 }
 
 // Options for one span's export to `endpoint`, counted in `registry`,
-// retried after 10 ms backoffs unless a test says otherwise.
-server::OtlpExporter::Options RetryOptions(const std::string& endpoint,
-                                           prometheus::Registry* registry) {
+// retried after backoffs of `backoff` (then twice that).
+server::OtlpExporter::Options RetryOptions(
+    const std::string& endpoint, prometheus::Registry* registry,
+    absl::Duration backoff = absl::Milliseconds(10)) {
   server::OtlpExporter::Options o;
   o.endpoint = endpoint;
   o.registry = registry;
   o.interval = absl::Milliseconds(10);
-  o.initial_backoff = absl::Milliseconds(10);
-  o.max_backoff = absl::Milliseconds(20);
+  o.initial_backoff = backoff;
+  o.max_backoff = 2 * backoff;
   return o;
 }
 
@@ -659,10 +660,8 @@ TEST(OtlpRetryTest, RetryAfterSetsTheDelay) {
   ScriptedHttpCollector collector(
       {{503, "1"}, {429, "Wed, 21 Oct 2015 07:28:00 GMT"}});
   prometheus::Registry registry;
-  server::OtlpExporter::Options o =
-      RetryOptions(collector.endpoint(), &registry);
-  o.initial_backoff = o.max_backoff = absl::Hours(1);
-  auto exporter = server::OtlpExporter::Create(o);
+  auto exporter = server::OtlpExporter::Create(
+      RetryOptions(collector.endpoint(), &registry, absl::Hours(1)));
   ASSERT_TRUE(exporter.ok()) << exporter.status();
   RecordSpans(**exporter, 1);
   AwaitOutcomes(**exporter, 1);
@@ -711,10 +710,8 @@ TEST(OtlpRetryTest, RefusalsForGoodAndEndlessOnesDropTheBatch) {
 TEST(OtlpRetryTest, StoppingCutsABackoffShort) {
   ScriptedHttpCollector collector({{503, ""}, {503, ""}, {503, ""}});
   prometheus::Registry registry;
-  server::OtlpExporter::Options o =
-      RetryOptions(collector.endpoint(), &registry);
-  o.initial_backoff = o.max_backoff = absl::Hours(1);
-  auto exporter = server::OtlpExporter::Create(o);
+  auto exporter = server::OtlpExporter::Create(
+      RetryOptions(collector.endpoint(), &registry, absl::Hours(1)));
   ASSERT_TRUE(exporter.ok()) << exporter.status();
   RecordSpans(**exporter, 1);
   const absl::Time until = absl::Now() + absl::Seconds(20);
