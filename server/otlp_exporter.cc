@@ -465,19 +465,27 @@ bool OtlpExporter::stopping() const {
   return stopping_;
 }
 
-void OtlpExporter::Complain(const std::string& what) {
+void OtlpExporter::Complain(absl::Time* last, const std::string& what) {
   const absl::Time now = absl::Now();
-  if (now - last_complaint_ < absl::Minutes(1)) return;
-  last_complaint_ = now;
+  if (now - *last < absl::Minutes(1)) return;
+  *last = now;
   MOE_LOG(WARNING) << "tracing: the collector at " << destination_ << " "
                    << what << " (said once a minute at most)";
 }
 
-std::optional<absl::Duration> OtlpExporter::RetryDelay(const Attempt& attempt,
-                                                       absl::Duration backoff) {
-  if (!attempt.retryable || stopping()) return std::nullopt;
+absl::StatusOr<absl::Duration> OtlpExporter::RetryDelay(
+    const Attempt& attempt, absl::Duration backoff) {
+  if (!attempt.retryable) {
+    return absl::FailedPreconditionError("not retryable");
+  }
+  if (stopping()) return absl::CancelledError("stopping");
   if (attempt.retry_after.has_value()) {
-    if (*attempt.retry_after > options_.max_retry_delay) return std::nullopt;
+    if (*attempt.retry_after > options_.max_retry_delay) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "the collector asked to wait ",
+          absl::FormatDuration(*attempt.retry_after), ", more than ",
+          absl::FormatDuration(options_.max_retry_delay)));
+    }
     return std::max(*attempt.retry_after, absl::ZeroDuration());
   }
   return backoff * std::uniform_real_distribution<double>(0.8, 1.2)(jitter_);
@@ -489,15 +497,25 @@ bool OtlpExporter::Send(const std::vector<common::Span>& batch) {
       batch, options_.service_name, options_.resource_attributes);
   Attempt attempt = transport_->Send(request);
   absl::Duration backoff = options_.initial_backoff;
-  for (int sent = 1; !attempt.status.ok() && sent < options_.max_attempts;
-       ++sent) {
-    const std::optional<absl::Duration> delay = RetryDelay(attempt, backoff);
-    if (!delay.has_value()) break;
-    Complain(absl::StrCat(
-        "did not take ", size, " span(s): ", attempt.status.message(),
-        "; sending them again in ",
-        absl::FormatDuration(absl::Trunc(*delay, absl::Milliseconds(1))),
-        " (send ", sent + 1, " of ", options_.max_attempts, ")"));
+  int sent = 1;
+  std::string not_again;  // why a failed batch was not sent again
+  for (; !attempt.status.ok(); ++sent) {
+    if (sent >= options_.max_attempts) {
+      not_again = absl::StrCat(sent, " sends");
+      break;
+    }
+    const absl::StatusOr<absl::Duration> delay = RetryDelay(attempt, backoff);
+    if (!delay.ok()) {
+      not_again = std::string(delay.status().message());
+      break;
+    }
+    Complain(
+        &last_retry_note_,
+        absl::StrCat(
+            "did not take ", size, " span(s): ", attempt.status.message(),
+            "; sending them again in ",
+            absl::FormatDuration(absl::Trunc(*delay, absl::Milliseconds(1))),
+            " (send ", sent + 1, " of ", options_.max_attempts, ")"));
     {
       // Stopping cuts the wait short: one more send, then no other.
       absl::MutexLock lock(&mu_);
@@ -515,12 +533,15 @@ bool OtlpExporter::Send(const std::vector<common::Span>& batch) {
   outcomes_.Add(size - rejected, 0, attempt.status.ok() ? 0 : size,
                 attempt.status.ok() ? rejected : 0);
   if (rejected == 0) return true;
-  Complain(absl::StrCat(
-      "did not take ", rejected,
-      attempt.status.ok() ? absl::StrCat(" of ", size) : "", " span(s): ",
-      attempt.status.ok() ? Printable(attempt.partial_success.error_message())
-                          : std::string(attempt.status.message()),
-      " (dropped)"));
+  Complain(
+      &last_drop_note_,
+      attempt.status.ok()
+          ? absl::StrCat("did not take ", rejected, " of ", size, " span(s): ",
+                         Printable(attempt.partial_success.error_message()),
+                         " (dropped)")
+          : absl::StrCat("did not take ", size,
+                         " span(s): ", attempt.status.message(),
+                         " (dropped: ", not_again, ")"));
   return rejected < size;
 }
 

@@ -142,11 +142,13 @@ class OtlpExporter {
   // counts what became of its spans; false when the collector took none.
   bool Send(const std::vector<common::Span>& batch);
   // How long to wait before sending again after `attempt` failed, the
-  // backoff of this try being `backoff`; nullopt when it is not worth it.
-  std::optional<absl::Duration> RetryDelay(const Attempt& attempt,
-                                           absl::Duration backoff);
-  // Logs `what`, unless something was logged less than a minute ago.
-  void Complain(const std::string& what);
+  // backoff of this try being `backoff`; an error saying why not when it
+  // is not worth it.
+  absl::StatusOr<absl::Duration> RetryDelay(const Attempt& attempt,
+                                            absl::Duration backoff);
+  // Logs `what`, unless `*last` (a time something of its kind was logged)
+  // is less than a minute ago.
+  void Complain(absl::Time* last, const std::string& what);
   bool stopping() const;
 
   const Options options_;
@@ -156,8 +158,10 @@ class OtlpExporter {
   std::deque<common::Span> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   Outcomes outcomes_;
-  absl::Time last_complaint_ = absl::InfinitePast();  // Loop()'s thread only
-  std::mt19937 jitter_;                               // Loop()'s thread only
+  // When a drop and a retry were last logged (Loop()'s thread only).
+  absl::Time last_drop_note_ = absl::InfinitePast();
+  absl::Time last_retry_note_ = absl::InfinitePast();
+  std::mt19937 jitter_;  // Loop()'s thread only
   std::thread thread_;
 };
 
