@@ -78,9 +78,11 @@ ABSL_FLAG(std::string, otlp_traces_endpoint, "",
           "forwards. Empty (default): OpenTelemetry's "
           "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or OTEL_EXPORTER_OTLP_ENDPOINT "
           "(+ /v1/traces over HTTP), when set; else no tracing. "
-          "OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_CERTIFICATE, "
-          "OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are followed "
-          "(docs/operations.md, \"Traces\").");
+          "OTEL_EXPORTER_OTLP_HEADERS, _CERTIFICATE, _CLIENT_CERTIFICATE, "
+          "_CLIENT_KEY, _TIMEOUT, OTEL_BSP_*, OTEL_SERVICE_NAME and "
+          "OTEL_RESOURCE_ATTRIBUTES are followed (docs/operations.md, "
+          "\"Traces\"). A failed export is sent again when the collector "
+          "may recover (HTTP 429/502/503/504, gRPC UNAVAILABLE, no answer).");
 ABSL_FLAG(std::string, otlp_traces_protocol, "",
           "How spans reach the collector: http/json (POSTs with JSON "
           "bodies), http/protobuf (POSTs with protobuf bodies) or grpc "
