@@ -171,6 +171,19 @@ absl::StatusOr<OtelEnvironment> ReadOtelEnvironment(
                                        : "OTEL_EXPORTER_OTLP_CLIENT_KEY",
         " (or its _TRACES_ form): a client certificate needs its key"));
   }
+  if (const std::string insecure =
+          TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+                          "OTEL_EXPORTER_OTLP_INSECURE", &name);
+      !insecure.empty()) {
+    if (absl::EqualsIgnoreCase(insecure, "true")) {
+      env.insecure = true;
+    } else if (absl::EqualsIgnoreCase(insecure, "false")) {
+      env.insecure = false;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " \"", insecure, "\": must be true or false"));
+    }
+  }
   constexpr int64_t kTenMinutesMs = 600000;
   constexpr int64_t kMaxSpans = 1000000;
   const std::string timeout =

@@ -17,6 +17,8 @@
 //                                        to a collector that asks for one
 //                                        (mutual TLS; both or neither)
 //   OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT  milliseconds one send may take
+//   OTEL_EXPORTER_OTLP[_TRACES]_INSECURE true: an OTLP/gRPC endpoint without
+//                                        a scheme is plaintext (else TLS)
 //   OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL http/json, http/protobuf or grpc
 //   OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION  gzip or none
 //   OTEL_BSP_SCHEDULE_DELAY              milliseconds between exports
@@ -60,6 +62,8 @@ struct OtelEnvironment {
   std::string client_key_variable;
   // The numbers of OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT and OTEL_BSP_*;
   // nullopt when not set.
+  // OTEL_EXPORTER_OTLP[_TRACES]_INSECURE; nullopt when not set.
+  std::optional<bool> insecure;
   std::optional<int64_t> timeout_ms;
   std::optional<int64_t> schedule_delay_ms;
   std::optional<int64_t> max_queue_size;
@@ -78,7 +82,8 @@ struct OtelEnvironment {
 // meant for other programs cannot stop the server). INVALID_ARGUMENT
 // naming the variable (never a header's value) for a header or attribute
 // list that is not key=value,..., a bad percent escape, a sampler
-// argument that is not a ratio from 0 to 1, a client certificate without
+// argument that is not a ratio from 0 to 1, an INSECURE value other than
+// true or false, a client certificate without
 // its key (or a key without its certificate), or a number that is not a
 // whole number in its range (timeouts and delays 1 ms to 10 minutes, sizes
 // 1 to 1,000,000, a batch no larger than the queue).

@@ -266,12 +266,20 @@ absl::StatusOr<std::unique_ptr<OtlpExporter>> OtlpExporter::Create(
   bool tls = false;
   std::string host_port, path;
   if (!SplitUrl(options.endpoint, &tls, &host_port, &path)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "\"", options.endpoint, "\": not an http:// or https:// URL (e.g. ",
-        options.protocol == OtlpProtocol::kGrpc
-            ? "http://otel-collector:4317"
-            : "http://otel-collector:4318/v1/traces",
-        ")"));
+    const bool grpc = options.protocol == OtlpProtocol::kGrpc;
+    if (grpc && !absl::StrContains(options.endpoint, "://")) {
+      // OTLP/gRPC's form without a scheme, "host:port": TLS unless
+      // `insecure` (OTEL_EXPORTER_OTLP_INSECURE).
+      host_port = options.endpoint.substr(0, options.endpoint.find('/'));
+      tls = !options.insecure;
+    }
+    if (host_port.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"", options.endpoint, "\": not an http:// or https:// URL (e.g. ",
+          grpc ? "http://otel-collector:4317, or otel-collector:4317"
+               : "http://otel-collector:4318/v1/traces",
+          ")"));
+    }
   }
   if (options.client_cert_file.empty() != options.client_key_file.empty()) {
     return absl::InvalidArgumentError(
@@ -323,10 +331,12 @@ absl::StatusOr<std::unique_ptr<OtlpExporter>> OtlpExporter::Create(
       credentials = grpc::InsecureChannelCredentials();
     }
     exporter->destination_ = host_port;
+    exporter->tls_ = tls;
     exporter->transport_ =
         std::make_unique<GrpcTransport>(o, std::move(credentials), host_port);
   } else {
     exporter->destination_ = options.endpoint;
+    exporter->tls_ = tls;
     auto http = std::make_unique<HttpTransport>(o, tls, host_port, path);
     if (!http->valid()) {
       return absl::InvalidArgumentError(

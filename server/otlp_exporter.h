@@ -7,7 +7,9 @@
 //                  (application/x-protobuf);
 //   grpc           TraceService/Export calls on one channel to the
 //                  endpoint's host and port (e.g. http://otel-collector:4317;
-//                  4317 when it names none; its path is not used).
+//                  4317 when it names none; its path is not used; without
+//                  a scheme, otel-collector:4317, over TLS unless
+//                  `insecure`).
 // An https:// endpoint is reached over TLS, the collector's certificate
 // checked against `ca_file` or the system's CAs, showing it
 // `client_cert_file` when given; `headers` go with every
@@ -69,6 +71,8 @@ class OtlpExporter {
     KeyValues resource_attributes;  // and its other attributes
     KeyValues headers;              // sent with every export
     std::string ca_file;            // https: the CA file; "" the system's
+    // grpc with an endpoint without a scheme: plaintext rather than TLS.
+    bool insecure = false;
     // https: the certificate and key shown to a collector that asks for
     // one (mutual TLS); both or neither.
     std::string client_cert_file;
@@ -107,6 +111,8 @@ class OtlpExporter {
 
   // Where exports go, for the logs: the URL, or for gRPC "host:port".
   const std::string& destination() const { return destination_; }
+  // Whether exports go over TLS.
+  bool tls() const { return tls_; }
 
  private:
   struct Attempt;
@@ -153,6 +159,7 @@ class OtlpExporter {
 
   const Options options_;
   std::string destination_;
+  bool tls_ = false;
   std::unique_ptr<Transport> transport_;
   mutable absl::Mutex mu_;
   std::deque<common::Span> queue_ ABSL_GUARDED_BY(mu_);

@@ -79,7 +79,7 @@ ABSL_FLAG(std::string, otlp_traces_endpoint, "",
           "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or OTEL_EXPORTER_OTLP_ENDPOINT "
           "(+ /v1/traces over HTTP), when set; else no tracing. "
           "OTEL_EXPORTER_OTLP_HEADERS, _CERTIFICATE, _CLIENT_CERTIFICATE, "
-          "_CLIENT_KEY, _TIMEOUT, OTEL_BSP_*, OTEL_SERVICE_NAME and "
+          "_CLIENT_KEY, _TIMEOUT, _INSECURE, OTEL_BSP_*, OTEL_SERVICE_NAME and "
           "OTEL_RESOURCE_ATTRIBUTES are followed (docs/operations.md, "
           "\"Traces\"). A failed export is sent again when the collector "
           "may recover (HTTP 429/502/503/504, gRPC UNAVAILABLE, no answer).");
@@ -242,6 +242,7 @@ absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
   o.ca_file = env.certificate;
   o.client_cert_file = env.client_certificate;
   o.client_key_file = env.client_key;
+  o.insecure = env.insecure.value_or(false);
   o.registry = registry;
   // Readable PEM, the key the certificate's: a mistake stops the server
   // naming the variable, not every export later.
@@ -277,6 +278,9 @@ absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
                 << (o.headers.empty()
                         ? ""
                         : absl::StrCat("; ", o.headers.size(), " header(s)"))
+                << (o.protocol != OtlpProtocol::kGrpc ? ""
+                    : tracing->exporter->tls()        ? "; TLS"
+                                                      : "; plaintext")
                 << (o.ca_file.empty() ? "" : "; CA " + o.ca_file)
                 << (o.client_cert_file.empty()
                         ? ""

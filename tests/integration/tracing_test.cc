@@ -873,6 +873,48 @@ TEST(OtelEnvironmentIntegrationTest, CollectorsThatAskGetAClientCertificate) {
   }
 }
 
+// OTLP/gRPC's endpoint without a scheme, as some collectors' instructions
+// give it: plaintext with OTEL_EXPORTER_OTLP_INSECURE=true (the log says
+// which), else TLS (the plaintext receiver gets nothing).
+TEST(OtelEnvironmentIntegrationTest, SchemeLessGrpcEndpointsFollowInsecure) {
+  const std::string sampled = "00-" + kTrace + "-" + kCaller + "-01";
+  Collector collector(Collector::Kind::kGrpc);
+  const std::string endpoint =
+      collector.base().substr(strlen("http://"));  // 127.0.0.1:port
+  for (const bool insecure : {true, false}) {
+    SCOPED_TRACE(insecure);
+    const std::string id = insecure ? "insecure" : "secure";
+    LoneRouter router(
+        {{"OTEL_EXPORTER_OTLP_ENDPOINT", endpoint},
+         {"OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"},
+         {"OTEL_EXPORTER_OTLP_INSECURE", insecure ? "true" : "false"}},
+        id + "-router");
+    ASSERT_FALSE(router.address.empty());
+    EXPECT_NE(router.Log().find("to " + endpoint + " over OTLP grpc"),
+              std::string::npos)
+        << router.Log();
+    EXPECT_NE(router.Log().find(insecure ? "; plaintext" : "; TLS"),
+              std::string::npos)
+        << router.Log();
+    EXPECT_EQ(
+        ForwardTo(router.address, "layers.0.ff", id, sampled).error_code(),
+        grpc::StatusCode::UNAVAILABLE);
+    if (insecure) {
+      const std::vector<json> spans =
+          collector.Spans([&id](const std::vector<json>& spans) {
+            return !SpanOf(spans, id).is_null();
+          });
+      EXPECT_FALSE(SpanOf(spans, id).is_null()) << router.Log();
+    } else {
+      router.AwaitLog("did not take");
+      EXPECT_TRUE(
+          SpanOf(collector.Spans([](const std::vector<json>&) { return true; }),
+                 id)
+              .is_null());
+    }
+  }
+}
+
 // OTLP's other two forms carry the same trace: a forward's span, its
 // worker calls' and the workers' (moe-expert and moe-expert-gpu), from
 // flags (--otlp_traces_protocol, given to router and workers as moe-up
@@ -976,6 +1018,10 @@ TEST(OtelEnvironmentIntegrationTest, BadVariablesStopTheServerNamingThem) {
              {"OTEL_EXPORTER_OTLP_CLIENT_KEY", PkiFile("server.key")}},
             "OTEL_EXPORTER_OTLP_CLIENT_KEY: " + PkiFile("server.key") +
                 " is not the key of OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"},
+           {{{"OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:1"},
+             {"OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"},
+             {"OTEL_EXPORTER_OTLP_INSECURE", "maybe"}},
+            "OTEL_EXPORTER_OTLP_INSECURE \"maybe\": must be true or false"},
            {{{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1"},
              {"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "5s"}},
             "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT \"5s\": must be a whole number"},

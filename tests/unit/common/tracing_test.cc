@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <string>
 #include <tuple>
@@ -807,6 +808,38 @@ TEST(OtlpExporterTest, AClientCertificateNeedsItsKeyAndOpenSslsYes) {
       << bad.status();
 }
 
+// OTLP/gRPC's endpoint without a scheme ("host:port", or with the path
+// OTEL_EXPORTER_OTLP_ENDPOINT adds) is TLS unless insecure: a plaintext
+// collector gets the spans only when insecure.
+TEST(OtlpExporterTest, GrpcEndpointsWithoutASchemeAreTlsUnlessInsecure) {
+  for (const bool insecure : {true, false}) {
+    SCOPED_TRACE(insecure);
+    GrpcCollector collector(/*reject=*/0);
+    prometheus::Registry registry;
+    server::OtlpExporter::Options o = RetryOptions(
+        absl::StrCat("127.0.0.1:", collector.port(), "/v1/traces"), &registry);
+    o.protocol = server::OtlpProtocol::kGrpc;
+    o.insecure = insecure;
+    o.max_attempts = 1;
+    auto exporter = server::OtlpExporter::Create(o);
+    ASSERT_TRUE(exporter.ok()) << exporter.status();
+    EXPECT_EQ((*exporter)->tls(), !insecure);
+    EXPECT_EQ((*exporter)->destination(),
+              absl::StrCat("127.0.0.1:", collector.port()));
+    RecordSpans(**exporter, 1);
+    AwaitOutcomes(**exporter, 1);
+    EXPECT_EQ((*exporter)->exported(), insecure ? 1 : 0);
+    EXPECT_EQ(SpansOf(registry, "failed"), insecure ? 0 : 1);
+    EXPECT_EQ(collector.requests().size(), insecure ? 1u : 0u);
+  }
+  // Over HTTP a scheme is still needed.
+  server::OtlpExporter::Options o;
+  o.endpoint = "127.0.0.1:4318/v1/traces";
+  o.insecure = true;
+  EXPECT_EQ(server::OtlpExporter::Create(o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(OtlpRetryTest, RetrySettingsOutOfRangeAreRefused) {
   for (auto set : std::vector<void (*)(server::OtlpExporter::Options*)>{
            [](server::OtlpExporter::Options* o) { o->max_attempts = 0; },
@@ -978,6 +1011,28 @@ TEST(OtelEnvironmentTest, ClientCertificatesTimeoutsAndBatchSizesAreRead) {
   EXPECT_FALSE(unset->schedule_delay_ms.has_value());
   EXPECT_FALSE(unset->max_queue_size.has_value());
   EXPECT_FALSE(unset->max_export_batch_size.has_value());
+}
+
+TEST(OtelEnvironmentTest, InsecureIsTrueOrFalse) {
+  for (const auto& [vars, want] : std::vector<
+           std::pair<std::map<std::string, std::string>, std::optional<bool>>>{
+           {{}, std::nullopt},
+           {{{"OTEL_EXPORTER_OTLP_INSECURE", "TRUE"}}, true},
+           {{{"OTEL_EXPORTER_OTLP_INSECURE", "true"},
+             {"OTEL_EXPORTER_OTLP_TRACES_INSECURE", "False"}},
+            false}}) {
+    Env e{vars};
+    e.vars["OTEL_EXPORTER_OTLP_ENDPOINT"] = "c:4317";
+    auto env = e.Read();
+    ASSERT_TRUE(env.ok()) << env.status();
+    EXPECT_EQ(env->insecure, want);
+  }
+  Env bad{{{"OTEL_EXPORTER_OTLP_ENDPOINT", "c:4317"},
+           {"OTEL_EXPORTER_OTLP_TRACES_INSECURE", "yes"}}};
+  EXPECT_NE(bad.Read().status().message().find(
+                "OTEL_EXPORTER_OTLP_TRACES_INSECURE \"yes\": must be true or "
+                "false"),
+            std::string::npos);
 }
 
 TEST(OtelEnvironmentTest, BadNumbersAndHalfAClientCertificateAreRefused) {
