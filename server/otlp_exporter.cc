@@ -526,13 +526,14 @@ bool OtlpExporter::Send(const std::vector<common::Span>& batch) {
             "; sending them again in ",
             absl::FormatDuration(absl::Trunc(*delay, absl::Milliseconds(1))),
             " (send ", sent + 1, " of ", options_.max_attempts, ")"));
+    // Counted before the wait: a batch scheduled again is always sent again.
+    outcomes_.AddRetry();
     {
       // Stopping cuts the wait short: one more send, then no other.
       absl::MutexLock lock(&mu_);
       mu_.AwaitWithTimeout(absl::Condition(&stopping_), *delay);
     }
     backoff = std::min(backoff * 1.5, options_.max_backoff);
-    outcomes_.AddRetry();
     attempt = transport_->Send(request);
   }
   const int64_t rejected =

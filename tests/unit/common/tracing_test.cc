@@ -715,10 +715,13 @@ TEST(OtlpRetryTest, StoppingCutsABackoffShort) {
       RetryOptions(collector.endpoint(), &registry, absl::Hours(1)));
   ASSERT_TRUE(exporter.ok()) << exporter.status();
   RecordSpans(**exporter, 1);
+  // Stop only once the exporter waits: the retry is counted as the wait
+  // begins (a stop while the first send is under way sends nothing more).
   const absl::Time until = absl::Now() + absl::Seconds(20);
-  while (collector.posts().empty() && absl::Now() < until) {
+  while (RetriesOf(registry) < 1 && absl::Now() < until) {
     absl::SleepFor(absl::Milliseconds(5));
   }
+  ASSERT_EQ(RetriesOf(registry), 1);
   const absl::Time start = absl::Now();
   exporter->reset();
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
