@@ -30,18 +30,6 @@ std::string OpenSslError() {
   return buf;
 }
 
-absl::StatusOr<std::string> ReadPem(const std::string& flag,
-                                    const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, ": cannot read ", path));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 BioPtr MemBio(const std::string& text) {
   return BioPtr(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())),
                 &BIO_free);
@@ -133,6 +121,18 @@ std::shared_ptr<grpc::experimental::FileWatcherCertificateProvider> Provider(
 }
 
 }  // namespace
+
+absl::StatusOr<std::string> ReadPem(const std::string& flag,
+                                    const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": cannot read ", path));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
 
 absl::Status CheckTlsFiles(const TlsFiles& f) {
   MOE_RETURN_IF_ERROR(CheckPair(f));

@@ -48,6 +48,11 @@ struct TlsFiles {
   std::string key_flag;
 };
 
+// The bytes of the PEM file at `path`; INVALID_ARGUMENT "<flag>: cannot
+// read <path>" when it cannot be opened.
+absl::StatusOr<std::string> ReadPem(const std::string& flag,
+                                    const std::string& path);
+
 // That the files given are what TLS needs of them: readable PEM (a
 // certificate in the CA and certificate files, a private key in the key
 // file), certificate and key together, the key the certificate's.

@@ -162,15 +162,6 @@ absl::StatusOr<OtelEnvironment> ReadOtelEnvironment(
       TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
                       "OTEL_EXPORTER_OTLP_CLIENT_KEY", &name);
   env.client_key_variable = name;
-  if (env.client_certificate.empty() != env.client_key.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        env.client_certificate.empty() ? env.client_key_variable
-                                       : env.client_certificate_variable,
-        " is set but not ",
-        env.client_certificate.empty() ? "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"
-                                       : "OTEL_EXPORTER_OTLP_CLIENT_KEY",
-        " (or its _TRACES_ form): a client certificate needs its key"));
-  }
   if (const std::string insecure =
           TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
                           "OTEL_EXPORTER_OTLP_INSECURE", &name);

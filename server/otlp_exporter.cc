@@ -5,9 +5,7 @@
 #include <httplib.h>
 
 #include <algorithm>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <tuple>
 
 #include "absl/strings/ascii.h"
@@ -16,9 +14,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/status_macros.h"
 #include "otlp/rpc_status.pb.h"
 #include "otlp/trace_service.grpc.pb.h"
 #include "proto/grpc_status.h"
+#include "proto/tls.h"
 
 namespace moe::server {
 namespace {
@@ -317,14 +317,13 @@ absl::StatusOr<std::unique_ptr<OtlpExporter>> OtlpExporter::Create(
             std::tuple(options.client_key_file, &ssl.pem_private_key,
                        "client key")}) {
         if (file.empty()) continue;
-        std::ifstream in(file);
-        std::stringstream text;
-        text << in.rdbuf();
-        if (!in.good() || text.str().empty()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "OTLP: the ", what, " \"", file, "\" cannot be read"));
+        MOE_ASSIGN_OR_RETURN(*pem,
+                             proto::ReadPem(absl::StrCat("OTLP ", what), file));
+        if (pem->empty()) {
+          // gRPC would take empty root certificates for the system's.
+          return absl::InvalidArgumentError(
+              absl::StrCat("OTLP ", what, ": ", file, " is empty"));
         }
-        *pem = text.str();
       }
       credentials = grpc::SslCredentials(ssl);
     } else {

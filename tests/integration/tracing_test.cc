@@ -1018,6 +1018,10 @@ TEST(OtelEnvironmentIntegrationTest, BadVariablesStopTheServerNamingThem) {
              {"OTEL_EXPORTER_OTLP_CLIENT_KEY", PkiFile("server.key")}},
             "OTEL_EXPORTER_OTLP_CLIENT_KEY: " + PkiFile("server.key") +
                 " is not the key of OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"},
+           {{{"OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:1"},
+             {"OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", PkiFile("client.key")}},
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and "
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY go together"},
            {{{"OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:1"},
              {"OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"},
              {"OTEL_EXPORTER_OTLP_INSECURE", "maybe"}},
