@@ -179,23 +179,27 @@ absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
   proto::RunExpertsResponseWriter out(call.output_dtype(), call.rows(),
                                       model_.spec.dim);
   const Clock::time_point parsed = Clock::now();
-  facts->parsed = absl::Now();
   RunStats stats;
   MOE_RETURN_IF_ERROR(RunInParts(shard, call, out.data(), &stats));
   const Clock::time_point ran = Clock::now();
-  facts->ran = absl::Now();
   *response = out.Finish();
-  facts->serialized = absl::Now();
+  const Clock::time_point serialized = Clock::now();
   auto seconds = [](Clock::duration d) {
     return std::chrono::duration<double>(d).count();
   };
+  auto wall = [&](Clock::time_point t) {
+    return facts->started + absl::FromChrono(t - start);
+  };
+  facts->parsed = wall(parsed);
+  facts->ran = wall(ran);
+  facts->serialized = wall(serialized);
   ExpertMetrics::CallStages stages;
   stages.parse = seconds(parsed - start);
   stages.copy_in = stats.copy_in_seconds;
   stages.copy_out = stats.copy_out_seconds;
   // On the host the whole run is compute; on a GPU its measured share.
   stages.compute = on_gpu ? stats.compute_seconds : seconds(ran - parsed);
-  stages.serialize = seconds(Clock::now() - ran);
+  stages.serialize = seconds(serialized - ran);
   facts->rows = call.rows();
   facts->segments = static_cast<int64_t>(call.segments().size());
   facts->stages = stages;
@@ -396,6 +400,7 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
     const absl::Time started = absl::Now();
     absl::Status status;
     CallFacts facts;
+    facts.started = started;
     if (context->IsCancelled()) {
       status = absl::CancelledError("cancelled before it ran");
     } else {

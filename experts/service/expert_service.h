@@ -125,8 +125,12 @@ class ExpertService final
     int64_t rows = 0;
     int64_t segments = 0;
     ExpertMetrics::CallStages stages;
+    // Set by the caller: when the call reached its compute thread (the wall
+    // clock's reading Run's stage marks are offsets from).
+    absl::Time started;
     // When the request was parsed, the experts had run and the answer was
-    // written (a run that went through).
+    // written (a run that went through): `started` plus the steady clock's
+    // stage lengths, so each phase span is as long as its stage.
     absl::Time parsed, ran, serialized;
   };
   absl::Status Run(const grpc::ByteBuffer& request, grpc::ByteBuffer* response,

@@ -343,6 +343,15 @@ TEST_F(ExpertServiceTest, TracedCallsGetSpansWithTheirStages) {
   }
   EXPECT_LE(at, ok.end);
   EXPECT_GE(std::get<int64_t>(AttributeOf(*phases[2], "moe.compute_us")), 0);
+  // The marks come from the steady clock the stages are measured on: a
+  // span is as long as its stage (on the host the run is all compute).
+  auto micros = [](const common::Span* p) {
+    return static_cast<double>(absl::ToInt64Microseconds(p->end - p->start));
+  };
+  EXPECT_NEAR(micros(phases[2]),
+              std::get<int64_t>(AttributeOf(ok, "moe.compute_us")), 1);
+  EXPECT_NEAR(micros(phases[3]),
+              std::get<int64_t>(AttributeOf(ok, "moe.serialize_us")), 1);
   const common::Span& failed = *calls[1];
   EXPECT_EQ(failed.parent_span_id, call_span);
   EXPECT_TRUE(failed.error);
