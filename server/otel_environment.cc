@@ -195,6 +195,10 @@ absl::StatusOr<OtelEnvironment> ReadOtelEnvironment(
       WholeNumber("OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
                   Get(getenv, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"), 1,
                   env.max_queue_size.value_or(kMaxSpans)));
+  MOE_ASSIGN_OR_RETURN(
+      env.export_timeout_ms,
+      WholeNumber("OTEL_BSP_EXPORT_TIMEOUT",
+                  Get(getenv, "OTEL_BSP_EXPORT_TIMEOUT"), 1, kTenMinutesMs));
   MOE_ASSIGN_OR_RETURN(KeyValues attributes,
                        ParseKeyValues("OTEL_RESOURCE_ATTRIBUTES",
                                       Get(getenv, "OTEL_RESOURCE_ATTRIBUTES"),

@@ -25,6 +25,8 @@
 //   OTEL_BSP_MAX_QUEUE_SIZE              spans that may wait to be sent
 //   OTEL_BSP_MAX_EXPORT_BATCH_SIZE       spans in one export (at most the
 //                                        queue's size)
+//   OTEL_BSP_EXPORT_TIMEOUT              milliseconds a batch's sends and
+//                                        the waits between them may take
 //   OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES  the spans' resource
 //   OTEL_TRACES_SAMPLER[_ARG]            the parent-based samplers
 //   OTEL_SDK_DISABLED=true               the endpoint variables are not used
@@ -60,14 +62,15 @@ struct OtelEnvironment {
   std::string client_certificate_variable;
   std::string client_key;  // its key file; "" when none
   std::string client_key_variable;
-  // The numbers of OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT and OTEL_BSP_*;
-  // nullopt when not set.
   // OTEL_EXPORTER_OTLP[_TRACES]_INSECURE; nullopt when not set.
   std::optional<bool> insecure;
+  // The numbers of OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT and OTEL_BSP_*;
+  // nullopt when not set.
   std::optional<int64_t> timeout_ms;
   std::optional<int64_t> schedule_delay_ms;
   std::optional<int64_t> max_queue_size;
   std::optional<int64_t> max_export_batch_size;
+  std::optional<int64_t> export_timeout_ms;
   std::string service_name;       // OTEL_SERVICE_NAME, else the attributes'
   KeyValues resource_attributes;  // without service.name
   // The root ratio of OTEL_TRACES_SAMPLER; nullopt when it is not set.

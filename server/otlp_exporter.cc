@@ -292,10 +292,11 @@ absl::StatusOr<std::unique_ptr<OtlpExporter>> OtlpExporter::Create(
   if (options.max_attempts < 1 ||
       options.initial_backoff < absl::ZeroDuration() ||
       options.max_backoff < options.initial_backoff ||
-      options.max_retry_delay < absl::ZeroDuration()) {
+      options.max_retry_delay < absl::ZeroDuration() ||
+      options.export_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(
         "OTLP: retries need max_attempts >= 1 and 0 <= initial_backoff <= "
-        "max_backoff, max_retry_delay >= 0");
+        "max_backoff, max_retry_delay >= 0, export_timeout > 0");
   }
   auto exporter = std::unique_ptr<OtlpExporter>(new OtlpExporter(options));
   const Options& o = exporter->options_;
@@ -482,12 +483,14 @@ void OtlpExporter::Complain(absl::Time* last, const std::string& what) {
                    << what << " (said once a minute at most)";
 }
 
-absl::StatusOr<absl::Duration> OtlpExporter::RetryDelay(
-    const Attempt& attempt, absl::Duration backoff) {
+absl::StatusOr<absl::Duration> OtlpExporter::RetryDelay(const Attempt& attempt,
+                                                        absl::Duration backoff,
+                                                        absl::Time deadline) {
   if (!attempt.retryable) {
     return absl::FailedPreconditionError("not retryable");
   }
   if (stopping()) return absl::CancelledError("stopping");
+  absl::Duration delay;
   if (attempt.retry_after.has_value()) {
     if (*attempt.retry_after > options_.max_retry_delay) {
       return absl::OutOfRangeError(absl::StrCat(
@@ -495,15 +498,23 @@ absl::StatusOr<absl::Duration> OtlpExporter::RetryDelay(
           absl::FormatDuration(*attempt.retry_after), ", more than ",
           absl::FormatDuration(options_.max_retry_delay)));
     }
-    return std::max(*attempt.retry_after, absl::ZeroDuration());
+    delay = std::max(*attempt.retry_after, absl::ZeroDuration());
+  } else {
+    delay = backoff * std::uniform_real_distribution<double>(0.8, 1.2)(jitter_);
   }
-  return backoff * std::uniform_real_distribution<double>(0.8, 1.2)(jitter_);
+  if (absl::Now() + delay > deadline) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "the export timeout of ", absl::FormatDuration(options_.export_timeout),
+        " would pass before the next send"));
+  }
+  return delay;
 }
 
 bool OtlpExporter::Send(const std::vector<common::Span>& batch) {
   const int64_t size = static_cast<int64_t>(batch.size());
   const otlp::ExportTraceServiceRequest request = OtlpTracesRequest(
       batch, options_.service_name, options_.resource_attributes);
+  const absl::Time deadline = absl::Now() + options_.export_timeout;
   Attempt attempt = transport_->Send(request);
   absl::Duration backoff = options_.initial_backoff;
   int sent = 1;
@@ -513,7 +524,8 @@ bool OtlpExporter::Send(const std::vector<common::Span>& batch) {
       not_again = absl::StrCat(sent, " sends");
       break;
     }
-    const absl::StatusOr<absl::Duration> delay = RetryDelay(attempt, backoff);
+    const absl::StatusOr<absl::Duration> delay =
+        RetryDelay(attempt, backoff, deadline);
     if (!delay.ok()) {
       not_again = std::string(delay.status().message());
       break;

@@ -88,6 +88,10 @@ class OtlpExporter {
     absl::Duration initial_backoff = absl::Seconds(1);
     absl::Duration max_backoff = absl::Seconds(5);
     absl::Duration max_retry_delay = absl::Seconds(30);
+    // A batch's sends and the waits between them (OTEL_BSP_EXPORT_TIMEOUT):
+    // it is not sent again when that send would start later than this
+    // after its first.
+    absl::Duration export_timeout = absl::Seconds(30);
     // Where moe_trace_spans_total goes (none when null); it must outlive
     // the exporter.
     prometheus::Registry* registry = nullptr;
@@ -148,10 +152,11 @@ class OtlpExporter {
   // counts what became of its spans; false when the collector took none.
   bool Send(const std::vector<common::Span>& batch);
   // How long to wait before sending again after `attempt` failed, the
-  // backoff of this try being `backoff`; an error saying why not when it
-  // is not worth it.
+  // backoff of this try being `backoff` and the batch's export timeout
+  // ending at `deadline`; an error saying why not when it is not worth it.
   absl::StatusOr<absl::Duration> RetryDelay(const Attempt& attempt,
-                                            absl::Duration backoff);
+                                            absl::Duration backoff,
+                                            absl::Time deadline);
   // Logs `what`, unless `*last` (a time something of its kind was logged)
   // is less than a minute ago.
   void Complain(absl::Time* last, const std::string& what);

@@ -262,6 +262,9 @@ absl::StatusOr<std::unique_ptr<Tracing>> TracingFromFlags(
   if (env.max_export_batch_size) {
     o.max_batch = static_cast<int>(*env.max_export_batch_size);
   }
+  if (env.export_timeout_ms) {
+    o.export_timeout = absl::Milliseconds(*env.export_timeout_ms);
+  }
   auto tracing = std::make_unique<Tracing>();
   MOE_ASSIGN_OR_RETURN(tracing->exporter,
                        ForFlag(from, OtlpExporter::Create(o)));

@@ -711,8 +711,10 @@ TEST(OtlpRetryTest, RefusalsForGoodAndEndlessOnesDropTheBatch) {
 TEST(OtlpRetryTest, StoppingCutsABackoffShort) {
   ScriptedHttpCollector collector({{503, ""}, {503, ""}, {503, ""}});
   prometheus::Registry registry;
-  auto exporter = server::OtlpExporter::Create(
-      RetryOptions(collector.endpoint(), &registry, absl::Hours(1)));
+  server::OtlpExporter::Options o =
+      RetryOptions(collector.endpoint(), &registry, absl::Hours(1));
+  o.export_timeout = absl::Hours(2);  // else the wait would not begin
+  auto exporter = server::OtlpExporter::Create(o);
   ASSERT_TRUE(exporter.ok()) << exporter.status();
   RecordSpans(**exporter, 1);
   // Stop only once the exporter waits: the retry is counted as the wait
@@ -727,6 +729,37 @@ TEST(OtlpRetryTest, StoppingCutsABackoffShort) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
   EXPECT_EQ(collector.posts().size(), 2u);
   EXPECT_EQ(SpansOf(registry, "failed"), 1);
+}
+
+// The export timeout bounds a batch's sends and the waits between them:
+// with the collector asking for a second each time and 2.5 s, the batch is
+// sent at 0 s, 1 s and 2 s at most, then dropped at once (not after five
+// sends), saying why.
+TEST(OtlpRetryTest, TheExportTimeoutEndsTheRetries) {
+  ScriptedHttpCollector collector(
+      {{503, "1"}, {503, "1"}, {503, "1"}, {503, "1"}, {503, "1"}});
+  prometheus::Registry registry;
+  server::OtlpExporter::Options o =
+      RetryOptions(collector.endpoint(), &registry);
+  o.export_timeout = absl::Milliseconds(2500);
+  ::testing::internal::CaptureStderr();
+  auto exporter = server::OtlpExporter::Create(o);
+  ASSERT_TRUE(exporter.ok()) << exporter.status();
+  RecordSpans(**exporter, 1);
+  AwaitOutcomes(**exporter, 1);
+  exporter->reset();  // the drop is logged after it is counted
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(log.find("(dropped: the export timeout of 2.5s would pass before "
+                     "the next send)"),
+            std::string::npos)
+      << log;
+  EXPECT_EQ(SpansOf(registry, "failed"), 1);
+  const std::vector<absl::Time> posts = collector.posts();
+  // Three when each send takes less than a sixth of a second, else two.
+  EXPECT_GE(posts.size(), 2u);
+  EXPECT_LE(posts.size(), 3u);
+  EXPECT_LT(posts.back() - posts.front(), absl::Milliseconds(2500));
+  EXPECT_EQ(RetriesOf(registry), static_cast<double>(posts.size() - 1));
 }
 
 // A google.rpc.Status whose details hold a RetryInfo of `delay`.
@@ -872,6 +905,9 @@ TEST(OtlpRetryTest, RetrySettingsOutOfRangeAreRefused) {
            },
            [](server::OtlpExporter::Options* o) {
              o->max_retry_delay = absl::Seconds(-1);
+           },
+           [](server::OtlpExporter::Options* o) {
+             o->export_timeout = absl::ZeroDuration();
            }}) {
     server::OtlpExporter::Options o;
     o.endpoint = "http://127.0.0.1:1/v1/traces";
@@ -1015,7 +1051,8 @@ TEST(OtelEnvironmentTest, ClientCertificatesTimeoutsAndBatchSizesAreRead) {
          {"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "2500"},
          {"OTEL_BSP_SCHEDULE_DELAY", "5000"},
          {"OTEL_BSP_MAX_QUEUE_SIZE", "2048"},
-         {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2048"}}};
+         {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2048"},
+         {"OTEL_BSP_EXPORT_TIMEOUT", "60000"}}};
   auto env = e.Read();
   ASSERT_TRUE(env.ok()) << env.status();
   EXPECT_EQ(env->client_certificate, "/traces.crt");
@@ -1026,12 +1063,14 @@ TEST(OtelEnvironmentTest, ClientCertificatesTimeoutsAndBatchSizesAreRead) {
   EXPECT_EQ(env->schedule_delay_ms, 5000);
   EXPECT_EQ(env->max_queue_size, 2048);
   EXPECT_EQ(env->max_export_batch_size, 2048);
+  EXPECT_EQ(env->export_timeout_ms, 60000);
   auto unset = Env{{{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"}}}.Read();
   ASSERT_TRUE(unset.ok());
   EXPECT_FALSE(unset->timeout_ms.has_value());
   EXPECT_FALSE(unset->schedule_delay_ms.has_value());
   EXPECT_FALSE(unset->max_queue_size.has_value());
   EXPECT_FALSE(unset->max_export_batch_size.has_value());
+  EXPECT_FALSE(unset->export_timeout_ms.has_value());
 }
 
 TEST(OtelEnvironmentTest, InsecureIsTrueOrFalse) {
@@ -1067,7 +1106,10 @@ TEST(OtelEnvironmentTest, BadNumbersAreRefusedNamingTheVariable) {
            {"OTEL_BSP_SCHEDULE_DELAY", "-5", "OTEL_BSP_SCHEDULE_DELAY \"-5\""},
            {"OTEL_BSP_MAX_QUEUE_SIZE", "1e9", "OTEL_BSP_MAX_QUEUE_SIZE"},
            {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1000001",
-            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"}}) {
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"},
+           {"OTEL_BSP_EXPORT_TIMEOUT", "30s",
+            "OTEL_BSP_EXPORT_TIMEOUT \"30s\": must be a whole number from 1 "
+            "to 600000"}}) {
     Env e{{{"OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318"}, {name, value}}};
     auto env = e.Read();
     EXPECT_EQ(env.status().code(), absl::StatusCode::kInvalidArgument) << name;
