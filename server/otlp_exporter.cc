@@ -205,6 +205,19 @@ class OtlpExporter::HttpTransport final : public OtlpExporter::Transport {
   const bool json_;
 };
 
+namespace {
+
+// Whether a gRPC channel's error says the collector's certificate did not
+// pass: "Ssl handshake failed: SSL_ERROR_SSL: ... certificate verify
+// failed" (OpenSSL; BoringSSL writes CERTIFICATE_VERIFY_FAILED).
+bool CertificateRefused(absl::string_view message) {
+  const std::string lower = absl::AsciiStrToLower(message);
+  return absl::StrContains(lower, "certificate verify failed") ||
+         absl::StrContains(lower, "certificate_verify_failed");
+}
+
+}  // namespace
+
 // OTLP/gRPC: Export calls on one channel, kept for the exporter's life.
 class OtlpExporter::GrpcTransport final : public OtlpExporter::Transport {
  public:
@@ -234,11 +247,15 @@ class OtlpExporter::GrpcTransport final : public OtlpExporter::Transport {
                                  ": ", Printable(s.message())));
       attempt.retry_after = RetryInfoDelay(status.error_details());
       switch (s.code()) {
+        case absl::StatusCode::kUnavailable:
+          // Also what a collector certificate that does not pass reads as;
+          // that is no reason to send again (as over HTTP).
+          attempt.retryable = !CertificateRefused(s.message());
+          break;
         case absl::StatusCode::kCancelled:
         case absl::StatusCode::kDeadlineExceeded:
         case absl::StatusCode::kAborted:
         case absl::StatusCode::kOutOfRange:
-        case absl::StatusCode::kUnavailable:
         case absl::StatusCode::kDataLoss:
           attempt.retryable = true;
           break;

@@ -805,10 +805,12 @@ TEST(OtelEnvironmentIntegrationTest, UntrustedCollectorsGetNothing) {
                 std::string::npos)
           << router.Log();
       // A certificate the collector does not pass is no reason to send
-      // again over HTTP; gRPC's channel says only UNAVAILABLE, as for a
-      // collector that is down, so that batch is sent again.
-      EXPECT_EQ(router.Log().find("sending them again") != std::string::npos,
-                kind == Collector::Kind::kGrpc)
+      // again, over HTTP or gRPC (whose channel says UNAVAILABLE, as for a
+      // collector that is down, with the handshake's error).
+      EXPECT_EQ(router.Log().find("sending them again"), std::string::npos)
+          << router.Log();
+      EXPECT_NE(router.Log().find("(dropped: not retryable)"),
+                std::string::npos)
           << router.Log();
     }
     absl::SleepFor(absl::Milliseconds(1500));  // past an export interval
