@@ -755,10 +755,11 @@ TEST(OtlpRetryTest, TheExportTimeoutEndsTheRetries) {
       << log;
   EXPECT_EQ(SpansOf(registry, "failed"), 1);
   const std::vector<absl::Time> posts = collector.posts();
-  // Three when each send takes less than a sixth of a second, else two.
+  // Three when the first two sends take less than half a second, else two.
   EXPECT_GE(posts.size(), 2u);
   EXPECT_LE(posts.size(), 3u);
-  EXPECT_LT(posts.back() - posts.front(), absl::Milliseconds(2500));
+  // A send starts within the timeout; it may arrive a little after it.
+  EXPECT_LT(posts.back() - posts.front(), absl::Milliseconds(3500));
   EXPECT_EQ(RetriesOf(registry), static_cast<double>(posts.size() - 1));
 }
 
