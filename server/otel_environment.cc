@@ -18,15 +18,17 @@ std::string Get(const std::function<const char*(const char*)>& getenv,
   return v == nullptr ? "" : std::string(v);
 }
 
-// The _TRACES_ variable when set, else the general one; *name says which.
+// OTEL_EXPORTER_OTLP_TRACES_<setting> when set, else
+// OTEL_EXPORTER_OTLP_<setting>; *name says which (the general one when
+// neither is set).
 std::string TracesOrGeneral(
-    const std::function<const char*(const char*)>& getenv, const char* traces,
-    const char* general, std::string* name) {
-  std::string v = Get(getenv, traces);
-  *name = traces;
+    const std::function<const char*(const char*)>& getenv,
+    absl::string_view setting, std::string* name) {
+  *name = absl::StrCat("OTEL_EXPORTER_OTLP_TRACES_", setting);
+  std::string v = Get(getenv, name->c_str());
   if (v.empty()) {
-    v = Get(getenv, general);
-    *name = general;
+    *name = absl::StrCat("OTEL_EXPORTER_OTLP_", setting);
+    v = Get(getenv, name->c_str());
   }
   return v;
 }
@@ -138,33 +140,19 @@ absl::StatusOr<OtelEnvironment> ReadOtelEnvironment(
   // No tracing: the other variables are for other programs of the pod.
   if (!endpoint_given && env.traces_endpoint.empty()) return env;
   std::string name;
-  const std::string headers =
-      TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-                      "OTEL_EXPORTER_OTLP_HEADERS", &name);
+  const std::string headers = TracesOrGeneral(getenv, "HEADERS", &name);
   MOE_ASSIGN_OR_RETURN(env.headers,
                        ParseKeyValues(name, headers, /*header_names=*/true));
   env.certificate =
-      TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
-                      "OTEL_EXPORTER_OTLP_CERTIFICATE", &name);
-  env.certificate_variable = name;
-  env.protocol = TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                                 "OTEL_EXPORTER_OTLP_PROTOCOL", &name);
-  env.protocol_variable = name;
+      TracesOrGeneral(getenv, "CERTIFICATE", &env.certificate_variable);
+  env.protocol = TracesOrGeneral(getenv, "PROTOCOL", &env.protocol_variable);
   env.compression =
-      TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-                      "OTEL_EXPORTER_OTLP_COMPRESSION", &name);
-  env.compression_variable = name;
-  env.client_certificate =
-      TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
-                      "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &name);
-  env.client_certificate_variable = name;
+      TracesOrGeneral(getenv, "COMPRESSION", &env.compression_variable);
+  env.client_certificate = TracesOrGeneral(getenv, "CLIENT_CERTIFICATE",
+                                           &env.client_certificate_variable);
   env.client_key =
-      TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
-                      "OTEL_EXPORTER_OTLP_CLIENT_KEY", &name);
-  env.client_key_variable = name;
-  if (const std::string insecure =
-          TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
-                          "OTEL_EXPORTER_OTLP_INSECURE", &name);
+      TracesOrGeneral(getenv, "CLIENT_KEY", &env.client_key_variable);
+  if (const std::string insecure = TracesOrGeneral(getenv, "INSECURE", &name);
       !insecure.empty()) {
     if (absl::EqualsIgnoreCase(insecure, "true")) {
       env.insecure = true;
@@ -177,28 +165,23 @@ absl::StatusOr<OtelEnvironment> ReadOtelEnvironment(
   }
   constexpr int64_t kTenMinutesMs = 600000;
   constexpr int64_t kMaxSpans = 1000000;
-  const std::string timeout =
-      TracesOrGeneral(getenv, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-                      "OTEL_EXPORTER_OTLP_TIMEOUT", &name);
+  const std::string timeout = TracesOrGeneral(getenv, "TIMEOUT", &name);
   MOE_ASSIGN_OR_RETURN(env.timeout_ms,
                        WholeNumber(name, timeout, 1, kTenMinutesMs));
-  MOE_ASSIGN_OR_RETURN(
-      env.schedule_delay_ms,
-      WholeNumber("OTEL_BSP_SCHEDULE_DELAY",
-                  Get(getenv, "OTEL_BSP_SCHEDULE_DELAY"), 1, kTenMinutesMs));
-  MOE_ASSIGN_OR_RETURN(
-      env.max_queue_size,
-      WholeNumber("OTEL_BSP_MAX_QUEUE_SIZE",
-                  Get(getenv, "OTEL_BSP_MAX_QUEUE_SIZE"), 1, kMaxSpans));
-  MOE_ASSIGN_OR_RETURN(
-      env.max_export_batch_size,
-      WholeNumber("OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-                  Get(getenv, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"), 1,
-                  env.max_queue_size.value_or(kMaxSpans)));
-  MOE_ASSIGN_OR_RETURN(
-      env.export_timeout_ms,
-      WholeNumber("OTEL_BSP_EXPORT_TIMEOUT",
-                  Get(getenv, "OTEL_BSP_EXPORT_TIMEOUT"), 1, kTenMinutesMs));
+  // OTEL_BSP_<setting>, a whole number from 1 to `max`.
+  auto batching = [&getenv](absl::string_view setting, int64_t max) {
+    const std::string variable = absl::StrCat("OTEL_BSP_", setting);
+    return WholeNumber(variable, Get(getenv, variable.c_str()), 1, max);
+  };
+  MOE_ASSIGN_OR_RETURN(env.schedule_delay_ms,
+                       batching("SCHEDULE_DELAY", kTenMinutesMs));
+  MOE_ASSIGN_OR_RETURN(env.max_queue_size,
+                       batching("MAX_QUEUE_SIZE", kMaxSpans));
+  MOE_ASSIGN_OR_RETURN(env.max_export_batch_size,
+                       batching("MAX_EXPORT_BATCH_SIZE",
+                                env.max_queue_size.value_or(kMaxSpans)));
+  MOE_ASSIGN_OR_RETURN(env.export_timeout_ms,
+                       batching("EXPORT_TIMEOUT", kTenMinutesMs));
   MOE_ASSIGN_OR_RETURN(KeyValues attributes,
                        ParseKeyValues("OTEL_RESOURCE_ATTRIBUTES",
                                       Get(getenv, "OTEL_RESOURCE_ATTRIBUTES"),

@@ -80,6 +80,15 @@ std::optional<absl::Duration> RetryInfoDelay(const std::string& details) {
   return std::nullopt;
 }
 
+// Whether a gRPC channel's error says the collector's certificate did not
+// pass: "Ssl handshake failed: SSL_ERROR_SSL: ... certificate verify
+// failed" (OpenSSL; BoringSSL writes CERTIFICATE_VERIFY_FAILED).
+bool CertificateRefused(absl::string_view message) {
+  const std::string lower = absl::AsciiStrToLower(message);
+  return absl::StrContains(lower, "certificate verify failed") ||
+         absl::StrContains(lower, "certificate_verify_failed");
+}
+
 }  // namespace
 
 absl::StatusOr<OtlpProtocol> ParseOtlpProtocol(absl::string_view name) {
@@ -204,19 +213,6 @@ class OtlpExporter::HttpTransport final : public OtlpExporter::Transport {
   const std::string path_;
   const bool json_;
 };
-
-namespace {
-
-// Whether a gRPC channel's error says the collector's certificate did not
-// pass: "Ssl handshake failed: SSL_ERROR_SSL: ... certificate verify
-// failed" (OpenSSL; BoringSSL writes CERTIFICATE_VERIFY_FAILED).
-bool CertificateRefused(absl::string_view message) {
-  const std::string lower = absl::AsciiStrToLower(message);
-  return absl::StrContains(lower, "certificate verify failed") ||
-         absl::StrContains(lower, "certificate_verify_failed");
-}
-
-}  // namespace
 
 // OTLP/gRPC: Export calls on one channel, kept for the exporter's life.
 class OtlpExporter::GrpcTransport final : public OtlpExporter::Transport {

@@ -151,7 +151,7 @@ moe::v1::ShardInfo ExpertService::shard_info(bool include_load) const {
 }
 
 absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
-                                grpc::ByteBuffer* response,
+                                grpc::ByteBuffer* response, absl::Time started,
                                 CallFacts* facts) const {
   using Clock = std::chrono::steady_clock;
   const Clock::time_point start = Clock::now();
@@ -188,7 +188,7 @@ absl::Status ExpertService::Run(const grpc::ByteBuffer& request,
     return std::chrono::duration<double>(d).count();
   };
   auto wall = [&](Clock::time_point t) {
-    return facts->started + absl::FromChrono(t - start);
+    return started + absl::FromChrono(t - start);
   };
   facts->parsed = wall(parsed);
   facts->ran = wall(ran);
@@ -400,11 +400,10 @@ grpc::ServerUnaryReactor* ExpertService::RunExperts(
     const absl::Time started = absl::Now();
     absl::Status status;
     CallFacts facts;
-    facts.started = started;
     if (context->IsCancelled()) {
       status = absl::CancelledError("cancelled before it ran");
     } else {
-      status = Run(*request, response, &facts);
+      status = Run(*request, response, started, &facts);
     }
     static common::LogRateLimiter failures(kFailureLogsPerSecond);
     int64_t suppressed = 0;

@@ -125,16 +125,14 @@ class ExpertService final
     int64_t rows = 0;
     int64_t segments = 0;
     ExpertMetrics::CallStages stages;
-    // Set by the caller: when the call reached its compute thread (the wall
-    // clock's reading Run's stage marks are offsets from).
-    absl::Time started;
     // When the request was parsed, the experts had run and the answer was
-    // written (a run that went through): `started` plus the steady clock's
-    // stage lengths, so each phase span is as long as its stage.
+    // written (a run that went through): Run's `started` plus the steady
+    // clock's stage lengths, so each phase span is as long as its stage.
     absl::Time parsed, ran, serialized;
   };
+  // `started`: the wall clock when the call reached its compute thread.
   absl::Status Run(const grpc::ByteBuffer& request, grpc::ByteBuffer* response,
-                   CallFacts* facts) const;
+                   absl::Time started, CallFacts* facts) const;
   // Ends a RunExperts call's span with its outcome.
   void EndSpan(common::Span span, const grpc::CallbackServerContext& context,
                const absl::Status& status, const CallFacts& facts,
