@@ -7,8 +7,30 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
 
 namespace moe::server {
+namespace {
+
+using common::ConnectionDeadlines;
+
+// httplib's pool, each connection under the deadlines.
+class DeadlinePool final : public httplib::TaskQueue {
+ public:
+  DeadlinePool(size_t threads, ConnectionDeadlines* deadlines)
+      : pool_(threads), deadlines_(deadlines) {}
+  void enqueue(std::function<void()> connection) override {
+    pool_.enqueue(deadlines_->Track(std::move(connection)));
+  }
+  void shutdown() override { pool_.shutdown(); }
+
+ private:
+  httplib::ThreadPool pool_;
+  ConnectionDeadlines* const deadlines_;
+};
+
+}  // namespace
 
 absl::Status WritePortFile(const std::string& path, int port) {
   const std::string tmp = path + ".tmp";
@@ -25,13 +47,15 @@ absl::Status WritePortFile(const std::string& path, int port) {
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     const std::string& host, int port,
-    std::shared_ptr<prometheus::Registry> registry) {
+    std::shared_ptr<prometheus::Registry> registry,
+    absl::Duration request_timeout) {
   auto server = std::unique_ptr<MetricsHttpServer>(new MetricsHttpServer());
   server->registry_ = std::move(registry);
   server->http_ = std::make_unique<httplib::Server>();
   std::weak_ptr<prometheus::Registry> weak = server->registry_;
   server->http_->Get(
       "/metrics", [weak](const httplib::Request&, httplib::Response& res) {
+        ConnectionDeadlines::Serving();
         std::shared_ptr<prometheus::Registry> r = weak.lock();
         if (!r) {
           res.status = 503;
@@ -50,7 +74,39 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     return absl::UnavailableError(
         absl::StrCat("cannot listen for /metrics on ", host, ":", port));
   }
+  // A scrape must arrive within the timeout (after the 5 s keep-alive), so
+  // that slow senders cannot hold the pool's threads from Prometheus.
+  ConnectionDeadlines::Options deadlines;
+  deadlines.head = absl::Seconds(5) + request_timeout;
+  deadlines.body = request_timeout;
+  deadlines.on_cut = [](ConnectionDeadlines::Stage stage,
+                        const std::string& peer, absl::Duration limit) {
+    static common::LogRateLimiter* logs = new common::LogRateLimiter(10);
+    if (int64_t skipped = 0; logs->Allow(&skipped)) {
+      MOE_LOG(WARNING) << "/metrics: closed the connection from " << peer
+                       << ": no whole request came within "
+                       << absl::FormatDuration(limit) << " (its "
+                       << ConnectionDeadlines::StageName(stage) << ")"
+                       << common::SuppressedNote(skipped);
+    }
+  };
+  MOE_ASSIGN_OR_RETURN(
+      server->deadlines_,
+      ConnectionDeadlines::Start(server->port_, std::move(deadlines)));
   httplib::Server* http = server->http_.get();
+  ConnectionDeadlines* tracked = server->deadlines_.get();
+  http->new_task_queue = [tracked] {
+    return new DeadlinePool(kThreads, tracked);
+  };
+  http->set_pre_routing_handler(
+      [](const httplib::Request&, httplib::Response&) {
+        ConnectionDeadlines::BodyNext(0);
+        return httplib::Server::HandlerResponse::Unhandled;
+      });
+  http->set_post_routing_handler(
+      [](const httplib::Request&, httplib::Response&) {
+        ConnectionDeadlines::Answered();
+      });
   server->thread_ = std::thread([http] { http->listen_after_bind(); });
   return server;
 }

@@ -64,6 +64,12 @@ ABSL_FLAG(int, http_threads, 64,
           "REST connections served at once (--http_port): each open "
           "connection holds one thread while it is open, an idle one for at "
           "most 5 s; a connection beyond them waits for one.");
+ABSL_FLAG(int, http_request_timeout_s, 30,
+          "REST: a request must arrive within this many seconds however "
+          "steadily its bytes come (its head after the 5 s keep-alive wait "
+          "and the previous answer's write; its body, plus 1 s per MiB of "
+          "it), else its connection is closed, so that slow senders cannot "
+          "hold every --http_threads thread. 1 to 3600.");
 ABSL_FLAG(int64_t, http_max_bytes_in_flight, 0,
           "The bytes of REST infer bodies the router holds at once, from "
           "before a body is read until its answer is made; a body that "
@@ -110,6 +116,8 @@ absl::StatusOr<std::unique_ptr<router::InferenceHttpServer>> StartRestFromFlags(
   options.max_body_bytes = max_body_bytes;
   options.threads = absl::GetFlag(FLAGS_http_threads);
   options.max_bytes_in_flight = absl::GetFlag(FLAGS_http_max_bytes_in_flight);
+  options.request_timeout =
+      absl::Seconds(absl::GetFlag(FLAGS_http_request_timeout_s));
   options.metrics = metrics;
   options.tls = server_options.tls_files;
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<router::InferenceHttpServer> http,

@@ -14,12 +14,17 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "common/logging.h"
 #include "common/request_id.h"
+#include "common/status_macros.h"
 #include "moe_version.h"
 #include "router/api/open_inference.h"
 #include "router/api/open_inference_json.h"
 
 namespace moe::router {
+
+using common::ConnectionDeadlines;
+
 namespace {
 
 // The request ID's header (common::kRequestIdKey, as HTTP spells it).
@@ -132,19 +137,21 @@ class BodyBudget {
 };
 
 // httplib's thread pool, counting the connections it serves and those
-// waiting for one of its threads.
+// waiting for one of its threads, and putting each under `deadlines`.
 class CountedThreadPool final : public httplib::TaskQueue {
  public:
-  CountedThreadPool(size_t threads, RouterMetrics* metrics)
-      : pool_(threads), metrics_(metrics) {}
+  CountedThreadPool(size_t threads, RouterMetrics* metrics,
+                    ConnectionDeadlines* deadlines)
+      : pool_(threads), metrics_(metrics), deadlines_(deadlines) {}
 
   void enqueue(std::function<void()> connection) override {
     metrics_->AddRestConnections(0, 1);
-    pool_.enqueue([this, connection = std::move(connection)] {
-      metrics_->AddRestConnections(1, -1);
-      connection();
-      metrics_->AddRestConnections(-1, 0);
-    });
+    pool_.enqueue(
+        [this, connection = deadlines_->Track(std::move(connection))] {
+          metrics_->AddRestConnections(1, -1);
+          connection();
+          metrics_->AddRestConnections(-1, 0);
+        });
   }
   // Serves the connections still waiting, then joins the threads.
   void shutdown() override { pool_.shutdown(); }
@@ -152,7 +159,23 @@ class CountedThreadPool final : public httplib::TaskQueue {
  private:
   httplib::ThreadPool pool_;
   RouterMetrics* const metrics_;
+  ConnectionDeadlines* const deadlines_;
 };
+
+// The body a request's head announces: its Content-Length (0 when it has
+// none or no number), or `max_body` when it comes in chunks.
+int64_t AnnouncedBody(const httplib::Request& req, int64_t max_body) {
+  if (req.get_header_value("Transfer-Encoding").find("chunked") !=
+      std::string::npos) {
+    return max_body;
+  }
+  uint64_t length = 0;
+  if (!absl::SimpleAtoi(req.get_header_value("Content-Length"), &length)) {
+    return 0;
+  }
+  return static_cast<int64_t>(
+      std::min(length, static_cast<uint64_t>(max_body)));
+}
 
 // POST .../infer: the body as a ModelInferRequest, served and answered.
 // `request_id` names it in the logs. `status` is the edge's verdict so far
@@ -232,6 +255,13 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
         "REST: keep-alive must be at least 1 s, the body limit positive and "
         "the bytes in flight (--http_max_bytes_in_flight) 0 or more");
   }
+  if (options.request_timeout < absl::Seconds(1) ||
+      options.request_timeout > absl::Hours(1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "REST: the request timeout (--http_request_timeout_s) must be 1 s to "
+        "1 h, not ",
+        absl::FormatDuration(options.request_timeout)));
+  }
   const proto::TlsFiles& tls = options.tls;
   auto server = std::unique_ptr<InferenceHttpServer>(new InferenceHttpServer());
   if (tls.cert_file.empty()) {
@@ -262,8 +292,10 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
   RouterMetrics* metrics =
       options.metrics != nullptr ? options.metrics : &no_metrics;
   const size_t threads = static_cast<size_t>(options.threads);
-  http.new_task_queue = [threads, metrics] {
-    return new CountedThreadPool(threads, metrics);
+  // Called once the port is bound and its deadlines started (below).
+  InferenceHttpServer* self = server.get();
+  http.new_task_queue = [threads, metrics, self] {
+    return new CountedThreadPool(threads, metrics, self->deadlines_.get());
   };
   const int64_t bytes_in_flight = options.max_bytes_in_flight > 0
                                       ? options.max_bytes_in_flight
@@ -279,6 +311,17 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
   // Headers and body leave in separate writes: without this, Nagle and
   // the client's delayed ACK hold each answer about 40 ms.
   http.set_tcp_nodelay(true);
+  // The stages of each connection's requests, for its deadlines: a head is
+  // in when it is routed; its answer is made once its handler is done.
+  http.set_pre_routing_handler(
+      [max_body](const httplib::Request& req, httplib::Response&) {
+        ConnectionDeadlines::BodyNext(AnnouncedBody(req, max_body));
+        return httplib::Server::HandlerResponse::Unhandled;
+      });
+  http.set_post_routing_handler(
+      [](const httplib::Request&, httplib::Response&) {
+        ConnectionDeadlines::Answered();
+      });
   http.Get("/v2/health/live",
            [](const httplib::Request&, httplib::Response& res) {
              res.set_content("{}", kJson);
@@ -373,6 +416,7 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
             })) {
           return;
         }
+        ConnectionDeadlines::Serving();
         Infer(*router, req, body, std::move(request_id), std::move(status),
               res);
       });
@@ -395,6 +439,32 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
         absl::StrCat("cannot listen for REST on ", host, ":", port,
                      " (--http_port): address in use?"));
   }
+  ConnectionDeadlines::Options deadlines;
+  deadlines.head = options.keep_alive + options.request_timeout;
+  deadlines.body = options.request_timeout;
+  deadlines.on_cut = [metrics, timeout = options.request_timeout](
+                         ConnectionDeadlines::Stage stage,
+                         const std::string& peer, absl::Duration limit) {
+    metrics->RecordRestConnectionCut(stage);
+    static common::LogRateLimiter* logs = new common::LogRateLimiter(10);
+    if (int64_t skipped = 0; logs->Allow(&skipped)) {
+      const bool body = stage == ConnectionDeadlines::Stage::kBody;
+      MOE_LOG(WARNING) << "REST: closed the connection from " << peer << ": "
+                       << (body ? "its request's body was not in within "
+                                : "no whole request head came within ")
+                       << absl::FormatDuration(
+                              absl::Trunc(limit, absl::Milliseconds(1)))
+                       << (body ? " of its head (--http_request_timeout_s="
+                                : " of its start or its last answer "
+                                  "(--http_request_timeout_s=")
+                       << absl::ToInt64Seconds(timeout)
+                       << (body ? " plus 1 s per MiB of the body)"
+                                : " plus the keep-alive)")
+                       << common::SuppressedNote(skipped);
+    }
+  };
+  MOE_ASSIGN_OR_RETURN(server->deadlines_,
+                       ConnectionDeadlines::Start(server->port_, deadlines));
   server->thread_ = std::thread([&http] { http.listen_after_bind(); });
   return server;
 }

@@ -11,9 +11,12 @@
 // with 400 (bad request), 401 (token), 404 (model or version), 429
 // (overload), 503 (not ready, degraded), 504 (deadline), 500 (other). A body
 // over `max_body_bytes` is refused with 413 before it is parsed. One thread
-// per open connection, from a pool of `Options::threads`. With TLS
-// files it serves HTTPS (and requires client certificates when given a CA),
-// as the gRPC port does, and takes changed files without a restart.
+// per open connection, from a pool of `Options::threads`; a request that
+// takes longer than `Options::request_timeout` to arrive ends its
+// connection (common::ConnectionDeadlines), so slow senders cannot hold them
+// all. With TLS files it serves HTTPS (and requires client certificates when
+// given a CA), as the gRPC port does, and takes changed files without a
+// restart.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +26,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/connection_deadlines.h"
 #include "proto/tls.h"
 #include "router/service/router_metrics.h"
 #include "router/service/router_service.h"
@@ -52,6 +56,12 @@ class InferenceHttpServer {
     // How long a connection may sit idle, before its first request or
     // between two, before the router closes it.
     absl::Duration keep_alive = absl::Seconds(5);
+    // How long a request may take to arrive, however steadily its bytes
+    // come: its head (after the keep-alive wait, and the write of the
+    // answer before it) within this long, its body within this long plus
+    // one second per MiB of it. A connection past it is closed
+    // (common::ConnectionDeadlines).
+    absl::Duration request_timeout = absl::Seconds(30);
     // HTTPS with this certificate and key, client certificates of its CA
     // required when one is set; plaintext when no certificate is given.
     // The files are re-read when they change (every `refresh_seconds` at
@@ -76,6 +86,8 @@ class InferenceHttpServer {
 
   // Before http_: its TLS contexts call into it until they are freed.
   std::unique_ptr<proto::ServerTlsReloader> tls_;
+  // Before http_: its pool's connections report their stages to it.
+  std::unique_ptr<common::ConnectionDeadlines> deadlines_;
   std::unique_ptr<httplib::Server> http_;
   std::thread thread_;
   int port_ = 0;

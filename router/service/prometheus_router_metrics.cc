@@ -259,6 +259,13 @@ PrometheusRouterMetrics::PrometheusRouterMetrics(
                       "--http_threads threads) or waiting for a thread.")),
       rest_served_(rest_connections_.Add({{"state", "served"}})),
       rest_waiting_(rest_connections_.Add({{"state", "waiting"}})),
+      rest_cut_(CounterFamily(
+          registry, "moe_router_rest_slow_connections_closed_total",
+          "REST connections the router closed because a request did not "
+          "arrive in time (--http_request_timeout_s), by stage: head (the "
+          "answer before it not taken, or the request's head not in), body.")),
+      rest_cut_head_(rest_cut_.Add({{"stage", "head"}})),
+      rest_cut_body_(rest_cut_.Add({{"stage", "body"}})),
       forward_cpu_(
           CounterFamily(registry, "moe_router_forward_cpu_seconds_total",
                         "CPU time of the threads running forwards, while they "
@@ -437,6 +444,13 @@ void PrometheusRouterMetrics::AddRestBodyBytes(int64_t delta) {
 void PrometheusRouterMetrics::AddRestConnections(int served, int waiting) {
   rest_served_.Increment(served);
   rest_waiting_.Increment(waiting);
+}
+
+void PrometheusRouterMetrics::RecordRestConnectionCut(
+    common::ConnectionDeadlines::Stage stage) {
+  (stage == common::ConnectionDeadlines::Stage::kBody ? rest_cut_body_
+                                                      : rest_cut_head_)
+      .Increment();
 }
 
 void PrometheusRouterMetrics::AddInflight(int delta) {

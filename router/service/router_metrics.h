@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "common/connection_deadlines.h"
 #include "router/engine/layer_engine.h"
 #include "router/remote/worker_pool.h"
 #include "router/service/reject_reason.h"
@@ -80,6 +81,10 @@ class RouterMetrics {
   // connections served by a thread of its pool or waiting for one.
   virtual void AddRestBodyBytes(int64_t /*delta*/) {}
   virtual void AddRestConnections(int /*served*/, int /*waiting*/) {}
+  // A REST connection closed because its request did not arrive in time
+  // (common::ConnectionDeadlines), in that stage.
+  virtual void RecordRestConnectionCut(
+      common::ConnectionDeadlines::Stage /*stage*/) {}
 };
 
 // Records nothing.

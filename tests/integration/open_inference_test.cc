@@ -3,15 +3,13 @@
 // proto/inference/open_inference_grpc.proto calling every RPC, the REST
 // form over HTTP, ModelInfer's and REST infer's y against Forward's bit for
 // bit, and the refusals.
-#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -34,41 +32,15 @@
 #include "proto/tensor_codec.h"
 #include "testing/deployment.h"
 #include "testing/golden.h"
+#include "testing/loopback.h"
 
 namespace moe {
 namespace {
 
 constexpr char kToken[] = "oip-s3cret";
 
-// A TCP connection to 127.0.0.1:port (-1 when refused), with 30 s send and
-// receive timeouts so that no test waits forever.
-int ConnectLoopback(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  const timeval limit{30, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-bool SendAll(int fd, absl::string_view bytes) {
-  size_t sent = 0;
-  while (sent < bytes.size()) {
-    const ssize_t n =
-        send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) return false;
-    sent += static_cast<size_t>(n);
-  }
-  return true;
-}
+using testing::ConnectLoopback;
+using testing::SendAll;
 
 // A REST infer body of the float32 tensor `x`.
 std::string InferJson(const common::HostTensor& x) {
@@ -646,19 +618,146 @@ TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
       std::string::npos);
 }
 
+// cpp-httplib's timeouts bound each read alone, so a client that sent its
+// request a byte at a time held a thread of --http_threads for as long as
+// it liked, and as many such clients as threads held the port. Now a
+// request must arrive within --http_request_timeout_s (its head after the
+// 5 s keep-alive, its body plus 1 s per MiB), else its connection is
+// closed and its thread serves the next one.
+TEST(OpenInferenceSlowSenderTest, SlowRequestsAreClosedAndFreeTheirThreads) {
+  common::LayerConfig config = common::DefaultDemoConfig();
+  config.dim = 64;
+  config.num_experts = 8;
+  const std::string checkpoint = testing::TempDir() + "/oip-slow.safetensors";
+  ASSERT_TRUE(
+      common::WriteDemoCheckpoint(checkpoint, config, 1, /*seed=*/5).ok());
+  const std::string port_file = testing::TempDir() + "/oip-slow.http.port";
+  testing::Deployment d(checkpoint, {"0-7"},
+                        {"--http_port=0", "--http_port_file=" + port_file,
+                         "--http_threads=2", "--http_request_timeout_s=2"});
+  ASSERT_TRUE(d.StartWorker(0).ok()) << d.worker(0).Log();
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  const absl::StatusOr<int> port =
+      testing::WaitForPortFile(port_file, absl::Seconds(60), &d.router());
+  ASSERT_TRUE(port.ok()) << port.status();
+
+  // Sends `head` at once, then one byte every 200 ms for at most 40 s, until
+  // a send fails; then waits for the router's end of the connection.
+  // Returns how long after the head the connection ended (infinite when
+  // it did not end from the router's side).
+  auto trickle = [&](const std::string& head) {
+    const int fd = ConnectLoopback(*port);
+    if (fd < 0 || !SendAll(fd, head)) return absl::InfiniteDuration();
+    const absl::Time start = absl::Now();
+    while (absl::Now() - start < absl::Seconds(40) && SendAll(fd, "a")) {
+      absl::SleepFor(absl::Milliseconds(200));
+    }
+    char byte;
+    const ssize_t n = recv(fd, &byte, 1, 0);
+    const bool ended = n == 0 || (n < 0 && errno == ECONNRESET);
+    const absl::Duration took = absl::Now() - start;
+    close(fd);
+    return ended && took < absl::Seconds(40) ? took : absl::InfiniteDuration();
+  };
+
+  // A body that does not arrive within 2 s (plus 1 s per MiB: ~0 here).
+  const absl::Duration body = trickle(
+      "POST /v2/models/oip-slow/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+      "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{");
+  EXPECT_GE(body, absl::Milliseconds(1500));
+  EXPECT_LT(body, absl::Seconds(10));
+
+  // Two heads that never end hold both threads; a third client waits for
+  // one, and gets it once the two are closed, after the keep-alive and the
+  // timeout (7 s), long before their 40 s of sending would have ended.
+  const std::string head =
+      "GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+  absl::Duration slow[2];
+  std::thread first([&] { slow[0] = trickle(head); });
+  std::thread second([&] { slow[1] = trickle(head); });
+  absl::SleepFor(absl::Seconds(1));
+  httplib::Client http("127.0.0.1", *port);
+  http.set_read_timeout(30, 0);
+  const absl::Time asked = absl::Now();
+  auto live = http.Get("/v2/health/live");
+  const absl::Duration waited = absl::Now() - asked;
+  first.join();
+  second.join();
+  ASSERT_TRUE(live) << "a client behind two slow senders got no answer";
+  EXPECT_EQ(live->status, 200);
+  EXPECT_LT(waited, absl::Seconds(20));
+  for (const absl::Duration took : slow) {
+    EXPECT_GE(took, absl::Seconds(5));
+    EXPECT_LT(took, absl::Seconds(20));
+  }
+
+  // A keep-alive connection idle longer than the timeout but within the
+  // keep-alive is not closed: the wait before a head is the keep-alive's.
+  {
+    const int c = ConnectLoopback(*port);
+    ASSERT_GE(c, 0);
+    std::string answer;
+    const std::string get =
+        "GET /v2/health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    ASSERT_TRUE(SendAll(c, get));
+    EXPECT_EQ(ReadAnswer(c, &answer), 200);
+    absl::SleepFor(absl::Seconds(3));
+    ASSERT_TRUE(SendAll(c, get));
+    EXPECT_EQ(ReadAnswer(c, &answer), 200);
+    close(c);
+  }
+
+  httplib::Client metrics(d.router_metrics_address());
+  auto text = metrics.Get("/metrics");
+  ASSERT_TRUE(text);
+  EXPECT_NE(
+      text->body.find(
+          R"(moe_router_rest_slow_connections_closed_total{stage="head"} 2)"),
+      std::string::npos);
+  EXPECT_NE(
+      text->body.find(
+          R"(moe_router_rest_slow_connections_closed_total{stage="body"} 1)"),
+      std::string::npos);
+  const std::string log = d.router().Log();
+  EXPECT_NE(log.find("REST: closed the connection from 127.0.0.1:"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("its request's body was not in within 2s of its head"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("no whole request head came within 7s"), std::string::npos)
+      << log;
+}
+
+// moe-router's output when started with the REST port and `flag`, which
+// must make it stop.
+std::string RouterRefusing(const std::string& flag) {
+  std::string out;
+  EXPECT_NE(testing::RunProcess(
+                {testing::BinaryPath("moe-router"),
+                 "--checkpoint=" + testing::GoldenPath("A_moe_eval_nodrop"),
+                 "--workers=127.0.0.1:1", "--host=127.0.0.1", "--port=0",
+                 "--metrics_port=-1", "--http_port=0", flag},
+                &out),
+            0)
+      << flag;
+  return out;
+}
+
+TEST(OpenInferenceFlagsTest, ARequestTimeoutOutOfRangeIsAnErrorNamingTheFlag) {
+  for (const std::string seconds : {"0", "3601"}) {
+    const std::string out =
+        RouterRefusing("--http_request_timeout_s=" + seconds);
+    EXPECT_NE(out.find("(--http_request_timeout_s) must be 1 s to 1 h"),
+              std::string::npos)
+        << out;
+  }
+}
+
 TEST(OpenInferenceFlagsTest, AThreadCountOutOfRangeIsAnErrorNamingTheFlag) {
-  for (const char* threads : {"0", "4097"}) {
-    std::string out;
-    EXPECT_NE(testing::RunProcess(
-                  {testing::BinaryPath("moe-router"),
-                   "--checkpoint=" + testing::GoldenPath("A_moe_eval_nodrop"),
-                   "--workers=127.0.0.1:1", "--host=127.0.0.1", "--port=0",
-                   "--metrics_port=-1", "--http_port=0",
-                   std::string("--http_threads=") + threads},
-                  &out),
-              0);
-    EXPECT_NE(out.find("--http_threads) must be 1 to 4096, not " +
-                       std::string(threads)),
+  for (const std::string threads : {"0", "4097"}) {
+    const std::string out = RouterRefusing("--http_threads=" + threads);
+    EXPECT_NE(out.find("--http_threads) must be 1 to 4096, not " + threads),
               std::string::npos)
         << out;
   }

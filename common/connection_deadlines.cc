@@ -1,0 +1,253 @@
+#include "common/connection_deadlines.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace moe::common {
+namespace {
+
+// The connection the calling thread serves, and who tracks it.
+struct Current {
+  ConnectionDeadlines* owner = nullptr;
+  void* connection = nullptr;
+};
+thread_local Current current;
+
+// The port of a socket's address (of either family); -1 when it has none.
+int PortOf(const sockaddr_storage& address) {
+  if (address.ss_family == AF_INET) {
+    return ntohs(reinterpret_cast<const sockaddr_in&>(address).sin_port);
+  }
+  if (address.ss_family == AF_INET6) {
+    return ntohs(reinterpret_cast<const sockaddr_in6&>(address).sin6_port);
+  }
+  return -1;
+}
+
+// "ADDRESS:PORT" of the socket's peer; "" when it has none.
+std::string PeerOf(int fd) {
+  sockaddr_storage peer{};
+  socklen_t length = sizeof(peer);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &length) != 0) {
+    return "";
+  }
+  char text[INET6_ADDRSTRLEN] = "";
+  const void* address =
+      peer.ss_family == AF_INET
+          ? static_cast<const void*>(
+                &reinterpret_cast<const sockaddr_in&>(peer).sin_addr)
+          : static_cast<const void*>(
+                &reinterpret_cast<const sockaddr_in6&>(peer).sin6_addr);
+  if (inet_ntop(peer.ss_family, address, text, sizeof(text)) == nullptr) {
+    return "";
+  }
+  return peer.ss_family == AF_INET6
+             ? absl::StrCat("[", text, "]:", PortOf(peer))
+             : absl::StrCat(text, ":", PortOf(peer));
+}
+
+}  // namespace
+
+const char* ConnectionDeadlines::StageName(Stage stage) {
+  switch (stage) {
+    case Stage::kHead:
+      return "head";
+    case Stage::kBody:
+      return "body";
+    case Stage::kServing:
+      return "serving";
+  }
+  return "?";
+}
+
+ConnectionDeadlines::ConnectionDeadlines(int port, Options options)
+    : port_(port), options_(std::move(options)) {}
+
+absl::StatusOr<std::unique_ptr<ConnectionDeadlines>> ConnectionDeadlines::Start(
+    int port, Options options) {
+  if (port <= 0 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("connection deadlines: no such port: ", port));
+  }
+  if (options.head <= absl::ZeroDuration() ||
+      options.body <= absl::ZeroDuration() ||
+      options.body_bytes_per_second < 1) {
+    return absl::InvalidArgumentError(
+        "connection deadlines: the head's and the body's must be positive, "
+        "and so must the body's rate");
+  }
+  auto deadlines = std::unique_ptr<ConnectionDeadlines>(
+      new ConnectionDeadlines(port, std::move(options)));
+  deadlines->watchdog_ = std::thread([d = deadlines.get()] { d->Watch(); });
+  return deadlines;
+}
+
+ConnectionDeadlines::~ConnectionDeadlines() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  watchdog_.join();
+  absl::MutexLock lock(&mu_);
+  for (Connection& c : connections_) {
+    if (c.fd >= 0) close(c.fd);
+  }
+}
+
+int ConnectionDeadlines::FindAccepted(uint64_t* inode) {
+  // accept() returns the lowest descriptor free at the time, and the one
+  // just accepted stays open until its closure runs (after Track): so it is
+  // the lowest-numbered socket on the port, connected, that no tracked
+  // connection holds. The search stops past a long run of free numbers
+  // (none could have opened below it in the meantime).
+  constexpr int kFreeRun = 1024;
+  int free_run = 0;
+  for (int fd = 0; free_run < kFreeRun; ++fd) {
+    struct stat st {};
+    if (fstat(fd, &st) != 0) {
+      ++free_run;
+      continue;
+    }
+    free_run = 0;
+    if (!S_ISSOCK(st.st_mode) || inodes_.contains(st.st_ino) ||
+        others_.contains(st.st_ino)) {
+      continue;
+    }
+    sockaddr_storage address{};
+    socklen_t length = sizeof(address);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0 ||
+        PortOf(address) != port_) {
+      // A socket not on the port never will be (the port is taken), so it
+      // is asked once; the memory of them is bounded.
+      if (others_.size() >= 65536) others_.clear();
+      others_.insert(st.st_ino);
+      continue;
+    }
+    // The listening socket (and one reset already) has no peer.
+    length = sizeof(address);
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+      continue;
+    }
+    *inode = st.st_ino;
+    return fd;
+  }
+  return -1;
+}
+
+std::function<void()> ConnectionDeadlines::Track(std::function<void()> serve) {
+  Connection* connection = nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    uint64_t inode = 0;
+    const int fd = FindAccepted(&inode);
+    if (fd < 0) {
+      ++untracked_;
+      return serve;
+    }
+    connections_.push_back(Connection{});
+    connection = &connections_.back();
+    // Without a duplicate (no descriptor free) the connection is known, so
+    // that no later search takes it for another, but has no deadline.
+    connection->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (connection->fd < 0) ++untracked_;
+    connection->inode = inode;
+    connection->peer = PeerOf(fd);
+    inodes_.insert(inode);
+  }
+  return [this, connection, serve = std::move(serve)] {
+    SetStage(connection, Stage::kHead, options_.head);
+    current = Current{this, connection};
+    serve();
+    current = Current{};
+    absl::MutexLock lock(&mu_);
+    if (connection->fd >= 0) close(connection->fd);
+    inodes_.erase(connection->inode);
+    connections_.remove_if(
+        [connection](const Connection& c) { return &c == connection; });
+  };
+}
+
+void ConnectionDeadlines::SetStage(Connection* connection, Stage stage,
+                                   absl::Duration limit) {
+  absl::MutexLock lock(&mu_);
+  connection->stage = stage;
+  connection->since = absl::Now();
+  connection->limit = limit;
+}
+
+void ConnectionDeadlines::BodyNext(int64_t bytes) {
+  if (current.owner == nullptr) return;
+  const Options& o = current.owner->options_;
+  current.owner->SetStage(
+      static_cast<Connection*>(current.connection), Stage::kBody,
+      o.body + absl::Seconds(static_cast<double>(std::max<int64_t>(bytes, 0)) /
+                             static_cast<double>(o.body_bytes_per_second)));
+}
+
+void ConnectionDeadlines::Serving() {
+  if (current.owner == nullptr) return;
+  current.owner->SetStage(static_cast<Connection*>(current.connection),
+                          Stage::kServing, absl::InfiniteDuration());
+}
+
+void ConnectionDeadlines::Answered() {
+  if (current.owner == nullptr) return;
+  current.owner->SetStage(static_cast<Connection*>(current.connection),
+                          Stage::kHead, current.owner->options_.head);
+}
+
+int ConnectionDeadlines::tracked() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(connections_.size());
+}
+
+int64_t ConnectionDeadlines::untracked() const {
+  absl::MutexLock lock(&mu_);
+  return untracked_;
+}
+
+void ConnectionDeadlines::Watch() {
+  // Checked four times within the shortest deadline, at most every second.
+  const absl::Duration every =
+      std::min(absl::Seconds(1), std::min(options_.head, options_.body) / 4);
+  struct Cut {
+    Stage stage;
+    std::string peer;
+    absl::Duration limit;
+  };
+  absl::MutexLock lock(&mu_);
+  while (!stopping_) {
+    mu_.AwaitWithTimeout(absl::Condition(&stopping_), every);
+    if (stopping_) break;
+    const absl::Time now = absl::Now();
+    std::vector<Cut> cuts;
+    for (Connection& c : connections_) {
+      // A connection still waiting for a thread has no stage yet
+      // (`since` is in the infinite future).
+      if (c.cut || c.fd < 0 || now - c.since <= c.limit) {
+        continue;
+      }
+      // Its thread's read or write ends at once; it closes the socket.
+      shutdown(c.fd, SHUT_RDWR);
+      c.cut = true;
+      cuts.push_back(Cut{c.stage, c.peer, c.limit});
+    }
+    if (cuts.empty() || !options_.on_cut) continue;
+    mu_.Unlock();
+    for (const Cut& cut : cuts) options_.on_cut(cut.stage, cut.peer, cut.limit);
+    mu_.Lock();
+  }
+}
+
+}  // namespace moe::common

@@ -1,0 +1,129 @@
+// Deadlines for the connections of a thread-per-connection HTTP server
+// (cpp-httplib: the router's REST port, /metrics), whose own timeouts bound
+// each read and write alone: a client that sends one byte of its request
+// every few seconds would hold a thread of the server's pool for as long as
+// it liked, and as many such clients as threads would hold the port.
+//
+// Each connection is in one of three stages:
+//   head:    from the start of its service, or from the end of an answer,
+//            until a request's head (method, path, headers) is in: the
+//            answer's write, the keep-alive wait and the head's arrival
+//            together get `head`;
+//   body:    from the head until the body is in: `body`, plus one second
+//            per `body_bytes_per_second` of the body's length;
+//   serving: no deadline (the server's own work, bounded by its own
+//            deadlines).
+// A connection past its stage's deadline is shut down (both ways), which
+// ends the thread's read or write at once and frees it; `on_cut` hears of
+// it. The server reports stages from its serving thread (BodyNext,
+// Serving, Answered: thread-local, no-ops on threads that serve no tracked
+// connection).
+//
+// The server hands each accepted connection to its pool without its socket
+// (cpp-httplib's TaskQueue::enqueue takes a closure), so Track finds it:
+// the accepted socket is the lowest-numbered connected socket of the
+// process on the server's port that no tracked connection holds (accept()
+// takes the lowest free number; the search costs one fstat per descriptor
+// below it). Track keeps a duplicate of it for as long as the connection is
+// served, so that a shutdown never reaches a reused descriptor.
+//
+// Example:
+//   auto deadlines = ConnectionDeadlines::Start(port, options);
+//   pool.enqueue(deadlines->Track(std::move(serve_connection)));
+//   ... on the serving thread, when a request's head is parsed:
+//   ConnectionDeadlines::BodyNext(content_length);
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace moe::common {
+
+class ConnectionDeadlines {
+ public:
+  enum class Stage { kHead, kBody, kServing };
+
+  struct Options {
+    // The answer's write, the keep-alive wait and the next request's head.
+    absl::Duration head = absl::Seconds(35);
+    // A body: this, plus one second per `body_bytes_per_second` of it.
+    absl::Duration body = absl::Seconds(30);
+    int64_t body_bytes_per_second = 1 << 20;
+    // Hears of each connection shut down (on the watchdog's thread): the
+    // stage it was in, its peer ("ADDRESS:PORT") and the deadline it
+    // passed (from the start of that stage).
+    std::function<void(Stage stage, const std::string& peer,
+                       absl::Duration limit)>
+        on_cut;
+  };
+
+  // "head", "body" or "serving".
+  static const char* StageName(Stage stage);
+
+  // Watches the connections accepted on `port` (of this process).
+  static absl::StatusOr<std::unique_ptr<ConnectionDeadlines>> Start(
+      int port, Options options);
+  // Stops watching; call it once no tracked connection is served.
+  ~ConnectionDeadlines();
+
+  // Called where the server hands a connection it has just accepted to its
+  // pool (on the accepting thread, before the next accept): `serve`
+  // wrapped so that, while it runs, the deadlines apply to that
+  // connection, from the head stage. A connection whose socket is not
+  // found (it closed at once, say) is served without deadlines.
+  std::function<void()> Track(std::function<void()> serve);
+
+  // On the thread serving a tracked connection: a request's head is in and
+  // its body, of at most `bytes` (0: none), comes next.
+  static void BodyNext(int64_t bytes);
+  // The body is in: the request is being served.
+  static void Serving();
+  // The answer is made: its write and the next request's head come next.
+  static void Answered();
+
+  // Connections tracked now (served or waiting for a thread), and those
+  // Track could not find.
+  int tracked() const;
+  int64_t untracked() const;
+
+ private:
+  struct Connection {
+    int fd = -1;  // our duplicate of the connection's socket
+    uint64_t inode = 0;
+    std::string peer;
+    Stage stage = Stage::kHead;
+    // InfiniteFuture while the connection waits for a thread.
+    absl::Time since = absl::InfiniteFuture();
+    absl::Duration limit = absl::InfiniteDuration();
+    bool cut = false;
+  };
+
+  ConnectionDeadlines(int port, Options options);
+  void SetStage(Connection* connection, Stage stage, absl::Duration limit);
+  void Watch();
+  // The socket Track looks for; -1 when there is none.
+  int FindAccepted(uint64_t* inode) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const int port_;
+  const Options options_;
+  mutable absl::Mutex mu_;
+  std::list<Connection> connections_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<uint64_t> inodes_ ABSL_GUARDED_BY(mu_);
+  // Sockets seen by a search that are not on the port.
+  absl::flat_hash_set<uint64_t> others_ ABSL_GUARDED_BY(mu_);
+  int64_t untracked_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread watchdog_;
+};
+
+}  // namespace moe::common

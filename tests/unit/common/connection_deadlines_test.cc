@@ -1,0 +1,199 @@
+// ConnectionDeadlines on real loopback sockets: Track finds the socket just
+// accepted, and a connection past its stage's deadline is shut down (its
+// server thread's read ends), while one being served is left alone.
+#include "common/connection_deadlines.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "testing/loopback.h"
+
+namespace moe::common {
+namespace {
+
+// How long a blocking read on `fd` waited until it ended (at EOF).
+absl::Duration ReadUntilEnd(int fd) {
+  const absl::Time start = absl::Now();
+  char byte;
+  EXPECT_EQ(recv(fd, &byte, 1, 0), 0);
+  return absl::Now() - start;
+}
+
+// A listening socket on 127.0.0.1, deadlines on its port (300 ms for a
+// head and for a body), and the cuts they report.
+class ConnectionDeadlinesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    listener_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof(addr);
+    ASSERT_EQ(bind(listener_, reinterpret_cast<sockaddr*>(&addr), length), 0);
+    ASSERT_EQ(listen(listener_, 4), 0);
+    getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &length);
+    port_ = ntohs(addr.sin_port);
+  }
+  void TearDown() override {
+    deadlines_.reset();
+    if (client_ >= 0) close(client_);
+    close(listener_);
+  }
+
+  // Starts the deadlines with `options` (the cuts recorded here).
+  void Start(ConnectionDeadlines::Options options) {
+    options.on_cut = [this](ConnectionDeadlines::Stage stage,
+                            const std::string& peer, absl::Duration) {
+      absl::MutexLock lock(&mu_);
+      cuts_.emplace_back(stage, peer);
+    };
+    absl::StatusOr<std::unique_ptr<ConnectionDeadlines>> d =
+        ConnectionDeadlines::Start(port_, std::move(options));
+    ASSERT_TRUE(d.ok()) << d.status();
+    deadlines_ = *std::move(d);
+  }
+  static ConnectionDeadlines::Options Short() {
+    ConnectionDeadlines::Options o;
+    o.head = absl::Milliseconds(300);
+    o.body = absl::Milliseconds(300);
+    return o;
+  }
+  // Connects a client and accepts it; returns the server's end (with a
+  // 10 s receive timeout).
+  int Connect() {
+    client_ = testing::ConnectLoopback(port_);
+    const int server = accept(listener_, nullptr, nullptr);
+    const timeval limit{10, 0};
+    setsockopt(server, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
+    return server;
+  }
+  // The client's "127.0.0.1:PORT", as the server sees it.
+  std::string ClientName() const {
+    sockaddr_in addr{};
+    socklen_t length = sizeof(addr);
+    getsockname(client_, reinterpret_cast<sockaddr*>(&addr), &length);
+    return "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+  }
+  std::vector<std::pair<ConnectionDeadlines::Stage, std::string>> Cuts() {
+    absl::MutexLock lock(&mu_);
+    return cuts_;
+  }
+
+  int listener_ = -1;
+  int client_ = -1;
+  int port_ = 0;
+  std::unique_ptr<ConnectionDeadlines> deadlines_;
+  absl::Mutex mu_;
+  std::vector<std::pair<ConnectionDeadlines::Stage, std::string>> cuts_
+      ABSL_GUARDED_BY(mu_);
+};
+
+TEST_F(ConnectionDeadlinesTest, ASilentConnectionIsShutDownAfterItsHead) {
+  Start(Short());
+  const int fd = Connect();
+  absl::Duration waited;
+  std::function<void()> serve =
+      deadlines_->Track([&] { waited = ReadUntilEnd(fd); });
+  EXPECT_EQ(deadlines_->tracked(), 1);
+  EXPECT_EQ(deadlines_->untracked(), 0);
+  std::thread(serve).join();
+  close(fd);
+  EXPECT_GE(waited, absl::Milliseconds(250));
+  EXPECT_LT(waited, absl::Seconds(5));
+  EXPECT_EQ(deadlines_->tracked(), 0);
+  const auto cuts = Cuts();
+  ASSERT_EQ(cuts.size(), 1u);
+  EXPECT_EQ(cuts[0].first, ConnectionDeadlines::Stage::kHead);
+  EXPECT_EQ(cuts[0].second, ClientName());
+}
+
+TEST_F(ConnectionDeadlinesTest, AConnectionBeingServedHasNoDeadline) {
+  Start(Short());
+  const int fd = Connect();
+  absl::Duration waited;
+  std::thread thread(deadlines_->Track([&] {
+    ConnectionDeadlines::BodyNext(0);
+    ConnectionDeadlines::Serving();
+    // Three head deadlines long; the connection still carries an answer.
+    absl::SleepFor(absl::Milliseconds(900));
+    EXPECT_EQ(send(fd, "y", 1, MSG_NOSIGNAL), 1);
+    ConnectionDeadlines::Answered();
+    waited = ReadUntilEnd(fd);
+  }));
+  char byte = 0;
+  EXPECT_EQ(recv(client_, &byte, 1, 0), 1);
+  EXPECT_EQ(byte, 'y');
+  thread.join();
+  close(fd);
+  // Then the next head's deadline runs from the answer.
+  EXPECT_GE(waited, absl::Milliseconds(250));
+  const auto cuts = Cuts();
+  ASSERT_EQ(cuts.size(), 1u);
+  EXPECT_EQ(cuts[0].first, ConnectionDeadlines::Stage::kHead);
+}
+
+TEST_F(ConnectionDeadlinesTest, ABodyGetsItsDeadlinePlusItsLengthAtTheRate) {
+  ConnectionDeadlines::Options options = Short();
+  options.body_bytes_per_second = 1000;
+  Start(options);
+  const int fd = Connect();
+  absl::Duration waited;
+  std::thread(deadlines_->Track([&] {
+    // 300 ms plus 1,000 bytes at 1,000 bytes a second.
+    ConnectionDeadlines::BodyNext(1000);
+    waited = ReadUntilEnd(fd);
+  })).join();
+  close(fd);
+  EXPECT_GE(waited, absl::Milliseconds(1200));
+  EXPECT_LT(waited, absl::Seconds(6));
+  const auto cuts = Cuts();
+  ASSERT_EQ(cuts.size(), 1u);
+  EXPECT_EQ(cuts[0].first, ConnectionDeadlines::Stage::kBody);
+}
+
+TEST_F(ConnectionDeadlinesTest, AConnectionWaitingForAThreadHasNoDeadlineYet) {
+  Start(Short());
+  const int fd = Connect();
+  std::function<void()> serve =
+      deadlines_->Track([&] { EXPECT_EQ(send(fd, "y", 1, MSG_NOSIGNAL), 1); });
+  absl::SleepFor(absl::Milliseconds(900));
+  serve();
+  char byte = 0;
+  EXPECT_EQ(recv(client_, &byte, 1, 0), 1);
+  close(fd);
+  EXPECT_TRUE(Cuts().empty());
+}
+
+TEST_F(ConnectionDeadlinesTest, StagesOnAThreadServingNoConnectionDoNothing) {
+  ConnectionDeadlines::BodyNext(10);
+  ConnectionDeadlines::Serving();
+  ConnectionDeadlines::Answered();
+  Start(Short());
+  // Nothing accepted on the port: nothing to track; served without one.
+  bool served = false;
+  deadlines_->Track([&] { served = true; })();
+  EXPECT_TRUE(served);
+  EXPECT_EQ(deadlines_->untracked(), 1);
+}
+
+TEST(ConnectionDeadlinesOptionsTest, BadOnesAreRefused) {
+  ConnectionDeadlines::Options o;
+  EXPECT_FALSE(ConnectionDeadlines::Start(0, o).ok());
+  o.head = absl::ZeroDuration();
+  EXPECT_FALSE(ConnectionDeadlines::Start(8080, o).ok());
+}
+
+}  // namespace
+}  // namespace moe::common
