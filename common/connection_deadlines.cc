@@ -2,12 +2,14 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/tcp.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -82,10 +84,10 @@ absl::StatusOr<std::unique_ptr<ConnectionDeadlines>> ConnectionDeadlines::Start(
   }
   if (options.head <= absl::ZeroDuration() ||
       options.body <= absl::ZeroDuration() ||
-      options.body_bytes_per_second < 1) {
+      options.body_bytes_per_second < 1 || options.max_head_bytes < 0) {
     return absl::InvalidArgumentError(
         "connection deadlines: the head's and the body's must be positive, "
-        "and so must the body's rate");
+        "and so must the body's rate; the head's size 0 or more");
   }
   auto deadlines = std::unique_ptr<ConnectionDeadlines>(
       new ConnectionDeadlines(port, std::move(options)));
@@ -178,10 +180,25 @@ std::function<void()> ConnectionDeadlines::Track(std::function<void()> serve) {
   };
 }
 
+uint64_t ConnectionDeadlines::Received(int fd) {
+  tcp_info info{};
+  socklen_t length = sizeof(info);
+  if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0 ||
+      length < offsetof(tcp_info, tcpi_bytes_received) +
+                   sizeof(info.tcpi_bytes_received)) {
+    return 0;
+  }
+  return info.tcpi_bytes_received;
+}
+
 void ConnectionDeadlines::SetStage(Connection* connection, Stage stage,
                                    absl::Duration limit) {
+  const uint64_t received = stage == Stage::kHead && options_.max_head_bytes > 0
+                                ? Received(connection->fd)
+                                : 0;
   absl::MutexLock lock(&mu_);
   connection->stage = stage;
+  connection->received = received;
   connection->since = absl::Now();
   connection->limit = limit;
 }
@@ -218,14 +235,10 @@ int64_t ConnectionDeadlines::untracked() const {
 }
 
 void ConnectionDeadlines::Watch() {
-  // Checked four times within the shortest deadline, at most every second.
-  const absl::Duration every =
-      std::min(absl::Seconds(1), std::min(options_.head, options_.body) / 4);
-  struct Cut {
-    Stage stage;
-    std::string peer;
-    absl::Duration limit;
-  };
+  // The deadlines are checked four times within the shortest, and the
+  // heads' sizes every 100 ms.
+  const absl::Duration every = std::min(
+      absl::Milliseconds(100), std::min(options_.head, options_.body) / 4);
   absl::MutexLock lock(&mu_);
   while (!stopping_) {
     mu_.AwaitWithTimeout(absl::Condition(&stopping_), every);
@@ -235,17 +248,23 @@ void ConnectionDeadlines::Watch() {
     for (Connection& c : connections_) {
       // A connection still waiting for a thread has no stage yet
       // (`since` is in the infinite future).
-      if (c.cut || c.fd < 0 || now - c.since <= c.limit) {
-        continue;
+      if (c.cut || c.fd < 0 || now < c.since) continue;
+      int64_t head_bytes = 0;
+      if (c.stage == Stage::kHead && options_.max_head_bytes > 0) {
+        const uint64_t received = Received(c.fd);
+        if (received > c.received + options_.max_head_bytes) {
+          head_bytes = static_cast<int64_t>(received - c.received);
+        }
       }
+      if (head_bytes == 0 && now - c.since <= c.limit) continue;
       // Its thread's read or write ends at once; it closes the socket.
       shutdown(c.fd, SHUT_RDWR);
       c.cut = true;
-      cuts.push_back(Cut{c.stage, c.peer, c.limit});
+      cuts.push_back(Cut{c.stage, c.peer, c.limit, head_bytes});
     }
     if (cuts.empty() || !options_.on_cut) continue;
     mu_.Unlock();
-    for (const Cut& cut : cuts) options_.on_cut(cut.stage, cut.peer, cut.limit);
+    for (const Cut& cut : cuts) options_.on_cut(cut);
     mu_.Lock();
   }
 }

@@ -1,23 +1,27 @@
-// Deadlines for the connections of a thread-per-connection HTTP server
-// (cpp-httplib: the router's REST port, /metrics), whose own timeouts bound
-// each read and write alone: a client that sends one byte of its request
-// every few seconds would hold a thread of the server's pool for as long as
-// it liked, and as many such clients as threads would hold the port.
+// Deadlines (and a size) for the connections of a thread-per-connection
+// HTTP server (cpp-httplib: the router's REST port, /metrics), whose own
+// timeouts bound each read and write alone and which takes any number of
+// header lines: a client that sends one byte of its request every few
+// seconds would hold a thread of the server's pool for as long as it liked
+// (as many such clients as threads would hold the port), and one that sends
+// header lines without end would grow the server's memory until it died.
 //
 // Each connection is in one of three stages:
 //   head:    from the start of its service, or from the end of an answer,
 //            until a request's head (method, path, headers) is in: the
 //            answer's write, the keep-alive wait and the head's arrival
-//            together get `head`;
+//            together get `head`, and the bytes received meanwhile may not
+//            pass `max_head_bytes` (the kernel's count, TCP_INFO);
 //   body:    from the head until the body is in: `body`, plus one second
 //            per `body_bytes_per_second` of the body's length;
 //   serving: no deadline (the server's own work, bounded by its own
 //            deadlines).
-// A connection past its stage's deadline is shut down (both ways), which
-// ends the thread's read or write at once and frees it; `on_cut` hears of
-// it. The server reports stages from its serving thread (BodyNext,
-// Serving, Answered: thread-local, no-ops on threads that serve no tracked
-// connection).
+// A connection past its stage's deadline or its head's size is shut down
+// (both ways), which ends the thread's read or write at once and frees it;
+// `on_cut` hears of it. The size is checked as often as the deadlines (every
+// 100 ms), so a head may grow by what arrives in that time before its cut. The
+// server reports stages from its serving thread (BodyNext, Serving, Answered:
+// thread-local, no-ops on threads that serve no tracked connection).
 //
 // The server hands each accepted connection to its pool without its socket
 // (cpp-httplib's TaskQueue::enqueue takes a closure), so Track finds it:
@@ -53,18 +57,28 @@ class ConnectionDeadlines {
  public:
   enum class Stage { kHead, kBody, kServing };
 
+  // A connection shut down: the stage it was in, its peer ("ADDRESS:PORT"),
+  // and what it passed: the deadline (from the start of the stage) or,
+  // when `head_bytes` is not 0, the size (that many bytes received in the
+  // head stage).
+  struct Cut {
+    Stage stage;
+    std::string peer;
+    absl::Duration limit;
+    int64_t head_bytes = 0;
+  };
+
   struct Options {
     // The answer's write, the keep-alive wait and the next request's head.
     absl::Duration head = absl::Seconds(35);
     // A body: this, plus one second per `body_bytes_per_second` of it.
     absl::Duration body = absl::Seconds(30);
     int64_t body_bytes_per_second = 1 << 20;
-    // Hears of each connection shut down (on the watchdog's thread): the
-    // stage it was in, its peer ("ADDRESS:PORT") and the deadline it
-    // passed (from the start of that stage).
-    std::function<void(Stage stage, const std::string& peer,
-                       absl::Duration limit)>
-        on_cut;
+    // The bytes a connection may receive in one head stage (TLS records
+    // included); 0: any number.
+    int64_t max_head_bytes = 64 << 10;
+    // Hears of each connection shut down (on the watchdog's thread).
+    std::function<void(const Cut& cut)> on_cut;
   };
 
   // "head", "body" or "serving".
@@ -102,6 +116,8 @@ class ConnectionDeadlines {
     uint64_t inode = 0;
     std::string peer;
     Stage stage = Stage::kHead;
+    // The kernel's count of bytes received when the stage began (head).
+    uint64_t received = 0;
     // InfiniteFuture while the connection waits for a thread.
     absl::Time since = absl::InfiniteFuture();
     absl::Duration limit = absl::InfiniteDuration();
@@ -110,6 +126,8 @@ class ConnectionDeadlines {
 
   ConnectionDeadlines(int port, Options options);
   void SetStage(Connection* connection, Stage stage, absl::Duration limit);
+  // The bytes the kernel has received on the connection; 0 when unknown.
+  static uint64_t Received(int fd);
   void Watch();
   // The socket Track looks for; -1 when there is none.
   int FindAccepted(uint64_t* inode) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

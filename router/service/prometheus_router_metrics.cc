@@ -260,12 +260,15 @@ PrometheusRouterMetrics::PrometheusRouterMetrics(
       rest_served_(rest_connections_.Add({{"state", "served"}})),
       rest_waiting_(rest_connections_.Add({{"state", "waiting"}})),
       rest_cut_(CounterFamily(
-          registry, "moe_router_rest_slow_connections_closed_total",
-          "REST connections the router closed because a request did not "
-          "arrive in time (--http_request_timeout_s), by stage: head (the "
-          "answer before it not taken, or the request's head not in), body.")),
-      rest_cut_head_(rest_cut_.Add({{"stage", "head"}})),
-      rest_cut_body_(rest_cut_.Add({{"stage", "body"}})),
+          registry, "moe_router_rest_connections_closed_total",
+          "REST connections the router closed before their request was in, "
+          "by reason: slow_head (no whole head within "
+          "--http_request_timeout_s after the keep-alive), slow_body (the "
+          "body not in within the timeout plus 1 s per MiB), large_head (a "
+          "head past 64 KiB).")),
+      rest_cut_slow_head_(rest_cut_.Add({{"reason", "slow_head"}})),
+      rest_cut_slow_body_(rest_cut_.Add({{"reason", "slow_body"}})),
+      rest_cut_large_head_(rest_cut_.Add({{"reason", "large_head"}})),
       forward_cpu_(
           CounterFamily(registry, "moe_router_forward_cpu_seconds_total",
                         "CPU time of the threads running forwards, while they "
@@ -447,9 +450,11 @@ void PrometheusRouterMetrics::AddRestConnections(int served, int waiting) {
 }
 
 void PrometheusRouterMetrics::RecordRestConnectionCut(
-    common::ConnectionDeadlines::Stage stage) {
-  (stage == common::ConnectionDeadlines::Stage::kBody ? rest_cut_body_
-                                                      : rest_cut_head_)
+    const common::ConnectionDeadlines::Cut& cut) {
+  (cut.head_bytes > 0 ? rest_cut_large_head_
+   : cut.stage == common::ConnectionDeadlines::Stage::kBody
+       ? rest_cut_slow_body_
+       : rest_cut_slow_head_)
       .Increment();
 }
 

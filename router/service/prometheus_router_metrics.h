@@ -24,7 +24,7 @@
 //   moe_router_inline_forwards_total
 //   moe_router_inflight_requests, moe_router_rejected_requests_total{reason}
 //   moe_router_rest_body_bytes, moe_router_rest_connections{state}
-//   moe_router_rest_slow_connections_closed_total{stage}
+//   moe_router_rest_connections_closed_total{reason}
 //
 // For a two-level layer, assignments and their drops are counted at the
 // inner level with expert = o * Ei + i; outer-level capacity drops with
@@ -76,7 +76,7 @@ class PrometheusRouterMetrics final : public RouterMetrics {
   void AddRestBodyBytes(int64_t delta) override;
   void AddRestConnections(int served, int waiting) override;
   void RecordRestConnectionCut(
-      common::ConnectionDeadlines::Stage stage) override;
+      const common::ConnectionDeadlines::Cut& cut) override;
 
   // The series of one layer and of one worker (defined in the .cc).
   struct Layer;
@@ -98,8 +98,9 @@ class PrometheusRouterMetrics final : public RouterMetrics {
   prometheus::Gauge& rest_served_;
   prometheus::Gauge& rest_waiting_;
   prometheus::Family<prometheus::Counter>& rest_cut_;
-  prometheus::Counter& rest_cut_head_;
-  prometheus::Counter& rest_cut_body_;
+  prometheus::Counter& rest_cut_slow_head_;
+  prometheus::Counter& rest_cut_slow_body_;
+  prometheus::Counter& rest_cut_large_head_;
   std::vector<prometheus::Counter*> rejected_;  // by RejectReason
   std::vector<prometheus::Counter*> stages_;    // by RouterStage
   prometheus::Counter& forward_cpu_;

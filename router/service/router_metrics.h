@@ -81,10 +81,10 @@ class RouterMetrics {
   // connections served by a thread of its pool or waiting for one.
   virtual void AddRestBodyBytes(int64_t /*delta*/) {}
   virtual void AddRestConnections(int /*served*/, int /*waiting*/) {}
-  // A REST connection closed because its request did not arrive in time
-  // (common::ConnectionDeadlines), in that stage.
+  // A REST connection closed because its request did not arrive in time,
+  // or its head was too large (common::ConnectionDeadlines).
   virtual void RecordRestConnectionCut(
-      common::ConnectionDeadlines::Stage /*stage*/) {}
+      const common::ConnectionDeadlines::Cut& /*cut*/) {}
 };
 
 // Records nothing.

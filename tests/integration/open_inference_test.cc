@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -620,11 +621,12 @@ TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
 
 // cpp-httplib's timeouts bound each read alone, so a client that sent its
 // request a byte at a time held a thread of --http_threads for as long as
-// it liked, and as many such clients as threads held the port. Now a
-// request must arrive within --http_request_timeout_s (its head after the
-// 5 s keep-alive, its body plus 1 s per MiB), else its connection is
+// it liked, and as many such clients as threads held the port; and it
+// takes any number of header lines. Now a request must arrive within
+// --http_request_timeout_s (its head after the 5 s keep-alive, its body
+// plus 1 s per MiB) and its head within 64 KiB, else its connection is
 // closed and its thread serves the next one.
-TEST(OpenInferenceSlowSenderTest, SlowRequestsAreClosedAndFreeTheirThreads) {
+TEST(OpenInferenceSlowSenderTest, SlowOrEndlessRequestsAreClosed) {
   common::LayerConfig config = common::DefaultDemoConfig();
   config.dim = 64;
   config.num_experts = 8;
@@ -691,6 +693,28 @@ TEST(OpenInferenceSlowSenderTest, SlowRequestsAreClosedAndFreeTheirThreads) {
     EXPECT_LT(took, absl::Seconds(20));
   }
 
+  // A head without end (httplib takes any number of header lines, each
+  // kept: 2 million of them grew the router by 215 MB) is closed once past
+  // 64 KiB, long before its deadline.
+  {
+    const int c = ConnectLoopback(*port);
+    ASSERT_GE(c, 0);
+    std::string lines = "GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+    for (int i = 0; i < 10000; ++i) absl::StrAppend(&lines, "X-", i, ": v\r\n");
+    // Once the router closed it, it takes no more bytes (a window of 0,
+    // without a reset): the sends end at this timeout.
+    const timeval limit{1, 0};
+    setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
+    const absl::Time start = absl::Now();
+    for (int i = 0; i < 1000 && SendAll(c, lines); ++i) {
+    }
+    char byte;
+    const ssize_t n = recv(c, &byte, 1, 0);
+    EXPECT_TRUE(n == 0 || (n < 0 && errno == ECONNRESET)) << n;
+    EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+    close(c);
+  }
+
   // A keep-alive connection idle longer than the timeout but within the
   // keep-alive is not closed: the wait before a head is the keep-alive's.
   {
@@ -710,14 +734,12 @@ TEST(OpenInferenceSlowSenderTest, SlowRequestsAreClosedAndFreeTheirThreads) {
   httplib::Client metrics(d.router_metrics_address());
   auto text = metrics.Get("/metrics");
   ASSERT_TRUE(text);
-  EXPECT_NE(
-      text->body.find(
-          R"(moe_router_rest_slow_connections_closed_total{stage="head"} 2)"),
-      std::string::npos);
-  EXPECT_NE(
-      text->body.find(
-          R"(moe_router_rest_slow_connections_closed_total{stage="body"} 1)"),
-      std::string::npos);
+  for (const char* series :
+       {R"(moe_router_rest_connections_closed_total{reason="slow_head"} 2)",
+        R"(moe_router_rest_connections_closed_total{reason="slow_body"} 1)",
+        R"(moe_router_rest_connections_closed_total{reason="large_head"} 1)"}) {
+    EXPECT_NE(text->body.find(series), std::string::npos) << series;
+  }
   const std::string log = d.router().Log();
   EXPECT_NE(log.find("REST: closed the connection from 127.0.0.1:"),
             std::string::npos)
@@ -726,6 +748,9 @@ TEST(OpenInferenceSlowSenderTest, SlowRequestsAreClosedAndFreeTheirThreads) {
             std::string::npos)
       << log;
   EXPECT_NE(log.find("no whole request head came within 7s"), std::string::npos)
+      << log;
+  EXPECT_NE(log.find("its request's head passed 65536 bytes ("),
+            std::string::npos)
       << log;
 }
 

@@ -54,10 +54,9 @@ class ConnectionDeadlinesTest : public ::testing::Test {
 
   // Starts the deadlines with `options` (the cuts recorded here).
   void Start(ConnectionDeadlines::Options options) {
-    options.on_cut = [this](ConnectionDeadlines::Stage stage,
-                            const std::string& peer, absl::Duration) {
+    options.on_cut = [this](const ConnectionDeadlines::Cut& cut) {
       absl::MutexLock lock(&mu_);
-      cuts_.emplace_back(stage, peer);
+      cuts_.push_back(cut);
     };
     absl::StatusOr<std::unique_ptr<ConnectionDeadlines>> d =
         ConnectionDeadlines::Start(port_, std::move(options));
@@ -86,8 +85,14 @@ class ConnectionDeadlinesTest : public ::testing::Test {
     getsockname(client_, reinterpret_cast<sockaddr*>(&addr), &length);
     return "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
   }
-  std::vector<std::pair<ConnectionDeadlines::Stage, std::string>> Cuts() {
+  // The cuts reported, once there are `expected` (on_cut runs just after
+  // the shutdown that ended the serving thread's read) or 5 s have passed.
+  std::vector<ConnectionDeadlines::Cut> Cuts(size_t expected) {
     absl::MutexLock lock(&mu_);
+    const auto enough = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return cuts_.size() >= expected;
+    };
+    mu_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(5));
     return cuts_;
   }
 
@@ -96,8 +101,7 @@ class ConnectionDeadlinesTest : public ::testing::Test {
   int port_ = 0;
   std::unique_ptr<ConnectionDeadlines> deadlines_;
   absl::Mutex mu_;
-  std::vector<std::pair<ConnectionDeadlines::Stage, std::string>> cuts_
-      ABSL_GUARDED_BY(mu_);
+  std::vector<ConnectionDeadlines::Cut> cuts_ ABSL_GUARDED_BY(mu_);
 };
 
 TEST_F(ConnectionDeadlinesTest, ASilentConnectionIsShutDownAfterItsHead) {
@@ -113,10 +117,10 @@ TEST_F(ConnectionDeadlinesTest, ASilentConnectionIsShutDownAfterItsHead) {
   EXPECT_GE(waited, absl::Milliseconds(250));
   EXPECT_LT(waited, absl::Seconds(5));
   EXPECT_EQ(deadlines_->tracked(), 0);
-  const auto cuts = Cuts();
+  const auto cuts = Cuts(1);
   ASSERT_EQ(cuts.size(), 1u);
-  EXPECT_EQ(cuts[0].first, ConnectionDeadlines::Stage::kHead);
-  EXPECT_EQ(cuts[0].second, ClientName());
+  EXPECT_EQ(cuts[0].stage, ConnectionDeadlines::Stage::kHead);
+  EXPECT_EQ(cuts[0].peer, ClientName());
 }
 
 TEST_F(ConnectionDeadlinesTest, AConnectionBeingServedHasNoDeadline) {
@@ -139,9 +143,9 @@ TEST_F(ConnectionDeadlinesTest, AConnectionBeingServedHasNoDeadline) {
   close(fd);
   // Then the next head's deadline runs from the answer.
   EXPECT_GE(waited, absl::Milliseconds(250));
-  const auto cuts = Cuts();
+  const auto cuts = Cuts(1);
   ASSERT_EQ(cuts.size(), 1u);
-  EXPECT_EQ(cuts[0].first, ConnectionDeadlines::Stage::kHead);
+  EXPECT_EQ(cuts[0].stage, ConnectionDeadlines::Stage::kHead);
 }
 
 TEST_F(ConnectionDeadlinesTest, ABodyGetsItsDeadlinePlusItsLengthAtTheRate) {
@@ -158,9 +162,9 @@ TEST_F(ConnectionDeadlinesTest, ABodyGetsItsDeadlinePlusItsLengthAtTheRate) {
   close(fd);
   EXPECT_GE(waited, absl::Milliseconds(1200));
   EXPECT_LT(waited, absl::Seconds(6));
-  const auto cuts = Cuts();
+  const auto cuts = Cuts(1);
   ASSERT_EQ(cuts.size(), 1u);
-  EXPECT_EQ(cuts[0].first, ConnectionDeadlines::Stage::kBody);
+  EXPECT_EQ(cuts[0].stage, ConnectionDeadlines::Stage::kBody);
 }
 
 TEST_F(ConnectionDeadlinesTest, AConnectionWaitingForAThreadHasNoDeadlineYet) {
@@ -173,7 +177,37 @@ TEST_F(ConnectionDeadlinesTest, AConnectionWaitingForAThreadHasNoDeadlineYet) {
   char byte = 0;
   EXPECT_EQ(recv(client_, &byte, 1, 0), 1);
   close(fd);
-  EXPECT_TRUE(Cuts().empty());
+  EXPECT_TRUE(Cuts(0).empty());
+}
+
+TEST_F(ConnectionDeadlinesTest, AHeadPastItsSizeIsShutDownBeforeItsDeadline) {
+  ConnectionDeadlines::Options options = Short();
+  options.head = absl::Seconds(20);
+  options.max_head_bytes = 4096;
+  Start(options);
+  const int fd = Connect();
+  absl::Duration waited;
+  int64_t read = 0;
+  std::thread thread(deadlines_->Track([&] {
+    const absl::Time start = absl::Now();
+    char chunk[1024];
+    for (ssize_t n; (n = recv(fd, chunk, sizeof(chunk), 0)) > 0;) read += n;
+    waited = absl::Now() - start;
+  }));
+  // 64 KiB of header lines, a line every millisecond or so.
+  const std::string line = "X-Header: 0123456789abcdef0123456789abcdef\r\n";
+  for (int i = 0; i < 1500 && testing::SendAll(client_, line); ++i) {
+    absl::SleepFor(absl::Microseconds(500));
+  }
+  thread.join();
+  close(fd);
+  EXPECT_LT(waited, absl::Seconds(10));
+  EXPECT_GT(read, 4096);
+  EXPECT_LT(read, 64 * 1024);
+  const auto cuts = Cuts(1);
+  ASSERT_EQ(cuts.size(), 1u);
+  EXPECT_EQ(cuts[0].stage, ConnectionDeadlines::Stage::kHead);
+  EXPECT_GT(cuts[0].head_bytes, 4096);
 }
 
 TEST_F(ConnectionDeadlinesTest, StagesOnAThreadServingNoConnectionDoNothing) {
