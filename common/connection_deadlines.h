@@ -106,7 +106,8 @@ class ConnectionDeadlines {
   static void Answered();
 
   // Connections tracked now (served or waiting for a thread), and those
-  // Track could not find.
+  // Track could not find or keep a duplicate of (served without
+  // deadlines).
   int tracked() const;
   int64_t untracked() const;
 
