@@ -61,18 +61,6 @@ std::string PeerOf(int fd) {
 
 }  // namespace
 
-const char* ConnectionDeadlines::StageName(Stage stage) {
-  switch (stage) {
-    case Stage::kHead:
-      return "head";
-    case Stage::kBody:
-      return "body";
-    case Stage::kServing:
-      return "serving";
-  }
-  return "?";
-}
-
 ConnectionDeadlines::ConnectionDeadlines(int port, Options options)
     : port_(port), options_(std::move(options)) {}
 
@@ -260,7 +248,18 @@ void ConnectionDeadlines::Watch() {
       // Its thread's read or write ends at once; it closes the socket.
       shutdown(c.fd, SHUT_RDWR);
       c.cut = true;
-      cuts.push_back(Cut{c.stage, c.peer, c.limit, head_bytes});
+      const std::string limit =
+          absl::FormatDuration(absl::Trunc(c.limit, absl::Milliseconds(1)));
+      cuts.push_back(
+          Cut{c.stage, c.peer, head_bytes,
+              head_bytes > 0 ? absl::StrCat("its request's head passed ",
+                                            options_.max_head_bytes, " bytes (",
+                                            head_bytes, " received)")
+              : c.stage == Stage::kBody
+                  ? absl::StrCat("its request's body was not in within ", limit,
+                                 " of its head")
+                  : absl::StrCat("no whole request head came within ", limit,
+                                 " of its start or its last answer")});
     }
     if (cuts.empty() || !options_.on_cut) continue;
     mu_.Unlock();

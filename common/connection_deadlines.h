@@ -58,14 +58,16 @@ class ConnectionDeadlines {
   enum class Stage { kHead, kBody, kServing };
 
   // A connection shut down: the stage it was in, its peer ("ADDRESS:PORT"),
-  // and what it passed: the deadline (from the start of the stage) or,
-  // when `head_bytes` is not 0, the size (that many bytes received in the
-  // head stage).
+  // the bytes received in its head stage when that passed the size (else
+  // 0), and why, for a log line ("no whole request head came within 35s of
+  // its start or its last answer", "its request's body was not in within
+  // 30s of its head", "its request's head passed 65536 bytes (N
+  // received)").
   struct Cut {
     Stage stage;
     std::string peer;
-    absl::Duration limit;
     int64_t head_bytes = 0;
+    std::string why;
   };
 
   struct Options {
@@ -80,9 +82,6 @@ class ConnectionDeadlines {
     // Hears of each connection shut down (on the watchdog's thread).
     std::function<void(const Cut& cut)> on_cut;
   };
-
-  // "head", "body" or "serving".
-  static const char* StageName(Stage stage);
 
   // Watches the connections accepted on `port` (of this process).
   static absl::StatusOr<std::unique_ptr<ConnectionDeadlines>> Start(

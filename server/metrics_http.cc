@@ -79,20 +79,11 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   ConnectionDeadlines::Options deadlines;
   deadlines.head = absl::Seconds(5) + request_timeout;
   deadlines.body = request_timeout;
-  deadlines.on_cut = [max_head = deadlines.max_head_bytes](
-                         const ConnectionDeadlines::Cut& cut) {
+  deadlines.on_cut = [](const ConnectionDeadlines::Cut& cut) {
     static common::LogRateLimiter* logs = new common::LogRateLimiter(10);
     if (int64_t skipped = 0; logs->Allow(&skipped)) {
-      MOE_LOG(WARNING)
-          << "/metrics: closed the connection from " << cut.peer << ": "
-          << (cut.head_bytes > 0
-                  ? absl::StrCat("its request's head passed ", max_head,
-                                 " bytes (", cut.head_bytes, " received)")
-                  : absl::StrCat("no whole request came within ",
-                                 absl::FormatDuration(cut.limit), " (its ",
-                                 ConnectionDeadlines::StageName(cut.stage),
-                                 ")"))
-          << common::SuppressedNote(skipped);
+      MOE_LOG(WARNING) << "/metrics: closed the connection from " << cut.peer
+                       << ": " << cut.why << common::SuppressedNote(skipped);
     }
   };
   MOE_ASSIGN_OR_RETURN(

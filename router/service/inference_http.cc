@@ -442,30 +442,22 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
   ConnectionDeadlines::Options deadlines;
   deadlines.head = options.keep_alive + options.request_timeout;
   deadlines.body = options.request_timeout;
-  deadlines.on_cut = [metrics, timeout = options.request_timeout,
-                      max_head = deadlines.max_head_bytes](
+  deadlines.on_cut = [metrics,
+                      seconds = absl::ToInt64Seconds(options.request_timeout)](
                          const ConnectionDeadlines::Cut& cut) {
     metrics->RecordRestConnectionCut(cut);
     static common::LogRateLimiter* logs = new common::LogRateLimiter(10);
-    int64_t skipped = 0;
-    if (!logs->Allow(&skipped)) return;
-    const std::string limit =
-        absl::FormatDuration(absl::Trunc(cut.limit, absl::Milliseconds(1)));
-    const int64_t seconds = absl::ToInt64Seconds(timeout);
-    MOE_LOG(WARNING)
-        << "REST: closed the connection from " << cut.peer << ": "
-        << (cut.head_bytes > 0
-                ? absl::StrCat("its request's head passed ", max_head,
-                               " bytes (", cut.head_bytes, " received)")
-            : cut.stage == ConnectionDeadlines::Stage::kBody
-                ? absl::StrCat("its request's body was not in within ", limit,
-                               " of its head (--http_request_timeout_s=",
-                               seconds, " plus 1 s per MiB of the body)")
-                : absl::StrCat("no whole request head came within ", limit,
-                               " of its start or its last answer "
-                               "(--http_request_timeout_s=",
-                               seconds, " plus the keep-alive)"))
-        << common::SuppressedNote(skipped);
+    if (int64_t skipped = 0; logs->Allow(&skipped)) {
+      MOE_LOG(WARNING)
+          << "REST: closed the connection from " << cut.peer << ": " << cut.why
+          << (cut.head_bytes > 0 ? ""
+              : cut.stage == ConnectionDeadlines::Stage::kBody
+                  ? absl::StrCat(" (--http_request_timeout_s=", seconds,
+                                 " plus 1 s per MiB of the body)")
+                  : absl::StrCat(" (--http_request_timeout_s=", seconds,
+                                 " plus the keep-alive)"))
+          << common::SuppressedNote(skipped);
+    }
   };
   MOE_ASSIGN_OR_RETURN(server->deadlines_,
                        ConnectionDeadlines::Start(server->port_, deadlines));

@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -121,6 +122,9 @@ TEST_F(ConnectionDeadlinesTest, ASilentConnectionIsShutDownAfterItsHead) {
   ASSERT_EQ(cuts.size(), 1u);
   EXPECT_EQ(cuts[0].stage, ConnectionDeadlines::Stage::kHead);
   EXPECT_EQ(cuts[0].peer, ClientName());
+  EXPECT_EQ(cuts[0].why,
+            "no whole request head came within 300ms of its start or its last "
+            "answer");
 }
 
 TEST_F(ConnectionDeadlinesTest, AConnectionBeingServedHasNoDeadline) {
@@ -208,6 +212,8 @@ TEST_F(ConnectionDeadlinesTest, AHeadPastItsSizeIsShutDownBeforeItsDeadline) {
   ASSERT_EQ(cuts.size(), 1u);
   EXPECT_EQ(cuts[0].stage, ConnectionDeadlines::Stage::kHead);
   EXPECT_GT(cuts[0].head_bytes, 4096);
+  EXPECT_EQ(cuts[0].why, absl::StrCat("its request's head passed 4096 bytes (",
+                                      cuts[0].head_bytes, " received)"));
 }
 
 TEST_F(ConnectionDeadlinesTest, StagesOnAThreadServingNoConnectionDoNothing) {
