@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "common/json_errors.h"
 #include "common/status_macros.h"
 
 namespace moe::common {
@@ -162,7 +163,7 @@ absl::StatusOr<LayerConfig> ParseLayerConfig(absl::string_view json) {
                           /*allow_exceptions=*/false);
   if (root.is_discarded()) {
     return absl::InvalidArgumentError(
-        "layer config: not valid JSON (NaN and Infinity are not JSON)");
+        absl::StrCat("layer config: not valid JSON: ", WhyNotJson(json)));
   }
   if (!root.is_object()) {
     return absl::InvalidArgumentError("layer config: not a JSON object");

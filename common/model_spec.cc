@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/json_errors.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 
@@ -123,8 +124,8 @@ absl::StatusOr<ModelSpec> ParseModelSpec(absl::string_view config_json,
                           /*allow_exceptions=*/false);
   if (root.is_discarded()) {
     return absl::InvalidArgumentError(
-        "model config: config_json is not valid JSON (NaN and Infinity are "
-        "not JSON)");
+        absl::StrCat("model config: config_json is not valid JSON: ",
+                     WhyNotJson(config_json)));
   }
   if (!root.is_object()) {
     return absl::InvalidArgumentError(

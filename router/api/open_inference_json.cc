@@ -7,7 +7,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/dtype.h"
+#include "common/json_errors.h"
 #include "common/logging.h"
 
 namespace moe::router {
@@ -112,6 +114,22 @@ absl::Status Input(const Json& in, inference::ModelInferRequest* r) {
   std::vector<float> values;
   absl::Status s = Flatten(*data, 0, what, &values);
   if (!s.ok()) return s;
+  // The count against the shape in this form's words (the check the two
+  // forms share names the gRPC form's field); a shape with no count to
+  // compare is refused there.
+  int64_t needs = 1;
+  for (int64_t d : t->shape()) {
+    if (d < 0 || (d > 0 && needs > std::numeric_limits<int64_t>::max() / d)) {
+      needs = -1;
+      break;
+    }
+    needs *= d;
+  }
+  if (needs >= 0 && static_cast<size_t>(needs) != values.size()) {
+    return Bad(absl::StrCat(what, ": \"data\" has ", values.size(),
+                            " values; shape [", absl::StrJoin(t->shape(), ", "),
+                            "] needs ", needs));
+  }
   t->mutable_contents()->mutable_fp32_contents()->Add(values.begin(),
                                                       values.end());
   return Parameters(in, t->mutable_parameters());
@@ -191,7 +209,8 @@ absl::StatusOr<inference::ModelInferRequest> ModelInferFromJson(
   const Json root = Json::parse(body.begin(), body.end(), nullptr,
                                 /*allow_exceptions=*/false);
   if (root.is_discarded()) {
-    return Bad("the body is not valid JSON (NaN and Infinity are not JSON)");
+    return Bad(
+        absl::StrCat("the body is not valid JSON: ", common::WhyNotJson(body)));
   }
   if (!root.is_object()) return Bad("the body must be a JSON object");
   inference::ModelInferRequest r;

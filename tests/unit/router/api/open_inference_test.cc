@@ -225,7 +225,14 @@ TEST(OpenInferenceJsonTest, BodiesBecomeModelInferRequests) {
   EXPECT_EQ(r->inputs(0).contents().fp32_contents(3), 4.5f);
   EXPECT_EQ(r->outputs(0).name(), "y");
   const std::pair<const char*, const char*> bad[] = {
-      {"{", "not valid JSON"},
+      {"{", "the body is not valid JSON: parse error at line 1, column 2"},
+      {" \n", "the body is not valid JSON: it is empty"},
+      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
+           "data": [NaN]}]})",
+       "invalid literal (NaN and Infinity are not JSON numbers"},
+      {R"({"inputs": [{"name": "x", "shape": [1, 2, 3], "datatype": "FP32",
+           "data": [1, 2]}]})",
+       "input \"x\": \"data\" has 2 values; shape [1, 2, 3] needs 6"},
       {"[1]", "must be a JSON object"},
       {R"({"inputs": 3})", "\"inputs\" must be an array"},
       {R"({"inputs": [{"shape": [1], "datatype": "FP32", "data": [1]}]})",
