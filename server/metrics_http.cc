@@ -95,7 +95,15 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     return new DeadlinePool(kThreads, tracked);
   };
   http->set_pre_routing_handler(
-      [](const httplib::Request&, httplib::Response&) {
+      [](const httplib::Request& req, httplib::Response& res) {
+        // Only GET: httplib 0.11 would read the body of any other method,
+        // without a Content-Length until the client closed.
+        if (req.method != "GET" && req.method != "HEAD") {
+          res.status = 405;
+          res.set_header("Allow", "GET, HEAD");
+          res.set_content("only GET /metrics\n", "text/plain");
+          return httplib::Server::HandlerResponse::Handled;
+        }
         ConnectionDeadlines::BodyNext(0);
         return httplib::Server::HandlerResponse::Unhandled;
       });

@@ -177,6 +177,19 @@ int64_t AnnouncedBody(const httplib::Request& req, int64_t max_body) {
       std::min(length, static_cast<uint64_t>(max_body)));
 }
 
+// A request of a method httplib reads a body for (POST, PUT, PATCH,
+// DELETE) whose head gives it no length: httplib 0.11 would read it until
+// the client closed the connection, so a `curl -X POST` without data waited
+// for the body deadline and got no answer.
+bool BodyWithoutLength(const httplib::Request& req) {
+  const bool has_body = req.method == "POST" || req.method == "PUT" ||
+                        req.method == "PATCH" || req.method == "DELETE" ||
+                        req.method == "PRI";
+  return has_body && !req.has_header("Content-Length") &&
+         req.get_header_value("Transfer-Encoding").find("chunked") ==
+             std::string::npos;
+}
+
 // POST .../infer: the body as a ModelInferRequest, served and answered.
 // `request_id` names it in the logs. `status` is the edge's verdict so far
 // (token, budget); when it is not OK the body was not kept and the call is
@@ -314,7 +327,17 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
   // The stages of each connection's requests, for its deadlines: a head is
   // in when it is routed; its answer is made once its handler is done.
   http.set_pre_routing_handler(
-      [max_body](const httplib::Request& req, httplib::Response&) {
+      [max_body](const httplib::Request& req, httplib::Response& res) {
+        if (BodyWithoutLength(req)) {
+          res.status = 411;
+          res.set_content(
+              ErrorJson(absl::StrCat(
+                  "a ", req.method,
+                  " needs a Content-Length header (Content-Length: 0 for no "
+                  "body) or Transfer-Encoding: chunked")),
+              kJson);
+          return httplib::Server::HandlerResponse::Handled;
+        }
         ConnectionDeadlines::BodyNext(AnnouncedBody(req, max_body));
         return httplib::Server::HandlerResponse::Unhandled;
       });

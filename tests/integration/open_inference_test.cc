@@ -55,30 +55,6 @@ std::string InferJson(const common::HostTensor& x) {
       .dump();
 }
 
-// One HTTP answer with a Content-Length: its status and body; -1 when the
-// connection ended first.
-int ReadAnswer(int fd, std::string* body) {
-  std::string in;
-  char chunk[4096];
-  size_t end = std::string::npos;
-  while ((end = in.find("\r\n\r\n")) == std::string::npos) {
-    const ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
-    if (n <= 0) return -1;
-    in.append(chunk, static_cast<size_t>(n));
-  }
-  const std::string head = absl::AsciiStrToLower(in.substr(0, end));
-  const size_t at = head.find("content-length: ");
-  if (at == std::string::npos) return -1;
-  const size_t length = std::stoul(head.substr(at + 16));
-  *body = in.substr(end + 4);
-  while (body->size() < length) {
-    const ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
-    if (n <= 0) return -1;
-    body->append(chunk, static_cast<size_t>(n));
-  }
-  return std::stoi(head.substr(9, 3));
-}
-
 class OpenInferenceIntegrationTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -382,6 +358,30 @@ TEST_F(OpenInferenceIntegrationTest, RestServesTheSameModelsAndBits) {
   EXPECT_EQ(refused("/v2/models/nope/infer", body.dump(), token), 404);
   body["inputs"][0]["shape"] = {2, 6, 32};
   EXPECT_EQ(refused("/v2/models/layers.1.ff/infer", body.dump(), token), 400);
+  // A POST whose head gives no length (`curl -X POST` without data) is
+  // answered 411 at once (httplib would read its body until the client
+  // closed: the client waited for the body deadline, unanswered), and the
+  // connection serves on.
+  for (const char* method : {"POST", "PUT", "DELETE"}) {
+    const int fd = testing::ConnectLoopback(http_port_);
+    ASSERT_GE(fd, 0);
+    const absl::Time start = absl::Now();
+    ASSERT_TRUE(testing::SendAll(
+        fd, absl::StrCat(method,
+                         " /v2/models/layers.1.ff/infer HTTP/1.1\r\n"
+                         "Host: a\r\n\r\n")));
+    std::string answer;
+    EXPECT_EQ(testing::ReadAnswer(fd, &answer), 411) << method;
+    EXPECT_LT(absl::Now() - start, absl::Seconds(5)) << method;
+    EXPECT_NE(answer.find(
+                  absl::StrCat("a ", method, " needs a Content-Length header")),
+              std::string::npos)
+        << answer;
+    ASSERT_TRUE(testing::SendAll(
+        fd, "GET /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\n"));
+    EXPECT_EQ(testing::ReadAnswer(fd, &answer), 200) << method;
+    close(fd);
+  }
 
   // Counted by protocol beside Forward's.
   httplib::Client metrics("127.0.0.1", metrics_port_);
@@ -561,19 +561,19 @@ TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
   ASSERT_GE(b, 0);
   std::string body;
   ASSERT_TRUE(SendAll(b, post(200000, false)));
-  EXPECT_EQ(ReadAnswer(b, &body), 429);
+  EXPECT_EQ(testing::ReadAnswer(b, &body), 429);
   EXPECT_NE(body.find("--http_max_bytes_in_flight"), std::string::npos)
       << body.substr(0, 300);
   ASSERT_TRUE(
       SendAll(b, "GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"));
-  EXPECT_EQ(ReadAnswer(b, &body), 200);
+  EXPECT_EQ(testing::ReadAnswer(b, &body), 200);
 
   // A finishes and is served; then B's body fits.
   ASSERT_TRUE(SendAll(a, absl::string_view(held).substr(head + 1000)));
-  EXPECT_EQ(ReadAnswer(a, &body), 200) << body.substr(0, 300);
+  EXPECT_EQ(testing::ReadAnswer(a, &body), 200) << body.substr(0, 300);
   EXPECT_NE(body.find("\"outputs\""), std::string::npos) << body.substr(0, 300);
   ASSERT_TRUE(SendAll(b, post(200000, false)));
-  EXPECT_EQ(ReadAnswer(b, &body), 200) << body.substr(0, 300);
+  EXPECT_EQ(testing::ReadAnswer(b, &body), 200) << body.substr(0, 300);
 
   // Lengths larger than the whole budget (413, not a 429 worth retrying)
   // or that are no size (400): answered from the headers alone, before
@@ -590,7 +590,7 @@ TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
         SendAll(c, absl::StrCat("POST /v2/models/oip-budget/infer HTTP/1.1\r\n"
                                 "Host: 127.0.0.1\r\nContent-Length: ",
                                 length, "\r\n\r\n")));
-    EXPECT_EQ(ReadAnswer(c, &body), code) << length << ": " << body;
+    EXPECT_EQ(testing::ReadAnswer(c, &body), code) << length << ": " << body;
     close(c);
   }
   // Chunked: held as the whole limit, served.
@@ -603,7 +603,7 @@ TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
                      "Host: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
                      "\r\n",
                      absl::Hex(json.size()), "\r\n", json, "\r\n0\r\n\r\n")));
-    EXPECT_EQ(ReadAnswer(c, &body), 200) << body.substr(0, 300);
+    EXPECT_EQ(testing::ReadAnswer(c, &body), 200) << body.substr(0, 300);
     close(c);
   }
   close(a);
@@ -724,10 +724,10 @@ TEST(OpenInferenceSlowSenderTest, SlowOrEndlessRequestsAreClosed) {
     const std::string get =
         "GET /v2/health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
     ASSERT_TRUE(SendAll(c, get));
-    EXPECT_EQ(ReadAnswer(c, &answer), 200);
+    EXPECT_EQ(testing::ReadAnswer(c, &answer), 200);
     absl::SleepFor(absl::Seconds(3));
     ASSERT_TRUE(SendAll(c, get));
-    EXPECT_EQ(ReadAnswer(c, &answer), 200);
+    EXPECT_EQ(testing::ReadAnswer(c, &answer), 200);
     close(c);
   }
 

@@ -7,6 +7,10 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <string>
+#include <utility>
+
+#include "absl/strings/ascii.h"
 
 namespace moe::testing {
 
@@ -36,6 +40,30 @@ bool SendAll(int fd, absl::string_view bytes) {
     sent += static_cast<size_t>(n);
   }
   return true;
+}
+
+int ReadAnswer(int fd, std::string* body, std::string* head) {
+  std::string in;
+  char chunk[4096];
+  size_t end = std::string::npos;
+  while ((end = in.find("\r\n\r\n")) == std::string::npos) {
+    const ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
+    if (n <= 0) return -1;
+    in.append(chunk, static_cast<size_t>(n));
+  }
+  const std::string lower = absl::AsciiStrToLower(in.substr(0, end));
+  const size_t at = lower.find("content-length: ");
+  if (at == std::string::npos) return -1;
+  const size_t length = std::stoul(lower.substr(at + 16));
+  std::string rest = in.substr(end + 4);
+  while (rest.size() < length) {
+    const ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
+    if (n <= 0) return -1;
+    rest.append(chunk, static_cast<size_t>(n));
+  }
+  if (head != nullptr) *head = in.substr(0, end);
+  if (body != nullptr) *body = std::move(rest);
+  return std::stoi(lower.substr(9, 3));
 }
 
 }  // namespace moe::testing

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "testing/loopback.h"
@@ -78,6 +79,36 @@ TEST(MetricsHttpServerTest, SlowSendersCannotHoldEveryThreadFromAScrape) {
   EXPECT_LT(waited, absl::Seconds(15));
   // Each slow connection was closed from the server's side.
   for (const absl::Duration d : ended) EXPECT_LT(d, absl::Seconds(15));
+}
+
+// httplib 0.11 reads a body for POST, PUT, PATCH and DELETE, without a
+// Content-Length until the client closes: such a request waited for the
+// deadline and got no answer. Only GET and HEAD are served; others are
+// answered 405 from their heads, and the connection serves on.
+TEST(MetricsHttpServerTest, OnlyGetAndHeadAreServed) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> server =
+      MetricsHttpServer::Start("127.0.0.1", 0, registry, absl::Seconds(10));
+  ASSERT_TRUE(server.ok()) << server.status();
+  for (const char* method : {"POST", "PUT", "PATCH", "DELETE"}) {
+    const int fd = testing::ConnectLoopback((*server)->port());
+    ASSERT_GE(fd, 0);
+    const absl::Time start = absl::Now();
+    ASSERT_TRUE(testing::SendAll(
+        fd, absl::StrCat(method, " /metrics HTTP/1.1\r\nHost: a\r\n\r\n")));
+    std::string head;
+    EXPECT_EQ(testing::ReadAnswer(fd, nullptr, &head), 405) << method;
+    EXPECT_LT(absl::Now() - start, absl::Seconds(5)) << method;
+    EXPECT_NE(head.find("Allow: GET, HEAD"), std::string::npos) << head;
+    ASSERT_TRUE(
+        testing::SendAll(fd, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n"));
+    EXPECT_EQ(testing::ReadAnswer(fd, nullptr), 200) << method;
+    close(fd);
+  }
+  httplib::Client http("127.0.0.1", (*server)->port());
+  auto head = http.Head("/metrics");
+  ASSERT_TRUE(head);
+  EXPECT_EQ(head->status, 200);
 }
 
 }  // namespace
