@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -188,6 +189,46 @@ bool BodyWithoutLength(const httplib::Request& req) {
   return has_body && !req.has_header("Content-Length") &&
          req.get_header_value("Transfer-Encoding").find("chunked") ==
              std::string::npos;
+}
+
+// The caller's request ID when usable, else its traceparent's trace ID,
+// else a new one (the body's `id`, once read, comes before the trace): in
+// the answer's headers whatever it says, and in the logs.
+std::string RequestId(const httplib::Request& req, httplib::Response& res) {
+  std::string request_id =
+      common::RequestIdOrNew(req.get_header_value(kRequestIdHeader), {},
+                             req.get_header_value(common::kTraceparentKey));
+  res.set_header(kRequestIdHeader, request_id);
+  return request_id;
+}
+
+// The bytes an infer body may hold: its declared length, or without one
+// (chunked) as many as the limit allows, in `*declared`. A length that is
+// no number, or over the limit, is answered here (true), from the head,
+// with "Connection: close" (httplib would read and drop all of the body
+// first, up to 2^64 bytes for a length of -1).
+bool RefusedByLength(const httplib::Request& req, int64_t max_body,
+                     int64_t* declared, httplib::Response& res) {
+  *declared = max_body;
+  if (!req.has_header("Content-Length")) return false;
+  uint64_t length = 0;
+  if (!absl::SimpleAtoi(req.get_header_value("Content-Length"), &length)) {
+    res.set_header("Connection", "close");
+    Reply(res, absl::InvalidArgumentError("Content-Length: not a size"));
+    return true;
+  }
+  if (length > static_cast<uint64_t>(max_body)) {
+    res.set_header("Connection", "close");
+    res.status = 413;
+    res.set_content(
+        ErrorJson(absl::StrCat("the body (", length,
+                               " bytes) is larger than this router takes (",
+                               max_body, ")")),
+        kJson);
+    return true;
+  }
+  *declared = static_cast<int64_t>(length);
+  return false;
 }
 
 // POST .../infer: the body as a ModelInferRequest, served and answered.
@@ -381,68 +422,54 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
                             model.spec(), model.fingerprint(), *layer)),
                         kJson);
       });
+  // A client that asks before it sends its body (`Expect: 100-continue`,
+  // as curl does past 1 MiB) is refused before it sends it where the
+  // length or the token already refuse the request (counted and logged as
+  // the handler would), with "Connection: close".
+  http.set_expect_100_continue_handler(
+      [router, max_body](const httplib::Request& req, httplib::Response& res) {
+        if (req.method != "POST" || !absl::EndsWith(req.path, "/infer")) {
+          return 100;
+        }
+        std::string request_id = RequestId(req, res);
+        int64_t declared = 0;
+        if (RefusedByLength(req, max_body, &declared, res)) return res.status;
+        absl::Status status = Authorize(*router, req);
+        if (status.ok()) return 100;
+        res.set_header("Connection", "close");
+        Infer(*router, req, "", std::move(request_id), std::move(status), res);
+        return res.status;
+      });
   // The body is read here, not by httplib before the handler: the token
   // and the budget are checked first, and a refused body is read and
   // dropped (keeping the connection usable) rather than held.
   auto budget = std::make_shared<BodyBudget>(bytes_in_flight, metrics);
-  http.Post(
-      std::string(kModel) + "/infer",
-      [router, budget, max_body](const httplib::Request& req,
-                                 httplib::Response& res,
-                                 const httplib::ContentReader& read) {
-        // The bytes to hold: the declared length, or without one
-        // (chunked) as many as the limit allows. A length that is no
-        // number, or over the limit, is answered at once, its body
-        // unread, with "Connection: close" (httplib would read and drop
-        // all of it first, up to 2^64 bytes for a length of -1).
-        // The caller's request ID when usable, else its traceparent's
-        // trace ID, else a new one (the body's `id`, once read, comes
-        // before the trace): in the answer's headers whatever it says, and
-        // in the logs.
-        std::string request_id = common::RequestIdOrNew(
-            req.get_header_value(kRequestIdHeader), {},
-            req.get_header_value(common::kTraceparentKey));
-        res.set_header(kRequestIdHeader, request_id);
-        int64_t declared = max_body;
-        if (req.has_header("Content-Length")) {
-          uint64_t length = 0;
-          if (!absl::SimpleAtoi(req.get_header_value("Content-Length"),
-                                &length)) {
-            res.set_header("Connection", "close");
-            return Reply(
-                res, absl::InvalidArgumentError("Content-Length: not a size"));
-          }
-          if (length > static_cast<uint64_t>(max_body)) {
-            res.set_header("Connection", "close");
-            res.status = 413;
-            res.set_content(ErrorJson(absl::StrCat(
-                                "the body (", length,
-                                " bytes) is larger than this router takes (",
-                                max_body, ")")),
-                            kJson);
-            return;
-          }
-          declared = static_cast<int64_t>(length);
-        }
-        absl::Status status = Authorize(*router, req);
-        std::optional<BodyBudget::Hold> hold;
-        if (status.ok()) status = budget->Take(declared, &hold);
-        std::string body;
-        const bool keep = hold.has_value();
-        if (keep && req.has_header("Content-Length")) {
-          body.reserve(static_cast<size_t>(declared));
-        }
-        // httplib answers a chunked body over the limit with 413.
-        if (!read([&](const char* data, size_t length) {
-              if (keep) body.append(data, length);
-              return true;
-            })) {
-          return;
-        }
-        ConnectionDeadlines::Serving();
-        Infer(*router, req, body, std::move(request_id), std::move(status),
-              res);
-      });
+  http.Post(std::string(kModel) + "/infer",
+            [router, budget, max_body](const httplib::Request& req,
+                                       httplib::Response& res,
+                                       const httplib::ContentReader& read) {
+              std::string request_id = RequestId(req, res);
+              int64_t declared = max_body;
+              if (RefusedByLength(req, max_body, &declared, res)) return;
+              absl::Status status = Authorize(*router, req);
+              std::optional<BodyBudget::Hold> hold;
+              if (status.ok()) status = budget->Take(declared, &hold);
+              std::string body;
+              const bool keep = hold.has_value();
+              if (keep && req.has_header("Content-Length")) {
+                body.reserve(static_cast<size_t>(declared));
+              }
+              // httplib answers a chunked body over the limit with 413.
+              if (!read([&](const char* data, size_t length) {
+                    if (keep) body.append(data, length);
+                    return true;
+                  })) {
+                return;
+              }
+              ConnectionDeadlines::Serving();
+              Infer(*router, req, body, std::move(request_id),
+                    std::move(status), res);
+            });
   http.set_error_handler([](const httplib::Request&, httplib::Response& res) {
     if (!res.body.empty()) return;
     const std::string message =

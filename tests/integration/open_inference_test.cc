@@ -344,6 +344,42 @@ TEST_F(OpenInferenceIntegrationTest, RestServesTheSameModelsAndBits) {
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(y.data()), y.size() * 4),
             expected->y().data());
 
+  // A client that asks before sending its body (Expect: 100-continue) is
+  // refused before it sends it when its token or its length refuse it, and
+  // told to go on otherwise.
+  const std::string json = body.dump();
+  for (const auto& [headers, code] : std::vector<std::pair<std::string, int>>{
+           {absl::StrCat("Content-Length: ", json.size(), "\r\n"), 401},
+           {absl::StrCat("Authorization: Bearer ", kToken,
+                         "\r\nContent-Length: 1000000000\r\n"),
+            413},
+           {absl::StrCat("Authorization: Bearer ", kToken,
+                         "\r\nContent-Length: ", json.size(), "\r\n"),
+            100}}) {
+    const int fd = testing::ConnectLoopback(http_port_);
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(testing::SendAll(
+        fd, absl::StrCat("POST /v2/models/layers.1.ff/infer HTTP/1.1\r\n"
+                         "Host: a\r\nExpect: 100-continue\r\n",
+                         headers, "\r\n")));
+    std::string answer;
+    if (code != 100) {
+      std::string head;
+      EXPECT_EQ(testing::ReadAnswer(fd, &answer, &head), code) << answer;
+      EXPECT_NE(head.find("Connection: close"), std::string::npos) << head;
+      close(fd);
+      continue;
+    }
+    const std::string go_on = "HTTP/1.1 100 Continue\r\n\r\n";
+    std::string first(go_on.size(), '\0');
+    ASSERT_EQ(recv(fd, first.data(), first.size(), MSG_WAITALL),
+              static_cast<ssize_t>(first.size()));
+    EXPECT_EQ(first, go_on);
+    ASSERT_TRUE(testing::SendAll(fd, json));
+    EXPECT_EQ(testing::ReadAnswer(fd, &answer), 200) << answer;
+    close(fd);
+  }
+
   // Refusals: no token, bad JSON, unknown model, wrong shape.
   auto refused = [&](const std::string& path, const std::string& text,
                      const httplib::Headers& headers) {
