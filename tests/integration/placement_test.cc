@@ -226,6 +226,13 @@ TEST(PlacementTest, AReplicatedExpertsRowsAreSplitAmongItsCopies) {
   ASSERT_TRUE(d.StartWorker(0).ok());
   ASSERT_TRUE(d.StartWorker(1).ok());
   ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  // The router serves once every expert has a worker: one of the two copies
+  // may still be unprobed then (a CI run under load sent all 256 rows to
+  // one), and a copy it does not know of gets no rows.
+  for (int i : {0, 1}) {
+    ASSERT_TRUE(d.WaitWorkerState(i, true, absl::Seconds(20)).ok())
+        << d.router().Log();
+  }
   Reference reference(path);
   const Inputs in(path, reference, {0}, /*tokens=*/256);
   auto client = client::RouterClient::Create(d.router_address());
