@@ -56,23 +56,6 @@ int64_t ExpertsOf(const common::LayerConfig& c) {
   return c.num_experts * std::max<int64_t>(1, c.num_experts_inner);
 }
 
-// The elements of `shape`; InvalidArgument naming `what` for a negative
-// dimension or an absurd size.
-absl::StatusOr<int64_t> Elements(
-    const google::protobuf::RepeatedField<int64_t>& shape,
-    const std::string& what) {
-  int64_t n = 1;
-  for (int64_t d : shape) {
-    if (d < 0 || (d > 0 && n > kMaxElements / d)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ": shape [", absl::StrJoin(shape, ", "),
-                       "] is negative or too large"));
-    }
-    n *= d;
-  }
-  return n;
-}
-
 // Input `i` of `request` as a moe.v1 tensor (`allowed`: its datatypes).
 absl::Status InputTensor(const inference::ModelInferRequest& request, int i,
                          bool raw, const std::vector<moe::v1::DType>& allowed,
@@ -88,7 +71,7 @@ absl::Status InputTensor(const inference::ModelInferRequest& request, int i,
         absl::StrCat(what, ": datatype ", common::QuoteForLog(in.datatype()),
                      " is not one of ", absl::StrJoin(names, ", ")));
   }
-  MOE_ASSIGN_OR_RETURN(const int64_t n, Elements(in.shape(), what));
+  MOE_ASSIGN_OR_RETURN(const int64_t n, OipElements(in.shape(), what));
   out->set_dtype(type->dtype);
   *out->mutable_shape() = in.shape();
   if (raw) {
@@ -264,6 +247,21 @@ absl::StatusOr<Output> FromTensor(const std::string& name, moe::v1::Tensor* t) {
 }
 
 }  // namespace
+
+absl::StatusOr<int64_t> OipElements(
+    const google::protobuf::RepeatedField<int64_t>& shape,
+    const std::string& what) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0 || (d > 0 && n > kMaxElements / d)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": shape [", absl::StrJoin(shape, ", "),
+                       "] is negative or too large"));
+    }
+    n *= d;
+  }
+  return n;
+}
 
 std::string OipModelName(const common::ModelSpec& spec, int layer) {
   const std::string& name = spec.layers[layer].name;

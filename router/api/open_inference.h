@@ -44,6 +44,12 @@ absl::StatusOr<int> FindOipModel(const common::ModelSpec& spec,
 inference::ModelMetadataResponse OipModelMetadata(
     const common::ModelSpec& spec, const std::string& fingerprint, int layer);
 
+// The elements of an input's `shape`; InvalidArgument naming `what` for a
+// negative dimension or an absurd size.
+absl::StatusOr<int64_t> OipElements(
+    const google::protobuf::RepeatedField<int64_t>& shape,
+    const std::string& what);
+
 // What a ModelInfer asks beyond the ForwardRequest.
 struct OipInferRequest {
   moe::v1::ForwardRequest forward;

@@ -11,6 +11,7 @@
 #include "common/dtype.h"
 #include "common/json_errors.h"
 #include "common/logging.h"
+#include "router/api/open_inference.h"
 
 namespace moe::router {
 namespace {
@@ -115,20 +116,13 @@ absl::Status Input(const Json& in, inference::ModelInferRequest* r) {
   absl::Status s = Flatten(*data, 0, what, &values);
   if (!s.ok()) return s;
   // The count against the shape in this form's words (the check the two
-  // forms share names the gRPC form's field); a shape with no count to
-  // compare is refused there.
-  int64_t needs = 1;
-  for (int64_t d : t->shape()) {
-    if (d < 0 || (d > 0 && needs > std::numeric_limits<int64_t>::max() / d)) {
-      needs = -1;
-      break;
-    }
-    needs *= d;
-  }
-  if (needs >= 0 && static_cast<size_t>(needs) != values.size()) {
+  // forms share names the gRPC form's field).
+  absl::StatusOr<int64_t> needs = OipElements(t->shape(), what);
+  if (!needs.ok()) return needs.status();
+  if (static_cast<size_t>(*needs) != values.size()) {
     return Bad(absl::StrCat(what, ": \"data\" has ", values.size(),
                             " values; shape [", absl::StrJoin(t->shape(), ", "),
-                            "] needs ", needs));
+                            "] needs ", *needs));
   }
   t->mutable_contents()->mutable_fp32_contents()->Add(values.begin(),
                                                       values.end());

@@ -163,13 +163,15 @@ class CountedThreadPool final : public httplib::TaskQueue {
   ConnectionDeadlines* const deadlines_;
 };
 
+bool Chunked(const httplib::Request& req) {
+  return req.get_header_value("Transfer-Encoding").find("chunked") !=
+         std::string::npos;
+}
+
 // The body a request's head announces: its Content-Length (0 when it has
 // none or no number), or `max_body` when it comes in chunks.
 int64_t AnnouncedBody(const httplib::Request& req, int64_t max_body) {
-  if (req.get_header_value("Transfer-Encoding").find("chunked") !=
-      std::string::npos) {
-    return max_body;
-  }
+  if (Chunked(req)) return max_body;
   uint64_t length = 0;
   if (!absl::SimpleAtoi(req.get_header_value("Content-Length"), &length)) {
     return 0;
@@ -186,9 +188,7 @@ bool BodyWithoutLength(const httplib::Request& req) {
   const bool has_body = req.method == "POST" || req.method == "PUT" ||
                         req.method == "PATCH" || req.method == "DELETE" ||
                         req.method == "PRI";
-  return has_body && !req.has_header("Content-Length") &&
-         req.get_header_value("Transfer-Encoding").find("chunked") ==
-             std::string::npos;
+  return has_body && !req.has_header("Content-Length") && !Chunked(req);
 }
 
 // The caller's request ID when usable, else its traceparent's trace ID,
