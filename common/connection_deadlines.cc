@@ -2,8 +2,10 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -168,25 +170,42 @@ std::function<void()> ConnectionDeadlines::Track(std::function<void()> serve) {
   };
 }
 
-uint64_t ConnectionDeadlines::Received(int fd) {
-  tcp_info info{};
-  socklen_t length = sizeof(info);
-  if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0 ||
-      length < offsetof(tcp_info, tcpi_bytes_received) +
-                   sizeof(info.tcpi_bytes_received)) {
+uint64_t ConnectionDeadlines::Read(int fd, bool low) {
+  const auto received = [fd](uint64_t* bytes) {
+    tcp_info info{};
+    socklen_t length = sizeof(info);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0 ||
+        length < offsetof(tcp_info, tcpi_bytes_received) +
+                     sizeof(info.tcpi_bytes_received)) {
+      return false;
+    }
+    *bytes = info.tcpi_bytes_received;
+    return true;
+  };
+  const auto unread = [fd](uint64_t* bytes) {
+    int n = 0;
+    if (ioctl(fd, SIOCINQ, &n) != 0 || n < 0) return false;
+    *bytes = static_cast<uint64_t>(n);
+    return true;
+  };
+  // Bytes that arrive between the two looks count as read when the unread
+  // are looked at first, and as unread otherwise.
+  uint64_t in = 0, waiting = 0;
+  if (fd < 0 || !(low ? received(&in) && unread(&waiting)
+                      : unread(&waiting) && received(&in))) {
     return 0;
   }
-  return info.tcpi_bytes_received;
+  return in > waiting ? in - waiting : 0;
 }
 
 void ConnectionDeadlines::SetStage(Connection* connection, Stage stage,
                                    absl::Duration limit) {
-  const uint64_t received = stage == Stage::kHead && options_.max_head_bytes > 0
-                                ? Received(connection->fd)
-                                : 0;
+  const uint64_t read = stage == Stage::kHead && options_.max_head_bytes > 0
+                            ? Read(connection->fd, /*low=*/false)
+                            : 0;
   absl::MutexLock lock(&mu_);
   connection->stage = stage;
-  connection->received = received;
+  connection->read = read;
   connection->since = absl::Now();
   connection->limit = limit;
 }
@@ -239,9 +258,9 @@ void ConnectionDeadlines::Watch() {
       if (c.cut || c.fd < 0 || now < c.since) continue;
       int64_t head_bytes = 0;
       if (c.stage == Stage::kHead && options_.max_head_bytes > 0) {
-        const uint64_t received = Received(c.fd);
-        if (received > c.received + options_.max_head_bytes) {
-          head_bytes = static_cast<int64_t>(received - c.received);
+        const uint64_t read = Read(c.fd, /*low=*/true);
+        if (read > c.read + options_.max_head_bytes) {
+          head_bytes = static_cast<int64_t>(read - c.read);
         }
       }
       if (head_bytes == 0 && now - c.since <= c.limit) continue;
@@ -254,7 +273,7 @@ void ConnectionDeadlines::Watch() {
           Cut{c.stage, c.peer, head_bytes,
               head_bytes > 0 ? absl::StrCat("its request's head passed ",
                                             options_.max_head_bytes, " bytes (",
-                                            head_bytes, " received)")
+                                            head_bytes, " read)")
               : c.stage == Stage::kBody
                   ? absl::StrCat("its request's body was not in within ", limit,
                                  " of its head")

@@ -10,8 +10,11 @@
 //   head:    from the start of its service, or from the end of an answer,
 //            until a request's head (method, path, headers) is in: the
 //            answer's write, the keep-alive wait and the head's arrival
-//            together get `head`, and the bytes received meanwhile may not
-//            pass `max_head_bytes` (the kernel's count, TCP_INFO);
+//            together get `head`, and the bytes the server reads meanwhile
+//            may not pass `max_head_bytes` (the kernel's count of bytes
+//            received, TCP_INFO, less those waiting unread, SIOCINQ: a body
+//            sent right behind its head, waiting while the server is slow to
+//            parse the head, is not the head's);
 //   body:    from the head until the body is in: `body`, plus one second
 //            per `body_bytes_per_second` of the body's length;
 //   serving: no deadline (the server's own work, bounded by its own
@@ -58,11 +61,11 @@ class ConnectionDeadlines {
   enum class Stage { kHead, kBody, kServing };
 
   // A connection shut down: the stage it was in, its peer ("ADDRESS:PORT"),
-  // the bytes received in its head stage when that passed the size (else
+  // the bytes read in its head stage when that passed the size (else
   // 0), and why, for a log line ("no whole request head came within 35s of
   // its start or its last answer", "its request's body was not in within
   // 30s of its head", "its request's head passed 65536 bytes (N
-  // received)").
+  // read)").
   struct Cut {
     Stage stage;
     std::string peer;
@@ -116,8 +119,8 @@ class ConnectionDeadlines {
     uint64_t inode = 0;
     std::string peer;
     Stage stage = Stage::kHead;
-    // The kernel's count of bytes received when the stage began (head).
-    uint64_t received = 0;
+    // The bytes the server had read when the stage began (head).
+    uint64_t read = 0;
     // InfiniteFuture while the connection waits for a thread.
     absl::Time since = absl::InfiniteFuture();
     absl::Duration limit = absl::InfiniteDuration();
@@ -126,8 +129,11 @@ class ConnectionDeadlines {
 
   ConnectionDeadlines(int port, Options options);
   void SetStage(Connection* connection, Stage stage, absl::Duration limit);
-  // The bytes the kernel has received on the connection; 0 when unknown.
-  static uint64_t Received(int fd);
+  // The bytes the server has read from the connection (received less
+  // unread); 0 when unknown. `low`: bytes arriving meanwhile count as
+  // unread (for a check), else as read (for a stage's start), so that a
+  // stage's difference never counts bytes the server has not read.
+  static uint64_t Read(int fd, bool low);
   void Watch();
   // The socket Track looks for; -1 when there is none.
   int FindAccepted(uint64_t* inode) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
