@@ -294,6 +294,19 @@ absl::StatusOr<int> FindOipModel(const common::ModelSpec& spec,
                    "; models: ", absl::StrJoin(names, ", ")));
 }
 
+inference::ServerMetadataResponse OipServerMetadata(absl::string_view version) {
+  inference::ServerMetadataResponse m;
+  m.set_name(kPlatform);
+  m.set_version(std::string(version));
+  m.add_extensions("binary_tensor_data");
+  return m;
+}
+
+int64_t OipDatatypeBytes(absl::string_view datatype) {
+  const WireType* type = ByName(datatype);
+  return type == nullptr ? 0 : static_cast<int64_t>(type->bytes);
+}
+
 inference::ModelMetadataResponse OipModelMetadata(
     const common::ModelSpec& spec, const std::string& fingerprint, int layer) {
   inference::ModelMetadataResponse m;

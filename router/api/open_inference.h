@@ -40,6 +40,11 @@ absl::StatusOr<int> FindOipModel(const common::ModelSpec& spec,
                                  absl::string_view name,
                                  absl::string_view version);
 
+// ServerMetadata: name "moe-serve", `version`, and the protocol's
+// extensions served ("binary_tensor_data": REST bodies may carry tensors
+// as bytes after their JSON, docs/open_inference.md).
+inference::ServerMetadataResponse OipServerMetadata(absl::string_view version);
+
 // ModelMetadata of layer `layer`.
 inference::ModelMetadataResponse OipModelMetadata(
     const common::ModelSpec& spec, const std::string& fingerprint, int layer);
@@ -49,6 +54,10 @@ inference::ModelMetadataResponse OipModelMetadata(
 absl::StatusOr<int64_t> OipElements(
     const google::protobuf::RepeatedField<int64_t>& shape,
     const std::string& what);
+
+// The bytes of one element of `datatype` ("FP32": 4); 0 for a datatype no
+// tensor of this protocol's models has.
+int64_t OipDatatypeBytes(absl::string_view datatype);
 
 // What a ModelInfer asks beyond the ForwardRequest.
 struct OipInferRequest {

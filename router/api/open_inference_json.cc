@@ -1,11 +1,14 @@
 #include "router/api/open_inference_json.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/dtype.h"
@@ -66,20 +69,32 @@ absl::Status Parameter(const std::string& name, const Json& v,
   return absl::OkStatus();
 }
 
+// The "parameters" of `object` into `out`, but for `reserved` (a
+// parameter of the REST form itself, not of the request), whose value is
+// left in `*reserved_value` (null when it is not given).
 absl::Status Parameters(
-    const Json& body,
+    const Json& object, absl::string_view reserved, const Json** reserved_value,
     google::protobuf::Map<std::string, inference::InferParameter>* out) {
-  auto it = body.find("parameters");
-  if (it == body.end()) return absl::OkStatus();
+  *reserved_value = nullptr;
+  auto it = object.find("parameters");
+  if (it == object.end()) return absl::OkStatus();
   if (!it->is_object()) return Bad("parameters must be an object");
   for (const auto& [name, value] : it->items()) {
+    if (name == reserved) {
+      *reserved_value = &value;
+      continue;
+    }
     absl::Status s = Parameter(name, value, &(*out)[name]);
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
 }
 
-absl::Status Input(const Json& in, inference::ModelInferRequest* r) {
+// One input of the body, added to `r`; `*binary` is the size of its binary
+// data, or -1 when its values are in its "data".
+absl::Status Input(const Json& in, inference::ModelInferRequest* r,
+                   int64_t* binary) {
+  *binary = -1;
   if (!in.is_object()) return Bad("every input must be an object");
   auto name = in.find("name");
   if (name == in.end() || !name->is_string()) {
@@ -91,34 +106,62 @@ absl::Status Input(const Json& in, inference::ModelInferRequest* r) {
   if (datatype == in.end() || !datatype->is_string()) {
     return Bad(what + ": no \"datatype\" string");
   }
-  if (datatype->get<std::string>() != "FP32") {
-    return Bad(absl::StrCat(
-        what, ": datatype ", common::QuoteForLog(datatype->get<std::string>()),
-        " in JSON: send FP32 (BF16 and FP16 travel over gRPC, as "
-        "raw_input_contents)"));
-  }
   auto shape = in.find("shape");
   if (shape == in.end() || !shape->is_array() || shape->size() > 8) {
     return Bad(what + ": \"shape\" must be an array of at most 8 integers");
   }
   auto* t = r->add_inputs();
   t->set_name(name->get<std::string>());
-  t->set_datatype("FP32");
+  t->set_datatype(datatype->get<std::string>());
   for (const Json& d : *shape) {
     if (!d.is_number_integer()) {
       return Bad(what + ": \"shape\" must hold integers");
     }
     t->add_shape(d.get<int64_t>());
   }
+  const Json* size = nullptr;
+  absl::Status s =
+      Parameters(in, "binary_data_size", &size, t->mutable_parameters());
+  if (!s.ok()) return s;
+  absl::StatusOr<int64_t> needs = OipElements(t->shape(), what);
+  if (!needs.ok()) return needs.status();
   auto data = in.find("data");
+  if (size != nullptr) {
+    if (!size->is_number_integer() ||
+        (!size->is_number_unsigned() && size->get<int64_t>() < 0)) {
+      return Bad(what +
+                 ": binary_data_size must be a byte count (an integer 0 or "
+                 "more)");
+    }
+    if (data != in.end()) {
+      return Bad(what + ": has both \"data\" and a binary_data_size; give one");
+    }
+    const uint64_t bytes = size->get<uint64_t>();
+    // A datatype no input has is refused, named, by the translation.
+    const int64_t element = OipDatatypeBytes(t->datatype());
+    if (element > 0 && bytes != static_cast<uint64_t>(*needs * element)) {
+      return Bad(absl::StrCat(what, ": binary_data_size is ", bytes,
+                              " bytes; shape [",
+                              absl::StrJoin(t->shape(), ", "), "] of ",
+                              t->datatype(), " needs ", *needs * element));
+    }
+    *binary = static_cast<int64_t>(std::min<uint64_t>(
+        bytes, static_cast<uint64_t>(std::numeric_limits<int64_t>::max())));
+    return absl::OkStatus();
+  }
+  if (t->datatype() != "FP32") {
+    return Bad(absl::StrCat(
+        what, ": datatype ", common::QuoteForLog(t->datatype()),
+        " in JSON: send FP32 numbers, or the tensor as binary data (its "
+        "binary_data_size in its parameters, its bytes after the JSON; BF16 "
+        "and FP16 travel only so)"));
+  }
   if (data == in.end()) return Bad(what + ": no \"data\"");
   std::vector<float> values;
-  absl::Status s = Flatten(*data, 0, what, &values);
+  s = Flatten(*data, 0, what, &values);
   if (!s.ok()) return s;
   // The count against the shape in this form's words (the check the two
   // forms share names the gRPC form's field).
-  absl::StatusOr<int64_t> needs = OipElements(t->shape(), what);
-  if (!needs.ok()) return needs.status();
   if (static_cast<size_t>(*needs) != values.size()) {
     return Bad(absl::StrCat(what, ": \"data\" has ", values.size(),
                             " values; shape [", absl::StrJoin(t->shape(), ", "),
@@ -126,7 +169,40 @@ absl::Status Input(const Json& in, inference::ModelInferRequest* r) {
   }
   t->mutable_contents()->mutable_fp32_contents()->Add(values.begin(),
                                                       values.end());
-  return Parameters(in, t->mutable_parameters());
+  return absl::OkStatus();
+}
+
+// The body's outputs into `out`, with their binary_data.
+absl::Status Outputs(const Json& root, RestInferRequest* out) {
+  auto outputs = root.find("outputs");
+  if (outputs == root.end()) return absl::OkStatus();
+  if (!outputs->is_array()) return Bad("\"outputs\" must be an array");
+  for (const Json& o : *outputs) {
+    auto name = o.is_object() ? o.find("name") : o.end();
+    if (!o.is_object() || name == o.end() || !name->is_string()) {
+      return Bad("every output must be an object with a \"name\" string");
+    }
+    out->request.add_outputs()->set_name(name->get<std::string>());
+    auto parameters = o.find("parameters");
+    if (parameters == o.end()) continue;
+    const std::string what =
+        absl::StrCat("output ", common::QuoteForLog(name->get<std::string>()));
+    if (!parameters->is_object()) {
+      return Bad(what + ": parameters must be an object");
+    }
+    for (const auto& [key, value] : parameters->items()) {
+      if (key != "binary_data") {
+        return Bad(absl::StrCat(what, ": unknown parameter ",
+                                common::QuoteForLog(key),
+                                " (known: binary_data)"));
+      }
+      if (!value.is_boolean()) {
+        return Bad(what + ": parameter \"binary_data\" must be a bool");
+      }
+      out->binary.emplace_back(name->get<std::string>(), value.get<bool>());
+    }
+  }
+  return absl::OkStatus();
 }
 
 // The elements of a raw output as JSON numbers.
@@ -197,17 +273,43 @@ std::string Dump(const Json& j) {
 
 }  // namespace
 
-absl::StatusOr<inference::ModelInferRequest> ModelInferFromJson(
-    absl::string_view body, const std::string& model,
-    const std::string& version) {
-  const Json root = Json::parse(body.begin(), body.end(), nullptr,
+bool RestInferRequest::Binary(const std::string& output) const {
+  for (const auto& [name, binary_data] : binary) {
+    if (name == output) return binary_data;
+  }
+  return binary_outputs;
+}
+
+absl::StatusOr<RestInferRequest> ModelInferFromJson(
+    absl::string_view body, absl::string_view json_length,
+    const std::string& model, const std::string& version) {
+  absl::string_view json = body;
+  absl::string_view tail;
+  if (!json_length.empty()) {
+    uint64_t n = 0;
+    if (!absl::SimpleAtoi(json_length, &n) || n > body.size()) {
+      return Bad(
+          absl::StrCat("Inference-Header-Content-Length: ",
+                       common::QuoteForLog(json_length.substr(0, 32)),
+                       " is not the length of the body's JSON (the body has ",
+                       body.size(), " bytes)"));
+    }
+    json = body.substr(0, n);
+    tail = body.substr(n);
+  }
+  const Json root = Json::parse(json.begin(), json.end(), nullptr,
                                 /*allow_exceptions=*/false);
   if (root.is_discarded()) {
-    return Bad(
-        absl::StrCat("the body is not valid JSON: ", common::WhyNotJson(body)));
+    return Bad(absl::StrCat(json_length.empty()
+                                ? "the body is not valid JSON: "
+                                : "the body's JSON (its first "
+                                  "Inference-Header-Content-Length bytes) is "
+                                  "not valid: ",
+                            common::WhyNotJson(json)));
   }
   if (!root.is_object()) return Bad("the body must be a JSON object");
-  inference::ModelInferRequest r;
+  RestInferRequest out;
+  inference::ModelInferRequest& r = out.request;
   r.set_model_name(model);
   r.set_model_version(version);
   auto id = root.find("id");
@@ -215,48 +317,112 @@ absl::StatusOr<inference::ModelInferRequest> ModelInferFromJson(
     if (!id->is_string()) return Bad("\"id\" must be a string");
     r.set_id(id->get<std::string>());
   }
-  absl::Status s = Parameters(root, r.mutable_parameters());
+  const Json* binary_outputs = nullptr;
+  absl::Status s = Parameters(root, "binary_data_output", &binary_outputs,
+                              r.mutable_parameters());
   if (!s.ok()) return s;
+  if (binary_outputs != nullptr) {
+    if (!binary_outputs->is_boolean()) {
+      return Bad("parameter \"binary_data_output\" must be a bool");
+    }
+    out.binary_outputs = binary_outputs->get<bool>();
+  }
   auto inputs = root.find("inputs");
   if (inputs == root.end() || !inputs->is_array()) {
     return Bad("\"inputs\" must be an array of tensors");
   }
+  // Each input's binary data: its offset in the tail and its size (-1:
+  // none, its values are in its "data").
+  std::vector<std::pair<size_t, int64_t>> binary;
+  bool any_binary = false;
+  size_t claimed = 0;
   for (const Json& in : *inputs) {
-    s = Input(in, &r);
+    int64_t size = -1;
+    s = Input(in, &r, &size);
     if (!s.ok()) return s;
-  }
-  auto outputs = root.find("outputs");
-  if (outputs != root.end()) {
-    if (!outputs->is_array()) return Bad("\"outputs\" must be an array");
-    for (const Json& o : *outputs) {
-      auto name = o.is_object() ? o.find("name") : o.end();
-      if (!o.is_object() || name == o.end() || !name->is_string()) {
-        return Bad("every output must be an object with a \"name\" string");
-      }
-      r.add_outputs()->set_name(name->get<std::string>());
+    binary.emplace_back(claimed, size);
+    if (size < 0) continue;
+    any_binary = true;
+    const std::string& name = r.inputs(r.inputs_size() - 1).name();
+    if (json_length.empty()) {
+      return Bad(absl::StrCat(
+          "input ", common::QuoteForLog(name),
+          " has a binary_data_size, so the request needs an "
+          "Inference-Header-Content-Length header (the bytes of its JSON; "
+          "the tensors' bytes follow it)"));
     }
+    if (static_cast<uint64_t>(size) > tail.size() - claimed) {
+      return Bad(absl::StrCat("input ", common::QuoteForLog(name),
+                              ": binary_data_size ", size, " passes the ",
+                              tail.size() - claimed,
+                              " bytes left after the JSON and the inputs "
+                              "before it"));
+    }
+    claimed += static_cast<size_t>(size);
   }
-  return r;
+  if (claimed != tail.size()) {
+    return Bad(absl::StrCat("the body has ", tail.size(),
+                            " bytes after its JSON; its inputs' "
+                            "binary_data_size add up to ",
+                            claimed));
+  }
+  // With binary data every input travels as raw_input_contents, in order
+  // (the gRPC form takes raw contents for all inputs or for none).
+  for (size_t i = 0; any_binary && i < binary.size(); ++i) {
+    auto* t = r.mutable_inputs(static_cast<int>(i));
+    const auto [offset, size] = binary[i];
+    if (size >= 0) {
+      r.add_raw_input_contents(
+          std::string(tail.substr(offset, static_cast<size_t>(size))));
+      continue;
+    }
+    const auto& values = t->contents().fp32_contents();
+    r.add_raw_input_contents(
+        std::string(reinterpret_cast<const char*>(values.data()),
+                    values.size() * sizeof(float)));
+    t->clear_contents();
+  }
+  s = Outputs(root, &out);
+  if (!s.ok()) return s;
+  return out;
 }
 
-std::string ModelInferToJson(const inference::ModelInferResponse& response) {
+RestInferAnswer ModelInferToJson(const inference::ModelInferResponse& response,
+                                 const RestInferRequest* asked) {
+  static const std::string* const kNone = new std::string;
   Json outputs = Json::array();
+  std::vector<const std::string*> binary;
   for (int i = 0; i < response.outputs_size(); ++i) {
     const auto& t = response.outputs(i);
-    outputs.push_back(
-        {{"name", t.name()},
-         {"datatype", t.datatype()},
-         {"shape", std::vector<int64_t>(t.shape().begin(), t.shape().end())},
-         {"data", Numbers(t, i < response.raw_output_contents_size()
-                                 ? response.raw_output_contents(i)
-                                 : std::string())}});
+    const std::string& bytes = i < response.raw_output_contents_size()
+                                   ? response.raw_output_contents(i)
+                                   : *kNone;
+    Json o = {
+        {"name", t.name()},
+        {"datatype", t.datatype()},
+        {"shape", std::vector<int64_t>(t.shape().begin(), t.shape().end())}};
+    if (asked != nullptr && asked->Binary(t.name())) {
+      o["parameters"] = {{"binary_data_size", bytes.size()}};
+      binary.push_back(&bytes);
+    } else {
+      o["data"] = Numbers(t, bytes);
+    }
+    outputs.push_back(std::move(o));
   }
   Json out = {{"model_name", response.model_name()},
               {"model_version", response.model_version()},
               {"parameters", ParametersJson(response.parameters())},
               {"outputs", std::move(outputs)}};
   if (!response.id().empty()) out["id"] = response.id();
-  return Dump(out);
+  RestInferAnswer answer;
+  answer.body = Dump(out);
+  if (binary.empty()) return answer;
+  answer.json_length = static_cast<int64_t>(answer.body.size());
+  size_t total = answer.body.size();
+  for (const std::string* b : binary) total += b->size();
+  answer.body.reserve(total);
+  for (const std::string* b : binary) answer.body.append(*b);
+  return answer;
 }
 
 std::string ModelMetadataToJson(const inference::ModelMetadataResponse& m) {

@@ -32,6 +32,8 @@ namespace {
 constexpr char kRequestIdHeader[] = "X-Request-Id";
 
 constexpr char kJson[] = "application/json";
+// The bytes of an infer body's JSON when binary tensor data follows it.
+constexpr char kJsonLength[] = "Inference-Header-Content-Length";
 // The path of a model, and of its version when given.
 constexpr char kModel[] = R"(/v2/models/([^/]+)(?:/versions/([^/]+))?)";
 
@@ -240,23 +242,25 @@ void Infer(RouterService& router, const httplib::Request& req,
            httplib::Response& res) {
   const ModelEngine& model = router.runner().model();
   OipInferRequest asked;
+  RestInferRequest rest;
   std::string model_name;
   inference::ModelInferResponse answer;
   std::string id;
   if (status.ok()) {
     absl::StatusOr<int> layer = Model(router, req);
-    absl::StatusOr<inference::ModelInferRequest> request =
+    absl::StatusOr<RestInferRequest> request =
         layer.ok()
-            ? ModelInferFromJson(body, std::string(req.matches[1]),
-                                 Version(req))
-            : absl::StatusOr<inference::ModelInferRequest>(layer.status());
+            ? ModelInferFromJson(body, req.get_header_value(kJsonLength),
+                                 std::string(req.matches[1]), Version(req))
+            : absl::StatusOr<RestInferRequest>(layer.status());
     absl::StatusOr<OipInferRequest> translated =
-        request.ok() ? FromModelInfer(*request, model.spec(), *layer)
+        request.ok() ? FromModelInfer(request->request, model.spec(), *layer)
                      : absl::StatusOr<OipInferRequest>(request.status());
     if (translated.ok()) {
       asked = std::move(*translated);
       model_name = OipModelName(model.spec(), *layer);
-      id = request->id();
+      rest = *std::move(request);
+      id = rest.request.id();
       // Without a usable X-Request-Id the body's own `id` names the call
       // when it can (as Triton's request ID does).
       if (!common::UsableRequestId(req.get_header_value(kRequestIdHeader)) &&
@@ -290,7 +294,15 @@ void Infer(RouterService& router, const httplib::Request& req,
   router.Serve(&job, std::move(status));
   done.WaitForNotification();
   if (!outcome.ok()) return Reply(res, outcome);
-  res.set_content(ModelInferToJson(answer), kJson);
+  RestInferAnswer written = ModelInferToJson(answer, &rest);
+  // Moved, not copied (httplib's set_content copies): y may be megabytes.
+  res.body = std::move(written.body);
+  if (written.json_length < 0) {
+    res.set_header("Content-Type", kJson);
+    return;
+  }
+  res.set_header("Content-Type", "application/octet-stream");
+  res.set_header(kJsonLength, absl::StrCat(written.json_length));
 }
 
 }  // namespace
@@ -395,15 +407,12 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
              res.status = router->pool().ready() ? 200 : 400;
              res.set_content("{}", kJson);
            });
-  http.Get("/v2",
-           [router](const httplib::Request& req, httplib::Response& res) {
-             absl::Status status = Authorize(*router, req);
-             if (!status.ok()) return Reply(res, status);
-             inference::ServerMetadataResponse m;
-             m.set_name("moe-serve");
-             m.set_version(kVersion);
-             res.set_content(ServerMetadataToJson(m), kJson);
-           });
+  http.Get("/v2", [router](const httplib::Request& req,
+                           httplib::Response& res) {
+    absl::Status status = Authorize(*router, req);
+    if (!status.ok()) return Reply(res, status);
+    res.set_content(ServerMetadataToJson(OipServerMetadata(kVersion)), kJson);
+  });
   http.Get(std::string(kModel) + "/ready",
            [router](const httplib::Request& req, httplib::Response& res) {
              absl::StatusOr<int> layer = Model(*router, req);

@@ -81,10 +81,7 @@ grpc::ServerUnaryReactor* InferenceService::ServerMetadata(
     const inference::ServerMetadataRequest* /*request*/,
     inference::ServerMetadataResponse* response) {
   absl::Status status = router_->Authorize(*context);
-  if (status.ok()) {
-    response->set_name("moe-serve");
-    response->set_version(kVersion);
-  }
+  if (status.ok()) *response = OipServerMetadata(kVersion);
   return Answer(context, status);
 }
 

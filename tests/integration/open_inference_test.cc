@@ -22,11 +22,13 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/router_client.h"
+#include "common/dtype.h"
 #include "common/random_input.h"
 #include "common/torch/demo_model.h"
 #include "inference/open_inference_grpc.grpc.pb.h"
@@ -169,6 +171,8 @@ TEST_F(OpenInferenceIntegrationTest,
                         &context, inference::ServerMetadataRequest(), &metadata)
                     .ok());
     EXPECT_EQ(metadata.name(), "moe-serve");
+    ASSERT_EQ(metadata.extensions_size(), 1);
+    EXPECT_EQ(metadata.extensions(0), "binary_tensor_data");
   }
   for (const char* model : {"layers.0.ff", "layers.1.ff"}) {
     SCOPED_TRACE(model);
@@ -433,6 +437,110 @@ TEST_F(OpenInferenceIntegrationTest, RestServesTheSameModelsAndBits) {
     EXPECT_GE(std::stod(text->body.substr(at + std::strlen(series))), 1)
         << series;
   }
+}
+
+// Triton's binary tensor data extension, as tritonclient.http sends it by
+// default: the JSON of Inference-Header-Content-Length bytes, then the
+// tensors' bytes; the outputs asked as binary come back the same way. y's
+// bytes are Forward's (FP32) and ModelInfer's (BF16, which JSON cannot
+// carry) bit for bit.
+TEST_F(OpenInferenceIntegrationTest, RestCarriesTensorsAsBinaryData) {
+  httplib::Client http("127.0.0.1", http_port_);
+  const httplib::Headers token = {
+      {"Authorization", absl::StrCat("Bearer ", kToken)}};
+  auto server = http.Get("/v2", token);
+  ASSERT_TRUE(server);
+  ASSERT_EQ(server->status, 200) << server->body;
+  EXPECT_EQ(nlohmann::json::parse(server->body)["extensions"],
+            nlohmann::json::array({"binary_tensor_data"}));
+
+  const common::HostTensor x = X();
+  const int64_t n = static_cast<int64_t>(x.data.size() / sizeof(float));
+  std::string bf16(static_cast<size_t>(n) * 2, '\0');
+  common::ConvertFromFloat32(reinterpret_cast<const float*>(x.data.data()), n,
+                             common::DType::kBFloat16, bf16.data());
+  // The expected y of each: Forward's for FP32, ModelInfer's for BF16.
+  client::ClientOptions options;
+  options.token = kToken;
+  moe::v1::ForwardRequest forward;
+  forward.set_layer("layers.1.ff");
+  forward.mutable_options()->set_seed(5);
+  ASSERT_TRUE(proto::EncodeTensor(x, forward.mutable_x()).ok());
+  auto by_forward =
+      client::RouterClient::Create(*target_, options)->Forward(forward);
+  ASSERT_TRUE(by_forward.ok()) << by_forward.status();
+  inference::ModelInferRequest bf16_request = Infer("layers.1.ff");
+  bf16_request.mutable_inputs(0)->set_datatype("BF16");
+  bf16_request.set_raw_input_contents(0, bf16);
+  inference::ModelInferResponse by_infer;
+  const grpc::Status s = Call(bf16_request, &by_infer);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+
+  struct Case {
+    const char* datatype;
+    std::string bytes;
+    std::string y;
+  };
+  for (const Case& c : {Case{"FP32", x.data, by_forward->y().data()},
+                        Case{"BF16", bf16, by_infer.raw_output_contents(0)}}) {
+    SCOPED_TRACE(c.datatype);
+    const std::string json =
+        nlohmann::json{
+            {"parameters", {{"seed", 5}, {"binary_data_output", true}}},
+            {"inputs",
+             {{{"name", "x"},
+               {"shape", x.shape},
+               {"datatype", c.datatype},
+               {"parameters", {{"binary_data_size", c.bytes.size()}}}}}},
+            {"outputs",
+             {{{"name", "y"}},
+              {{"name", "dropped_tokens"},
+               {"parameters", {{"binary_data", false}}}}}}}
+            .dump();
+    httplib::Headers headers = token;
+    headers.emplace("Inference-Header-Content-Length",
+                    std::to_string(json.size()));
+    auto res = http.Post("/v2/models/layers.1.ff/infer", headers,
+                         json + c.bytes, "application/octet-stream");
+    ASSERT_TRUE(res);
+    ASSERT_EQ(res->status, 200) << res->body.substr(0, 300);
+    EXPECT_EQ(res->get_header_value("Content-Type"),
+              "application/octet-stream");
+    size_t length = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(
+        res->get_header_value("Inference-Header-Content-Length"), &length));
+    ASSERT_LE(length, res->body.size());
+    const nlohmann::json head =
+        nlohmann::json::parse(res->body.substr(0, length));
+    ASSERT_EQ(head["outputs"].size(), 2u) << head.dump();
+    EXPECT_EQ(head["outputs"][0]["datatype"], c.datatype);
+    EXPECT_EQ(head["outputs"][0]["parameters"]["binary_data_size"], c.y.size());
+    EXPECT_FALSE(head["outputs"][0].contains("data"));
+    EXPECT_EQ(head["outputs"][1]["data"].size(), 1u);
+    EXPECT_TRUE(res->body.substr(length) == c.y)
+        << "y's bytes differ from the gRPC answer's";
+  }
+
+  // Bytes that do not match what the JSON says are named, with 400.
+  const std::string json =
+      nlohmann::json{{"inputs",
+                      {{{"name", "x"},
+                        {"shape", x.shape},
+                        {"datatype", "FP32"},
+                        {"parameters", {{"binary_data_size", n * 4}}}}}}}
+          .dump();
+  httplib::Headers headers = token;
+  headers.emplace("Inference-Header-Content-Length",
+                  std::to_string(json.size()));
+  auto cut = http.Post("/v2/models/layers.1.ff/infer", headers,
+                       json + x.data.substr(4), "application/octet-stream");
+  ASSERT_TRUE(cut);
+  EXPECT_EQ(cut->status, 400);
+  EXPECT_NE(cut->body.find("binary_data_size " + std::to_string(n * 4) +
+                           " passes the " + std::to_string(n * 4 - 4) +
+                           " bytes left"),
+            std::string::npos)
+      << cut->body;
 }
 
 // Clients that send an infer and close the connection before reading the

@@ -206,14 +206,17 @@ TEST(OpenInferenceTest, TheAnswerCarriesEveryOutputOrTheOnesAsked) {
 // REST bodies: JSON into the gRPC message, nested data flattened, every
 // malformed body a clear InvalidArgument.
 TEST(OpenInferenceJsonTest, BodiesBecomeModelInferRequests) {
-  absl::StatusOr<inference::ModelInferRequest> r = ModelInferFromJson(
+  absl::StatusOr<RestInferRequest> rest = ModelInferFromJson(
       R"({"id": "j1", "parameters": {"policy": "all", "seed": 3,
           "threshold": 0.5, "return_trace": true},
           "inputs": [{"name": "x", "shape": [1, 2, 2], "datatype": "FP32",
                       "data": [[[1, 2], [3, 4.5]]]}],
           "outputs": [{"name": "y"}]})",
-      "layers.0.ff", "");
-  ASSERT_TRUE(r.ok()) << r.status();
+      "", "layers.0.ff", "");
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  const inference::ModelInferRequest* r = &rest->request;
+  EXPECT_FALSE(rest->Binary("y"));
+  EXPECT_EQ(r->raw_input_contents_size(), 0);
   EXPECT_EQ(r->id(), "j1");
   EXPECT_EQ(r->model_name(), "layers.0.ff");
   EXPECT_EQ(r->parameters().at("policy").string_param(), "all");
@@ -239,7 +242,20 @@ TEST(OpenInferenceJsonTest, BodiesBecomeModelInferRequests) {
        "no \"name\""},
       {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "BF16",
            "data": [1]}]})",
-       "send FP32"},
+       "send FP32 numbers, or the tensor as binary data"},
+      {R"({"inputs": [], "outputs": [{"name": "y",
+           "parameters": {"classification": 3}}]})",
+       "output \"y\": unknown parameter \"classification\" (known: "
+       "binary_data)"},
+      {R"({"inputs": [], "outputs": [{"name": "y",
+           "parameters": {"binary_data": 1}}]})",
+       "\"binary_data\" must be a bool"},
+      {R"({"inputs": [], "parameters": {"binary_data_output": "yes"}})",
+       "\"binary_data_output\" must be a bool"},
+      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
+           "parameters": {"binary_data_size": 4}}]})",
+       "input \"x\" has a binary_data_size, so the request needs an "
+       "Inference-Header-Content-Length header"},
       {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
            "data": ["a"]}]})",
        "not a number"},
@@ -256,8 +272,8 @@ TEST(OpenInferenceJsonTest, BodiesBecomeModelInferRequests) {
        "nested too deeply"},
   };
   for (const auto& [body, says] : bad) {
-    absl::StatusOr<inference::ModelInferRequest> got =
-        ModelInferFromJson(body, "m", "");
+    absl::StatusOr<RestInferRequest> got =
+        ModelInferFromJson(body, "", "m", "");
     EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument) << body;
     EXPECT_NE(got.status().message().find(says), std::string::npos)
         << got.status();
@@ -281,12 +297,110 @@ TEST(OpenInferenceJsonTest, AnswersAreWrittenAsNumbers) {
   const int64_t seven = 7;
   r.add_raw_output_contents(
       std::string(reinterpret_cast<const char*>(&seven), 8));
-  const std::string json = ModelInferToJson(r);
+  const RestInferAnswer answer = ModelInferToJson(r);
+  EXPECT_EQ(answer.json_length, -1);
+  const std::string& json = answer.body;
   EXPECT_NE(json.find(R"("data":[0.5,-2.0])"), std::string::npos) << json;
   EXPECT_NE(json.find(R"("data":[7])"), std::string::npos) << json;
   EXPECT_NE(json.find(R"("degraded":false)"), std::string::npos) << json;
   EXPECT_NE(json.find(R"("id":"q")"), std::string::npos) << json;
   EXPECT_EQ(ErrorJson("bad \"x\""), R"({"error":"bad \"x\""})");
+}
+
+// Binary tensor data: the JSON of Inference-Header-Content-Length bytes,
+// then each binary input's bytes in the order of the inputs; every input
+// then travels as raw_input_contents, as the gRPC form takes them.
+TEST(OpenInferenceJsonTest, BinaryTensorDataFollowsTheJson) {
+  const std::string json =
+      R"({"inputs": [{"name": "second_choice_uniforms", "shape": [1, 2],
+                      "datatype": "FP32", "data": [0.25, 0.75]},
+                     {"name": "x", "shape": [1, 2, 2], "datatype": "BF16",
+                      "parameters": {"binary_data_size": 8}}],
+          "parameters": {"binary_data_output": true, "seed": 1},
+          "outputs": [{"name": "y"},
+                      {"name": "kept_per_expert",
+                       "parameters": {"binary_data": false}}]})";
+  const std::string x("\x80\x3f\x00\x40\x40\x40\x80\x40", 8);  // 1 2 3 4
+  absl::StatusOr<RestInferRequest> rest = ModelInferFromJson(
+      json + x, std::to_string(json.size()), "layers.1.ff", "");
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  const inference::ModelInferRequest& r = rest->request;
+  ASSERT_EQ(r.raw_input_contents_size(), 2);
+  EXPECT_EQ(r.raw_input_contents(0), Floats({0.25f, 0.75f}));
+  EXPECT_FALSE(r.inputs(0).has_contents());
+  EXPECT_EQ(r.raw_input_contents(1), x);
+  // The REST form's own parameters are not the request's.
+  EXPECT_EQ(r.parameters().count("binary_data_output"), 0u);
+  EXPECT_EQ(r.inputs(1).parameters().count("binary_data_size"), 0u);
+  EXPECT_EQ(r.parameters().at("seed").uint64_param(), 1u);
+  EXPECT_TRUE(rest->Binary("y"));
+  EXPECT_FALSE(rest->Binary("kept_per_expert"));
+  EXPECT_TRUE(rest->Binary("dropped_tokens"));
+  absl::StatusOr<OipInferRequest> translated =
+      FromModelInfer(r, TwoLayers(), 1);
+  ASSERT_TRUE(translated.ok()) << translated.status();
+  EXPECT_EQ(translated->forward.x().dtype(), moe::v1::BFLOAT16);
+  EXPECT_EQ(translated->forward.x().data(), x);
+
+  // The answer: y's bytes after the JSON, kept_per_expert as numbers.
+  inference::ModelInferResponse answer;
+  auto* y = answer.add_outputs();
+  y->set_name("y");
+  y->set_datatype("FP32");
+  y->add_shape(2);
+  answer.add_raw_output_contents(Floats({0.5f, -2.0f}));
+  auto* k = answer.add_outputs();
+  k->set_name("kept_per_expert");
+  k->set_datatype("INT64");
+  k->add_shape(1);
+  const int64_t seven = 7;
+  answer.add_raw_output_contents(
+      std::string(reinterpret_cast<const char*>(&seven), 8));
+  const RestInferAnswer written = ModelInferToJson(answer, &*rest);
+  ASSERT_GT(written.json_length, 0);
+  const std::string head = written.body.substr(0, written.json_length);
+  EXPECT_EQ(written.body.substr(written.json_length), Floats({0.5f, -2.0f}));
+  EXPECT_NE(head.find(R"("parameters":{"binary_data_size":8})"),
+            std::string::npos)
+      << head;
+  EXPECT_NE(head.find(R"("data":[7])"), std::string::npos) << head;
+
+  // What is wrong with the bytes is named.
+  const std::string one_x =
+      R"({"inputs": [{"name": "x", "shape": [1, 1, 2], "datatype": "FP32",
+                      "parameters": {"binary_data_size": 8}}]})";
+  const std::string eight(8, '\0');
+  const struct {
+    std::string body;
+    std::string json_length;
+    std::string says;
+  } bad[] = {
+      {one_x + eight, "x", "Inference-Header-Content-Length: \"x\" is not"},
+      {one_x + eight, std::to_string(one_x.size() + 9),
+       "(the body has " + std::to_string(one_x.size() + 8) + " bytes)"},
+      {one_x + eight, "3", "the body's JSON (its first "},
+      {one_x + eight + "!", std::to_string(one_x.size()),
+       "the body has 9 bytes after its JSON; its inputs' binary_data_size add "
+       "up to 8"},
+      {one_x + "1234", std::to_string(one_x.size()),
+       "input \"x\": binary_data_size 8 passes the 4 bytes left"},
+      {R"({"inputs": [{"name": "x", "shape": [1, 1, 2], "datatype": "BF16",
+                       "parameters": {"binary_data_size": 8}}]})",
+       "", "binary_data_size is 8 bytes; shape [1, 1, 2] of BF16 needs 4"},
+      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
+                       "data": [1], "parameters": {"binary_data_size": 4}}]})",
+       "", "has both \"data\" and a binary_data_size"},
+      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
+                       "parameters": {"binary_data_size": -4}}]})",
+       "", "must be a byte count"},
+  };
+  for (const auto& [body, length, says] : bad) {
+    absl::StatusOr<RestInferRequest> got =
+        ModelInferFromJson(body, length, "m", "");
+    EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument) << says;
+    EXPECT_NE(got.status().message().find(says), std::string::npos)
+        << got.status();
+  }
 }
 
 }  // namespace
