@@ -165,6 +165,23 @@ class CountedThreadPool final : public httplib::TaskQueue {
   ConnectionDeadlines* const deadlines_;
 };
 
+// How a request's body is encoded: as it is; compressed in a way httplib
+// inflates as it reads (Content-Encoding: gzip, deflate or br), so that its
+// length on the wire says nothing of its size; or in another way, which
+// httplib would hand over as it is.
+enum class BodyEncoding { kIdentity, kInflated, kUnsupported };
+
+BodyEncoding EncodingOf(const httplib::Request& req) {
+  const std::string encoding = req.get_header_value("Content-Encoding");
+  if (encoding.empty() || encoding == "identity") {
+    return BodyEncoding::kIdentity;
+  }
+  if (encoding == "gzip" || encoding == "deflate" || encoding == "br") {
+    return BodyEncoding::kInflated;
+  }
+  return BodyEncoding::kUnsupported;
+}
+
 bool Chunked(const httplib::Request& req) {
   return req.get_header_value("Transfer-Encoding").find("chunked") !=
          std::string::npos;
@@ -453,32 +470,77 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
   // and the budget are checked first, and a refused body is read and
   // dropped (keeping the connection usable) rather than held.
   auto budget = std::make_shared<BodyBudget>(bytes_in_flight, metrics);
-  http.Post(std::string(kModel) + "/infer",
-            [router, budget, max_body](const httplib::Request& req,
-                                       httplib::Response& res,
-                                       const httplib::ContentReader& read) {
-              std::string request_id = RequestId(req, res);
-              int64_t declared = max_body;
-              if (RefusedByLength(req, max_body, &declared, res)) return;
-              absl::Status status = Authorize(*router, req);
-              std::optional<BodyBudget::Hold> hold;
-              if (status.ok()) status = budget->Take(declared, &hold);
-              std::string body;
-              const bool keep = hold.has_value();
-              if (keep && req.has_header("Content-Length")) {
-                body.reserve(static_cast<size_t>(declared));
-              }
-              // httplib answers a chunked body over the limit with 413.
-              if (!read([&](const char* data, size_t length) {
-                    if (keep) body.append(data, length);
-                    return true;
-                  })) {
-                return;
-              }
-              ConnectionDeadlines::Serving();
-              Infer(*router, req, body, std::move(request_id),
-                    std::move(status), res);
-            });
+  http.Post(
+      std::string(kModel) + "/infer",
+      [router, budget, max_body](const httplib::Request& req,
+                                 httplib::Response& res,
+                                 const httplib::ContentReader& read) {
+        std::string request_id = RequestId(req, res);
+        int64_t declared = max_body;
+        if (RefusedByLength(req, max_body, &declared, res)) return;
+        // A compressed body may inflate to the limit, whatever its
+        // length: it is held as the limit, as a chunked one is. One in an
+        // encoding httplib does not inflate is read and dropped, and
+        // refused.
+        const BodyEncoding encoding = EncodingOf(req);
+        const bool compressed = encoding == BodyEncoding::kInflated;
+        if (compressed) declared = max_body;
+        absl::Status status = Authorize(*router, req);
+        const bool unsupported =
+            status.ok() && encoding == BodyEncoding::kUnsupported;
+        std::optional<BodyBudget::Hold> hold;
+        if (status.ok() && !unsupported) {
+          status = budget->Take(declared, &hold);
+        }
+        std::string body;
+        const bool keep = hold.has_value();
+        if (keep && !compressed && req.has_header("Content-Length")) {
+          body.reserve(static_cast<size_t>(declared));
+        }
+        // The bytes as httplib hands them over, inflated: without a
+        // bound a 64 KB gzip of zeros became 64 MB in memory (1,000
+        // to 1). httplib answers a chunked body over the limit with
+        // 413, a Content-Encoding it cannot inflate with 415.
+        int64_t inflated = 0;
+        if (!read([&](const char* data, size_t length) {
+              inflated += static_cast<int64_t>(length);
+              if (inflated > max_body) return false;
+              if (keep) body.append(data, length);
+              return true;
+            })) {
+          if (inflated > max_body) {
+            res.set_header("Connection", "close");
+            res.status = 413;
+            res.set_content(
+                ErrorJson(absl::StrCat(
+                    compressed
+                        ? absl::StrCat("the body, decompressed "
+                                       "(Content-Encoding: ",
+                                       req.get_header_value("Content-Encoding")
+                                           .substr(0, 16),
+                                       "),")
+                        : "the body",
+                    " is larger than this router takes (", max_body,
+                    " bytes)")),
+                kJson);
+          }
+          return;
+        }
+        if (unsupported) {
+          res.status = 415;
+          res.set_content(
+              ErrorJson(absl::StrCat(
+                  "Content-Encoding ",
+                  common::QuoteForLog(
+                      req.get_header_value("Content-Encoding").substr(0, 32)),
+                  ": this router inflates gzip, deflate and br")),
+              kJson);
+          return;
+        }
+        ConnectionDeadlines::Serving();
+        Infer(*router, req, body, std::move(request_id), std::move(status),
+              res);
+      });
   http.set_error_handler([](const httplib::Request&, httplib::Response& res) {
     if (!res.body.empty()) return;
     const std::string message =
