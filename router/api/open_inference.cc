@@ -188,6 +188,24 @@ absl::Status ApplyParameter(const std::string& name,
       return absl::InvalidArgumentError(
           "parameter \"seed\" must be a non-negative integer");
     }
+  } else if (name == "timeout") {
+    // Triton's: microseconds for the request, 0 for none (tritonclient's
+    // `timeout=`).
+    const auto which = p.parameter_choice_case();
+    const bool is_int = which == inference::InferParameter::kInt64Param ||
+                        which == inference::InferParameter::kUint64Param;
+    const uint64_t us = which == inference::InferParameter::kUint64Param
+                            ? p.uint64_param()
+                            : static_cast<uint64_t>(p.int64_param());
+    if (!is_int || (which == inference::InferParameter::kInt64Param &&
+                    p.int64_param() < 0)) {
+      return absl::InvalidArgumentError(
+          "parameter \"timeout\" must be an integer of microseconds, 0 or "
+          "more (0: none)");
+    }
+    constexpr uint64_t kDay = uint64_t{86400} * 1000 * 1000;
+    out->timeout = us == 0 ? absl::InfiniteDuration()
+                           : absl::Microseconds(std::min(us, kDay));
   } else if (name == "return_trace") {
     MOE_ASSIGN_OR_RETURN(const bool v, BoolParam(name, p));
     o->set_return_trace(v);
@@ -208,7 +226,8 @@ absl::Status ApplyParameter(const std::string& name,
     return absl::InvalidArgumentError(
         absl::StrCat("unknown parameter ", common::QuoteForLog(name),
                      " (known: mode, policy, threshold, capacity_factor, seed, "
-                     "return_trace, on_expert_failure, allow_degraded)"));
+                     "return_trace, on_expert_failure, allow_degraded, "
+                     "timeout)"));
   }
   return absl::OkStatus();
 }
@@ -377,11 +396,27 @@ absl::StatusOr<OipInferRequest> FromModelInfer(
   return out;
 }
 
+bool OipTimedOut(const OipInferRequest& asked, absl::Time start,
+                 absl::Time now) {
+  return asked.timeout != absl::InfiniteDuration() &&
+         now - start >= asked.timeout;
+}
+
 absl::StatusOr<inference::ModelInferResponse> ToModelInfer(
     moe::v1::ForwardResponse* forward, const OipInferRequest& asked,
     const std::string& model_name, const std::string& version,
-    const std::string& id) {
+    const std::string& id, bool timed_out) {
   const moe::v1::ForwardResponse& response = *forward;
+  if (response.degraded() && !asked.allow_degraded && timed_out) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "the request's timeout (", absl::FormatDuration(asked.timeout),
+        ") passed before experts [",
+        absl::StrJoin(response.failed_experts(), ", "), "] of model ",
+        common::QuoteForLog(model_name), " answered (",
+        response.stats().dropped_expert_unavailable(),
+        " assignments dropped); give it more time, or set the parameter "
+        "allow_degraded to accept the answer without them"));
+  }
   if (response.degraded() && !asked.allow_degraded) {
     return absl::UnavailableError(absl::StrCat(
         "degraded answer: experts [",

@@ -11,7 +11,8 @@
 // or typed contents (FP32 only). Parameters, named as in moe.v1
 // RoutingOptions: mode ("eval"/"train"), policy ("random", "all", "none",
 // "threshold"), threshold, capacity_factor, seed, return_trace,
-// on_expert_failure ("drop"/"fail"); and allow_degraded. Outputs: y (x's
+// on_expert_failure ("drop"/"fail"); allow_degraded; and timeout
+// (microseconds, as Triton's: the call's deadline). Outputs: y (x's
 // dtype), balance_loss, router_z_loss, total_aux_loss (FP32 [1]),
 // kept_per_expert (INT64 [E]), dropped_tokens (INT64 [1]), and the routing
 // trace's tensors when return_trace; all as raw_output_contents, or those
@@ -24,6 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "common/model_spec.h"
 #include "inference/open_inference_grpc.pb.h"
 #include "moe/v1/router.pb.h"
@@ -64,6 +66,9 @@ struct OipInferRequest {
   moe::v1::ForwardRequest forward;
   bool allow_degraded = false;
   std::vector<std::string> outputs;  // empty: all
+  // The parameter `timeout` (Triton's, in microseconds): the call's
+  // deadline is at most this long after its arrival.
+  absl::Duration timeout = absl::InfiniteDuration();
 };
 
 // The ForwardRequest of `request` for layer `layer`; InvalidArgument naming
@@ -74,11 +79,17 @@ absl::StatusOr<OipInferRequest> FromModelInfer(
 
 // The ModelInferResponse of `*response`, whose tensors' bytes it takes (y
 // is not copied; the rest of *response stays); UNAVAILABLE naming the
-// failed experts for a degraded answer unless allowed; InvalidArgument for
-// an output the model does not have or one asked twice.
+// failed experts for a degraded answer unless allowed (DEADLINE_EXCEEDED
+// when `timed_out`: the request's `timeout` passed during the forward, so
+// the experts missed it rather than failed); InvalidArgument for an output
+// the model does not have or one asked twice.
 absl::StatusOr<inference::ModelInferResponse> ToModelInfer(
     moe::v1::ForwardResponse* response, const OipInferRequest& asked,
     const std::string& model_name, const std::string& version,
-    const std::string& id);
+    const std::string& id, bool timed_out = false);
+
+// Whether the `timeout` of `asked`, from `start`, has passed at `now`.
+bool OipTimedOut(const OipInferRequest& asked, absl::Time start,
+                 absl::Time now);
 
 }  // namespace moe::router

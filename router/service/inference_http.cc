@@ -291,14 +291,16 @@ void Infer(RouterService& router, const httplib::Request& req,
   }
   absl::Notification done;
   absl::Status outcome;
+  const absl::Time start = router.clock()->Now();
   RouterService::Job job(
-      router.clock()->Now(), absl::InfiniteFuture(),
+      start, absl::InfiniteFuture(),
       absl::StrCat("http:", req.remote_addr, ":", req.remote_port),
       std::move(request_id), req.get_header_value(common::kTraceparentKey),
       "REST infer", Protocol::kOipRest, [] { return false; },
       [&]() -> absl::Status {
-        absl::StatusOr<inference::ModelInferResponse> r = ToModelInfer(
-            &job.response, asked, model_name, model.fingerprint(), id);
+        absl::StatusOr<inference::ModelInferResponse> r =
+            ToModelInfer(&job.response, asked, model_name, model.fingerprint(),
+                         id, OipTimedOut(asked, start, router.clock()->Now()));
         if (!r.ok()) return r.status();
         answer = std::move(*r);
         return absl::OkStatus();
@@ -307,6 +309,7 @@ void Infer(RouterService& router, const httplib::Request& req,
         outcome = std::move(s);
         done.Notify();
       });
+  job.LimitTime(asked.timeout);
   job.request = std::move(asked.forward);
   router.Serve(&job, std::move(status));
   done.WaitForNotification();

@@ -23,15 +23,18 @@ grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
 // One ModelInfer call: the translated forward, answered in OIP terms.
 class InferenceService::InferCall : public grpc::ServerUnaryReactor {
  public:
-  InferCall(grpc::CallbackServerContext* context, absl::Time start,
+  InferCall(grpc::CallbackServerContext* context, common::Clock* clock,
             const inference::ModelInferRequest* request,
             inference::ModelInferResponse* response)
-      : job(
+      : start(clock->Now()),
+        job(
             context, start, "ModelInfer", Protocol::kOipGrpc,
-            [this, request, response]() -> absl::Status {
+            [this, clock, request, response]() -> absl::Status {
               MOE_ASSIGN_OR_RETURN(
-                  *response, ToModelInfer(&job.response, asked, model_name,
-                                          version, request->id()));
+                  *response,
+                  ToModelInfer(&job.response, asked, model_name, version,
+                               request->id(),
+                               OipTimedOut(asked, start, clock->Now())));
               return absl::OkStatus();
             },
             [this](absl::Status status) {
@@ -41,6 +44,7 @@ class InferenceService::InferCall : public grpc::ServerUnaryReactor {
   void OnCancel() override { job.Cancel(); }
   void OnDone() override { delete this; }
 
+  const absl::Time start;
   RouterService::Job job;
   OipInferRequest asked;
   std::string model_name;
@@ -103,8 +107,7 @@ grpc::ServerUnaryReactor* InferenceService::ModelInfer(
     grpc::CallbackServerContext* context,
     const inference::ModelInferRequest* request,
     inference::ModelInferResponse* response) {
-  auto* call =
-      new InferCall(context, router_->clock()->Now(), request, response);
+  auto* call = new InferCall(context, router_->clock(), request, response);
   const ModelEngine& model = router_->runner().model();
   absl::Status status = router_->Authorize(*context);
   if (status.ok()) {
@@ -116,6 +119,7 @@ grpc::ServerUnaryReactor* InferenceService::ModelInfer(
                    : absl::StatusOr<OipInferRequest>(layer.status());
     if (asked.ok()) {
       call->asked = std::move(*asked);
+      call->job.LimitTime(call->asked.timeout);
       call->job.request = std::move(call->asked.forward);
       call->model_name = OipModelName(model.spec(), *layer);
       call->version = model.fingerprint();

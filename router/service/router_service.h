@@ -22,6 +22,7 @@
 // runs the same admission, queue, forward, logs and metrics.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -138,6 +139,12 @@ class RouterService final
         std::function<void(absl::Status)> done);
     // The client went away: the forward stops waiting for its workers.
     void Cancel() { waiter_->Cancel(); }
+    // The request asks for less time than its transport gives (the Open
+    // Inference Protocol's `timeout`): its deadline is at most `timeout`
+    // after its start. Before Serve.
+    void LimitTime(absl::Duration timeout) {
+      deadline_ = std::min(deadline_, start_ + timeout);
+    }
     const std::string& request_id() const { return request_id_; }
 
     moe::v1::ForwardRequest request;
@@ -148,7 +155,7 @@ class RouterService final
     const std::function<bool()> cancelled_;
     const std::shared_ptr<ForwardWaiter> waiter_;
     const absl::Time start_;
-    const absl::Time deadline_;
+    absl::Time deadline_;
     const std::string peer_;
     const std::string request_id_;
     const std::string traceparent_;

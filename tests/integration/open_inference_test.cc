@@ -269,6 +269,33 @@ TEST_F(OpenInferenceIntegrationTest, RefusalsCarryTheRightCodes) {
             grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(Call(Infer("layers.0.ff"), &response, /*token=*/false).error_code(),
             grpc::StatusCode::UNAUTHENTICATED);
+  // Triton's `timeout` (microseconds, tritonclient's `timeout=`) is the
+  // call's deadline: one microsecond passes before the forward can run
+  // (refused at admission, or at its start), on gRPC as on REST; a
+  // minute is plenty.
+  inference::ModelInferRequest hurried = Infer("layers.0.ff");
+  (*hurried.mutable_parameters())["timeout"].set_int64_param(1);
+  const grpc::Status late = Call(hurried, &response);
+  EXPECT_TRUE(late.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+              late.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << late.error_code() << " " << late.error_message();
+  httplib::Client http("127.0.0.1", http_port_);
+  const httplib::Headers token = {
+      {"Authorization", absl::StrCat("Bearer ", kToken)}};
+  nlohmann::json body = nlohmann::json::parse(InferJson(X()));
+  body["parameters"] = {{"timeout", 1}};
+  auto rest_late = http.Post("/v2/models/layers.0.ff/infer", token, body.dump(),
+                             "application/json");
+  ASSERT_TRUE(rest_late);
+  EXPECT_TRUE(rest_late->status == 504 || rest_late->status == 429)
+      << rest_late->status << " " << rest_late->body;
+  (*hurried.mutable_parameters())["timeout"].set_int64_param(60'000'000);
+  EXPECT_TRUE(Call(hurried, &response).ok());
+  body["parameters"] = {{"timeout", 60'000'000}};
+  auto rest_in_time = http.Post("/v2/models/layers.0.ff/infer", token,
+                                body.dump(), "application/json");
+  ASSERT_TRUE(rest_in_time);
+  EXPECT_EQ(rest_in_time->status, 200) << rest_in_time->body;
   // And it still serves.
   EXPECT_TRUE(Call(Infer("layers.0.ff"), &response).ok());
 }

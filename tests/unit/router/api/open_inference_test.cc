@@ -80,6 +80,7 @@ TEST(OpenInferenceTest, InputsAndParametersBecomeTheForwardRequest) {
   (*r.mutable_parameters())["return_trace"].set_bool_param(true);
   (*r.mutable_parameters())["on_expert_failure"].set_string_param("fail");
   (*r.mutable_parameters())["allow_degraded"].set_bool_param(true);
+  (*r.mutable_parameters())["timeout"].set_int64_param(2500);
   auto* u = r.add_inputs();
   u->set_name("second_choice_uniforms");
   u->set_datatype("FP32");
@@ -102,7 +103,13 @@ TEST(OpenInferenceTest, InputsAndParametersBecomeTheForwardRequest) {
   EXPECT_EQ(f.options().second_choice_uniforms().data(), Floats({0.5f, 0.25f}));
   EXPECT_EQ(f.on_expert_failure(), moe::v1::ON_FAILURE_FAIL);
   EXPECT_TRUE(got->allow_degraded);
+  EXPECT_EQ(got->timeout, absl::Microseconds(2500));
   EXPECT_EQ(got->outputs, std::vector<std::string>{"y"});
+  // Triton's timeout 0 is none; unsigned is as good as signed.
+  (*r.mutable_parameters())["timeout"].set_int64_param(0);
+  EXPECT_EQ(FromModelInfer(r, spec, 1)->timeout, absl::InfiniteDuration());
+  (*r.mutable_parameters())["timeout"].set_uint64_param(7);
+  EXPECT_EQ(FromModelInfer(r, spec, 1)->timeout, absl::Microseconds(7));
 }
 
 TEST(OpenInferenceTest, MalformedInputsAreRefusedNamingTheTensor) {
@@ -148,6 +155,19 @@ TEST(OpenInferenceTest, MalformedInputsAreRefusedNamingTheTensor) {
       Request("FP32", {1, 1, 4}, Floats({1, 2, 3, 4}));
   (*seed.mutable_parameters())["seed"].set_int64_param(-1);
   EXPECT_NE(refused(seed).find("non-negative"), std::string::npos);
+  for (const double bad : {-1.0, 1.5}) {
+    inference::ModelInferRequest timeout =
+        Request("FP32", {1, 1, 4}, Floats({1, 2, 3, 4}));
+    auto& p = (*timeout.mutable_parameters())["timeout"];
+    if (bad < 0) {
+      p.set_int64_param(-1);
+    } else {
+      p.set_double_param(bad);
+    }
+    EXPECT_NE(
+        refused(timeout).find("\"timeout\" must be an integer of microseconds"),
+        std::string::npos);
+  }
 }
 
 TEST(OpenInferenceTest, TheAnswerCarriesEveryOutputOrTheOnesAsked) {
@@ -189,6 +209,18 @@ TEST(OpenInferenceTest, TheAnswerCarriesEveryOutputOrTheOnesAsked) {
       ToModelInfer(&f, asked, "m", "v", "");
   EXPECT_EQ(degraded.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_NE(degraded.status().message().find("experts [5]"), std::string::npos);
+  // Experts that missed the request's own timeout did not fail.
+  asked.timeout = absl::Milliseconds(2);
+  EXPECT_FALSE(OipTimedOut(asked, absl::UnixEpoch(),
+                           absl::UnixEpoch() + absl::Milliseconds(1)));
+  EXPECT_TRUE(OipTimedOut(asked, absl::UnixEpoch(),
+                          absl::UnixEpoch() + absl::Milliseconds(2)));
+  degraded = ToModelInfer(&f, asked, "m", "v", "", /*timed_out=*/true);
+  EXPECT_EQ(degraded.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_NE(degraded.status().message().find(
+                "the request's timeout (2ms) passed before experts [5]"),
+            std::string::npos)
+      << degraded.status();
   asked.allow_degraded = true;
   asked.outputs = {"dropped_tokens"};
   r = ToModelInfer(&f, asked, "m", "v", "");
