@@ -392,7 +392,17 @@ absl::StatusOr<OipInferRequest> FromModelInfer(
   for (const auto& [name, value] : request.parameters()) {
     MOE_RETURN_IF_ERROR(ApplyParameter(name, value, &out));
   }
-  for (const auto& o : request.outputs()) out.outputs.push_back(o.name());
+  for (const auto& o : request.outputs()) {
+    // Triton's `classification` would ask for another output than the
+    // one named; the answer would not be what the caller reads it as.
+    if (!o.parameters().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "output ", common::QuoteForLog(o.name()), ": unknown parameter ",
+          common::QuoteForLog(o.parameters().begin()->first),
+          " (outputs take none over gRPC)"));
+    }
+    out.outputs.push_back(o.name());
+  }
   return out;
 }
 

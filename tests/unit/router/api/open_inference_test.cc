@@ -155,6 +155,14 @@ TEST(OpenInferenceTest, MalformedInputsAreRefusedNamingTheTensor) {
       Request("FP32", {1, 1, 4}, Floats({1, 2, 3, 4}));
   (*seed.mutable_parameters())["seed"].set_int64_param(-1);
   EXPECT_NE(refused(seed).find("non-negative"), std::string::npos);
+  inference::ModelInferRequest classify =
+      Request("FP32", {1, 1, 4}, Floats({1, 2, 3, 4}));
+  auto* y = classify.add_outputs();
+  y->set_name("y");
+  (*y->mutable_parameters())["classification"].set_int64_param(3);
+  EXPECT_NE(refused(classify).find(
+                "output \"y\": unknown parameter \"classification\""),
+            std::string::npos);
   for (const double bad : {-1.0, 1.5}) {
     inference::ModelInferRequest timeout =
         Request("FP32", {1, 1, 4}, Floats({1, 2, 3, 4}));
