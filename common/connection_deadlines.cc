@@ -264,7 +264,12 @@ void ConnectionDeadlines::Watch() {
         }
       }
       if (head_bytes == 0 && now - c.since <= c.limit) continue;
-      // Its thread's read or write ends at once; it closes the socket.
+      // Its thread's read or write ends at once; it closes the socket, and
+      // the close resets the connection (linger 0): a graceful close left
+      // a client still sending (a body behind a refused head) blocked on
+      // the closed window until its own timeout.
+      const linger reset{1, 0};
+      setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
       shutdown(c.fd, SHUT_RDWR);
       c.cut = true;
       const std::string limit =

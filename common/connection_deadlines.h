@@ -20,11 +20,13 @@
 //   serving: no deadline (the server's own work, bounded by its own
 //            deadlines).
 // A connection past its stage's deadline or its head's size is shut down
-// (both ways), which ends the thread's read or write at once and frees it;
-// `on_cut` hears of it. The size is checked as often as the deadlines (every
-// 100 ms), so a head may grow by what arrives in that time before its cut. The
-// server reports stages from its serving thread (BodyNext, Serving, Answered:
-// thread-local, no-ops on threads that serve no tracked connection).
+// (both ways), which ends the thread's read or write at once and frees it,
+// and reset when it is closed (SO_LINGER 0: a client still sending learns
+// at once rather than at its own timeout); `on_cut` hears of it. The size is
+// checked as often as the deadlines (every 100 ms), so a head may grow by what
+// arrives in that time before its cut. The server reports stages from its
+// serving thread (BodyNext, Serving, Answered: thread-local, no-ops on threads
+// that serve no tracked connection).
 //
 // The server hands each accepted connection to its pool without its socket
 // (cpp-httplib's TaskQueue::enqueue takes a closure), so Track finds it:

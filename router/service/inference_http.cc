@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <ctime>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <utility>
@@ -36,6 +37,13 @@ constexpr char kJson[] = "application/json";
 constexpr char kJsonLength[] = "Inference-Header-Content-Length";
 // The path of a model, and of its version when given.
 constexpr char kModel[] = R"(/v2/models/([^/]+)(?:/versions/([^/]+))?)";
+// A body over the limit whose length is at most this many times the limit
+// is read and dropped before its 413, so that a client that sends its
+// whole body before it reads the answer (Python's http.client and
+// requests do) reads the 413: answered from the head, such a client hung
+// until its own timeout (httplib keeps the connection after a handler's
+// "Connection: close" and took the body for the next request's head).
+constexpr int64_t kDrainFactor = 4;
 
 int HttpCode(absl::StatusCode code) {
   switch (code) {
@@ -187,8 +195,10 @@ bool Chunked(const httplib::Request& req) {
          std::string::npos;
 }
 
-// The body a request's head announces: its Content-Length (0 when it has
-// none or no number), or `max_body` when it comes in chunks.
+// The body a request's head announces, for its deadline: its
+// Content-Length (0 when it has none or no number; at most what is read of
+// a body over the limit, `kDrainFactor` times it), or `max_body` when it
+// comes in chunks.
 int64_t AnnouncedBody(const httplib::Request& req, int64_t max_body) {
   if (Chunked(req)) return max_body;
   uint64_t length = 0;
@@ -196,7 +206,7 @@ int64_t AnnouncedBody(const httplib::Request& req, int64_t max_body) {
     return 0;
   }
   return static_cast<int64_t>(
-      std::min(length, static_cast<uint64_t>(max_body)));
+      std::min(length, static_cast<uint64_t>(kDrainFactor * max_body)));
 }
 
 // A request of a method httplib reads a body for (POST, PUT, PATCH,
@@ -221,14 +231,29 @@ std::string RequestId(const httplib::Request& req, httplib::Response& res) {
   return request_id;
 }
 
+// 413 for a body of `length` bytes.
+void TooLarge(int64_t length, int64_t max_body, httplib::Response& res) {
+  res.status = 413;
+  res.set_content(
+      ErrorJson(absl::StrCat("the body (", length,
+                             " bytes) is larger than this router takes (",
+                             max_body, ")")),
+      kJson);
+}
+
 // The bytes an infer body may hold: its declared length, or without one
 // (chunked) as many as the limit allows, in `*declared`. A length that is
-// no number, or over the limit, is answered here (true), from the head,
-// with "Connection: close" (httplib would read and drop all of the body
-// first, up to 2^64 bytes for a length of -1).
+// no number, or over `drain` (4 x the limit on the infer path, the limit
+// itself where the client asked before sending: Expect), is answered here
+// (true), from the head, with "Connection: close" (httplib would read and
+// drop all of the body first, up to 2^64 bytes for a length of -1). A
+// length over the limit but within `drain` sets `*too_large`: the body is
+// to be read, dropped and answered with `TooLarge`.
 bool RefusedByLength(const httplib::Request& req, int64_t max_body,
-                     int64_t* declared, httplib::Response& res) {
+                     int64_t drain, int64_t* declared, bool* too_large,
+                     httplib::Response& res) {
   *declared = max_body;
+  *too_large = false;
   if (!req.has_header("Content-Length")) return false;
   uint64_t length = 0;
   if (!absl::SimpleAtoi(req.get_header_value("Content-Length"), &length)) {
@@ -236,17 +261,18 @@ bool RefusedByLength(const httplib::Request& req, int64_t max_body,
     Reply(res, absl::InvalidArgumentError("Content-Length: not a size"));
     return true;
   }
-  if (length > static_cast<uint64_t>(max_body)) {
+  if (length <= static_cast<uint64_t>(max_body)) {
+    *declared = static_cast<int64_t>(length);
+    return false;
+  }
+  TooLarge(static_cast<int64_t>(
+               std::min<uint64_t>(length, std::numeric_limits<int64_t>::max())),
+           max_body, res);
+  if (length > static_cast<uint64_t>(drain)) {
     res.set_header("Connection", "close");
-    res.status = 413;
-    res.set_content(
-        ErrorJson(absl::StrCat("the body (", length,
-                               " bytes) is larger than this router takes (",
-                               max_body, ")")),
-        kJson);
     return true;
   }
-  *declared = static_cast<int64_t>(length);
+  *too_large = true;
   return false;
 }
 
@@ -462,7 +488,11 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
         }
         std::string request_id = RequestId(req, res);
         int64_t declared = 0;
-        if (RefusedByLength(req, max_body, &declared, res)) return res.status;
+        bool too_large = false;
+        if (RefusedByLength(req, max_body, max_body, &declared, &too_large,
+                            res)) {
+          return res.status;
+        }
         absl::Status status = Authorize(*router, req);
         if (status.ok()) return 100;
         res.set_header("Connection", "close");
@@ -480,7 +510,17 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
                                  const httplib::ContentReader& read) {
         std::string request_id = RequestId(req, res);
         int64_t declared = max_body;
-        if (RefusedByLength(req, max_body, &declared, res)) return;
+        bool too_large = false;
+        if (RefusedByLength(req, max_body, kDrainFactor * max_body, &declared,
+                            &too_large, res)) {
+          return;
+        }
+        if (too_large) {
+          // httplib reads and drops a body over its limit (the same as
+          // ours) and says 413; the answer is the one made above.
+          read([](const char*, size_t) { return true; });
+          return;
+        }
         // A compressed body may inflate to the limit, whatever its
         // length: it is held as the limit, as a chunked one is. One in an
         // encoding httplib does not inflate is read and dropped, and

@@ -748,10 +748,32 @@ TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
   ASSERT_TRUE(SendAll(b, post(200000, false)));
   EXPECT_EQ(testing::ReadAnswer(b, &body), 200) << body.substr(0, 300);
 
-  // Lengths larger than the whole budget (413, not a 429 worth retrying)
-  // or that are no size (400): answered from the headers alone, before
-  // any of the body is read, nothing held.
-  const std::pair<const char*, int> lengths[] = {{"300001", 413},
+  // A length larger than the whole budget (413, not a 429 worth retrying)
+  // but at most 4 times it: the body is read and dropped, then answered,
+  // so that a client that sends all of its body before it reads (Python's
+  // http.client) reads the 413 (answered from the head, such a client
+  // hung until its own timeout); the connection serves on.
+  {
+    const int c = ConnectLoopback(*port);
+    ASSERT_GE(c, 0);
+    ASSERT_TRUE(
+        SendAll(c, absl::StrCat("POST /v2/models/oip-budget/infer HTTP/1.1\r\n"
+                                "Host: 127.0.0.1\r\nContent-Length: 300001"
+                                "\r\n\r\n",
+                                std::string(300001, ' '))));
+    EXPECT_EQ(testing::ReadAnswer(c, &body), 413) << body;
+    EXPECT_NE(body.find("the body (300001 bytes) is larger than this router "
+                        "takes (300000)"),
+              std::string::npos)
+        << body;
+    ASSERT_TRUE(
+        SendAll(c, "GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"));
+    EXPECT_EQ(testing::ReadAnswer(c, &body), 200);
+    close(c);
+  }
+  // Lengths larger than that or that are no size (400): answered from the
+  // headers alone, before any of the body is read, nothing held.
+  const std::pair<const char*, int> lengths[] = {{"1200001", 413},
                                                  {"18446744073709551615", 413},
                                                  {"-1", 400},
                                                  {"1e3", 400},

@@ -10,6 +10,8 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <utility>
@@ -214,6 +216,43 @@ TEST_F(ConnectionDeadlinesTest, AHeadPastItsSizeIsShutDownBeforeItsDeadline) {
   EXPECT_GT(cuts[0].head_bytes, 4096);
   EXPECT_EQ(cuts[0].why, absl::StrCat("its request's head passed 4096 bytes (",
                                       cuts[0].head_bytes, " read)"));
+}
+
+// A client still sending when its connection is cut learns at once: the
+// close resets the connection. (Closed gracefully, the shut-down socket
+// advertised a zero window and the client's send blocked until its own
+// timeout: 30 s for Python's http.client posting 400 MB.)
+TEST_F(ConnectionDeadlinesTest, AClientStillSendingIsResetNotLeftWaiting) {
+  ConnectionDeadlines::Options options = Short();
+  options.head = absl::Seconds(20);
+  options.max_head_bytes = 4096;
+  Start(options);
+  const int fd = Connect();
+  // The server reads until the cut ends its reads, then closes its socket
+  // (as httplib does).
+  std::thread thread(deadlines_->Track([&] {
+    char chunk[4096];
+    while (recv(fd, chunk, sizeof(chunk), 0) > 0) {
+    }
+    close(fd);
+  }));
+  const timeval limit{3, 0};
+  setsockopt(client_, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
+  // A head without end, until a send fails (for at most 8 s).
+  const std::string chunk(1 << 20, 'a');
+  const absl::Time start = absl::Now();
+  int error = 0;
+  while (absl::Now() - start < absl::Seconds(8)) {
+    if (!testing::SendAll(client_, chunk)) {
+      error = errno;
+      break;
+    }
+  }
+  const absl::Duration took = absl::Now() - start;
+  thread.join();
+  EXPECT_TRUE(error == ECONNRESET || error == EPIPE) << strerror(error);
+  EXPECT_LT(took, absl::Seconds(5));
+  EXPECT_EQ(Cuts(1).size(), 1u);
 }
 
 // A client that sends its body right behind its head has all of it in the
