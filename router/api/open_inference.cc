@@ -417,24 +417,22 @@ absl::StatusOr<inference::ModelInferResponse> ToModelInfer(
     const std::string& model_name, const std::string& version,
     const std::string& id, bool timed_out) {
   const moe::v1::ForwardResponse& response = *forward;
-  if (response.degraded() && !asked.allow_degraded && timed_out) {
-    return absl::DeadlineExceededError(absl::StrCat(
-        "the request's timeout (", absl::FormatDuration(asked.timeout),
-        ") passed before experts [",
-        absl::StrJoin(response.failed_experts(), ", "), "] of model ",
-        common::QuoteForLog(model_name), " answered (",
-        response.stats().dropped_expert_unavailable(),
-        " assignments dropped); give it more time, or set the parameter "
-        "allow_degraded to accept the answer without them"));
-  }
   if (response.degraded() && !asked.allow_degraded) {
+    const std::string experts = absl::StrCat(
+        "experts [", absl::StrJoin(response.failed_experts(), ", "),
+        "] of model ", common::QuoteForLog(model_name));
+    const std::string dropped = absl::StrCat(
+        response.stats().dropped_expert_unavailable(), " assignments dropped");
+    if (timed_out) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "the request's timeout (", absl::FormatDuration(asked.timeout),
+          ") passed before ", experts, " answered (", dropped,
+          "); give it more time, or set the parameter allow_degraded to "
+          "accept the answer without them"));
+    }
     return absl::UnavailableError(absl::StrCat(
-        "degraded answer: experts [",
-        absl::StrJoin(response.failed_experts(), ", "), "] of model ",
-        common::QuoteForLog(model_name), " were unavailable (",
-        response.stats().dropped_expert_unavailable(),
-        " assignments dropped); set the parameter allow_degraded to accept "
-        "it"));
+        "degraded answer: ", experts, " were unavailable (", dropped,
+        "); set the parameter allow_degraded to accept it"));
   }
   std::vector<Output> outputs;
   MOE_ASSIGN_OR_RETURN(Output y, FromTensor("y", forward->mutable_y()));

@@ -32,6 +32,7 @@
 #include "client/router_client.h"
 #include "common/dtype.h"
 #include "common/random_input.h"
+#include "common/status_macros.h"
 #include "common/torch/demo_model.h"
 #include "inference/open_inference_grpc.grpc.pb.h"
 #include "proto/tensor_codec.h"
@@ -126,6 +127,18 @@ class OpenInferenceIntegrationTest : public ::testing::Test {
     r.add_raw_input_contents(x.data);
     return r;
   }
+  // moe.v1 Forward of `x` on `layer` (seed 5): the y every other form
+  // must give, bit for bit.
+  static absl::StatusOr<moe::v1::ForwardResponse> Forward(
+      const common::HostTensor& x, const std::string& layer = "layers.1.ff") {
+    client::ClientOptions options;
+    options.token = kToken;
+    moe::v1::ForwardRequest forward;
+    forward.set_layer(layer);
+    forward.mutable_options()->set_seed(5);
+    MOE_RETURN_IF_ERROR(proto::EncodeTensor(x, forward.mutable_x()));
+    return client::RouterClient::Create(*target_, options)->Forward(forward);
+  }
   grpc::Status Call(const inference::ModelInferRequest& request,
                     inference::ModelInferResponse* response,
                     bool token = true) {
@@ -194,14 +207,7 @@ TEST_F(OpenInferenceIntegrationTest,
     EXPECT_EQ(metadata.inputs(0).shape(2), 64);
 
     // ModelInfer, raw and typed, against Forward with the same seed.
-    client::ClientOptions options;
-    options.token = kToken;
-    auto router = client::RouterClient::Create(*target_, options);
-    moe::v1::ForwardRequest forward;
-    forward.set_layer(model);
-    forward.mutable_options()->set_seed(5);
-    ASSERT_TRUE(proto::EncodeTensor(X(), forward.mutable_x()).ok());
-    auto expected = router->Forward(forward);
+    auto expected = Forward(X(), model);
     ASSERT_TRUE(expected.ok()) << expected.status();
     inference::ModelInferRequest raw = Infer(model);
     inference::ModelInferRequest typed = raw;
@@ -365,14 +371,7 @@ TEST_F(OpenInferenceIntegrationTest, RestServesTheSameModelsAndBits) {
   }
   ASSERT_EQ(r["outputs"].size(), 1u);
   std::vector<float> y = r["outputs"][0]["data"].get<std::vector<float>>();
-  client::ClientOptions options;
-  options.token = kToken;
-  moe::v1::ForwardRequest forward;
-  forward.set_layer("layers.1.ff");
-  forward.mutable_options()->set_seed(5);
-  ASSERT_TRUE(proto::EncodeTensor(x, forward.mutable_x()).ok());
-  auto expected =
-      client::RouterClient::Create(*target_, options)->Forward(forward);
+  auto expected = Forward(x);
   ASSERT_TRUE(expected.ok()) << expected.status();
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(y.data()), y.size() * 4),
             expected->y().data());
@@ -489,14 +488,7 @@ TEST_F(OpenInferenceIntegrationTest, RestCarriesTensorsAsBinaryData) {
   common::ConvertFromFloat32(reinterpret_cast<const float*>(x.data.data()), n,
                              common::DType::kBFloat16, bf16.data());
   // The expected y of each: Forward's for FP32, ModelInfer's for BF16.
-  client::ClientOptions options;
-  options.token = kToken;
-  moe::v1::ForwardRequest forward;
-  forward.set_layer("layers.1.ff");
-  forward.mutable_options()->set_seed(5);
-  ASSERT_TRUE(proto::EncodeTensor(x, forward.mutable_x()).ok());
-  auto by_forward =
-      client::RouterClient::Create(*target_, options)->Forward(forward);
+  auto by_forward = Forward(x);
   ASSERT_TRUE(by_forward.ok()) << by_forward.status();
   inference::ModelInferRequest bf16_request = Infer("layers.1.ff");
   bf16_request.mutable_inputs(0)->set_datatype("BF16");
