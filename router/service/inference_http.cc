@@ -542,8 +542,8 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
         }
         // The bytes as httplib hands them over, inflated: without a
         // bound a 64 KB gzip of zeros became 64 MB in memory (1,000
-        // to 1). httplib answers a chunked body over the limit with
-        // 413, a Content-Encoding it cannot inflate with 415.
+        // to 1). (httplib hands over the bytes of an encoding it does
+        // not know as they are.)
         int64_t inflated = 0;
         if (!read([&](const char* data, size_t length) {
               inflated += static_cast<int64_t>(length);
