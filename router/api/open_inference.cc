@@ -406,12 +406,6 @@ absl::StatusOr<OipInferRequest> FromModelInfer(
   return out;
 }
 
-bool OipTimedOut(const OipInferRequest& asked, absl::Time start,
-                 absl::Time now) {
-  return asked.timeout != absl::InfiniteDuration() &&
-         now - start >= asked.timeout;
-}
-
 absl::StatusOr<inference::ModelInferResponse> ToModelInfer(
     moe::v1::ForwardResponse* forward, const OipInferRequest& asked,
     const std::string& model_name, const std::string& version,
@@ -425,8 +419,12 @@ absl::StatusOr<inference::ModelInferResponse> ToModelInfer(
         response.stats().dropped_expert_unavailable(), " assignments dropped");
     if (timed_out) {
       return absl::DeadlineExceededError(absl::StrCat(
-          "the request's timeout (", absl::FormatDuration(asked.timeout),
-          ") passed before ", experts, " answered (", dropped,
+          "the call's deadline",
+          asked.timeout == absl::InfiniteDuration()
+              ? ""
+              : absl::StrCat(" (its timeout, ",
+                             absl::FormatDuration(asked.timeout), ")"),
+          " passed before ", experts, " answered (", dropped,
           "); give it more time, or set the parameter allow_degraded to "
           "accept the answer without them"));
     }

@@ -80,16 +80,13 @@ absl::StatusOr<OipInferRequest> FromModelInfer(
 // The ModelInferResponse of `*response`, whose tensors' bytes it takes (y
 // is not copied; the rest of *response stays); UNAVAILABLE naming the
 // failed experts for a degraded answer unless allowed (DEADLINE_EXCEEDED
-// when `timed_out`: the request's `timeout` passed during the forward, so
-// the experts missed it rather than failed); InvalidArgument for an output
-// the model does not have or one asked twice.
+// when `timed_out`: the call's deadline, its `timeout` or its transport's,
+// passed during the forward, so the experts missed it rather than failed);
+// InvalidArgument for an output the model does not have or one asked
+// twice.
 absl::StatusOr<inference::ModelInferResponse> ToModelInfer(
     moe::v1::ForwardResponse* response, const OipInferRequest& asked,
     const std::string& model_name, const std::string& version,
     const std::string& id, bool timed_out = false);
-
-// Whether the `timeout` of `asked`, from `start`, has passed at `now`.
-bool OipTimedOut(const OipInferRequest& asked, absl::Time start,
-                 absl::Time now);
 
 }  // namespace moe::router

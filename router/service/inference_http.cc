@@ -317,16 +317,15 @@ void Infer(RouterService& router, const httplib::Request& req,
   }
   absl::Notification done;
   absl::Status outcome;
-  const absl::Time start = router.clock()->Now();
   RouterService::Job job(
-      start, absl::InfiniteFuture(),
+      router.clock()->Now(), absl::InfiniteFuture(),
       absl::StrCat("http:", req.remote_addr, ":", req.remote_port),
       std::move(request_id), req.get_header_value(common::kTraceparentKey),
       "REST infer", Protocol::kOipRest, [] { return false; },
       [&]() -> absl::Status {
         absl::StatusOr<inference::ModelInferResponse> r =
             ToModelInfer(&job.response, asked, model_name, model.fingerprint(),
-                         id, OipTimedOut(asked, start, router.clock()->Now()));
+                         id, router.clock()->Now() >= job.deadline());
         if (!r.ok()) return r.status();
         answer = std::move(*r);
         return absl::OkStatus();

@@ -26,15 +26,13 @@ class InferenceService::InferCall : public grpc::ServerUnaryReactor {
   InferCall(grpc::CallbackServerContext* context, common::Clock* clock,
             const inference::ModelInferRequest* request,
             inference::ModelInferResponse* response)
-      : start(clock->Now()),
-        job(
-            context, start, "ModelInfer", Protocol::kOipGrpc,
+      : job(
+            context, clock->Now(), "ModelInfer", Protocol::kOipGrpc,
             [this, clock, request, response]() -> absl::Status {
               MOE_ASSIGN_OR_RETURN(
                   *response,
                   ToModelInfer(&job.response, asked, model_name, version,
-                               request->id(),
-                               OipTimedOut(asked, start, clock->Now())));
+                               request->id(), clock->Now() >= job.deadline()));
               return absl::OkStatus();
             },
             [this](absl::Status status) {
@@ -44,7 +42,6 @@ class InferenceService::InferCall : public grpc::ServerUnaryReactor {
   void OnCancel() override { job.Cancel(); }
   void OnDone() override { delete this; }
 
-  const absl::Time start;
   RouterService::Job job;
   OipInferRequest asked;
   std::string model_name;

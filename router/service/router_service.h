@@ -145,6 +145,7 @@ class RouterService final
     void LimitTime(absl::Duration timeout) {
       deadline_ = std::min(deadline_, start_ + timeout);
     }
+    absl::Time deadline() const { return deadline_; }
     const std::string& request_id() const { return request_id_; }
 
     moe::v1::ForwardRequest request;
