@@ -12,6 +12,7 @@
 #include <benchmark/benchmark.h>
 #include <c10/core/InferenceMode.h>
 
+#include <charconv>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -23,6 +24,7 @@
 #include "common/torch/demo_model.h"
 #include "experts/cpu_expert_shard.h"
 #include "experts/geglu.h"
+#include "router/api/open_inference_json.h"
 #include "router/combine.h"
 #include "router/dispatch_plan.h"
 #include "router/engine/layer_engine.h"
@@ -273,6 +275,68 @@ BENCHMARK(BM_EngineForward)
     ->Args({1, 32, 1})
     ->Unit(benchmark::kMillisecond)
     ->MinTime(3.0);
+
+// The REST edge's JSON codec on one layer's x / y of [1, tokens, 512]
+// (the README configuration): the body a Python client sends (each
+// float32 as Python's json.dumps writes the double it widens to) read
+// into a ModelInferRequest, and the answer's y written as JSON numbers.
+std::string RestJsonBody(int64_t tokens) {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  std::string body =
+      "{\"parameters\": {\"seed\": 1}, \"inputs\": [{\"name\": \"x\", "
+      "\"shape\": [1, " +
+      std::to_string(tokens) + ", 512], \"datatype\": \"FP32\", \"data\": [";
+  char number[32];
+  for (int64_t i = 0; i < tokens * kDim; ++i) {
+    if (i > 0) body += ", ";
+    const double v = normal(rng);
+    body.append(number, std::to_chars(number, number + sizeof(number), v).ptr);
+  }
+  body += "]}], \"outputs\": [{\"name\": \"y\"}]}";
+  return body;
+}
+
+void BM_RestJsonRequest(benchmark::State& state) {
+  const std::string body = RestJsonBody(state.range(0));
+  for (auto _ : state) {
+    auto r = router::ModelInferFromJson(body, "", "layers.0.ff", "");
+    if (!r.ok()) {
+      state.SkipWithError(std::string(r.status().message()).c_str());
+      return;
+    }
+    benchmark::DoNotOptimize(r->request.raw_input_contents_size());
+  }
+  state.counters["body_mb_per_s"] = benchmark::Counter(
+      body.size() * 1e-6, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_RestJsonRequest)->Arg(32)->Arg(256)->Unit(benchmark::kMillisecond);
+
+void BM_RestJsonAnswer(benchmark::State& state) {
+  const int64_t n = state.range(0) * kDim;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  std::vector<float> y(n);
+  for (float& v : y) v = normal(rng);
+  inference::ModelInferResponse response;
+  response.set_model_name("layers.0.ff");
+  auto* out = response.add_outputs();
+  out->set_name("y");
+  out->set_datatype("FP32");
+  for (int64_t d : {int64_t{1}, state.range(0), kDim}) out->add_shape(d);
+  response.add_raw_output_contents(
+      std::string(reinterpret_cast<const char*>(y.data()), n * sizeof(float)));
+  size_t bytes = 0;
+  for (auto _ : state) {
+    router::RestInferAnswer a = router::ModelInferToJson(response);
+    bytes = a.body.size();
+    benchmark::DoNotOptimize(a.body.data());
+  }
+  state.counters["body_mb_per_s"] = benchmark::Counter(
+      bytes * 1e-6, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["body_bytes"] = static_cast<double>(bytes);
+}
+BENCHMARK(BM_RestJsonAnswer)->Arg(32)->Arg(256)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace moe

@@ -2,8 +2,9 @@
 // so that the REST edge runs exactly the gRPC one's translation
 // (router/api/open_inference.h). Tensors in JSON carry `data` as a flat
 // array of numbers (nested arrays are flattened, row-major; FP32 only).
-// Outputs are written as numbers: FP32 and INT64 as they are, BF16 and
-// FP16 as their float32 values (exact).
+// Outputs are written as numbers: INT64 as they are, FP32 as the shortest
+// decimals that read back as the same float32s (read as float32, or as
+// doubles then cast), BF16 and FP16 as their float32 values (exact).
 //
 // Binary tensor data (the extension Triton and KServe define, and
 // tritonclient.http uses by default): the body is a JSON object of
@@ -40,13 +41,20 @@ struct RestInferRequest {
   bool Binary(const std::string& output) const;
 };
 
+// How the numbers of the inputs' "data" are read: straight from the text
+// (router/api/json_numbers.h, the fast way and the default), or each as a
+// JSON value of the parser (the reference the first is tested against:
+// both give the same request, or the same refusal, for every body).
+enum class DataNumbers { kLifted, kJsonValues };
+
 // The request of an infer body for `model` (version `version`, empty for
 // the server's choice). `json_length` is the Inference-Header-Content-Length
 // header's value: empty when the request has none (the body is JSON
 // alone), else the bytes of the body's JSON, its binary tensor data after.
 absl::StatusOr<RestInferRequest> ModelInferFromJson(
     absl::string_view body, absl::string_view json_length,
-    const std::string& model, const std::string& version);
+    const std::string& model, const std::string& version,
+    DataNumbers numbers = DataNumbers::kLifted);
 
 // An infer answer's body, and the bytes of its JSON when binary tensor
 // data follows it (its Inference-Header-Content-Length; -1 when the body

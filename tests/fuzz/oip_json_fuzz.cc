@@ -5,10 +5,14 @@
 // binary data where asked); each body also as JSON followed by binary
 // tensor data. Every
 // outcome is OK or a clear InvalidArgument / NotFound; nothing throws,
-// crashes or overflows.
+// crashes or overflows; the inputs' numbers read straight from the text
+// (DataNumbers::kLifted) give the request, or the refusal, that reading
+// them as JSON values gives.
 #include <cstdint>
 #include <string>
 
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "router/api/open_inference.h"
 #include "router/api/open_inference_json.h"
 
@@ -16,6 +20,19 @@ namespace {
 
 bool Clear(const absl::Status& s) {
   return s.ok() || absl::IsInvalidArgument(s) || absl::IsNotFound(s);
+}
+
+// A message's bytes, maps in key order: equal bytes are equal messages,
+// bit for bit (a field-by-field comparison takes -0 for +0).
+std::string Bytes(const google::protobuf::Message& m) {
+  std::string out;
+  {
+    google::protobuf::io::StringOutputStream stream(&out);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    m.SerializeToCodedStream(&coded);
+  }
+  return out;
 }
 
 const moe::common::ModelSpec& Spec() {
@@ -40,6 +57,15 @@ void OneBody(const std::string& body, const std::string& json_length) {
   absl::StatusOr<moe::router::RestInferRequest> rest =
       moe::router::ModelInferFromJson(body, json_length, "layers.1.ff", "");
   if (!Clear(rest.status())) __builtin_trap();
+  const absl::StatusOr<moe::router::RestInferRequest> reference =
+      moe::router::ModelInferFromJson(body, json_length, "layers.1.ff", "",
+                                      moe::router::DataNumbers::kJsonValues);
+  if (rest.status() != reference.status()) __builtin_trap();
+  if (rest.ok() && (Bytes(rest->request) != Bytes(reference->request) ||
+                    rest->binary_outputs != reference->binary_outputs ||
+                    rest->binary != reference->binary)) {
+    __builtin_trap();
+  }
   if (!rest.ok()) return;
   const inference::ModelInferRequest& request = rest->request;
   absl::StatusOr<moe::router::OipInferRequest> translated =
