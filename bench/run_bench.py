@@ -18,6 +18,9 @@ distributed path, measured in one run on this machine, as a table and JSON.
       negligible) through moe-up, 1 x 32 at concurrency 1 and 4, against
       gRPC's bare unary round trip (grpc.health.v1 Check) on the same
       channel; the same from the Python client
+  (m) the REST port from Python (http.client), 1 x 32 tokens on (c)'s
+      router: x and y as JSON numbers against binary tensor data
+      (bench/rest_infer.py), beside (e)'s gRPC call
 
 Usage: bench/run_bench.py BIN_DIR [--quick] [--json]
        bench/run_bench.py BIN_DIR --decode [--quick] [--json]
@@ -380,7 +383,7 @@ def main():
     r["expert_4_rows_skinny_us"] = stream["1"]["expert_seconds"] * 1e6
 
     with tempfile.TemporaryDirectory(prefix="moe-bench-") as tmp:
-        up = MoeUp(args.bin_dir, tmp, "default")
+        up = MoeUp(args.bin_dir, tmp, "default", ["--http_port=0"])
         try:
             target = up.endpoints["router"]
             metrics = up.endpoints["router_metrics"]
@@ -451,6 +454,17 @@ def main():
                 r["throughput_1x256"][str(c)] = {k: t[k] for k in
                                                 ("requests_per_s", "tokens_per_s", "p50_ms", "p99_ms",
                                                  "forwards_per_call")}
+            print("(m) REST, JSON against binary tensor data", file=sys.stderr, flush=True)
+            rest = json.loads(run(
+                [sys.executable, os.path.join(HERE, "rest_infer.py"),
+                 up.endpoints["router_http"], "--model", "demo", "--shape", "1x32",
+                 "--seconds", "4" if q else "10", "--json"]).stdout)
+            r["rest_json_1x32_p50_ms"] = rest["json"]["p50_us"] / 1e3
+            r["rest_json_1x32_p99_ms"] = rest["json"]["p99_us"] / 1e3
+            r["rest_binary_1x32_p50_ms"] = rest["binary"]["p50_us"] / 1e3
+            r["rest_binary_1x32_p99_ms"] = rest["binary"]["p99_us"] / 1e3
+            r["rest_json_over_binary"] = rest["json_over_binary_p50"]
+            r["rest_json_1x32_bytes"] = [rest["json"]["bytes_sent"], rest["json"]["bytes_received"]]
             rss = {comm: peak_rss_mb(pid) for pid, comm in up.pids()}
             r["router_peak_rss_mb"] = max(v for k, v in rss.items() if k.startswith("moe-router"))
             r["worker_peak_rss_mb"] = max(v for k, v in rss.items() if k.startswith("moe-expert"))
@@ -558,6 +572,12 @@ def main():
              s8["p99_ms"], o8["p99_ms"],
              r["throughput_1x256"]["16"]["requests_per_s"], o16["requests_per_s"],
              r["batching_speedup_1x256_c16"], r["throughput_1x256"]["16"]["forwards_per_call"])),
+        ("(m) REST 1x32 from Python", "JSON p50 %.1f / p99 %.1f ms (%d B sent, %d received), "
+         "binary tensor data p50 %.1f / p99 %.1f ms: JSON / binary = %.2f; gRPC (e) p50 %.1f ms" % (
+             r["rest_json_1x32_p50_ms"], r["rest_json_1x32_p99_ms"], r["rest_json_1x32_bytes"][0],
+             r["rest_json_1x32_bytes"][1], r["rest_binary_1x32_p50_ms"],
+             r["rest_binary_1x32_p99_ms"], r["rest_json_over_binary"],
+             r["small_request_p50_ms"])),
         ("peak RSS", "router %.0f MB, worker %.0f MB" % (r["router_peak_rss_mb"], r["worker_peak_rss_mb"])),
         ("(g) bf16 wire", "%.0f tokens/s (x%.2f of fp32 wire); y vs fp32: max |err| %.2e, relative RMS %.2e" % (
             r["bf16_wire_tokens_per_s"], r["bf16_wire_speedup"], r["bf16_wire_max_abs_err"],
