@@ -3,28 +3,24 @@
 #include <cstring>
 
 namespace moe::common {
-namespace {
-
-uint32_t Bits(float f) {
+uint32_t Float32Bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof(u));
   return u;
 }
 
-float FromBits(uint32_t u) {
+float Float32FromBits(uint32_t u) {
   float f;
   std::memcpy(&f, &u, sizeof(f));
   return f;
 }
 
-}  // namespace
-
 float BFloat16ToFloat(uint16_t bits) {
-  return FromBits(static_cast<uint32_t>(bits) << 16);
+  return Float32FromBits(static_cast<uint32_t>(bits) << 16);
 }
 
 uint16_t FloatToBFloat16(float value) {
-  const uint32_t u = Bits(value);
+  const uint32_t u = Float32Bits(value);
   if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN
   const uint32_t rounding = ((u >> 16) & 1u) + 0x7fffu;
   return static_cast<uint16_t>((u + rounding) >> 16);
@@ -35,10 +31,10 @@ float HalfToFloat(uint16_t h) {
   const uint32_t exponent = (h >> 10) & 0x1fu;
   uint32_t mantissa = h & 0x3ffu;
   if (exponent == 0x1f) {  // Inf or NaN
-    return FromBits(sign | 0x7f800000u | (mantissa << 13));
+    return Float32FromBits(sign | 0x7f800000u | (mantissa << 13));
   }
   if (exponent == 0) {
-    if (mantissa == 0) return FromBits(sign);
+    if (mantissa == 0) return Float32FromBits(sign);
     // Subnormal: normalise.
     int e = -1;
     do {
@@ -46,14 +42,14 @@ float HalfToFloat(uint16_t h) {
       mantissa <<= 1;
     } while ((mantissa & 0x400u) == 0);
     mantissa &= 0x3ffu;
-    return FromBits(sign | static_cast<uint32_t>(127 - 15 - e) << 23 |
-                    mantissa << 13);
+    return Float32FromBits(sign | static_cast<uint32_t>(127 - 15 - e) << 23 |
+                           mantissa << 13);
   }
-  return FromBits(sign | (exponent + 127 - 15) << 23 | mantissa << 13);
+  return Float32FromBits(sign | (exponent + 127 - 15) << 23 | mantissa << 13);
 }
 
 uint16_t FloatToHalf(float value) {
-  const uint32_t u = Bits(value);
+  const uint32_t u = Float32Bits(value);
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const uint32_t abs = u & 0x7fffffffu;
   if (abs > 0x7f800000u) return sign | 0x7e00u;   // NaN

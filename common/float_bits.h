@@ -7,6 +7,10 @@
 
 namespace moe::common {
 
+// A float32's bit pattern, and back.
+uint32_t Float32Bits(float f);
+float Float32FromBits(uint32_t u);
+
 // IEEE binary16 and bfloat16 bit patterns <-> float32. FromFloat rounds to
 // the nearest value, ties to even; NaN stays NaN, values beyond the range
 // become infinities.

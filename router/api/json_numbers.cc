@@ -7,6 +7,8 @@
 #include <limits>
 #include <system_error>
 
+#include "common/float_bits.h"
+
 namespace moe::router {
 namespace {
 
@@ -238,8 +240,7 @@ void AppendFloat32Json(float v, std::string* out) {
     return;
   }
   char buffer[48];
-  uint32_t bits;
-  std::memcpy(&bits, &v, sizeof(bits));
+  const uint32_t bits = common::Float32Bits(v);
   // The shortest float32 digits (which the standard fixes: shortest, then
   // nearest) read back as the same float32 when read as a double then
   // cast, for every finite float32 but these two, ±7.038531e-26: their

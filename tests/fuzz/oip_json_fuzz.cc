@@ -11,28 +11,14 @@
 #include <cstdint>
 #include <string>
 
-#include "google/protobuf/io/coded_stream.h"
-#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "router/api/open_inference.h"
 #include "router/api/open_inference_json.h"
+#include "tests/testing/message_bytes.h"
 
 namespace {
 
 bool Clear(const absl::Status& s) {
   return s.ok() || absl::IsInvalidArgument(s) || absl::IsNotFound(s);
-}
-
-// A message's bytes, maps in key order: equal bytes are equal messages,
-// bit for bit (a field-by-field comparison takes -0 for +0).
-std::string Bytes(const google::protobuf::Message& m) {
-  std::string out;
-  {
-    google::protobuf::io::StringOutputStream stream(&out);
-    google::protobuf::io::CodedOutputStream coded(&stream);
-    coded.SetSerializationDeterministic(true);
-    m.SerializeToCodedStream(&coded);
-  }
-  return out;
 }
 
 const moe::common::ModelSpec& Spec() {
@@ -61,7 +47,8 @@ void OneBody(const std::string& body, const std::string& json_length) {
       moe::router::ModelInferFromJson(body, json_length, "layers.1.ff", "",
                                       moe::router::DataNumbers::kJsonValues);
   if (rest.status() != reference.status()) __builtin_trap();
-  if (rest.ok() && (Bytes(rest->request) != Bytes(reference->request) ||
+  if (rest.ok() && (moe::testing::MessageBytes(rest->request) !=
+                        moe::testing::MessageBytes(reference->request) ||
                     rest->binary_outputs != reference->binary_outputs ||
                     rest->binary != reference->binary)) {
     __builtin_trap();

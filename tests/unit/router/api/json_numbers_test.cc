@@ -12,37 +12,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "google/protobuf/io/coded_stream.h"
-#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "common/float_bits.h"
 #include "router/api/open_inference_json.h"
+#include "testing/message_bytes.h"
 
 namespace moe::router {
 namespace {
-
-// A message's bytes, maps in key order: equal bytes are equal messages,
-// bit for bit (a field-by-field comparison takes -0 for +0).
-std::string Bytes(const google::protobuf::Message& m) {
-  std::string out;
-  {
-    google::protobuf::io::StringOutputStream stream(&out);
-    google::protobuf::io::CodedOutputStream coded(&stream);
-    coded.SetSerializationDeterministic(true);
-    m.SerializeToCodedStream(&coded);
-  }
-  return out;
-}
-
-uint32_t Bits(float f) {
-  uint32_t b;
-  std::memcpy(&b, &f, sizeof(b));
-  return b;
-}
-
-float FromBits(uint32_t b) {
-  float f;
-  std::memcpy(&f, &b, sizeof(f));
-  return f;
-}
 
 std::string Written(float v) {
   std::string out;
@@ -58,7 +33,9 @@ bool ExpectSameReading(const std::string& body, const std::string& length) {
       ModelInferFromJson(body, length, "m", "", DataNumbers::kJsonValues);
   EXPECT_EQ(lifted.status(), parsed.status()) << body;
   if (!lifted.ok() || !parsed.ok()) return false;
-  EXPECT_EQ(Bytes(lifted->request), Bytes(parsed->request)) << body;
+  EXPECT_EQ(moe::testing::MessageBytes(lifted->request),
+            moe::testing::MessageBytes(parsed->request))
+      << body;
   return true;
 }
 
@@ -79,8 +56,10 @@ TEST(JsonNumbersTest, LiftsTheInputsDataAndLeavesTheRest) {
   EXPECT_FALSE(lifted.Lifted(2));
   // "-0" is an integer zero to the JSON parser (+0), "-0.0" a float.
   ASSERT_EQ(lifted.values[0]->size(), 2u);
-  EXPECT_EQ(Bits((*lifted.values[0])[0]), Bits(0.0f));
-  EXPECT_EQ(Bits((*lifted.values[0])[1]), Bits(-0.0f));
+  EXPECT_EQ(common::Float32Bits((*lifted.values[0])[0]),
+            common::Float32Bits(0.0f));
+  EXPECT_EQ(common::Float32Bits((*lifted.values[0])[1]),
+            common::Float32Bits(-0.0f));
   EXPECT_EQ(*lifted.values[1],
             (std::vector<float>{1.0f, 25.0f, 0.3f, 18446744073709551617.0f}));
 }
@@ -215,7 +194,7 @@ TEST(JsonNumbersTest, BothReadingsGiveTheSameRequest) {
       }
     }
     served += ExpectSameReading(body, "") ? 1 : 0;
-    ASSERT_FALSE(testing::Test::HasFailure()) << "body " << i;
+    ASSERT_FALSE(::testing::Test::HasFailure()) << "body " << i;
   }
   // Both outcomes were compared often.
   EXPECT_GT(served, 1000);
@@ -229,19 +208,19 @@ TEST(JsonNumbersTest, EveryFloat32ReadsBackAsItself) {
   const uint64_t stride = every != nullptr && every[0] == '1' ? 1 : 4099;
   uint64_t checked = 0;
   const auto check = [&checked](uint32_t bits) {
-    const float f = FromBits(bits);
+    const float f = common::Float32FromBits(bits);
     if (!std::isfinite(f)) return;
     const std::string s = Written(f);
     // Read as a double then cast (Python's json, then numpy's float32).
     const double d = std::strtod(s.c_str(), nullptr);
-    ASSERT_EQ(Bits(static_cast<float>(d)), bits) << s;
+    ASSERT_EQ(common::Float32Bits(static_cast<float>(d)), bits) << s;
     // Read as a float32.
-    ASSERT_EQ(Bits(std::strtof(s.c_str(), nullptr)), bits) << s;
+    ASSERT_EQ(common::Float32Bits(std::strtof(s.c_str(), nullptr)), bits) << s;
     ++checked;
   };
   for (uint64_t b = 0; b <= 0xffffffffu; b += stride) {
     check(static_cast<uint32_t>(b));
-    if (testing::Test::HasFatalFailure()) return;
+    if (::testing::Test::HasFatalFailure()) return;
   }
   // The two whose shortest float32 digits a double reads wrong, and their
   // neighbours.
@@ -249,7 +228,8 @@ TEST(JsonNumbersTest, EveryFloat32ReadsBackAsItself) {
     for (uint32_t b = base - 2; b <= base + 2; ++b) check(b);
   }
   EXPECT_GT(checked, 1000000u);
-  EXPECT_EQ(Written(FromBits(0x15ae43fdu)), "7.038530691851209e-26");
+  EXPECT_EQ(Written(common::Float32FromBits(0x15ae43fdu)),
+            "7.038530691851209e-26");
   EXPECT_EQ(Written(0.1f), "0.1");
   EXPECT_EQ(Written(-2.0f), "-2.0");
   EXPECT_EQ(Written(-0.0f), "-0.0");
