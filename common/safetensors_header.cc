@@ -5,6 +5,8 @@
 #include <set>
 #include <utility>
 
+#include "common/json_number.h"
+
 namespace moe::common {
 namespace {
 
@@ -125,31 +127,14 @@ class JsonParser {
     return Expect(']');
   }
 
-  bool Digits() {
-    const size_t start = i_;
-    while (i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9') ++i_;
-    return i_ > start || Fail("expected a digit");
-  }
-
-  // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
   bool Number(std::string* token) {
-    const size_t start = i_;
-    if (s_[i_] == '-') ++i_;
-    if (i_ < s_.size() && s_[i_] == '0') {
-      ++i_;
-    } else if (!Digits()) {
-      return false;
+    const JsonNumberScan scan = ScanJsonNumber(s_, i_);
+    if (!scan.ok) {
+      i_ = scan.end;
+      return Fail("expected a digit");
     }
-    if (i_ < s_.size() && s_[i_] == '.') {
-      ++i_;
-      if (!Digits()) return false;
-    }
-    if (i_ < s_.size() && (s_[i_] == 'e' || s_[i_] == 'E')) {
-      ++i_;
-      if (i_ < s_.size() && (s_[i_] == '+' || s_[i_] == '-')) ++i_;
-      if (!Digits()) return false;
-    }
-    *token = std::string(s_.substr(start, i_ - start));
+    *token = std::string(s_.substr(i_, scan.end - i_));
+    i_ = scan.end;
     return true;
   }
 

@@ -5,9 +5,11 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string_view>
 #include <system_error>
 
 #include "common/float_bits.h"
+#include "common/json_number.h"
 
 namespace moe::router {
 namespace {
@@ -19,36 +21,6 @@ constexpr size_t kMaxFrames = 32;
 constexpr size_t kNone = std::string::npos;
 
 bool IsSpace(char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
-bool IsDigit(char c) { return c >= '0' && c <= '9'; }
-
-// The end of the JSON number at text[i] (its grammar: -?(0|[1-9][0-9]*)
-// (.[0-9]+)?([eE][+-]?[0-9]+)?), or kNone; `*integer` when it has neither
-// fraction nor exponent.
-size_t NumberEnd(absl::string_view text, size_t i, bool* integer) {
-  const size_t n = text.size();
-  if (i < n && text[i] == '-') ++i;
-  if (i >= n || !IsDigit(text[i])) return kNone;
-  if (text[i] == '0') {
-    ++i;
-  } else {
-    while (i < n && IsDigit(text[i])) ++i;
-  }
-  *integer = true;
-  if (i < n && text[i] == '.') {
-    *integer = false;
-    ++i;
-    if (i >= n || !IsDigit(text[i])) return kNone;
-    while (i < n && IsDigit(text[i])) ++i;
-  }
-  if (i < n && (text[i] == 'e' || text[i] == 'E')) {
-    *integer = false;
-    ++i;
-    if (i < n && (text[i] == '+' || text[i] == '-')) ++i;
-    if (i >= n || !IsDigit(text[i])) return kNone;
-    while (i < n && IsDigit(text[i])) ++i;
-  }
-  return i;
-}
 
 // The array at text[i] ('['), when it holds only numbers and arrays, none
 // deeper than kMaxDataDepth, every number a float32: its numbers appended
@@ -95,15 +67,16 @@ size_t LiftArray(absl::string_view text, size_t i, std::vector<float>* out) {
       continue;
     }
     if (!want_value || depth > kMaxDataDepth) return kNone;
-    bool integer = false;
-    const size_t end = NumberEnd(text, i, &integer);
-    if (end == kNone) return kNone;
+    const common::JsonNumberScan scan =
+        common::ScanJsonNumber(std::string_view(text.data(), text.size()), i);
+    if (!scan.ok) return kNone;
+    const size_t end = scan.end;
     double v = 0;
     const auto [ptr, ec] =
         std::from_chars(text.data() + i, text.data() + end, v);
     if (ec != std::errc() || ptr != text.data() + end) return kNone;
     if (!(std::fabs(v) <= std::numeric_limits<float>::max())) return kNone;
-    if (integer && v == 0) v = 0;
+    if (scan.integer && v == 0) v = 0;
     out->push_back(static_cast<float>(v));
     want_value = false;
     just_opened = false;

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <string>
 
+#include "common/json_number.h"
 #include "testing/golden.h"
 
 namespace moe::common {
@@ -236,6 +237,56 @@ TEST(SafetensorsHeaderTest, RefusesWhatStrictJsonRefuses) {
     std::string error;
     EXPECT_FALSE(ParseSafetensorsHeaderJson(json, 64, &header, &error)) << json;
     EXPECT_EQ(error.rfind("malformed safetensors file: ", 0), 0u) << error;
+  }
+}
+
+TEST(JsonNumberTest, ScansJsonsGrammarAndSaysWhereItStops) {
+  struct Case {
+    std::string text;
+    bool ok;
+    size_t end;  // past the number, or where a digit was wanted
+    bool integer;
+  };
+  const std::vector<Case> cases = {
+      {"0", true, 1, true},          {"-0", true, 2, true},
+      {"12,", true, 2, true},        {"-7]", true, 2, true},
+      {"0.5", true, 3, false},       {"1e5", true, 3, false},
+      {"1E+05 ", true, 5, false},    {"-2.50e-3}", true, 8, false},
+      {"01", true, 1, true},  // a number, "0"; what follows is the caller's
+      {"0x1", true, 1, true},        {"1.5.", true, 3, false},
+      {"-", false, 1, false},        {"-a", false, 1, false},
+      {"+1", false, 0, false},       {".5", false, 0, false},
+      {"1.", false, 2, false},       {"1.e3", false, 2, false},
+      {"1e", false, 2, false},       {"1e+", false, 3, false},
+      {"2E-x", false, 3, false},     {"", false, 0, false},
+      {"Infinity", false, 0, false}, {"NaN", false, 0, false},
+  };
+  for (const Case& c : cases) {
+    const JsonNumberScan scan = ScanJsonNumber(c.text, 0);
+    EXPECT_EQ(scan.ok, c.ok) << c.text;
+    EXPECT_EQ(scan.end, c.end) << c.text;
+    if (c.ok) EXPECT_EQ(scan.integer, c.integer) << c.text;
+  }
+  // From the middle of a text, never reading past its end.
+  const std::string text = "[1,-25.0e1]";
+  const JsonNumberScan scan = ScanJsonNumber(text, 3);
+  EXPECT_TRUE(scan.ok);
+  EXPECT_EQ(scan.end, 10u);
+  EXPECT_FALSE(scan.integer);
+  EXPECT_FALSE(ScanJsonNumber(std::string_view("1e+5", 3), 0).ok);
+}
+
+TEST(SafetensorsHeaderTest, NamesTheByteWhereANumberLacksADigit) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"({"__metadata__":{"a":-})", "expected a digit at byte 22"},
+      {R"({"__metadata__":{"a":1.})", "expected a digit at byte 23"},
+      {R"({"__metadata__":{"a":1e+})", "expected a digit at byte 24"},
+  };
+  for (const auto& [json, want] : cases) {
+    SafetensorsHeader header;
+    std::string error;
+    EXPECT_FALSE(ParseSafetensorsHeaderJson(json, 64, &header, &error)) << json;
+    EXPECT_NE(error.find(want), std::string::npos) << error;
   }
 }
 
