@@ -5,7 +5,6 @@
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <httplib.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -15,7 +14,6 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "client/cli/metrics_text.h"
@@ -24,6 +22,7 @@
 #include "testing/deployment.h"
 #include "testing/golden.h"
 #include "testing/reference.h"
+#include "testing/scrape.h"
 
 namespace moe {
 namespace {
@@ -35,15 +34,6 @@ using testing::Y;
 
 const std::string kModel = "A_moe_eval_nodrop";  // 4 experts, dim 16
 
-std::vector<cli::MetricSample> ScrapeMetrics(const std::string& address) {
-  std::vector<std::string> hp = absl::StrSplit(address, ':');
-  httplib::Client http(hp[0], std::stoi(hp[1]));
-  auto res = http.Get("/metrics");
-  EXPECT_TRUE(res) << "no answer from " << address;
-  return res ? cli::ParseMetricsText(res->body)
-             : std::vector<cli::MetricSample>{};
-}
-
 // Calls shared by more than one forward, and all calls, from the router's
 // moe_router_worker_batch_forwards histogram; and the tickets (sum).
 struct BatchCounts {
@@ -51,7 +41,8 @@ struct BatchCounts {
 };
 
 BatchCounts RouterBatches(const Deployment& d) {
-  const auto m = ScrapeMetrics(d.router_metrics_address());
+  const auto m = testing::Scrape(d.router_metrics_address());
+  EXPECT_FALSE(m.empty()) << "no /metrics from the router";
   BatchCounts c;
   c.calls = cli::SumSamples(m, "moe_router_worker_batch_forwards_count");
   c.tickets = cli::SumSamples(m, "moe_router_worker_batch_forwards_sum");
@@ -203,8 +194,8 @@ TEST(BatchingTest, ConcurrentForwardsShareCallsAndKeepTheirOwnResults) {
   // What the workers served is what the router sent.
   double served = 0;
   for (int w = 0; w < 2; ++w) {
-    served += cli::SumSamples(ScrapeMetrics(d.worker_metrics_address(w)),
-                              "moe_expert_batch_tokens_count");
+    served += testing::ScrapeSum(d.worker_metrics_address(w),
+                                 "moe_expert_batch_tokens_count");
   }
   EXPECT_EQ(served, batches.calls);
 }

@@ -2,22 +2,22 @@
 // counters that agree with the responses and with the golden drop counts.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
-#include <httplib.h>
 #include <signal.h>
 
 #include <fstream>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "client/cli/metrics_text.h"
 #include "client/router_client.h"
 #include "testing/deployment.h"
 #include "testing/golden.h"
 #include "testing/reference.h"
+#include "testing/scrape.h"
 
 namespace moe {
 namespace {
@@ -25,14 +25,11 @@ namespace {
 using cli::MetricSample;
 using Sample = cli::MetricSample;
 
+// /metrics at `address`, which must answer.
 std::string Scrape(const std::string& address) {
-  std::vector<std::string> hp = absl::StrSplit(address, ':');
-  httplib::Client client(hp[0], std::stoi(hp[1]));
-  auto res = client.Get("/metrics");
-  EXPECT_TRUE(res) << "no answer from " << address;
-  if (!res) return "";
-  EXPECT_EQ(res->status, 200);
-  return res->body;
+  const std::optional<std::string> text = testing::ScrapeText(address);
+  EXPECT_TRUE(text) << "no 200 answer from " << address << "/metrics";
+  return text.value_or("");
 }
 
 std::vector<Sample> Parse(const std::string& text) {

@@ -19,12 +19,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "client/cli/metrics_text.h"
 #include "client/router_client.h"
 #include "common/torch/demo_model.h"
 #include "testing/deployment.h"
 #include "testing/golden.h"
 #include "testing/reference.h"
+#include "testing/scrape.h"
 
 namespace moe {
 namespace {
@@ -76,15 +76,6 @@ std::vector<double> RouterOkMs(const std::string& log, size_t from) {
   }
   std::sort(ms.begin(), ms.end());
   return ms;
-}
-
-double Metric(const std::string& address, const std::string& name,
-              const std::map<std::string, std::string>& labels) {
-  std::vector<std::string> hp = absl::StrSplit(address, ':');
-  httplib::Client http(hp[0], std::stoi(hp[1]));
-  auto res = http.Get("/metrics");
-  return res ? cli::SumSamples(cli::ParseMetricsText(res->body), name, labels)
-             : -1;
 }
 
 TEST(OperationsTest, ABusyPortIsAnErrorNamingIt) {
@@ -165,8 +156,9 @@ TEST(OperationsTest, AWorkerOfAnotherDimIsRefusedWithItsReasonOnce) {
   // Probed again and again (every 100 ms): still one line about it. The
   // worker counts the probes it answered.
   auto probes = [&] {
-    return Metric(d.worker_metrics_address(1), "moe_grpc_server_handled_total",
-                  {{"method", "/moe.v1.ExpertWorker/GetShardInfo"}});
+    return testing::ScrapeSum(
+        d.worker_metrics_address(1), "moe_grpc_server_handled_total",
+        {{"method", "/moe.v1.ExpertWorker/GetShardInfo"}});
   };
   const double seen = probes();
   const absl::Time until = absl::Now() + absl::Seconds(20);
@@ -450,10 +442,12 @@ TEST(OperationsTest, OverloadIsRefusedAtOnceNotDegraded) {
   }
   std::printf("%s\n", d.PeakRss().c_str());
   const double counted =
-      Metric(d.router_metrics_address(), "moe_router_rejected_requests_total",
-             {{"reason", "overloaded"}}) +
-      Metric(d.router_metrics_address(), "moe_router_rejected_requests_total",
-             {{"reason", "deadline"}});
+      testing::ScrapeSum(d.router_metrics_address(),
+                         "moe_router_rejected_requests_total",
+                         {{"reason", "overloaded"}}) +
+      testing::ScrapeSum(d.router_metrics_address(),
+                         "moe_router_rejected_requests_total",
+                         {{"reason", "deadline"}});
   EXPECT_EQ(counted, refused);
 }
 

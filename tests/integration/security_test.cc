@@ -29,14 +29,13 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
-#include "client/cli/metrics_text.h"
 #include "client/router_client.h"
 #include "common/request_id.h"
 #include "proto/tls.h"
 #include "testing/deployment.h"
 #include "testing/golden.h"
 #include "testing/reference.h"
+#include "testing/scrape.h"
 
 namespace moe {
 namespace {
@@ -125,11 +124,7 @@ std::unique_ptr<httplib::SSLClient> RestClient(int port,
 // /metrics cannot be read.
 double RouterCount(const Deployment& d, const std::string& metric,
                    const std::map<std::string, std::string>& labels) {
-  std::vector<std::string> hp = absl::StrSplit(d.router_metrics_address(), ':');
-  httplib::Client http(hp[0], std::stoi(hp[1]));
-  auto res = http.Get("/metrics");
-  if (!res) return -1;
-  return cli::SumSamples(cli::ParseMetricsText(res->body), metric, labels);
+  return testing::ScrapeSum(d.router_metrics_address(), metric, labels);
 }
 
 double Rejected(const Deployment& d, const std::string& reason) {

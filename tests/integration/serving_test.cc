@@ -4,7 +4,6 @@
 #include <ATen/ATen.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
-#include <httplib.h>
 #include <signal.h>
 
 #include <nlohmann/json.hpp>
@@ -14,13 +13,13 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
-#include "client/cli/metrics_text.h"
 #include "client/router_client.h"
 #include "common/torch/torch_convert.h"
 #include "testing/deployment.h"
 #include "testing/golden.h"
 #include "testing/raw_call.h"
 #include "testing/reference.h"
+#include "testing/scrape.h"
 
 namespace moe {
 namespace {
@@ -441,14 +440,9 @@ TEST(ModelIdentityTest, AWorkerOfAnotherModelIsRefusedAndNeverContributes) {
   const absl::Time deadline = absl::Now() + absl::Seconds(20);
   for (;;) {
     ASSERT_LT(absl::Now(), deadline);
-    httplib::Client http("127.0.0.1",
-                         std::stoi(d.worker_metrics_address(1).substr(10)));
-    auto res = http.Get("/metrics");
-    if (!res) continue;
-    const auto m = cli::ParseMetricsText(res->body);
-    if (cli::SumSamples(m, "moe_grpc_server_handled_total",
-                        {{"method", "/moe.v1.ExpertWorker/GetShardInfo"}}) >=
-        5) {
+    if (testing::ScrapeSum(
+            d.worker_metrics_address(1), "moe_grpc_server_handled_total",
+            {{"method", "/moe.v1.ExpertWorker/GetShardInfo"}}) >= 5) {
       break;
     }
   }
@@ -475,14 +469,10 @@ TEST(ModelIdentityTest, AWorkerOfAnotherModelIsRefusedAndNeverContributes) {
   }
   EXPECT_EQ(lines, 1u) << log;
   // The metric says so.
-  httplib::Client http("127.0.0.1",
-                       std::stoi(d.router_metrics_address().substr(10)));
-  auto res = http.Get("/metrics");
-  ASSERT_TRUE(res);
-  EXPECT_EQ(cli::SumSamples(cli::ParseMetricsText(res->body),
-                            "moe_router_worker_state",
-                            {{"worker", wrong}, {"state", "wrong_model"}}),
-            1);
+  EXPECT_EQ(
+      testing::ScrapeSum(d.router_metrics_address(), "moe_router_worker_state",
+                         {{"worker", wrong}, {"state", "wrong_model"}}),
+      1);
   // Every answer is the right model's; the wrong worker ran nothing.
   const at::Tensor x = Input();
   const at::Tensor expected =
@@ -500,12 +490,8 @@ TEST(ModelIdentityTest, AWorkerOfAnotherModelIsRefusedAndNeverContributes) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(r->degraded());
   EXPECT_EQ(r->failed_experts_size(), 4);
-  httplib::Client worker1("127.0.0.1",
-                          std::stoi(d.worker_metrics_address(1).substr(10)));
-  auto wm = worker1.Get("/metrics");
-  ASSERT_TRUE(wm);
-  EXPECT_EQ(cli::SumSamples(cli::ParseMetricsText(wm->body),
-                            "moe_expert_batch_tokens_count"),
+  EXPECT_EQ(testing::ScrapeSum(d.worker_metrics_address(1),
+                               "moe_expert_batch_tokens_count"),
             0);
 }
 
