@@ -1,6 +1,7 @@
 #include "experts/cuda/gpu_experts.h"
 
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <array>
@@ -88,13 +89,55 @@ struct GpuExperts::Stream {
   unsigned char* workspace = nullptr;  // device
 };
 
+namespace {
+
+// CUDA's version number (1000 * major + 10 * minor) as "major.minor".
+std::string CudaVersion(int v) {
+  return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10);
+}
+
+// What the runtime's "CUDA driver version is insufficient for CUDA runtime
+// version" means here: it says so both where there is no driver at all (a
+// machine without a GPU) and where the driver is older than the runtime
+// this binary carries.
+std::string InsufficientDriver() {
+  void* driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+  if (driver == nullptr) {
+    const char* error = dlerror();
+    return std::string("no NVIDIA driver (") +
+           (error != nullptr ? error : "libcuda.so.1 cannot be loaded") + ")";
+  }
+  using GetVersion = int (*)(int*);
+  const auto get_version =
+      reinterpret_cast<GetVersion>(dlsym(driver, "cuDriverGetVersion"));
+  int version = 0;
+  std::string why;
+  if (get_version != nullptr && get_version(&version) == 0 && version > 0) {
+    why = "the NVIDIA driver supports CUDA " + CudaVersion(version) +
+          " at most, and this binary's CUDA runtime is " +
+          CudaVersion(CUDART_VERSION) + ": install a newer driver";
+  } else {
+    why = std::string(
+              "the NVIDIA driver does not support this binary's CUDA "
+              "runtime (") +
+          CudaVersion(CUDART_VERSION) + ")";
+  }
+  dlclose(driver);
+  return why;
+}
+
+}  // namespace
+
 int VisibleDevices(std::string* why) {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess) {
     if (why != nullptr) {
-      *why = std::string("no CUDA device visible: cudaGetDeviceCount: ") +
-             cudaGetErrorString(e);
+      *why =
+          std::string("no CUDA device visible: ") +
+          (e == cudaErrorInsufficientDriver
+               ? InsufficientDriver()
+               : std::string("cudaGetDeviceCount: ") + cudaGetErrorString(e));
     }
     return 0;
   }
