@@ -583,13 +583,20 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
         Infer(*router, req, body, std::move(request_id), std::move(status),
               res);
       });
-  http.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+  http.set_error_handler([](const httplib::Request& req,
+                            httplib::Response& res) {
     if (!res.body.empty()) return;
     const std::string message =
-        res.status == 413   ? "the body is larger than this router takes"
-        : res.status == 404 ? "no such path; the Open Inference Protocol's "
-                              "paths start with /v2"
-                            : "bad request";
+        res.status == 413 ? "the body is larger than this router takes"
+        : res.status == 404
+            ? absl::StrCat("no such path: ", req.method.substr(0, 16), " ",
+                           common::QuoteForLog(req.path, 128),
+                           "; this router serves GET /v2, /v2/health/live, "
+                           "/v2/health/ready, "
+                           "/v2/models/{model}[/versions/{version}][/ready] "
+                           "and POST "
+                           "/v2/models/{model}[/versions/{version}]/infer")
+            : "bad request";
     res.set_content(ErrorJson(message), kJson);
   });
   if (port == 0) {

@@ -319,6 +319,15 @@ TEST_F(OpenInferenceIntegrationTest, RestServesTheSameModelsAndBits) {
   EXPECT_EQ(http.Get("/v2/health/ready")->status, 200);
   EXPECT_EQ(http.Get("/v2/models/layers.1.ff/ready")->status, 200);
   EXPECT_EQ(http.Get("/v2/models/layers.7.ff/ready")->status, 404);
+  // A path the protocol does not have is named, with those it has.
+  auto no_path = http.Post("/v2/repository/index", "", "application/json");
+  ASSERT_TRUE(no_path);
+  EXPECT_EQ(no_path->status, 404);
+  EXPECT_EQ(nlohmann::json::parse(no_path->body)["error"],
+            "no such path: POST \"/v2/repository/index\"; this router serves "
+            "GET /v2, /v2/health/live, /v2/health/ready, "
+            "/v2/models/{model}[/versions/{version}][/ready] and POST "
+            "/v2/models/{model}[/versions/{version}]/infer");
   EXPECT_EQ(http.Get("/v2/models/layers.1.ff")->status, 401);
   auto metadata = http.Get("/v2/models/layers.1.ff", token);
   ASSERT_EQ(metadata->status, 200) << metadata->body;
