@@ -13,12 +13,10 @@
 #include "absl/synchronization/notification.h"
 #include "balancer/balancer.h"
 #include "common/checkpoint.h"
-#include "common/cli/command_line.h"
 #include "common/logging.h"
 #include "common/resolve.h"
 #include "common/status_macros.h"
 #include "common/token_set.h"
-#include "proto/grpc_logging.h"
 #include "proto/tls.h"
 #include "server/main_helpers.h"
 #include "server/metrics_http.h"
@@ -147,13 +145,11 @@ absl::Status Run() {
 }  // namespace moe
 
 int main(int argc, char** argv) {
-  moe::server::BlockShutdownSignals();
-  moe::cli::ParseCommandLine(
+  return moe::server::ServerMain(
       argc, argv, "moe-balancer",
       "places the experts of a model on its moe-expert workers by load: "
       "replicates hot experts, heals lost ones, moves the experts of leaving "
       "workers (docs/placement.md).\n\n  moe-balancer --checkpoint=F "
-      "--workers=HOST:PORT,... --admin_token_file=F");
-  moe::proto::RouteGrpcLogs();
-  return moe::cli::ExitCode(moe::Run());
+      "--workers=HOST:PORT,... --admin_token_file=F",
+      [] { return moe::Run(); });
 }

@@ -14,12 +14,10 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "common/checkpoint.h"
-#include "common/cli/command_line.h"
 #include "common/logging.h"
 #include "common/resolve.h"
 #include "common/status_macros.h"
 #include "proto/expert_wire.h"
-#include "proto/grpc_logging.h"
 #include "proto/tls.h"
 #include "router/engine/model_engine.h"
 #include "router/remote/worker_discovery.h"
@@ -30,6 +28,7 @@
 #include "server/main_helpers.h"
 #include "server/router_flags.h"
 #include "server/rpc_metrics.h"
+#include "server/server_runner.h"
 #include "server/serving_flags.h"
 #include "server/worker_flags.h"
 
@@ -214,12 +213,10 @@ absl::Status Run() {
 }  // namespace moe
 
 int main(int argc, char** argv) {
-  moe::server::BlockShutdownSignals();
-  moe::cli::ParseCommandLine(
+  return moe::server::ServerMain(
       argc, argv, "moe-router",
       "serves every MoE layer of a model over gRPC (moe.v1.Router), with the "
       "experts on moe-expert workers.\n\n  moe-router --checkpoint=F "
-      "--workers=HOST:PORT,... --port=50051");
-  moe::proto::RouteGrpcLogs();
-  return moe::cli::ExitCode(moe::Run());
+      "--workers=HOST:PORT,... --port=50051",
+      [] { return moe::Run(); });
 }

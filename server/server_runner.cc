@@ -13,7 +13,9 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "common/cli/command_line.h"
 #include "common/logging.h"
+#include "proto/grpc_logging.h"
 #include "server/metrics_http.h"
 
 namespace moe::server {
@@ -97,6 +99,14 @@ void BlockShutdownSignals() {
   // (/metrics, the REST port: cpp-httplib writes without MSG_NOSIGNAL, and
   // through OpenSSL for HTTPS) must cost an EPIPE, not the process.
   signal(SIGPIPE, SIG_IGN);
+}
+
+int ServerMain(int argc, char** argv, const char* program, const char* usage,
+               absl::FunctionRef<absl::Status()> run) {
+  BlockShutdownSignals();
+  cli::ParseCommandLine(argc, argv, program, usage);
+  proto::RouteGrpcLogs();
+  return cli::ExitCode(run());
 }
 
 bool ShutdownRequested(absl::Duration wait) {

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "proto/tls.h"
@@ -92,6 +93,12 @@ struct ServerOptions {
 // ignores SIGPIPE (a peer gone while an HTTP answer is written). Call first
 // thing in main().
 void BlockShutdownSignals();
+
+// What a server's main() is: BlockShutdownSignals(), the command line
+// (common/cli: --help with `usage`, --version), gRPC's own log lines
+// through ours, then `run`, whose status is the exit code (cli::ExitCode).
+int ServerMain(int argc, char** argv, const char* program, const char* usage,
+               absl::FunctionRef<absl::Status()> run);
 
 // Waits up to `wait` for SIGTERM or SIGINT (blocked, see above) and says
 // whether one came (taking it).

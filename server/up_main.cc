@@ -17,11 +17,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "common/cli/command_line.h"
 #include "common/expert_set.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "proto/grpc_logging.h"
 #include "proto/tls.h"
 #include "server/local_deployment.h"
 #include "server/metrics_http.h"
@@ -258,11 +256,9 @@ absl::Status Run() {
 }  // namespace moe
 
 int main(int argc, char** argv) {
-  moe::server::BlockShutdownSignals();
-  moe::cli::ParseCommandLine(
+  return moe::server::ServerMain(
       argc, argv, "moe-up",
       "starts a router and N expert workers on one host and stops them all "
-      "on Ctrl-C.\n\n  moe-up [--checkpoint=F] [--workers=2] [--port=50051]");
-  moe::proto::RouteGrpcLogs();
-  return moe::cli::ExitCode(moe::Run());
+      "on Ctrl-C.\n\n  moe-up [--checkpoint=F] [--workers=2] [--port=50051]",
+      [] { return moe::Run(); });
 }

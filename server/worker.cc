@@ -8,7 +8,6 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "common/cli/command_line.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "common/token_set.h"
@@ -16,9 +15,9 @@
 #include "experts/service/placement.h"
 #include "experts/warm_up.h"
 #include "proto/expert_wire.h"
-#include "proto/grpc_logging.h"
 #include "server/main_helpers.h"
 #include "server/rpc_metrics.h"
+#include "server/server_runner.h"
 #include "server/serving_flags.h"
 
 ABSL_FLAG(std::string, checkpoint, "", "Checkpoint (safetensors) to serve.");
@@ -293,10 +292,8 @@ absl::Status Run(const ShardFactory& make_shard, const char* program) {
 
 int RunWorker(int argc, char** argv, const char* program, const char* usage,
               const ShardFactory& make_shard) {
-  BlockShutdownSignals();
-  cli::ParseCommandLine(argc, argv, program, usage);
-  proto::RouteGrpcLogs();
-  return cli::ExitCode(Run(make_shard, program));
+  return ServerMain(argc, argv, program, usage,
+                    [&] { return Run(make_shard, program); });
 }
 
 }  // namespace moe::server
