@@ -28,6 +28,7 @@
 #include "testing/deployment.h"
 #include "testing/golden.h"
 #include "testing/reference.h"
+#include "testing/traffic.h"
 
 namespace moe {
 namespace {
@@ -35,16 +36,14 @@ namespace {
 using testing::Deployment;
 using testing::Reference;
 using testing::Request;
+using testing::Traffic;
 using testing::Y;
 
 const std::string kModel = "A_moe_eval_nodrop";  // 4 experts, dim 16
 constexpr absl::Duration kLoadLimit = absl::Seconds(60);
 
 // A few inputs with their healthy answers (policy all: deterministic).
-struct Inputs {
-  std::vector<at::Tensor> x;
-  std::vector<router::ForwardResult> expected;
-  moe::v1::RoutingOptions wire;
+struct Inputs : testing::KnownForwards {
   router::RoutingOptions local;
 
   explicit Inputs(Reference& reference) {
@@ -94,50 +93,23 @@ TEST(ChaosTest, ReplicatedExpertsSurviveKilledWorkersWithoutAFailure) {
   Reference reference(path);
   const Inputs in(reference);
 
-  std::atomic<bool> stop{false};
-  std::atomic<int> ok{0}, failed{0}, wrong{0};
-  std::mutex mu;
-  std::string first_problem;
-  const absl::Time limit = absl::Now() + kLoadLimit;
-  std::vector<std::thread> load;
-  for (int t = 0; t < 3; ++t) {
-    load.emplace_back([&, t] {
-      auto client = client::RouterClient::Create(d.router_address(),
-                                                 Once(absl::Seconds(10)));
-      for (int i = t; !stop.load() && absl::Now() < limit; ++i) {
-        const size_t k = i % in.x.size();
-        auto r = client->Forward(Request(in.x[k], in.wire));
-        std::lock_guard<std::mutex> lock(mu);
-        if (!r.ok() || r->degraded()) {
-          ++failed;
-          if (first_problem.empty()) {
-            first_problem = r.ok() ? "degraded" : r.status().ToString();
-          }
-        } else if (testing::MaxAbsDiff(Y(*r), in.expected[k].y) > 1e-6) {
-          ++wrong;
-        } else {
-          ++ok;
-        }
-      }
-    });
-  }
+  Traffic traffic(d.router_address(), in, 3, kLoadLimit, /*tolerance=*/1e-6);
   // Four kills, each of a random worker, one down at a time, with answers
   // between them.
   std::mt19937 rng(5);
   for (int kill = 0; kill < 4; ++kill) {
-    WaitForProgress(ok, 10);
+    traffic.WaitForAnswers(10);
     KillAndRestart(d, static_cast<int>(rng() % 4));
   }
-  WaitForProgress(ok, 10);
-  stop = true;
-  for (std::thread& t : load) t.join();
+  traffic.WaitForAnswers(10);
+  traffic.Stop();
   std::printf("%s (restarted workers: since their restart)\n",
               d.PeakRss().c_str());
   std::printf("replicated: %d OK, %d failed, %d wrong over 4 worker kills\n",
-              ok.load(), failed.load(), wrong.load());
-  EXPECT_EQ(failed.load(), 0) << first_problem;
-  EXPECT_EQ(wrong.load(), 0);
-  EXPECT_GT(ok.load(), 40);
+              traffic.ok.load(), traffic.bad.load(), traffic.wrong.load());
+  EXPECT_EQ(traffic.bad.load(), 0) << traffic.FirstProblem();
+  EXPECT_EQ(traffic.wrong.load(), 0);
+  EXPECT_GT(traffic.ok.load(), 40);
 }
 
 TEST(ChaosTest, WithoutReplicasEveryDegradedAnswerIsFlaggedAndExact) {

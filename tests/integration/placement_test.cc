@@ -15,12 +15,9 @@
 #include <signal.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -35,6 +32,7 @@
 #include "testing/deployment.h"
 #include "testing/golden.h"
 #include "testing/reference.h"
+#include "testing/traffic.h"
 
 namespace moe {
 namespace {
@@ -42,11 +40,11 @@ namespace {
 using testing::Deployment;
 using testing::Reference;
 using testing::Request;
+using testing::Traffic;
 using testing::Y;
 
 const std::string kModel = "A_moe_eval_nodrop";  // 4 experts, dim 16
 const std::string kOtherModel = "C_moe_train";
-constexpr absl::Duration kLoadLimit = absl::Seconds(60);
 constexpr char kAdminToken[] = "placement-test-admin";
 
 // The admin token file every worker and the balancer get.
@@ -85,11 +83,7 @@ int64_t TokensRun(const moe::v1::ShardInfo& info, int64_t expert) {
 
 // Inputs whose tokens lie near the gate rows of `hot` experts (each token
 // picks one of them first), with their answers (policy all).
-struct Inputs {
-  std::vector<at::Tensor> x;
-  std::vector<router::ForwardResult> expected;
-  moe::v1::RoutingOptions wire;
-
+struct Inputs : testing::KnownForwards {
   Inputs(const std::string& path, Reference& reference,
          std::vector<int64_t> hot, int64_t tokens = 16) {
     wire.set_policy(moe::v1::ALL);
@@ -115,61 +109,6 @@ struct Inputs {
       expected.push_back(reference.Forward(x.back(), local));
     }
   }
-};
-
-// Clients sending `in` until stopped, counting every outcome.
-class Traffic {
- public:
-  Traffic(const std::string& target, const Inputs& in, int threads) : in_(in) {
-    const absl::Time limit = absl::Now() + kLoadLimit;
-    for (int t = 0; t < threads; ++t) {
-      threads_.emplace_back([this, target, t, limit] {
-        client::ClientOptions o;
-        o.timeout = absl::Seconds(10);
-        o.max_attempts = 1;  // a failure is a failure, not hidden
-        auto client = client::RouterClient::Create(target, o);
-        for (int i = t; !stop_.load() && absl::Now() < limit; ++i) {
-          const size_t k = i % in_.x.size();
-          auto r = client->Forward(Request(in_.x[k], in_.wire));
-          std::lock_guard<std::mutex> lock(mu_);
-          if (!r.ok() || r->degraded()) {
-            ++bad;
-            if (first_problem.empty()) {
-              first_problem = r.ok() ? "degraded" : r.status().ToString();
-            }
-          } else if (testing::MaxAbsDiff(Y(*r), in_.expected[k].y) > 1e-5) {
-            ++wrong;
-          } else {
-            ++ok;
-          }
-        }
-      });
-    }
-  }
-  ~Traffic() { Stop(); }
-  void Stop() {
-    stop_ = true;
-    for (std::thread& t : threads_) {
-      if (t.joinable()) t.join();
-    }
-  }
-  // Waits until `more` answers more came back whole (or the limit).
-  void WaitForAnswers(int more) {
-    const int from = ok.load();
-    const absl::Time until = absl::Now() + kLoadLimit;
-    while (ok.load() < from + more && absl::Now() < until) {
-      absl::SleepFor(absl::Milliseconds(5));
-    }
-  }
-
-  std::atomic<int> ok{0}, bad{0}, wrong{0};
-  std::mutex mu_;
-  std::string first_problem;
-
- private:
-  const Inputs& in_;
-  std::atomic<bool> stop_{false};
-  std::vector<std::thread> threads_;
 };
 
 std::unique_ptr<testing::Process> StartBalancer(
@@ -323,7 +262,7 @@ TEST(PlacementTest, ARebalanceUnderASkewedLoadLosesNoAnswer) {
               traffic.ok.load(), traffic.bad.load(), traffic.wrong.load());
   EXPECT_TRUE(moved) << log;
   EXPECT_NE(log.find("placement change load"), std::string::npos) << log;
-  EXPECT_EQ(traffic.bad.load(), 0) << traffic.first_problem;
+  EXPECT_EQ(traffic.bad.load(), 0) << traffic.FirstProblem();
   EXPECT_EQ(traffic.wrong.load(), 0);
   EXPECT_GT(traffic.ok.load(), 30);
   EXPECT_TRUE(used) << "worker 1 never ran the hot experts";
@@ -345,7 +284,7 @@ TEST(PlacementTest, AKilledWorkersExpertsAreReplacedAndAnswersWholeAgain) {
   WaitUntilBalancerSees(*balancer, Addresses(d, 4));
   Traffic traffic(d.router_address(), in, 2);
   traffic.WaitForAnswers(10);
-  EXPECT_EQ(traffic.bad.load(), 0) << traffic.first_problem;
+  EXPECT_EQ(traffic.bad.load(), 0) << traffic.FirstProblem();
   d.worker(0).Signal(SIGKILL);
   d.worker(0).Wait(absl::Seconds(10));
   const absl::Time killed = absl::Now();
@@ -361,11 +300,7 @@ TEST(PlacementTest, AKilledWorkersExpertsAreReplacedAndAnswersWholeAgain) {
       absl::Seconds(10));
   ASSERT_TRUE(healed) << balancer->Log();
   // Then whole, exact answers again, with worker 0 still down.
-  int bad_before;
-  {
-    std::lock_guard<std::mutex> lock(traffic.mu_);
-    bad_before = traffic.bad.load();
-  }
+  const int bad_before = traffic.bad.load();
   const bool whole = Eventually(
       [&] {
         auto client = client::RouterClient::Create(d.router_address());
@@ -421,7 +356,7 @@ TEST(PlacementTest, AWorkerAddedAtRunTimeReceivesExpertsAndLoad) {
       absl::Seconds(10));
   traffic.Stop();
   EXPECT_TRUE(ran) << d.router().Log();
-  EXPECT_EQ(traffic.bad.load(), 0) << traffic.first_problem;
+  EXPECT_EQ(traffic.bad.load(), 0) << traffic.FirstProblem();
   EXPECT_EQ(traffic.wrong.load(), 0);
 }
 
@@ -445,7 +380,7 @@ TEST(PlacementTest, AWorkerStoppedWithSigtermMovesItsExpertsFirst) {
   traffic.Stop();
   const std::string log = d.worker(0).Log();
   EXPECT_NE(log.find("every expert moved away"), std::string::npos) << log;
-  EXPECT_EQ(traffic.bad.load(), 0) << traffic.first_problem;
+  EXPECT_EQ(traffic.bad.load(), 0) << traffic.FirstProblem();
   EXPECT_EQ(traffic.wrong.load(), 0);
   EXPECT_NE(balancer->Log().find("placement change leave"), std::string::npos)
       << balancer->Log();
