@@ -93,6 +93,9 @@ absl::Status Authorize(const RouterService& router,
   return router.Authorize(req.get_header_value("Authorization"));
 }
 
+// The most bytes a repository index request's body may have.
+constexpr size_t kMaxIndexBody = 4096;
+
 bool LayerReady(const RouterService& router, int layer) {
   return router.pool().ready() && router.pool().Uncovered().ids(layer).empty();
 }
@@ -458,6 +461,52 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
     if (!status.ok()) return Reply(res, status);
     res.set_content(ServerMetadataToJson(OipServerMetadata(kVersion)), kJson);
   });
+  // The model repository index of Triton and MLServer, read-only (the
+  // models are the checkpoint's layers: nothing is loaded or unloaded).
+  // The body ({} or {"ready": bool}) is small: one past kMaxIndexBody is
+  // refused, not read.
+  http.Post(
+      "/v2/repository/index",
+      [router](const httplib::Request& req, httplib::Response& res,
+               const httplib::ContentReader& read) {
+        std::string body;
+        const bool whole = read([&body](const char* data, size_t length) {
+          if (body.size() + length > kMaxIndexBody) return false;
+          body.append(data, length);
+          return true;
+        });
+        if (!whole) {
+          res.set_header("Connection", "close");
+          res.status = 413;
+          res.set_content(
+              ErrorJson(absl::StrCat("an index request's body is at most ",
+                                     kMaxIndexBody, " bytes")),
+              kJson);
+          return;
+        }
+        absl::Status status = Authorize(*router, req);
+        if (!status.ok()) return Reply(res, status);
+        absl::StatusOr<bool> ready_only = RepositoryIndexReadyOnly(body);
+        if (!ready_only.ok()) return Reply(res, ready_only.status());
+        const ModelEngine& model = router->runner().model();
+        const bool pool_ready = router->pool().ready();
+        const common::ExpertSet uncovered = router->pool().Uncovered();
+        std::vector<RepositoryEntry> index;
+        for (int layer = 0;
+             layer < static_cast<int>(model.spec().layers.size()); ++layer) {
+          RepositoryEntry e;
+          e.name = OipModelName(model.spec(), layer);
+          e.version = model.fingerprint();
+          const size_t missing = uncovered.ids(layer).size();
+          e.ready = pool_ready && missing == 0;
+          e.reason = !pool_ready ? "the router is not ready"
+                                 : absl::StrCat(missing,
+                                                " of its experts have no "
+                                                "worker up");
+          if (e.ready || !*ready_only) index.push_back(std::move(e));
+        }
+        res.set_content(RepositoryIndexToJson(index), kJson);
+      });
   http.Get(std::string(kModel) + "/ready",
            [router](const httplib::Request& req, httplib::Response& res) {
              absl::StatusOr<int> layer = Model(*router, req);
@@ -595,7 +644,8 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
                            "/v2/health/ready, "
                            "/v2/models/{model}[/versions/{version}][/ready] "
                            "and POST "
-                           "/v2/models/{model}[/versions/{version}]/infer")
+                           "/v2/models/{model}[/versions/{version}]/infer, "
+                           "/v2/repository/index")
             : "bad request";
     res.set_content(ErrorJson(message), kJson);
   });

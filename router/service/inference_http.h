@@ -4,6 +4,9 @@
 //   GET  /v2/models/{m}[/versions/{v}]          model metadata
 //   GET  /v2/models/{m}[/versions/{v}]/ready    200, or 400 when not ready
 //   POST /v2/models/{m}[/versions/{v}]/infer    inference
+//   POST /v2/repository/index                   every model and its state
+//                                               (Triton's and MLServer's
+//                                               repository index, read-only)
 // Bodies are parsed into the gRPC messages (router/api/open_inference_json.h)
 // and served like ModelInfer, through RouterService::Serve: the same token
 // ("Authorization: Bearer ..."; the health paths need none), admission,

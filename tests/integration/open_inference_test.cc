@@ -6,6 +6,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -320,20 +321,51 @@ TEST_F(OpenInferenceIntegrationTest, RestServesTheSameModelsAndBits) {
   EXPECT_EQ(http.Get("/v2/models/layers.1.ff/ready")->status, 200);
   EXPECT_EQ(http.Get("/v2/models/layers.7.ff/ready")->status, 404);
   // A path the protocol does not have is named, with those it has.
-  auto no_path = http.Post("/v2/repository/index", "", "application/json");
+  auto no_path = http.Get("/v2/models", token);
   ASSERT_TRUE(no_path);
   EXPECT_EQ(no_path->status, 404);
   EXPECT_EQ(nlohmann::json::parse(no_path->body)["error"],
-            "no such path: POST \"/v2/repository/index\"; this router serves "
-            "GET /v2, /v2/health/live, /v2/health/ready, "
+            "no such path: GET \"/v2/models\"; this router serves GET /v2, "
+            "/v2/health/live, /v2/health/ready, "
             "/v2/models/{model}[/versions/{version}][/ready] and POST "
-            "/v2/models/{model}[/versions/{version}]/infer");
+            "/v2/models/{model}[/versions/{version}]/infer, "
+            "/v2/repository/index");
+
   EXPECT_EQ(http.Get("/v2/models/layers.1.ff")->status, 401);
   auto metadata = http.Get("/v2/models/layers.1.ff", token);
   ASSERT_EQ(metadata->status, 200) << metadata->body;
   const nlohmann::json m = nlohmann::json::parse(metadata->body);
   EXPECT_EQ(m["name"], "layers.1.ff");
   EXPECT_EQ(m["inputs"][0]["shape"][2], 64);
+
+  // The repository index (Triton's, MLServer's): every layer, ready, its
+  // version the fingerprint; the token is asked for; the body is checked.
+  const std::string version = m["versions"][0];
+  for (const std::string body : {"", "{}", R"({"ready": true})"}) {
+    auto index =
+        http.Post("/v2/repository/index", token, body, "application/json");
+    ASSERT_TRUE(index);
+    ASSERT_EQ(index->status, 200) << index->body;
+    EXPECT_EQ(nlohmann::json::parse(index->body),
+              nlohmann::json::parse(absl::StrCat(
+                  R"([{"name":"layers.0.ff","version":")", version,
+                  R"(","state":"READY"},{"name":"layers.1.ff","version":")",
+                  version, R"(","state":"READY"}])")))
+        << body;
+  }
+  EXPECT_EQ(http.Post("/v2/repository/index", "", "application/json")->status,
+            401);
+  for (const std::string body :
+       {R"({"ready": 1})", R"({"models": []})", "[]", "{"}) {
+    auto index =
+        http.Post("/v2/repository/index", token, body, "application/json");
+    ASSERT_TRUE(index);
+    EXPECT_EQ(index->status, 400) << body << ": " << index->body;
+  }
+  auto large = http.Post("/v2/repository/index", token, std::string(5000, ' '),
+                         "application/json");
+  ASSERT_TRUE(large);
+  EXPECT_EQ(large->status, 413) << large->body;
 
   const common::HostTensor x = X();
   const float* v = reinterpret_cast<const float*>(x.data.data());
@@ -1002,6 +1034,48 @@ std::string RouterRefusing(const std::string& flag) {
             0)
       << flag;
   return out;
+}
+
+// A model is ready while every one of its experts has a worker up: the
+// repository index, the model's readiness and {"ready": true} follow a
+// worker's death and its return.
+TEST(OpenInferenceReadinessTest, TheIndexFollowsTheWorkers) {
+  auto http_port = testing::FreeLoopbackPort();
+  ASSERT_TRUE(http_port.ok());
+  testing::Deployment d(testing::GoldenPath("A_moe_eval_nodrop"),
+                        {"0-1", "2-3"},
+                        {absl::StrCat("--http_port=", *http_port)});
+  ASSERT_TRUE(d.StartWorker(0).ok());
+  ASSERT_TRUE(d.StartWorker(1).ok());
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  httplib::Client http("127.0.0.1", *http_port);
+  auto index = [&](const std::string& body) {
+    auto r = http.Post("/v2/repository/index", body, "application/json");
+    EXPECT_TRUE(r);
+    EXPECT_EQ(r ? r->status : 0, 200) << (r ? r->body : "");
+    return r ? nlohmann::json::parse(r->body) : nlohmann::json();
+  };
+  const nlohmann::json all = index("");
+  ASSERT_EQ(all.size(), 1u) << all;
+  const std::string name = all[0]["name"];
+  EXPECT_EQ(all[0]["state"], "READY");
+  EXPECT_EQ(index(R"({"ready": true})"), all);
+
+  const int port = d.worker_port(1);
+  d.worker(1).Signal(SIGKILL);
+  d.worker(1).Wait(absl::Seconds(10));
+  ASSERT_TRUE(d.WaitWorkerState(1, false, absl::Seconds(20)).ok());
+  const nlohmann::json down = index("{}");
+  ASSERT_EQ(down.size(), 1u) << down;
+  EXPECT_EQ(down[0]["state"], "UNAVAILABLE") << down;
+  EXPECT_EQ(down[0]["reason"], "2 of its experts have no worker up") << down;
+  EXPECT_EQ(index(R"({"ready": true})"), nlohmann::json::array());
+  EXPECT_EQ(http.Get("/v2/models/" + name + "/ready")->status, 400);
+
+  ASSERT_TRUE(d.StartWorker(1, port).ok()) << d.worker(1).Log();
+  ASSERT_TRUE(d.WaitWorkerState(1, true, absl::Seconds(20)).ok());
+  EXPECT_EQ(index("{}"), all);
+  EXPECT_EQ(http.Get("/v2/models/" + name + "/ready")->status, 200);
 }
 
 TEST(OpenInferenceFlagsTest, ARequestTimeoutOutOfRangeIsAnErrorNamingTheFlag) {

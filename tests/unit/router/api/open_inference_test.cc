@@ -440,5 +440,35 @@ TEST(OpenInferenceJsonTest, BinaryTensorDataFollowsTheJson) {
   }
 }
 
+TEST(OpenInferenceJsonTest, TheRepositoryIndexSaysWhichModelsAreReady) {
+  EXPECT_EQ(RepositoryIndexToJson({}), "[]");
+  EXPECT_EQ(
+      RepositoryIndexToJson({{"layers.0.ff", "sha256:ab", true, "unused"},
+                             {"layers.1.ff", "sha256:ab", false,
+                              "2 of its experts have no worker up"}}),
+      R"([{"name":"layers.0.ff","state":"READY","version":"sha256:ab"},)"
+      R"({"name":"layers.1.ff","reason":"2 of its experts have no worker )"
+      R"(up","state":"UNAVAILABLE","version":"sha256:ab"}])");
+  for (const char* all : {"", " \r\n", "{}", R"({"ready": false})"}) {
+    absl::StatusOr<bool> ready_only = RepositoryIndexReadyOnly(all);
+    ASSERT_TRUE(ready_only.ok()) << all << ": " << ready_only.status();
+    EXPECT_FALSE(*ready_only) << all;
+  }
+  EXPECT_TRUE(*RepositoryIndexReadyOnly(R"({"ready": true})"));
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {R"({"ready": "yes"})", "\"ready\" must be true or false"},
+      {R"({"ready": true, "x": 1})", "unknown field \"x\""},
+      {"[]", "must be a JSON object"},
+      {"{", "not valid JSON"},
+  };
+  for (const auto& [body, why] : refused) {
+    absl::StatusOr<bool> ready_only = RepositoryIndexReadyOnly(body);
+    ASSERT_FALSE(ready_only.ok()) << body;
+    EXPECT_EQ(ready_only.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(ready_only.status().message().find(why), std::string::npos)
+        << ready_only.status();
+  }
+}
+
 }  // namespace
 }  // namespace moe::router
