@@ -7,7 +7,8 @@
 // outcome is OK or a clear InvalidArgument / NotFound; nothing throws,
 // crashes or overflows; the inputs' numbers read straight from the text
 // (DataNumbers::kLifted) give the request, or the refusal, that reading
-// them as JSON values gives.
+// them as JSON values gives. The bytes are also a repository index
+// request's body (router::RepositoryIndexReadyOnly).
 #include <cstdint>
 #include <string>
 
@@ -84,6 +85,9 @@ void OneBody(const std::string& body, const std::string& json_length) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string body(reinterpret_cast<const char*>(data), size);
+  if (!Clear(moe::router::RepositoryIndexReadyOnly(body).status())) {
+    __builtin_trap();
+  }
   OneBody(body, "");
   const size_t end = body.rfind('}');
   if (end != std::string::npos) OneBody(body, std::to_string(end + 1));
