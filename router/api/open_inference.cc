@@ -282,6 +282,28 @@ absl::StatusOr<int64_t> OipElements(
   return n;
 }
 
+absl::StatusOr<inference::RepositoryIndexResponse> OipRepositoryIndex(
+    const inference::RepositoryIndexRequest& request,
+    const common::ModelSpec& spec, const std::string& fingerprint,
+    absl::FunctionRef<std::string(int layer)> not_ready) {
+  if (!request.repository_name().empty()) {
+    return absl::NotFoundError(absl::StrCat(
+        "no repository ", common::QuoteForLog(request.repository_name()),
+        ": this server has one, unnamed (ask with none)"));
+  }
+  inference::RepositoryIndexResponse index;
+  for (size_t l = 0; l < spec.layers.size(); ++l) {
+    const std::string reason = not_ready(static_cast<int>(l));
+    if (request.ready() && !reason.empty()) continue;
+    auto* model = index.add_models();
+    model->set_name(OipModelName(spec, static_cast<int>(l)));
+    model->set_version(fingerprint);
+    model->set_state(reason.empty() ? "READY" : "UNAVAILABLE");
+    model->set_reason(reason);
+  }
+  return index;
+}
+
 std::string OipModelName(const common::ModelSpec& spec, int layer) {
   const std::string& name = spec.layers[layer].name;
   return name.empty() ? spec.name : name;

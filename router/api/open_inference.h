@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -46,6 +47,15 @@ absl::StatusOr<int> FindOipModel(const common::ModelSpec& spec,
 // extensions served ("binary_tensor_data": REST bodies may carry tensors
 // as bytes after their JSON, docs/open_inference.md).
 inference::ServerMetadataResponse OipServerMetadata(absl::string_view version);
+
+// The repository index: every model of `spec` (version `fingerprint`),
+// READY where `not_ready(layer)` is empty, else UNAVAILABLE with it as the
+// reason; only the READY ones when the request asks for them. NotFound for
+// a repository_name: the server's one repository has none.
+absl::StatusOr<inference::RepositoryIndexResponse> OipRepositoryIndex(
+    const inference::RepositoryIndexRequest& request,
+    const common::ModelSpec& spec, const std::string& fingerprint,
+    absl::FunctionRef<std::string(int layer)> not_ready);
 
 // ModelMetadata of layer `layer`.
 inference::ModelMetadataResponse OipModelMetadata(

@@ -471,21 +471,11 @@ std::string ErrorJson(absl::string_view message) {
   return Dump({{"error", std::string(message)}});
 }
 
-std::string RepositoryIndexToJson(const std::vector<RepositoryEntry>& models) {
-  Json index = Json::array();
-  for (const RepositoryEntry& m : models) {
-    Json entry = {{"name", m.name},
-                  {"version", m.version},
-                  {"state", m.ready ? "READY" : "UNAVAILABLE"}};
-    if (!m.ready) entry["reason"] = m.reason;
-    index.push_back(std::move(entry));
-  }
-  return Dump(index);
-}
-
-absl::StatusOr<bool> RepositoryIndexReadyOnly(absl::string_view body) {
+absl::StatusOr<inference::RepositoryIndexRequest> RepositoryIndexFromJson(
+    absl::string_view body) {
+  inference::RepositoryIndexRequest request;
   if (body.find_first_not_of(" \t\r\n") == absl::string_view::npos) {
-    return false;
+    return request;
   }
   const Json root = Json::parse(body.begin(), body.end(), nullptr,
                                 /*allow_exceptions=*/false);
@@ -494,16 +484,26 @@ absl::StatusOr<bool> RepositoryIndexReadyOnly(absl::string_view body) {
         absl::StrCat("the body is not valid JSON: ", common::WhyNotJson(body)));
   }
   if (!root.is_object()) return Bad("the body must be a JSON object");
-  bool ready = false;
   for (const auto& [key, value] : root.items()) {
     if (key != "ready") {
       return Bad(absl::StrCat("unknown field ", common::QuoteForLog(key),
                               ": an index request may give only \"ready\""));
     }
     if (!value.is_boolean()) return Bad("\"ready\" must be true or false");
-    ready = value.get<bool>();
+    request.set_ready(value.get<bool>());
   }
-  return ready;
+  return request;
+}
+
+std::string RepositoryIndexToJson(const inference::RepositoryIndexResponse& r) {
+  Json index = Json::array();
+  for (const auto& m : r.models()) {
+    Json entry = {
+        {"name", m.name()}, {"version", m.version()}, {"state", m.state()}};
+    if (!m.reason().empty()) entry["reason"] = m.reason();
+    index.push_back(std::move(entry));
+  }
+  return Dump(index);
 }
 
 }  // namespace moe::router

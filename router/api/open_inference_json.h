@@ -73,20 +73,12 @@ std::string ServerMetadataToJson(const inference::ServerMetadataResponse& m);
 // {"error": message}
 std::string ErrorJson(absl::string_view message);
 
-// The repository index of Triton's and MLServer's model repository
-// extension (POST /v2/repository/index), read-only: every model, its
-// version and whether it is ready.
-struct RepositoryEntry {
-  std::string name;
-  std::string version;
-  bool ready = false;
-  std::string reason;  // why not ready
-};
-// [{"name", "version", "state": "READY"|"UNAVAILABLE", "reason"}, ...].
-std::string RepositoryIndexToJson(const std::vector<RepositoryEntry>& models);
-// Whether an index request's body asks for the ready models only: an
-// empty body or {} (all), {"ready": true|false}; InvalidArgument for
-// anything else.
-absl::StatusOr<bool> RepositoryIndexReadyOnly(absl::string_view body);
+// The repository index's REST form (POST /v2/repository/index, as Triton
+// and MLServer serve it): its request from an empty body, {} or
+// {"ready": BOOL} (InvalidArgument naming anything else), and its answer,
+// [{"name", "version", "state"[, "reason"]}, ...].
+absl::StatusOr<inference::RepositoryIndexRequest> RepositoryIndexFromJson(
+    absl::string_view body);
+std::string RepositoryIndexToJson(const inference::RepositoryIndexResponse& r);
 
 }  // namespace moe::router

@@ -22,6 +22,7 @@
 #include "moe_version.h"
 #include "router/api/open_inference.h"
 #include "router/api/open_inference_json.h"
+#include "router/service/inference_service.h"
 
 namespace moe::router {
 
@@ -97,7 +98,7 @@ absl::Status Authorize(const RouterService& router,
 constexpr size_t kMaxIndexBody = 4096;
 
 bool LayerReady(const RouterService& router, int layer) {
-  return router.pool().ready() && router.pool().Uncovered().ids(layer).empty();
+  return WhyLayerNotReady(router, layer).empty();
 }
 
 // The bytes of the infer bodies held at once, from before a body is read
@@ -465,48 +466,38 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
   // models are the checkpoint's layers: nothing is loaded or unloaded).
   // The body ({} or {"ready": bool}) is small: one past kMaxIndexBody is
   // refused, not read.
-  http.Post(
-      "/v2/repository/index",
-      [router](const httplib::Request& req, httplib::Response& res,
-               const httplib::ContentReader& read) {
-        std::string body;
-        const bool whole = read([&body](const char* data, size_t length) {
-          if (body.size() + length > kMaxIndexBody) return false;
-          body.append(data, length);
-          return true;
-        });
-        if (!whole) {
-          res.set_header("Connection", "close");
-          res.status = 413;
-          res.set_content(
-              ErrorJson(absl::StrCat("an index request's body is at most ",
-                                     kMaxIndexBody, " bytes")),
-              kJson);
-          return;
-        }
-        absl::Status status = Authorize(*router, req);
-        if (!status.ok()) return Reply(res, status);
-        absl::StatusOr<bool> ready_only = RepositoryIndexReadyOnly(body);
-        if (!ready_only.ok()) return Reply(res, ready_only.status());
-        const ModelEngine& model = router->runner().model();
-        const bool pool_ready = router->pool().ready();
-        const common::ExpertSet uncovered = router->pool().Uncovered();
-        std::vector<RepositoryEntry> index;
-        for (int layer = 0;
-             layer < static_cast<int>(model.spec().layers.size()); ++layer) {
-          RepositoryEntry e;
-          e.name = OipModelName(model.spec(), layer);
-          e.version = model.fingerprint();
-          const size_t missing = uncovered.ids(layer).size();
-          e.ready = pool_ready && missing == 0;
-          e.reason = !pool_ready ? "the router is not ready"
-                                 : absl::StrCat(missing,
-                                                " of its experts have no "
-                                                "worker up");
-          if (e.ready || !*ready_only) index.push_back(std::move(e));
-        }
-        res.set_content(RepositoryIndexToJson(index), kJson);
-      });
+  http.Post("/v2/repository/index",
+            [router](const httplib::Request& req, httplib::Response& res,
+                     const httplib::ContentReader& read) {
+              std::string body;
+              const bool whole = read([&body](const char* data, size_t length) {
+                if (body.size() + length > kMaxIndexBody) return false;
+                body.append(data, length);
+                return true;
+              });
+              if (!whole) {
+                res.set_header("Connection", "close");
+                res.status = 413;
+                res.set_content(ErrorJson(absl::StrCat(
+                                    "an index request's body is at most ",
+                                    kMaxIndexBody, " bytes")),
+                                kJson);
+                return;
+              }
+              absl::Status status = Authorize(*router, req);
+              if (!status.ok()) return Reply(res, status);
+              absl::StatusOr<inference::RepositoryIndexRequest> request =
+                  RepositoryIndexFromJson(body);
+              if (!request.ok()) return Reply(res, request.status());
+              const ModelEngine& model = router->runner().model();
+              absl::StatusOr<inference::RepositoryIndexResponse> index =
+                  OipRepositoryIndex(*request, model.spec(),
+                                     model.fingerprint(), [router](int layer) {
+                                       return WhyLayerNotReady(*router, layer);
+                                     });
+              if (!index.ok()) return Reply(res, index.status());
+              res.set_content(RepositoryIndexToJson(*index), kJson);
+            });
   http.Get(std::string(kModel) + "/ready",
            [router](const httplib::Request& req, httplib::Response& res) {
              absl::StatusOr<int> layer = Model(*router, req);

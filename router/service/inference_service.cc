@@ -56,6 +56,15 @@ grpc::ServerUnaryReactor* InferenceService::ServerLive(
   return Answer(context, absl::OkStatus());
 }
 
+std::string WhyLayerNotReady(const RouterService& router, int layer) {
+  if (!router.pool().ready()) return "the router is not ready";
+  const size_t missing = router.pool().Uncovered().ids(layer).size();
+  if (missing == 0) return "";
+  return absl::StrCat(
+      missing, missing == 1 ? " of its experts has" : " of its experts have",
+      " no worker up");
+}
+
 grpc::ServerUnaryReactor* InferenceService::ServerReady(
     grpc::CallbackServerContext* context,
     const inference::ServerReadyRequest* /*request*/,
@@ -72,9 +81,22 @@ grpc::ServerUnaryReactor* InferenceService::ModelReady(
   absl::StatusOr<int> layer = FindOipModel(model.spec(), model.fingerprint(),
                                            request->name(), request->version());
   if (!layer.ok()) return Answer(context, layer.status());
-  response->set_ready(router_->pool().ready() &&
-                      router_->pool().Uncovered().ids(*layer).empty());
+  response->set_ready(WhyLayerNotReady(*router_, *layer).empty());
   return Answer(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceService::RepositoryIndex(
+    grpc::CallbackServerContext* context,
+    const inference::RepositoryIndexRequest* request,
+    inference::RepositoryIndexResponse* response) {
+  absl::Status status = router_->Authorize(*context);
+  if (!status.ok()) return Answer(context, status);
+  const ModelEngine& model = router_->runner().model();
+  absl::StatusOr<inference::RepositoryIndexResponse> index = OipRepositoryIndex(
+      *request, model.spec(), model.fingerprint(),
+      [this](int layer) { return WhyLayerNotReady(*router_, layer); });
+  if (index.ok()) *response = *std::move(index);
+  return Answer(context, index.status());
 }
 
 grpc::ServerUnaryReactor* InferenceService::ServerMetadata(

@@ -4,16 +4,24 @@
 // into a moe.v1 ForwardRequest and served by RouterService::Serve: the same
 // token check, admission, queue, forward, logs and metrics as Forward, and
 // the same bits of y. ServerLive, ServerReady and ModelReady need no token
-// (like grpc.health.v1); ServerMetadata, ModelMetadata and ModelInfer need
-// one when the router has tokens. Errors: unknown model or version
+// (like grpc.health.v1); ServerMetadata, ModelMetadata, ModelInfer and
+// RepositoryIndex (Triton's and MLServer's, read-only) need one when the
+// router has tokens. Errors: unknown model or version
 // NOT_FOUND, bad input INVALID_ARGUMENT naming the tensor, overload
 // RESOURCE_EXHAUSTED, not ready UNAVAILABLE.
 #pragma once
+
+#include <string>
 
 #include "inference/open_inference_grpc.grpc.pb.h"
 #include "router/service/router_service.h"
 
 namespace moe::router {
+
+// Why layer `layer` of the served model is not ready for inference, or ""
+// when it is: the router not ready, or experts of it without a worker up.
+// ModelReady, the REST /ready and the repository index all ask this.
+std::string WhyLayerNotReady(const RouterService& router, int layer);
 
 class InferenceService final
     : public inference::GRPCInferenceService::CallbackService {
@@ -45,6 +53,10 @@ class InferenceService final
       grpc::CallbackServerContext* context,
       const inference::ModelInferRequest* request,
       inference::ModelInferResponse* response) override;
+  grpc::ServerUnaryReactor* RepositoryIndex(
+      grpc::CallbackServerContext* context,
+      const inference::RepositoryIndexRequest* request,
+      inference::RepositoryIndexResponse* response) override;
 
  private:
   class InferCall;

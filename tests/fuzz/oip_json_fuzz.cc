@@ -8,7 +8,7 @@
 // crashes or overflows; the inputs' numbers read straight from the text
 // (DataNumbers::kLifted) give the request, or the refusal, that reading
 // them as JSON values gives. The bytes are also a repository index
-// request's body (router::RepositoryIndexReadyOnly).
+// request's body (router::RepositoryIndexFromJson).
 #include <cstdint>
 #include <string>
 
@@ -85,7 +85,7 @@ void OneBody(const std::string& body, const std::string& json_length) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string body(reinterpret_cast<const char*>(data), size);
-  if (!Clear(moe::router::RepositoryIndexReadyOnly(body).status())) {
+  if (!Clear(moe::router::RepositoryIndexFromJson(body).status())) {
     __builtin_trap();
   }
   OneBody(body, "");

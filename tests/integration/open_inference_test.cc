@@ -190,6 +190,33 @@ TEST_F(OpenInferenceIntegrationTest,
     ASSERT_EQ(metadata.extensions_size(), 1);
     EXPECT_EQ(metadata.extensions(0), "binary_tensor_data");
   }
+  {
+    // RepositoryIndex (Triton's, MLServer's): both layers, ready, their
+    // version the fingerprint; with a token; one unnamed repository.
+    grpc::ClientContext context;
+    WithToken(&context);
+    inference::RepositoryIndexRequest request;
+    request.set_ready(true);
+    inference::RepositoryIndexResponse index;
+    const grpc::Status s = stub_->RepositoryIndex(&context, request, &index);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    ASSERT_EQ(index.models_size(), 2);
+    for (int i = 0; i < 2; ++i) {
+      EXPECT_EQ(index.models(i).name(), absl::StrCat("layers.", i, ".ff"));
+      EXPECT_EQ(index.models(i).state(), "READY");
+      EXPECT_EQ(index.models(i).reason(), "");
+      EXPECT_EQ(index.models(i).version().rfind("sha256:", 0), 0u);
+    }
+    grpc::ClientContext without_token;
+    EXPECT_EQ(
+        stub_->RepositoryIndex(&without_token, request, &index).error_code(),
+        grpc::StatusCode::UNAUTHENTICATED);
+    grpc::ClientContext named;
+    WithToken(&named);
+    request.set_repository_name("models");
+    EXPECT_EQ(stub_->RepositoryIndex(&named, request, &index).error_code(),
+              grpc::StatusCode::NOT_FOUND);
+  }
   for (const char* model : {"layers.0.ff", "layers.1.ff"}) {
     SCOPED_TRACE(model);
     grpc::ClientContext ready_context;
@@ -1071,6 +1098,19 @@ TEST(OpenInferenceReadinessTest, TheIndexFollowsTheWorkers) {
   EXPECT_EQ(down[0]["reason"], "2 of its experts have no worker up") << down;
   EXPECT_EQ(index(R"({"ready": true})"), nlohmann::json::array());
   EXPECT_EQ(http.Get("/v2/models/" + name + "/ready")->status, 400);
+  // gRPC's index says the same.
+  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
+      d.router_address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  inference::RepositoryIndexResponse grpc_index;
+  ASSERT_TRUE(stub->RepositoryIndex(&context,
+                                    inference::RepositoryIndexRequest(),
+                                    &grpc_index)
+                  .ok());
+  ASSERT_EQ(grpc_index.models_size(), 1);
+  EXPECT_EQ(grpc_index.models(0).state(), "UNAVAILABLE");
+  EXPECT_EQ(grpc_index.models(0).reason(),
+            "2 of its experts have no worker up");
 
   ASSERT_TRUE(d.StartWorker(1, port).ok()) << d.worker(1).Log();
   ASSERT_TRUE(d.WaitWorkerState(1, true, absl::Seconds(20)).ok());

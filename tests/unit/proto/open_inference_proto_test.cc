@@ -2,8 +2,9 @@
 // Protocol's specification (kserve/open-inference-protocol,
 // specification/protocol/open_inference_grpc.proto): a stock client
 // (tritonclient, KServe) depends on every name, number and type below, so
-// they are transcribed from the specification and compared with the
-// compiled descriptors, nothing more and nothing less.
+// they are transcribed from the specification (and, for RepositoryIndex,
+// from Triton's and MLServer's declaration of it in the same service) and
+// compared with the compiled descriptors, nothing more and nothing less.
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/descriptor.pb.h>
 #include <gtest/gtest.h>
@@ -94,6 +95,14 @@ const std::map<std::string, std::vector<std::string>>& Specification() {
         "3 int64_contents repeated int64", "4 uint_contents repeated uint32",
         "5 uint64_contents repeated uint64", "6 fp32_contents repeated float",
         "7 fp64_contents repeated double", "8 bytes_contents repeated bytes"}},
+      // The model repository extension's index, as Triton and MLServer
+      // declare it in this service.
+      {"RepositoryIndexRequest", {"1 repository_name string", "2 ready bool"}},
+      {"RepositoryIndexResponse",
+       {"1 models repeated inference.RepositoryIndexResponse.ModelIndex"}},
+      {"RepositoryIndexResponse.ModelIndex",
+       {"1 name string", "2 version string", "3 state string",
+        "4 reason string"}},
   };
   return *spec;
 }
@@ -150,6 +159,8 @@ TEST(OpenInferenceProtoTest, TheServiceIsTheSpecifications) {
       "ModelMetadata(inference.ModelMetadataRequest) -> "
       "inference.ModelMetadataResponse",
       "ModelInfer(inference.ModelInferRequest) -> inference.ModelInferResponse",
+      "RepositoryIndex(inference.RepositoryIndexRequest) -> "
+      "inference.RepositoryIndexResponse",
   };
   std::vector<std::string> got;
   for (int i = 0; i < s->method_count(); ++i) {

@@ -440,21 +440,45 @@ TEST(OpenInferenceJsonTest, BinaryTensorDataFollowsTheJson) {
   }
 }
 
-TEST(OpenInferenceJsonTest, TheRepositoryIndexSaysWhichModelsAreReady) {
+TEST(OpenInferenceTest, TheRepositoryIndexSaysWhichModelsAreReady) {
+  const common::ModelSpec spec = TwoLayers();
+  const auto second_down = [](int layer) {
+    return layer == 1 ? std::string("2 of its experts have no worker up")
+                      : std::string();
+  };
+  inference::RepositoryIndexRequest request;
+  absl::StatusOr<inference::RepositoryIndexResponse> all =
+      OipRepositoryIndex(request, spec, "sha256:ab", second_down);
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(RepositoryIndexToJson(*all),
+            R"([{"name":"layers.0.ff","state":"READY","version":"sha256:ab"},)"
+            R"({"name":"layers.1.ff","reason":"2 of its experts have no )"
+            R"(worker up","state":"UNAVAILABLE","version":"sha256:ab"}])");
+  request.set_ready(true);
+  absl::StatusOr<inference::RepositoryIndexResponse> ready =
+      OipRepositoryIndex(request, spec, "sha256:ab", second_down);
+  ASSERT_TRUE(ready.ok()) << ready.status();
+  ASSERT_EQ(ready->models_size(), 1);
+  EXPECT_EQ(ready->models(0).name(), "layers.0.ff");
+  request.set_repository_name("models");
+  absl::StatusOr<inference::RepositoryIndexResponse> named =
+      OipRepositoryIndex(request, spec, "sha256:ab", second_down);
+  EXPECT_EQ(named.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(named.status().message().find("no repository \"models\""),
+            std::string::npos)
+      << named.status();
   EXPECT_EQ(RepositoryIndexToJson({}), "[]");
-  EXPECT_EQ(
-      RepositoryIndexToJson({{"layers.0.ff", "sha256:ab", true, "unused"},
-                             {"layers.1.ff", "sha256:ab", false,
-                              "2 of its experts have no worker up"}}),
-      R"([{"name":"layers.0.ff","state":"READY","version":"sha256:ab"},)"
-      R"({"name":"layers.1.ff","reason":"2 of its experts have no worker )"
-      R"(up","state":"UNAVAILABLE","version":"sha256:ab"}])");
+}
+
+TEST(OpenInferenceJsonTest, IndexBodiesAreEmptyOrAskOnlyForReadiness) {
   for (const char* all : {"", " \r\n", "{}", R"({"ready": false})"}) {
-    absl::StatusOr<bool> ready_only = RepositoryIndexReadyOnly(all);
-    ASSERT_TRUE(ready_only.ok()) << all << ": " << ready_only.status();
-    EXPECT_FALSE(*ready_only) << all;
+    absl::StatusOr<inference::RepositoryIndexRequest> r =
+        RepositoryIndexFromJson(all);
+    ASSERT_TRUE(r.ok()) << all << ": " << r.status();
+    EXPECT_FALSE(r->ready()) << all;
+    EXPECT_EQ(r->repository_name(), "");
   }
-  EXPECT_TRUE(*RepositoryIndexReadyOnly(R"({"ready": true})"));
+  EXPECT_TRUE(RepositoryIndexFromJson(R"({"ready": true})")->ready());
   const std::vector<std::pair<std::string, std::string>> refused = {
       {R"({"ready": "yes"})", "\"ready\" must be true or false"},
       {R"({"ready": true, "x": 1})", "unknown field \"x\""},
@@ -462,11 +486,11 @@ TEST(OpenInferenceJsonTest, TheRepositoryIndexSaysWhichModelsAreReady) {
       {"{", "not valid JSON"},
   };
   for (const auto& [body, why] : refused) {
-    absl::StatusOr<bool> ready_only = RepositoryIndexReadyOnly(body);
-    ASSERT_FALSE(ready_only.ok()) << body;
-    EXPECT_EQ(ready_only.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(ready_only.status().message().find(why), std::string::npos)
-        << ready_only.status();
+    absl::StatusOr<inference::RepositoryIndexRequest> r =
+        RepositoryIndexFromJson(body);
+    ASSERT_FALSE(r.ok()) << body;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(why), std::string::npos) << r.status();
   }
 }
 
