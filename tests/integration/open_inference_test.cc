@@ -40,6 +40,7 @@
 #include "testing/deployment.h"
 #include "testing/golden.h"
 #include "testing/loopback.h"
+#include "testing/raw_call.h"
 
 namespace moe {
 namespace {
@@ -216,6 +217,16 @@ TEST_F(OpenInferenceIntegrationTest,
     request.set_repository_name("models");
     EXPECT_EQ(stub_->RepositoryIndex(&named, request, &index).error_code(),
               grpc::StatusCode::NOT_FOUND);
+  }
+  // The extension's load and unload are not served.
+  for (const char* method :
+       {"/inference.GRPCInferenceService/RepositoryModelLoad",
+        "/inference.GRPCInferenceService/RepositoryModelUnload"}) {
+    EXPECT_EQ(
+        testing::RawCall(*target_, method, std::string(), absl::Seconds(10))
+            .error_code(),
+        grpc::StatusCode::UNIMPLEMENTED)
+        << method;
   }
   for (const char* model : {"layers.0.ff", "layers.1.ff"}) {
     SCOPED_TRACE(model);
