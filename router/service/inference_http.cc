@@ -489,12 +489,8 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
               absl::StatusOr<inference::RepositoryIndexRequest> request =
                   RepositoryIndexFromJson(body);
               if (!request.ok()) return Reply(res, request.status());
-              const ModelEngine& model = router->runner().model();
               absl::StatusOr<inference::RepositoryIndexResponse> index =
-                  OipRepositoryIndex(*request, model.spec(),
-                                     model.fingerprint(), [router](int layer) {
-                                       return WhyLayerNotReady(*router, layer);
-                                     });
+                  RepositoryIndexOf(*router, *request);
               if (!index.ok()) return Reply(res, index.status());
               res.set_content(RepositoryIndexToJson(*index), kJson);
             });

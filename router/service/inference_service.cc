@@ -65,6 +65,15 @@ std::string WhyLayerNotReady(const RouterService& router, int layer) {
       " no worker up");
 }
 
+absl::StatusOr<inference::RepositoryIndexResponse> RepositoryIndexOf(
+    const RouterService& router,
+    const inference::RepositoryIndexRequest& request) {
+  const ModelEngine& model = router.runner().model();
+  return OipRepositoryIndex(
+      request, model.spec(), model.fingerprint(),
+      [&router](int layer) { return WhyLayerNotReady(router, layer); });
+}
+
 grpc::ServerUnaryReactor* InferenceService::ServerReady(
     grpc::CallbackServerContext* context,
     const inference::ServerReadyRequest* /*request*/,
@@ -91,10 +100,8 @@ grpc::ServerUnaryReactor* InferenceService::RepositoryIndex(
     inference::RepositoryIndexResponse* response) {
   absl::Status status = router_->Authorize(*context);
   if (!status.ok()) return Answer(context, status);
-  const ModelEngine& model = router_->runner().model();
-  absl::StatusOr<inference::RepositoryIndexResponse> index = OipRepositoryIndex(
-      *request, model.spec(), model.fingerprint(),
-      [this](int layer) { return WhyLayerNotReady(*router_, layer); });
+  absl::StatusOr<inference::RepositoryIndexResponse> index =
+      RepositoryIndexOf(*router_, *request);
   if (index.ok()) *response = *std::move(index);
   return Answer(context, index.status());
 }

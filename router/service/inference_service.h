@@ -23,6 +23,12 @@ namespace moe::router {
 // ModelReady, the REST /ready and the repository index all ask this.
 std::string WhyLayerNotReady(const RouterService& router, int layer);
 
+// The repository index of the served model as `request` asks for it
+// (router/api/open_inference.h, OipRepositoryIndex), for both edges.
+absl::StatusOr<inference::RepositoryIndexResponse> RepositoryIndexOf(
+    const RouterService& router,
+    const inference::RepositoryIndexRequest& request);
+
 class InferenceService final
     : public inference::GRPCInferenceService::CallbackService {
  public:
