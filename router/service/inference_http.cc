@@ -97,10 +97,6 @@ absl::Status Authorize(const RouterService& router,
 // The most bytes a repository index request's body may have.
 constexpr size_t kMaxIndexBody = 4096;
 
-bool LayerReady(const RouterService& router, int layer) {
-  return WhyLayerNotReady(router, layer).empty();
-}
-
 // The bytes of the infer bodies held at once, from before a body is read
 // until its answer is made: with the threads' count alone, 64 bodies
 // of up to the body limit each could be held.
@@ -498,7 +494,7 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
            [router](const httplib::Request& req, httplib::Response& res) {
              absl::StatusOr<int> layer = Model(*router, req);
              if (!layer.ok()) return Reply(res, layer.status());
-             res.status = LayerReady(*router, *layer) ? 200 : 400;
+             res.status = WhyLayerNotReady(*router, *layer).empty() ? 200 : 400;
              res.set_content("{}", kJson);
            });
   http.Get(
