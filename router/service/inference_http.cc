@@ -209,6 +209,34 @@ int64_t AnnouncedBody(const httplib::Request& req, int64_t max_body) {
       std::min(length, static_cast<uint64_t>(kDrainFactor * max_body)));
 }
 
+// The most bytes of a request's head (its line and header fields) the REST
+// port takes. A head past it that arrives whole is answered 431; one that
+// keeps coming is cut once past it (ConnectionDeadlines, which checks every
+// 100 ms: httplib takes any number of header lines).
+constexpr int64_t kMaxHeadBytes = 64 << 10;
+
+// A request's head as it came: its bytes (its line and its fields, each
+// with its CRLF) and its fields (not those httplib adds itself, such as
+// REMOTE_ADDR).
+struct HeadSize {
+  int64_t bytes = 0;
+  int fields = 0;
+};
+HeadSize HeadSizeOf(const httplib::Request& req) {
+  HeadSize head;
+  head.bytes = static_cast<int64_t>(req.method.size() + req.target.size() +
+                                    req.version.size() + 4 + 2);
+  for (const auto& [name, value] : req.headers) {
+    if (name == "REMOTE_ADDR" || name == "REMOTE_PORT" ||
+        name == "LOCAL_ADDR" || name == "LOCAL_PORT") {
+      continue;
+    }
+    head.bytes += static_cast<int64_t>(name.size() + value.size() + 4);
+    ++head.fields;
+  }
+  return head;
+}
+
 // A request of a method httplib reads a body for (POST, PUT, PATCH,
 // DELETE) whose head gives it no length: httplib 0.11 would read it until
 // the client closed the connection, so a `curl -X POST` without data waited
@@ -424,21 +452,32 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
   http.set_tcp_nodelay(true);
   // The stages of each connection's requests, for its deadlines: a head is
   // in when it is routed; its answer is made once its handler is done.
-  http.set_pre_routing_handler(
-      [max_body](const httplib::Request& req, httplib::Response& res) {
-        if (BodyWithoutLength(req)) {
-          res.status = 411;
-          res.set_content(
-              ErrorJson(absl::StrCat(
-                  "a ", req.method,
-                  " needs a Content-Length header (Content-Length: 0 for no "
-                  "body) or Transfer-Encoding: chunked")),
-              kJson);
-          return httplib::Server::HandlerResponse::Handled;
-        }
-        ConnectionDeadlines::BodyNext(AnnouncedBody(req, max_body));
-        return httplib::Server::HandlerResponse::Unhandled;
-      });
+  http.set_pre_routing_handler([max_body](const httplib::Request& req,
+                                          httplib::Response& res) {
+    if (const HeadSize head = HeadSizeOf(req); head.bytes > kMaxHeadBytes) {
+      res.status = 431;
+      res.set_header("Connection", "close");
+      res.set_content(
+          ErrorJson(absl::StrCat("the request's head (its line and ",
+                                 head.fields, " header fields: ", head.bytes,
+                                 " bytes) is larger than this router takes (",
+                                 kMaxHeadBytes, " bytes)")),
+          kJson);
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    if (BodyWithoutLength(req)) {
+      res.status = 411;
+      res.set_content(
+          ErrorJson(absl::StrCat(
+              "a ", req.method,
+              " needs a Content-Length header (Content-Length: 0 for no "
+              "body) or Transfer-Encoding: chunked")),
+          kJson);
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    ConnectionDeadlines::BodyNext(AnnouncedBody(req, max_body));
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
   http.set_post_routing_handler(
       [](const httplib::Request&, httplib::Response&) {
         ConnectionDeadlines::Answered();
@@ -618,8 +657,21 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
   http.set_error_handler([](const httplib::Request& req,
                             httplib::Response& res) {
     if (!res.body.empty()) return;
+    // httplib's own refusals come here with no body: 413, and 414 and 400
+    // for a request line or a header line past its bounds (or unreadable).
     const std::string message =
         res.status == 413 ? "the body is larger than this router takes"
+        : res.status == 414
+            ? absl::StrCat(
+                  "the request line (method, path and query) is "
+                  "longer than this router takes (",
+                  CPPHTTPLIB_REQUEST_URI_MAX_LENGTH, " bytes)")
+        : res.status == 400
+            ? absl::StrCat(
+                  "the request could not be read as HTTP/1.1: a "
+                  "malformed request line, header field or chunked "
+                  "body, or a header line longer than ",
+                  CPPHTTPLIB_HEADER_MAX_LENGTH, " bytes")
         : res.status == 404
             ? absl::StrCat("no such path: ", req.method.substr(0, 16), " ",
                            common::QuoteForLog(req.path, 128),
@@ -643,6 +695,7 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
                      " (--http_port): address in use?"));
   }
   ConnectionDeadlines::Options deadlines;
+  deadlines.max_head_bytes = kMaxHeadBytes;
   deadlines.head = options.keep_alive + options.request_timeout;
   deadlines.body = options.request_timeout;
   deadlines.on_cut = [metrics,

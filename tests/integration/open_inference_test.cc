@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -527,6 +528,45 @@ TEST_F(OpenInferenceIntegrationTest, RestServesTheSameModelsAndBits) {
     ASSERT_TRUE(testing::SendAll(
         fd, "GET /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\n"));
     EXPECT_EQ(testing::ReadAnswer(fd, &answer), 200) << method;
+    close(fd);
+  }
+
+  // A head past the REST port's bounds is answered with what it passed:
+  // 431 for a whole head over 64 KiB (with "Connection: close"), 414 for a
+  // request line and 400 for a header line over httplib's 8192 bytes (each
+  // was a bare "bad request").
+  const std::string fields = [] {
+    std::string f;
+    for (int i = 0; i < 80; ++i) {
+      absl::StrAppend(&f, "X-Field-", i, ": ", std::string(1000, 'v'), "\r\n");
+    }
+    return f;
+  }();
+  for (const auto& [head, code, says] :
+       std::vector<std::tuple<std::string, int, std::string>>{
+           {absl::StrCat("GET /v2/health/live HTTP/1.1\r\nHost: a\r\n", fields,
+                         "\r\n"),
+            431,
+            "the request's head (its line and 81 header fields: 81151 "
+            "bytes) is larger than this router takes (65536 bytes)"},
+           {absl::StrCat("GET /v2/", std::string(9000, 'x'),
+                         " HTTP/1.1\r\nHost: a\r\n\r\n"),
+            414,
+            "the request line (method, path and query) is longer than this "
+            "router takes (8192 bytes)"},
+           {absl::StrCat("GET /v2/health/live HTTP/1.1\r\nHost: a\r\nX-Big: ",
+                         std::string(9000, 'v'), "\r\n\r\n"),
+            400, "or a header line longer than 8192 bytes"}}) {
+    const int fd = testing::ConnectLoopback(http_port_);
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(testing::SendAll(fd, head));
+    std::string answer, answer_head;
+    EXPECT_EQ(testing::ReadAnswer(fd, &answer, &answer_head), code) << answer;
+    EXPECT_NE(answer.find(says), std::string::npos) << answer;
+    if (code == 431) {
+      EXPECT_NE(answer_head.find("Connection: close"), std::string::npos)
+          << answer_head;
+    }
     close(fd);
   }
 
