@@ -340,7 +340,34 @@ inference::ServerMetadataResponse OipServerMetadata(absl::string_view version) {
   m.set_name(kPlatform);
   m.set_version(std::string(version));
   m.add_extensions("binary_tensor_data");
+  m.add_extensions("statistics");
   return m;
+}
+
+absl::StatusOr<inference::ModelStatisticsResponse> OipModelStatistics(
+    const inference::ModelStatisticsRequest& request,
+    const common::ModelSpec& spec, const std::string& fingerprint,
+    absl::FunctionRef<void(int layer, inference::ModelStatistics* stats)>
+        fill) {
+  int first = 0;
+  int end = static_cast<int>(spec.layers.size());
+  if (!request.name().empty()) {
+    MOE_ASSIGN_OR_RETURN(first, FindOipModel(spec, fingerprint, request.name(),
+                                             request.version()));
+    end = first + 1;
+  } else if (!request.version().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("version ", common::QuoteForLog(request.version()),
+                     " without a model name: name the model too"));
+  }
+  inference::ModelStatisticsResponse response;
+  for (int l = first; l < end; ++l) {
+    inference::ModelStatistics* stats = response.add_model_stats();
+    fill(l, stats);
+    stats->set_name(OipModelName(spec, l));
+    stats->set_version(fingerprint);
+  }
+  return response;
 }
 
 int64_t OipDatatypeBytes(absl::string_view datatype) {

@@ -45,8 +45,19 @@ absl::StatusOr<int> FindOipModel(const common::ModelSpec& spec,
 
 // ServerMetadata: name "moe-serve", `version`, and the protocol's
 // extensions served ("binary_tensor_data": REST bodies may carry tensors
-// as bytes after their JSON, docs/open_inference.md).
+// as bytes after their JSON, docs/open_inference.md; "statistics": each
+// model's counts and durations).
 inference::ServerMetadataResponse OipServerMetadata(absl::string_view version);
+
+// The statistics extension's answer: every model of `spec` (version
+// `fingerprint`), or the one `request` names (FindOipModel: NotFound for
+// an unknown name or version; InvalidArgument for a version without a
+// name), each with its name and version and the counts `fill(layer, stats)`
+// writes.
+absl::StatusOr<inference::ModelStatisticsResponse> OipModelStatistics(
+    const inference::ModelStatisticsRequest& request,
+    const common::ModelSpec& spec, const std::string& fingerprint,
+    absl::FunctionRef<void(int layer, inference::ModelStatistics* stats)> fill);
 
 // The repository index: every model of `spec` (version `fingerprint`),
 // READY where `not_ready(layer)` is empty, else UNAVAILABLE with it as the

@@ -506,4 +506,42 @@ std::string RepositoryIndexToJson(const inference::RepositoryIndexResponse& r) {
   return Dump(index);
 }
 
+namespace {
+
+Json DurationJson(const inference::StatisticDuration& d) {
+  return {{"count", d.count()}, {"ns", d.ns()}};
+}
+
+}  // namespace
+
+std::string ModelStatisticsToJson(const inference::ModelStatisticsResponse& r) {
+  Json models = Json::array();
+  for (const auto& m : r.model_stats()) {
+    const inference::InferStatistics& s = m.inference_stats();
+    Json batches = Json::array();
+    for (const auto& b : m.batch_stats()) {
+      batches.push_back({{"batch_size", b.batch_size()},
+                         {"compute_input", DurationJson(b.compute_input())},
+                         {"compute_infer", DurationJson(b.compute_infer())},
+                         {"compute_output", DurationJson(b.compute_output())}});
+    }
+    models.push_back({{"name", m.name()},
+                      {"version", m.version()},
+                      {"last_inference", m.last_inference()},
+                      {"inference_count", m.inference_count()},
+                      {"execution_count", m.execution_count()},
+                      {"inference_stats",
+                       {{"success", DurationJson(s.success())},
+                        {"fail", DurationJson(s.fail())},
+                        {"queue", DurationJson(s.queue())},
+                        {"compute_input", DurationJson(s.compute_input())},
+                        {"compute_infer", DurationJson(s.compute_infer())},
+                        {"compute_output", DurationJson(s.compute_output())},
+                        {"cache_hit", DurationJson(s.cache_hit())},
+                        {"cache_miss", DurationJson(s.cache_miss())}}},
+                      {"batch_stats", std::move(batches)}});
+  }
+  return Dump({{"model_stats", std::move(models)}});
+}
+
 }  // namespace moe::router

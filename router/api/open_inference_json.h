@@ -81,4 +81,13 @@ absl::StatusOr<inference::RepositoryIndexRequest> RepositoryIndexFromJson(
     absl::string_view body);
 std::string RepositoryIndexToJson(const inference::RepositoryIndexResponse& r);
 
+// The statistics extension's REST answer (GET /v2/models[/NAME[/versions/
+// VERSION]]/stats, as Triton serves it): {"model_stats": [{"name",
+// "version", "last_inference", "inference_count", "execution_count",
+// "inference_stats": {"success": {"count", "ns"}, "fail", "queue",
+// "compute_input", "compute_infer", "compute_output", "cache_hit",
+// "cache_miss"}, "batch_stats": [{"batch_size", "compute_input",
+// "compute_infer", "compute_output"}, ...]}, ...]}.
+std::string ModelStatisticsToJson(const inference::ModelStatisticsResponse& r);
+
 }  // namespace moe::router

@@ -529,6 +529,24 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
               if (!index.ok()) return Reply(res, index.status());
               res.set_content(RepositoryIndexToJson(*index), kJson);
             });
+  // The statistics extension: every model's (GET /v2/models/stats, first:
+  // the model route below would take "stats" for a model's name), or one
+  // model's.
+  auto stats = [router](const httplib::Request& req, httplib::Response& res) {
+    absl::Status status = Authorize(*router, req);
+    if (!status.ok()) return Reply(res, status);
+    inference::ModelStatisticsRequest request;
+    if (req.matches.size() > 1) {
+      request.set_name(std::string(req.matches[1]));
+      request.set_version(Version(req));
+    }
+    absl::StatusOr<inference::ModelStatisticsResponse> answer =
+        ModelStatisticsOf(*router, request);
+    if (!answer.ok()) return Reply(res, answer.status());
+    res.set_content(ModelStatisticsToJson(*answer), kJson);
+  };
+  http.Get("/v2/models/stats", stats);
+  http.Get(std::string(kModel) + "/stats", stats);
   http.Get(std::string(kModel) + "/ready",
            [router](const httplib::Request& req, httplib::Response& res) {
              absl::StatusOr<int> layer = Model(*router, req);
@@ -677,7 +695,8 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
                            common::QuoteForLog(req.path, 128),
                            "; this router serves GET /v2, /v2/health/live, "
                            "/v2/health/ready, "
-                           "/v2/models/{model}[/versions/{version}][/ready] "
+                           "/v2/models/{model}[/versions/{version}][/ready], "
+                           "/v2/models[/{model}[/versions/{version}]]/stats "
                            "and POST "
                            "/v2/models/{model}[/versions/{version}]/infer, "
                            "/v2/repository/index")

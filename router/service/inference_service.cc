@@ -74,6 +74,29 @@ absl::StatusOr<inference::RepositoryIndexResponse> RepositoryIndexOf(
       [&router](int layer) { return WhyLayerNotReady(router, layer); });
 }
 
+absl::StatusOr<inference::ModelStatisticsResponse> ModelStatisticsOf(
+    const RouterService& router,
+    const inference::ModelStatisticsRequest& request) {
+  const ModelEngine& model = router.runner().model();
+  return OipModelStatistics(
+      request, model.spec(), model.fingerprint(),
+      [&router](int layer, inference::ModelStatistics* stats) {
+        router.statistics().Fill(layer, stats);
+      });
+}
+
+grpc::ServerUnaryReactor* InferenceService::ModelStatistics(
+    grpc::CallbackServerContext* context,
+    const inference::ModelStatisticsRequest* request,
+    inference::ModelStatisticsResponse* response) {
+  absl::Status status = router_->Authorize(*context);
+  if (!status.ok()) return Answer(context, status);
+  absl::StatusOr<inference::ModelStatisticsResponse> stats =
+      ModelStatisticsOf(*router_, *request);
+  if (stats.ok()) *response = *std::move(stats);
+  return Answer(context, stats.status());
+}
+
 grpc::ServerUnaryReactor* InferenceService::ServerReady(
     grpc::CallbackServerContext* context,
     const inference::ServerReadyRequest* /*request*/,

@@ -6,8 +6,9 @@
 // the same bits of y. ServerLive, ServerReady and ModelReady need no token
 // (like grpc.health.v1); ServerMetadata, ModelMetadata, ModelInfer and
 // RepositoryIndex (Triton's and MLServer's, read-only) need one when the
-// router has tokens. Errors: unknown model or version
-// NOT_FOUND, bad input INVALID_ARGUMENT naming the tensor, overload
+// router has tokens, as does ModelStatistics (Triton's statistics
+// extension: each layer's counts and durations). Errors: unknown model or
+// version NOT_FOUND, bad input INVALID_ARGUMENT naming the tensor, overload
 // RESOURCE_EXHAUSTED, not ready UNAVAILABLE.
 #pragma once
 
@@ -28,6 +29,13 @@ std::string WhyLayerNotReady(const RouterService& router, int layer);
 absl::StatusOr<inference::RepositoryIndexResponse> RepositoryIndexOf(
     const RouterService& router,
     const inference::RepositoryIndexRequest& request);
+
+// The statistics extension's answer for `request` (router/api/
+// open_inference.h, OipModelStatistics, over the router's LayerStatistics),
+// for both edges.
+absl::StatusOr<inference::ModelStatisticsResponse> ModelStatisticsOf(
+    const RouterService& router,
+    const inference::ModelStatisticsRequest& request);
 
 class InferenceService final
     : public inference::GRPCInferenceService::CallbackService {
@@ -63,6 +71,10 @@ class InferenceService final
       grpc::CallbackServerContext* context,
       const inference::RepositoryIndexRequest* request,
       inference::RepositoryIndexResponse* response) override;
+  grpc::ServerUnaryReactor* ModelStatistics(
+      grpc::CallbackServerContext* context,
+      const inference::ModelStatisticsRequest* request,
+      inference::ModelStatisticsResponse* response) override;
 
  private:
   class InferCall;

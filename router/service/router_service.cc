@@ -236,6 +236,7 @@ RouterService::RouterService(const ForwardRunner* runner, WorkerPool* pool,
       options_(options),
       metrics_(*metrics),
       admission_(AdmissionFor(options)),
+      statistics_(static_cast<int>(runner->model().spec().layers.size())),
       queue_(std::make_unique<common::WorkQueue>(
           options.threads, options.max_queued, "moe-router")) {
   BatcherOptions batching;
@@ -375,6 +376,8 @@ absl::Status RouterService::RunForward(Job* job) const {
       runner_->Run(job->admitted_, backend, &job->response, &result));
   metrics_.RecordForward(job->admitted_.layer->index(), result);
   metrics_.RecordStages(result.timings);
+  job->timings_ = result.timings;
+  job->ran_ = true;
   metrics_.RecordForwardCpu(common::ThreadCpuTime() - cpu_start);
   if (job->span_) {
     AddStages(result.timings, &*job->span_);
@@ -445,9 +448,18 @@ common::TokenSet::Verdict RouterService::Authenticate(
 }
 
 void RouterService::Finish(Job* job, absl::Status status) {
-  if (status.ok()) status = job->answer_();
+  absl::Duration answering;
+  if (status.ok()) {
+    const absl::Time start = absl::Now();
+    status = job->answer_();
+    answering = absl::Now() - start;
+  }
   admission_.Finish(&job->ticket_, status.ok());
-  const absl::Duration took = options_.clock->Now() - job->start_;
+  const absl::Time now = options_.clock->Now();
+  const absl::Duration took = now - job->start_;
+  if (job->admitted_.layer != nullptr) {
+    RecordStatistics(*job, status.ok(), now, took, answering);
+  }
   // Never the tensors, never a token: the shape, the layer (quoted and
   // cut: a client sent it), the outcome.
   if (!status.ok() || options_.log_requests) {
@@ -475,6 +487,25 @@ void RouterService::Finish(Job* job, absl::Status status) {
   metrics_.AddInflight(-1);
   metrics_.RecordRequest(job->protocol_, status.code(), took);
   job->done_(std::move(status));
+}
+
+void RouterService::RecordStatistics(const Job& job, bool ok, absl::Time now,
+                                     absl::Duration took,
+                                     absl::Duration answering) {
+  LayerStatistics::Outcome outcome;
+  outcome.ok = ok;
+  outcome.batch_size = job.admitted_.x.shape[0];
+  outcome.total = took;
+  outcome.end = now;
+  if (ok && job.ran_) {
+    // The engine marks its phases on absl::Now, as `answering` is timed.
+    const ForwardTimings::Marks& m = job.timings_.marks;
+    outcome.queue = std::max(absl::ZeroDuration(), m.pre - job.start_);
+    outcome.input = m.experts - m.pre;
+    outcome.infer = m.post - m.experts;
+    outcome.output = m.end - m.post + answering;
+  }
+  statistics_.Record(job.admitted_.layer->index(), outcome);
 }
 
 void RouterService::EndSpan(Job* job, const absl::Status& status) {

@@ -43,6 +43,7 @@
 #include "router/remote/worker_batcher.h"
 #include "router/remote/worker_pool.h"
 #include "router/service/admission.h"
+#include "router/service/layer_statistics.h"
 #include "router/service/router_metrics.h"
 
 namespace moe::router {
@@ -165,6 +166,8 @@ class RouterService final
     const std::function<absl::Status()> answer_;
     const std::function<void(absl::Status)> done_;
     AdmittedForward admitted_;  // once Admit() passed
+    ForwardTimings timings_;    // once the forward ran (ran_)
+    bool ran_ = false;
     AdmissionController::Ticket ticket_;
     std::optional<common::Span> span_;  // when the tracer records it
   };
@@ -217,6 +220,11 @@ class RouterService final
   // What GetModelInfo answers (`with_workers`: the worker list too).
   moe::v1::ModelInfo ModelInfo(bool with_workers = true) const;
 
+  // Each layer's requests and forwards since the start (the Open Inference
+  // Protocol's statistics extension): every request that named a known
+  // layer, answered or refused, once it is done.
+  const LayerStatistics& statistics() const { return statistics_; }
+
  private:
   class ForwardCall;
 
@@ -231,6 +239,9 @@ class RouterService final
   bool RunInline(int64_t tokens);
   // Ends the job with `status`: admission, log, metrics, then its done.
   void Finish(Job* job, absl::Status status);
+  // Counts the job's outcome in statistics_ (a job of a known layer).
+  void RecordStatistics(const Job& job, bool ok, absl::Time now,
+                        absl::Duration took, absl::Duration answering);
   // Ends job's span with the call's outcome and hands it to the tracer.
   void EndSpan(Job* job, const absl::Status& status);
   // kAccepted when the service needs no token.
@@ -247,6 +258,7 @@ class RouterService final
   std::atomic<int> metrics_port_{0};
   std::atomic<bool> inline_running_{false};
   mutable AdmissionController admission_;
+  LayerStatistics statistics_;
   std::unique_ptr<WorkerBatcher> batcher_;
   std::unique_ptr<common::WorkQueue> queue_;
 };

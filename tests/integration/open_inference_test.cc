@@ -189,8 +189,9 @@ TEST_F(OpenInferenceIntegrationTest,
                         &context, inference::ServerMetadataRequest(), &metadata)
                     .ok());
     EXPECT_EQ(metadata.name(), "moe-serve");
-    ASSERT_EQ(metadata.extensions_size(), 1);
-    EXPECT_EQ(metadata.extensions(0), "binary_tensor_data");
+    EXPECT_EQ(std::vector<std::string>(metadata.extensions().begin(),
+                                       metadata.extensions().end()),
+              (std::vector<std::string>{"binary_tensor_data", "statistics"}));
   }
   {
     // RepositoryIndex (Triton's, MLServer's): both layers, ready, their
@@ -346,6 +347,128 @@ TEST_F(OpenInferenceIntegrationTest, RefusalsCarryTheRightCodes) {
   EXPECT_TRUE(Call(Infer("layers.0.ff"), &response).ok());
 }
 
+// The statistics extension (Triton's ModelStatistics, GET .../stats):
+// each layer's answered and failed calls, sequences, forwards and where
+// their time went, the same over gRPC and REST; a call refused before it
+// named a layer's work (unknown model, bad shape) is no layer's.
+TEST_F(OpenInferenceIntegrationTest, StatisticsCountEachLayersCalls) {
+  auto stats = [&](const std::string& name, const std::string& version,
+                   inference::ModelStatisticsResponse* out, bool token = true) {
+    grpc::ClientContext context;
+    if (token) WithToken(&context);
+    inference::ModelStatisticsRequest request;
+    request.set_name(name);
+    request.set_version(version);
+    return stub_->ModelStatistics(&context, request, out);
+  };
+  inference::ModelStatisticsResponse before;
+  ASSERT_TRUE(stats("", "", &before).ok());
+  ASSERT_EQ(before.model_stats_size(), 2);
+  EXPECT_EQ(before.model_stats(0).name(), "layers.0.ff");
+  EXPECT_EQ(before.model_stats(1).name(), "layers.1.ff");
+  const int64_t started_ms = absl::ToUnixMillis(absl::Now());
+
+  // Layer 0: four answered calls of x [2, 3, 64] (three gRPC, one REST),
+  // one failed (a deadline of 1 us); refusals that are no layer's work.
+  inference::ModelInferResponse response;
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(Call(Infer("layers.0.ff"), &response).ok());
+  httplib::Client http("127.0.0.1", http_port_);
+  const httplib::Headers token = {
+      {"Authorization", absl::StrCat("Bearer ", kToken)}};
+  auto rest = http.Post("/v2/models/layers.0.ff/infer", token, InferJson(X()),
+                        "application/json");
+  ASSERT_TRUE(rest);
+  ASSERT_EQ(rest->status, 200) << rest->body;
+  inference::ModelInferRequest hurried = Infer("layers.0.ff");
+  (*hurried.mutable_parameters())["timeout"].set_int64_param(1);
+  EXPECT_FALSE(Call(hurried, &response).ok());
+  EXPECT_FALSE(Call(Infer("layers.9.ff"), &response).ok());
+  inference::ModelInferRequest shape = Infer("layers.0.ff");
+  shape.mutable_inputs(0)->set_shape(2, 32);
+  EXPECT_FALSE(Call(shape, &response).ok());
+  const int64_t ended_ms = absl::ToUnixMillis(absl::Now());
+
+  inference::ModelStatisticsResponse after;
+  ASSERT_TRUE(stats("layers.0.ff", "", &after).ok());
+  ASSERT_EQ(after.model_stats_size(), 1);
+  const inference::ModelStatistics& a = after.model_stats(0);
+  const inference::ModelStatistics& b = before.model_stats(0);
+  EXPECT_EQ(a.name(), "layers.0.ff");
+  EXPECT_EQ(a.version(), b.version());
+  EXPECT_EQ(a.version().rfind("sha256:", 0), 0u) << a.version();
+  const inference::InferStatistics& s = a.inference_stats();
+  const inference::InferStatistics& t = b.inference_stats();
+  EXPECT_EQ(s.success().count() - t.success().count(), 4u);
+  EXPECT_EQ(s.fail().count() - t.fail().count(), 1u);
+  EXPECT_EQ(a.inference_count() - b.inference_count(), 8u);  // 4 x batch 2
+  EXPECT_EQ(a.execution_count() - b.execution_count(), 4u);
+  for (const auto* d : {&s.queue(), &s.compute_input(), &s.compute_infer(),
+                        &s.compute_output()}) {
+    EXPECT_EQ(d->count(), s.success().count());
+    EXPECT_GT(d->ns(), 0u);
+  }
+  // The stages are parts of the calls' time.
+  EXPECT_GE(s.success().ns(), s.queue().ns() + s.compute_input().ns() +
+                                  s.compute_infer().ns() +
+                                  s.compute_output().ns());
+  EXPECT_GT(s.compute_infer().ns() - t.compute_infer().ns(), 0u);
+  EXPECT_EQ(s.cache_hit().count(), 0u);
+  EXPECT_GE(static_cast<int64_t>(a.last_inference()), started_ms);
+  EXPECT_LE(static_cast<int64_t>(a.last_inference()), ended_ms);
+  ASSERT_GE(a.batch_stats_size(), 1);
+  EXPECT_EQ(a.batch_stats(0).batch_size(), 2u);
+  EXPECT_EQ(a.batch_stats(0).compute_infer().count(), a.execution_count());
+  // Layer 1 saw none of it.
+  inference::ModelStatisticsResponse other;
+  ASSERT_TRUE(stats("layers.1.ff", a.version(), &other).ok());
+  EXPECT_EQ(other.model_stats(0).inference_stats().success().count(),
+            before.model_stats(1).inference_stats().success().count());
+  EXPECT_EQ(other.model_stats(0).inference_stats().fail().count(),
+            before.model_stats(1).inference_stats().fail().count());
+
+  EXPECT_EQ(stats("", "", &other, /*token=*/false).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(stats("layers.9.ff", "", &other).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(stats("layers.0.ff", "sha256:0", &other).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(stats("", a.version(), &other).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  // REST: the same numbers, in Triton's JSON.
+  EXPECT_EQ(http.Get("/v2/models/stats")->status, 401);
+  auto all = http.Get("/v2/models/stats", token);
+  ASSERT_TRUE(all);
+  ASSERT_EQ(all->status, 200) << all->body;
+  const nlohmann::json every = nlohmann::json::parse(all->body)["model_stats"];
+  ASSERT_EQ(every.size(), 2u) << all->body;
+  EXPECT_EQ(every[1]["name"], "layers.1.ff");
+  auto one = http.Get(
+      absl::StrCat("/v2/models/layers.0.ff/versions/", a.version(), "/stats"),
+      token);
+  ASSERT_TRUE(one);
+  ASSERT_EQ(one->status, 200) << one->body;
+  const nlohmann::json m = nlohmann::json::parse(one->body)["model_stats"][0];
+  EXPECT_EQ(m["name"], "layers.0.ff");
+  EXPECT_EQ(m["version"], a.version());
+  EXPECT_EQ(m["inference_count"].get<uint64_t>(), a.inference_count());
+  EXPECT_EQ(m["execution_count"].get<uint64_t>(), a.execution_count());
+  EXPECT_EQ(m["last_inference"].get<uint64_t>(), a.last_inference());
+  EXPECT_EQ(m["inference_stats"]["success"]["count"].get<uint64_t>(),
+            s.success().count());
+  EXPECT_EQ(m["inference_stats"]["fail"]["count"].get<uint64_t>(),
+            s.fail().count());
+  EXPECT_EQ(m["inference_stats"]["compute_infer"]["ns"].get<uint64_t>(),
+            s.compute_infer().ns());
+  EXPECT_EQ(m["inference_stats"]["cache_miss"]["count"].get<uint64_t>(), 0u);
+  EXPECT_EQ(m["batch_stats"][0]["batch_size"].get<uint64_t>(), 2u);
+  EXPECT_EQ(http.Get("/v2/models/layers.9.ff/stats", token)->status, 404);
+  EXPECT_EQ(
+      http.Get("/v2/models/layers.0.ff/versions/sha256:0/stats", token)->status,
+      404);
+}
+
 // The REST form: health without a token, metadata and infer with one, y
 // (JSON numbers) bit for bit Forward's, errors as {"error": ...} with the
 // protocol's HTTP codes.
@@ -366,7 +489,8 @@ TEST_F(OpenInferenceIntegrationTest, RestServesTheSameModelsAndBits) {
   EXPECT_EQ(nlohmann::json::parse(no_path->body)["error"],
             "no such path: GET \"/v2/models\"; this router serves GET /v2, "
             "/v2/health/live, /v2/health/ready, "
-            "/v2/models/{model}[/versions/{version}][/ready] and POST "
+            "/v2/models/{model}[/versions/{version}][/ready], "
+            "/v2/models[/{model}[/versions/{version}]]/stats and POST "
             "/v2/models/{model}[/versions/{version}]/infer, "
             "/v2/repository/index");
 
@@ -599,7 +723,7 @@ TEST_F(OpenInferenceIntegrationTest, RestCarriesTensorsAsBinaryData) {
   ASSERT_TRUE(server);
   ASSERT_EQ(server->status, 200) << server->body;
   EXPECT_EQ(nlohmann::json::parse(server->body)["extensions"],
-            nlohmann::json::array({"binary_tensor_data"}));
+            nlohmann::json::array({"binary_tensor_data", "statistics"}));
 
   const common::HostTensor x = X();
   const int64_t n = static_cast<int64_t>(x.data.size() / sizeof(float));

@@ -3,7 +3,9 @@
 // specification/protocol/open_inference_grpc.proto): a stock client
 // (tritonclient, KServe) depends on every name, number and type below, so
 // they are transcribed from the specification (and, for RepositoryIndex,
-// from Triton's and MLServer's declaration of it in the same service) and
+// from Triton's and MLServer's declaration of it in the same service; for
+// ModelStatistics, from Triton's, less its memory_usage and response_stats
+// fields) and
 // compared with the compiled descriptors, nothing more and nothing less.
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/descriptor.pb.h>
@@ -103,6 +105,28 @@ const std::map<std::string, std::vector<std::string>>& Specification() {
       {"RepositoryIndexResponse.ModelIndex",
        {"1 name string", "2 version string", "3 state string",
         "4 reason string"}},
+      {"ModelStatisticsRequest", {"1 name string", "2 version string"}},
+      {"StatisticDuration", {"1 count uint64", "2 ns uint64"}},
+      {"InferStatistics",
+       {"1 success inference.StatisticDuration",
+        "2 fail inference.StatisticDuration",
+        "3 queue inference.StatisticDuration",
+        "4 compute_input inference.StatisticDuration",
+        "5 compute_infer inference.StatisticDuration",
+        "6 compute_output inference.StatisticDuration",
+        "7 cache_hit inference.StatisticDuration",
+        "8 cache_miss inference.StatisticDuration"}},
+      {"InferBatchStatistics",
+       {"1 batch_size uint64", "2 compute_input inference.StatisticDuration",
+        "3 compute_infer inference.StatisticDuration",
+        "4 compute_output inference.StatisticDuration"}},
+      {"ModelStatistics",
+       {"1 name string", "2 version string", "3 last_inference uint64",
+        "4 inference_count uint64", "5 execution_count uint64",
+        "6 inference_stats inference.InferStatistics",
+        "7 batch_stats repeated inference.InferBatchStatistics"}},
+      {"ModelStatisticsResponse",
+       {"1 model_stats repeated inference.ModelStatistics"}},
   };
   return *spec;
 }
@@ -161,6 +185,8 @@ TEST(OpenInferenceProtoTest, TheServiceIsTheSpecifications) {
       "ModelInfer(inference.ModelInferRequest) -> inference.ModelInferResponse",
       "RepositoryIndex(inference.RepositoryIndexRequest) -> "
       "inference.RepositoryIndexResponse",
+      "ModelStatistics(inference.ModelStatisticsRequest) -> "
+      "inference.ModelStatisticsResponse",
   };
   std::vector<std::string> got;
   for (int i = 0; i < s->method_count(); ++i) {
