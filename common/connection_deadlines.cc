@@ -170,18 +170,20 @@ std::function<void()> ConnectionDeadlines::Track(std::function<void()> serve) {
   };
 }
 
+bool ConnectionDeadlines::Received(int fd, uint64_t* bytes) {
+  tcp_info info{};
+  socklen_t length = sizeof(info);
+  if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0 ||
+      length < offsetof(tcp_info, tcpi_bytes_received) +
+                   sizeof(info.tcpi_bytes_received)) {
+    return false;
+  }
+  *bytes = info.tcpi_bytes_received;
+  return true;
+}
+
 uint64_t ConnectionDeadlines::Read(int fd, bool low) {
-  const auto received = [fd](uint64_t* bytes) {
-    tcp_info info{};
-    socklen_t length = sizeof(info);
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0 ||
-        length < offsetof(tcp_info, tcpi_bytes_received) +
-                     sizeof(info.tcpi_bytes_received)) {
-      return false;
-    }
-    *bytes = info.tcpi_bytes_received;
-    return true;
-  };
+  const auto received = [fd](uint64_t* bytes) { return Received(fd, bytes); };
   const auto unread = [fd](uint64_t* bytes) {
     int n = 0;
     if (ioctl(fd, SIOCINQ, &n) != 0 || n < 0) return false;
@@ -199,24 +201,28 @@ uint64_t ConnectionDeadlines::Read(int fd, bool low) {
 }
 
 void ConnectionDeadlines::SetStage(Connection* connection, Stage stage,
-                                   absl::Duration limit) {
+                                   absl::Duration limit, int64_t body_bytes) {
   const uint64_t read = stage == Stage::kHead && options_.max_head_bytes > 0
                             ? Read(connection->fd, /*low=*/false)
                             : 0;
+  uint64_t received = 0;
+  const bool counted =
+      stage == Stage::kBody && Received(connection->fd, &received);
   absl::MutexLock lock(&mu_);
   connection->stage = stage;
   connection->read = read;
+  connection->received = received;
+  connection->counted = counted;
+  connection->body_bytes = body_bytes;
   connection->since = absl::Now();
   connection->limit = limit;
 }
 
 void ConnectionDeadlines::BodyNext(int64_t bytes) {
   if (current.owner == nullptr) return;
-  const Options& o = current.owner->options_;
-  current.owner->SetStage(
-      static_cast<Connection*>(current.connection), Stage::kBody,
-      o.body + absl::Seconds(static_cast<double>(std::max<int64_t>(bytes, 0)) /
-                             static_cast<double>(o.body_bytes_per_second)));
+  current.owner->SetStage(static_cast<Connection*>(current.connection),
+                          Stage::kBody, current.owner->options_.body,
+                          std::max<int64_t>(bytes, 0));
 }
 
 void ConnectionDeadlines::Serving() {
@@ -263,7 +269,23 @@ void ConnectionDeadlines::Watch() {
           head_bytes = static_cast<int64_t>(read - c.read);
         }
       }
-      if (head_bytes == 0 && now - c.since <= c.limit) continue;
+      // A body earns time as its bytes come (all of its length where the
+      // kernel does not count them).
+      absl::Duration limit = c.limit;
+      int64_t body_in = 0;
+      if (c.stage == Stage::kBody) {
+        uint64_t received = 0;
+        const bool counted = c.counted && Received(c.fd, &received);
+        body_in = counted && received > c.received
+                      ? static_cast<int64_t>(std::min<uint64_t>(
+                            received - c.received,
+                            static_cast<uint64_t>(c.body_bytes)))
+                      : 0;
+        limit += absl::Seconds(
+            static_cast<double>(counted ? body_in : c.body_bytes) /
+            static_cast<double>(options_.body_bytes_per_second));
+      }
+      if (head_bytes == 0 && now - c.since <= limit) continue;
       // Its thread's read or write ends at once; it closes the socket, and
       // the close resets the connection (linger 0): a graceful close left
       // a client still sending (a body behind a refused head) blocked on
@@ -272,18 +294,22 @@ void ConnectionDeadlines::Watch() {
       setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
       shutdown(c.fd, SHUT_RDWR);
       c.cut = true;
-      const std::string limit =
-          absl::FormatDuration(absl::Trunc(c.limit, absl::Milliseconds(1)));
-      cuts.push_back(
-          Cut{c.stage, c.peer, head_bytes,
-              head_bytes > 0 ? absl::StrCat("its request's head passed ",
-                                            options_.max_head_bytes, " bytes (",
-                                            head_bytes, " read)")
-              : c.stage == Stage::kBody
-                  ? absl::StrCat("its request's body was not in within ", limit,
-                                 " of its head")
-                  : absl::StrCat("no whole request head came within ", limit,
-                                 " of its start or its last answer")});
+      const std::string within =
+          absl::FormatDuration(absl::Trunc(limit, absl::Milliseconds(1)));
+      cuts.push_back(Cut{
+          c.stage, c.peer, head_bytes,
+          head_bytes > 0 ? absl::StrCat("its request's head passed ",
+                                        options_.max_head_bytes, " bytes (",
+                                        head_bytes, " read)")
+          : c.stage == Stage::kBody
+              ? absl::StrCat("its request's body was not in within ", within,
+                             " of its head",
+                             c.counted
+                                 ? absl::StrCat(" (", body_in, " of its ",
+                                                c.body_bytes, " bytes came)")
+                                 : "")
+              : absl::StrCat("no whole request head came within ", within,
+                             " of its start or its last answer")});
     }
     if (cuts.empty() || !options_.on_cut) continue;
     mu_.Unlock();

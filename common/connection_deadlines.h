@@ -16,7 +16,13 @@
 //            sent right behind its head, waiting while the server is slow to
 //            parse the head, is not the head's);
 //   body:    from the head until the body is in: `body`, plus one second
-//            per `body_bytes_per_second` of the body's length;
+//            per `body_bytes_per_second` of the body received so far (the
+//            kernel's count, TCP_INFO; at most the body's length): the
+//            slack of `body`, then a minimum rate, checked as the bytes
+//            come (Apache's mod_reqtimeout MinRate), so that a client that
+//            announces a large body and sends a byte a second is cut after
+//            `body` rather than holding a thread for the time its whole
+//            length would take at the rate;
 //   serving: no deadline (the server's own work, bounded by its own
 //            deadlines).
 // A connection past its stage's deadline or its head's size is shut down
@@ -78,7 +84,8 @@ class ConnectionDeadlines {
   struct Options {
     // The answer's write, the keep-alive wait and the next request's head.
     absl::Duration head = absl::Seconds(35);
-    // A body: this, plus one second per `body_bytes_per_second` of it.
+    // A body: this, plus one second per `body_bytes_per_second` of it
+    // received.
     absl::Duration body = absl::Seconds(30);
     int64_t body_bytes_per_second = 1 << 20;
     // The bytes a connection may receive in one head stage (TLS records
@@ -123,6 +130,12 @@ class ConnectionDeadlines {
     Stage stage = Stage::kHead;
     // The bytes the server had read when the stage began (head).
     uint64_t read = 0;
+    // The body stage: the bytes the connection had received when it began
+    // (TCP_INFO; `counted` false when the kernel does not say), and the
+    // body's length at most.
+    uint64_t received = 0;
+    bool counted = false;
+    int64_t body_bytes = 0;
     // InfiniteFuture while the connection waits for a thread.
     absl::Time since = absl::InfiniteFuture();
     absl::Duration limit = absl::InfiniteDuration();
@@ -130,7 +143,11 @@ class ConnectionDeadlines {
   };
 
   ConnectionDeadlines(int port, Options options);
-  void SetStage(Connection* connection, Stage stage, absl::Duration limit);
+  void SetStage(Connection* connection, Stage stage, absl::Duration limit,
+                int64_t body_bytes = 0);
+  // The bytes the connection has received (TCP_INFO, TLS records
+  // included) in `*bytes`; false when the kernel does not say.
+  static bool Received(int fd, uint64_t* bytes);
   // The bytes the server has read from the connection (received less
   // unread); 0 when unknown. `low`: bytes arriving meanwhile count as
   // unread (for a check), else as read (for a stage's start), so that a

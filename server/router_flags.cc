@@ -68,7 +68,8 @@ ABSL_FLAG(int, http_request_timeout_s, 30,
           "REST: a request must arrive within this many seconds however "
           "steadily its bytes come (its head after the 5 s keep-alive wait "
           "and the previous answer's write; its body, plus 1 s per MiB of "
-          "it), else its connection is closed, so that slow senders cannot "
+          "it received: at least 1 MiB/s after the first seconds), else its "
+          "connection is closed, so that slow senders cannot "
           "hold every --http_threads thread (as is one whose head passes 64 "
           "KiB). 1 to 3600.");
 ABSL_FLAG(int64_t, http_max_bytes_in_flight, 0,

@@ -728,7 +728,7 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
           << (cut.head_bytes > 0 ? ""
               : cut.stage == ConnectionDeadlines::Stage::kBody
                   ? absl::StrCat(" (--http_request_timeout_s=", seconds,
-                                 " plus 1 s per MiB of the body)")
+                                 " plus 1 s per MiB of the body received)")
                   : absl::StrCat(" (--http_request_timeout_s=", seconds,
                                  " plus the keep-alive)"))
           << common::SuppressedNote(skipped);

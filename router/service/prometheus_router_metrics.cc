@@ -264,7 +264,8 @@ PrometheusRouterMetrics::PrometheusRouterMetrics(
           "REST connections the router closed before their request was in, "
           "by reason: slow_head (no whole head within "
           "--http_request_timeout_s after the keep-alive), slow_body (the "
-          "body not in within the timeout plus 1 s per MiB), large_head (a "
+          "body not in within the timeout plus 1 s per MiB received), "
+          "large_head (a "
           "head past 64 KiB).")),
       rest_cut_slow_head_(rest_cut_.Add({{"reason", "slow_head"}})),
       rest_cut_slow_body_(rest_cut_.Add({{"reason", "slow_body"}})),

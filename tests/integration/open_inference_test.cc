@@ -1093,7 +1093,7 @@ TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
 // it liked, and as many such clients as threads held the port; and it
 // takes any number of header lines. Now a request must arrive within
 // --http_request_timeout_s (its head after the 5 s keep-alive, its body
-// plus 1 s per MiB) and its head within 64 KiB, else its connection is
+// plus 1 s per MiB received) and its head within 64 KiB, else its connection is
 // closed and its thread serves the next one.
 TEST(OpenInferenceSlowSenderTest, SlowOrEndlessRequestsAreClosed) {
   common::LayerConfig config = common::DefaultDemoConfig();
@@ -1131,10 +1131,12 @@ TEST(OpenInferenceSlowSenderTest, SlowOrEndlessRequestsAreClosed) {
     return ended && took < absl::Seconds(40) ? took : absl::InfiniteDuration();
   };
 
-  // A body that does not arrive within 2 s (plus 1 s per MiB: ~0 here).
+  // A body that does not arrive within 2 s (plus 1 s per MiB received:
+  // ~0 here). Its head announces 50 MB: were the time earned by the
+  // announced length (it was), the trickle would hold its thread for 50 s.
   const absl::Duration body = trickle(
       "POST /v2/models/oip-slow/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-      "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{");
+      "Content-Type: application/json\r\nContent-Length: 50000000\r\n\r\n{");
   EXPECT_GE(body, absl::Milliseconds(1500));
   EXPECT_LT(body, absl::Seconds(10));
 

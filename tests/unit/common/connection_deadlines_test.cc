@@ -19,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "testing/loopback.h"
@@ -154,23 +155,69 @@ TEST_F(ConnectionDeadlinesTest, AConnectionBeingServedHasNoDeadline) {
   EXPECT_EQ(cuts[0].stage, ConnectionDeadlines::Stage::kHead);
 }
 
-TEST_F(ConnectionDeadlinesTest, ABodyGetsItsDeadlinePlusItsLengthAtTheRate) {
+// A body earns one second per `body_bytes_per_second` of it received, not
+// of its announced length: a client that announces a large body and sends
+// nothing (or a byte now and then) is cut after the body's deadline alone,
+// as it would have held its thread for the whole length's time; one that
+// keeps to the rate is not cut while it sends.
+TEST_F(ConnectionDeadlinesTest, ABodyEarnsTimeAsItsBytesCome) {
   ConnectionDeadlines::Options options = Short();
   options.body_bytes_per_second = 1000;
   Start(options);
-  const int fd = Connect();
-  absl::Duration waited;
+  // Reads until the connection ends; how long that took, and the bytes.
+  auto drain = [](int fd, int64_t* bytes) {
+    const absl::Time start = absl::Now();
+    char chunk[4096];
+    for (ssize_t n; (n = recv(fd, chunk, sizeof(chunk), 0)) > 0;) *bytes += n;
+    return absl::Now() - start;
+  };
+
+  // 10,000 bytes announced (10.3 s under a rule by length), none sent.
+  int fd = Connect();
+  absl::Duration silent;
+  int64_t bytes = 0;
   std::thread(deadlines_->Track([&] {
-    // 300 ms plus 1,000 bytes at 1,000 bytes a second.
-    ConnectionDeadlines::BodyNext(1000);
-    waited = ReadUntilEnd(fd);
+    ConnectionDeadlines::BodyNext(10'000);
+    silent = drain(fd, &bytes);
   })).join();
   close(fd);
-  EXPECT_GE(waited, absl::Milliseconds(1200));
-  EXPECT_LT(waited, absl::Seconds(6));
-  const auto cuts = Cuts(1);
+  EXPECT_GE(silent, absl::Milliseconds(250));
+  EXPECT_LT(silent, absl::Seconds(2));
+  auto cuts = Cuts(1);
   ASSERT_EQ(cuts.size(), 1u);
   EXPECT_EQ(cuts[0].stage, ConnectionDeadlines::Stage::kBody);
+  EXPECT_EQ(cuts[0].why,
+            "its request's body was not in within 300ms of its head (0 of its "
+            "10000 bytes came)");
+  close(client_);
+
+  // 2,000 bytes in 1 s (twice the rate), then nothing: cut 300 ms plus
+  // 2 s after the body began.
+  fd = Connect();
+  absl::Duration paced;
+  bytes = 0;
+  absl::Notification body_next;
+  std::thread server(deadlines_->Track([&] {
+    ConnectionDeadlines::BodyNext(10'000);
+    body_next.Notify();
+    paced = drain(fd, &bytes);
+  }));
+  body_next.WaitForNotification();
+  const std::string hundred(100, 'b');
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_EQ(send(client_, hundred.data(), hundred.size(), MSG_NOSIGNAL), 100);
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  server.join();
+  close(fd);
+  EXPECT_EQ(bytes, 2000);
+  EXPECT_GE(paced, absl::Milliseconds(2000));
+  EXPECT_LT(paced, absl::Seconds(5));
+  cuts = Cuts(2);
+  ASSERT_EQ(cuts.size(), 2u);
+  EXPECT_EQ(cuts[1].why,
+            "its request's body was not in within 2.3s of its head (2000 of "
+            "its 10000 bytes came)");
 }
 
 TEST_F(ConnectionDeadlinesTest, AConnectionWaitingForAThreadHasNoDeadlineYet) {
