@@ -340,8 +340,53 @@ inference::ServerMetadataResponse OipServerMetadata(absl::string_view version) {
   m.set_name(kPlatform);
   m.set_version(std::string(version));
   m.add_extensions("binary_tensor_data");
+  m.add_extensions("model_configuration");
   m.add_extensions("statistics");
   return m;
+}
+
+namespace {
+
+// Triton's DataType of an Open Inference Protocol datatype.
+inference::DataType ConfigType(absl::string_view datatype) {
+  static constexpr std::pair<const char*, inference::DataType> kTypes[] = {
+      {"BOOL", inference::TYPE_BOOL},     {"UINT8", inference::TYPE_UINT8},
+      {"UINT16", inference::TYPE_UINT16}, {"UINT32", inference::TYPE_UINT32},
+      {"UINT64", inference::TYPE_UINT64}, {"INT8", inference::TYPE_INT8},
+      {"INT16", inference::TYPE_INT16},   {"INT32", inference::TYPE_INT32},
+      {"INT64", inference::TYPE_INT64},   {"FP16", inference::TYPE_FP16},
+      {"FP32", inference::TYPE_FP32},     {"FP64", inference::TYPE_FP64},
+      {"BYTES", inference::TYPE_STRING},  {"BF16", inference::TYPE_BF16}};
+  for (const auto& [name, type] : kTypes) {
+    if (datatype == name) return type;
+  }
+  return inference::TYPE_INVALID;
+}
+
+}  // namespace
+
+inference::ModelConfigResponse OipModelConfig(
+    const inference::ModelMetadataResponse& metadata) {
+  inference::ModelConfigResponse response;
+  inference::ModelConfig& config = *response.mutable_config();
+  config.set_name(metadata.name());
+  config.set_platform(metadata.platform());
+  config.set_backend(metadata.platform());
+  config.set_max_batch_size(0);
+  for (const auto& in : metadata.inputs()) {
+    inference::ModelInput* input = config.add_input();
+    input->set_name(in.name());
+    input->set_data_type(ConfigType(in.datatype()));
+    *input->mutable_dims() = in.shape();
+    input->set_optional(in.name() != "x");
+  }
+  for (const auto& out : metadata.outputs()) {
+    inference::ModelOutput* output = config.add_output();
+    output->set_name(out.name());
+    output->set_data_type(ConfigType(out.datatype()));
+    *output->mutable_dims() = out.shape();
+  }
+  return response;
 }
 
 absl::StatusOr<inference::ModelStatisticsResponse> OipModelStatistics(

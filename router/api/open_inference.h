@@ -45,9 +45,17 @@ absl::StatusOr<int> FindOipModel(const common::ModelSpec& spec,
 
 // ServerMetadata: name "moe-serve", `version`, and the protocol's
 // extensions served ("binary_tensor_data": REST bodies may carry tensors
-// as bytes after their JSON, docs/open_inference.md; "statistics": each
-// model's counts and durations).
+// as bytes after their JSON, docs/open_inference.md; "model_configuration":
+// Triton's configuration of each model; "statistics": each model's counts
+// and durations).
 inference::ServerMetadataResponse OipServerMetadata(absl::string_view version);
+
+// Triton's model configuration of a model, from its metadata: its name,
+// platform and backend "moe-serve", max_batch_size 0 (the dims give every
+// dimension, the batch's too), and its inputs (second_choice_uniforms
+// optional) and outputs with Triton's data types (TYPE_FP32, TYPE_INT64).
+inference::ModelConfigResponse OipModelConfig(
+    const inference::ModelMetadataResponse& metadata);
 
 // The statistics extension's answer: every model of `spec` (version
 // `fingerprint`), or the one `request` names (FindOipModel: NotFound for

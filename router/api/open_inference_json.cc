@@ -514,6 +514,32 @@ Json DurationJson(const inference::StatisticDuration& d) {
 
 }  // namespace
 
+std::string ModelConfigToJson(const inference::ModelConfigResponse& r) {
+  const inference::ModelConfig& c = r.config();
+  Json inputs = Json::array();
+  for (const auto& in : c.input()) {
+    inputs.push_back(
+        {{"name", in.name()},
+         {"data_type", inference::DataType_Name(in.data_type())},
+         {"format", inference::ModelInput::Format_Name(in.format())},
+         {"dims", std::vector<int64_t>(in.dims().begin(), in.dims().end())},
+         {"optional", in.optional()}});
+  }
+  Json outputs = Json::array();
+  for (const auto& out : c.output()) {
+    outputs.push_back(
+        {{"name", out.name()},
+         {"data_type", inference::DataType_Name(out.data_type())},
+         {"dims", std::vector<int64_t>(out.dims().begin(), out.dims().end())}});
+  }
+  return Dump({{"name", c.name()},
+               {"platform", c.platform()},
+               {"backend", c.backend()},
+               {"max_batch_size", c.max_batch_size()},
+               {"input", std::move(inputs)},
+               {"output", std::move(outputs)}});
+}
+
 std::string ModelStatisticsToJson(const inference::ModelStatisticsResponse& r) {
   Json models = Json::array();
   for (const auto& m : r.model_stats()) {

@@ -81,6 +81,13 @@ absl::StatusOr<inference::RepositoryIndexRequest> RepositoryIndexFromJson(
     absl::string_view body);
 std::string RepositoryIndexToJson(const inference::RepositoryIndexResponse& r);
 
+// Triton's REST form of a model's configuration (GET /v2/models/NAME
+// [/versions/VERSION]/config): {"name", "platform", "backend",
+// "max_batch_size", "input": [{"name", "data_type": "TYPE_FP32", "format":
+// "FORMAT_NONE", "dims": [...], "optional"}], "output": [{"name",
+// "data_type", "dims"}]}.
+std::string ModelConfigToJson(const inference::ModelConfigResponse& r);
+
 // The statistics extension's REST answer (GET /v2/models[/NAME[/versions/
 // VERSION]]/stats, as Triton serves it): {"model_stats": [{"name",
 // "version", "last_inference", "inference_count", "execution_count",

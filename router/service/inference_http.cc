@@ -547,6 +547,18 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
   };
   http.Get("/v2/models/stats", stats);
   http.Get(std::string(kModel) + "/stats", stats);
+  http.Get(std::string(kModel) + "/config",
+           [router](const httplib::Request& req, httplib::Response& res) {
+             absl::Status status = Authorize(*router, req);
+             absl::StatusOr<int> layer = status.ok()
+                                             ? Model(*router, req)
+                                             : absl::StatusOr<int>(status);
+             if (!layer.ok()) return Reply(res, layer.status());
+             const ModelEngine& model = router->runner().model();
+             res.set_content(ModelConfigToJson(OipModelConfig(OipModelMetadata(
+                                 model.spec(), model.fingerprint(), *layer))),
+                             kJson);
+           });
   http.Get(std::string(kModel) + "/ready",
            [router](const httplib::Request& req, httplib::Response& res) {
              absl::StatusOr<int> layer = Model(*router, req);
@@ -695,7 +707,8 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
                            common::QuoteForLog(req.path, 128),
                            "; this router serves GET /v2, /v2/health/live, "
                            "/v2/health/ready, "
-                           "/v2/models/{model}[/versions/{version}][/ready], "
+                           "/v2/models/{model}[/versions/{version}][/ready|"
+                           "/config], "
                            "/v2/models[/{model}[/versions/{version}]]/stats "
                            "and POST "
                            "/v2/models/{model}[/versions/{version}]/infer, "

@@ -152,6 +152,21 @@ grpc::ServerUnaryReactor* InferenceService::ModelMetadata(
   return Answer(context, absl::OkStatus());
 }
 
+grpc::ServerUnaryReactor* InferenceService::ModelConfig(
+    grpc::CallbackServerContext* context,
+    const inference::ModelConfigRequest* request,
+    inference::ModelConfigResponse* response) {
+  absl::Status status = router_->Authorize(*context);
+  if (!status.ok()) return Answer(context, status);
+  const ModelEngine& model = router_->runner().model();
+  absl::StatusOr<int> layer = FindOipModel(model.spec(), model.fingerprint(),
+                                           request->name(), request->version());
+  if (!layer.ok()) return Answer(context, layer.status());
+  *response = OipModelConfig(
+      OipModelMetadata(model.spec(), model.fingerprint(), *layer));
+  return Answer(context, absl::OkStatus());
+}
+
 grpc::ServerUnaryReactor* InferenceService::ModelInfer(
     grpc::CallbackServerContext* context,
     const inference::ModelInferRequest* request,

@@ -6,8 +6,9 @@
 // the same bits of y. ServerLive, ServerReady and ModelReady need no token
 // (like grpc.health.v1); ServerMetadata, ModelMetadata, ModelInfer and
 // RepositoryIndex (Triton's and MLServer's, read-only) need one when the
-// router has tokens, as does ModelStatistics (Triton's statistics
-// extension: each layer's counts and durations). Errors: unknown model or
+// router has tokens, as do ModelStatistics (Triton's statistics
+// extension: each layer's counts and durations) and ModelConfig (Triton's
+// model configuration, from the metadata). Errors: unknown model or
 // version NOT_FOUND, bad input INVALID_ARGUMENT naming the tensor, overload
 // RESOURCE_EXHAUSTED, not ready UNAVAILABLE.
 #pragma once
@@ -71,6 +72,10 @@ class InferenceService final
       grpc::CallbackServerContext* context,
       const inference::RepositoryIndexRequest* request,
       inference::RepositoryIndexResponse* response) override;
+  grpc::ServerUnaryReactor* ModelConfig(
+      grpc::CallbackServerContext* context,
+      const inference::ModelConfigRequest* request,
+      inference::ModelConfigResponse* response) override;
   grpc::ServerUnaryReactor* ModelStatistics(
       grpc::CallbackServerContext* context,
       const inference::ModelStatisticsRequest* request,

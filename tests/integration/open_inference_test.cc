@@ -191,7 +191,8 @@ TEST_F(OpenInferenceIntegrationTest,
     EXPECT_EQ(metadata.name(), "moe-serve");
     EXPECT_EQ(std::vector<std::string>(metadata.extensions().begin(),
                                        metadata.extensions().end()),
-              (std::vector<std::string>{"binary_tensor_data", "statistics"}));
+              (std::vector<std::string>{"binary_tensor_data",
+                                        "model_configuration", "statistics"}));
   }
   {
     // RepositoryIndex (Triton's, MLServer's): both layers, ready, their
@@ -469,6 +470,74 @@ TEST_F(OpenInferenceIntegrationTest, StatisticsCountEachLayersCalls) {
       404);
 }
 
+// Triton's model configuration (ModelConfig, GET .../config), which
+// perf_analyzer reads before it sends: the metadata's tensors with Triton's
+// types, max_batch_size 0 (x's dims carry the batch).
+TEST_F(OpenInferenceIntegrationTest,
+       ModelConfigDescribesEachLayerAsTritonDoes) {
+  auto config = [&](const std::string& name, const std::string& version,
+                    inference::ModelConfigResponse* out, bool token = true) {
+    grpc::ClientContext context;
+    if (token) WithToken(&context);
+    inference::ModelConfigRequest request;
+    request.set_name(name);
+    request.set_version(version);
+    return stub_->ModelConfig(&context, request, out);
+  };
+  inference::ModelConfigResponse response;
+  ASSERT_TRUE(config("layers.1.ff", "", &response).ok());
+  const inference::ModelConfig& c = response.config();
+  EXPECT_EQ(c.name(), "layers.1.ff");
+  EXPECT_EQ(c.platform(), "moe-serve");
+  EXPECT_EQ(c.backend(), "moe-serve");
+  EXPECT_EQ(c.max_batch_size(), 0);
+  ASSERT_EQ(c.input_size(), 2);
+  EXPECT_EQ(c.input(0).name(), "x");
+  EXPECT_EQ(c.input(0).data_type(), inference::TYPE_FP32);
+  EXPECT_EQ(
+      std::vector<int64_t>(c.input(0).dims().begin(), c.input(0).dims().end()),
+      (std::vector<int64_t>{-1, -1, 64}));
+  EXPECT_FALSE(c.input(0).optional());
+  EXPECT_EQ(c.input(1).name(), "second_choice_uniforms");
+  EXPECT_TRUE(c.input(1).optional());
+  std::vector<std::string> outputs;
+  for (const auto& o : c.output()) {
+    outputs.push_back(
+        absl::StrCat(o.name(), " ", inference::DataType_Name(o.data_type())));
+  }
+  EXPECT_EQ(outputs,
+            (std::vector<std::string>{
+                "y TYPE_FP32", "balance_loss TYPE_FP32",
+                "router_z_loss TYPE_FP32", "total_aux_loss TYPE_FP32",
+                "kept_per_expert TYPE_INT64", "dropped_tokens TYPE_INT64"}));
+  EXPECT_EQ(c.output(4).dims(0), 8);  // an entry per expert
+  EXPECT_EQ(config("layers.1.ff", "", &response, /*token=*/false).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(config("layers.9.ff", "", &response).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(config("layers.1.ff", "sha256:0", &response).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+
+  httplib::Client http("127.0.0.1", http_port_);
+  const httplib::Headers token = {
+      {"Authorization", absl::StrCat("Bearer ", kToken)}};
+  EXPECT_EQ(http.Get("/v2/models/layers.0.ff/config")->status, 401);
+  auto rest = http.Get("/v2/models/layers.0.ff/config", token);
+  ASSERT_TRUE(rest);
+  ASSERT_EQ(rest->status, 200) << rest->body;
+  const nlohmann::json j = nlohmann::json::parse(rest->body);
+  EXPECT_EQ(j["name"], "layers.0.ff");
+  EXPECT_EQ(j["max_batch_size"], 0);
+  EXPECT_EQ(j["input"][0]["name"], "x");
+  EXPECT_EQ(j["input"][0]["data_type"], "TYPE_FP32");
+  EXPECT_EQ(j["input"][0]["format"], "FORMAT_NONE");
+  EXPECT_EQ(j["input"][0]["dims"], nlohmann::json::array({-1, -1, 64}));
+  EXPECT_EQ(j["input"][1]["optional"], true);
+  EXPECT_EQ(j["output"][5]["name"], "dropped_tokens");
+  EXPECT_EQ(j["output"][5]["data_type"], "TYPE_INT64");
+  EXPECT_EQ(http.Get("/v2/models/layers.9.ff/config", token)->status, 404);
+}
+
 // The REST form: health without a token, metadata and infer with one, y
 // (JSON numbers) bit for bit Forward's, errors as {"error": ...} with the
 // protocol's HTTP codes.
@@ -489,7 +558,7 @@ TEST_F(OpenInferenceIntegrationTest, RestServesTheSameModelsAndBits) {
   EXPECT_EQ(nlohmann::json::parse(no_path->body)["error"],
             "no such path: GET \"/v2/models\"; this router serves GET /v2, "
             "/v2/health/live, /v2/health/ready, "
-            "/v2/models/{model}[/versions/{version}][/ready], "
+            "/v2/models/{model}[/versions/{version}][/ready|/config], "
             "/v2/models[/{model}[/versions/{version}]]/stats and POST "
             "/v2/models/{model}[/versions/{version}]/infer, "
             "/v2/repository/index");
@@ -723,7 +792,8 @@ TEST_F(OpenInferenceIntegrationTest, RestCarriesTensorsAsBinaryData) {
   ASSERT_TRUE(server);
   ASSERT_EQ(server->status, 200) << server->body;
   EXPECT_EQ(nlohmann::json::parse(server->body)["extensions"],
-            nlohmann::json::array({"binary_tensor_data", "statistics"}));
+            nlohmann::json::array(
+                {"binary_tensor_data", "model_configuration", "statistics"}));
 
   const common::HostTensor x = X();
   const int64_t n = static_cast<int64_t>(x.data.size() / sizeof(float));

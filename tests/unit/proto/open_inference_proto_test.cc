@@ -5,7 +5,7 @@
 // they are transcribed from the specification (and, for RepositoryIndex,
 // from Triton's and MLServer's declaration of it in the same service; for
 // ModelStatistics, from Triton's, less its memory_usage and response_stats
-// fields) and
+// fields; for ModelConfig, Triton's fields that describe these models) and
 // compared with the compiled descriptors, nothing more and nothing less.
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/descriptor.pb.h>
@@ -127,6 +127,17 @@ const std::map<std::string, std::vector<std::string>>& Specification() {
         "7 batch_stats repeated inference.InferBatchStatistics"}},
       {"ModelStatisticsResponse",
        {"1 model_stats repeated inference.ModelStatistics"}},
+      {"ModelInput",
+       {"1 name string", "2 data_type enum", "3 format enum",
+        "4 dims repeated int64", "8 optional bool"}},
+      {"ModelOutput",
+       {"1 name string", "2 data_type enum", "3 dims repeated int64"}},
+      {"ModelConfig",
+       {"1 name string", "2 platform string", "4 max_batch_size int32",
+        "5 input repeated inference.ModelInput",
+        "6 output repeated inference.ModelOutput", "17 backend string"}},
+      {"ModelConfigRequest", {"1 name string", "2 version string"}},
+      {"ModelConfigResponse", {"1 config inference.ModelConfig"}},
   };
   return *spec;
 }
@@ -168,6 +179,32 @@ TEST(OpenInferenceProtoTest, MessagesAreTheSpecificationsFieldForField) {
   EXPECT_EQ(messages, static_cast<int>(Specification().size()));
 }
 
+// Triton's enums of the model configuration, value for value.
+TEST(OpenInferenceProtoTest, TheConfigurationsEnumsAreTritons) {
+  auto values = [](const google::protobuf::EnumDescriptor* e) {
+    std::vector<std::string> got;
+    for (int i = 0; i < e->value_count(); ++i) {
+      got.push_back(
+          absl::StrCat(e->value(i)->number(), " ", e->value(i)->name()));
+    }
+    return got;
+  };
+  EXPECT_EQ(
+      values(inference::DataType_descriptor()),
+      (std::vector<std::string>{
+          "0 TYPE_INVALID", "1 TYPE_BOOL", "2 TYPE_UINT8", "3 TYPE_UINT16",
+          "4 TYPE_UINT32", "5 TYPE_UINT64", "6 TYPE_INT8", "7 TYPE_INT16",
+          "8 TYPE_INT32", "9 TYPE_INT64", "10 TYPE_FP16", "11 TYPE_FP32",
+          "12 TYPE_FP64", "13 TYPE_STRING", "14 TYPE_BF16"}));
+  EXPECT_EQ(values(inference::ModelInput::Format_descriptor()),
+            (std::vector<std::string>{"0 FORMAT_NONE", "1 FORMAT_NHWC",
+                                      "2 FORMAT_NCHW"}));
+  EXPECT_EQ(inference::ModelInput::descriptor()
+                ->FindFieldByName("data_type")
+                ->enum_type(),
+            inference::DataType_descriptor());
+}
+
 TEST(OpenInferenceProtoTest, TheServiceIsTheSpecifications) {
   const google::protobuf::ServiceDescriptor* s =
       DescriptorPool::generated_pool()->FindServiceByName(
@@ -187,6 +224,8 @@ TEST(OpenInferenceProtoTest, TheServiceIsTheSpecifications) {
       "inference.RepositoryIndexResponse",
       "ModelStatistics(inference.ModelStatisticsRequest) -> "
       "inference.ModelStatisticsResponse",
+      "ModelConfig(inference.ModelConfigRequest) -> "
+      "inference.ModelConfigResponse",
   };
   std::vector<std::string> got;
   for (int i = 0; i < s->method_count(); ++i) {
