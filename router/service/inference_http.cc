@@ -94,6 +94,27 @@ absl::Status Authorize(const RouterService& router,
   return router.Authorize(req.get_header_value("Authorization"));
 }
 
+// GET of a description that needs the token: `of(router, request)`, the
+// request naming the path's model and version (none on a path without
+// one), answered as `to_json` writes it.
+template <typename Request, typename Of, typename ToJson>
+httplib::Server::Handler TokenGet(RouterService* router, Of of,
+                                  ToJson to_json) {
+  return [router, of, to_json](const httplib::Request& req,
+                               httplib::Response& res) {
+    absl::Status status = Authorize(*router, req);
+    if (!status.ok()) return Reply(res, status);
+    Request request;
+    if (req.matches.size() > 1) {
+      request.set_name(std::string(req.matches[1]));
+      request.set_version(Version(req));
+    }
+    auto answer = of(*router, request);
+    if (!answer.ok()) return Reply(res, answer.status());
+    res.set_content(to_json(*answer), kJson);
+  };
+}
+
 // The most bytes a repository index request's body may have.
 constexpr size_t kMaxIndexBody = 4096;
 
@@ -532,33 +553,15 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
   // The statistics extension: every model's (GET /v2/models/stats, first:
   // the model route below would take "stats" for a model's name), or one
   // model's.
-  auto stats = [router](const httplib::Request& req, httplib::Response& res) {
-    absl::Status status = Authorize(*router, req);
-    if (!status.ok()) return Reply(res, status);
-    inference::ModelStatisticsRequest request;
-    if (req.matches.size() > 1) {
-      request.set_name(std::string(req.matches[1]));
-      request.set_version(Version(req));
-    }
-    absl::StatusOr<inference::ModelStatisticsResponse> answer =
-        ModelStatisticsOf(*router, request);
-    if (!answer.ok()) return Reply(res, answer.status());
-    res.set_content(ModelStatisticsToJson(*answer), kJson);
-  };
-  http.Get("/v2/models/stats", stats);
-  http.Get(std::string(kModel) + "/stats", stats);
+  http.Get("/v2/models/stats",
+           TokenGet<inference::ModelStatisticsRequest>(
+               router, ModelStatisticsOf, ModelStatisticsToJson));
+  http.Get(std::string(kModel) + "/stats",
+           TokenGet<inference::ModelStatisticsRequest>(
+               router, ModelStatisticsOf, ModelStatisticsToJson));
   http.Get(std::string(kModel) + "/config",
-           [router](const httplib::Request& req, httplib::Response& res) {
-             absl::Status status = Authorize(*router, req);
-             absl::StatusOr<int> layer = status.ok()
-                                             ? Model(*router, req)
-                                             : absl::StatusOr<int>(status);
-             if (!layer.ok()) return Reply(res, layer.status());
-             const ModelEngine& model = router->runner().model();
-             res.set_content(ModelConfigToJson(OipModelConfig(OipModelMetadata(
-                                 model.spec(), model.fingerprint(), *layer))),
-                             kJson);
-           });
+           TokenGet<inference::ModelConfigRequest>(router, ModelConfigOf,
+                                                   ModelConfigToJson));
   http.Get(std::string(kModel) + "/ready",
            [router](const httplib::Request& req, httplib::Response& res) {
              absl::StatusOr<int> layer = Model(*router, req);
@@ -566,17 +569,8 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
              res.status = WhyLayerNotReady(*router, *layer).empty() ? 200 : 400;
              res.set_content("{}", kJson);
            });
-  http.Get(
-      kModel, [router](const httplib::Request& req, httplib::Response& res) {
-        absl::Status status = Authorize(*router, req);
-        absl::StatusOr<int> layer =
-            status.ok() ? Model(*router, req) : absl::StatusOr<int>(status);
-        if (!layer.ok()) return Reply(res, layer.status());
-        const ModelEngine& model = router->runner().model();
-        res.set_content(ModelMetadataToJson(OipModelMetadata(
-                            model.spec(), model.fingerprint(), *layer)),
-                        kJson);
-      });
+  http.Get(kModel, TokenGet<inference::ModelMetadataRequest>(
+                       router, ModelMetadataOf, ModelMetadataToJson));
   // A client that asks before it sends its body (`Expect: 100-continue`,
   // as curl does past 1 MiB) is refused before it sends it where the
   // length or the token already refuse the request (counted and logged as

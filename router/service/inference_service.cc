@@ -18,6 +18,19 @@ grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
   return reactor;
 }
 
+// A call that needs the token, answered with `of(router, request)`.
+template <typename Request, typename Response, typename Of>
+grpc::ServerUnaryReactor* AnswerWithToken(const RouterService& router,
+                                          grpc::CallbackServerContext* context,
+                                          const Request& request,
+                                          Response* response, Of of) {
+  absl::Status status = router.Authorize(*context);
+  if (!status.ok()) return Answer(context, status);
+  absl::StatusOr<Response> answer = of(router, request);
+  if (answer.ok()) *response = *std::move(answer);
+  return Answer(context, answer.status());
+}
+
 }  // namespace
 
 // One ModelInfer call: the translated forward, answered in OIP terms.
@@ -85,16 +98,32 @@ absl::StatusOr<inference::ModelStatisticsResponse> ModelStatisticsOf(
       });
 }
 
+absl::StatusOr<inference::ModelMetadataResponse> ModelMetadataOf(
+    const RouterService& router,
+    const inference::ModelMetadataRequest& request) {
+  const ModelEngine& model = router.runner().model();
+  MOE_ASSIGN_OR_RETURN(
+      int layer, FindOipModel(model.spec(), model.fingerprint(), request.name(),
+                              request.version()));
+  return OipModelMetadata(model.spec(), model.fingerprint(), layer);
+}
+
+absl::StatusOr<inference::ModelConfigResponse> ModelConfigOf(
+    const RouterService& router, const inference::ModelConfigRequest& request) {
+  inference::ModelMetadataRequest metadata;
+  metadata.set_name(request.name());
+  metadata.set_version(request.version());
+  MOE_ASSIGN_OR_RETURN(inference::ModelMetadataResponse m,
+                       ModelMetadataOf(router, metadata));
+  return OipModelConfig(m);
+}
+
 grpc::ServerUnaryReactor* InferenceService::ModelStatistics(
     grpc::CallbackServerContext* context,
     const inference::ModelStatisticsRequest* request,
     inference::ModelStatisticsResponse* response) {
-  absl::Status status = router_->Authorize(*context);
-  if (!status.ok()) return Answer(context, status);
-  absl::StatusOr<inference::ModelStatisticsResponse> stats =
-      ModelStatisticsOf(*router_, *request);
-  if (stats.ok()) *response = *std::move(stats);
-  return Answer(context, stats.status());
+  return AnswerWithToken(*router_, context, *request, response,
+                         ModelStatisticsOf);
 }
 
 grpc::ServerUnaryReactor* InferenceService::ServerReady(
@@ -121,12 +150,8 @@ grpc::ServerUnaryReactor* InferenceService::RepositoryIndex(
     grpc::CallbackServerContext* context,
     const inference::RepositoryIndexRequest* request,
     inference::RepositoryIndexResponse* response) {
-  absl::Status status = router_->Authorize(*context);
-  if (!status.ok()) return Answer(context, status);
-  absl::StatusOr<inference::RepositoryIndexResponse> index =
-      RepositoryIndexOf(*router_, *request);
-  if (index.ok()) *response = *std::move(index);
-  return Answer(context, index.status());
+  return AnswerWithToken(*router_, context, *request, response,
+                         RepositoryIndexOf);
 }
 
 grpc::ServerUnaryReactor* InferenceService::ServerMetadata(
@@ -142,29 +167,15 @@ grpc::ServerUnaryReactor* InferenceService::ModelMetadata(
     grpc::CallbackServerContext* context,
     const inference::ModelMetadataRequest* request,
     inference::ModelMetadataResponse* response) {
-  absl::Status status = router_->Authorize(*context);
-  if (!status.ok()) return Answer(context, status);
-  const ModelEngine& model = router_->runner().model();
-  absl::StatusOr<int> layer = FindOipModel(model.spec(), model.fingerprint(),
-                                           request->name(), request->version());
-  if (!layer.ok()) return Answer(context, layer.status());
-  *response = OipModelMetadata(model.spec(), model.fingerprint(), *layer);
-  return Answer(context, absl::OkStatus());
+  return AnswerWithToken(*router_, context, *request, response,
+                         ModelMetadataOf);
 }
 
 grpc::ServerUnaryReactor* InferenceService::ModelConfig(
     grpc::CallbackServerContext* context,
     const inference::ModelConfigRequest* request,
     inference::ModelConfigResponse* response) {
-  absl::Status status = router_->Authorize(*context);
-  if (!status.ok()) return Answer(context, status);
-  const ModelEngine& model = router_->runner().model();
-  absl::StatusOr<int> layer = FindOipModel(model.spec(), model.fingerprint(),
-                                           request->name(), request->version());
-  if (!layer.ok()) return Answer(context, layer.status());
-  *response = OipModelConfig(
-      OipModelMetadata(model.spec(), model.fingerprint(), *layer));
-  return Answer(context, absl::OkStatus());
+  return AnswerWithToken(*router_, context, *request, response, ModelConfigOf);
 }
 
 grpc::ServerUnaryReactor* InferenceService::ModelInfer(

@@ -31,6 +31,15 @@ absl::StatusOr<inference::RepositoryIndexResponse> RepositoryIndexOf(
     const RouterService& router,
     const inference::RepositoryIndexRequest& request);
 
+// A model's metadata, and Triton's configuration of it (router/api/
+// open_inference.h): NOT_FOUND for an unknown model or version; for both
+// edges.
+absl::StatusOr<inference::ModelMetadataResponse> ModelMetadataOf(
+    const RouterService& router,
+    const inference::ModelMetadataRequest& request);
+absl::StatusOr<inference::ModelConfigResponse> ModelConfigOf(
+    const RouterService& router, const inference::ModelConfigRequest& request);
+
 // The statistics extension's answer for `request` (router/api/
 // open_inference.h, OipModelStatistics, over the router's LayerStatistics),
 // for both edges.

@@ -142,6 +142,20 @@ class OpenInferenceIntegrationTest : public ::testing::Test {
     MOE_RETURN_IF_ERROR(proto::EncodeTensor(x, forward.mutable_x()));
     return client::RouterClient::Create(*target_, options)->Forward(forward);
   }
+  // `rpc` for model `name` (version `version`), with the token unless
+  // `token` is false.
+  template <typename Request, typename Response>
+  grpc::Status Named(grpc::Status (inference::GRPCInferenceService::Stub::*rpc)(
+                         grpc::ClientContext*, const Request&, Response*),
+                     const std::string& name, const std::string& version,
+                     Response* out, bool token = true) {
+    grpc::ClientContext context;
+    if (token) WithToken(&context);
+    Request request;
+    request.set_name(name);
+    request.set_version(version);
+    return (stub_.get()->*rpc)(&context, request, out);
+  }
   grpc::Status Call(const inference::ModelInferRequest& request,
                     inference::ModelInferResponse* response,
                     bool token = true) {
@@ -355,12 +369,8 @@ TEST_F(OpenInferenceIntegrationTest, RefusalsCarryTheRightCodes) {
 TEST_F(OpenInferenceIntegrationTest, StatisticsCountEachLayersCalls) {
   auto stats = [&](const std::string& name, const std::string& version,
                    inference::ModelStatisticsResponse* out, bool token = true) {
-    grpc::ClientContext context;
-    if (token) WithToken(&context);
-    inference::ModelStatisticsRequest request;
-    request.set_name(name);
-    request.set_version(version);
-    return stub_->ModelStatistics(&context, request, out);
+    return Named(&inference::GRPCInferenceService::Stub::ModelStatistics, name,
+                 version, out, token);
   };
   inference::ModelStatisticsResponse before;
   ASSERT_TRUE(stats("", "", &before).ok());
@@ -477,12 +487,8 @@ TEST_F(OpenInferenceIntegrationTest,
        ModelConfigDescribesEachLayerAsTritonDoes) {
   auto config = [&](const std::string& name, const std::string& version,
                     inference::ModelConfigResponse* out, bool token = true) {
-    grpc::ClientContext context;
-    if (token) WithToken(&context);
-    inference::ModelConfigRequest request;
-    request.set_name(name);
-    request.set_version(version);
-    return stub_->ModelConfig(&context, request, out);
+    return Named(&inference::GRPCInferenceService::Stub::ModelConfig, name,
+                 version, out, token);
   };
   inference::ModelConfigResponse response;
   ASSERT_TRUE(config("layers.1.ff", "", &response).ok());
