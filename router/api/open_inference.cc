@@ -18,15 +18,20 @@ constexpr char kPlatform[] = "moe-serve";
 // below); it keeps the products of client-sent shapes from overflowing.
 constexpr int64_t kMaxElements = int64_t{1} << 40;
 
+// The datatypes these models' tensors travel in: the protocol's name, the
+// moe.v1 dtype, the bytes of one element, and Triton's model configuration
+// type.
 struct WireType {
   const char* name;
   moe::v1::DType dtype;
   size_t bytes;
+  inference::DataType config;
 };
-constexpr WireType kWireTypes[] = {{"FP32", moe::v1::FLOAT32, 4},
-                                   {"BF16", moe::v1::BFLOAT16, 2},
-                                   {"FP16", moe::v1::FLOAT16, 2},
-                                   {"INT64", moe::v1::INT64, 8}};
+constexpr WireType kWireTypes[] = {
+    {"FP32", moe::v1::FLOAT32, 4, inference::TYPE_FP32},
+    {"BF16", moe::v1::BFLOAT16, 2, inference::TYPE_BF16},
+    {"FP16", moe::v1::FLOAT16, 2, inference::TYPE_FP16},
+    {"INT64", moe::v1::INT64, 8, inference::TYPE_INT64}};
 
 const WireType* ByName(absl::string_view name) {
   for (const WireType& t : kWireTypes) {
@@ -347,20 +352,10 @@ inference::ServerMetadataResponse OipServerMetadata(absl::string_view version) {
 
 namespace {
 
-// Triton's DataType of an Open Inference Protocol datatype.
+// Triton's DataType of a datatype of these models' metadata.
 inference::DataType ConfigType(absl::string_view datatype) {
-  static constexpr std::pair<const char*, inference::DataType> kTypes[] = {
-      {"BOOL", inference::TYPE_BOOL},     {"UINT8", inference::TYPE_UINT8},
-      {"UINT16", inference::TYPE_UINT16}, {"UINT32", inference::TYPE_UINT32},
-      {"UINT64", inference::TYPE_UINT64}, {"INT8", inference::TYPE_INT8},
-      {"INT16", inference::TYPE_INT16},   {"INT32", inference::TYPE_INT32},
-      {"INT64", inference::TYPE_INT64},   {"FP16", inference::TYPE_FP16},
-      {"FP32", inference::TYPE_FP32},     {"FP64", inference::TYPE_FP64},
-      {"BYTES", inference::TYPE_STRING},  {"BF16", inference::TYPE_BF16}};
-  for (const auto& [name, type] : kTypes) {
-    if (datatype == name) return type;
-  }
-  return inference::TYPE_INVALID;
+  const WireType* type = ByName(datatype);
+  return type == nullptr ? inference::TYPE_INVALID : type->config;
 }
 
 }  // namespace
