@@ -5,12 +5,14 @@
 #include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstddef>
 #include <cstring>
 #include <utility>
@@ -235,6 +237,47 @@ void ConnectionDeadlines::Answered() {
   if (current.owner == nullptr) return;
   current.owner->SetStage(static_cast<Connection*>(current.connection),
                           Stage::kHead, current.owner->options_.head);
+}
+
+int64_t ConnectionDeadlines::Linger(absl::Duration quiet,
+                                    absl::Duration total) {
+  if (current.owner == nullptr) return 0;
+  auto* connection = static_cast<Connection*>(current.connection);
+  const int fd = connection->fd;
+  if (fd < 0) return 0;
+  Serving();
+  // The write side only: a connection whose server shut down reading is
+  // reset by the next byte it receives.
+  shutdown(fd, SHUT_WR);
+  const absl::Time end = absl::Now() + total;
+  int64_t dropped = 0;
+  char scratch[64 << 10];
+  absl::Time heard = absl::Now();
+  // Waits of at most 100 ms, so that StopLingering is heard.
+  while (!current.owner->lingering_stopped_.load(std::memory_order_relaxed)) {
+    const absl::Time now = absl::Now();
+    const absl::Duration left = std::min(heard + quiet, end) - now;
+    if (left <= absl::ZeroDuration()) break;  // quiet, or the total
+    pollfd in{fd, POLLIN, 0};
+    const int ready = poll(&in, 1,
+                           static_cast<int>(absl::ToInt64Milliseconds(
+                               std::min(left, absl::Milliseconds(100)))) +
+                               1);
+    if (ready == 0 || (ready < 0 && errno == EINTR)) continue;
+    if (ready < 0) break;
+    const ssize_t n = recv(fd, scratch, sizeof(scratch), MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      continue;
+    }
+    if (n <= 0) break;  // the client's end, or the connection's
+    dropped += n;
+    heard = absl::Now();
+  }
+  return dropped;
+}
+
+void ConnectionDeadlines::StopLingering() {
+  lingering_stopped_.store(true, std::memory_order_relaxed);
 }
 
 int ConnectionDeadlines::tracked() const {

@@ -49,6 +49,7 @@
 //   ConnectionDeadlines::BodyNext(content_length);
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <list>
@@ -115,6 +116,22 @@ class ConnectionDeadlines {
   static void Serving();
   // The answer is made: its write and the next request's head come next.
   static void Answered();
+  // On the thread serving a tracked connection, once an answer that
+  // closes it is written and before the server closes it: ends the
+  // server's side (the client reads the answer, then the end) and reads
+  // and drops what the client still sends, until it closes its side,
+  // `quiet` passes without a byte, or `total` has passed (Apache's and
+  // nginx's lingering close). Returns the bytes dropped (0 on a thread
+  // serving no tracked connection). Without it, a client still sending a
+  // body the answer refused is reset (Linux resets a connection that
+  // receives data after its server shut down reading, or that closes
+  // with bytes unread), and the reset can reach the client before it
+  // reads the answer: "broken pipe" or "connection reset" where a 413
+  // was written. The connection has no deadline meanwhile.
+  static int64_t Linger(absl::Duration quiet, absl::Duration total);
+  // Ends every Linger now and to come (at most 100 ms later): call it
+  // before the server stops, which waits for its connections' threads.
+  void StopLingering();
 
   // Connections tracked now (served or waiting for a thread), and those
   // Track could not find or keep a duplicate of (served without
@@ -166,6 +183,7 @@ class ConnectionDeadlines {
   absl::flat_hash_set<uint64_t> others_ ABSL_GUARDED_BY(mu_);
   int64_t untracked_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<bool> lingering_stopped_{false};
   std::thread watchdog_;
 };
 

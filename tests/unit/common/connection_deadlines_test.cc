@@ -334,10 +334,88 @@ TEST_F(ConnectionDeadlinesTest, BytesNotYetReadAreNotTheHeads) {
   EXPECT_TRUE(Cuts(0).empty());
 }
 
+// An answer that refuses a body still coming (a 413 from the head), then
+// the close: the server lingers, so the client that sends all of its body
+// before it reads (Python's http.client) sends all of it and reads the
+// answer and the end. Closed at once (as before Linger), the same client's
+// sends failed with a reset and the answer was lost.
+TEST_F(ConnectionDeadlinesTest, ALingerDropsWhatTheClientStillSends) {
+  ConnectionDeadlines::Options options = Short();
+  options.head = absl::Seconds(20);
+  Start(options);
+  const int fd = Connect();
+  const std::string answer = "HTTP/1.1 413 Payload Too Large\r\n\r\n";
+  int64_t dropped = -1;
+  absl::Duration lingered;
+  std::thread thread(deadlines_->Track([&] {
+    ConnectionDeadlines::Answered();
+    ASSERT_TRUE(testing::SendAll(fd, answer));
+    const absl::Time start = absl::Now();
+    dropped = ConnectionDeadlines::Linger(absl::Seconds(5), absl::Seconds(20));
+    lingered = absl::Now() - start;
+    shutdown(fd, SHUT_RDWR);
+    close(fd);
+  }));
+  // 32 MiB: more than both sides' buffers hold, so that most of it is
+  // sent after the answer.
+  const std::string chunk(1 << 20, 'b');
+  for (int i = 0; i < 32; ++i) {
+    if (!testing::SendAll(client_, chunk)) {
+      ADD_FAILURE() << "send " << i << ": " << strerror(errno);
+      break;
+    }
+  }
+  std::string got(answer.size(), '\0');
+  EXPECT_EQ(recv(client_, got.data(), got.size(), MSG_WAITALL),
+            static_cast<ssize_t>(answer.size()));
+  EXPECT_EQ(got, answer);
+  char byte;
+  EXPECT_EQ(recv(client_, &byte, 1, 0), 0);  // the server's end
+  close(client_);
+  client_ = -1;
+  thread.join();
+  EXPECT_EQ(dropped, 32 << 20);
+  EXPECT_LT(lingered, absl::Seconds(5));  // ended by the client's close
+  EXPECT_TRUE(Cuts(0).empty());
+}
+
+// A client that neither sends nor closes: the linger ends after `quiet`;
+// StopLingering ends one at once.
+TEST_F(ConnectionDeadlinesTest, ALingerEndsWhenQuietOrStopped) {
+  Start(Short());
+  const int fd = Connect();
+  absl::Duration quiet, stopped;
+  absl::Notification second;
+  std::thread thread(deadlines_->Track([&] {
+    absl::Time start = absl::Now();
+    EXPECT_EQ(
+        ConnectionDeadlines::Linger(absl::Milliseconds(300), absl::Seconds(20)),
+        0);
+    quiet = absl::Now() - start;
+    second.Notify();
+    start = absl::Now();
+    EXPECT_EQ(ConnectionDeadlines::Linger(absl::Seconds(20), absl::Seconds(20)),
+              0);
+    stopped = absl::Now() - start;
+    close(fd);
+  }));
+  second.WaitForNotification();
+  absl::SleepFor(absl::Milliseconds(200));
+  deadlines_->StopLingering();
+  thread.join();
+  EXPECT_GE(quiet, absl::Milliseconds(290));
+  EXPECT_LT(quiet, absl::Seconds(3));
+  EXPECT_GE(stopped, absl::Milliseconds(150));
+  EXPECT_LT(stopped, absl::Seconds(3));
+  // Past the head's deadline (300 ms) while it lingered: no cut.
+  EXPECT_TRUE(Cuts(0).empty());
+}
+
 TEST_F(ConnectionDeadlinesTest, StagesOnAThreadServingNoConnectionDoNothing) {
   ConnectionDeadlines::BodyNext(10);
   ConnectionDeadlines::Serving();
   ConnectionDeadlines::Answered();
+  EXPECT_EQ(ConnectionDeadlines::Linger(absl::Seconds(5), absl::Seconds(5)), 0);
   Start(Short());
   // Nothing accepted on the port: nothing to track; served without one.
   bool served = false;
