@@ -28,6 +28,7 @@
 #include "router/combine.h"
 #include "router/dispatch_plan.h"
 #include "router/engine/layer_engine.h"
+#include "router/service/layer_statistics.h"
 #include "router/top2_gating.h"
 
 namespace moe {
@@ -337,6 +338,57 @@ void BM_RestJsonAnswer(benchmark::State& state) {
   state.counters["body_bytes"] = static_cast<double>(bytes);
 }
 BENCHMARK(BM_RestJsonAnswer)->Arg(32)->Arg(256)->Unit(benchmark::kMillisecond);
+
+// What the statistics extension adds to each answered call: one Record
+// of a layer (its mutex, the sums, the batch size's entry), alone and with
+// a second thread recording the same layer (two forward threads answering
+// one layer's calls), and one statistics request of 4 layers filled.
+void BM_LayerStatisticsRecord(benchmark::State& state) {
+  // Made by the first thread before the loop, whose start is a barrier.
+  static std::unique_ptr<router::LayerStatistics> statistics;
+  if (state.thread_index() == 0) {
+    statistics = std::make_unique<router::LayerStatistics>(4);
+  }
+  router::LayerStatistics::Outcome outcome;
+  outcome.ok = true;
+  outcome.total = absl::Microseconds(800);
+  outcome.queue = absl::Microseconds(20);
+  outcome.input = absl::Microseconds(100);
+  outcome.infer = absl::Microseconds(600);
+  outcome.output = absl::Microseconds(80);
+  int64_t i = 0;
+  for (auto _ : state) {
+    outcome.batch_size = 1 + (i++ & 7);
+    outcome.end = absl::Now();
+    statistics->Record(0, outcome);
+  }
+  if (state.thread_index() == 0) {
+    inference::ModelStatistics stats;
+    statistics->Fill(0, &stats);
+    benchmark::DoNotOptimize(stats.execution_count());
+  }
+}
+BENCHMARK(BM_LayerStatisticsRecord)->Threads(1)->Threads(2)->UseRealTime();
+
+void BM_LayerStatisticsFill(benchmark::State& state) {
+  router::LayerStatistics statistics(4);
+  router::LayerStatistics::Outcome outcome;
+  outcome.ok = true;
+  for (int layer = 0; layer < 4; ++layer) {
+    for (int64_t b = 1; b <= 8; ++b) {
+      outcome.batch_size = b;
+      statistics.Record(layer, outcome);
+    }
+  }
+  for (auto _ : state) {
+    inference::ModelStatisticsResponse response;
+    for (int layer = 0; layer < 4; ++layer) {
+      statistics.Fill(layer, response.add_model_stats());
+    }
+    benchmark::DoNotOptimize(response.model_stats_size());
+  }
+}
+BENCHMARK(BM_LayerStatisticsFill)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace moe
