@@ -21,7 +21,9 @@
 // under a forward's (which crosses two such hops: client -> router ->
 // workers). --rpc=infer sends the same inputs as Open Inference Protocol
 // ModelInfer calls (raw FP32 x, outputs as raw bytes): the other protocol's
-// round trip on the same router.
+// round trip on the same router; --rpc=stream_infer the same requests over
+// one ModelStreamInfer stream per thread (a request written, its answer
+// read, the next written): the round trip without a call's set-up.
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -59,9 +61,10 @@ ABSL_FLAG(bool, all_layers, false,
           "bench: a step is one forward through every layer, in order.");
 ABSL_FLAG(std::string, rpc, "forward",
           "bench: forward (moe.v1.Router/Forward), infer (the Open Inference "
-          "Protocol's ModelInfer, same inputs) or health (grpc.health.v1 "
-          "Check, empty message: gRPC's own unary round trip, for "
-          "comparison).");
+          "Protocol's ModelInfer, same inputs), stream_infer (the same over "
+          "one ModelStreamInfer stream per thread, each request answered "
+          "before the next is written) or health (grpc.health.v1 Check, "
+          "empty message: gRPC's own unary round trip, for comparison).");
 ABSL_FLAG(std::string, json_out, "",
           "bench: also write the results as JSON to this file.");
 
@@ -87,6 +90,7 @@ struct BenchPlan {
   int64_t max_steps = 0;  // 0: until `duration`
   bool health = false;    // --rpc=health: Check calls instead of forwards
   bool infer = false;     // --rpc=infer: ModelInfer calls instead
+  bool stream = false;    // --rpc=stream_infer: over ModelStreamInfer
   std::string token;      // for --rpc=infer's own stub
   // --rpc=infer: the model of each layer of `layers`.
   std::vector<std::string> models;
@@ -142,12 +146,16 @@ int64_t SlowestWorkerBytes(
 absl::StatusOr<BenchPlan> PlanFromFlags(const moe::v1::ModelInfo& info) {
   BenchPlan plan;
   const std::string rpc = absl::GetFlag(FLAGS_rpc);
-  if (rpc != "forward" && rpc != "health" && rpc != "infer") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--rpc must be forward, infer or health, not \"", rpc, "\""));
+  if (rpc != "forward" && rpc != "health" && rpc != "infer" &&
+      rpc != "stream_infer") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--rpc must be forward, infer, stream_infer or health, "
+                     "not \"",
+                     rpc, "\""));
   }
   plan.health = rpc == "health";
-  plan.infer = rpc == "infer";
+  plan.stream = rpc == "stream_infer";
+  plan.infer = rpc == "infer" || plan.stream;
   plan.concurrency = std::max(1, absl::GetFlag(FLAGS_concurrency));
   plan.duration = absl::Seconds(absl::GetFlag(FLAGS_duration));
   plan.max_steps = absl::GetFlag(FLAGS_requests);
@@ -341,11 +349,42 @@ void InferLoadThread(const BenchPlan& plan, client::RouterClient& client, int t,
     }
   }
   std::vector<double> steps, trips;
+  // --rpc=stream_infer: one stream for the thread's whole run.
+  grpc::ClientContext stream_context;
+  std::unique_ptr<grpc::ClientReaderWriter<inference::ModelInferRequest,
+                                           inference::ModelStreamInferResponse>>
+      stream;
+  if (plan.stream) {
+    if (!plan.token.empty()) {
+      stream_context.AddMetadata("authorization", "Bearer " + plan.token);
+    }
+    stream = stub->ModelStreamInfer(&stream_context);
+  }
   for (int64_t i = t; MoreSteps(plan, end, tally); i += plan.concurrency) {
     const absl::Time t0 = absl::Now();
     grpc::Status status;
     for (const inference::ModelInferRequest& r :
          requests[i % requests.size()]) {
+      if (stream != nullptr) {
+        inference::ModelStreamInferResponse answer;
+        const absl::Time r0 = absl::Now();
+        if (!stream->Write(r) || !stream->Read(&answer)) {
+          status = stream->Finish();
+          if (status.ok()) {
+            status =
+                grpc::Status(grpc::StatusCode::UNAVAILABLE, "the stream ended");
+          }
+          stream.reset();
+          break;
+        }
+        if (!answer.error_message().empty()) {
+          status =
+              grpc::Status(grpc::StatusCode::UNKNOWN, answer.error_message());
+          break;
+        }
+        trips.push_back(absl::ToDoubleMilliseconds(absl::Now() - r0));
+        continue;
+      }
       grpc::ClientContext context;
       context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
       if (!plan.token.empty()) {
@@ -359,10 +398,15 @@ void InferLoadThread(const BenchPlan& plan, client::RouterClient& client, int t,
     }
     if (!status.ok()) {
       tally.Error(proto::FromGrpcStatus(status));
+      if (plan.stream && stream == nullptr) break;  // the stream is gone
       continue;
     }
     steps.push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
     ++tally.done;
+  }
+  if (stream != nullptr) {
+    stream->WritesDone();
+    stream->Finish();
   }
   tally.Merge(steps, trips, {});
 }
@@ -484,7 +528,10 @@ absl::Status RunBench() {
     std::printf(
         "bench: %s, %s x [%lld, %lld, %lld], %zu layer(s) per step, "
         "concurrency %d, %s\n",
-        target.c_str(), plan.infer ? "ModelInfer" : "Forward",
+        target.c_str(),
+        plan.stream  ? "ModelStreamInfer"
+        : plan.infer ? "ModelInfer"
+                     : "Forward",
         static_cast<long long>(plan.batch), static_cast<long long>(plan.tokens),
         static_cast<long long>(plan.dim), plan.layers.size(), plan.concurrency,
         length.c_str());

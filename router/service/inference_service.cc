@@ -1,8 +1,10 @@
 #include "router/service/inference_service.h"
 
+#include <memory>
 #include <string>
 #include <utility>
 
+#include "absl/synchronization/mutex.h"
 #include "common/status_macros.h"
 #include "moe_version.h"
 #include "proto/grpc_status.h"
@@ -29,6 +31,23 @@ grpc::ServerUnaryReactor* AnswerWithToken(const RouterService& router,
   absl::StatusOr<Response> answer = of(router, request);
   if (answer.ok()) *response = *std::move(answer);
   return Answer(context, answer.status());
+}
+
+// What `request` asks of the served model: the forward into
+// `asked`, the model's name and version; NOT_FOUND for an unknown model,
+// INVALID_ARGUMENT naming what is wrong with its inputs or parameters.
+absl::Status Translate(const RouterService& router,
+                       const inference::ModelInferRequest& request,
+                       OipInferRequest* asked, std::string* model_name,
+                       std::string* version) {
+  const ModelEngine& model = router.runner().model();
+  MOE_ASSIGN_OR_RETURN(
+      int layer, FindOipModel(model.spec(), model.fingerprint(),
+                              request.model_name(), request.model_version()));
+  MOE_ASSIGN_OR_RETURN(*asked, FromModelInfer(request, model.spec(), layer));
+  *model_name = OipModelName(model.spec(), layer);
+  *version = model.fingerprint();
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -183,26 +202,126 @@ grpc::ServerUnaryReactor* InferenceService::ModelInfer(
     const inference::ModelInferRequest* request,
     inference::ModelInferResponse* response) {
   auto* call = new InferCall(context, router_->clock(), request, response);
-  const ModelEngine& model = router_->runner().model();
   absl::Status status = router_->Authorize(*context);
   if (status.ok()) {
-    absl::StatusOr<int> layer =
-        FindOipModel(model.spec(), model.fingerprint(), request->model_name(),
-                     request->model_version());
-    absl::StatusOr<OipInferRequest> asked =
-        layer.ok() ? FromModelInfer(*request, model.spec(), *layer)
-                   : absl::StatusOr<OipInferRequest>(layer.status());
-    if (asked.ok()) {
-      call->asked = std::move(*asked);
-      call->job.LimitTime(call->asked.timeout);
-      call->job.request = std::move(call->asked.forward);
-      call->model_name = OipModelName(model.spec(), *layer);
-      call->version = model.fingerprint();
-    }
-    status = asked.status();
+    status = Translate(*router_, *request, &call->asked, &call->model_name,
+                       &call->version);
+  }
+  if (status.ok()) {
+    call->job.LimitTime(call->asked.timeout);
+    call->job.request = std::move(call->asked.forward);
   }
   router_->Serve(&call->job, std::move(status));
   return call;
+}
+
+// One ModelStreamInfer stream: read a request, serve it, write its answer,
+// read the next; so at most one request of the stream is in flight and
+// Finish comes only between requests (after the client's last, or once a
+// read or write fails: the client went away).
+class InferenceService::StreamCall
+    : public grpc::ServerBidiReactor<inference::ModelInferRequest,
+                                     inference::ModelStreamInferResponse> {
+ public:
+  StreamCall(grpc::CallbackServerContext* context, RouterService* router)
+      : context_(context), router_(router) {
+    absl::Status status = router_->Authorize(*context_);
+    if (!status.ok()) {
+      Finish(proto::ToGrpcStatus(status));
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status::OK);  // the client's last request was answered
+      return;
+    }
+    Serve();
+  }
+  void OnWriteDone(bool ok) override {
+    // The answered job stays until the next request replaces it (its
+    // `done`, which started this write, may still be returning).
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED,
+                          "ModelStreamInfer: the stream closed before an "
+                          "answer was written"));
+      return;
+    }
+    StartRead(&request_);
+  }
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    if (job_ != nullptr) job_->Cancel();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void Serve() {
+    response_.Clear();
+    asked_ = OipInferRequest{};
+    std::string model_name, version;
+    absl::Status status =
+        Translate(*router_, request_, &asked_, &model_name, &version);
+    common::Clock* clock = router_->clock();
+    RouterService::Job* job = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      job_ = std::make_unique<RouterService::Job>(
+          *context_, clock->Now(), "ModelStreamInfer", Protocol::kOipGrpc,
+          [context = context_] { return context->IsCancelled(); },
+          [this, clock, model_name, version]() -> absl::Status {
+            MOE_ASSIGN_OR_RETURN(
+                *response_.mutable_infer_response(),
+                ToModelInfer(&current_->response, asked_, model_name, version,
+                             request_.id(),
+                             clock->Now() >= current_->deadline()));
+            return absl::OkStatus();
+          },
+          [this, model_name, version](absl::Status s) {
+            if (!s.ok()) {
+              response_.Clear();
+              response_.set_error_message(absl::StrCat(
+                  absl::StatusCodeToString(s.code()), ": ", s.message()));
+              inference::ModelInferResponse* r =
+                  response_.mutable_infer_response();
+              r->set_model_name(model_name.empty() ? request_.model_name()
+                                                   : model_name);
+              r->set_model_version(version);
+              r->set_id(request_.id());
+            }
+            StartWrite(&response_);
+          },
+          request_.id());
+      job = job_.get();
+    }
+    current_ = job;
+    if (status.ok()) {
+      job->LimitTime(asked_.timeout);
+      job->request = std::move(asked_.forward);
+    }
+    router_->Serve(job, std::move(status));
+  }
+
+  grpc::CallbackServerContext* const context_;
+  RouterService* const router_;
+  inference::ModelInferRequest request_;
+  inference::ModelStreamInferResponse response_;
+  OipInferRequest asked_;
+  absl::Mutex mu_;
+  // The request in flight, or the last one answered. The lock is
+  // OnCancel's (any thread); the reads and writes of the stream come one
+  // after another, and so do a job's callbacks and its Serve, which read it
+  // through `current_`.
+  std::unique_ptr<RouterService::Job> job_ ABSL_GUARDED_BY(mu_);
+  RouterService::Job* current_ = nullptr;
+};
+
+grpc::ServerBidiReactor<inference::ModelInferRequest,
+                        inference::ModelStreamInferResponse>*
+InferenceService::ModelStreamInfer(grpc::CallbackServerContext* context) {
+  return new StreamCall(context, router_);
 }
 
 }  // namespace moe::router

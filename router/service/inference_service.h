@@ -89,9 +89,21 @@ class InferenceService final
       grpc::CallbackServerContext* context,
       const inference::ModelStatisticsRequest* request,
       inference::ModelStatisticsResponse* response) override;
+  // Triton's streaming inference: the token checked once, when the stream
+  // opens (UNAUTHENTICATED ends it); then each request read, served as
+  // ModelInfer serves one (admission, queue, logs, metrics, statistics
+  // under protocol "oip_grpc") and answered on the stream before the next
+  // is read, so the answers come in the requests' order. A request that
+  // fails is answered with its error_message ("INVALID_ARGUMENT: ...") and
+  // its id, and the stream goes on. The stream's deadline bounds each
+  // request (and a request's own `timeout` parameter, as in ModelInfer).
+  grpc::ServerBidiReactor<inference::ModelInferRequest,
+                          inference::ModelStreamInferResponse>*
+  ModelStreamInfer(grpc::CallbackServerContext* context) override;
 
  private:
   class InferCall;
+  class StreamCall;
 
   RouterService* const router_;
 };

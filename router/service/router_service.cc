@@ -48,6 +48,19 @@ RouterService::Job::Job(grpc::CallbackServerContext* context, absl::Time start,
   context->AddInitialMetadata(common::kRequestIdKey, request_id_);
 }
 
+RouterService::Job::Job(const grpc::CallbackServerContext& stream,
+                        absl::Time start, const char* method, Protocol protocol,
+                        std::function<bool()> cancelled,
+                        std::function<absl::Status()> answer,
+                        std::function<void(absl::Status)> done,
+                        absl::string_view body_id)
+    : Job(start, absl::FromChrono(stream.deadline()), stream.peer(),
+          common::RequestIdOrNew(
+              body_id, CallerMetadata(stream, common::kRequestIdKey),
+              CallerMetadata(stream, common::kTraceparentKey)),
+          std::string(CallerMetadata(stream, common::kTraceparentKey)), method,
+          protocol, std::move(cancelled), std::move(answer), std::move(done)) {}
+
 RouterService::Job::Job(absl::Time start, absl::Time deadline, std::string peer,
                         std::string request_id, std::string traceparent,
                         const char* method, Protocol protocol,

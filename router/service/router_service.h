@@ -138,6 +138,17 @@ class RouterService final
         Protocol protocol, std::function<bool()> cancelled,
         std::function<absl::Status()> answer,
         std::function<void(absl::Status)> done);
+    // The same for one message of a stream, `stream` its call: the
+    // stream's deadline, peer and traceparent; the request ID is
+    // `body_id` when usable (each message names itself), else the
+    // stream's "x-request-id" when usable, else a new one, and is not
+    // added to the stream's metadata (sent once, before the first
+    // answer): the edge's answer carries it. `cancelled`: whether the
+    // stream is.
+    Job(const grpc::CallbackServerContext& stream, absl::Time start,
+        const char* method, Protocol protocol, std::function<bool()> cancelled,
+        std::function<absl::Status()> answer,
+        std::function<void(absl::Status)> done, absl::string_view body_id);
     // The client went away: the forward stops waiting for its workers.
     void Cancel() { waiter_->Cancel(); }
     // The request asks for less time than its transport gives (the Open

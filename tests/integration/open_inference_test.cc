@@ -314,6 +314,117 @@ TEST_F(OpenInferenceIntegrationTest,
   }
 }
 
+// Triton's ModelStreamInfer: requests over one stream answered in turn,
+// each y ModelInfer's bit for bit; a request that fails answered with its
+// error (code and message) and id, the stream going on; the token checked
+// when the stream opens.
+TEST_F(OpenInferenceIntegrationTest, StreamInferAnswersEachRequestInTurn) {
+  std::vector<inference::ModelInferRequest> requests;
+  std::vector<std::string> expected;  // "" for an answer with y
+  for (const char* model : {"layers.0.ff", "layers.1.ff"}) {
+    requests.push_back(Infer(model));
+    requests.back().set_id(absl::StrCat("ok-", model));
+    expected.push_back("");
+  }
+  requests.push_back(Infer("layers.0.ff"));
+  requests.back().set_id("bad-shape");
+  requests.back().mutable_inputs(0)->set_shape(2, 63);
+  expected.push_back("INVALID_ARGUMENT: ");
+  requests.push_back(Infer("layers.9.ff"));
+  requests.back().set_id("no-such-model");
+  expected.push_back("NOT_FOUND: ");
+  requests.push_back(Infer("layers.1.ff"));
+  requests.back().set_id("after-the-errors");
+  expected.push_back("");
+
+  grpc::ClientContext context;
+  WithToken(&context);
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  auto stream = stub_->ModelStreamInfer(&context);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    SCOPED_TRACE(requests[i].id());
+    ASSERT_TRUE(stream->Write(requests[i]));
+    inference::ModelStreamInferResponse answer;
+    ASSERT_TRUE(stream->Read(&answer));
+    EXPECT_EQ(answer.infer_response().id(), requests[i].id());
+    if (!expected[i].empty()) {
+      EXPECT_EQ(answer.error_message().rfind(expected[i], 0), 0u)
+          << answer.error_message();
+      EXPECT_EQ(answer.infer_response().outputs_size(), 0);
+      continue;
+    }
+    EXPECT_EQ(answer.error_message(), "");
+    EXPECT_EQ(answer.infer_response().model_name(), requests[i].model_name());
+    inference::ModelInferResponse unary;
+    ASSERT_TRUE(Call(requests[i], &unary).ok());
+    ASSERT_EQ(answer.infer_response().raw_output_contents_size(),
+              unary.raw_output_contents_size());
+    ASSERT_GT(unary.raw_output_contents_size(), 0);
+    for (int o = 0; o < unary.raw_output_contents_size(); ++o) {
+      EXPECT_EQ(answer.infer_response().raw_output_contents(o),
+                unary.raw_output_contents(o))
+          << "output " << o;
+    }
+  }
+  ASSERT_TRUE(stream->WritesDone());
+  inference::ModelStreamInferResponse extra;
+  EXPECT_FALSE(stream->Read(&extra));
+  const grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+
+  // Several requests written before any answer is read: answered in order.
+  {
+    grpc::ClientContext pipelined;
+    WithToken(&pipelined);
+    auto s = stub_->ModelStreamInfer(&pipelined);
+    for (int i = 0; i < 4; ++i) {
+      inference::ModelInferRequest r =
+          Infer(absl::StrCat("layers.", i % 2, ".ff"));
+      r.set_id(absl::StrCat("p", i));
+      ASSERT_TRUE(s->Write(r));
+    }
+    ASSERT_TRUE(s->WritesDone());
+    for (int i = 0; i < 4; ++i) {
+      inference::ModelStreamInferResponse answer;
+      ASSERT_TRUE(s->Read(&answer));
+      EXPECT_EQ(answer.infer_response().id(), absl::StrCat("p", i));
+      EXPECT_EQ(answer.error_message(), "");
+    }
+    EXPECT_TRUE(s->Finish().ok());
+  }
+
+  // Streams cancelled with a request in flight, or before its answer is
+  // read: each ends CANCELLED (under ASan, nothing of them is touched
+  // after it is freed) and the router serves on.
+  for (int i = 0; i < 20; ++i) {
+    grpc::ClientContext cancelled;
+    WithToken(&cancelled);
+    auto s = stub_->ModelStreamInfer(&cancelled);
+    ASSERT_TRUE(s->Write(requests[i % 2]));
+    if (i % 2 == 1) absl::SleepFor(absl::Milliseconds(5));
+    cancelled.TryCancel();
+    inference::ModelStreamInferResponse answer;
+    while (s->Read(&answer)) {
+    }
+    EXPECT_EQ(s->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  {
+    inference::ModelInferResponse unary;
+    const grpc::Status after = Call(requests[0], &unary);
+    EXPECT_TRUE(after.ok()) << after.error_message();
+  }
+
+  // Without the token the stream ends before any request is read.
+  {
+    grpc::ClientContext anonymous;
+    auto s = stub_->ModelStreamInfer(&anonymous);
+    s->Write(requests[0]);
+    inference::ModelStreamInferResponse answer;
+    EXPECT_FALSE(s->Read(&answer));
+    EXPECT_EQ(s->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+}
+
 TEST_F(OpenInferenceIntegrationTest, RefusalsCarryTheRightCodes) {
   inference::ModelInferResponse response;
   inference::ModelInferRequest unknown = Infer("layers.9.ff");

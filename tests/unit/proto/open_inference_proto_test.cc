@@ -138,6 +138,9 @@ const std::map<std::string, std::vector<std::string>>& Specification() {
         "6 output repeated inference.ModelOutput", "17 backend string"}},
       {"ModelConfigRequest", {"1 name string", "2 version string"}},
       {"ModelConfigResponse", {"1 config inference.ModelConfig"}},
+      {"ModelStreamInferResponse",
+       {"1 error_message string",
+        "2 infer_response inference.ModelInferResponse"}},
   };
   return *spec;
 }
@@ -226,13 +229,16 @@ TEST(OpenInferenceProtoTest, TheServiceIsTheSpecifications) {
       "inference.ModelStatisticsResponse",
       "ModelConfig(inference.ModelConfigRequest) -> "
       "inference.ModelConfigResponse",
+      "ModelStreamInfer(stream inference.ModelInferRequest) -> "
+      "stream inference.ModelStreamInferResponse",
   };
   std::vector<std::string> got;
   for (int i = 0; i < s->method_count(); ++i) {
     const auto* m = s->method(i);
-    EXPECT_FALSE(m->client_streaming() || m->server_streaming()) << m->name();
-    got.push_back(absl::StrCat(m->name(), "(", m->input_type()->full_name(),
-                               ") -> ", m->output_type()->full_name()));
+    got.push_back(absl::StrCat(
+        m->name(), "(", m->client_streaming() ? "stream " : "",
+        m->input_type()->full_name(), ") -> ",
+        m->server_streaming() ? "stream " : "", m->output_type()->full_name()));
   }
   EXPECT_EQ(got, expected);
 }
