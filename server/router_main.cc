@@ -160,6 +160,7 @@ absl::Status Run() {
   }
   // The Open Inference Protocol beside moe.v1.Router, on the same port.
   router::InferenceService inference(service.get());
+  server_options.on_shutdown = [&inference] { inference.EndStreams(); };
   MOE_ASSIGN_OR_RETURN(
       auto server,
       server::ServerRunner::Start(server_options, {service.get(), &inference}));

@@ -269,6 +269,7 @@ void ServerRunner::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
   SetServing(false);
+  if (options_.on_shutdown) options_.on_shutdown();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + options_.grace));
   server_->Wait();
   if (health_server_ != nullptr) {

@@ -18,6 +18,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -86,6 +87,10 @@ struct ServerOptions {
   int health_port = -1;
   std::string health_port_file;
   RpcMetrics* rpc_metrics = nullptr;  // must outlive the runner
+  // Called when the server stops taking calls, before it gives those in
+  // flight `grace`: services with long-lived streams end them between
+  // messages (ModelStreamInfer), rather than serve on until cut at `grace`.
+  std::function<void()> on_shutdown;
 };
 
 // Blocks SIGTERM and SIGINT in the calling thread and every thread it starts

@@ -216,27 +216,45 @@ grpc::ServerUnaryReactor* InferenceService::ModelInfer(
 }
 
 // One ModelStreamInfer stream: read a request, serve it, write its answer,
-// read the next; so at most one request of the stream is in flight and
-// Finish comes only between requests (after the client's last, or once a
-// read or write fails: the client went away).
+// read the next; so at most one request of the stream is in flight. It
+// finishes once: after the client's last request (OK), once a read or
+// write fails (the client went away), or when the service ends its
+// streams (EndStreams: at once while a read waits, which then fails, or
+// after the answer being written).
 class InferenceService::StreamCall
     : public grpc::ServerBidiReactor<inference::ModelInferRequest,
                                      inference::ModelStreamInferResponse> {
  public:
-  StreamCall(grpc::CallbackServerContext* context, RouterService* router)
-      : context_(context), router_(router) {
-    absl::Status status = router_->Authorize(*context_);
+  StreamCall(grpc::CallbackServerContext* context, InferenceService* service)
+      : context_(context), service_(service), router_(service->router_) {}
+
+  // Once registered with the service: starts the stream, or ends it when
+  // the service is ending its streams or the token is wrong.
+  void Start(bool ending) {
+    absl::Status status = ending ? Ending() : router_->Authorize(*context_);
     if (!status.ok()) {
-      Finish(proto::ToGrpcStatus(status));
+      FinishOnce(proto::ToGrpcStatus(status));
       return;
     }
-    StartRead(&request_);
+    Read();
+  }
+  // The service ends its streams.
+  void End() {
+    absl::MutexLock lock(&mu_);
+    ending_ = true;
+    if (reading_) FinishLocked(proto::ToGrpcStatus(Ending()));
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {
-      Finish(grpc::Status::OK);  // the client's last request was answered
-      return;
+    {
+      absl::MutexLock lock(&mu_);
+      reading_ = false;
+      if (finished_) return;  // ended while it waited
+      if (!ok) {
+        // The client's last request was answered.
+        FinishLocked(grpc::Status::OK);
+        return;
+      }
     }
     Serve();
   }
@@ -244,20 +262,59 @@ class InferenceService::StreamCall
     // The answered job stays until the next request replaces it (its
     // `done`, which started this write, may still be returning).
     if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED,
-                          "ModelStreamInfer: the stream closed before an "
-                          "answer was written"));
+      FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED,
+                              "ModelStreamInfer: the stream closed before an "
+                              "answer was written"));
       return;
     }
-    StartRead(&request_);
+    {
+      absl::MutexLock lock(&mu_);
+      if (ending_) {
+        FinishLocked(proto::ToGrpcStatus(Ending()));
+        return;
+      }
+    }
+    Read();
   }
   void OnCancel() override {
     absl::MutexLock lock(&mu_);
     if (job_ != nullptr) job_->Cancel();
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    {
+      absl::MutexLock lock(&service_->mu_);
+      service_->streams_.erase(this);
+    }
+    delete this;
+  }
 
  private:
+  static absl::Status Ending() {
+    return absl::UnavailableError(
+        "ModelStreamInfer: the router is shutting down; open a new stream");
+  }
+  void Read() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (ending_) {
+        FinishLocked(proto::ToGrpcStatus(Ending()));
+        return;
+      }
+      reading_ = true;
+    }
+    StartRead(&request_);
+  }
+  void FinishOnce(const grpc::Status& status) {
+    absl::MutexLock lock(&mu_);
+    FinishLocked(status);
+  }
+  void FinishLocked(const grpc::Status& status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    finished_ = true;
+    Finish(status);
+  }
+
   void Serve() {
     response_.Clear();
     asked_ = OipInferRequest{};
@@ -305,11 +362,15 @@ class InferenceService::StreamCall
   }
 
   grpc::CallbackServerContext* const context_;
+  InferenceService* const service_;
   RouterService* const router_;
   inference::ModelInferRequest request_;
   inference::ModelStreamInferResponse response_;
   OipInferRequest asked_;
   absl::Mutex mu_;
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;  // a read is pending
+  bool ending_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
   // The request in flight, or the last one answered. The lock is
   // OnCancel's (any thread); the reads and writes of the stream come one
   // after another, and so do a job's callbacks and its Serve, which read it
@@ -321,7 +382,24 @@ class InferenceService::StreamCall
 grpc::ServerBidiReactor<inference::ModelInferRequest,
                         inference::ModelStreamInferResponse>*
 InferenceService::ModelStreamInfer(grpc::CallbackServerContext* context) {
-  return new StreamCall(context, router_);
+  auto* stream = new StreamCall(context, this);
+  bool ending = false;
+  {
+    absl::MutexLock lock(&mu_);
+    streams_.insert(stream);
+    ending = ending_;
+  }
+  // An EndStreams from now on reaches it through End().
+  stream->Start(ending);
+  return stream;
+}
+
+void InferenceService::EndStreams() {
+  // Under the lock, so that no stream is deleted meanwhile (OnDone takes
+  // it; gRPC never runs OnDone inline in Finish).
+  absl::MutexLock lock(&mu_);
+  ending_ = true;
+  for (StreamCall* stream : streams_) stream->End();
 }
 
 }  // namespace moe::router

@@ -15,6 +15,9 @@
 
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
 #include "inference/open_inference_grpc.grpc.pb.h"
 #include "router/service/router_service.h"
 
@@ -101,11 +104,22 @@ class InferenceService final
                           inference::ModelStreamInferResponse>*
   ModelStreamInfer(grpc::CallbackServerContext* context) override;
 
+  // The server is shutting down: every stream ends UNAVAILABLE ("open a
+  // new stream") at once when it waits for its next request, else once
+  // the request in flight is answered; a stream opened later ends so at
+  // once. Call when the server stops taking calls (so that a client
+  // holding a stream moves to another router, rather than being served
+  // on until the server's grace cuts its request).
+  void EndStreams();
+
  private:
   class InferCall;
   class StreamCall;
 
   RouterService* const router_;
+  absl::Mutex mu_;
+  bool ending_ ABSL_GUARDED_BY(mu_) = false;
+  absl::flat_hash_set<StreamCall*> streams_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace moe::router

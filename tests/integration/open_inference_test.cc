@@ -1089,6 +1089,55 @@ TEST_F(OpenInferenceIntegrationTest, IdleConnectionsHoldNoOtherClientOff) {
 // a body that does not fit beside those held is answered 429 after its
 // bytes are read and dropped (the connection stays usable), and served once
 // the others are done; a body larger than the whole budget is 413.
+// A router told to stop ends its open streams between requests
+// (UNAVAILABLE, "open a new stream"), rather than serving them on until
+// its grace (30 s here) cuts them, and stops without waiting for them.
+// (It stops about 5 s after the signal when a client's idle channel is
+// still connected, stream or not: gRPC's own shutdown of the connection.)
+TEST(OpenInferenceStreamTest, AStoppingRouterEndsItsStreams) {
+  common::LayerConfig config = common::DefaultDemoConfig();
+  config.dim = 64;
+  config.num_experts = 8;
+  const std::string checkpoint = testing::TempDir() + "/oip-stream.safetensors";
+  ASSERT_TRUE(
+      common::WriteDemoCheckpoint(checkpoint, config, 1, /*seed=*/5).ok());
+  testing::Deployment d(checkpoint, {"0-7"}, {"--grace_seconds=30"});
+  ASSERT_TRUE(d.StartWorker(0).ok()) << d.worker(0).Log();
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
+      d.router_address(), grpc::InsecureChannelCredentials()));
+  inference::ModelInferRequest request;
+  request.set_model_name("oip-stream");
+  auto* x = request.add_inputs();
+  x->set_name("x");
+  x->set_datatype("FP32");
+  for (int64_t n : {1, 4, 64}) x->add_shape(n);
+  request.add_raw_input_contents(
+      common::RandomNormalTensor({1, 4, 64}, 3).data);
+
+  grpc::ClientContext context;
+  auto stream = stub->ModelStreamInfer(&context);
+  ASSERT_TRUE(stream->Write(request));
+  inference::ModelStreamInferResponse answer;
+  ASSERT_TRUE(stream->Read(&answer));
+  ASSERT_EQ(answer.error_message(), "");
+
+  // The stream waits for its next request when the router is told to stop.
+  const absl::Time start = absl::Now();
+  d.router().Signal(SIGTERM);
+  EXPECT_FALSE(stream->Read(&answer));
+  const grpc::Status status = stream->Finish();
+  const absl::Duration ended = absl::Now() - start;
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << status.error_message();
+  EXPECT_NE(status.error_message().find("open a new stream"), std::string::npos)
+      << status.error_message();
+  EXPECT_EQ(d.router().Wait(absl::Seconds(20)), 0) << d.router().Log();
+  const absl::Duration stopped = absl::Now() - start;
+  EXPECT_LT(ended, absl::Seconds(5));
+  EXPECT_LT(stopped, absl::Seconds(15)) << d.router().Log();
+}
+
 TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
   common::LayerConfig config = common::DefaultDemoConfig();
   config.dim = 64;
