@@ -46,6 +46,19 @@
 namespace moe {
 namespace {
 
+// A tiny model (dim 64, 8 experts) of `layers` layers written as
+// TempDir()/NAME.safetensors (a one-layer model is named NAME); its path.
+std::string TinyCheckpoint(const std::string& name, int layers, int seed) {
+  common::LayerConfig config = common::DefaultDemoConfig();
+  config.dim = 64;
+  config.num_experts = 8;
+  const std::string path = testing::TempDir() + "/" + name + ".safetensors";
+  const absl::Status written =
+      common::WriteDemoCheckpoint(path, config, layers, seed);
+  EXPECT_TRUE(written.ok()) << written;
+  return path;
+}
+
 constexpr char kToken[] = "oip-s3cret";
 
 using testing::ConnectLoopback;
@@ -66,13 +79,10 @@ std::string InferJson(const common::HostTensor& x) {
 class OpenInferenceIntegrationTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    common::LayerConfig config = common::DefaultDemoConfig();
-    config.dim = 64;
-    config.num_experts = 8;
     const std::string dir = testing::TempDir();
-    const std::string checkpoint = dir + "/oip-two-layers.safetensors";
-    ASSERT_TRUE(
-        common::WriteDemoCheckpoint(checkpoint, config, 2, /*seed=*/3).ok());
+    const std::string checkpoint =
+        TinyCheckpoint("oip-two-layers", 2, /*seed=*/3);
+    ASSERT_FALSE(::testing::Test::HasFailure());
     const std::string tokens = dir + "/oip-tokens";
     std::ofstream(tokens) << kToken << "\n";
     const std::string port_file = dir + "/oip-up.port";
@@ -1095,12 +1105,8 @@ TEST_F(OpenInferenceIntegrationTest, IdleConnectionsHoldNoOtherClientOff) {
 // (It stops about 5 s after the signal when a client's idle channel is
 // still connected, stream or not: gRPC's own shutdown of the connection.)
 TEST(OpenInferenceStreamTest, AStoppingRouterEndsItsStreams) {
-  common::LayerConfig config = common::DefaultDemoConfig();
-  config.dim = 64;
-  config.num_experts = 8;
-  const std::string checkpoint = testing::TempDir() + "/oip-stream.safetensors";
-  ASSERT_TRUE(
-      common::WriteDemoCheckpoint(checkpoint, config, 1, /*seed=*/5).ok());
+  const std::string checkpoint = TinyCheckpoint("oip-stream", 1, /*seed=*/5);
+  ASSERT_FALSE(HasFailure());
   testing::Deployment d(checkpoint, {"0-7"}, {"--grace_seconds=30"});
   ASSERT_TRUE(d.StartWorker(0).ok()) << d.worker(0).Log();
   ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
@@ -1139,12 +1145,8 @@ TEST(OpenInferenceStreamTest, AStoppingRouterEndsItsStreams) {
 }
 
 TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
-  common::LayerConfig config = common::DefaultDemoConfig();
-  config.dim = 64;
-  config.num_experts = 8;
-  const std::string checkpoint = testing::TempDir() + "/oip-budget.safetensors";
-  ASSERT_TRUE(
-      common::WriteDemoCheckpoint(checkpoint, config, 1, /*seed=*/5).ok());
+  const std::string checkpoint = TinyCheckpoint("oip-budget", 1, /*seed=*/5);
+  ASSERT_FALSE(HasFailure());
   const std::string port_file = testing::TempDir() + "/oip-budget.http.port";
   testing::Deployment d(checkpoint, {"0-7"},
                         {"--http_port=0", "--http_port_file=" + port_file,
@@ -1365,12 +1367,8 @@ TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
 // plus 1 s per MiB received) and its head within 64 KiB, else its connection is
 // closed and its thread serves the next one.
 TEST(OpenInferenceSlowSenderTest, SlowOrEndlessRequestsAreClosed) {
-  common::LayerConfig config = common::DefaultDemoConfig();
-  config.dim = 64;
-  config.num_experts = 8;
-  const std::string checkpoint = testing::TempDir() + "/oip-slow.safetensors";
-  ASSERT_TRUE(
-      common::WriteDemoCheckpoint(checkpoint, config, 1, /*seed=*/5).ok());
+  const std::string checkpoint = TinyCheckpoint("oip-slow", 1, /*seed=*/5);
+  ASSERT_FALSE(HasFailure());
   const std::string port_file = testing::TempDir() + "/oip-slow.http.port";
   testing::Deployment d(checkpoint, {"0-7"},
                         {"--http_port=0", "--http_port_file=" + port_file,
