@@ -1,5 +1,6 @@
 #include "server/server_runner.h"
 
+#include <grpc/grpc.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -11,8 +12,11 @@
 
 #include <algorithm>
 #include <limits>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/notification.h"
 #include "common/cli/command_line.h"
 #include "common/logging.h"
 #include "proto/grpc_logging.h"
@@ -55,6 +59,40 @@ class HealthOnly final : public grpc::CallbackGenericService {
     };
     return new Refusal(context->method());
   }
+};
+
+constexpr absl::string_view kHealthWatch = "/grpc.health.v1.Health/Watch";
+
+// Counts the calls of a server from the moment gRPC hands one to a handler
+// until it ends (gRPC makes an interceptor for each call and destroys it
+// with the call), but for health watches: a watch carries no work, and the
+// stop has told it NOT_SERVING.
+class CallCounter final
+    : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit CallCounter(std::atomic<int64_t>* calls) : calls_(calls) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    if (absl::string_view(info->method()) == kHealthWatch) return nullptr;
+    class Counted final : public grpc::experimental::Interceptor {
+     public:
+      explicit Counted(std::atomic<int64_t>* calls) : calls_(calls) {
+        calls_->fetch_add(1, std::memory_order_relaxed);
+      }
+      ~Counted() override { calls_->fetch_sub(1, std::memory_order_relaxed); }
+      void Intercept(
+          grpc::experimental::InterceptorBatchMethods* methods) override {
+        methods->Proceed();
+      }
+
+     private:
+      std::atomic<int64_t>* calls_;
+    };
+    return new Counted(calls_);
+  }
+
+ private:
+  std::atomic<int64_t>* calls_;
 };
 
 int Millis(absl::Duration d) {
@@ -121,8 +159,12 @@ bool ShutdownRequested(absl::Duration wait) {
 }
 
 ServerRunner::ServerRunner(ServerOptions options,
+                           std::unique_ptr<std::atomic<int64_t>> calls,
                            std::unique_ptr<grpc::Server> server, int port)
-    : options_(std::move(options)), server_(std::move(server)), port_(port) {}
+    : options_(std::move(options)),
+      calls_(std::move(calls)),
+      server_(std::move(server)),
+      port_(port) {}
 
 ServerRunner::~ServerRunner() { Shutdown(); }
 
@@ -161,13 +203,17 @@ absl::StatusOr<std::unique_ptr<ServerRunner>> ServerRunner::Start(
       static_cast<int>(std::min(options.max_receive_bytes, kMaxGrpcBytes)));
   builder.SetMaxSendMessageSize(
       static_cast<int>(std::min(options.max_send_bytes, kMaxGrpcBytes)));
+  // The runner counts calls in flight (its stop closes connections left
+  // idle); the counter outlives the server (a runner owns both).
+  auto calls = std::make_unique<std::atomic<int64_t>>(0);
+  std::vector<
+      std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(std::make_unique<CallCounter>(calls.get()));
   if (options.rpc_metrics != nullptr) {
-    std::vector<
-        std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
-        interceptors;
     interceptors.push_back(options.rpc_metrics->InterceptorFactory());
-    builder.experimental().SetInterceptorCreators(std::move(interceptors));
   }
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   for (grpc::Service* service : services) builder.RegisterService(service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
@@ -185,7 +231,7 @@ absl::StatusOr<std::unique_ptr<ServerRunner>> ServerRunner::Start(
                 << " MiB of incoming messages (--grpc_memory_bytes); past "
                    "it, calls are cancelled RESOURCE_EXHAUSTED";
   auto runner = std::unique_ptr<ServerRunner>(
-      new ServerRunner(options, std::move(server), port));
+      new ServerRunner(options, std::move(calls), std::move(server), port));
   if (options.health_port >= 0) {
     absl::Status health = runner->StartHealthListener();
     if (!health.ok()) return health;
@@ -270,7 +316,36 @@ void ServerRunner::Shutdown() {
   shut_down_ = true;
   SetServing(false);
   if (options_.on_shutdown) options_.on_shutdown();
+  // gRPC's stop is a GOAWAY and a ping on every connection, and it waits,
+  // up to `grace`, for each to answer the ping and close, calls or none
+  // (health watches too, which it would cut at `grace`).
+  // An idle gRPC client answers only when it next polls its connection
+  // (every 5 s: the C core's backup poller), and one that never reads
+  // holds the stop for 20 s (gRPC's own bound on that wait). So once no call
+  // has been in flight for kIdleClose, the connections left are closed: nothing
+  // is cut, and their clients connect again (elsewhere) for their next call.
+  constexpr absl::Duration kIdleClose = absl::Milliseconds(250);
+  absl::Notification stopped;
+  std::thread closer([&] {
+    absl::Time idle_since = absl::InfiniteFuture();
+    while (!stopped.WaitForNotificationWithTimeout(absl::Milliseconds(10))) {
+      const absl::Time now = absl::Now();
+      if (calls_->load(std::memory_order_relaxed) > 0) {
+        idle_since = absl::InfiniteFuture();
+      } else if (idle_since == absl::InfiniteFuture()) {
+        idle_since = now;
+      } else if (now - idle_since >= kIdleClose) {
+        MOE_LOG(INFO) << "no call in flight: closing the connections still "
+                         "open (idle clients that have not yet answered the "
+                         "server's GOAWAY) and health watches";
+        grpc_server_cancel_all_calls(server_->c_server());
+        return;
+      }
+    }
+  });
   server_->Shutdown(absl::ToChronoTime(absl::Now() + options_.grace));
+  stopped.Notify();
+  closer.join();
   server_->Wait();
   if (health_server_ != nullptr) {
     health_server_->Shutdown(absl::ToChronoTime(absl::Now()));

@@ -6,7 +6,8 @@
 // a shared one), optionally a plaintext health-only listener beside a TLS
 // one (--health_port), and shuts down gracefully on SIGTERM/SIGINT: health
 // turns NOT_SERVING, calls are still served for `drain`, then no new ones
-// are taken, in-flight calls get `grace` to finish, and the server stops.
+// are taken, in-flight calls get `grace` to finish, and the server stops
+// (closing connections left idle, rather than waiting for their clients).
 //
 // Example (in a main()):
 //   moe::server::BlockShutdownSignals();   // before any thread starts
@@ -17,6 +18,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -132,14 +134,19 @@ class ServerRunner {
   void DrainAndShutdown(int sig);
 
   // NOT_SERVING, then stop accepting calls and give in-flight ones `grace`.
+  // Once no call has been in flight for 250 ms, connections still open
+  // (idle clients that have not answered gRPC's GOAWAY ping) are closed
+  // rather than waited for.
   void Shutdown();
 
  private:
-  ServerRunner(ServerOptions options, std::unique_ptr<grpc::Server> server,
-               int port);
+  ServerRunner(ServerOptions options,
+               std::unique_ptr<std::atomic<int64_t>> calls,
+               std::unique_ptr<grpc::Server> server, int port);
   absl::Status StartHealthListener();
 
   ServerOptions options_;
+  std::unique_ptr<std::atomic<int64_t>> calls_;  // in flight on server_
   std::unique_ptr<grpc::Server> server_;
   int port_;
   std::unique_ptr<grpc::CallbackGenericService> health_only_;

@@ -15,8 +15,10 @@
 #include "absl/synchronization/notification.h"
 #include "client/router_client.h"
 #include "common/torch/torch_convert.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "testing/deployment.h"
 #include "testing/golden.h"
+#include "testing/loopback.h"
 #include "testing/raw_call.h"
 #include "testing/reference.h"
 #include "testing/scrape.h"
@@ -104,8 +106,6 @@ TEST_P(MoeUpParityTest, DistributedEqualsInProcessAndGolden) {
   }
   EXPECT_EQ(checked, 2);
 
-  // An idle open connection holds the server's shutdown for a few seconds
-  // (gRPC waits for the client to acknowledge the GOAWAY); this client is done.
   client.reset();
   up.Signal(SIGTERM);
   EXPECT_EQ(up.Wait(absl::Seconds(30)), 0) << up.Log();
@@ -714,6 +714,60 @@ TEST(GracefulShutdownTest, InFlightCompletesAndNewCallsAreRefused) {
   EXPECT_FALSE(in_flight->degraded());
   EXPECT_LE(testing::MaxAbsDiff(Y(*in_flight), expected), 1e-6);
   EXPECT_EQ(d.router().Wait(absl::Seconds(15)), 0) << d.router().Log();
+}
+
+// gRPC's stop sends every connection a GOAWAY and a ping and waits for the
+// answer; an idle gRPC client answers when it next polls (up to 5 s), and a
+// client that never reads, never (gRPC gives up after 20 s). A health watch
+// is a call that never ends by itself. With no other call in flight, router
+// and worker close such connections and watches instead of waiting for them
+// (up to their grace, 30 s here).
+TEST(GracefulShutdownTest, IdleConnectionsDoNotHoldTheStop) {
+  Deployment d(testing::GoldenPath(kModel), {"0-3"}, {"--grace_seconds=30"});
+  d.SetWorkerFlags({"--grace_seconds=30"});
+  ASSERT_TRUE(d.StartWorker(0).ok()) << d.worker(0).Log();
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  auto client = client::RouterClient::Create(d.router_address());
+  ASSERT_TRUE(client->Forward(Request(Input(), AllPolicy())).ok());
+
+  // An HTTP/2 client that sends its preface and settings, then never reads.
+  auto mute = [](int port) {
+    const int fd = testing::ConnectLoopback(port);
+    EXPECT_GE(fd, 0);
+    EXPECT_TRUE(testing::SendAll(
+        fd, absl::string_view("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                              "\0\0\0\4\0\0\0\0\0",
+                              33)));
+    return fd;
+  };
+  const int at_router = mute(d.router_port());
+  const int at_worker = mute(d.worker_port(0));
+  // A health watch on the router, which tells it NOT_SERVING, then ends.
+  auto health = grpc::health::v1::Health::NewStub(grpc::CreateChannel(
+      d.router_address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext watching;
+  auto watch = health->Watch(&watching, {});
+  grpc::health::v1::HealthCheckResponse seen;
+  ASSERT_TRUE(watch->Read(&seen));
+  EXPECT_EQ(seen.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  absl::SleepFor(absl::Milliseconds(200));  // the connections set up
+
+  for (Process* p : {&d.router(), &d.worker(0)}) {
+    const absl::Time start = absl::Now();
+    p->Signal(SIGTERM);
+    EXPECT_EQ(p->Wait(absl::Seconds(40)), 0) << p->Log();
+    const absl::Duration stopped = absl::Now() - start;
+    EXPECT_LT(stopped, absl::Seconds(3)) << p->Log();
+    EXPECT_TRUE(absl::StrContains(p->Log(), "closing the connections still"))
+        << p->Log();
+  }
+  ASSERT_TRUE(watch->Read(&seen));
+  EXPECT_EQ(seen.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  while (watch->Read(&seen)) {
+  }
+  EXPECT_EQ(watch->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  ::close(at_router);
+  ::close(at_worker);
 }
 
 }  // namespace

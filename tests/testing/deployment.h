@@ -88,6 +88,7 @@ class Deployment {
   Process& worker(int i) { return *workers_[i]; }
   Process& router() { return *router_; }
   int worker_port(int i) const { return worker_ports_[i]; }
+  int router_port() const { return router_port_; }
   std::string router_address() const;
   // "peak RSS: router 180 MiB, workers 250, 251 MiB" (VmHWM of the
   // processes running now; "-" for one that is not).
