@@ -204,9 +204,8 @@ uint64_t ConnectionDeadlines::Read(int fd, bool low) {
 
 void ConnectionDeadlines::SetStage(Connection* connection, Stage stage,
                                    absl::Duration limit, int64_t body_bytes) {
-  const uint64_t read = stage == Stage::kHead && options_.max_head_bytes > 0
-                            ? Read(connection->fd, /*low=*/false)
-                            : 0;
+  const uint64_t read =
+      stage == Stage::kHead ? Read(connection->fd, /*low=*/false) : 0;
   uint64_t received = 0;
   const bool counted =
       stage == Stage::kBody && Received(connection->fd, &received);
@@ -278,6 +277,27 @@ int64_t ConnectionDeadlines::Linger(absl::Duration quiet,
 
 void ConnectionDeadlines::StopLingering() {
   lingering_stopped_.store(true, std::memory_order_relaxed);
+}
+
+int ConnectionDeadlines::CloseIdle() {
+  absl::MutexLock lock(&mu_);
+  int closed = 0;
+  for (Connection& c : connections_) {
+    // Served (`since` set), waiting for a head, and nothing of it in: every
+    // byte received had been read when the stage began (a request sent
+    // behind the last one, unread then, counts as begun).
+    uint64_t received = 0;
+    if (c.cut || c.fd < 0 || c.since == absl::InfiniteFuture() ||
+        c.stage != Stage::kHead || !Received(c.fd, &received) ||
+        received != c.read) {
+      continue;
+    }
+    // Reading only: a write in progress (the last answer) goes on.
+    shutdown(c.fd, SHUT_RD);
+    c.cut = true;
+    ++closed;
+  }
+  return closed;
 }
 
 int ConnectionDeadlines::tracked() const {

@@ -132,6 +132,14 @@ class ConnectionDeadlines {
   // Ends every Linger now and to come (at most 100 ms later): call it
   // before the server stops, which waits for its connections' threads.
   void StopLingering();
+  // Stops reading every connection that waits for its next request and
+  // has received no byte of it (a keep-alive connection left idle): its
+  // thread's wait ends at once, as at the client's end, and an answer it
+  // is still writing goes out first. Call it once the server takes no new
+  // requests (its threads then end their connections after the answer in
+  // progress), rather than wait for each keep-alive to run out. Returns
+  // the connections it stopped.
+  int CloseIdle();
 
   // Connections tracked now (served or waiting for a thread), and those
   // Track could not find or keep a duplicate of (served without
@@ -145,7 +153,8 @@ class ConnectionDeadlines {
     uint64_t inode = 0;
     std::string peer;
     Stage stage = Stage::kHead;
-    // The bytes the server had read when the stage began (head).
+    // The bytes the server had read when the stage began (head; 0 when
+    // the kernel does not say).
     uint64_t read = 0;
     // The body stage: the bytes the connection had received when it began
     // (TCP_INFO; `counted` false when the kernel does not say), and the

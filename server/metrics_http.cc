@@ -131,6 +131,9 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> StartMetricsEndpoint(
 
 MetricsHttpServer::~MetricsHttpServer() {
   if (http_) http_->stop();
+  // Idle keep-alive connections (a scraper's) end now, not at their
+  // keep-alive's end.
+  if (deadlines_) deadlines_->CloseIdle();
   if (thread_.joinable()) thread_.join();
 }
 

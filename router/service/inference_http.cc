@@ -783,6 +783,14 @@ absl::StatusOr<std::unique_ptr<InferenceHttpServer>> InferenceHttpServer::Start(
 InferenceHttpServer::~InferenceHttpServer() {
   if (deadlines_) deadlines_->StopLingering();
   if (http_) http_->stop();
+  // httplib ends a keep-alive connection between requests only when its
+  // keep-alive runs out (5 s): the idle ones are ended now.
+  if (deadlines_) {
+    if (const int idle = deadlines_->CloseIdle(); idle > 0) {
+      MOE_LOG(INFO) << "REST: stopped; closed " << idle
+                    << " idle keep-alive connection(s)";
+    }
+  }
   if (thread_.joinable()) thread_.join();
 }
 

@@ -723,10 +723,16 @@ TEST(GracefulShutdownTest, InFlightCompletesAndNewCallsAreRefused) {
 // and worker close such connections and watches instead of waiting for them
 // (up to their grace, 30 s here).
 TEST(GracefulShutdownTest, IdleConnectionsDoNotHoldTheStop) {
-  Deployment d(testing::GoldenPath(kModel), {"0-3"}, {"--grace_seconds=30"});
+  const std::string http_port_file = testing::TempDir() + "/idle.http.port";
+  Deployment d(testing::GoldenPath(kModel), {"0-3"},
+               {"--grace_seconds=30", "--http_port=0",
+                "--http_port_file=" + http_port_file});
   d.SetWorkerFlags({"--grace_seconds=30"});
   ASSERT_TRUE(d.StartWorker(0).ok()) << d.worker(0).Log();
   ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  const absl::StatusOr<int> http_port =
+      testing::WaitForPortFile(http_port_file, absl::Seconds(60), &d.router());
+  ASSERT_TRUE(http_port.ok()) << http_port.status();
   auto client = client::RouterClient::Create(d.router_address());
   ASSERT_TRUE(client->Forward(Request(Input(), AllPolicy())).ok());
 
@@ -750,6 +756,20 @@ TEST(GracefulShutdownTest, IdleConnectionsDoNotHoldTheStop) {
   grpc::health::v1::HealthCheckResponse seen;
   ASSERT_TRUE(watch->Read(&seen));
   EXPECT_EQ(seen.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  // HTTP/1.1 keep-alive connections left idle after an answer, on the
+  // REST port and on /metrics (httplib held its stop until their
+  // keep-alive, 5 s, ran out).
+  std::vector<int> kept;
+  const std::string metrics = d.router_metrics_address();
+  for (const auto& [port, path] :
+       {std::pair<int, std::string>{*http_port, "/v2/health/live"},
+        {std::stoi(metrics.substr(metrics.rfind(':') + 1)), "/metrics"}}) {
+    kept.push_back(testing::ConnectLoopback(port));
+    ASSERT_TRUE(testing::SendAll(
+        kept.back(),
+        absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")));
+    EXPECT_EQ(testing::ReadAnswer(kept.back(), nullptr), 200) << path;
+  }
   absl::SleepFor(absl::Milliseconds(200));  // the connections set up
 
   for (Process* p : {&d.router(), &d.worker(0)}) {
@@ -766,8 +786,12 @@ TEST(GracefulShutdownTest, IdleConnectionsDoNotHoldTheStop) {
   while (watch->Read(&seen)) {
   }
   EXPECT_EQ(watch->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_TRUE(absl::StrContains(d.router().Log(),
+                                "closed 1 idle keep-alive connection"))
+      << d.router().Log();
   ::close(at_router);
   ::close(at_worker);
+  for (int fd : kept) ::close(fd);
 }
 
 }  // namespace

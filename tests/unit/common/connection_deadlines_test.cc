@@ -411,6 +411,81 @@ TEST_F(ConnectionDeadlinesTest, ALingerEndsWhenQuietOrStopped) {
   EXPECT_TRUE(Cuts(0).empty());
 }
 
+// A server that stops ends its keep-alive connections left idle at once
+// (httplib's would wait until their keep-alive ran out), and leaves to
+// their threads a connection with part of a request in and one being
+// served.
+TEST_F(ConnectionDeadlinesTest, CloseIdleEndsOnlyConnectionsWaitingForNothing) {
+  ConnectionDeadlines::Options options = Short();
+  options.head = absl::Seconds(20);
+  options.body = absl::Seconds(20);
+  Start(options);
+  const std::string request = "GET / HTTP/1.1\r\n\r\n";
+  auto read_request = [&](int fd) {
+    std::string got(request.size(), '\0');
+    return recv(fd, got.data(), got.size(), MSG_WAITALL) ==
+               static_cast<ssize_t>(request.size()) &&
+           got == request;
+  };
+  absl::Notification go;
+
+  // Answered, then waiting for its next request.
+  const int idle = Connect();
+  const int idle_client = client_;
+  absl::Duration idle_waited;
+  std::thread idle_thread(deadlines_->Track([&] {
+    EXPECT_TRUE(read_request(idle));
+    ConnectionDeadlines::Answered();
+    EXPECT_TRUE(testing::SendAll(idle, "answer"));
+    idle_waited = ReadUntilEnd(idle);
+  }));
+  // Part of a request in, the rest after the stop began.
+  const int partial = Connect();
+  const int partial_client = client_;
+  bool partial_read = false;
+  std::thread partial_thread(deadlines_->Track([&] {
+    go.WaitForNotification();
+    partial_read = read_request(partial);
+  }));
+  // Its request being served.
+  const int serving = Connect();
+  absl::Notification served;
+  std::thread serving_thread(deadlines_->Track([&] {
+    EXPECT_TRUE(read_request(serving));
+    ConnectionDeadlines::Serving();
+    served.Notify();
+    go.WaitForNotification();
+    EXPECT_TRUE(testing::SendAll(serving, "answer"));
+  }));
+
+  ASSERT_TRUE(testing::SendAll(idle_client, request));
+  char answer[6];
+  ASSERT_EQ(recv(idle_client, answer, sizeof(answer), MSG_WAITALL), 6);
+  ASSERT_TRUE(testing::SendAll(partial_client, request.substr(0, 8)));
+  ASSERT_TRUE(testing::SendAll(client_, request));
+  ASSERT_TRUE(served.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  absl::SleepFor(absl::Milliseconds(100));  // the bytes and stages settle
+
+  const absl::Time stop = absl::Now();
+  EXPECT_EQ(deadlines_->CloseIdle(), 1);
+  idle_thread.join();
+  EXPECT_LT(absl::Now() - stop, absl::Seconds(2));
+  close(idle);
+  EXPECT_EQ(recv(idle_client, answer, 1, 0), 0);  // the end
+  close(idle_client);
+
+  ASSERT_TRUE(testing::SendAll(partial_client, request.substr(8)));
+  go.Notify();
+  partial_thread.join();
+  EXPECT_TRUE(partial_read);
+  serving_thread.join();
+  EXPECT_EQ(recv(client_, answer, sizeof(answer), MSG_WAITALL), 6);
+  close(partial);
+  close(partial_client);
+  close(serving);
+  EXPECT_TRUE(Cuts(0).empty());
+}
+
 TEST_F(ConnectionDeadlinesTest, StagesOnAThreadServingNoConnectionDoNothing) {
   ConnectionDeadlines::BodyNext(10);
   ConnectionDeadlines::Serving();
