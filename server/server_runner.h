@@ -134,9 +134,9 @@ class ServerRunner {
   void DrainAndShutdown(int sig);
 
   // NOT_SERVING, then stop accepting calls and give in-flight ones `grace`.
-  // Once no call has been in flight for 250 ms, connections still open
-  // (idle clients that have not answered gRPC's GOAWAY ping) are closed
-  // rather than waited for.
+  // Once no call but health watches has been in flight for 250 ms,
+  // connections still open (idle clients that have not answered gRPC's
+  // GOAWAY ping) and the watches are closed rather than waited for.
   void Shutdown();
 
  private:
