@@ -24,7 +24,10 @@ class WorkerBatch {
   std::vector<std::shared_ptr<BatchTicket>> tickets;  // cleared when done
   // The tickets' experts while open, repeats included (OpenExperts()).
   std::vector<common::ExpertKey> experts;
-  std::atomic<int> live{0};  // tickets not abandoned
+  // Tickets not abandoned. A batch every ticket left is still open to new
+  // ones until it is sent (a forward that joins it is served); once sent,
+  // it only counts down, and 0 cancels the call.
+  std::atomic<int> live{0};
   // The call's final status and, when OK, the checked response: written
   // once by Finish() before the tickets are marked done.
   absl::Status status;
@@ -33,8 +36,7 @@ class WorkerBatch {
   // tracer): made before the call starts, ended when it ended.
   std::vector<common::Span> spans;
 
-  absl::Mutex mu;
-  bool cancelled ABSL_GUARDED_BY(mu) = false;
+  absl::Mutex mu;  // orders starting the call with abandoning it
   std::shared_ptr<WorkerCall> call ABSL_GUARDED_BY(mu);
 };
 
@@ -217,12 +219,13 @@ void WorkerBatcher::Abandon(const BatchTicket& ticket) {
   const std::shared_ptr<WorkerBatch> batch = ticket.batch_;
   if (batch == nullptr) return;
   if (batch->live.fetch_sub(1) != 1) return;
-  // Nobody waits for this call any more: cancel it, now or when it starts.
+  // Nobody waits for this call any more: cancel it if it started (Send()
+  // starts none for a batch nobody waits for). Asked again under mu: a
+  // forward may have joined the batch before it was sent.
   std::shared_ptr<WorkerCall> call;
   {
     absl::MutexLock lock(&batch->mu);
-    batch->cancelled = true;
-    call = batch->call;
+    if (batch->live.load() == 0) call = batch->call;
   }
   if (call != nullptr) call->Cancel();
 }
@@ -317,7 +320,7 @@ void WorkerBatcher::Send(const std::shared_ptr<WorkerBatch>& batch) {
   bool started = false;
   {
     absl::MutexLock call_lock(&batch->mu);
-    if (!batch->cancelled) {
+    if (batch->live.load() > 0) {
       pool_->CallStarted(worker);
       batch->call = pool_->transport(worker).StartRunExperts(
           std::move(request), deadline, metadata,
