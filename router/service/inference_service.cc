@@ -1,6 +1,8 @@
 #include "router/service/inference_service.h"
 
+#include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -215,16 +217,25 @@ grpc::ServerUnaryReactor* InferenceService::ModelInfer(
   return call;
 }
 
-// One ModelStreamInfer stream: read a request, serve it, write its answer,
-// read the next; so at most one request of the stream is in flight. It
-// finishes once: after the client's last request (OK), once a read or
-// write fails (the client went away), or when the service ends its
-// streams (EndStreams: at once while a read waits, which then fails, or
-// after the answer being written).
+// One ModelStreamInfer stream. Each request is served as soon as it is
+// read, up to kMaxInFlight of them at once (then the stream is not read,
+// and gRPC's flow control holds the client back, until the oldest answer
+// is written); the answers are written in the requests' order. The stream
+// finishes once, when no request of it is being served and no answer is
+// being written: after the client's last request is answered (OK), once a
+// write fails (the client went away; the answers still to write are
+// dropped), or when the service ends its streams (EndStreams: once the
+// requests already read are answered; one read meanwhile is answered
+// UNAVAILABLE). gRPC runs OnDone only after every reaction returned; a
+// job's done is not a reaction, so it finishes the stream or starts a
+// write as its very last step.
 class InferenceService::StreamCall
     : public grpc::ServerBidiReactor<inference::ModelInferRequest,
                                      inference::ModelStreamInferResponse> {
  public:
+  // Requests of one stream served at once.
+  static constexpr size_t kMaxInFlight = 32;
+
   StreamCall(grpc::CallbackServerContext* context, InferenceService* service)
       : context_(context), service_(service), router_(service->router_) {}
 
@@ -232,53 +243,101 @@ class InferenceService::StreamCall
   // the service is ending its streams or the token is wrong.
   void Start(bool ending) {
     absl::Status status = ending ? Ending() : router_->Authorize(*context_);
-    if (!status.ok()) {
-      FinishOnce(proto::ToGrpcStatus(status));
-      return;
+    {
+      absl::MutexLock lock(&mu_);
+      if (status.ok() && ending_) status = Ending();  // End() came first
+      if (!status.ok()) {
+        // Before the handler returned: gRPC holds the Finish until then.
+        finished_ = true;
+        Finish(proto::ToGrpcStatus(status));
+        return;
+      }
+      started_ = true;
+      read_busy_ = true;
     }
-    Read();
+    ReadNext();
   }
   // The service ends its streams.
   void End() {
     absl::MutexLock lock(&mu_);
     ending_ = true;
-    if (reading_) FinishLocked(proto::ToGrpcStatus(Ending()));
+    if (!started_) return;  // Start() ends it
+    // Called under the service's lock, which OnDone takes first: finishing
+    // here, under mu_, is safe.
+    if (std::optional<grpc::Status> s = TakeFinishLocked()) Finish(*s);
   }
 
   void OnReadDone(bool ok) override {
+    Item* item = nullptr;
+    Item* write = nullptr;
+    bool read = false;
     {
       absl::MutexLock lock(&mu_);
-      reading_ = false;
-      if (finished_) return;  // ended while it waited
       if (!ok) {
-        // The client's last request was answered.
-        FinishLocked(grpc::Status::OK);
+        read_busy_ = false;
+        read_closed_ = true;
+        if (std::optional<grpc::Status> s = TakeFinishLocked()) Finish(*s);
         return;
       }
+      items_.push_back(std::move(next_));
+      item = items_.back().get();
+      if (ending_ || broken_) {
+        // Read after the stream began to end: answered, not served.
+        read_busy_ = false;
+        FailLocked(item, Ending());
+        write = TakeWriteLocked();
+        if (write == nullptr) {
+          if (std::optional<grpc::Status> s = TakeFinishLocked()) Finish(*s);
+          return;
+        }
+      } else {
+        ++unanswered_;
+        read = read_busy_ = MayReadLocked();
+      }
     }
-    Serve();
-  }
-  void OnWriteDone(bool ok) override {
-    // The answered job stays until the next request replaces it (its
-    // `done`, which started this write, may still be returning).
-    if (!ok) {
-      FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED,
-                              "ModelStreamInfer: the stream closed before an "
-                              "answer was written"));
+    if (write != nullptr) {
+      StartWrite(&write->response);
       return;
     }
+    // The next read first: a small forward may run inline in Serve, on
+    // this thread, until its workers answer.
+    if (read) ReadNext();
+    Serve(item);
+  }
+  void OnWriteDone(bool ok) override {
+    Item* write = nullptr;
+    bool read = false;
     {
       absl::MutexLock lock(&mu_);
-      if (ending_) {
-        FinishLocked(proto::ToGrpcStatus(Ending()));
-        return;
+      writing_ = false;
+      if (!ok) {
+        broken_ = true;
+        failure_ = grpc::Status(grpc::StatusCode::CANCELLED,
+                                "ModelStreamInfer: the stream closed before "
+                                "an answer was written");
+      } else {
+        // Freed at the next write's end: the job's done that started this
+        // write may still be returning.
+        last_written_ = std::move(items_.front());
+        items_.pop_front();
+        write = TakeWriteLocked();
       }
+      if (write == nullptr) {
+        if (std::optional<grpc::Status> s = TakeFinishLocked()) {
+          Finish(*s);
+          return;
+        }
+      }
+      if (!read_busy_ && MayReadLocked()) read = read_busy_ = true;
     }
-    Read();
+    if (write != nullptr) StartWrite(&write->response);
+    if (read) ReadNext();
   }
   void OnCancel() override {
     absl::MutexLock lock(&mu_);
-    if (job_ != nullptr) job_->Cancel();
+    for (const auto& item : items_) {
+      if (item->job != nullptr && !item->answered) item->job->Cancel();
+    }
   }
   void OnDone() override {
     {
@@ -289,94 +348,151 @@ class InferenceService::StreamCall
   }
 
  private:
+  // One request of the stream, from its read until its answer is written.
+  struct Item {
+    inference::ModelInferRequest request;
+    OipInferRequest asked;
+    std::unique_ptr<RouterService::Job> job;
+    inference::ModelStreamInferResponse response;
+    bool answered = false;  // response is final
+  };
+
   static absl::Status Ending() {
     return absl::UnavailableError(
         "ModelStreamInfer: the router is shutting down; open a new stream");
   }
-  void Read() {
-    {
-      absl::MutexLock lock(&mu_);
-      if (ending_) {
-        FinishLocked(proto::ToGrpcStatus(Ending()));
-        return;
-      }
-      reading_ = true;
-    }
-    StartRead(&request_);
-  }
-  void FinishOnce(const grpc::Status& status) {
-    absl::MutexLock lock(&mu_);
-    FinishLocked(status);
-  }
-  void FinishLocked(const grpc::Status& status)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_) return;
-    finished_ = true;
-    Finish(status);
+
+  void ReadNext() {
+    next_ = std::make_unique<Item>();
+    StartRead(&next_->request);
   }
 
-  void Serve() {
-    response_.Clear();
-    asked_ = OipInferRequest{};
+  // Whether the stream should read another request now.
+  bool MayReadLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return !ending_ && !broken_ && !read_closed_ && !finished_ &&
+           items_.size() < kMaxInFlight;
+  }
+  // The oldest answer, when it is ready and no write is out; the caller
+  // writes it (after unlocking).
+  Item* TakeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (writing_ || broken_ || finished_ || items_.empty() ||
+        !items_.front()->answered) {
+      return nullptr;
+    }
+    writing_ = true;
+    return items_.front().get();
+  }
+  // The status to finish the stream with, when it is time (the caller
+  // finishes it): nothing served, nothing being written, and the client
+  // done, the service ending, or a write failed.
+  std::optional<grpc::Status> TakeFinishLocked()
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_ || unanswered_ > 0 || writing_) return std::nullopt;
+    std::optional<grpc::Status> status;
+    if (broken_) {
+      status = failure_;
+    } else if (items_.empty() && read_closed_) {
+      status = grpc::Status::OK;
+    } else if (items_.empty() && ending_) {
+      status = proto::ToGrpcStatus(Ending());
+    }
+    if (status) finished_ = true;
+    return status;
+  }
+  // `item`'s answer is the error `status`.
+  void FailLocked(Item* item, const absl::Status& status,
+                  absl::string_view model_name = {},
+                  absl::string_view version = {})
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    item->response.Clear();
+    item->response.set_error_message(absl::StrCat(
+        absl::StatusCodeToString(status.code()), ": ", status.message()));
+    inference::ModelInferResponse* r = item->response.mutable_infer_response();
+    r->set_model_name(model_name.empty() ? item->request.model_name()
+                                         : std::string(model_name));
+    r->set_model_version(std::string(version));
+    r->set_id(item->request.id());
+    item->answered = true;
+  }
+
+  // The job of `item` is done with `status`: its answer is ready; written
+  // now if it is the oldest, and the stream finished if that was all.
+  void Answered(Item* item, const absl::Status& status,
+                const std::string& model_name, const std::string& version) {
+    Item* write = nullptr;
+    std::optional<grpc::Status> finish;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!status.ok()) {
+        FailLocked(item, status, model_name, version);
+      } else {
+        item->answered = true;
+      }
+      --unanswered_;
+      write = TakeWriteLocked();
+      if (write == nullptr) finish = TakeFinishLocked();
+    }
+    // The last steps: the stream may be gone once they return.
+    if (write != nullptr) {
+      StartWrite(&write->response);
+    } else if (finish) {
+      Finish(*finish);
+    }
+  }
+
+  void Serve(Item* item) {
     std::string model_name, version;
     absl::Status status =
-        Translate(*router_, request_, &asked_, &model_name, &version);
+        Translate(*router_, item->request, &item->asked, &model_name, &version);
     common::Clock* clock = router_->clock();
     RouterService::Job* job = nullptr;
     {
       absl::MutexLock lock(&mu_);
-      job_ = std::make_unique<RouterService::Job>(
+      item->job = std::make_unique<RouterService::Job>(
           *context_, clock->Now(), "ModelStreamInfer", Protocol::kOipGrpc,
           [context = context_] { return context->IsCancelled(); },
-          [this, clock, model_name, version]() -> absl::Status {
+          [item, clock, model_name, version]() -> absl::Status {
             MOE_ASSIGN_OR_RETURN(
-                *response_.mutable_infer_response(),
-                ToModelInfer(&current_->response, asked_, model_name, version,
-                             request_.id(),
-                             clock->Now() >= current_->deadline()));
+                *item->response.mutable_infer_response(),
+                ToModelInfer(&item->job->response, item->asked, model_name,
+                             version, item->request.id(),
+                             clock->Now() >= item->job->deadline()));
             return absl::OkStatus();
           },
-          [this, model_name, version](absl::Status s) {
-            if (!s.ok()) {
-              response_.Clear();
-              response_.set_error_message(absl::StrCat(
-                  absl::StatusCodeToString(s.code()), ": ", s.message()));
-              inference::ModelInferResponse* r =
-                  response_.mutable_infer_response();
-              r->set_model_name(model_name.empty() ? request_.model_name()
-                                                   : model_name);
-              r->set_model_version(version);
-              r->set_id(request_.id());
-            }
-            StartWrite(&response_);
+          [this, item, model_name, version](absl::Status s) {
+            Answered(item, s, model_name, version);
           },
-          request_.id());
-      job = job_.get();
+          item->request.id());
+      job = item->job.get();
     }
-    current_ = job;
     if (status.ok()) {
-      job->LimitTime(asked_.timeout);
-      job->request = std::move(asked_.forward);
+      job->LimitTime(item->asked.timeout);
+      job->request = std::move(item->asked.forward);
     }
+    // Nothing of `item` is touched after this: it may be answered, written
+    // and freed before Serve returns.
     router_->Serve(job, std::move(status));
   }
 
   grpc::CallbackServerContext* const context_;
   InferenceService* const service_;
   RouterService* const router_;
-  inference::ModelInferRequest request_;
-  inference::ModelStreamInferResponse response_;
-  OipInferRequest asked_;
+  // The request being read: the reads come one after another.
+  std::unique_ptr<Item> next_;
   absl::Mutex mu_;
-  bool reading_ ABSL_GUARDED_BY(mu_) = false;  // a read is pending
+  // The requests read and not yet written, in the stream's order.
+  std::deque<std::unique_ptr<Item>> items_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<Item> last_written_ ABSL_GUARDED_BY(mu_);
+  size_t unanswered_ ABSL_GUARDED_BY(mu_) = 0;  // jobs not done
+  // A read is out, or its OnReadDone has yet to decide on the next one.
+  bool read_busy_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_closed_ ABSL_GUARDED_BY(mu_) = false;  // the client's last
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;  // a write failed
+  grpc::Status failure_ ABSL_GUARDED_BY(mu_);
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool ending_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  // The request in flight, or the last one answered. The lock is
-  // OnCancel's (any thread); the reads and writes of the stream come one
-  // after another, and so do a job's callbacks and its Serve, which read it
-  // through `current_`.
-  std::unique_ptr<RouterService::Job> job_ ABSL_GUARDED_BY(mu_);
-  RouterService::Job* current_ = nullptr;
 };
 
 grpc::ServerBidiReactor<inference::ModelInferRequest,

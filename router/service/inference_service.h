@@ -93,10 +93,10 @@ class InferenceService final
       const inference::ModelStatisticsRequest* request,
       inference::ModelStatisticsResponse* response) override;
   // Triton's streaming inference: the token checked once, when the stream
-  // opens (UNAUTHENTICATED ends it); then each request read, served as
-  // ModelInfer serves one (admission, queue, logs, metrics, statistics
-  // under protocol "oip_grpc") and answered on the stream before the next
-  // is read, so the answers come in the requests' order. A request that
+  // opens (UNAUTHENTICATED ends it); then each request served as soon as it
+  // is read, as ModelInfer serves one (admission, queue, logs, metrics,
+  // statistics under protocol "oip_grpc"), up to 32 of a stream at once,
+  // and answered on the stream in the requests' order. A request that
   // fails is answered with its error_message ("INVALID_ARGUMENT: ...") and
   // its id, and the stream goes on. The stream's deadline bounds each
   // request (and a request's own `timeout` parameter, as in ModelInfer).
@@ -106,8 +106,8 @@ class InferenceService final
 
   // The server is shutting down: every stream ends UNAVAILABLE ("open a
   // new stream") at once when it waits for its next request, else once
-  // the request in flight is answered; a stream opened later ends so at
-  // once. Call when the server stops taking calls (so that a client
+  // the requests it has in flight are answered; a stream opened later
+  // ends so at once. Call when the server stops taking calls (so that a client
   // holding a stream moves to another router, rather than being served
   // on until the server's grace cuts its request).
   void EndStreams();

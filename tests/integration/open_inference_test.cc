@@ -42,6 +42,7 @@
 #include "testing/golden.h"
 #include "testing/loopback.h"
 #include "testing/raw_call.h"
+#include "testing/scrape.h"
 
 namespace moe {
 namespace {
@@ -1141,6 +1142,119 @@ TEST(OpenInferenceStreamTest, AStoppingRouterEndsItsStreams) {
   const absl::Duration stopped = absl::Now() - start;
   EXPECT_LT(ended, absl::Seconds(5));
   EXPECT_LT(stopped, absl::Seconds(8)) << d.router().Log();
+}
+
+// Requests written on one stream before any answer is read are served
+// together, up to the stream's bound (32), and answered in the order they
+// were written: with the worker frozen, 40 requests on a stream put 32 in
+// flight at the router (its in-flight gauge), never more; once the worker
+// thaws, the 40 answers come back in order.
+TEST(OpenInferenceStreamTest, RequestsOnOneStreamAreServedTogetherInOrder) {
+  const std::string checkpoint = TinyCheckpoint("oip-pipelined", 1, 5);
+  ASSERT_FALSE(HasFailure());
+  // Admission would refuse some of the 40 on a slow machine (under ASan,
+  // 32 forwards ahead were judged 2.3 s of waiting, past the default 2 s).
+  testing::Deployment d(checkpoint, {"0-7"}, {"--max_queue_ms=60000"});
+  ASSERT_TRUE(d.StartWorker(0).ok()) << d.worker(0).Log();
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
+      d.router_address(), grpc::InsecureChannelCredentials()));
+  inference::ModelInferRequest request;
+  request.set_model_name("oip-pipelined");
+  auto* x = request.add_inputs();
+  x->set_name("x");
+  x->set_datatype("FP32");
+  for (int64_t n : {1, 4, 64}) x->add_shape(n);
+  request.add_raw_input_contents(
+      common::RandomNormalTensor({1, 4, 64}, 3).data);
+  auto inflight = [&] {
+    return testing::ScrapeSum(d.router_metrics_address(),
+                              "moe_router_inflight_requests");
+  };
+  ASSERT_EQ(inflight(), 0);
+
+  ASSERT_TRUE(d.worker(0).Freeze());
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  auto stream = stub->ModelStreamInfer(&context);
+  constexpr int kRequests = 40;
+  for (int i = 0; i < kRequests; ++i) {
+    request.set_id(absl::StrCat("r", i));
+    ASSERT_TRUE(stream->Write(request));
+  }
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (inflight() < 32 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(inflight(), 32);
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(inflight(), 32);  // the stream is not read past its bound
+  d.worker(0).Signal(SIGCONT);
+  for (int i = 0; i < kRequests; ++i) {
+    inference::ModelStreamInferResponse answer;
+    ASSERT_TRUE(stream->Read(&answer)) << i;
+    EXPECT_EQ(answer.infer_response().id(), absl::StrCat("r", i));
+    EXPECT_EQ(answer.error_message(), "");
+    EXPECT_GT(answer.infer_response().raw_output_contents_size(), 0);
+  }
+  ASSERT_TRUE(stream->WritesDone());
+  inference::ModelStreamInferResponse extra;
+  EXPECT_FALSE(stream->Read(&extra));
+  const grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(inflight(), 0);
+}
+
+// A router told to stop while a stream has requests in flight answers
+// them, in order, and then ends the stream (UNAVAILABLE, "open a new
+// stream").
+TEST(OpenInferenceStreamTest, AStoppingRouterAnswersAStreamsRequestsFirst) {
+  const std::string checkpoint = TinyCheckpoint("oip-stream-stop", 1, 5);
+  ASSERT_FALSE(HasFailure());
+  testing::Deployment d(checkpoint, {"0-7"}, {"--grace_seconds=30"});
+  ASSERT_TRUE(d.StartWorker(0).ok()) << d.worker(0).Log();
+  ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
+  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
+      d.router_address(), grpc::InsecureChannelCredentials()));
+  inference::ModelInferRequest request;
+  request.set_model_name("oip-stream-stop");
+  auto* x = request.add_inputs();
+  x->set_name("x");
+  x->set_datatype("FP32");
+  for (int64_t n : {1, 4, 64}) x->add_shape(n);
+  request.add_raw_input_contents(
+      common::RandomNormalTensor({1, 4, 64}, 3).data);
+
+  ASSERT_TRUE(d.worker(0).Freeze());
+  grpc::ClientContext context;
+  auto stream = stub->ModelStreamInfer(&context);
+  for (int i = 0; i < 3; ++i) {
+    request.set_id(absl::StrCat("r", i));
+    ASSERT_TRUE(stream->Write(request));
+  }
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (testing::ScrapeSum(d.router_metrics_address(),
+                            "moe_router_inflight_requests") < 3 &&
+         absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  d.router().Signal(SIGTERM);
+  absl::SleepFor(absl::Milliseconds(500));
+  d.worker(0).Signal(SIGCONT);
+  for (int i = 0; i < 3; ++i) {
+    inference::ModelStreamInferResponse answer;
+    ASSERT_TRUE(stream->Read(&answer)) << i;
+    EXPECT_EQ(answer.infer_response().id(), absl::StrCat("r", i));
+    EXPECT_EQ(answer.error_message(), "");
+  }
+  inference::ModelStreamInferResponse extra;
+  EXPECT_FALSE(stream->Read(&extra));
+  const grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << status.error_message();
+  EXPECT_NE(status.error_message().find("open a new stream"), std::string::npos)
+      << status.error_message();
+  EXPECT_EQ(d.router().Wait(absl::Seconds(20)), 0) << d.router().Log();
 }
 
 TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
