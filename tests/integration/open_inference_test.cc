@@ -1096,10 +1096,34 @@ TEST_F(OpenInferenceIntegrationTest, IdleConnectionsHoldNoOtherClientOff) {
   EXPECT_LT(held, absl::Seconds(30));
 }
 
-// The router holds at most --http_max_bytes_in_flight bytes of REST bodies:
-// a body that does not fit beside those held is answered 429 after its
-// bytes are read and dropped (the connection stays usable), and served once
-// the others are done; a body larger than the whole budget is 413.
+// A 1 x 4 x 64 request for the one-layer tiny model `model`.
+inference::ModelInferRequest StreamRequest(const std::string& model) {
+  inference::ModelInferRequest request;
+  request.set_model_name(model);
+  auto* x = request.add_inputs();
+  x->set_name("x");
+  x->set_datatype("FP32");
+  for (int64_t n : {1, 4, 64}) x->add_shape(n);
+  request.add_raw_input_contents(
+      common::RandomNormalTensor({1, 4, 64}, 3).data);
+  return request;
+}
+
+// The router's requests in flight (its gauge).
+double Inflight(testing::Deployment& d) {
+  return testing::ScrapeSum(d.router_metrics_address(),
+                            "moe_router_inflight_requests");
+}
+
+// Inflight(d), once it reached `n` or 20 s passed.
+double AwaitInflight(testing::Deployment& d, double n) {
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (Inflight(d) < n && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return Inflight(d);
+}
+
 // A router told to stop ends its open streams between requests
 // (UNAVAILABLE, "open a new stream"), rather than serving them on until
 // its grace (30 s here) cuts them, and stops without waiting for them (nor
@@ -1112,14 +1136,7 @@ TEST(OpenInferenceStreamTest, AStoppingRouterEndsItsStreams) {
   ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
   auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
       d.router_address(), grpc::InsecureChannelCredentials()));
-  inference::ModelInferRequest request;
-  request.set_model_name("oip-stream");
-  auto* x = request.add_inputs();
-  x->set_name("x");
-  x->set_datatype("FP32");
-  for (int64_t n : {1, 4, 64}) x->add_shape(n);
-  request.add_raw_input_contents(
-      common::RandomNormalTensor({1, 4, 64}, 3).data);
+  inference::ModelInferRequest request = StreamRequest("oip-stream");
 
   grpc::ClientContext context;
   auto stream = stub->ModelStreamInfer(&context);
@@ -1159,19 +1176,8 @@ TEST(OpenInferenceStreamTest, RequestsOnOneStreamAreServedTogetherInOrder) {
   ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
   auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
       d.router_address(), grpc::InsecureChannelCredentials()));
-  inference::ModelInferRequest request;
-  request.set_model_name("oip-pipelined");
-  auto* x = request.add_inputs();
-  x->set_name("x");
-  x->set_datatype("FP32");
-  for (int64_t n : {1, 4, 64}) x->add_shape(n);
-  request.add_raw_input_contents(
-      common::RandomNormalTensor({1, 4, 64}, 3).data);
-  auto inflight = [&] {
-    return testing::ScrapeSum(d.router_metrics_address(),
-                              "moe_router_inflight_requests");
-  };
-  ASSERT_EQ(inflight(), 0);
+  inference::ModelInferRequest request = StreamRequest("oip-pipelined");
+  ASSERT_EQ(Inflight(d), 0);
 
   ASSERT_TRUE(d.worker(0).Freeze());
   grpc::ClientContext context;
@@ -1182,13 +1188,10 @@ TEST(OpenInferenceStreamTest, RequestsOnOneStreamAreServedTogetherInOrder) {
     request.set_id(absl::StrCat("r", i));
     ASSERT_TRUE(stream->Write(request));
   }
-  const absl::Time give_up = absl::Now() + absl::Seconds(20);
-  while (inflight() < 32 && absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  EXPECT_EQ(inflight(), 32);
+  EXPECT_EQ(AwaitInflight(d, 32), 32);
   absl::SleepFor(absl::Milliseconds(300));
-  EXPECT_EQ(inflight(), 32);  // the stream is not read past its bound
+  // The stream is not read past its bound.
+  EXPECT_EQ(Inflight(d), 32);
   d.worker(0).Signal(SIGCONT);
   for (int i = 0; i < kRequests; ++i) {
     inference::ModelStreamInferResponse answer;
@@ -1202,7 +1205,7 @@ TEST(OpenInferenceStreamTest, RequestsOnOneStreamAreServedTogetherInOrder) {
   EXPECT_FALSE(stream->Read(&extra));
   const grpc::Status status = stream->Finish();
   EXPECT_TRUE(status.ok()) << status.error_message();
-  EXPECT_EQ(inflight(), 0);
+  EXPECT_EQ(Inflight(d), 0);
 }
 
 // A router told to stop while a stream has requests in flight answers
@@ -1216,14 +1219,7 @@ TEST(OpenInferenceStreamTest, AStoppingRouterAnswersAStreamsRequestsFirst) {
   ASSERT_TRUE(d.StartRouter().ok()) << d.router().Log();
   auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
       d.router_address(), grpc::InsecureChannelCredentials()));
-  inference::ModelInferRequest request;
-  request.set_model_name("oip-stream-stop");
-  auto* x = request.add_inputs();
-  x->set_name("x");
-  x->set_datatype("FP32");
-  for (int64_t n : {1, 4, 64}) x->add_shape(n);
-  request.add_raw_input_contents(
-      common::RandomNormalTensor({1, 4, 64}, 3).data);
+  inference::ModelInferRequest request = StreamRequest("oip-stream-stop");
 
   ASSERT_TRUE(d.worker(0).Freeze());
   grpc::ClientContext context;
@@ -1232,12 +1228,7 @@ TEST(OpenInferenceStreamTest, AStoppingRouterAnswersAStreamsRequestsFirst) {
     request.set_id(absl::StrCat("r", i));
     ASSERT_TRUE(stream->Write(request));
   }
-  const absl::Time give_up = absl::Now() + absl::Seconds(20);
-  while (testing::ScrapeSum(d.router_metrics_address(),
-                            "moe_router_inflight_requests") < 3 &&
-         absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  ASSERT_EQ(AwaitInflight(d, 3), 3);
   d.router().Signal(SIGTERM);
   absl::SleepFor(absl::Milliseconds(500));
   d.worker(0).Signal(SIGCONT);
@@ -1257,6 +1248,10 @@ TEST(OpenInferenceStreamTest, AStoppingRouterAnswersAStreamsRequestsFirst) {
   EXPECT_EQ(d.router().Wait(absl::Seconds(20)), 0) << d.router().Log();
 }
 
+// The router holds at most --http_max_bytes_in_flight bytes of REST bodies:
+// a body that does not fit beside those held is answered 429 after its
+// bytes are read and dropped (the connection stays usable), and served once
+// the others are done; a body larger than the whole budget is 413.
 TEST(OpenInferenceBudgetTest, BodiesPastTheBytesInFlightAreRefusedAndDropped) {
   const std::string checkpoint = TinyCheckpoint("oip-budget", 1, /*seed=*/5);
   ASSERT_FALSE(HasFailure());
